@@ -1,0 +1,59 @@
+"""The ``onecert`` command: one CLI for every role.
+
+Each role's subcommands live in their own module with a ``register(sub)``
+function; heavy imports happen inside the handlers, so a provider that only
+installed the SDK can run ``onecert keys`` and ``onecert conformance``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+__all__ = ["CommandError", "main"]
+
+# Subcommand modules, in the order they appear in --help.
+_COMMANDS = (
+    "onecert.cli._keys",
+    "onecert.cli._conformance",
+    "onecert.cli._gateway",
+    "onecert.cli._lookup",
+    "onecert.cli._demo",
+)
+
+
+class CommandError(Exception):
+    """A user-facing failure: printed as ``onecert: <message>``, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="onecert",
+        description="onecert: federated one-certificate lookup of numbers and bound accounts.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in _COMMANDS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # not written yet in this checkout
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        status: int = args.handler(args)
+    except CommandError as exc:
+        print(f"onecert: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return status

@@ -1,0 +1,5 @@
+import sys
+
+from onecert.cli import main
+
+sys.exit(main())

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Regenerate the Python code for proto/onecert/v1 from the proto root, so the
+# generated imports (`from onecert.v1 import common_pb2`) are right as written.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-.venv/bin/python}"
+rm -f proto/onecert/v1/*_pb2*.py proto/onecert/v1/*_pb2*.pyi
+"$PY" -m grpc_tools.protoc \
+  -I proto \
+  --python_out=proto \
+  --grpc_python_out=proto \
+  --mypy_out=proto \
+  --mypy_grpc_out=proto \
+  proto/onecert/v1/*.proto

@@ -1,0 +1,140 @@
+"""Warrants: the gateway's signed permission for one call about one number.
+
+A provider (or carrier) answers only calls that carry a warrant signed by
+the gateway, addressed to it (``aud``), and naming the SHA-256 of exactly
+the msisdn (or idn) in the request (``target_sha256``). See common.proto.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from onecert.sdk._jwt import TokenError, verify_jwt
+from onecert.sdk._keys import KeySet, SigningKey
+from onecert.sdk._msisdn import sha256_hex
+
+WARRANT_TYP = "onecert-warrant+jwt"
+# A warrant lives long enough for one call and its retries, never longer.
+MAX_WARRANT_LIFETIME = 60.0
+PURPOSES = frozenset({"lookup", "unbind", "conformance"})
+
+
+class WarrantError(TokenError):
+    """A warrant was refused; ``message`` is safe to return to the caller."""
+
+
+@dataclass(frozen=True)
+class Warrant:
+    """A verified warrant.
+
+    Attributes:
+        issuer: the gateway id (``iss``).
+        audience: the provider or carrier id it is addressed to.
+        purpose: why the gateway asks ("lookup", "unbind", "conformance").
+        query_id: the gateway's query or ticket id, for correlating logs.
+        target_sha256: lowercase hex SHA-256 of the msisdn or idn it covers.
+        issued_at: seconds since the epoch.
+        expires_at: seconds since the epoch.
+        jti: the warrant's unique id.
+    """
+
+    issuer: str
+    audience: str
+    purpose: str
+    query_id: str
+    target_sha256: str
+    issued_at: float
+    expires_at: float
+    jti: str
+
+
+class WarrantIssuer:
+    """Signs warrants (the gateway's side; also the conformance kit's and tests')."""
+
+    def __init__(self, *, key: SigningKey, issuer: str, lifetime: float = 30.0) -> None:
+        if not 0 < lifetime <= MAX_WARRANT_LIFETIME:
+            raise ValueError(f"warrant lifetime must be in (0, {MAX_WARRANT_LIFETIME:.0f}] s")
+        self._key = key
+        self._issuer = issuer
+        self._lifetime = lifetime
+
+    @property
+    def issuer(self) -> str:
+        return self._issuer
+
+    def issue(
+        self,
+        *,
+        audience: str,
+        target: str,
+        purpose: str = "lookup",
+        query_id: str = "",
+        now: float | None = None,
+        lifetime: float | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> str:
+        """A signed warrant for one call about ``target`` (an msisdn or idn)."""
+        issued = int(time.time() if now is None else now)
+        claims: dict[str, Any] = {
+            "iss": self._issuer,
+            "aud": audience,
+            "iat": issued,
+            "exp": issued + int(self._lifetime if lifetime is None else lifetime),
+            "jti": secrets.token_urlsafe(12),
+            "purpose": purpose,
+            "qid": query_id or secrets.token_hex(8),
+            "target_sha256": sha256_hex(target),
+        }
+        if extra:
+            claims.update(extra)
+        return self._key.sign(claims, typ=WARRANT_TYP)
+
+
+class WarrantVerifier:
+    """Checks warrants on the provider's (or carrier's) side."""
+
+    def __init__(self, *, keys: KeySet, issuer: str, audience: str, leeway: float = 5.0) -> None:
+        if not keys:
+            raise ValueError("a warrant verifier needs at least one gateway key")
+        self._keys = keys
+        self._issuer = issuer
+        self._audience = audience
+        self._leeway = leeway
+
+    @property
+    def audience(self) -> str:
+        return self._audience
+
+    def verify(self, token: str, *, target: str, now: float | None = None) -> Warrant:
+        """Verify ``token`` for a call about ``target``; raise :class:`WarrantError`."""
+        try:
+            claims = verify_jwt(
+                token,
+                keys=self._keys,
+                typ=WARRANT_TYP,
+                issuer=self._issuer,
+                audience=self._audience,
+                leeway=self._leeway,
+                max_lifetime=MAX_WARRANT_LIFETIME,
+                required=("iss", "aud", "iat", "exp", "jti", "purpose", "target_sha256"),
+                now=now,
+            )
+        except TokenError as exc:
+            raise WarrantError(exc.reason, f"warrant refused: {exc.message}") from exc
+        if claims.get("purpose") not in PURPOSES:
+            raise WarrantError("purpose", "warrant refused: unknown purpose")
+        if claims.get("target_sha256") != sha256_hex(target):
+            raise WarrantError("target", "warrant refused: it does not cover this number")
+        return Warrant(
+            issuer=str(claims["iss"]),
+            audience=self._audience,
+            purpose=str(claims["purpose"]),
+            query_id=str(claims.get("qid", "")),
+            target_sha256=str(claims["target_sha256"]),
+            issued_at=float(claims["iat"]),
+            expires_at=float(claims["exp"]),
+            jti=str(claims["jti"]),
+        )
