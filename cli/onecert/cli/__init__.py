@@ -17,6 +17,7 @@ __all__ = ["CommandError", "main"]
 # Subcommand modules, in the order they appear in --help.
 _COMMANDS = (
     "onecert.cli._keys",
+    "onecert.cli._identity",
     "onecert.cli._conformance",
     "onecert.cli._gateway",
     "onecert.cli._lookup",

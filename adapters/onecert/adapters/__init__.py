@@ -1,0 +1,1 @@
+"""Ready-made adapters: sites join onecert by configuration, and the demo federation."""
