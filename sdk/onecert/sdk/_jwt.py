@@ -61,12 +61,18 @@ def verify_jwt(
         raise TokenError("oversized", f"token larger than {MAX_TOKEN_BYTES} bytes")
     try:
         header = jwt.get_unverified_header(token)
-    except jwt.PyJWTError as exc:
-        raise TokenError("malformed", f"malformed token: {exc}") from exc
+    except jwt.InvalidTokenError as exc:
+        # PyJWT itself refuses a `crit` it does not implement (RFC 7515 4.1.11).
+        if "crit" in str(exc).lower():
+            raise TokenError("crit", "token has critical header parameters not understood") from exc
+        raise TokenError("malformed", "malformed token") from exc
+    except (RecursionError, ValueError, TypeError) as exc:
+        # Pathological JSON (deep nesting, odd types) is malformed, never a crash.
+        raise TokenError("malformed", "malformed token") from exc
     if header.get("typ") != typ:
         raise TokenError("typ", f"token type must be {typ!r}")
     if "crit" in header:
-        raise TokenError("crit", "token has critical header parameters this verifier does not know")
+        raise TokenError("crit", "token has critical header parameters not understood")
     kid = header.get("kid")
     if not isinstance(kid, str) or not kid:
         raise TokenError("kid", "token has no key id (kid)")
@@ -101,6 +107,8 @@ def verify_jwt(
         raise TokenError("signature", "token signature does not verify") from exc
     except jwt.PyJWTError as exc:
         raise TokenError("malformed", f"token refused: {exc}") from exc
+    except (RecursionError, ValueError, TypeError) as exc:
+        raise TokenError("malformed", "malformed token payload") from exc
     # Exact comparison on top of PyJWT's (which accepts lists and sequences).
     if claims.get("iss") != issuer:
         raise TokenError("iss", "token issuer is not trusted")
