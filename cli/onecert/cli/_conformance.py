@@ -1,0 +1,224 @@
+"""``onecert conformance``: check any provider or carrier against the contract."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from onecert.cli import CommandError
+
+if TYPE_CHECKING:
+    from onecert.sdk._keys import SigningKey
+    from onecert.sdk._tls import ClientTLS
+    from onecert.sdk.conformance import Report
+
+
+def register(sub: argparse._SubParsersAction[Any]) -> None:
+    conformance = sub.add_parser(
+        "conformance",
+        help="play the gateway against a running provider or carrier and check the contract",
+    )
+    kinds = conformance.add_subparsers(dest="conformance_kind", required=True, metavar="KIND")
+
+    provider = kinds.add_parser(
+        "provider",
+        help="check a BindingProvider",
+        description=(
+            "Play the gateway against a running BindingProvider, whatever it is written "
+            "in, and print a table of checks. Exit status 0 only if no check failed "
+            "(skipped checks say why and do not fail). Unbinds are only sent for the "
+            "--unbind account and for account refs that cannot exist."
+        ),
+    )
+    _common_options(provider)
+    provider.add_argument(
+        "--provider-id",
+        metavar="ID",
+        help="the provider's id (warrant audience); default: what Describe says, "
+        "and when given it must match Describe",
+    )
+    provider.add_argument(
+        "--known-number",
+        action="append",
+        required=True,
+        metavar="E164",
+        help="a number with at least one binding (repeatable)",
+    )
+    provider.add_argument(
+        "--unknown-number",
+        metavar="E164",
+        help="a number with no binding (default: a random +999 number)",
+    )
+    provider.add_argument(
+        "--unbind",
+        metavar="NUMBER:ACCOUNT_REF",
+        help="a test account the provider may really unbind, for the idempotency checks "
+        "(skipped without it)",
+    )
+    provider.set_defaults(handler=_provider)
+
+    carrier = kinds.add_parser(
+        "carrier",
+        help="check a NumberRegistry",
+        description=(
+            "Play the gateway against a running NumberRegistry and print a table of "
+            "checks. Exit status 0 only if no check failed."
+        ),
+    )
+    _common_options(carrier)
+    carrier.add_argument(
+        "--carrier-id",
+        required=True,
+        metavar="ID",
+        help="the carrier's id: the warrant audience and every tenure's carrier_id",
+    )
+    carrier.add_argument(
+        "--known-idn",
+        action="append",
+        required=True,
+        metavar="HEX",
+        help="an idn with at least one tenure (repeatable)",
+    )
+    carrier.add_argument(
+        "--unknown-idn", metavar="HEX", help="an idn with no tenure (default: a random one)"
+    )
+    carrier.set_defaults(handler=_carrier)
+
+
+def _common_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", required=True, metavar="HOST:PORT", help="where it listens")
+    parser.add_argument(
+        "--warrant-key",
+        required=True,
+        metavar="PEM",
+        help="the gateway's warrant signing key the target trusts (keys/warrant.key.pem)",
+    )
+    parser.add_argument(
+        "--issuer",
+        default="onecert-gateway",
+        help="the gateway id the target expects as issuer (default: %(default)s)",
+    )
+    tls = parser.add_argument_group("transport (one of --ca or --insecure)")
+    mode = tls.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--ca", metavar="PEM", help="CA that signed the target's certificate")
+    mode.add_argument("--insecure", action="store_true", help="plaintext (development only)")
+    tls.add_argument("--cert", metavar="PEM", help="client certificate for mutual TLS")
+    tls.add_argument("--key", metavar="PEM", help="client private key for mutual TLS")
+    tls.add_argument(
+        "--server-name", metavar="NAME", help="name expected in the target's certificate"
+    )
+    timing = parser.add_argument_group("timing (seconds)")
+    timing.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="deadline of each call (%(default)s)",
+    )
+    timing.add_argument(
+        "--short-deadline",
+        type=float,
+        default=0.5,
+        metavar="S",
+        help="deadline of the short-deadline check (%(default)s)",
+    )
+    timing.add_argument(
+        "--slack",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="how late a call may end (%(default)s)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _warrant_key(args: argparse.Namespace) -> SigningKey:
+    from onecert.sdk._keys import KeyConfigError, SigningKey  # noqa: PLC0415 - lazy CLI import
+
+    try:
+        return SigningKey.load(args.warrant_key)
+    except KeyConfigError as exc:
+        raise CommandError(str(exc)) from exc
+
+
+def _tls(args: argparse.Namespace) -> ClientTLS | None:
+    from onecert.sdk._tls import ClientTLS  # noqa: PLC0415 - lazy CLI import
+
+    if args.insecure:
+        if args.cert or args.key or args.server_name:
+            raise CommandError("--cert, --key and --server-name need --ca, not --insecure")
+        return None
+    if bool(args.cert) != bool(args.key):
+        raise CommandError("mutual TLS needs both --cert and --key")
+    return ClientTLS(
+        ca_file=args.ca, cert_file=args.cert, key_file=args.key, server_name=args.server_name
+    )
+
+
+def _check_timing(args: argparse.Namespace) -> None:
+    for name in ("timeout", "short_deadline", "slack"):
+        if getattr(args, name) <= 0:
+            raise CommandError(f"--{name.replace('_', '-')} must be positive")
+
+
+def _show(report: Report, *, as_json: bool) -> int:
+    print(report.to_json() if as_json else report.to_table())
+    return 0 if report.ok else 1
+
+
+def _provider(args: argparse.Namespace) -> int:
+    from onecert.sdk.conformance import check_provider  # noqa: PLC0415 - lazy CLI import
+
+    unbind: tuple[str, str] | None = None
+    if args.unbind is not None:
+        number, sep, account_ref = args.unbind.partition(":")
+        if not sep or not number or not account_ref:
+            raise CommandError("--unbind takes NUMBER:ACCOUNT_REF")
+        unbind = (number, account_ref)
+    _check_timing(args)
+    key, tls = _warrant_key(args), _tls(args)
+    try:
+        report = asyncio.run(
+            check_provider(
+                target=args.target,
+                warrant_key=key,
+                issuer=args.issuer,
+                provider_id=args.provider_id,
+                known_numbers=args.known_number,
+                unknown_number=args.unknown_number,
+                unbind=unbind,
+                tls=tls,
+                call_timeout=args.timeout,
+                short_deadline=args.short_deadline,
+                slack=args.slack,
+            )
+        )
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    return _show(report, as_json=args.json)
+
+
+def _carrier(args: argparse.Namespace) -> int:
+    from onecert.sdk.conformance import check_carrier  # noqa: PLC0415 - lazy CLI import
+
+    _check_timing(args)
+    key, tls = _warrant_key(args), _tls(args)
+    try:
+        report = asyncio.run(
+            check_carrier(
+                target=args.target,
+                warrant_key=key,
+                carrier_id=args.carrier_id,
+                issuer=args.issuer,
+                known_idns=args.known_idn,
+                unknown_idn=args.unknown_idn,
+                tls=tls,
+                call_timeout=args.timeout,
+                short_deadline=args.short_deadline,
+                slack=args.slack,
+            )
+        )
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    return _show(report, as_json=args.json)

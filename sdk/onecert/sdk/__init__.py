@@ -1,0 +1,60 @@
+"""onecert SDK: join the onecert federation as a provider or a carrier.
+
+Write two async functions, hand them to a :class:`Provider`, call
+``provider.main()``. The SDK checks the gateway's warrant on every call,
+validates and converts messages, makes unbinds idempotent, serves health and
+reflection over TLS, and logs with phone numbers masked. See
+:mod:`onecert.sdk.testing` to test an adapter without a network.
+"""
+
+from onecert.sdk._carrier import Carrier
+from onecert.sdk._core import Unavailable
+from onecert.sdk._idempotency import (
+    IdempotencyStore,
+    MemoryIdempotencyStore,
+    SQLiteIdempotencyStore,
+)
+from onecert.sdk._logging import configure_logging
+from onecert.sdk._provider import Provider
+from onecert.sdk._server import Server
+from onecert.sdk._set import SetError, SetIssuer, SetVerifier
+from onecert.sdk._tls import ServerTLS
+from onecert.sdk._types import (
+    Binding,
+    BindingKind,
+    CallInfo,
+    ProviderCategory,
+    RecycledNotice,
+    Tenure,
+    TenureState,
+    UnbindOutcome,
+    UnbindReason,
+    UnbindRequest,
+    UnbindResult,
+)
+
+__all__ = [
+    "Binding",
+    "BindingKind",
+    "CallInfo",
+    "Carrier",
+    "IdempotencyStore",
+    "MemoryIdempotencyStore",
+    "Provider",
+    "ProviderCategory",
+    "RecycledNotice",
+    "SQLiteIdempotencyStore",
+    "Server",
+    "ServerTLS",
+    "SetError",
+    "SetIssuer",
+    "SetVerifier",
+    "Tenure",
+    "TenureState",
+    "Unavailable",
+    "UnbindOutcome",
+    "UnbindReason",
+    "UnbindRequest",
+    "UnbindResult",
+    "configure_logging",
+]

@@ -1,0 +1,255 @@
+"""Protobuf <-> dataclass conversion, and the rules an adapter's answers must follow.
+
+Converting what an adapter returns is also where it is checked: a binding
+without an account ref, a naive datetime or a tenure whose state contradicts
+its dates never leaves the process. :class:`InvalidResultError` names the
+rule broken, never the values (they may be personal data).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from onecert.sdk._msisdn import is_e164, mask_numbers_in_text
+from onecert.sdk._types import (
+    Binding,
+    BindingKind,
+    ProviderCategory,
+    Tenure,
+    TenureState,
+    UnbindOutcome,
+    UnbindReason,
+    UnbindResult,
+)
+from onecert.v1 import common_pb2, provider_pb2, registry_pb2
+
+MAX_ACCOUNT_REF = 256
+MAX_DISPLAY_NAME = 256
+MAX_REASON = 512
+# A sanity bound on one answer; an adapter returning more is almost surely
+# answering for the wrong key.
+MAX_BINDINGS = 10_000
+MAX_TENURES = 1_000
+
+
+class InvalidResultError(Exception):
+    """An adapter function returned something the contract does not allow.
+
+    ``what`` is "binding", "unbind result", "tenure" or "event result";
+    ``rule`` says which rule was broken and never contains the values.
+    """
+
+    def __init__(self, what: str, rule: str) -> None:
+        super().__init__(f"adapter returned an invalid {what}: {rule}")
+        self.what = what
+        self.rule = rule
+
+
+# Enum <-> proto value, by name: BindingKind.LOGIN <-> BINDING_KIND_LOGIN.
+def binding_kind_to_pb(kind: BindingKind) -> common_pb2.BindingKind.ValueType:
+    return common_pb2.BindingKind.Value("BINDING_KIND_" + kind.name)
+
+
+def binding_kind_from_pb(value: common_pb2.BindingKind.ValueType) -> BindingKind:
+    return BindingKind[common_pb2.BindingKind.Name(value).removeprefix("BINDING_KIND_")]
+
+
+def unbind_reason_to_pb(reason: UnbindReason) -> common_pb2.UnbindReason.ValueType:
+    return common_pb2.UnbindReason.Value("UNBIND_REASON_" + reason.name)
+
+
+def unbind_reason_from_pb(value: common_pb2.UnbindReason.ValueType) -> UnbindReason | None:
+    """The reason, or None for UNSPECIFIED or a value this SDK does not know."""
+    try:
+        name = common_pb2.UnbindReason.Name(value)
+    except ValueError:
+        return None
+    return UnbindReason.__members__.get(name.removeprefix("UNBIND_REASON_"))
+
+
+def unbind_outcome_to_pb(outcome: UnbindOutcome) -> common_pb2.UnbindOutcome.ValueType:
+    return common_pb2.UnbindOutcome.Value("UNBIND_OUTCOME_" + outcome.name)
+
+
+def unbind_outcome_from_pb(value: common_pb2.UnbindOutcome.ValueType) -> UnbindOutcome:
+    return UnbindOutcome[common_pb2.UnbindOutcome.Name(value).removeprefix("UNBIND_OUTCOME_")]
+
+
+def tenure_state_to_pb(state: TenureState) -> common_pb2.TenureState.ValueType:
+    return common_pb2.TenureState.Value("TENURE_STATE_" + state.name)
+
+
+def tenure_state_from_pb(value: common_pb2.TenureState.ValueType) -> TenureState:
+    return TenureState[common_pb2.TenureState.Name(value).removeprefix("TENURE_STATE_")]
+
+
+def category_to_pb(category: ProviderCategory) -> common_pb2.ProviderCategory.ValueType:
+    return common_pb2.ProviderCategory.Value("PROVIDER_CATEGORY_" + category.name)
+
+
+def timestamp(value: datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(value.astimezone(UTC))
+    return ts
+
+
+def from_timestamp(ts: Timestamp) -> datetime:
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+def _aware(value: object, name: str, what: str, *, optional: bool) -> datetime | None:
+    if value is None:
+        if optional:
+            return None
+        raise InvalidResultError(what, f"{name} is required")
+    if not isinstance(value, datetime):
+        raise InvalidResultError(what, f"{name} must be a datetime")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidResultError(
+            what, f"{name} is a naive datetime; give it a timezone (e.g. tzinfo=UTC)"
+        )
+    return value
+
+
+def binding_to_pb(binding: object) -> provider_pb2.Binding:
+    """Check one :class:`Binding` and convert it."""
+    what = "binding"
+    if not isinstance(binding, Binding):
+        raise InvalidResultError(what, f"expected a Binding, got {type(binding).__name__}")
+    ref: object = binding.account_ref
+    if not isinstance(ref, str) or not ref:
+        raise InvalidResultError(what, "account_ref is empty")
+    if len(ref) > MAX_ACCOUNT_REF:
+        raise InvalidResultError(what, f"account_ref is longer than {MAX_ACCOUNT_REF} characters")
+    if not isinstance(binding.display_name, str):
+        raise InvalidResultError(what, "display_name must be a string")
+    if len(binding.display_name) > MAX_DISPLAY_NAME:
+        raise InvalidResultError(what, f"display_name is longer than {MAX_DISPLAY_NAME} characters")
+    if not isinstance(binding.kind, BindingKind):
+        raise InvalidResultError(what, "kind must be a BindingKind")
+    if not isinstance(binding.unbindable, bool):
+        raise InvalidResultError(what, "unbindable must be a bool")
+    bound_at = _aware(binding.bound_at, "bound_at", what, optional=True)
+    last_used_at = _aware(binding.last_used_at, "last_used_at", what, optional=True)
+    out = provider_pb2.Binding(
+        account_ref=ref,
+        display_name=binding.display_name,
+        kind=binding_kind_to_pb(binding.kind),
+        unbindable=binding.unbindable,
+    )
+    if bound_at is not None:
+        out.bound_at.CopyFrom(timestamp(bound_at))
+    if last_used_at is not None:
+        out.last_used_at.CopyFrom(timestamp(last_used_at))
+    return out
+
+
+def bindings_to_pb(result: object) -> list[provider_pb2.Binding]:
+    """Check what ``list_bindings`` returned (any iterable of :class:`Binding`)."""
+    if isinstance(result, str | bytes | dict) or not isinstance(result, Iterable):
+        raise InvalidResultError("binding", "list_bindings must return a list of Binding")
+    out = [binding_to_pb(b) for b in result]
+    if len(out) > MAX_BINDINGS:
+        raise InvalidResultError("binding", f"more than {MAX_BINDINGS} bindings for one number")
+    return out
+
+
+def binding_from_pb(pb: provider_pb2.Binding) -> Binding:
+    return Binding(
+        account_ref=pb.account_ref,
+        kind=binding_kind_from_pb(pb.kind),
+        bound_at=from_timestamp(pb.bound_at) if pb.HasField("bound_at") else None,
+        display_name=pb.display_name,
+        last_used_at=from_timestamp(pb.last_used_at) if pb.HasField("last_used_at") else None,
+        unbindable=pb.unbindable,
+    )
+
+
+def unbind_result_to_pb(result: object, *, now: datetime) -> provider_pb2.UnbindResponse:
+    """Check what ``unbind`` returned and convert it.
+
+    A final answer without ``decided_at`` is stamped ``now``; digit runs that
+    look like phone numbers are masked out of the reason.
+    """
+    what = "unbind result"
+    if not isinstance(result, UnbindResult):
+        raise InvalidResultError(
+            what, f"unbind must return an UnbindResult, got {type(result).__name__}"
+        )
+    if not isinstance(result.outcome, UnbindOutcome):
+        raise InvalidResultError(what, "outcome must be an UnbindOutcome")
+    if not isinstance(result.reason, str):
+        raise InvalidResultError(what, "reason must be a string")
+    if result.outcome is UnbindOutcome.REJECTED and not result.reason.strip():
+        raise InvalidResultError(what, "a REJECTED result needs a reason")
+    if len(result.reason) > MAX_REASON:
+        raise InvalidResultError(what, f"reason is longer than {MAX_REASON} characters")
+    decided_at = _aware(result.decided_at, "decided_at", what, optional=True)
+    out = provider_pb2.UnbindResponse(
+        outcome=unbind_outcome_to_pb(result.outcome),
+        reason=mask_numbers_in_text(result.reason),
+    )
+    if decided_at is None and result.outcome is not UnbindOutcome.PENDING:
+        decided_at = now
+    if decided_at is not None:
+        out.decided_at.CopyFrom(timestamp(decided_at))
+    return out
+
+
+def unbind_result_from_pb(pb: provider_pb2.UnbindResponse) -> UnbindResult:
+    return UnbindResult(
+        outcome=unbind_outcome_from_pb(pb.outcome),
+        reason=pb.reason,
+        decided_at=from_timestamp(pb.decided_at) if pb.HasField("decided_at") else None,
+    )
+
+
+def tenure_to_pb(tenure: object, *, carrier_id: str) -> registry_pb2.Tenure:
+    """Check one :class:`Tenure` and convert it, stamped with ``carrier_id``."""
+    what = "tenure"
+    if not isinstance(tenure, Tenure):
+        raise InvalidResultError(what, f"expected a Tenure, got {type(tenure).__name__}")
+    msisdn: object = tenure.msisdn
+    if not isinstance(msisdn, str) or not is_e164(msisdn):
+        raise InvalidResultError(what, "msisdn is not E.164 ('+' then 8 to 15 digits)")
+    if not isinstance(tenure.state, TenureState):
+        raise InvalidResultError(what, "state must be a TenureState")
+    held_from = _aware(tenure.held_from, "held_from", what, optional=False)
+    held_until = _aware(tenure.held_until, "held_until", what, optional=True)
+    assert held_from is not None
+    held = tenure.state in (TenureState.ACTIVE, TenureState.SUSPENDED)
+    if held and held_until is not None:
+        raise InvalidResultError(what, f"a {tenure.state.name} tenure cannot have held_until")
+    if not held and held_until is None:
+        raise InvalidResultError(what, f"a {tenure.state.name} tenure needs held_until")
+    if held_until is not None and held_until < held_from:
+        raise InvalidResultError(what, "held_until is before held_from")
+    out = registry_pb2.Tenure(
+        msisdn=msisdn, carrier_id=carrier_id, state=tenure_state_to_pb(tenure.state)
+    )
+    out.held_from.CopyFrom(timestamp(held_from))
+    if held_until is not None:
+        out.held_until.CopyFrom(timestamp(held_until))
+    return out
+
+
+def tenures_to_pb(result: object, *, carrier_id: str) -> list[registry_pb2.Tenure]:
+    """Check what ``list_numbers`` returned (any iterable of :class:`Tenure`)."""
+    if isinstance(result, str | bytes | dict) or not isinstance(result, Iterable):
+        raise InvalidResultError("tenure", "list_numbers must return a list of Tenure")
+    out = [tenure_to_pb(t, carrier_id=carrier_id) for t in result]
+    if len(out) > MAX_TENURES:
+        raise InvalidResultError("tenure", f"more than {MAX_TENURES} tenures for one idn")
+    return out
+
+
+def tenure_from_pb(pb: registry_pb2.Tenure) -> Tenure:
+    return Tenure(
+        msisdn=pb.msisdn,
+        held_from=from_timestamp(pb.held_from),
+        held_until=from_timestamp(pb.held_until) if pb.HasField("held_until") else None,
+        state=tenure_state_from_pb(pb.state),
+    )

@@ -1,0 +1,457 @@
+"""The provider side: :class:`Provider` (what an implementer writes) and the
+``BindingProvider`` service around it (what the SDK does for them)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import grpc
+import structlog
+
+from onecert.sdk._convert import (
+    MAX_ACCOUNT_REF,
+    InvalidResultError,
+    bindings_to_pb,
+    category_to_pb,
+    from_timestamp,
+    timestamp,
+    unbind_outcome_to_pb,
+    unbind_reason_from_pb,
+    unbind_result_to_pb,
+)
+from onecert.sdk._core import (
+    Adapter,
+    CallError,
+    Handler,
+    authorize,
+    check_adapter_id,
+    check_handler,
+    deadline_from,
+    implementation_name,
+    invoke,
+    log,
+    token_of,
+)
+from onecert.sdk._idempotency import IdempotencyStore, KeyedLocks
+from onecert.sdk._keys import KeySet
+from onecert.sdk._msisdn import InvalidMsisdnError, mask_msisdn, sha256_hex, validate_msisdn
+from onecert.sdk._set import SetError, SetVerifier
+from onecert.sdk._types import (
+    CallInfo,
+    ProviderCategory,
+    UnbindOutcome,
+    UnbindRequest,
+    coerce_enum,
+)
+from onecert.sdk._warrant import WarrantVerifier
+from onecert.v1 import common_pb2, provider_pb2, provider_pb2_grpc
+
+CONTRACT_VERSION = "onecert.v1"
+MAX_REQUEST_ID = 128
+# Which warrant purposes allow which call: a lookup warrant must not be
+# replayable as an unbind.
+LIST_PURPOSES = frozenset({"lookup", "unbind", "conformance"})
+UNBIND_PURPOSES = frozenset({"unbind", "conformance"})
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+class Provider(Adapter):
+    """An internet provider's adapter: who it is, and its functions.
+
+    Register plain async functions with the decorators::
+
+        provider = Provider(provider_id="example-forum", name="Example Forum",
+                            category="forum")
+
+        @provider.list_bindings
+        async def list_bindings(msisdn: str, info: CallInfo) -> list[Binding]: ...
+
+        @provider.unbind
+        async def unbind(request: UnbindRequest, info: CallInfo) -> UnbindResult: ...
+
+        provider.main()   # or provider.run(gateway_keys=..., tls=...)
+
+    or pass one object whose methods have those names as ``implementation``.
+    Each function may leave out ``info``. Functions are checked when they are
+    registered: a wrong signature is a TypeError right there.
+
+    Args:
+        provider_id: the id the gateway knows you by (1 to 64 of [a-z0-9._-]).
+        name: the name citizens see.
+        category: a :class:`ProviderCategory` or its string ("forum").
+        implementation: an object with async methods ``list_bindings``,
+            ``unbind`` and optionally ``on_recycled``.
+    """
+
+    def __init__(
+        self,
+        *,
+        provider_id: str,
+        name: str,
+        category: ProviderCategory | str,
+        implementation: object | None = None,
+    ) -> None:
+        self._provider_id = check_adapter_id(provider_id, "provider_id")
+        if not name.strip():
+            raise ValueError("name is required")
+        self._name = name
+        self._category = coerce_enum(ProviderCategory, category, "category")
+        self._list_bindings: Handler | None = None
+        self._unbind: Handler | None = None
+        self._on_recycled: Handler | None = None
+        if implementation is not None:
+            for role in ("list_bindings", "unbind"):
+                if not callable(getattr(implementation, role, None)):
+                    raise TypeError(
+                        f"implementation {type(implementation).__name__} has no {role} method"
+                    )
+            self.list_bindings(implementation.list_bindings)  # type: ignore[attr-defined]  # checked above
+            self.unbind(implementation.unbind)  # type: ignore[attr-defined]  # checked above
+            if callable(getattr(implementation, "on_recycled", None)):
+                self.on_recycled(implementation.on_recycled)  # type: ignore[attr-defined]  # checked just above
+
+    @property
+    def id(self) -> str:
+        return self._provider_id
+
+    @property
+    def provider_id(self) -> str:
+        return self._provider_id
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def category(self) -> ProviderCategory:
+        return self._category
+
+    def _register(self, slot: str, fn: object, arg: str) -> None:
+        role = slot.removeprefix("_")
+        if getattr(self, slot) is not None:
+            raise TypeError(f"provider {self._provider_id!r} already has a {role} function")
+        setattr(self, slot, check_handler(fn, role=role, arg=arg))
+
+    def list_bindings(self, fn: F) -> F:
+        """Register ``async def list_bindings(msisdn, info) -> list[Binding]``.
+
+        Return every account bound to ``msisdn`` (E.164, already validated);
+        an unknown number is an empty list.
+        """
+        self._register("_list_bindings", fn, "msisdn")
+        return fn
+
+    def unbind(self, fn: F) -> F:
+        """Register ``async def unbind(request, info) -> UnbindResult``.
+
+        Detach ``request.msisdn`` from ``request.account_ref``; answer
+        ``UnbindResult.rejected("no such account")`` for an unknown account.
+        A request id already answered DONE or REJECTED never reaches it again.
+        """
+        self._register("_unbind", fn, "request")
+        return fn
+
+    def on_recycled(self, fn: F) -> F:
+        """Register ``async def on_recycled(notice, info) -> int | None`` (optional).
+
+        Called once per notice (:class:`RecycledNotice`) that ``notice.msisdn``
+        went to a new subscriber. Return how many bindings you removed if you
+        acted now, or None if you only recorded it to act later. Without it,
+        notices are acknowledged and nothing else happens.
+        """
+        self._register("_on_recycled", fn, "notice")
+        return fn
+
+    def check_complete(self) -> None:
+        missing = [
+            role
+            for role, handler in (("list_bindings", self._list_bindings), ("unbind", self._unbind))
+            if handler is None
+        ]
+        if missing:
+            raise TypeError(
+                f"provider {self._provider_id!r} has no {' and no '.join(missing)} function; "
+                f"register one with @provider.{missing[0]}"
+            )
+
+    def __repr__(self) -> str:
+        return f"Provider(provider_id={self._provider_id!r}, category={self._category.value!r})"
+
+
+def _invalid(details: str) -> CallError:
+    return CallError(grpc.StatusCode.INVALID_ARGUMENT, details)
+
+
+def _check_msisdn(value: str) -> str:
+    try:
+        return validate_msisdn(value)
+    except InvalidMsisdnError as exc:
+        raise _invalid(str(exc)) from None
+
+
+def _bad_result(exc: InvalidResultError) -> CallError:
+    log.error("adapter returned an invalid result", what=exc.what, rule=exc.rule)
+    return CallError(grpc.StatusCode.INTERNAL, f"adapter returned an invalid {exc.what}")
+
+
+async def _store_get(store: IdempotencyStore, key: str) -> dict[str, Any] | None:
+    try:
+        text = await store.get(key)
+        return None if text is None else dict(json.loads(text))
+    except Exception as exc:  # noqa: BLE001  # any store failure means "try again later"
+        log.error("idempotency store failed", operation="get", error=type(exc).__name__)
+        raise CallError(
+            grpc.StatusCode.UNAVAILABLE, "the adapter cannot read its answer store; try again later"
+        ) from None
+
+
+async def _store_put(store: IdempotencyStore, key: str, value: dict[str, Any]) -> None:
+    try:
+        await store.put(key, json.dumps(value, separators=(",", ":")))
+    except Exception as exc:  # noqa: BLE001  # any store failure means "try again later"
+        log.error("idempotency store failed", operation="put", error=type(exc).__name__)
+        raise CallError(
+            grpc.StatusCode.UNAVAILABLE,
+            "the adapter cannot record its answer; try again later",
+        ) from None
+
+
+def _unbind_fingerprint(request: provider_pb2.UnbindRequest) -> str:
+    # Hashed, so the store holds no raw msisdn.
+    return sha256_hex(json.dumps([request.msisdn, request.account_ref, int(request.reason)]))
+
+
+class ProviderCore:
+    """The ``BindingProvider`` logic without the network (protobuf in, protobuf out).
+
+    Raises :class:`CallError` for every non-OK status.
+    """
+
+    def __init__(
+        self,
+        provider: Provider,
+        *,
+        keys: KeySet,
+        issuer: str,
+        store: IdempotencyStore,
+        leeway: float = 5.0,
+    ) -> None:
+        provider.check_complete()
+        self.provider = provider
+        self._warrants = WarrantVerifier(
+            keys=keys, issuer=issuer, audience=provider.provider_id, leeway=leeway
+        )
+        self._sets = SetVerifier(
+            keys=keys, issuer=issuer, audience=provider.provider_id, leeway=leeway
+        )
+        self._store = store
+        self._locks = KeyedLocks()
+
+    def describe(self) -> provider_pb2.DescribeResponse:
+        return provider_pb2.DescribeResponse(
+            provider_id=self.provider.provider_id,
+            name=self.provider.name,
+            category=category_to_pb(self.provider.category),
+            contract_version=CONTRACT_VERSION,
+            implementation=implementation_name(),
+        )
+
+    async def list_bindings(
+        self, request: provider_pb2.ListBindingsRequest, *, token: str, remaining: float | None
+    ) -> provider_pb2.ListBindingsResponse:
+        msisdn = _check_msisdn(request.msisdn)
+        structlog.contextvars.bind_contextvars(msisdn=mask_msisdn(msisdn))
+        info = authorize(
+            self._warrants, token, target=msisdn, purposes=LIST_PURPOSES, remaining=remaining
+        )
+        assert self.provider._list_bindings is not None  # checked in __init__
+        result = await invoke(self.provider._list_bindings, msisdn, info)  # same package
+        try:
+            bindings = bindings_to_pb(result)
+        except InvalidResultError as exc:
+            raise _bad_result(exc) from None
+        log.info("bindings listed", count=len(bindings))
+        return provider_pb2.ListBindingsResponse(bindings=bindings)
+
+    async def unbind(
+        self, request: provider_pb2.UnbindRequest, *, token: str, remaining: float | None
+    ) -> provider_pb2.UnbindResponse:
+        if not 0 < len(request.request_id) <= MAX_REQUEST_ID:
+            raise _invalid(f"request_id is required (1 to {MAX_REQUEST_ID} characters)")
+        msisdn = _check_msisdn(request.msisdn)
+        if not 0 < len(request.account_ref) <= MAX_ACCOUNT_REF:
+            raise _invalid(f"account_ref is required (1 to {MAX_ACCOUNT_REF} characters)")
+        reason = unbind_reason_from_pb(request.reason)
+        if reason is None:
+            raise _invalid("reason is required (not UNBIND_REASON_UNSPECIFIED)")
+        structlog.contextvars.bind_contextvars(
+            msisdn=mask_msisdn(msisdn), request_id=request.request_id
+        )
+        info = authorize(
+            self._warrants, token, target=msisdn, purposes=UNBIND_PURPOSES, remaining=remaining
+        )
+        key = "unbind:" + request.request_id
+        fingerprint = _unbind_fingerprint(request)
+        # Serialised per request id: a duplicate delivered while the first is
+        # still running waits for its answer instead of applying it twice.
+        async with self._locks.hold(key):
+            stored = await _store_get(self._store, key)
+            if stored is not None and stored.get("fp") != fingerprint:
+                log.warning("unbind request id reused for another unbind")
+                raise _invalid("request_id was already used for a different unbind")
+            if stored is not None and stored.get("outcome") != UnbindOutcome.PENDING.value:
+                log.info("unbind answered from the store", outcome=stored.get("outcome"))
+                return _unbind_response(stored)
+            value = UnbindRequest(
+                request_id=request.request_id,
+                msisdn=msisdn,
+                account_ref=request.account_ref,
+                reason=reason,
+            )
+            assert self.provider._unbind is not None  # checked in __init__
+            result = await invoke(self.provider._unbind, value, info)  # same package
+            try:
+                response = unbind_result_to_pb(result, now=datetime.now(UTC))
+            except InvalidResultError as exc:
+                raise _bad_result(exc) from None
+            # PENDING is stored too, binding the request id to this unbind,
+            # but it is not replayed: the next delivery asks the adapter again.
+            await _store_put(self._store, key, _unbind_record(fingerprint, response))
+        log.info("unbind answered", outcome=UnbindOutcome(result.outcome).value)
+        return response
+
+    async def receive_event(
+        self, request: provider_pb2.ReceiveEventRequest, *, remaining: float | None
+    ) -> provider_pb2.ReceiveEventResponse:
+        try:
+            notice = self._sets.verify(request.set)
+        except SetError as exc:
+            log.warning("event token refused", reason=exc.reason)
+            code = (
+                grpc.StatusCode.INVALID_ARGUMENT
+                if exc.malformed
+                else grpc.StatusCode.UNAUTHENTICATED
+            )
+            raise CallError(code, exc.message) from None
+        structlog.contextvars.bind_contextvars(
+            event_id=notice.jti, msisdn=mask_msisdn(notice.msisdn)
+        )
+        key = "event:" + notice.jti
+        async with self._locks.hold(key):
+            stored = await _store_get(self._store, key)
+            if stored is not None:
+                log.info("notice already received; answered as before")
+                return _event_response(stored)
+            handler = self.provider._on_recycled  # same package
+            removed: int | None = None
+            if handler is not None:
+                info = CallInfo(
+                    audience=self.provider.provider_id,
+                    purpose="event",
+                    query_id=notice.jti,
+                    warrant_id=notice.jti,
+                    deadline=deadline_from(remaining),
+                )
+                result = await invoke(handler, notice, info)
+                if result is not None and (
+                    isinstance(result, bool)
+                    or not isinstance(result, int)
+                    or not 0 <= result < 2**32
+                ):
+                    raise _bad_result(
+                        InvalidResultError(
+                            "event result",
+                            "on_recycled must return None or the number of bindings removed",
+                        )
+                    )
+                removed = result
+            record = {"acted": removed is not None, "removed": removed or 0}
+            await _store_put(self._store, key, record)
+        log.info("notice received", acted=record["acted"], removed=record["removed"])
+        return _event_response(record)
+
+
+def _unbind_record(fingerprint: str, response: provider_pb2.UnbindResponse) -> dict[str, Any]:
+    outcome = common_pb2.UnbindOutcome.Name(response.outcome).removeprefix("UNBIND_OUTCOME_")
+    return {
+        "fp": fingerprint,
+        "outcome": UnbindOutcome[outcome].value,
+        "reason": response.reason,
+        "decided_at": (
+            from_timestamp(response.decided_at).timestamp()
+            if response.HasField("decided_at")
+            else None
+        ),
+    }
+
+
+def _unbind_response(record: dict[str, Any]) -> provider_pb2.UnbindResponse:
+    response = provider_pb2.UnbindResponse(
+        outcome=unbind_outcome_to_pb(UnbindOutcome(record["outcome"])),
+        reason=str(record.get("reason", "")),
+    )
+    decided_at = record.get("decided_at")
+    if decided_at is not None:
+        response.decided_at.CopyFrom(timestamp(datetime.fromtimestamp(decided_at, UTC)))
+    return response
+
+
+def _event_response(record: dict[str, Any]) -> provider_pb2.ReceiveEventResponse:
+    acted = bool(record.get("acted"))
+    return provider_pb2.ReceiveEventResponse(
+        acknowledged=True,
+        acted=acted,
+        bindings_removed=int(record.get("removed", 0)) if acted else 0,
+    )
+
+
+class ProviderServicer(provider_pb2_grpc.BindingProviderServicer):
+    """The gRPC face of :class:`ProviderCore`."""
+
+    def __init__(self, core: ProviderCore) -> None:
+        self._core = core
+
+    async def Describe(  # noqa: N802  # gRPC method name
+        self,
+        request: provider_pb2.DescribeRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> provider_pb2.DescribeResponse:
+        return self._core.describe()
+
+    async def ListBindings(  # noqa: N802  # gRPC method name
+        self,
+        request: provider_pb2.ListBindingsRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> provider_pb2.ListBindingsResponse:
+        try:
+            return await self._core.list_bindings(
+                request, token=token_of(context), remaining=context.time_remaining()
+            )
+        except CallError as exc:
+            await context.abort(exc.code, exc.details)
+
+    async def Unbind(  # noqa: N802  # gRPC method name
+        self,
+        request: provider_pb2.UnbindRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> provider_pb2.UnbindResponse:
+        try:
+            return await self._core.unbind(
+                request, token=token_of(context), remaining=context.time_remaining()
+            )
+        except CallError as exc:
+            await context.abort(exc.code, exc.details)
+
+    async def ReceiveEvent(  # noqa: N802  # gRPC method name
+        self,
+        request: provider_pb2.ReceiveEventRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> provider_pb2.ReceiveEventResponse:
+        try:
+            return await self._core.receive_event(request, remaining=context.time_remaining())
+        except CallError as exc:
+            await context.abort(exc.code, exc.details)

@@ -1,0 +1,171 @@
+"""Security Event Tokens (RFC 8417) carrying the RISC ``identifier-recycled`` event.
+
+The gateway issues one per provider when a carrier reports a number recycled;
+providers verify it (pushed to ``ReceiveEvent`` or fetched by polling).
+Claims: ``iss``, ``iat``, ``jti``, ``aud``, ``toe`` (when the number was
+recycled) and ``events`` holding exactly one event::
+
+    {RISC_IDENTIFIER_RECYCLED: {
+        "subject": {"format": "phone_number", "phone_number": "+8613800138000"},
+        "act_by": 1767225600}}      # optional: onecert's deadline to act, epoch s
+
+A SET has no ``exp``: it records a fact; replays are caught by ``jti``.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from onecert.sdk._jwt import TokenError, verify_jwt
+from onecert.sdk._keys import KeySet, SigningKey
+from onecert.sdk._msisdn import is_e164
+from onecert.sdk._types import RecycledNotice
+
+SET_TYP = "secevent+jwt"
+RISC_IDENTIFIER_RECYCLED = "https://schemas.openid.net/secevent/risc/event-type/identifier-recycled"
+MAX_JTI = 256
+
+# Reasons for which the token is not a well-formed SET at all (the caller
+# sent the wrong thing: INVALID_ARGUMENT); every other refusal is about
+# trust (signature, key, issuer, audience, time: UNAUTHENTICATED).
+MALFORMED_REASONS = frozenset({"missing", "oversized", "malformed", "typ", "claims", "event"})
+
+
+class SetError(TokenError):
+    """A Security Event Token was refused; ``message`` is safe to return."""
+
+    @property
+    def malformed(self) -> bool:
+        """True if the token is not a well-formed SET (rather than untrusted)."""
+        return self.reason in MALFORMED_REASONS
+
+
+def _epoch(value: datetime, name: str) -> int:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{name} must be timezone-aware")
+    return int(value.timestamp())
+
+
+class SetIssuer:
+    """Signs recycled-number notices (the gateway's side; also tests').
+
+    Args:
+        key: the gateway's signing key (the one whose JWKS providers trust).
+        issuer: the gateway id (``iss``).
+    """
+
+    def __init__(self, *, key: SigningKey, issuer: str) -> None:
+        self._key = key
+        self._issuer = issuer
+
+    @property
+    def issuer(self) -> str:
+        return self._issuer
+
+    def issue(
+        self,
+        *,
+        audience: str,
+        msisdn: str,
+        recycled_at: datetime,
+        deadline: datetime | None = None,
+        jti: str | None = None,
+        now: float | None = None,
+    ) -> str:
+        """A signed SET telling ``audience`` that ``msisdn`` was recycled at ``recycled_at``.
+
+        Args:
+            audience: the provider id.
+            msisdn: the number, E.164.
+            recycled_at: when it went to a new subscriber (timezone-aware).
+            deadline: when the provider must have acted (timezone-aware).
+            jti: the notice id; random when omitted. Reuse it for redeliveries.
+            now: the issue time (seconds since the epoch); for tests.
+        """
+        if not is_e164(msisdn):
+            raise ValueError("msisdn must be E.164")
+        event: dict[str, Any] = {"subject": {"format": "phone_number", "phone_number": msisdn}}
+        if deadline is not None:
+            event["act_by"] = _epoch(deadline, "deadline")
+        claims: dict[str, Any] = {
+            "iss": self._issuer,
+            "aud": audience,
+            "iat": int(time.time() if now is None else now),
+            "jti": jti or secrets.token_urlsafe(16),
+            "toe": _epoch(recycled_at, "recycled_at"),
+            "events": {RISC_IDENTIFIER_RECYCLED: event},
+        }
+        return self._key.sign(claims, typ=SET_TYP)
+
+
+def _instant(value: Any, name: str) -> datetime:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SetError("claims", f"SET claim {name!r} must be a number")
+    return datetime.fromtimestamp(value, UTC)
+
+
+class SetVerifier:
+    """Checks recycled-number notices on the provider's side.
+
+    Args:
+        keys: the gateway's public keys.
+        issuer: the gateway id the SET must name (``iss``).
+        audience: your provider id (``aud``).
+        leeway: seconds of clock skew allowed on ``iat``.
+    """
+
+    def __init__(self, *, keys: KeySet, issuer: str, audience: str, leeway: float = 5.0) -> None:
+        if not keys:
+            raise ValueError("a SET verifier needs at least one gateway key")
+        self._keys = keys
+        self._issuer = issuer
+        self._audience = audience
+        self._leeway = leeway
+
+    def verify(self, token: str, *, now: float | None = None) -> RecycledNotice:
+        """Verify ``token`` and return its notice; raise :class:`SetError`."""
+        try:
+            claims = verify_jwt(
+                token,
+                keys=self._keys,
+                typ=SET_TYP,
+                issuer=self._issuer,
+                audience=self._audience,
+                leeway=self._leeway,
+                max_lifetime=None,
+                required=("iss", "aud", "iat", "jti", "toe", "events"),
+                now=now,
+            )
+        except TokenError as exc:
+            raise SetError(exc.reason, f"event token refused: {exc.message}") from exc
+        jti = claims["jti"]
+        if not isinstance(jti, str) or not 0 < len(jti) <= MAX_JTI:
+            raise SetError("claims", f"SET 'jti' must be a string of 1 to {MAX_JTI} characters")
+        events = claims["events"]
+        if not isinstance(events, dict) or list(events) != [RISC_IDENTIFIER_RECYCLED]:
+            raise SetError(
+                "event", "SET must carry exactly one event: the RISC identifier-recycled event"
+            )
+        event = events[RISC_IDENTIFIER_RECYCLED]
+        subject = event.get("subject") if isinstance(event, dict) else None
+        if (
+            not isinstance(subject, dict)
+            or subject.get("format") != "phone_number"
+            or not isinstance(subject.get("phone_number"), str)
+            or not is_e164(subject["phone_number"])
+        ):
+            raise SetError(
+                "event", "SET subject must be {format: phone_number, phone_number: E.164}"
+            )
+        assert isinstance(event, dict)
+        act_by = event.get("act_by")
+        return RecycledNotice(
+            jti=jti,
+            msisdn=subject["phone_number"],
+            recycled_at=_instant(claims["toe"], "toe"),
+            act_by=None if act_by is None else _instant(act_by, "act_by"),
+            issued_at=_instant(claims["iat"], "iat"),
+        )

@@ -1,0 +1,21 @@
+"""The conformance kit: play the gateway against any provider or carrier.
+
+The kit speaks only gRPC with the generated ``onecert.v1`` stubs, so it checks
+an adapter whatever language it is written in::
+
+    report = await check_provider(
+        target="localhost:50051",
+        warrant_key=SigningKey.load("keys/warrant.key.pem"),
+        known_numbers=["+8613800138000"],
+    )
+    print(report.to_table())
+    assert report.ok
+
+The command line is ``onecert conformance provider|carrier``.
+"""
+
+from onecert.sdk.conformance._carrier import check_carrier
+from onecert.sdk.conformance._provider import check_provider
+from onecert.sdk.conformance._report import CheckResult, Outcome, Report
+
+__all__ = ["CheckResult", "Outcome", "Report", "check_carrier", "check_provider"]

@@ -1,0 +1,119 @@
+"""Fixtures for the conformance kit's tests: dev keys and plain-grpcio adapters."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import pytest
+
+from onecert.sdk._keys import SigningKey
+from onecert.sdk.devkeys import DevKeys, init_dev_keys
+
+# pytest puts this folder on sys.path (no __init__.py files in tests/), so the
+# module is `plain_adapters` at run time; mypy names it by its path.
+if TYPE_CHECKING:
+    from tests.conformance.plain_adapters import (
+        AsyncCarrier,
+        AsyncProvider,
+        BlockingProvider,
+        CarrierFlaws,
+        Flaws,
+        ProviderCore,
+        start_async,
+        start_threaded,
+    )
+else:
+    from plain_adapters import (
+        AsyncCarrier,
+        AsyncProvider,
+        BlockingProvider,
+        CarrierFlaws,
+        Flaws,
+        ProviderCore,
+        start_async,
+        start_threaded,
+    )
+
+StartProvider = Callable[[Flaws | None], Awaitable[str]]
+StartCarrier = Callable[[CarrierFlaws | None], Awaitable[str]]
+
+
+@pytest.fixture(scope="session")
+def dev_keys(tmp_path_factory: pytest.TempPathFactory) -> DevKeys:
+    """One dev keys directory for the session (made by the code under test)."""
+    return init_dev_keys(tmp_path_factory.mktemp("keys"))
+
+
+@pytest.fixture(scope="session")
+def warrant_key(dev_keys: DevKeys) -> SigningKey:
+    return SigningKey.load(dev_keys.warrant_key)
+
+
+@pytest.fixture(scope="session")
+def gateway_jwks(dev_keys: DevKeys) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(dev_keys.gateway_jwks.read_text())
+    return data
+
+
+@pytest.fixture
+async def start_provider(gateway_jwks: dict[str, Any]) -> AsyncIterator[StartProvider]:
+    """Start a plain-grpcio provider with the given flaws; returns its target."""
+    servers: list[grpc.aio.Server] = []
+
+    async def start(flaws: Flaws | None = None) -> str:
+        core = ProviderCore(gateway_jwks, flaws or Flaws())
+        server, target = await start_async(AsyncProvider(core))
+        servers.append(server)
+        return target
+
+    yield start
+    for server in servers:
+        await server.stop(None)
+
+
+@pytest.fixture
+async def start_carrier(gateway_jwks: dict[str, Any]) -> AsyncIterator[StartCarrier]:
+    """Start a plain-grpcio carrier with the given flaws; returns its target."""
+    servers: list[grpc.aio.Server] = []
+
+    async def start(flaws: CarrierFlaws | None = None) -> str:
+        server, target = await start_async(AsyncCarrier(gateway_jwks, flaws or CarrierFlaws()))
+        servers.append(server)
+        return target
+
+    yield start
+    for server in servers:
+        await server.stop(None)
+
+
+@pytest.fixture
+def blocking_provider(gateway_jwks: dict[str, Any]) -> Iterator[str]:
+    """A provider on one worker thread whose ListBindings ignores deadlines (1.5 s)."""
+    servicer = BlockingProvider(ProviderCore(gateway_jwks), latency=1.5)
+    server, target = start_threaded(servicer)
+    yield target
+    servicer.release.set()
+    server.stop(None).wait()
+
+
+StartThreaded = Callable[..., str]
+
+
+@pytest.fixture
+def start_threaded_provider(gateway_jwks: dict[str, Any]) -> Iterator[StartThreaded]:
+    """Start a plain provider on threads (its own loop-free server), for running the
+    CLI in-process; ``credentials`` serves TLS."""
+    servers: list[grpc.Server] = []
+
+    def start(flaws: Flaws | None = None, credentials: grpc.ServerCredentials | None = None) -> str:
+        servicer = BlockingProvider(ProviderCore(gateway_jwks, flaws or Flaws()))
+        server, target = start_threaded(servicer, workers=8, credentials=credentials)
+        servers.append(server)
+        return target
+
+    yield start
+    for server in servers:
+        server.stop(None).wait()

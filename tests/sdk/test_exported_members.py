@@ -1,0 +1,63 @@
+"""The public surface of onecert.sdk is exactly what is intended, and all of it imports."""
+
+from __future__ import annotations
+
+import onecert.sdk
+import onecert.sdk.testing
+
+SDK_API = {
+    "Binding",
+    "BindingKind",
+    "CallInfo",
+    "Carrier",
+    "IdempotencyStore",
+    "MemoryIdempotencyStore",
+    "Provider",
+    "ProviderCategory",
+    "RecycledNotice",
+    "SQLiteIdempotencyStore",
+    "Server",
+    "ServerTLS",
+    "SetError",
+    "SetIssuer",
+    "SetVerifier",
+    "Tenure",
+    "TenureState",
+    "Unavailable",
+    "UnbindOutcome",
+    "UnbindReason",
+    "UnbindRequest",
+    "UnbindResult",
+    "configure_logging",
+}
+
+TESTING_API = {
+    "CallError",
+    "CarrierEnvironment",
+    "FakeGateway",
+    "InProcessServer",
+    "ProviderEnvironment",
+    "serve_in_process",
+}
+
+
+def test_sdk_exports_exactly_the_intended_names() -> None:
+    """onecert.sdk.__all__ is the intended public API, and each name is defined."""
+    assert set(onecert.sdk.__all__) == SDK_API
+    assert len(onecert.sdk.__all__) == len(SDK_API)
+    for name in onecert.sdk.__all__:
+        assert getattr(onecert.sdk, name) is not None
+
+
+def test_testing_exports_exactly_the_intended_names() -> None:
+    """onecert.sdk.testing.__all__ is the intended test-helper API."""
+    assert set(onecert.sdk.testing.__all__) == TESTING_API
+    for name in onecert.sdk.testing.__all__:
+        assert getattr(onecert.sdk.testing, name) is not None
+
+
+def test_exported_members_say_where_they_belong() -> None:
+    """Every exported class is documented (the names are the API a provider reads)."""
+    for name in onecert.sdk.__all__:
+        member = getattr(onecert.sdk, name)
+        assert member.__doc__, name

@@ -1,0 +1,299 @@
+"""Recycled-number notices: Security Event Tokens issued, verified, delivered once."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from onecert.sdk import Provider, SetError, SetIssuer, SetVerifier, UnbindResult
+from onecert.sdk._keys import SigningKey, parse_jwks
+from onecert.sdk._msisdn import is_e164
+from onecert.sdk._set import RISC_IDENTIFIER_RECYCLED, SET_TYP
+from onecert.sdk.testing import CallError, FakeGateway, InProcessServer, ProviderEnvironment
+from onecert.v1 import provider_pb2
+
+# pytest puts this folder on sys.path (no __init__.py files in tests/), so the
+# module is `sdk_fakes` at run time; mypy names it by its path.
+if TYPE_CHECKING:
+    from tests.sdk.sdk_fakes import NUMBER, PROVIDER_ID, FakeForum
+else:
+    from sdk_fakes import NUMBER, PROVIDER_ID, FakeForum
+
+
+KEY = SigningKey.generate("EdDSA")
+ISSUER = SetIssuer(key=KEY, issuer="onecert-gateway")
+VERIFIER = SetVerifier(keys=parse_jwks(KEY.jwks()), issuer="onecert-gateway", audience=PROVIDER_ID)
+RECYCLED_AT = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
+
+
+def _payload(token: str) -> dict[str, Any]:
+    body = token.split(".")[1]
+    data: dict[str, Any] = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    return data
+
+
+def test_issued_set_has_the_rfc_8417_shape() -> None:
+    """A SET carries iss, iat, jti, aud, toe and exactly the RISC event for a phone subject."""
+    deadline = RECYCLED_AT + timedelta(days=7)
+    token = ISSUER.issue(
+        audience=PROVIDER_ID, msisdn=NUMBER, recycled_at=RECYCLED_AT, deadline=deadline, jti="n-1"
+    )
+    claims = _payload(token)
+    assert set(claims) == {"iss", "iat", "jti", "aud", "toe", "events"}
+    assert "exp" not in claims
+    assert claims["toe"] == int(RECYCLED_AT.timestamp())
+    assert claims["events"] == {
+        RISC_IDENTIFIER_RECYCLED: {
+            "subject": {"format": "phone_number", "phone_number": NUMBER},
+            "act_by": int(deadline.timestamp()),
+        }
+    }
+    header = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
+    assert header["typ"] == SET_TYP
+
+
+def test_verified_set_becomes_a_notice() -> None:
+    """Verification returns the notice with the number, when it was recycled and the deadline."""
+    deadline = RECYCLED_AT + timedelta(days=7)
+    notice = VERIFIER.verify(
+        ISSUER.issue(
+            audience=PROVIDER_ID,
+            msisdn=NUMBER,
+            recycled_at=RECYCLED_AT,
+            deadline=deadline,
+            jti="n-2",
+        )
+    )
+    assert notice.jti == "n-2"
+    assert notice.msisdn == NUMBER
+    assert notice.recycled_at == RECYCLED_AT
+    assert notice.act_by == deadline
+    assert notice.issued_at is not None
+
+
+def _forged(claims: dict[str, Any], *, typ: str = SET_TYP) -> str:
+    base = {"iss": "onecert-gateway", "aud": PROVIDER_ID, "iat": int(time.time()), "jti": "x"}
+    base["toe"] = base["iat"]
+    return KEY.sign({**base, **claims}, typ=typ)
+
+
+@pytest.mark.parametrize(
+    ("token", "malformed"),
+    [
+        ("", True),
+        ("a.b.c", True),
+        (_forged({"events": {}}, typ="JWT"), True),
+        (_forged({}), True),
+        (_forged({"events": {"https://example.com/other": {}}}), True),
+        (
+            _forged(
+                {
+                    "events": {
+                        RISC_IDENTIFIER_RECYCLED: {
+                            "subject": {"format": "phone_number", "phone_number": "12345"}
+                        }
+                    }
+                }
+            ),
+            True,
+        ),
+        (
+            _forged(
+                {
+                    "events": {
+                        RISC_IDENTIFIER_RECYCLED: {
+                            "subject": {"format": "email", "email": "a@example.com"}
+                        }
+                    }
+                }
+            ),
+            True,
+        ),
+        (
+            SetIssuer(key=SigningKey.generate("EdDSA"), issuer="onecert-gateway").issue(
+                audience=PROVIDER_ID, msisdn=NUMBER, recycled_at=RECYCLED_AT
+            ),
+            False,
+        ),
+        (
+            ISSUER.issue(audience="another-provider", msisdn=NUMBER, recycled_at=RECYCLED_AT),
+            False,
+        ),
+        (
+            SetIssuer(key=KEY, issuer="someone-else").issue(
+                audience=PROVIDER_ID, msisdn=NUMBER, recycled_at=RECYCLED_AT
+            ),
+            False,
+        ),
+        (
+            ISSUER.issue(
+                audience=PROVIDER_ID, msisdn=NUMBER, recycled_at=RECYCLED_AT, now=time.time() + 600
+            ),
+            False,
+        ),
+    ],
+    ids=[
+        "empty",
+        "garbage",
+        "wrong typ",
+        "no events",
+        "other event",
+        "bad number",
+        "not a phone subject",
+        "wrong key",
+        "wrong audience",
+        "wrong issuer",
+        "issued in the future",
+    ],
+)
+def test_bad_sets_are_refused(token: str, malformed: bool) -> None:
+    """Malformed tokens are told apart (INVALID_ARGUMENT) from untrusted ones (UNAUTHENTICATED)."""
+    with pytest.raises(SetError) as err:
+        VERIFIER.verify(token)
+    assert err.value.malformed is malformed
+    assert NUMBER not in err.value.message
+
+
+@given(st.text(max_size=20))
+def test_only_e164_subjects_are_accepted(phone: str) -> None:
+    """The subject's phone number must be E.164, whatever else is sent."""
+    token = _forged(
+        {
+            "events": {
+                RISC_IDENTIFIER_RECYCLED: {
+                    "subject": {"format": "phone_number", "phone_number": phone}
+                }
+            }
+        }
+    )
+    if is_e164(phone):
+        assert VERIFIER.verify(token).msisdn == phone
+        return
+    with pytest.raises(SetError) as err:
+        VERIFIER.verify(token)
+    assert err.value.malformed
+
+
+def test_issuer_refuses_what_it_must_not_sign() -> None:
+    """The issuer refuses a malformed number and naive datetimes."""
+    with pytest.raises(ValueError, match=r"E\.164"):
+        ISSUER.issue(audience=PROVIDER_ID, msisdn="138", recycled_at=RECYCLED_AT)
+    with pytest.raises(ValueError, match="timezone"):
+        ISSUER.issue(
+            audience=PROVIDER_ID, msisdn=NUMBER, recycled_at=RECYCLED_AT.replace(tzinfo=None)
+        )
+
+
+async def test_receive_event_calls_the_handler_once_per_jti(
+    running: InProcessServer, forum: FakeForum
+) -> None:
+    """A notice reaches on_recycled once; a redelivery gets the same answer, no second call."""
+    token = running.gateway.recycled_notice(NUMBER, recycled_at=RECYCLED_AT, jti="n-10")
+    stub = running.provider_stub()
+    first = await stub.ReceiveEvent(provider_pb2.ReceiveEventRequest(set=token), timeout=5)
+    second = await stub.ReceiveEvent(provider_pb2.ReceiveEventRequest(set=token), timeout=5)
+    assert first == second
+    assert first.acknowledged
+    assert first.acted
+    assert first.bindings_removed == 2
+    assert forum.calls == ["on_recycled"]
+    (notice,) = forum.notices
+    assert notice.msisdn == NUMBER
+    assert notice.recycled_at == RECYCLED_AT
+    assert forum.infos[0].purpose == "event"
+
+
+async def test_handler_returning_none_acknowledges_without_acting(
+    provider: Provider, forum: FakeForum
+) -> None:
+    """A handler that only records the notice (returns None) is answered acknowledged, not acted."""
+    forum.removed_on_notice = None
+    env = ProviderEnvironment(provider)
+    assert await env.notify_recycled(NUMBER) is None
+    assert forum.calls == ["on_recycled"]
+
+
+async def test_without_a_handler_notices_are_acknowledged(running: InProcessServer) -> None:
+    """A provider without on_recycled acknowledges notices and claims no action."""
+    bare = Provider(provider_id=PROVIDER_ID, name="Bare", category="other")
+
+    @bare.list_bindings
+    async def list_bindings(msisdn: str) -> list[object]:
+        return []
+
+    @bare.unbind
+    async def unbind(request: object) -> UnbindResult:
+        return UnbindResult.rejected("no such account")
+
+    env = ProviderEnvironment(bare)
+    assert await env.notify_recycled(NUMBER) is None
+
+
+@pytest.mark.parametrize(
+    ("audience", "code"),
+    [("another-provider", grpc.StatusCode.UNAUTHENTICATED), (PROVIDER_ID, None)],
+)
+async def test_receive_event_refuses_untrusted_notices(
+    running: InProcessServer, forum: FakeForum, audience: str, code: grpc.StatusCode | None
+) -> None:
+    """A notice for another provider is UNAUTHENTICATED and never reaches the handler."""
+    token = running.gateway.recycled_notice(NUMBER, audience=audience)
+    call = running.provider_stub().ReceiveEvent(
+        provider_pb2.ReceiveEventRequest(set=token), timeout=5
+    )
+    if code is None:
+        assert (await call).acknowledged
+        return
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call
+    assert err.value.code() == code
+    assert forum.calls == []
+
+
+async def test_receive_event_refuses_what_is_not_a_set(
+    running: InProcessServer, forum: FakeForum
+) -> None:
+    """A warrant (or anything else) sent as a notice is INVALID_ARGUMENT."""
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await running.provider_stub().ReceiveEvent(
+            provider_pb2.ReceiveEventRequest(set=running.gateway.warrant(NUMBER)), timeout=5
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert forum.calls == []
+
+
+async def test_handler_failure_is_retried(provider: Provider, forum: FakeForum) -> None:
+    """A handler that fails is INTERNAL and not remembered, so the redelivery calls it again."""
+    env = ProviderEnvironment(provider)
+    token = env.gateway.recycled_notice(NUMBER, jti="n-20")
+    forum.error = RuntimeError("boom")
+    with pytest.raises(CallError) as err:
+        await env.notify_recycled(NUMBER, token=token)
+    assert err.value.code is grpc.StatusCode.INTERNAL
+    forum.error = None
+    assert await env.notify_recycled(NUMBER, token=token) == 2
+
+
+@pytest.mark.parametrize("bad", [True, -1, 2**32, "3"])
+async def test_handler_result_is_checked(provider: Provider, forum: FakeForum, bad: object) -> None:
+    """on_recycled must return None or a count of bindings; anything else is INTERNAL."""
+    forum.removed_on_notice = bad  # type: ignore[assignment]  # deliberately wrong
+    env = ProviderEnvironment(provider)
+    with pytest.raises(CallError) as err:
+        await env.notify_recycled(NUMBER)
+    assert err.value.code is grpc.StatusCode.INTERNAL
+
+
+def test_gateway_double_signs_with_its_own_key() -> None:
+    """FakeGateway's notices verify against its published keys."""
+    gateway = FakeGateway(audience=PROVIDER_ID)
+    verifier = SetVerifier(keys=gateway.keys, issuer=gateway.issuer, audience=PROVIDER_ID)
+    assert verifier.verify(gateway.recycled_notice(NUMBER)).msisdn == NUMBER
