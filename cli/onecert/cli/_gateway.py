@@ -1,0 +1,67 @@
+"""``onecert gateway serve``: run the gateway from a configuration file."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from onecert.cli import CommandError
+
+if TYPE_CHECKING:
+    from onecert.gateway import GatewayServer
+
+
+def register(sub: argparse._SubParsersAction[Any]) -> None:
+    gateway = sub.add_parser(
+        "gateway",
+        help="run the onecert gateway",
+        description="Run the onecert gateway.",
+    )
+    commands = gateway.add_subparsers(dest="gateway_command", required=True, metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve",
+        help="serve Gateway.Lookup until SIGTERM or SIGINT",
+        description=(
+            "Serve the gateway as the configuration file says (see docs/configuration.md). "
+            "Production mode needs TLS with client certificates and mutual TLS towards "
+            "carriers and providers; SIGTERM or SIGINT stops it gracefully."
+        ),
+    )
+    serve.add_argument("--config", required=True, type=Path, metavar="FILE", help="TOML file")
+    serve.add_argument(
+        "--dev-plaintext",
+        action="store_true",
+        help="development mode: allow plaintext (same as gateway.dev_plaintext = true)",
+    )
+    serve.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from onecert.gateway._config import ConfigError, load_config  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+    from onecert.gateway._server import serve  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+    from onecert.sdk._keys import KeyConfigError  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+    from onecert.sdk._logging import configure_logging  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+    from onecert.sdk._tls import TLSConfigError  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+
+    try:
+        config = load_config(args.config, dev_plaintext=args.dev_plaintext)
+    except ConfigError as exc:
+        raise CommandError(str(exc)) from None
+    configure_logging(json=config.json_logs, level=config.log_level)
+
+    def ready(server: GatewayServer) -> None:
+        mode = "development, plaintext allowed" if config.dev_plaintext else "production"
+        # One line on stdout for scripts that wait for the port.
+        print(f"onecert gateway {config.id} listening on port {server.port} ({mode})", flush=True)
+
+    try:
+        asyncio.run(serve(config, ready=ready))
+    except (KeyConfigError, TLSConfigError, ConfigError) as exc:
+        raise CommandError(str(exc)) from None
+    except OSError as exc:
+        raise CommandError(f"cannot start the gateway: {exc}") from None
+    print("onecert gateway stopped", file=sys.stderr)
+    return 0

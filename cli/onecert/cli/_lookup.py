@@ -1,0 +1,286 @@
+"""``onecert lookup``: a citizen's lookup, printed as a table (or JSON)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import enum
+import json
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from onecert.cli import CommandError
+
+if TYPE_CHECKING:
+    from onecert.sdk._tls import ClientTLS
+    from onecert.sdk.client import Result, Started, Summary
+
+
+def register(sub: argparse._SubParsersAction[Any]) -> None:
+    parser = sub.add_parser(
+        "lookup",
+        help="look up the numbers and accounts under a citizen's identity",
+        description=(
+            "Ask a gateway which numbers are registered under the identity in the "
+            "assertion and which accounts are bound to them. Left-behind accounts "
+            "(your old number, now someone else's) are listed first."
+        ),
+    )
+    parser.add_argument("--gateway", required=True, metavar="HOST:PORT", help="the gateway")
+    parser.add_argument(
+        "--assertion",
+        required=True,
+        metavar="FILE",
+        help="file holding the identity assertion (a JWT; '-' for stdin); good for one lookup",
+    )
+    tls = parser.add_argument_group("transport (mutual TLS, or --insecure in development)")
+    tls.add_argument("--ca", type=Path, metavar="FILE", help="CA that signed the gateway's cert")
+    tls.add_argument("--cert", type=Path, metavar="FILE", help="client certificate")
+    tls.add_argument("--key", type=Path, metavar="FILE", help="client private key")
+    tls.add_argument("--server-name", metavar="NAME", help="name expected in the gateway's cert")
+    tls.add_argument("--insecure", action="store_true", help="plaintext (development only)")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument(
+        "--timeout", type=float, default=30.0, metavar="SECONDS", help="give up after (30)"
+    )
+    parser.set_defaults(handler=_lookup)
+
+
+def _read_assertion(name: str) -> str:
+    try:
+        text = sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CommandError(f"cannot read the assertion {name}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise CommandError(f"the assertion {name} is not text") from None
+    token = text.strip()
+    if not token:
+        raise CommandError(f"the assertion {name} is empty")
+    return token
+
+
+def _lookup(args: argparse.Namespace) -> int:
+    from onecert.sdk._tls import ClientTLS, TLSConfigError  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+
+    if args.insecure and (args.ca or args.cert or args.key):
+        raise CommandError("--insecure cannot be combined with --ca, --cert or --key")
+    if not args.insecure and args.ca is None:
+        raise CommandError("give --ca (and --cert/--key for mutual TLS), or --insecure in dev")
+    if (args.cert is None) != (args.key is None):
+        raise CommandError("--cert and --key go together")
+    if args.timeout <= 0:
+        raise CommandError("--timeout must be more than zero")
+    assertion = _read_assertion(args.assertion)
+    try:
+        tls = (
+            None
+            if args.insecure
+            else ClientTLS(
+                ca_file=args.ca,
+                cert_file=args.cert,
+                key_file=args.key,
+                server_name=args.server_name,
+            )
+        )
+        if tls is not None:
+            tls.credentials()  # read the files now, for a clear error before connecting
+    except TLSConfigError as exc:
+        raise CommandError(str(exc)) from None
+    progress = sys.stderr if (not args.json and sys.stderr.isatty()) else None
+    started, results, summary = asyncio.run(
+        _collect(
+            args.gateway,
+            tls,
+            insecure=args.insecure,
+            assertion=assertion,
+            deadline=args.timeout,
+            progress=progress,
+        )
+    )
+    if args.json:
+        print(json.dumps(to_json(started, results, summary), indent=2, ensure_ascii=False))
+    else:
+        print(render_table(started, results, summary))
+    return 0
+
+
+async def _collect(
+    target: str,
+    tls: ClientTLS | None,
+    *,
+    insecure: bool,
+    assertion: str,
+    deadline: float,
+    progress: TextIO | None,
+) -> tuple[Started, list[Result], Summary]:
+    from onecert.sdk.client import (  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+        GatewayClient,
+        GatewayError,
+        Result,
+        Started,
+        Summary,
+    )
+
+    started: Started | None = None
+    results: list[Result] = []
+    summary: Summary | None = None
+    try:
+        # Made inside the event loop that uses it: a grpc.aio channel is tied to its loop.
+        async with GatewayClient(target, tls=tls, insecure=insecure) as client:
+            async for update in client.lookup(assertion, timeout=deadline):
+                if isinstance(update, Started):
+                    started = update
+                elif isinstance(update, Result):
+                    results.append(update)
+                elif isinstance(update, Summary):
+                    summary = update
+                if progress is not None and started is not None and summary is None:
+                    _progress(progress, len(results), started.provider_calls)
+    except GatewayError as exc:
+        raise CommandError(f"lookup refused by the gateway: {exc}") from None
+    finally:
+        if progress is not None:
+            progress.write("\r\033[K")
+            progress.flush()
+    if started is None or summary is None:
+        raise CommandError("the gateway ended the lookup without a summary")
+    return started, results, summary
+
+
+def _progress(out: TextIO, done: int, total: int) -> None:
+    out.write(f"\r\033[Kwaiting for providers: {done}/{total} answered")
+    out.flush()
+
+
+# ------------------------------------------------------------------ output
+
+
+def _day(when: datetime | None) -> str:
+    return when.date().isoformat() if when is not None else "?"
+
+
+def _table(rows: Sequence[Sequence[str]], indent: str = "  ") -> list[str]:
+    if not rows:
+        return []
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        indent + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+
+
+def _accounts(count: int) -> str:
+    return f"{count} account" if count == 1 else f"{count} accounts"
+
+
+def _provider(result: Result) -> str:
+    category = f" ({result.category.value.replace('_', '-')})" if result.category else ""
+    return f"{result.provider_name or result.provider_id}{category}"
+
+
+def render_table(started: Started, results: Sequence[Result], summary: Summary) -> str:
+    """The merged list as text: numbers, your accounts (left behind first),
+    previous holders' counts, then coverage."""
+    lines = ["Numbers under your identity"]
+    number_rows = []
+    for n in started.numbers:
+        if n.current:
+            held = f"current, since {_day(n.held_from)}"
+        else:
+            state = f" ({n.state.value})" if n.state else ""
+            held = f"former, held {_day(n.held_from)} to {_day(n.held_until)}{state}"
+        number_rows.append([n.msisdn, n.carrier_id, held])
+    lines += _table(number_rows) or ["  (none found)"]
+
+    from onecert.sdk.client import Attribution  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+
+    accounts = [(r, a) for r in results for a in r.accounts]
+    # Left behind first: someone else may be able to use these accounts now.
+    accounts.sort(key=lambda item: item[1].attribution is not Attribution.LEFT_BEHIND)
+    lines += ["", "Your accounts"]
+    rows = []
+    for result, account in accounts:
+        flag = "!! left behind" if account.attribution is Attribution.LEFT_BEHIND else "mine"
+        rows.append(
+            [
+                flag,
+                _provider(result),
+                result.msisdn,
+                account.display_name_masked or "-",
+                account.kind.value.replace("_", "-") if account.kind else "-",
+                f"bound {_day(account.bound_at)}",
+                "unbindable" if account.handle else "",
+            ]
+        )
+    lines += _table(rows) or ["  (none)"]
+
+    previous = [r for r in results if r.previous_holder_count]
+    if previous:
+        lines += ["", "Previous holders' accounts on your current numbers (count only)"]
+        lines += _table(
+            [
+                [
+                    _provider(r),
+                    r.msisdn,
+                    _accounts(r.previous_holder_count),
+                    f"{len(r.release_handles)} releasable",
+                ]
+                for r in previous
+            ]
+        )
+
+    total = summary.total
+    carriers_ok = sum(c.outcome.value == "answered" for c in summary.carriers)
+    lines += [
+        "",
+        f"Coverage: {total.asked} asked, {total.answered} answered, {total.timed_out} timed out, "
+        f"{total.failed} failed, {total.skipped} skipped; carriers {carriers_ok}/"
+        f"{len(summary.carriers)} answered; {summary.elapsed.total_seconds():.2f} s",
+    ]
+    problems = [
+        [c.outcome.value.replace("_", " "), f"carrier {c.carrier_id}", "", c.detail]
+        for c in summary.carriers
+        if c.outcome.value != "answered"
+    ]
+    problems += [
+        [r.outcome.value.replace("_", " "), _provider(r), r.msisdn, r.detail]
+        for r in results
+        if r.outcome.value != "answered"
+    ]
+    lines += _table(problems)
+    return "\n".join(lines)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def to_json(started: Started, results: Sequence[Result], summary: Summary) -> dict[str, Any]:
+    """The lookup as one JSON-ready document."""
+    return {
+        "query_id": started.query_id,
+        "numbers": _plain([dataclasses.asdict(n) for n in started.numbers]),
+        "carriers": _plain([dataclasses.asdict(c) for c in started.carriers]),
+        "provider_calls": started.provider_calls,
+        "results": [
+            _plain({k: v for k, v in dataclasses.asdict(r).items() if k != "query_id"})
+            for r in results
+        ],
+        "summary": _plain(
+            {k: v for k, v in dataclasses.asdict(summary).items() if k != "query_id"}
+        ),
+    }

@@ -1,0 +1,76 @@
+"""One reused ``grpc.aio`` channel per upstream target.
+
+A channel holds its HTTP/2 connection open across lookups; creating one per
+call would add a TLS handshake to every provider call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+
+from onecert.gateway._config import UpstreamTLS
+from onecert.sdk._tls import ClientTLS
+
+__all__ = ["ChannelPool"]
+
+
+class ChannelPool:
+    """Channels by target address, created on first use and closed together.
+
+    Args:
+        upstream_tls: mutual TLS towards carriers and providers; ``None`` allows
+            only plaintext targets.
+        max_message_bytes: the send and receive limit on every channel.
+    """
+
+    def __init__(self, *, upstream_tls: UpstreamTLS | None, max_message_bytes: int) -> None:
+        self._tls = (
+            None
+            if upstream_tls is None
+            else ClientTLS(
+                ca_file=upstream_tls.ca,
+                cert_file=upstream_tls.cert,
+                key_file=upstream_tls.key,
+                server_name=upstream_tls.server_name,
+            )
+        )
+        # Read the files once, at start-up, so a bad path fails early.
+        self._credentials = None if self._tls is None else self._tls.credentials()
+        self._options: list[tuple[str, int | str]] = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            # Notice a dead connection between lookups, not during one.
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+        ]
+        self._channels: dict[tuple[str, bool], grpc.aio.Channel] = {}
+        self._closed = False
+
+    def get(self, address: str, *, plaintext: bool) -> grpc.aio.Channel:
+        """The channel to ``address`` (created on first use)."""
+        if self._closed:
+            raise RuntimeError("the channel pool is closed")
+        key = (address, plaintext)
+        channel = self._channels.get(key)
+        if channel is None:
+            if plaintext:
+                channel = grpc.aio.insecure_channel(address, options=self._options)
+            else:
+                if self._credentials is None or self._tls is None:
+                    raise RuntimeError(f"no upstream TLS configured for {address}")
+                channel = grpc.aio.secure_channel(
+                    address,
+                    self._credentials,
+                    options=[*self._options, *self._tls.channel_options()],
+                )
+            self._channels[key] = channel
+        return channel
+
+    async def close(self, grace: float | None = None) -> None:
+        """Close every channel (calls still running get ``grace`` seconds)."""
+        self._closed = True
+        channels = list(self._channels.values())
+        self._channels.clear()
+        await asyncio.gather(*(c.close(grace) for c in channels))

@@ -1,0 +1,569 @@
+"""The gateway's configuration: one TOML file, validated into frozen dataclasses.
+
+Every error names the key at fault (``fanout.provider_deadline_s``,
+``providers[2].address``) and relative paths are resolved against the
+directory of the file, so a config can travel with its keys. The full list
+of keys, with an example, is in ``docs/configuration.md``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from onecert.v1 import common_pb2
+
+__all__ = [
+    "CATEGORIES",
+    "CarrierConfig",
+    "ConfigError",
+    "FanoutConfig",
+    "GatewayConfig",
+    "IdentityConfig",
+    "IssuerConfig",
+    "KeysConfig",
+    "ListenTLS",
+    "ProviderConfig",
+    "UpstreamTLS",
+    "check_transport",
+    "load_config",
+    "parse_config",
+]
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key at fault."""
+
+
+_ID = re.compile(r"[a-z0-9._-]{1,64}")
+_LISTEN = re.compile(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]*):([0-9]{1,5})")
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+# Provider categories by the name used in the config file ("payment").
+CATEGORIES: Final[Mapping[str, common_pb2.ProviderCategory.ValueType]] = {
+    name.removeprefix("PROVIDER_CATEGORY_").lower(): number
+    for name, number in common_pb2.ProviderCategory.items()
+    if number != common_pb2.PROVIDER_CATEGORY_UNSPECIFIED
+}
+
+
+@dataclass(frozen=True)
+class ListenTLS:
+    """The gateway's own certificate; with ``client_ca`` clients need a certificate."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+
+@dataclass(frozen=True)
+class UpstreamTLS:
+    """How the gateway checks carriers and providers (``ca``) and the client
+    certificate it presents to them (``cert`` and ``key``, mutual TLS)."""
+
+    ca: Path
+    cert: Path | None = None
+    key: Path | None = None
+    # Expected name in the upstream certificates when it differs from the host.
+    server_name: str | None = None
+
+
+@dataclass(frozen=True)
+class KeysConfig:
+    """The gateway's secrets: the warrant signing key and the handle sealing key."""
+
+    warrant_key: Path
+    handle_key: Path
+    handle_ttl_s: float = 900.0
+    warrant_lifetime_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class IssuerConfig:
+    """An identity service whose assertions the gateway accepts."""
+
+    issuer: str
+    jwks: Path
+
+
+@dataclass(frozen=True)
+class IdentityConfig:
+    """How citizens' identity assertions are checked."""
+
+    audience: str
+    issuers: tuple[IssuerConfig, ...]
+    assurance_levels: tuple[str, ...] = ("low", "substantial", "high")
+    required_assurance: str = "substantial"
+    leeway_s: float = 30.0
+    max_lifetime_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class FanoutConfig:
+    """Defaults and safety limits for the calls to carriers and providers."""
+
+    provider_deadline_s: float = 3.0
+    carrier_deadline_s: float = 2.0
+    max_concurrency_per_provider: int = 32
+    breaker_failure_threshold: int = 5
+    breaker_cooldown_s: float = 30.0
+    retry_budget_ratio: float = 0.2
+    retry_budget_min_retries: int = 3
+    retry_budget_window_s: float = 10.0
+    retry_max_attempts: int = 2
+    summary_margin_s: float = 0.2
+
+
+@dataclass(frozen=True)
+class CarrierConfig:
+    """A carrier (``NumberRegistry``)."""
+
+    id: str
+    address: str
+    name: str = ""
+    deadline_s: float | None = None
+    max_concurrency: int | None = None
+    plaintext: bool = False
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.id
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    """An internet provider (``BindingProvider``)."""
+
+    id: str
+    address: str
+    name: str = ""
+    category: common_pb2.ProviderCategory.ValueType = common_pb2.PROVIDER_CATEGORY_OTHER
+    deadline_s: float | None = None
+    max_concurrency: int | None = None
+    plaintext: bool = False
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.id
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """The whole gateway configuration.
+
+    Build it with :func:`load_config` (a TOML file) or :func:`parse_config` (a
+    mapping); constructing it directly is fine in tests and demos, and
+    :class:`~onecert.gateway.GatewayServer` re-checks the transport rules.
+    """
+
+    keys: KeysConfig
+    identity: IdentityConfig
+    carriers: tuple[CarrierConfig, ...]
+    providers: tuple[ProviderConfig, ...] = ()
+    id: str = "onecert-gateway"
+    listen: str = "[::]:50051"
+    dev_plaintext: bool = False
+    tls: ListenTLS | None = None
+    upstream_tls: UpstreamTLS | None = None
+    fanout: FanoutConfig = field(default_factory=FanoutConfig)
+    max_concurrent_lookups: int = 100
+    lookup_deadline_s: float = 10.0
+    grace_period_s: float = 10.0
+    max_message_bytes: int = 4 * 1024 * 1024
+    # None: JSON lines in production, readable lines in development.
+    log_json: bool | None = None
+    log_level: str = "info"
+
+    @property
+    def json_logs(self) -> bool:
+        return (not self.dev_plaintext) if self.log_json is None else self.log_json
+
+
+def check_transport(config: GatewayConfig) -> None:
+    """Refuse plaintext outside development mode; raise :class:`ConfigError`.
+
+    Production mode (``dev_plaintext = false``) needs the gateway's own TLS
+    with client certificates, and mutual TLS towards every carrier and
+    provider; plaintext anywhere needs the explicit development flag.
+    """
+    if not config.dev_plaintext:
+        if config.tls is None:
+            raise ConfigError(
+                "production mode (gateway.dev_plaintext = false) needs [gateway.tls] with "
+                "cert, key and client_ca; plaintext is a development flag only"
+            )
+        if config.tls.client_ca is None:
+            raise ConfigError(
+                "production mode needs gateway.tls.client_ca: callers must present "
+                "a client certificate"
+            )
+    upstreams: list[tuple[str, CarrierConfig | ProviderConfig]] = [
+        *((f"carriers[{i}]", c) for i, c in enumerate(config.carriers)),
+        *((f"providers[{i}]", p) for i, p in enumerate(config.providers)),
+    ]
+    for where, target in upstreams:
+        if target.plaintext:
+            if not config.dev_plaintext:
+                raise ConfigError(
+                    f"{where}.plaintext (id {target.id!r}) is allowed only with "
+                    "gateway.dev_plaintext = true"
+                )
+            continue
+        if config.upstream_tls is None:
+            raise ConfigError(
+                f"{where} (id {target.id!r}) needs [upstream_tls] (mutual TLS), "
+                "or plaintext = true in development"
+            )
+        if not config.dev_plaintext and config.upstream_tls.cert is None:
+            raise ConfigError(
+                "production mode needs upstream_tls.cert and upstream_tls.key: "
+                "carriers and providers identify the gateway by its client certificate"
+            )
+
+
+def load_config(path: str | Path, *, dev_plaintext: bool = False) -> GatewayConfig:
+    """Read and validate a TOML configuration file.
+
+    Args:
+        path: the file; relative paths inside it are resolved against its directory.
+        dev_plaintext: force development mode (the ``--dev-plaintext`` flag), as if
+            ``gateway.dev_plaintext = true``.
+
+    Raises:
+        ConfigError: unreadable file, invalid TOML, or an invalid key.
+    """
+    file = Path(path)
+    try:
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {file}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config {file} is not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config {file} is not UTF-8 text") from exc
+    return parse_config(data, base_dir=file.resolve().parent, dev_plaintext=dev_plaintext)
+
+
+def parse_config(
+    data: Mapping[str, Any], *, base_dir: str | Path, dev_plaintext: bool = False
+) -> GatewayConfig:
+    """Validate a parsed TOML document (see :func:`load_config`)."""
+    base = Path(base_dir)
+    root = _Table(data, "", base)
+    # A misspelt table reads better as "unknown" than as the required one missing.
+    root.refuse_unknown(_TABLES)
+    gw = root.table("gateway")
+    gateway_id = gw.string("id", "onecert-gateway")
+    if not _ID.fullmatch(gateway_id):
+        raise ConfigError("gateway.id must be 1 to 64 characters of [a-z0-9._-]")
+    listen = gw.string("listen", "[::]:50051")
+    match = _LISTEN.fullmatch(listen)
+    if match is None or not 0 <= int(match.group(2)) <= 65535:
+        raise ConfigError(
+            f"gateway.listen must be HOST:PORT (for example [::]:50051), not {listen!r}"
+        )
+    dev = gw.boolean("dev_plaintext", False) or dev_plaintext
+    tls_table = gw.optional_table("tls")
+    tls = None
+    if tls_table is not None:
+        tls = ListenTLS(
+            cert=tls_table.path("cert"),
+            key=tls_table.path("key"),
+            client_ca=tls_table.path("client_ca", None),
+        )
+        tls_table.finish()
+    log_level = gw.string("log_level", "info").lower()
+    if log_level not in _LOG_LEVELS:
+        raise ConfigError(f"gateway.log_level must be one of {', '.join(_LOG_LEVELS)}")
+    general = {
+        "max_concurrent_lookups": gw.integer("max_concurrent_lookups", 100, minimum=1),
+        "lookup_deadline_s": gw.seconds("lookup_deadline_s", 10.0),
+        "grace_period_s": gw.seconds("grace_period_s", 10.0, allow_zero=True),
+        "max_message_bytes": gw.integer("max_message_bytes", 4 * 1024 * 1024, minimum=1024),
+        "log_json": gw.boolean("log_json", None),
+    }
+    gw.finish()
+
+    keys_t = root.table("keys", required=True)
+    keys = KeysConfig(
+        warrant_key=keys_t.path("warrant_key"),
+        handle_key=keys_t.path("handle_key"),
+        handle_ttl_s=keys_t.seconds("handle_ttl_s", 900.0),
+        warrant_lifetime_s=keys_t.seconds("warrant_lifetime_s", 30.0),
+    )
+    if keys.warrant_lifetime_s > 60:
+        raise ConfigError("keys.warrant_lifetime_s must be at most 60 (the contract's limit)")
+    keys_t.finish()
+
+    identity = _parse_identity(root.table("identity", required=True), default_audience=gateway_id)
+
+    up_t = root.optional_table("upstream_tls")
+    upstream_tls = None
+    if up_t is not None:
+        upstream_tls = UpstreamTLS(
+            ca=up_t.path("ca"),
+            cert=up_t.path("cert", None),
+            key=up_t.path("key", None),
+            server_name=up_t.string("server_name", None),
+        )
+        if (upstream_tls.cert is None) != (upstream_tls.key is None):
+            raise ConfigError("upstream_tls.cert and upstream_tls.key go together")
+        up_t.finish()
+
+    fanout = _parse_fanout(root.table("fanout"))
+    carriers = tuple(
+        _parse_carrier(t) for t in root.tables("carriers", required=True, what="carrier")
+    )
+    providers = tuple(_parse_provider(t) for t in root.tables("providers", what="provider"))
+    _unique("carriers", [c.id for c in carriers])
+    _unique("providers", [p.id for p in providers])
+    root.finish()
+
+    config = GatewayConfig(
+        id=gateway_id,
+        listen=listen,
+        dev_plaintext=dev,
+        tls=tls,
+        keys=keys,
+        identity=identity,
+        upstream_tls=upstream_tls,
+        fanout=fanout,
+        carriers=carriers,
+        providers=providers,
+        log_level=log_level,
+        **general,
+    )
+    check_transport(config)
+    return config
+
+
+def _parse_identity(t: _Table, *, default_audience: str) -> IdentityConfig:
+    levels = tuple(t.strings("assurance_levels", ["low", "substantial", "high"]))
+    if not levels or len(set(levels)) != len(levels):
+        raise ConfigError("identity.assurance_levels must be a non-empty list without duplicates")
+    required = t.string("required_assurance", "substantial")
+    if required not in levels:
+        raise ConfigError(
+            f"identity.required_assurance {required!r} is not one of identity.assurance_levels"
+        )
+    issuers = []
+    for it in t.tables("issuers", required=True, what="issuer"):
+        issuers.append(IssuerConfig(issuer=it.string("issuer"), jwks=it.path("jwks")))
+        it.finish()
+    _unique("identity.issuers", [i.issuer for i in issuers])
+    config = IdentityConfig(
+        audience=t.string("audience", default_audience),
+        issuers=tuple(issuers),
+        assurance_levels=levels,
+        required_assurance=required,
+        leeway_s=t.seconds("leeway_s", 30.0, allow_zero=True),
+        max_lifetime_s=t.seconds("max_lifetime_s", 300.0),
+    )
+    t.finish()
+    return config
+
+
+def _parse_fanout(t: _Table) -> FanoutConfig:
+    config = FanoutConfig(
+        provider_deadline_s=t.seconds("provider_deadline_s", 3.0),
+        carrier_deadline_s=t.seconds("carrier_deadline_s", 2.0),
+        max_concurrency_per_provider=t.integer("max_concurrency_per_provider", 32, minimum=1),
+        breaker_failure_threshold=t.integer("breaker_failure_threshold", 5, minimum=1),
+        breaker_cooldown_s=t.seconds("breaker_cooldown_s", 30.0),
+        retry_budget_ratio=t.number("retry_budget_ratio", 0.2, minimum=0.0, maximum=1.0),
+        retry_budget_min_retries=t.integer("retry_budget_min_retries", 3, minimum=0),
+        retry_budget_window_s=t.seconds("retry_budget_window_s", 10.0),
+        retry_max_attempts=t.integer("retry_max_attempts", 2, minimum=1),
+        summary_margin_s=t.seconds("summary_margin_s", 0.2, allow_zero=True),
+    )
+    t.finish()
+    return config
+
+
+def _parse_carrier(t: _Table) -> CarrierConfig:
+    config = CarrierConfig(
+        id=_checked_id(t),
+        name=t.string("name", ""),
+        address=t.string("address"),
+        deadline_s=t.seconds("deadline_s", None),
+        max_concurrency=t.integer("max_concurrency", None, minimum=1),
+        plaintext=bool(t.boolean("plaintext", False)),
+    )
+    t.finish()
+    return config
+
+
+def _parse_provider(t: _Table) -> ProviderConfig:
+    category_name = t.string("category", "other").lower()
+    if category_name not in CATEGORIES:
+        raise ConfigError(f"{t.where('category')} must be one of {', '.join(CATEGORIES)}")
+    config = ProviderConfig(
+        id=_checked_id(t),
+        name=t.string("name", ""),
+        category=CATEGORIES[category_name],
+        address=t.string("address"),
+        deadline_s=t.seconds("deadline_s", None),
+        max_concurrency=t.integer("max_concurrency", None, minimum=1),
+        plaintext=bool(t.boolean("plaintext", False)),
+    )
+    t.finish()
+    return config
+
+
+def _checked_id(t: _Table) -> str:
+    value: str = t.string("id")
+    if not _ID.fullmatch(value):
+        raise ConfigError(f"{t.where('id')} must be 1 to 64 characters of [a-z0-9._-]")
+    return value
+
+
+def _unique(where: str, ids: Sequence[str]) -> None:
+    seen: set[str] = set()
+    for value in ids:
+        if value in seen:
+            raise ConfigError(f"{where}: {value!r} appears twice")
+        seen.add(value)
+
+
+_REQUIRED: Final = object()
+_TABLES = ("gateway", "keys", "identity", "upstream_tls", "fanout", "carriers", "providers")
+
+
+class _Table:
+    """One TOML table being read: typed getters that name the key on error,
+    and :meth:`finish` to refuse keys nobody asked for (typos)."""
+
+    def __init__(self, data: Mapping[str, Any], prefix: str, base: Path) -> None:
+        self._data = data
+        self._prefix = prefix
+        self._base = base
+        self._seen: set[str] = set()
+
+    def where(self, key: str) -> str:
+        return f"{self._prefix}.{key}" if self._prefix else key
+
+    def _get(self, key: str, default: Any) -> Any:
+        self._seen.add(key)
+        if key in self._data:
+            return self._data[key]
+        if default is _REQUIRED:
+            raise ConfigError(f"{self.where(key)} is required")
+        return default
+
+    def string(self, key: str, default: Any = _REQUIRED) -> Any:
+        value = self._get(key, default)
+        if value is default and key not in self._data:
+            return value
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{self.where(key)} must be a non-empty string")
+        return value
+
+    def strings(self, key: str, default: Any = _REQUIRED) -> list[str]:
+        value = self._get(key, default)
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"{self.where(key)} must be a list of non-empty strings")
+        return list(value)
+
+    def boolean(self, key: str, default: Any = _REQUIRED) -> Any:
+        value = self._get(key, default)
+        if value is default and key not in self._data:
+            return value
+        if not isinstance(value, bool):
+            raise ConfigError(f"{self.where(key)} must be true or false")
+        return value
+
+    def number(
+        self,
+        key: str,
+        default: Any = _REQUIRED,
+        *,
+        minimum: float | None = None,
+        maximum: float | None = None,
+    ) -> Any:
+        value = self._get(key, default)
+        if value is default and key not in self._data:
+            return value
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise ConfigError(f"{self.where(key)} must be a number")
+        if minimum is not None and value < minimum:
+            raise ConfigError(f"{self.where(key)} must be at least {minimum}")
+        if maximum is not None and value > maximum:
+            raise ConfigError(f"{self.where(key)} must be at most {maximum}")
+        return float(value)
+
+    def seconds(self, key: str, default: Any = _REQUIRED, *, allow_zero: bool = False) -> Any:
+        value = self.number(key, default)
+        if value is None:
+            return None
+        if value < 0 or (value == 0 and not allow_zero):
+            bound = "zero or more" if allow_zero else "more than zero"
+            raise ConfigError(f"{self.where(key)} must be {bound} seconds")
+        return value
+
+    def integer(self, key: str, default: Any = _REQUIRED, *, minimum: int | None = None) -> Any:
+        value = self._get(key, default)
+        if value is default and key not in self._data:
+            return value
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{self.where(key)} must be an integer")
+        if minimum is not None and value < minimum:
+            raise ConfigError(f"{self.where(key)} must be at least {minimum}")
+        return value
+
+    def path(self, key: str, default: Any = _REQUIRED) -> Any:
+        value = self.string(key, default)
+        if value is None:
+            return None
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self._base / path
+
+    def optional_table(self, key: str) -> _Table | None:
+        self._seen.add(key)
+        if key not in self._data:
+            return None
+        value = self._data[key]
+        if not isinstance(value, dict):
+            raise ConfigError(f"{self.where(key)} must be a table ([{self.where(key)}])")
+        return _Table(value, self.where(key), self._base)
+
+    def table(self, key: str, *, required: bool = False) -> _Table:
+        table = self.optional_table(key)
+        if table is None:
+            if required:
+                raise ConfigError(f"[{self.where(key)}] is required")
+            return _Table({}, self.where(key), self._base)
+        return table
+
+    def tables(self, key: str, *, required: bool = False, what: str) -> list[_Table]:
+        value = self._get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise ConfigError(
+                f"{self.where(key)} must be an array of tables ([[{self.where(key)}]])"
+            )
+        if required and not value:
+            raise ConfigError(f"at least one {what} is required ([[{self.where(key)}]])")
+        return [_Table(v, f"{self.where(key)}[{i}]", self._base) for i, v in enumerate(value)]
+
+    def refuse_unknown(self, known: Sequence[str]) -> None:
+        for key in self._data:
+            if key not in known:
+                hint = difflib.get_close_matches(key, sorted(known), n=1)
+                suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+                raise ConfigError(f"unknown key {self.where(key)!r}{suggestion}")
+
+    def finish(self) -> None:
+        for key in self._data:
+            if key not in self._seen:
+                hint = difflib.get_close_matches(key, sorted(self._seen), n=1)
+                suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+                raise ConfigError(f"unknown key {self.where(key)!r}{suggestion}")

@@ -1,0 +1,561 @@
+"""Fan-out: ask every carrier, then every provider for every number, in parallel.
+
+Every call is supervised: it has its own deadline, takes a slot from its
+upstream's concurrency cap, passes its circuit breaker, carries a fresh
+warrant, and retries only UNAVAILABLE within the upstream's retry budget.
+Whatever happens (an error status, a timeout, a bug), a call ends as one
+:class:`CallOutcome`; only cancellation propagates, and cancelling the
+lookup cancels every call still in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import random
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
+
+import grpc
+import structlog
+
+from onecert.gateway._attribution import TenureView
+from onecert.gateway._breaker import CircuitBreaker, RetryBudget
+from onecert.gateway._channels import ChannelPool
+from onecert.gateway._config import CarrierConfig, FanoutConfig, ProviderConfig
+from onecert.sdk._msisdn import is_e164, mask_msisdn, mask_numbers_in_text
+from onecert.sdk._warrant import WarrantIssuer
+from onecert.v1 import (
+    common_pb2,
+    gateway_pb2,
+    provider_pb2,
+    provider_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+)
+
+__all__ = [
+    "AllProviders",
+    "CallOutcome",
+    "CarrierAnswer",
+    "FanOut",
+    "ProviderAnswer",
+    "ProviderCall",
+    "Router",
+]
+
+_log = structlog.get_logger("onecert.gateway.fanout")
+
+T = TypeVar("T")
+
+# Statuses that say the upstream is unwell; they count towards its breaker.
+# Any other status is an answer (the upstream is alive, if unhappy).
+_UNHEALTHY = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.DATA_LOSS,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+_MAX_DETAIL = 160
+_BACKOFF_BASE = 0.05
+_BACKOFF_CAP = 1.0
+# A retry is pointless with less time than this left after its backoff.
+_MIN_ATTEMPT_TIME = 0.05
+
+
+class CallOutcome(enum.Enum):
+    """How one carrier or provider call ended (``onecert.v1.CallOutcome``)."""
+
+    ANSWERED = gateway_pb2.CALL_OUTCOME_ANSWERED
+    TIMED_OUT = gateway_pb2.CALL_OUTCOME_TIMED_OUT
+    FAILED = gateway_pb2.CALL_OUTCOME_FAILED
+    SKIPPED = gateway_pb2.CALL_OUTCOME_SKIPPED
+
+    @property
+    def proto(self) -> gateway_pb2.CallOutcome.ValueType:
+        return gateway_pb2.CallOutcome.ValueType(self.value)
+
+
+@dataclass(frozen=True)
+class ProviderCall:
+    """One planned call: ask ``provider`` about ``msisdn``."""
+
+    provider: ProviderConfig
+    msisdn: str
+
+
+@dataclass(frozen=True)
+class ProviderAnswer:
+    """How one provider call ended.
+
+    Attributes:
+        call: what was asked.
+        outcome: ANSWERED, TIMED_OUT, FAILED or SKIPPED.
+        detail: why, when not answered; free of personal data.
+        bindings: the provider's answer (empty unless ANSWERED).
+        attempts: calls made (0 when skipped).
+        finished_at: ``loop.time()`` when it ended.
+    """
+
+    call: ProviderCall
+    outcome: CallOutcome
+    detail: str
+    bindings: tuple[provider_pb2.Binding, ...]
+    attempts: int
+    finished_at: float
+
+
+@dataclass(frozen=True)
+class CarrierAnswer:
+    """How one carrier call ended, with the tenures it reported.
+
+    ``ignored`` counts tenures dropped as invalid (another carrier's id, a
+    number that is not E.164, an impossible interval, a state that
+    contradicts the interval).
+    """
+
+    carrier: CarrierConfig
+    outcome: CallOutcome
+    detail: str
+    tenures: tuple[TenureView, ...]
+    ignored: int = 0
+
+
+class Router(Protocol):
+    """Chooses which providers to ask about a number.
+
+    The default asks every provider. With thousands of providers a router
+    narrows this to those that may hold the number, so a lookup's cost grows
+    with the providers that hold it, not with the providers registered.
+    Providers left out are neither asked nor reported.
+    """
+
+    async def route(
+        self, msisdn: str, providers: Sequence[ProviderConfig]
+    ) -> Sequence[ProviderConfig]:
+        """The providers to ask about ``msisdn``, out of ``providers``."""
+        ...
+
+
+class AllProviders:
+    """The default :class:`Router`: every provider may hold every number."""
+
+    async def route(
+        self, msisdn: str, providers: Sequence[ProviderConfig]
+    ) -> Sequence[ProviderConfig]:
+        return providers
+
+
+@dataclass(frozen=True)
+class _Result(Generic[T]):
+    outcome: CallOutcome
+    detail: str
+    response: T | None
+    attempts: int
+
+
+class _Upstream:
+    """What the gateway keeps per carrier or provider across lookups."""
+
+    def __init__(
+        self,
+        *,
+        target_id: str,
+        address: str,
+        plaintext: bool,
+        deadline: float,
+        max_concurrency: int,
+        fanout: FanoutConfig,
+    ) -> None:
+        self.id = target_id
+        self.address = address
+        self.plaintext = plaintext
+        self.deadline = deadline
+        self.max_concurrency = max_concurrency
+        self.slots = asyncio.Semaphore(max_concurrency)
+        self.breaker = CircuitBreaker(
+            failure_threshold=fanout.breaker_failure_threshold, cooldown=fanout.breaker_cooldown_s
+        )
+        self.budget = RetryBudget(
+            ratio=fanout.retry_budget_ratio,
+            min_retries=fanout.retry_budget_min_retries,
+            window=fanout.retry_budget_window_s,
+        )
+
+
+def _sanitise(text: str) -> str:
+    # Upstream error details reach the citizen: first line only, no digit
+    # runs that could be a phone number, bounded length.
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    line = mask_numbers_in_text(line)
+    return line if len(line) <= _MAX_DETAIL else line[: _MAX_DETAIL - 3] + "..."
+
+
+def _bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+class FanOut:
+    """Calls carriers and providers for lookups; shared by every lookup of a gateway.
+
+    Args:
+        carriers: the carriers to ask, in order.
+        providers: the providers that may be asked.
+        fanout: deadlines, caps, breaker and retry settings.
+        channels: where channels to the upstreams come from.
+        warrants: signs the warrant of every call.
+        router: chooses providers per number; all of them by default.
+    """
+
+    def __init__(
+        self,
+        *,
+        carriers: Sequence[CarrierConfig],
+        providers: Sequence[ProviderConfig],
+        fanout: FanoutConfig,
+        channels: ChannelPool,
+        warrants: WarrantIssuer,
+        router: Router | None = None,
+    ) -> None:
+        self._fanout = fanout
+        self._channels = channels
+        self._warrants = warrants
+        self._router: Router = router or AllProviders()
+        self.carriers = tuple(carriers)
+        self.providers = tuple(providers)
+        self._carrier_upstreams = {
+            c.id: _Upstream(
+                target_id=c.id,
+                address=c.address,
+                plaintext=c.plaintext,
+                deadline=c.deadline_s or fanout.carrier_deadline_s,
+                max_concurrency=c.max_concurrency or fanout.max_concurrency_per_provider,
+                fanout=fanout,
+            )
+            for c in self.carriers
+        }
+        self._provider_upstreams = {
+            p.id: _Upstream(
+                target_id=p.id,
+                address=p.address,
+                plaintext=p.plaintext,
+                deadline=p.deadline_s or fanout.provider_deadline_s,
+                max_concurrency=p.max_concurrency or fanout.max_concurrency_per_provider,
+                fanout=fanout,
+            )
+            for p in self.providers
+        }
+
+    def breaker(self, provider_id: str) -> CircuitBreaker:
+        """The circuit breaker of a provider (for health reports and tests)."""
+        return self._provider_upstreams[provider_id].breaker
+
+    # ------------------------------------------------------------ carriers
+
+    async def list_numbers(
+        self, idn: str, *, query_id: str, deadline: float
+    ) -> tuple[CarrierAnswer, ...]:
+        """Ask every carrier, in parallel, for the tenures of ``idn``.
+
+        Args:
+            idn: the citizen's keyed document hash (the warrants' target).
+            query_id: the lookup's id, carried in every warrant.
+            deadline: ``loop.time()`` by which every carrier call must end.
+
+        Returns:
+            One answer per carrier, in configuration order.
+        """
+        async with asyncio.TaskGroup() as group:
+            tasks = [
+                group.create_task(self._ask_carrier(c, idn, query_id=query_id, deadline=deadline))
+                for c in self.carriers
+            ]
+        return tuple(t.result() for t in tasks)
+
+    async def _ask_carrier(
+        self, carrier: CarrierConfig, idn: str, *, query_id: str, deadline: float
+    ) -> CarrierAnswer:
+        upstream = self._carrier_upstreams[carrier.id]
+        stub = registry_pb2_grpc.NumberRegistryStub(
+            self._channels.get(upstream.address, plaintext=upstream.plaintext)
+        )
+        request = registry_pb2.ListNumbersRequest(idn=idn)
+
+        def invoke(timeout: float, warrant: str) -> Awaitable[registry_pb2.ListNumbersResponse]:
+            return stub.ListNumbers(request, timeout=timeout, metadata=_bearer(warrant))
+
+        def warrant() -> str:
+            return self._warrants.issue(
+                audience=carrier.id, target=idn, purpose="lookup", query_id=query_id
+            )
+
+        result = await self._supervise(upstream, invoke, warrant, deadline=deadline)
+        if result.response is None:
+            _log.info(
+                "carrier.unanswered",
+                carrier=carrier.id,
+                outcome=result.outcome.name,
+                detail=result.detail,
+            )
+            return CarrierAnswer(carrier, result.outcome, result.detail, ())
+        tenures, ignored = _valid_tenures(carrier.id, result.response.tenures)
+        if ignored:
+            _log.warning("carrier.tenures_ignored", carrier=carrier.id, ignored=ignored)
+        return CarrierAnswer(carrier, CallOutcome.ANSWERED, "", tenures, ignored)
+
+    # ----------------------------------------------------------- providers
+
+    async def plan(self, msisdns: Sequence[str]) -> tuple[ProviderCall, ...]:
+        """The provider calls for ``msisdns``, as the router chooses them."""
+        calls: list[ProviderCall] = []
+        for msisdn in msisdns:
+            routed = await self._router.route(msisdn, self.providers)
+            calls.extend(ProviderCall(provider, msisdn) for provider in routed)
+        return tuple(calls)
+
+    async def ask_providers(
+        self, calls: Sequence[ProviderCall], *, query_id: str, deadline: float
+    ) -> AsyncGenerator[ProviderAnswer, None]:
+        """Make ``calls`` in parallel and yield each answer as soon as it ends.
+
+        Exactly one answer per call is yielded. Closing the iterator early, or
+        cancelling the task that iterates it, cancels every call in flight.
+        Iterate it inside ``contextlib.aclosing`` so that happens promptly.
+
+        Args:
+            calls: from :meth:`plan`.
+            query_id: the lookup's id, carried in every warrant.
+            deadline: ``loop.time()`` by which every call must end.
+        """
+        tasks = [
+            asyncio.create_task(
+                self._ask_provider(call, query_id=query_id, deadline=deadline),
+                name=f"lookup {query_id} {call.provider.id}",
+            )
+            for call in calls
+        ]
+        try:
+            for next_done in asyncio.as_completed(tasks):
+                yield await next_done
+        finally:
+            pending = [t for t in tasks if not t.done()]
+            for task in pending:
+                task.cancel()
+            if pending:
+                # Wait for the cancellations so no call outlives the lookup.
+                await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _ask_provider(
+        self, call: ProviderCall, *, query_id: str, deadline: float
+    ) -> ProviderAnswer:
+        provider = call.provider
+        upstream = self._provider_upstreams[provider.id]
+        stub = provider_pb2_grpc.BindingProviderStub(
+            self._channels.get(upstream.address, plaintext=upstream.plaintext)
+        )
+        request = provider_pb2.ListBindingsRequest(msisdn=call.msisdn)
+
+        def invoke(timeout: float, warrant: str) -> Awaitable[provider_pb2.ListBindingsResponse]:
+            return stub.ListBindings(request, timeout=timeout, metadata=_bearer(warrant))
+
+        def warrant() -> str:
+            return self._warrants.issue(
+                audience=provider.id, target=call.msisdn, purpose="lookup", query_id=query_id
+            )
+
+        result = await self._supervise(upstream, invoke, warrant, deadline=deadline)
+        loop = asyncio.get_running_loop()
+        bindings = tuple(result.response.bindings) if result.response is not None else ()
+        if result.outcome is not CallOutcome.ANSWERED:
+            _log.info(
+                "provider.unanswered",
+                provider=provider.id,
+                msisdn=mask_msisdn(call.msisdn),
+                outcome=result.outcome.name,
+                detail=result.detail,
+                attempts=result.attempts,
+            )
+        return ProviderAnswer(
+            call, result.outcome, result.detail, bindings, result.attempts, loop.time()
+        )
+
+    # ---------------------------------------------------------- supervision
+
+    async def _supervise(
+        self,
+        upstream: _Upstream,
+        invoke: Callable[[float, str], Awaitable[T]],
+        warrant: Callable[[], str],
+        *,
+        deadline: float,
+    ) -> _Result[T]:
+        """One logical call: breaker, slot, attempts with retries; never raises
+        anything but CancelledError."""
+        loop = asyncio.get_running_loop()
+        # The call's own deadline: the upstream's, cut short by the lookup's.
+        end = min(deadline, loop.time() + upstream.deadline)
+        if end - loop.time() <= 0:
+            return _Result(CallOutcome.TIMED_OUT, "no time left in the lookup's deadline", None, 0)
+        if not upstream.breaker.allow():
+            return _Result(CallOutcome.SKIPPED, "breaker open", None, 0)
+        judged = False
+
+        def judge(healthy: bool | None) -> None:
+            nonlocal judged
+            judged = True
+            if healthy is None:
+                upstream.breaker.record_abandoned()
+            elif healthy:
+                upstream.breaker.record_success()
+            else:
+                upstream.breaker.record_failure()
+
+        try:
+            try:
+                async with asyncio.timeout_at(end):
+                    await upstream.slots.acquire()
+            except TimeoutError:
+                judge(None)
+                return _Result(
+                    CallOutcome.TIMED_OUT,
+                    f"no free slot before the deadline ({upstream.max_concurrency} calls "
+                    "already in flight)",
+                    None,
+                    0,
+                )
+            try:
+                return await self._attempts(upstream, invoke, warrant, end=end, judge=judge)
+            finally:
+                upstream.slots.release()
+        except asyncio.CancelledError:
+            if not judged:
+                judge(None)
+            raise
+        except Exception as exc:  # noqa: BLE001 - any bug must end as this call's outcome, not the lookup's
+            if not judged:
+                judge(None)
+            _log.exception("upstream.call_error", upstream=upstream.id)
+            return _Result(CallOutcome.FAILED, f"gateway error ({type(exc).__name__})", None, 0)
+
+    async def _attempts(
+        self,
+        upstream: _Upstream,
+        invoke: Callable[[float, str], Awaitable[T]],
+        warrant: Callable[[], str],
+        *,
+        end: float,
+        judge: Callable[[bool | None], None],
+    ) -> _Result[T]:
+        loop = asyncio.get_running_loop()
+        upstream.budget.record_call()
+        attempts = 0
+        while True:
+            attempts += 1
+            timeout = end - loop.time()
+            if timeout <= 0:
+                judge(None)
+                return _Result(CallOutcome.TIMED_OUT, "deadline exceeded", None, attempts - 1)
+            try:
+                response = await invoke(timeout, warrant())
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code()
+                if code is grpc.StatusCode.UNAVAILABLE and self._may_retry(
+                    upstream, attempts, end - loop.time()
+                ):
+                    backoff = _backoff(attempts)
+                    if end - loop.time() > backoff + _MIN_ATTEMPT_TIME:
+                        await asyncio.sleep(backoff)
+                        continue
+                return self._failed(
+                    upstream,
+                    code,
+                    exc.details() or "",
+                    timeout=timeout,
+                    attempts=attempts,
+                    judge=judge,
+                )
+            judge(True)
+            return _Result(CallOutcome.ANSWERED, "", response, attempts)
+
+    def _may_retry(self, upstream: _Upstream, attempts: int, left: float) -> bool:
+        if attempts >= self._fanout.retry_max_attempts or left <= _MIN_ATTEMPT_TIME:
+            return False
+        return upstream.budget.try_spend()
+
+    @staticmethod
+    def _failed(
+        upstream: _Upstream,
+        code: grpc.StatusCode,
+        details: str,
+        *,
+        timeout: float,
+        attempts: int,
+        judge: Callable[[bool | None], None],
+    ) -> _Result[T]:
+        if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+            # A timeout counts against the upstream only when it had a fair
+            # share of its own deadline: a caller with a tiny deadline must
+            # not be able to open every breaker.
+            judge(False if timeout >= upstream.deadline / 2 else None)
+            return _Result(
+                CallOutcome.TIMED_OUT, f"deadline {_seconds(timeout)} exceeded", None, attempts
+            )
+        judge(code not in _UNHEALTHY)
+        text = _sanitise(details)
+        detail = f"{code.name}: {text}" if text else code.name
+        return _Result(CallOutcome.FAILED, detail, None, attempts)
+
+
+def _backoff(attempt: int) -> float:
+    # Full jitter (a random share of an exponential step) spreads the
+    # retries of many lookups hitting the same restart.
+    step: float = min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** (attempt - 1))
+    return step * (0.5 + random.random() / 2)  # noqa: S311 - jitter, not a secret
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.0f}s" if value >= 10 else f"{value:.1f}s"
+
+
+_HELD_STATES = frozenset({common_pb2.TENURE_STATE_ACTIVE, common_pb2.TENURE_STATE_SUSPENDED})
+_FORMER_STATES = frozenset({common_pb2.TENURE_STATE_CANCELLED, common_pb2.TENURE_STATE_RECYCLED})
+
+
+def _valid_tenures(
+    carrier_id: str, tenures: Sequence[registry_pb2.Tenure]
+) -> tuple[tuple[TenureView, ...], int]:
+    """The tenures a carrier may report, deduplicated, and how many were not."""
+    kept: dict[tuple[str, object, object], TenureView] = {}
+    ignored = 0
+    now = time.time()
+    for tenure in tenures:
+        # A carrier speaks only for its own numbers.
+        if tenure.carrier_id != carrier_id or not is_e164(tenure.msisdn):
+            ignored += 1
+            continue
+        # A former state without an end would make the number look current,
+        # and its next holder's accounts look like the citizen's: refuse it.
+        if tenure.state in _FORMER_STATES and not tenure.HasField("held_until"):
+            ignored += 1
+            continue
+        if tenure.state not in _HELD_STATES | _FORMER_STATES:
+            ignored += 1
+            continue
+        try:
+            view = TenureView.from_proto(tenure)
+        except ValueError:
+            ignored += 1
+            continue
+        if view.held_from.timestamp() > now + 300:
+            ignored += 1
+            continue
+        kept.setdefault((view.msisdn, view.held_from, view.held_until), view)
+    return tuple(kept.values()), ignored

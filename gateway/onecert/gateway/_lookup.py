@@ -1,0 +1,396 @@
+"""``Gateway.Lookup``: identity first, then carriers, then providers, streamed.
+
+The order of one lookup:
+
+1. take a lookup slot (RESOURCE_EXHAUSTED beyond the cap) and check the
+   request, before the assertion is checked so that a refused call does not
+   use up its ``jti``;
+2. verify the identity assertion; any failure ends the call with its status
+   before anything else happens;
+3. ask every carrier for the citizen's tenures (UNAVAILABLE if none answers);
+4. send ``LookupStarted``, then one ``ProviderResult`` per provider and number
+   as each call ends, attributed by tenure, and last a ``LookupSummary``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+import grpc
+import structlog
+from google.protobuf.duration_pb2 import Duration
+
+from onecert.gateway._attribution import Attribution, TenureView, classify, proto_bound_at
+from onecert.gateway._fanout import CallOutcome, CarrierAnswer, FanOut, ProviderAnswer
+from onecert.gateway._handles import HandleClaims, HandleSealer
+from onecert.gateway._identity import AssertionVerifier, Citizen, IdentityError, bearer_token
+from onecert.gateway._masking import mask_display_name
+from onecert.sdk._msisdn import mask_msisdn, mask_numbers_in_text
+from onecert.v1 import common_pb2, gateway_pb2, provider_pb2
+
+__all__ = ["QUERY_ID", "LookupService", "current_query_id", "new_query_id"]
+
+_log = structlog.get_logger("onecert.gateway.lookup")
+
+# The query id of the call being served; set by the server's interceptor so
+# that the servicer, the fan-out and every log line agree on it.
+QUERY_ID: ContextVar[str] = ContextVar("onecert_query_id", default="")
+
+MAX_CLIENT_REQUEST_ID = 64
+# The contract caps account_ref at 256 characters; a longer one cannot be
+# passed back to the provider, so it gets no handle.
+_MAX_ACCOUNT_REF = 256
+
+LookupContext = grpc.aio.ServicerContext[gateway_pb2.LookupRequest, gateway_pb2.LookupResponse]
+
+
+# Logs mask every run of 8 or more digits (it could be a phone number), and a
+# hex uuid has such runs now and then; spelling its digits as letters keeps
+# query ids intact in every log line.
+_DIGITS_AS_LETTERS = str.maketrans("0123456789", "ghijklmnop")
+
+
+def new_query_id() -> str:
+    """A fresh query id: a random uuid4 as 32 letters ``a`` to ``p``, no digits."""
+    return uuid.uuid4().hex.translate(_DIGITS_AS_LETTERS)
+
+
+def current_query_id() -> str:
+    """The query id of the call being served, or a fresh one outside a call."""
+    return QUERY_ID.get() or new_query_id()
+
+
+@dataclass
+class _Tally:
+    asked: int = 0
+    answered: int = 0
+    timed_out: int = 0
+    failed: int = 0
+    skipped: int = 0
+    mine: int = 0
+    left_behind: int = 0
+    previous_holder: int = 0
+
+    def add(self, outcome: CallOutcome) -> None:
+        self.asked += 1
+        if outcome is CallOutcome.ANSWERED:
+            self.answered += 1
+        elif outcome is CallOutcome.TIMED_OUT:
+            self.timed_out += 1
+        elif outcome is CallOutcome.FAILED:
+            self.failed += 1
+        else:
+            self.skipped += 1
+
+    def coverage(self) -> gateway_pb2.Coverage:
+        return gateway_pb2.Coverage(
+            asked=self.asked,
+            answered=self.answered,
+            timed_out=self.timed_out,
+            failed=self.failed,
+            skipped=self.skipped,
+        )
+
+
+@dataclass
+class _Totals:
+    by_number: dict[str, _Tally] = field(default_factory=lambda: defaultdict(_Tally))
+
+    def total(self) -> _Tally:
+        out = _Tally()
+        for tally in self.by_number.values():
+            for name in vars(out):
+                setattr(out, name, getattr(out, name) + getattr(tally, name))
+        return out
+
+
+def _duration(seconds: float) -> Duration:
+    out = Duration()
+    out.FromNanoseconds(max(0, round(seconds * 1e9)))
+    return out
+
+
+def _carrier_outcomes(answers: Sequence[CarrierAnswer]) -> list[gateway_pb2.CarrierOutcome]:
+    return [
+        gateway_pb2.CarrierOutcome(
+            carrier_id=a.carrier.id, outcome=a.outcome.proto, detail=a.detail
+        )
+        for a in answers
+    ]
+
+
+def _number_infos(tenures: Sequence[TenureView]) -> list[gateway_pb2.NumberInfo]:
+    # Current numbers first, then former ones, most recently held first.
+    ordered = sorted(
+        tenures,
+        key=lambda t: (not t.current, -(t.held_until or t.held_from).timestamp(), t.msisdn),
+    )
+    infos = []
+    for tenure in ordered:
+        info = gateway_pb2.NumberInfo(
+            msisdn=tenure.msisdn,
+            carrier_id=tenure.carrier_id,
+            state=common_pb2.TenureState.ValueType(tenure.state),
+            current=tenure.current,
+        )
+        info.held_from.FromDatetime(tenure.held_from)
+        if tenure.held_until is not None:
+            info.held_until.FromDatetime(tenure.held_until)
+        infos.append(info)
+    return infos
+
+
+class LookupService:
+    """``Gateway.Lookup``; the server's ``Gateway`` servicer delegates to it.
+
+    Args:
+        verifier: checks the citizens' identity assertions.
+        fanout: asks carriers and providers.
+        sealer: seals the handles of shown bindings.
+        handle_ttl: seconds a handle stays valid.
+        lookup_deadline: seconds a lookup may take when the caller sets no
+            shorter deadline.
+        summary_margin: seconds kept back from the deadline to send the summary.
+        max_concurrent_lookups: lookups served at once; more are refused with
+            RESOURCE_EXHAUSTED.
+        clock: the wall clock (seconds since the epoch), for handle expiry.
+    """
+
+    def __init__(
+        self,
+        *,
+        verifier: AssertionVerifier,
+        fanout: FanOut,
+        sealer: HandleSealer,
+        handle_ttl: float,
+        lookup_deadline: float,
+        summary_margin: float,
+        max_concurrent_lookups: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._verifier = verifier
+        self._fanout = fanout
+        self._sealer = sealer
+        self._handle_ttl = handle_ttl
+        self._lookup_deadline = lookup_deadline
+        self._margin = summary_margin
+        self._max_lookups = max_concurrent_lookups
+        self._clock = clock
+        self._active = 0
+
+    @property
+    def active_lookups(self) -> int:
+        """Lookups being served now."""
+        return self._active
+
+    async def lookup(
+        self, request: gateway_pb2.LookupRequest, context: LookupContext
+    ) -> AsyncIterator[gateway_pb2.LookupResponse]:
+        """Serve one lookup (see the module docstring for the steps)."""
+        query_id = current_query_id()
+        if self._active >= self._max_lookups:
+            _log.warning("lookup.refused", reason="capacity", active=self._active)
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the gateway is serving {self._max_lookups} lookups already; try again shortly",
+            )
+        # Checked before the assertion too, so a malformed request does not use it up.
+        if len(request.client_request_id) > MAX_CLIENT_REQUEST_ID:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"client_request_id must be at most {MAX_CLIENT_REQUEST_ID} characters",
+            )
+        self._active += 1
+        try:
+            citizen = await self._identify(context)
+            if request.client_request_id:
+                # The caller's own id, so the portal can find its lookup in these logs.
+                structlog.contextvars.bind_contextvars(
+                    client_request_id=mask_numbers_in_text(request.client_request_id)
+                )
+            async for response in self._lookup(citizen, query_id, context):
+                yield response
+        finally:
+            self._active -= 1
+
+    async def _identify(self, context: LookupContext) -> Citizen:
+        try:
+            token = bearer_token(context.invocation_metadata())
+            citizen = await self._verifier.verify(token)
+        except IdentityError as exc:
+            _log.info("lookup.refused", reason=exc.reason, code=exc.code.name)
+            await context.abort(exc.code, exc.message)
+        _log.info("lookup.identified", issuer=citizen.issuer, acr=citizen.acr)
+        return citizen
+
+    def _deadline(self, context: LookupContext, start: float) -> float:
+        budget = self._lookup_deadline
+        # Typed as float, but None (or infinity) when the caller set no deadline.
+        remaining: float | None = context.time_remaining()
+        if remaining is not None and math.isfinite(remaining):
+            budget = min(budget, remaining)
+        return start + budget - self._margin
+
+    async def _lookup(
+        self, citizen: Citizen, query_id: str, context: LookupContext
+    ) -> AsyncIterator[gateway_pb2.LookupResponse]:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        deadline = self._deadline(context, start)
+        carriers = await self._fanout.list_numbers(
+            citizen.idn, query_id=query_id, deadline=deadline
+        )
+        if not any(c.outcome is CallOutcome.ANSWERED for c in carriers):
+            reasons = "; ".join(f"{c.carrier.id}: {c.detail or c.outcome.name}" for c in carriers)
+            _log.warning("lookup.no_carrier", carriers=len(carriers))
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"no carrier answered, so no number can be looked up ({reasons})",
+            )
+        tenures = [t for c in carriers for t in c.tenures]
+        by_number: dict[str, list[TenureView]] = defaultdict(list)
+        for tenure in tenures:
+            by_number[tenure.msisdn].append(tenure)
+        calls = await self._fanout.plan(sorted(by_number))
+        carrier_outcomes = _carrier_outcomes(carriers)
+        _log.info(
+            "lookup.started",
+            numbers=len(by_number),
+            carriers_answered=sum(c.outcome is CallOutcome.ANSWERED for c in carriers),
+            carriers=len(carriers),
+            provider_calls=len(calls),
+        )
+        yield gateway_pb2.LookupResponse(
+            query_id=query_id,
+            started=gateway_pb2.LookupStarted(
+                numbers=_number_infos(tenures),
+                carriers=carrier_outcomes,
+                provider_calls=len(calls),
+            ),
+        )
+        totals = _Totals()
+        for msisdn in sorted(by_number):
+            totals.by_number[msisdn] = _Tally()
+        answers = self._fanout.ask_providers(calls, query_id=query_id, deadline=deadline)
+        async with contextlib.aclosing(answers):
+            async for answer in answers:
+                msisdn = answer.call.msisdn
+                result = self._result(answer, by_number[msisdn], citizen, query_id, start)
+                tally = totals.by_number[msisdn]
+                tally.add(answer.outcome)
+                left_behind = sum(b.dangerous for b in result.bindings)
+                tally.left_behind += left_behind
+                tally.mine += len(result.bindings) - left_behind
+                tally.previous_holder += result.previous_holder_count
+                yield gateway_pb2.LookupResponse(query_id=query_id, result=result)
+        total = totals.total()
+        elapsed = loop.time() - start
+        _log.info(
+            "lookup.finished",
+            asked=total.asked,
+            answered=total.answered,
+            timed_out=total.timed_out,
+            failed=total.failed,
+            skipped=total.skipped,
+            elapsed_ms=round(elapsed * 1000),
+        )
+        yield gateway_pb2.LookupResponse(
+            query_id=query_id,
+            summary=gateway_pb2.LookupSummary(
+                total=total.coverage(),
+                numbers=[
+                    gateway_pb2.NumberSummary(
+                        msisdn=msisdn,
+                        coverage=tally.coverage(),
+                        mine=tally.mine,
+                        left_behind=tally.left_behind,
+                        previous_holder=tally.previous_holder,
+                    )
+                    for msisdn, tally in totals.by_number.items()
+                ],
+                carriers=carrier_outcomes,
+                elapsed=_duration(elapsed),
+            ),
+        )
+
+    def _result(
+        self,
+        answer: ProviderAnswer,
+        tenures: Sequence[TenureView],
+        citizen: Citizen,
+        query_id: str,
+        start: float,
+    ) -> gateway_pb2.ProviderResult:
+        provider = answer.call.provider
+        result = gateway_pb2.ProviderResult(
+            provider_id=provider.id,
+            provider_name=provider.display_name,
+            category=provider.category,
+            msisdn=answer.call.msisdn,
+            outcome=answer.outcome.proto,
+            detail=answer.detail,
+            elapsed=_duration(answer.finished_at - start),
+        )
+        if answer.outcome is not CallOutcome.ANSWERED:
+            return result
+        attributed = classify(tenures, answer.bindings, bound_at=proto_bound_at)
+        expires_at = self._clock() + self._handle_ttl
+
+        def handle(binding: provider_pb2.Binding, attribution: Attribution) -> str:
+            ref = binding.account_ref
+            if not binding.unbindable or not ref or len(ref) > _MAX_ACCOUNT_REF:
+                return ""
+            claims = HandleClaims(
+                sub=citizen.sub,
+                provider_id=provider.id,
+                msisdn=answer.call.msisdn,
+                account_ref=binding.account_ref,
+                attribution=attribution,
+                expires_at=expires_at,
+                query_id=query_id,
+            )
+            try:
+                return self._sealer.seal(claims)
+            except ValueError:
+                # An account ref the handle format cannot carry: shown, not actionable.
+                _log.warning("lookup.unsealable_binding", provider=provider.id)
+                return ""
+
+        for shown in attributed.shown:
+            binding = shown.binding
+            sealed = handle(binding, shown.attribution)
+            item = gateway_pb2.ShownBinding(
+                attribution=gateway_pb2.Attribution.ValueType(shown.attribution.proto),
+                display_name_masked=mask_display_name(binding.display_name),
+                kind=binding.kind,
+                unbindable=bool(sealed),
+                handle=sealed,
+                dangerous=shown.attribution.dangerous,
+            )
+            bound_at = proto_bound_at(binding)
+            if bound_at is not None:
+                item.bound_at.FromDatetime(bound_at)
+            if binding.HasField("last_used_at") and binding.last_used_at.seconds > 0:
+                item.last_used_at.CopyFrom(binding.last_used_at)
+            result.bindings.append(item)
+        result.previous_holder_count = attributed.previous_holder_count
+        for binding in attributed.previous_holder:
+            sealed = handle(binding, Attribution.PREVIOUS_HOLDER)
+            if sealed:
+                result.release_handles.append(sealed)
+        _log.debug(
+            "lookup.result",
+            provider=provider.id,
+            msisdn=mask_msisdn(answer.call.msisdn),
+            shown=len(result.bindings),
+            previous_holder=result.previous_holder_count,
+        )
+        return result

@@ -1,0 +1,411 @@
+"""A client for the gateway's citizen RPCs, for the portal.
+
+::
+
+    async with GatewayClient("gateway.example:443", tls=ClientTLS(ca_file="ca.pem",
+            cert_file="portal.pem", key_file="portal.key.pem")) as client:
+        async for update in client.lookup(assertion, timeout=10):
+            match update:
+                case Started(): ...   # the numbers found, the calls planned
+                case Result(): ...    # one provider's answer for one number
+                case Summary(): ...   # always last: coverage and time taken
+
+The updates are frozen dataclasses, not protobufs. A refused or failed call
+raises :class:`GatewayError` with the gRPC status code and the gateway's
+explanation. An assertion is good for one call: mint a fresh one each time.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Self, TypeVar
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from onecert.sdk._tls import ClientTLS
+from onecert.sdk._types import BindingKind, ProviderCategory, TenureState
+from onecert.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+
+__all__ = [
+    "Account",
+    "Attribution",
+    "CallOutcome",
+    "CarrierStatus",
+    "Coverage",
+    "GatewayClient",
+    "GatewayError",
+    "LookupUpdate",
+    "NumberCoverage",
+    "NumberStatus",
+    "Result",
+    "Started",
+    "Summary",
+]
+
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+class Attribution(enum.StrEnum):
+    """Whose account a shown binding is."""
+
+    MINE = "mine"
+    """The caller's current number, bound while they hold it."""
+    LEFT_BEHIND = "left_behind"
+    """The caller's former number, bound while they held it. Dangerous."""
+    PREVIOUS_HOLDER = "previous_holder"
+    """A previous holder's account on the caller's current number."""
+
+
+class CallOutcome(enum.StrEnum):
+    """How one carrier or provider call ended."""
+
+    ANSWERED = "answered"
+    TIMED_OUT = "timed_out"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    """Not asked: circuit breaker open, or routing."""
+    UNKNOWN = "unknown"
+    """A value this client does not know (a newer gateway)."""
+
+
+_E = TypeVar("_E", bound=enum.StrEnum)
+
+
+def _enum_from_pb(
+    enum_type: type[_E], name: str, prefix: str, default: _E | None = None
+) -> _E | None:
+    member = name.removeprefix(prefix)
+    try:
+        return enum_type[member]
+    except KeyError:
+        return default
+
+
+def _outcome(value: gateway_pb2.CallOutcome.ValueType) -> CallOutcome:
+    name = gateway_pb2.CallOutcome.Name(value) if value in gateway_pb2.CallOutcome.values() else ""
+    found = _enum_from_pb(CallOutcome, name, "CALL_OUTCOME_")
+    return found if found is not None else CallOutcome.UNKNOWN
+
+
+def _time(message: Message, field: str) -> datetime | None:
+    if not message.HasField(field):
+        return None
+    stamp: Timestamp = getattr(message, field)
+    return stamp.ToDatetime(tzinfo=UTC)
+
+
+def _delta(duration: Duration) -> timedelta:
+    return duration.ToTimedelta()
+
+
+@dataclass(frozen=True)
+class NumberStatus:
+    """A number registered under the caller's identity (one tenure of it)."""
+
+    msisdn: str
+    carrier_id: str
+    held_from: datetime | None
+    held_until: datetime | None
+    state: TenureState | None
+    current: bool
+
+
+@dataclass(frozen=True)
+class CarrierStatus:
+    """How one carrier answered."""
+
+    carrier_id: str
+    outcome: CallOutcome
+    detail: str
+
+
+@dataclass(frozen=True)
+class Account:
+    """One of the caller's accounts at a provider (never a previous holder's).
+
+    ``handle`` (empty when the account cannot be unbound) is what to pass to
+    the gateway's Unbind; it works only for this caller and expires.
+    """
+
+    attribution: Attribution
+    display_name_masked: str
+    kind: BindingKind | None
+    bound_at: datetime | None
+    last_used_at: datetime | None
+    unbindable: bool
+    handle: str
+    dangerous: bool
+
+
+@dataclass(frozen=True)
+class Started:
+    """First update: the numbers found and how many provider results follow."""
+
+    query_id: str
+    numbers: tuple[NumberStatus, ...]
+    carriers: tuple[CarrierStatus, ...]
+    provider_calls: int
+
+
+@dataclass(frozen=True)
+class Result:
+    """One provider's answer for one number.
+
+    ``accounts`` are the caller's own (LEFT_BEHIND first); previous holders'
+    accounts are only counted, with one ``release_handles`` entry per account
+    that can be released.
+    """
+
+    query_id: str
+    provider_id: str
+    provider_name: str
+    category: ProviderCategory | None
+    msisdn: str
+    outcome: CallOutcome
+    detail: str
+    accounts: tuple[Account, ...]
+    previous_holder_count: int
+    release_handles: tuple[str, ...]
+    elapsed: timedelta
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Provider calls: ``asked`` = answered + timed out + failed + skipped."""
+
+    asked: int
+    answered: int
+    timed_out: int
+    failed: int
+    skipped: int
+
+
+@dataclass(frozen=True)
+class NumberCoverage:
+    """Coverage and counts for one number."""
+
+    msisdn: str
+    coverage: Coverage
+    mine: int
+    left_behind: int
+    previous_holder: int
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Last update of a lookup."""
+
+    query_id: str
+    total: Coverage
+    numbers: tuple[NumberCoverage, ...]
+    carriers: tuple[CarrierStatus, ...]
+    elapsed: timedelta
+
+
+LookupUpdate = Started | Result | Summary
+
+
+class GatewayError(Exception):
+    """The gateway refused or failed a call.
+
+    Attributes:
+        code: the gRPC status (UNAUTHENTICATED, PERMISSION_DENIED,
+            RESOURCE_EXHAUSTED, UNAVAILABLE, DEADLINE_EXCEEDED, ...).
+        details: the gateway's explanation.
+    """
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}" if details else code.name)
+        self.code = code
+        self.details = details
+
+
+def _coverage(pb: gateway_pb2.Coverage) -> Coverage:
+    return Coverage(pb.asked, pb.answered, pb.timed_out, pb.failed, pb.skipped)
+
+
+def _carrier_list(items: object) -> tuple[CarrierStatus, ...]:
+    return tuple(
+        CarrierStatus(c.carrier_id, _outcome(c.outcome), c.detail)
+        for c in items  # type: ignore[attr-defined]  # a repeated CarrierOutcome field
+    )
+
+
+def _account(pb: gateway_pb2.ShownBinding) -> Account:
+    attribution = _enum_from_pb(
+        Attribution,
+        gateway_pb2.Attribution.Name(pb.attribution)
+        if pb.attribution in gateway_pb2.Attribution.values()
+        else "",
+        "ATTRIBUTION_",
+        Attribution.PREVIOUS_HOLDER,
+    )
+    assert attribution is not None
+    kind_name = (
+        common_pb2.BindingKind.Name(pb.kind) if pb.kind in common_pb2.BindingKind.values() else ""
+    )
+    return Account(
+        attribution=attribution,
+        display_name_masked=pb.display_name_masked,
+        kind=_enum_from_pb(BindingKind, kind_name, "BINDING_KIND_"),
+        bound_at=_time(pb, "bound_at"),
+        last_used_at=_time(pb, "last_used_at"),
+        unbindable=pb.unbindable,
+        handle=pb.handle,
+        dangerous=pb.dangerous,
+    )
+
+
+def _update(pb: gateway_pb2.LookupResponse) -> LookupUpdate | None:
+    kind = pb.WhichOneof("update")
+    if kind == "started":
+        s = pb.started
+        numbers = tuple(
+            NumberStatus(
+                msisdn=n.msisdn,
+                carrier_id=n.carrier_id,
+                held_from=_time(n, "held_from"),
+                held_until=_time(n, "held_until"),
+                state=_enum_from_pb(
+                    TenureState,
+                    common_pb2.TenureState.Name(n.state)
+                    if n.state in common_pb2.TenureState.values()
+                    else "",
+                    "TENURE_STATE_",
+                ),
+                current=n.current,
+            )
+            for n in s.numbers
+        )
+        return Started(pb.query_id, numbers, _carrier_list(s.carriers), s.provider_calls)
+    if kind == "result":
+        r = pb.result
+        category_name = (
+            common_pb2.ProviderCategory.Name(r.category)
+            if r.category in common_pb2.ProviderCategory.values()
+            else ""
+        )
+        return Result(
+            query_id=pb.query_id,
+            provider_id=r.provider_id,
+            provider_name=r.provider_name,
+            category=_enum_from_pb(ProviderCategory, category_name, "PROVIDER_CATEGORY_"),
+            msisdn=r.msisdn,
+            outcome=_outcome(r.outcome),
+            detail=r.detail,
+            accounts=tuple(_account(b) for b in r.bindings),
+            previous_holder_count=r.previous_holder_count,
+            release_handles=tuple(r.release_handles),
+            elapsed=_delta(r.elapsed),
+        )
+    if kind == "summary":
+        m = pb.summary
+        return Summary(
+            query_id=pb.query_id,
+            total=_coverage(m.total),
+            numbers=tuple(
+                NumberCoverage(
+                    n.msisdn, _coverage(n.coverage), n.mine, n.left_behind, n.previous_holder
+                )
+                for n in m.numbers
+            ),
+            carriers=_carrier_list(m.carriers),
+            elapsed=_delta(m.elapsed),
+        )
+    # An update kind this client does not know (a newer gateway): skip it.
+    return None
+
+
+class GatewayClient:
+    """An async client of the gateway for the portal.
+
+    Args:
+        target: ``host:port`` of the gateway.
+        tls: the CA to check the gateway and the portal's client certificate
+            (mutual TLS, required by a production gateway).
+        insecure: plaintext, for a development gateway only. Exactly one of
+            ``tls`` and ``insecure`` must be given.
+        max_message_bytes: the largest message accepted from the gateway.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        tls: ClientTLS | None = None,
+        insecure: bool = False,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        if (tls is None) == (not insecure):
+            raise ValueError("give either tls=ClientTLS(...) or insecure=True (development only)")
+        options: list[tuple[str, int | str]] = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+        if tls is None:
+            self._channel = grpc.aio.insecure_channel(target, options=options)
+        else:
+            self._channel = grpc.aio.secure_channel(
+                target, tls.credentials(), options=[*options, *tls.channel_options()]
+            )
+        self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
+        self.target = target
+
+    async def close(self) -> None:
+        """Close the channel; calls in flight are cancelled."""
+        await self._channel.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def lookup(
+        self,
+        assertion: str,
+        *,
+        timeout: float = 30.0,  # noqa: ASYNC109 - the gRPC deadline, enforced by the gateway too
+        client_request_id: str = "",
+    ) -> AsyncIterator[LookupUpdate]:
+        """Look up the numbers and accounts of the citizen the assertion names.
+
+        Yields a :class:`Started`, then one :class:`Result` per provider and
+        number as each arrives, then a :class:`Summary`. Stopping the iteration
+        early cancels the lookup at the gateway.
+
+        Args:
+            assertion: the citizen's identity assertion (a JWT, used once).
+            timeout: seconds the whole lookup may take.
+            client_request_id: an id of yours to find in the gateway's logs
+                (at most 64 characters).
+
+        Raises:
+            GatewayError: the gateway refused or failed the lookup.
+        """
+        call = self._stub.Lookup(
+            gateway_pb2.LookupRequest(client_request_id=client_request_id),
+            timeout=timeout,
+            metadata=(("authorization", f"Bearer {assertion.strip()}"),),
+        )
+        try:
+            async for response in call:
+                update = _update(response)
+                if update is not None:
+                    yield update
+        except grpc.aio.AioRpcError as exc:
+            raise GatewayError(exc.code(), exc.details() or "") from None
+        finally:
+            call.cancel()
