@@ -22,6 +22,7 @@ _COMMANDS = (
     "onecert.cli._gateway",
     "onecert.cli._lookup",
     "onecert.cli._demo",
+    "onecert.cli._db",
 )
 
 

@@ -1,0 +1,205 @@
+"""The schema: SQLAlchemy Core tables shared by the store and its migrations.
+
+Migrations under ``migrations/versions`` create these tables with explicit
+operations (a migration never changes once released); a test checks that the
+migrated database matches this metadata.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+__all__ = [
+    "GENESIS_HASH",
+    "UTCDateTime",
+    "audit_head",
+    "audit_log",
+    "deliveries",
+    "metadata",
+    "number_events",
+    "replay_cache",
+    "unbind_tickets",
+]
+
+# Constraint names are fixed so that migrations can refer to them on every
+# database.
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# prev_hash of the first audit row.
+GENESIS_HASH = "0" * 64
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """An instant in UTC: aware datetimes in, aware UTC datetimes out.
+
+    PostgreSQL stores ``timestamptz``. SQLite has no time zone type, so the
+    value is converted to UTC and stored without offset in SQLAlchemy's
+    fixed-width text format, which sorts and compares correctly as text.
+    Naive datetimes are refused: an instant without a zone is a bug.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("naive datetime: the store needs time-zone-aware instants")
+        value = value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+# Identifiers are short ASCII strings; 64 characters hold a SHA-256 hex digest.
+_ID = 64
+
+replay_cache = Table(
+    "replay_cache",
+    metadata,
+    # Opaque key chosen by the caller (a digest of issuer and jti).
+    Column("jti", String(128), primary_key=True),
+    Column("expires_at", UTCDateTime(), nullable=False, index=True),
+)
+
+unbind_tickets = Table(
+    "unbind_tickets",
+    metadata,
+    Column("ticket_id", String(_ID), primary_key=True),
+    # SHA-256 hex of the handle: the idempotency key.
+    Column("handle_digest", String(_ID), nullable=False, unique=True),
+    Column("sub_hash", String(_ID), nullable=False, index=True),
+    Column("provider_id", String(_ID), nullable=False, index=True),
+    Column("reason", Integer, nullable=False),
+    # Sealed by the gateway (msisdn and account ref); opaque to the store.
+    Column("payload", Text, nullable=False),
+    Column("msisdn_hash", String(_ID), nullable=False, index=True),
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Column("next_attempt_at", UTCDateTime(), nullable=False),
+    Column("lease_owner", String(128)),
+    Column("lease_until", UTCDateTime()),
+    Column("provider_outcome", String(16)),
+    Column("provider_reason", Text),
+    Column("answered_at", UTCDateTime()),
+    Column("last_error", Text),
+    Column("closed_at", UTCDateTime()),
+    CheckConstraint("state IN ('QUEUED', 'PENDING', 'DONE', 'REJECTED', 'FAILED')", name="state"),
+    CheckConstraint(
+        "provider_outcome IS NULL OR provider_outcome IN ('DONE', 'PENDING', 'REJECTED')",
+        name="provider_outcome",
+    ),
+    Index(None, "state", "next_attempt_at"),
+)
+
+number_events = Table(
+    "number_events",
+    metadata,
+    Column("notice_id", String(_ID), primary_key=True),
+    Column("carrier_id", String(_ID), nullable=False),
+    Column("event_id", String(128), nullable=False),
+    # Raw E.164: needed to build the SET for each delivery (operational data,
+    # never logged or audited).
+    Column("msisdn", String(16), nullable=False),
+    Column("msisdn_hash", String(_ID), nullable=False, index=True),
+    Column("event_type", String(16), nullable=False),
+    Column("effective_at", UTCDateTime(), nullable=False),
+    Column("quiet_period_ends_at", UTCDateTime()),
+    Column("deadline", UTCDateTime(), nullable=False),
+    Column("recorded_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("carrier_id", "event_id"),
+    CheckConstraint("event_type IN ('CANCELLED', 'RECYCLED')", name="event_type"),
+)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    # The SET's jti.
+    Column("jti", String(_ID), primary_key=True),
+    Column(
+        "notice_id",
+        String(_ID),
+        ForeignKey("number_events.notice_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("provider_id", String(_ID), nullable=False),
+    Column("mode", String(8), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("next_attempt_at", UTCDateTime(), nullable=False),
+    Column("lease_owner", String(128)),
+    Column("lease_until", UTCDateTime()),
+    Column("last_error", Text),
+    Column("delivered_at", UTCDateTime()),
+    Column("acknowledged_at", UTCDateTime()),
+    Column("acted_at", UTCDateTime()),
+    Column("confirmed_at", UTCDateTime()),
+    Column("bindings_removed", Integer),
+    UniqueConstraint("notice_id", "provider_id"),
+    CheckConstraint("mode IN ('push', 'poll')", name="mode"),
+    CheckConstraint("state IN ('PENDING', 'ACKNOWLEDGED', 'FAILED')", name="state"),
+    Index(None, "mode", "state", "next_attempt_at"),
+    Index(None, "provider_id", "state"),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    # Assigned by the appender under the chain lock: 1, 2, 3, ... without gaps.
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("ts", UTCDateTime(), nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("subject", String(128), nullable=False),
+    # Canonical JSON, hashed exactly as stored.
+    Column("detail", Text, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("row_hash", String(64), nullable=False),
+)
+
+# One row (id = 1): the end of the chain. Appenders lock it to serialise, and
+# the verifier compares it with the last row, so a truncated tail is found.
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("row_hash", String(64), nullable=False),
+)

@@ -1,0 +1,254 @@
+"""Row <-> value conversion, shared queries, and the ticket transition rules."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import BindParameter, ColumnElement, Select, Table, bindparam, func, or_, select
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.expression import Executable
+
+from onecert.gateway.store._models import UTCDateTime, deliveries, number_events
+from onecert.gateway.store._types import (
+    AttemptOutcome,
+    Delivery,
+    DeliveryMode,
+    DeliveryState,
+    Notice,
+    NumberEventType,
+    Ticket,
+    TicketState,
+)
+from onecert.sdk._msisdn import mask_numbers_in_text
+
+__all__ = [
+    "OPEN_TICKET",
+    "attempt_values",
+    "aware",
+    "check_text",
+    "delivery_from_row",
+    "delivery_query",
+    "error_text",
+    "expiry_error",
+    "fetch_all",
+    "fetch_first",
+    "fetch_one",
+    "instant",
+    "lease_free",
+    "new_id",
+    "notice_from_row",
+    "notice_query",
+    "resolve_now",
+    "ticket_from_row",
+    "utcnow",
+]
+
+OPEN_TICKET = (TicketState.QUEUED.value, TicketState.PENDING.value)
+_MAX_ERROR = 2000
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def resolve_now(now: datetime | None) -> datetime:
+    if now is None:
+        return utcnow()
+    return aware(now, "now")
+
+
+def aware(value: datetime, name: str) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{name} must be a time-zone-aware datetime")
+    return value.astimezone(UTC)
+
+
+def new_id(prefix: str) -> str:
+    # 144 random bits, URL-safe: unguessable, so an id is not a capability
+    # leak even if it is shown around.
+    return prefix + secrets.token_urlsafe(18)
+
+
+def check_text(name: str, value: str, limit: int) -> str:
+    if not value or len(value) > limit:
+        raise ValueError(f"{name} must be 1 to {limit} characters")
+    return value
+
+
+def error_text(text: str) -> str:
+    # Errors and providers' reasons are shown in receipts: mask anything
+    # that reads like a phone number, and bound the size.
+    return mask_numbers_in_text(text)[:_MAX_ERROR]
+
+
+def ticket_from_row(row: RowMapping) -> Ticket:
+    return Ticket(
+        ticket_id=row["ticket_id"],
+        handle_digest=row["handle_digest"],
+        sub_hash=row["sub_hash"],
+        provider_id=row["provider_id"],
+        reason=row["reason"],
+        payload=row["payload"],
+        msisdn_hash=row["msisdn_hash"],
+        state=TicketState(row["state"]),
+        attempts=row["attempts"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        expires_at=row["expires_at"],
+        next_attempt_at=row["next_attempt_at"],
+        lease_owner=row["lease_owner"],
+        lease_until=row["lease_until"],
+        provider_outcome=row["provider_outcome"],
+        provider_reason=row["provider_reason"],
+        answered_at=row["answered_at"],
+        last_error=row["last_error"],
+        closed_at=row["closed_at"],
+    )
+
+
+def notice_from_row(row: RowMapping, prefix: str = "") -> Notice:
+    return Notice(
+        notice_id=row[prefix + "notice_id"],
+        carrier_id=row[prefix + "carrier_id"],
+        event_id=row[prefix + "event_id"],
+        msisdn=row[prefix + "msisdn"],
+        msisdn_hash=row[prefix + "msisdn_hash"],
+        event_type=NumberEventType(row[prefix + "event_type"]),
+        effective_at=row[prefix + "effective_at"],
+        quiet_period_ends_at=row[prefix + "quiet_period_ends_at"],
+        deadline=row[prefix + "deadline"],
+        recorded_at=row[prefix + "recorded_at"],
+        providers=row[prefix + "providers"],
+    )
+
+
+def delivery_from_row(row: RowMapping) -> Delivery:
+    return Delivery(
+        jti=row["jti"],
+        notice_id=row["notice_id"],
+        provider_id=row["provider_id"],
+        mode=DeliveryMode(row["mode"]),
+        state=DeliveryState(row["state"]),
+        attempts=row["attempts"],
+        created_at=row["created_at"],
+        next_attempt_at=row["next_attempt_at"],
+        lease_owner=row["lease_owner"],
+        lease_until=row["lease_until"],
+        last_error=row["last_error"],
+        delivered_at=row["delivered_at"],
+        acknowledged_at=row["acknowledged_at"],
+        acted_at=row["acted_at"],
+        confirmed_at=row["confirmed_at"],
+        bindings_removed=row["bindings_removed"],
+        notice=notice_from_row(row, "n_"),
+    )
+
+
+def _provider_count() -> ColumnElement[int]:
+    counted = deliveries.alias("counted")
+    return (
+        select(func.count())
+        .where(counted.c.notice_id == number_events.c.notice_id)
+        .correlate(number_events)
+        .scalar_subquery()
+    )
+
+
+def notice_query() -> Select[Any]:
+    return select(number_events, _provider_count().label("providers"))
+
+
+def delivery_query() -> Select[Any]:
+    notice_cols = [c.label(f"n_{c.name}") for c in number_events.c]
+    return select(deliveries, *notice_cols, _provider_count().label("n_providers")).join(
+        number_events, deliveries.c.notice_id == number_events.c.notice_id
+    )
+
+
+async def fetch_one(conn: AsyncConnection, stmt: Executable) -> RowMapping:
+    return (await conn.execute(stmt)).mappings().one()
+
+
+async def fetch_first(conn: AsyncConnection, stmt: Executable) -> RowMapping | None:
+    return (await conn.execute(stmt)).mappings().first()
+
+
+async def fetch_all(conn: AsyncConnection, stmt: Executable) -> Sequence[RowMapping]:
+    return (await conn.execute(stmt)).mappings().all()
+
+
+def instant(value: datetime) -> BindParameter[datetime]:
+    # A bound instant outside a column comparison (coalesce) needs the
+    # column type spelled out, or SQLite would store it in another format.
+    return bindparam(None, value, type_=UTCDateTime())
+
+
+def lease_free(table: Table, now: datetime) -> ColumnElement[bool]:
+    return or_(table.c.lease_until.is_(None), table.c.lease_until <= now)
+
+
+def expiry_error(state: TicketState, last_error: str | None) -> str:
+    if state is TicketState.PENDING:
+        message = "expired while the provider's answer was PENDING"
+    else:
+        message = "expired before the provider answered"
+    if last_error:
+        message += f"; last error: {last_error}"
+    return message[:_MAX_ERROR]
+
+
+def attempt_values(
+    ticket: Ticket,
+    outcome: AttemptOutcome,
+    *,
+    now: datetime,
+    provider_reason: str,
+    answered_at: datetime | None,
+    error: str,
+    next_attempt_at: datetime | None,
+) -> dict[str, Any]:
+    answered = None if answered_at is None else aware(answered_at, "answered_at")
+    expired = now >= ticket.expires_at
+    if outcome in (AttemptOutcome.DONE, AttemptOutcome.REJECTED):
+        return {
+            "state": outcome.value,
+            "provider_outcome": outcome.value,
+            "provider_reason": error_text(provider_reason) or None,
+            "answered_at": answered or now,
+            "closed_at": now,
+        }
+    if outcome is AttemptOutcome.FATAL:
+        return {
+            "state": TicketState.FAILED.value,
+            "last_error": error_text(error),
+            "closed_at": now,
+        }
+    assert next_attempt_at is not None
+    retry_at = min(aware(next_attempt_at, "next_attempt_at"), ticket.expires_at)
+    if outcome is AttemptOutcome.PENDING:
+        values: dict[str, Any] = {
+            "provider_outcome": AttemptOutcome.PENDING.value,
+            "provider_reason": error_text(provider_reason) or None,
+            "answered_at": answered or now,
+        }
+        if expired:
+            values.update(
+                state=TicketState.FAILED.value,
+                last_error=expiry_error(TicketState.PENDING, ticket.last_error),
+                closed_at=now,
+            )
+        else:
+            values.update(state=TicketState.PENDING.value, next_attempt_at=retry_at)
+        return values
+    # RETRY: a ticket the provider already accepted stays PENDING.
+    if expired:
+        return {
+            "state": TicketState.FAILED.value,
+            "last_error": expiry_error(ticket.state, error_text(error)),
+            "closed_at": now,
+        }
+    return {"last_error": error_text(error), "next_attempt_at": retry_at}
