@@ -1,0 +1,71 @@
+"""The demo federation: fictional carriers and providers with synthetic data.
+
+``onecert demo`` starts it and looks up the citizen of :data:`STORY`; a
+benchmark can start many more providers with :class:`Federation` and
+:func:`make_provider_data`. Each adapter is its own process::
+
+    python -m onecert.adapters.demo provider --id coinpurse --gateway-jwks ... \\
+        --tls-cert ... --tls-key ... --client-ca ... --ready-file run/coinpurse.port
+
+Everything here is made up: companies, people, document and phone numbers.
+"""
+
+from onecert.adapters.demo._adapters import (
+    DemoCarrier,
+    DemoProvider,
+    build_carrier,
+    build_provider,
+)
+from onecert.adapters.demo._data import (
+    CARRIERS,
+    DEFAULT_SEED,
+    PROVIDERS,
+    STORY,
+    CarrierSpec,
+    Person,
+    ProviderSpec,
+    Story,
+    Subscription,
+    UserRecord,
+    carrier_subscriptions,
+    document_number,
+    make_provider_data,
+    population,
+    provider_users,
+)
+from onecert.adapters.demo._federation import (
+    GATEWAY_ID,
+    IDENTITY_ISSUER,
+    Federation,
+    ManagedProcess,
+    StartupError,
+    StopReport,
+)
+
+__all__ = [
+    "CARRIERS",
+    "DEFAULT_SEED",
+    "GATEWAY_ID",
+    "IDENTITY_ISSUER",
+    "PROVIDERS",
+    "STORY",
+    "CarrierSpec",
+    "DemoCarrier",
+    "DemoProvider",
+    "Federation",
+    "ManagedProcess",
+    "Person",
+    "ProviderSpec",
+    "StartupError",
+    "StopReport",
+    "Story",
+    "Subscription",
+    "UserRecord",
+    "build_carrier",
+    "build_provider",
+    "carrier_subscriptions",
+    "document_number",
+    "make_provider_data",
+    "population",
+    "provider_users",
+]

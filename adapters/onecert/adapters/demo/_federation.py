@@ -1,0 +1,490 @@
+"""A whole federation on one machine: dev keys, adapters, gateway, one process each.
+
+:class:`Federation` is what ``onecert demo`` runs, and what a benchmark can
+run with many more providers. Every process logs to ``DIR/logs/NAME.log``;
+their pids are kept in ``DIR/pids`` (JSON) while they run; :meth:`stop` ends
+them all (SIGTERM, then SIGKILL after a timeout) and may be called any number
+of times, from any state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from onecert.adapters.demo._data import (
+    CARRIERS,
+    DEFAULT_SEED,
+    PROVIDERS,
+    CarrierSpec,
+    ProviderSpec,
+    provider_spec,
+)
+from onecert.sdk._tls import ClientTLS
+from onecert.sdk.devkeys import DevKeys, init_dev_keys
+
+__all__ = [
+    "GATEWAY_ID",
+    "IDENTITY_ISSUER",
+    "Federation",
+    "ManagedProcess",
+    "StartupError",
+    "StopReport",
+]
+
+GATEWAY_ID = "onecert-gateway"
+IDENTITY_ISSUER = "https://id.onecert-demo.test"
+# The line `onecert gateway serve` prints once it listens.
+_GATEWAY_READY = re.compile(r"listening on port (\d+)")
+_POLL_S = 0.05
+# Exit statuses of a process that stopped as asked (or on Ctrl-C, which the
+# terminal sends to the whole process group).
+_STOPPED_OK = (0, None, -signal.SIGTERM, -signal.SIGINT, 130)
+_LOG_TAIL_LINES = 15
+
+
+class StartupError(RuntimeError):
+    """Some processes did not start; the message names them, with their log tails."""
+
+    def __init__(self, failures: Sequence[tuple[ManagedProcess, str]]) -> None:
+        parts = []
+        for process, reason in failures:
+            parts.append(f"{process.name} {reason}; last lines of {process.log}:")
+            parts.extend(f"    {line}" for line in process.log_tail() or ["(empty)"])
+        super().__init__("\n".join(parts))
+        self.failures = tuple(failures)
+
+
+@dataclass
+class ManagedProcess:
+    """One process of the federation, its log, and how it ended."""
+
+    name: str
+    role: str
+    argv: list[str]
+    log: Path
+    ready_file: Path | None = None
+    popen: subprocess.Popen[bytes] | None = None
+    port: int | None = None
+    started_at: float = 0.0
+    ready_s: float | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.popen.pid if self.popen is not None else None
+
+    @property
+    def address(self) -> str:
+        if self.port is None:
+            raise RuntimeError(f"{self.name} is not listening yet")
+        return f"127.0.0.1:{self.port}"
+
+    def exit_status(self) -> int | None:
+        """Its exit status, or None while it runs (or was never started)."""
+        return self.popen.poll() if self.popen is not None else None
+
+    def log_tail(self, lines: int = _LOG_TAIL_LINES) -> list[str]:
+        try:
+            text = self.log.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return []
+        return text.splitlines()[-lines:]
+
+
+@dataclass(frozen=True)
+class StopReport:
+    """How :meth:`Federation.stop` went."""
+
+    stopped: int
+    killed: tuple[str, ...]
+    failed: tuple[tuple[str, int], ...]
+    elapsed_s: float
+
+
+@dataclass
+class _Timer:
+    started: float = field(default_factory=time.perf_counter)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+
+def _unused_port() -> int:
+    # For the provider that is configured but down: a port nobody listens on.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _toml(value: object) -> str:
+    # JSON strings, numbers and booleans are valid TOML values.
+    return json.dumps(value)
+
+
+class Federation:
+    """Carriers, providers and a gateway, each in its own process, over mutual TLS.
+
+    Args:
+        directory: where keys (``keys/``), logs (``logs/``), ready files
+            (``run/``), the pid list (``pids``) and ``gateway.toml`` go.
+        seed: the seed of the synthetic data.
+        carriers: the carriers to start.
+        providers: the providers to configure; those marked ``down`` are
+            configured in the gateway but never started.
+        python: the interpreter that runs the processes.
+        startup_timeout: seconds every process gets to become ready.
+        provider_deadline_s: the gateway's deadline for each provider call.
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        seed: int = DEFAULT_SEED,
+        carriers: Sequence[CarrierSpec] = CARRIERS,
+        providers: Sequence[ProviderSpec] = PROVIDERS,
+        python: str = sys.executable,
+        startup_timeout: float = 30.0,
+        provider_deadline_s: float = 3.0,
+    ) -> None:
+        self.directory = Path(directory)
+        self.seed = seed
+        self.carriers = tuple(carriers)
+        self.providers = tuple(providers)
+        self.python = python
+        self.startup_timeout = startup_timeout
+        self.provider_deadline_s = provider_deadline_s
+        self.keys = DevKeys.at(self.directory / "keys")
+        self.config_path = self.directory / "gateway.toml"
+        self.logs = self.directory / "logs"
+        self.pids_file = self.directory / "pids"
+        self._run = self.directory / "run"
+        self.processes: list[ManagedProcess] = []
+        self.gateway: ManagedProcess | None = None
+        self._down_ports: dict[str, int] = {}
+
+    # ------------------------------------------------------------ set-up
+
+    def prepare(self) -> DevKeys:
+        """Fresh dev keys in ``DIR/keys``, empty ``logs/`` and ``run/``, no old state."""
+        for stale in (self.logs, self._run):
+            shutil.rmtree(stale, ignore_errors=True)
+            stale.mkdir(parents=True)
+        self.pids_file.unlink(missing_ok=True)
+        # The gateway's SQLite state from an earlier run (the default store
+        # sits next to the config): every run starts from a clean slate.
+        for name in ("onecert.db", "onecert.db-wal", "onecert.db-shm"):
+            (self.directory / name).unlink(missing_ok=True)
+        return init_dev_keys(self.keys.directory, force=True)
+
+    def _adapter_argv(self, role: str, adapter_id: str, ready: Path) -> list[str]:
+        keys = self.keys
+        return [
+            self.python,
+            "-m",
+            "onecert.adapters.demo",
+            role,
+            "--id",
+            adapter_id,
+            "--seed",
+            str(self.seed),
+            "--listen",
+            "127.0.0.1:0",
+            "--gateway-jwks",
+            str(keys.gateway_jwks),
+            "--gateway-issuer",
+            GATEWAY_ID,
+            "--tls-cert",
+            str(keys.server_cert),
+            "--tls-key",
+            str(keys.server_key),
+            "--client-ca",
+            str(keys.ca_cert),
+            "--ready-file",
+            str(ready),
+        ]
+
+    def _spawn(self, process: ManagedProcess) -> None:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        with process.log.open("wb") as log:
+            process.popen = subprocess.Popen(  # noqa: S603  # our own interpreter and arguments
+                process.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        process.started_at = time.perf_counter()
+        self.processes.append(process)
+        self._write_pids()
+
+    def _write_pids(self) -> None:
+        pids = {p.name: p.pid for p in self.processes if p.pid is not None}
+        partial = self.pids_file.with_name("pids.partial")
+        partial.write_text(json.dumps(pids, indent=2) + "\n", encoding="utf-8")
+        os.replace(partial, self.pids_file)
+
+    def start_adapters(self) -> list[ManagedProcess]:
+        """Spawn every carrier and every provider not marked down; return at once."""
+        started = []
+        for role, ids in (
+            ("carrier", [c.id for c in self.carriers]),
+            ("provider", [p.id for p in self.providers if not p.down]),
+        ):
+            for adapter_id in ids:
+                ready = self._run / f"{adapter_id}.port"
+                argv = self._adapter_argv(role, adapter_id, ready)
+                if role == "provider":
+                    spec = next(p for p in self.providers if p.id == adapter_id)
+                    known = provider_spec(adapter_id)
+                    if spec.delay_s or (known is not None and known.delay_s):
+                        argv += ["--delay", str(spec.delay_s)]
+                    if known is None:
+                        argv += ["--users", str(spec.filler_users)]
+                else:
+                    argv += ["--idn-key", str(self.keys.idn_key)]
+                process = ManagedProcess(
+                    name=adapter_id,
+                    role=role,
+                    argv=argv,
+                    log=self.logs / f"{adapter_id}.log",
+                    ready_file=ready,
+                )
+                self._spawn(process)
+                started.append(process)
+        return started
+
+    async def wait_ready(self, processes: Sequence[ManagedProcess]) -> None:
+        """Wait until each process reports its port, then check its health.
+
+        Raises:
+            StartupError: a process exited, or was not ready in time.
+        """
+        deadline = time.perf_counter() + self.startup_timeout
+        pending = list(processes)
+        failures: list[tuple[ManagedProcess, str]] = []
+        while pending:
+            for process in list(pending):
+                port = self._reported_port(process)
+                status = process.exit_status()
+                if port is not None:
+                    process.port = port
+                    process.ready_s = time.perf_counter() - process.started_at
+                    pending.remove(process)
+                elif status is not None:
+                    failures.append((process, f"exited with status {status} before it was ready"))
+                    pending.remove(process)
+            if pending and time.perf_counter() > deadline:
+                failures += [
+                    (p, f"was not ready after {self.startup_timeout:g} s") for p in pending
+                ]
+                break
+            if pending:
+                await asyncio.sleep(_POLL_S)
+        if failures:
+            raise StartupError(failures)
+        unhealthy = await asyncio.gather(*(self._health(p) for p in processes))
+        failures = [(p, why) for p, why in zip(processes, unhealthy, strict=True) if why]
+        if failures:
+            raise StartupError(failures)
+
+    def _reported_port(self, process: ManagedProcess) -> int | None:
+        if process.ready_file is not None:
+            try:
+                return int(process.ready_file.read_text(encoding="ascii").strip())
+            except (OSError, ValueError):
+                return None
+        # The gateway prints its port; its log holds that line.
+        match = _GATEWAY_READY.search("\n".join(process.log_tail(200)))
+        return int(match.group(1)) if match else None
+
+    def client_tls(self, client: str = "admin") -> ClientTLS:
+        """Mutual TLS as the dev client ``client`` (admin, portal, gateway)."""
+        return ClientTLS(
+            ca_file=self.keys.ca_cert,
+            cert_file=self.keys.client_cert(client),
+            key_file=self.keys.client_key(client),
+        )
+
+    async def _health(self, process: ManagedProcess) -> str:
+        tls = self.client_tls()
+        async with grpc.aio.secure_channel(process.address, tls.credentials()) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            try:
+                answer = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+            except grpc.aio.AioRpcError as exc:
+                return f"did not answer its health check ({exc.code().name}: {exc.details()})"
+        if answer.status != health_pb2.HealthCheckResponse.SERVING:
+            return f"reports {health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)}"
+        return ""
+
+    def write_gateway_config(self, adapters: Sequence[ManagedProcess]) -> Path:
+        """Write ``DIR/gateway.toml``: production mode, mutual TLS everywhere."""
+        by_name = {p.name: p for p in adapters}
+        lines = [
+            "# Written by `onecert demo`: a production-mode gateway (TLS with client",
+            "# certificates; mutual TLS to every carrier and provider) on dev keys.",
+            "[gateway]",
+            f"id = {_toml(GATEWAY_ID)}",
+            'listen = "127.0.0.1:0"',
+            "dev_plaintext = false",
+            "lookup_deadline_s = 10",
+            "grace_period_s = 2",
+            "log_json = true",
+            "",
+            "[gateway.tls]",
+            'cert = "keys/server.pem"',
+            'key = "keys/server.key.pem"',
+            'client_ca = "keys/ca.pem"',
+            "",
+            "[keys]",
+            'warrant_key = "keys/warrant.key.pem"',
+            'handle_key = "keys/handle.key"',
+            "",
+            "[identity]",
+            f"audience = {_toml(GATEWAY_ID)}",
+            'required_assurance = "substantial"',
+            "",
+            "[[identity.issuers]]",
+            f"issuer = {_toml(IDENTITY_ISSUER)}",
+            'jwks = "keys/identity.jwks.json"',
+            "",
+            "[upstream_tls]",
+            'ca = "keys/ca.pem"',
+            'cert = "keys/client-gateway.pem"',
+            'key = "keys/client-gateway.key.pem"',
+            "",
+            "[fanout]",
+            f"provider_deadline_s = {_toml(self.provider_deadline_s)}",
+            "carrier_deadline_s = 2",
+        ]
+        for carrier in self.carriers:
+            lines += [
+                "",
+                "[[carriers]]",
+                f"id = {_toml(carrier.id)}",
+                f"name = {_toml(carrier.name)}",
+                f"address = {_toml(by_name[carrier.id].address)}",
+            ]
+        for provider in self.providers:
+            if provider.down:
+                port = self._down_ports.setdefault(provider.id, _unused_port())
+                address = f"127.0.0.1:{port}"
+            else:
+                address = by_name[provider.id].address
+            lines += [
+                "",
+                "[[providers]]",
+                f"id = {_toml(provider.id)}",
+                f"name = {_toml(provider.name)}",
+                f"category = {_toml(provider.category.value)}",
+                f"address = {_toml(address)}",
+            ]
+            if provider.down:
+                lines.append("# down: configured, but nothing listens there")
+        self.config_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return self.config_path
+
+    def start_gateway(self) -> ManagedProcess:
+        """Spawn ``onecert gateway serve --config DIR/gateway.toml``; return at once."""
+        process = ManagedProcess(
+            name="gateway",
+            role="gateway",
+            argv=[
+                self.python,
+                "-m",
+                "onecert.cli",
+                "gateway",
+                "serve",
+                "--config",
+                str(self.config_path),
+            ],
+            log=self.logs / "gateway.log",
+        )
+        self._spawn(process)
+        self.gateway = process
+        return process
+
+    async def start(self, *, on_step: Callable[[str, float], None] | None = None) -> None:
+        """Everything: keys, adapters, config, gateway; each checked healthy.
+
+        Args:
+            on_step: called after each step with its name ("keys", "adapters",
+                "gateway") and the seconds it took.
+
+        Raises:
+            StartupError: a process did not start (the others keep running:
+                call :meth:`stop`).
+        """
+
+        def step(name: str, timer: _Timer) -> None:
+            if on_step is not None:
+                on_step(name, timer.elapsed())
+
+        timer = _Timer()
+        # Key generation runs in a thread: CPU-bound, and the loop stays free.
+        await asyncio.to_thread(self.prepare)
+        step("keys", timer)
+        timer = _Timer()
+        adapters = self.start_adapters()
+        await self.wait_ready(adapters)
+        step("adapters", timer)
+        timer = _Timer()
+        self.write_gateway_config(adapters)
+        gateway = self.start_gateway()
+        await self.wait_ready([gateway])
+        step("gateway", timer)
+
+    @property
+    def gateway_address(self) -> str:
+        if self.gateway is None:
+            raise RuntimeError("the gateway is not started")
+        return self.gateway.address
+
+    # ------------------------------------------------------------ shutdown
+
+    def stop(self, timeout: float = 5.0) -> StopReport:
+        """SIGTERM every process still running, SIGKILL those that outlive ``timeout``.
+
+        Safe to call repeatedly; blocks until every process has exited.
+        """
+        timer = _Timer()
+        running = [p for p in self.processes if p.popen is not None and p.popen.poll() is None]
+        for process in running:
+            assert process.popen is not None
+            with contextlib.suppress(ProcessLookupError):  # it ended just now
+                process.popen.send_signal(signal.SIGTERM)
+        deadline = time.perf_counter() + timeout
+        killed = []
+        for process in running:
+            assert process.popen is not None
+            try:
+                process.popen.wait(max(0.0, deadline - time.perf_counter()))
+            except subprocess.TimeoutExpired:
+                process.popen.kill()
+                process.popen.wait()
+                killed.append(process.name)
+        failed = tuple(
+            (p.name, status)
+            for p in running
+            if (status := p.exit_status()) not in _STOPPED_OK and p.name not in killed
+        )
+        return StopReport(
+            stopped=len(running), killed=tuple(killed), failed=failed, elapsed_s=timer.elapsed()
+        )
