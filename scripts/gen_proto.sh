@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"
+# protoc finds the mypy-protobuf plugins (protoc-gen-mypy, protoc-gen-mypy_grpc) on PATH.
+export PATH="$(cd "$(dirname "$PY")" && pwd):$PATH"
 rm -f proto/onecert/v1/*_pb2*.py proto/onecert/v1/*_pb2*.pyi
 "$PY" -m grpc_tools.protoc \
   -I proto \
