@@ -195,6 +195,10 @@ def _sanitise(text: str) -> str:
     # Upstream error details reach the citizen: first line only, no digit
     # runs that could be a phone number, bounded length.
     line = text.strip().splitlines()[0] if text.strip() else ""
+    if line.startswith("failed to connect to all addresses"):
+        # gRPC's connect failure names internal addresses; say what happened.
+        refused = "connection refused" in line.lower()
+        return "cannot connect (connection refused)" if refused else "cannot connect"
     line = mask_numbers_in_text(line)
     return line if len(line) <= _MAX_DETAIL else line[: _MAX_DETAIL - 3] + "..."
 
