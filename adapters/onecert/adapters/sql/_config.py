@@ -1,0 +1,673 @@
+"""The SQL adapter's configuration: one TOML file, validated into frozen dataclasses.
+
+Every error names the key at fault (``queries.unbind``, ``server.tls.cert``);
+relative paths, including a relative SQLite database, are resolved against
+the directory of the file, so a config travels with its database and keys.
+The keys, with a commented example, are in ``docs/sql-adapter.md``.
+
+Nothing here imports SQLAlchemy: a config can be checked where only the SDK
+is installed. What needs the database (does the query return the mapped
+columns?) is checked when the adapter opens it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, tzinfo
+from pathlib import Path
+from typing import Any, Final, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from onecert.adapters.sql._errors import ConfigError
+from onecert.adapters.sql._phone import DEFAULT_COUNTRY, is_country_code
+from onecert.sdk import BindingKind, ProviderCategory
+from onecert.sdk._core import check_adapter_id
+
+__all__ = [
+    "ColumnsConfig",
+    "ConfigError",
+    "DatabaseConfig",
+    "DefaultsConfig",
+    "ProviderSection",
+    "QueriesConfig",
+    "ServerSection",
+    "SiteConfig",
+    "TLSFiles",
+    "load_config",
+    "parse_config",
+]
+
+
+# Sync spellings a site may copy from its own application settings, and the
+# async driver the adapter uses for each.
+_ASYNC_SCHEMES: Final = {
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+    "mysql": "mysql+aiomysql",
+    "mysql+aiomysql": "mysql+aiomysql",
+    "mariadb": "mariadb+aiomysql",
+    "mariadb+aiomysql": "mariadb+aiomysql",
+}
+_BACKEND_DRIVERS: Final = {
+    "sqlite": "sqlite+aiosqlite",
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "mysql": "mysql+aiomysql",
+    "mariadb": "mariadb+aiomysql",
+}
+# SQLAlchemy's own rule for named parameters in text(): ":name", not "::"
+# (a PostgreSQL cast) and not "\:" (an escaped colon).
+_BIND: Final = re.compile(r"(?<![:\w\\]):(\w+)(?!:)")
+_LEADING_COMMENTS: Final = re.compile(r"\A(?:\s+|--[^\n]*(?:\n|\Z)|/\*.*?\*/)*", re.DOTALL)
+_LISTEN: Final = re.compile(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]*):([0-9]{1,5})")
+_LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+_PASSWORD: Final = re.compile(r"(://[^:/@]*:)[^@/]*@")
+
+LIST_BINDS: Final = frozenset({"phones", "msisdn"})
+UNBIND_BINDS: Final = frozenset({"account_ref", "phones", "msisdn"})
+MAPPED_COLUMNS: Final = (
+    "account_ref",
+    "display_name",
+    "kind",
+    "bound_at",
+    "last_used_at",
+    "unbindable",
+    "phone",
+)
+
+
+def hide_password(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (for messages and logs)."""
+    return _PASSWORD.sub(r"\1***@", url)
+
+
+def bind_names(sql: str) -> set[str]:
+    """The named parameters SQLAlchemy binds in ``sql`` (``:phones`` -> "phones")."""
+    return set(_BIND.findall(sql))
+
+
+def _first_word(sql: str) -> str:
+    comments = _LEADING_COMMENTS.match(sql)
+    rest = sql[comments.end() :] if comments else sql
+    match = re.match(r"\w+", rest)
+    return match.group(0).upper() if match else ""
+
+
+@dataclass(frozen=True)
+class ProviderSection:
+    """Who the site is to the gateway and to citizens (``[provider]``)."""
+
+    id: str
+    name: str
+    category: ProviderCategory
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    """The site's user database (``[database]``).
+
+    Attributes:
+        url: SQLAlchemy async URL (sync spellings already mapped, a relative
+            SQLite path already resolved).
+        statement_timeout_s: the longest any one query may run.
+        pool_size: connections kept open.
+        timezone: IANA name naive timestamps in the database are read in.
+    """
+
+    url: str
+    statement_timeout_s: float = 2.0
+    pool_size: int = 5
+    timezone: str = "UTC"
+
+    @property
+    def backend(self) -> str:
+        """ "sqlite", "postgresql", "mysql" or "mariadb"."""
+        return self.url.partition("://")[0].partition("+")[0]
+
+    @property
+    def safe_url(self) -> str:
+        """The URL without its password, for messages."""
+        return hide_password(self.url)
+
+    def tz(self) -> tzinfo:
+        return UTC if self.timezone == "UTC" else ZoneInfo(self.timezone)
+
+
+@dataclass(frozen=True)
+class QueriesConfig:
+    """The site's two statements (``[queries]``).
+
+    Attributes:
+        list_bindings: a SELECT using ``:phones`` (and optionally ``:msisdn``).
+        unbind: an UPDATE or DELETE using ``:account_ref`` and ``:phones``
+            (or ``:msisdn``); it must change one row, or none.
+        account_ref_type: how ``:account_ref`` is bound: "text", or
+            "integer" for integer id columns (a non-integer ref is then
+            rejected without a query).
+        max_rows: rows read from ``list_bindings`` at most.
+    """
+
+    list_bindings: str
+    unbind: str
+    account_ref_type: Literal["text", "integer"] = "text"
+    max_rows: int = 100
+
+
+@dataclass(frozen=True)
+class ColumnsConfig:
+    """Which result column of ``list_bindings`` holds what (``[columns]``).
+
+    Only ``account_ref`` is required. ``phone``, when mapped, is read back
+    and rows holding another number are dropped.
+    """
+
+    account_ref: str
+    display_name: str | None = None
+    kind: str | None = None
+    bound_at: str | None = None
+    last_used_at: str | None = None
+    unbindable: str | None = None
+    phone: str | None = None
+
+    def mapped(self) -> dict[str, str]:
+        """``{"account_ref": "id", ...}`` for every mapped column."""
+        return {key: column for key in MAPPED_COLUMNS if (column := getattr(self, key)) is not None}
+
+
+@dataclass(frozen=True)
+class DefaultsConfig:
+    """Constants for what no column says, or a NULL says (``[defaults]``),
+    and site values for kinds (``[kinds]``)."""
+
+    kind: BindingKind = BindingKind.LOGIN
+    unbindable: bool = True
+    kinds: Mapping[str, BindingKind] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """The adapter's certificate and key; with ``client_ca``, mutual TLS."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+
+@dataclass(frozen=True)
+class ServerSection:
+    """How the adapter serves the gateway (``[server]``).
+
+    ``idempotency_db`` None keeps unbind answers in memory (``":memory:"``
+    in the file; development only).
+    """
+
+    gateway_jwks: Path
+    listen: str = "[::]:50061"
+    gateway_issuer: str = "onecert-gateway"
+    tls: TLSFiles | None = None
+    insecure: bool = False
+    idempotency_db: Path | None = None
+    grace_s: float = 5.0
+    max_concurrent_rpcs: int | None = None
+    log_level: str = "info"
+    log_json: bool = False
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    """The whole configuration of one site; build it with :func:`load_config`."""
+
+    provider: ProviderSection
+    database: DatabaseConfig
+    queries: QueriesConfig
+    columns: ColumnsConfig
+    server: ServerSection
+    defaults: DefaultsConfig = field(default_factory=DefaultsConfig)
+    default_country: str = DEFAULT_COUNTRY
+
+
+def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -> SiteConfig:
+    """Read and validate a site's TOML configuration.
+
+    Args:
+        path: the file; relative paths inside it are resolved against its
+            directory, and the idempotency database defaults to
+            ``<name>.idempotency.db`` beside it.
+        environ: where ``database.url_env`` is looked up (default
+            ``os.environ``).
+
+    Raises:
+        ConfigError: unreadable file, invalid TOML, or an invalid key.
+    """
+    file = Path(path)
+    try:
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {file}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config {file} is not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config {file} is not UTF-8 text") from exc
+    return parse_config(data, base_dir=file.resolve().parent, name=file.stem, environ=environ)
+
+
+def parse_config(
+    data: Mapping[str, Any],
+    *,
+    base_dir: str | Path,
+    name: str = "sql-adapter",
+    environ: Mapping[str, str] | None = None,
+) -> SiteConfig:
+    """Validate a parsed TOML document (see :func:`load_config`).
+
+    Args:
+        data: the document.
+        base_dir: what relative paths are relative to.
+        name: the config's name, for the default idempotency database.
+        environ: where ``database.url_env`` is looked up.
+    """
+    base = Path(base_dir)
+    root = _Table(data, "", base)
+    root.refuse_unknown(_TABLES)
+
+    provider = _parse_provider(root.table("provider", required=True))
+    database = _parse_database(
+        root.table("database", required=True), os.environ if environ is None else environ
+    )
+    queries = _parse_queries(root.table("queries", required=True))
+    columns = _parse_columns(root.table("columns", required=True))
+    defaults = _parse_defaults(root.table("defaults"), root.table("kinds"))
+    phones = root.table("phones")
+    country = phones.string("default_country", DEFAULT_COUNTRY)
+    if not is_country_code(country):
+        raise ConfigError(
+            f"phones.default_country must be an E.164 country code such as '86', not {country!r}"
+        )
+    phones.finish()
+    server = _parse_server(root.table("server", required=True), base, name)
+    root.finish()
+    return SiteConfig(
+        provider=provider,
+        database=database,
+        queries=queries,
+        columns=columns,
+        server=server,
+        defaults=defaults,
+        default_country=country,
+    )
+
+
+def _parse_provider(t: _Table) -> ProviderSection:
+    provider_id = t.string("id")
+    try:
+        check_adapter_id(provider_id, t.where("id"))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    name = t.string("name")
+    category = t.string("category", "other").lower()
+    try:
+        parsed = ProviderCategory(category)
+    except ValueError:
+        allowed = ", ".join(c.value for c in ProviderCategory)
+        raise ConfigError(f"{t.where('category')} must be one of {allowed}") from None
+    t.finish()
+    return ProviderSection(id=provider_id, name=name.strip(), category=parsed)
+
+
+def async_url(url: str, *, base: Path, key: str = "database.url") -> str:
+    """The SQLAlchemy async URL for ``url``: sync spellings mapped to the
+    async drivers, a relative SQLite path resolved against ``base``.
+
+    Raises:
+        ConfigError: an unsupported backend or driver, or no SQLite path.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ConfigError(
+            f"{key} must be a SQLAlchemy URL such as postgresql://user@host/db, "
+            f"not {hide_password(url)!r}"
+        )
+    scheme = scheme.lower()
+    mapped = _ASYNC_SCHEMES.get(scheme)
+    if mapped is None:
+        backend = scheme.partition("+")[0]
+        if backend in _BACKEND_DRIVERS:
+            raise ConfigError(
+                f"{key}: the adapter uses the async driver {_BACKEND_DRIVERS[backend]}, "
+                f"not {scheme}; write {_BACKEND_DRIVERS[backend]}:// or {backend}://"
+            )
+        raise ConfigError(
+            f"{key}: unsupported database {backend!r}; the adapter supports sqlite, "
+            "postgresql, mysql and mariadb (statement timeouts are implemented for those)"
+        )
+    if mapped != "sqlite+aiosqlite":
+        return f"{mapped}://{rest}"
+    # SQLite: "sqlite:///relative.db" or "sqlite:////absolute.db".
+    if not rest.startswith("/"):
+        raise ConfigError(f"{key}: a SQLite URL has no host: sqlite:///path/to/site.db")
+    path, qsep, query = rest[1:].partition("?")
+    if not path or path == ":memory:" or path.startswith("file::memory:"):
+        raise ConfigError(
+            f"{key}: an in-memory SQLite database holds no site's users; name the file"
+        )
+    file = Path(path).expanduser()
+    if not file.is_absolute():
+        file = base / file
+    return f"{mapped}:///{file}{qsep}{query}"
+
+
+def _parse_database(t: _Table, environ: Mapping[str, str]) -> DatabaseConfig:
+    has_url, has_env = t.has("url"), t.has("url_env")
+    if has_url == has_env:
+        raise ConfigError(
+            "database needs exactly one of url (a SQLAlchemy URL) or url_env (the "
+            "environment variable holding it)"
+        )
+    if has_url:
+        raw = t.string("url")
+        key = t.where("url")
+    else:
+        variable = t.string("url_env")
+        raw = environ.get(variable, "")
+        if not raw:
+            raise ConfigError(
+                f"{t.where('url_env')} names the environment variable {variable}, which is not set"
+            )
+        key = f"{t.where('url_env')} ({variable})"
+    url = async_url(raw, base=t.base, key=key)
+    timeout = t.seconds("statement_timeout_s", 2.0)
+    if timeout > 300:
+        raise ConfigError(f"{t.where('statement_timeout_s')} must be at most 300 seconds")
+    timezone = t.string("timezone", "UTC")
+    if timezone != "UTC":
+        try:
+            ZoneInfo(timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(
+                f"{t.where('timezone')} must be an IANA time zone such as 'Asia/Shanghai' "
+                f"or 'UTC', not {timezone!r}"
+            ) from None
+    config = DatabaseConfig(
+        url=url,
+        statement_timeout_s=timeout,
+        pool_size=t.integer("pool_size", 5, minimum=1, maximum=100),
+        timezone=timezone,
+    )
+    t.finish()
+    return config
+
+
+def _check_statement(
+    t: _Table,
+    key: str,
+    *,
+    verbs: Sequence[str],
+    allowed: frozenset[str],
+    required: Sequence[str],
+    one_of: Sequence[str] = (),
+) -> str:
+    sql: str = t.string(key).strip()
+    where = t.where(key)
+    verb = _first_word(sql)
+    if verb not in verbs:
+        raise ConfigError(
+            f"{where} must start with {' or '.join(verbs)}, not {verb or 'nothing'!r}"
+        )
+    names = bind_names(sql)
+    unknown = sorted(names - allowed)
+    if unknown:
+        raise ConfigError(
+            f"{where} uses {', '.join(':' + n for n in unknown)}; the adapter binds only "
+            f"{', '.join(':' + n for n in sorted(allowed))}"
+        )
+    for needed in required:
+        if needed not in names:
+            raise ConfigError(f"{where} must use the bound parameter :{needed}")
+    if one_of and not names.intersection(one_of):
+        raise ConfigError(
+            f"{where} must check the number with {' or '.join(':' + n for n in one_of)}: "
+            "without it an account that changed its number since the lookup would lose "
+            "its new one"
+        )
+    return sql
+
+
+def _parse_queries(t: _Table) -> QueriesConfig:
+    list_sql = _check_statement(
+        t, "list_bindings", verbs=("SELECT", "WITH"), allowed=LIST_BINDS, required=("phones",)
+    )
+    unbind_sql = _check_statement(
+        t,
+        "unbind",
+        verbs=("UPDATE", "DELETE"),
+        allowed=UNBIND_BINDS,
+        required=("account_ref",),
+        one_of=("phones", "msisdn"),
+    )
+    ref_type = t.string("account_ref_type", "text")
+    if ref_type not in ("text", "integer"):
+        raise ConfigError(f"{t.where('account_ref_type')} must be 'text' or 'integer'")
+    config = QueriesConfig(
+        list_bindings=list_sql,
+        unbind=unbind_sql,
+        account_ref_type=ref_type,
+        max_rows=t.integer("max_rows", 100, minimum=1, maximum=10_000),
+    )
+    t.finish()
+    return config
+
+
+def _parse_columns(t: _Table) -> ColumnsConfig:
+    values = {key: t.string(key, None) for key in MAPPED_COLUMNS}
+    if values["account_ref"] is None:
+        raise ConfigError(
+            f"{t.where('account_ref')} is required: the column that identifies the account"
+        )
+    t.finish()
+    return ColumnsConfig(**values)
+
+
+def _kind(t: _Table, key: str, value: object) -> BindingKind:
+    try:
+        return BindingKind(str(value).lower())
+    except ValueError:
+        allowed = ", ".join(k.value for k in BindingKind)
+        raise ConfigError(f"{t.where(key)} must be one of {allowed}") from None
+
+
+def _parse_defaults(t: _Table, kinds_t: _Table) -> DefaultsConfig:
+    kind = _kind(t, "kind", t.string("kind", "login"))
+    unbindable = t.boolean("unbindable", True)
+    t.finish()
+    kinds: dict[str, BindingKind] = {}
+    for alias in kinds_t.names():
+        kinds[alias] = _kind(kinds_t, alias, kinds_t.string(alias))
+    kinds_t.finish()
+    return DefaultsConfig(kind=kind, unbindable=unbindable, kinds=kinds)
+
+
+def _parse_server(t: _Table, base: Path, name: str) -> ServerSection:
+    listen = t.string("listen", "[::]:50061")
+    match = _LISTEN.fullmatch(listen)
+    if match is None or not 0 <= int(match.group(2)) <= 65535:
+        raise ConfigError(
+            f"{t.where('listen')} must be HOST:PORT (for example [::]:50061), not {listen!r}"
+        )
+    insecure = t.boolean("insecure", False)
+    tls_t = t.optional_table("tls")
+    tls = None
+    if tls_t is not None:
+        tls = TLSFiles(
+            cert=tls_t.path("cert"), key=tls_t.path("key"), client_ca=tls_t.path("client_ca", None)
+        )
+        tls_t.finish()
+    if tls is not None and insecure:
+        raise ConfigError(f"[{t.where('tls')}] and {t.where('insecure')} = true contradict")
+    if tls is None and not insecure:
+        raise ConfigError(
+            f"[{t.where('tls')}] (cert, key, client_ca) is required; plaintext needs "
+            f"{t.where('insecure')} = true and is for development only"
+        )
+    store = t.string("idempotency_db", None)
+    idempotency: Path | None
+    if store == ":memory:":
+        idempotency = None
+    elif store is None:
+        idempotency = base / f"{name}.idempotency.db"
+    else:
+        idempotency = t.path("idempotency_db")
+    log_level = t.string("log_level", "info").lower()
+    if log_level not in _LOG_LEVELS:
+        raise ConfigError(f"{t.where('log_level')} must be one of {', '.join(_LOG_LEVELS)}")
+    config = ServerSection(
+        listen=listen,
+        gateway_jwks=t.path("gateway_jwks"),
+        gateway_issuer=t.string("gateway_issuer", "onecert-gateway"),
+        tls=tls,
+        insecure=insecure,
+        idempotency_db=idempotency,
+        grace_s=t.seconds("grace_s", 5.0, allow_zero=True),
+        max_concurrent_rpcs=t.integer("max_concurrent_rpcs", None, minimum=1),
+        log_level=log_level,
+        log_json=t.boolean("log_json", False),
+    )
+    t.finish()
+    return config
+
+
+_REQUIRED: Final = object()
+_TABLES: Final = (
+    "provider",
+    "database",
+    "queries",
+    "columns",
+    "defaults",
+    "kinds",
+    "phones",
+    "server",
+)
+
+
+class _Table:
+    """One TOML table being read: typed getters that name the key on error,
+    and :meth:`finish` to refuse keys nobody asked for (typos)."""
+
+    def __init__(self, data: Mapping[str, Any], prefix: str, base: Path) -> None:
+        self._data = data
+        self._prefix = prefix
+        self.base = base
+        self._seen: set[str] = set()
+
+    def where(self, key: str) -> str:
+        return f"{self._prefix}.{key}" if self._prefix else key
+
+    def has(self, key: str) -> bool:
+        return key in self._data
+
+    def names(self) -> list[str]:
+        return list(self._data)
+
+    def _get(self, key: str, default: Any) -> Any:
+        self._seen.add(key)
+        if key in self._data:
+            return self._data[key]
+        if default is _REQUIRED:
+            raise ConfigError(f"{self.where(key)} is required")
+        return default
+
+    def string(self, key: str, default: Any = _REQUIRED) -> Any:
+        value = self._get(key, default)
+        if key not in self._data:
+            return value
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{self.where(key)} must be a non-empty string")
+        return value
+
+    def boolean(self, key: str, default: Any = _REQUIRED) -> Any:
+        value = self._get(key, default)
+        if key in self._data and not isinstance(value, bool):
+            raise ConfigError(f"{self.where(key)} must be true or false")
+        return value
+
+    def seconds(self, key: str, default: Any = _REQUIRED, *, allow_zero: bool = False) -> Any:
+        value = self._get(key, default)
+        if key not in self._data:
+            return value
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise ConfigError(f"{self.where(key)} must be a number of seconds")
+        if value < 0 or (value == 0 and not allow_zero):
+            bound = "zero or more" if allow_zero else "more than zero"
+            raise ConfigError(f"{self.where(key)} must be {bound} seconds")
+        return float(value)
+
+    def integer(
+        self,
+        key: str,
+        default: Any = _REQUIRED,
+        *,
+        minimum: int | None = None,
+        maximum: int | None = None,
+    ) -> Any:
+        value = self._get(key, default)
+        if key not in self._data:
+            return value
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{self.where(key)} must be an integer")
+        if minimum is not None and value < minimum:
+            raise ConfigError(f"{self.where(key)} must be at least {minimum}")
+        if maximum is not None and value > maximum:
+            raise ConfigError(f"{self.where(key)} must be at most {maximum}")
+        return value
+
+    def path(self, key: str, default: Any = _REQUIRED) -> Any:
+        value = self.string(key, default)
+        if value is None:
+            return None
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.base / path
+
+    def optional_table(self, key: str) -> _Table | None:
+        self._seen.add(key)
+        if key not in self._data:
+            return None
+        value = self._data[key]
+        if not isinstance(value, dict):
+            raise ConfigError(f"{self.where(key)} must be a table ([{self.where(key)}])")
+        return _Table(value, self.where(key), self.base)
+
+    def table(self, key: str, *, required: bool = False) -> _Table:
+        table = self.optional_table(key)
+        if table is None:
+            if required:
+                raise ConfigError(f"[{self.where(key)}] is required")
+            return _Table({}, self.where(key), self.base)
+        return table
+
+    def refuse_unknown(self, known: Sequence[str]) -> None:
+        for key in self._data:
+            if key not in known:
+                raise ConfigError(_unknown(self.where(key), key, known))
+
+    def finish(self) -> None:
+        for key in self._data:
+            if key not in self._seen:
+                raise ConfigError(_unknown(self.where(key), key, sorted(self._seen)))
+
+
+def _unknown(where: str, key: str, known: Sequence[str]) -> str:
+    hint = difflib.get_close_matches(key, sorted(known), n=1)
+    suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+    return f"unknown key {where!r}{suggestion}"

@@ -1,0 +1,364 @@
+"""Running the site's statements: bound parameters only, a time limit on every one.
+
+Each call takes a pooled connection, tells the database how long the
+statement may run, runs it in a transaction, and is also bounded by an
+asyncio timeout in case the database does not keep its word:
+
+- PostgreSQL: ``set_config('statement_timeout', <ms>, true)``, the same as
+  ``SET LOCAL statement_timeout`` (it ends with the transaction) but with the
+  value bound as a parameter.
+- MariaDB: ``SET SESSION max_statement_time`` (seconds, every statement).
+  MySQL: ``SET SESSION max_execution_time`` (milliseconds, SELECT only).
+  Both: ``innodb_lock_wait_timeout`` (whole seconds), which bounds an
+  UPDATE or DELETE waiting for a row lock.
+- SQLite: a progress handler aborts the statement once the limit has passed
+  (the query runs in aiosqlite's thread, where asyncio cannot stop it), and
+  the busy timeout bounds waiting for a write lock.
+
+Errors are sorted in two: :class:`DatabaseUnavailableError` (connection
+lost, timeout, lock, overload: retrying may help) and
+:class:`QueryFailedError` (anything else). Their messages carry the error
+class and code and the driver's message with quoted values removed, never
+the parameters (the engine hides them too).
+
+This is the only module of the adapter that imports SQLAlchemy at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import time
+import weakref
+from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql.elements import TextClause
+from sqlalchemy.sql.expression import bindparam
+
+from onecert.adapters.sql._config import DatabaseConfig, bind_names
+from onecert.adapters.sql._errors import DatabaseUnavailableError, QueryFailedError
+from onecert.sdk._msisdn import mask_numbers_in_text
+
+__all__ = ["Database", "Fetched", "statement"]
+
+_T = TypeVar("_T")
+
+# The asyncio backstop fires this long after the database's own limit, so
+# the database normally ends the statement (and says so) first.
+_BACKSTOP_MARGIN_S: Final = 0.25
+# SQLite calls the progress handler every this many virtual machine steps
+# (well under a millisecond of work).
+_SQLITE_PROGRESS_STEPS: Final = 1000
+
+# PostgreSQL SQLSTATE classes meaning "not now": connection exception,
+# transaction rollback (serialization, deadlock), insufficient resources,
+# operator intervention (query_canceled by statement_timeout, shutdown).
+_PG_UNAVAILABLE_CLASSES: Final = ("08", "40", "53", "57")
+_PG_UNAVAILABLE_STATES: Final = frozenset({"55P03"})  # lock_not_available
+# MySQL/MariaDB error numbers meaning "not now".
+_MYSQL_UNAVAILABLE: Final = frozenset(
+    {
+        1040,  # too many connections
+        1053,  # server shutdown in progress
+        1205,  # lock wait timeout
+        1213,  # deadlock
+        1969,  # MariaDB max_statement_time exceeded
+        2002,  # cannot connect (socket)
+        2003,  # cannot connect (TCP)
+        2006,  # server has gone away
+        2013,  # lost connection during query
+        3024,  # MySQL max_execution_time exceeded
+    }
+)
+# MySQL/MariaDB error numbers for a value the column cannot hold.
+_MYSQL_INVALID_VALUE: Final = frozenset({1264, 1292, 1366, 1406})
+_SQLITE_UNAVAILABLE: Final = (
+    "interrupted",
+    "database is locked",
+    "database table is locked",
+    "unable to open database file",
+    "disk i/o error",
+)
+_QUOTED: Final = re.compile(r"'[^']*'|\"[^\"]*\"")
+
+
+def statement(sql: str) -> TextClause:
+    """``sql`` as a SQLAlchemy text clause, ``:phones`` an expanding IN list."""
+    clause = text(sql)
+    if "phones" in bind_names(sql):
+        clause = clause.bindparams(bindparam("phones", expanding=True))
+    return clause
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """What a SELECT returned: its column names and at most ``max_rows`` rows."""
+
+    columns: tuple[str, ...]
+    rows: tuple[tuple[Any, ...], ...]
+    truncated: bool
+
+
+class _Deadline:
+    # Per SQLite connection, read by its progress handler in aiosqlite's thread.
+    __slots__ = ("at",)
+
+    def __init__(self) -> None:
+        self.at = math.inf
+
+    def expired(self) -> int:
+        return 1 if time.monotonic() > self.at else 0
+
+
+class Database:
+    """A pool of connections to the site's database and the way statements run.
+
+    Args:
+        config: the ``[database]`` section.
+    """
+
+    def __init__(self, config: DatabaseConfig) -> None:
+        self._config = config
+        backend = config.backend
+        limit = config.statement_timeout_s
+        connect_args: dict[str, Any]
+        if backend == "sqlite":
+            path = config.url.partition(":///")[2].partition("?")[0]
+            if not path.startswith("file:") and not Path(path).is_file():
+                # Opening would create an empty file and hide the mistake.
+                raise DatabaseUnavailableError(f"the SQLite database file {path} does not exist")
+            # The busy timeout: how long a write waits for another writer.
+            connect_args = {"timeout": limit}
+        elif backend == "postgresql":
+            connect_args = {
+                "timeout": max(limit, 1.0),
+                "server_settings": {"application_name": "onecert-sql-adapter"},
+            }
+        else:
+            connect_args = {"connect_timeout": max(1, math.ceil(limit))}
+        self._backend = backend
+        self._engine: AsyncEngine = create_async_engine(
+            config.url,
+            pool_size=config.pool_size,
+            max_overflow=0,
+            pool_timeout=limit,
+            # A database restarted under the adapter costs one failed ping,
+            # not one failed citizen's call.
+            pool_pre_ping=True,
+            pool_recycle=1800,
+            # Parameters are phone numbers: never in exception messages.
+            hide_parameters=True,
+            connect_args=connect_args,
+        )
+        self._deadlines: weakref.WeakKeyDictionary[Any, _Deadline] = weakref.WeakKeyDictionary()
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The SQLAlchemy engine (for tests and instrumentation)."""
+        return self._engine
+
+    @property
+    def backend(self) -> str:
+        return self._backend
+
+    async def close(self) -> None:
+        """Close every pooled connection."""
+        await self._engine.dispose()
+
+    def compile(self, clause: TextClause) -> None:
+        """Compile ``clause`` for this database; :class:`QueryFailedError` if it cannot."""
+        try:
+            clause.compile(dialect=self._engine.dialect)
+        except sa_exc.SQLAlchemyError as exc:
+            raise QueryFailedError(f"does not compile: {type(exc).__name__}: {exc}") from None
+
+    async def fetch(
+        self,
+        clause: TextClause,
+        params: Mapping[str, Any],
+        *,
+        limit: float,
+        max_rows: int,
+        reveal: bool = False,
+    ) -> Fetched:
+        """Run a SELECT within ``limit`` seconds; at most ``max_rows`` rows.
+
+        ``reveal`` keeps quoted names in error messages (for the start-up
+        check, whose parameters are no one's number).
+        """
+
+        async def run() -> Fetched:
+            async with self._transaction(limit) as conn:
+                result = await conn.execute(clause, dict(params))
+                columns = tuple(result.keys())
+                rows = result.fetchmany(max_rows + 1)
+                return Fetched(
+                    columns=columns,
+                    rows=tuple(tuple(row) for row in rows[:max_rows]),
+                    truncated=len(rows) > max_rows,
+                )
+
+        return await self._bounded(run(), limit, reveal=reveal)
+
+    async def execute(
+        self,
+        clause: TextClause,
+        params: Mapping[str, Any],
+        *,
+        limit: float,
+        max_rows: int,
+        commit: bool = True,
+        reveal: bool = False,
+    ) -> int:
+        """Run an UPDATE or DELETE within ``limit`` seconds; the rows it matched.
+
+        Committed only if ``commit`` and it matched at most ``max_rows`` rows;
+        otherwise rolled back (and the count returned all the same).
+        """
+
+        async def run() -> int:
+            async with self._transaction(limit) as conn:
+                result = await conn.execute(clause, dict(params))
+                count = int(result.rowcount)
+                if commit and 0 <= count <= max_rows:
+                    await conn.commit()
+                else:
+                    await conn.rollback()
+                return count
+
+        return await self._bounded(run(), limit, reveal=reveal)
+
+    @asynccontextmanager
+    async def _transaction(self, limit: float) -> AsyncIterator[AsyncConnection]:
+        async with self._engine.connect() as conn:
+            await self._set_limit(conn, limit)
+            yield conn
+            # Reached only when the block ended normally: after a timeout or
+            # a cancellation the SQLite deadline stays set, so a statement
+            # still running in aiosqlite's thread is interrupted on time.
+            await self._clear_limit(conn)
+
+    async def _set_limit(self, conn: AsyncConnection, limit: float) -> None:
+        if self._backend == "postgresql":
+            await conn.execute(
+                text("SELECT set_config('statement_timeout', :ms, true)"),
+                {"ms": str(max(1, int(limit * 1000)))},
+            )
+        elif self._backend in ("mysql", "mariadb"):
+            lock_wait = max(1, math.ceil(limit))
+            if conn.dialect.is_mariadb:  # type: ignore[attr-defined]  # set by the MySQL dialect on connect
+                await conn.execute(
+                    text(
+                        "SET SESSION max_statement_time = :seconds, "
+                        "innodb_lock_wait_timeout = :lock_wait"
+                    ),
+                    {"seconds": round(limit, 3), "lock_wait": lock_wait},
+                )
+            else:
+                await conn.execute(
+                    text(
+                        "SET SESSION max_execution_time = :ms, "
+                        "innodb_lock_wait_timeout = :lock_wait"
+                    ),
+                    {"ms": max(1, int(limit * 1000)), "lock_wait": lock_wait},
+                )
+        elif self._backend == "sqlite":
+            deadline = await self._sqlite_deadline(conn)
+            deadline.at = time.monotonic() + limit
+
+    async def _clear_limit(self, conn: AsyncConnection) -> None:
+        if self._backend == "sqlite":
+            (await self._sqlite_deadline(conn)).at = math.inf
+
+    async def _sqlite_deadline(self, conn: AsyncConnection) -> _Deadline:
+        raw = await conn.get_raw_connection()
+        driver = raw.driver_connection  # an aiosqlite.Connection
+        deadline = self._deadlines.get(driver)
+        if deadline is None:
+            deadline = _Deadline()
+            # Installed once per connection. Between calls the deadline is
+            # infinite, unless the last call ended early (see _transaction).
+            await driver.set_progress_handler(deadline.expired, _SQLITE_PROGRESS_STEPS)  # type: ignore[union-attr]  # aiosqlite's connection
+            self._deadlines[driver] = deadline
+        return deadline
+
+    async def _bounded(self, work: Coroutine[Any, Any, _T], limit: float, *, reveal: bool) -> _T:
+        try:
+            async with asyncio.timeout(limit + _BACKSTOP_MARGIN_S) as scope:
+                return await work
+        except TimeoutError:
+            if scope.expired():
+                raise DatabaseUnavailableError(
+                    f"the database did not answer within {limit:.2f} s"
+                ) from None
+            raise DatabaseUnavailableError("the database connection timed out") from None
+        except sa_exc.DBAPIError as exc:
+            raise self._classify(exc, reveal=reveal) from None
+        except sa_exc.TimeoutError:
+            raise DatabaseUnavailableError(
+                "no database connection free within the time limit (pool exhausted)"
+            ) from None
+        except OSError as exc:
+            raise DatabaseUnavailableError(
+                f"cannot reach the database: {type(exc).__name__}: {exc.strerror or exc}"
+            ) from None
+        except sa_exc.SQLAlchemyError as exc:
+            raise QueryFailedError(
+                f"{type(exc).__name__}: {_scrub(str(exc), reveal=reveal)}"
+            ) from None
+
+    def _classify(self, exc: sa_exc.DBAPIError, *, reveal: bool) -> Exception:
+        orig = exc.orig
+        message = _scrub(_driver_message(orig), reveal=reveal)
+        kind = type(orig).__name__ if orig is not None else type(exc).__name__
+        code = ""
+        unavailable = bool(exc.connection_invalidated) or isinstance(exc, sa_exc.InterfaceError)
+        invalid_value = isinstance(exc, sa_exc.DataError)
+        if self._backend == "postgresql":
+            state = str(getattr(orig, "sqlstate", "") or "")
+            code = f" (SQLSTATE {state})" if state else ""
+            unavailable = unavailable or (
+                state[:2] in _PG_UNAVAILABLE_CLASSES or state in _PG_UNAVAILABLE_STATES
+            )
+            invalid_value = invalid_value or state[:2] == "22"
+        elif self._backend in ("mysql", "mariadb"):
+            args = getattr(orig, "args", ())
+            errno = args[0] if args and isinstance(args[0], int) else None
+            code = f" (error {errno})" if errno is not None else ""
+            unavailable = unavailable or errno in _MYSQL_UNAVAILABLE
+            invalid_value = invalid_value or errno in _MYSQL_INVALID_VALUE
+        else:
+            lowered = message.lower()
+            unavailable = unavailable or any(m in lowered for m in _SQLITE_UNAVAILABLE)
+        text_ = f"{kind}{code}: {message}"
+        if unavailable:
+            return DatabaseUnavailableError(text_)
+        return QueryFailedError(text_, invalid_value=invalid_value)
+
+
+def _driver_message(orig: BaseException | None) -> str:
+    if orig is None:
+        return ""
+    args: Sequence[Any] = getattr(orig, "args", ())
+    # pymysql: (errno, message); the others: (message,).
+    if len(args) >= 2 and isinstance(args[0], int):
+        return str(args[1])
+    text_ = str(orig)
+    # The asyncpg adapter prefixes "<class 'asyncpg.exceptions.X'>: ".
+    return re.sub(r"^<class '[\w.]+'>:\s*", "", text_)
+
+
+def _scrub(message: str, *, reveal: bool) -> str:
+    """A driver message safe to log: quoted values removed (unless ``reveal``:
+    at start the only values are the probe's), numbers masked, one short line."""
+    first = message.strip().splitlines()[0] if message.strip() else ""
+    cleaned = first if reveal else _QUOTED.sub("'…'", first)
+    return mask_numbers_in_text(cleaned)[:300]

@@ -1,0 +1,78 @@
+"""Serving a site: open the database, check it, run the SDK's server."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from onecert.adapters.sql._config import SiteConfig
+from onecert.adapters.sql._site import SqlSite
+from onecert.sdk import Server, ServerTLS
+
+__all__ = ["build_server", "check", "serve"]
+
+
+def build_server(site: SqlSite) -> Server:
+    """The SDK :class:`~onecert.sdk.Server` for ``site`` as its ``[server]`` says.
+
+    Raises:
+        ValueError: unusable keys, TLS files or listen address (the SDK's
+            configuration errors).
+    """
+    server = site.config.server
+    tls = None
+    if server.tls is not None:
+        tls = ServerTLS(
+            str(server.tls.cert),
+            str(server.tls.key),
+            None if server.tls.client_ca is None else str(server.tls.client_ca),
+        )
+        # Read the files now: a missing certificate is a start-up error.
+        tls.credentials()
+    return Server(
+        site.provider,
+        gateway_keys=server.gateway_jwks,
+        listen=server.listen,
+        gateway_issuer=server.gateway_issuer,
+        tls=tls,
+        insecure=server.insecure,
+        idempotency=server.idempotency_db,
+        grace=server.grace_s,
+        max_concurrent_rpcs=server.max_concurrent_rpcs,
+    )
+
+
+async def check(config: SiteConfig) -> tuple[str, ...]:
+    """Check everything :func:`serve` would, without serving.
+
+    The database answers, the queries match the mapping, the gateway's keys
+    and the TLS files load. Returns the columns ``list_bindings`` returns.
+    """
+    site = await SqlSite.open(config, check=False)
+    try:
+        columns = await site.check()
+        build_server(site)
+        return columns
+    finally:
+        await site.close()
+
+
+async def serve(config: SiteConfig, *, ready: Callable[[Server], None] | None = None) -> None:
+    """Serve the site until SIGTERM or SIGINT, then shut down gracefully.
+
+    Refuses to start (raising before it listens) when the database cannot be
+    reached, the queries do not match the mapping, or keys or TLS files are
+    unusable.
+
+    Args:
+        config: the site's configuration.
+        ready: called once the server listens (to print the address).
+    """
+    site = await SqlSite.open(config)
+    try:
+        server = build_server(site)
+        await server.start()
+        if ready is not None:
+            ready(server)
+        await server.run(handle_signals=True)
+    finally:
+        await site.close()

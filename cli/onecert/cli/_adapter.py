@@ -1,0 +1,95 @@
+"""``onecert adapter sql``: serve a site's own user database as a provider."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from onecert.cli import CommandError
+
+if TYPE_CHECKING:
+    from onecert.sdk import Server
+
+
+def register(sub: argparse._SubParsersAction[Any]) -> None:
+    adapter = sub.add_parser(
+        "adapter",
+        help="run a ready-made provider adapter",
+        description="Run a ready-made provider adapter: a site joins onecert by configuration.",
+    )
+    kinds = adapter.add_subparsers(dest="adapter_kind", required=True, metavar="KIND")
+    sql = kinds.add_parser(
+        "sql",
+        help="serve BindingProvider from a site's own SQL user database",
+        description=(
+            "Serve BindingProvider straight from the site's user database (SQLite, "
+            "PostgreSQL, MySQL or MariaDB) as the configuration file says (see "
+            "docs/sql-adapter.md). Before it listens it checks that the queries match "
+            "the column mapping and exits with status 2, naming what is wrong, if not. "
+            "SIGTERM or SIGINT stops it gracefully."
+        ),
+    )
+    sql.add_argument("--config", required=True, type=Path, metavar="FILE", help="TOML file")
+    sql.add_argument(
+        "--check",
+        action="store_true",
+        help="check the configuration, the database, the queries, keys and TLS files, "
+        "then exit (0 when all is well) without serving",
+    )
+    sql.set_defaults(handler=_sql)
+
+
+def _sql(args: argparse.Namespace) -> int:
+    try:
+        import sqlalchemy  # noqa: F401, PLC0415  # only to say clearly what is missing
+    except ImportError:
+        raise CommandError(
+            "the SQL adapter needs SQLAlchemy and the database drivers: pip install 'onecert[sql]'"
+        ) from None
+    from onecert.adapters.sql import (  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+        ConfigError,
+        DatabaseUnavailableError,
+        check,
+        load_config,
+        serve,
+    )
+    from onecert.sdk import configure_logging  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        raise CommandError(str(exc)) from None
+    configure_logging(json=config.server.log_json, level=config.server.log_level)
+
+    def ready(server: Server) -> None:
+        tls = "plaintext, development only" if config.server.insecure else "TLS"
+        # One line on stdout for scripts that wait for the port.
+        print(
+            f"onecert sql adapter {config.provider.id} listening on {server.address} ({tls})",
+            flush=True,
+        )
+
+    try:
+        if args.check:
+            columns = asyncio.run(check(config))
+            print(
+                f"ok: {config.provider.id}: the database answers, list_bindings returns "
+                f"{', '.join(columns)}, unbind matches no row for a made-up account "
+                "(rolled back), keys and TLS files load"
+            )
+            return 0
+        asyncio.run(serve(config, ready=ready))
+    except ConfigError as exc:
+        raise CommandError(str(exc)) from None
+    except DatabaseUnavailableError as exc:
+        raise CommandError(f"cannot use the database {config.database.safe_url}: {exc}") from None
+    except ValueError as exc:
+        # The SDK's configuration errors (keys, TLS files, listen address).
+        raise CommandError(str(exc)) from None
+    except OSError as exc:
+        raise CommandError(f"cannot start the adapter: {exc}") from None
+    print("onecert sql adapter stopped", file=sys.stderr)
+    return 0

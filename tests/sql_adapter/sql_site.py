@@ -1,0 +1,135 @@
+"""The test site's users table: its rows, its DDL per backend, and a handle on it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from onecert.adapters.sql import SiteConfig, parse_config
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+
+
+def local(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    """A naive Beijing time, as the test site stores its timestamps."""
+    return datetime(year, month, day, hour, minute, tzinfo=SHANGHAI).replace(tzinfo=None)
+
+
+# The number most tests ask about, the formats it is stored in, and others.
+NUMBER = "+8613800138000"
+OTHER_NUMBER = "+8613900139000"
+UNBIND_NUMBER = "+8613700137000"
+UNBIND_ACCOUNT = "u5"
+
+# (id, nickname, phone as stored, bound_at (naive, the site's local time),
+#  last_login_at (epoch seconds), kind, unbindable)
+USERS: tuple[tuple[Any, ...], ...] = (
+    ("u1", "zhangsan", "+8613800138000", local(2021, 3, 1, 9, 30), 1735689600, "login", 1),
+    ("u2", "lisi", "138-0013-8000", local(2014, 6, 9, 20, 15), 1420070400, "wallet", 1),
+    ("u3", "wangwu", "0086 138 0013 8000", local(2019, 11, 20, 8), None, None, 0),
+    ("u4", "zhaoliu", "8613800138000", local(2016, 2, 2, 12), 1700000000, "2FA", None),
+    ("u5", "sunqi", "13700137000", local(2022, 7, 15, 18, 45), 1740000000, "login", 1),
+    ("u6", "zhouba", "+86 139 0013 9000", local(2020, 1, 1), 1730000000, "login", 1),
+    ("u7", "wujiu", "13800138001", local(2020, 1, 1), 1730000000, "login", 1),
+    ("u8", "zhengshi", None, None, 1700000000, "login", 1),
+)
+
+DDL = {
+    "sqlite": (
+        "CREATE TABLE {t} (id VARCHAR(64) PRIMARY KEY, nickname VARCHAR(64) NOT NULL, "
+        "phone VARCHAR(32), phone_bound_at TEXT, last_login_at BIGINT, kind VARCHAR(16), "
+        "unbindable INTEGER)"
+    ),
+    "postgresql": (
+        "CREATE TABLE {t} (id VARCHAR(64) PRIMARY KEY, nickname VARCHAR(64) NOT NULL, "
+        "phone VARCHAR(32), phone_bound_at TIMESTAMP, last_login_at BIGINT, "
+        "kind VARCHAR(16), unbindable BOOLEAN)"
+    ),
+    "mysql": (
+        "CREATE TABLE {t} (id VARCHAR(64) PRIMARY KEY, nickname VARCHAR(64) NOT NULL, "
+        "phone VARCHAR(32), phone_bound_at DATETIME, last_login_at BIGINT, "
+        "kind VARCHAR(16), unbindable TINYINT(1))"
+    ),
+}
+
+
+@dataclass
+class SiteDB:
+    """A site's users table for one test: where it is and how to look inside."""
+
+    backend: str
+    url: str
+    table: str
+    engine: AsyncEngine
+    base_dir: Path
+
+    async def sql(self, statement: str, params: dict[str, Any] | None = None) -> None:
+        """Run a statement of the test's own (``{t}`` is the table name)."""
+        async with self.engine.begin() as conn:
+            await conn.execute(text(statement.format(t=self.table)), params or {})
+
+    async def phone_of(self, account: str) -> Any:
+        """The phone column of ``account``; KeyError if the row is gone."""
+        async with self.engine.connect() as conn:
+            result = await conn.execute(
+                text(f"SELECT phone FROM {self.table} WHERE id = :id"), {"id": account}
+            )
+            rows = result.all()
+        if not rows:
+            raise KeyError(account)
+        return rows[0][0]
+
+    async def snapshot(self) -> list[tuple[Any, ...]]:
+        """Every row, ordered by id."""
+        async with self.engine.connect() as conn:
+            result = await conn.execute(text(f"SELECT * FROM {self.table} ORDER BY id"))
+            return [tuple(row) for row in result.all()]
+
+    def config_data(self, **sections: dict[str, Any]) -> dict[str, Any]:
+        """A config document for this table; ``sections`` replace keys per table."""
+        data: dict[str, Any] = {
+            "provider": {"id": "test-site", "name": "Test Site", "category": "forum"},
+            "database": {
+                "url": self.url,
+                "statement_timeout_s": 5.0,
+                "timezone": "Asia/Shanghai",
+            },
+            "queries": {
+                "list_bindings": (
+                    "SELECT id, nickname, phone, phone_bound_at, last_login_at, kind, "
+                    f"unbindable FROM {self.table} WHERE phone IN :phones"
+                ),
+                "unbind": (
+                    f"UPDATE {self.table} SET phone = NULL "
+                    "WHERE id = :account_ref AND phone IN :phones"
+                ),
+            },
+            "columns": {
+                "account_ref": "id",
+                "display_name": "nickname",
+                "phone": "phone",
+                "bound_at": "phone_bound_at",
+                "last_used_at": "last_login_at",
+                "kind": "kind",
+                "unbindable": "unbindable",
+            },
+            "kinds": {"wallet": "payment", "2fa": "two_factor"},
+            "server": {
+                "listen": "127.0.0.1:0",
+                "gateway_jwks": "gateway.jwks.json",
+                "insecure": True,
+                "idempotency_db": ":memory:",
+            },
+        }
+        for name, values in sections.items():
+            data.setdefault(name, {}).update(values)
+        return data
+
+    def config(self, **sections: dict[str, Any]) -> SiteConfig:
+        return parse_config(self.config_data(**sections), base_dir=self.base_dir)
