@@ -21,8 +21,11 @@ _COMMANDS = (
     "onecert.cli._conformance",
     "onecert.cli._gateway",
     "onecert.cli._lookup",
+    "onecert.cli._unbind",
     "onecert.cli._demo",
     "onecert.cli._db",
+    "onecert.cli._report",
+    "onecert.cli._adapter",
 )
 
 
