@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import os
 import re
@@ -68,6 +69,17 @@ class StartupError(RuntimeError):
             parts.extend(f"    {line}" for line in process.log_tail() or ["(empty)"])
         super().__init__("\n".join(parts))
         self.failures = tuple(failures)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # If the demo itself is killed (SIGKILL leaves no time to clean up), the
+    # kernel sends SIGTERM to its children, so no adapter is left running.
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass
@@ -229,6 +241,7 @@ class Federation:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509  # only prctl, no locks taken
             )
         process.started_at = time.perf_counter()
         self.processes.append(process)
