@@ -78,7 +78,9 @@ def test_docker_compose_accepts_the_file() -> None:
     command = _compose_cli()
     if command is None:
         if os.environ.get("CI"):
-            pytest.fail("CI is set but no docker compose client is installed (.ci/run installs one)")
+            pytest.fail(
+                "CI is set but no docker compose client is installed (.ci/run installs one)"
+            )
         pytest.skip("no docker compose client here; test_structure checks the file in Python")
     result = subprocess.run(
         [*command, "-f", str(DEPLOY / "compose.yaml"), "config", "-q"],

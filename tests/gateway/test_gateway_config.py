@@ -13,7 +13,7 @@ import pytest
 
 from onecert.cli import main
 from onecert.gateway import ConfigError, GatewayServer, load_config, parse_config
-from onecert.gateway._config import FanoutConfig, ListenTLS
+from onecert.gateway._config import DeliveryConfig, FanoutConfig, ListenTLS, NoticesConfig
 from onecert.v1 import common_pb2
 
 if TYPE_CHECKING:
@@ -85,9 +85,18 @@ def test_documented_keys_are_exactly_the_parsed_keys() -> None:
         "fanout",
         "carriers",
         "providers",
+        "store",
+        "delivery",
+        "notices",
+        "check_recycled",
+        "admin",
     }
     fields = {f.name for f in dataclasses.fields(FanoutConfig)}
     assert set(data["fanout"]) == fields
+    assert set(data["delivery"]) == {f.name for f in dataclasses.fields(DeliveryConfig)}
+    # notices.deadline_s is shown commented out: setting it replaces the rules.
+    notice_fields = {f.name for f in dataclasses.fields(NoticesConfig)}
+    assert set(data["notices"]) | {"deadline_s"} == notice_fields
 
 
 def test_minimal_config_takes_defaults_and_resolves_paths(tmp_path: Path) -> None:

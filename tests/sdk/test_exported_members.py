@@ -12,6 +12,8 @@ SDK_API = {
     "Carrier",
     "IdempotencyStore",
     "MemoryIdempotencyStore",
+    "NoticePoller",
+    "PollRound",
     "Provider",
     "ProviderCategory",
     "RecycledNotice",

@@ -14,6 +14,7 @@ import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -21,19 +22,26 @@ from onecert.v1 import common_pb2
 
 __all__ = [
     "CATEGORIES",
+    "DELIVERY_MODES",
+    "AdminConfig",
     "CarrierConfig",
+    "CheckRecycledConfig",
     "ConfigError",
+    "DeliveryConfig",
     "FanoutConfig",
     "GatewayConfig",
     "IdentityConfig",
     "IssuerConfig",
     "KeysConfig",
     "ListenTLS",
+    "NoticesConfig",
     "ProviderConfig",
+    "StoreConfig",
     "UpstreamTLS",
     "check_transport",
     "load_config",
     "parse_config",
+    "parse_number_range",
 ]
 
 
@@ -82,6 +90,8 @@ class KeysConfig:
     handle_key: Path
     handle_ttl_s: float = 900.0
     warrant_lifetime_s: float = 30.0
+    # Key of the audit log's digests (32 bytes hex); derived from the handle key if absent.
+    audit_key: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -121,6 +131,45 @@ class FanoutConfig:
 
 
 @dataclass(frozen=True)
+class StoreConfig:
+    """Where durable state lives (``[store]``).
+
+    ``url`` is ``sqlite:///path`` (relative paths resolved next to the config
+    file) or ``postgresql://...``. ``auto_migrate``: upgrade the schema at
+    start-up (default: on for SQLite, off for PostgreSQL, where
+    ``onecert db upgrade`` is run once per release).
+    """
+
+    url: str = "sqlite:///onecert.db"
+    auto_migrate: bool = True
+    # PostgreSQL only: the schema (search_path) to use.
+    schema: str | None = None
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    """How unbind tickets are delivered to providers (``[delivery]``)."""
+
+    # Concurrent delivery workers in this process.
+    workers: int = 2
+    # Tickets one worker claims at once.
+    batch: int = 10
+    # How long a claim holds a ticket; a crashed worker's tickets are free after it.
+    lease_s: float = 60.0
+    # How often idle workers look for due tickets (new local tickets wake them at once).
+    poll_interval_s: float = 1.0
+    # Exponential backoff with full jitter between failed attempts.
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 300.0
+    # How long the gateway keeps trying; then the ticket is FAILED.
+    ticket_ttl_s: float = 7 * 24 * 3600.0
+    # Deadline of one BindingProvider.Unbind call.
+    unbind_deadline_s: float = 10.0
+    # When the provider answers PENDING, ask again after this long.
+    pending_recheck_s: float = 60.0
+
+
+@dataclass(frozen=True)
 class CarrierConfig:
     """A carrier (``NumberRegistry``)."""
 
@@ -130,10 +179,50 @@ class CarrierConfig:
     deadline_s: float | None = None
     max_concurrency: int | None = None
     plaintext: bool = False
+    # The numbers it may report events for: E.164 prefixes ("+86138") or
+    # inclusive ranges of equal-length prefixes ("+861380-+861384").
+    prefixes: tuple[str, ...] = ()
+    # The CN of its client certificate; the id when None.
+    client_cn: str | None = None
 
     @property
     def display_name(self) -> str:
         return self.name or self.id
+
+    @property
+    def cn(self) -> str:
+        """The client certificate CN that identifies this carrier."""
+        return self.client_cn or self.id
+
+    def serves(self, msisdn: str) -> bool:
+        """Whether ``msisdn`` (E.164) falls in one of :attr:`prefixes`."""
+        for text in self.prefixes:
+            low, high = parse_number_range(text)
+            head = msisdn[: len(low)]
+            if len(head) == len(low) and low <= head <= high:
+                return True
+        return False
+
+
+_PREFIX = re.compile(r"\+[0-9]{1,15}")
+DELIVERY_MODES = ("push", "poll")
+
+
+def parse_number_range(text: str) -> tuple[str, str]:
+    """``"+86138"`` -> ``("+86138", "+86138")``; ``"+861380-+861384"`` -> both ends.
+
+    Raises ValueError unless both ends are ``+`` and 1 to 15 digits, of
+    equal length, low end first.
+    """
+    low, sep, high = text.strip().partition("-")
+    if not sep:
+        high = low
+    low, high = low.strip(), high.strip()
+    if not (_PREFIX.fullmatch(low) and _PREFIX.fullmatch(high)):
+        raise ValueError("a prefix is '+' and 1 to 15 digits; a range is 'PREFIX-PREFIX'")
+    if len(low) != len(high) or low > high:
+        raise ValueError("a range's ends must have the same length, the lower end first")
+    return low, high
 
 
 @dataclass(frozen=True)
@@ -147,10 +236,70 @@ class ProviderConfig:
     deadline_s: float | None = None
     max_concurrency: int | None = None
     plaintext: bool = False
+    # How it receives recycled-number notices: "push" (ReceiveEvent) or
+    # "poll" (it calls Gateway.PollEvents).
+    delivery: str = "push"
+    # The CN of its client certificate; the id when None.
+    client_cn: str | None = None
 
     @property
     def display_name(self) -> str:
         return self.name or self.id
+
+    @property
+    def cn(self) -> str:
+        """The client certificate CN that identifies this provider."""
+        return self.client_cn or self.id
+
+
+@dataclass(frozen=True)
+class NoticesConfig:
+    """Recycled-number notices (``[notices]``): deadlines and push delivery."""
+
+    # Time to act after the event took effect, for every notice; None: the
+    # rules below (act before the number can go to someone else).
+    deadline_s: float | None = None
+    # CANCELLED without quiet_period_ends_at: the quiet period assumed.
+    default_quiet_period_s: float = 90 * 24 * 3600.0
+    # RECYCLED: time to act after the number went to its new subscriber.
+    recycled_deadline_s: float = 3 * 24 * 3600.0
+    # A notice reported late still leaves providers at least this long.
+    min_action_s: float = 24 * 3600.0
+    # How far in the future an effective_at (or a date asked about) may be.
+    clock_skew_s: float = 60.0
+    # Push delivery: concurrent workers, notices claimed at once, lease.
+    workers: int = 2
+    batch: int = 10
+    lease_s: float = 60.0
+    # How often idle workers look for due pushes (new notices wake them).
+    check_interval_s: float = 1.0
+    # Exponential backoff with jitter between failed pushes.
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 300.0
+    # Deadline of one BindingProvider.ReceiveEvent call.
+    push_deadline_s: float = 5.0
+    # The longest PollEvents holds a call open waiting for notices.
+    poll_wait_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class CheckRecycledConfig:
+    """``Gateway.CheckRecycled`` (``[check_recycled]``)."""
+
+    # Per provider and gateway process: a token bucket.
+    rate_per_s: float = 10.0
+    burst: int = 20
+    # Since when carriers report every event of every number they serve:
+    # dates from then on get NOT_RECYCLED rather than NO_DATA.
+    history_start: datetime | None = None
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    """The regulator's access (``[admin]``)."""
+
+    # Client certificate CNs with the admin role.
+    client_cns: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -179,6 +328,12 @@ class GatewayConfig:
     # None: JSON lines in production, readable lines in development.
     log_json: bool | None = None
     log_level: str = "info"
+    # None: no durable state (tests of the lookup alone); Unbind is then unavailable.
+    store: StoreConfig | None = None
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    notices: NoticesConfig = field(default_factory=NoticesConfig)
+    check_recycled: CheckRecycledConfig = field(default_factory=CheckRecycledConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
 
     @property
     def json_logs(self) -> bool:
@@ -296,6 +451,7 @@ def parse_config(
         handle_key=keys_t.path("handle_key"),
         handle_ttl_s=keys_t.seconds("handle_ttl_s", 900.0),
         warrant_lifetime_s=keys_t.seconds("warrant_lifetime_s", 30.0),
+        audit_key=keys_t.path("audit_key", None),
     )
     if keys.warrant_lifetime_s > 60:
         raise ConfigError("keys.warrant_lifetime_s must be at most 60 (the contract's limit)")
@@ -321,8 +477,14 @@ def parse_config(
         _parse_carrier(t) for t in root.tables("carriers", required=True, what="carrier")
     )
     providers = tuple(_parse_provider(t) for t in root.tables("providers", what="provider"))
+    store = _parse_store(root.table("store"))
+    delivery = _parse_delivery(root.table("delivery"))
+    notices = _parse_notices(root.table("notices"))
+    check_recycled = _parse_check_recycled(root.table("check_recycled"))
+    admin = _parse_admin(root.table("admin"))
     _unique("carriers", [c.id for c in carriers])
     _unique("providers", [p.id for p in providers])
+    _unique_cns(carriers, providers, admin)
     root.finish()
 
     config = GatewayConfig(
@@ -337,6 +499,11 @@ def parse_config(
         carriers=carriers,
         providers=providers,
         log_level=log_level,
+        store=store,
+        delivery=delivery,
+        notices=notices,
+        check_recycled=check_recycled,
+        admin=admin,
         **general,
     )
     check_transport(config)
@@ -386,6 +553,55 @@ def _parse_fanout(t: _Table) -> FanoutConfig:
     return config
 
 
+def _parse_store(t: _Table) -> StoreConfig:
+    url: str = t.string("url", "sqlite:///onecert.db")
+    if url.startswith("sqlite"):
+        scheme, sep, rest = url.partition(":///")
+        if not sep or not rest:
+            raise ConfigError("store.url must be sqlite:///PATH or postgresql://...")
+        if rest != ":memory:":
+            # sqlite:////abs is absolute; sqlite:///rel is next to the config file.
+            path = Path(rest).expanduser()
+            url = f"{scheme}:///{path if path.is_absolute() else t.base / path}"
+        default_migrate = True
+    elif url.startswith("postgresql"):
+        default_migrate = False
+    else:
+        raise ConfigError("store.url must be sqlite:///PATH or postgresql://...")
+    schema = t.string("schema", None)
+    if schema is not None and not url.startswith("postgresql"):
+        raise ConfigError("store.schema applies to PostgreSQL only")
+    config = StoreConfig(
+        url=url,
+        auto_migrate=bool(t.boolean("auto_migrate", default_migrate)),
+        schema=schema,
+    )
+    t.finish()
+    return config
+
+
+def _parse_delivery(t: _Table) -> DeliveryConfig:
+    config = DeliveryConfig(
+        workers=t.integer("workers", 2, minimum=0),
+        batch=t.integer("batch", 10, minimum=1),
+        lease_s=t.seconds("lease_s", 60.0),
+        poll_interval_s=t.seconds("poll_interval_s", 1.0),
+        backoff_initial_s=t.seconds("backoff_initial_s", 1.0),
+        backoff_max_s=t.seconds("backoff_max_s", 300.0),
+        ticket_ttl_s=t.seconds("ticket_ttl_s", 7 * 24 * 3600.0),
+        unbind_deadline_s=t.seconds("unbind_deadline_s", 10.0),
+        pending_recheck_s=t.seconds("pending_recheck_s", 60.0),
+    )
+    if config.backoff_max_s < config.backoff_initial_s:
+        raise ConfigError("delivery.backoff_max_s must be at least delivery.backoff_initial_s")
+    if config.lease_s <= config.unbind_deadline_s:
+        # A lease shorter than the call would let a second worker claim a
+        # ticket whose attempt is still running.
+        raise ConfigError("delivery.lease_s must be longer than delivery.unbind_deadline_s")
+    t.finish()
+    return config
+
+
 def _parse_carrier(t: _Table) -> CarrierConfig:
     config = CarrierConfig(
         id=_checked_id(t),
@@ -394,9 +610,21 @@ def _parse_carrier(t: _Table) -> CarrierConfig:
         deadline_s=t.seconds("deadline_s", None),
         max_concurrency=t.integer("max_concurrency", None, minimum=1),
         plaintext=bool(t.boolean("plaintext", False)),
+        prefixes=_prefixes(t),
+        client_cn=t.string("client_cn", None),
     )
     t.finish()
     return config
+
+
+def _prefixes(t: _Table) -> tuple[str, ...]:
+    values = t.strings("prefixes", [])
+    for i, text in enumerate(values):
+        try:
+            parse_number_range(text)
+        except ValueError as exc:
+            raise ConfigError(f"{t.where('prefixes')}[{i}]: {exc}") from None
+    return tuple(v.strip() for v in values)
 
 
 def _parse_provider(t: _Table) -> ProviderConfig:
@@ -411,9 +639,95 @@ def _parse_provider(t: _Table) -> ProviderConfig:
         deadline_s=t.seconds("deadline_s", None),
         max_concurrency=t.integer("max_concurrency", None, minimum=1),
         plaintext=bool(t.boolean("plaintext", False)),
+        delivery=t.string("delivery", "push"),
+        client_cn=t.string("client_cn", None),
+    )
+    if config.delivery not in DELIVERY_MODES:
+        raise ConfigError(f"{t.where('delivery')} must be one of {', '.join(DELIVERY_MODES)}")
+    t.finish()
+    return config
+
+
+def _parse_notices(t: _Table) -> NoticesConfig:
+    config = NoticesConfig(
+        deadline_s=t.seconds("deadline_s", None),
+        default_quiet_period_s=t.seconds("default_quiet_period_s", 90 * 24 * 3600.0),
+        recycled_deadline_s=t.seconds("recycled_deadline_s", 3 * 24 * 3600.0),
+        min_action_s=t.seconds("min_action_s", 24 * 3600.0, allow_zero=True),
+        clock_skew_s=t.seconds("clock_skew_s", 60.0, allow_zero=True),
+        workers=t.integer("workers", 2, minimum=0),
+        batch=t.integer("batch", 10, minimum=1),
+        lease_s=t.seconds("lease_s", 60.0),
+        check_interval_s=t.seconds("check_interval_s", 1.0),
+        backoff_initial_s=t.seconds("backoff_initial_s", 1.0),
+        backoff_max_s=t.seconds("backoff_max_s", 300.0),
+        push_deadline_s=t.seconds("push_deadline_s", 5.0),
+        poll_wait_s=t.seconds("poll_wait_s", 10.0, allow_zero=True),
+    )
+    if config.backoff_max_s < config.backoff_initial_s:
+        raise ConfigError("notices.backoff_max_s must be at least notices.backoff_initial_s")
+    if config.lease_s <= config.push_deadline_s:
+        # A lease shorter than the call would let a second worker push the
+        # same notice while the first push is still running.
+        raise ConfigError("notices.lease_s must be longer than notices.push_deadline_s")
+    t.finish()
+    return config
+
+
+def _parse_check_recycled(t: _Table) -> CheckRecycledConfig:
+    config = CheckRecycledConfig(
+        rate_per_s=t.number("rate_per_s", 10.0, minimum=0.001),
+        burst=t.integer("burst", 20, minimum=1),
+        history_start=_instant(t, "history_start"),
     )
     t.finish()
     return config
+
+
+def _instant(t: _Table, key: str) -> datetime | None:
+    # TOML has dates and date-times of its own; an ISO string works too.
+    # Without a UTC offset the instant is taken as UTC.
+    value = t.raw(key)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ConfigError(
+                f"{t.where(key)} must be a date or date-time (2024-01-01 or 2024-01-01T00:00:00Z)"
+            ) from None
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    raise ConfigError(f"{t.where(key)} must be a date or date-time")
+
+
+def _parse_admin(t: _Table) -> AdminConfig:
+    config = AdminConfig(client_cns=tuple(t.strings("client_cns", [])))
+    t.finish()
+    return config
+
+
+def _unique_cns(
+    carriers: Sequence[CarrierConfig], providers: Sequence[ProviderConfig], admin: AdminConfig
+) -> None:
+    # One certificate, one role: a CN shared by two callers would let one
+    # act as the other.
+    owners: dict[str, str] = {}
+    named = [
+        *((c.cn, f"carrier {c.id!r}") for c in carriers),
+        *((p.cn, f"provider {p.id!r}") for p in providers),
+        *((cn, "admin") for cn in admin.client_cns),
+    ]
+    for cn, owner in named:
+        if cn in owners:
+            raise ConfigError(
+                f"client certificate CN {cn!r} is claimed by {owners[cn]} and by {owner}: "
+                "set client_cn so that each caller has its own"
+            )
+        owners[cn] = owner
 
 
 def _checked_id(t: _Table) -> str:
@@ -432,7 +746,20 @@ def _unique(where: str, ids: Sequence[str]) -> None:
 
 
 _REQUIRED: Final = object()
-_TABLES = ("gateway", "keys", "identity", "upstream_tls", "fanout", "carriers", "providers")
+_TABLES = (
+    "gateway",
+    "keys",
+    "identity",
+    "upstream_tls",
+    "fanout",
+    "carriers",
+    "providers",
+    "store",
+    "delivery",
+    "notices",
+    "check_recycled",
+    "admin",
+)
 
 
 class _Table:
@@ -444,6 +771,11 @@ class _Table:
         self._prefix = prefix
         self._base = base
         self._seen: set[str] = set()
+
+    @property
+    def base(self) -> Path:
+        """The directory relative paths are resolved against."""
+        return self._base
 
     def where(self, key: str) -> str:
         return f"{self._prefix}.{key}" if self._prefix else key
@@ -463,6 +795,10 @@ class _Table:
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{self.where(key)} must be a non-empty string")
         return value
+
+    def raw(self, key: str) -> Any:
+        """The value as TOML parsed it, or None when absent."""
+        return self._get(key, None)
 
     def strings(self, key: str, default: Any = _REQUIRED) -> list[str]:
         value = self._get(key, default)

@@ -23,6 +23,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import grpc
 import structlog
@@ -35,6 +36,9 @@ from onecert.gateway._identity import AssertionVerifier, Citizen, IdentityError,
 from onecert.gateway._masking import mask_display_name
 from onecert.sdk._msisdn import mask_msisdn, mask_numbers_in_text
 from onecert.v1 import common_pb2, gateway_pb2, provider_pb2
+
+if TYPE_CHECKING:
+    from onecert.gateway._audit import Auditor
 
 __all__ = ["QUERY_ID", "LookupService", "current_query_id", "new_query_id"]
 
@@ -162,6 +166,7 @@ class LookupService:
         max_concurrent_lookups: lookups served at once; more are refused with
             RESOURCE_EXHAUSTED.
         clock: the wall clock (seconds since the epoch), for handle expiry.
+        auditor: records every identified lookup in the audit log (None: no audit).
     """
 
     def __init__(
@@ -175,7 +180,9 @@ class LookupService:
         summary_margin: float,
         max_concurrent_lookups: int,
         clock: Callable[[], float] = time.time,
+        auditor: Auditor | None = None,
     ) -> None:
+        self._auditor = auditor
         self._verifier = verifier
         self._fanout = fanout
         self._sealer = sealer
@@ -216,10 +223,50 @@ class LookupService:
                 structlog.contextvars.bind_contextvars(
                     client_request_id=mask_numbers_in_text(request.client_request_id)
                 )
-            async for response in self._lookup(citizen, query_id, context):
-                yield response
+            if self._auditor is None:
+                async for response in self._lookup(citizen, query_id, context):
+                    yield response
+            else:
+                async for response in self._audited(citizen, query_id, context, self._auditor):
+                    yield response
         finally:
             self._active -= 1
+
+    async def _audited(
+        self, citizen: Citizen, query_id: str, context: LookupContext, auditor: Auditor
+    ) -> AsyncIterator[gateway_pb2.LookupResponse]:
+        # What the citizen was shown, in counts only: numbers, provider calls
+        # and how they ended. Written in the background once the call ends.
+        detail: dict[str, str | int | bool] = {"outcome": "error"}
+        try:
+            async for response in self._lookup(citizen, query_id, context):
+                update = response.WhichOneof("update")
+                if update == "started":
+                    detail["numbers"] = len({n.msisdn for n in response.started.numbers})
+                    detail["provider_calls"] = response.started.provider_calls
+                elif update == "summary":
+                    total = response.summary.total
+                    detail.update(
+                        answered=total.answered,
+                        timed_out=total.timed_out,
+                        failed=total.failed,
+                        skipped=total.skipped,
+                    )
+                yield response
+            detail["outcome"] = "ok"
+        except asyncio.CancelledError:
+            detail["outcome"] = "cancelled"
+            raise
+        finally:
+            if detail["outcome"] == "error":
+                code = context.code()
+                detail["outcome"] = getattr(code, "name", None) or "error"
+            auditor.spawn(
+                "lookup",
+                actor=auditor.citizen(citizen.sub),
+                subject=f"query:{query_id}",
+                detail=detail,
+            )
 
     async def _identify(self, context: LookupContext) -> Citizen:
         try:

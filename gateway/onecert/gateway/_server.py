@@ -7,26 +7,37 @@ import inspect
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
 from types import TracebackType
-from typing import Any, NoReturn, Self
+from typing import Any, NoReturn, Protocol, Self
 
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from onecert.gateway._audit import Auditor, derive_audit_key, load_audit_key
 from onecert.gateway._channels import ChannelPool
-from onecert.gateway._config import GatewayConfig, check_transport
+from onecert.gateway._config import ConfigError, GatewayConfig, check_transport
+from onecert.gateway._delivery import DeliveryWorkers
 from onecert.gateway._fanout import FanOut, Router
 from onecert.gateway._handles import HandleSealer, load_handle_key
-from onecert.gateway._identity import AssertionVerifier, MemoryReplayCache, ReplayCache
+from onecert.gateway._identity import (
+    AssertionVerifier,
+    MemoryReplayCache,
+    ReplayCache,
+    ReplayCacheFullError,
+)
 from onecert.gateway._lookup import QUERY_ID, LookupService, new_query_id
+from onecert.gateway._recycled import RecycledNumbers
+from onecert.gateway._unbind import UnbindService
+from onecert.gateway.store import Store, StoreReplayCache
 from onecert.sdk._keys import SigningKey, load_jwks
 from onecert.sdk._tls import ServerTLS
 from onecert.sdk._warrant import WarrantIssuer
 from onecert.v1 import gateway_pb2, gateway_pb2_grpc
 
-__all__ = ["GatewayServer", "QueryIdInterceptor", "serve"]
+__all__ = ["BackgroundWorker", "GatewayServer", "QueryIdInterceptor", "serve"]
 
 _log = structlog.get_logger("onecert.gateway.server")
 
@@ -125,11 +136,51 @@ def _unary_with_context(
     return handler
 
 
+class BackgroundWorker(Protocol):
+    """Work the gateway runs beside its RPCs (ticket delivery, notice delivery).
+
+    Started once the store is migrated, after the server listens; stopped
+    after the server has stopped taking calls and before channels and the
+    store close. ``stop`` must finish or release the work in hand.
+    """
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class _FailClosedReplay:
+    """A store-backed replay cache whose database failures refuse the assertion.
+
+    Raised as "cache full", the verifier answers RESOURCE_EXHAUSTED (try
+    again shortly) instead of letting an unknown error through, and never
+    accepts an assertion it could not remember.
+    """
+
+    def __init__(self, inner: StoreReplayCache) -> None:
+        self._inner = inner
+
+    async def remember(self, jti: str, expires_at: float) -> bool:
+        try:
+            return await self._inner.remember(jti, expires_at)
+        except Exception as exc:
+            _log.error("replay_cache.unavailable", error=type(exc).__name__)
+            raise ReplayCacheFullError("the replay cache is unavailable") from exc
+
+
 class _GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     """The ``Gateway`` service: each RPC delegates to the part that serves it."""
 
-    def __init__(self, lookup: LookupService) -> None:
+    def __init__(
+        self,
+        lookup: LookupService,
+        *,
+        unbind: UnbindService | None = None,
+        recycled: RecycledNumbers | None = None,
+    ) -> None:
         self._lookup = lookup
+        self._unbind = unbind
+        self._recycled = recycled
 
     async def Lookup(  # noqa: N802 - the gRPC method name
         self, request: gateway_pb2.LookupRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -142,47 +193,63 @@ class _GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     async def Unbind(  # noqa: N802 - the gRPC method name
         self, request: gateway_pb2.GatewayUnbindRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> gateway_pb2.GatewayUnbindResponse:
-        await _unimplemented(context, "Unbind")
+        if self._unbind is None:
+            await _no_store(context, "Unbind")
+        return await self._unbind.unbind(request, context)
 
     async def GetUnbind(  # noqa: N802 - the gRPC method name
         self, request: gateway_pb2.GetUnbindRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> gateway_pb2.GetUnbindResponse:
-        await _unimplemented(context, "GetUnbind")
+        if self._unbind is None:
+            await _no_store(context, "GetUnbind")
+        return await self._unbind.get_unbind(request, context)
 
     async def ReportNumberEvent(  # noqa: N802 - the gRPC method name
         self,
         request: gateway_pb2.ReportNumberEventRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> gateway_pb2.ReportNumberEventResponse:
-        await _unimplemented(context, "ReportNumberEvent")
+        if self._recycled is None:
+            await _no_store(context, "ReportNumberEvent")
+        return await self._recycled.notices.report_number_event(request, context)
 
     async def CheckRecycled(  # noqa: N802 - the gRPC method name
         self, request: gateway_pb2.CheckRecycledRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> gateway_pb2.CheckRecycledResponse:
-        await _unimplemented(context, "CheckRecycled")
+        if self._recycled is None:
+            await _no_store(context, "CheckRecycled")
+        return await self._recycled.checks.check_recycled(request, context)
 
     async def PollEvents(  # noqa: N802 - the gRPC method name
         self, request: gateway_pb2.PollEventsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> gateway_pb2.PollEventsResponse:
-        await _unimplemented(context, "PollEvents")
+        if self._recycled is None:
+            await _no_store(context, "PollEvents")
+        return await self._recycled.notices.poll_events(request, context)
 
     async def ConfirmEventAction(  # noqa: N802 - the gRPC method name
         self,
         request: gateway_pb2.ConfirmEventActionRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> gateway_pb2.ConfirmEventActionResponse:
-        await _unimplemented(context, "ConfirmEventAction")
+        if self._recycled is None:
+            await _no_store(context, "ConfirmEventAction")
+        return await self._recycled.notices.confirm_event_action(request, context)
 
     async def GetComplianceReport(  # noqa: N802 - the gRPC method name
         self,
         request: gateway_pb2.GetComplianceReportRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> gateway_pb2.GetComplianceReportResponse:
-        await _unimplemented(context, "GetComplianceReport")
+        if self._recycled is None:
+            await _no_store(context, "GetComplianceReport")
+        return await self._recycled.compliance.get_report(request, context)
 
 
-async def _unimplemented(context: grpc.aio.ServicerContext[Any, Any], rpc: str) -> NoReturn:
-    await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{rpc} is not served by this gateway yet")
+async def _no_store(context: grpc.aio.ServicerContext[Any, Any], rpc: str) -> NoReturn:
+    await context.abort(
+        grpc.StatusCode.UNIMPLEMENTED, f"{rpc} needs durable state: this gateway has no [store]"
+    )
 
 
 class GatewayServer:
@@ -197,8 +264,13 @@ class GatewayServer:
         config: the validated configuration; plaintext is refused unless
             ``config.dev_plaintext``.
         router: chooses the providers to ask per number (all by default).
-        replay_cache: where assertion ids are remembered; in memory by default
-            (enough for one process; replicas need a shared one).
+        replay_cache: where assertion ids are remembered; by default in the
+            store when there is one (shared by replicas), else in memory.
+        store: the durable state to use instead of opening ``config.store``
+            (the caller then owns it: it is neither migrated nor closed here).
+        clock: the current time (aware) for notice deadlines, receipts and
+            the compliance report; the system clock by default (tests pass
+            their own).
     """
 
     def __init__(
@@ -207,10 +279,20 @@ class GatewayServer:
         *,
         router: Router | None = None,
         replay_cache: ReplayCache | None = None,
+        store: Store | None = None,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         check_transport(config)
         self.config = config
         identity = config.identity
+        self._owns_store = store is None and config.store is not None
+        if store is None and config.store is not None:
+            store = Store.open(config.store.url, schema=config.store.schema)
+        self.store: Store | None = store
+        if replay_cache is None:
+            replay_cache = (
+                MemoryReplayCache() if store is None else _FailClosedReplay(StoreReplayCache(store))
+            )
         self._verifier = AssertionVerifier(
             issuers={i.issuer: load_jwks(i.jwks) for i in identity.issuers},
             audience=identity.audience,
@@ -218,14 +300,23 @@ class GatewayServer:
             required_assurance=identity.required_assurance,
             leeway=identity.leeway_s,
             max_lifetime=identity.max_lifetime_s,
-            replay=replay_cache if replay_cache is not None else MemoryReplayCache(),
+            replay=replay_cache,
         )
         self._warrants = WarrantIssuer(
             key=SigningKey.load(config.keys.warrant_key),
             issuer=config.id,
             lifetime=config.keys.warrant_lifetime_s,
         )
-        self._sealer = HandleSealer(load_handle_key(config.keys.handle_key))
+        handle_key = load_handle_key(config.keys.handle_key)
+        self._sealer = HandleSealer(handle_key)
+        self.auditor: Auditor | None = None
+        if store is not None:
+            audit_key = (
+                derive_audit_key(handle_key)
+                if config.keys.audit_key is None
+                else load_audit_key(config.keys.audit_key)
+            )
+            self.auditor = Auditor(store, key=audit_key)
         self._credentials = (
             None
             if config.tls is None
@@ -250,7 +341,41 @@ class GatewayServer:
             lookup_deadline=config.lookup_deadline_s,
             summary_margin=config.fanout.summary_margin_s,
             max_concurrent_lookups=config.max_concurrent_lookups,
+            auditor=self.auditor,
         )
+        # Background work, started after the store is migrated; each part of
+        # the gateway that needs some appends its worker here.
+        self._workers: list[BackgroundWorker] = []
+        self.unbind: UnbindService | None = None
+        self.delivery: DeliveryWorkers | None = None
+        if store is not None and self.auditor is not None:
+            providers = {p.id: p for p in config.providers}
+            self.delivery = DeliveryWorkers(
+                store=store,
+                providers=providers,
+                channels=self._channels,
+                warrants=self._warrants,
+                sealer=self._sealer,
+                auditor=self.auditor,
+                config=config.delivery,
+            )
+            self._workers.append(self.delivery)
+            self.unbind = UnbindService(
+                verifier=self._verifier,
+                sealer=self._sealer,
+                store=store,
+                auditor=self.auditor,
+                providers=providers,
+                ticket_ttl=config.delivery.ticket_ttl_s,
+                wake=self.delivery.wake,
+            )
+        # Recycled-number notices (and their push worker), CheckRecycled, compliance.
+        self.recycled: RecycledNumbers | None = None
+        if store is not None and self.auditor is not None:
+            self.recycled = RecycledNumbers.build(
+                config, store=store, auditor=self.auditor, channels=self._channels, clock=clock
+            )
+            self._workers.append(self.recycled.pusher)
         self._health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._port = 0
@@ -272,6 +397,14 @@ class GatewayServer:
         """Bind, start serving and report SERVING."""
         if self._server is not None:
             raise RuntimeError("the gateway is already started")
+        if self.store is not None and self.config.store is not None:
+            if self.config.store.auto_migrate:
+                await self.store.upgrade()
+            elif await self.store.schema_revision() != Store.head_revision():
+                raise ConfigError(
+                    "the database schema is not up to date: run `onecert db upgrade` "
+                    "(or set store.auto_migrate = true)"
+                )
         limit = self.config.max_message_bytes
         server = grpc.aio.server(
             interceptors=[QueryIdInterceptor()],
@@ -280,7 +413,9 @@ class GatewayServer:
                 ("grpc.max_receive_message_length", limit),
             ],
         )
-        gateway_pb2_grpc.add_GatewayServicer_to_server(_GatewayServicer(self.lookup), server)
+        gateway_pb2_grpc.add_GatewayServicer_to_server(
+            _GatewayServicer(self.lookup, unbind=self.unbind, recycled=self.recycled), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (GATEWAY_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -297,6 +432,17 @@ class GatewayServer:
             raise OSError(f"cannot listen on {address}")
         await server.start()
         self._server, self._port = server, port
+        started: list[BackgroundWorker] = []
+        try:
+            for worker in self._workers:
+                await worker.start()
+                started.append(worker)
+        except BaseException:
+            for worker in reversed(started):
+                await worker.stop()
+            await server.stop(None)
+            self._server = None
+            raise
         for service in ("", GATEWAY_SERVICE):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         _log.info(
@@ -320,7 +466,16 @@ class GatewayServer:
         _log.info("gateway.stopping", grace_s=grace, active_lookups=self.lookup.active_lookups)
         await self._health.enter_graceful_shutdown()
         await server.stop(grace)
+        for worker in reversed(self._workers):
+            try:
+                await worker.stop()
+            except Exception:  # noqa: BLE001 - one worker failing to stop must not stop the rest
+                _log.exception("gateway.worker_stop_failed", worker=type(worker).__name__)
+        if self.auditor is not None:
+            await self.auditor.drain()
         await self._channels.close()
+        if self.store is not None and self._owns_store:
+            await self.store.close()
         self._stopped.set()
         _log.info("gateway.stopped")
 

@@ -15,6 +15,7 @@ from onecert.sdk._idempotency import (
     SQLiteIdempotencyStore,
 )
 from onecert.sdk._logging import configure_logging
+from onecert.sdk._poller import NoticePoller, PollRound
 from onecert.sdk._provider import Provider
 from onecert.sdk._server import Server
 from onecert.sdk._set import SetError, SetIssuer, SetVerifier
@@ -40,6 +41,8 @@ __all__ = [
     "Carrier",
     "IdempotencyStore",
     "MemoryIdempotencyStore",
+    "NoticePoller",
+    "PollRound",
     "Provider",
     "ProviderCategory",
     "RecycledNotice",

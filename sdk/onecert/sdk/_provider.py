@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -43,6 +44,7 @@ from onecert.sdk._types import (
     CallInfo,
     ProviderCategory,
     UnbindOutcome,
+    UnbindReason,
     UnbindRequest,
     coerce_enum,
 )
@@ -220,6 +222,19 @@ async def _store_put(store: IdempotencyStore, key: str, value: dict[str, Any]) -
         ) from None
 
 
+def _forget(
+    running: set[asyncio.Task[provider_pb2.UnbindResponse]],
+) -> Callable[[asyncio.Task[provider_pb2.UnbindResponse]], None]:
+    def done(task: asyncio.Task[provider_pb2.UnbindResponse]) -> None:
+        running.discard(task)
+        # Nobody may be waiting any more: retrieve the error so that it is
+        # not reported as never retrieved (the call's own path logged it).
+        if not task.cancelled():
+            task.exception()
+
+    return done
+
+
 def _unbind_fingerprint(request: provider_pb2.UnbindRequest) -> str:
     # Hashed, so the store holds no raw msisdn.
     return sha256_hex(json.dumps([request.msisdn, request.account_ref, int(request.reason)]))
@@ -250,6 +265,8 @@ class ProviderCore:
         )
         self._store = store
         self._locks = KeyedLocks()
+        # Unbinds that go on after their caller left (see unbind).
+        self._running: set[asyncio.Task[provider_pb2.UnbindResponse]] = set()
 
     def describe(self) -> provider_pb2.DescribeResponse:
         return provider_pb2.DescribeResponse(
@@ -296,6 +313,35 @@ class ProviderCore:
         )
         key = "unbind:" + request.request_id
         fingerprint = _unbind_fingerprint(request)
+        # Shielded: once the adapter's function has started, it runs to the
+        # end and its answer is recorded even if the gateway goes away
+        # meanwhile (a crash, a dropped connection). Cancelled halfway, an
+        # unbind the adapter had already committed would be applied again
+        # when the gateway redelivers it.
+        task = asyncio.ensure_future(
+            self._unbind_once(
+                key,
+                fingerprint=fingerprint,
+                request=request,
+                msisdn=msisdn,
+                reason=reason,
+                info=info,
+            )
+        )
+        self._running.add(task)
+        task.add_done_callback(_forget(self._running))
+        return await asyncio.shield(task)
+
+    async def _unbind_once(
+        self,
+        key: str,
+        *,
+        fingerprint: str,
+        request: provider_pb2.UnbindRequest,
+        msisdn: str,
+        reason: UnbindReason,
+        info: CallInfo,
+    ) -> provider_pb2.UnbindResponse:
         # Serialised per request id: a duplicate delivered while the first is
         # still running waits for its answer instead of applying it twice.
         async with self._locks.hold(key):

@@ -10,6 +10,9 @@
                 case Result(): ...    # one provider's answer for one number
                 case Summary(): ...   # always last: coverage and time taken
 
+        ticket = await client.unbind(fresh_assertion, account.handle)
+        receipt = await client.get_unbind(another_fresh_assertion, ticket.ticket_id)
+
 The updates are frozen dataclasses, not protobufs. A refused or failed call
 raises :class:`GatewayError` with the gRPC status code and the gateway's
 explanation. An assertion is good for one call: mint a fresh one each time.
@@ -18,7 +21,7 @@ explanation. An assertion is good for one call: mint a fresh one each time.
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -30,7 +33,13 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from onecert.sdk._tls import ClientTLS
-from onecert.sdk._types import BindingKind, ProviderCategory, TenureState
+from onecert.sdk._types import (
+    BindingKind,
+    ProviderCategory,
+    TenureState,
+    UnbindOutcome,
+    UnbindReason,
+)
 from onecert.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
 __all__ = [
@@ -39,14 +48,24 @@ __all__ = [
     "CallOutcome",
     "CarrierStatus",
     "Coverage",
+    "EventError",
     "GatewayClient",
     "GatewayError",
     "LookupUpdate",
     "NumberCoverage",
     "NumberStatus",
+    "PollResult",
+    "PolledEvent",
+    "ProviderGatewayClient",
+    "RateLimitedError",
+    "Receipt",
+    "RecycledAnswer",
+    "RecycledStatus",
     "Result",
     "Started",
     "Summary",
+    "TicketInfo",
+    "TicketState",
 ]
 
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -73,6 +92,28 @@ class CallOutcome(enum.StrEnum):
     """Not asked: circuit breaker open, or routing."""
     UNKNOWN = "unknown"
     """A value this client does not know (a newer gateway)."""
+
+
+class TicketState(enum.StrEnum):
+    """Where an unbind ticket stands."""
+
+    QUEUED = "queued"
+    """Committed, waiting for (another) delivery attempt."""
+    PENDING = "pending"
+    """The provider accepted it and has not finished; the gateway asks again."""
+    DONE = "done"
+    """Final: the provider detached the number."""
+    REJECTED = "rejected"
+    """Final: the provider refused; ``provider_reason`` says why."""
+    FAILED = "failed"
+    """Final: not delivered before the ticket expired, or refused for good."""
+    UNKNOWN = "unknown"
+    """A value this client does not know (a newer gateway)."""
+
+    @property
+    def final(self) -> bool:
+        """Whether the ticket will never change again."""
+        return self in (TicketState.DONE, TicketState.REJECTED, TicketState.FAILED)
 
 
 _E = TypeVar("_E", bound=enum.StrEnum)
@@ -210,6 +251,82 @@ class Summary:
 
 
 LookupUpdate = Started | Result | Summary
+
+
+@dataclass(frozen=True)
+class TicketInfo:
+    """What Unbind answers: the durable ticket; delivery happens in the background.
+
+    ``created`` is False when the same account had already been asked to be
+    unbound (the existing ticket is returned).
+    """
+
+    ticket_id: str
+    state: TicketState
+    created: bool
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """The receipt of an unbind ticket.
+
+    ``provider_outcome``, ``provider_reason`` and ``answered_at`` hold the
+    provider's answer once it gave one; ``last_error`` the last delivery
+    failure; ``next_attempt_at`` is None once the ticket is final.
+    """
+
+    ticket_id: str
+    provider_id: str
+    provider_name: str
+    reason: UnbindReason | None
+    state: TicketState
+    attempts: int
+    created_at: datetime | None
+    provider_outcome: UnbindOutcome | None
+    provider_reason: str
+    answered_at: datetime | None
+    last_error: str
+    next_attempt_at: datetime | None
+    expires_at: datetime | None
+
+    @property
+    def final(self) -> bool:
+        """Whether the ticket will never change again."""
+        return self.state.final
+
+
+def _ticket_state(value: gateway_pb2.TicketState.ValueType) -> TicketState:
+    name = gateway_pb2.TicketState.Name(value) if value in gateway_pb2.TicketState.values() else ""
+    found = _enum_from_pb(TicketState, name, "TICKET_STATE_")
+    return found if found is not None else TicketState.UNKNOWN
+
+
+def _receipt(pb: gateway_pb2.UnbindTicket) -> Receipt:
+    reason_name = (
+        common_pb2.UnbindReason.Name(pb.reason)
+        if pb.reason in common_pb2.UnbindReason.values()
+        else ""
+    )
+    outcome_name = (
+        common_pb2.UnbindOutcome.Name(pb.provider_outcome)
+        if pb.provider_outcome in common_pb2.UnbindOutcome.values()
+        else ""
+    )
+    return Receipt(
+        ticket_id=pb.ticket_id,
+        provider_id=pb.provider_id,
+        provider_name=pb.provider_name,
+        reason=_enum_from_pb(UnbindReason, reason_name, "UNBIND_REASON_"),
+        state=_ticket_state(pb.state),
+        attempts=pb.attempts,
+        created_at=_time(pb, "created_at"),
+        provider_outcome=_enum_from_pb(UnbindOutcome, outcome_name, "UNBIND_OUTCOME_"),
+        provider_reason=pb.provider_reason,
+        answered_at=_time(pb, "answered_at"),
+        last_error=pb.last_error,
+        next_attempt_at=_time(pb, "next_attempt_at"),
+        expires_at=_time(pb, "expires_at"),
+    )
 
 
 class GatewayError(Exception):
@@ -409,3 +526,319 @@ class GatewayClient:
             raise GatewayError(exc.code(), exc.details() or "") from None
         finally:
             call.cancel()
+
+    async def unbind(
+        self,
+        assertion: str,
+        handle: str,
+        *,
+        timeout: float = 10.0,  # noqa: ASYNC109 - the gRPC deadline
+    ) -> TicketInfo:
+        """Ask for the account behind ``handle`` to be unbound (or released).
+
+        Returns at once with the ticket; read its receipt with :meth:`get_unbind`.
+        The same account twice gives the same ticket.
+
+        Args:
+            assertion: the citizen's identity assertion (a JWT, used once).
+            handle: an :attr:`Account.handle` or a :attr:`Result.release_handles`
+                entry from this citizen's lookup.
+            timeout: seconds the call may take.
+
+        Raises:
+            GatewayError: INVALID_ARGUMENT (malformed or expired handle),
+                PERMISSION_DENIED (another citizen's or altered handle),
+                FAILED_PRECONDITION (the provider left), UNAUTHENTICATED, ...
+        """
+        try:
+            response = await self._stub.Unbind(
+                gateway_pb2.GatewayUnbindRequest(handle=handle.strip()),
+                timeout=timeout,
+                metadata=(("authorization", f"Bearer {assertion.strip()}"),),
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise GatewayError(exc.code(), exc.details() or "") from None
+        return TicketInfo(
+            ticket_id=response.ticket_id,
+            state=_ticket_state(response.state),
+            created=response.created,
+        )
+
+    async def get_unbind(
+        self,
+        assertion: str,
+        ticket_id: str,
+        *,
+        timeout: float = 10.0,  # noqa: ASYNC109 - the gRPC deadline
+    ) -> Receipt:
+        """The receipt of one of the citizen's unbind tickets.
+
+        Raises:
+            GatewayError: NOT_FOUND (unknown, or another citizen's ticket),
+                INVALID_ARGUMENT (malformed id), UNAUTHENTICATED, ...
+        """
+        try:
+            response = await self._stub.GetUnbind(
+                gateway_pb2.GetUnbindRequest(ticket_id=ticket_id.strip()),
+                timeout=timeout,
+                metadata=(("authorization", f"Bearer {assertion.strip()}"),),
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise GatewayError(exc.code(), exc.details() or "") from None
+        return _receipt(response.ticket)
+
+
+# ------------------------------------------------------------------ providers
+
+
+class RecycledStatus(enum.StrEnum):
+    """The gateway's answer to "was this number recycled after a date?"."""
+
+    RECYCLED = "recycled"
+    """Recycled after the date: an account bound before it is a previous holder's."""
+    NOT_RECYCLED = "not_recycled"
+    """The gateway holds the number's history over the date, and it was not."""
+    NO_DATA = "no_data"
+    """The gateway has no history covering the date: decide by your own rules."""
+    UNKNOWN = "unknown"
+    """A value this client does not know (a newer gateway)."""
+
+
+@dataclass(frozen=True)
+class RecycledAnswer:
+    """The answer of :meth:`ProviderGatewayClient.check_recycled`.
+
+    ``recycled_at`` is the most recent recycling, with RECYCLED.
+    """
+
+    status: RecycledStatus
+    recycled_at: datetime | None = None
+
+    @property
+    def recycled(self) -> bool:
+        return self.status is RecycledStatus.RECYCLED
+
+
+@dataclass(frozen=True)
+class PolledEvent:
+    """A notice fetched by polling: its ``jti`` and the SET to verify.
+
+    Verify ``token`` with :class:`onecert.sdk.SetVerifier` before trusting it.
+    """
+
+    jti: str
+    token: str
+
+
+@dataclass(frozen=True)
+class PollResult:
+    """One poll's notices, and whether more are waiting."""
+
+    events: tuple[PolledEvent, ...]
+    more_available: bool
+
+
+@dataclass(frozen=True)
+class EventError:
+    """A notice you could not process (RFC 8936 ``setErrs``).
+
+    ``code`` is an RFC 8935 error code ("invalid_request", "invalid_key",
+    "invalid_issuer", "invalid_audience", "authentication_failed").
+    """
+
+    jti: str
+    code: str
+    description: str = ""
+
+
+class RateLimitedError(GatewayError):
+    """RESOURCE_EXHAUSTED from the gateway; ``retry_after`` is the hint in seconds."""
+
+    def __init__(self, details: str, retry_after: float | None) -> None:
+        super().__init__(grpc.StatusCode.RESOURCE_EXHAUSTED, details)
+        self.retry_after = retry_after
+
+
+DEV_PRINCIPAL_HEADER = "x-onecert-dev-principal"
+
+
+def _stamp(value: datetime, name: str) -> Timestamp:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{name} must be timezone-aware")
+    out = Timestamp()
+    out.FromDatetime(value.astimezone(UTC))
+    return out
+
+
+def _retry_after(exc: grpc.aio.AioRpcError) -> float | None:
+    for key, value in exc.trailing_metadata() or ():
+        if key == "retry-after-ms":
+            try:
+                return max(0.0, int(value) / 1000)
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
+class ProviderGatewayClient:
+    """A provider's client of the gateway: recycled checks and polled notices.
+
+    ::
+
+        async with ProviderGatewayClient("gateway.example:443", tls=ClientTLS(
+                ca_file="ca.pem", cert_file="me.pem", key_file="me.key.pem")) as gw:
+            answer = await gw.check_recycled("+8613800138000", since=account.bound_at)
+            if answer.recycled:
+                ...  # refuse the SMS login: the number changed hands
+
+    The gateway knows you by your client certificate. A development gateway
+    without TLS takes ``insecure=True, dev_provider_id="your-id"`` instead.
+
+    Args:
+        target: ``host:port`` of the gateway.
+        tls: the CA to check the gateway and your client certificate.
+        insecure: plaintext, for a development gateway only.
+        dev_provider_id: with ``insecure``: the provider id to claim.
+        max_message_bytes: the largest message accepted from the gateway.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        tls: ClientTLS | None = None,
+        insecure: bool = False,
+        dev_provider_id: str | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        if (tls is None) == (not insecure):
+            raise ValueError("give either tls=ClientTLS(...) or insecure=True (development only)")
+        if dev_provider_id is not None and not insecure:
+            raise ValueError("dev_provider_id is for insecure development gateways only")
+        options: list[tuple[str, int | str]] = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+        if tls is None:
+            self._channel = grpc.aio.insecure_channel(target, options=options)
+        else:
+            self._channel = grpc.aio.secure_channel(
+                target, tls.credentials(), options=[*options, *tls.channel_options()]
+            )
+        self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
+        self._metadata: tuple[tuple[str, str], ...] = (
+            ()
+            if dev_provider_id is None
+            else ((DEV_PRINCIPAL_HEADER, f"provider:{dev_provider_id}"),)
+        )
+        self.target = target
+
+    async def close(self) -> None:
+        """Close the channel; calls in flight are cancelled."""
+        await self._channel.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def check_recycled(
+        self,
+        msisdn: str,
+        since: datetime,
+        *,
+        timeout: float = 5.0,  # noqa: ASYNC109 - the gRPC deadline
+    ) -> RecycledAnswer:
+        """Was ``msisdn`` recycled after ``since`` (typically when the account bound it)?
+
+        Raises:
+            RateLimitedError: too many checks; wait ``retry_after`` seconds.
+            GatewayError: refused (INVALID_ARGUMENT, UNAUTHENTICATED, ...).
+        """
+        request = gateway_pb2.CheckRecycledRequest(msisdn=msisdn)
+        request.specified_date.CopyFrom(_stamp(since, "since"))
+        try:
+            response = await self._stub.CheckRecycled(
+                request, timeout=timeout, metadata=self._metadata
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise RateLimitedError(exc.details() or "", _retry_after(exc)) from None
+            raise GatewayError(exc.code(), exc.details() or "") from None
+        name = (
+            gateway_pb2.RecycledStatus.Name(response.status)
+            if response.status in gateway_pb2.RecycledStatus.values()
+            else ""
+        )
+        status = _enum_from_pb(RecycledStatus, name, "RECYCLED_STATUS_", RecycledStatus.UNKNOWN)
+        assert status is not None
+        return RecycledAnswer(status, _time(response, "recycled_at"))
+
+    async def poll_events(
+        self,
+        *,
+        acks: Sequence[str] = (),
+        errors: Sequence[EventError] = (),
+        max_events: int = 0,
+        return_immediately: bool = True,
+        timeout: float = 15.0,  # noqa: ASYNC109 - the gRPC deadline
+    ) -> PollResult:
+        """Acknowledge notices, report the ones you could not process, fetch pending ones.
+
+        A notice comes back in every poll until it is acknowledged: ack it
+        once you have recorded it durably. With ``return_immediately=False``
+        the gateway holds the call (within ``timeout``) until a notice arrives.
+
+        Raises:
+            GatewayError: refused (UNAUTHENTICATED, FAILED_PRECONDITION for a
+                provider configured for push, INVALID_ARGUMENT, ...).
+        """
+        request = gateway_pb2.PollEventsRequest(
+            max_events=max_events,
+            return_immediately=return_immediately,
+            acks=list(acks),
+            errors=[
+                gateway_pb2.EventError(jti=e.jti, code=e.code, description=e.description)
+                for e in errors
+            ],
+        )
+        try:
+            response = await self._stub.PollEvents(
+                request, timeout=timeout, metadata=self._metadata
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise GatewayError(exc.code(), exc.details() or "") from None
+        return PollResult(
+            events=tuple(PolledEvent(e.jti, e.set) for e in response.events),
+            more_available=response.more_available,
+        )
+
+    async def confirm_event_action(
+        self,
+        jti: str,
+        bindings_removed: int,
+        *,
+        acted_at: datetime | None = None,
+        timeout: float = 5.0,  # noqa: ASYNC109 - the gRPC deadline
+    ) -> bool:
+        """Tell the gateway you acted on notice ``jti``; False if already confirmed.
+
+        Raises:
+            GatewayError: NOT_FOUND for a notice not sent to you, or another refusal.
+        """
+        request = gateway_pb2.ConfirmEventActionRequest(jti=jti, bindings_removed=bindings_removed)
+        if acted_at is not None:
+            request.acted_at.CopyFrom(_stamp(acted_at, "acted_at"))
+        try:
+            response = await self._stub.ConfirmEventAction(
+                request, timeout=timeout, metadata=self._metadata
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise GatewayError(exc.code(), exc.details() or "") from None
+        return response.recorded

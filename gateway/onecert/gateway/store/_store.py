@@ -364,6 +364,7 @@ class Store:
         limit: int = 10,
         lease_s: float = 60.0,
         now: datetime | None = None,
+        expired: list[Ticket] | None = None,
     ) -> list[Ticket]:
         """Lease up to ``limit`` tickets that are due, for one delivery attempt each.
 
@@ -374,7 +375,8 @@ class Store:
         more attempt, atomically: two workers, in one process or in several
         processes on the same database, never claim the same ticket while a
         lease lives. Unleased tickets past ``expires_at`` become FAILED on
-        the way (last_error says so) and are not returned.
+        the way (last_error says so) and are not returned; pass a list as
+        ``expired`` to have them appended to it (for the audit log).
         """
         now = resolve_now(now)
         check_text("worker_id", worker_id, 128)
@@ -383,7 +385,7 @@ class Store:
         t = unbind_tickets.c
         free = and_(t.state.in_(OPEN_TICKET), lease_free(unbind_tickets, now))
         async with self._write() as conn:
-            expired = (
+            rows_expired = (
                 await conn.execute(
                     select(t.ticket_id, t.state, t.last_error)
                     .where(free, t.expires_at <= now)
@@ -391,7 +393,7 @@ class Store:
                     .with_for_update(skip_locked=True)
                 )
             ).all()
-            for row in expired:
+            for row in rows_expired:
                 await conn.execute(
                     update(unbind_tickets)
                     .where(t.ticket_id == row.ticket_id)
@@ -404,6 +406,14 @@ class Store:
                         lease_until=None,
                     )
                 )
+            closed: Sequence[Any] = []
+            if expired is not None and rows_expired:
+                closed = await fetch_all(
+                    conn,
+                    select(unbind_tickets).where(
+                        t.ticket_id.in_([r.ticket_id for r in rows_expired])
+                    ),
+                )
             ids = (
                 await conn.scalars(
                     select(t.ticket_id)
@@ -413,24 +423,27 @@ class Store:
                     .with_for_update(skip_locked=True)
                 )
             ).all()
-            if not ids:
-                return []
-            await conn.execute(
-                update(unbind_tickets)
-                .where(t.ticket_id.in_(ids))
-                .values(
-                    attempts=t.attempts + 1,
-                    lease_owner=worker_id,
-                    lease_until=now + timedelta(seconds=lease_s),
-                    updated_at=now,
+            rows: Sequence[Any] = []
+            if ids:
+                await conn.execute(
+                    update(unbind_tickets)
+                    .where(t.ticket_id.in_(ids))
+                    .values(
+                        attempts=t.attempts + 1,
+                        lease_owner=worker_id,
+                        lease_until=now + timedelta(seconds=lease_s),
+                        updated_at=now,
+                    )
                 )
-            )
-            rows = await fetch_all(
-                conn,
-                select(unbind_tickets)
-                .where(t.ticket_id.in_(ids))
-                .order_by(t.next_attempt_at, t.ticket_id),
-            )
+                rows = await fetch_all(
+                    conn,
+                    select(unbind_tickets)
+                    .where(t.ticket_id.in_(ids))
+                    .order_by(t.next_attempt_at, t.ticket_id),
+                )
+        # Reported only once committed.
+        if expired is not None:
+            expired.extend(ticket_from_row(r) for r in closed)
         return [ticket_from_row(r) for r in rows]
 
     async def finish_attempt(

@@ -1,0 +1,221 @@
+"""``onecert report compliance``: per provider, how notices and unbinds were handled."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from onecert.cli import CommandError
+
+if TYPE_CHECKING:
+    from onecert.gateway._compliance import ComplianceReport
+    from onecert.gateway._config import ProviderConfig
+    from onecert.sdk._tls import ClientTLS
+
+_URL_ENV = "ONECERT_DB_URL"
+
+
+def register(sub: argparse._SubParsersAction[Any]) -> None:
+    report = sub.add_parser("report", help="reports for the regulator")
+    report_sub = report.add_subparsers(dest="report_command", required=True, metavar="REPORT")
+    parser = report_sub.add_parser(
+        "compliance",
+        help="per provider: notices acted on in time, late or never; unbinds",
+        description=(
+            "Per provider: recycled-number notices delivered, acknowledged, acted on in "
+            "time, late, never (deadline passed), or not due yet; unbind tickets done, "
+            "rejected and failed with their median time. Read from the gateway's database "
+            "(--url, or the [store] of --config) or asked of a running gateway (--gateway, "
+            "as an admin)."
+        ),
+    )
+    source = parser.add_argument_group("source (one of)")
+    source.add_argument(
+        "--url",
+        default=None,
+        help=f"the gateway's database URL (default: ${_URL_ENV}, or the [store] of --config)",
+    )
+    source.add_argument("--gateway", metavar="HOST:PORT", help="ask a running gateway")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="the gateway's config: provider names, and every configured provider listed",
+    )
+    parser.add_argument("--schema", default=None, help="PostgreSQL schema (with --url)")
+    tls = parser.add_argument_group("transport to --gateway (mutual TLS, or --insecure in dev)")
+    tls.add_argument("--ca", type=Path, metavar="FILE", help="CA that signed the gateway's cert")
+    tls.add_argument("--cert", type=Path, metavar="FILE", help="admin client certificate")
+    tls.add_argument("--key", type=Path, metavar="FILE", help="admin client private key")
+    tls.add_argument("--server-name", metavar="NAME", help="name expected in the gateway's cert")
+    tls.add_argument(
+        "--insecure", action="store_true", help="plaintext, as the dev admin (development only)"
+    )
+    parser.add_argument(
+        "--since",
+        metavar="ISO",
+        help="only notices and tickets created at or after (2025-01-01 or 2025-01-01T08:00Z)",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument(
+        "--timeout", type=float, default=30.0, metavar="SECONDS", help="give up after (30)"
+    )
+    parser.set_defaults(handler=_compliance)
+
+
+def parse_since(text: str) -> datetime:
+    """An ISO date or date-time; without an offset it is UTC."""
+    try:
+        parsed = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise CommandError(
+            f"--since must be an ISO date or date-time (2025-01-01, 2025-01-01T08:00Z), "
+            f"not {text!r}"
+        ) from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def _compliance(args: argparse.Namespace) -> int:
+    from onecert.gateway._compliance import (  # noqa: PLC0415 - keeps `onecert --help` light
+        render_table,
+        report_to_json,
+    )
+
+    if args.timeout <= 0:
+        raise CommandError("--timeout must be more than zero")
+    since = None if args.since is None else parse_since(args.since)
+    providers, config_url = _read_config(args.config)
+    if args.gateway is not None:
+        if args.url is not None:
+            raise CommandError("give --url or --gateway, not both")
+        report = asyncio.run(
+            _from_gateway(args.gateway, _client_tls(args), args.insecure, since, args.timeout)
+        )
+    else:
+        if args.ca or args.cert or args.key or args.insecure:
+            raise CommandError("--ca, --cert, --key and --insecure go with --gateway")
+        url = args.url or os.environ.get(_URL_ENV) or config_url
+        if not url:
+            raise CommandError(
+                f"no source: pass --url, --gateway, or --config with a [store] (or set {_URL_ENV})"
+            )
+        report = _from_database(url, args.schema, providers, since)
+    if args.json:
+        print(json.dumps(report_to_json(report), indent=2, ensure_ascii=False))
+    else:
+        print(render_table(report))
+    return 0
+
+
+def _read_config(path: Path | None) -> tuple[tuple[ProviderConfig, ...], str | None]:
+    if path is None:
+        return (), None
+    from onecert.gateway._config import ConfigError, load_config  # noqa: PLC0415 - lazy
+
+    try:
+        config = load_config(path, dev_plaintext=True)
+    except ConfigError as exc:
+        raise CommandError(str(exc)) from None
+    return config.providers, None if config.store is None else config.store.url
+
+
+def _client_tls(args: argparse.Namespace) -> ClientTLS | None:
+    from onecert.sdk._tls import ClientTLS, TLSConfigError  # noqa: PLC0415 - lazy
+
+    if args.insecure:
+        if args.ca or args.cert or args.key:
+            raise CommandError("--insecure cannot be combined with --ca, --cert or --key")
+        return None
+    if args.ca is None or args.cert is None or args.key is None:
+        raise CommandError(
+            "give --ca, --cert and --key (an admin client certificate), or --insecure in dev"
+        )
+    tls = ClientTLS(
+        ca_file=args.ca, cert_file=args.cert, key_file=args.key, server_name=args.server_name
+    )
+    try:
+        tls.credentials()  # read the files now, for a clear error before connecting
+    except TLSConfigError as exc:
+        raise CommandError(str(exc)) from None
+    return tls
+
+
+async def _from_gateway(
+    target: str,
+    tls: ClientTLS | None,
+    insecure: bool,
+    since: datetime | None,
+    timeout: float,  # noqa: ASYNC109 - the gRPC deadline
+) -> ComplianceReport:
+    import grpc  # noqa: PLC0415 - lazy
+
+    from onecert.gateway._compliance import report_from_pb  # noqa: PLC0415 - lazy
+    from onecert.gateway._principals import DEV_PRINCIPAL_HEADER  # noqa: PLC0415 - lazy
+    from onecert.sdk._convert import timestamp  # noqa: PLC0415 - lazy
+    from onecert.v1 import gateway_pb2, gateway_pb2_grpc  # noqa: PLC0415 - lazy
+
+    request = gateway_pb2.GetComplianceReportRequest()
+    if since is not None:
+        request.since.CopyFrom(timestamp(since))
+    metadata: tuple[tuple[str, str], ...] = ()
+    if tls is None:
+        channel = grpc.aio.insecure_channel(target)
+        metadata = ((DEV_PRINCIPAL_HEADER, "admin"),)
+    else:
+        channel = grpc.aio.secure_channel(target, tls.credentials(), options=tls.channel_options())
+    async with channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+        try:
+            response = await stub.GetComplianceReport(request, timeout=timeout, metadata=metadata)
+        except grpc.aio.AioRpcError as exc:
+            raise CommandError(
+                f"the gateway refused the report: {exc.code().name}: {exc.details() or ''}"
+            ) from None
+    return report_from_pb(response, since=since)
+
+
+def _from_database(
+    url: str, schema: str | None, providers: tuple[ProviderConfig, ...], since: datetime | None
+) -> ComplianceReport:
+    from sqlalchemy.engine import make_url  # noqa: PLC0415 - lazy
+    from sqlalchemy.exc import ArgumentError, DBAPIError  # noqa: PLC0415 - lazy
+
+    from onecert.gateway._compliance import build_report  # noqa: PLC0415 - lazy
+    from onecert.gateway.store import Store  # noqa: PLC0415 - lazy
+    from onecert.sdk._msisdn import mask_numbers_in_text  # noqa: PLC0415 - lazy
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise CommandError("the database URL is not valid") from None
+    path = parsed.database if parsed.get_backend_name() == "sqlite" else None
+    if path and path != ":memory:" and not Path(path).exists():
+        # Opening a missing SQLite file would create an empty database.
+        raise CommandError(f"no such database file: {path}")
+    try:
+        store = Store.open(url, schema=schema)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+
+    async def run() -> ComplianceReport:
+        try:
+            if await store.schema_revision() is None:
+                raise CommandError("the database has no onecert schema: run `onecert db upgrade`")
+            return await build_report(store, providers=providers, since=since)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(run())
+    except (OSError, DBAPIError) as exc:
+        cause = getattr(exc, "orig", None) or exc
+        first = (str(cause).splitlines() or [type(cause).__name__])[0]
+        where = store.engine.url.render_as_string(hide_password=True)
+        raise CommandError(
+            f"cannot use the database {where}: {mask_numbers_in_text(first)}"
+        ) from None

@@ -1,0 +1,189 @@
+"""``onecert unbind`` and ``onecert receipt``: act on a lookup's handle, read the receipt."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from onecert.cli import CommandError
+
+if TYPE_CHECKING:
+    from onecert.sdk._tls import ClientTLS
+    from onecert.sdk.client import GatewayClient, Receipt, TicketInfo
+
+_T = TypeVar("_T")
+
+
+def _add_connection(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--gateway", required=True, metavar="HOST:PORT", help="the gateway")
+    parser.add_argument(
+        "--assertion",
+        required=True,
+        metavar="FILE",
+        help="file holding the identity assertion (a JWT; '-' for stdin); good for one call",
+    )
+    tls = parser.add_argument_group("transport (mutual TLS, or --insecure in development)")
+    tls.add_argument("--ca", type=Path, metavar="FILE", help="CA that signed the gateway's cert")
+    tls.add_argument("--cert", type=Path, metavar="FILE", help="client certificate")
+    tls.add_argument("--key", type=Path, metavar="FILE", help="client private key")
+    tls.add_argument("--server-name", metavar="NAME", help="name expected in the gateway's cert")
+    tls.add_argument("--insecure", action="store_true", help="plaintext (development only)")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument(
+        "--timeout", type=float, default=10.0, metavar="SECONDS", help="give up after (10)"
+    )
+
+
+def register(sub: argparse._SubParsersAction[Any]) -> None:
+    unbind = sub.add_parser(
+        "unbind",
+        help="ask for an account from a lookup to be unbound",
+        description=(
+            "Ask the gateway to detach a number from an account shown by a lookup (or to "
+            "release it from a previous holder's account). Answers at once with a ticket; "
+            "the gateway delivers it to the provider and keeps the receipt "
+            "(see `onecert receipt`). The same account twice gives the same ticket."
+        ),
+    )
+    _add_connection(unbind)
+    unbind.add_argument(
+        "--handle", required=True, metavar="HANDLE", help="the handle the lookup gave"
+    )
+    unbind.set_defaults(handler=_unbind)
+
+    receipt = sub.add_parser(
+        "receipt",
+        help="show the receipt of an unbind ticket",
+        description="Show where an unbind ticket stands and what the provider answered.",
+    )
+    _add_connection(receipt)
+    receipt.add_argument("--ticket", required=True, metavar="ID", help="the ticket id")
+    receipt.set_defaults(handler=_receipt)
+
+
+def _tls(args: argparse.Namespace) -> ClientTLS | None:
+    from onecert.sdk._tls import ClientTLS, TLSConfigError  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+
+    if args.insecure and (args.ca or args.cert or args.key):
+        raise CommandError("--insecure cannot be combined with --ca, --cert or --key")
+    if not args.insecure and args.ca is None:
+        raise CommandError("give --ca (and --cert/--key for mutual TLS), or --insecure in dev")
+    if (args.cert is None) != (args.key is None):
+        raise CommandError("--cert and --key go together")
+    if args.timeout <= 0:
+        raise CommandError("--timeout must be more than zero")
+    if args.insecure:
+        return None
+    try:
+        tls = ClientTLS(
+            ca_file=args.ca, cert_file=args.cert, key_file=args.key, server_name=args.server_name
+        )
+        tls.credentials()  # read the files now, for a clear error before connecting
+    except TLSConfigError as exc:
+        raise CommandError(str(exc)) from None
+    return tls
+
+
+async def _call(
+    args: argparse.Namespace,
+    tls: ClientTLS | None,
+    what: str,
+    call: Callable[[GatewayClient], Awaitable[_T]],
+) -> _T:
+    from onecert.sdk.client import GatewayClient, GatewayError  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+
+    try:
+        # Made inside the event loop that uses it: a grpc.aio channel is tied to its loop.
+        async with GatewayClient(args.gateway, tls=tls, insecure=args.insecure) as client:
+            return await call(client)
+    except GatewayError as exc:
+        raise CommandError(f"{what} refused by the gateway: {exc}") from None
+
+
+def _unbind(args: argparse.Namespace) -> int:
+    from onecert.cli._lookup import _read_assertion  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+
+    tls = _tls(args)
+    handle = args.handle.strip()
+    if not handle:
+        raise CommandError("--handle is empty")
+    assertion = _read_assertion(args.assertion)
+    ticket: TicketInfo = asyncio.run(
+        _call(
+            args,
+            tls,
+            "unbind",
+            lambda client: client.unbind(assertion, handle, timeout=args.timeout),
+        )
+    )
+    if args.json:
+        print(json.dumps(_plain(dataclasses.asdict(ticket)), indent=2))
+    else:
+        news = "new ticket" if ticket.created else "already requested"
+        print(f"ticket {ticket.ticket_id}: {ticket.state.value} ({news})")
+    return 0
+
+
+def _receipt(args: argparse.Namespace) -> int:
+    from onecert.cli._lookup import _read_assertion  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+
+    tls = _tls(args)
+    ticket_id = args.ticket.strip()
+    if not ticket_id:
+        raise CommandError("--ticket is empty")
+    assertion = _read_assertion(args.assertion)
+    receipt: Receipt = asyncio.run(
+        _call(
+            args,
+            tls,
+            "receipt",
+            lambda client: client.get_unbind(assertion, ticket_id, timeout=args.timeout),
+        )
+    )
+    if args.json:
+        print(json.dumps(_plain(dataclasses.asdict(receipt)), indent=2, ensure_ascii=False))
+    else:
+        print(render_receipt(receipt))
+    return 0
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    # StrEnum members are str already; json writes their value.
+    return value
+
+
+def _when(value: datetime | None) -> str:
+    return value.isoformat(timespec="seconds") if value is not None else "-"
+
+
+def render_receipt(receipt: Receipt) -> str:
+    """The receipt as aligned ``field  value`` lines."""
+    rows = [
+        ("ticket", receipt.ticket_id),
+        ("provider", f"{receipt.provider_name} ({receipt.provider_id})"),
+        ("reason", receipt.reason.value.replace("_", " ") if receipt.reason else "-"),
+        ("state", receipt.state.value + (" (final)" if receipt.final else "")),
+        ("attempts", str(receipt.attempts)),
+        ("requested", _when(receipt.created_at)),
+        (
+            "provider answer",
+            receipt.provider_outcome.value if receipt.provider_outcome else "-",
+        ),
+        ("provider reason", receipt.provider_reason or "-"),
+        ("answered", _when(receipt.answered_at)),
+        ("last error", receipt.last_error or "-"),
+        ("next attempt", _when(receipt.next_attempt_at)),
+        ("expires", _when(receipt.expires_at)),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name.ljust(width)}  {value}" for name, value in rows)

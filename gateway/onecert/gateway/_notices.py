@@ -1,0 +1,460 @@
+"""Recycled-number notices: carriers report, providers poll, acknowledge and confirm.
+
+``ReportNumberEvent`` records a carrier's event with one delivery per
+configured provider (push or poll) in one transaction; the push worker
+(:mod:`onecert.gateway._notice_delivery`) sends the push deliveries, and
+poll-mode providers fetch theirs with ``PollEvents`` (RFC 8936: a SET is
+returned by every poll until it is acknowledged). Every SET names the
+delivery's ``jti``, so redeliveries are recognisable; the SET is signed
+afresh each time (its ``iat`` is when it was sent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import grpc
+import structlog
+from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy.exc import DBAPIError
+
+from onecert.gateway._audit import Auditor
+from onecert.gateway._config import CarrierConfig, NoticesConfig, ProviderConfig
+from onecert.gateway._principals import PrincipalResolver, Role
+from onecert.gateway.store import (
+    ConflictError,
+    Delivery,
+    DeliveryMode,
+    NotFoundError,
+    NumberEventType,
+    Store,
+)
+from onecert.sdk._msisdn import InvalidMsisdnError, mask_msisdn, sha256_hex, validate_msisdn
+from onecert.sdk._set import MAX_JTI, SetIssuer
+from onecert.v1 import gateway_pb2
+
+__all__ = [
+    "Clock",
+    "Doorbell",
+    "NoticeService",
+    "build_set",
+    "notice_deadline",
+    "timestamp_arg",
+    "utc_now",
+]
+
+Clock = Callable[[], datetime]
+_T = TypeVar("_T")
+
+_log = structlog.get_logger("onecert.gateway.notices")
+
+MAX_EVENT_ID = 128
+DEFAULT_MAX_EVENTS = 100
+MAX_EVENTS = 1000
+MAX_ACKS = 1000
+MAX_ERROR_CODE = 64
+MAX_ERROR_DESCRIPTION = 1024
+# Time kept back from a poll's deadline to answer it.
+_POLL_MARGIN_S = 0.5
+# While a poll waits, how often it looks at the database: other gateway
+# replicas record notices too, and only this process's doorbell rings here.
+_POLL_RECHECK_S = 1.0
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+_EVENT_TYPES: Mapping[int, NumberEventType] = {
+    gateway_pb2.NUMBER_EVENT_TYPE_CANCELLED: NumberEventType.CANCELLED,
+    gateway_pb2.NUMBER_EVENT_TYPE_RECYCLED: NumberEventType.RECYCLED,
+}
+
+
+def utc_now() -> datetime:
+    """The current time, aware, in UTC (the default clock)."""
+    return datetime.now(UTC)
+
+
+class Doorbell:
+    """Wakes whoever waits for new notices in this process (push workers, polls)."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def ring(self) -> None:
+        """Wake every current waiter."""
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, timeout: float) -> bool:  # noqa: ASYNC109 - a bounded nap, not an RPC deadline
+        """Wait for the next ring, at most ``timeout`` seconds; True if it rang."""
+        event = self._event
+        try:
+            await asyncio.wait_for(event.wait(), max(0.0, timeout))
+        except TimeoutError:
+            return False
+        return True
+
+
+class _BadArgumentError(Exception):
+    """A request field is invalid; the message is safe to return."""
+
+
+def timestamp_arg(ts: Timestamp, name: str) -> datetime:
+    """A request's Timestamp as an aware datetime; :class:`ValueError` when out of range."""
+    if not 0 <= ts.nanos < 1_000_000_000:
+        raise ValueError(f"{name} has invalid nanos")
+    try:
+        value = ts.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError, OSError):
+        raise ValueError(f"{name} is out of range") from None
+    if value < _EPOCH:
+        raise ValueError(f"{name} must not be before 1970")
+    return value
+
+
+def notice_deadline(
+    config: NoticesConfig,
+    *,
+    event_type: NumberEventType,
+    effective_at: datetime,
+    quiet_period_ends_at: datetime | None,
+    now: datetime,
+) -> datetime:
+    """When providers must have acted on a notice.
+
+    ``deadline_s`` when configured; otherwise before the number can go to
+    someone else: the end of the quiet period for CANCELLED (reported, or
+    the default quiet period), ``recycled_deadline_s`` after the event for
+    RECYCLED. Never less than ``min_action_s`` from ``now``, so a notice
+    reported late still leaves time to act.
+    """
+    if config.deadline_s is not None:
+        deadline = effective_at + timedelta(seconds=config.deadline_s)
+    elif event_type is NumberEventType.CANCELLED:
+        deadline = quiet_period_ends_at or effective_at + timedelta(
+            seconds=config.default_quiet_period_s
+        )
+    else:
+        deadline = effective_at + timedelta(seconds=config.recycled_deadline_s)
+    return max(deadline, now + timedelta(seconds=config.min_action_s))
+
+
+def build_set(sets: SetIssuer, delivery: Delivery) -> str:
+    """The Security Event Token for one delivery (its ``jti`` is the delivery's).
+
+    ``toe`` is when the event took effect: for CANCELLED the cancellation
+    (accounts bound before it are the old holder's), for RECYCLED the
+    recycling; ``act_by`` is the notice's deadline.
+    """
+    notice = delivery.notice
+    return sets.issue(
+        audience=delivery.provider_id,
+        msisdn=notice.msisdn,
+        recycled_at=notice.effective_at,
+        deadline=notice.deadline,
+        jti=delivery.jti,
+    )
+
+
+async def store_call(
+    context: grpc.aio.ServicerContext[Any, Any], call: Awaitable[_T], what: str
+) -> _T:
+    """Await a store call; a database that cannot be reached is UNAVAILABLE."""
+    try:
+        return await call
+    except (DBAPIError, OSError) as exc:
+        _log.error("store.unavailable", what=what, error=type(exc).__name__)
+        await context.abort(
+            grpc.StatusCode.UNAVAILABLE, "the gateway's database is unavailable; try again later"
+        )
+
+
+class NoticeService:
+    """``ReportNumberEvent``, ``PollEvents`` and ``ConfirmEventAction``.
+
+    Args:
+        store: the durable state.
+        carriers: the configured carriers (their ``prefixes``).
+        providers: the configured providers (each gets one delivery per
+            notice, by its ``delivery`` mode).
+        config: deadlines and poll limits.
+        sets: signs the SETs handed out by polls.
+        principals: identifies callers.
+        auditor: where audit rows go.
+        doorbell: rung when a notice is recorded (wakes push workers and polls).
+        clock: the gateway's notion of now (deadlines, receipt times).
+    """
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        carriers: Sequence[CarrierConfig],
+        providers: Sequence[ProviderConfig],
+        config: NoticesConfig,
+        sets: SetIssuer,
+        principals: PrincipalResolver,
+        auditor: Auditor,
+        doorbell: Doorbell | None = None,
+        clock: Clock = utc_now,
+    ) -> None:
+        self._store = store
+        self._carriers = {c.id: c for c in carriers}
+        self._providers = {p.id: p for p in providers}
+        self._config = config
+        self._sets = sets
+        self._principals = principals
+        self._auditor = auditor
+        self.doorbell = doorbell or Doorbell()
+        self._clock = clock
+
+    # ------------------------------------------------------------ carriers
+
+    async def report_number_event(
+        self,
+        request: gateway_pb2.ReportNumberEventRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> gateway_pb2.ReportNumberEventResponse:
+        caller = await self._principals.require(context, Role.CARRIER)
+        now = self._clock()
+        try:
+            msisdn, kind, effective_at, quiet = self._check_report(request, now)
+        except _BadArgumentError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        structlog.contextvars.bind_contextvars(msisdn=mask_msisdn(msisdn))
+        carrier = self._carriers[caller.id]
+        if not carrier.serves(msisdn):
+            _log.warning("notice.foreign_number", carrier=caller.id)
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"carrier {caller.id!r} does not serve this number (see its configured prefixes)",
+            )
+        deadline = notice_deadline(
+            self._config,
+            event_type=kind,
+            effective_at=effective_at,
+            quiet_period_ends_at=quiet,
+            now=now,
+        )
+        providers = [(p.id, DeliveryMode(p.delivery)) for p in self._providers.values()]
+        try:
+            notice, created = await store_call(
+                context,
+                self._store.record_number_event(
+                    carrier_id=caller.id,
+                    event_id=request.event_id,
+                    msisdn=msisdn,
+                    msisdn_hash=sha256_hex(msisdn),
+                    event_type=kind,
+                    effective_at=effective_at,
+                    quiet_period_ends_at=quiet,
+                    deadline=deadline,
+                    providers=providers,
+                    now=now,
+                ),
+                "record_number_event",
+            )
+        except ConflictError:
+            await context.abort(
+                grpc.StatusCode.ALREADY_EXISTS,
+                "this event_id was already reported with another number, type or time",
+            )
+        if created:
+            self.doorbell.ring()
+        _log.info(
+            "notice.reported",
+            notice_id=notice.notice_id,
+            event_type=kind.value,
+            created=created,
+            providers=notice.providers,
+        )
+        self._auditor.spawn(
+            "notice.reported",
+            actor=caller.actor,
+            subject=self._auditor.number(msisdn),
+            detail={
+                "notice_id": notice.notice_id,
+                "event_type": kind.value,
+                "created": created,
+                "providers": notice.providers,
+                "deadline": notice.deadline.isoformat(),
+            },
+        )
+        return gateway_pb2.ReportNumberEventResponse(
+            notice_id=notice.notice_id, created=created, providers=notice.providers
+        )
+
+    def _check_report(
+        self, request: gateway_pb2.ReportNumberEventRequest, now: datetime
+    ) -> tuple[str, NumberEventType, datetime, datetime | None]:
+        if not 0 < len(request.event_id) <= MAX_EVENT_ID:
+            raise _BadArgumentError(f"event_id is required (1 to {MAX_EVENT_ID} characters)")
+        if not request.event_id.isprintable():
+            raise _BadArgumentError("event_id must be printable text")
+        try:
+            msisdn = validate_msisdn(request.msisdn)
+        except InvalidMsisdnError as exc:
+            raise _BadArgumentError(str(exc)) from None
+        kind = _EVENT_TYPES.get(request.type)
+        if kind is None:
+            raise _BadArgumentError("type must be NUMBER_EVENT_TYPE_CANCELLED or _RECYCLED")
+        if not request.HasField("effective_at"):
+            raise _BadArgumentError("effective_at is required")
+        try:
+            effective_at = timestamp_arg(request.effective_at, "effective_at")
+            quiet = (
+                timestamp_arg(request.quiet_period_ends_at, "quiet_period_ends_at")
+                if request.HasField("quiet_period_ends_at")
+                else None
+            )
+        except ValueError as exc:
+            raise _BadArgumentError(str(exc)) from None
+        if effective_at > now + timedelta(seconds=self._config.clock_skew_s):
+            raise _BadArgumentError("effective_at is in the future")
+        if quiet is not None:
+            if kind is not NumberEventType.CANCELLED:
+                raise _BadArgumentError("quiet_period_ends_at applies to CANCELLED events only")
+            if quiet <= effective_at:
+                raise _BadArgumentError("quiet_period_ends_at must be after effective_at")
+        return msisdn, kind, effective_at, quiet
+
+    # ------------------------------------------------------------ providers
+
+    async def poll_events(
+        self,
+        request: gateway_pb2.PollEventsRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> gateway_pb2.PollEventsResponse:
+        caller = await self._principals.require(context, Role.PROVIDER)
+        provider = self._providers[caller.id]
+        if provider.delivery != DeliveryMode.POLL.value:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"provider {caller.id!r} receives notices by push (ReceiveEvent), not by polling",
+            )
+        try:
+            max_events, errors = _check_poll(request)
+        except _BadArgumentError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        # Acknowledgements and errors first: what they settle is not handed
+        # out again below. Unknown and other providers' jtis are ignored.
+        acked = await store_call(
+            context,
+            self._store.ack_deliveries(caller.id, request.acks, now=self._clock()),
+            "ack_deliveries",
+        )
+        refused = await store_call(
+            context, self._store.reject_deliveries(caller.id, errors), "reject_deliveries"
+        )
+        batch, more = await store_call(
+            context,
+            self._store.poll_deliveries(caller.id, max_events=max_events, now=self._clock()),
+            "poll_deliveries",
+        )
+        if not batch and not request.return_immediately:
+            batch, more = await self._wait_for_notices(context, caller.id, max_events)
+        if acked or refused:
+            _log.info("notice.polled_acks", acknowledged=acked, refused=refused)
+            self._auditor.spawn(
+                "notice.acknowledged",
+                actor=caller.actor,
+                subject=f"provider:{caller.id}",
+                detail={"acknowledged": acked, "refused": refused, "via": "poll"},
+            )
+        return gateway_pb2.PollEventsResponse(
+            events=[
+                gateway_pb2.PolledEvent(jti=d.jti, set=build_set(self._sets, d)) for d in batch
+            ],
+            more_available=more,
+        )
+
+    async def _wait_for_notices(
+        self, context: grpc.aio.ServicerContext[Any, Any], provider_id: str, max_events: int
+    ) -> tuple[list[Delivery], bool]:
+        remaining = context.time_remaining()
+        hold = self._config.poll_wait_s
+        if remaining is not None:
+            hold = min(hold, remaining - _POLL_MARGIN_S)
+        until = time.monotonic() + hold
+        while (left := until - time.monotonic()) > 0:
+            await self.doorbell.wait(min(left, _POLL_RECHECK_S))
+            batch, more = await store_call(
+                context,
+                self._store.poll_deliveries(provider_id, max_events=max_events, now=self._clock()),
+                "poll_deliveries",
+            )
+            if batch:
+                return batch, more
+        return [], False
+
+    async def confirm_event_action(
+        self,
+        request: gateway_pb2.ConfirmEventActionRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> gateway_pb2.ConfirmEventActionResponse:
+        caller = await self._principals.require(context, Role.PROVIDER)
+        if not 0 < len(request.jti) <= MAX_JTI:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"jti is required (1 to {MAX_JTI} characters)"
+            )
+        acted_at = None
+        if request.HasField("acted_at"):
+            try:
+                acted_at = timestamp_arg(request.acted_at, "acted_at")
+            except ValueError as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        try:
+            recorded = await store_call(
+                context,
+                self._store.confirm_action(
+                    caller.id,
+                    request.jti,
+                    bindings_removed=request.bindings_removed,
+                    acted_at=acted_at,
+                    now=self._clock(),
+                ),
+                "confirm_action",
+            )
+        except NotFoundError:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, "no notice with this jti was sent to this provider"
+            )
+        _log.info("notice.confirmed", jti=request.jti, recorded=recorded)
+        self._auditor.spawn(
+            "notice.confirmed",
+            actor=caller.actor,
+            subject=f"jti:{request.jti}",
+            detail={"bindings_removed": request.bindings_removed, "recorded": recorded},
+        )
+        return gateway_pb2.ConfirmEventActionResponse(recorded=recorded)
+
+
+def _check_poll(request: gateway_pb2.PollEventsRequest) -> tuple[int, dict[str, str]]:
+    if request.max_events > MAX_EVENTS:
+        raise _BadArgumentError(f"max_events must be at most {MAX_EVENTS}")
+    max_events = request.max_events or DEFAULT_MAX_EVENTS
+    if len(request.acks) > MAX_ACKS:
+        raise _BadArgumentError(f"at most {MAX_ACKS} acks per poll")
+    for jti in request.acks:
+        if not 0 < len(jti) <= MAX_JTI:
+            raise _BadArgumentError(f"every ack must be a jti of 1 to {MAX_JTI} characters")
+    if len(request.errors) > MAX_ACKS:
+        raise _BadArgumentError(f"at most {MAX_ACKS} errors per poll")
+    errors: dict[str, str] = {}
+    for error in request.errors:
+        if not 0 < len(error.jti) <= MAX_JTI:
+            raise _BadArgumentError(f"every error needs a jti of 1 to {MAX_JTI} characters")
+        if not 0 < len(error.code) <= MAX_ERROR_CODE:
+            raise _BadArgumentError(
+                f"every error needs a code of 1 to {MAX_ERROR_CODE} characters "
+                "(RFC 8935, e.g. invalid_request)"
+            )
+        if len(error.description) > MAX_ERROR_DESCRIPTION:
+            raise _BadArgumentError(f"an error description is at most {MAX_ERROR_DESCRIPTION}")
+        text = error.code
+        if error.description:
+            text += ": " + error.description
+        errors[error.jti] = text
+    return max_events, errors

@@ -1,0 +1,237 @@
+"""``Gateway.CheckRecycled``: was this number recycled after a date? For providers at login.
+
+RECYCLED / NOT_RECYCLED / NO_DATA as in the CAMARA Number Recycling API and
+the FCC Reassigned Numbers Database (see
+:func:`onecert.gateway.store.classify_recycled`). Each provider has a token
+bucket per gateway process: past it, RESOURCE_EXHAUSTED with trailing
+metadata ``retry-after-ms``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import grpc
+import structlog
+
+from onecert.gateway._audit import Auditor
+from onecert.gateway._channels import ChannelPool
+from onecert.gateway._compliance import ComplianceService
+from onecert.gateway._config import CheckRecycledConfig, GatewayConfig
+from onecert.gateway._notice_delivery import NoticePusher
+from onecert.gateway._notices import (
+    Clock,
+    Doorbell,
+    NoticeService,
+    store_call,
+    timestamp_arg,
+    utc_now,
+)
+from onecert.gateway._principals import PrincipalResolver, Role
+from onecert.gateway.store import RecycledStatus, Store
+from onecert.sdk._convert import timestamp
+from onecert.sdk._keys import SigningKey
+from onecert.sdk._msisdn import InvalidMsisdnError, mask_msisdn, sha256_hex, validate_msisdn
+from onecert.sdk._set import SetIssuer
+from onecert.v1 import gateway_pb2
+
+__all__ = ["RETRY_AFTER_HEADER", "RecycledCheckService", "RecycledNumbers", "TokenBuckets"]
+
+RETRY_AFTER_HEADER = "retry-after-ms"
+
+_log = structlog.get_logger("onecert.gateway.recycled")
+
+_STATUS = {
+    RecycledStatus.RECYCLED: gateway_pb2.RECYCLED_STATUS_RECYCLED,
+    RecycledStatus.NOT_RECYCLED: gateway_pb2.RECYCLED_STATUS_NOT_RECYCLED,
+    RecycledStatus.NO_DATA: gateway_pb2.RECYCLED_STATUS_NO_DATA,
+}
+
+
+class TokenBuckets:
+    """One token bucket per key: ``burst`` tokens, refilled at ``rate`` per second.
+
+    Args:
+        rate: tokens added per second.
+        burst: the bucket's size (and its content at first use).
+        monotonic: the time source, in seconds.
+    """
+
+    def __init__(
+        self, *, rate: float, burst: int, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("rate must be > 0 and burst >= 1")
+        self._rate = rate
+        self._burst = float(burst)
+        self._monotonic = monotonic
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def take(self, key: str) -> float:
+        """Take one token: 0.0 if there was one, else the seconds until there is."""
+        now = self._monotonic()
+        tokens, last = self._buckets.get(key, (self._burst, now))
+        tokens = min(self._burst, tokens + (now - last) * self._rate)
+        if tokens >= 1.0:
+            self._buckets[key] = (tokens - 1.0, now)
+            return 0.0
+        self._buckets[key] = (tokens, now)
+        return (1.0 - tokens) / self._rate
+
+
+class RecycledCheckService:
+    """``CheckRecycled`` for authenticated providers.
+
+    Args:
+        store: the numbers' history.
+        config: the rate limit and ``history_start``.
+        clock_skew_s: how far in the future ``specified_date`` may be.
+        principals: identifies callers.
+        auditor: where audit rows go.
+        clock: the gateway's notion of now.
+        monotonic: the rate limiter's time source.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        config: CheckRecycledConfig,
+        principals: PrincipalResolver,
+        auditor: Auditor,
+        clock_skew_s: float = 60.0,
+        clock: Clock = utc_now,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._config = config
+        self._principals = principals
+        self._auditor = auditor
+        self._skew = timedelta(seconds=clock_skew_s)
+        self._clock = clock
+        self._buckets = TokenBuckets(
+            rate=config.rate_per_s, burst=config.burst, monotonic=monotonic
+        )
+
+    async def check_recycled(
+        self,
+        request: gateway_pb2.CheckRecycledRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> gateway_pb2.CheckRecycledResponse:
+        caller = await self._principals.require(context, Role.PROVIDER)
+        wait = self._buckets.take(caller.id)
+        if wait > 0:
+            retry_ms = max(1, math.ceil(wait * 1000))
+            _log.info("recycled.rate_limited", retry_after_ms=retry_ms)
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"CheckRecycled rate limit for provider {caller.id!r} reached; "
+                f"try again in {retry_ms} ms",
+                trailing_metadata=((RETRY_AFTER_HEADER, str(retry_ms)),),
+            )
+        try:
+            msisdn = validate_msisdn(request.msisdn)
+        except InvalidMsisdnError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if not request.HasField("specified_date"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "specified_date is required")
+        try:
+            specified = timestamp_arg(request.specified_date, "specified_date")
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if specified > self._clock() + self._skew:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "specified_date is in the future")
+        structlog.contextvars.bind_contextvars(msisdn=mask_msisdn(msisdn))
+        answer = await store_call(
+            context,
+            self._store.check_recycled(
+                sha256_hex(msisdn), specified, history_start=self._config.history_start
+            ),
+            "check_recycled",
+        )
+        _log.info("recycled.checked", status=answer.status.value)
+        self._auditor.spawn(
+            "recycled.checked",
+            actor=caller.actor,
+            subject=self._auditor.number(msisdn),
+            detail={"status": answer.status.value},
+        )
+        response = gateway_pb2.CheckRecycledResponse(status=_STATUS[answer.status])
+        if answer.recycled_at is not None:
+            response.recycled_at.CopyFrom(timestamp(answer.recycled_at))
+        return response
+
+
+@dataclass(frozen=True)
+class RecycledNumbers:
+    """Everything about recycled numbers, built from one configuration.
+
+    ``notices`` serves ReportNumberEvent, PollEvents and ConfirmEventAction;
+    ``checks`` CheckRecycled; ``compliance`` GetComplianceReport; ``pusher``
+    is the background worker pushing notices (the gateway starts and stops it).
+    """
+
+    notices: NoticeService
+    checks: RecycledCheckService
+    compliance: ComplianceService
+    pusher: NoticePusher
+
+    @classmethod
+    def build(
+        cls,
+        config: GatewayConfig,
+        *,
+        store: Store,
+        auditor: Auditor,
+        channels: ChannelPool,
+        clock: Clock | None = None,
+    ) -> RecycledNumbers:
+        """Wire the services for ``config`` (reads the gateway's signing key)."""
+        clock = clock or utc_now
+        principals = PrincipalResolver.from_config(config)
+        sets = SetIssuer(key=SigningKey.load(config.keys.warrant_key), issuer=config.id)
+        doorbell = Doorbell()
+        notices = NoticeService(
+            store=store,
+            carriers=config.carriers,
+            providers=config.providers,
+            config=config.notices,
+            sets=sets,
+            principals=principals,
+            auditor=auditor,
+            doorbell=doorbell,
+            clock=clock,
+        )
+        return cls(
+            notices=notices,
+            checks=RecycledCheckService(
+                store=store,
+                config=config.check_recycled,
+                principals=principals,
+                auditor=auditor,
+                clock_skew_s=config.notices.clock_skew_s,
+                clock=clock,
+            ),
+            compliance=ComplianceService(
+                store=store,
+                providers=config.providers,
+                principals=principals,
+                auditor=auditor,
+                clock=clock,
+            ),
+            pusher=NoticePusher(
+                store=store,
+                providers=config.providers,
+                sets=sets,
+                channels=channels,
+                config=config.notices,
+                doorbell=doorbell,
+                auditor=auditor,
+                clock=clock,
+            ),
+        )
