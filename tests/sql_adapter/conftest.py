@@ -29,14 +29,6 @@ else:
     from sql_site import DDL, USERS, SiteDB
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers",
-        "mysql: needs the MySQL/MariaDB named by ONECERT_TEST_MYSQL_URL "
-        "(skipped without it, failing under CI)",
-    )
-
-
 def _reachable(url: str, default_port: int) -> bool:
     parts = urlsplit(url)
     try:
