@@ -8,6 +8,7 @@ are ignored; an unknown ``crit`` header is refused.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -122,7 +123,14 @@ def _number(claims: Mapping[str, Any], name: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TokenError("claims", f"claim {name!r} must be a number")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any float
+        raise TokenError("claims", f"claim {name!r} is out of range") from None
+    # NaN compares false with everything: an "exp" of NaN would never expire.
+    if not math.isfinite(number):
+        raise TokenError("claims", f"claim {name!r} must be a finite number")
+    return number
 
 
 def _check_times(

@@ -104,7 +104,10 @@ class SetIssuer:
 def _instant(value: Any, name: str) -> datetime:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise SetError("claims", f"SET claim {name!r} must be a number")
-    return datetime.fromtimestamp(value, UTC)
+    try:
+        return datetime.fromtimestamp(value, UTC)
+    except (OverflowError, OSError, ValueError):  # beyond a datetime, or NaN
+        raise SetError("claims", f"SET claim {name!r} is out of range") from None
 
 
 class SetVerifier:

@@ -124,7 +124,9 @@ class WarrantVerifier:
             )
         except TokenError as exc:
             raise WarrantError(exc.reason, f"warrant refused: {exc.message}") from exc
-        if claims.get("purpose") not in PURPOSES:
+        purpose = claims.get("purpose")
+        # Checked as a str first: an unhashable value (a list) cannot be looked up.
+        if not isinstance(purpose, str) or purpose not in PURPOSES:
             raise WarrantError("purpose", "warrant refused: unknown purpose")
         if claims.get("target_sha256") != sha256_hex(target):
             raise WarrantError("target", "warrant refused: it does not cover this number")
