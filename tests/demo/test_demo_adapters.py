@@ -14,12 +14,19 @@ import grpc
 import pytest
 
 from onecert.adapters.demo import (
+    ADMIN_CN,
+    CARRIERS,
+    PROVIDERS,
     STORY,
     DemoProvider,
+    Federation,
+    ManagedProcess,
     UserRecord,
     build_carrier,
     build_provider,
+    number_to_recycle,
 )
+from onecert.gateway._config import load_config
 from onecert.sdk import BindingKind, ProviderCategory, TenureState, UnbindOutcome
 from onecert.sdk._idn import compute_idn
 from onecert.sdk._keys import SigningKey
@@ -74,6 +81,21 @@ async def test_recycled_notice_detaches_previous_holders() -> None:
     removed = await env.notify_recycled(CURRENT, recycled_at=STORY.current_from)
     assert removed == 2
     assert [b.account_ref for b in await env.list_bindings(CURRENT)] == ["bz-418806"]
+
+
+async def test_provider_that_ignores_notices() -> None:
+    """The demo's notice-ignoring provider acknowledges a notice without acting (no
+    count to confirm) and keeps every binding; built to act, it detaches them."""
+    number = number_to_recycle().msisdn
+    today = datetime.now(UTC)
+    env = ProviderEnvironment(build_provider("kindred"))
+    before = await env.list_bindings(number)
+    assert before
+    assert await env.notify_recycled(number, recycled_at=today) is None
+    assert await env.list_bindings(number) == before
+    acting = ProviderEnvironment(build_provider("kindred", ignore_notices=False))
+    assert await acting.notify_recycled(number, recycled_at=today) == len(before)
+    assert await acting.list_bindings(number) == []
 
 
 async def test_slow_provider_takes_its_delay() -> None:
@@ -221,3 +243,55 @@ async def test_adapter_process_over_mutual_tls(tmp_path: Path) -> None:
             await process.wait()
         log.close()
     assert not ready.with_name(ready.name + ".partial").exists()
+
+
+def test_gateway_config_for_the_durable_story(tmp_path: Path) -> None:
+    """The federation's gateway.toml keeps state in DIR/onecert.db, gives notices a
+    deadline of seconds, makes the regulator's CN admin, lets each carrier report its
+    own blocks, has the forum poll for notices, and every caller has a client cert."""
+    federation = Federation(tmp_path / "demo", notice_deadline_s=1.5)
+    federation.prepare()
+    adapters = []
+    for port, adapter_id in enumerate(
+        [c.id for c in CARRIERS] + [p.id for p in PROVIDERS if not p.down], start=20000
+    ):
+        process = ManagedProcess(name=adapter_id, role="adapter", argv=[], log=tmp_path / "x")
+        process.port = port
+        adapters.append(process)
+    config = load_config(federation.write_gateway_config(adapters))
+
+    assert config.store is not None
+    assert config.store.url == f"sqlite:///{(tmp_path / 'demo' / 'onecert.db').resolve()}"
+    assert federation.store_url == config.store.url
+    assert (config.notices.deadline_s, config.notices.min_action_s) == (1.5, 1.5)
+    assert config.admin.client_cns == (ADMIN_CN,)
+    for carrier in config.carriers:
+        spec = next(c for c in CARRIERS if c.id == carrier.id)
+        assert carrier.prefixes == spec.prefixes
+        assert carrier.serves(number_to_recycle().msisdn) is (carrier.id == "bluefinch")
+    delivery = {p.id: p.delivery for p in config.providers}
+    assert delivery == {p.id: p.notices for p in PROVIDERS}
+    assert delivery["teahouse"] == "poll"
+    callers = [ADMIN_CN, "portal", *(c.id for c in CARRIERS), "teahouse"]
+    for name in callers:
+        assert federation.keys.client_cert(name).exists()
+        assert federation.keys.client_key(name).exists()
+    # Providers that are pushed to call nothing: no certificate of their own.
+    assert not federation.keys.client_cert("kindred").exists()
+
+
+def test_demo_adapter_flags() -> None:
+    """The adapter process takes --ignore-notices, and --poll-notices only with a
+    client certificate and key."""
+    from onecert.adapters.demo._serve import _polling, build_parser
+
+    common = [
+        "provider", "--id", "kindred", "--gateway-jwks", "j.json", "--tls-cert", "c.pem",
+        "--tls-key", "k.pem", "--client-ca", "ca.pem",
+    ]  # fmt: skip
+    args = build_parser().parse_args([*common, "--ignore-notices"])
+    assert args.ignore_notices is True
+    assert build_parser().parse_args(common).ignore_notices is None
+    with pytest.raises(ValueError, match="--client-cert and --client-key"):
+        _polling(build_parser().parse_args([*common, "--poll-notices", "gw.address"]))
+    assert _polling(build_parser().parse_args(common)) is None

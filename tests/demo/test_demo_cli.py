@@ -1,5 +1,6 @@
-"""`onecert demo` end to end: real processes, mutual TLS, the story's merged list,
-and nothing left running afterwards."""
+"""`onecert demo` end to end: real processes, mutual TLS, the story's merged list, the
+unbind and its receipt, a recycled-number notice one provider ignores, the compliance
+report, the audit chain, and nothing left running afterwards."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from onecert.adapters.demo import PROVIDERS, STORY, Federation, StartupError
+from onecert.adapters.demo import PROVIDERS, STORY, Federation, StartupError, number_to_recycle
 from onecert.gateway._masking import mask_display_name
 
 FORMER, CURRENT = STORY.former_number, STORY.current_number
@@ -46,17 +48,62 @@ def assert_all_stopped(directory: Path) -> None:
     assert still == {}
 
 
-@pytest.mark.slow
-def test_demo_shows_the_story(tmp_path: Path) -> None:
-    """`onecert demo` exits 0 having shown the left-behind payment account first, hers
-    next, the previous holder's as counts only, nothing of the next holder's, the down
-    provider as failed, and with every process it started stopped."""
-    directory = tmp_path / "demo"
+@dataclass(frozen=True)
+class DemoRun:
+    """One `onecert demo` run: its exit status, output and directory."""
+
+    returncode: int
+    out: str
+    err: str
+    directory: Path
+
+    def section(self, heading: str) -> list[str]:
+        """The lines under ``heading`` up to the next heading."""
+        lines = self.out.splitlines()
+        start = lines.index(heading) + 2
+        end = next(
+            (i - 1 for i in range(start + 1, len(lines)) if re.fullmatch(r"-+", lines[i])),
+            len(lines),
+        )
+        return lines[start:end]
+
+    def logs(self) -> dict[str, str]:
+        return {p.name: p.read_text() for p in sorted((self.directory / "logs").glob("*.log"))}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    """`onecert demo`, run once for this module's tests."""
+    directory = tmp_path_factory.mktemp("demo") / "demo"
     run = subprocess.run(
-        demo_command(directory), capture_output=True, text=True, timeout=120, check=False
+        demo_command(directory), capture_output=True, text=True, timeout=170, check=False
     )
-    out = run.stdout
-    assert run.returncode == 0, out + run.stderr
+    return DemoRun(run.returncode, run.stdout, run.stderr, directory)
+
+
+def compliance_rows(lines: list[str]) -> dict[str, dict[str, str]]:
+    """The compliance table's rows, by provider id."""
+    columns = (
+        "notices", "delivered", "acked", "on_time", "late", "never", "awaiting",
+        "done", "rejected", "failed", "median",
+    )  # fmt: skip
+    rows = {}
+    for line in lines:
+        match = re.fullmatch(r"\s*.+? \(([a-z0-9._-]+)\)\s{2,}(\S+(?: \S+)?)\s{2,}(.*)", line)
+        if match and not line.strip().startswith("provider "):
+            values = dict(zip(columns, match.group(3).split(), strict=True))
+            rows[match.group(1)] = {"status": match.group(2), **values}
+    return rows
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_demo_shows_the_story(demo: DemoRun) -> None:
+    """`onecert demo` exits 0 having shown the left-behind payment account first, hers
+    next, the previous holder's as counts only, nothing of the next holder's, and the
+    down provider as failed."""
+    out, directory = demo.out, demo.directory
+    assert demo.returncode == 0, out + demo.err
 
     lines = out.splitlines()
     left = [i for i, line in enumerate(lines) if "!! left behind" in line]
@@ -68,23 +115,7 @@ def test_demo_shows_the_story(tmp_path: Path) -> None:
     assert FORMER in lines[left[0]]
     assert "payment" in lines[left[0]]
 
-    hidden = [
-        *STORY.display_names(STORY.next_holder_accounts),
-        *STORY.display_names(STORY.previous_holder_accounts),
-    ]
-    lookup = (directory / "lookup.json").read_text()
-    for name in hidden:
-        for text in (out, run.stderr, lookup):
-            assert name not in text
-            assert mask_display_name(name) not in text
-    # The only numbers shown are hers.
-    assert set(re.findall(r"\+?86\d{11}", out)) <= {FORMER, CURRENT}
-    for number in (STORY.next_holder_other_number, STORY.previous_holder_new_number):
-        digits = number.removeprefix("+86")
-        assert digits not in out
-        assert digits not in lookup
-
-    document = json.loads(lookup)
+    document = json.loads((directory / "lookup.json").read_text())
     results = document["results"]
     by_key = {(r["provider_id"], r["msisdn"]): r for r in results}
     assert [a["attribution"] for a in by_key["coinpurse", FORMER]["accounts"]] == ["left_behind"]
@@ -103,9 +134,127 @@ def test_demo_shows_the_story(tmp_path: Path) -> None:
     assert by_key[DOWN.id, CURRENT]["outcome"] == "failed"
     assert re.search(rf"failed\s+{DOWN.name}", out)
     assert document["summary"]["total"]["failed"] == 2
-
     assert "Total:" in out
-    assert_all_stopped(directory)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_demo_unbinds_with_a_receipt(demo: DemoRun) -> None:
+    """She unbinds the left-behind payment account: the receipt says DONE from the
+    payment provider after one attempt, and a second lookup no longer lists it."""
+    assert demo.returncode == 0, demo.out + demo.err
+    section = demo.section("She unbinds the left-behind wallet")
+    receipt = {
+        m.group(1): m.group(2)
+        for line in section
+        if (m := re.fullmatch(r"    (\S+(?: \S+)?)\s{2,}(.+)", line))
+    }
+    assert receipt["provider"] == "Coinpurse Pay (coinpurse)"
+    assert receipt["state"] == "done (final)"
+    assert receipt["provider's answer"] == "done"
+    assert receipt["reason"] == "owner request"
+    assert receipt["attempts"] == "1"
+    assert re.fullmatch(r"ut_[A-Za-z0-9_-]+", receipt["ticket"])
+    assert receipt["answered"] != "-"
+    assert any(
+        "looked up again: Coinpurse Pay lists nothing on " + FORMER in line for line in section
+    )
+
+    after = json.loads((demo.directory / "lookup-after-unbind.json").read_text())
+    by_key = {(r["provider_id"], r["msisdn"]): r for r in after["results"]}
+    assert by_key["coinpurse", FORMER]["outcome"] == "answered"
+    assert by_key["coinpurse", FORMER]["accounts"] == []
+    attributions = [a["attribution"] for r in after["results"] for a in r["accounts"]]
+    assert "left_behind" not in attributions
+    # Her own accounts are untouched.
+    assert attributions.count("mine") == len(STORY.mine)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_demo_notice_and_compliance(demo: DemoRun) -> None:
+    """A carrier reports a recycled number: every running provider but the one that
+    ignores notices acts on time, and the regulator's report names that one (and the
+    down provider) as never having acted, with the payment provider's unbind done."""
+    assert demo.returncode == 0, demo.out + demo.err
+    notice = demo.section("A recycled number: the notice, and who acts on it")
+    assert any(re.search(r"notice nt_\S+ recorded, going to 7 providers", x) for x in notice)
+    assert any("Kindred Hearts" in x and "no action confirmed" in x for x in notice)
+    assert any("Teahouse Forum" in x and "fetched by polling" in x and "acted" in x for x in notice)
+    assert any("the deadline passed" in x for x in notice)
+
+    rows = compliance_rows(demo.section("The regulator's compliance report"))
+    assert set(rows) == {p.id for p in PROVIDERS}
+    ignoring = {p.id for p in PROVIDERS if p.ignores_notices}
+    assert ignoring == {"kindred"}
+    for spec in PROVIDERS:
+        row = rows[spec.id]
+        assert row["notices"] == "1"
+        if spec.id in ignoring:
+            assert (row["status"], row["acked"], row["never"]) == ("non-compliant", "1", "1")
+        elif spec.down:
+            assert (row["status"], row["delivered"], row["never"]) == ("non-compliant", "0", "1")
+        else:
+            assert (row["status"], row["on_time"], row["never"]) == ("ok", "1", "0"), spec.id
+    assert rows["coinpurse"]["done"] == "1"
+    assert all(rows[p]["done"] == "0" for p in rows if p != "coinpurse")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_demo_verifies_the_audit_log(demo: DemoRun) -> None:
+    """The demo ends by verifying the audit chain of the gateway's database."""
+    assert demo.returncode == 0, demo.out + demo.err
+    [line] = demo.section("The audit log")[:1]
+    match = re.fullmatch(r"  onecert audit verify: OK, (\d+) rows, .*", line)
+    assert match
+    assert int(match.group(1)) >= 5  # two lookups, an unbind, a notice at least
+    assert (demo.directory / "onecert.db").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_demo_shows_nothing_of_other_people(demo: DemoRun) -> None:
+    """Neither the output nor any log nor the lookups' JSON holds the other holders'
+    names or account names, and the only raw numbers shown are hers."""
+    assert demo.returncode == 0, demo.out + demo.err
+    texts = {
+        "stdout": demo.out,
+        "stderr": demo.err,
+        "lookup.json": (demo.directory / "lookup.json").read_text(),
+        "lookup-after-unbind.json": (demo.directory / "lookup-after-unbind.json").read_text(),
+        **demo.logs(),
+    }
+    hidden = [
+        STORY.next_holder.name,
+        STORY.previous_holder.name,
+        *STORY.display_names(STORY.next_holder_accounts),
+        *STORY.display_names(STORY.previous_holder_accounts),
+    ]
+    others = [
+        STORY.next_holder_other_number,
+        STORY.previous_holder_new_number,
+        number_to_recycle().msisdn,
+    ]
+    for where, text in texts.items():
+        for name in hidden:
+            assert name not in text, where
+            assert mask_display_name(name) not in text, where
+        for number in others:
+            assert number.removeprefix("+86") not in text, where
+    # The only numbers shown are hers; the logs show none at all.
+    assert set(re.findall(r"\+?86\d{11}", demo.out)) <= {FORMER, CURRENT}
+    for name, log in demo.logs().items():
+        assert not re.search(r"\+?86\d{11}", log), name
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_demo_leaves_nothing_running(demo: DemoRun) -> None:
+    """After the demo every process it started has exited."""
+    assert demo.returncode == 0, demo.out + demo.err
+    assert_all_stopped(demo.directory)
+    assert "Stopping 9 processes" in demo.out
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ import re
 from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,11 +16,14 @@ from onecert.adapters.demo import (
     DEFAULT_SEED,
     PROVIDERS,
     STORY,
+    ProviderSpec,
     Subscription,
     UserRecord,
+    carrier_of,
     carrier_subscriptions,
     document_number,
     make_provider_data,
+    number_to_recycle,
     population,
     provider_users,
 )
@@ -270,3 +274,52 @@ def test_story_people_have_valid_documents() -> None:
     people = [STORY.citizen, STORY.next_holder, STORY.previous_holder]
     assert all(valid_document(p.document_number) for p in people)
     assert len({p.document_number for p in people}) == 3
+
+
+@few
+@given(seed=seeds)
+def test_numbers_sit_in_their_carriers_blocks(seed: int) -> None:
+    """Every carrier record's number lies in that carrier's number blocks and in no
+    other carrier's, so the gateway's carrier prefixes match the records."""
+    for carrier in CARRIERS:
+        for sub in carrier_subscriptions(carrier.id, seed):
+            assert [c.id for c in CARRIERS if c.serves(sub.msisdn)] == [carrier.id]
+            assert carrier_of(sub.msisdn) is carrier
+
+
+def test_carrier_blocks() -> None:
+    """A block is a prefix or an inclusive range of equal-length prefixes; a number
+    outside every block has no demo carrier."""
+    bluefinch = next(c for c in CARRIERS if c.id == "bluefinch")
+    assert bluefinch.serves("+8613512345678")
+    assert bluefinch.serves("+8617712345678")
+    assert not bluefinch.serves("+8617612345678")
+    # Too short to hold the block's prefix.
+    assert not bluefinch.serves("+8613")
+    with pytest.raises(ValueError, match="no demo carrier"):
+        carrier_of("+4915112345678")
+
+
+@few
+@given(seed=seeds)
+def test_number_to_recycle(seed: int) -> None:
+    """The number the demo's carrier recycles is a filler number of the carrier that
+    recycled the citizen's old one, bound at the provider that ignores notices and
+    at two more running providers, and the same for the same seed."""
+    chosen = number_to_recycle(seed)
+    assert chosen == number_to_recycle(seed)
+    assert chosen.carrier_id == STORY.former_carrier
+    assert chosen.msisdn not in STORY.numbers
+    holders = {
+        p.id for p in PROVIDERS if not p.down
+        for u in provider_users(p.id, seed) if u.phone == chosen.msisdn
+    }  # fmt: skip
+    assert {p.id for p in PROVIDERS if p.ignores_notices} <= holders
+    assert len(holders) >= 3
+
+
+def test_provider_spec_notices() -> None:
+    """A provider receives notices by push or by poll; anything else is refused."""
+    assert ProviderSpec("x", "X", ProviderCategory.OTHER, notices="poll").notices == "poll"
+    with pytest.raises(ValueError, match="push' or 'poll"):
+        ProviderSpec("x", "X", ProviderCategory.OTHER, notices="email")

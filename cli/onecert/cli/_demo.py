@@ -1,9 +1,13 @@
-"""``onecert demo``: a whole federation on this machine, and one citizen's lookup.
+"""``onecert demo``: a whole federation on this machine, and one citizen's story.
 
 It makes fresh dev keys, starts the demo carriers and providers (one process
-each, mutual TLS), starts a production-mode gateway, looks up the citizen of
-the demo's story as the portal would, prints the merged list, and stops
-every process again. See ``onecert.adapters.demo`` for the data.
+each, mutual TLS), starts a production-mode gateway (its state in a SQLite
+file), looks up the citizen of the demo's story as the portal would, prints
+the merged list, unbinds her left-behind account and shows the receipt,
+has a carrier report a recycled number that one provider ignores, prints the
+regulator's compliance report, verifies the audit chain, and stops every
+process again. Each caller uses its own client certificate. See
+``onecert.adapters.demo`` for the data.
 """
 
 from __future__ import annotations
@@ -11,10 +15,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import signal
 import sys
+import textwrap
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -22,19 +29,41 @@ from onecert.cli import CommandError
 
 if TYPE_CHECKING:
     from onecert.adapters.demo import Federation, ProviderSpec
-    from onecert.sdk.client import Result, Started, Summary
+    from onecert.gateway.store import Delivery
+    from onecert.sdk.client import (
+        ComplianceReport,
+        GatewayClient,
+        Receipt,
+        Result,
+        Started,
+        Summary,
+        TicketState,
+    )
+
+    _Line = Callable[[str], None]
 
 _WIDTH = 78
+# How often the citizen's receipt and the notice's deliveries are looked at.
+_WATCH_S = 0.1
+# The longest the demo waits for an unbind to be final, or for a notice's
+# deliveries to settle after its deadline.
+_UNBIND_PATIENCE_S = 20.0
+_NOTICE_PATIENCE_S = 5.0
+# How long a notice's line is held back, so that lines come in time order.
+_HOLD_S = 0.3
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     parser = sub.add_parser(
         "demo",
-        help="run a demo federation on this machine and look up one citizen",
+        help="run a demo federation on this machine: lookup, unbind, notices, compliance",
         description=(
-            "Start two carriers, seven providers (one slow, one down) and a gateway on this "
-            "machine, each its own process speaking mutual TLS with fresh dev keys; look up "
-            "a citizen whose old number was recycled; print her merged list; stop everything."
+            "Start two carriers, seven providers (one slow, one down, one that ignores "
+            "recycled-number notices) and a gateway on this machine, each its own process "
+            "speaking mutual TLS with fresh dev keys; look up a citizen whose old number was "
+            "recycled; print her merged list; unbind her left-behind account and show the "
+            "receipt; have a carrier report a recycled number; print the regulator's "
+            "compliance report; verify the audit log; stop everything."
         ),
     )
     parser.add_argument(
@@ -50,7 +79,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument(
         "--keep-running",
         action="store_true",
-        help="leave the federation running after the lookup, until Ctrl-C",
+        help="leave the federation running at the end, until Ctrl-C",
     )
     parser.set_defaults(handler=_demo)
 
@@ -69,6 +98,14 @@ class _Out:
         self()
         self(text)
         self("-" * len(text))
+
+    def paragraph(self, text: str) -> None:
+        """``text`` wrapped to the demo's width, indented like the steps."""
+        self(textwrap.fill(text, _WIDTH, initial_indent="  ", subsequent_indent="  "))
+
+    def bullet(self, text: str) -> None:
+        """``text`` as a list item, wrapped to the demo's width."""
+        self(textwrap.fill(text, _WIDTH, initial_indent="  * ", subsequent_indent="    "))
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -135,7 +172,8 @@ async def _run(federation: Federation, out: _Out, *, keep_running: bool) -> int:
         _intro(federation, out)
         _story(federation, out)
         out.heading("Setting up")
-        (federation.directory / "lookup.json").unlink(missing_ok=True)
+        for name in ("lookup.json", "lookup-after-unbind.json"):
+            (federation.directory / name).unlink(missing_ok=True)
         begun = time.perf_counter()
         try:
             await federation.start(on_step=lambda step, took: _step(federation, out, step, took))
@@ -144,8 +182,17 @@ async def _run(federation: Federation, out: _Out, *, keep_running: bool) -> int:
             out("Some processes did not start:")
             out(str(exc))
             return 1
-        ok = await _lookup(federation, out, setup_s=time.perf_counter() - begun)
-        if not ok:
+        portal = _Portal(federation)
+        results = await _lookup(federation, out, portal, setup_s=time.perf_counter() - begun)
+        if results is None:
+            return 1
+        if not await _unbind_left_behind(federation, out, portal, results):
+            return 1
+        if not await _recycled_notice(federation, out):
+            return 1
+        if not await _compliance(federation, out):
+            return 1
+        if not await _audit(federation, out):
             return 1
         if keep_running:
             _keep_running_help(federation, out)
@@ -243,6 +290,7 @@ def _story(federation: Federation, out: _Out) -> None:
         "It came with accounts its"
     )
     out("    previous holder never unbound.")
+    ignoring = [p.name for p in federation.providers if p.ignores_notices and not p.down]
     out.heading("What to look for")
     out("  * her left-behind payment account, listed first: whoever holds her old number")
     out("    now receives its SMS codes;")
@@ -252,35 +300,54 @@ def _story(federation: Federation, out: _Out) -> None:
     if slow or down:
         parts = [f"{', '.join(slow)} is slow"] if slow else []
         parts += [f"{', '.join(down)} is down"] if down else []
-        out(f"  * {' and '.join(parts)}: the other providers do not wait for them.")
+        out.bullet(f"{' and '.join(parts)}: the other providers do not wait for them;")
+    out.bullet("she unbinds the left-behind wallet and gets a receipt from the provider;")
+    ignores = f" ({', '.join(ignoring)} ignores it)" if ignoring else ""
+    out.bullet(
+        f"{carriers[s.former_carrier]} reports a number it gave to a new subscriber: every "
+        f"provider must act on the notice before a deadline{ignores};"
+    )
+    out.bullet("the regulator's compliance report names who acted on time, and who never did.")
 
 
 # ------------------------------------------------------------------ the lookup
 
 
-def _mint_assertion(federation: Federation) -> str:
-    from onecert.adapters.demo import STORY  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
-    from onecert.gateway._config import load_config  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
-    from onecert.gateway._identity import AssertionIssuer  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
-    from onecert.sdk._idn import compute_idn  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
-    from onecert.sdk._keys import SigningKey  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
-    from onecert.sdk.devkeys import read_hex_key  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+class _Portal:
+    """What the portal holds for the citizen: an identity assertion per call.
 
-    config = load_config(federation.config_path)
-    keys = federation.keys
-    # What the identity service does after checking her: hash the document
-    # number with the key it shares with the carriers, sign an assertion.
-    idn = compute_idn(read_hex_key(keys.idn_key), STORY.citizen.document_number)
-    issuer = AssertionIssuer(
-        key=SigningKey.load(keys.identity_key), issuer=config.identity.issuers[0].issuer
-    )
-    return issuer.mint(
-        sub=STORY.citizen_sub,
-        idn=idn,
-        audience=config.identity.audience,
-        acr=config.identity.required_assurance,
-        lifetime=120,
-    )
+    Assertions are good for one call (the gateway remembers each ``jti``),
+    so every lookup, unbind and receipt gets a fresh one.
+    """
+
+    def __init__(self, federation: Federation) -> None:
+        from onecert.adapters.demo import STORY  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+        from onecert.gateway._config import load_config  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+        from onecert.gateway._identity import AssertionIssuer  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+        from onecert.sdk._idn import compute_idn  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+        from onecert.sdk._keys import SigningKey  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+        from onecert.sdk.devkeys import read_hex_key  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+
+        self._config = load_config(federation.config_path)
+        keys = federation.keys
+        # What the identity service does after checking her: hash the document
+        # number with the key it shares with the carriers, sign an assertion.
+        self._idn = compute_idn(read_hex_key(keys.idn_key), STORY.citizen.document_number)
+        self._sub = STORY.citizen_sub
+        self._issuer = AssertionIssuer(
+            key=SigningKey.load(keys.identity_key), issuer=self._config.identity.issuers[0].issuer
+        )
+        self.tls = federation.client_tls("portal")
+
+    def assertion(self) -> str:
+        """A fresh assertion for her: two minutes, one use."""
+        return self._issuer.mint(
+            sub=self._sub,
+            idn=self._idn,
+            audience=self._config.identity.audience,
+            acr=self._config.identity.required_assurance,
+            lifetime=120,
+        )
 
 
 def _result_line(result: Result) -> str:
@@ -303,23 +370,23 @@ def _result_line(result: Result) -> str:
     return ", ".join(parts) or "nothing to show"
 
 
-async def _lookup(federation: Federation, out: _Out, *, setup_s: float) -> bool:
+async def _lookup(
+    federation: Federation, out: _Out, portal: _Portal, *, setup_s: float
+) -> list[Result] | None:
     from onecert.cli._lookup import render_table, to_json  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
     from onecert.sdk.client import GatewayClient, GatewayError, Result, Started, Summary  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
 
     names = {p.id: p.name for p in federation.providers}
     carriers = {c.id: c.name for c in federation.carriers}
     out.heading("The lookup, as the portal runs it")
-    assertion = _mint_assertion(federation)
+    assertion = portal.assertion()
     out("  identity assertion signed for her (2 minutes, one use); asking the gateway ...")
     started: Started | None = None
     results: list[Result] = []
     summary: Summary | None = None
     begun = time.perf_counter()
     try:
-        async with GatewayClient(
-            federation.gateway_address, tls=federation.client_tls("portal")
-        ) as client:
+        async with GatewayClient(federation.gateway_address, tls=portal.tls) as client:
             async for update in client.lookup(assertion, timeout=20):
                 at = time.perf_counter() - begun
                 if isinstance(update, Started):
@@ -343,12 +410,12 @@ async def _lookup(federation: Federation, out: _Out, *, setup_s: float) -> bool:
     except GatewayError as exc:
         out(f"  the gateway refused the lookup: {exc}")
         _tail(federation, out, "gateway")
-        return False
+        return None
     took = time.perf_counter() - begun
     if started is None or summary is None:
         out("  the gateway ended the lookup without a summary")
         _tail(federation, out, "gateway")
-        return False
+        return None
     out.heading("Her merged list")
     out(render_table(started, results, summary))
     document = to_json(started, results, summary)
@@ -369,6 +436,385 @@ async def _lookup(federation: Federation, out: _Out, *, setup_s: float) -> bool:
             f"{slowest.elapsed.total_seconds() * 1000:.0f} ms "
             f"(slowest: {names.get(slowest.provider_id, slowest.provider_name)})"
         )
+    return results
+
+
+# ------------------------------------------------------------------ the unbind
+
+
+def _when(value: datetime | None) -> str:
+    if value is None:
+        return "-"
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
+
+
+def _receipt_lines(receipt: Receipt, provider: str) -> list[str]:
+    answer = receipt.provider_outcome.value if receipt.provider_outcome else "-"
+    if receipt.provider_reason:
+        answer += f" ({receipt.provider_reason})"
+    rows = [
+        ("ticket", receipt.ticket_id),
+        ("provider", f"{provider} ({receipt.provider_id})"),
+        ("reason", receipt.reason.value.replace("_", " ") if receipt.reason else "-"),
+        ("state", receipt.state.value + (" (final)" if receipt.final else "")),
+        ("attempts", str(receipt.attempts)),
+        ("requested", _when(receipt.created_at)),
+        ("provider's answer", answer),
+        ("answered", _when(receipt.answered_at)),
+    ]
+    if receipt.last_error:
+        rows.append(("last error", receipt.last_error))
+    width = max(len(name) for name, _ in rows)
+    return [f"    {name.ljust(width)}  {value}" for name, value in rows]
+
+
+def _attempts(n: int) -> str:
+    return f"{n} attempt" + ("" if n == 1 else "s")
+
+
+async def _unbind_left_behind(
+    federation: Federation, out: _Out, portal: _Portal, results: Sequence[Result]
+) -> bool:
+    from onecert.sdk.client import Attribution, GatewayClient, GatewayError  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+
+    names = {p.id: p.name for p in federation.providers}
+    out.heading("She unbinds the left-behind wallet")
+    found = next(
+        (
+            (result, account)
+            for result in results
+            for account in result.accounts
+            if account.attribution is Attribution.LEFT_BEHIND and account.handle
+        ),
+        None,
+    )
+    if found is None:
+        out("  the lookup showed no left-behind account to unbind")
+        return False
+    result, account = found
+    provider = names.get(result.provider_id, result.provider_name)
+    out.paragraph(
+        f"Unbind with the handle of her {provider} account on {result.msisdn} (sealed by "
+        "the gateway, for her alone) and a fresh assertion; the gateway commits a ticket and "
+        "delivers it to the provider in the background. She watches the ticket, each look "
+        "with a fresh assertion too."
+    )
+    begun = time.perf_counter()
+
+    def line(text: str) -> None:
+        out(f"  {time.perf_counter() - begun:5.2f} s  {text}")
+
+    try:
+        async with GatewayClient(federation.gateway_address, tls=portal.tls) as client:
+            ticket = await client.unbind(portal.assertion(), account.handle)
+            news = "new" if ticket.created else "already requested"
+            line(f"ticket {ticket.ticket_id}: {ticket.state.value} ({news}), answered at once")
+            receipt = await _watch_ticket(client, portal, ticket.ticket_id, ticket.state, line)
+            if receipt is None:
+                _tail(federation, out, "gateway")
+                return False
+            out("  The receipt:")
+            for text in _receipt_lines(receipt, provider):
+                out(text)
+            if receipt.state.value != "done":
+                out(f"  {provider} did not unbind the account")
+                return False
+            return await _look_again(federation, out, client, portal, unbound=result, line=line)
+    except GatewayError as exc:
+        out(f"  the gateway refused: {exc}")
+        _tail(federation, out, "gateway")
+        return False
+
+
+async def _watch_ticket(
+    client: GatewayClient, portal: _Portal, ticket_id: str, state: TicketState, line: _Line
+) -> Receipt | None:
+    """Poll the receipt until it is final; print each change of state."""
+    patience = time.perf_counter() + _UNBIND_PATIENCE_S
+    while True:
+        receipt = await client.get_unbind(portal.assertion(), ticket_id)
+        if receipt.state is not state:
+            state = receipt.state
+            text = f"{state.value} after {_attempts(receipt.attempts)}"
+            if receipt.last_error and not receipt.final:
+                text += f"; last error: {receipt.last_error}"
+            line(text)
+        if receipt.final:
+            return receipt
+        if time.perf_counter() > patience:
+            line(f"still {state.value} after {_UNBIND_PATIENCE_S:g} s; giving up watching")
+            return None
+        await asyncio.sleep(_WATCH_S)
+
+
+async def _look_again(
+    federation: Federation,
+    out: _Out,
+    client: GatewayClient,
+    portal: _Portal,
+    *,
+    unbound: Result,
+    line: _Line,
+) -> bool:
+    """A second lookup (fresh assertion): the unbound account is gone."""
+    from onecert.cli._lookup import to_json  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+    from onecert.sdk.client import Attribution, CallOutcome, Result, Started, Summary  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+
+    started: Started | None = None
+    summary: Summary | None = None
+    results: list[Result] = []
+    async for update in client.lookup(portal.assertion(), timeout=20):
+        if isinstance(update, Started):
+            started = update
+        elif isinstance(update, Result):
+            results.append(update)
+        elif isinstance(update, Summary):
+            summary = update
+    if started is None or summary is None:
+        out("  the gateway ended the second lookup without a summary")
+        return False
+    (federation.directory / "lookup-after-unbind.json").write_text(
+        json.dumps(to_json(started, results, summary), indent=2, ensure_ascii=False) + "\n",
+        encoding="utf-8",
+    )
+    names = {p.id: p.name for p in federation.providers}
+    provider = names.get(unbound.provider_id, unbound.provider_name)
+    left = sum(a.attribution is Attribution.LEFT_BEHIND for r in results for a in r.accounts)
+    same = next(
+        (r for r in results if r.provider_id == unbound.provider_id and r.msisdn == unbound.msisdn),
+        None,
+    )
+    if same is None or same.outcome is not CallOutcome.ANSWERED:
+        line(f"looked up again: {provider} did not answer for {unbound.msisdn}")
+        return False
+    if same.accounts or left:
+        line(f"looked up again: {left} account(s) still left behind")
+        return False
+    line(f"looked up again: {provider} lists nothing on {unbound.msisdn}; nothing left behind")
+    return True
+
+
+# ------------------------------------------------------------------ the notice
+
+
+def _short_error(text: str) -> str:
+    """A delivery error's gist: its status code, or its first clause (numbers masked)."""
+    from onecert.sdk._msisdn import mask_numbers_in_text  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+
+    first = text.split(";", 1)[0].strip()
+    code, sep, _ = first.partition(":")
+    if sep and code.isupper() and code.replace("_", "").isalpha():
+        return code
+    return mask_numbers_in_text(first)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _delivery_update(delivery: Delivery, now: datetime) -> tuple[datetime, str] | None:
+    """Where one provider's copy of the notice stands, and since when (None: nothing yet)."""
+    from onecert.gateway.store import DeliveryMode, DeliveryState  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+
+    how = "fetched by polling" if delivery.mode is DeliveryMode.POLL else "pushed"
+    if delivery.state is DeliveryState.FAILED:
+        # "not acknowledged before the deadline; last error: UNAVAILABLE: ..."
+        codes = re.findall(r"\b[A-Z][A-Z_]{3,}\b", delivery.last_error or "")
+        why = codes[0] if codes else _short_error(delivery.last_error or "no reason given")
+        return now, f"never delivered ({why}); given up at the deadline"
+    if delivery.state is DeliveryState.ACKNOWLEDGED:
+        if delivery.acted_at is None:
+            return delivery.acknowledged_at or now, f"{how}, acknowledged; no action confirmed"
+        removed = _plural(delivery.bindings_removed or 0, "binding")
+        return delivery.acted_at, f"{how}, acknowledged, acted: {removed} removed"
+    if delivery.last_error:
+        why = _short_error(delivery.last_error)
+        return now, f"unreachable ({why}); retried until the deadline"
+    if delivery.delivered_at is not None:
+        return delivery.delivered_at, how
+    return None
+
+
+async def _recycled_notice(federation: Federation, out: _Out) -> bool:
+    from onecert.adapters.demo import number_to_recycle  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+    from onecert.sdk._msisdn import mask_msisdn  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+    from onecert.sdk.client import CarrierGatewayClient, GatewayError, NumberEventType  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+
+    handed_over = number_to_recycle(federation.seed)
+    carrier = next((c for c in federation.carriers if c.id == handed_over.carrier_id), None)
+    if carrier is None:
+        return True  # a federation without the story's carrier: nothing to report
+    # The number is someone else's: shown masked, like in every log.
+    number = mask_msisdn(handed_over.msisdn)
+    out.heading("A recycled number: the notice, and who acts on it")
+    out.paragraph(
+        f"Today {carrier.name} gives {number}, given up by its last subscriber, to a new "
+        "one: accounts bound to it before today are not the new holder's. The carrier "
+        "reports it with ReportNumberEvent and its own client certificate (it may report "
+        f"numbers in {', '.join(carrier.prefixes)} only). Every provider gets a notice "
+        f"signed by the gateway and {federation.notice_deadline_s:g} s to act (days in "
+        "production). As the gateway's database records it:"
+    )
+    try:
+        async with CarrierGatewayClient(
+            federation.gateway_address, tls=federation.client_tls(carrier.id)
+        ) as client:
+            reported = await client.report_number_event(
+                event_id=f"{carrier.id}-handover-1",
+                msisdn=handed_over.msisdn,
+                event_type=NumberEventType.RECYCLED,
+                effective_at=datetime.now(UTC),
+            )
+    except GatewayError as exc:
+        out(f"  the gateway refused the report: {exc}")
+        _tail(federation, out, "gateway")
+        return False
+    out(
+        f"   0.00 s  notice {reported.notice_id} recorded, going to "
+        f"{_plural(reported.providers, 'provider')}"
+    )
+    await _watch_deliveries(federation, out, reported.notice_id)
+    return True
+
+
+async def _watch_deliveries(federation: Federation, out: _Out, notice_id: str) -> None:
+    """Print each provider's copy of the notice as it changes, timed from when the
+    notice was recorded, until its deadline has passed and every copy is settled."""
+    from datetime import timedelta  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+
+    from onecert.gateway.store import DeliveryState, Store  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+
+    names = {p.id: p.name for p in federation.providers}
+    width = max(len(n) for n in names.values())
+    shown: dict[str, str] = {}
+    # Lines wait a moment before they are printed: a copy settled a little
+    # earlier may show up in the database a little later, and the lines
+    # should come in the order things happened.
+    held: list[tuple[float, str]] = []
+    deadline_told = False
+    store = Store.open(federation.store_url)
+    try:
+        while True:
+            deliveries = await store.notice_deliveries(notice_id)
+            now = datetime.now(UTC)
+            if not deliveries:
+                return
+            notice = deliveries[0].notice
+
+            def since(when: datetime, recorded: datetime = notice.recorded_at) -> float:
+                return max(0.0, (when - recorded).total_seconds())
+
+            news = []
+            for delivery in deliveries:
+                update = _delivery_update(delivery, now)
+                if update is not None and shown.get(delivery.provider_id) != update[1]:
+                    shown[delivery.provider_id] = update[1]
+                    name = names.get(delivery.provider_id, delivery.provider_id)
+                    news.append((since(update[0]), f"{name:<{width}}  {update[1]}"))
+            if now > notice.deadline and not deadline_told:
+                deadline_told = True
+                never = sorted(
+                    names.get(d.provider_id, d.provider_id)
+                    for d in deliveries
+                    if d.acted_at is None
+                )
+                tail = f"; no action from {', '.join(never)}" if never else ""
+                news.append((since(notice.deadline), f"the deadline passed{tail}"))
+            held.extend(news)
+            settled = all(d.state is not DeliveryState.PENDING for d in deliveries)
+            done = deadline_told and settled
+            late = now > notice.deadline + timedelta(seconds=_NOTICE_PATIENCE_S)
+            ripe = since(now) - _HOLD_S
+            held.sort()
+            while held and (done or late or held[0][0] <= ripe):
+                at, text = held.pop(0)
+                out(f"  {at:5.2f} s  {text}")
+            if done:
+                return
+            if late:
+                out("  (some copies are still being retried; moving on)")
+                return
+            await asyncio.sleep(_WATCH_S)
+    finally:
+        await store.close()
+
+
+# ------------------------------------------------------------------ the regulator
+
+
+def _as_table(report: ComplianceReport) -> Any:
+    """The client's report as the gateway's renderer takes it."""
+    import dataclasses  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+
+    from onecert.gateway import _compliance  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+
+    wanted = [f.name for f in dataclasses.fields(_compliance.ProviderCompliance)]
+    return _compliance.ComplianceReport(
+        generated_at=report.generated_at or datetime.now(UTC),
+        providers=tuple(
+            _compliance.ProviderCompliance(**{name: getattr(p, name) for name in wanted})
+            for p in report.providers
+        ),
+    )
+
+
+async def _compliance(federation: Federation, out: _Out) -> bool:
+    from onecert.adapters.demo import ADMIN_CN  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+    from onecert.gateway._compliance import render_table  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+    from onecert.sdk.client import AdminGatewayClient, GatewayError  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+
+    out.heading("The regulator's compliance report")
+    out(f"  GetComplianceReport, with the regulator's client certificate (CN={ADMIN_CN}):")
+    try:
+        async with AdminGatewayClient(
+            federation.gateway_address, tls=federation.client_tls(ADMIN_CN)
+        ) as client:
+            report = await client.compliance_report(timeout=10)
+    except GatewayError as exc:
+        out(f"  the gateway refused the report: {exc}")
+        _tail(federation, out, "gateway")
+        return False
+    out()
+    for text in render_table(_as_table(report)).splitlines():
+        out(f"  {text}".rstrip())
+    specs = {p.id: p for p in federation.providers}
+    notes = []
+    for line in report.providers:
+        spec = specs.get(line.provider_id)
+        name = spec.name if spec else line.provider_name
+        if not line.never_acted:
+            continue
+        if spec is not None and spec.down:
+            notes.append(f"{name} is down: the notice never reached it, so it never acted.")
+        elif line.notices_acknowledged:
+            notes.append(
+                f"{name} acknowledged the notice and never acted: what it has bound to "
+                "that number stays bound, for whoever holds the number now."
+            )
+    if notes:
+        out()
+        for note in notes:
+            out.paragraph(note)
+    return True
+
+
+async def _audit(federation: Federation, out: _Out) -> bool:
+    from onecert.gateway.store import Store  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+
+    out.heading("The audit log")
+    store = Store.open(federation.store_url)
+    try:
+        result = await store.verify_audit()
+    finally:
+        await store.close()
+    if not result.ok:
+        where = "" if result.first_broken_seq is None else f" at row {result.first_broken_seq}"
+        out(f"  audit verify: BROKEN{where}: {result.reason}")
+        return False
+    out(
+        f"  onecert audit verify: OK, {result.rows_checked} rows, each holding the hash of "
+        "the one before"
+    )
     return True
 
 
@@ -382,7 +828,7 @@ def _tail(federation: Federation, out: _Out, name: str) -> None:
 
 
 def _keep_running_help(federation: Federation, out: _Out) -> None:
-    from onecert.adapters.demo import IDENTITY_ISSUER, STORY  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+    from onecert.adapters.demo import ADMIN_CN, IDENTITY_ISSUER, STORY  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
 
     keys = federation.keys
     out.heading("Still running (Ctrl-C stops everything)")
@@ -397,3 +843,10 @@ def _keep_running_help(federation: Federation, out: _Out) -> None:
         f"--cert {keys.client_cert('portal')} --key {keys.client_key('portal')} "
         f"--assertion {federation.directory / 'assertion.jwt'}"
     )
+    out("The regulator's report, and the audit log:")
+    out(
+        f"  onecert report compliance --gateway {federation.gateway_address} "
+        f"--ca {keys.ca_cert} --cert {keys.client_cert(ADMIN_CN)} "
+        f"--key {keys.client_key(ADMIN_CN)}"
+    )
+    out(f"  onecert audit verify --url {federation.store_url}")

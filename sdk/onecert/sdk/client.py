@@ -1,4 +1,6 @@
-"""A client for the gateway's citizen RPCs, for the portal.
+"""Clients of the gateway: the portal's (citizen RPCs), and those of providers,
+carriers and the regulator (:class:`ProviderGatewayClient`,
+:class:`CarrierGatewayClient`, :class:`AdminGatewayClient`).
 
 ::
 
@@ -39,28 +41,35 @@ from onecert.sdk._types import (
     TenureState,
     UnbindOutcome,
     UnbindReason,
+    coerce_enum,
 )
 from onecert.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
 __all__ = [
     "Account",
+    "AdminGatewayClient",
     "Attribution",
     "CallOutcome",
+    "CarrierGatewayClient",
     "CarrierStatus",
+    "ComplianceReport",
     "Coverage",
     "EventError",
     "GatewayClient",
     "GatewayError",
     "LookupUpdate",
     "NumberCoverage",
+    "NumberEventType",
     "NumberStatus",
     "PollResult",
     "PolledEvent",
+    "ProviderCompliance",
     "ProviderGatewayClient",
     "RateLimitedError",
     "Receipt",
     "RecycledAnswer",
     "RecycledStatus",
+    "ReportedEvent",
     "Result",
     "Started",
     "Summary",
@@ -842,3 +851,295 @@ class ProviderGatewayClient:
         except grpc.aio.AioRpcError as exc:
             raise GatewayError(exc.code(), exc.details() or "") from None
         return response.recorded
+
+
+# ------------------------------------------------------------ carriers, regulator
+
+
+class _CertifiedClient:
+    """A channel to the gateway for callers it knows by their client certificate.
+
+    A development gateway without TLS takes the name in ``dev_principal``
+    (metadata ``x-onecert-dev-principal``) instead.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        tls: ClientTLS | None,
+        insecure: bool,
+        dev_principal: str | None,
+        max_message_bytes: int,
+    ) -> None:
+        if (tls is None) == (not insecure):
+            raise ValueError("give either tls=ClientTLS(...) or insecure=True (development only)")
+        options: list[tuple[str, int | str]] = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+        if tls is None:
+            self._channel = grpc.aio.insecure_channel(target, options=options)
+        else:
+            self._channel = grpc.aio.secure_channel(
+                target, tls.credentials(), options=[*options, *tls.channel_options()]
+            )
+        self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
+        self._metadata: tuple[tuple[str, str], ...] = (
+            () if dev_principal is None else ((DEV_PRINCIPAL_HEADER, dev_principal),)
+        )
+        self.target = target
+
+    async def close(self) -> None:
+        """Close the channel; calls in flight are cancelled."""
+        await self._channel.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+class NumberEventType(enum.StrEnum):
+    """What happened to a carrier's number."""
+
+    CANCELLED = "cancelled"
+    """The subscriber cancelled it; the quiet period starts."""
+    RECYCLED = "recycled"
+    """It was given to a new subscriber."""
+
+
+_NUMBER_EVENT_TYPES = {
+    NumberEventType.CANCELLED: gateway_pb2.NUMBER_EVENT_TYPE_CANCELLED,
+    NumberEventType.RECYCLED: gateway_pb2.NUMBER_EVENT_TYPE_RECYCLED,
+}
+
+
+@dataclass(frozen=True)
+class ReportedEvent:
+    """What the gateway answers a carrier's event.
+
+    ``created`` is False when this event id had already been reported (the
+    notice recorded then is returned); ``providers`` is how many providers
+    the notice goes to.
+    """
+
+    notice_id: str
+    created: bool
+    providers: int
+
+
+class CarrierGatewayClient(_CertifiedClient):
+    """A carrier's client of the gateway: report cancelled and recycled numbers.
+
+    ::
+
+        async with CarrierGatewayClient("gateway.example:443", tls=ClientTLS(
+                ca_file="ca.pem", cert_file="me.pem", key_file="me.key.pem")) as gw:
+            await gw.report_number_event(event_id="ev-1042", msisdn="+8613800138000",
+                                         event_type="recycled", effective_at=handed_over)
+
+    The gateway knows you by your client certificate and accepts only
+    numbers in your configured prefixes.
+
+    Args:
+        target: ``host:port`` of the gateway.
+        tls: the CA to check the gateway and your client certificate.
+        insecure: plaintext, for a development gateway only.
+        dev_carrier_id: with ``insecure``: the carrier id to claim.
+        max_message_bytes: the largest message accepted from the gateway.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        tls: ClientTLS | None = None,
+        insecure: bool = False,
+        dev_carrier_id: str | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        if dev_carrier_id is not None and not insecure:
+            raise ValueError("dev_carrier_id is for insecure development gateways only")
+        super().__init__(
+            target,
+            tls=tls,
+            insecure=insecure,
+            dev_principal=None if dev_carrier_id is None else f"carrier:{dev_carrier_id}",
+            max_message_bytes=max_message_bytes,
+        )
+
+    async def report_number_event(
+        self,
+        *,
+        event_id: str,
+        msisdn: str,
+        event_type: NumberEventType | str,
+        effective_at: datetime,
+        quiet_period_ends_at: datetime | None = None,
+        timeout: float = 10.0,  # noqa: ASYNC109 - the gRPC deadline
+    ) -> ReportedEvent:
+        """Report that ``msisdn`` was cancelled or recycled at ``effective_at``.
+
+        Idempotent on ``event_id``: report again after a timeout with the
+        same id and content.
+
+        Args:
+            event_id: your id for the event (1 to 128 characters).
+            msisdn: the number (E.164), one you serve.
+            event_type: CANCELLED or RECYCLED (or "cancelled", "recycled").
+            effective_at: when it took effect (timezone-aware, not in the future).
+            quiet_period_ends_at: CANCELLED only: when the number may go to
+                someone else (the gateway's default quiet period otherwise).
+            timeout: seconds the call may take.
+
+        Raises:
+            ValueError: an unknown ``event_type`` or a naive datetime.
+            GatewayError: PERMISSION_DENIED (not your number), INVALID_ARGUMENT,
+                ALREADY_EXISTS (the same id with other content), UNAUTHENTICATED, ...
+        """
+        kind = coerce_enum(NumberEventType, event_type, "event_type")
+        request = gateway_pb2.ReportNumberEventRequest(
+            event_id=event_id, msisdn=msisdn, type=_NUMBER_EVENT_TYPES[kind]
+        )
+        request.effective_at.CopyFrom(_stamp(effective_at, "effective_at"))
+        if quiet_period_ends_at is not None:
+            request.quiet_period_ends_at.CopyFrom(
+                _stamp(quiet_period_ends_at, "quiet_period_ends_at")
+            )
+        try:
+            response = await self._stub.ReportNumberEvent(
+                request, timeout=timeout, metadata=self._metadata
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise GatewayError(exc.code(), exc.details() or "") from None
+        return ReportedEvent(response.notice_id, response.created, response.providers)
+
+
+@dataclass(frozen=True)
+class ProviderCompliance:
+    """One provider's line of the compliance report.
+
+    Every notice counts in exactly one of ``acted_on_time``, ``acted_late``,
+    ``never_acted`` (deadline passed, no action confirmed) and
+    ``awaiting_action`` (not due yet). ``unbind_median_time`` runs from a
+    ticket's creation to the provider's final answer; None without any.
+    """
+
+    provider_id: str
+    provider_name: str
+    notices_delivered: int
+    notices_acknowledged: int
+    acted_on_time: int
+    acted_late: int
+    never_acted: int
+    awaiting_action: int
+    unbinds_done: int
+    unbinds_rejected: int
+    unbinds_failed: int
+    unbind_median_time: timedelta | None
+
+    @property
+    def notices(self) -> int:
+        """Notices sent to this provider (delivered or not)."""
+        return self.acted_on_time + self.acted_late + self.never_acted + self.awaiting_action
+
+
+@dataclass(frozen=True)
+class ComplianceReport:
+    """The regulator's report: when the gateway made it, one line per provider."""
+
+    generated_at: datetime | None
+    providers: tuple[ProviderCompliance, ...]
+
+
+class AdminGatewayClient(_CertifiedClient):
+    """The regulator's client of the gateway: the compliance report.
+
+    ::
+
+        async with AdminGatewayClient("gateway.example:443", tls=ClientTLS(
+                ca_file="ca.pem", cert_file="regulator.pem",
+                key_file="regulator.key.pem")) as gw:
+            report = await gw.compliance_report()
+
+    The gateway grants the admin role to the client certificate CNs in its
+    ``[admin] client_cns``; a development gateway without TLS takes
+    ``insecure=True`` (as the dev admin).
+
+    Args:
+        target: ``host:port`` of the gateway.
+        tls: the CA to check the gateway and your client certificate.
+        insecure: plaintext, for a development gateway only.
+        max_message_bytes: the largest message accepted from the gateway.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        tls: ClientTLS | None = None,
+        insecure: bool = False,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        super().__init__(
+            target,
+            tls=tls,
+            insecure=insecure,
+            dev_principal="admin" if insecure else None,
+            max_message_bytes=max_message_bytes,
+        )
+
+    async def compliance_report(
+        self,
+        *,
+        since: datetime | None = None,
+        timeout: float = 30.0,  # noqa: ASYNC109 - the gRPC deadline
+    ) -> ComplianceReport:
+        """Per provider: notices acted on in time, late or never; unbind tickets.
+
+        Args:
+            since: only notices and tickets created at or after this
+                (timezone-aware); everything when None.
+            timeout: seconds the call may take.
+
+        Raises:
+            GatewayError: PERMISSION_DENIED (not an admin), UNAUTHENTICATED, ...
+        """
+        request = gateway_pb2.GetComplianceReportRequest()
+        if since is not None:
+            request.since.CopyFrom(_stamp(since, "since"))
+        try:
+            response = await self._stub.GetComplianceReport(
+                request, timeout=timeout, metadata=self._metadata
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise GatewayError(exc.code(), exc.details() or "") from None
+        return ComplianceReport(
+            generated_at=_time(response, "generated_at"),
+            providers=tuple(
+                ProviderCompliance(
+                    provider_id=p.provider_id,
+                    provider_name=p.provider_name or p.provider_id,
+                    notices_delivered=p.notices_delivered,
+                    notices_acknowledged=p.notices_acknowledged,
+                    acted_on_time=p.acted_on_time,
+                    acted_late=p.acted_late,
+                    never_acted=p.never_acted,
+                    awaiting_action=p.awaiting_action,
+                    unbinds_done=p.unbinds_done,
+                    unbinds_rejected=p.unbinds_rejected,
+                    unbinds_failed=p.unbinds_failed,
+                    unbind_median_time=(
+                        _delta(p.unbind_median_time) if p.HasField("unbind_median_time") else None
+                    ),
+                )
+                for p in response.providers
+            ),
+        )

@@ -1,8 +1,10 @@
 """The demo federation: fictional carriers and providers with synthetic data.
 
-``onecert demo`` starts it and looks up the citizen of :data:`STORY`; a
-benchmark can start many more providers with :class:`Federation` and
-:func:`make_provider_data`. Each adapter is its own process::
+``onecert demo`` starts it, looks up the citizen of :data:`STORY`, unbinds
+her left-behind account, has a carrier report a recycled number
+(:func:`number_to_recycle`) that one provider ignores, and shows the
+regulator's compliance report; a benchmark can start many more providers
+with :class:`Federation` and :func:`make_provider_data`. Each adapter is its own process::
 
     python -m onecert.adapters.demo provider --id coinpurse --gateway-jwks ... \\
         --tls-cert ... --tls-key ... --client-ca ... --ready-file run/coinpurse.port
@@ -27,13 +29,16 @@ from onecert.adapters.demo._data import (
     Story,
     Subscription,
     UserRecord,
+    carrier_of,
     carrier_subscriptions,
     document_number,
     make_provider_data,
+    number_to_recycle,
     population,
     provider_users,
 )
 from onecert.adapters.demo._federation import (
+    ADMIN_CN,
     GATEWAY_ID,
     IDENTITY_ISSUER,
     Federation,
@@ -43,6 +48,7 @@ from onecert.adapters.demo._federation import (
 )
 
 __all__ = [
+    "ADMIN_CN",
     "CARRIERS",
     "DEFAULT_SEED",
     "GATEWAY_ID",
@@ -63,9 +69,11 @@ __all__ = [
     "UserRecord",
     "build_carrier",
     "build_provider",
+    "carrier_of",
     "carrier_subscriptions",
     "document_number",
     "make_provider_data",
+    "number_to_recycle",
     "population",
     "provider_users",
 ]

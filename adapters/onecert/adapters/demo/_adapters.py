@@ -34,12 +34,17 @@ class DemoProvider:
     Args:
         users: the table's rows.
         delay_s: how long every lookup takes (a slow provider).
+        ignore_notices: acknowledge recycled-number notices and never act
+            on them (a provider the compliance report should name).
     """
 
-    def __init__(self, users: Iterable[UserRecord], *, delay_s: float = 0.0) -> None:
+    def __init__(
+        self, users: Iterable[UserRecord], *, delay_s: float = 0.0, ignore_notices: bool = False
+    ) -> None:
         if delay_s < 0:
             raise ValueError("delay_s must not be negative")
         self.delay_s = delay_s
+        self.ignore_notices = ignore_notices
         self._users: dict[str, UserRecord] = {}
         self._by_phone: defaultdict[str, set[str]] = defaultdict(set)
         for user in users:
@@ -83,7 +88,11 @@ class DemoProvider:
         self._detach(request.account_ref)
         return UnbindResult.done()
 
-    async def on_recycled(self, notice: RecycledNotice) -> int:
+    async def on_recycled(self, notice: RecycledNotice) -> int | None:
+        if self.ignore_notices:
+            # Recorded (the SDK acknowledges it), never acted on, never
+            # confirmed: the notice's deadline passes and the report says so.
+            return None
         # Accounts bound before the number changed hands are a previous
         # holder's: detach them, as a provider that honours notices would.
         stale = [
@@ -134,17 +143,22 @@ def build_provider(
     users: Iterable[UserRecord] | None = None,
     name: str | None = None,
     category: ProviderCategory | str | None = None,
+    ignore_notices: bool | None = None,
 ) -> Provider:
     """A demo provider ready to serve.
 
-    Its name, category, delay and users come from the demo's list when it
-    knows ``provider_id``; otherwise it is a filler provider (category
-    "other", 200 filler users). Each keyword overrides one of them.
+    Its name, category, delay, users and way with notices come from the
+    demo's list when it knows ``provider_id``; otherwise it is a filler
+    provider (category "other", 200 filler users, acts on notices). Each
+    keyword overrides one of them.
     """
     spec = provider_spec(provider_id)
     table = DemoProvider(
         provider_users(provider_id, seed) if users is None else users,
         delay_s=(spec.delay_s if spec else 0.0) if delay_s is None else delay_s,
+        ignore_notices=(
+            (spec.ignores_notices if spec else False) if ignore_notices is None else ignore_notices
+        ),
     )
     return Provider(
         provider_id=provider_id,

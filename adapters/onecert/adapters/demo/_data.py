@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import random
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -40,10 +41,30 @@ def _day(year: int, month: int, day: int) -> datetime:
 
 @dataclass(frozen=True)
 class CarrierSpec:
-    """A demo carrier."""
+    """A demo carrier.
+
+    Attributes:
+        id: the id the gateway knows it by.
+        name: the name citizens see.
+        prefixes: the number blocks it serves, as the gateway's carrier
+            ``prefixes`` take them: E.164 prefixes (``"+86177"``) or inclusive
+            ranges of equal-length prefixes (``"+86130-+86139"``). Every
+            number of the demo is at the carrier whose blocks hold it.
+    """
 
     id: str
     name: str
+    prefixes: tuple[str, ...] = ()
+
+    def serves(self, msisdn: str) -> bool:
+        """Whether ``msisdn`` falls in one of :attr:`prefixes`."""
+        for block in self.prefixes:
+            low, _, high = block.partition("-")
+            high = high or low
+            head = msisdn[: len(low)]
+            if len(head) == len(low) and low <= head <= high:
+                return True
+        return False
 
 
 @dataclass(frozen=True)
@@ -57,6 +78,10 @@ class ProviderSpec:
         delay_s: how long it takes to answer a lookup.
         down: configured in the gateway but never started.
         filler_users: how many users it has besides the story's.
+        notices: how it receives recycled-number notices: ``"push"`` (the
+            gateway calls it) or ``"poll"`` (it asks the gateway).
+        ignores_notices: acknowledges recycled-number notices and never acts
+            on them (what the compliance report is for).
     """
 
     id: str
@@ -65,6 +90,12 @@ class ProviderSpec:
     delay_s: float = 0.0
     down: bool = False
     filler_users: int = 200
+    notices: str = "push"
+    ignores_notices: bool = False
+
+    def __post_init__(self) -> None:
+        if self.notices not in ("push", "poll"):
+            raise ValueError("notices must be 'push' or 'poll'")
 
 
 @dataclass(frozen=True)
@@ -96,8 +127,8 @@ class UserRecord:
 
 
 CARRIERS: tuple[CarrierSpec, ...] = (
-    CarrierSpec("bluefinch", "Bluefinch Mobile"),
-    CarrierSpec("redpine", "Redpine Telecom"),
+    CarrierSpec("bluefinch", "Bluefinch Mobile", ("+86130-+86139", "+86150-+86159", "+86177")),
+    CarrierSpec("redpine", "Redpine Telecom", ("+86166", "+86170-+86176", "+86178-+86199")),
 )
 
 PROVIDERS: tuple[ProviderSpec, ...] = (
@@ -106,8 +137,14 @@ PROVIDERS: tuple[ProviderSpec, ...] = (
     ProviderSpec("bazaarly", "Bazaarly", ProviderCategory.ECOMMERCE, filler_users=300),
     # Slow but inside its deadline, so the progress is visible.
     ProviderSpec("hoprides", "Hop Rides", ProviderCategory.RIDE_HAILING, delay_s=1.5),
-    ProviderSpec("kindred", "Kindred Hearts", ProviderCategory.DATING, filler_users=150),
-    ProviderSpec("teahouse", "Teahouse Forum", ProviderCategory.FORUM, filler_users=60),
+    # Acknowledges recycled-number notices and never acts on them.
+    ProviderSpec(
+        "kindred", "Kindred Hearts", ProviderCategory.DATING, filler_users=150, ignores_notices=True
+    ),
+    # A small site: fetches its notices by polling the gateway.
+    ProviderSpec(
+        "teahouse", "Teahouse Forum", ProviderCategory.FORUM, filler_users=60, notices="poll"
+    ),
     # In the gateway's configuration, but never started: reported as failed.
     ProviderSpec("dragonkeep", "Dragonkeep Games", ProviderCategory.GAMING, down=True),
 )
@@ -116,6 +153,18 @@ PROVIDERS: tuple[ProviderSpec, ...] = (
 def carrier_spec(carrier_id: str) -> CarrierSpec | None:
     """The demo carrier with this id, or None."""
     return next((c for c in CARRIERS if c.id == carrier_id), None)
+
+
+def carrier_of(msisdn: str) -> CarrierSpec:
+    """The demo carrier whose number blocks hold ``msisdn``.
+
+    Raises:
+        ValueError: no demo carrier serves it.
+    """
+    found = next((c for c in CARRIERS if c.serves(msisdn)), None)
+    if found is None:
+        raise ValueError("no demo carrier serves this number")
+    return found
 
 
 def provider_spec(provider_id: str) -> ProviderSpec | None:
@@ -477,7 +526,7 @@ def _display_name(rng: random.Random) -> str:
 
 @functools.lru_cache(maxsize=8)
 def population(seed: int = DEFAULT_SEED, size: int = POPULATION_SIZE) -> tuple[Subscription, ...]:
-    """Filler subscribers, spread evenly over the demo carriers, one number each.
+    """Filler subscribers, one number each, at the carrier whose blocks hold it.
 
     Their numbers never collide with each other nor with the story's.
     """
@@ -495,7 +544,7 @@ def population(seed: int = DEFAULT_SEED, size: int = POPULATION_SIZE) -> tuple[S
             continue
         taken.add(msisdn)
         documents.add(document)
-        carrier = CARRIERS[len(out) % len(CARRIERS)].id
+        carrier = carrier_of(msisdn).id
         adult = birth + timedelta(days=18 * 366)
         held_from = _between(rng, max(adult, first_number), last_number)
         out.append(Subscription(carrier, document, msisdn, held_from))
@@ -564,3 +613,28 @@ def provider_users(provider_id: str, seed: int = DEFAULT_SEED) -> list[UserRecor
         *STORY.users.get(provider_id, ()),
         *make_provider_data(provider_id, seed, spec.filler_users, category=spec.category),
     ]
+
+
+def number_to_recycle(seed: int = DEFAULT_SEED) -> Subscription:
+    """The filler number the demo's carrier gives to a new subscriber "today".
+
+    A subscriber of the carrier that recycled the citizen's old number,
+    chosen so that the notice matters: the number is bound to accounts at
+    as many running providers as possible, the one that ignores notices
+    among them. The same seed always gives the same number.
+    """
+    running = [p for p in PROVIDERS if not p.down]
+    ignoring = {p.id for p in running if p.ignores_notices}
+    holders: dict[str, Counter[str]] = {}
+    for spec in running:
+        for user in provider_users(spec.id, seed):
+            if user.phone is not None:
+                holders.setdefault(user.phone, Counter())[spec.id] += 1
+
+    def rank(sub: Subscription) -> tuple[bool, int, int, str]:
+        held = holders.get(sub.msisdn, Counter())
+        return (bool(ignoring & held.keys()), len(held), sum(held.values()), sub.msisdn)
+
+    candidates = [s for s in population(seed) if s.carrier_id == STORY.former_carrier]
+    # Highest rank wins; the msisdn breaks ties, so the choice is stable.
+    return max(candidates, key=rank)

@@ -5,6 +5,12 @@ run with many more providers. Every process logs to ``DIR/logs/NAME.log``;
 their pids are kept in ``DIR/pids`` (JSON) while they run; :meth:`stop` ends
 them all (SIGTERM, then SIGKILL after a timeout) and may be called any number
 of times, from any state.
+
+Every caller of the gateway has a client certificate of its own (CN = its
+id): the portal, the regulator (``admin``), each carrier (to report number
+events) and each provider that polls for its notices. The gateway keeps its
+state in ``DIR/onecert.db`` (SQLite), and its notice deadlines are seconds,
+not days, so a demo can watch one pass.
 """
 
 from __future__ import annotations
@@ -36,8 +42,9 @@ from onecert.adapters.demo._data import (
     ProviderSpec,
     provider_spec,
 )
+from onecert.adapters.demo._serve import write_ready_file
 from onecert.sdk._tls import ClientTLS
-from onecert.sdk.devkeys import DevKeys, init_dev_keys
+from onecert.sdk.devkeys import DEFAULT_CLIENTS, DevKeys, init_dev_keys
 
 __all__ = [
     "GATEWAY_ID",
@@ -50,6 +57,8 @@ __all__ = [
 
 GATEWAY_ID = "onecert-gateway"
 IDENTITY_ISSUER = "https://id.onecert-demo.test"
+# The CN of the regulator's client certificate: the gateway's admin.
+ADMIN_CN = "admin"
 # The line `onecert gateway serve` prints once it listens.
 _GATEWAY_READY = re.compile(r"listening on port (\d+)")
 _POLL_S = 0.05
@@ -162,6 +171,8 @@ class Federation:
         python: the interpreter that runs the processes.
         startup_timeout: seconds every process gets to become ready.
         provider_deadline_s: the gateway's deadline for each provider call.
+        notice_deadline_s: how long providers have to act on a
+            recycled-number notice (days in production; seconds here).
     """
 
     def __init__(
@@ -174,7 +185,10 @@ class Federation:
         python: str = sys.executable,
         startup_timeout: float = 30.0,
         provider_deadline_s: float = 3.0,
+        notice_deadline_s: float = 2.0,
     ) -> None:
+        if notice_deadline_s <= 0:
+            raise ValueError("notice_deadline_s must be more than zero")
         self.directory = Path(directory)
         self.seed = seed
         self.carriers = tuple(carriers)
@@ -182,11 +196,21 @@ class Federation:
         self.python = python
         self.startup_timeout = startup_timeout
         self.provider_deadline_s = provider_deadline_s
-        self.keys = DevKeys.at(self.directory / "keys")
+        self.notice_deadline_s = notice_deadline_s
+        # A client certificate for every caller of the gateway: carriers report
+        # number events; providers that poll fetch their notices.
+        clients = dict.fromkeys(
+            [*DEFAULT_CLIENTS, ADMIN_CN, *(c.id for c in self.carriers)]
+            + [p.id for p in self.providers if p.notices == "poll"]
+        )
+        self.keys = DevKeys.at(self.directory / "keys", clients=clients)
         self.config_path = self.directory / "gateway.toml"
+        self.database = self.directory / "onecert.db"
         self.logs = self.directory / "logs"
         self.pids_file = self.directory / "pids"
         self._run = self.directory / "run"
+        # Written once the gateway is ready: providers that poll read it.
+        self.gateway_address_file = self._run / "gateway.address"
         self.processes: list[ManagedProcess] = []
         self.gateway: ManagedProcess | None = None
         self._down_ports: dict[str, int] = {}
@@ -201,9 +225,14 @@ class Federation:
         self.pids_file.unlink(missing_ok=True)
         # The gateway's SQLite state from an earlier run (the default store
         # sits next to the config): every run starts from a clean slate.
-        for name in ("onecert.db", "onecert.db-wal", "onecert.db-shm"):
-            (self.directory / name).unlink(missing_ok=True)
-        return init_dev_keys(self.keys.directory, force=True)
+        for suffix in ("", "-wal", "-shm"):
+            self.database.with_name(self.database.name + suffix).unlink(missing_ok=True)
+        return init_dev_keys(self.keys.directory, clients=self.keys.clients, force=True)
+
+    @property
+    def store_url(self) -> str:
+        """The gateway's database, as ``onecert audit verify --url`` takes it."""
+        return f"sqlite:///{self.database.resolve()}"
 
     def _adapter_argv(self, role: str, adapter_id: str, ready: Path) -> list[str]:
         keys = self.keys
@@ -270,6 +299,17 @@ class Federation:
                         argv += ["--delay", str(spec.delay_s)]
                     if known is None:
                         argv += ["--users", str(spec.filler_users)]
+                    if spec.ignores_notices:
+                        argv.append("--ignore-notices")
+                    if spec.notices == "poll":
+                        argv += [
+                            "--poll-notices",
+                            str(self.gateway_address_file),
+                            "--client-cert",
+                            str(self.keys.client_cert(adapter_id)),
+                            "--client-key",
+                            str(self.keys.client_key(adapter_id)),
+                        ]
                 else:
                     argv += ["--idn-key", str(self.keys.idn_key)]
                 process = ManagedProcess(
@@ -327,8 +367,9 @@ class Federation:
         match = _GATEWAY_READY.search("\n".join(process.log_tail(200)))
         return int(match.group(1)) if match else None
 
-    def client_tls(self, client: str = "admin") -> ClientTLS:
-        """Mutual TLS as the dev client ``client`` (admin, portal, gateway)."""
+    def client_tls(self, client: str = ADMIN_CN) -> ClientTLS:
+        """Mutual TLS as the dev client ``client``: admin, portal, gateway, or a
+        carrier's or provider's id."""
         return ClientTLS(
             ca_file=self.keys.ca_cert,
             cert_file=self.keys.client_cert(client),
@@ -348,7 +389,12 @@ class Federation:
         return ""
 
     def write_gateway_config(self, adapters: Sequence[ManagedProcess]) -> Path:
-        """Write ``DIR/gateway.toml``: production mode, mutual TLS everywhere."""
+        """Write ``DIR/gateway.toml``: production mode, mutual TLS everywhere.
+
+        Durable state in ``DIR/onecert.db``; delivery and notice timings cut
+        from minutes and days to fractions of a second and seconds, so the
+        demo sees tickets delivered and notice deadlines pass.
+        """
         by_name = {p.name: p for p in adapters}
         lines = [
             "# Written by `onecert demo`: a production-mode gateway (TLS with client",
@@ -386,6 +432,31 @@ class Federation:
             "[fanout]",
             f"provider_deadline_s = {_toml(self.provider_deadline_s)}",
             "carrier_deadline_s = 2",
+            "",
+            "[store]",
+            f"url = {_toml('sqlite:///' + self.database.name)}",
+            "",
+            "# Unbind tickets: idle workers look every 0.2 s (new tickets wake them at once).",
+            "[delivery]",
+            "poll_interval_s = 0.2",
+            "backoff_initial_s = 0.2",
+            "backoff_max_s = 2",
+            "unbind_deadline_s = 5",
+            "lease_s = 30",
+            "",
+            "# Recycled-number notices: providers get seconds to act, not days.",
+            "[notices]",
+            f"deadline_s = {_toml(self.notice_deadline_s)}",
+            f"min_action_s = {_toml(self.notice_deadline_s)}",
+            "check_interval_s = 0.2",
+            "backoff_initial_s = 0.2",
+            "backoff_max_s = 1",
+            "push_deadline_s = 2",
+            "lease_s = 30",
+            "poll_wait_s = 5",
+            "",
+            "[admin]",
+            f"client_cns = {_toml([ADMIN_CN])}",
         ]
         for carrier in self.carriers:
             lines += [
@@ -394,6 +465,7 @@ class Federation:
                 f"id = {_toml(carrier.id)}",
                 f"name = {_toml(carrier.name)}",
                 f"address = {_toml(by_name[carrier.id].address)}",
+                f"prefixes = {_toml(list(carrier.prefixes))}",
             ]
         for provider in self.providers:
             if provider.down:
@@ -409,6 +481,8 @@ class Federation:
                 f"category = {_toml(provider.category.value)}",
                 f"address = {_toml(address)}",
             ]
+            if provider.notices != "push":
+                lines.append(f"delivery = {_toml(provider.notices)}")
             if provider.down:
                 lines.append("# down: configured, but nothing listens there")
         self.config_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -462,6 +536,7 @@ class Federation:
         self.write_gateway_config(adapters)
         gateway = self.start_gateway()
         await self.wait_ready([gateway])
+        write_ready_file(self.gateway_address_file, gateway.address)
         step("gateway", timer)
 
     @property

@@ -3,27 +3,48 @@
 Each process serves one provider or carrier over mutual TLS and, once it
 listens, writes its port to ``--ready-file`` (atomically), so whoever
 started it learns the port without racing for one.
+
+A provider with ``--poll-notices FILE`` also fetches its recycled-number
+notices from the gateway (``Gateway.PollEvents`` with its client
+certificate), as a site that hosts no server would; the gateway starts after
+the adapters, so the process waits for ``FILE`` to name the gateway's
+address.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+
+import structlog
 
 from onecert.adapters.demo._adapters import build_carrier, build_provider
 from onecert.adapters.demo._data import DEFAULT_SEED
-from onecert.sdk import Carrier, Provider, Server, ServerTLS, configure_logging
+from onecert.sdk import Carrier, NoticePoller, Provider, Server, ServerTLS, configure_logging
+from onecert.sdk._tls import ClientTLS
+from onecert.sdk.client import ProviderGatewayClient
 from onecert.sdk.devkeys import read_hex_key
 
+_log = structlog.get_logger("onecert.adapters.demo")
+# How often a polling provider looks for the gateway's address file, and
+# pauses after a failed poll.
+_WAIT_S = 0.05
+_RETRY_S = 0.5
+# How long one poll may be held open by the gateway.
+_POLL_WAIT_S = 5.0
 
-def write_ready_file(path: Path, port: int) -> None:
-    """Write ``port`` to ``path`` so that a reader never sees a partial file."""
+
+def write_ready_file(path: Path, value: int | str) -> None:
+    """Write ``value`` (a port, an address) to ``path`` so that a reader never
+    sees a partial file."""
     partial = path.with_name(path.name + ".partial")
-    partial.write_text(f"{port}\n", encoding="ascii")
+    partial.write_text(f"{value}\n", encoding="ascii")
     os.replace(partial, path)
 
 
@@ -55,11 +76,38 @@ def build_parser() -> argparse.ArgumentParser:
                 "--delay", type=float, metavar="SECONDS", help="answer lookups this much later"
             )
             p.add_argument("--users", type=int, metavar="N", help="N filler users instead")
+            p.add_argument(
+                "--ignore-notices",
+                action="store_const",
+                const=True,
+                default=None,
+                help="acknowledge recycled-number notices, never act on them",
+            )
+            p.add_argument(
+                "--poll-notices",
+                type=Path,
+                metavar="FILE",
+                help="fetch notices from the gateway whose HOST:PORT appears in FILE",
+            )
+            p.add_argument(
+                "--client-cert", type=Path, metavar="PEM", help="client certificate for polling"
+            )
+            p.add_argument("--client-key", type=Path, metavar="PEM", help="its private key")
         else:
             p.add_argument(
                 "--idn-key", required=True, type=Path, metavar="PATH", help="the shared idn key"
             )
     return parser
+
+
+@dataclass(frozen=True)
+class _Polling:
+    """How a provider polls the gateway for its notices."""
+
+    address_file: Path
+    tls: ClientTLS
+    gateway_keys: Path
+    gateway_issuer: str
 
 
 def _adapter(args: argparse.Namespace) -> Provider | Carrier:
@@ -70,14 +118,77 @@ def _adapter(args: argparse.Namespace) -> Provider | Carrier:
         from onecert.adapters.demo._data import make_provider_data  # noqa: PLC0415  # only for benchmarks
 
         users = make_provider_data(args.id, args.seed, args.users)
-    return build_provider(args.id, seed=args.seed, delay_s=args.delay, users=users)
+    return build_provider(
+        args.id,
+        seed=args.seed,
+        delay_s=args.delay,
+        users=users,
+        ignore_notices=args.ignore_notices,
+    )
 
 
-async def _serve(server: Server, ready_file: Path | None) -> None:
+def _polling(args: argparse.Namespace) -> _Polling | None:
+    if args.role != "provider" or args.poll_notices is None:
+        return None
+    if args.client_cert is None or args.client_key is None:
+        raise ValueError("--poll-notices needs --client-cert and --client-key")
+    tls = ClientTLS(ca_file=args.client_ca, cert_file=args.client_cert, key_file=args.client_key)
+    tls.credentials()  # read the files now: a bad path is a start-up error
+    return _Polling(args.poll_notices, tls, args.gateway_jwks, args.gateway_issuer)
+
+
+def _read_address(path: Path) -> str:
+    # A few bytes of a local file, written atomically: reading it in the
+    # loop costs less than handing it to a thread.
+    try:
+        return path.read_text(encoding="ascii").strip()
+    except OSError:
+        return ""
+
+
+async def _gateway_address(path: Path) -> str:
+    # Another process writes the file: there is nothing in this one to wait on.
+    while True:
+        address = _read_address(path)
+        if address:
+            return address
+        await asyncio.sleep(_WAIT_S)
+
+
+async def poll_notices(provider: Provider, polling: _Polling) -> None:
+    """Fetch and handle notices until cancelled, once the gateway's address is known."""
+    address = await _gateway_address(polling.address_file)
+    _log.info("polling the gateway for notices", gateway=address)
+    async with ProviderGatewayClient(address, tls=polling.tls) as client:
+        poller = NoticePoller(
+            provider,
+            client,
+            gateway_keys=polling.gateway_keys,
+            gateway_issuer=polling.gateway_issuer,
+            wait=_POLL_WAIT_S,
+            retry_interval=_RETRY_S,
+        )
+        await poller.run()
+
+
+async def _serve(
+    server: Server, adapter: Provider | Carrier, ready_file: Path | None, polling: _Polling | None
+) -> None:
     await server.start()
     if ready_file is not None:
         write_ready_file(ready_file, server.port)
-    await server.run(handle_signals=True)
+    poller = None
+    if polling is not None and isinstance(adapter, Provider):
+        poller = asyncio.create_task(poll_notices(adapter, polling), name="poll-notices")
+    try:
+        await server.run(handle_signals=True)
+    finally:
+        if poller is not None:
+            # A poll held open by the gateway ends with the process: the
+            # notices it would bring come again with the next poll.
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -86,6 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(json=False, level=args.log_level)
     try:
         adapter = _adapter(args)
+        polling = _polling(args)
         server = Server(
             adapter,
             gateway_keys=args.gateway_jwks,
@@ -94,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             tls=ServerTLS(args.tls_cert, args.tls_key, args.client_ca),
             grace=args.grace,
         )
-        asyncio.run(_serve(server, args.ready_file))
+        asyncio.run(_serve(server, adapter, args.ready_file, polling))
     except (OSError, ValueError) as exc:
         # Configuration errors (unreadable keys, a taken port) as one line.
         print(f"demo {args.role} {args.id}: {exc}", file=sys.stderr)
