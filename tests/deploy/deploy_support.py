@@ -42,10 +42,10 @@ IMAGE = "onecert"
 COMPOSE_IMAGE = "onecert:dev"
 # Images that are not ours, allowed by name.
 THIRD_PARTY_IMAGES = ("postgres",)
-# The gateway's gRPC and (reserved) metrics ports, by container port name.
+# The gateway's gRPC and metrics ports, by container port name (their numbers
+# are gateway.listen and metrics.listen in each gateway.toml).
 GRPC_PORT_NAME = "grpc"
 METRICS_PORT_NAME = "metrics"
-METRICS_PORT = 9464
 
 
 def load_script(path: Path, name: str) -> ModuleType:

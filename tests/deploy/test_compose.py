@@ -141,7 +141,7 @@ def test_every_onecert_service_runs_the_image_the_dockerfile_builds() -> None:
 
 def test_gateway_config_parses_and_ports_agree() -> None:
     """gateway.toml parses with the real parser, in production mode, and the published port,
-    the healthcheck and the Dockerfile's EXPOSE use its listen port."""
+    the healthcheck and the Dockerfile's EXPOSE use its listen port (and metrics port)."""
     config = parse_gateway_config(_config_text())
     assert not config.dev_plaintext
     assert config.store is not None
@@ -150,13 +150,16 @@ def test_gateway_config_parses_and_ports_agree() -> None:
     gateway = compose()["services"]["gateway"]
     assert [p.rpartition(":")[2] for p in gateway["ports"]] == [str(port)]
     assert port_of(str(option(gateway["healthcheck"]["test"], "--target"))) == port
-    assert gateway["expose"] == ["9464"]  # reserved for metrics
+    # Prometheus, from the other services, on the port metrics.listen names.
+    assert config.metrics.listen is not None
+    metrics_port = port_of(config.metrics.listen)
+    assert gateway["expose"] == [str(metrics_port)]
     expose = next(
         line
         for line in (DEPLOY / "Dockerfile").read_text().splitlines()
         if line.startswith("EXPOSE")
     )
-    assert {str(port), "9464"} <= set(expose.split()[1:])
+    assert {str(port), str(metrics_port)} <= set(expose.split()[1:])
     volumes = gateway["volumes"]
     assert f"./compose/gateway.toml:{CONFIG_IN_CONTAINER}:ro" in volumes
     # Above the gateway's own grace period, so running lookups may finish.

@@ -16,7 +16,7 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from onecert.gateway import GatewayServer
-from onecert.gateway._config import StoreConfig
+from onecert.gateway._config import MetricsConfig, StoreConfig
 from onecert.sdk.devkeys import DevKeys
 
 if TYPE_CHECKING:
@@ -161,10 +161,11 @@ async def test_deployment_probes_pass_against_the_dev_gateway(
     _materialize_pod(root, dev_secrets, dev_keys, resources)
     text = config_text(resources).replace('"/etc/onecert/', f'"{root}/etc/onecert/')
     config = parse_gateway_config(text)
-    # Everything as deployed but the port (any free one) and the database (SQLite here).
+    # Everything as deployed but the ports (any free ones) and the database (SQLite here).
     config = dataclasses.replace(
         config,
         listen="127.0.0.1:0",
+        metrics=MetricsConfig(listen="127.0.0.1:0"),
         store=StoreConfig(url=f"sqlite:///{tmp_path / 'gateway.db'}", auto_migrate=True),
     )
     container = gateway_container(resources)

@@ -34,7 +34,6 @@ if TYPE_CHECKING:
         IMAGE,
         K8S,
         KUSTOMIZATIONS,
-        METRICS_PORT,
         METRICS_PORT_NAME,
         OVERLAYS,
         REPO,
@@ -57,7 +56,6 @@ else:
         IMAGE,
         K8S,
         KUSTOMIZATIONS,
-        METRICS_PORT,
         METRICS_PORT_NAME,
         OVERLAYS,
         REPO,
@@ -185,26 +183,26 @@ def test_gateway_config_parses_with_the_real_parser(overlay: str) -> None:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_ports_agree_with_gateway_listen(overlay: str) -> None:
-    """Container port, Services, probes and NetworkPolicy all use the port gateway.listen names."""
+    """Container ports, Services, probes and NetworkPolicy all use the ports gateway.listen
+    and metrics.listen name."""
     resources = rendered(overlay)
     config = parse_gateway_config(config_text(resources))
     port = port_of(config.listen)
     container = gateway_container(resources)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports[GRPC_PORT_NAME] == port
-    # Reserved for the metrics endpoint; once the config has one, it must agree.
-    assert ports[METRICS_PORT_NAME] == METRICS_PORT
-    metrics = getattr(config, "metrics", None)
-    if metrics is not None and getattr(metrics, "listen", None):
-        assert port_of(metrics.listen) == METRICS_PORT
+    # Prometheus scrapes the port metrics.listen names.
+    assert config.metrics.listen is not None
+    metrics_port = port_of(config.metrics.listen)
+    assert ports[METRICS_PORT_NAME] == metrics_port
     for name in ("onecert-gateway", "onecert-gateway-headless"):
         service = find(resources, "Service", name)
         grpc_port = next(p for p in service["spec"]["ports"] if p["name"] == GRPC_PORT_NAME)
         assert grpc_port["targetPort"] in (GRPC_PORT_NAME, port)
         assert grpc_port["appProtocol"] == "grpc"
     service = find(resources, "Service", "onecert-gateway")
-    metrics_port = next(p for p in service["spec"]["ports"] if p["name"] == METRICS_PORT_NAME)
-    assert metrics_port["targetPort"] in (METRICS_PORT_NAME, METRICS_PORT)
+    scraped = next(p for p in service["spec"]["ports"] if p["name"] == METRICS_PORT_NAME)
+    assert scraped["targetPort"] in (METRICS_PORT_NAME, metrics_port)
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         target = option(container[probe]["exec"]["command"], "--target")
         assert target is not None, probe

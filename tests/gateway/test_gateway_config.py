@@ -13,7 +13,13 @@ import pytest
 
 from onecert.cli import main
 from onecert.gateway import ConfigError, GatewayServer, load_config, parse_config
-from onecert.gateway._config import DeliveryConfig, FanoutConfig, ListenTLS, NoticesConfig
+from onecert.gateway._config import (
+    DeliveryConfig,
+    FanoutConfig,
+    ListenTLS,
+    NoticesConfig,
+    TracingConfig,
+)
 from onecert.v1 import common_pb2
 
 if TYPE_CHECKING:
@@ -90,7 +96,10 @@ def test_documented_keys_are_exactly_the_parsed_keys() -> None:
         "notices",
         "check_recycled",
         "admin",
+        "metrics",
+        "tracing",
     }
+    assert set(data["tracing"]) == {f.name for f in dataclasses.fields(TracingConfig)}
     fields = {f.name for f in dataclasses.fields(FanoutConfig)}
     assert set(data["fanout"]) == fields
     assert set(data["delivery"]) == {f.name for f in dataclasses.fields(DeliveryConfig)}

@@ -23,6 +23,7 @@ from onecert.v1 import common_pb2
 __all__ = [
     "CATEGORIES",
     "DELIVERY_MODES",
+    "TRACING_EXPORTERS",
     "AdminConfig",
     "CarrierConfig",
     "CheckRecycledConfig",
@@ -34,9 +35,11 @@ __all__ = [
     "IssuerConfig",
     "KeysConfig",
     "ListenTLS",
+    "MetricsConfig",
     "NoticesConfig",
     "ProviderConfig",
     "StoreConfig",
+    "TracingConfig",
     "UpstreamTLS",
     "check_transport",
     "load_config",
@@ -303,6 +306,31 @@ class AdminConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """The Prometheus endpoint (``[metrics]``): plain HTTP on a port of its own."""
+
+    # HOST:PORT to serve /metrics on; None: no metrics at all.
+    listen: str | None = None
+
+
+TRACING_EXPORTERS = ("otlp", "console")
+
+
+@dataclass(frozen=True)
+class TracingConfig:
+    """OpenTelemetry tracing (``[tracing]``): a span per lookup and per call it makes."""
+
+    enabled: bool = False
+    # "otlp" (OTLP over gRPC to ``endpoint``) or "console" (spans on stderr).
+    exporter: str = "otlp"
+    # The collector's address; None: the exporter's default (localhost:4317).
+    endpoint: str | None = None
+    service_name: str = "onecert-gateway"
+    # Share of lookups traced (a caller's traceparent decides for its own calls).
+    sample_ratio: float = 1.0
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     """The whole gateway configuration.
 
@@ -334,6 +362,8 @@ class GatewayConfig:
     notices: NoticesConfig = field(default_factory=NoticesConfig)
     check_recycled: CheckRecycledConfig = field(default_factory=CheckRecycledConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
 
     @property
     def json_logs(self) -> bool:
@@ -418,11 +448,7 @@ def parse_config(
     if not _ID.fullmatch(gateway_id):
         raise ConfigError("gateway.id must be 1 to 64 characters of [a-z0-9._-]")
     listen = gw.string("listen", "[::]:50051")
-    match = _LISTEN.fullmatch(listen)
-    if match is None or not 0 <= int(match.group(2)) <= 65535:
-        raise ConfigError(
-            f"gateway.listen must be HOST:PORT (for example [::]:50051), not {listen!r}"
-        )
+    _listen_port(listen, "gateway.listen", example="[::]:50051")
     dev = gw.boolean("dev_plaintext", False) or dev_plaintext
     tls_table = gw.optional_table("tls")
     tls = None
@@ -482,6 +508,8 @@ def parse_config(
     notices = _parse_notices(root.table("notices"))
     check_recycled = _parse_check_recycled(root.table("check_recycled"))
     admin = _parse_admin(root.table("admin"))
+    metrics = _parse_metrics(root.table("metrics"), grpc_listen=listen)
+    tracing = _parse_tracing(root.table("tracing"))
     _unique("carriers", [c.id for c in carriers])
     _unique("providers", [p.id for p in providers])
     _unique_cns(carriers, providers, admin)
@@ -504,6 +532,8 @@ def parse_config(
         notices=notices,
         check_recycled=check_recycled,
         admin=admin,
+        metrics=metrics,
+        tracing=tracing,
         **general,
     )
     check_transport(config)
@@ -704,6 +734,44 @@ def _instant(t: _Table, key: str) -> datetime | None:
     raise ConfigError(f"{t.where(key)} must be a date or date-time")
 
 
+def _parse_metrics(t: _Table, *, grpc_listen: str) -> MetricsConfig:
+    listen = t.raw("listen")
+    if listen is not None and not isinstance(listen, str):
+        raise ConfigError("metrics.listen must be a string (HOST:PORT, or empty for no metrics)")
+    t.finish()
+    if not listen:
+        return MetricsConfig()
+    port = _listen_port(listen, "metrics.listen", example="[::]:9464")
+    if port and port == _listen_port(grpc_listen, "gateway.listen", example="[::]:50051"):
+        raise ConfigError(f"metrics.listen must use another port than gateway.listen ({port})")
+    return MetricsConfig(listen=listen)
+
+
+def _listen_port(listen: str, key: str, *, example: str) -> int:
+    match = _LISTEN.fullmatch(listen)
+    if match is None or not 0 <= int(match.group(2)) <= 65535:
+        raise ConfigError(f"{key} must be HOST:PORT (for example {example}), not {listen!r}")
+    return int(match.group(2))
+
+
+def _parse_tracing(t: _Table) -> TracingConfig:
+    exporter = t.string("exporter", "otlp")
+    if exporter not in TRACING_EXPORTERS:
+        raise ConfigError(f"tracing.exporter must be one of {', '.join(TRACING_EXPORTERS)}")
+    endpoint = t.string("endpoint", None)
+    if endpoint is not None and exporter != "otlp":
+        raise ConfigError('tracing.endpoint applies to exporter = "otlp" only')
+    config = TracingConfig(
+        enabled=bool(t.boolean("enabled", False)),
+        exporter=exporter,
+        endpoint=endpoint,
+        service_name=t.string("service_name", "onecert-gateway"),
+        sample_ratio=t.number("sample_ratio", 1.0, minimum=0.0, maximum=1.0),
+    )
+    t.finish()
+    return config
+
+
 def _parse_admin(t: _Table) -> AdminConfig:
     config = AdminConfig(client_cns=tuple(t.strings("client_cns", [])))
     t.finish()
@@ -759,6 +827,8 @@ _TABLES = (
     "notices",
     "check_recycled",
     "admin",
+    "metrics",
+    "tracing",
 )
 
 

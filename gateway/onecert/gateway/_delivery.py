@@ -41,6 +41,7 @@ from onecert.gateway._audit import Auditor
 from onecert.gateway._channels import ChannelPool
 from onecert.gateway._config import DeliveryConfig, ProviderConfig
 from onecert.gateway._handles import HandleError, HandleSealer
+from onecert.gateway._metrics import NO_OBSERVER, Observer
 from onecert.gateway._unbind import open_payload
 from onecert.gateway.store import AttemptOutcome, Store, Ticket, TicketState
 from onecert.sdk._msisdn import mask_msisdn, mask_numbers_in_text
@@ -119,6 +120,7 @@ class DeliveryWorkers:
         auditor: records final states in the audit log (None: no audit).
         config: how many workers, leases, backoff, deadlines.
         name: this process's name in leases (host and pid by default).
+        observer: told how every attempt ended (metrics).
     """
 
     def __init__(
@@ -132,8 +134,10 @@ class DeliveryWorkers:
         auditor: Auditor | None,
         config: DeliveryConfig,
         name: str | None = None,
+        observer: Observer = NO_OBSERVER,
     ) -> None:
         self._store = store
+        self._observer = observer
         self._providers = dict(providers)
         self._channels = channels
         self._warrants = warrants
@@ -232,6 +236,7 @@ class DeliveryWorkers:
                 error=f"gateway error: {type(exc).__name__}",
                 retry_in=self._backoff(ticket.attempts),
             )
+        self._observer.unbind_attempted(attempt.outcome)
         now = datetime.now(UTC)
         next_at = None if attempt.retry_in is None else now + timedelta(seconds=attempt.retry_in)
         try:

@@ -25,6 +25,7 @@ import structlog
 from onecert.gateway._audit import Auditor
 from onecert.gateway._channels import ChannelPool
 from onecert.gateway._config import NoticesConfig, ProviderConfig
+from onecert.gateway._metrics import NO_OBSERVER, Observer
 from onecert.gateway._notices import Clock, Doorbell, build_set, utc_now
 from onecert.gateway.store import Delivery, Store
 from onecert.sdk._set import SetIssuer
@@ -65,6 +66,8 @@ class NoticePusher:
         clock: the gateway's notion of now (deadlines, backoff, leases).
         jitter: a source of floats in [0, 1) for the backoff.
         worker_id: the lease owner's name; unique per process by default.
+        observer: told how every push ended (metrics); the attribute may be
+            replaced before :meth:`start`.
     """
 
     def __init__(
@@ -80,8 +83,10 @@ class NoticePusher:
         clock: Clock = utc_now,
         jitter: Callable[[], float] = random.random,
         worker_id: str | None = None,
+        observer: Observer = NO_OBSERVER,
     ) -> None:
         self._store = store
+        self.observer = observer
         self._providers = {p.id: p for p in providers}
         self._sets = sets
         self._channels = channels
@@ -184,6 +189,7 @@ class NoticePusher:
         await self._store.mark_delivered(
             delivery.jti, acknowledged_at=self._clock(), bindings_removed=removed
         )
+        self.observer.notice_pushed("acknowledged")
         log.info("notice.pushed", attempts=delivery.attempts, acted=response.acted)
 
     def backoff(self, attempts: int) -> timedelta:
@@ -207,12 +213,14 @@ class NoticePusher:
         await self._store.mark_delivery_failed(
             delivery.jti, worker_id=self.worker_id, error=error, next_attempt_at=next_at
         )
+        self.observer.notice_pushed("retry")
         log.info("notice.push_failed", error=error, attempts=delivery.attempts, retry_at=next_at)
 
     async def _give_up(self, delivery: Delivery, error: str, log: structlog.BoundLogger) -> None:
         changed = await self._store.mark_delivery_failed(
             delivery.jti, worker_id=self.worker_id, error=error, next_attempt_at=None
         )
+        self.observer.notice_pushed("failed")
         log.warning("notice.undelivered", error=error, attempts=delivery.attempts)
         if changed and self._auditor is not None:
             self._auditor.spawn(
