@@ -25,6 +25,7 @@ from onecert.gateway._attribution import TenureView
 from onecert.gateway._breaker import CircuitBreaker, RetryBudget
 from onecert.gateway._channels import ChannelPool
 from onecert.gateway._config import CarrierConfig, FanoutConfig, ProviderConfig
+from onecert.gateway._metrics import NO_OBSERVER, Observer
 from onecert.sdk._msisdn import is_e164, mask_msisdn, mask_numbers_in_text
 from onecert.sdk._warrant import WarrantIssuer
 from onecert.v1 import (
@@ -37,6 +38,7 @@ from onecert.v1 import (
 )
 
 __all__ = [
+    "MAX_BINDINGS_PER_ANSWER",
     "AllProviders",
     "CallOutcome",
     "CarrierAnswer",
@@ -69,6 +71,11 @@ _BACKOFF_BASE = 0.05
 _BACKOFF_CAP = 1.0
 # A retry is pointless with less time than this left after its backoff.
 _MIN_ATTEMPT_TIME = 0.05
+# A number is bound to a handful of accounts at one provider. Past this many
+# an answer is cut short, and says so: attributing and sealing tens of
+# thousands of bindings would stall every other call of the gateway, and the
+# result would outgrow the largest message the gateway may send.
+MAX_BINDINGS_PER_ANSWER = 1000
 
 
 class CallOutcome(enum.Enum):
@@ -217,6 +224,7 @@ class FanOut:
         channels: where channels to the upstreams come from.
         warrants: signs the warrant of every call.
         router: chooses providers per number; all of them by default.
+        observer: told how every call ended (metrics, tracing); nothing by default.
     """
 
     def __init__(
@@ -228,8 +236,14 @@ class FanOut:
         channels: ChannelPool,
         warrants: WarrantIssuer,
         router: Router | None = None,
+        max_bindings: int = MAX_BINDINGS_PER_ANSWER,
+        observer: Observer = NO_OBSERVER,
     ) -> None:
         self._fanout = fanout
+        self._observer = observer
+        self._max_bindings = max_bindings
+        # Providers not to ask, with the reason reported instead (see quarantine).
+        self._quarantined: dict[str, str] = {}
         self._channels = channels
         self._warrants = warrants
         self._router: Router = router or AllProviders()
@@ -257,6 +271,16 @@ class FanOut:
             )
             for p in self.providers
         }
+
+    def quarantine(self, provider_id: str, reason: str) -> None:
+        """Stop asking a provider: its calls end SKIPPED with ``reason`` (no personal data).
+
+        For a provider found misconfigured (its Describe names another
+        provider); lifted by a restart once the configuration is fixed.
+        """
+        if provider_id not in self._provider_upstreams:
+            raise KeyError(provider_id)
+        self._quarantined[provider_id] = reason
 
     def breaker(self, provider_id: str) -> CircuitBreaker:
         """The circuit breaker of a provider (for health reports and tests)."""
@@ -301,7 +325,11 @@ class FanOut:
                 audience=carrier.id, target=idn, purpose="lookup", query_id=query_id
             )
 
+        started = time.monotonic()
         result = await self._supervise(upstream, invoke, warrant, deadline=deadline)
+        self._observer.carrier_answered(
+            carrier.id, result.outcome, result.attempts, time.monotonic() - started
+        )
         if result.response is None:
             _log.info(
                 "carrier.unanswered",
@@ -339,6 +367,7 @@ class FanOut:
             query_id: the lookup's id, carried in every warrant.
             deadline: ``loop.time()`` by which every call must end.
         """
+        started = asyncio.get_running_loop().time()
         tasks = [
             asyncio.create_task(
                 self._ask_provider(call, query_id=query_id, deadline=deadline),
@@ -348,7 +377,9 @@ class FanOut:
         ]
         try:
             for next_done in asyncio.as_completed(tasks):
-                yield await next_done
+                answer = await next_done
+                self._observer.provider_answered(answer, answer.finished_at - started)
+                yield answer
         finally:
             pending = [t for t in tasks if not t.done()]
             for task in pending:
@@ -361,6 +392,10 @@ class FanOut:
         self, call: ProviderCall, *, query_id: str, deadline: float
     ) -> ProviderAnswer:
         provider = call.provider
+        quarantined = self._quarantined.get(provider.id)
+        if quarantined is not None:
+            now = asyncio.get_running_loop().time()
+            return ProviderAnswer(call, CallOutcome.SKIPPED, quarantined, (), 0, now)
         upstream = self._provider_upstreams[provider.id]
         stub = provider_pb2_grpc.BindingProviderStub(
             self._channels.get(upstream.address, plaintext=upstream.plaintext)
@@ -377,7 +412,17 @@ class FanOut:
 
         result = await self._supervise(upstream, invoke, warrant, deadline=deadline)
         loop = asyncio.get_running_loop()
-        bindings = tuple(result.response.bindings) if result.response is not None else ()
+        bindings: tuple[provider_pb2.Binding, ...] = ()
+        detail = result.detail
+        if result.response is not None:
+            bindings, detail = _tidy(result.response.bindings, self._max_bindings)
+            if detail:
+                _log.warning(
+                    "provider.answer_tidied",
+                    provider=provider.id,
+                    msisdn=mask_msisdn(call.msisdn),
+                    detail=detail,
+                )
         if result.outcome is not CallOutcome.ANSWERED:
             _log.info(
                 "provider.unanswered",
@@ -387,9 +432,7 @@ class FanOut:
                 detail=result.detail,
                 attempts=result.attempts,
             )
-        return ProviderAnswer(
-            call, result.outcome, result.detail, bindings, result.attempts, loop.time()
-        )
+        return ProviderAnswer(call, result.outcome, detail, bindings, result.attempts, loop.time())
 
     # ---------------------------------------------------------- supervision
 
@@ -516,6 +559,49 @@ class FanOut:
         text = _sanitise(details)
         detail = f"{code.name}: {text}" if text else code.name
         return _Result(CallOutcome.FAILED, detail, None, attempts)
+
+
+def _tidy(
+    bindings: Sequence[provider_pb2.Binding], limit: int
+) -> tuple[tuple[provider_pb2.Binding, ...], str]:
+    """The bindings one answer may contribute, and what was done to them ("" if nothing).
+
+    An account listed more than once is kept once. Copies that disagree on
+    ``bound_at`` or the name prove nothing about whose account it is: it is
+    kept with ``bound_at`` cleared, so its details are never shown. Past
+    ``limit`` accounts, the rest are dropped.
+    """
+    kept: list[provider_pb2.Binding] = []
+    first: dict[str, int] = {}
+    duplicates = 0
+    for binding in bindings:
+        ref = binding.account_ref
+        index = first.get(ref) if ref else None
+        if index is None:
+            if ref:
+                first[ref] = len(kept)
+            kept.append(binding)
+            continue
+        duplicates += 1
+        earlier = kept[index]
+        if _claim(earlier) != _claim(binding) and earlier.HasField("bound_at"):
+            merged = provider_pb2.Binding()
+            merged.CopyFrom(earlier)
+            merged.ClearField("bound_at")
+            kept[index] = merged
+    notes = []
+    if duplicates:
+        notes.append(f"{duplicates} duplicate account entries merged")
+    if len(kept) > limit:
+        notes.append(f"answer truncated to the first {limit} of {len(kept)} accounts")
+        kept = kept[:limit]
+    return tuple(kept), "; ".join(notes)
+
+
+def _claim(binding: provider_pb2.Binding) -> tuple[bool, int, int, str]:
+    # What decides whose account a binding is, and what the citizen would see.
+    stamp = binding.bound_at
+    return binding.HasField("bound_at"), stamp.seconds, stamp.nanos, binding.display_name
 
 
 def _backoff(attempt: int) -> float:

@@ -34,6 +34,7 @@ from onecert.gateway._fanout import CallOutcome, CarrierAnswer, FanOut, Provider
 from onecert.gateway._handles import HandleClaims, HandleSealer
 from onecert.gateway._identity import AssertionVerifier, Citizen, IdentityError, bearer_token
 from onecert.gateway._masking import mask_display_name
+from onecert.gateway._metrics import NO_OBSERVER, Observer
 from onecert.sdk._msisdn import mask_msisdn, mask_numbers_in_text
 from onecert.v1 import common_pb2, gateway_pb2, provider_pb2
 
@@ -167,6 +168,7 @@ class LookupService:
             RESOURCE_EXHAUSTED.
         clock: the wall clock (seconds since the epoch), for handle expiry.
         auditor: records every identified lookup in the audit log (None: no audit).
+        observer: told of every refused identity assertion (metrics).
     """
 
     def __init__(
@@ -181,8 +183,10 @@ class LookupService:
         max_concurrent_lookups: int,
         clock: Callable[[], float] = time.time,
         auditor: Auditor | None = None,
+        observer: Observer = NO_OBSERVER,
     ) -> None:
         self._auditor = auditor
+        self._observer = observer
         self._verifier = verifier
         self._fanout = fanout
         self._sealer = sealer
@@ -274,6 +278,7 @@ class LookupService:
             citizen = await self._verifier.verify(token)
         except IdentityError as exc:
             _log.info("lookup.refused", reason=exc.reason, code=exc.code.name)
+            self._observer.assertion_rejected(exc.reason)
             await context.abort(exc.code, exc.message)
         _log.info("lookup.identified", issuer=citizen.issuer, acr=citizen.acr)
         return citizen

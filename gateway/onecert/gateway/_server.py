@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from types import TracebackType
-from typing import Any, NoReturn, Protocol, Self
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, Self
 
 import grpc
 import structlog
@@ -29,6 +29,7 @@ from onecert.gateway._identity import (
     ReplayCacheFullError,
 )
 from onecert.gateway._lookup import QUERY_ID, LookupService, new_query_id
+from onecert.gateway._metrics import NO_OBSERVER, Observer, Telemetry
 from onecert.gateway._recycled import RecycledNumbers
 from onecert.gateway._unbind import UnbindService
 from onecert.gateway.store import Store, StoreReplayCache
@@ -36,6 +37,9 @@ from onecert.sdk._keys import SigningKey, load_jwks
 from onecert.sdk._tls import ServerTLS
 from onecert.sdk._warrant import WarrantIssuer
 from onecert.v1 import gateway_pb2, gateway_pb2_grpc
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 __all__ = ["BackgroundWorker", "GatewayServer", "QueryIdInterceptor", "serve"]
 
@@ -177,17 +181,22 @@ class _GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         *,
         unbind: UnbindService | None = None,
         recycled: RecycledNumbers | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._lookup = lookup
         self._unbind = unbind
         self._recycled = recycled
+        self._telemetry = telemetry
 
     async def Lookup(  # noqa: N802 - the gRPC method name
         self, request: gateway_pb2.LookupRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[gateway_pb2.LookupResponse]:
         # An async generator function itself: grpc.aio tells streaming
         # handlers apart by inspecting the function.
-        async for response in self._lookup.lookup(request, context):
+        responses = self._lookup.lookup(request, context)
+        if self._telemetry is not None:
+            responses = self._telemetry.observe_lookup(responses, context, query_id=QUERY_ID.get())
+        async for response in responses:
             yield response
 
     async def Unbind(  # noqa: N802 - the gRPC method name
@@ -271,6 +280,8 @@ class GatewayServer:
         clock: the current time (aware) for notice deadlines, receipts and
             the compliance report; the system clock by default (tests pass
             their own).
+        span_exporter: where spans go instead of ``tracing.exporter``, when
+            ``tracing.enabled`` (tests use an in-memory exporter).
     """
 
     def __init__(
@@ -281,6 +292,7 @@ class GatewayServer:
         replay_cache: ReplayCache | None = None,
         store: Store | None = None,
         clock: Callable[[], datetime] | None = None,
+        span_exporter: SpanExporter | None = None,
     ) -> None:
         check_transport(config)
         self.config = config
@@ -325,6 +337,9 @@ class GatewayServer:
         self._channels = ChannelPool(
             upstream_tls=config.upstream_tls, max_message_bytes=config.max_message_bytes
         )
+        # Metrics ([metrics] listen) and tracing ([tracing] enabled); None when both are off.
+        self.telemetry = Telemetry.from_config(config, span_exporter=span_exporter)
+        observer: Observer = NO_OBSERVER if self.telemetry is None else self.telemetry.observer
         self.fanout = FanOut(
             carriers=config.carriers,
             providers=config.providers,
@@ -332,6 +347,7 @@ class GatewayServer:
             channels=self._channels,
             warrants=self._warrants,
             router=router,
+            observer=observer,
         )
         self.lookup = LookupService(
             verifier=self._verifier,
@@ -342,10 +358,14 @@ class GatewayServer:
             summary_margin=config.fanout.summary_margin_s,
             max_concurrent_lookups=config.max_concurrent_lookups,
             auditor=self.auditor,
+            observer=observer,
         )
         # Background work, started after the store is migrated; each part of
         # the gateway that needs some appends its worker here.
         self._workers: list[BackgroundWorker] = []
+        if self.telemetry is not None:
+            # First in, last out: metrics are served while the others stop.
+            self._workers.append(self.telemetry)
         self.unbind: UnbindService | None = None
         self.delivery: DeliveryWorkers | None = None
         if store is not None and self.auditor is not None:
@@ -358,6 +378,7 @@ class GatewayServer:
                 sealer=self._sealer,
                 auditor=self.auditor,
                 config=config.delivery,
+                observer=observer,
             )
             self._workers.append(self.delivery)
             self.unbind = UnbindService(
@@ -375,7 +396,10 @@ class GatewayServer:
             self.recycled = RecycledNumbers.build(
                 config, store=store, auditor=self.auditor, channels=self._channels, clock=clock
             )
+            self.recycled.pusher.observer = observer
             self._workers.append(self.recycled.pusher)
+        if self.telemetry is not None and self.telemetry.metrics is not None:
+            self.telemetry.metrics.watch(fanout=self.fanout, lookup=self.lookup, store=store)
         self._health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._port = 0
@@ -387,6 +411,11 @@ class GatewayServer:
         if self._server is None:
             raise RuntimeError("the gateway is not started")
         return self._port
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The port of the Prometheus endpoint (after :meth:`start`; None without metrics)."""
+        return None if self.telemetry is None else self.telemetry.metrics_port
 
     @property
     def tls(self) -> bool:
@@ -414,7 +443,10 @@ class GatewayServer:
             ],
         )
         gateway_pb2_grpc.add_GatewayServicer_to_server(
-            _GatewayServicer(self.lookup, unbind=self.unbind, recycled=self.recycled), server
+            _GatewayServicer(
+                self.lookup, unbind=self.unbind, recycled=self.recycled, telemetry=self.telemetry
+            ),
+            server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(

@@ -1,0 +1,138 @@
+"""Checking each provider's ``Describe`` against the configuration.
+
+Every warrant names the provider id of the configuration, and a provider on
+the SDK refuses warrants meant for another id. A server that does not check
+would answer about its own accounts under another provider's name (a swapped
+address, a copied configuration). ``Describe`` needs no warrant, so the
+gateway can ask every provider who it is when it starts, and stop asking one
+that claims another id or contract: its calls then end SKIPPED with the
+reason (:meth:`~onecert.gateway._fanout.FanOut.quarantine`). A provider that
+does not answer ``Describe`` is left alone: its calls fail on their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import grpc
+import structlog
+
+from onecert.gateway._channels import ChannelPool
+from onecert.gateway._config import ProviderConfig
+from onecert.gateway._fanout import FanOut
+from onecert.v1 import provider_pb2, provider_pb2_grpc
+
+__all__ = [
+    "CONTRACT_VERSION",
+    "DescribeStatus",
+    "DescribeVerdict",
+    "check_providers",
+    "describe_provider",
+    "judge_describe",
+    "quarantine_misconfigured",
+]
+
+_log = structlog.get_logger("onecert.gateway.describe")
+
+CONTRACT_VERSION = "onecert.v1"
+_ID = re.compile(r"[a-z0-9._-]{1,64}")
+_SHOWN_TEXT = re.compile(r"[A-Za-z0-9._-]{1,32}")
+
+
+class DescribeStatus(enum.Enum):
+    """What a provider's ``Describe`` showed."""
+
+    OK = "ok"
+    # It answered, as someone else or for another contract: do not ask it.
+    MISCONFIGURED = "misconfigured"
+    # It did not answer; its calls will tell.
+    UNREACHABLE = "unreachable"
+
+
+@dataclass(frozen=True)
+class DescribeVerdict:
+    """One provider's ``Describe``, judged.
+
+    Attributes:
+        provider_id: the configured id.
+        status: OK, MISCONFIGURED or UNREACHABLE.
+        reason: why, when not OK; safe to show (it quotes only well-formed ids).
+    """
+
+    provider_id: str
+    status: DescribeStatus
+    reason: str = ""
+
+
+def _quoted(text: str, pattern: re.Pattern[str]) -> str:
+    # The provider chose this text: quote it only when it is a plain token.
+    return repr(text) if pattern.fullmatch(text) else "an invalid value"
+
+
+def judge_describe(
+    provider: ProviderConfig, response: provider_pb2.DescribeResponse
+) -> DescribeVerdict:
+    """Whether ``response`` is the ``Describe`` of the configured ``provider``."""
+    if response.provider_id != provider.id:
+        return DescribeVerdict(
+            provider.id,
+            DescribeStatus.MISCONFIGURED,
+            f"misconfigured: its Describe names provider {_quoted(response.provider_id, _ID)}",
+        )
+    if response.contract_version != CONTRACT_VERSION:
+        version = _quoted(response.contract_version, _SHOWN_TEXT)
+        return DescribeVerdict(
+            provider.id,
+            DescribeStatus.MISCONFIGURED,
+            f"misconfigured: it implements contract {version}, not {CONTRACT_VERSION!r}",
+        )
+    return DescribeVerdict(provider.id, DescribeStatus.OK)
+
+
+async def describe_provider(
+    channel: grpc.aio.Channel, provider: ProviderConfig, *, deadline: float = 2.0
+) -> DescribeVerdict:
+    """Ask ``provider`` (over ``channel``) who it is, within ``deadline`` seconds, and
+    judge the answer."""
+    stub = provider_pb2_grpc.BindingProviderStub(channel)
+    try:
+        response = await stub.Describe(provider_pb2.DescribeRequest(), timeout=deadline)
+    except grpc.aio.AioRpcError as exc:
+        return DescribeVerdict(
+            provider.id, DescribeStatus.UNREACHABLE, f"Describe failed: {exc.code().name}"
+        )
+    return judge_describe(provider, response)
+
+
+async def check_providers(
+    channels: ChannelPool, providers: Sequence[ProviderConfig], *, deadline: float = 2.0
+) -> dict[str, DescribeVerdict]:
+    """Every provider's verdict, asked in parallel, by configured id."""
+    verdicts = await asyncio.gather(
+        *(
+            describe_provider(channels.get(p.address, plaintext=p.plaintext), p, deadline=deadline)
+            for p in providers
+        )
+    )
+    return {v.provider_id: v for v in verdicts}
+
+
+def quarantine_misconfigured(fanout: FanOut, verdicts: Mapping[str, DescribeVerdict]) -> int:
+    """Stop asking every MISCONFIGURED provider; return how many were stopped."""
+    stopped = 0
+    for verdict in verdicts.values():
+        if verdict.status is DescribeStatus.MISCONFIGURED:
+            _log.error(
+                "provider.misconfigured", provider=verdict.provider_id, reason=verdict.reason
+            )
+            fanout.quarantine(verdict.provider_id, verdict.reason)
+            stopped += 1
+        elif verdict.status is DescribeStatus.UNREACHABLE:
+            _log.warning(
+                "provider.describe_failed", provider=verdict.provider_id, reason=verdict.reason
+            )
+    return stopped

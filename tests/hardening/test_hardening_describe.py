@@ -1,0 +1,104 @@
+"""A provider whose Describe claims another provider's id (or another contract) is found
+out when the gateway asks, and is no longer asked: its calls end SKIPPED with the
+reason, and the other providers are untouched."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from onecert.gateway._channels import ChannelPool
+from onecert.gateway._config import ProviderConfig
+from onecert.gateway._describe import (
+    DescribeStatus,
+    check_providers,
+    judge_describe,
+    quarantine_misconfigured,
+)
+from onecert.v1 import gateway_pb2, provider_pb2
+
+if TYPE_CHECKING:
+    from tests.hardening.conftest import Harness
+    from tests.hardening.hardening_net import JunkServer, ResettingProxy
+else:
+    from hardening_net import JunkServer
+
+    Harness = ResettingProxy = Any
+
+
+@pytest.fixture
+async def channels() -> AsyncIterator[ChannelPool]:
+    pool = ChannelPool(upstream_tls=None, max_message_bytes=4 * 1024 * 1024)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+async def test_describe_verdicts(
+    hz: Harness, channels: ChannelPool, network: list[ResettingProxy | JunkServer]
+) -> None:
+    """Describe naming the configured id is OK; another id, or another contract, is
+    MISCONFIGURED with a reason naming what it claimed; no answer is UNREACHABLE."""
+    good = await hz.provider("good")
+    other = await hz.provider("other")
+    other.contract_version = "onecert.v0"
+    junk = JunkServer(b"not grpc")
+    network.append(junk)
+    junk_address = await junk.start()
+    providers = [
+        ProviderConfig(id="good", address=hz.address_of("good"), plaintext=True),
+        # Configured at the good provider's address: it answers as "good".
+        ProviderConfig(id="swapped", address=hz.address_of("good"), plaintext=True),
+        ProviderConfig(id="other", address=hz.address_of("other"), plaintext=True),
+        ProviderConfig(id="junk", address=junk_address, plaintext=True),
+    ]
+    verdicts = await check_providers(channels, providers, deadline=2.0)
+    assert verdicts["good"].status is DescribeStatus.OK
+    assert verdicts["swapped"].status is DescribeStatus.MISCONFIGURED
+    assert "'good'" in verdicts["swapped"].reason
+    assert verdicts["other"].status is DescribeStatus.MISCONFIGURED
+    assert "'onecert.v0'" in verdicts["other"].reason
+    assert verdicts["junk"].status is DescribeStatus.UNREACHABLE
+    assert good.describe_calls == 2
+    assert good.list_calls == 0
+
+
+def test_claimed_text_is_quoted_only_when_plain() -> None:
+    """What a provider claims is quoted only as a plain token: anything else (a phone
+    number in a name, control characters) is never repeated."""
+    config = ProviderConfig(id="pay", address="127.0.0.1:1", plaintext=True)
+    for claimed in ("+8613800138001 call me", "pay\n", "PAY", "x" * 65, ""):
+        verdict = judge_describe(
+            config,
+            provider_pb2.DescribeResponse(provider_id=claimed, contract_version="onecert.v1"),
+        )
+        assert verdict.status is DescribeStatus.MISCONFIGURED
+        assert "an invalid value" in verdict.reason
+        if claimed:
+            assert claimed not in verdict.reason
+
+
+async def test_misconfigured_provider_is_skipped_with_the_reason(
+    hz: Harness, channels: ChannelPool
+) -> None:
+    """Once its Describe is found to name another provider, the lookup no longer asks
+    the misconfigured provider: SKIPPED with the reason; the real one answers."""
+    await hz.carrier()
+    good = await hz.provider("good")
+    hz.provider_at("swapped", hz.address_of("good"))
+    gateway = await hz.gateway()
+    verdicts = await check_providers(channels, gateway.config.providers)
+    assert quarantine_misconfigured(gateway.fanout, verdicts) == 1
+    messages = await hz.lookup(gateway)
+    for number in (hz.FORMER, hz.CURRENT):
+        skipped = hz.result_of(messages, "swapped", number)
+        assert skipped.outcome == gateway_pb2.CALL_OUTCOME_SKIPPED
+        assert skipped.detail.startswith("misconfigured: its Describe names provider 'good'")
+        assert hz.result_of(messages, "good", number).outcome == gateway_pb2.CALL_OUTCOME_ANSWERED
+    assert messages[-1].summary.total.skipped == 2
+    # The misconfigured provider was never sent a warrant.
+    assert good.refused_warrants == 0
+    assert good.list_calls == 2
