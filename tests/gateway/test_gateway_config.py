@@ -96,6 +96,7 @@ def test_documented_keys_are_exactly_the_parsed_keys() -> None:
         "notices",
         "check_recycled",
         "admin",
+        "portal",
         "metrics",
         "tracing",
     }

@@ -50,6 +50,10 @@ class ResettingProxy:
         """Abort every open connection with a TCP RST."""
         self.resets += 1
         for writer in self._writers:
+            # A connection its client already closed (the gateway's one-off
+            # Describe probe) has nothing left to reset.
+            if writer.transport.is_closing():
+                continue
             sock = writer.get_extra_info("socket")
             if sock is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

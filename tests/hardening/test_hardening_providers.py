@@ -31,6 +31,7 @@ else:
 
 ANSWERED = gateway_pb2.CALL_OUTCOME_ANSWERED
 FAILED = gateway_pb2.CALL_OUTCOME_FAILED
+SKIPPED = gateway_pb2.CALL_OUTCOME_SKIPPED
 TIMED_OUT = gateway_pb2.CALL_OUTCOME_TIMED_OUT
 LEFT_BEHIND = gateway_pb2.ATTRIBUTION_LEFT_BEHIND
 MINE = gateway_pb2.ATTRIBUTION_MINE
@@ -273,24 +274,26 @@ async def test_tens_of_thousands_of_bindings_are_capped_and_reported(hz: Harness
     _nothing_leaks(hz, messages)
 
 
-async def test_provider_at_another_providers_address_is_refused_by_the_warrant(
+async def test_provider_at_another_providers_address_is_quarantined(
     hz: Harness,
 ) -> None:
-    """A provider configured at another provider's address (a swapped port) gets the
-    warrants addressed to it refused there: FAILED with UNAUTHENTICATED, and the
-    other provider's accounts are never shown under its name."""
+    """A provider configured at another provider's address (a swapped port) is caught by
+    the gateway's start-up Describe check: its calls end SKIPPED as misconfigured, no
+    warrant for it reaches the other provider, and the other provider's accounts are
+    never shown under its name."""
     await hz.carrier()
     good = await hz.provider("good")
     hz.provider_at("misrouted", hz.address_of("good"))
     gateway = await hz.gateway()
+    assert await gateway.describe_check.wait() == 1
     messages = await hz.lookup(gateway)
     _good_is_untouched(hz, messages)
     for result in _bad(hz, messages, "misrouted"):
-        assert result.outcome == FAILED
-        assert result.detail.startswith("UNAUTHENTICATED"), result.detail
+        assert result.outcome == SKIPPED
+        assert result.detail == "misconfigured: its Describe names provider 'good'"
         assert not result.bindings
         assert result.previous_holder_count == 0
-    assert good.refused_warrants == 2
+    assert good.refused_warrants == 0
     _nothing_leaks(hz, messages)
 
 

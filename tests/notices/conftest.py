@@ -51,7 +51,18 @@ CM_NUMBER = "+8613800138000"
 CM_RANGE_NUMBER = "+8613920000001"
 CT_NUMBER = "+8618000180000"
 ADMIN_CN = "regulator"
-CLIENT_NAMES = ("gateway", "portal", ADMIN_CN, "cm", "ct", "pay", "chat", "forum", "idle")
+CLIENT_NAMES = (
+    "gateway",
+    "portal",
+    "intruder",
+    ADMIN_CN,
+    "cm",
+    "ct",
+    "pay",
+    "chat",
+    "forum",
+    "idle",
+)
 # Roughly now, on a whole second (the tests' clock starts here).
 T0 = datetime.now(UTC).replace(microsecond=0)
 

@@ -123,7 +123,7 @@ async def test_only_providers_may_check(world: World) -> None:
     for who, code in (
         ("carrier:cm", grpc.StatusCode.PERMISSION_DENIED),
         ("admin", grpc.StatusCode.PERMISSION_DENIED),
-        ("cn:portal", grpc.StatusCode.UNAUTHENTICATED),
+        ("cn:intruder", grpc.StatusCode.UNAUTHENTICATED),
     ):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await world.caller(gateway, who).check(UNUSED_NUMBER, since)

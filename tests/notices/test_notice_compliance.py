@@ -86,7 +86,7 @@ async def test_awaiting_until_the_deadline(dev_world: World) -> None:
     assert (forum.awaiting_action, forum.never_acted, forum.notices_delivered) == (1, 0, 0)
 
 
-@pytest.mark.parametrize("who", ["provider:pay", "carrier:cm", "cn:portal"])
+@pytest.mark.parametrize("who", ["provider:pay", "carrier:cm", "cn:intruder"])
 async def test_report_is_for_admins_only(world: World, who: str) -> None:
     """Anyone but an admin is refused the report."""
     await world.push_provider("pay")

@@ -216,7 +216,7 @@ async def test_who_may_poll(world: World) -> None:
         assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
     for who, code in (
         ("carrier:cm", grpc.StatusCode.PERMISSION_DENIED),
-        ("cn:portal", grpc.StatusCode.UNAUTHENTICATED),
+        ("cn:intruder", grpc.StatusCode.UNAUTHENTICATED),
     ):
         caller = world.caller(gateway, who)
         with pytest.raises(grpc.aio.AioRpcError) as rpc_err:

@@ -72,11 +72,19 @@ async def test_only_carriers_may_report(world: World, who: str) -> None:
 
 
 async def test_unregistered_certificate_is_unauthenticated(world: World) -> None:
-    """A valid client certificate whose CN is no carrier, provider or admin is UNAUTHENTICATED."""
+    """A valid client certificate whose CN has no role at all is UNAUTHENTICATED."""
+    gateway = await world.gateway()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await world.caller(gateway, "cn:intruder").report("ev-1", world.CM_NUMBER)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_the_portal_certificate_cannot_report_events(world: World) -> None:
+    """The portal's certificate has a role, and it is not a carrier's: PERMISSION_DENIED."""
     gateway = await world.gateway()
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await world.caller(gateway, "cn:portal").report("ev-1", world.CM_NUMBER)
-    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
 async def test_same_event_twice_and_conflicting_reuse(world: World) -> None:

@@ -55,18 +55,24 @@ class ChannelPool:
         key = (address, plaintext)
         channel = self._channels.get(key)
         if channel is None:
-            if plaintext:
-                channel = grpc.aio.insecure_channel(address, options=self._options)
-            else:
-                if self._credentials is None or self._tls is None:
-                    raise RuntimeError(f"no upstream TLS configured for {address}")
-                channel = grpc.aio.secure_channel(
-                    address,
-                    self._credentials,
-                    options=[*self._options, *self._tls.channel_options()],
-                )
+            channel = self.fresh(address, plaintext=plaintext)
             self._channels[key] = channel
         return channel
+
+    def fresh(self, address: str, *, plaintext: bool) -> grpc.aio.Channel:
+        """A new channel to ``address``, outside the pool; the caller closes it.
+
+        For one-off probes: a probe that meets a provider down would otherwise
+        leave the pooled channel in gRPC's reconnect backoff, failing the first
+        lookups after the provider comes back.
+        """
+        if plaintext:
+            return grpc.aio.insecure_channel(address, options=self._options)
+        if self._credentials is None or self._tls is None:
+            raise RuntimeError(f"no upstream TLS configured for {address}")
+        return grpc.aio.secure_channel(
+            address, self._credentials, options=[*self._options, *self._tls.channel_options()]
+        )
 
     async def close(self, grace: float | None = None) -> None:
         """Close every channel (calls still running get ``grace`` seconds)."""

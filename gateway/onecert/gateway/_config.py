@@ -37,6 +37,7 @@ __all__ = [
     "ListenTLS",
     "MetricsConfig",
     "NoticesConfig",
+    "PortalConfig",
     "ProviderConfig",
     "StoreConfig",
     "TracingConfig",
@@ -131,6 +132,9 @@ class FanoutConfig:
     retry_budget_window_s: float = 10.0
     retry_max_attempts: int = 2
     summary_margin_s: float = 0.2
+    # Accounts one provider answer may contribute to a lookup; the rest are
+    # dropped and the result says so (a number has a handful, not thousands).
+    max_bindings_per_answer: int = 1000
 
 
 @dataclass(frozen=True)
@@ -298,6 +302,15 @@ class CheckRecycledConfig:
 
 
 @dataclass(frozen=True)
+class PortalConfig:
+    """The portal's access (``[portal]``)."""
+
+    # Client certificate CNs allowed to call Lookup, Unbind and GetUnbind
+    # (under mutual TLS); the dev keys name the portal's certificate "portal".
+    client_cns: tuple[str, ...] = ("portal",)
+
+
+@dataclass(frozen=True)
 class AdminConfig:
     """The regulator's access (``[admin]``)."""
 
@@ -362,6 +375,7 @@ class GatewayConfig:
     notices: NoticesConfig = field(default_factory=NoticesConfig)
     check_recycled: CheckRecycledConfig = field(default_factory=CheckRecycledConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
+    portal: PortalConfig = field(default_factory=PortalConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     tracing: TracingConfig = field(default_factory=TracingConfig)
 
@@ -485,19 +499,7 @@ def parse_config(
 
     identity = _parse_identity(root.table("identity", required=True), default_audience=gateway_id)
 
-    up_t = root.optional_table("upstream_tls")
-    upstream_tls = None
-    if up_t is not None:
-        upstream_tls = UpstreamTLS(
-            ca=up_t.path("ca"),
-            cert=up_t.path("cert", None),
-            key=up_t.path("key", None),
-            server_name=up_t.string("server_name", None),
-        )
-        if (upstream_tls.cert is None) != (upstream_tls.key is None):
-            raise ConfigError("upstream_tls.cert and upstream_tls.key go together")
-        up_t.finish()
-
+    upstream_tls = _parse_upstream_tls(root.optional_table("upstream_tls"))
     fanout = _parse_fanout(root.table("fanout"))
     carriers = tuple(
         _parse_carrier(t) for t in root.tables("carriers", required=True, what="carrier")
@@ -508,11 +510,12 @@ def parse_config(
     notices = _parse_notices(root.table("notices"))
     check_recycled = _parse_check_recycled(root.table("check_recycled"))
     admin = _parse_admin(root.table("admin"))
+    portal = _parse_portal(root.table("portal"))
     metrics = _parse_metrics(root.table("metrics"), grpc_listen=listen)
     tracing = _parse_tracing(root.table("tracing"))
     _unique("carriers", [c.id for c in carriers])
     _unique("providers", [p.id for p in providers])
-    _unique_cns(carriers, providers, admin)
+    _unique_cns(carriers, providers, admin, portal)
     root.finish()
 
     config = GatewayConfig(
@@ -532,6 +535,7 @@ def parse_config(
         notices=notices,
         check_recycled=check_recycled,
         admin=admin,
+        portal=portal,
         metrics=metrics,
         tracing=tracing,
         **general,
@@ -566,6 +570,21 @@ def _parse_identity(t: _Table, *, default_audience: str) -> IdentityConfig:
     return config
 
 
+def _parse_upstream_tls(t: _Table | None) -> UpstreamTLS | None:
+    if t is None:
+        return None
+    upstream_tls = UpstreamTLS(
+        ca=t.path("ca"),
+        cert=t.path("cert", None),
+        key=t.path("key", None),
+        server_name=t.string("server_name", None),
+    )
+    if (upstream_tls.cert is None) != (upstream_tls.key is None):
+        raise ConfigError("upstream_tls.cert and upstream_tls.key go together")
+    t.finish()
+    return upstream_tls
+
+
 def _parse_fanout(t: _Table) -> FanoutConfig:
     config = FanoutConfig(
         provider_deadline_s=t.seconds("provider_deadline_s", 3.0),
@@ -578,6 +597,7 @@ def _parse_fanout(t: _Table) -> FanoutConfig:
         retry_budget_window_s=t.seconds("retry_budget_window_s", 10.0),
         retry_max_attempts=t.integer("retry_max_attempts", 2, minimum=1),
         summary_margin_s=t.seconds("summary_margin_s", 0.2, allow_zero=True),
+        max_bindings_per_answer=t.integer("max_bindings_per_answer", 1000, minimum=1),
     )
     t.finish()
     return config
@@ -778,8 +798,17 @@ def _parse_admin(t: _Table) -> AdminConfig:
     return config
 
 
+def _parse_portal(t: _Table) -> PortalConfig:
+    config = PortalConfig(client_cns=tuple(t.strings("client_cns", ["portal"])))
+    t.finish()
+    return config
+
+
 def _unique_cns(
-    carriers: Sequence[CarrierConfig], providers: Sequence[ProviderConfig], admin: AdminConfig
+    carriers: Sequence[CarrierConfig],
+    providers: Sequence[ProviderConfig],
+    admin: AdminConfig,
+    portal: PortalConfig,
 ) -> None:
     # One certificate, one role: a CN shared by two callers would let one
     # act as the other.
@@ -788,6 +817,7 @@ def _unique_cns(
         *((c.cn, f"carrier {c.id!r}") for c in carriers),
         *((p.cn, f"provider {p.id!r}") for p in providers),
         *((cn, "admin") for cn in admin.client_cns),
+        *((cn, "the portal") for cn in portal.client_cns),
     ]
     for cn, owner in named:
         if cn in owners:
@@ -827,6 +857,7 @@ _TABLES = (
     "notices",
     "check_recycled",
     "admin",
+    "portal",
     "metrics",
     "tracing",
 )

@@ -13,6 +13,7 @@ does not answer ``Describe`` is left alone: its calls fail on their own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import re
 from collections.abc import Mapping, Sequence
@@ -28,6 +29,7 @@ from onecert.v1 import provider_pb2, provider_pb2_grpc
 
 __all__ = [
     "CONTRACT_VERSION",
+    "DescribeCheck",
     "DescribeStatus",
     "DescribeVerdict",
     "check_providers",
@@ -111,13 +113,20 @@ async def describe_provider(
 async def check_providers(
     channels: ChannelPool, providers: Sequence[ProviderConfig], *, deadline: float = 2.0
 ) -> dict[str, DescribeVerdict]:
-    """Every provider's verdict, asked in parallel, by configured id."""
-    verdicts = await asyncio.gather(
-        *(
-            describe_provider(channels.get(p.address, plaintext=p.plaintext), p, deadline=deadline)
-            for p in providers
-        )
-    )
+    """Every provider's verdict, asked in parallel, by configured id.
+
+    Each is asked over a channel of its own, closed afterwards, so a provider
+    down now does not leave the lookups' channel in reconnect backoff.
+    """
+
+    async def one(provider: ProviderConfig) -> DescribeVerdict:
+        channel = channels.fresh(provider.address, plaintext=provider.plaintext)
+        try:
+            return await describe_provider(channel, provider, deadline=deadline)
+        finally:
+            await channel.close()
+
+    verdicts = await asyncio.gather(*(one(p) for p in providers))
     return {v.provider_id: v for v in verdicts}
 
 
@@ -136,3 +145,46 @@ def quarantine_misconfigured(fanout: FanOut, verdicts: Mapping[str, DescribeVerd
                 "provider.describe_failed", provider=verdict.provider_id, reason=verdict.reason
             )
     return stopped
+
+
+class DescribeCheck:
+    """A gateway background worker: checks every provider's ``Describe`` once,
+    right after the gateway starts, and quarantines the misconfigured ones.
+
+    It runs beside serving rather than before it, so a provider that hangs on
+    ``Describe`` never delays the gateway's start.
+    """
+
+    def __init__(
+        self,
+        *,
+        channels: ChannelPool,
+        providers: Sequence[ProviderConfig],
+        fanout: FanOut,
+        deadline: float = 2.0,
+    ) -> None:
+        self._channels = channels
+        self._providers = tuple(providers)
+        self._fanout = fanout
+        self._deadline = deadline
+        self._task: asyncio.Task[int] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self.run_once(), name="describe-check")
+
+    async def run_once(self) -> int:
+        """Check every provider now; return how many were quarantined."""
+        verdicts = await check_providers(self._channels, self._providers, deadline=self._deadline)
+        return quarantine_misconfigured(self._fanout, verdicts)
+
+    async def wait(self) -> int:
+        """Wait for the check started by :meth:`start`; return how many were quarantined."""
+        if self._task is None:
+            raise RuntimeError("the describe check was not started")
+        return await asyncio.shield(self._task)
+
+    async def stop(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

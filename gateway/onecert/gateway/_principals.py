@@ -1,8 +1,11 @@
-"""Who is calling: a carrier, a provider or the regulator (admin).
+"""Who is calling: the portal, a carrier, a provider or the regulator (admin).
 
-Callers other than the portal are identified by the common name of their
-verified client certificate (mutual TLS), mapped through the configuration
-(``client_cn`` of each carrier and provider, ``admin.client_cns``). Only in
+Callers are identified by the common name of their verified client
+certificate (mutual TLS), mapped through the configuration (``client_cn`` of
+each carrier and provider, ``admin.client_cns``, ``portal.client_cns``). The
+portal's calls also carry a citizen's assertion, which is what authorises
+them; the certificate check keeps a carrier's or a provider's certificate
+from being used to run lookups at all. Only in
 development mode (``gateway.dev_plaintext``) may a caller without a
 certificate name itself in the metadata ``x-onecert-dev-principal``:
 ``carrier:ID``, ``provider:ID`` or ``admin``.
@@ -34,6 +37,7 @@ class Role(enum.StrEnum):
     CARRIER = "carrier"
     PROVIDER = "provider"
     ADMIN = "admin"
+    PORTAL = "portal"
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,7 @@ class PrincipalResolver:
         carriers: Mapping[str, str],
         providers: Mapping[str, str],
         admin_cns: frozenset[str] | set[str] | tuple[str, ...] = (),
+        portal_cns: frozenset[str] | set[str] | tuple[str, ...] = (),
         dev_principals: bool = False,
     ) -> None:
         self._by_cn: dict[str, Principal] = {}
@@ -75,6 +80,8 @@ class PrincipalResolver:
             self._by_cn[cn] = Principal(Role.PROVIDER, provider_id)
         for cn in admin_cns:
             self._by_cn[cn] = Principal(Role.ADMIN, cn)
+        for cn in portal_cns:
+            self._by_cn[cn] = Principal(Role.PORTAL, cn)
         self._carrier_ids = frozenset(carriers.values())
         self._provider_ids = frozenset(providers.values())
         self._dev = dev_principals
@@ -86,6 +93,7 @@ class PrincipalResolver:
             carriers={c.cn: c.id for c in config.carriers},
             providers={p.cn: p.id for p in config.providers},
             admin_cns=config.admin.client_cns,
+            portal_cns=config.portal.client_cns,
             dev_principals=config.dev_plaintext,
         )
 
@@ -96,7 +104,10 @@ class PrincipalResolver:
             found = self._by_cn.get(cn)
             if found is not None:
                 return found
-            return f"client certificate {cn!r} is not registered as a carrier, provider or admin"
+            return (
+                f"client certificate {cn!r} is not registered as a portal, carrier, "
+                "provider or admin"
+            )
         claimed = _metadata(context, DEV_PRINCIPAL_HEADER)
         if claimed is None:
             return "a client certificate is required"
@@ -119,6 +130,24 @@ class PrincipalResolver:
             f"{DEV_PRINCIPAL_HEADER} must be carrier:ID or provider:ID of a configured "
             "carrier or provider, or admin"
         )
+
+    async def require_portal(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """Abort the call unless a client certificate, if any, is a portal's.
+
+        Without a client certificate (development plaintext) there is nothing
+        to check: the citizen's assertion still authorises the call.
+        """
+        cn = peer_common_name(context)
+        if cn is None:
+            return
+        found = self._by_cn.get(cn)
+        if found is None or found.role is not Role.PORTAL:
+            _log.info("caller.not_portal", caller=found.actor if found else "unregistered")
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"client certificate {cn!r} is not a portal's: citizens' calls come "
+                "through the portal (portal.client_cns)",
+            )
 
     async def require(self, context: grpc.aio.ServicerContext[Any, Any], role: Role) -> Principal:
         """The caller if it has ``role``; otherwise abort the call.

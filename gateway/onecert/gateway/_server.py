@@ -20,6 +20,7 @@ from onecert.gateway._audit import Auditor, derive_audit_key, load_audit_key
 from onecert.gateway._channels import ChannelPool
 from onecert.gateway._config import ConfigError, GatewayConfig, check_transport
 from onecert.gateway._delivery import DeliveryWorkers
+from onecert.gateway._describe import DescribeCheck
 from onecert.gateway._fanout import FanOut, Router
 from onecert.gateway._handles import HandleSealer, load_handle_key
 from onecert.gateway._identity import (
@@ -30,6 +31,7 @@ from onecert.gateway._identity import (
 )
 from onecert.gateway._lookup import QUERY_ID, LookupService, new_query_id
 from onecert.gateway._metrics import NO_OBSERVER, Observer, Telemetry
+from onecert.gateway._principals import PrincipalResolver
 from onecert.gateway._recycled import RecycledNumbers
 from onecert.gateway._unbind import UnbindService
 from onecert.gateway.store import Store, StoreReplayCache
@@ -44,6 +46,9 @@ if TYPE_CHECKING:
 __all__ = ["BackgroundWorker", "GatewayServer", "QueryIdInterceptor", "serve"]
 
 _log = structlog.get_logger("onecert.gateway.server")
+
+# Metadata carries the citizen's assertion (a few hundred bytes); see start().
+_MAX_METADATA_BYTES = 16 * 1024
 
 GATEWAY_SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 
@@ -179,10 +184,12 @@ class _GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self,
         lookup: LookupService,
         *,
+        principals: PrincipalResolver,
         unbind: UnbindService | None = None,
         recycled: RecycledNumbers | None = None,
         telemetry: Telemetry | None = None,
     ) -> None:
+        self._principals = principals
         self._lookup = lookup
         self._unbind = unbind
         self._recycled = recycled
@@ -193,6 +200,7 @@ class _GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     ) -> AsyncIterator[gateway_pb2.LookupResponse]:
         # An async generator function itself: grpc.aio tells streaming
         # handlers apart by inspecting the function.
+        await self._principals.require_portal(context)
         responses = self._lookup.lookup(request, context)
         if self._telemetry is not None:
             responses = self._telemetry.observe_lookup(responses, context, query_id=QUERY_ID.get())
@@ -202,6 +210,7 @@ class _GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     async def Unbind(  # noqa: N802 - the gRPC method name
         self, request: gateway_pb2.GatewayUnbindRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> gateway_pb2.GatewayUnbindResponse:
+        await self._principals.require_portal(context)
         if self._unbind is None:
             await _no_store(context, "Unbind")
         return await self._unbind.unbind(request, context)
@@ -209,6 +218,7 @@ class _GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     async def GetUnbind(  # noqa: N802 - the gRPC method name
         self, request: gateway_pb2.GetUnbindRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> gateway_pb2.GetUnbindResponse:
+        await self._principals.require_portal(context)
         if self._unbind is None:
             await _no_store(context, "GetUnbind")
         return await self._unbind.get_unbind(request, context)
@@ -348,7 +358,9 @@ class GatewayServer:
             warrants=self._warrants,
             router=router,
             observer=observer,
+            max_bindings=config.fanout.max_bindings_per_answer,
         )
+        self._principals = PrincipalResolver.from_config(config)
         self.lookup = LookupService(
             verifier=self._verifier,
             fanout=self.fanout,
@@ -398,6 +410,11 @@ class GatewayServer:
             )
             self.recycled.pusher.observer = observer
             self._workers.append(self.recycled.pusher)
+        # Ask every provider who it is; stop asking one that claims another id.
+        self.describe_check = DescribeCheck(
+            channels=self._channels, providers=config.providers, fanout=self.fanout
+        )
+        self._workers.append(self.describe_check)
         if self.telemetry is not None and self.telemetry.metrics is not None:
             self.telemetry.metrics.watch(fanout=self.fanout, lookup=self.lookup, store=store)
         self._health = health.aio.HealthServicer()
@@ -440,11 +457,20 @@ class GatewayServer:
             options=[
                 ("grpc.max_send_message_length", limit),
                 ("grpc.max_receive_message_length", limit),
+                # gRPC's default metadata limit is soft (8 KiB, enforced at
+                # random above it): a firm, larger one makes an oversized
+                # token always reach the identity check, which refuses it.
+                ("grpc.max_metadata_size", _MAX_METADATA_BYTES),
+                ("grpc.absolute_max_metadata_size", _MAX_METADATA_BYTES),
             ],
         )
         gateway_pb2_grpc.add_GatewayServicer_to_server(
             _GatewayServicer(
-                self.lookup, unbind=self.unbind, recycled=self.recycled, telemetry=self.telemetry
+                self.lookup,
+                principals=self._principals,
+                unbind=self.unbind,
+                recycled=self.recycled,
+                telemetry=self.telemetry,
             ),
             server,
         )
