@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.onecert-installed
 
-.PHONY: setup test test-pg demo proto proto-check lint format clean
+.PHONY: setup test test-pg demo proto proto-check lint format clean bench bench-quick stress
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,25 @@ test: setup
 ## Start a development federation on SQLite and run a citizen's lookup.
 demo: setup
 	$(PY) -m onecert.cli demo
+
+## Benchmark the gateway against the bare gRPC floor; table on stdout, JSON in bench/results/.
+bench: setup
+	$(PY) -m bench
+
+## The same, every scenario small (under a minute).
+bench-quick: setup
+	$(PY) -m bench --quick
+
+## Long reliability scenarios, loopback only (about 15 minutes on 2 cores): the gateway
+## SIGKILLed under load on SQLite and PostgreSQL, overload, a soak, then 20x longer
+## fuzzing. Figures on stdout and in stress/results/latest.json (see docs/reliability.md).
+STRESS_PG_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/test
+stress: setup
+	ONECERT_TEST_PG_URL="$${ONECERT_TEST_PG_URL:-$(STRESS_PG_URL)}" \
+	ONECERT_CRASH_SECONDS="$${ONECERT_CRASH_SECONDS:-120}" \
+	ONECERT_SOAK_SECONDS="$${ONECERT_SOAK_SECONDS:-180}" \
+		$(PY) -m pytest stress -p no:cacheprovider
+	ONECERT_FUZZ_SCALE=20 $(PY) -m pytest tests/hardening -k fuzz -p no:cacheprovider --timeout=900
 
 ## Regenerate the Python code for proto/onecert/v1.
 proto: setup

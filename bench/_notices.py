@@ -1,0 +1,242 @@
+"""The notices scenario: one recycled-number notice pushed to N providers.
+
+A carrier reports the number RECYCLED with ``Gateway.ReportNumberEvent``;
+the gateway records one delivery per provider and its push workers call
+each provider's ``ReceiveEvent`` until every delivery is acknowledged. The
+benchmark watches the deliveries in the store (a read-only query from its
+own process) and stops the clock when the last one is acknowledged. The
+floor is N bare ``ReceiveEvent`` calls with SETs signed by the same key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import statistics
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from sqlalchemy.engine import make_url
+
+from bench._cluster import (
+    CARRIER_ID,
+    Env,
+    Hosts,
+    ProviderSpec,
+    provider_ids,
+    start_gateway,
+    start_hosts,
+    write_gateway_config,
+)
+from bench._load import CHANNEL_OPTIONS, GatewayLoad
+from bench._procs import Processes, cpu_seconds
+from bench._report import Row, ScenarioResult
+from onecert.adapters.demo import GATEWAY_ID
+from onecert.gateway.store import DeliveryState, Store
+from onecert.sdk._keys import SigningKey
+from onecert.sdk._set import SetIssuer
+from onecert.v1 import gateway_pb2, gateway_pb2_grpc, provider_pb2, provider_pb2_grpc
+
+if TYPE_CHECKING:
+    from bench._scenarios import Context
+
+_POLL_S = 0.05
+_TIMEOUT_S = 300.0
+_DEV_PRINCIPAL = "x-onecert-dev-principal"
+
+
+async def run_notices(ctx: Context) -> ScenarioResult:
+    """Push one notice to every provider, on SQLite and on PostgreSQL, against the floor."""
+    sizes, env = ctx.sizes, ctx.env
+    n = sizes.notices_n
+    result = ScenarioResult(
+        "notices",
+        f"One recycled-number notice pushed to {n} providers until all acknowledged",
+        params={"providers": n, "workers": 2, "batch": 10, "postgresql": bool(ctx.pg_url)},
+    )
+    result.notes += [
+        "gateway: ReportNumberEvent from the carrier, then its push workers "
+        "(default [notices]: 2 workers x batch 10) until every delivery is ACKNOWLEDGED; "
+        "timed from the report to the last acknowledgement seen in the store",
+        "floor = N bare ReceiveEvent calls at once, a SET signed per call",
+    ]
+    ids = provider_ids("nt", n)
+    with Processes(ctx.directory / "notices") as procs:
+        hosts = start_hosts(
+            env,
+            procs,
+            "nt",
+            [ProviderSpec(p, hold=False) for p in ids],
+            hosts=sizes.hosts,
+            carrier=True,
+        )
+        floors = [await _floor(env, hosts, ids)]
+        # (label, store URL, PostgreSQL schema, extra config)
+        backends: list[tuple[str, str, str | None, str]] = [
+            ("SQLite", f"sqlite:///{procs.directory / 'notices.db'}", None, "")
+        ]
+        if ctx.pg_url:
+            backends.append(("PostgreSQL", ctx.pg_url, f"bench_{secrets.token_hex(4)}", ""))
+        else:
+            result.notes.append("PostgreSQL skipped (no --pg-url)")
+        if sizes.notices_tuned:
+            backends.append(
+                (
+                    "SQLite, batch 100",
+                    f"sqlite:///{procs.directory / 'notices-batch.db'}",
+                    None,
+                    "\n[notices]\nbatch = 100\n",
+                )
+            )
+            result.notes.append(
+                "'batch 100': the same with [notices] batch = 100 (claims of 100 deliveries)"
+            )
+        for label, url, schema, extra in backends:
+            async with _schema(url, schema):
+                figures = await _push_all(
+                    ctx, procs, hosts, ids, label=label, url=url, schema=schema, extra=extra
+                )
+            floors.append(await _floor(env, hosts, ids))
+            floor_s = statistics.median(floors)
+            result.rows.append(
+                Row(
+                    label, "all acknowledged", "s", figures["seconds"], floor_s, "bare ReceiveEvent"
+                ).judge()
+            )
+            result.details[label] = figures
+    result.details["floor_seconds"] = floors
+    return result
+
+
+@contextlib.asynccontextmanager
+async def _schema(url: str, schema: str | None) -> AsyncIterator[None]:
+    """A fresh PostgreSQL schema for the run, dropped afterwards (nothing for SQLite)."""
+    if schema is None:
+        yield
+        return
+    from sqlalchemy import text  # noqa: PLC0415 - only when PostgreSQL is used
+    from sqlalchemy.ext.asyncio import create_async_engine  # noqa: PLC0415 - same
+
+    engine = create_async_engine(
+        make_url(url).set(drivername="postgresql+asyncpg"), isolation_level="AUTOCOMMIT"
+    )
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        try:
+            yield
+        finally:
+            async with engine.connect() as conn:
+                await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    finally:
+        await engine.dispose()
+
+
+async def _push_all(
+    ctx: Context,
+    procs: Processes,
+    hosts: Hosts,
+    ids: list[str],
+    *,
+    label: str,
+    url: str,
+    schema: str | None,
+    extra: str = "",
+) -> dict[str, Any]:
+    env = ctx.env
+    name = "gateway-" + "".join(c if c.isalnum() else "-" for c in label.lower())
+    config = write_gateway_config(
+        env,
+        procs.directory / f"{name}.toml",
+        carrier_address=hosts.addresses[CARRIER_ID],
+        providers=[(p, hosts.addresses[p]) for p in ids],
+        store_url=url,
+        store_schema=schema,
+        carrier_prefixes=["+86"],
+        extra=extra,
+    )
+    gateway = start_gateway(procs, name, config)
+    store = Store.open(url, schema=schema)
+    try:
+        # One lookup first: it opens the gateway's channel to every provider,
+        # as a running gateway has them (the floor's channels are warm too).
+        warm = GatewayLoad(env, gateway.address)
+        try:
+            await warm.lookup()
+        finally:
+            await warm.close()
+        async with grpc.aio.insecure_channel(gateway.address) as channel:
+            stub = gateway_pb2_grpc.GatewayStub(channel)
+            request = gateway_pb2.ReportNumberEventRequest(
+                event_id=f"bench-{secrets.token_hex(6)}",
+                msisdn=env.msisdn,
+                type=gateway_pb2.NUMBER_EVENT_TYPE_RECYCLED,
+            )
+            request.effective_at.FromDatetime(datetime.now(UTC) - timedelta(minutes=1))
+            cpu_before = cpu_seconds(gateway.pid)
+            started = time.perf_counter()
+            answer = await stub.ReportNumberEvent(
+                request,
+                timeout=30,
+                metadata=((_DEV_PRINCIPAL, f"carrier:{CARRIER_ID}"),),
+            )
+            reported = time.perf_counter() - started
+            acknowledged, failed = await _wait_acknowledged(store, answer.notice_id, len(ids))
+            seconds = time.perf_counter() - started
+            cpu = cpu_seconds(gateway.pid) - cpu_before
+    finally:
+        await store.close()
+        procs.stop(gateway.process)
+    return {
+        "seconds": seconds,
+        "report_call_ms": reported * 1000,
+        "acknowledged": acknowledged,
+        "failed": failed,
+        "gateway_cpu_s": round(cpu, 2),
+        "gateway_cpu_ms_per_delivery": round(cpu / len(ids) * 1000, 2),
+        "deliveries_per_s": round(acknowledged / seconds, 1) if seconds else None,
+    }
+
+
+async def _wait_acknowledged(store: Store, notice_id: str, expected: int) -> tuple[int, int]:
+    deadline = time.perf_counter() + _TIMEOUT_S
+    while True:
+        deliveries = await store.notice_deliveries(notice_id)
+        acknowledged = sum(d.state == DeliveryState.ACKNOWLEDGED for d in deliveries)
+        failed = sum(d.state == DeliveryState.FAILED for d in deliveries)
+        if acknowledged + failed >= expected:
+            return acknowledged, failed
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"{acknowledged} of {expected} acknowledged after {_TIMEOUT_S:g} s")
+        await asyncio.sleep(_POLL_S)
+
+
+async def _floor(env: Env, hosts: Hosts, ids: list[str]) -> float:
+    """Seconds for one bare ``ReceiveEvent`` per provider, all at once (channels warm)."""
+    sets = SetIssuer(key=SigningKey.load(env.keys.warrant_key), issuer=GATEWAY_ID)
+    channels = [grpc.aio.insecure_channel(hosts.addresses[p], options=CHANNEL_OPTIONS) for p in ids]
+    stubs = [provider_pb2_grpc.BindingProviderStub(c) for c in channels]
+    recycled_at = datetime.now(UTC) - timedelta(minutes=1)
+    try:
+        # Connect first, as the gateway's channels are after its first lookup.
+        await asyncio.gather(*(c.channel_ready() for c in channels))
+
+        async def push(provider_id: str, stub: provider_pb2_grpc.BindingProviderAsyncStub) -> bool:
+            token = sets.issue(audience=provider_id, msisdn=env.msisdn, recycled_at=recycled_at)
+            answer = await stub.ReceiveEvent(
+                provider_pb2.ReceiveEventRequest(set=token), timeout=30
+            )
+            return bool(answer.acknowledged)
+
+        started = time.perf_counter()
+        acknowledged = await asyncio.gather(*(push(p, s) for p, s in zip(ids, stubs, strict=True)))
+        seconds = time.perf_counter() - started
+    finally:
+        await asyncio.gather(*(c.close() for c in channels))
+    if not all(acknowledged):
+        raise RuntimeError("a provider did not acknowledge a bare ReceiveEvent")
+    return seconds
