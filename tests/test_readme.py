@@ -56,6 +56,12 @@ def test_readme_example_is_the_committed_example() -> None:
     assert len(example.splitlines()) <= 32
 
 
+def test_readme_portal_example_is_the_committed_example() -> None:
+    """The portal code shown in the README is exactly examples/portal_lookup.py."""
+    example = (ROOT / "examples" / "portal_lookup.py").read_text()
+    assert example in _python_blocks()
+
+
 def test_readme_adapter_passes_the_conformance_kit(tmp_path: Path) -> None:
     """The README's adapter, copied into a file and run with mTLS, passes every kit check."""
     keys = tmp_path / "keys"

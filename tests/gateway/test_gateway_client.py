@@ -31,6 +31,7 @@ from onecert.v1 import common_pb2
 
 if TYPE_CHECKING:
     from onecert.gateway import GatewayServer
+    from onecert.sdk.devkeys import DevKeys
     from tests.gateway.conftest import Federation
 
 
@@ -301,3 +302,39 @@ jwks = "{fed.keys.identity_jwks.name}"
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+PORTAL_EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "portal_lookup.py"
+
+
+async def test_readme_portal_example_runs(
+    tls_fed: Federation, dev_tls: DevKeys, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """examples/portal_lookup.py (shown in the README) prints the left-behind account
+    flagged first, the previous holders' count, and the coverage, over mutual TLS."""
+    import importlib.util
+
+    fed = tls_fed
+    await fed.carrier("cm", {fed.IDN: fed.story_tenures()})
+    b = fed.binding
+    await fed.provider(
+        "pay",
+        {
+            fed.FORMER: [b("old", "zhangsan", fed.at(2014, 5, 1))],
+            fed.CURRENT: [b("prev", "someone-else", fed.at(2015, 1, 1))],
+        },
+    )
+    gateway = await fed.gateway()
+    spec = importlib.util.spec_from_file_location("portal_lookup", PORTAL_EXAMPLE)
+    assert spec is not None
+    assert spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    await example.main(f"127.0.0.1:{gateway.port}", dev_tls.directory, fed.assertion())
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("!! ")
+    assert fed.FORMER in lines[0]
+    assert "zh***an" in lines[0]
+    assert any("1 previous" in line for line in lines)
+    assert "someone" not in "\n".join(lines)
+    assert lines[-1].endswith("providers answered")

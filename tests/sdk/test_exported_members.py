@@ -10,6 +10,7 @@ SDK_API = {
     "BindingKind",
     "CallInfo",
     "Carrier",
+    "ClientTLS",
     "IdempotencyStore",
     "MemoryIdempotencyStore",
     "NoticePoller",

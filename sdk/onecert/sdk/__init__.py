@@ -19,7 +19,7 @@ from onecert.sdk._poller import NoticePoller, PollRound
 from onecert.sdk._provider import Provider
 from onecert.sdk._server import Server
 from onecert.sdk._set import SetError, SetIssuer, SetVerifier
-from onecert.sdk._tls import ServerTLS
+from onecert.sdk._tls import ClientTLS, ServerTLS
 from onecert.sdk._types import (
     Binding,
     BindingKind,
@@ -39,6 +39,7 @@ __all__ = [
     "BindingKind",
     "CallInfo",
     "Carrier",
+    "ClientTLS",
     "IdempotencyStore",
     "MemoryIdempotencyStore",
     "NoticePoller",
