@@ -311,7 +311,7 @@ async def test_readme_portal_example_runs(
     tls_fed: Federation, dev_tls: DevKeys, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """examples/portal_lookup.py (shown in the README) prints the left-behind account
-    flagged first, the previous holders' count, and the coverage, over mutual TLS."""
+    flagged, the previous holders' count and the coverage, over mutual TLS."""
     import importlib.util
 
     fed = tls_fed
@@ -332,9 +332,10 @@ async def test_readme_portal_example_runs(
     spec.loader.exec_module(example)
     await example.main(f"127.0.0.1:{gateway.port}", dev_tls.directory, fed.assertion())
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("!! ")
-    assert fed.FORMER in lines[0]
-    assert "zh***an" in lines[0]
+    # Results arrive per provider and number, in whatever order they answer.
+    (flagged,) = [line for line in lines if line.startswith("!! ")]
+    assert fed.FORMER in flagged
+    assert "zh***an" in flagged
     assert any("1 previous" in line for line in lines)
     assert "someone" not in "\n".join(lines)
     assert lines[-1].endswith("providers answered")
