@@ -129,3 +129,20 @@ def test_readme_adapter_passes_the_conformance_kit(tmp_path: Path) -> None:
         log = process.stderr.read().decode()
         process.stderr.close()
     assert "+8613800138000" not in log
+
+
+def test_readme_performance_table_is_the_latest_full_run() -> None:
+    """The README's Performance table is exactly the table of bench/results/latest.json."""
+    import json
+    import sys
+
+    sys.path.insert(0, str(ROOT))
+    try:
+        from bench._report import table
+    finally:
+        sys.path.remove(str(ROOT))
+    doc = json.loads((ROOT / "bench" / "results" / "latest.json").read_text())
+    assert doc["mode"] == "full"
+    rows = [line for line in table(doc).splitlines() if line.startswith("|")]
+    assert rows
+    assert "\n".join(rows) in README
