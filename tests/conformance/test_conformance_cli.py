@@ -147,7 +147,8 @@ def test_cli_over_mutual_tls_with_dev_keys(
     ("extra", "message"),
     [
         (["--insecure", "--unbind", "no-colon"], "--unbind takes NUMBER:ACCOUNT_REF"),
-        (["--insecure", "--cert", "c.pem"], "need --ca"),
+        (["--insecure", "--cert", "c.pem"], "--insecure cannot be combined with --ca, --cert"),
+        (["--insecure", "--ca", "ca.pem"], "--insecure cannot be combined with --ca"),
         (["--ca", "ca.pem", "--cert", "c.pem"], "both --cert and --key"),
         (["--insecure", "--timeout", "0"], "--timeout must be positive"),
     ],
@@ -170,11 +171,12 @@ def test_cli_refuses_a_malformed_known_number(
     assert "E.164" in capsys.readouterr().err
 
 
-def test_cli_needs_a_transport_choice(dev_keys: DevKeys) -> None:
-    """Without --ca or --insecure argparse refuses the command (plaintext is never implied)."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(_provider_args("127.0.0.1:1", dev_keys))
-    assert exit_info.value.code == 2
+def test_cli_needs_a_transport_choice(
+    dev_keys: DevKeys, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --ca or --insecure the command is refused (plaintext is never implied)."""
+    assert main(_provider_args("127.0.0.1:1", dev_keys)) == 2
+    assert "give --ca" in capsys.readouterr().err
 
 
 def test_cli_reports_an_unreadable_warrant_key(capsys: pytest.CaptureFixture[str]) -> None:

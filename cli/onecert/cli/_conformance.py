@@ -7,10 +7,10 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from onecert.cli import CommandError
+from onecert.cli._common import add_tls_flags, client_tls
 
 if TYPE_CHECKING:
     from onecert.sdk._keys import SigningKey
-    from onecert.sdk._tls import ClientTLS
     from onecert.sdk.conformance import Report
 
 
@@ -99,15 +99,7 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
         default="onecert-gateway",
         help="the gateway id the target expects as issuer (default: %(default)s)",
     )
-    tls = parser.add_argument_group("transport (one of --ca or --insecure)")
-    mode = tls.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--ca", metavar="PEM", help="CA that signed the target's certificate")
-    mode.add_argument("--insecure", action="store_true", help="plaintext (development only)")
-    tls.add_argument("--cert", metavar="PEM", help="client certificate for mutual TLS")
-    tls.add_argument("--key", metavar="PEM", help="client private key for mutual TLS")
-    tls.add_argument(
-        "--server-name", metavar="NAME", help="name expected in the target's certificate"
-    )
+    add_tls_flags(parser, what="the target")
     timing = parser.add_argument_group("timing (seconds)")
     timing.add_argument(
         "--timeout",
@@ -142,20 +134,6 @@ def _warrant_key(args: argparse.Namespace) -> SigningKey:
         raise CommandError(str(exc)) from exc
 
 
-def _tls(args: argparse.Namespace) -> ClientTLS | None:
-    from onecert.sdk._tls import ClientTLS  # noqa: PLC0415 - lazy CLI import
-
-    if args.insecure:
-        if args.cert or args.key or args.server_name:
-            raise CommandError("--cert, --key and --server-name need --ca, not --insecure")
-        return None
-    if bool(args.cert) != bool(args.key):
-        raise CommandError("mutual TLS needs both --cert and --key")
-    return ClientTLS(
-        ca_file=args.ca, cert_file=args.cert, key_file=args.key, server_name=args.server_name
-    )
-
-
 def _check_timing(args: argparse.Namespace) -> None:
     for name in ("timeout", "short_deadline", "slack"):
         if getattr(args, name) <= 0:
@@ -177,7 +155,7 @@ def _provider(args: argparse.Namespace) -> int:
             raise CommandError("--unbind takes NUMBER:ACCOUNT_REF")
         unbind = (number, account_ref)
     _check_timing(args)
-    key, tls = _warrant_key(args), _tls(args)
+    key, tls = _warrant_key(args), client_tls(args)
     try:
         report = asyncio.run(
             check_provider(
@@ -203,7 +181,7 @@ def _carrier(args: argparse.Namespace) -> int:
     from onecert.sdk.conformance import check_carrier  # noqa: PLC0415 - lazy CLI import
 
     _check_timing(args)
-    key, tls = _warrant_key(args), _tls(args)
+    key, tls = _warrant_key(args), client_tls(args)
     try:
         report = asyncio.run(
             check_carrier(

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from onecert.cli import CommandError
+from onecert.cli._common import add_tls_flags, client_tls
 
 if TYPE_CHECKING:
     from onecert.gateway._compliance import ComplianceReport
@@ -48,13 +49,12 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         help="the gateway's config: provider names, and every configured provider listed",
     )
     parser.add_argument("--schema", default=None, help="PostgreSQL schema (with --url)")
-    tls = parser.add_argument_group("transport to --gateway (mutual TLS, or --insecure in dev)")
-    tls.add_argument("--ca", type=Path, metavar="FILE", help="CA that signed the gateway's cert")
-    tls.add_argument("--cert", type=Path, metavar="FILE", help="admin client certificate")
-    tls.add_argument("--key", type=Path, metavar="FILE", help="admin client private key")
-    tls.add_argument("--server-name", metavar="NAME", help="name expected in the gateway's cert")
-    tls.add_argument(
-        "--insecure", action="store_true", help="plaintext, as the dev admin (development only)"
+    add_tls_flags(
+        parser,
+        what="the gateway",
+        client="admin client",
+        insecure_help="plaintext, as the dev admin (development only)",
+        title="transport to --gateway (mutual TLS, or --insecure in development)",
     )
     parser.add_argument(
         "--since",
@@ -94,11 +94,19 @@ def _compliance(args: argparse.Namespace) -> int:
         if args.url is not None:
             raise CommandError("give --url or --gateway, not both")
         report = asyncio.run(
-            _from_gateway(args.gateway, _client_tls(args), args.insecure, since, args.timeout)
+            _from_gateway(
+                args.gateway,
+                client_tls(args, client_cert="an admin client certificate"),
+                args.insecure,
+                since,
+                args.timeout,
+            )
         )
     else:
-        if args.ca or args.cert or args.key or args.insecure:
-            raise CommandError("--ca, --cert, --key and --insecure go with --gateway")
+        if args.ca or args.cert or args.key or args.server_name or args.insecure:
+            raise CommandError(
+                "--ca, --cert, --key, --server-name and --insecure go with --gateway"
+            )
         url = args.url or os.environ.get(_URL_ENV) or config_url
         if not url:
             raise CommandError(
@@ -122,27 +130,6 @@ def _read_config(path: Path | None) -> tuple[tuple[ProviderConfig, ...], str | N
     except ConfigError as exc:
         raise CommandError(str(exc)) from None
     return config.providers, None if config.store is None else config.store.url
-
-
-def _client_tls(args: argparse.Namespace) -> ClientTLS | None:
-    from onecert.sdk._tls import ClientTLS, TLSConfigError  # noqa: PLC0415 - lazy
-
-    if args.insecure:
-        if args.ca or args.cert or args.key:
-            raise CommandError("--insecure cannot be combined with --ca, --cert or --key")
-        return None
-    if args.ca is None or args.cert is None or args.key is None:
-        raise CommandError(
-            "give --ca, --cert and --key (an admin client certificate), or --insecure in dev"
-        )
-    tls = ClientTLS(
-        ca_file=args.ca, cert_file=args.cert, key_file=args.key, server_name=args.server_name
-    )
-    try:
-        tls.credentials()  # read the files now, for a clear error before connecting
-    except TLSConfigError as exc:
-        raise CommandError(str(exc)) from None
-    return tls
 
 
 async def _from_gateway(

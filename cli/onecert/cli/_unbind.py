@@ -8,10 +8,10 @@ import dataclasses
 import json
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from onecert.cli import CommandError
+from onecert.cli._common import add_tls_flags, client_tls
 
 if TYPE_CHECKING:
     from onecert.sdk._tls import ClientTLS
@@ -28,12 +28,7 @@ def _add_connection(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="file holding the identity assertion (a JWT; '-' for stdin); good for one call",
     )
-    tls = parser.add_argument_group("transport (mutual TLS, or --insecure in development)")
-    tls.add_argument("--ca", type=Path, metavar="FILE", help="CA that signed the gateway's cert")
-    tls.add_argument("--cert", type=Path, metavar="FILE", help="client certificate")
-    tls.add_argument("--key", type=Path, metavar="FILE", help="client private key")
-    tls.add_argument("--server-name", metavar="NAME", help="name expected in the gateway's cert")
-    tls.add_argument("--insecure", action="store_true", help="plaintext (development only)")
+    add_tls_flags(parser, what="the gateway")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument(
         "--timeout", type=float, default=10.0, metavar="SECONDS", help="give up after (10)"
@@ -68,26 +63,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def _tls(args: argparse.Namespace) -> ClientTLS | None:
-    from onecert.sdk._tls import ClientTLS, TLSConfigError  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
-
-    if args.insecure and (args.ca or args.cert or args.key):
-        raise CommandError("--insecure cannot be combined with --ca, --cert or --key")
-    if not args.insecure and args.ca is None:
-        raise CommandError("give --ca (and --cert/--key for mutual TLS), or --insecure in dev")
-    if (args.cert is None) != (args.key is None):
-        raise CommandError("--cert and --key go together")
     if args.timeout <= 0:
         raise CommandError("--timeout must be more than zero")
-    if args.insecure:
-        return None
-    try:
-        tls = ClientTLS(
-            ca_file=args.ca, cert_file=args.cert, key_file=args.key, server_name=args.server_name
-        )
-        tls.credentials()  # read the files now, for a clear error before connecting
-    except TLSConfigError as exc:
-        raise CommandError(str(exc)) from None
-    return tls
+    return client_tls(args)
 
 
 async def _call(

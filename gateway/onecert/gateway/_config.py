@@ -8,8 +8,6 @@ of keys, with an example, is in ``docs/configuration.md``.
 
 from __future__ import annotations
 
-import difflib
-import math
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -18,6 +16,8 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Final
 
+from onecert.sdk._tomlconfig import ConfigError
+from onecert.sdk._tomlconfig import Table as _Table
 from onecert.v1 import common_pb2
 
 __all__ = [
@@ -47,10 +47,6 @@ __all__ = [
     "parse_config",
     "parse_number_range",
 ]
-
-
-class ConfigError(ValueError):
-    """The configuration is invalid; the message names the key at fault."""
 
 
 _ID = re.compile(r"[a-z0-9._-]{1,64}")
@@ -276,7 +272,8 @@ class NoticesConfig:
     clock_skew_s: float = 60.0
     # Push delivery: concurrent workers, notices claimed at once, lease.
     workers: int = 2
-    batch: int = 10
+    # A claim of 100 acknowledges 1000 providers about twice as fast as 10 (bench "notices").
+    batch: int = 100
     lease_s: float = 60.0
     # How often idle workers look for due pushes (new notices wake them).
     check_interval_s: float = 1.0
@@ -706,7 +703,7 @@ def _parse_notices(t: _Table) -> NoticesConfig:
         min_action_s=t.seconds("min_action_s", 24 * 3600.0, allow_zero=True),
         clock_skew_s=t.seconds("clock_skew_s", 60.0, allow_zero=True),
         workers=t.integer("workers", 2, minimum=0),
-        batch=t.integer("batch", 10, minimum=1),
+        batch=t.integer("batch", 100, minimum=1),
         lease_s=t.seconds("lease_s", 60.0),
         check_interval_s=t.seconds("check_interval_s", 1.0),
         backoff_initial_s=t.seconds("backoff_initial_s", 1.0),
@@ -843,7 +840,6 @@ def _unique(where: str, ids: Sequence[str]) -> None:
         seen.add(value)
 
 
-_REQUIRED: Final = object()
 _TABLES = (
     "gateway",
     "keys",
@@ -861,146 +857,3 @@ _TABLES = (
     "metrics",
     "tracing",
 )
-
-
-class _Table:
-    """One TOML table being read: typed getters that name the key on error,
-    and :meth:`finish` to refuse keys nobody asked for (typos)."""
-
-    def __init__(self, data: Mapping[str, Any], prefix: str, base: Path) -> None:
-        self._data = data
-        self._prefix = prefix
-        self._base = base
-        self._seen: set[str] = set()
-
-    @property
-    def base(self) -> Path:
-        """The directory relative paths are resolved against."""
-        return self._base
-
-    def where(self, key: str) -> str:
-        return f"{self._prefix}.{key}" if self._prefix else key
-
-    def _get(self, key: str, default: Any) -> Any:
-        self._seen.add(key)
-        if key in self._data:
-            return self._data[key]
-        if default is _REQUIRED:
-            raise ConfigError(f"{self.where(key)} is required")
-        return default
-
-    def string(self, key: str, default: Any = _REQUIRED) -> Any:
-        value = self._get(key, default)
-        if value is default and key not in self._data:
-            return value
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{self.where(key)} must be a non-empty string")
-        return value
-
-    def raw(self, key: str) -> Any:
-        """The value as TOML parsed it, or None when absent."""
-        return self._get(key, None)
-
-    def strings(self, key: str, default: Any = _REQUIRED) -> list[str]:
-        value = self._get(key, default)
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise ConfigError(f"{self.where(key)} must be a list of non-empty strings")
-        return list(value)
-
-    def boolean(self, key: str, default: Any = _REQUIRED) -> Any:
-        value = self._get(key, default)
-        if value is default and key not in self._data:
-            return value
-        if not isinstance(value, bool):
-            raise ConfigError(f"{self.where(key)} must be true or false")
-        return value
-
-    def number(
-        self,
-        key: str,
-        default: Any = _REQUIRED,
-        *,
-        minimum: float | None = None,
-        maximum: float | None = None,
-    ) -> Any:
-        value = self._get(key, default)
-        if value is default and key not in self._data:
-            return value
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-        ):
-            raise ConfigError(f"{self.where(key)} must be a number")
-        if minimum is not None and value < minimum:
-            raise ConfigError(f"{self.where(key)} must be at least {minimum}")
-        if maximum is not None and value > maximum:
-            raise ConfigError(f"{self.where(key)} must be at most {maximum}")
-        return float(value)
-
-    def seconds(self, key: str, default: Any = _REQUIRED, *, allow_zero: bool = False) -> Any:
-        value = self.number(key, default)
-        if value is None:
-            return None
-        if value < 0 or (value == 0 and not allow_zero):
-            bound = "zero or more" if allow_zero else "more than zero"
-            raise ConfigError(f"{self.where(key)} must be {bound} seconds")
-        return value
-
-    def integer(self, key: str, default: Any = _REQUIRED, *, minimum: int | None = None) -> Any:
-        value = self._get(key, default)
-        if value is default and key not in self._data:
-            return value
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{self.where(key)} must be an integer")
-        if minimum is not None and value < minimum:
-            raise ConfigError(f"{self.where(key)} must be at least {minimum}")
-        return value
-
-    def path(self, key: str, default: Any = _REQUIRED) -> Any:
-        value = self.string(key, default)
-        if value is None:
-            return None
-        path = Path(value).expanduser()
-        return path if path.is_absolute() else self._base / path
-
-    def optional_table(self, key: str) -> _Table | None:
-        self._seen.add(key)
-        if key not in self._data:
-            return None
-        value = self._data[key]
-        if not isinstance(value, dict):
-            raise ConfigError(f"{self.where(key)} must be a table ([{self.where(key)}])")
-        return _Table(value, self.where(key), self._base)
-
-    def table(self, key: str, *, required: bool = False) -> _Table:
-        table = self.optional_table(key)
-        if table is None:
-            if required:
-                raise ConfigError(f"[{self.where(key)}] is required")
-            return _Table({}, self.where(key), self._base)
-        return table
-
-    def tables(self, key: str, *, required: bool = False, what: str) -> list[_Table]:
-        value = self._get(key, [])
-        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-            raise ConfigError(
-                f"{self.where(key)} must be an array of tables ([[{self.where(key)}]])"
-            )
-        if required and not value:
-            raise ConfigError(f"at least one {what} is required ([[{self.where(key)}]])")
-        return [_Table(v, f"{self.where(key)}[{i}]", self._base) for i, v in enumerate(value)]
-
-    def refuse_unknown(self, known: Sequence[str]) -> None:
-        for key in self._data:
-            if key not in known:
-                hint = difflib.get_close_matches(key, sorted(known), n=1)
-                suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
-                raise ConfigError(f"unknown key {self.where(key)!r}{suggestion}")
-
-    def finish(self) -> None:
-        for key in self._data:
-            if key not in self._seen:
-                hint = difflib.get_close_matches(key, sorted(self._seen), n=1)
-                suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
-                raise ConfigError(f"unknown key {self.where(key)!r}{suggestion}")

@@ -12,8 +12,6 @@ columns?) is checked when the adapter opens it.
 
 from __future__ import annotations
 
-import difflib
-import math
 import os
 import re
 import tomllib
@@ -28,6 +26,7 @@ from onecert.adapters.sql._errors import ConfigError
 from onecert.adapters.sql._phone import DEFAULT_COUNTRY, is_country_code
 from onecert.sdk import BindingKind, ProviderCategory
 from onecert.sdk._core import check_adapter_id
+from onecert.sdk._tomlconfig import Table as _Table
 
 __all__ = [
     "ColumnsConfig",
@@ -544,7 +543,6 @@ def _parse_server(t: _Table, base: Path, name: str) -> ServerSection:
     return config
 
 
-_REQUIRED: Final = object()
 _TABLES: Final = (
     "provider",
     "database",
@@ -555,119 +553,3 @@ _TABLES: Final = (
     "phones",
     "server",
 )
-
-
-class _Table:
-    """One TOML table being read: typed getters that name the key on error,
-    and :meth:`finish` to refuse keys nobody asked for (typos)."""
-
-    def __init__(self, data: Mapping[str, Any], prefix: str, base: Path) -> None:
-        self._data = data
-        self._prefix = prefix
-        self.base = base
-        self._seen: set[str] = set()
-
-    def where(self, key: str) -> str:
-        return f"{self._prefix}.{key}" if self._prefix else key
-
-    def has(self, key: str) -> bool:
-        return key in self._data
-
-    def names(self) -> list[str]:
-        return list(self._data)
-
-    def _get(self, key: str, default: Any) -> Any:
-        self._seen.add(key)
-        if key in self._data:
-            return self._data[key]
-        if default is _REQUIRED:
-            raise ConfigError(f"{self.where(key)} is required")
-        return default
-
-    def string(self, key: str, default: Any = _REQUIRED) -> Any:
-        value = self._get(key, default)
-        if key not in self._data:
-            return value
-        if not isinstance(value, str) or not value.strip():
-            raise ConfigError(f"{self.where(key)} must be a non-empty string")
-        return value
-
-    def boolean(self, key: str, default: Any = _REQUIRED) -> Any:
-        value = self._get(key, default)
-        if key in self._data and not isinstance(value, bool):
-            raise ConfigError(f"{self.where(key)} must be true or false")
-        return value
-
-    def seconds(self, key: str, default: Any = _REQUIRED, *, allow_zero: bool = False) -> Any:
-        value = self._get(key, default)
-        if key not in self._data:
-            return value
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-        ):
-            raise ConfigError(f"{self.where(key)} must be a number of seconds")
-        if value < 0 or (value == 0 and not allow_zero):
-            bound = "zero or more" if allow_zero else "more than zero"
-            raise ConfigError(f"{self.where(key)} must be {bound} seconds")
-        return float(value)
-
-    def integer(
-        self,
-        key: str,
-        default: Any = _REQUIRED,
-        *,
-        minimum: int | None = None,
-        maximum: int | None = None,
-    ) -> Any:
-        value = self._get(key, default)
-        if key not in self._data:
-            return value
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{self.where(key)} must be an integer")
-        if minimum is not None and value < minimum:
-            raise ConfigError(f"{self.where(key)} must be at least {minimum}")
-        if maximum is not None and value > maximum:
-            raise ConfigError(f"{self.where(key)} must be at most {maximum}")
-        return value
-
-    def path(self, key: str, default: Any = _REQUIRED) -> Any:
-        value = self.string(key, default)
-        if value is None:
-            return None
-        path = Path(value).expanduser()
-        return path if path.is_absolute() else self.base / path
-
-    def optional_table(self, key: str) -> _Table | None:
-        self._seen.add(key)
-        if key not in self._data:
-            return None
-        value = self._data[key]
-        if not isinstance(value, dict):
-            raise ConfigError(f"{self.where(key)} must be a table ([{self.where(key)}])")
-        return _Table(value, self.where(key), self.base)
-
-    def table(self, key: str, *, required: bool = False) -> _Table:
-        table = self.optional_table(key)
-        if table is None:
-            if required:
-                raise ConfigError(f"[{self.where(key)}] is required")
-            return _Table({}, self.where(key), self.base)
-        return table
-
-    def refuse_unknown(self, known: Sequence[str]) -> None:
-        for key in self._data:
-            if key not in known:
-                raise ConfigError(_unknown(self.where(key), key, known))
-
-    def finish(self) -> None:
-        for key in self._data:
-            if key not in self._seen:
-                raise ConfigError(_unknown(self.where(key), key, sorted(self._seen)))
-
-
-def _unknown(where: str, key: str, known: Sequence[str]) -> str:
-    hint = difflib.get_close_matches(key, sorted(known), n=1)
-    suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
-    return f"unknown key {where!r}{suggestion}"

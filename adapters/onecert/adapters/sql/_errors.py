@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+# The configuration is unusable; the message names the key at fault. One class
+# for every onecert config, so `except ConfigError` catches them all.
+from onecert.sdk._tomlconfig import ConfigError
+
 __all__ = ["ConfigError", "DatabaseUnavailableError", "MappingError", "QueryFailedError"]
-
-
-class ConfigError(ValueError):
-    """The configuration is unusable; the message names the key at fault."""
 
 
 class MappingError(ConfigError):

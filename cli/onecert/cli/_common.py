@@ -1,0 +1,78 @@
+"""What several commands share: the flags and checks of a TLS client connection."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from onecert.cli import CommandError
+
+if TYPE_CHECKING:
+    from onecert.sdk._tls import ClientTLS
+
+__all__ = ["add_tls_flags", "client_tls"]
+
+
+def add_tls_flags(
+    parser: argparse.ArgumentParser,
+    *,
+    what: str,
+    client: str = "client",
+    insecure_help: str = "plaintext (development only)",
+    title: str | None = None,
+) -> None:
+    """Add ``--ca``, ``--cert``, ``--key``, ``--server-name`` and ``--insecure``.
+
+    Args:
+        parser: the command's parser; the flags go in a group of their own.
+        what: the server, for help texts ("the gateway").
+        client: who the client certificate is, for help texts ("admin client").
+        insecure_help: the help of ``--insecure``.
+        title: the group's title (default: transport to ``what``).
+    """
+    tls = parser.add_argument_group(
+        title or f"transport to {what} (mutual TLS, or --insecure in development)"
+    )
+    tls.add_argument("--ca", type=Path, metavar="PEM", help=f"CA that signed {what}'s certificate")
+    tls.add_argument(
+        "--cert", type=Path, metavar="PEM", help=f"{client} certificate for mutual TLS"
+    )
+    tls.add_argument("--key", type=Path, metavar="PEM", help=f"{client} private key for mutual TLS")
+    tls.add_argument("--server-name", metavar="NAME", help=f"name expected in {what}'s certificate")
+    tls.add_argument("--insecure", action="store_true", help=insecure_help)
+
+
+def client_tls(args: argparse.Namespace, *, client_cert: str | None = None) -> ClientTLS | None:
+    """The TLS settings the flags of :func:`add_tls_flags` ask for; None for ``--insecure``.
+
+    The files are read at once, so a missing or malformed one is a clear
+    :class:`CommandError` before anything connects; plaintext is never implied.
+
+    Args:
+        args: the parsed flags.
+        client_cert: when the server requires a client certificate, what it is
+            ("an admin client certificate"): ``--cert`` and ``--key`` are then required.
+    """
+    from onecert.sdk._tls import ClientTLS, TLSConfigError  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+
+    if args.insecure:
+        if args.ca or args.cert or args.key or args.server_name:
+            raise CommandError(
+                "--insecure cannot be combined with --ca, --cert, --key or --server-name"
+            )
+        return None
+    if client_cert is not None and (args.ca is None or args.cert is None or args.key is None):
+        raise CommandError(f"give --ca, --cert and --key ({client_cert}), or --insecure in dev")
+    if args.ca is None:
+        raise CommandError("give --ca (and --cert/--key for mutual TLS), or --insecure in dev")
+    if (args.cert is None) != (args.key is None):
+        raise CommandError("mutual TLS needs both --cert and --key")
+    tls = ClientTLS(
+        ca_file=args.ca, cert_file=args.cert, key_file=args.key, server_name=args.server_name
+    )
+    try:
+        tls.credentials()  # read the files now, for a clear error before connecting
+    except TLSConfigError as exc:
+        raise CommandError(str(exc)) from None
+    return tls

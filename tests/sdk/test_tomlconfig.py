@@ -1,0 +1,127 @@
+"""The shared TOML table reader behind every onecert configuration file."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from onecert.adapters.sql import ConfigError as SqlConfigError
+from onecert.gateway._config import ConfigError as GatewayConfigError
+from onecert.sdk._tomlconfig import ConfigError, Table
+
+BASE = Path("/etc/onecert")
+
+
+def test_unknown_key_is_refused_with_a_hint() -> None:
+    """A key no getter read is refused by finish(), naming it and the closest known key."""
+    t = Table({"server": {"listen": ":1", "lisen": ":2"}}, "", BASE)
+    server = t.table("server")
+    server.string("listen")
+    with pytest.raises(
+        ConfigError, match=re.escape("unknown key 'server.lisen' (did you mean 'listen'?)")
+    ):
+        server.finish()
+
+
+def test_refuse_unknown_hints_at_known_tables() -> None:
+    """refuse_unknown() names a misspelt table before anything is read."""
+    t = Table({"provder": {}}, "", BASE)
+    with pytest.raises(
+        ConfigError, match=re.escape("unknown key 'provder' (did you mean 'provider'?)")
+    ):
+        t.refuse_unknown(("provider", "server"))
+
+
+def test_unknown_key_without_a_close_match_has_no_hint() -> None:
+    """A key like nothing known is refused without a guess."""
+    t = Table({"zzz": 1}, "", BASE)
+    t.integer("workers", 2)
+    with pytest.raises(ConfigError) as info:
+        t.finish()
+    assert str(info.value) == "unknown key 'zzz'"
+
+
+@pytest.mark.parametrize(
+    ("value", "read", "message"),
+    [
+        (3, lambda t: t.string("k"), "top.k must be a non-empty string"),
+        ("  ", lambda t: t.string("k"), "top.k must be a non-empty string"),
+        ("x", lambda t: t.strings("k"), "top.k must be a list of non-empty strings"),
+        (1, lambda t: t.boolean("k"), "top.k must be true or false"),
+        (True, lambda t: t.number("k"), "top.k must be a number"),
+        (float("inf"), lambda t: t.number("k"), "top.k must be a number"),
+        (5, lambda t: t.number("k", maximum=4), "top.k must be at most 4"),
+        ("2", lambda t: t.seconds("k"), "top.k must be a number of seconds"),
+        (0, lambda t: t.seconds("k"), "top.k must be more than zero seconds"),
+        (-1, lambda t: t.seconds("k", allow_zero=True), "top.k must be zero or more seconds"),
+        (1.5, lambda t: t.integer("k"), "top.k must be an integer"),
+        (0, lambda t: t.integer("k", minimum=1), "top.k must be at least 1"),
+        (101, lambda t: t.integer("k", maximum=100), "top.k must be at most 100"),
+        ("x", lambda t: t.table("k"), "top.k must be a table ([top.k])"),
+        ({}, lambda t: t.tables("k", what="item"), "top.k must be an array of tables ([[top.k]])"),
+    ],
+)
+def test_type_errors_name_the_key(
+    value: object, read: Callable[[Table], Any], message: str
+) -> None:
+    """Each getter refuses a value of the wrong type or range with the key's full name."""
+    t = Table({"k": value}, "top", BASE)
+    with pytest.raises(ConfigError) as info:
+        read(t)
+    assert str(info.value) == message
+
+
+def test_required_keys_and_tables() -> None:
+    """A missing key without a default, or a required (array of) table(s), is named."""
+    t = Table({}, "server", BASE)
+    with pytest.raises(ConfigError, match=r"^server\.listen is required$"):
+        t.string("listen")
+    with pytest.raises(ConfigError, match=re.escape("[server.tls] is required")):
+        t.table("tls", required=True)
+    with pytest.raises(
+        ConfigError, match=re.escape("at least one carrier is required ([[server.carriers]])")
+    ):
+        t.tables("carriers", required=True, what="carrier")
+
+
+def test_defaults_are_returned_as_given() -> None:
+    """An absent key yields its default untouched, and an absent table is empty."""
+    t = Table({}, "", BASE)
+    assert t.string("name", None) is None
+    assert t.seconds("grace_s", 5.0, allow_zero=True) == 5.0
+    assert t.integer("workers", 2) == 2
+    assert t.boolean("insecure", False) is False
+    assert t.path("db", None) is None
+    assert t.optional_table("tls") is None
+    assert t.table("fanout").names() == []
+    t.finish()
+
+
+def test_paths_are_resolved_against_the_base() -> None:
+    """A relative path is joined to the config's directory; an absolute one is kept."""
+    t = Table({"tls": {"cert": "keys/server.pem", "key": "/srv/server.key.pem"}}, "", BASE)
+    tls = t.table("tls")
+    assert tls.base == BASE
+    assert tls.path("cert") == BASE / "keys/server.pem"
+    assert tls.path("key") == Path("/srv/server.key.pem")
+    tls.finish()
+
+
+def test_arrays_of_tables_are_named_by_index() -> None:
+    """Errors inside [[providers]] say which entry, and numbers come back as floats."""
+    t = Table({"providers": [{"id": "a"}, {"id": "b", "deadline_s": 2}]}, "", BASE)
+    first, second = t.tables("providers", what="provider")
+    assert second.seconds("deadline_s") == 2.0
+    assert isinstance(second.seconds("deadline_s"), float)
+    with pytest.raises(ConfigError, match=r"^providers\[0\]\.address is required$"):
+        first.string("address")
+
+
+def test_one_config_error_for_every_component() -> None:
+    """The gateway's and the SQL adapter's ConfigError are the shared class."""
+    assert SqlConfigError is ConfigError
+    assert GatewayConfigError is ConfigError
