@@ -43,7 +43,7 @@ from onecert.gateway._config import DeliveryConfig, ProviderConfig
 from onecert.gateway._handles import HandleError, HandleSealer
 from onecert.gateway._metrics import NO_OBSERVER, Observer
 from onecert.gateway._unbind import open_payload
-from onecert.gateway.store import AttemptOutcome, Store, Ticket, TicketState
+from onecert.gateway.store import AttemptOutcome, AuditDraft, Store, Ticket, TicketState
 from onecert.sdk._msisdn import mask_msisdn, mask_numbers_in_text
 from onecert.sdk._warrant import WarrantIssuer
 from onecert.v1 import common_pb2, provider_pb2, provider_pb2_grpc
@@ -197,10 +197,10 @@ class DeliveryWorkers:
             limit=self._config.batch,
             lease_s=self._config.lease_s,
             expired=expired,
+            audit_expired=self._closed_row if self._auditor is not None else None,
         )
         for ticket in expired:
             _log.info("ticket.expired", ticket_id=ticket.ticket_id, provider=ticket.provider_id)
-            self._audit_final(ticket)
         if tickets:
             # All at once: a slow provider does not hold back the others'
             # tickets, and nothing claimed waits unattempted while its lease runs.
@@ -248,6 +248,7 @@ class DeliveryWorkers:
                 error=attempt.error,
                 next_attempt_at=next_at,
                 now=now,
+                audit=self._closed_row if self._auditor is not None else None,
             )
         except Exception:  # noqa: BLE001 - the lease runs out; the attempt is redone
             # The lease runs out and the ticket is attempted again; the
@@ -262,8 +263,6 @@ class DeliveryWorkers:
             state=after.state.value,
             error=attempt.error or None,
         )
-        if after.state.terminal and not ticket.state.terminal:
-            self._audit_final(after)
 
     async def _attempt(self, ticket: Ticket) -> Attempt:
         provider = self._providers.get(ticket.provider_id)
@@ -337,9 +336,10 @@ class DeliveryWorkers:
             maximum=self._config.backoff_max_s,
         )
 
-    def _audit_final(self, ticket: Ticket) -> None:
-        if self._auditor is None:
-            return
+    @staticmethod
+    def _closed_row(ticket: Ticket) -> AuditDraft:
+        # Appended by the store in the transaction that makes the ticket
+        # final: a crash cannot keep the final state and lose the row.
         detail: dict[str, str | int | bool] = {
             "provider": ticket.provider_id,
             "state": ticket.state.value,
@@ -349,8 +349,8 @@ class DeliveryWorkers:
             detail["provider_reason"] = mask_numbers_in_text(ticket.provider_reason)[:_AUDIT_TEXT]
         if ticket.last_error and ticket.state is TicketState.FAILED:
             detail["error"] = mask_numbers_in_text(ticket.last_error)[:_AUDIT_TEXT]
-        self._auditor.spawn(
-            "unbind.closed",
+        return AuditDraft(
+            kind="unbind.closed",
             actor=f"provider:{ticket.provider_id}",
             subject=ticket.ticket_id,
             detail=detail,

@@ -26,10 +26,12 @@ from onecert.gateway._audit import Auditor
 from onecert.gateway._config import CarrierConfig, NoticesConfig, ProviderConfig
 from onecert.gateway._principals import PrincipalResolver, Role
 from onecert.gateway.store import (
+    AuditDraft,
     ConflictError,
     Delivery,
     DeliveryMode,
     NotFoundError,
+    Notice,
     NumberEventType,
     Store,
 )
@@ -239,6 +241,23 @@ class NoticeService:
             now=now,
         )
         providers = [(p.id, DeliveryMode(p.delivery)) for p in self._providers.values()]
+
+        def audit_row(notice: Notice, created: bool) -> AuditDraft:
+            # Written with the notice, in its transaction: a crash cannot
+            # keep the notice and lose the row.
+            return AuditDraft(
+                kind="notice.reported",
+                actor=caller.actor,
+                subject=self._auditor.number(msisdn),
+                detail={
+                    "notice_id": notice.notice_id,
+                    "event_type": kind.value,
+                    "created": created,
+                    "providers": notice.providers,
+                    "deadline": notice.deadline.isoformat(),
+                },
+            )
+
         try:
             notice, created = await store_call(
                 context,
@@ -253,6 +272,7 @@ class NoticeService:
                     deadline=deadline,
                     providers=providers,
                     now=now,
+                    audit=audit_row,
                 ),
                 "record_number_event",
             )
@@ -269,18 +289,6 @@ class NoticeService:
             event_type=kind.value,
             created=created,
             providers=notice.providers,
-        )
-        self._auditor.spawn(
-            "notice.reported",
-            actor=caller.actor,
-            subject=self._auditor.number(msisdn),
-            detail={
-                "notice_id": notice.notice_id,
-                "event_type": kind.value,
-                "created": created,
-                "providers": notice.providers,
-                "deadline": notice.deadline.isoformat(),
-            },
         )
         return gateway_pb2.ReportNumberEventResponse(
             notice_id=notice.notice_id, created=created, providers=notice.providers

@@ -26,7 +26,7 @@ from onecert.gateway._audit import Auditor
 from onecert.gateway._config import ProviderConfig
 from onecert.gateway._handles import MAX_HANDLE_CHARS, HandleClaims, HandleError, HandleSealer
 from onecert.gateway._identity import AssertionVerifier, Citizen, IdentityError, bearer_token
-from onecert.gateway.store import ConflictError, Store, Ticket, TicketState
+from onecert.gateway.store import AuditDraft, ConflictError, Store, Ticket, TicketState
 from onecert.sdk._msisdn import mask_msisdn
 from onecert.v1 import common_pb2, gateway_pb2
 
@@ -199,6 +199,23 @@ class UnbindService:
         key = self.ticket_key(claims, reason)
         now = datetime.fromtimestamp(self._clock(), UTC)
         expires_at = now + timedelta(seconds=self._ticket_ttl)
+        requested = {
+            "provider": provider.id,
+            "msisdn": self._auditor.digest("msisdn", claims.msisdn),
+            "account": self._auditor.digest("account", claims.account_ref),
+            "reason": common_pb2.UnbindReason.Name(reason),
+        }
+
+        def audit_row(ticket: Ticket, created: bool) -> AuditDraft:
+            # Written with the ticket, in its transaction: a crash cannot
+            # keep the ticket and lose the row.
+            return AuditDraft(
+                kind="unbind.requested",
+                actor=actor,
+                subject=ticket.ticket_id,
+                detail={**requested, "created": created, "state": ticket.state.value},
+            )
+
         payload = self._sealer.seal(
             HandleClaims(
                 sub=payload_sub(key),
@@ -220,6 +237,7 @@ class UnbindService:
                 msisdn_hash=self._auditor.digest("msisdn", claims.msisdn),
                 expires_at=expires_at,
                 now=now,
+                audit=audit_row,
             )
         except ConflictError:
             # The key covers the citizen and the provider: only a bug gets here.
@@ -241,19 +259,6 @@ class UnbindService:
             msisdn=mask_msisdn(claims.msisdn),
             created=created,
             state=ticket.state.value,
-        )
-        await self._audit(
-            "unbind.requested",
-            actor=actor,
-            subject=ticket.ticket_id,
-            detail={
-                "provider": provider.id,
-                "msisdn": self._auditor.digest("msisdn", claims.msisdn),
-                "account": self._auditor.digest("account", claims.account_ref),
-                "reason": common_pb2.UnbindReason.Name(reason),
-                "created": created,
-                "state": ticket.state.value,
-            },
         )
         return gateway_pb2.GatewayUnbindResponse(
             ticket_id=ticket.ticket_id, state=_STATES[ticket.state], created=created

@@ -43,6 +43,7 @@ from onecert.sdk._set import SetError, SetVerifier
 from onecert.sdk._types import (
     CallInfo,
     ProviderCategory,
+    RecycledNotice,
     UnbindOutcome,
     UnbindReason,
     UnbindRequest,
@@ -222,10 +223,8 @@ async def _store_put(store: IdempotencyStore, key: str, value: dict[str, Any]) -
         ) from None
 
 
-def _forget(
-    running: set[asyncio.Task[provider_pb2.UnbindResponse]],
-) -> Callable[[asyncio.Task[provider_pb2.UnbindResponse]], None]:
-    def done(task: asyncio.Task[provider_pb2.UnbindResponse]) -> None:
+def _forget(running: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:
+    def done(task: asyncio.Task[Any]) -> None:
         running.discard(task)
         # Nobody may be waiting any more: retrieve the error so that it is
         # not reported as never retrieved (the call's own path logged it).
@@ -265,8 +264,8 @@ class ProviderCore:
         )
         self._store = store
         self._locks = KeyedLocks()
-        # Unbinds that go on after their caller left (see unbind).
-        self._running: set[asyncio.Task[provider_pb2.UnbindResponse]] = set()
+        # Unbinds and notices that go on after their caller left (see unbind).
+        self._running: set[asyncio.Task[Any]] = set()
 
     def describe(self) -> provider_pb2.DescribeResponse:
         return provider_pb2.DescribeResponse(
@@ -386,6 +385,18 @@ class ProviderCore:
         structlog.contextvars.bind_contextvars(
             event_id=notice.jti, msisdn=mask_msisdn(notice.msisdn)
         )
+        # Shielded, as unbind is: once on_recycled has acted, its answer is
+        # recorded even if the call is cut short meanwhile (the gateway's
+        # deadline, a dropped connection). Cancelled in between, the notice
+        # would be acted on again when the gateway pushes it again.
+        task = asyncio.ensure_future(self._receive_once(notice, remaining=remaining))
+        self._running.add(task)
+        task.add_done_callback(_forget(self._running))
+        return await asyncio.shield(task)
+
+    async def _receive_once(
+        self, notice: RecycledNotice, *, remaining: float | None
+    ) -> provider_pb2.ReceiveEventResponse:
         key = "event:" + notice.jti
         async with self._locks.hold(key):
             stored = await _store_get(self._store, key)

@@ -20,6 +20,7 @@ from onecert.gateway.store._engine import normalize_url
 from onecert.gateway.store._store import Store, StoreReplayCache
 from onecert.gateway.store._types import (
     AttemptOutcome,
+    AuditDraft,
     AuditEntry,
     AuditValueError,
     AuditVerification,
@@ -44,6 +45,7 @@ from onecert.gateway.store._types import (
 
 __all__ = [
     "AttemptOutcome",
+    "AuditDraft",
     "AuditEntry",
     "AuditValueError",
     "AuditVerification",

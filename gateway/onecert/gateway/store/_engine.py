@@ -25,7 +25,8 @@ __all__ = [
 ]
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
-# Execution option read by the SQLite "begin" hook: how to BEGIN.
+# Execution option read by the SQLite "begin" hook: how to BEGIN ("" for
+# no BEGIN: a single statement in autocommit mode).
 BEGIN_OPTION = "onecert_sqlite_begin"
 # PostgreSQL advisory lock key held while migrating ("onecert" in ASCII).
 MIGRATION_LOCK = 0x6F6E6563657274
@@ -75,7 +76,11 @@ def configure_sqlite(engine: AsyncEngine, *, busy_timeout_ms: int) -> None:
     @event.listens_for(engine.sync_engine, "begin")
     def _begin(conn: Connection) -> None:
         mode = conn.get_execution_options().get(BEGIN_OPTION, "DEFERRED")
-        conn.exec_driver_sql(f"BEGIN {mode}")
+        # "": no BEGIN, so that one write statement is its own transaction
+        # (it takes the write lock as it starts, waiting busy_timeout, as
+        # BEGIN IMMEDIATE would, and commits durably when it ends).
+        if mode:
+            conn.exec_driver_sql(f"BEGIN {mode}")
 
 
 def run_alembic(conn: Connection, action: str, revision: str) -> None:

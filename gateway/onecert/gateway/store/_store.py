@@ -15,7 +15,7 @@ import asyncio
 import re
 import sqlite3
 import statistics
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -67,6 +67,7 @@ from onecert.gateway.store._rows import (
 )
 from onecert.gateway.store._types import (
     AttemptOutcome,
+    AuditDraft,
     AuditEntry,
     AuditVerification,
     ConflictError,
@@ -110,6 +111,13 @@ class Store:
         self._schema = schema
         self._dialect = engine.dialect.name
         self._writer = engine.execution_options(**{BEGIN_OPTION: "IMMEDIATE"})
+        # For a write that is one statement: no BEGIN/COMMIT round trips; the
+        # statement is atomic and durable on its own.
+        self._single = (
+            engine.execution_options(isolation_level="AUTOCOMMIT")
+            if self._dialect == "postgresql"
+            else engine.execution_options(**{BEGIN_OPTION: ""})
+        )
 
     @classmethod
     def open(
@@ -277,7 +285,9 @@ class Store:
             set_={"expires_at": ins.excluded.expires_at},
             where=c.expires_at <= now,
         ).returning(c.jti)
-        async with self._write() as conn:
+        # One statement, no transaction around it: insert-if-absent is atomic
+        # by itself, and the row is committed when the answer comes back.
+        async with self._single.begin() as conn:
             return (await conn.execute(stmt)).first() is not None
 
     async def purge_expired_jtis(self, *, now: datetime | None = None) -> int:
@@ -302,6 +312,7 @@ class Store:
         msisdn_hash: str,
         expires_at: datetime,
         now: datetime | None = None,
+        audit: Callable[[Ticket, bool], AuditDraft] | None = None,
     ) -> tuple[Ticket, bool]:
         """Open an unbind ticket, or return the one this handle already opened.
 
@@ -309,8 +320,9 @@ class Store:
         when two requests race: returns ``(ticket, created)``. The new
         ticket is QUEUED and due at once. ``payload`` is the sealed text the
         delivery worker opens (msisdn and account ref), never parsed here.
-        Raises ConflictError if the handle opened a ticket for another
-        citizen or provider (a handle names both, so this is a bug).
+        ``audit(ticket, created)`` gives the audit row appended in the same
+        transaction. Raises ConflictError if the handle opened a ticket for
+        another citizen or provider (a handle names both, so this is a bug).
         """
         now = resolve_now(now)
         values = {
@@ -342,11 +354,13 @@ class Store:
             row = await fetch_one(
                 conn, select(unbind_tickets).where(t.handle_digest == handle_digest)
             )
-        ticket = ticket_from_row(row)
-        if not created and (ticket.sub_hash != sub_hash or ticket.provider_id != provider_id):
-            raise ConflictError(
-                "the handle already opened a ticket for another citizen or provider"
-            )
+            ticket = ticket_from_row(row)
+            if not created and (ticket.sub_hash != sub_hash or ticket.provider_id != provider_id):
+                raise ConflictError(
+                    "the handle already opened a ticket for another citizen or provider"
+                )
+            if audit is not None:
+                await self._append_audit(conn, audit(ticket, created), now)
         return ticket, created
 
     async def get_ticket(self, ticket_id: str) -> Ticket | None:
@@ -365,6 +379,7 @@ class Store:
         lease_s: float = 60.0,
         now: datetime | None = None,
         expired: list[Ticket] | None = None,
+        audit_expired: Callable[[Ticket], AuditDraft] | None = None,
     ) -> list[Ticket]:
         """Lease up to ``limit`` tickets that are due, for one delivery attempt each.
 
@@ -376,7 +391,8 @@ class Store:
         processes on the same database, never claim the same ticket while a
         lease lives. Unleased tickets past ``expires_at`` become FAILED on
         the way (last_error says so) and are not returned; pass a list as
-        ``expired`` to have them appended to it (for the audit log).
+        ``expired`` to have them appended to it, and ``audit_expired`` for
+        the audit row of each, appended in the same transaction.
         """
         now = resolve_now(now)
         check_text("worker_id", worker_id, 128)
@@ -407,13 +423,16 @@ class Store:
                     )
                 )
             closed: Sequence[Any] = []
-            if expired is not None and rows_expired:
+            if (expired is not None or audit_expired is not None) and rows_expired:
                 closed = await fetch_all(
                     conn,
                     select(unbind_tickets).where(
                         t.ticket_id.in_([r.ticket_id for r in rows_expired])
                     ),
                 )
+            if audit_expired is not None:
+                for r in closed:
+                    await self._append_audit(conn, audit_expired(ticket_from_row(r)), now)
             ids = (
                 await conn.scalars(
                     select(t.ticket_id)
@@ -457,6 +476,7 @@ class Store:
         error: str = "",
         next_attempt_at: datetime | None = None,
         now: datetime | None = None,
+        audit: Callable[[Ticket], AuditDraft] | None = None,
     ) -> Ticket:
         """Record how a delivery attempt ended and release the lease; returns the ticket.
 
@@ -473,7 +493,9 @@ class Store:
         Retries are never scheduled after ``expires_at``; an attempt that
         ends past it turns the ticket FAILED. Terminal tickets never change,
         and a worker whose lease was taken over changes nothing unless it
-        brings a final answer. Raises NotFoundError for an unknown ticket.
+        brings a final answer. ``audit(ticket)`` gives the audit row appended,
+        in the same transaction, when this attempt makes the ticket final.
+        Raises NotFoundError for an unknown ticket.
         """
         now = resolve_now(now)
         outcome = AttemptOutcome(outcome)
@@ -506,7 +528,10 @@ class Store:
                 update(unbind_tickets).where(t.ticket_id == ticket_id).values(**values)
             )
             row = await fetch_one(conn, select(unbind_tickets).where(t.ticket_id == ticket_id))
-        return ticket_from_row(row)
+            after = ticket_from_row(row)
+            if audit is not None and after.state.terminal:
+                await self._append_audit(conn, audit(after), now)
+        return after
 
     # ------------------------------------------------------------ notices
 
@@ -523,6 +548,7 @@ class Store:
         deadline: datetime,
         providers: Sequence[tuple[str, DeliveryMode | str]],
         now: datetime | None = None,
+        audit: Callable[[Notice, bool], AuditDraft] | None = None,
     ) -> tuple[Notice, bool]:
         """Record a carrier's event and one delivery per provider, in one transaction.
 
@@ -532,6 +558,8 @@ class Store:
         provider list are the gateway's and may change between retries).
         Each delivery gets its own SET ``jti``, is PENDING and due at once;
         ``providers`` pairs a provider id with ``"push"`` or ``"poll"``.
+        ``audit(notice, created)`` gives the audit row appended in the same
+        transaction.
         """
         now = resolve_now(now)
         if not is_e164(msisdn):
@@ -586,15 +614,17 @@ class Store:
             row = await fetch_one(
                 conn, notice_query().where(n.carrier_id == carrier_id, n.event_id == event_id)
             )
-        notice = notice_from_row(row)
-        created = notice_id is not None
-        if not created and (
-            notice.msisdn_hash != msisdn_hash
-            or notice.event_type is not kind
-            or notice.effective_at != effective_at
-            or notice.quiet_period_ends_at != quiet
-        ):
-            raise ConflictError("this event_id was already reported with other content")
+            notice = notice_from_row(row)
+            created = notice_id is not None
+            if not created and (
+                notice.msisdn_hash != msisdn_hash
+                or notice.event_type is not kind
+                or notice.effective_at != effective_at
+                or notice.quiet_period_ends_at != quiet
+            ):
+                raise ConflictError("this event_id was already reported with other content")
+            if audit is not None:
+                await self._append_audit(conn, audit(notice, created), now)
         return notice, created
 
     async def get_notice(self, notice_id: str) -> Notice | None:
@@ -1077,48 +1107,127 @@ class Store:
         across processes (PostgreSQL: a row lock on the chain head; SQLite:
         the write lock), so the chain stays linear.
         """
-        ts = resolve_now(now)
-        values = dict(detail or {})
-        check_audit_fields(kind=kind, actor=actor, subject=subject, detail=values)
+        draft = AuditDraft(kind=kind, actor=actor, subject=subject, detail=dict(detail or {}))
+        check_audit_fields(kind=kind, actor=actor, subject=subject, detail=draft.detail)
+        async with self._write() as conn:
+            return await self._append_audit(conn, draft, resolve_now(now))
+
+    async def _append_audit(
+        self, conn: AsyncConnection, draft: AuditDraft, ts: datetime
+    ) -> AuditEntry:
+        # In the caller's write transaction: the row commits (or not) with it.
+        values = dict(draft.detail)
+        check_audit_fields(kind=draft.kind, actor=draft.actor, subject=draft.subject, detail=values)
         text = canonical_detail(values)
+        h = audit_head.c
+        head = (
+            await conn.execute(select(h.seq, h.row_hash).where(h.id == 1).with_for_update())
+        ).one()
+        seq = int(head.seq) + 1
+        digest = row_hash(
+            prev_hash=head.row_hash,
+            seq=seq,
+            ts=ts,
+            kind=draft.kind,
+            actor=draft.actor,
+            subject=draft.subject,
+            detail=text,
+        )
+        await conn.execute(
+            insert(audit_log).values(
+                seq=seq,
+                ts=ts,
+                kind=draft.kind,
+                actor=draft.actor,
+                subject=draft.subject,
+                detail=text,
+                prev_hash=head.row_hash,
+                row_hash=digest,
+            )
+        )
+        await conn.execute(update(audit_head).where(h.id == 1).values(seq=seq, row_hash=digest))
+        return AuditEntry(
+            seq=seq,
+            ts=ts,
+            kind=draft.kind,
+            actor=draft.actor,
+            subject=draft.subject,
+            detail=values,
+            prev_hash=head.row_hash,
+            row_hash=digest,
+        )
+
+    async def append_audit_many(
+        self, entries: Sequence[AuditDraft], *, now: datetime | None = None
+    ) -> list[AuditEntry]:
+        """Append rows to the hash chain, in the given order, in one transaction.
+
+        The chain head is locked and read once and each row is chained to
+        the one before it, so many rows cost one commit. Every row is
+        checked before anything is written (AuditValueError, as in
+        :meth:`append_audit`); then all rows are appended, or none.
+        """
+        drafts = [
+            AuditDraft(kind=e.kind, actor=e.actor, subject=e.subject, detail=dict(e.detail))
+            for e in entries
+        ]
+        for d in drafts:
+            check_audit_fields(kind=d.kind, actor=d.actor, subject=d.subject, detail=d.detail)
+        if not drafts:
+            return []
+        ts = resolve_now(now)
         h = audit_head.c
         async with self._write() as conn:
             head = (
                 await conn.execute(select(h.seq, h.row_hash).where(h.id == 1).with_for_update())
             ).one()
-            seq = int(head.seq) + 1
-            digest = row_hash(
-                prev_hash=head.row_hash,
-                seq=seq,
-                ts=ts,
-                kind=kind,
-                actor=actor,
-                subject=subject,
-                detail=text,
-            )
-            await conn.execute(
-                insert(audit_log).values(
+            seq, prev = int(head.seq), str(head.row_hash)
+            out: list[AuditEntry] = []
+            texts: list[str] = []
+            for d in drafts:
+                seq += 1
+                text = canonical_detail(d.detail)
+                texts.append(text)
+                digest = row_hash(
+                    prev_hash=prev,
                     seq=seq,
                     ts=ts,
-                    kind=kind,
-                    actor=actor,
-                    subject=subject,
+                    kind=d.kind,
+                    actor=d.actor,
+                    subject=d.subject,
                     detail=text,
-                    prev_hash=head.row_hash,
-                    row_hash=digest,
                 )
+                out.append(
+                    AuditEntry(
+                        seq=seq,
+                        ts=ts,
+                        kind=d.kind,
+                        actor=d.actor,
+                        subject=d.subject,
+                        detail=dict(d.detail),
+                        prev_hash=prev,
+                        row_hash=digest,
+                    )
+                )
+                prev = digest
+            await conn.execute(
+                insert(audit_log),
+                [
+                    {
+                        "seq": e.seq,
+                        "ts": e.ts,
+                        "kind": e.kind,
+                        "actor": e.actor,
+                        "subject": e.subject,
+                        "detail": text,
+                        "prev_hash": e.prev_hash,
+                        "row_hash": e.row_hash,
+                    }
+                    for e, text in zip(out, texts, strict=True)
+                ],
             )
-            await conn.execute(update(audit_head).where(h.id == 1).values(seq=seq, row_hash=digest))
-        return AuditEntry(
-            seq=seq,
-            ts=ts,
-            kind=kind,
-            actor=actor,
-            subject=subject,
-            detail=values,
-            prev_hash=head.row_hash,
-            row_hash=digest,
-        )
+            await conn.execute(update(audit_head).where(h.id == 1).values(seq=seq, row_hash=prev))
+        return out
 
     async def verify_audit(self, *, batch: int = 1000) -> AuditVerification:
         """Check the whole chain in one consistent snapshot.
@@ -1194,17 +1303,46 @@ class StoreReplayCache:
 
     Implements ``remember(jti, expires_at: float) -> bool`` (seconds since
     the epoch) and deletes expired entries at most every ``purge_every_s``.
+    A bounded in-process front remembers the ``local_entries`` jtis seen
+    last, so a replay to this process is refused without a database round
+    trip; a jti it does not hold always goes to the database, and nothing
+    is accepted before the database has recorded it.
     """
 
-    def __init__(self, store: Store, *, purge_every_s: float = 60.0) -> None:
+    def __init__(
+        self, store: Store, *, purge_every_s: float = 60.0, local_entries: int = 10_000
+    ) -> None:
+        if local_entries < 0:
+            raise ValueError("local_entries must not be negative")
         self._store = store
         self._purge_every_s = purge_every_s
         self._next_purge = 0.0
+        self._local_entries = local_entries
+        # jti -> expires_at, oldest first (dicts keep insertion order).
+        self._local: dict[str, float] = {}
 
     async def remember(self, jti: str, expires_at: float) -> bool:
         """Record ``jti``; True if it was not seen before (or only expired), else False."""
         now = utcnow()
+        seen = self._local.get(jti)
+        if seen is not None and seen > now.timestamp():
+            return False
         if now.timestamp() >= self._next_purge:
             self._next_purge = now.timestamp() + self._purge_every_s
             await self._store.purge_expired_jtis(now=now)
-        return await self._store.remember_jti(jti, datetime.fromtimestamp(expires_at, UTC), now=now)
+        first = await self._store.remember_jti(
+            jti, datetime.fromtimestamp(expires_at, UTC), now=now
+        )
+        # Remembered whether new or refused: either way the database holds
+        # it live until about expires_at, so a later call here is a replay.
+        self._note(jti, expires_at)
+        return first
+
+    def _note(self, jti: str, expires_at: float) -> None:
+        if self._local_entries == 0:
+            return
+        self._local.pop(jti, None)
+        self._local[jti] = expires_at
+        while len(self._local) > self._local_entries:
+            # Forgetting only costs a round trip: the database still refuses it.
+            del self._local[next(iter(self._local))]

@@ -9,6 +9,7 @@ from enum import StrEnum
 
 __all__ = [
     "AttemptOutcome",
+    "AuditDraft",
     "AuditEntry",
     "AuditValueError",
     "AuditVerification",
@@ -250,6 +251,17 @@ class ProviderComplianceRow:
     unbinds_rejected: int
     unbinds_failed: int
     unbind_median_time: timedelta | None
+
+
+@dataclass(frozen=True)
+class AuditDraft:
+    """An audit row to append in the same transaction as the change it records,
+    so that a crash cannot keep the change and lose its row."""
+
+    kind: str
+    actor: str
+    subject: str
+    detail: Mapping[str, str | int | bool]
 
 
 @dataclass(frozen=True)
