@@ -36,7 +36,7 @@ bench-quick: setup
 STRESS_PG_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/test
 stress: setup
 	ONECERT_TEST_PG_URL="$${ONECERT_TEST_PG_URL:-$(STRESS_PG_URL)}" \
-	ONECERT_CRASH_SECONDS="$${ONECERT_CRASH_SECONDS:-120}" \
+	ONECERT_CRASH_SECONDS="$${ONECERT_CRASH_SECONDS:-100}" \
 	ONECERT_SOAK_SECONDS="$${ONECERT_SOAK_SECONDS:-180}" \
 		$(PY) -m pytest stress -p no:cacheprovider
 	ONECERT_FUZZ_SCALE=20 $(PY) -m pytest tests/hardening -k fuzz -p no:cacheprovider --timeout=900

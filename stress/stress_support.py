@@ -1,0 +1,583 @@
+"""What the stress scenarios share: keys and assertions, gateway child processes,
+provider ledgers, process sampling, statistics and the results file.
+
+Everything listens on 127.0.0.1. The gateway always runs as
+``python -m onecert.cli gateway serve`` in a child process (so it can be
+SIGKILLed and sampled); providers, carriers and clients run in the test
+process on the SDK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import os
+import random
+import signal
+import socket
+import sqlite3
+import statistics
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import closing
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from onecert.gateway._identity import AssertionIssuer
+from onecert.gateway.store.testing import Database
+from onecert.sdk import (
+    Binding,
+    BindingKind,
+    Carrier,
+    Provider,
+    RecycledNotice,
+    Server,
+    Tenure,
+    UnbindRequest,
+    UnbindResult,
+)
+from onecert.sdk._idn import compute_idn
+from onecert.sdk._keys import SigningKey
+from onecert.sdk.devkeys import DevKeys
+
+__all__ = [
+    "GATEWAY_ID",
+    "IDN_KEY",
+    "ISSUER",
+    "RESULTS",
+    "SMOKE",
+    "Catalogue",
+    "Citizen",
+    "Federation",
+    "GatewayProcess",
+    "Identity",
+    "Ledger",
+    "ProcessSample",
+    "env_float",
+    "free_port",
+    "gateway_toml",
+    "percentile",
+    "record_result",
+    "sample_process",
+    "seeded",
+    "series_summary",
+    "summary_lines",
+]
+
+ISSUER = "https://id.example.test"
+GATEWAY_ID = "onecert-gateway"
+IDN_KEY = bytes(range(32))
+RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
+# Without the durations `make stress` sets, every scenario runs short (a smoke
+# run): its figures are printed but not recorded.
+SMOKE = not any(os.environ.get(v) for v in ("ONECERT_CRASH_SECONDS", "ONECERT_SOAK_SECONDS"))
+
+# Results of this session, printed at its end by the conftest.
+_SESSION: dict[str, dict[str, Any]] = {}
+
+
+def env_float(name: str, default: float) -> float:
+    """A number from the environment (``default`` when unset or empty)."""
+    text = os.environ.get(name, "").strip()
+    return float(text) if text else default
+
+
+def seeded(seed: float) -> random.Random:
+    """A pseudo-random generator of its own, so that a run can be replayed from its seed."""
+    return random.Random(seed)  # noqa: S311 - chaos to replay, not cryptography
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) by the nearest-rank method; NaN when empty."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def record_result(name: str, result: Mapping[str, Any]) -> None:
+    """Keep a scenario's figures: printed at the end of the session and, unless
+    this is a smoke run, merged into ``stress/results/latest.json``."""
+    stamped = {
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "cpus": os.cpu_count(),
+        "load_average_1m": round(os.getloadavg()[0], 1),
+        **result,
+    }
+    _SESSION[name] = stamped
+    if SMOKE:
+        return
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        existing = json.loads(RESULTS.read_text())
+    except (OSError, ValueError):
+        existing = {}
+    existing[name] = stamped
+    RESULTS.write_text(json.dumps(existing, indent=2, sort_keys=True) + "\n")
+
+
+def summary_lines() -> list[str]:
+    """This session's results, one scenario per block, for the terminal."""
+    lines = []
+    for name, result in _SESSION.items():
+        lines.append(f"{name}:")
+        lines.extend(
+            f"  {key} = {json.dumps(value) if isinstance(value, dict) else value}"
+            for key, value in result.items()
+        )
+    return lines
+
+
+@dataclass(frozen=True)
+class Citizen:
+    """A citizen the identity service vouches for."""
+
+    sub: str
+    idn: str
+
+    @classmethod
+    def numbered(cls, n: int) -> Citizen:
+        return cls(sub=f"citizen-{n:04d}", idn=compute_idn(IDN_KEY, f"11010119900307{n:04d}"))
+
+
+class Identity:
+    """The identity service of the scenarios: mints one fresh assertion per call."""
+
+    def __init__(self, keys: DevKeys) -> None:
+        self._issuer = AssertionIssuer(key=SigningKey.load(keys.identity_key), issuer=ISSUER)
+
+    def assertion(self, citizen: Citizen) -> str:
+        return self._issuer.mint(sub=citizen.sub, idn=citizen.idn, audience=GATEWAY_ID)
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML for {type(value).__name__}")
+
+
+def _table(name: str, values: Mapping[str, object]) -> str:
+    body = "".join(f"{k} = {_toml_value(v)}\n" for k, v in values.items() if v is not None)
+    return f"{name}\n{body}\n"
+
+
+def gateway_toml(
+    *,
+    keys: DevKeys,
+    database: Database,
+    port: int,
+    carriers: Iterable[Mapping[str, object]],
+    providers: Iterable[Mapping[str, object]],
+    gateway: Mapping[str, object] | None = None,
+    sections: Mapping[str, Mapping[str, object]] | None = None,
+) -> str:
+    """A development gateway's configuration file (plaintext, loopback).
+
+    ``sections`` adds tables such as ``delivery`` or ``notices``.
+    """
+    text = _table(
+        "[gateway]",
+        {
+            "id": GATEWAY_ID,
+            "listen": f"127.0.0.1:{port}",
+            "dev_plaintext": True,
+            "grace_period_s": 1,
+            **(gateway or {}),
+        },
+    )
+    text += _table(
+        "[keys]",
+        {"warrant_key": str(keys.warrant_key), "handle_key": str(keys.handle_key)},
+    )
+    text += _table("[[identity.issuers]]", {"issuer": ISSUER, "jwks": str(keys.identity_jwks)})
+    text += _table(
+        "[store]", {"url": database.url, "schema": database.schema, "auto_migrate": True}
+    )
+    for name, values in (sections or {}).items():
+        text += _table(f"[{name}]", values)
+    for carrier in carriers:
+        text += _table("[[carriers]]", {"plaintext": True, **carrier})
+    for provider in providers:
+        text += _table("[[providers]]", {"plaintext": True, **provider})
+    return text
+
+
+class GatewayProcess:
+    """``onecert gateway serve`` in a child process: spawned, awaited, killed.
+
+    Its log (stderr) is appended to ``log``; stdout carries the one line
+    that says it listens.
+    """
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self._config = config
+        self._log = log
+        self._process: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Future[None] | None = None
+        self._port: int | None = None
+        self._listening = asyncio.Event()
+
+    @property
+    def pid(self) -> int:
+        if self._process is None:
+            raise RuntimeError("not spawned")
+        return self._process.pid
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.returncode is None
+
+    @property
+    def ready(self) -> bool:
+        """Whether it has said it listens."""
+        return self._port is not None
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("not listening (yet)")
+        return self._port
+
+    async def spawn(self) -> None:
+        with self._log.open("ab") as stderr:
+            self._process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "onecert.cli",
+                "gateway",
+                "serve",
+                "--config",
+                str(self._config),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=stderr,
+            )
+        self._reader = asyncio.ensure_future(self._read(self._process))
+
+    async def _read(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        line = await process.stdout.readline()
+        words = line.decode(errors="replace").split()
+        if "port" in words:
+            self._port = int(words[words.index("port") + 1])
+            self._listening.set()
+        # Read on to the end, so the pipe is closed when the process ends.
+        await process.stdout.read()
+
+    async def wait_ready(self, timeout: float = 90.0) -> None:  # noqa: ASYNC109 - start-up takes seconds on a busy machine
+        """Wait until it listens; fail with the log's tail if it exits first."""
+        assert self._process is not None
+        listening = asyncio.ensure_future(self._listening.wait())
+        exited = asyncio.ensure_future(self._process.wait())
+        await asyncio.wait({listening, exited}, timeout=timeout, return_when="FIRST_COMPLETED")
+        listening.cancel()
+        exited.cancel()
+        if self.ready:
+            return
+        raise AssertionError(
+            f"the gateway did not listen within {timeout:g}s; log tail:\n{self.log_tail()}"
+        )
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return self._log.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def kill(self) -> None:
+        """SIGKILL: no graceful anything."""
+        if self.running:
+            assert self._process is not None
+            self._process.send_signal(signal.SIGKILL)
+
+    async def wait(self) -> int:
+        assert self._process is not None
+        code = await self._process.wait()
+        if self._reader is not None:
+            # The pipe is at its end once the process is gone.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._reader), 5)
+            if not self._reader.done():
+                self._reader.cancel()
+            with contextlib.suppress(BaseException):
+                await self._reader
+        return code
+
+    async def terminate(self, timeout: float = 20.0) -> int:  # noqa: ASYNC109 - a bounded graceful stop
+        """SIGTERM (a graceful stop), SIGKILL if it takes longer than ``timeout``."""
+        if self.running:
+            assert self._process is not None
+            self._process.send_signal(signal.SIGTERM)
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._process.wait()
+            except TimeoutError:
+                self.kill()
+        return await self.wait()
+
+
+@dataclass(frozen=True)
+class ProcessSample:
+    """One look at a process: resident memory, open file descriptors, threads."""
+
+    at: float
+    rss_kib: int
+    fds: int
+    threads: int
+
+
+def sample_process(pid: int, *, at: float) -> ProcessSample:
+    """Read ``/proc/PID/status`` and count ``/proc/PID/fd``."""
+    rss = threads = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key == "VmRSS":
+            rss = int(value.split()[0])
+        elif key == "Threads":
+            threads = int(value.strip())
+    fds = len(os.listdir(f"/proc/{pid}/fd"))
+    return ProcessSample(at=at, rss_kib=rss, fds=fds, threads=threads)
+
+
+_LEDGER_SCHEMA = """
+CREATE TABLE IF NOT EXISTS applies (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    request_id TEXT NOT NULL,
+    account_ref TEXT NOT NULL,
+    msisdn TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pended (request_id TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    jti TEXT NOT NULL,
+    msisdn TEXT NOT NULL,
+    at REAL NOT NULL
+);
+"""
+
+
+class Ledger:
+    """A provider's own record of what it did, in a SQLite file of its own.
+
+    Deliberately not deduplicated: every application of an unbind and every
+    action on a notice is a row, so doing something twice shows as two rows.
+    The file outlives the provider's restarts. Writes are synchronous (no
+    await between doing something and answering it) and WAL with
+    ``synchronous=NORMAL``: durable across restarts of the process.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with closing(self._connect()) as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(_LEDGER_SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+
+    def _execute(self, sql: str, args: Sequence[object]) -> int:
+        with closing(self._connect()) as conn:
+            return conn.execute(sql, args).rowcount
+
+    def apply(self, request_id: str, account_ref: str, msisdn: str, reason: str) -> None:
+        """Detach the number from the account (the row is the detachment)."""
+        self._execute(
+            "INSERT INTO applies (request_id, account_ref, msisdn, reason, at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (request_id, account_ref, msisdn, reason, time.time()),
+        )
+
+    def first_sight(self, request_id: str) -> bool:
+        """True the first time a request id is seen here (for a manual review)."""
+        changed = self._execute(
+            "INSERT OR IGNORE INTO pended (request_id) VALUES (?)", (request_id,)
+        )
+        return changed == 1
+
+    def act_on_notice(self, jti: str, msisdn: str) -> None:
+        """Act on a recycled-number notice (the row is the action)."""
+        self._execute(
+            "INSERT INTO events (jti, msisdn, at) VALUES (?, ?, ?)", (jti, msisdn, time.time())
+        )
+
+    def applies(self) -> list[tuple[str, str, str]]:
+        """Every application: (request id, account ref, msisdn)."""
+        with closing(self._connect()) as conn:
+            rows = conn.execute("SELECT request_id, account_ref, msisdn FROM applies").fetchall()
+        return [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+    def actions(self) -> list[tuple[str, str]]:
+        """Every action on a notice: (jti, msisdn)."""
+        with closing(self._connect()) as conn:
+            rows = conn.execute("SELECT jti, msisdn FROM events").fetchall()
+        return [(str(r[0]), str(r[1])) for r in rows]
+
+
+def series_summary(samples: Sequence[ProcessSample], *, warmup_s: float) -> dict[str, Any]:
+    """Medians of the first and last third of the samples after ``warmup_s``."""
+    start = samples[0].at if samples else 0.0
+    kept = [s for s in samples if s.at - start >= warmup_s]
+    third = max(1, len(kept) // 3)
+    first, last = kept[:third], kept[-third:]
+
+    def med(values: Iterable[int]) -> float:
+        listed = list(values)
+        return float(statistics.median(listed)) if listed else math.nan
+
+    return {
+        "samples": len(samples),
+        "samples_after_warmup": len(kept),
+        "rss_mib_first_third_median": round(med(s.rss_kib for s in first) / 1024, 1),
+        "rss_mib_last_third_median": round(med(s.rss_kib for s in last) / 1024, 1),
+        "rss_mib_min": round(min(s.rss_kib for s in kept) / 1024, 1) if kept else math.nan,
+        "rss_mib_max": round(max(s.rss_kib for s in kept) / 1024, 1) if kept else math.nan,
+        "fds_first_third_median": med(s.fds for s in first),
+        "fds_last_third_median": med(s.fds for s in last),
+        "fds_min": min(s.fds for s in kept) if kept else 0,
+        "fds_max": max(s.fds for s in kept) if kept else 0,
+        "threads_first_third_median": med(s.threads for s in first),
+        "threads_last_third_median": med(s.threads for s in last),
+    }
+
+
+class Catalogue:
+    """A provider's accounts: an endless supply per number, a few listed at a time.
+
+    Unbinding detaches an account, so the next lookup lists a new one and a
+    steady load keeps opening new tickets. Counts the calls it serves at
+    once (``max_active``), and sleeps ``latency`` (plus up to ``jitter``)
+    per listing.
+    """
+
+    def __init__(self, *, latency: float, jitter: float = 0.0, per_number: int = 2) -> None:
+        self.latency = latency
+        self.jitter = jitter
+        self.per_number = per_number
+        self.active = 0
+        self.max_active = 0
+        self.listed = 0
+        self.unbound = 0
+        self.notices = 0
+        self._next: dict[str, int] = {}
+        self._rng = seeded(latency)
+
+    async def list_bindings(self, msisdn: str) -> list[Binding]:
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        try:
+            await asyncio.sleep(self.latency + self._rng.uniform(0.0, self.jitter))
+            first = self._next.get(msisdn, 0)
+            self.listed += 1
+            return [
+                Binding(
+                    account_ref=f"acct-{msisdn[-4:]}-{n}",
+                    kind=BindingKind.LOGIN,
+                    bound_at=BOUND_AT,
+                    display_name=f"user{n}",
+                )
+                for n in range(first, first + self.per_number)
+            ]
+        finally:
+            self.active -= 1
+
+    async def unbind(self, request: UnbindRequest) -> UnbindResult:
+        n = int(request.account_ref.rsplit("-", 1)[1])
+        self._next[request.msisdn] = max(self._next.get(request.msisdn, 0), n + 1)
+        self.unbound += 1
+        return UnbindResult.done()
+
+    async def on_recycled(self, notice: RecycledNotice) -> int:
+        self.notices += 1
+        return 0
+
+
+HELD_FROM = datetime(2020, 6, 1, tzinfo=UTC)
+BOUND_AT = datetime(2021, 2, 1, tzinfo=UTC)
+
+
+class Federation:
+    """A carrier and providers on the SDK, in this process, each on a port of its own.
+
+    Every citizen holds one number since 2020 (``+86137`` and the citizen's
+    number); every provider lists accounts bound to it since 2021 (the
+    citizen's own).
+    """
+
+    def __init__(self, keys: DevKeys, citizens: Sequence[Citizen]) -> None:
+        self._keys = keys
+        self.citizens = list(citizens)
+        self.numbers = {c.idn: f"+86137{n:08d}" for n, c in enumerate(self.citizens)}
+        self.catalogues: dict[str, Catalogue] = {}
+        self._servers: list[Server] = []
+        self._carrier_port = 0
+        self._provider_ports: dict[str, int] = {}
+
+    def number_of(self, citizen: Citizen) -> str:
+        return self.numbers[citizen.idn]
+
+    async def start(self, providers: Mapping[str, Catalogue]) -> None:
+        carrier = Carrier(carrier_id="cm")
+
+        @carrier.list_numbers
+        async def list_numbers(idn: str) -> list[Tenure]:
+            number = self.numbers.get(idn)
+            return [] if number is None else [Tenure(msisdn=number, held_from=HELD_FROM)]
+
+        self._carrier_port = await self._serve(carrier)
+        for provider_id, catalogue in providers.items():
+            self.catalogues[provider_id] = catalogue
+            provider = Provider(
+                provider_id=provider_id,
+                name=provider_id.title(),
+                category="other",
+                implementation=catalogue,
+            )
+            self._provider_ports[provider_id] = await self._serve(provider)
+
+    async def _serve(self, adapter: Provider | Carrier) -> int:
+        server = Server(
+            adapter,
+            gateway_keys=self._keys.gateway_jwks,
+            gateway_issuer=GATEWAY_ID,
+            listen="127.0.0.1:0",
+            insecure=True,
+            grace=0.0,
+        )
+        await server.start()
+        self._servers.append(server)
+        return server.port
+
+    def carrier_config(self) -> list[dict[str, object]]:
+        return [{"id": "cm", "address": f"127.0.0.1:{self._carrier_port}", "prefixes": ["+86137"]}]
+
+    def provider_config(self) -> list[dict[str, object]]:
+        return [
+            {"id": p, "address": f"127.0.0.1:{port}"} for p, port in self._provider_ports.items()
+        ]
+
+    async def close(self) -> None:
+        for server in self._servers:
+            await server.shutdown(0)
