@@ -14,28 +14,14 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from onecert.sdk._filter import element_positions
+
 Bytes = npt.NDArray[np.uint8]
-Words = npt.NDArray[np.uint64]
 
 # Grow a full matrix by a quarter (at least one byte column, eight slots): a
 # join costs one copy of the class now and then, and leaves at most a quarter
 # of it empty.
 _GROWTH = 4
-
-
-def element_positions(elements: bytes, m: int, k: int) -> npt.NDArray[np.int64]:
-    """Bit positions of many elements (16 bytes each), as ``docs/routing.md`` specifies.
-
-    An element's bytes 0-7 and 8-15 are ``h1`` and ``h2`` (little-endian);
-    bit ``i`` is ``(h1 + i * (h2 | 1)) mod 2**64 mod m``.
-    """
-    words: Words = np.frombuffer(elements, dtype="<u8").reshape(-1, 2).astype(np.uint64)
-    h1 = words[:, 0:1]
-    h2 = words[:, 1:2] | np.uint64(1)
-    steps = np.arange(k, dtype=np.uint64)[np.newaxis, :]
-    # uint64 arithmetic wraps modulo 2**64, as the format says.
-    positions = (h1 + steps * h2) & np.uint64(m - 1)
-    return positions.reshape(-1).astype(np.int64)
 
 
 class SliceMatrix:
