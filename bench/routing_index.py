@@ -131,11 +131,18 @@ async def _numbers(count: int) -> AsyncIterator[str]:
 
 def _build_time(count: int, key: bytes) -> dict[str, float]:
     figures: dict[str, float] = {}
-    for label, hint in (("one_pass_hint", count), ("two_pass_no_hint", None)):
+    runs = (
+        ("one_pass_hint", count, HAVE_NUMPY),
+        ("two_pass_no_hint", None, HAVE_NUMPY),
+        ("one_pass_hint_pure_python", count, False),
+    )
+    for label, hint, fast in runs:
         started = time.perf_counter()
         cpu = time.process_time()
         result = asyncio.run(
-            build_filter(lambda: _numbers(count), key=key, key_version=1, size_hint=hint)
+            build_filter(
+                lambda: _numbers(count), key=key, key_version=1, size_hint=hint, use_numpy=fast
+            )
         )
         figures[f"{label}_s"] = time.perf_counter() - started
         figures[f"{label}_cpu_s"] = time.process_time() - cpu
@@ -295,7 +302,9 @@ def _print(figures: dict[str, Any]) -> None:
         f"numbers: {build['one_pass_hint_s']:.2f} s ({build['one_pass_hint_cpu_s']:.2f} s CPU) "
         f"with a size hint (1 pass), {build['two_pass_no_hint_s']:.2f} s "
         f"({build['two_pass_no_hint_cpu_s']:.2f} s CPU) without (2 passes); numpy fast path "
-        f"{'on' if HAVE_NUMPY else 'off'}",
+        f"{'on' if HAVE_NUMPY else 'off'}; pure Python, 1 pass: "
+        f"{build['one_pass_hint_pure_python_s']:.2f} s "
+        f"({build['one_pass_hint_pure_python_cpu_s']:.2f} s CPU)",
     ]
     print("\n".join(lines))
 

@@ -387,3 +387,30 @@ def test_keyring_rules() -> None:
     rotated = ring.rotated(4, _key(4))
     assert rotated.versions == {3, 4}
     assert set(rotated.digests(NUMBER)) == {3, 4}
+
+
+def test_old_key_additions_during_a_rotation_read_leave_the_provider_asked(
+    ring: RoutingKeyring, clock: Clock
+) -> None:
+    """An addition under the old key made while the first new-key snapshot was read cannot be
+    replayed onto it: the provider is asked until a later snapshot covers it."""
+    index = RoutingIndex(key_checks=ring.key_checks(), replay_margin=300, clock=clock)
+    index.register("site", snapshot_interval=24 * HOUR)
+    index.put_snapshot("site", _snapshot(ring, [OTHER], created_at=clock.now))
+    ring2 = ring.rotated(2, _key(2))
+    index.set_key_versions(ring2.key_checks())
+    read_began = clock.now + 10
+    clock.now += 20
+    index.add("site", FilterAdditions.of(ring.key(1), 1, [NUMBER], created_at=int(clock.now)))
+    added_at = clock.now
+    clock.now += 20
+    index.put_snapshot("site", _snapshot(ring2, [OTHER], created_at=read_began))
+    assert index.status("site").reason is AskReason.INCOMPLETE
+    assert "site" in index.query(ring2.digests(NUMBER)).asked()
+    clock.now = added_at + 299
+    index.put_snapshot("site", _snapshot(ring2, [OTHER, NUMBER], created_at=clock.now))
+    assert index.status("site").reason is AskReason.INCOMPLETE
+    clock.now = added_at + 301
+    index.put_snapshot("site", _snapshot(ring2, [OTHER, NUMBER], created_at=clock.now))
+    assert index.status("site").reason is None
+    assert index.query(ring2.digests(NUMBER)).candidates == {"site"}

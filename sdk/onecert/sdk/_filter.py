@@ -449,6 +449,7 @@ async def build_filter(
     fp_rate: float = DEFAULT_FP_RATE,
     size_hint: int | None = None,
     clock: Callable[[], float] = time.time,
+    use_numpy: bool = HAVE_NUMPY,
 ) -> BuildResult:
     """Build a snapshot filter from every number ``source()`` yields.
 
@@ -471,6 +472,8 @@ async def build_filter(
         size_hint: the expected count, if known.
         clock: Unix time, for ``created_at`` (the start of the pass that
             built the filter: every number bound before it is included).
+        use_numpy: set bits a batch at a time with numpy (same bytes);
+            the default is whether numpy is installed.
 
     Returns:
         The filter, the number of passes, and how many values were skipped
@@ -481,7 +484,11 @@ async def build_filter(
     if size_hint is not None:
         started = int(clock())
         builder = FilterBuilder(
-            key, key_version=key_version, m=bits_for(max(1, size_hint) * 2, k), k=k
+            key,
+            key_version=key_version,
+            m=bits_for(max(1, size_hint) * 2, k),
+            k=k,
+            use_numpy=use_numpy,
         )
         passes += 1
         count, skipped, complete = await _insert_all(source, builder)
@@ -494,7 +501,9 @@ async def build_filter(
         async for _ in source():
             count += 1
     started = int(clock())
-    builder = FilterBuilder(key, key_version=key_version, m=bits_for(count, k), k=k)
+    builder = FilterBuilder(
+        key, key_version=key_version, m=bits_for(count, k), k=k, use_numpy=use_numpy
+    )
     passes += 1
     # The last pass inserts everything, even if the source grew since the
     # count: the filter is then fuller than sized, never missing a number.
