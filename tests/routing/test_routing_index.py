@@ -289,6 +289,18 @@ def test_refused_snapshots_change_nothing(
     assert "site" not in index.query(ring.digests(NUMBER)).asked()
 
 
+def test_filters_larger_than_the_gateway_accepts_are_refused(
+    ring: RoutingKeyring, clock: Clock
+) -> None:
+    """A filter above the gateway's size limit is refused; the provider stays always asked."""
+    index = RoutingIndex(key_checks=ring.key_checks(), max_bits=1 << 12, clock=clock)
+    index.register("huge", snapshot_interval=HOUR)
+    with pytest.raises(FilterRejectedError, match="opt out of routing instead"):
+        index.put_snapshot("huge", _snapshot(ring, [NUMBER], created_at=clock.now, size=500))
+    assert index.status("huge").reason is AskReason.NO_FILTER
+    assert index.memory_bytes() == 0
+
+
 def test_unknown_providers_are_refused(index: RoutingIndex, ring: RoutingKeyring) -> None:
     """Filters for a provider that is not registered are refused."""
     with pytest.raises(UnknownProviderError):

@@ -24,6 +24,9 @@ DEFAULT_REPLAY_MARGIN_S = 300.0
 DEFAULT_MAX_SKEW_S = 300.0
 DEFAULT_PLAIN_FROM_BITS = 1 << 22
 DEFAULT_MAX_PENDING = 65_536
+# 128 MiB: about 100 million numbers at 1%. A larger filter is refused rather
+# than let one provider take the memory of the whole federation's.
+DEFAULT_MAX_BITS = 1 << 30
 
 
 class AskReason(StrEnum):
@@ -142,6 +145,7 @@ class RoutingIndex:
         max_pending: additions kept per provider for replay; past it the
             oldest are dropped and the next snapshot that may lack them leaves
             the provider always asked.
+        max_bits: the largest filter accepted (a provider that needs more opts out).
         clock: Unix time.
     """
 
@@ -154,8 +158,10 @@ class RoutingIndex:
         max_skew: float = DEFAULT_MAX_SKEW_S,
         plain_from_bits: int = DEFAULT_PLAIN_FROM_BITS,
         max_pending: int = DEFAULT_MAX_PENDING,
+        max_bits: int = DEFAULT_MAX_BITS,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self._max_bits = max_bits
         self._checks: dict[int, bytes] = dict(key_checks)
         self._grace = grace
         self._margin = replay_margin
@@ -238,12 +244,17 @@ class RoutingIndex:
 
         Raises:
             UnknownProviderError: the provider is not registered.
-            FilterRejectedError: wrong or retired key, ``created_at`` in the future
-                or older than the filter in place.
+            FilterRejectedError: wrong or retired key, larger than ``max_bits``,
+                ``created_at`` in the future or older than the filter in place.
         """
         entry = self._entry(provider_id)
         now = self._clock()
         self._check_key(snapshot.key_version, snapshot.key_check)
+        if snapshot.m > self._max_bits:
+            raise FilterRejectedError(
+                f"a filter of {snapshot.m} bits is larger than the {self._max_bits} "
+                "this gateway accepts: opt out of routing instead"
+            )
         if snapshot.created_at > now + self._skew:
             raise FilterRejectedError("the filter's created_at is in the future: check the clock")
         current = entry.snapshot
