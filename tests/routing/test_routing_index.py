@@ -135,6 +135,20 @@ def test_a_longer_promised_interval_applies_at_once(
     assert index.status("site").reason is None
 
 
+def test_a_provider_registered_again_keeps_its_new_deadline(
+    index: RoutingIndex, ring: RoutingKeyring, clock: Clock
+) -> None:
+    """The deadline of a forgotten registration does not make the new one's filter stale."""
+    index.register("site", snapshot_interval=HOUR)
+    index.put_snapshot("site", _snapshot(ring, [OTHER], created_at=clock.now))
+    index.unregister("site")
+    clock.now += 10
+    index.register("site", snapshot_interval=HOUR)
+    index.put_snapshot("site", _snapshot(ring, [OTHER], created_at=clock.now))
+    clock.now += HOUR + 55  # past the old registration's deadline, before the new one's
+    assert index.status("site").reason is None
+
+
 def test_an_opted_out_provider_is_always_asked(
     index: RoutingIndex, ring: RoutingKeyring, clock: Clock
 ) -> None:

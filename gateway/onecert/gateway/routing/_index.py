@@ -9,6 +9,7 @@ provider that holds nothing, never skip one that may hold the number.
 from __future__ import annotations
 
 import heapq
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -175,6 +176,9 @@ class RoutingIndex:
         self._ask: dict[str, AskReason] = {}
         self._ask_view: Mapping[str, AskReason] | None = None
         self._deadlines: list[tuple[float, int, str]] = []
+        # Generations are unique across entries: a provider unregistered and
+        # registered again must not be staled by its old entry's deadline.
+        self._generations = itertools.count(1)
 
     # Registration --------------------------------------------------------
 
@@ -454,7 +458,7 @@ class RoutingIndex:
             entry.plain.add_elements(elements)
 
     def _set_deadline(self, entry: _Entry, now: float) -> None:
-        entry.generation += 1
+        entry.generation = next(self._generations)
         entry.fresh_until = entry.basis + entry.interval + self._grace
         entry.stale = entry.fresh_until <= now
         if not entry.stale:
