@@ -123,6 +123,14 @@ class RoutingMachine(RuleBasedStateMachine):
         provider.published_at = self.now
         provider.version = version
 
+    @precondition(lambda self: any(p.version for p in self.providers.values()))
+    @rule(data=st.data())
+    def drop_filter(self, data: st.DataObject) -> None:
+        """The gateway forgets a provider's filter (for example at the regulator's request)."""
+        name = data.draw(st.sampled_from(sorted(n for n, p in self.providers.items() if p.version)))
+        self.index.drop_filter(name)
+        self.providers[name].version = None
+
     @rule(seconds=st.integers(min_value=1, max_value=60))
     def advance(self, seconds: int) -> None:
         self.now += seconds

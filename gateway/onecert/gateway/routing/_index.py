@@ -320,14 +320,15 @@ class RoutingIndex:
             entry.dropped_until = max(entry.dropped_until, created)
 
     def drop_filter(self, provider_id: str) -> None:
-        """Forget a provider's filter: it is asked about every number again."""
+        """Forget a provider's filter: it is asked about every number again.
+
+        Additions kept for replay stay: the next snapshot may have been read
+        before some of them.
+        """
         entry = self._entry(provider_id)
         self._unplace(entry)
         entry.snapshot = None
-        entry.pending.clear()
-        entry.pending_count = 0
-        entry.dropped_until = -1
-        entry.incomplete = False
+        entry.retired = False
         self._refresh(entry)
 
     # Queries -------------------------------------------------------------
