@@ -346,7 +346,7 @@ class RoutingIndex:
         for (version, _, _), matrix in self._matrices.items():
             element = elements.get(version)
             if element is None:
-                unchecked.update((p, AskReason.RETIRED_KEY) for p in self._owners(matrix))
+                unchecked.update((p, AskReason.RETIRED_KEY) for p in matrix.owners())
             else:
                 found.update(matrix.query(*element))
         for provider_id, plain in self._plain.items():
@@ -411,9 +411,6 @@ class RoutingIndex:
             raise FilterRejectedError(f"routing key version {version} is not live (live: {live})")
         if check != expected:
             raise FilterRejectedError(f"keyed with another key than routing key version {version}")
-
-    def _owners(self, matrix: SliceMatrix) -> list[str]:
-        return [e.provider_id for e in self._entries.values() if e.matrix is matrix]
 
     def _place(self, entry: _Entry, snapshot: RoutingFilter) -> None:
         shape = (snapshot.key_version, snapshot.m, snapshot.k)

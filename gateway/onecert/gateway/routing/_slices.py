@@ -47,6 +47,10 @@ class SliceMatrix:
         """Columns holding a provider's filter."""
         return self._used
 
+    def owners(self) -> list[str]:
+        """The providers with a column here."""
+        return [owner for owner in self._owners if owner is not None]
+
     def nbytes(self) -> int:
         """Memory of the matrix."""
         return int(self._rows.nbytes)
@@ -91,18 +95,21 @@ class SliceMatrix:
         """Providers whose filter has every bit of the element ``(h1, h2)`` set."""
         mask = self.mask
         rows = [(h1 + i * h2) & mask for i in range(self.k)]
-        hits = np.bitwise_and.reduce(self._rows[rows], axis=0)
+        # take() and ndarray.nonzero(): fancy indexing with a list, numpy's
+        # convenience wrappers and scalar indexing cost more than the AND here.
+        hits = np.bitwise_and.reduce(self._rows.take(rows, axis=0), axis=0)
+        nonzero = hits.nonzero()[0]
         found = []
         owners = self._owners
-        for byte in np.flatnonzero(hits).tolist():
-            value = int(hits[byte])
+        for byte, value in zip(nonzero.tolist(), hits[nonzero].tolist(), strict=True):
             base = byte * 8
-            while value:
-                low = value & -value
+            bits = value
+            while bits:
+                low = bits & -bits
                 owner = owners[base + low.bit_length() - 1]
                 if owner is not None:
                     found.append(owner)
-                value ^= low
+                bits ^= low
         return found
 
     def column(self, slot: int) -> bytes:
