@@ -85,10 +85,12 @@ def test_lookup_streams_left_behind_first_then_unbind_and_release_reach_done(
     assert "暂时联系不上" in main
     assert not MACHINE_WORDS.search(main)
     # Her former number's new holder: neither named nor counted.
-    assert "zhoupeng" not in main and "peng.rides" not in main
+    assert "zhoupeng" not in main
+    assert "peng.rides" not in main
     # Handles never reach the page: each action is named by a short random key.
     keys = page.locator("input[name=action]").evaluate_all("els => els.map(e => e.value)")
-    assert keys and all(len(k) == 16 for k in keys)
+    assert keys
+    assert all(len(k) == 16 for k in keys)
     if SCREENSHOTS:
         page.screenshot(path=str(Path(SCREENSHOTS) / "portal-zh.png"), full_page=True)
 
@@ -140,7 +142,8 @@ def test_english_is_a_choice_and_stays_chosen(portal: Any, browser: Any) -> None
     finished(page)
     main = page.inner_text("main")
     assert "Your own accounts" in main
-    assert "Dragonkeep Games" in main and "cannot be reached right now" in main
+    assert "Dragonkeep Games" in main
+    assert "cannot be reached right now" in main
     assert not MACHINE_WORDS.search(main)
     page.click("#switch-language")
     assert page.url == portal.url + "/results"
@@ -274,7 +277,8 @@ def test_a_form_posted_without_its_csrf_token_is_refused(portal: Any, browser: A
     key = page.locator("#mine li", has_text="Chirpline").locator("input[name=action]")
     action = key.get_attribute("value")
     csrf = page.locator("input[name=csrf]").first.get_attribute("value")
-    assert action and csrf
+    assert action
+    assert csrf
     missing = ctx.request.post(portal.url + "/unbind", form={"action": action})
     assert missing.status == 403
     assert "请求被拒绝" in missing.text()

@@ -161,8 +161,9 @@ class SessionStore:
             return None, False
         now = self.clock()
         if now - session.last_seen > self.idle_s or now - session.created > self.max_s:
+            was_signed_in = session.citizen is not None
             self.drop(session)
-            return None, session.citizen is not None
+            return None, was_signed_in
         session.last_seen = now
         return session, False
 
