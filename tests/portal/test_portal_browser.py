@@ -92,7 +92,7 @@ def test_lookup_streams_left_behind_first_then_unbind_and_release_reach_done(
     assert keys
     assert all(len(k) == 16 for k in keys)
     if SCREENSHOTS:
-        page.screenshot(path=str(Path(SCREENSHOTS) / "portal-zh.png"), full_page=True)
+        page.screenshot(path=str(Path(SCREENSHOTS) / "portal-zh.png"))
 
     # Unbind the left-behind wallet: a confirmation page first.
     left.get_by_role("button").click()

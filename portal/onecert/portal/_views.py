@@ -87,6 +87,7 @@ class ResultsView:
     mine: list[AccountRow]
     previous: list[PreviousRow]
     providers: list[ProviderRow]
+    answered: list[str]
     carriers_missing: list[str]
     done: bool
     error: str
@@ -210,7 +211,10 @@ def results_view(
         left_behind=left,
         mine=mine,
         previous=previous,
-        providers=providers,
+        providers=[p for p in providers if not p.ok],
+        answered=sorted(
+            {p.provider for p in providers if p.ok} - {p.provider for p in providers if not p.ok}
+        ),
         carriers_missing=missing,
         done=state.done,
         error=state.error,
