@@ -81,6 +81,7 @@ class OIDCConfig:
     scope: str
     assertion_audience: str
     assertion_token_type: str
+    ca_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -215,6 +216,7 @@ def _oidc(table: Table | None) -> OIDCConfig | None:
         assertion_token_type=table.string(
             "assertion_token_type", "urn:onecert:params:oauth:token-type:identity-assertion"
         ),
+        ca_file=table.path("ca_file", None),
     )
     table.finish()
     if "openid" not in config.scope.split():

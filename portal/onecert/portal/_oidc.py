@@ -9,13 +9,21 @@ verifier, checks the ID token (signature from the service's JWKS, ``iss``,
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 from authlib.integrations.starlette_client import OAuth
 
 from onecert.portal._config import OIDCConfig
 
-__all__ = ["oidc_client"]
+__all__ = ["oidc_client", "tls_verify"]
+
+
+def tls_verify(config: OIDCConfig) -> ssl.SSLContext | bool:
+    """How to check the identity service's certificate: its own CA, or the system's."""
+    if config.ca_file is None:
+        return True
+    return ssl.create_default_context(cafile=str(config.ca_file))
 
 
 async def oidc_client(config: OIDCConfig) -> Any:
@@ -38,6 +46,8 @@ async def oidc_client(config: OIDCConfig) -> Any:
             "scope": config.scope,
             "code_challenge_method": "S256",
             "token_endpoint_auth_method": "client_secret_basic" if secret else "none",
+            "verify": tls_verify(config),
+            "timeout": 10.0,
         },
     )
     # Fail at start, not at the first citizen's sign-in, if the service is unreachable.
