@@ -50,6 +50,9 @@ class LookupState:
     version: int = 0
     begun_at: float = field(default_factory=time.monotonic)
     first_result_at: float | None = None
+    # The same moment on the wall clock, logged so a benchmark can compare it
+    # with when a browser showed the result.
+    first_result_epoch: float | None = None
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     _wake: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
@@ -99,6 +102,7 @@ def start_lookup(
                 elif isinstance(update, Result):
                     if state.first_result_at is None:
                         state.first_result_at = time.monotonic()
+                        state.first_result_epoch = time.time()
                     state.results.append(update)
                 else:
                     state.summary = update
@@ -126,6 +130,7 @@ def start_lookup(
                     failed=total.failed,
                     skipped=total.skipped,
                     seconds=round(time.monotonic() - state.begun_at, 3),
+                    first_result_at=state.first_result_epoch,
                 )
 
     state.task = asyncio.get_running_loop().create_task(run())
