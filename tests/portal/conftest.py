@@ -105,14 +105,19 @@ def browser() -> Iterator[object]:
         from playwright.sync_api import sync_playwright
     except ImportError:
         _missing("playwright is not installed (pip install -e '.[dev]')")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            yield launched
-        finally:
-            launched.close()
+    try:
+        with sync_playwright() as playwright:
+            launched = playwright.chromium.launch(
+                executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+            )
+            try:
+                yield launched
+            finally:
+                launched.close()
+    finally:
+        # Playwright's sync API leaves the thread with no event loop set; a fresh
+        # policy gives later tests the default behaviour back.
+        asyncio.set_event_loop_policy(None)
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ identity step on in production."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,7 +53,18 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def app(keys: DevKeys, clock: Clock) -> PortalApp:
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """An event loop of this test's own: the gRPC channel is made outside any
+    coroutine, and a browser test before may have left the thread without one."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    yield loop
+    asyncio.set_event_loop(None)
+    loop.close()
+
+
+@pytest.fixture
+def app(keys: DevKeys, clock: Clock, loop: asyncio.AbstractEventLoop) -> PortalApp:
     dev = DevAssertions(
         key=keys.identity_key,
         idn_key=keys.idn_key,

@@ -530,30 +530,33 @@ class PortalApp:
 
     # ------------------------------------------------------------ before you cancel
 
+    def _cancellable(self, session: Session) -> list[str]:
+        """The numbers in use found by the session's finished lookup."""
+        state = session.lookup
+        if state is None or state.started is None or not state.done:
+            return []
+        return [n.msisdn for n in state.started.numbers if n.current]
+
     async def before_cancel(self, request: Request) -> Response:
-        if request.method == "POST":
-            form = await self.form(request)
+        form = await self.form(request) if request.method == "POST" else None
         if (redirect := self.needs_sign_in(request)) is not None:
             return redirect
         session = self.session(request)
-        state = session.lookup
-        numbers = (
-            [n for n in state.started.numbers if n.current]
-            if state is not None and state.started is not None and state.done
-            else []
-        )
-        if request.method == "POST":
+        numbers = self._cancellable(session)
+        if form is not None:
+            # The number is chosen by its position in the list, never named in the request.
             choice = form.get("number")
-            chosen = next((n.msisdn for i, n in enumerate(numbers) if f"n{i}" == choice), None)
+            chosen = next((n for i, n in enumerate(numbers) if f"n{i}" == choice), None)
             if chosen is None:
                 raise HTTPException(400)
             session.cancel_number = chosen
             return RedirectResponse("/before-cancel/number", status_code=303)
+        state = session.lookup
         return self.render(
             request,
             "before_cancel.html",
             ready=state is not None and state.done and not state.error,
-            numbers=[(f"n{i}", show_number(n.msisdn)) for i, n in enumerate(numbers)],
+            numbers=[(f"n{i}", show_number(n)) for i, n in enumerate(numbers)],
         )
 
     async def before_cancel_number(self, request: Request) -> Response:

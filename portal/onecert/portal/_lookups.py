@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from onecert.portal._identity import SignInRequiredError
 from onecert.sdk.client import (
     CallOutcome,
     GatewayClient,
@@ -107,6 +108,11 @@ def start_lookup(
                 else:
                     state.summary = update
                 state.bump()
+        except SignInRequiredError:
+            # The identity service would not give an assertion: sign in again.
+            state.error = "UNAUTHENTICATED"
+            log.warning("lookup_failed", code="identity")
+            state.bump()
         except GatewayError as exc:
             state.error = exc.code.name
             # The status code only: the gateway's details may name the citizen's numbers.

@@ -63,13 +63,10 @@ ADMIN_CN = "admin"
 _GATEWAY_READY = re.compile(r"listening on port (\d+)")
 # The line `onecert portal serve` prints once it listens.
 _PORTAL_READY = re.compile(r"portal listening on (http\S+)")
-# The made-up citizens the portal's development identity step offers:
-# the story's citizen, who got her old number, who had her current one.
-_PORTAL_CITIZENS = (
-    ("c-5d2f9a1e", "citizen"),
-    ("c-8e41b7c0", "next_holder"),
-    ("c-3a9d0f62", "previous_holder"),
-)
+# The opaque ids (sub) of the story's two other people, for the portal's
+# development identity step (the citizen's own is STORY.citizen_sub).
+_NEXT_HOLDER_SUB = "c-8e41b7c0"
+_PREVIOUS_HOLDER_SUB = "c-3a9d0f62"
 _POLL_S = 0.05
 # Exit statuses of a process that stopped as asked (or on Ctrl-C, which the
 # terminal sends to the whole process group).
@@ -556,11 +553,12 @@ class Federation:
         development identity step offering the story's people (made up)."""
         from onecert.adapters.demo._data import STORY  # noqa: PLC0415 - the story only when a portal runs
 
-        people = {
-            "citizen": STORY.citizen,
-            "next_holder": STORY.next_holder,
-            "previous_holder": STORY.previous_holder,
-        }
+        # The story's citizen, who got her old number, who had her current one.
+        people = (
+            (STORY.citizen_sub, STORY.citizen),
+            (_NEXT_HOLDER_SUB, STORY.next_holder),
+            (_PREVIOUS_HOLDER_SUB, STORY.previous_holder),
+        )
         lines = [
             "# Written by `onecert demo`: the citizen's portal, development mode. Its",
             "# identity step signs assertions with the dev identity key for made-up people.",
@@ -581,13 +579,11 @@ class Federation:
             f"issuer = {_toml(IDENTITY_ISSUER)}",
             f"audience = {_toml(GATEWAY_ID)}",
         ]
-        for sub, role in _PORTAL_CITIZENS:
-            person = people[role]
-            sub_value = STORY.citizen_sub if role == "citizen" else sub
+        for sub, person in people:
             lines += [
                 "",
                 "[[dev_identity.citizens]]",
-                f"sub = {_toml(sub_value)}",
+                f"sub = {_toml(sub)}",
                 f"name = {_toml(person.name)}",
                 f"document = {_toml(person.document_number)}",
             ]
