@@ -17,6 +17,7 @@ import onecert.portal
 from onecert.portal import (
     CSP,
     SESSION_COOKIE,
+    Citizen,
     ConfigError,
     DevAssertions,
     Identity,
@@ -296,3 +297,16 @@ def test_the_public_exports() -> None:
         "TokenExchangeAssertions", "build_app", "load_config", "parse_config", "serve",
     }  # fmt: skip
     assert all(hasattr(onecert.portal, name) for name in onecert.portal.__all__)
+
+
+def test_anonymous_visits_cannot_fill_the_session_store(clock: Clock) -> None:
+    """Past its limit the store drops the longest-idle anonymous sessions and keeps
+    every signed-in citizen's."""
+    store = SessionStore(idle_s=60, max_s=600, clock=clock, limit=10)
+    citizen = store.new()
+    citizen.citizen = Citizen(sub="c-1")
+    for _ in range(50):
+        clock.now += 0.1
+        store.new()
+    assert len(store) <= 10
+    assert store.get(citizen.id)[0] is citizen

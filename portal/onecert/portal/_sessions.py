@@ -130,14 +130,23 @@ class SessionStore:
         idle_s: a session ends after this long without a request.
         max_s: a session ends this long after it was created.
         clock: monotonic seconds (a test may pass its own).
+        limit: the most sessions kept; past it, expired sessions are dropped,
+            then the longest-idle anonymous ones (a visitor who never signed
+            in), so page views alone cannot exhaust memory.
     """
 
     def __init__(
-        self, *, idle_s: float, max_s: float, clock: Callable[[], float] = time.monotonic
+        self,
+        *,
+        idle_s: float,
+        max_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        limit: int = 100_000,
     ) -> None:
         self.idle_s = idle_s
         self.max_s = max_s
         self.clock = clock
+        self.limit = limit
         self._sessions: dict[str, Session] = {}
 
     def __len__(self) -> int:
@@ -146,11 +155,23 @@ class SessionStore:
     def new(self) -> Session:
         """A fresh, anonymous session."""
         now = self.clock()
+        if len(self._sessions) >= self.limit:
+            self._make_room()
         session = Session(
             id=secrets.token_urlsafe(32), csrf=secrets.token_urlsafe(32), created=now, last_seen=now
         )
         self._sessions[session.id] = session
         return session
+
+    def _make_room(self) -> None:
+        if self.sweep():
+            return
+        anonymous = sorted(
+            (s for s in self._sessions.values() if s.citizen is None), key=lambda s: s.last_seen
+        )
+        # A tenth at a time, so a flood does not sort the whole store on every request.
+        for session in anonymous[: max(1, self.limit // 10)]:
+            self.drop(session)
 
     def get(self, session_id: str | None) -> tuple[Session | None, bool]:
         """The live session with this id (and touch it), and whether one just expired."""

@@ -231,25 +231,47 @@ class ReceiptRow:
     done: bool
 
 
+# Which of several tickets of one action speaks for it: the least settled.
+_SETTLED = {
+    TicketState.QUEUED: 0,
+    TicketState.PENDING: 0,
+    TicketState.UNKNOWN: 0,
+    TicketState.FAILED: 1,
+    TicketState.REJECTED: 2,
+    TicketState.DONE: 3,
+}
+
+
 def receipt_rows(
     session: Session, receipts: dict[str, Receipt | None], t: Translator
 ) -> list[ReceiptRow]:
-    """One row per ticket the session made, newest first."""
+    """One row per action the session asked for (a release may take several
+    tickets, one per account), newest first."""
+    grouped: dict[str, list[Receipt | None]] = {}
+    actions = {}
+    for ref in session.tickets:
+        grouped.setdefault(ref.action.key, []).append(receipts.get(ref.ticket_id))
+        actions[ref.action.key] = ref.action
     rows = []
-    for ref in reversed(session.tickets):
-        action = ref.action
+    for key in reversed(list(grouped)):
+        action = actions[key]
         number = show_number(action.msisdn)
         what = (
             t("receipt_release", number=number)
             if action.kind == "release"
             else t("receipt_unbind", account=action.account, number=number)
         )
-        receipt = receipts.get(ref.ticket_id)
+        tickets = grouped[key]
+        known = [r for r in tickets if r is not None]
+        receipt = (
+            min(known, key=lambda r: _SETTLED[r.state]) if len(known) == len(tickets) else None
+        )
         name = action.provider_name
         if receipt is None:
             status, final, done = t("receipt_unknown"), False, False
         elif receipt.state is TicketState.DONE:
-            when = receipt.answered_at.strftime("%Y-%m-%d %H:%M") if receipt.answered_at else ""
+            last = max((r.answered_at for r in known if r.answered_at), default=None)
+            when = last.strftime("%Y-%m-%d %H:%M") if last else ""
             status, final, done = t("receipt_done", provider=name, when=when), True, True
         elif receipt.state is TicketState.REJECTED:
             reason = receipt.provider_reason or t("receipt_no_reason")
