@@ -53,8 +53,9 @@ def test_lookup_streams_left_behind_first_then_unbind_and_release_reach_done(
 ) -> None:
     """Signed in as the story's citizen, results stream into one page load (no
     navigation), the left-behind wallet is listed first with its warning, the down
-    provider is described in plain words, and both an unbind and a release reach
-    their provider's DONE on the receipts page."""
+    provider is described in plain words, an unbind and a release reach their
+    provider's DONE on the receipts page, and a release the provider refuses shows
+    REJECTED with the provider's reason."""
     ctx = context(browser)
     page = ctx.new_page()
     sign_in(page, portal, LIN)
@@ -94,6 +95,15 @@ def test_lookup_streams_left_behind_first_then_unbind_and_release_reach_done(
     if SCREENSHOTS:
         page.screenshot(path=str(Path(SCREENSHOTS) / "portal-zh.png"))
 
+    # Zhou Peng holds her old number now: the wallet is a previous holder's account
+    # to him. He looks up before she unbinds it, and asks to release it after.
+    other = context(browser)
+    his = other.new_page()
+    sign_in(his, portal, ZHOU)
+    his.click("#start-lookup")
+    finished(his)
+    assert "Coinpurse Pay:1 个以前机主的账号" in his.inner_text("#previous")
+
     # Unbind the left-behind wallet: a confirmation page first.
     left.get_by_role("button").click()
     assert page.url == portal.url + "/confirm"
@@ -102,6 +112,14 @@ def test_lookup_streams_left_behind_first_then_unbind_and_release_reach_done(
     page.wait_for_url(portal.url + "/receipts")
     page.wait_for_selector(".receipt.done", timeout=WAIT_MS)
     assert "已完成:Coinpurse Pay 已解除绑定" in page.inner_text("#receipts")
+
+    # His release comes too late: the provider refuses it, and says why.
+    his.locator("#previous li", has_text="Coinpurse Pay").get_by_role("button").click()
+    his.click("#confirm")
+    his.wait_for_url(portal.url + "/receipts")
+    his.wait_for_selector(".receipt.final:not(.done)", timeout=WAIT_MS)
+    assert "Coinpurse Pay 拒绝了:no such account on this number" in his.inner_text("#receipts")
+    other.close()
 
     # Release her number from the previous holder's accounts at Bazaarly.
     page.goto(portal.url + "/results")
