@@ -206,7 +206,8 @@ def test_signing_out_forgets_the_citizen(browser: TestClient) -> None:
 
 
 def test_the_language_switch_only_goes_back_to_this_site(browser: TestClient) -> None:
-    """The language form returns to a path of this site; another origin is refused."""
+    """The language form returns to the page it was on when that page can be shown
+    again, and never to another origin."""
     csrf = csrf_of(browser.get("/").text)
     for back, expected in (
         ("/results", "/results"),

@@ -70,6 +70,10 @@ _RECEIPT_WATCH_S = 300.0
 # A stream says something at least this often, so proxies keep it open.
 _KEEPALIVE_S = 15.0
 _MAX_FORM_FIELDS = 8
+# The pages a GET shows: where the language switch may return to.
+_PAGES = frozenset(
+    ("/", "/signin", "/results", "/receipts", "/before-cancel", "/before-cancel/number")
+)
 
 
 @dataclass
@@ -335,10 +339,9 @@ class PortalApp:
         form = await self.form(request)
         lang = form.get("lang")
         back = form.get("back")
-        # Only a path of this site, never another origin.
-        target = back if isinstance(back, str) and back.startswith("/") else "/"
-        if target.startswith("//") or "\\" in target:
-            target = "/"
+        # Back to the page the form was on if it is a page one can GET (a
+        # confirmation is a POST's answer), and never anywhere else.
+        target = back if back in _PAGES else "/"
         response = RedirectResponse(target, status_code=303)
         if isinstance(lang, str) and lang in LANGUAGES:
             response.set_cookie(
