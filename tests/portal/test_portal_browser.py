@@ -162,6 +162,8 @@ def test_english_is_a_choice_and_stays_chosen(portal: Any, browser: Any) -> None
     finished(page)
     main = page.inner_text("main")
     assert "Your own accounts" in main
+    if SCREENSHOTS:
+        page.screenshot(path=str(Path(SCREENSHOTS) / "portal-en.png"))
     assert "Dragonkeep Games" in main
     assert "cannot be reached right now" in main
     assert not MACHINE_WORDS.search(main)
