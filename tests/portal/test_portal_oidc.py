@@ -20,7 +20,8 @@ def test_sign_in_by_oidc_with_pkce_then_one_exchange_per_gateway_call(
     production: Any, browser: Any
 ) -> None:
     """The citizen signs in at the identity service (PKCE verifier checked, nonce in the
-    ID token), and each lookup costs exactly one fresh token exchange."""
+    ID token), each lookup costs exactly one fresh token exchange, and once the
+    service refuses the exchange the portal signs her out and says why."""
     service, url = production
     ctx = browser.new_context(ignore_https_errors=True)
     page = ctx.new_page()
@@ -39,6 +40,16 @@ def test_sign_in_by_oidc_with_pkce_then_one_exchange_per_gateway_call(
     page.click("#look-again")
     page.wait_for_selector("#look-again", timeout=WAIT_MS)
     assert service.exchanges == 2
+
+    # The identity service ends her sign-in: the next lookup gets no assertion, and
+    # the portal ends the session and asks her to sign in again.
+    service.access_tokens.clear()
+    page.click("#look-again")
+    page.wait_for_url(url + "/signin", timeout=WAIT_MS)
+    assert "无法确认您的身份。请重新登录。" in page.inner_text("main")
+    assert service.exchanges == 2
+    page.goto(url + "/receipts")
+    page.wait_for_url(url + "/signin")
     ctx.close()
 
 

@@ -393,9 +393,16 @@ class PortalApp:
     async def results(self, request: Request) -> Response:
         if (redirect := self.needs_sign_in(request)) is not None:
             return redirect
-        state = self.session(request).lookup
+        session = self.session(request)
+        state = session.lookup
         if state is None:
             return RedirectResponse("/", status_code=303)
+        if _identity_lost(state):
+            # The identity service or the gateway no longer vouches for the
+            # citizen: the session ends, and they are asked to sign in again.
+            session.end()
+            session.notice = "error_identity"
+            return RedirectResponse("/signin", status_code=303)
         return self.render(request, "results.html", **self._results_values(request, state))
 
     async def results_stream(self, request: Request) -> Response:
@@ -407,6 +414,10 @@ class PortalApp:
         async def events() -> AsyncIterator[str]:
             seen = -1
             while session.citizen is not None and session.lookup is state:
+                if _identity_lost(state):
+                    # The page reloads, and the results page ends the session.
+                    yield _event("update", {"reload": True, "done": True})
+                    return
                 if state.version != seen:
                     seen = state.version
                     values = self._results_values(request, state)
@@ -582,6 +593,10 @@ class PortalApp:
             todo=todo,
             unknown=unknown,
         )
+
+
+def _identity_lost(state: LookupState) -> bool:
+    return state.error == grpc.StatusCode.UNAUTHENTICATED.name
 
 
 def _event(name: str, data: Mapping[str, Any]) -> str:

@@ -10,6 +10,11 @@
   var source = new EventSource(url);
   source.addEventListener("update", function (event) {
     var update = JSON.parse(event.data);
+    if (update.reload) {
+      source.close();
+      window.location.reload();
+      return;
+    }
     // Keep keyboard focus on the same control across the update.
     var focused = document.activeElement && document.activeElement.id;
     region.innerHTML = update.html;
