@@ -198,7 +198,7 @@ _EN: dict[str, str] = {
     "previous_lead": "Your current number belonged to someone else before. These websites "
     "still have their accounts bound to it. We show only how many, never someone else's "
     "account. Release your number and you can register with it there.",
-    "previous_count": "{provider}: {count} previous holder's accounts on {number}",
+    "previous_count": "{provider}: {count} account(s) of a previous holder on {number}",
     "release": "Release my number",
     "providers_heading": "Each website",
     "unbind": "Unbind",
@@ -228,8 +228,8 @@ _EN: dict[str, str] = {
     "confirm_unbind_left": "This number is no longer yours. Once unbound, whoever has it now "
     "can no longer sign in to this account with an SMS code.",
     "confirm_release_title": "Release your number?",
-    "confirm_release_lead": "{provider} will detach {number} from {count} previous holder's "
-    "accounts. You can then register with this number at {provider}.",
+    "confirm_release_lead": "{provider} will detach {number} from {count} account(s) of a "
+    "previous holder. You can then register with this number at {provider}.",
     "confirm_yes_unbind": "Yes, unbind it",
     "confirm_yes_release": "Yes, release it",
     "back": "Back",
