@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import os
 import re
@@ -34,7 +35,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from onecert.adapters.demo import GATEWAY_ID, IDENTITY_ISSUER, STORY, Federation
+from onecert.adapters.demo import GATEWAY_ID, IDENTITY_ISSUER, PROVIDERS, STORY, Federation
 from onecert.sdk._idn import compute_idn
 from onecert.sdk._keys import SigningKey
 from onecert.sdk.devkeys import DevKeys
@@ -64,9 +65,22 @@ class Portal:
         return (self.federation.logs / "portal.log").read_text(encoding="utf-8", errors="replace")
 
 
+# The slow provider answers after this long, so a results page is always shown
+# before the lookup ends, even on a busy machine, and the rest streams in.
+SLOW_PROVIDER_S = 3.0
+
+
 def start_federation(directory: Path) -> Portal:
     """Every process of the demo federation, then the portal on top (port 0 everywhere)."""
-    federation = Federation(directory, startup_timeout=60.0)
+    providers = [
+        dataclasses.replace(p, delay_s=SLOW_PROVIDER_S) if p.delay_s else p for p in PROVIDERS
+    ]
+    federation = Federation(
+        directory,
+        providers=providers,
+        provider_deadline_s=SLOW_PROVIDER_S + 2,
+        startup_timeout=60.0,
+    )
 
     async def start() -> str:
         await federation.start()

@@ -68,7 +68,7 @@ def test_lookup_streams_left_behind_first_then_unbind_and_release_reach_done(
     page.on("framenavigated", lambda frame: navigations.append(frame.url))
     first_progress = page.inner_text("#live")
     finished(page)
-    # The slow provider answers after 1.5 s: the page was shown before the end, and
+    # The slow provider answers after 3 s: the page was shown before the end, and
     # the rest arrived over the stream, not by reloading.
     assert "查询完成" not in first_progress
     assert navigations == []
