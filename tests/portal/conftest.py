@@ -145,6 +145,12 @@ def axe_source() -> str:
 # ---------------------------------------------------------------- identity service
 
 
+@pytest.fixture(name="spawn_portal")
+def spawn_portal_fixture() -> Any:
+    """:func:`spawn_portal`, for test modules (they import nothing from here)."""
+    return spawn_portal
+
+
 def spawn_portal(config: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     """``onecert portal serve --config CONFIG`` in its own process; its URL once it listens."""
     with log.open("wb") as out:
