@@ -73,6 +73,7 @@ def test_lookup_streams_left_behind_first_then_unbind_and_release_reach_done(
     assert "查询完成" not in first_progress
     assert navigations == []
     assert "查询完成" in page.inner_text("#live")
+    assert "发现 1 个留在旧号码上的账号" in page.inner_text("#live")
     assert page.get_attribute("#live", "aria-live") == "polite"
 
     sections = page.locator("main section h2").all_inner_texts()

@@ -62,6 +62,7 @@ _ZH: dict[str, str] = {
     "left_heading": "需要马上处理:留在旧号码上的账号",
     "left_warning": "这些账号还绑定着您已经不用的号码。现在拥有这个号码的人,可能可以用短信验证码登录这些账号。请解除绑定,或到该网站换绑到您现在的号码。",
     "left_heading_calm": "旧号码上的账号",
+    "left_found": "发现 {count} 个留在旧号码上的账号,请先处理。",
     "left_none": "没有找到留在旧号码上的账号。",
     "mine_heading": "您自己的账号",
     "mine_lead": "这些账号绑定在您正在使用的号码上。",
@@ -190,6 +191,7 @@ _EN: dict[str, str] = {
     "Someone who now has this number may be able to sign in to this account with an SMS "
     "code. Unbind them, or move them to your current number at the website.",
     "left_heading_calm": "Accounts on old numbers",
+    "left_found": "{count} account(s) left on an old number: deal with them first.",
     "left_none": "No account was found left on an old number.",
     "mine_heading": "Your own accounts",
     "mine_lead": "These accounts are bound to a number you use now.",

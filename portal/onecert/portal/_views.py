@@ -206,6 +206,9 @@ def results_view(
         progress = t("results_progress", done=len(state.results), total=state.total())
     else:
         progress = t("results_waiting")
+    if left and not state.error:
+        # The live region reads this out: the dangerous case is said as soon as it is known.
+        progress += " " + t("left_found", count=len(left))
     return ResultsView(
         numbers=numbers,
         left_behind=left,
