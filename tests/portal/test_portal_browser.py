@@ -77,7 +77,7 @@ def test_lookup_streams_left_behind_first_then_unbind_and_release_reach_done(
     assert page.get_attribute("#live", "aria-live") == "polite"
 
     sections = page.locator("main section h2").all_inner_texts()
-    assert sections.index("需要马上处理:留在旧号码上的账号") < sections.index("您自己的账号")
+    assert sections.index("需要马上处理：留在旧号码上的账号") < sections.index("您自己的账号")
     left = page.locator("#left-behind li")
     assert left.count() == 1
     assert "Coinpurse Pay" in left.inner_text()
@@ -103,7 +103,7 @@ def test_lookup_streams_left_behind_first_then_unbind_and_release_reach_done(
     sign_in(his, portal, ZHOU)
     his.click("#start-lookup")
     finished(his)
-    assert "Coinpurse Pay:1 个以前机主的账号" in his.inner_text("#previous")
+    assert "Coinpurse Pay：1 个以前机主的账号" in his.inner_text("#previous")
 
     # Unbind the left-behind wallet: a confirmation page first.
     left.get_by_role("button").click()
@@ -112,14 +112,14 @@ def test_lookup_streams_left_behind_first_then_unbind_and_release_reach_done(
     page.click("#confirm")
     page.wait_for_url(portal.url + "/receipts")
     page.wait_for_selector(".receipt.done", timeout=WAIT_MS)
-    assert "已完成:Coinpurse Pay 已解除绑定" in page.inner_text("#receipts")
+    assert "已完成：Coinpurse Pay 已解除绑定" in page.inner_text("#receipts")
 
     # His release comes too late: the provider refuses it, and says why.
     his.locator("#previous li", has_text="Coinpurse Pay").get_by_role("button").click()
     his.click("#confirm")
     his.wait_for_url(portal.url + "/receipts")
     his.wait_for_selector(".receipt.final:not(.done)", timeout=WAIT_MS)
-    assert "Coinpurse Pay 拒绝了:no such account on this number" in his.inner_text("#receipts")
+    assert "Coinpurse Pay 拒绝了：no such account on this number" in his.inner_text("#receipts")
     other.close()
 
     # Release her number from the previous holder's accounts at Bazaarly.
@@ -133,7 +133,7 @@ def test_lookup_streams_left_behind_first_then_unbind_and_release_reach_done(
     # One receipt for the release, though it took one ticket per account.
     expect(page.locator("#receipts .receipt.done")).to_have_count(2, timeout=WAIT_MS)
     receipts = page.inner_text("#receipts")
-    assert receipts.count("已完成:Bazaarly") == 1
+    assert receipts.count("已完成：Bazaarly") == 1
     assert "释放号码 186****0419" in receipts
 
     # Looked up again: nothing is left behind, and the results page says so.
@@ -225,7 +225,7 @@ def test_the_whole_flow_works_by_keyboard_alone(portal: Any, browser: Any) -> No
     page.keyboard.press("Space")
     page.wait_for_url(portal.url + "/receipts")
     page.wait_for_selector(".receipt.done", timeout=WAIT_MS)
-    assert "已完成:Chirpline 已解除绑定" in page.inner_text("#receipts")
+    assert "已完成：Chirpline 已解除绑定" in page.inner_text("#receipts")
     tab_to(page, "sign-out")
     page.keyboard.press("Enter")
     page.wait_for_url(portal.url + "/")
@@ -251,7 +251,7 @@ def test_the_page_works_with_javascript_turned_off(portal: Any, browser: Any) ->
     page.click("#confirm")
     page.wait_for_url(portal.url + "/receipts")
     page.wait_for_selector(".receipt.done", timeout=WAIT_MS)
-    assert "已完成:Hop Rides 已解除绑定" in page.inner_text("#receipts")
+    assert "已完成：Hop Rides 已解除绑定" in page.inner_text("#receipts")
     ctx.close()
 
 

@@ -208,7 +208,8 @@ def results_view(
         progress = t("results_waiting")
     if left and not state.error:
         # The live region reads this out: the dangerous case is said as soon as it is known.
-        progress += " " + t("left_found", count=len(left))
+        space = "" if t.language == "zh" else " "
+        progress += space + t("left_found", count=len(left))
     return ResultsView(
         numbers=numbers,
         left_behind=left,
