@@ -58,7 +58,7 @@ _ZH: dict[str, str] = {
     "numbers_heading": "您名下的号码",
     "number_current": "正在使用",
     "number_former": "以前用过，{until} 起已不属于您",
-    "number_from": "自 {since} 起",
+    "number_from": "正在使用，自 {since} 起",
     "left_heading": "需要马上处理：留在旧号码上的账号",
     "left_warning": "这些账号还绑定着您已经不用的号码。现在拥有这个号码的人，可能可以用短信验证码登录这些账号。请解除绑定，或到该网站换绑到您现在的号码。",
     "left_heading_calm": "旧号码上的账号",
@@ -185,7 +185,7 @@ _EN: dict[str, str] = {
     "numbers_heading": "Numbers in your name",
     "number_current": "in use",
     "number_former": "used before; not yours since {until}",
-    "number_from": "since {since}",
+    "number_from": "in use since {since}",
     "left_heading": "Act now: accounts left on an old number",
     "left_warning": "These accounts are still bound to a number you no longer have. "
     "Someone who now has this number may be able to sign in to this account with an SMS "
