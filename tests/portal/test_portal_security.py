@@ -311,3 +311,34 @@ def test_anonymous_visits_cannot_fill_the_session_store(clock: Clock) -> None:
         store.new()
     assert len(store) <= 10
     assert store.get(citizen.id)[0] is citizen
+
+
+def test_an_unreachable_gateway_is_said_in_plain_words(
+    app: PortalApp, browser: TestClient, keys: DevKeys
+) -> None:
+    """When the gateway cannot be reached the lookup ends with a plain sentence, no
+    status code, and the citizen stays signed in to try again."""
+
+    async def unreachable() -> GatewayClient:
+        # Made on the app's own loop; nothing listens on port 9.
+        return GatewayClient(
+            "127.0.0.1:9",
+            tls=ClientTLS(keys.ca_cert, keys.client_cert("portal"), keys.client_key("portal")),
+        )
+
+    assert browser.portal is not None
+    app.client = browser.portal.call(unreachable)
+    app.lookup_timeout_s = 2
+    sign_in(browser)
+    started = browser.post("/lookup", data={"csrf": csrf_of(browser.get("/").text)})
+    assert started.url.path == "/results"
+    page = started.text
+    for _ in range(100):
+        if "重新查询" in page:
+            break
+        browser.portal.call(asyncio.sleep, 0.1)
+        page = browser.get("/results").text
+    assert "这次查询没有完成：查询服务暂时不可用。请过几分钟再试。" in page
+    assert "UNAVAILABLE" not in page
+    assert "DEADLINE" not in page
+    assert "退出</button>" in page
