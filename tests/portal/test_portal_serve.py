@@ -75,3 +75,21 @@ def test_a_bad_config_exits_2_naming_the_key(tmp_path: Path) -> None:
     )
     assert run.returncode == 2
     assert "unknown key 'portal.lisen' (did you mean 'listen'?)" in run.stderr
+
+
+def test_a_missing_key_file_exits_2_naming_it(tmp_path: Path) -> None:
+    """A development identity key that is not there stops the portal with a message."""
+    keys = init_dev_keys(tmp_path / "keys")
+    config = write_config(tmp_path, keys, tls=False)
+    keys.identity_key.unlink()
+    run = subprocess.run(
+        [sys.executable, "-m", "onecert.cli", "portal", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 2
+    assert "the portal cannot start" in run.stderr
+    assert "identity.key.pem" in run.stderr
+    assert "Traceback" not in run.stderr

@@ -43,8 +43,13 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         raise CommandError(f"{args.config}: {exc}") from None
     configure_logging(json=config.log_json)
+    import httpx2  # noqa: PLC0415 - with the portal's other dependencies
+
     try:
         asyncio.run(serve(config))
     except KeyboardInterrupt:
         return 130
+    except (OSError, ValueError, httpx2.HTTPError) as exc:
+        # Keys, certificates or the identity service's metadata could not be had.
+        raise CommandError(f"the portal cannot start: {exc}") from None
     return 0

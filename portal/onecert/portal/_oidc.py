@@ -26,16 +26,15 @@ def tls_verify(config: OIDCConfig) -> ssl.SSLContext | bool:
     return ssl.create_default_context(cafile=str(config.ca_file))
 
 
-async def oidc_client(config: OIDCConfig) -> Any:
+async def oidc_client(config: OIDCConfig, secret: str | None) -> Any:
     """An Authlib Starlette client for the identity service, its metadata loaded.
+
+    Args:
+        config: the ``[oidc]`` table.
+        secret: the portal's client secret (HTTP Basic at the token endpoint).
 
     Returns the client with one more attribute, ``portal_redirect_uri``.
     """
-    secret = (
-        config.client_secret_file.read_text(encoding="utf-8").strip()
-        if config.client_secret_file is not None
-        else None
-    )
     oauth = OAuth()
     client = oauth.register(
         "identity",

@@ -68,14 +68,14 @@ async def _identity(config: PortalConfig, stack: contextlib.AsyncExitStack) -> I
     assert oidc is not None
     from onecert.portal._oidc import oidc_client, tls_verify  # noqa: PLC0415 - Authlib only when signing in by OIDC
 
-    client = await oidc_client(oidc)
-    http = httpx2.AsyncClient(timeout=10.0, verify=tls_verify(oidc))
-    stack.push_async_callback(http.aclose)
     secret = (
         oidc.client_secret_file.read_text(encoding="utf-8").strip()
         if oidc.client_secret_file is not None
         else None
     )
+    client = await oidc_client(oidc, secret)
+    http = httpx2.AsyncClient(timeout=10.0, verify=tls_verify(oidc))
+    stack.push_async_callback(http.aclose)
     metadata: dict[str, Any] = await client.load_server_metadata()
     exchange = TokenExchangeAssertions(
         token_endpoint=str(metadata["token_endpoint"]),
