@@ -336,7 +336,8 @@ def test_axe_finds_no_serious_or_critical_violations(
     portal: Any, browser: Any, axe_source: str
 ) -> None:
     """axe-core (WCAG 2.1 A and AA, best practices) finds no serious or critical
-    violation on the start, sign-in, results, confirmation and receipts pages."""
+    violation on any page: start, sign-in, results, confirmation, receipts and
+    "before you cancel", in Chinese and in English."""
     ctx = context(browser)
     page = ctx.new_page()
     found: dict[str, list[str]] = {}
@@ -359,8 +360,14 @@ def test_axe_finds_no_serious_or_critical_violations(
     scan("confirm")
     page.goto(portal.url + "/receipts")
     scan("receipts")
+    page.goto(portal.url + "/before-cancel")
+    scan("before you cancel")
+    page.click("#check-number")
+    scan("before you cancel: the number")
     page.click("#switch-language")
-    scan("receipts, English")
+    scan("before you cancel: the number, English")
+    page.goto(portal.url + "/results")
+    scan("results, English")
     assert found == {}
     ctx.close()
 
