@@ -9,7 +9,7 @@ STAMP   = $(VENV)/.onecert-installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[gateway,sql,dev]'
+	$(PY) -m pip install --quiet -e '.[gateway,sql,dev,portal]'
 	touch $(STAMP)
 
 setup: $(STAMP)

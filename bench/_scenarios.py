@@ -56,6 +56,7 @@ class Sizes:
     processes_n: int
     processes_seconds: float
     processes_channels: int
+    portal_lookups: int = 30
 
 
 FULL = Sizes(
@@ -98,6 +99,7 @@ QUICK = Sizes(
     processes_n=10,
     processes_seconds=1.0,
     processes_channels=4,
+    portal_lookups=5,
 )
 
 
@@ -711,6 +713,16 @@ async def notices(ctx: Context) -> ScenarioResult:
     return await run_notices(ctx)
 
 
+# -------------------------------------------------------------- portal
+
+
+async def portal(ctx: Context) -> ScenarioResult:
+    """What the citizen's portal adds to a lookup, measured from headless Chromium."""
+    from bench._portal import run_portal  # noqa: PLC0415 - needs onecert[portal] and a browser
+
+    return await run_portal(ctx)
+
+
 SCENARIOS: dict[str, Scenario] = {
     "overhead": overhead,
     "tail": tail,
@@ -718,6 +730,7 @@ SCENARIOS: dict[str, Scenario] = {
     "notices": notices,
     "memory": memory,
     "processes": processes,
+    "portal": portal,
 }
 
 

@@ -23,6 +23,7 @@ _COMMANDS = (
     "onecert.cli._lookup",
     "onecert.cli._unbind",
     "onecert.cli._demo",
+    "onecert.cli._portal",
     "onecert.cli._db",
     "onecert.cli._report",
     "onecert.cli._adapter",

@@ -195,6 +195,7 @@ async def _run(federation: Federation, out: _Out, *, keep_running: bool) -> int:
         if not await _audit(federation, out):
             return 1
         if keep_running:
+            await _start_portal(federation, out)
             _keep_running_help(federation, out)
             waiting = True
             await stop_waiting.wait()
@@ -825,6 +826,25 @@ def _tail(federation: Federation, out: _Out, name: str) -> None:
     out(f"  last lines of {process.log}:")
     for line in process.log_tail():
         out(f"    {line}")
+
+
+async def _start_portal(federation: Federation, out: _Out) -> None:
+    """The citizen's portal over the running federation, if ``onecert[portal]`` is installed."""
+    import importlib.util  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+
+    from onecert.adapters.demo import StartupError  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+
+    out.heading("The citizen's portal")
+    if importlib.util.find_spec("starlette") is None:
+        out("  not started: install the portal extra (pip install 'onecert[portal]')")
+        return
+    try:
+        url = await federation.start_portal()
+    except StartupError as exc:
+        out(f"  did not start: {exc}")
+        return
+    out(f"  open {url} and sign in as one of the story's people (development identity")
+    out("  step, made-up people); its settings are in " + str(federation.portal_config_path))
 
 
 def _keep_running_help(federation: Federation, out: _Out) -> None:

@@ -61,6 +61,12 @@ IDENTITY_ISSUER = "https://id.onecert-demo.test"
 ADMIN_CN = "admin"
 # The line `onecert gateway serve` prints once it listens.
 _GATEWAY_READY = re.compile(r"listening on port (\d+)")
+# The line `onecert portal serve` prints once it listens.
+_PORTAL_READY = re.compile(r"portal listening on (http\S+)")
+# The opaque ids (sub) of the story's two other people, for the portal's
+# development identity step (the citizen's own is STORY.citizen_sub).
+_NEXT_HOLDER_SUB = "c-8e41b7c0"
+_PREVIOUS_HOLDER_SUB = "c-3a9d0f62"
 _POLL_S = 0.05
 # Exit statuses of a process that stopped as asked (or on Ctrl-C, which the
 # terminal sends to the whole process group).
@@ -213,6 +219,9 @@ class Federation:
         self.gateway_address_file = self._run / "gateway.address"
         self.processes: list[ManagedProcess] = []
         self.gateway: ManagedProcess | None = None
+        self.portal: ManagedProcess | None = None
+        self.portal_config_path = self.directory / "portal.toml"
+        self.portal_url = ""
         self._down_ports: dict[str, int] = {}
 
     # ------------------------------------------------------------ set-up
@@ -538,6 +547,86 @@ class Federation:
         await self.wait_ready([gateway])
         write_ready_file(self.gateway_address_file, gateway.address)
         step("gateway", timer)
+
+    def write_portal_config(self) -> Path:
+        """Write ``DIR/portal.toml``: the citizen's portal in development mode, its
+        development identity step offering the story's people (made up)."""
+        from onecert.adapters.demo._data import STORY  # noqa: PLC0415 - the story only when a portal runs
+
+        # The story's citizen, who got her old number, who had her current one.
+        people = (
+            (STORY.citizen_sub, STORY.citizen),
+            (_NEXT_HOLDER_SUB, STORY.next_holder),
+            (_PREVIOUS_HOLDER_SUB, STORY.previous_holder),
+        )
+        lines = [
+            "# Written by `onecert demo`: the citizen's portal, development mode. Its",
+            "# identity step signs assertions with the dev identity key for made-up people.",
+            "[portal]",
+            'mode = "development"',
+            'listen = "127.0.0.1:0"',
+            "log_json = true",
+            "",
+            "[gateway]",
+            f"address = {_toml(self.gateway_address)}",
+            'ca = "keys/ca.pem"',
+            'cert = "keys/client-portal.pem"',
+            'key = "keys/client-portal.key.pem"',
+            "",
+            "[dev_identity]",
+            'key = "keys/identity.key.pem"',
+            'idn_key = "keys/idn.key"',
+            f"issuer = {_toml(IDENTITY_ISSUER)}",
+            f"audience = {_toml(GATEWAY_ID)}",
+        ]
+        for sub, person in people:
+            lines += [
+                "",
+                "[[dev_identity.citizens]]",
+                f"sub = {_toml(sub)}",
+                f"name = {_toml(person.name)}",
+                f"document = {_toml(person.document_number)}",
+            ]
+        self.portal_config_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return self.portal_config_path
+
+    async def start_portal(self) -> str:
+        """Start ``onecert portal serve`` on ``DIR/portal.toml`` once the gateway runs;
+        returns the portal's URL when it listens.
+
+        Raises:
+            StartupError: the portal exited or did not listen in time.
+        """
+        self.write_portal_config()
+        process = ManagedProcess(
+            name="portal",
+            role="portal",
+            argv=[
+                self.python,
+                "-m",
+                "onecert.cli",
+                "portal",
+                "serve",
+                "--config",
+                str(self.portal_config_path),
+            ],
+            log=self.logs / "portal.log",
+        )
+        self._spawn(process)
+        self.portal = process
+        deadline = time.perf_counter() + self.startup_timeout
+        while True:
+            match = _PORTAL_READY.search("\n".join(process.log_tail(200)))
+            if match:
+                self.portal_url = match.group(1)
+                process.ready_s = time.perf_counter() - process.started_at
+                return self.portal_url
+            status = process.exit_status()
+            if status is not None:
+                raise StartupError([(process, f"exited with status {status} before it was ready")])
+            if time.perf_counter() > deadline:
+                raise StartupError([(process, f"was not ready after {self.startup_timeout:g} s")])
+            await asyncio.sleep(_POLL_S)
 
     @property
     def gateway_address(self) -> str:
