@@ -10,7 +10,6 @@ concurrent workers never claim the same row and never wait for each other.
 from __future__ import annotations
 
 import asyncio
-import re
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,21 +17,16 @@ from typing import Any
 
 from sqlalchemy import Table, func, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from onecert.gateway.store._engine import (
     BEGIN_OPTION,
     MIGRATION_LOCK,
-    configure_sqlite,
     current_revision,
-    normalize_url,
     run_alembic,
 )
 
 __all__ = ["StoreDatabase"]
-
-_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
 class StoreDatabase:
@@ -45,7 +39,7 @@ class StoreDatabase:
     """
 
     def __init__(self, engine: AsyncEngine, *, schema: str | None = None) -> None:
-        """Wrap an engine built by :meth:`open` (prefer :meth:`open`)."""
+        """Wrap an engine (``Store.open`` builds it, with the SQLite settings)."""
         self._engine = engine
         self._schema = schema
         self._dialect = engine.dialect.name
@@ -57,39 +51,6 @@ class StoreDatabase:
             if self._dialect == "postgresql"
             else engine.execution_options(**{BEGIN_OPTION: ""})
         )
-
-    @classmethod
-    def open(
-        cls,
-        url: str,
-        *,
-        schema: str | None = None,
-        busy_timeout_ms: int = 5000,
-        pool_size: int = 5,
-        echo: bool = False,
-    ) -> StoreDatabase:
-        """Create the engine for ``url``; the arguments are those of ``Store.open``."""
-        url = normalize_url(url)
-        backend = make_url(url).get_backend_name()
-        if backend == "postgresql":
-            connect_args: dict[str, Any] = {}
-            if schema is not None:
-                if not _SCHEMA_NAME.fullmatch(schema):
-                    raise ValueError("schema must match [a-z_][a-z0-9_]{0,62}")
-                connect_args["server_settings"] = {"search_path": schema}
-            engine = create_async_engine(
-                url,
-                connect_args=connect_args,
-                pool_size=pool_size,
-                pool_pre_ping=True,
-                echo=echo,
-            )
-            return cls(engine, schema=schema)
-        if schema is not None:
-            raise ValueError("schema applies to PostgreSQL only")
-        engine = create_async_engine(url, echo=echo)
-        configure_sqlite(engine, busy_timeout_ms=busy_timeout_ms)
-        return cls(engine)
 
     @property
     def engine(self) -> AsyncEngine:

@@ -8,18 +8,24 @@ writes are serialised on each database).
 
 from __future__ import annotations
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+import re
+from typing import Any
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from onecert.gateway.store._audit_repo import AuditRepository
 from onecert.gateway.store._compliance_repo import ComplianceRepository
 from onecert.gateway.store._database import StoreDatabase
 from onecert.gateway.store._delivery_repo import DeliveryRepository
-from onecert.gateway.store._engine import head_revision
+from onecert.gateway.store._engine import configure_sqlite, head_revision, normalize_url
 from onecert.gateway.store._notice_repo import NoticeRepository
 from onecert.gateway.store._replay_repo import ReplayRepository
 from onecert.gateway.store._ticket_repo import TicketRepository
 
 __all__ = ["Store"]
+
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
 class Store:
@@ -75,11 +81,26 @@ class Store:
             pool_size: PostgreSQL only: connections kept open per process.
             echo: log every SQL statement (debugging).
         """
-        return cls(
-            StoreDatabase.open(
-                url, schema=schema, busy_timeout_ms=busy_timeout_ms, pool_size=pool_size, echo=echo
+        url = normalize_url(url)
+        if make_url(url).get_backend_name() == "postgresql":
+            connect_args: dict[str, Any] = {}
+            if schema is not None:
+                if not _SCHEMA_NAME.fullmatch(schema):
+                    raise ValueError("schema must match [a-z_][a-z0-9_]{0,62}")
+                connect_args["server_settings"] = {"search_path": schema}
+            engine = create_async_engine(
+                url,
+                connect_args=connect_args,
+                pool_size=pool_size,
+                pool_pre_ping=True,
+                echo=echo,
             )
-        )
+            return cls(StoreDatabase(engine, schema=schema))
+        if schema is not None:
+            raise ValueError("schema applies to PostgreSQL only")
+        engine = create_async_engine(url, echo=echo)
+        configure_sqlite(engine, busy_timeout_ms=busy_timeout_ms)
+        return cls(StoreDatabase(engine))
 
     @property
     def db(self) -> StoreDatabase:
