@@ -82,9 +82,10 @@ def setting(
 ) -> T:
     """A dataclass field with its config default and bounds, the one place they are written.
 
+    A required key is a plain field without a default (``address: str``).
+
     Args:
-        default: the value when the key is absent (``dataclasses.MISSING``:
-            the key is required).
+        default: the value when the key is absent.
         minimum: numbers: the smallest value allowed (inclusive).
         maximum: numbers: the largest value allowed (inclusive).
         seconds: a duration in seconds: more than zero (zero or more with
