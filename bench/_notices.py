@@ -205,7 +205,7 @@ async def _push_all(
 async def _wait_acknowledged(store: Store, notice_id: str, expected: int) -> tuple[int, int]:
     deadline = time.perf_counter() + _TIMEOUT_S
     while True:
-        deliveries = await store.notice_deliveries(notice_id)
+        deliveries = await store.deliveries.for_notice(notice_id)
         acknowledged = sum(d.state == DeliveryState.ACKNOWLEDGED for d in deliveries)
         failed = sum(d.state == DeliveryState.FAILED for d in deliveries)
         if acknowledged + failed >= expected:

@@ -786,7 +786,7 @@ class CrashRun:
         if self._poll_task is not None:
             await asyncio.wait_for(self._poll_task, 15)
         await final.terminate()
-        return await read_state(self.store), settled, report, await self.store.verify_audit()
+        return await read_state(self.store), settled, report, await self.store.audit.verify()
 
     async def close(self) -> None:
         self.stop.set()

@@ -14,10 +14,17 @@ import pytest
 from onecert.cli import main
 from onecert.gateway import ConfigError, GatewayServer, load_config, parse_config
 from onecert.gateway._config import (
+    AdminConfig,
+    CheckRecycledConfig,
     DeliveryConfig,
     FanoutConfig,
+    GatewayConfig,
+    IdentityConfig,
+    KeysConfig,
     ListenTLS,
     NoticesConfig,
+    PortalConfig,
+    StoreConfig,
     TracingConfig,
 )
 from onecert.v1 import common_pb2
@@ -107,6 +114,51 @@ def test_documented_keys_are_exactly_the_parsed_keys() -> None:
     # notices.deadline_s is shown commented out: setting it replaces the rules.
     notice_fields = {f.name for f in dataclasses.fields(NoticesConfig)}
     assert set(data["notices"]) | {"deadline_s"} == notice_fields
+
+
+# The documented tables whose rows are exactly one dataclass's fields.
+DOCUMENTED_TABLES: dict[str, type[Any]] = {
+    "[gateway]": GatewayConfig,
+    "[keys]": KeysConfig,
+    "[identity]": IdentityConfig,
+    "[fanout]": FanoutConfig,
+    "[store]": StoreConfig,
+    "[delivery]": DeliveryConfig,
+    "[notices]": NoticesConfig,
+    "[check_recycled]": CheckRecycledConfig,
+    "[admin]": AdminConfig,
+    "[portal]": PortalConfig,
+    "[tracing]": TracingConfig,
+}
+
+
+def documented_defaults() -> list[tuple[str, str, object]]:
+    """(table, key, default) for every row of docs/configuration.md whose default is a literal."""
+    rows: list[tuple[str, str, object]] = []
+    table = ""
+    for line in DOCS.read_text().splitlines():
+        heading = re.match(r"### `([^`]+)`", line)
+        if heading:
+            table = heading.group(1)
+            continue
+        row = re.match(r"\| `([a-z_]+)` \| `([^`]+)`", line)
+        if row and table in DOCUMENTED_TABLES:
+            rows.append((table, row.group(1), tomllib.loads(f"v = {row.group(2)}")["v"]))
+    return rows
+
+
+def test_documented_defaults_are_the_fields_defaults() -> None:
+    """Every default docs/configuration.md spells out is the one on the dataclass field."""
+    rows = documented_defaults()
+    assert len(rows) > 50
+    for table, key, documented in rows:
+        field = {f.name: f for f in dataclasses.fields(DOCUMENTED_TABLES[table])}[key]
+        default = field.default
+        if default is dataclasses.MISSING:
+            assert field.default_factory is not dataclasses.MISSING, (table, key)
+            default = field.default_factory()
+        wanted = tuple(documented) if isinstance(documented, list) else documented
+        assert default == wanted, (table, key)
 
 
 def test_minimal_config_takes_defaults_and_resolves_paths(tmp_path: Path) -> None:

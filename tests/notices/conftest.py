@@ -374,7 +374,7 @@ class World:
         return load_jwks(self.keys.gateway_jwks)
 
     async def deliveries(self, notice_id: str) -> dict[str, Delivery]:
-        return {d.provider_id: d for d in await self.store.notice_deliveries(notice_id)}
+        return {d.provider_id: d for d in await self.store.deliveries.for_notice(notice_id)}
 
     async def audit_rows(self) -> list[dict[str, Any]]:
         for gateway in self._gateways:

@@ -285,7 +285,7 @@ async def test_two_gateways_share_the_pushes(dev_world: World, database: Databas
     config = dev_world.config()
     store = dev_world.store
     for i in range(24):
-        await store.record_number_event(
+        await store.notices.record(
             carrier_id="cm",
             event_id=f"ev-{i}",
             msisdn=dev_world.CM_NUMBER,
@@ -336,7 +336,7 @@ async def test_a_dead_workers_lease_runs_out(dev_world: World) -> None:
     assert gateway.recycled is not None
     pusher = gateway.recycled.pusher
     answer = await dev_world.caller(gateway, "carrier:cm").report("ev-1", dev_world.CM_NUMBER)
-    leased = await dev_world.store.claim_due_deliveries(
+    leased = await dev_world.store.deliveries.claim_due(
         worker_id="killed-gateway", lease_s=60, now=dev_world.clock()
     )
     assert len(leased) == 1

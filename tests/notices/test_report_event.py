@@ -35,11 +35,13 @@ async def test_carrier_reports_its_number_once_per_provider(world: World) -> Non
     assert answer.created
     assert answer.providers == 2
     assert answer.notice_id.startswith("nt_")
-    notice = await world.store.get_notice(answer.notice_id)
+    notice = await world.store.notices.get(answer.notice_id)
     assert notice is not None
     assert notice.carrier_id == "cm"
     assert notice.event_type is NumberEventType.RECYCLED
-    modes = {d.provider_id: d.mode for d in await world.store.notice_deliveries(notice.notice_id)}
+    modes = {
+        d.provider_id: d.mode for d in await world.store.deliveries.for_notice(notice.notice_id)
+    }
     assert modes == {"pay": DeliveryMode.PUSH, "forum": DeliveryMode.POLL}
     # A number in the carrier's range (not only its prefixes) is its own too.
     ranged = await carrier.report("ev-2", world.CM_RANGE_NUMBER)
@@ -54,7 +56,7 @@ async def test_foreign_number_is_refused_and_nothing_recorded(world: World) -> N
         await world.caller(gateway, "carrier:cm").report("ev-x", world.CT_NUMBER)
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert world.CT_NUMBER not in (err.value.details() or "")
-    assert await world.store.number_history(_sha(world.CT_NUMBER)) == []
+    assert await world.store.notices.history(_sha(world.CT_NUMBER)) == []
     # The carrier that does serve it may.
     answer = await world.caller(gateway, "carrier:ct").report("ev-x", world.CT_NUMBER)
     assert answer.created
@@ -68,7 +70,7 @@ async def test_only_carriers_may_report(world: World, who: str) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await world.caller(gateway, who).report("ev-1", world.CM_NUMBER)
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert await world.store.number_history(_sha(world.CM_NUMBER)) == []
+    assert await world.store.notices.history(_sha(world.CM_NUMBER)) == []
 
 
 async def test_unregistered_certificate_is_unauthenticated(world: World) -> None:
@@ -96,7 +98,7 @@ async def test_same_event_twice_and_conflicting_reuse(world: World) -> None:
     first = await carrier.report("ev-1", world.CM_NUMBER, effective_at=effective)
     again = await carrier.report("ev-1", world.CM_NUMBER, effective_at=effective)
     assert (again.notice_id, again.created, again.providers) == (first.notice_id, False, 1)
-    assert len(await world.store.notice_deliveries(first.notice_id)) == 1
+    assert len(await world.store.deliveries.for_notice(first.notice_id)) == 1
     for other in (
         {"msisdn": world.CM_RANGE_NUMBER, "effective_at": effective},
         {"msisdn": world.CM_NUMBER, "effective_at": effective - timedelta(seconds=1)},
@@ -147,7 +149,7 @@ async def test_invalid_reports_change_nothing(dev_world: World) -> None:
             await stub.ReportNumberEvent(item, metadata=md, timeout=5)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, item
         assert "13800138000" not in (err.value.details() or "")
-    assert await world.store.number_history(_sha(world.CM_NUMBER)) == []
+    assert await world.store.notices.history(_sha(world.CM_NUMBER)) == []
 
 
 async def test_deadlines_follow_the_quiet_period(world: World) -> None:
@@ -170,7 +172,7 @@ async def test_deadlines_follow_the_quiet_period(world: World) -> None:
     recycled = await carrier.report("ev-r1", world.CM_NUMBER, effective_at=effective)
     deadlines = {}
     for name, answer in (("c1", cancelled), ("c2", default_quiet), ("r1", recycled)):
-        notice = await world.store.get_notice(answer.notice_id)
+        notice = await world.store.notices.get(answer.notice_id)
         assert notice is not None
         deadlines[name] = notice.deadline
     assert deadlines["c1"] == quiet_end

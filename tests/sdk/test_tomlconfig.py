@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 
 from onecert.adapters.sql import ConfigError as SqlConfigError
 from onecert.gateway._config import ConfigError as GatewayConfigError
-from onecert.sdk._tomlconfig import ConfigError, Table
+from onecert.sdk._tomlconfig import ConfigError, Table, load_toml, setting
 
 BASE = Path("/etc/onecert")
 
@@ -125,3 +126,123 @@ def test_one_config_error_for_every_component() -> None:
     """The gateway's and the SQL adapter's ConfigError are the shared class."""
     assert SqlConfigError is ConfigError
     assert GatewayConfigError is ConfigError
+
+
+@dataclass(frozen=True)
+class _Limits:
+    """A settings table as a config module declares one: defaults and bounds on the fields."""
+
+    host: str
+    workers: int = setting(2, minimum=0, maximum=64)
+    ratio: float = setting(0.5, minimum=0.0, maximum=1.0)
+    deadline_s: float = setting(3.0, seconds=True, maximum=60, why="the contract's limit")
+    grace_s: float | None = setting(None, seconds=True, allow_zero=True)
+    mode: str = setting("push", choices=("push", "poll"))
+    name: str = setting("gw", pattern=r"[a-z]{1,8}", pattern_text="1 to 8 letters a-z")
+    verbose: bool = False
+    key: Path | None = None
+    tags: tuple[str, ...] = ("a",)
+
+
+def test_read_takes_every_default_from_the_fields() -> None:
+    """Absent keys take the field's default; present ones are typed by the annotation."""
+    t = Table({"host": "h", "workers": 4, "ratio": 1, "key": "k.pem", "tags": ["x", "y"]}, "", BASE)
+    limits = t.read(_Limits)
+    t.finish()
+    assert limits == _Limits(host="h", workers=4, ratio=1.0, key=BASE / "k.pem", tags=("x", "y"))
+    assert isinstance(limits.ratio, float)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({}, "limits.host is required"),
+        ({"workers": "4"}, "limits.workers must be an integer"),
+        ({"workers": 4.0}, "limits.workers must be an integer"),
+        ({"workers": True}, "limits.workers must be an integer"),
+        ({"ratio": "half"}, "limits.ratio must be a number"),
+        ({"verbose": "yes"}, "limits.verbose must be true or false"),
+        ({"tags": "a"}, "limits.tags must be a list of non-empty strings"),
+        ({"key": 7}, "limits.key must be a non-empty string"),
+        ({"grace_s": "1s"}, "limits.grace_s must be a number of seconds"),
+    ],
+)
+def test_read_refuses_a_wrong_type_naming_the_key(data: dict[str, Any], message: str) -> None:
+    """A value of the wrong type is refused with the key's full name and the type wanted."""
+    t = Table({"host": "h", **data} if data else {}, "limits", BASE)
+    with pytest.raises(ConfigError) as info:
+        t.read(_Limits)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"workers": -1}, "limits.workers must be at least 0"),
+        ({"workers": 65}, "limits.workers must be at most 64"),
+        ({"ratio": 1.5}, "limits.ratio must be at most 1.0"),
+        ({"deadline_s": 0}, "limits.deadline_s must be more than zero seconds"),
+        (
+            {"deadline_s": 61},
+            "limits.deadline_s must be at most 60 seconds (the contract's limit)",
+        ),
+        ({"grace_s": -0.5}, "limits.grace_s must be zero or more seconds"),
+        ({"mode": "carrier-pigeon"}, "limits.mode must be one of push, poll"),
+        ({"name": "Gateway-1"}, "limits.name must be 1 to 8 letters a-z"),
+    ],
+)
+def test_read_refuses_a_value_out_of_bounds(data: dict[str, Any], message: str) -> None:
+    """A value outside the field's bounds is refused with the key and the bound."""
+    t = Table({"host": "h", **data}, "limits", BASE)
+    with pytest.raises(ConfigError) as info:
+        t.read(_Limits)
+    assert str(info.value) == message
+
+
+def test_read_leaves_unknown_keys_to_finish() -> None:
+    """read() marks the keys it read, so finish() refuses a misspelt one with a hint."""
+    t = Table({"host": "h", "worker": 3}, "limits", BASE)
+    t.read(_Limits)
+    with pytest.raises(
+        ConfigError, match=re.escape("unknown key 'limits.worker' (did you mean 'workers'?)")
+    ):
+        t.finish()
+
+
+def test_read_takes_fields_given_by_hand() -> None:
+    """A field passed to read() is not read from the table, so its key stays unknown."""
+    t = Table({"host": "h", "workers": 3}, "", BASE)
+    assert t.read(_Limits, workers=9).workers == 9
+    with pytest.raises(ConfigError, match="unknown key 'workers'"):
+        t.finish()
+    assert t.read_fields(_Limits, ["mode", "grace_s"]) == {"mode": "push", "grace_s": None}
+
+
+def test_read_refuses_a_field_type_it_cannot_read() -> None:
+    """A field of a type no getter reads is a programming error, not a config error."""
+
+    @dataclass(frozen=True)
+    class Odd:
+        at: complex = 0j
+
+    with pytest.raises(TypeError, match="no reader for at"):
+        Table({}, "", BASE).read(Odd)
+
+
+def test_load_toml_names_the_file(tmp_path: Path) -> None:
+    """An error found in a file names the key first and the file after it."""
+    path = tmp_path / "limits.toml"
+    path.write_text('host = "h"\nworkers = 100\n')
+
+    def parse(data: Mapping[str, Any], base: Path) -> _Limits:
+        assert base == tmp_path.resolve()
+        return Table(data, "", base).read(_Limits)
+
+    with pytest.raises(ConfigError) as info:
+        load_toml(path, parse)
+    assert str(info.value) == f"workers must be at most 64 (in {path})"
+    path.write_text("host = \n")
+    with pytest.raises(ConfigError, match=f"config {re.escape(str(path))} is not valid TOML"):
+        load_toml(path, parse)
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_toml(tmp_path / "absent.toml", parse)

@@ -20,7 +20,7 @@ MSISDN_HASH = hashlib.sha256(b"+8613800138000").hexdigest()
 
 async def _fill(store: Store, t0: datetime, n: int = 5) -> None:
     for i in range(n):
-        await store.append_audit(
+        await store.audit.append(
             kind="lookup",
             actor="portal",
             subject=MSISDN_HASH,
@@ -36,16 +36,16 @@ async def _sql(store: Store, statement: str) -> None:
 
 async def test_appended_rows_chain_and_verify(store: Store, t0: datetime) -> None:
     """Rows get seq 1, 2, ... each holding the hash of the one before, and the chain verifies."""
-    assert (await store.verify_audit()).ok
-    first = await store.append_audit(kind="unbind", actor="portal", subject=MSISDN_HASH, now=t0)
-    second = await store.append_audit(
+    assert (await store.audit.verify()).ok
+    first = await store.audit.append(kind="unbind", actor="portal", subject=MSISDN_HASH, now=t0)
+    second = await store.audit.append(
         kind="notice", actor="carrier:a", subject=MSISDN_HASH, detail={"providers": 4}, now=t0
     )
     assert (first.seq, second.seq) == (1, 2)
     assert first.prev_hash == "0" * 64
     assert second.prev_hash == first.row_hash
     assert second.detail == {"providers": 4}
-    result = await store.verify_audit()
+    result = await store.audit.verify()
     assert (result.ok, result.rows_checked, result.first_broken_seq) == (True, 2, None)
 
 
@@ -55,12 +55,12 @@ async def test_concurrent_appends_from_two_processes_stay_linear(
     """Two gateways appending at once produce one gap-free chain."""
     await asyncio.gather(
         *(
-            s.append_audit(kind="check", actor=f"p{i}", subject=MSISDN_HASH, now=t0)
+            s.audit.append(kind="check", actor=f"p{i}", subject=MSISDN_HASH, now=t0)
             for i in range(12)
             for s in (store, other_store)
         )
     )
-    result = await store.verify_audit(batch=5)
+    result = await store.audit.verify(batch=5)
     assert (result.ok, result.rows_checked) == (True, 24)
 
 
@@ -79,7 +79,7 @@ async def test_edited_row_is_found(store: Store, t0: datetime, column: str, valu
     """Changing any column of a row with raw SQL is reported at that row."""
     await _fill(store, t0)
     await _sql(store, f"UPDATE audit_log SET {column} = {value} WHERE seq = 3")
-    result = await store.verify_audit(batch=2)
+    result = await store.audit.verify(batch=2)
     assert not result.ok
     assert result.first_broken_seq == 3
     assert result.rows_checked == 2
@@ -92,15 +92,15 @@ async def test_edited_timestamp_is_found(store: Store, t0: datetime) -> None:
         await conn.execute(
             update(audit_log).where(audit_log.c.seq == 4).values(ts=t0 - timedelta(days=1))
         )
-    result = await store.verify_audit()
+    result = await store.audit.verify()
     assert (result.ok, result.first_broken_seq) == (False, 4)
 
 
 async def test_rehashed_row_is_found_at_the_next(store: Store, t0: datetime) -> None:
     """An edit that also recomputes the row's own hash breaks the link to the next row."""
     await _fill(store, t0)
-    row = await store.append_audit(kind="lookup", actor="portal", subject=MSISDN_HASH, now=t0)
-    await store.append_audit(kind="lookup", actor="portal", subject=MSISDN_HASH, now=t0)
+    row = await store.audit.append(kind="lookup", actor="portal", subject=MSISDN_HASH, now=t0)
+    await store.audit.append(kind="lookup", actor="portal", subject=MSISDN_HASH, now=t0)
     forged = row_hash(
         prev_hash=row.prev_hash,
         seq=row.seq,
@@ -116,7 +116,7 @@ async def test_rehashed_row_is_found_at_the_next(store: Store, t0: datetime) -> 
             .where(audit_log.c.seq == row.seq)
             .values(actor="someone-else", row_hash=forged)
         )
-    result = await store.verify_audit()
+    result = await store.audit.verify()
     assert (result.ok, result.first_broken_seq) == (False, row.seq + 1)
     assert "prev_hash" in result.reason
 
@@ -126,7 +126,7 @@ async def test_deleted_row_is_found(store: Store, t0: datetime, deleted: int, br
     """Deleting the first, a middle or the last row is reported with the missing seq."""
     await _fill(store, t0)
     await _sql(store, f"DELETE FROM audit_log WHERE seq = {deleted}")
-    result = await store.verify_audit()
+    result = await store.audit.verify()
     assert not result.ok
     assert result.first_broken_seq == broken
     assert "missing" in result.reason
@@ -137,17 +137,17 @@ async def test_cut_tail_with_forged_head_is_found(store: Store, t0: datetime) ->
     await _fill(store, t0)
     await _sql(store, "DELETE FROM audit_log WHERE seq >= 4")
     await _sql(store, "UPDATE audit_head SET seq = 3")
-    result = await store.verify_audit()
+    result = await store.audit.verify()
     assert (result.ok, result.first_broken_seq) == (False, 3)
 
 
 async def test_append_continues_after_verification(store: Store, t0: datetime) -> None:
     """Appends after a verification continue the same chain."""
     await _fill(store, t0, 2)
-    assert (await store.verify_audit()).ok
-    entry = await store.append_audit(kind="admin", actor="admin:ops", subject="report", now=t0)
+    assert (await store.audit.verify()).ok
+    entry = await store.audit.append(kind="admin", actor="admin:ops", subject="report", now=t0)
     assert entry.seq == 3
-    assert (await store.verify_audit()).rows_checked == 3
+    assert (await store.audit.verify()).rows_checked == 3
 
 
 @pytest.mark.parametrize(
@@ -168,20 +168,20 @@ async def test_raw_numbers_are_refused(
 ) -> None:
     """Detail values that look like a phone or ID number (or are malformed) are refused."""
     with pytest.raises(AuditValueError) as info:
-        await store.append_audit(kind="lookup", actor="portal", subject="s", detail=detail, now=t0)  # type: ignore[arg-type]  # malformed on purpose
+        await store.audit.append(kind="lookup", actor="portal", subject="s", detail=detail, now=t0)  # type: ignore[arg-type]  # malformed on purpose
     assert "13800138000" not in str(info.value)
-    assert (await store.verify_audit()).rows_checked == 0
+    assert (await store.audit.verify()).rows_checked == 0
 
 
 async def test_actor_and_subject_must_be_hashed(store: Store) -> None:
     """A raw msisdn as actor or subject is refused; digests and ids are accepted."""
     with pytest.raises(AuditValueError, match="subject"):
-        await store.append_audit(kind="lookup", actor="portal", subject="+8613800138000")
+        await store.audit.append(kind="lookup", actor="portal", subject="+8613800138000")
     with pytest.raises(AuditValueError, match="actor"):
-        await store.append_audit(kind="lookup", actor="13800138000", subject="x")
+        await store.audit.append(kind="lookup", actor="13800138000", subject="x")
     with pytest.raises(AuditValueError, match="kind"):
-        await store.append_audit(kind="Lookup!", actor="portal", subject="x")
-    entry = await store.append_audit(
+        await store.audit.append(kind="Lookup!", actor="portal", subject="x")
+    entry = await store.audit.append(
         kind="unbind",
         actor="provider:example-pay",
         subject=MSISDN_HASH,

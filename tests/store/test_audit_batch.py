@@ -35,9 +35,9 @@ def _draft(actor: str, i: int) -> AuditDraft:
 
 async def test_batch_appends_in_order_and_chains(store: Store, t0: datetime) -> None:
     """A batch gets consecutive seqs in the given order, each chained to the one before."""
-    first = await store.append_audit(kind="unbind", actor="portal", subject=MSISDN_HASH, now=t0)
-    batch = await store.append_audit_many([_draft(f"p{i}", i) for i in range(5)], now=t0)
-    last = await store.append_audit(
+    first = await store.audit.append(kind="unbind", actor="portal", subject=MSISDN_HASH, now=t0)
+    batch = await store.audit.append_many([_draft(f"p{i}", i) for i in range(5)], now=t0)
+    last = await store.audit.append(
         kind="notice", actor="carrier:a", subject="", now=t0 + timedelta(1)
     )
     assert [e.seq for e in batch] == [2, 3, 4, 5, 6]
@@ -45,8 +45,8 @@ async def test_batch_appends_in_order_and_chains(store: Store, t0: datetime) -> 
     assert batch[0].prev_hash == first.row_hash
     assert all(b.prev_hash == a.row_hash for a, b in itertools.pairwise(batch))
     assert last.prev_hash == batch[-1].row_hash
-    assert await store.append_audit_many([]) == []
-    result = await store.verify_audit(batch=3)
+    assert await store.audit.append_many([]) == []
+    result = await store.audit.verify(batch=3)
     assert (result.ok, result.rows_checked) == (True, 7)
 
 
@@ -54,9 +54,9 @@ async def test_batch_with_an_unfit_row_writes_nothing(store: Store, t0: datetime
     """One row that reads like a raw number refuses the whole batch before anything is written."""
     bad = AuditDraft(kind="lookup", actor="portal", subject="+8613800138000", detail={})
     with pytest.raises(AuditValueError):
-        await store.append_audit_many([_draft("p0", 0), bad], now=t0)
+        await store.audit.append_many([_draft("p0", 0), bad], now=t0)
     assert await _rows(store) == []
-    assert (await store.verify_audit()).ok
+    assert (await store.audit.verify()).ok
 
 
 async def test_concurrent_batches_from_two_processes_stay_linear(
@@ -65,12 +65,12 @@ async def test_concurrent_batches_from_two_processes_stay_linear(
     """Two gateways appending batches at once produce one gap-free chain."""
     await asyncio.gather(
         *(
-            s.append_audit_many([_draft(f"p{i}", j) for j in range(4)], now=t0)
+            s.audit.append_many([_draft(f"p{i}", j) for j in range(4)], now=t0)
             for i in range(6)
             for s in (store, other_store)
         )
     )
-    result = await store.verify_audit(batch=7)
+    result = await store.audit.verify(batch=7)
     assert (result.ok, result.rows_checked) == (True, 48)
 
 
@@ -97,7 +97,7 @@ async def test_auditor_coalesces_rows_keeping_each_producers_order(store: Store)
         assert mine == [f'{{"i":{i}}}' for i in range(20)]
     # Rows of one commit share its instant: far fewer commits than rows.
     assert len({r[1] for r in rows}) < 100
-    result = await store.verify_audit()
+    result = await store.audit.verify()
     assert (result.ok, result.rows_checked) == (True, 200)
 
 
@@ -111,7 +111,7 @@ async def test_auditor_refuses_an_unfit_row_alone(store: Store) -> None:
     await auditor.record("lookup", actor="portal", detail={"i": 2})
     await auditor.drain()
     assert [r[3]["detail"] for r in await _rows(store)] == ['{"i":1}', '{"i":2}']
-    assert (await store.verify_audit()).ok
+    assert (await store.audit.verify()).ok
 
 
 async def test_two_auditors_on_one_database_stay_linear(store: Store, other_store: Store) -> None:
@@ -121,7 +121,7 @@ async def test_two_auditors_on_one_database_stay_linear(store: Store, other_stor
         for n, auditor in enumerate(auditors):
             auditor.spawn("check", actor=f"g{n}", detail={"i": i})
     await asyncio.gather(*(a.drain() for a in auditors))
-    result = await store.verify_audit()
+    result = await store.audit.verify()
     assert (result.ok, result.rows_checked) == (True, 60)
 
 
@@ -136,23 +136,23 @@ async def test_drain_with_nothing_queued_returns(store: Store) -> None:
 
 async def test_replay_seen_locally_is_refused_without_the_database(store: Store) -> None:
     """A jti this process saw is refused from memory even once the database forgot it."""
-    cache = StoreReplayCache(store)
+    cache = StoreReplayCache(store.replay)
     expires = time.time() + 60
     assert await cache.remember("k1", expires)
     # The database entry is gone (purged as if expired): only the local front remembers.
-    await store.purge_expired_jtis(now=datetime.fromtimestamp(expires + 1).astimezone())
+    await store.replay.purge_expired(now=datetime.fromtimestamp(expires + 1).astimezone())
     assert not await cache.remember("k1", expires)
-    assert await StoreReplayCache(store).remember("k1", expires)
+    assert await StoreReplayCache(store.replay).remember("k1", expires)
 
 
 async def test_replay_front_is_bounded_and_the_database_still_refuses(
     store: Store, other_store: Store
 ) -> None:
     """Entries pushed out of the bounded front are still refused by the shared database."""
-    cache = StoreReplayCache(store, local_entries=2)
+    cache = StoreReplayCache(store.replay, local_entries=2)
     expires = time.time() + 60
     for jti in ("a", "b", "c"):
         assert await cache.remember(jti, expires)
     assert not await cache.remember("a", expires)
-    assert not await StoreReplayCache(other_store).remember("c", expires)
-    assert not await StoreReplayCache(store, local_entries=0).remember("b", expires)
+    assert not await StoreReplayCache(other_store.replay).remember("c", expires)
+    assert not await StoreReplayCache(store.replay, local_entries=0).remember("b", expires)

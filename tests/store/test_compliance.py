@@ -31,7 +31,7 @@ async def _notice(
     deadline: datetime,
     providers: list[tuple[str, DeliveryMode]],
 ) -> dict[str, str]:
-    notice, _ = await store.record_number_event(
+    notice, _ = await store.notices.record(
         carrier_id="carrier-a",
         event_id=event_id,
         msisdn=MSISDN,
@@ -43,7 +43,7 @@ async def _notice(
         providers=providers,
         now=recorded,
     )
-    return {d.provider_id: d.jti for d in await store.notice_deliveries(notice.notice_id)}
+    return {d.provider_id: d.jti for d in await store.deliveries.for_notice(notice.notice_id)}
 
 
 def _by_id(rows: list[ProviderComplianceRow]) -> dict[str, ProviderComplianceRow]:
@@ -63,16 +63,20 @@ async def test_on_time_late_never_and_awaiting(store: Store, t0: datetime) -> No
     await _notice(store, "n2", recorded=t0, deadline=t0 + 20 * DAY, providers=[("waiting", poll)])
     (d,) = [
         x
-        for x in await store.claim_due_deliveries(worker_id="w", now=t0)
+        for x in await store.deliveries.claim_due(worker_id="w", now=t0)
         if x.provider_id == "ontime"
     ]
-    await store.mark_delivered(d.jti, acknowledged_at=t0 + timedelta(minutes=1))
-    await store.confirm_action("ontime", jtis["ontime"], bindings_removed=1, now=t0 + DAY)
-    await store.poll_deliveries("late", now=t0 + DAY)
-    await store.ack_deliveries("late", [jtis["late"]], now=t0 + DAY)
-    await store.confirm_action("late", jtis["late"], bindings_removed=0, now=t0 + 8 * DAY)
+    await store.deliveries.mark_delivered(d.jti, acknowledged_at=t0 + timedelta(minutes=1))
+    await store.deliveries.confirm_action(
+        "ontime", jtis["ontime"], bindings_removed=1, now=t0 + DAY
+    )
+    await store.deliveries.poll("late", now=t0 + DAY)
+    await store.deliveries.ack("late", [jtis["late"]], now=t0 + DAY)
+    await store.deliveries.confirm_action(
+        "late", jtis["late"], bindings_removed=0, now=t0 + 8 * DAY
+    )
 
-    report = _by_id(await store.compliance_report(now=t0 + 10 * DAY, providers=["idle"]))
+    report = _by_id(await store.compliance.report(now=t0 + 10 * DAY, providers=["idle"]))
     assert set(report) == {"ontime", "late", "never", "waiting", "idle"}
     counts = {
         p: (r.notices, r.notices_delivered, r.notices_acknowledged) for p, r in report.items()
@@ -96,15 +100,15 @@ async def test_on_time_late_never_and_awaiting(store: Store, t0: datetime) -> No
         "idle": (0, 0, 0, 0),
     }
     # Before the deadline nobody is "never" yet.
-    early = _by_id(await store.compliance_report(now=t0 + 6 * DAY))
+    early = _by_id(await store.compliance.report(now=t0 + 6 * DAY))
     assert (early["never"].never_acted, early["never"].awaiting_action) == (0, 1)
     # At the deadline itself a provider can still act on time.
-    edge = _by_id(await store.compliance_report(now=t0 + 7 * DAY))
+    edge = _by_id(await store.compliance.report(now=t0 + 7 * DAY))
     assert (edge["never"].never_acted, edge["never"].awaiting_action) == (0, 1)
 
 
 async def _ticket(store: Store, handle: str, now: datetime) -> str:
-    ticket, _ = await store.create_ticket(
+    ticket, _ = await store.tickets.create(
         handle_digest=hashlib.sha256(handle.encode()).hexdigest(),
         sub_hash="sub",
         provider_id="pay",
@@ -122,13 +126,13 @@ async def test_unbind_counts_and_median(store: Store, t0: datetime) -> None:
     answers = [("DONE", 10), ("DONE", 30), ("REJECTED", 20), ("FATAL", 5)]
     for i, (outcome, seconds) in enumerate(answers):
         ticket_id = await _ticket(store, f"h{i}", t0)
-        await store.claim_due_tickets(worker_id="w", now=t0)
+        await store.tickets.claim_due(worker_id="w", now=t0)
         at = t0 + timedelta(seconds=seconds)
-        await store.finish_attempt(
+        await store.tickets.finish_attempt(
             ticket_id, worker_id="w", outcome=AttemptOutcome(outcome), error="x", now=at
         )
     await _ticket(store, "open", t0)
-    (row,) = await store.compliance_report(now=t0 + DAY)
+    (row,) = await store.compliance.report(now=t0 + DAY)
     assert (row.unbinds_done, row.unbinds_rejected, row.unbinds_failed, row.unbinds_open) == (
         2,
         1,
@@ -152,9 +156,9 @@ async def test_since_limits_the_report(store: Store, t0: datetime) -> None:
         store, "new", recorded=t0, deadline=t0 + DAY, providers=[("pay", DeliveryMode.POLL)]
     )
     await _ticket(store, "old", t0 - 30 * DAY)
-    (row,) = await store.compliance_report(now=t0, since=t0)
+    (row,) = await store.compliance.report(now=t0, since=t0)
     assert (row.notices, row.awaiting_action, row.never_acted, row.unbinds_open) == (1, 1, 0, 0)
-    (everything,) = await store.compliance_report(now=t0)
+    (everything,) = await store.compliance.report(now=t0)
     assert (everything.notices, everything.never_acted, everything.unbinds_open) == (2, 1, 1)
 
 
@@ -176,9 +180,11 @@ async def test_report_agrees_with_the_classification(store: Store, t0: datetime)
             acted_at = None
             if rng.random() < 0.6:
                 acted_at = t0 + timedelta(hours=rng.randint(0, 240))
-                await store.confirm_action(provider, jti, bindings_removed=1, now=acted_at)
+                await store.deliveries.confirm_action(
+                    provider, jti, bindings_removed=1, now=acted_at
+                )
             expected[provider][classify_notice(acted_at=acted_at, deadline=deadline, now=now)] += 1
-    for row in await store.compliance_report(now=now):
+    for row in await store.compliance.report(now=now):
         counts = expected[row.provider_id]
         assert row.acted_on_time == counts[NoticeStatus.ON_TIME]
         assert row.acted_late == counts[NoticeStatus.LATE]

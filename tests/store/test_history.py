@@ -24,7 +24,7 @@ DAY = timedelta(days=1)
 async def _event(
     store: Store, event_id: str, event_type: NumberEventType, effective_at: datetime
 ) -> None:
-    await store.record_number_event(
+    await store.notices.record(
         carrier_id="carrier-a",
         event_id=event_id,
         msisdn=MSISDN,
@@ -42,31 +42,31 @@ async def test_history_is_sorted_by_effective_time(store: Store, t0: datetime) -
     """A number's history comes back oldest first, whatever the reporting order."""
     await _event(store, "e2", NumberEventType.RECYCLED, t0)
     await _event(store, "e1", NumberEventType.CANCELLED, t0 - 90 * DAY)
-    history = await store.number_history(MSISDN_HASH)
+    history = await store.notices.history(MSISDN_HASH)
     assert [(e.event_type, e.effective_at) for e in history] == [
         (NumberEventType.CANCELLED, t0 - 90 * DAY),
         (NumberEventType.RECYCLED, t0),
     ]
-    assert await store.number_history("0" * 64) == []
+    assert await store.notices.history("0" * 64) == []
 
 
 async def test_check_recycled_answers(store: Store, t0: datetime) -> None:
     """RECYCLED after a recycling, NOT_RECYCLED inside known history, NO_DATA before it."""
     await _event(store, "c", NumberEventType.CANCELLED, t0 - 90 * DAY)
     await _event(store, "r", NumberEventType.RECYCLED, t0)
-    before = await store.check_recycled(MSISDN_HASH, t0 - DAY)
+    before = await store.notices.check_recycled(MSISDN_HASH, t0 - DAY)
     assert before.status is RecycledStatus.RECYCLED
     assert before.recycled_at == t0
-    after = await store.check_recycled(MSISDN_HASH, t0 + DAY)
+    after = await store.notices.check_recycled(MSISDN_HASH, t0 + DAY)
     assert after.status is RecycledStatus.NOT_RECYCLED
     assert after.coverage_start == t0 - 90 * DAY
     # Before the first event the gateway knows nothing...
-    unknown = await store.check_recycled(MSISDN_HASH, t0 - 100 * DAY)
+    unknown = await store.notices.check_recycled(MSISDN_HASH, t0 - 100 * DAY)
     assert unknown.status is RecycledStatus.RECYCLED  # ...but the later recycling is known.
     other = hashlib.sha256(b"+8613900139000").hexdigest()
-    assert (await store.check_recycled(other, t0)).status is RecycledStatus.NO_DATA
+    assert (await store.notices.check_recycled(other, t0)).status is RecycledStatus.NO_DATA
     # With a configured history start, silence means "not recycled".
-    covered = await store.check_recycled(other, t0, history_start=t0 - 365 * DAY)
+    covered = await store.notices.check_recycled(other, t0, history_start=t0 - 365 * DAY)
     assert covered.status is RecycledStatus.NOT_RECYCLED
 
 

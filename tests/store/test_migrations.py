@@ -55,15 +55,15 @@ async def test_migrated_schema_matches_the_models(store: Store) -> None:
 
 async def test_upgrade_twice_and_downgrade(store: Store) -> None:
     """Upgrading again changes nothing; downgrading to base drops every table."""
-    await store.append_audit(kind="test", actor="a", subject="b")
+    await store.audit.append(kind="test", actor="a", subject="b")
     await store.upgrade()
-    assert (await store.verify_audit()).rows_checked == 1
+    assert (await store.audit.verify()).rows_checked == 1
     await store.downgrade("base")
     async with store.engine.connect() as conn:
         assert await conn.run_sync(_tables) <= {"alembic_version"}
     assert await store.schema_revision() is None
     await store.upgrade()
-    assert (await store.verify_audit()).rows_checked == 0
+    assert (await store.audit.verify()).rows_checked == 0
 
 
 async def test_sqlite_connection_settings(tmp_path: Path) -> None:
@@ -99,7 +99,7 @@ async def test_postgres_uses_its_own_schema(pg_url: str) -> None:
 async def test_naive_datetimes_are_refused(store: Store) -> None:
     """An instant without a time zone is a bug and is refused, not guessed."""
     with pytest.raises(ValueError, match="time-zone-aware"):
-        await store.remember_jti("k", datetime(2030, 1, 1))  # noqa: DTZ001 - the point of the test
+        await store.replay.remember("k", datetime(2030, 1, 1))  # noqa: DTZ001 - the point of the test
 
 
 def test_normalize_url_picks_async_drivers() -> None:

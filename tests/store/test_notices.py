@@ -35,7 +35,7 @@ async def _record(
     msisdn: str = MSISDN,
     providers: Sequence[tuple[str, str]] = PROVIDERS,
 ) -> tuple[Notice, bool]:
-    return await store.record_number_event(
+    return await store.notices.record(
         carrier_id="carrier-a",
         event_id=event_id,
         msisdn=msisdn,
@@ -57,12 +57,12 @@ async def test_record_creates_one_delivery_per_provider(store: Store, t0: dateti
     assert notice.event_type is NumberEventType.RECYCLED
     assert notice.providers == 4
     assert re.fullmatch(r"nt_[A-Za-z0-9_-]{24}", notice.notice_id)
-    found = await store.notice_deliveries(notice.notice_id)
+    found = await store.deliveries.for_notice(notice.notice_id)
     assert [(d.provider_id, d.mode.value) for d in found] == sorted(PROVIDERS)
     assert len({d.jti for d in found}) == 4
     assert all(d.state is DeliveryState.PENDING and d.notice == notice for d in found)
-    assert await store.get_notice(notice.notice_id) == notice
-    assert await store.get_delivery(found[0].jti) == found[0]
+    assert await store.notices.get(notice.notice_id) == notice
+    assert await store.deliveries.get(found[0].jti) == found[0]
 
 
 async def test_same_event_twice_is_recorded_once(store: Store, t0: datetime) -> None:
@@ -73,7 +73,7 @@ async def test_same_event_twice_is_recorded_once(store: Store, t0: datetime) -> 
     )
     assert not created
     assert again == notice
-    assert len(await store.notice_deliveries(notice.notice_id)) == 4
+    assert len(await store.deliveries.for_notice(notice.notice_id)) == 4
 
 
 async def test_same_event_id_with_other_content_conflicts(store: Store, t0: datetime) -> None:
@@ -90,7 +90,7 @@ async def test_same_event_id_with_other_content_conflicts(store: Store, t0: date
 async def test_event_ids_are_per_carrier(store: Store, t0: datetime) -> None:
     """Two carriers may use the same event id."""
     await _record(store, t0)
-    other, created = await store.record_number_event(
+    other, created = await store.notices.record(
         carrier_id="carrier-b",
         event_id="ev-1",
         msisdn=MSISDN,
@@ -117,7 +117,7 @@ async def test_concurrent_reports_record_one_notice(
     )
     assert sum(created for _, created in results) == 1
     (notice_id,) = {n.notice_id for n, _ in results}
-    assert len(await store.notice_deliveries(notice_id)) == 4
+    assert len(await store.deliveries.for_notice(notice_id)) == 4
 
 
 async def test_bad_input_is_refused(store: Store, t0: datetime) -> None:
@@ -135,12 +135,12 @@ async def test_bad_input_is_refused(store: Store, t0: datetime) -> None:
 async def test_push_claims_only_push_deliveries(store: Store, t0: datetime) -> None:
     """Workers claim push deliveries, leased, and never poll ones."""
     notice, _ = await _record(store, t0)
-    claimed = await store.claim_due_deliveries(worker_id="w", now=t0, lease_s=30)
+    claimed = await store.deliveries.claim_due(worker_id="w", now=t0, lease_s=30)
     assert {d.provider_id for d in claimed} == {"pay", "chat"}
     assert all(d.lease_owner == "w" and d.attempts == 1 for d in claimed)
     assert all(d.notice.msisdn == MSISDN for d in claimed)
-    assert await store.claim_due_deliveries(worker_id="x", now=t0 + timedelta(seconds=29)) == []
-    again = await store.claim_due_deliveries(worker_id="x", now=t0 + timedelta(seconds=30))
+    assert await store.deliveries.claim_due(worker_id="x", now=t0 + timedelta(seconds=29)) == []
+    again = await store.deliveries.claim_due(worker_id="x", now=t0 + timedelta(seconds=30))
     assert {d.provider_id for d in again} == {"pay", "chat"}
     assert all(d.attempts == 2 for d in again)
     assert notice.notice_id == again[0].notice_id
@@ -152,7 +152,7 @@ async def test_two_stores_share_push_work(store: Store, other_store: Store, t0: 
     await _record(store, t0, providers=many)
     rounds = await asyncio.gather(
         *(
-            s.claim_due_deliveries(worker_id=f"w{i}", limit=4, now=t0)
+            s.deliveries.claim_due(worker_id=f"w{i}", limit=4, now=t0)
             for i, s in enumerate((store, other_store, store, other_store, store, other_store))
         )
     )
@@ -163,84 +163,84 @@ async def test_two_stores_share_push_work(store: Store, other_store: Store, t0: 
 async def test_mark_delivered_acknowledges_once(store: Store, t0: datetime) -> None:
     """An acknowledged push is done; acknowledging it again changes nothing."""
     await _record(store, t0, providers=[("pay", "push")])
-    (d,) = await store.claim_due_deliveries(worker_id="w", now=t0)
+    (d,) = await store.deliveries.claim_due(worker_id="w", now=t0)
     at = t0 + timedelta(seconds=1)
-    assert await store.mark_delivered(d.jti, acknowledged_at=at)
-    assert not await store.mark_delivered(d.jti, acknowledged_at=at)
-    done = await store.get_delivery(d.jti)
+    assert await store.deliveries.mark_delivered(d.jti, acknowledged_at=at)
+    assert not await store.deliveries.mark_delivered(d.jti, acknowledged_at=at)
+    done = await store.deliveries.get(d.jti)
     assert done is not None
     assert done.state is DeliveryState.ACKNOWLEDGED
     assert done.delivered_at == done.acknowledged_at == at
     assert done.acted_at is None
     assert done.lease_owner is None
-    assert await store.claim_due_deliveries(worker_id="w", now=t0 + timedelta(days=1)) == []
+    assert await store.deliveries.claim_due(worker_id="w", now=t0 + timedelta(days=1)) == []
 
 
 async def test_push_answer_may_carry_the_action(store: Store, t0: datetime) -> None:
     """A provider that acted on receipt has the action recorded with the acknowledgement."""
     await _record(store, t0, providers=[("pay", "push")])
-    (d,) = await store.claim_due_deliveries(worker_id="w", now=t0)
-    await store.mark_delivered(d.jti, acknowledged_at=t0, bindings_removed=2)
-    done = await store.get_delivery(d.jti)
+    (d,) = await store.deliveries.claim_due(worker_id="w", now=t0)
+    await store.deliveries.mark_delivered(d.jti, acknowledged_at=t0, bindings_removed=2)
+    done = await store.deliveries.get(d.jti)
     assert done is not None
     assert (done.acted_at, done.bindings_removed) == (t0, 2)
-    assert not await store.confirm_action("pay", d.jti, bindings_removed=3, now=t0)
+    assert not await store.deliveries.confirm_action("pay", d.jti, bindings_removed=3, now=t0)
 
 
 async def test_failed_push_is_retried_or_given_up(store: Store, t0: datetime) -> None:
     """A failed push is retried at the given time, or dead-lettered; only by the lease owner."""
     await _record(store, t0, providers=[("pay", "push")])
-    (d,) = await store.claim_due_deliveries(worker_id="w", now=t0)
+    (d,) = await store.deliveries.claim_due(worker_id="w", now=t0)
     retry_at = t0 + timedelta(minutes=1)
-    assert not await store.mark_delivery_failed(
+    assert not await store.deliveries.mark_failed(
         d.jti, worker_id="intruder", error="x", next_attempt_at=retry_at
     )
-    assert await store.mark_delivery_failed(
+    assert await store.deliveries.mark_failed(
         d.jti, worker_id="w", error="UNAVAILABLE", next_attempt_at=retry_at
     )
     assert (
-        await store.claim_due_deliveries(worker_id="w", now=retry_at - timedelta(seconds=1)) == []
+        await store.deliveries.claim_due(worker_id="w", now=retry_at - timedelta(seconds=1)) == []
     )
-    (again,) = await store.claim_due_deliveries(worker_id="w", now=retry_at)
+    (again,) = await store.deliveries.claim_due(worker_id="w", now=retry_at)
     assert again.last_error == "UNAVAILABLE"
-    assert await store.mark_delivery_failed(
+    assert await store.deliveries.mark_failed(
         d.jti, worker_id="w", error="UNAUTHENTICATED", next_attempt_at=None
     )
-    dead = await store.get_delivery(d.jti)
+    dead = await store.deliveries.get(d.jti)
     assert dead is not None
     assert dead.state is DeliveryState.FAILED
-    assert await store.claim_due_deliveries(worker_id="w", now=t0 + timedelta(days=1)) == []
+    assert await store.deliveries.claim_due(worker_id="w", now=t0 + timedelta(days=1)) == []
 
 
 async def test_poll_returns_pending_sets_until_acknowledged(store: Store, t0: datetime) -> None:
     """Polls return a provider's pending SETs, oldest first, until they are acknowledged."""
     for i in range(3):
         await _record(store, t0 + timedelta(seconds=i), f"ev-{i}", providers=[("blog", "poll")])
-    batch, more = await store.poll_deliveries("blog", max_events=2, now=t0 + timedelta(minutes=1))
+    batch, more = await store.deliveries.poll("blog", max_events=2, now=t0 + timedelta(minutes=1))
     assert more
     assert [d.notice.event_id for d in batch] == ["ev-0", "ev-1"]
     assert all(d.delivered_at == t0 + timedelta(minutes=1) for d in batch)
-    again, _ = await store.poll_deliveries("blog", max_events=2, now=t0 + timedelta(minutes=2))
+    again, _ = await store.deliveries.poll("blog", max_events=2, now=t0 + timedelta(minutes=2))
     assert [d.jti for d in again] == [d.jti for d in batch]
     assert all(d.attempts == 2 and d.delivered_at == t0 + timedelta(minutes=1) for d in again)
-    acked = await store.ack_deliveries("blog", [batch[0].jti, batch[0].jti, "unknown"], now=t0)
+    acked = await store.deliveries.ack("blog", [batch[0].jti, batch[0].jti, "unknown"], now=t0)
     assert acked == 1
-    assert await store.ack_deliveries("blog", [batch[0].jti]) == 0
-    rest, more = await store.poll_deliveries("blog", max_events=10, now=t0)
+    assert await store.deliveries.ack("blog", [batch[0].jti]) == 0
+    rest, more = await store.deliveries.poll("blog", max_events=10, now=t0)
     assert not more
     assert [d.notice.event_id for d in rest] == ["ev-1", "ev-2"]
-    assert await store.poll_deliveries("nobody", now=t0) == ([], False)
+    assert await store.deliveries.poll("nobody", now=t0) == ([], False)
 
 
 async def test_providers_cannot_ack_each_others_sets(store: Store, t0: datetime) -> None:
     """An ack of another provider's jti is ignored."""
     notice, _ = await _record(store, t0)
     blog = next(
-        d for d in await store.notice_deliveries(notice.notice_id) if d.provider_id == "blog"
+        d for d in await store.deliveries.for_notice(notice.notice_id) if d.provider_id == "blog"
     )
-    assert await store.ack_deliveries("forum", [blog.jti]) == 0
-    assert await store.reject_deliveries("forum", {blog.jti: "invalid_key: no"}) == 0
-    still = await store.get_delivery(blog.jti)
+    assert await store.deliveries.ack("forum", [blog.jti]) == 0
+    assert await store.deliveries.reject("forum", {blog.jti: "invalid_key: no"}) == 0
+    still = await store.deliveries.get(blog.jti)
     assert still is not None
     assert still.state is DeliveryState.PENDING
 
@@ -248,27 +248,27 @@ async def test_providers_cannot_ack_each_others_sets(store: Store, t0: datetime)
 async def test_refused_sets_are_failed(store: Store, t0: datetime) -> None:
     """SETs the provider reports as errors (setErrs) are FAILED with the error and not resent."""
     await _record(store, t0, providers=[("blog", "poll")])
-    (d,), _ = await store.poll_deliveries("blog", now=t0)
-    assert await store.reject_deliveries("blog", {d.jti: "invalid_key: unknown kid"}) == 1
-    failed = await store.get_delivery(d.jti)
+    (d,), _ = await store.deliveries.poll("blog", now=t0)
+    assert await store.deliveries.reject("blog", {d.jti: "invalid_key: unknown kid"}) == 1
+    failed = await store.deliveries.get(d.jti)
     assert failed is not None
     assert failed.state is DeliveryState.FAILED
     assert failed.last_error == "invalid_key: unknown kid"
-    assert await store.poll_deliveries("blog", now=t0) == ([], False)
+    assert await store.deliveries.poll("blog", now=t0) == ([], False)
 
 
 async def test_confirm_action_records_once(store: Store, t0: datetime) -> None:
     """A confirmation is recorded once, implies receipt, and cannot be dated in the future."""
     notice, _ = await _record(store, t0)
     blog = next(
-        d for d in await store.notice_deliveries(notice.notice_id) if d.provider_id == "blog"
+        d for d in await store.deliveries.for_notice(notice.notice_id) if d.provider_id == "blog"
     )
     now = t0 + timedelta(hours=2)
-    assert await store.confirm_action(
+    assert await store.deliveries.confirm_action(
         "blog", blog.jti, bindings_removed=1, acted_at=now + timedelta(days=1), now=now
     )
-    assert not await store.confirm_action("blog", blog.jti, bindings_removed=5, now=now)
-    acted = await store.get_delivery(blog.jti)
+    assert not await store.deliveries.confirm_action("blog", blog.jti, bindings_removed=5, now=now)
+    acted = await store.deliveries.get(blog.jti)
     assert acted is not None
     assert acted.acted_at == now
     assert acted.confirmed_at == now
@@ -280,13 +280,13 @@ async def test_confirm_action_records_once(store: Store, t0: datetime) -> None:
 async def test_confirm_action_keeps_earlier_action_time(store: Store, t0: datetime) -> None:
     """A provider may confirm later than it acted; the earlier action time is kept."""
     notice, _ = await _record(store, t0, providers=[("blog", "poll")])
-    (d,) = await store.notice_deliveries(notice.notice_id)
-    await store.ack_deliveries("blog", [d.jti], now=t0)
+    (d,) = await store.deliveries.for_notice(notice.notice_id)
+    await store.deliveries.ack("blog", [d.jti], now=t0)
     acted_at = t0 + timedelta(hours=1)
-    assert await store.confirm_action(
+    assert await store.deliveries.confirm_action(
         "blog", d.jti, bindings_removed=0, acted_at=acted_at, now=t0 + timedelta(hours=3)
     )
-    acted = await store.get_delivery(d.jti)
+    acted = await store.deliveries.get(d.jti)
     assert acted is not None
     assert acted.acted_at == acted_at
     assert acted.acknowledged_at == t0
@@ -296,14 +296,14 @@ async def test_confirm_action_of_unknown_notice(store: Store, t0: datetime) -> N
     """Confirming an unknown jti, or another provider's, is NOT_FOUND; negatives are refused."""
     notice, _ = await _record(store, t0)
     blog = next(
-        d for d in await store.notice_deliveries(notice.notice_id) if d.provider_id == "blog"
+        d for d in await store.deliveries.for_notice(notice.notice_id) if d.provider_id == "blog"
     )
     with pytest.raises(NotFoundError):
-        await store.confirm_action("blog", "nope", bindings_removed=0)
+        await store.deliveries.confirm_action("blog", "nope", bindings_removed=0)
     with pytest.raises(NotFoundError):
-        await store.confirm_action("forum", blog.jti, bindings_removed=0)
+        await store.deliveries.confirm_action("forum", blog.jti, bindings_removed=0)
     with pytest.raises(ValueError, match="bindings_removed"):
-        await store.confirm_action("blog", blog.jti, bindings_removed=-1)
+        await store.deliveries.confirm_action("blog", blog.jti, bindings_removed=-1)
 
 
 async def test_concurrent_polls_and_acks_of_one_provider(
@@ -312,13 +312,13 @@ async def test_concurrent_polls_and_acks_of_one_provider(
     """A provider polling and acknowledging through two gateways at once loses nothing."""
     for i in range(12):
         await _record(store, t0 + timedelta(seconds=i), f"ev-{i}", providers=[("blog", "poll")])
-    batch, _ = await store.poll_deliveries("blog", max_events=12, now=t0)
+    batch, _ = await store.deliveries.poll("blog", max_events=12, now=t0)
     jtis = [d.jti for d in batch]
     results = await asyncio.gather(
-        store.ack_deliveries("blog", jtis[:8], now=t0),
-        other_store.ack_deliveries("blog", jtis[4:], now=t0),
-        store.poll_deliveries("blog", max_events=5, now=t0),
-        other_store.poll_deliveries("blog", max_events=5, now=t0),
+        store.deliveries.ack("blog", jtis[:8], now=t0),
+        other_store.deliveries.ack("blog", jtis[4:], now=t0),
+        store.deliveries.poll("blog", max_events=5, now=t0),
+        other_store.deliveries.poll("blog", max_events=5, now=t0),
     )
     assert results[0] + results[1] == 12
-    assert await store.poll_deliveries("blog", now=t0) == ([], False)
+    assert await store.deliveries.poll("blog", now=t0) == ([], False)

@@ -44,7 +44,7 @@ async def test_audit_verify_exit_codes(
 ) -> None:
     """``onecert audit verify`` prints OK (status 0), or names the first broken row (status 1)."""
     for i in range(4):
-        await store.append_audit(kind="lookup", actor="portal", subject=f"s{i}", now=t0)
+        await store.audit.append(kind="lookup", actor="portal", subject=f"s{i}", now=t0)
     assert await _main(["audit", "verify", *_args(database)]) == 0
     assert capsys.readouterr().out.startswith("OK: 4 audit rows")
     async with store.engine.begin() as conn:

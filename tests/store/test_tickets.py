@@ -34,7 +34,7 @@ async def _create(
     provider_id: str = "example-pay",
     expires_in: timedelta = 24 * HOUR,
 ) -> tuple[Ticket, bool]:
-    return await store.create_ticket(
+    return await store.tickets.create(
         handle_digest=_digest(handle),
         sub_hash=sub_hash,
         provider_id=provider_id,
@@ -58,7 +58,7 @@ async def test_create_is_idempotent_on_the_handle(store: Store, t0: datetime) ->
     assert first.next_attempt_at == t0
     assert first.created_at == t0
     assert first.payload == "sealed:opaque"
-    assert await store.get_ticket(first.ticket_id) == first
+    assert await store.tickets.get(first.ticket_id) == first
 
 
 async def test_concurrent_creates_make_one_ticket(
@@ -88,31 +88,31 @@ async def test_ticket_ids_are_random_and_url_safe(store: Store, t0: datetime) ->
 
 async def test_unknown_ticket_is_none(store: Store) -> None:
     """An unknown ticket id reads as None."""
-    assert await store.get_ticket("ut_nope") is None
+    assert await store.tickets.get("ut_nope") is None
 
 
 async def test_claim_leases_due_tickets_once(store: Store, t0: datetime) -> None:
     """A claim leases due tickets, counts the attempt, and leaves them alone while leased."""
     ticket, _ = await _create(store, t0)
-    claimed = await store.claim_due_tickets(worker_id="w1", now=t0, lease_s=30)
+    claimed = await store.tickets.claim_due(worker_id="w1", now=t0, lease_s=30)
     assert [c.ticket_id for c in claimed] == [ticket.ticket_id]
     assert claimed[0].attempts == 1
     assert claimed[0].lease_owner == "w1"
     assert claimed[0].lease_until == t0 + timedelta(seconds=30)
-    assert await store.claim_due_tickets(worker_id="w2", now=t0 + timedelta(seconds=29)) == []
+    assert await store.tickets.claim_due(worker_id="w2", now=t0 + timedelta(seconds=29)) == []
 
 
 async def test_not_yet_due_tickets_are_not_claimed(store: Store, t0: datetime) -> None:
     """A ticket created after ``now`` (not due yet) is not claimed."""
     await _create(store, t0)
-    assert await store.claim_due_tickets(worker_id="w", now=t0 - timedelta(seconds=1)) == []
+    assert await store.tickets.claim_due(worker_id="w", now=t0 - timedelta(seconds=1)) == []
 
 
 async def test_expired_lease_makes_ticket_claimable_again(store: Store, t0: datetime) -> None:
     """A crashed worker's lease runs out and another worker takes the ticket over."""
     ticket, _ = await _create(store, t0)
-    await store.claim_due_tickets(worker_id="crashed", now=t0, lease_s=30)
-    again = await store.claim_due_tickets(worker_id="w2", now=t0 + timedelta(seconds=30))
+    await store.tickets.claim_due(worker_id="crashed", now=t0, lease_s=30)
+    again = await store.tickets.claim_due(worker_id="w2", now=t0 + timedelta(seconds=30))
     assert [c.ticket_id for c in again] == [ticket.ticket_id]
     assert again[0].attempts == 2
     assert again[0].lease_owner == "w2"
@@ -122,9 +122,9 @@ async def test_claim_respects_limit_and_order(store: Store, t0: datetime) -> Non
     """Claims take the longest-due tickets first, at most ``limit``."""
     made = [(await _create(store, t0 + timedelta(seconds=i), f"h{i}"))[0] for i in range(5)]
     now = t0 + timedelta(minutes=1)
-    first = await store.claim_due_tickets(worker_id="w", limit=3, now=now)
+    first = await store.tickets.claim_due(worker_id="w", limit=3, now=now)
     assert [t.ticket_id for t in first] == [t.ticket_id for t in made[:3]]
-    rest = await store.claim_due_tickets(worker_id="w", limit=3, now=now)
+    rest = await store.tickets.claim_due(worker_id="w", limit=3, now=now)
     assert [t.ticket_id for t in rest] == [t.ticket_id for t in made[3:]]
 
 
@@ -136,10 +136,10 @@ async def test_two_workers_on_two_stores_never_share_a_ticket(
     seen: list[str] = []
     for _ in range(4):
         rounds = await asyncio.gather(
-            store.claim_due_tickets(worker_id="a1", limit=3, now=t0),
-            other_store.claim_due_tickets(worker_id="b1", limit=3, now=t0),
-            store.claim_due_tickets(worker_id="a2", limit=3, now=t0),
-            other_store.claim_due_tickets(worker_id="b2", limit=3, now=t0),
+            store.tickets.claim_due(worker_id="a1", limit=3, now=t0),
+            other_store.tickets.claim_due(worker_id="b1", limit=3, now=t0),
+            store.tickets.claim_due(worker_id="a2", limit=3, now=t0),
+            other_store.tickets.claim_due(worker_id="b2", limit=3, now=t0),
         )
         ids = [t.ticket_id for batch in rounds for t in batch]
         assert len(ids) == len(set(ids))
@@ -147,14 +147,14 @@ async def test_two_workers_on_two_stores_never_share_a_ticket(
     assert len(seen) == len(set(seen)) == 40
     assert set(seen) == made
     for ticket_id in made:
-        ticket = await store.get_ticket(ticket_id)
+        ticket = await store.tickets.get(ticket_id)
         assert ticket is not None
         assert ticket.attempts == 1
 
 
 async def _claimed(store: Store, t0: datetime, *, expires_in: timedelta = 24 * HOUR) -> Ticket:
     ticket, _ = await _create(store, t0, expires_in=expires_in)
-    claimed = await store.claim_due_tickets(worker_id="w", now=t0)
+    claimed = await store.tickets.claim_due(worker_id="w", now=t0)
     assert [c.ticket_id for c in claimed] == [ticket.ticket_id]
     return claimed[0]
 
@@ -163,7 +163,7 @@ async def test_done_is_final(store: Store, t0: datetime) -> None:
     """DONE records the answer and never changes again."""
     ticket = await _claimed(store, t0)
     answered = t0 + timedelta(seconds=2)
-    done = await store.finish_attempt(
+    done = await store.tickets.finish_attempt(
         ticket.ticket_id,
         worker_id="w",
         outcome=AttemptOutcome.DONE,
@@ -178,7 +178,7 @@ async def test_done_is_final(store: Store, t0: datetime) -> None:
     assert done.closed_at == answered
     assert done.lease_owner is None
     for outcome in AttemptOutcome:
-        after = await store.finish_attempt(
+        after = await store.tickets.finish_attempt(
             ticket.ticket_id,
             worker_id="w",
             outcome=outcome,
@@ -187,14 +187,14 @@ async def test_done_is_final(store: Store, t0: datetime) -> None:
             now=t0 + HOUR,
         )
         assert after == done
-    assert await store.claim_due_tickets(worker_id="w", now=t0 + 48 * HOUR) == []
-    assert await store.get_ticket(ticket.ticket_id) == done
+    assert await store.tickets.claim_due(worker_id="w", now=t0 + 48 * HOUR) == []
+    assert await store.tickets.get(ticket.ticket_id) == done
 
 
 async def test_rejected_is_final_with_reason(store: Store, t0: datetime) -> None:
     """REJECTED records the provider's reason and is final."""
     ticket = await _claimed(store, t0)
-    rejected = await store.finish_attempt(
+    rejected = await store.tickets.finish_attempt(
         ticket.ticket_id,
         worker_id="w",
         outcome="REJECTED",
@@ -210,7 +210,7 @@ async def test_pending_is_asked_again_later(store: Store, t0: datetime) -> None:
     """PENDING waits until next_attempt_at, then is claimed again and can finish DONE."""
     ticket = await _claimed(store, t0)
     later = t0 + timedelta(minutes=10)
-    pending = await store.finish_attempt(
+    pending = await store.tickets.finish_attempt(
         ticket.ticket_id,
         worker_id="w",
         outcome=AttemptOutcome.PENDING,
@@ -221,10 +221,10 @@ async def test_pending_is_asked_again_later(store: Store, t0: datetime) -> None:
     assert pending.state is TicketState.PENDING
     assert pending.provider_outcome == "PENDING"
     assert pending.next_attempt_at == later
-    assert await store.claim_due_tickets(worker_id="w", now=later - timedelta(seconds=1)) == []
-    (again,) = await store.claim_due_tickets(worker_id="w", now=later)
+    assert await store.tickets.claim_due(worker_id="w", now=later - timedelta(seconds=1)) == []
+    (again,) = await store.tickets.claim_due(worker_id="w", now=later)
     assert again.attempts == 2
-    done = await store.finish_attempt(
+    done = await store.tickets.finish_attempt(
         ticket.ticket_id, worker_id="w", outcome=AttemptOutcome.DONE, now=later
     )
     assert done.state is TicketState.DONE
@@ -234,7 +234,7 @@ async def test_retry_keeps_the_ticket_queued_with_the_error(store: Store, t0: da
     """A retryable error keeps the ticket QUEUED with last_error and a later attempt."""
     ticket = await _claimed(store, t0)
     retry_at = t0 + timedelta(seconds=20)
-    queued = await store.finish_attempt(
+    queued = await store.tickets.finish_attempt(
         ticket.ticket_id,
         worker_id="w",
         outcome=AttemptOutcome.RETRY,
@@ -246,14 +246,14 @@ async def test_retry_keeps_the_ticket_queued_with_the_error(store: Store, t0: da
     assert queued.last_error == "UNAVAILABLE: connection refused"
     assert queued.next_attempt_at == retry_at
     assert queued.lease_owner is None
-    (again,) = await store.claim_due_tickets(worker_id="w", now=retry_at)
+    (again,) = await store.tickets.claim_due(worker_id="w", now=retry_at)
     assert again.attempts == 2
 
 
 async def test_fatal_error_fails_the_ticket(store: Store, t0: datetime) -> None:
     """A non-retryable error ends the ticket FAILED with the error."""
     ticket = await _claimed(store, t0)
-    failed = await store.finish_attempt(
+    failed = await store.tickets.finish_attempt(
         ticket.ticket_id,
         worker_id="w",
         outcome=AttemptOutcome.FATAL,
@@ -267,7 +267,7 @@ async def test_fatal_error_fails_the_ticket(store: Store, t0: datetime) -> None:
 async def test_expired_ticket_fails_with_last_error(store: Store, t0: datetime) -> None:
     """A ticket not answered before it expires becomes FAILED, keeping the last error."""
     ticket = await _claimed(store, t0, expires_in=HOUR)
-    await store.finish_attempt(
+    await store.tickets.finish_attempt(
         ticket.ticket_id,
         worker_id="w",
         outcome=AttemptOutcome.RETRY,
@@ -275,12 +275,12 @@ async def test_expired_ticket_fails_with_last_error(store: Store, t0: datetime) 
         next_attempt_at=t0 + 2 * HOUR,
         now=t0,
     )
-    after = await store.get_ticket(ticket.ticket_id)
+    after = await store.tickets.get(ticket.ticket_id)
     assert after is not None
     # Never scheduled past its expiry.
     assert after.next_attempt_at == t0 + HOUR
-    assert await store.claim_due_tickets(worker_id="w", now=t0 + HOUR) == []
-    failed = await store.get_ticket(ticket.ticket_id)
+    assert await store.tickets.claim_due(worker_id="w", now=t0 + HOUR) == []
+    failed = await store.tickets.get(ticket.ticket_id)
     assert failed is not None
     assert failed.state is TicketState.FAILED
     assert failed.last_error is not None
@@ -292,7 +292,7 @@ async def test_expired_ticket_fails_with_last_error(store: Store, t0: datetime) 
 async def test_attempt_ending_after_expiry_fails(store: Store, t0: datetime) -> None:
     """A retryable error reported after the expiry ends the ticket FAILED."""
     ticket = await _claimed(store, t0, expires_in=HOUR)
-    failed = await store.finish_attempt(
+    failed = await store.tickets.finish_attempt(
         ticket.ticket_id,
         worker_id="w",
         outcome=AttemptOutcome.RETRY,
@@ -308,15 +308,15 @@ async def test_attempt_ending_after_expiry_fails(store: Store, t0: datetime) -> 
 async def test_pending_past_expiry_fails(store: Store, t0: datetime) -> None:
     """A ticket still PENDING at its expiry becomes FAILED, saying it was pending."""
     ticket = await _claimed(store, t0, expires_in=HOUR)
-    await store.finish_attempt(
+    await store.tickets.finish_attempt(
         ticket.ticket_id,
         worker_id="w",
         outcome=AttemptOutcome.PENDING,
         next_attempt_at=t0 + 3 * HOUR,
         now=t0,
     )
-    assert await store.claim_due_tickets(worker_id="w", now=t0 + 2 * HOUR) == []
-    failed = await store.get_ticket(ticket.ticket_id)
+    assert await store.tickets.claim_due(worker_id="w", now=t0 + 2 * HOUR) == []
+    failed = await store.tickets.get(ticket.ticket_id)
     assert failed is not None
     assert failed.state is TicketState.FAILED
     assert failed.last_error == "expired while the provider's answer was PENDING"
@@ -326,11 +326,13 @@ async def test_a_leased_expired_ticket_is_left_to_its_worker(store: Store, t0: d
     """An expired ticket under a live lease is not failed behind its worker's back."""
     ticket = await _claimed(store, t0, expires_in=timedelta(seconds=10))
     now = t0 + timedelta(seconds=20)
-    assert await store.claim_due_tickets(worker_id="other", now=now) == []
-    current = await store.get_ticket(ticket.ticket_id)
+    assert await store.tickets.claim_due(worker_id="other", now=now) == []
+    current = await store.tickets.get(ticket.ticket_id)
     assert current is not None
     assert current.state is TicketState.QUEUED
-    done = await store.finish_attempt(ticket.ticket_id, worker_id="w", outcome="DONE", now=now)
+    done = await store.tickets.finish_attempt(
+        ticket.ticket_id, worker_id="w", outcome="DONE", now=now
+    )
     assert done.state is TicketState.DONE
 
 
@@ -338,8 +340,8 @@ async def test_worker_that_lost_its_lease_changes_nothing(store: Store, t0: date
     """After a takeover the old worker's retry is ignored, but a final answer still counts."""
     ticket = await _claimed(store, t0)
     later = t0 + timedelta(minutes=5)
-    (taken,) = await store.claim_due_tickets(worker_id="w2", now=later)
-    ignored = await store.finish_attempt(
+    (taken,) = await store.tickets.claim_due(worker_id="w2", now=later)
+    ignored = await store.tickets.finish_attempt(
         ticket.ticket_id,
         worker_id="w",
         outcome=AttemptOutcome.RETRY,
@@ -348,10 +350,12 @@ async def test_worker_that_lost_its_lease_changes_nothing(store: Store, t0: date
         now=later,
     )
     assert ignored == taken
-    done = await store.finish_attempt(ticket.ticket_id, worker_id="w", outcome="DONE", now=later)
+    done = await store.tickets.finish_attempt(
+        ticket.ticket_id, worker_id="w", outcome="DONE", now=later
+    )
     assert done.state is TicketState.DONE
     # The new owner's late retry cannot reopen it.
-    after = await store.finish_attempt(
+    after = await store.tickets.finish_attempt(
         ticket.ticket_id,
         worker_id="w2",
         outcome=AttemptOutcome.RETRY,
@@ -366,19 +370,21 @@ async def test_finish_checks_its_arguments(store: Store, t0: datetime) -> None:
     """Unknown tickets, retries without a time and errors without text are refused."""
     ticket = await _claimed(store, t0)
     with pytest.raises(NotFoundError):
-        await store.finish_attempt("ut_nope", worker_id="w", outcome="DONE")
+        await store.tickets.finish_attempt("ut_nope", worker_id="w", outcome="DONE")
     with pytest.raises(ValueError, match="next_attempt_at"):
-        await store.finish_attempt(ticket.ticket_id, worker_id="w", outcome="RETRY", error="e")
+        await store.tickets.finish_attempt(
+            ticket.ticket_id, worker_id="w", outcome="RETRY", error="e"
+        )
     with pytest.raises(ValueError, match="error"):
-        await store.finish_attempt(ticket.ticket_id, worker_id="w", outcome="FATAL")
+        await store.tickets.finish_attempt(ticket.ticket_id, worker_id="w", outcome="FATAL")
     with pytest.raises(ValueError, match="BOGUS"):
-        await store.finish_attempt(ticket.ticket_id, worker_id="w", outcome="BOGUS")
+        await store.tickets.finish_attempt(ticket.ticket_id, worker_id="w", outcome="BOGUS")
 
 
 async def test_errors_are_masked_in_receipts(store: Store, t0: datetime) -> None:
     """A phone number inside an error text is masked before it is stored."""
     ticket = await _claimed(store, t0)
-    failed = await store.finish_attempt(
+    failed = await store.tickets.finish_attempt(
         ticket.ticket_id,
         worker_id="w",
         outcome="FATAL",
@@ -406,7 +412,7 @@ async def test_claim_skips_rows_locked_by_another_transaction(
                 (first.ticket_id,),
             )
             claimed = await asyncio.wait_for(
-                other_store.claim_due_tickets(worker_id="b", now=t0 + HOUR), timeout=5
+                other_store.tickets.claim_due(worker_id="b", now=t0 + HOUR), timeout=5
             )
             assert [t.ticket_id for t in claimed] == [second.ticket_id]
             await conn.rollback()
@@ -414,7 +420,7 @@ async def test_claim_skips_rows_locked_by_another_transaction(
             await conn.execution_options(onecert_sqlite_begin="IMMEDIATE")
             await conn.begin()
             claim = asyncio.ensure_future(
-                other_store.claim_due_tickets(worker_id="b", now=t0 + HOUR)
+                other_store.tickets.claim_due(worker_id="b", now=t0 + HOUR)
             )
             await asyncio.sleep(0.2)
             assert not claim.done()

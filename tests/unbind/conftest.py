@@ -449,7 +449,7 @@ class Env:
 
     async def ticket(self, ticket_id: str) -> Ticket:
         store = self._stores[0] if self._stores else await self.store()
-        ticket = await store.get_ticket(ticket_id)
+        ticket = await store.tickets.get(ticket_id)
         assert ticket is not None
         return ticket
 

@@ -425,7 +425,7 @@ async def test_lookups_and_unbinds_are_audited_with_hashed_identifiers(env: Env)
     assert requested["subject"] == closed["subject"] == answer.ticket_id
     assert requested["actor"] == lookup["actor"]
     store = await env.store()
-    assert (await store.verify_audit()).ok
+    assert (await store.audit.verify()).ok
 
 
 async def test_the_gateway_without_a_store_does_not_serve_unbind(env: Env) -> None:

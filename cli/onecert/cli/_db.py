@@ -99,7 +99,7 @@ def _verify(args: argparse.Namespace) -> int:
         try:
             if await store.schema_revision() is None:
                 raise CommandError("the database has no onecert schema: run `onecert db upgrade`")
-            return await store.verify_audit()
+            return await store.audit.verify()
         finally:
             await store.close()
 

@@ -696,7 +696,7 @@ async def _watch_deliveries(federation: Federation, out: _Out, notice_id: str) -
     store = Store.open(federation.store_url)
     try:
         while True:
-            deliveries = await store.notice_deliveries(notice_id)
+            deliveries = await store.deliveries.for_notice(notice_id)
             now = datetime.now(UTC)
             if not deliveries:
                 return
@@ -805,7 +805,7 @@ async def _audit(federation: Federation, out: _Out) -> bool:
     out.heading("The audit log")
     store = Store.open(federation.store_url)
     try:
-        result = await store.verify_audit()
+        result = await store.audit.verify()
     finally:
         await store.close()
     if not result.ok:

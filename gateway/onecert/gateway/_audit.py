@@ -189,7 +189,7 @@ class Auditor:
         self, batch: list[tuple[AuditDraft, asyncio.Future[None] | None]]
     ) -> None:
         try:
-            await self._store.append_audit_many([draft for draft, _ in batch])
+            await self._store.audit.append_many([draft for draft, _ in batch])
         except Exception as exc:  # noqa: BLE001 - retried row by row below, each failure reported
             _log.warning("audit.batch_failed", rows=len(batch), error=type(exc).__name__)
         else:
@@ -201,7 +201,7 @@ class Auditor:
         # on its own, so one failure costs one row and is reported with it.
         for draft, done in batch:
             try:
-                await self._store.append_audit_many([draft])
+                await self._store.audit.append_many([draft])
             except Exception as exc:  # noqa: BLE001 - any failure is logged or handed to the waiter
                 if done is not None:
                     if not done.done():

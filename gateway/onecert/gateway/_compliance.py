@@ -136,7 +136,7 @@ async def build_report(
     """
     now = now or utc_now()
     names: Mapping[str, str] = {p.id: p.display_name for p in providers}
-    rows = await store.compliance_report(now=now, since=since, providers=list(names))
+    rows = await store.compliance.report(now=now, since=since, providers=list(names))
     return ComplianceReport(
         generated_at=now,
         providers=tuple(_line(r, names.get(r.provider_id, r.provider_id)) for r in rows),

@@ -9,16 +9,18 @@ of keys, with an example, is in ``docs/configuration.md``.
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from onecert.sdk._tomlconfig import ConfigError
+from onecert.sdk._tomlconfig import ConfigError, load_toml, setting
 from onecert.sdk._tomlconfig import Table as _Table
 from onecert.v1 import common_pb2
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 __all__ = [
     "CATEGORIES",
@@ -49,7 +51,10 @@ __all__ = [
 ]
 
 
-_ID = re.compile(r"[a-z0-9._-]{1,64}")
+_ID_PATTERN = r"[a-z0-9._-]{1,64}"
+_ID_TEXT = "1 to 64 characters of [a-z0-9._-]"
+_ID = re.compile(_ID_PATTERN)
+_C = TypeVar("_C", bound="DataclassInstance")
 _LISTEN = re.compile(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]*):([0-9]{1,5})")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -59,6 +64,7 @@ CATEGORIES: Final[Mapping[str, common_pb2.ProviderCategory.ValueType]] = {
     for name, number in common_pb2.ProviderCategory.items()
     if number != common_pb2.PROVIDER_CATEGORY_UNSPECIFIED
 }
+_CATEGORY_NAMES: Final = {number: name for name, number in CATEGORIES.items()}
 
 
 @dataclass(frozen=True)
@@ -88,8 +94,8 @@ class KeysConfig:
 
     warrant_key: Path
     handle_key: Path
-    handle_ttl_s: float = 900.0
-    warrant_lifetime_s: float = 30.0
+    handle_ttl_s: float = setting(900.0, seconds=True)
+    warrant_lifetime_s: float = setting(30.0, seconds=True, maximum=60, why="the contract's limit")
     # Key of the audit log's digests (32 bytes hex); derived from the handle key if absent.
     audit_key: Path | None = None
 
@@ -110,27 +116,27 @@ class IdentityConfig:
     issuers: tuple[IssuerConfig, ...]
     assurance_levels: tuple[str, ...] = ("low", "substantial", "high")
     required_assurance: str = "substantial"
-    leeway_s: float = 30.0
-    max_lifetime_s: float = 300.0
+    leeway_s: float = setting(30.0, seconds=True, allow_zero=True)
+    max_lifetime_s: float = setting(300.0, seconds=True)
 
 
 @dataclass(frozen=True)
 class FanoutConfig:
     """Defaults and safety limits for the calls to carriers and providers."""
 
-    provider_deadline_s: float = 3.0
-    carrier_deadline_s: float = 2.0
-    max_concurrency_per_provider: int = 32
-    breaker_failure_threshold: int = 5
-    breaker_cooldown_s: float = 30.0
-    retry_budget_ratio: float = 0.2
-    retry_budget_min_retries: int = 3
-    retry_budget_window_s: float = 10.0
-    retry_max_attempts: int = 2
-    summary_margin_s: float = 0.2
+    provider_deadline_s: float = setting(3.0, seconds=True)
+    carrier_deadline_s: float = setting(2.0, seconds=True)
+    max_concurrency_per_provider: int = setting(32, minimum=1)
+    breaker_failure_threshold: int = setting(5, minimum=1)
+    breaker_cooldown_s: float = setting(30.0, seconds=True)
+    retry_budget_ratio: float = setting(0.2, minimum=0.0, maximum=1.0)
+    retry_budget_min_retries: int = setting(3, minimum=0)
+    retry_budget_window_s: float = setting(10.0, seconds=True)
+    retry_max_attempts: int = setting(2, minimum=1)
+    summary_margin_s: float = setting(0.2, seconds=True, allow_zero=True)
     # Accounts one provider answer may contribute to a lookup; the rest are
     # dropped and the result says so (a number has a handful, not thousands).
-    max_bindings_per_answer: int = 1000
+    max_bindings_per_answer: int = setting(1000, minimum=1)
 
 
 @dataclass(frozen=True)
@@ -154,22 +160,22 @@ class DeliveryConfig:
     """How unbind tickets are delivered to providers (``[delivery]``)."""
 
     # Concurrent delivery workers in this process.
-    workers: int = 2
+    workers: int = setting(2, minimum=0)
     # Tickets one worker claims at once.
-    batch: int = 10
+    batch: int = setting(10, minimum=1)
     # How long a claim holds a ticket; a crashed worker's tickets are free after it.
-    lease_s: float = 60.0
+    lease_s: float = setting(60.0, seconds=True)
     # How often idle workers look for due tickets (new local tickets wake them at once).
-    poll_interval_s: float = 1.0
+    poll_interval_s: float = setting(1.0, seconds=True)
     # Exponential backoff with full jitter between failed attempts.
-    backoff_initial_s: float = 1.0
-    backoff_max_s: float = 300.0
+    backoff_initial_s: float = setting(1.0, seconds=True)
+    backoff_max_s: float = setting(300.0, seconds=True)
     # How long the gateway keeps trying; then the ticket is FAILED.
-    ticket_ttl_s: float = 7 * 24 * 3600.0
+    ticket_ttl_s: float = setting(7 * 24 * 3600.0, seconds=True)
     # Deadline of one BindingProvider.Unbind call.
-    unbind_deadline_s: float = 10.0
+    unbind_deadline_s: float = setting(10.0, seconds=True)
     # When the provider answers PENDING, ask again after this long.
-    pending_recheck_s: float = 60.0
+    pending_recheck_s: float = setting(60.0, seconds=True)
 
 
 @dataclass(frozen=True)
@@ -179,8 +185,8 @@ class CarrierConfig:
     id: str
     address: str
     name: str = ""
-    deadline_s: float | None = None
-    max_concurrency: int | None = None
+    deadline_s: float | None = setting(None, seconds=True)
+    max_concurrency: int | None = setting(None, minimum=1)
     plaintext: bool = False
     # The numbers it may report events for: E.164 prefixes ("+86138") or
     # inclusive ranges of equal-length prefixes ("+861380-+861384").
@@ -236,12 +242,12 @@ class ProviderConfig:
     address: str
     name: str = ""
     category: common_pb2.ProviderCategory.ValueType = common_pb2.PROVIDER_CATEGORY_OTHER
-    deadline_s: float | None = None
-    max_concurrency: int | None = None
+    deadline_s: float | None = setting(None, seconds=True)
+    max_concurrency: int | None = setting(None, minimum=1)
     plaintext: bool = False
     # How it receives recycled-number notices: "push" (ReceiveEvent) or
     # "poll" (it calls Gateway.PollEvents).
-    delivery: str = "push"
+    delivery: str = setting("push", choices=DELIVERY_MODES)
     # The CN of its client certificate; the id when None.
     client_cn: str | None = None
 
@@ -261,29 +267,29 @@ class NoticesConfig:
 
     # Time to act after the event took effect, for every notice; None: the
     # rules below (act before the number can go to someone else).
-    deadline_s: float | None = None
+    deadline_s: float | None = setting(None, seconds=True)
     # CANCELLED without quiet_period_ends_at: the quiet period assumed.
-    default_quiet_period_s: float = 90 * 24 * 3600.0
+    default_quiet_period_s: float = setting(90 * 24 * 3600.0, seconds=True)
     # RECYCLED: time to act after the number went to its new subscriber.
-    recycled_deadline_s: float = 3 * 24 * 3600.0
+    recycled_deadline_s: float = setting(3 * 24 * 3600.0, seconds=True)
     # A notice reported late still leaves providers at least this long.
-    min_action_s: float = 24 * 3600.0
+    min_action_s: float = setting(24 * 3600.0, seconds=True, allow_zero=True)
     # How far in the future an effective_at (or a date asked about) may be.
-    clock_skew_s: float = 60.0
+    clock_skew_s: float = setting(60.0, seconds=True, allow_zero=True)
     # Push delivery: concurrent workers, notices claimed at once, lease.
-    workers: int = 2
+    workers: int = setting(2, minimum=0)
     # A claim of 100 acknowledges 1000 providers about twice as fast as 10 (bench "notices").
-    batch: int = 100
-    lease_s: float = 60.0
+    batch: int = setting(100, minimum=1)
+    lease_s: float = setting(60.0, seconds=True)
     # How often idle workers look for due pushes (new notices wake them).
-    check_interval_s: float = 1.0
+    check_interval_s: float = setting(1.0, seconds=True)
     # Exponential backoff with jitter between failed pushes.
-    backoff_initial_s: float = 1.0
-    backoff_max_s: float = 300.0
+    backoff_initial_s: float = setting(1.0, seconds=True)
+    backoff_max_s: float = setting(300.0, seconds=True)
     # Deadline of one BindingProvider.ReceiveEvent call.
-    push_deadline_s: float = 5.0
+    push_deadline_s: float = setting(5.0, seconds=True)
     # The longest PollEvents holds a call open waiting for notices.
-    poll_wait_s: float = 10.0
+    poll_wait_s: float = setting(10.0, seconds=True, allow_zero=True)
 
 
 @dataclass(frozen=True)
@@ -291,8 +297,8 @@ class CheckRecycledConfig:
     """``Gateway.CheckRecycled`` (``[check_recycled]``)."""
 
     # Per provider and gateway process: a token bucket.
-    rate_per_s: float = 10.0
-    burst: int = 20
+    rate_per_s: float = setting(10.0, minimum=0.001)
+    burst: int = setting(20, minimum=1)
     # Since when carriers report every event of every number they serve:
     # dates from then on get NOT_RECYCLED rather than NO_DATA.
     history_start: datetime | None = None
@@ -332,12 +338,12 @@ class TracingConfig:
 
     enabled: bool = False
     # "otlp" (OTLP over gRPC to ``endpoint``) or "console" (spans on stderr).
-    exporter: str = "otlp"
+    exporter: str = setting("otlp", choices=TRACING_EXPORTERS)
     # The collector's address; None: the exporter's default (localhost:4317).
     endpoint: str | None = None
     service_name: str = "onecert-gateway"
     # Share of lookups traced (a caller's traceparent decides for its own calls).
-    sample_ratio: float = 1.0
+    sample_ratio: float = setting(1.0, minimum=0.0, maximum=1.0)
 
 
 @dataclass(frozen=True)
@@ -353,16 +359,16 @@ class GatewayConfig:
     identity: IdentityConfig
     carriers: tuple[CarrierConfig, ...]
     providers: tuple[ProviderConfig, ...] = ()
-    id: str = "onecert-gateway"
+    id: str = setting("onecert-gateway", pattern=_ID_PATTERN, pattern_text=_ID_TEXT)
     listen: str = "[::]:50051"
     dev_plaintext: bool = False
     tls: ListenTLS | None = None
     upstream_tls: UpstreamTLS | None = None
     fanout: FanoutConfig = field(default_factory=FanoutConfig)
-    max_concurrent_lookups: int = 100
-    lookup_deadline_s: float = 10.0
-    grace_period_s: float = 10.0
-    max_message_bytes: int = 4 * 1024 * 1024
+    max_concurrent_lookups: int = setting(100, minimum=1)
+    lookup_deadline_s: float = setting(10.0, seconds=True)
+    grace_period_s: float = setting(10.0, seconds=True, allow_zero=True)
+    max_message_bytes: int = setting(4 * 1024 * 1024, minimum=1024)
     # None: JSON lines in production, readable lines in development.
     log_json: bool | None = None
     log_level: str = "info"
@@ -432,18 +438,25 @@ def load_config(path: str | Path, *, dev_plaintext: bool = False) -> GatewayConf
             ``gateway.dev_plaintext = true``.
 
     Raises:
-        ConfigError: unreadable file, invalid TOML, or an invalid key.
+        ConfigError: unreadable file, invalid TOML, or an invalid key (the
+            message names the file and the key).
     """
-    file = Path(path)
-    try:
-        data = tomllib.loads(file.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {file}: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config {file} is not valid TOML: {exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"config {file} is not UTF-8 text") from exc
-    return parse_config(data, base_dir=file.resolve().parent, dev_plaintext=dev_plaintext)
+    return load_toml(
+        path, lambda data, base: parse_config(data, base_dir=base, dev_plaintext=dev_plaintext)
+    )
+
+
+# The keys of [gateway] that are fields of GatewayConfig as they are.
+_GATEWAY_KEYS = (
+    "id",
+    "listen",
+    "dev_plaintext",
+    "max_concurrent_lookups",
+    "lookup_deadline_s",
+    "grace_period_s",
+    "max_message_bytes",
+    "log_json",
+)
 
 
 def parse_config(
@@ -454,50 +467,13 @@ def parse_config(
     root = _Table(data, "", base)
     # A misspelt table reads better as "unknown" than as the required one missing.
     root.refuse_unknown(_TABLES)
-    gw = root.table("gateway")
-    gateway_id = gw.string("id", "onecert-gateway")
-    if not _ID.fullmatch(gateway_id):
-        raise ConfigError("gateway.id must be 1 to 64 characters of [a-z0-9._-]")
-    listen = gw.string("listen", "[::]:50051")
-    _listen_port(listen, "gateway.listen", example="[::]:50051")
-    dev = gw.boolean("dev_plaintext", False) or dev_plaintext
-    tls_table = gw.optional_table("tls")
-    tls = None
-    if tls_table is not None:
-        tls = ListenTLS(
-            cert=tls_table.path("cert"),
-            key=tls_table.path("key"),
-            client_ca=tls_table.path("client_ca", None),
-        )
-        tls_table.finish()
-    log_level = gw.string("log_level", "info").lower()
-    if log_level not in _LOG_LEVELS:
-        raise ConfigError(f"gateway.log_level must be one of {', '.join(_LOG_LEVELS)}")
-    general = {
-        "max_concurrent_lookups": gw.integer("max_concurrent_lookups", 100, minimum=1),
-        "lookup_deadline_s": gw.seconds("lookup_deadline_s", 10.0),
-        "grace_period_s": gw.seconds("grace_period_s", 10.0, allow_zero=True),
-        "max_message_bytes": gw.integer("max_message_bytes", 4 * 1024 * 1024, minimum=1024),
-        "log_json": gw.boolean("log_json", None),
-    }
-    gw.finish()
-
-    keys_t = root.table("keys", required=True)
-    keys = KeysConfig(
-        warrant_key=keys_t.path("warrant_key"),
-        handle_key=keys_t.path("handle_key"),
-        handle_ttl_s=keys_t.seconds("handle_ttl_s", 900.0),
-        warrant_lifetime_s=keys_t.seconds("warrant_lifetime_s", 30.0),
-        audit_key=keys_t.path("audit_key", None),
+    general = _parse_gateway(root.table("gateway"), dev_plaintext=dev_plaintext)
+    keys = _finished(root.table("keys", required=True), KeysConfig)
+    identity = _parse_identity(
+        root.table("identity", required=True), default_audience=general["id"]
     )
-    if keys.warrant_lifetime_s > 60:
-        raise ConfigError("keys.warrant_lifetime_s must be at most 60 (the contract's limit)")
-    keys_t.finish()
-
-    identity = _parse_identity(root.table("identity", required=True), default_audience=gateway_id)
-
     upstream_tls = _parse_upstream_tls(root.optional_table("upstream_tls"))
-    fanout = _parse_fanout(root.table("fanout"))
+    fanout = _finished(root.table("fanout"), FanoutConfig)
     carriers = tuple(
         _parse_carrier(t) for t in root.tables("carriers", required=True, what="carrier")
     )
@@ -505,10 +481,13 @@ def parse_config(
     store = _parse_store(root.table("store"))
     delivery = _parse_delivery(root.table("delivery"))
     notices = _parse_notices(root.table("notices"))
-    check_recycled = _parse_check_recycled(root.table("check_recycled"))
-    admin = _parse_admin(root.table("admin"))
-    portal = _parse_portal(root.table("portal"))
-    metrics = _parse_metrics(root.table("metrics"), grpc_listen=listen)
+    recycled_t = root.table("check_recycled")
+    check_recycled = _finished(
+        recycled_t, CheckRecycledConfig, history_start=_instant(recycled_t, "history_start")
+    )
+    admin = _finished(root.table("admin"), AdminConfig)
+    portal = _finished(root.table("portal"), PortalConfig)
+    metrics = _parse_metrics(root.table("metrics"), grpc_listen=general["listen"])
     tracing = _parse_tracing(root.table("tracing"))
     _unique("carriers", [c.id for c in carriers])
     _unique("providers", [p.id for p in providers])
@@ -516,17 +495,12 @@ def parse_config(
     root.finish()
 
     config = GatewayConfig(
-        id=gateway_id,
-        listen=listen,
-        dev_plaintext=dev,
-        tls=tls,
         keys=keys,
         identity=identity,
         upstream_tls=upstream_tls,
         fanout=fanout,
         carriers=carriers,
         providers=providers,
-        log_level=log_level,
         store=store,
         delivery=delivery,
         notices=notices,
@@ -541,28 +515,43 @@ def parse_config(
     return config
 
 
+def _finished(t: _Table, cls: type[_C], **given: Any) -> _C:
+    # A table that is exactly one dataclass: read it, refuse anything else.
+    config = t.read(cls, **given)
+    t.finish()
+    return config
+
+
+def _parse_gateway(gw: _Table, *, dev_plaintext: bool) -> dict[str, Any]:
+    general = gw.read_fields(GatewayConfig, _GATEWAY_KEYS)
+    _listen_port(general["listen"], "gateway.listen", example="[::]:50051")
+    general["dev_plaintext"] = general["dev_plaintext"] or dev_plaintext
+    tls_table = gw.optional_table("tls")
+    general["tls"] = None if tls_table is None else _finished(tls_table, ListenTLS)
+    log_level = gw.string("log_level", GatewayConfig.log_level).lower()
+    if log_level not in _LOG_LEVELS:
+        raise ConfigError(f"gateway.log_level must be one of {', '.join(_LOG_LEVELS)}")
+    general["log_level"] = log_level
+    gw.finish()
+    return general
+
+
 def _parse_identity(t: _Table, *, default_audience: str) -> IdentityConfig:
-    levels = tuple(t.strings("assurance_levels", ["low", "substantial", "high"]))
+    issuers = tuple(
+        _finished(it, IssuerConfig) for it in t.tables("issuers", required=True, what="issuer")
+    )
+    _unique("identity.issuers", [i.issuer for i in issuers])
+    config = t.read(
+        IdentityConfig, issuers=issuers, audience=t.string("audience", default_audience)
+    )
+    levels = config.assurance_levels
     if not levels or len(set(levels)) != len(levels):
         raise ConfigError("identity.assurance_levels must be a non-empty list without duplicates")
-    required = t.string("required_assurance", "substantial")
-    if required not in levels:
+    if config.required_assurance not in levels:
         raise ConfigError(
-            f"identity.required_assurance {required!r} is not one of identity.assurance_levels"
+            f"identity.required_assurance {config.required_assurance!r} is not one of "
+            "identity.assurance_levels"
         )
-    issuers = []
-    for it in t.tables("issuers", required=True, what="issuer"):
-        issuers.append(IssuerConfig(issuer=it.string("issuer"), jwks=it.path("jwks")))
-        it.finish()
-    _unique("identity.issuers", [i.issuer for i in issuers])
-    config = IdentityConfig(
-        audience=t.string("audience", default_audience),
-        issuers=tuple(issuers),
-        assurance_levels=levels,
-        required_assurance=required,
-        leeway_s=t.seconds("leeway_s", 30.0, allow_zero=True),
-        max_lifetime_s=t.seconds("max_lifetime_s", 300.0),
-    )
     t.finish()
     return config
 
@@ -570,38 +559,14 @@ def _parse_identity(t: _Table, *, default_audience: str) -> IdentityConfig:
 def _parse_upstream_tls(t: _Table | None) -> UpstreamTLS | None:
     if t is None:
         return None
-    upstream_tls = UpstreamTLS(
-        ca=t.path("ca"),
-        cert=t.path("cert", None),
-        key=t.path("key", None),
-        server_name=t.string("server_name", None),
-    )
+    upstream_tls = _finished(t, UpstreamTLS)
     if (upstream_tls.cert is None) != (upstream_tls.key is None):
         raise ConfigError("upstream_tls.cert and upstream_tls.key go together")
-    t.finish()
     return upstream_tls
 
 
-def _parse_fanout(t: _Table) -> FanoutConfig:
-    config = FanoutConfig(
-        provider_deadline_s=t.seconds("provider_deadline_s", 3.0),
-        carrier_deadline_s=t.seconds("carrier_deadline_s", 2.0),
-        max_concurrency_per_provider=t.integer("max_concurrency_per_provider", 32, minimum=1),
-        breaker_failure_threshold=t.integer("breaker_failure_threshold", 5, minimum=1),
-        breaker_cooldown_s=t.seconds("breaker_cooldown_s", 30.0),
-        retry_budget_ratio=t.number("retry_budget_ratio", 0.2, minimum=0.0, maximum=1.0),
-        retry_budget_min_retries=t.integer("retry_budget_min_retries", 3, minimum=0),
-        retry_budget_window_s=t.seconds("retry_budget_window_s", 10.0),
-        retry_max_attempts=t.integer("retry_max_attempts", 2, minimum=1),
-        summary_margin_s=t.seconds("summary_margin_s", 0.2, allow_zero=True),
-        max_bindings_per_answer=t.integer("max_bindings_per_answer", 1000, minimum=1),
-    )
-    t.finish()
-    return config
-
-
 def _parse_store(t: _Table) -> StoreConfig:
-    url: str = t.string("url", "sqlite:///onecert.db")
+    url = t.string("url", StoreConfig.url)
     if url.startswith("sqlite"):
         scheme, sep, rest = url.partition(":///")
         if not sep or not rest:
@@ -615,57 +580,35 @@ def _parse_store(t: _Table) -> StoreConfig:
         default_migrate = False
     else:
         raise ConfigError("store.url must be sqlite:///PATH or postgresql://...")
-    schema = t.string("schema", None)
+    schema = t.string("schema", StoreConfig.schema)
     if schema is not None and not url.startswith("postgresql"):
         raise ConfigError("store.schema applies to PostgreSQL only")
-    config = StoreConfig(
+    return _finished(
+        t,
+        StoreConfig,
         url=url,
-        auto_migrate=bool(t.boolean("auto_migrate", default_migrate)),
+        auto_migrate=t.boolean("auto_migrate", default_migrate),
         schema=schema,
     )
-    t.finish()
-    return config
 
 
 def _parse_delivery(t: _Table) -> DeliveryConfig:
-    config = DeliveryConfig(
-        workers=t.integer("workers", 2, minimum=0),
-        batch=t.integer("batch", 10, minimum=1),
-        lease_s=t.seconds("lease_s", 60.0),
-        poll_interval_s=t.seconds("poll_interval_s", 1.0),
-        backoff_initial_s=t.seconds("backoff_initial_s", 1.0),
-        backoff_max_s=t.seconds("backoff_max_s", 300.0),
-        ticket_ttl_s=t.seconds("ticket_ttl_s", 7 * 24 * 3600.0),
-        unbind_deadline_s=t.seconds("unbind_deadline_s", 10.0),
-        pending_recheck_s=t.seconds("pending_recheck_s", 60.0),
-    )
+    config = _finished(t, DeliveryConfig)
     if config.backoff_max_s < config.backoff_initial_s:
         raise ConfigError("delivery.backoff_max_s must be at least delivery.backoff_initial_s")
     if config.lease_s <= config.unbind_deadline_s:
         # A lease shorter than the call would let a second worker claim a
         # ticket whose attempt is still running.
         raise ConfigError("delivery.lease_s must be longer than delivery.unbind_deadline_s")
-    t.finish()
     return config
 
 
 def _parse_carrier(t: _Table) -> CarrierConfig:
-    config = CarrierConfig(
-        id=_checked_id(t),
-        name=t.string("name", ""),
-        address=t.string("address"),
-        deadline_s=t.seconds("deadline_s", None),
-        max_concurrency=t.integer("max_concurrency", None, minimum=1),
-        plaintext=bool(t.boolean("plaintext", False)),
-        prefixes=_prefixes(t),
-        client_cn=t.string("client_cn", None),
-    )
-    t.finish()
-    return config
+    return _finished(t, CarrierConfig, id=_checked_id(t), prefixes=_prefixes(t))
 
 
 def _prefixes(t: _Table) -> tuple[str, ...]:
-    values = t.strings("prefixes", [])
+    values = t.strings("prefixes", CarrierConfig.prefixes)
     for i, text in enumerate(values):
         try:
             parse_number_range(text)
@@ -675,59 +618,20 @@ def _prefixes(t: _Table) -> tuple[str, ...]:
 
 
 def _parse_provider(t: _Table) -> ProviderConfig:
-    category_name = t.string("category", "other").lower()
+    category_name = t.string("category", _CATEGORY_NAMES[ProviderConfig.category]).lower()
     if category_name not in CATEGORIES:
         raise ConfigError(f"{t.where('category')} must be one of {', '.join(CATEGORIES)}")
-    config = ProviderConfig(
-        id=_checked_id(t),
-        name=t.string("name", ""),
-        category=CATEGORIES[category_name],
-        address=t.string("address"),
-        deadline_s=t.seconds("deadline_s", None),
-        max_concurrency=t.integer("max_concurrency", None, minimum=1),
-        plaintext=bool(t.boolean("plaintext", False)),
-        delivery=t.string("delivery", "push"),
-        client_cn=t.string("client_cn", None),
-    )
-    if config.delivery not in DELIVERY_MODES:
-        raise ConfigError(f"{t.where('delivery')} must be one of {', '.join(DELIVERY_MODES)}")
-    t.finish()
-    return config
+    return _finished(t, ProviderConfig, id=_checked_id(t), category=CATEGORIES[category_name])
 
 
 def _parse_notices(t: _Table) -> NoticesConfig:
-    config = NoticesConfig(
-        deadline_s=t.seconds("deadline_s", None),
-        default_quiet_period_s=t.seconds("default_quiet_period_s", 90 * 24 * 3600.0),
-        recycled_deadline_s=t.seconds("recycled_deadline_s", 3 * 24 * 3600.0),
-        min_action_s=t.seconds("min_action_s", 24 * 3600.0, allow_zero=True),
-        clock_skew_s=t.seconds("clock_skew_s", 60.0, allow_zero=True),
-        workers=t.integer("workers", 2, minimum=0),
-        batch=t.integer("batch", 100, minimum=1),
-        lease_s=t.seconds("lease_s", 60.0),
-        check_interval_s=t.seconds("check_interval_s", 1.0),
-        backoff_initial_s=t.seconds("backoff_initial_s", 1.0),
-        backoff_max_s=t.seconds("backoff_max_s", 300.0),
-        push_deadline_s=t.seconds("push_deadline_s", 5.0),
-        poll_wait_s=t.seconds("poll_wait_s", 10.0, allow_zero=True),
-    )
+    config = _finished(t, NoticesConfig)
     if config.backoff_max_s < config.backoff_initial_s:
         raise ConfigError("notices.backoff_max_s must be at least notices.backoff_initial_s")
     if config.lease_s <= config.push_deadline_s:
         # A lease shorter than the call would let a second worker push the
         # same notice while the first push is still running.
         raise ConfigError("notices.lease_s must be longer than notices.push_deadline_s")
-    t.finish()
-    return config
-
-
-def _parse_check_recycled(t: _Table) -> CheckRecycledConfig:
-    config = CheckRecycledConfig(
-        rate_per_s=t.number("rate_per_s", 10.0, minimum=0.001),
-        burst=t.integer("burst", 20, minimum=1),
-        history_start=_instant(t, "history_start"),
-    )
-    t.finish()
     return config
 
 
@@ -772,32 +676,9 @@ def _listen_port(listen: str, key: str, *, example: str) -> int:
 
 
 def _parse_tracing(t: _Table) -> TracingConfig:
-    exporter = t.string("exporter", "otlp")
-    if exporter not in TRACING_EXPORTERS:
-        raise ConfigError(f"tracing.exporter must be one of {', '.join(TRACING_EXPORTERS)}")
-    endpoint = t.string("endpoint", None)
-    if endpoint is not None and exporter != "otlp":
+    config = _finished(t, TracingConfig)
+    if config.endpoint is not None and config.exporter != "otlp":
         raise ConfigError('tracing.endpoint applies to exporter = "otlp" only')
-    config = TracingConfig(
-        enabled=bool(t.boolean("enabled", False)),
-        exporter=exporter,
-        endpoint=endpoint,
-        service_name=t.string("service_name", "onecert-gateway"),
-        sample_ratio=t.number("sample_ratio", 1.0, minimum=0.0, maximum=1.0),
-    )
-    t.finish()
-    return config
-
-
-def _parse_admin(t: _Table) -> AdminConfig:
-    config = AdminConfig(client_cns=tuple(t.strings("client_cns", [])))
-    t.finish()
-    return config
-
-
-def _parse_portal(t: _Table) -> PortalConfig:
-    config = PortalConfig(client_cns=tuple(t.strings("client_cns", ["portal"])))
-    t.finish()
     return config
 
 
@@ -828,7 +709,7 @@ def _unique_cns(
 def _checked_id(t: _Table) -> str:
     value: str = t.string("id")
     if not _ID.fullmatch(value):
-        raise ConfigError(f"{t.where('id')} must be 1 to 64 characters of [a-z0-9._-]")
+        raise ConfigError(f"{t.where('id')} must be {_ID_TEXT}")
     return value
 
 

@@ -192,7 +192,7 @@ class DeliveryWorkers:
         """Claim due tickets once and attempt each; returns how many were attempted."""
         worker_id = worker_id or f"{self._name}/once"
         expired: list[Ticket] = []
-        tickets = await self._store.claim_due_tickets(
+        tickets = await self._store.tickets.claim_due(
             worker_id=worker_id,
             limit=self._config.batch,
             lease_s=self._config.lease_s,
@@ -240,7 +240,7 @@ class DeliveryWorkers:
         now = datetime.now(UTC)
         next_at = None if attempt.retry_in is None else now + timedelta(seconds=attempt.retry_in)
         try:
-            after = await self._store.finish_attempt(
+            after = await self._store.tickets.finish_attempt(
                 ticket.ticket_id,
                 worker_id=worker_id,
                 outcome=attempt.outcome,

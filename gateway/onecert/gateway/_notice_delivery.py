@@ -132,7 +132,7 @@ class NoticePusher:
 
     async def run_once(self) -> int:
         """Claim one batch of due pushes and deliver it; how many were claimed."""
-        claimed = await self._store.claim_due_deliveries(
+        claimed = await self._store.deliveries.claim_due(
             worker_id=self.worker_id,
             limit=self._config.batch,
             lease_s=self._config.lease_s,
@@ -186,7 +186,7 @@ class NoticePusher:
             await self._retry(delivery, "the provider answered without acknowledging", log)
             return
         removed = response.bindings_removed if response.acted else None
-        await self._store.mark_delivered(
+        await self._store.deliveries.mark_delivered(
             delivery.jti, acknowledged_at=self._clock(), bindings_removed=removed
         )
         self.observer.notice_pushed("acknowledged")
@@ -210,14 +210,14 @@ class NoticePusher:
             return
         # One last attempt at the deadline itself, not beyond it.
         next_at: datetime = min(now + self.backoff(delivery.attempts), deadline)
-        await self._store.mark_delivery_failed(
+        await self._store.deliveries.mark_failed(
             delivery.jti, worker_id=self.worker_id, error=error, next_attempt_at=next_at
         )
         self.observer.notice_pushed("retry")
         log.info("notice.push_failed", error=error, attempts=delivery.attempts, retry_at=next_at)
 
     async def _give_up(self, delivery: Delivery, error: str, log: structlog.BoundLogger) -> None:
-        changed = await self._store.mark_delivery_failed(
+        changed = await self._store.deliveries.mark_failed(
             delivery.jti, worker_id=self.worker_id, error=error, next_attempt_at=None
         )
         self.observer.notice_pushed("failed")

@@ -261,7 +261,7 @@ class NoticeService:
         try:
             notice, created = await store_call(
                 context,
-                self._store.record_number_event(
+                self._store.notices.record(
                     carrier_id=caller.id,
                     event_id=request.event_id,
                     msisdn=msisdn,
@@ -350,15 +350,15 @@ class NoticeService:
         # out again below. Unknown and other providers' jtis are ignored.
         acked = await store_call(
             context,
-            self._store.ack_deliveries(caller.id, request.acks, now=self._clock()),
+            self._store.deliveries.ack(caller.id, request.acks, now=self._clock()),
             "ack_deliveries",
         )
         refused = await store_call(
-            context, self._store.reject_deliveries(caller.id, errors), "reject_deliveries"
+            context, self._store.deliveries.reject(caller.id, errors), "reject_deliveries"
         )
         batch, more = await store_call(
             context,
-            self._store.poll_deliveries(caller.id, max_events=max_events, now=self._clock()),
+            self._store.deliveries.poll(caller.id, max_events=max_events, now=self._clock()),
             "poll_deliveries",
         )
         if not batch and not request.return_immediately:
@@ -390,7 +390,7 @@ class NoticeService:
             await self.doorbell.wait(min(left, _POLL_RECHECK_S))
             batch, more = await store_call(
                 context,
-                self._store.poll_deliveries(provider_id, max_events=max_events, now=self._clock()),
+                self._store.deliveries.poll(provider_id, max_events=max_events, now=self._clock()),
                 "poll_deliveries",
             )
             if batch:
@@ -416,7 +416,7 @@ class NoticeService:
         try:
             recorded = await store_call(
                 context,
-                self._store.confirm_action(
+                self._store.deliveries.confirm_action(
                     caller.id,
                     request.jti,
                     bindings_removed=request.bindings_removed,

@@ -149,7 +149,7 @@ class RecycledCheckService:
         structlog.contextvars.bind_contextvars(msisdn=mask_msisdn(msisdn))
         answer = await store_call(
             context,
-            self._store.check_recycled(
+            self._store.notices.check_recycled(
                 sha256_hex(msisdn), specified, history_start=self._config.history_start
             ),
             "check_recycled",

@@ -313,7 +313,9 @@ class GatewayServer:
         self.store: Store | None = store
         if replay_cache is None:
             replay_cache = (
-                MemoryReplayCache() if store is None else _FailClosedReplay(StoreReplayCache(store))
+                MemoryReplayCache()
+                if store is None
+                else _FailClosedReplay(StoreReplayCache(store.replay))
             )
         self._verifier = AssertionVerifier(
             issuers={i.issuer: load_jwks(i.jwks) for i in identity.issuers},

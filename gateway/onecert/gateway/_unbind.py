@@ -228,7 +228,7 @@ class UnbindService:
             )
         )
         try:
-            ticket, created = await self._store.create_ticket(
+            ticket, created = await self._store.tickets.create(
                 handle_digest=key,
                 sub_hash=self._auditor.digest("sub", citizen.sub),
                 provider_id=claims.provider_id,
@@ -278,7 +278,7 @@ class UnbindService:
             )
         citizen = await self._identify(context, "get_unbind")
         try:
-            ticket = await self._store.get_ticket(request.ticket_id)
+            ticket = await self._store.tickets.get(request.ticket_id)
         except Exception:  # noqa: BLE001 - any store failure is UNAVAILABLE
             _log.exception("get_unbind.store_failed")
             await _abort(

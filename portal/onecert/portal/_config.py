@@ -8,13 +8,12 @@ start when the development identity step (``[dev_identity]``) is present.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from onecert.sdk._tomlconfig import ConfigError, Table
+from onecert.sdk._tomlconfig import ConfigError, Table, load_toml
 
 __all__ = [
     "ConfigError",
@@ -121,16 +120,7 @@ def load_config(path: str | Path) -> PortalConfig:
     Raises:
         ConfigError: unreadable file, invalid TOML, or an invalid key.
     """
-    file = Path(path)
-    try:
-        data = tomllib.loads(file.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {file}: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config {file} is not valid TOML: {exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"config {file} is not UTF-8 text") from exc
-    return parse_config(data, base_dir=file.resolve().parent)
+    return load_toml(path, lambda data, base: parse_config(data, base_dir=base))
 
 
 def parse_config(data: Mapping[str, Any], *, base_dir: str | Path) -> PortalConfig:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, tzinfo
@@ -27,6 +26,7 @@ from onecert.adapters.sql._phone import DEFAULT_COUNTRY, is_country_code
 from onecert.sdk import BindingKind, ProviderCategory
 from onecert.sdk._core import check_adapter_id
 from onecert.sdk._tomlconfig import Table as _Table
+from onecert.sdk._tomlconfig import load_toml
 
 __all__ = [
     "ColumnsConfig",
@@ -247,16 +247,10 @@ def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -
     Raises:
         ConfigError: unreadable file, invalid TOML, or an invalid key.
     """
-    file = Path(path)
-    try:
-        data = tomllib.loads(file.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {file}: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config {file} is not valid TOML: {exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"config {file} is not UTF-8 text") from exc
-    return parse_config(data, base_dir=file.resolve().parent, name=file.stem, environ=environ)
+    return load_toml(
+        path,
+        lambda data, base: parse_config(data, base_dir=base, name=Path(path).stem, environ=environ),
+    )
 
 
 def parse_config(
@@ -458,7 +452,7 @@ def _parse_queries(t: _Table) -> QueriesConfig:
     config = QueriesConfig(
         list_bindings=list_sql,
         unbind=unbind_sql,
-        account_ref_type=ref_type,
+        account_ref_type="integer" if ref_type == "integer" else "text",
         max_rows=t.integer("max_rows", 100, minimum=1, maximum=10_000),
     )
     t.finish()
@@ -467,12 +461,13 @@ def _parse_queries(t: _Table) -> QueriesConfig:
 
 def _parse_columns(t: _Table) -> ColumnsConfig:
     values = {key: t.string(key, None) for key in MAPPED_COLUMNS}
-    if values["account_ref"] is None:
+    account_ref = values.pop("account_ref")
+    if account_ref is None:
         raise ConfigError(
             f"{t.where('account_ref')} is required: the column that identifies the account"
         )
     t.finish()
-    return ColumnsConfig(**values)
+    return ColumnsConfig(account_ref=account_ref, **values)
 
 
 def _kind(t: _Table, key: str, value: object) -> BindingKind:

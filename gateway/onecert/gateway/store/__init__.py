@@ -5,19 +5,28 @@ Open a :class:`Store` with a database URL, run :meth:`Store.upgrade` once
 
     store = Store.open("sqlite:///onecert.db")
     await store.upgrade()
-    ticket, created = await store.create_ticket(...)
+    ticket, created = await store.tickets.create(...)
 
-Workers claim due work with :meth:`Store.claim_due_tickets` and
-:meth:`Store.claim_due_deliveries` (leases; ``FOR UPDATE SKIP LOCKED`` on
-PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), so several gateway processes can
-share one database.
+A :class:`Store` holds one repository per concern (``store.tickets``,
+``store.notices``, ``store.deliveries``, ``store.audit``, ``store.replay``,
+``store.compliance``) over one shared :class:`StoreDatabase`. Workers claim
+due work with ``store.tickets.claim_due`` and ``store.deliveries.claim_due``
+(leases; ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, ``BEGIN IMMEDIATE`` on
+SQLite), so several gateway processes can share one database.
 """
 
 from __future__ import annotations
 
 from onecert.gateway.store._audit import looks_like_number
+from onecert.gateway.store._audit_repo import AuditRepository
+from onecert.gateway.store._compliance_repo import ComplianceRepository
+from onecert.gateway.store._database import StoreDatabase
+from onecert.gateway.store._delivery_repo import DeliveryRepository
 from onecert.gateway.store._engine import normalize_url
-from onecert.gateway.store._store import Store, StoreReplayCache
+from onecert.gateway.store._notice_repo import NoticeRepository
+from onecert.gateway.store._replay_repo import ReplayRepository, StoreReplayCache
+from onecert.gateway.store._store import Store
+from onecert.gateway.store._ticket_repo import TicketRepository
 from onecert.gateway.store._types import (
     AttemptOutcome,
     AuditDraft,
@@ -47,24 +56,31 @@ __all__ = [
     "AttemptOutcome",
     "AuditDraft",
     "AuditEntry",
+    "AuditRepository",
     "AuditValueError",
     "AuditVerification",
+    "ComplianceRepository",
     "ConflictError",
     "Delivery",
     "DeliveryMode",
+    "DeliveryRepository",
     "DeliveryState",
     "NotFoundError",
     "Notice",
+    "NoticeRepository",
     "NoticeStatus",
     "NumberEvent",
     "NumberEventType",
     "ProviderComplianceRow",
     "RecycledCheck",
     "RecycledStatus",
+    "ReplayRepository",
     "Store",
+    "StoreDatabase",
     "StoreError",
     "StoreReplayCache",
     "Ticket",
+    "TicketRepository",
     "TicketState",
     "classify_notice",
     "classify_recycled",

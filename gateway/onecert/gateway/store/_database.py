@@ -1,0 +1,158 @@
+"""The database every repository shares: engine, dialect, transactions, migrations.
+
+Writes run in a *write transaction*: on SQLite ``BEGIN IMMEDIATE`` (the
+database write lock is taken before the first read, so a read-then-write
+never races another process); on PostgreSQL a READ COMMITTED transaction
+whose reads of work items use ``SELECT ... FOR UPDATE SKIP LOCKED``, so
+concurrent workers never claim the same row and never wait for each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import Table, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from onecert.gateway.store._engine import (
+    BEGIN_OPTION,
+    MIGRATION_LOCK,
+    current_revision,
+    run_alembic,
+)
+
+__all__ = ["StoreDatabase"]
+
+
+class StoreDatabase:
+    """One database, shared by every repository of a :class:`~onecert.gateway.store.Store`.
+
+    It owns the engine and the dialect differences: how a write transaction
+    begins, how a single statement commits on its own, how an upsert is
+    spelled, and how the schema is migrated. Repositories hold one and never
+    touch the engine themselves.
+    """
+
+    def __init__(self, engine: AsyncEngine, *, schema: str | None = None) -> None:
+        """Wrap an engine (``Store.open`` builds it, with the SQLite settings)."""
+        self._engine = engine
+        self._schema = schema
+        self._dialect = engine.dialect.name
+        self._writer = engine.execution_options(**{BEGIN_OPTION: "IMMEDIATE"})
+        # For a write that is one statement: no BEGIN/COMMIT round trips; the
+        # statement is atomic and durable on its own.
+        self._single = (
+            engine.execution_options(isolation_level="AUTOCOMMIT")
+            if self._dialect == "postgresql"
+            else engine.execution_options(**{BEGIN_OPTION: ""})
+        )
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The SQLAlchemy engine."""
+        return self._engine
+
+    @property
+    def dialect(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return self._dialect
+
+    async def close(self) -> None:
+        """Close every pooled connection."""
+        await self._engine.dispose()
+
+    # ------------------------------------------------------------ transactions
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction (SQLite: ``BEGIN IMMEDIATE``), committed on exit."""
+        async with self._writer.begin() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A read transaction."""
+        async with self._engine.begin() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def single(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for one write statement that commits by itself."""
+        async with self._single.begin() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[AsyncConnection]:
+        """A read transaction that sees one consistent snapshot for all its statements."""
+        async with self._engine.connect() as conn:
+            if self._dialect == "postgresql":
+                await conn.execution_options(isolation_level="REPEATABLE READ")
+            async with conn.begin():
+                yield conn
+
+    def insert(self, table: Table) -> postgresql.Insert | sqlite.Insert:
+        """An INSERT with this dialect's ``ON CONFLICT`` clauses."""
+        if self._dialect == "postgresql":
+            return postgresql.insert(table)
+        return sqlite.insert(table)
+
+    # ------------------------------------------------------------ schema
+
+    async def upgrade(self, revision: str = "head") -> None:
+        """Migrate the schema to ``revision`` (alembic; idempotent).
+
+        Safe when several gateways start at once: the migration runs in one
+        transaction under a lock (PostgreSQL: an advisory lock; SQLite: the
+        write lock), so the others wait and then find nothing to do.
+        """
+        if self._dialect == "sqlite":
+            await self._ensure_wal()
+        async with self.write() as conn:
+            if self._dialect == "postgresql":
+                await conn.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK)))
+                if self._schema is not None:
+                    await conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{self._schema}"')
+            await conn.run_sync(run_alembic, "upgrade", revision)
+        # Pooled connections may hold statements prepared against the old
+        # schema; start afresh.
+        await self._engine.dispose()
+
+    async def _ensure_wal(self) -> None:
+        delay = 0.01
+        while True:
+            async with self._engine.connect() as conn:
+                raw = await conn.get_raw_connection()
+                # Outside any transaction: the driver connection itself.
+                driver: Any = raw.driver_connection
+                try:
+                    cursor = await driver.execute("PRAGMA journal_mode = WAL")
+                    (mode,) = await cursor.fetchone()
+                    await cursor.close()
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or delay > 5:
+                        raise
+                    mode = None
+            if mode in ("wal", "memory"):
+                return
+            if mode is not None:
+                raise RuntimeError(f"SQLite refused WAL mode (journal_mode is {mode})")
+            await asyncio.sleep(delay)
+            delay *= 2
+
+    async def downgrade(self, revision: str = "base") -> None:
+        """Migrate the schema down to ``revision`` ("base" drops everything)."""
+        async with self.write() as conn:
+            if self._dialect == "postgresql":
+                await conn.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK)))
+            await conn.run_sync(run_alembic, "downgrade", revision)
+        await self._engine.dispose()
+
+    async def schema_revision(self) -> str | None:
+        """The migration the database is at (None before the first upgrade)."""
+        async with self._engine.connect() as conn:
+            return await conn.run_sync(current_revision)

@@ -1,0 +1,304 @@
+"""Deliveries of notices to providers: pushed by workers, or polled and acknowledged (RFC 8936)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from onecert.gateway.store._claims import Lease, WorkQueue, claim, claim_leases
+from onecert.gateway.store._database import StoreDatabase
+from onecert.gateway.store._models import deliveries
+from onecert.gateway.store._rows import (
+    aware,
+    check_text,
+    delivery_from_row,
+    delivery_query,
+    error_text,
+    fetch_all,
+    fetch_first,
+    instant,
+    resolve_now,
+)
+from onecert.gateway.store._types import Delivery, DeliveryMode, DeliveryState, NotFoundError
+
+__all__ = ["DeliveryRepository"]
+
+_DELIVERIES = WorkQueue(deliveries, deliveries.c.jti, delivery_query)
+_PENDING = DeliveryState.PENDING.value
+
+
+class DeliveryRepository:
+    """Each provider's copy of a notice and what the provider did (``store.deliveries``)."""
+
+    def __init__(self, db: StoreDatabase) -> None:
+        self._db = db
+
+    async def get(self, jti: str) -> Delivery | None:
+        """The delivery with this SET ``jti``, or None."""
+        async with self._db.read() as conn:
+            row = await fetch_first(conn, delivery_query().where(deliveries.c.jti == jti))
+        return None if row is None else delivery_from_row(row)
+
+    async def for_notice(self, notice_id: str) -> list[Delivery]:
+        """Every delivery of one notice, by provider id."""
+        async with self._db.read() as conn:
+            rows = await fetch_all(
+                conn,
+                delivery_query()
+                .where(deliveries.c.notice_id == notice_id)
+                .order_by(deliveries.c.provider_id),
+            )
+        return [delivery_from_row(r) for r in rows]
+
+    async def claim_due(
+        self,
+        *,
+        worker_id: str,
+        limit: int = 10,
+        lease_s: float = 60.0,
+        now: datetime | None = None,
+    ) -> list[Delivery]:
+        """Lease up to ``limit`` push deliveries that are due, like tickets' ``claim_due``.
+
+        Due: mode push, PENDING, ``next_attempt_at <= now``, no live lease.
+        Poll deliveries are never claimed (providers fetch them).
+        """
+        lease = Lease.take(worker_id, limit=limit, lease_s=lease_s, now=resolve_now(now))
+        d = deliveries.c
+        async with self._db.write() as conn:
+            rows = await claim_leases(
+                conn,
+                _DELIVERIES,
+                lease,
+                where=[
+                    d.mode == DeliveryMode.PUSH.value,
+                    d.state == _PENDING,
+                    d.next_attempt_at <= lease.now,
+                ],
+                order=[d.next_attempt_at, d.jti],
+            )
+        return [delivery_from_row(r) for r in rows]
+
+    async def mark_delivered(
+        self,
+        jti: str,
+        *,
+        acknowledged_at: datetime | None = None,
+        bindings_removed: int | None = None,
+    ) -> bool:
+        """A push was acknowledged by the provider: the delivery is done.
+
+        ``bindings_removed`` (from ReceiveEventResponse when the provider
+        already acted) also records the action at ``acknowledged_at``.
+        True if this changed the delivery; False if it was no longer
+        PENDING. The lease is released whoever held it (an acknowledgement
+        is a fact, not a claim).
+        """
+        at = resolve_now(acknowledged_at)
+        d = deliveries.c
+        values: dict[str, Any] = {
+            "state": DeliveryState.ACKNOWLEDGED.value,
+            "delivered_at": func.coalesce(d.delivered_at, instant(at)),
+            "acknowledged_at": at,
+            "lease_owner": None,
+            "lease_until": None,
+        }
+        if bindings_removed is not None:
+            if bindings_removed < 0:
+                raise ValueError("bindings_removed must be >= 0")
+            values.update(acted_at=at, confirmed_at=at, bindings_removed=bindings_removed)
+        async with self._db.write() as conn:
+            result = await conn.execute(
+                update(deliveries).where(d.jti == jti, d.state == _PENDING).values(**values)
+            )
+            return bool(result.rowcount)
+
+    async def mark_failed(
+        self,
+        jti: str,
+        *,
+        worker_id: str,
+        error: str,
+        next_attempt_at: datetime | None,
+    ) -> bool:
+        """A push attempt failed: retry at ``next_attempt_at``, or give up (None: FAILED).
+
+        Only the worker holding the lease may do this; True if it did.
+        """
+        d = deliveries.c
+        values: dict[str, Any] = {
+            "last_error": error_text(check_text("error", error, 65536)),
+            "lease_owner": None,
+            "lease_until": None,
+        }
+        if next_attempt_at is None:
+            values["state"] = DeliveryState.FAILED.value
+        else:
+            values["next_attempt_at"] = aware(next_attempt_at, "next_attempt_at")
+        async with self._db.write() as conn:
+            result = await conn.execute(
+                update(deliveries)
+                .where(d.jti == jti, d.state == _PENDING, d.lease_owner == worker_id)
+                .values(**values)
+            )
+            return bool(result.rowcount)
+
+    async def poll(
+        self,
+        provider_id: str,
+        *,
+        max_events: int = 100,
+        now: datetime | None = None,
+    ) -> tuple[list[Delivery], bool]:
+        """Pending poll-mode deliveries for a provider, oldest first: ``(batch, more)``.
+
+        RFC 8936: a SET is returned by every poll until it is acknowledged
+        (:meth:`ack`) or refused (:meth:`reject`). The first hand-out sets
+        ``delivered_at``; each counts as an attempt.
+        """
+        now = resolve_now(now)
+        if not 1 <= max_events <= 1000:
+            raise ValueError("max_events must be 1 to 1000")
+        d = deliveries.c
+        async with self._db.write() as conn:
+            rows, more = await claim(
+                conn,
+                _DELIVERIES,
+                where=[
+                    d.provider_id == provider_id,
+                    d.mode == DeliveryMode.POLL.value,
+                    d.state == _PENDING,
+                ],
+                order=[d.created_at, d.jti],
+                limit=max_events,
+                values={
+                    "attempts": d.attempts + 1,
+                    "delivered_at": func.coalesce(d.delivered_at, instant(now)),
+                },
+                # Concurrent polls of one provider queue here rather than
+                # lock rows in different orders (deadlock), and a poll must
+                # not skip a SET another poll holds.
+                skip_locked=False,
+                peek=True,
+            )
+        return [delivery_from_row(r) for r in rows], more
+
+    async def _lock_pending(
+        self, conn: AsyncConnection, provider_id: str, jtis: Iterable[str]
+    ) -> list[str]:
+        # The provider's PENDING deliveries among jtis, locked in the order
+        # polls lock in, so that concurrent polls, acks and refusals of one
+        # provider cannot deadlock.
+        d = deliveries.c
+        ids = await conn.scalars(
+            select(d.jti)
+            .where(d.provider_id == provider_id, d.jti.in_(sorted(jtis)), d.state == _PENDING)
+            .order_by(d.created_at, d.jti)
+            .with_for_update()
+        )
+        return list(ids.all())
+
+    async def ack(
+        self, provider_id: str, jtis: Iterable[str], *, now: datetime | None = None
+    ) -> int:
+        """The provider durably received these SETs; returns how many were newly acknowledged.
+
+        Unknown jtis, other providers' jtis and repeats are ignored.
+        """
+        now = resolve_now(now)
+        wanted = set(jtis)
+        if not wanted:
+            return 0
+        d = deliveries.c
+        async with self._db.write() as conn:
+            ids = await self._lock_pending(conn, provider_id, wanted)
+            if not ids:
+                return 0
+            result = await conn.execute(
+                update(deliveries)
+                .where(d.jti.in_(ids), d.state == _PENDING)
+                .values(
+                    state=DeliveryState.ACKNOWLEDGED.value,
+                    acknowledged_at=now,
+                    delivered_at=func.coalesce(d.delivered_at, instant(now)),
+                    lease_owner=None,
+                    lease_until=None,
+                )
+            )
+            return int(result.rowcount)
+
+    async def reject(self, provider_id: str, errors: Mapping[str, str]) -> int:
+        """The provider could not process these SETs (RFC 8936 ``setErrs``): FAILED.
+
+        ``errors`` maps jti to "code: description". Returns how many changed.
+        """
+        if not errors:
+            return 0
+        d = deliveries.c
+        async with self._db.write() as conn:
+            ids = await self._lock_pending(conn, provider_id, errors)
+            for jti in ids:
+                await conn.execute(
+                    update(deliveries)
+                    .where(d.jti == jti)
+                    .values(
+                        state=DeliveryState.FAILED.value,
+                        last_error=error_text(errors[jti] or "refused by the provider"),
+                        lease_owner=None,
+                        lease_until=None,
+                    )
+                )
+        return len(ids)
+
+    async def confirm_action(
+        self,
+        provider_id: str,
+        jti: str,
+        *,
+        bindings_removed: int,
+        acted_at: datetime | None = None,
+        now: datetime | None = None,
+    ) -> bool:
+        """The provider says it acted on a notice; False if it had already confirmed.
+
+        ``acted_at`` defaults to ``now`` (the receipt time) and is capped at
+        it: an action cannot be confirmed before it happened. A confirmation
+        implies receipt, so an unacknowledged delivery becomes ACKNOWLEDGED.
+        Raises NotFoundError for a jti that is not this provider's.
+        """
+        now = resolve_now(now)
+        acted = now if acted_at is None else min(aware(acted_at, "acted_at"), now)
+        if bindings_removed < 0:
+            raise ValueError("bindings_removed must be >= 0")
+        d = deliveries.c
+        async with self._db.write() as conn:
+            row = (
+                await conn.execute(
+                    select(d.acted_at, d.acknowledged_at)
+                    .where(d.jti == jti, d.provider_id == provider_id)
+                    .with_for_update()
+                )
+            ).first()
+            if row is None:
+                raise NotFoundError("no such notice for this provider")
+            if row.acted_at is not None:
+                return False
+            values: dict[str, Any] = {
+                "acted_at": acted,
+                "confirmed_at": now,
+                "bindings_removed": bindings_removed,
+            }
+            if row.acknowledged_at is None:
+                values.update(
+                    state=DeliveryState.ACKNOWLEDGED.value,
+                    acknowledged_at=now,
+                    delivered_at=func.coalesce(d.delivered_at, instant(now)),
+                    lease_owner=None,
+                    lease_until=None,
+                )
+            await conn.execute(update(deliveries).where(d.jti == jti).values(**values))
+        return True
