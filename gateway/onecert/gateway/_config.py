@@ -355,6 +355,8 @@ class GatewayConfig:
     providers: tuple[ProviderConfig, ...] = ()
     id: str = "onecert-gateway"
     listen: str = "[::]:50051"
+    # Share ``listen`` with other processes (SO_REUSEPORT); off: a port in use is refused.
+    reuse_port: bool = False
     dev_plaintext: bool = False
     tls: ListenTLS | None = None
     upstream_tls: UpstreamTLS | None = None
@@ -474,6 +476,7 @@ def parse_config(
     if log_level not in _LOG_LEVELS:
         raise ConfigError(f"gateway.log_level must be one of {', '.join(_LOG_LEVELS)}")
     general = {
+        "reuse_port": gw.boolean("reuse_port", False),
         "max_concurrent_lookups": gw.integer("max_concurrent_lookups", 100, minimum=1),
         "lookup_deadline_s": gw.seconds("lookup_deadline_s", 10.0),
         "grace_period_s": gw.seconds("grace_period_s", 10.0, allow_zero=True),
