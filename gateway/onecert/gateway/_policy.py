@@ -50,6 +50,7 @@ POLICY: Final[Mapping[str, frozenset[Role]]] = {
     # Orchestrators and operators.
     "/grpc.health.v1.Health/Check": PUBLIC,
     "/grpc.health.v1.Health/Watch": PUBLIC,
+    "/grpc.health.v1.Health/List": PUBLIC,
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": PUBLIC,
 }
 
