@@ -193,6 +193,25 @@ def _stateful(service: _T | None) -> _T:
     return service
 
 
+def _auditor(config: GatewayConfig, store: Store, handle_key: bytes) -> Auditor:
+    if config.keys.audit_key is None:
+        return Auditor(store, key=derive_audit_key(handle_key))
+    return Auditor(store, key=load_audit_key(config.keys.audit_key))
+
+
+def _verifier(config: GatewayConfig, replay: ReplayCache) -> AssertionVerifier:
+    identity = config.identity
+    return AssertionVerifier(
+        issuers={i.issuer: load_jwks(i.jwks) for i in identity.issuers},
+        audience=identity.audience,
+        assurance_levels=identity.assurance_levels,
+        required_assurance=identity.required_assurance,
+        leeway=identity.leeway_s,
+        max_lifetime=identity.max_lifetime_s,
+        replay=replay,
+    )
+
+
 class GatewayServer:
     """The gateway, ready to run in this event loop.
 
@@ -228,7 +247,6 @@ class GatewayServer:
     ) -> None:
         check_transport(config)
         self.config = config
-        identity = config.identity
         self._owns_store = store is None and config.store is not None
         if store is None and config.store is not None:
             store = Store.open(config.store.url, schema=config.store.schema)
@@ -237,15 +255,7 @@ class GatewayServer:
             replay_cache = (
                 MemoryReplayCache() if store is None else _FailClosedReplay(StoreReplayCache(store))
             )
-        self._verifier = AssertionVerifier(
-            issuers={i.issuer: load_jwks(i.jwks) for i in identity.issuers},
-            audience=identity.audience,
-            assurance_levels=identity.assurance_levels,
-            required_assurance=identity.required_assurance,
-            leeway=identity.leeway_s,
-            max_lifetime=identity.max_lifetime_s,
-            replay=replay_cache,
-        )
+        self._verifier = _verifier(config, replay_cache)
         self._warrants = WarrantIssuer(
             key=SigningKey.load(config.keys.warrant_key),
             issuer=config.id,
@@ -253,14 +263,7 @@ class GatewayServer:
         )
         handle_key = load_handle_key(config.keys.handle_key)
         self._sealer = HandleSealer(handle_key)
-        self.auditor: Auditor | None = None
-        if store is not None:
-            audit_key = (
-                derive_audit_key(handle_key)
-                if config.keys.audit_key is None
-                else load_audit_key(config.keys.audit_key)
-            )
-            self.auditor = Auditor(store, key=audit_key)
+        self.auditor = None if store is None else _auditor(config, store, handle_key)
         self._credentials = (
             None
             if config.tls is None
@@ -283,17 +286,7 @@ class GatewayServer:
             max_bindings=config.fanout.max_bindings_per_answer,
         )
         self._policy = Policy(PrincipalResolver.from_config(config))
-        self.lookup = LookupService(
-            verifier=self._verifier,
-            fanout=self.fanout,
-            sealer=self._sealer,
-            handle_ttl=config.keys.handle_ttl_s,
-            lookup_deadline=config.lookup_deadline_s,
-            summary_margin=config.fanout.summary_margin_s,
-            max_concurrent_lookups=config.max_concurrent_lookups,
-            auditor=self.auditor,
-            observer=observer,
-        )
+        self.lookup = self._build_lookup(observer)
         # Background work, started after the store is migrated; each part of
         # the gateway that needs some appends its worker here.
         self._workers: list[BackgroundWorker] = []
@@ -302,36 +295,9 @@ class GatewayServer:
             self._workers.append(self.telemetry)
         self.unbind: UnbindService | None = None
         self.delivery: DeliveryWorkers | None = None
-        if store is not None and self.auditor is not None:
-            providers = {p.id: p for p in config.providers}
-            self.delivery = DeliveryWorkers(
-                store=store,
-                providers=providers,
-                channels=self._channels,
-                warrants=self._warrants,
-                sealer=self._sealer,
-                auditor=self.auditor,
-                config=config.delivery,
-                observer=observer,
-            )
-            self._workers.append(self.delivery)
-            self.unbind = UnbindService(
-                verifier=self._verifier,
-                sealer=self._sealer,
-                store=store,
-                auditor=self.auditor,
-                providers=providers,
-                ticket_ttl=config.delivery.ticket_ttl_s,
-                wake=self.delivery.wake,
-            )
-        # Recycled-number notices (and their push worker), CheckRecycled, compliance.
         self.recycled: RecycledNumbers | None = None
         if store is not None and self.auditor is not None:
-            self.recycled = RecycledNumbers.build(
-                config, store=store, auditor=self.auditor, channels=self._channels, clock=clock
-            )
-            self.recycled.pusher.observer = observer
-            self._workers.append(self.recycled.pusher)
+            self._build_stateful(store, self.auditor, observer, clock)
         # Ask every provider who it is; stop asking one that claims another id.
         self.describe_check = DescribeCheck(
             channels=self._channels, providers=config.providers, fanout=self.fanout
@@ -343,6 +309,57 @@ class GatewayServer:
         self._server: grpc.aio.Server | None = None
         self._port = 0
         self._stopped = asyncio.Event()
+
+    def _build_lookup(self, observer: Observer) -> LookupService:
+        config = self.config
+        return LookupService(
+            verifier=self._verifier,
+            fanout=self.fanout,
+            sealer=self._sealer,
+            handle_ttl=config.keys.handle_ttl_s,
+            lookup_deadline=config.lookup_deadline_s,
+            summary_margin=config.fanout.summary_margin_s,
+            max_concurrent_lookups=config.max_concurrent_lookups,
+            auditor=self.auditor,
+            observer=observer,
+        )
+
+    def _build_stateful(
+        self,
+        store: Store,
+        auditor: Auditor,
+        observer: Observer,
+        clock: Callable[[], datetime] | None,
+    ) -> None:
+        """Unbind tickets and their delivery; notices, CheckRecycled and compliance."""
+        config = self.config
+        providers = {p.id: p for p in config.providers}
+        self.delivery = DeliveryWorkers(
+            store=store,
+            providers=providers,
+            channels=self._channels,
+            warrants=self._warrants,
+            sealer=self._sealer,
+            auditor=auditor,
+            config=config.delivery,
+            observer=observer,
+        )
+        self._workers.append(self.delivery)
+        self.unbind = UnbindService(
+            verifier=self._verifier,
+            sealer=self._sealer,
+            store=store,
+            auditor=auditor,
+            providers=providers,
+            ticket_ttl=config.delivery.ticket_ttl_s,
+            wake=self.delivery.wake,
+        )
+        # Recycled-number notices (and their push worker), CheckRecycled, compliance.
+        self.recycled = RecycledNumbers.build(
+            config, store=store, auditor=auditor, channels=self._channels, clock=clock
+        )
+        self.recycled.pusher.observer = observer
+        self._workers.append(self.recycled.pusher)
 
     @property
     def port(self) -> int:
