@@ -32,9 +32,15 @@ from google.protobuf.duration_pb2 import Duration
 from onecert.gateway._attribution import Attribution, TenureView, classify, proto_bound_at
 from onecert.gateway._fanout import CallOutcome, CarrierAnswer, FanOut, ProviderAnswer
 from onecert.gateway._handles import HandleClaims, HandleSealer
-from onecert.gateway._identity import AssertionVerifier, Citizen, IdentityError, bearer_token
+from onecert.gateway._identity import (
+    AssertionVerifier,
+    Citizen,
+    IdentityError,
+    Metadata,
+    bearer_token,
+)
 from onecert.gateway._masking import mask_display_name
-from onecert.gateway._observers import NO_OBSERVER, Metadata, Observer
+from onecert.gateway._observers import NO_OBSERVER, Observer
 from onecert.gateway._refusal import Refusal
 from onecert.sdk._msisdn import mask_msisdn, mask_numbers_in_text
 from onecert.v1 import common_pb2, gateway_pb2, provider_pb2

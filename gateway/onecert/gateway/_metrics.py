@@ -38,13 +38,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from sqlalchemy import func, select
 
 from onecert.gateway._breaker import BreakerState
+from onecert.gateway._identity import Metadata
 from onecert.gateway._observers import (
     NO_OBSERVER,
     ActiveLookups,
     Breakers,
     CallOutcome,
     LookupCounts,
-    Metadata,
     NullObserver,
     Observer,
     ProviderAnswer,

@@ -11,7 +11,7 @@ import the parts that count, and the other way round. The values reported
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -26,15 +26,11 @@ __all__ = [
     "Breakers",
     "CallOutcome",
     "LookupCounts",
-    "Metadata",
     "NullObserver",
     "Observer",
     "ProviderAnswer",
     "ProviderCall",
 ]
-
-Metadata = Iterable[tuple[str, str | bytes]]
-"""A call's invocation metadata, as gRPC hands it over."""
 
 
 class CallOutcome(enum.Enum):

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from onecert.gateway._config import GatewayConfig
-from onecert.gateway._observers import Metadata
+from onecert.gateway._identity import Metadata
 
 __all__ = ["DEV_PRINCIPAL_HEADER", "Principal", "PrincipalResolver", "Role"]
 

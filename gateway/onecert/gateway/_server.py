@@ -1,4 +1,4 @@
-"""The gateway's gRPC server: wiring, health, reflection, query ids, shutdown."""
+"""The gateway's gRPC server: wiring, health, reflection and shutdown."""
 
 from __future__ import annotations
 

@@ -25,8 +25,13 @@ from onecert.gateway._attribution import Attribution
 from onecert.gateway._audit import Auditor
 from onecert.gateway._config import ProviderConfig
 from onecert.gateway._handles import HandleClaims, HandleError, HandleSealer, check_handle_form
-from onecert.gateway._identity import AssertionVerifier, Citizen, IdentityError, bearer_token
-from onecert.gateway._observers import Metadata
+from onecert.gateway._identity import (
+    AssertionVerifier,
+    Citizen,
+    IdentityError,
+    Metadata,
+    bearer_token,
+)
 from onecert.gateway._refusal import AuditNote, Refusal, invalid
 from onecert.gateway.store import AuditDraft, ConflictError, Store, Ticket, TicketState
 from onecert.sdk._msisdn import mask_msisdn
