@@ -91,6 +91,39 @@ def auditor(store: Store) -> Auditor:
     return Auditor(store, key=secrets.token_bytes(32))
 
 
+@pytest.fixture
+def unbind(
+    verifier: AssertionVerifier,
+    store: Store,
+    auditor: Auditor,
+    sealer: HandleSealer,
+    clock: FakeClock,
+) -> UnbindService:
+    return UnbindService(
+        verifier=verifier,
+        sealer=sealer,
+        store=store,
+        auditor=auditor,
+        providers={"pay": PAY},
+        ticket_ttl=3600,
+        clock=clock,
+    )
+
+
+def _handle(sealer: HandleSealer, sub: str, attribution: Attribution, now: float) -> str:
+    return sealer.seal(
+        HandleClaims(
+            sub=sub,
+            provider_id="pay",
+            msisdn=NUMBER,
+            account_ref="acct-1",
+            attribution=attribution,
+            expires_at=now + 600,
+            query_id="q-1",
+        )
+    )
+
+
 async def test_lookup_refuses_before_spending_the_assertion(
     verifier: AssertionVerifier, mint: Callable[..., str]
 ) -> None:
@@ -117,82 +150,38 @@ async def test_lookup_refuses_before_spending_the_assertion(
 
 
 async def test_malformed_handle_leaves_the_assertion_unspent(
-    verifier: AssertionVerifier,
-    mint: Callable[..., str],
-    store: Store,
-    auditor: Auditor,
-    clock: FakeClock,
+    unbind: UnbindService, sealer: HandleSealer, mint: Callable[..., str], clock: FakeClock
 ) -> None:
     """A malformed handle is refused INVALID_ARGUMENT before the assertion is checked;
     the same assertion then unbinds with a genuine handle, and only then is spent."""
-    sealer = HandleSealer(secrets.token_bytes(32))
-    service = UnbindService(
-        verifier=verifier,
-        sealer=sealer,
-        store=store,
-        auditor=auditor,
-        providers={"pay": PAY},
-        ticket_ttl=3600,
-        clock=clock,
-    )
     metadata = _metadata(mint())
     for malformed in ("not a handle!", "AAAA", "A" * 3000):
         with pytest.raises(Refusal) as refused:
-            await service.unbind(malformed, metadata=metadata)
+            await unbind.unbind(malformed, metadata=metadata)
         assert refused.value.code is grpc.StatusCode.INVALID_ARGUMENT, malformed
         assert refused.value.audit is None, "no citizen is known yet"
 
-    genuine = sealer.seal(
-        HandleClaims(
-            sub="citizen-42",
-            provider_id="pay",
-            msisdn=NUMBER,
-            account_ref="acct-1",
-            attribution=Attribution.LEFT_BEHIND,
-            expires_at=clock.now + 600,
-            query_id="q-1",
-        )
-    )
-    answer = await service.unbind(genuine, metadata=metadata)
+    genuine = _handle(sealer, "citizen-42", Attribution.LEFT_BEHIND, clock.now)
+    answer = await unbind.unbind(genuine, metadata=metadata)
     assert answer.created
     assert answer.state == gateway_pb2.TICKET_STATE_QUEUED
     with pytest.raises(Refusal) as replayed:
-        await service.unbind(genuine, metadata=metadata)
+        await unbind.unbind(genuine, metadata=metadata)
     assert replayed.value.code is grpc.StatusCode.UNAUTHENTICATED
 
 
 async def test_another_citizens_handle_is_refused_with_its_audit_row(
-    verifier: AssertionVerifier,
+    unbind: UnbindService,
+    sealer: HandleSealer,
     mint: Callable[..., str],
     store: Store,
-    auditor: Auditor,
     clock: FakeClock,
 ) -> None:
     """A well-formed handle sealed for someone else is PERMISSION_DENIED, and the
     refusal carries the ``unbind.refused`` row for the boundary to write."""
-    sealer = HandleSealer(secrets.token_bytes(32))
-    service = UnbindService(
-        verifier=verifier,
-        sealer=sealer,
-        store=store,
-        auditor=auditor,
-        providers={"pay": PAY},
-        ticket_ttl=3600,
-        clock=clock,
-    )
-    theirs = sealer.seal(
-        HandleClaims(
-            sub="someone-else",
-            provider_id="pay",
-            msisdn=NUMBER,
-            account_ref="acct-1",
-            attribution=Attribution.MINE,
-            expires_at=clock.now + 600,
-            query_id="q-1",
-        )
-    )
+    theirs = _handle(sealer, "someone-else", Attribution.MINE, clock.now)
     with pytest.raises(Refusal) as refused:
-        await service.unbind(theirs, metadata=_metadata(mint()))
+        await unbind.unbind(theirs, metadata=_metadata(mint()))
     assert refused.value.code is grpc.StatusCode.PERMISSION_DENIED
     note = refused.value.audit
     assert note is not None
