@@ -181,9 +181,11 @@ def write_gateway_config(
     store_schema: str | None = None,
     carrier_prefixes: Sequence[str] = (),
     extra: str = "",
+    reuse_port: bool = False,
 ) -> Path:
     """A development-mode gateway config (plaintext to the client; providers
     plaintext unless ``upstream_tls``), logging JSON at info as in production.
+    ``reuse_port`` lets two gateways share ``listen_port`` (both must set it).
 
     The store is a SQLite file named after the config unless ``store_url``
     says otherwise (gateways that pass the same URL share it).
@@ -195,6 +197,7 @@ def write_gateway_config(
         f'id = "{GATEWAY_ID}"',
         f'listen = "127.0.0.1:{listen_port}"',
         "dev_plaintext = true",
+        f"reuse_port = {'true' if reuse_port else 'false'}",
         "grace_period_s = 1",
         "log_json = true",
         'log_level = "info"',

@@ -645,8 +645,8 @@ async def processes(ctx: Context) -> ScenarioResult:
         },
     )
     result.notes += [
-        "the second gateway listens on the same port (grpc servers set SO_REUSEPORT by "
-        "default); the kernel spreads the client's connections over both",
+        "the second gateway listens on the same port (both set gateway.reuse_port, "
+        "so SO_REUSEPORT); the kernel spreads the client's connections over both",
         "order: 1 process, 2 processes, 1 process again (pooled); both processes share "
         "one SQLite store",
     ]
@@ -657,7 +657,7 @@ async def processes(ctx: Context) -> ScenarioResult:
         )
         # Replicas share their database, as in a deployment.
         shared = f"sqlite:///{procs.directory / 'shared.db'}"
-        first = _gateway(ctx, procs, "gateway-a", hosts, ids, store_url=shared)
+        first = _gateway(ctx, procs, "gateway-a", hosts, ids, store_url=shared, reuse_port=True)
         providers = {"providers": hosts.pids}
 
         async def measure(gateways: list[GatewayProcess]) -> Run:
@@ -676,7 +676,14 @@ async def processes(ctx: Context) -> ScenarioResult:
 
         one = await measure([first])
         second = _gateway(
-            ctx, procs, "gateway-b", hosts, ids, listen_port=first.port, store_url=shared
+            ctx,
+            procs,
+            "gateway-b",
+            hosts,
+            ids,
+            listen_port=first.port,
+            store_url=shared,
+            reuse_port=True,
         )
         two = await measure([first, second])
         procs.stop(second.process)

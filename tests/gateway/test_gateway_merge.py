@@ -1,4 +1,5 @@
-"""The merge of one provider answer into a ProviderResult, the router hook and exports."""
+"""The merge of one provider answer into a ProviderResult (no server), the router hook
+and exports."""
 
 from __future__ import annotations
 
@@ -22,9 +23,9 @@ from onecert.gateway._channels import ChannelPool
 from onecert.gateway._config import FanoutConfig, ProviderConfig
 from onecert.gateway._fanout import CallOutcome, FanOut, ProviderAnswer, ProviderCall
 from onecert.gateway._handles import HandleSealer
-from onecert.gateway._identity import AssertionVerifier, Citizen, MemoryReplayCache
-from onecert.gateway._lookup import LookupService, new_query_id
-from onecert.sdk._keys import SigningKey, parse_jwks
+from onecert.gateway._identity import Citizen
+from onecert.gateway._lookup import ResultMerger, new_query_id
+from onecert.sdk._keys import SigningKey
 from onecert.sdk._msisdn import mask_numbers_in_text
 from onecert.sdk._warrant import WarrantIssuer
 from onecert.v1 import common_pb2, gateway_pb2, provider_pb2
@@ -41,33 +42,8 @@ PROVIDER = ProviderConfig(id="pay", address="unused:1", name="Example Pay")
 CITIZEN = Citizen(sub="c-1", idn="0" * 64, acr="high", jti="j", issuer="i", expires_at=0)
 
 
-def service() -> LookupService:
-    verifier = AssertionVerifier(
-        issuers={"i": parse_jwks(KEY.jwks())},
-        audience="gw",
-        assurance_levels=["low"],
-        required_assurance="low",
-        replay=MemoryReplayCache(),
-    )
-    fanout = FanOut(
-        carriers=(),
-        providers=(PROVIDER,),
-        fanout=FanoutConfig(),
-        channels=ChannelPool(upstream_tls=None, max_message_bytes=1 << 20),
-        warrants=WarrantIssuer(key=KEY, issuer="gw"),
-    )
-    return LookupService(
-        verifier=verifier,
-        fanout=fanout,
-        sealer=HandleSealer(HANDLE_KEY),
-        handle_ttl=600,
-        lookup_deadline=5,
-        summary_margin=0.1,
-        max_concurrent_lookups=1,
-    )
+MERGER = ResultMerger(sealer=HandleSealer(HANDLE_KEY), handle_ttl=600)
 
-
-SERVICE = service()
 
 bound_at = st.one_of(
     st.none(),
@@ -116,7 +92,7 @@ def merge(current: bool, found: Sequence[provider_pb2.Binding]) -> gateway_pb2.P
         attempts=1,
         finished_at=1.5,
     )
-    return SERVICE._result(answer, [tenure], CITIZEN, "q-1", start=1.0)
+    return MERGER.merge(answer, [tenure], sub=CITIZEN.sub, query_id="q-1", start=1.0)
 
 
 @settings(max_examples=200, deadline=None)
@@ -215,7 +191,14 @@ def test_query_ids_survive_log_masking() -> None:
 
 def test_breaker_is_exposed_per_provider() -> None:
     """The fan-out exposes each provider's breaker (for health reports)."""
-    assert isinstance(SERVICE._fanout.breaker("pay"), CircuitBreaker)
+    fanout = FanOut(
+        carriers=(),
+        providers=(PROVIDER,),
+        fanout=FanoutConfig(),
+        channels=ChannelPool(upstream_tls=None, max_message_bytes=1 << 20),
+        warrants=WarrantIssuer(key=KEY, issuer="gw"),
+    )
+    assert isinstance(fanout.breaker("pay"), CircuitBreaker)
 
 
 def test_public_exports() -> None:

@@ -117,6 +117,29 @@ async def test_every_log_line_of_a_lookup_has_its_query_id_and_no_number(
         assert secret not in err
 
 
+async def test_a_refused_call_is_logged_once_at_the_boundary(
+    fed: Federation, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A lookup refused by the service (no assertion) is answered by the boundary: one
+    ``rpc.refused`` line with the status and the reason, then ``rpc.finished`` with
+    the same status, both under the call's query id."""
+    await fed.carrier("cm", {fed.IDN: fed.story_tenures()})
+    gateway = await fed.gateway()
+    capsys.readouterr()
+    configure_logging(json=True, level="info")
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await fed.lookup(gateway, metadata=())
+    await gateway.stop(0)
+    assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line]
+    in_call = [line for line in lines if line.get("rpc") == "Lookup"]
+    assert [(line["event"], line.get("code"), line.get("reason")) for line in in_call] == [
+        ("rpc.refused", "UNAUTHENTICATED", "missing"),
+        ("rpc.finished", "UNAUTHENTICATED", None),
+    ]
+    assert len({line["query_id"] for line in in_call}) == 1
+
+
 async def test_production_gateway_with_mutual_tls_end_to_end(tls_fed: Federation) -> None:
     """In production mode the gateway serves mutual TLS, reaches carriers and
     providers over mutual TLS with its client certificate, and answers."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import time
 from dataclasses import replace
 from datetime import timedelta
@@ -60,6 +61,32 @@ async def test_push_reaches_sdk_providers_once(world: World) -> None:
     await asyncio.sleep(0.3)
     assert len(pay.notices) == 1
     assert len(chat.notices) == 1
+
+
+async def test_push_acted_notices_are_audited_like_confirmed_ones(dev_world: World) -> None:
+    """A provider that acted on a pushed notice gets the same ``notice.confirmed`` audit
+    row as one confirming after a poll; one that only acknowledged gets none."""
+    await dev_world.push_provider("pay", acts=3)
+    await dev_world.push_provider("chat", acts=None)
+    gateway = await dev_world.gateway()
+    answer = await dev_world.caller(gateway, "carrier:cm").report("ev-1", dev_world.CM_NUMBER)
+
+    async def settled() -> bool:
+        found = await dev_world.deliveries(answer.notice_id)
+        return all(d.state is DeliveryState.ACKNOWLEDGED for d in found.values())
+
+    await dev_world.eventually(settled, what="both pushes acknowledged")
+    await gateway.stop(0)  # drains background audit rows
+    found = await dev_world.deliveries(answer.notice_id)
+    rows = [r for r in await dev_world.audit_rows() if r["kind"] == "notice.confirmed"]
+    assert [(r["actor"], r["subject"]) for r in rows] == [
+        ("provider:pay", f"jti:{found['pay'].jti}")
+    ]
+    assert json.loads(rows[0]["detail"]) == {
+        "bindings_removed": 3,
+        "recorded": True,
+        "via": "push",
+    }
 
 
 async def test_push_is_retried_until_acknowledged(dev_world: World) -> None:

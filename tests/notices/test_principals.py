@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -23,14 +23,8 @@ class _Peer:
     """What a resolver reads of a call: the TLS peer's CN and the metadata."""
 
     def __init__(self, cn: str | None = None, metadata: tuple[tuple[str, str], ...] = ()) -> None:
-        self._cn = cn
-        self._metadata = metadata
-
-    def auth_context(self) -> dict[str, list[bytes]]:
-        return {} if self._cn is None else {"x509_common_name": [self._cn.encode()]}
-
-    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
-        return self._metadata
+        self.cn = cn
+        self.metadata = metadata
 
 
 def _resolver(*, dev: bool) -> PrincipalResolver:
@@ -43,8 +37,7 @@ def _resolver(*, dev: bool) -> PrincipalResolver:
 
 
 def _identify(resolver: PrincipalResolver, peer: _Peer) -> Principal | str:
-    context: Any = peer
-    return resolver.identify(context)
+    return resolver.identify(common_name=peer.cn, metadata=peer.metadata)
 
 
 def test_certificates_map_to_roles() -> None:

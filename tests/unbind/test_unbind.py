@@ -322,6 +322,27 @@ async def test_unbind_needs_a_valid_fresh_assertion(env: Env) -> None:
     assert replayed.value.code() is grpc.StatusCode.UNAUTHENTICATED
 
 
+async def test_a_malformed_handle_does_not_spend_the_assertion(env: Env) -> None:
+    """A handle refused for its form (INVALID_ARGUMENT) leaves the citizen's assertion
+    unspent: the same assertion then unbinds with the genuine handle."""
+    await env.provider("pay")
+    gateway = await env.gateway(workers=0)
+    handle = await env.left_behind_handle(gateway)
+    stub = env.stub(gateway)
+    metadata = env.metadata()
+    for malformed in ("not a handle!", handle[:40], "B" + handle[1:], "A" * 3000):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.Unbind(
+                gateway_pb2.GatewayUnbindRequest(handle=malformed), metadata=metadata, timeout=5
+            )
+        assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT, malformed
+    answer = await stub.Unbind(
+        gateway_pb2.GatewayUnbindRequest(handle=handle), metadata=metadata, timeout=5
+    )
+    assert answer.created
+    assert await env.ticket_count() == 1
+
+
 async def test_assertions_are_remembered_in_the_store_across_gateways(env: Env) -> None:
     """Two gateways on one database share the replay cache: an assertion used at one
     is refused at the other."""

@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import grpc
 import structlog
 from google.protobuf.duration_pb2 import Duration
 
 from onecert.gateway._audit import Auditor
 from onecert.gateway._config import ProviderConfig
-from onecert.gateway._notices import Clock, store_call, timestamp_arg, utc_now
-from onecert.gateway._principals import PrincipalResolver, Role
+from onecert.gateway._notices import Clock, timestamp_arg, utc_now
+from onecert.gateway._principals import Principal
+from onecert.gateway._refusal import invalid, store_call
 from onecert.gateway.store import ProviderComplianceRow, Store
 from onecert.sdk._convert import timestamp
 from onecert.v1 import gateway_pb2
@@ -321,12 +321,11 @@ def render_table(report: ComplianceReport) -> str:
 
 
 class ComplianceService:
-    """``GetComplianceReport``, for admins only.
+    """``GetComplianceReport`` (admins only, by the access policy), without the server.
 
     Args:
         store: the durable state.
         providers: the configured providers (names; listed even when idle).
-        principals: identifies callers.
         auditor: where audit rows go.
         clock: the gateway's notion of now.
     """
@@ -336,30 +335,25 @@ class ComplianceService:
         *,
         store: Store,
         providers: Sequence[ProviderConfig],
-        principals: PrincipalResolver,
         auditor: Auditor,
         clock: Clock = utc_now,
     ) -> None:
         self._store = store
         self._providers = tuple(providers)
-        self._principals = principals
         self._auditor = auditor
         self._clock = clock
 
     async def get_report(
-        self,
-        request: gateway_pb2.GetComplianceReportRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
+        self, request: gateway_pb2.GetComplianceReportRequest, caller: Principal
     ) -> gateway_pb2.GetComplianceReportResponse:
-        caller = await self._principals.require(context, Role.ADMIN)
+        """The report now (since ``request.since`` if set), for the admin ``caller``."""
         since = None
         if request.HasField("since"):
             try:
                 since = timestamp_arg(request.since, "since")
             except ValueError as exc:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                raise invalid(str(exc)) from None
         report = await store_call(
-            context,
             build_report(self._store, providers=self._providers, now=self._clock(), since=since),
             "compliance_report",
         )

@@ -361,6 +361,8 @@ class GatewayConfig:
     providers: tuple[ProviderConfig, ...] = ()
     id: str = setting("onecert-gateway", pattern=_ID_PATTERN, pattern_text=_ID_TEXT)
     listen: str = "[::]:50051"
+    # Share ``listen`` with other processes (SO_REUSEPORT); off: a port in use is refused.
+    reuse_port: bool = False
     dev_plaintext: bool = False
     tls: ListenTLS | None = None
     upstream_tls: UpstreamTLS | None = None
@@ -450,6 +452,7 @@ def load_config(path: str | Path, *, dev_plaintext: bool = False) -> GatewayConf
 _GATEWAY_KEYS = (
     "id",
     "listen",
+    "reuse_port",
     "dev_plaintext",
     "max_concurrent_lookups",
     "lookup_deadline_s",

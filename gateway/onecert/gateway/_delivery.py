@@ -41,7 +41,7 @@ from onecert.gateway._audit import Auditor
 from onecert.gateway._channels import ChannelPool
 from onecert.gateway._config import DeliveryConfig, ProviderConfig
 from onecert.gateway._handles import HandleError, HandleSealer
-from onecert.gateway._metrics import NO_OBSERVER, Observer
+from onecert.gateway._observers import NO_OBSERVER, Observer
 from onecert.gateway._unbind import open_payload
 from onecert.gateway.store import AttemptOutcome, AuditDraft, Store, Ticket, TicketState
 from onecert.sdk._msisdn import mask_msisdn, mask_numbers_in_text

@@ -11,7 +11,6 @@ lookup cancels every call still in flight.
 from __future__ import annotations
 
 import asyncio
-import enum
 import random
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
@@ -25,12 +24,17 @@ from onecert.gateway._attribution import TenureView
 from onecert.gateway._breaker import CircuitBreaker, RetryBudget
 from onecert.gateway._channels import ChannelPool
 from onecert.gateway._config import CarrierConfig, FanoutConfig, ProviderConfig
-from onecert.gateway._metrics import NO_OBSERVER, Observer
+from onecert.gateway._observers import (
+    NO_OBSERVER,
+    CallOutcome,
+    Observer,
+    ProviderAnswer,
+    ProviderCall,
+)
 from onecert.sdk._msisdn import is_e164, mask_msisdn, mask_numbers_in_text
 from onecert.sdk._warrant import WarrantIssuer
 from onecert.v1 import (
     common_pb2,
-    gateway_pb2,
     provider_pb2,
     provider_pb2_grpc,
     registry_pb2,
@@ -76,48 +80,6 @@ _MIN_ATTEMPT_TIME = 0.05
 # thousands of bindings would stall every other call of the gateway, and the
 # result would outgrow the largest message the gateway may send.
 MAX_BINDINGS_PER_ANSWER = 1000
-
-
-class CallOutcome(enum.Enum):
-    """How one carrier or provider call ended (``onecert.v1.CallOutcome``)."""
-
-    ANSWERED = gateway_pb2.CALL_OUTCOME_ANSWERED
-    TIMED_OUT = gateway_pb2.CALL_OUTCOME_TIMED_OUT
-    FAILED = gateway_pb2.CALL_OUTCOME_FAILED
-    SKIPPED = gateway_pb2.CALL_OUTCOME_SKIPPED
-
-    @property
-    def proto(self) -> gateway_pb2.CallOutcome.ValueType:
-        return gateway_pb2.CallOutcome.ValueType(self.value)
-
-
-@dataclass(frozen=True)
-class ProviderCall:
-    """One planned call: ask ``provider`` about ``msisdn``."""
-
-    provider: ProviderConfig
-    msisdn: str
-
-
-@dataclass(frozen=True)
-class ProviderAnswer:
-    """How one provider call ended.
-
-    Attributes:
-        call: what was asked.
-        outcome: ANSWERED, TIMED_OUT, FAILED or SKIPPED.
-        detail: why, when not answered; free of personal data.
-        bindings: the provider's answer (empty unless ANSWERED).
-        attempts: calls made (0 when skipped).
-        finished_at: ``loop.time()`` when it ended.
-    """
-
-    call: ProviderCall
-    outcome: CallOutcome
-    detail: str
-    bindings: tuple[provider_pb2.Binding, ...]
-    attempts: int
-    finished_at: float
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,9 @@ DEFAULT_MAX_LIFETIME = 300.0
 MAX_SUB_LENGTH = 256
 MAX_JTI_LENGTH = 256
 
+Metadata = Iterable[tuple[str, str | bytes]]
+"""A call's invocation metadata as gRPC hands it over (where the assertion travels)."""
+
 
 @dataclass(frozen=True)
 class Citizen:
@@ -370,7 +373,7 @@ class AssertionVerifier:
             )
 
 
-def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
+def bearer_token(metadata: Metadata | None) -> str:
     """The JWT of the single ``authorization: Bearer <JWT>`` entry of call metadata.
 
     Raises :class:`IdentityError` (UNAUTHENTICATED) when the entry is missing,

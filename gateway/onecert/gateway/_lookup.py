@@ -32,16 +32,23 @@ from google.protobuf.duration_pb2 import Duration
 from onecert.gateway._attribution import Attribution, TenureView, classify, proto_bound_at
 from onecert.gateway._fanout import CallOutcome, CarrierAnswer, FanOut, ProviderAnswer
 from onecert.gateway._handles import HandleClaims, HandleSealer
-from onecert.gateway._identity import AssertionVerifier, Citizen, IdentityError, bearer_token
+from onecert.gateway._identity import (
+    AssertionVerifier,
+    Citizen,
+    IdentityError,
+    Metadata,
+    bearer_token,
+)
 from onecert.gateway._masking import mask_display_name
-from onecert.gateway._metrics import NO_OBSERVER, Observer
+from onecert.gateway._observers import NO_OBSERVER, Observer
+from onecert.gateway._refusal import Refusal
 from onecert.sdk._msisdn import mask_msisdn, mask_numbers_in_text
 from onecert.v1 import common_pb2, gateway_pb2, provider_pb2
 
 if TYPE_CHECKING:
     from onecert.gateway._audit import Auditor
 
-__all__ = ["QUERY_ID", "LookupService", "current_query_id", "new_query_id"]
+__all__ = ["QUERY_ID", "LookupService", "ResultMerger", "current_query_id", "new_query_id"]
 
 _log = structlog.get_logger("onecert.gateway.lookup")
 
@@ -53,9 +60,6 @@ MAX_CLIENT_REQUEST_ID = 64
 # The contract caps account_ref at 256 characters; a longer one cannot be
 # passed back to the provider, so it gets no handle.
 _MAX_ACCOUNT_REF = 256
-
-LookupContext = grpc.aio.ServicerContext[gateway_pb2.LookupRequest, gateway_pb2.LookupResponse]
-
 
 # Logs mask every run of 8 or more digits (it could be a phone number), and a
 # hex uuid has such runs now and then; spelling its digits as letters keeps
@@ -94,6 +98,13 @@ class _Tally:
             self.failed += 1
         else:
             self.skipped += 1
+
+    def add_result(self, outcome: CallOutcome, result: gateway_pb2.ProviderResult) -> None:
+        self.add(outcome)
+        left_behind = sum(b.dangerous for b in result.bindings)
+        self.left_behind += left_behind
+        self.mine += len(result.bindings) - left_behind
+        self.previous_holder += result.previous_holder_count
 
     def coverage(self) -> gateway_pb2.Coverage:
         return gateway_pb2.Coverage(
@@ -153,8 +164,117 @@ def _number_infos(tenures: Sequence[TenureView]) -> list[gateway_pb2.NumberInfo]
     return infos
 
 
+class ResultMerger:
+    """Turns one provider's answer into the ``ProviderResult`` a citizen is shown.
+
+    Attribution by tenure decides what is shown, counted or dropped; every
+    shown binding the provider can unbind gets a handle sealed for the citizen.
+
+    Args:
+        sealer: seals the handles of shown bindings.
+        handle_ttl: seconds a handle stays valid.
+        clock: the wall clock (seconds since the epoch), for handle expiry.
+    """
+
+    def __init__(
+        self, *, sealer: HandleSealer, handle_ttl: float, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._sealer = sealer
+        self._handle_ttl = handle_ttl
+        self._clock = clock
+
+    def merge(
+        self,
+        answer: ProviderAnswer,
+        tenures: Sequence[TenureView],
+        *,
+        sub: str,
+        query_id: str,
+        start: float,
+    ) -> gateway_pb2.ProviderResult:
+        """The result for ``answer`` on a number the citizen ``sub`` held for ``tenures``.
+
+        ``start`` is the lookup's start on the loop's clock (``elapsed`` runs from it).
+        """
+        provider = answer.call.provider
+        result = gateway_pb2.ProviderResult(
+            provider_id=provider.id,
+            provider_name=provider.display_name,
+            category=provider.category,
+            msisdn=answer.call.msisdn,
+            outcome=answer.outcome.proto,
+            detail=answer.detail,
+            elapsed=_duration(answer.finished_at - start),
+        )
+        if answer.outcome is not CallOutcome.ANSWERED:
+            return result
+        attributed = classify(tenures, answer.bindings, bound_at=proto_bound_at)
+        expires_at = self._clock() + self._handle_ttl
+
+        def handle(binding: provider_pb2.Binding, attribution: Attribution) -> str:
+            ref = binding.account_ref
+            if not binding.unbindable or not ref or len(ref) > _MAX_ACCOUNT_REF:
+                return ""
+            claims = HandleClaims(
+                sub=sub,
+                provider_id=provider.id,
+                msisdn=answer.call.msisdn,
+                account_ref=binding.account_ref,
+                attribution=attribution,
+                expires_at=expires_at,
+                query_id=query_id,
+            )
+            try:
+                return self._sealer.seal(claims)
+            except ValueError:
+                # An account ref the handle format cannot carry: shown, not actionable.
+                _log.warning("lookup.unsealable_binding", provider=provider.id)
+                return ""
+
+        for shown in attributed.shown:
+            result.bindings.append(_shown_binding(shown.binding, shown.attribution, handle))
+        result.previous_holder_count = attributed.previous_holder_count
+        for binding in attributed.previous_holder:
+            sealed = handle(binding, Attribution.PREVIOUS_HOLDER)
+            if sealed:
+                result.release_handles.append(sealed)
+        _log.debug(
+            "lookup.result",
+            provider=provider.id,
+            msisdn=mask_msisdn(answer.call.msisdn),
+            shown=len(result.bindings),
+            previous_holder=result.previous_holder_count,
+        )
+        return result
+
+
+def _shown_binding(
+    binding: provider_pb2.Binding,
+    attribution: Attribution,
+    handle: Callable[[provider_pb2.Binding, Attribution], str],
+) -> gateway_pb2.ShownBinding:
+    sealed = handle(binding, attribution)
+    item = gateway_pb2.ShownBinding(
+        attribution=gateway_pb2.Attribution.ValueType(attribution.proto),
+        display_name_masked=mask_display_name(binding.display_name),
+        kind=binding.kind,
+        unbindable=bool(sealed),
+        handle=sealed,
+        dangerous=attribution.dangerous,
+    )
+    bound_at = proto_bound_at(binding)
+    if bound_at is not None:
+        item.bound_at.FromDatetime(bound_at)
+    if binding.HasField("last_used_at") and binding.last_used_at.seconds > 0:
+        item.last_used_at.CopyFrom(binding.last_used_at)
+    return item
+
+
 class LookupService:
-    """``Gateway.Lookup``; the server's ``Gateway`` servicer delegates to it.
+    """``Gateway.Lookup``, without the server: the caller's assertion in, messages out.
+
+    Refusals (capacity, a bad request, the assertion, no carrier answering)
+    are raised as :class:`~onecert.gateway._refusal.Refusal`.
 
     Args:
         verifier: checks the citizens' identity assertions.
@@ -189,12 +309,10 @@ class LookupService:
         self._observer = observer
         self._verifier = verifier
         self._fanout = fanout
-        self._sealer = sealer
-        self._handle_ttl = handle_ttl
+        self.merger = ResultMerger(sealer=sealer, handle_ttl=handle_ttl, clock=clock)
         self._lookup_deadline = lookup_deadline
         self._margin = summary_margin
         self._max_lookups = max_concurrent_lookups
-        self._clock = clock
         self._active = 0
 
     @property
@@ -203,47 +321,61 @@ class LookupService:
         return self._active
 
     async def lookup(
-        self, request: gateway_pb2.LookupRequest, context: LookupContext
+        self,
+        *,
+        metadata: Metadata,
+        client_request_id: str = "",
+        time_remaining: float | None = None,
     ) -> AsyncIterator[gateway_pb2.LookupResponse]:
-        """Serve one lookup (see the module docstring for the steps)."""
+        """Serve one lookup (see the module docstring for the steps).
+
+        Args:
+            metadata: the call's metadata, holding the citizen's identity assertion
+                (``authorization: Bearer <JWT>``); read only after the request's checks.
+            client_request_id: the portal's own id for the lookup, for logs.
+            time_remaining: seconds left before the caller's deadline (None: none set).
+        """
         query_id = current_query_id()
         if self._active >= self._max_lookups:
-            _log.warning("lookup.refused", reason="capacity", active=self._active)
-            await context.abort(
+            raise Refusal(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"the gateway is serving {self._max_lookups} lookups already; try again shortly",
+                reason="capacity",
             )
         # Checked before the assertion too, so a malformed request does not use it up.
-        if len(request.client_request_id) > MAX_CLIENT_REQUEST_ID:
-            await context.abort(
+        if len(client_request_id) > MAX_CLIENT_REQUEST_ID:
+            raise Refusal(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"client_request_id must be at most {MAX_CLIENT_REQUEST_ID} characters",
             )
         self._active += 1
         try:
-            citizen = await self._identify(context)
-            if request.client_request_id:
+            citizen = await self._identify(metadata)
+            if client_request_id:
                 # The caller's own id, so the portal can find its lookup in these logs.
                 structlog.contextvars.bind_contextvars(
-                    client_request_id=mask_numbers_in_text(request.client_request_id)
+                    client_request_id=mask_numbers_in_text(client_request_id)
                 )
-            if self._auditor is None:
-                async for response in self._lookup(citizen, query_id, context):
-                    yield response
-            else:
-                async for response in self._audited(citizen, query_id, context, self._auditor):
-                    yield response
+            responses = self._lookup(citizen, query_id, time_remaining)
+            if self._auditor is not None:
+                responses = self._audited(citizen, query_id, responses, self._auditor)
+            async for response in responses:
+                yield response
         finally:
             self._active -= 1
 
     async def _audited(
-        self, citizen: Citizen, query_id: str, context: LookupContext, auditor: Auditor
+        self,
+        citizen: Citizen,
+        query_id: str,
+        responses: AsyncIterator[gateway_pb2.LookupResponse],
+        auditor: Auditor,
     ) -> AsyncIterator[gateway_pb2.LookupResponse]:
         # What the citizen was shown, in counts only: numbers, provider calls
         # and how they ended. Written in the background once the call ends.
         detail: dict[str, str | int | bool] = {"outcome": "error"}
         try:
-            async for response in self._lookup(citizen, query_id, context):
+            async for response in responses:
                 update = response.WhichOneof("update")
                 if update == "started":
                     detail["numbers"] = len({n.msisdn for n in response.started.numbers})
@@ -258,13 +390,13 @@ class LookupService:
                     )
                 yield response
             detail["outcome"] = "ok"
-        except asyncio.CancelledError:
+        except Refusal as refusal:
+            detail["outcome"] = refusal.code.name
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
             detail["outcome"] = "cancelled"
             raise
         finally:
-            if detail["outcome"] == "error":
-                code = context.code()
-                detail["outcome"] = getattr(code, "name", None) or "error"
             auditor.spawn(
                 "lookup",
                 actor=auditor.citizen(citizen.sub),
@@ -272,40 +404,37 @@ class LookupService:
                 detail=detail,
             )
 
-    async def _identify(self, context: LookupContext) -> Citizen:
+    async def _identify(self, metadata: Metadata) -> Citizen:
         try:
-            token = bearer_token(context.invocation_metadata())
-            citizen = await self._verifier.verify(token)
+            citizen = await self._verifier.verify(bearer_token(metadata))
         except IdentityError as exc:
-            _log.info("lookup.refused", reason=exc.reason, code=exc.code.name)
             self._observer.assertion_rejected(exc.reason)
-            await context.abort(exc.code, exc.message)
+            raise Refusal(exc.code, exc.message, reason=exc.reason) from None
         _log.info("lookup.identified", issuer=citizen.issuer, acr=citizen.acr)
         return citizen
 
-    def _deadline(self, context: LookupContext, start: float) -> float:
+    def _deadline(self, time_remaining: float | None, start: float) -> float:
         budget = self._lookup_deadline
-        # Typed as float, but None (or infinity) when the caller set no deadline.
-        remaining: float | None = context.time_remaining()
-        if remaining is not None and math.isfinite(remaining):
-            budget = min(budget, remaining)
+        if time_remaining is not None and math.isfinite(time_remaining):
+            budget = min(budget, time_remaining)
         return start + budget - self._margin
 
     async def _lookup(
-        self, citizen: Citizen, query_id: str, context: LookupContext
+        self, citizen: Citizen, query_id: str, time_remaining: float | None
     ) -> AsyncIterator[gateway_pb2.LookupResponse]:
         loop = asyncio.get_running_loop()
         start = loop.time()
-        deadline = self._deadline(context, start)
+        deadline = self._deadline(time_remaining, start)
         carriers = await self._fanout.list_numbers(
             citizen.idn, query_id=query_id, deadline=deadline
         )
         if not any(c.outcome is CallOutcome.ANSWERED for c in carriers):
             reasons = "; ".join(f"{c.carrier.id}: {c.detail or c.outcome.name}" for c in carriers)
             _log.warning("lookup.no_carrier", carriers=len(carriers))
-            await context.abort(
+            raise Refusal(
                 grpc.StatusCode.UNAVAILABLE,
                 f"no carrier answered, so no number can be looked up ({reasons})",
+                reason="no_carrier",
             )
         tenures = [t for c in carriers for t in c.tenures]
         by_number: dict[str, list[TenureView]] = defaultdict(list)
@@ -335,114 +464,45 @@ class LookupService:
         async with contextlib.aclosing(answers):
             async for answer in answers:
                 msisdn = answer.call.msisdn
-                result = self._result(answer, by_number[msisdn], citizen, query_id, start)
-                tally = totals.by_number[msisdn]
-                tally.add(answer.outcome)
-                left_behind = sum(b.dangerous for b in result.bindings)
-                tally.left_behind += left_behind
-                tally.mine += len(result.bindings) - left_behind
-                tally.previous_holder += result.previous_holder_count
+                result = self.merger.merge(
+                    answer, by_number[msisdn], sub=citizen.sub, query_id=query_id, start=start
+                )
+                totals.by_number[msisdn].add_result(answer.outcome, result)
                 yield gateway_pb2.LookupResponse(query_id=query_id, result=result)
-        total = totals.total()
-        elapsed = loop.time() - start
-        _log.info(
-            "lookup.finished",
-            asked=total.asked,
-            answered=total.answered,
-            timed_out=total.timed_out,
-            failed=total.failed,
-            skipped=total.skipped,
-            elapsed_ms=round(elapsed * 1000),
-        )
-        yield gateway_pb2.LookupResponse(
-            query_id=query_id,
-            summary=gateway_pb2.LookupSummary(
-                total=total.coverage(),
-                numbers=[
-                    gateway_pb2.NumberSummary(
-                        msisdn=msisdn,
-                        coverage=tally.coverage(),
-                        mine=tally.mine,
-                        left_behind=tally.left_behind,
-                        previous_holder=tally.previous_holder,
-                    )
-                    for msisdn, tally in totals.by_number.items()
-                ],
-                carriers=carrier_outcomes,
-                elapsed=_duration(elapsed),
-            ),
-        )
+        yield _summary(query_id, totals, carrier_outcomes, loop.time() - start)
 
-    def _result(
-        self,
-        answer: ProviderAnswer,
-        tenures: Sequence[TenureView],
-        citizen: Citizen,
-        query_id: str,
-        start: float,
-    ) -> gateway_pb2.ProviderResult:
-        provider = answer.call.provider
-        result = gateway_pb2.ProviderResult(
-            provider_id=provider.id,
-            provider_name=provider.display_name,
-            category=provider.category,
-            msisdn=answer.call.msisdn,
-            outcome=answer.outcome.proto,
-            detail=answer.detail,
-            elapsed=_duration(answer.finished_at - start),
-        )
-        if answer.outcome is not CallOutcome.ANSWERED:
-            return result
-        attributed = classify(tenures, answer.bindings, bound_at=proto_bound_at)
-        expires_at = self._clock() + self._handle_ttl
 
-        def handle(binding: provider_pb2.Binding, attribution: Attribution) -> str:
-            ref = binding.account_ref
-            if not binding.unbindable or not ref or len(ref) > _MAX_ACCOUNT_REF:
-                return ""
-            claims = HandleClaims(
-                sub=citizen.sub,
-                provider_id=provider.id,
-                msisdn=answer.call.msisdn,
-                account_ref=binding.account_ref,
-                attribution=attribution,
-                expires_at=expires_at,
-                query_id=query_id,
-            )
-            try:
-                return self._sealer.seal(claims)
-            except ValueError:
-                # An account ref the handle format cannot carry: shown, not actionable.
-                _log.warning("lookup.unsealable_binding", provider=provider.id)
-                return ""
-
-        for shown in attributed.shown:
-            binding = shown.binding
-            sealed = handle(binding, shown.attribution)
-            item = gateway_pb2.ShownBinding(
-                attribution=gateway_pb2.Attribution.ValueType(shown.attribution.proto),
-                display_name_masked=mask_display_name(binding.display_name),
-                kind=binding.kind,
-                unbindable=bool(sealed),
-                handle=sealed,
-                dangerous=shown.attribution.dangerous,
-            )
-            bound_at = proto_bound_at(binding)
-            if bound_at is not None:
-                item.bound_at.FromDatetime(bound_at)
-            if binding.HasField("last_used_at") and binding.last_used_at.seconds > 0:
-                item.last_used_at.CopyFrom(binding.last_used_at)
-            result.bindings.append(item)
-        result.previous_holder_count = attributed.previous_holder_count
-        for binding in attributed.previous_holder:
-            sealed = handle(binding, Attribution.PREVIOUS_HOLDER)
-            if sealed:
-                result.release_handles.append(sealed)
-        _log.debug(
-            "lookup.result",
-            provider=provider.id,
-            msisdn=mask_msisdn(answer.call.msisdn),
-            shown=len(result.bindings),
-            previous_holder=result.previous_holder_count,
-        )
-        return result
+def _summary(
+    query_id: str,
+    totals: _Totals,
+    carrier_outcomes: list[gateway_pb2.CarrierOutcome],
+    elapsed: float,
+) -> gateway_pb2.LookupResponse:
+    total = totals.total()
+    _log.info(
+        "lookup.finished",
+        asked=total.asked,
+        answered=total.answered,
+        timed_out=total.timed_out,
+        failed=total.failed,
+        skipped=total.skipped,
+        elapsed_ms=round(elapsed * 1000),
+    )
+    return gateway_pb2.LookupResponse(
+        query_id=query_id,
+        summary=gateway_pb2.LookupSummary(
+            total=total.coverage(),
+            numbers=[
+                gateway_pb2.NumberSummary(
+                    msisdn=msisdn,
+                    coverage=tally.coverage(),
+                    mine=tally.mine,
+                    left_behind=tally.left_behind,
+                    previous_holder=tally.previous_holder,
+                )
+                for msisdn, tally in totals.by_number.items()
+            ],
+            carriers=carrier_outcomes,
+            elapsed=_duration(elapsed),
+        ),
+    )

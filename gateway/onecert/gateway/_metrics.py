@@ -29,7 +29,7 @@ import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Final
 
 import grpc
 import structlog
@@ -38,6 +38,18 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from sqlalchemy import func, select
 
 from onecert.gateway._breaker import BreakerState
+from onecert.gateway._identity import Metadata
+from onecert.gateway._observers import (
+    NO_OBSERVER,
+    ActiveLookups,
+    Breakers,
+    CallOutcome,
+    LookupCounts,
+    NullObserver,
+    Observer,
+    ProviderAnswer,
+)
+from onecert.gateway._refusal import Refusal
 from onecert.gateway.store import AttemptOutcome
 from onecert.gateway.store._models import deliveries, unbind_tickets
 
@@ -47,8 +59,6 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
 
     from onecert.gateway._config import GatewayConfig
-    from onecert.gateway._fanout import CallOutcome, FanOut, ProviderAnswer
-    from onecert.gateway._lookup import LookupService
     from onecert.gateway._tracing import Tracing
     from onecert.gateway.store import Store
     from onecert.v1 import gateway_pb2
@@ -122,90 +132,6 @@ _CALL_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 _LOOKUP_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
-class Observer(Protocol):
-    """Where the gateway's parts report what they did (see :class:`NullObserver`)."""
-
-    def carrier_answered(
-        self, carrier_id: str, outcome: CallOutcome, attempts: int, seconds: float
-    ) -> None:
-        """A carrier call of a lookup ended after ``seconds``."""
-        ...
-
-    def provider_answered(self, answer: ProviderAnswer, seconds: float) -> None:
-        """A provider call of a lookup ended after ``seconds`` (``answer.finished_at``)."""
-        ...
-
-    def assertion_rejected(self, reason: str) -> None:
-        """An identity assertion was refused (``IdentityError.reason``)."""
-        ...
-
-    def unbind_attempted(self, outcome: AttemptOutcome) -> None:
-        """A delivery attempt of an unbind ticket ended."""
-        ...
-
-    def notice_pushed(self, outcome: str) -> None:
-        """A notice push ended: one of :data:`NOTICE_PUSH_OUTCOMES`."""
-        ...
-
-
-class NullObserver:
-    """The observer that records nothing (metrics and tracing off)."""
-
-    def carrier_answered(
-        self, carrier_id: str, outcome: CallOutcome, attempts: int, seconds: float
-    ) -> None:
-        pass
-
-    def provider_answered(self, answer: ProviderAnswer, seconds: float) -> None:
-        pass
-
-    def assertion_rejected(self, reason: str) -> None:
-        pass
-
-    def unbind_attempted(self, outcome: AttemptOutcome) -> None:
-        pass
-
-    def notice_pushed(self, outcome: str) -> None:
-        pass
-
-
-NO_OBSERVER: Final = NullObserver()
-
-
-class LookupCounts:
-    """What a lookup's messages said, in counts (for its span)."""
-
-    __slots__ = (
-        "answered",
-        "carriers",
-        "failed",
-        "numbers",
-        "provider_calls",
-        "skipped",
-        "timed_out",
-    )
-
-    def __init__(self) -> None:
-        self.numbers = self.carriers = self.provider_calls = 0
-        self.answered = self.timed_out = self.failed = self.skipped = 0
-
-    def add(self, response: gateway_pb2.LookupResponse) -> None:
-        """Take the counts out of one message of the lookup's stream."""
-        update = response.WhichOneof("update")
-        if update == "started":
-            started = response.started
-            self.numbers = len({n.msisdn for n in started.numbers})
-            self.carriers = len(started.carriers)
-            self.provider_calls = started.provider_calls
-        elif update == "summary":
-            total = response.summary.total
-            self.answered, self.timed_out = total.answered, total.timed_out
-            self.failed, self.skipped = total.failed, total.skipped
-
-    def attributes(self) -> dict[str, int]:
-        return {f"onecert.{name}": getattr(self, name) for name in self.__slots__}
-
-
 @dataclass(frozen=True)
 class _Outbox:
     # kind -> (items, created_at of the oldest)
@@ -223,7 +149,6 @@ class GatewayMetrics:
     """
 
     def __init__(self, *, providers: Sequence[str], carriers: Sequence[str]) -> None:
-        from onecert.gateway._fanout import CallOutcome  # noqa: PLC0415 - _fanout imports this module
 
         self.registry = CollectorRegistry()
         registry = self.registry
@@ -323,8 +248,8 @@ class GatewayMetrics:
     def watch(
         self,
         *,
-        fanout: FanOut | None = None,
-        lookup: LookupService | None = None,
+        fanout: Breakers | None = None,
+        lookup: ActiveLookups | None = None,
         store: Store | None = None,
         cache_s: float = 5.0,
         timeout_s: float = 2.0,
@@ -364,7 +289,7 @@ class _Bound:
 class _LiveCollector:
     """Breaker states and lookups in flight, read when scraped."""
 
-    def __init__(self, fanout: FanOut | None, lookup: LookupService | None) -> None:
+    def __init__(self, fanout: Breakers | None, lookup: ActiveLookups | None) -> None:
         self._breakers = (
             [] if fanout is None else [(p.id, fanout.breaker(p.id)) for p in fanout.providers]
         )
@@ -639,31 +564,38 @@ class Telemetry:
     async def observe_lookup(
         self,
         responses: AsyncIterator[gateway_pb2.LookupResponse],
-        context: grpc.aio.ServicerContext[Any, Any],
         *,
         query_id: str,
+        metadata: Metadata | None = None,
     ) -> AsyncIterator[gateway_pb2.LookupResponse]:
-        """Pass a lookup's messages through, counting and timing it (and its span)."""
+        """Pass a lookup's messages through, counting and timing it (and its span).
+
+        ``metadata`` is the call's, read for a W3C ``traceparent``; a
+        :class:`~onecert.gateway._refusal.Refusal` passing through gives the
+        lookup's status.
+        """
         started = time.perf_counter()
         tracing = self.tracing
         span = None
         counts = None
         if tracing is not None:
-            span = tracing.start_lookup(query_id, context.invocation_metadata())
+            span = tracing.start_lookup(query_id, metadata)
             counts = LookupCounts()
         outcome = "error"
+        code: grpc.StatusCode | None = None
         try:
             async for response in responses:
                 if counts is not None:
                     counts.add(response)
                 yield response
             outcome = "ok"
+        except Refusal as refusal:
+            code = refusal.code
+            raise
         except (asyncio.CancelledError, GeneratorExit):
             outcome = "cancelled"
             raise
         finally:
-            # None until a status is set (a lookup that ends well never sets one).
-            code: grpc.StatusCode | None = context.code()
             if outcome == "error" and code in _REFUSED:
                 outcome = "refused"
             if self.metrics is not None:

@@ -25,8 +25,8 @@ import structlog
 from onecert.gateway._audit import Auditor
 from onecert.gateway._channels import ChannelPool
 from onecert.gateway._config import NoticesConfig, ProviderConfig
-from onecert.gateway._metrics import NO_OBSERVER, Observer
 from onecert.gateway._notices import Clock, Doorbell, build_set, utc_now
+from onecert.gateway._observers import NO_OBSERVER, Observer
 from onecert.gateway.store import Delivery, Store
 from onecert.sdk._set import SetIssuer
 from onecert.v1 import provider_pb2, provider_pb2_grpc
@@ -186,11 +186,19 @@ class NoticePusher:
             await self._retry(delivery, "the provider answered without acknowledging", log)
             return
         removed = response.bindings_removed if response.acted else None
-        await self._store.deliveries.mark_delivered(
+        changed = await self._store.deliveries.mark_delivered(
             delivery.jti, acknowledged_at=self._clock(), bindings_removed=removed
         )
         self.observer.notice_pushed("acknowledged")
         log.info("notice.pushed", attempts=delivery.attempts, acted=response.acted)
+        if removed is not None and changed and self._auditor is not None:
+            # The same row a polling provider's ConfirmEventAction writes.
+            self._auditor.spawn(
+                "notice.confirmed",
+                actor=f"provider:{delivery.provider_id}",
+                subject=f"jti:{delivery.jti}",
+                detail={"bindings_removed": removed, "recorded": True, "via": "push"},
+            )
 
     def backoff(self, attempts: int) -> timedelta:
         """The pause after the ``attempts``-th failed push: exponential, with jitter.

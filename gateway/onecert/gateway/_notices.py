@@ -13,18 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
 
 import grpc
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
-from sqlalchemy.exc import DBAPIError
 
 from onecert.gateway._audit import Auditor
 from onecert.gateway._config import CarrierConfig, NoticesConfig, ProviderConfig
-from onecert.gateway._principals import PrincipalResolver, Role
+from onecert.gateway._principals import Principal
+from onecert.gateway._refusal import Refusal, invalid, store_call
 from onecert.gateway.store import (
     AuditDraft,
     ConflictError,
@@ -50,7 +49,6 @@ __all__ = [
 ]
 
 Clock = Callable[[], datetime]
-_T = TypeVar("_T")
 
 _log = structlog.get_logger("onecert.gateway.notices")
 
@@ -97,10 +95,6 @@ class Doorbell:
         except TimeoutError:
             return False
         return True
-
-
-class _BadArgumentError(Exception):
-    """A request field is invalid; the message is safe to return."""
 
 
 def timestamp_arg(ts: Timestamp, name: str) -> datetime:
@@ -160,21 +154,11 @@ def build_set(sets: SetIssuer, delivery: Delivery) -> str:
     )
 
 
-async def store_call(
-    context: grpc.aio.ServicerContext[Any, Any], call: Awaitable[_T], what: str
-) -> _T:
-    """Await a store call; a database that cannot be reached is UNAVAILABLE."""
-    try:
-        return await call
-    except (DBAPIError, OSError) as exc:
-        _log.error("store.unavailable", what=what, error=type(exc).__name__)
-        await context.abort(
-            grpc.StatusCode.UNAVAILABLE, "the gateway's database is unavailable; try again later"
-        )
-
-
 class NoticeService:
-    """``ReportNumberEvent``, ``PollEvents`` and ``ConfirmEventAction``.
+    """``ReportNumberEvent``, ``PollEvents`` and ``ConfirmEventAction``, without the server.
+
+    Each takes the caller the access policy identified and the request;
+    refusals are raised as :class:`~onecert.gateway._refusal.Refusal`.
 
     Args:
         store: the durable state.
@@ -183,7 +167,6 @@ class NoticeService:
             notice, by its ``delivery`` mode).
         config: deadlines and poll limits.
         sets: signs the SETs handed out by polls.
-        principals: identifies callers.
         auditor: where audit rows go.
         doorbell: rung when a notice is recorded (wakes push workers and polls).
         clock: the gateway's notion of now (deadlines, receipt times).
@@ -197,7 +180,6 @@ class NoticeService:
         providers: Sequence[ProviderConfig],
         config: NoticesConfig,
         sets: SetIssuer,
-        principals: PrincipalResolver,
         auditor: Auditor,
         doorbell: Doorbell | None = None,
         clock: Clock = utc_now,
@@ -207,7 +189,6 @@ class NoticeService:
         self._providers = {p.id: p for p in providers}
         self._config = config
         self._sets = sets
-        self._principals = principals
         self._auditor = auditor
         self.doorbell = doorbell or Doorbell()
         self._clock = clock
@@ -215,23 +196,18 @@ class NoticeService:
     # ------------------------------------------------------------ carriers
 
     async def report_number_event(
-        self,
-        request: gateway_pb2.ReportNumberEventRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
+        self, request: gateway_pb2.ReportNumberEventRequest, caller: Principal
     ) -> gateway_pb2.ReportNumberEventResponse:
-        caller = await self._principals.require(context, Role.CARRIER)
+        """Record a carrier's event with one delivery per provider; idempotent on event_id."""
         now = self._clock()
-        try:
-            msisdn, kind, effective_at, quiet = self._check_report(request, now)
-        except _BadArgumentError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        msisdn, kind, effective_at, quiet = self._check_report(request, now)
         structlog.contextvars.bind_contextvars(msisdn=mask_msisdn(msisdn))
         carrier = self._carriers[caller.id]
         if not carrier.serves(msisdn):
-            _log.warning("notice.foreign_number", carrier=caller.id)
-            await context.abort(
+            raise Refusal(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"carrier {caller.id!r} does not serve this number (see its configured prefixes)",
+                reason="foreign_number",
             )
         deadline = notice_deadline(
             self._config,
@@ -260,7 +236,6 @@ class NoticeService:
 
         try:
             notice, created = await store_call(
-                context,
                 self._store.notices.record(
                     carrier_id=caller.id,
                     event_id=request.event_id,
@@ -277,10 +252,10 @@ class NoticeService:
                 "record_number_event",
             )
         except ConflictError:
-            await context.abort(
+            raise Refusal(
                 grpc.StatusCode.ALREADY_EXISTS,
                 "this event_id was already reported with another number, type or time",
-            )
+            ) from None
         if created:
             self.doorbell.ring()
         _log.info(
@@ -298,18 +273,18 @@ class NoticeService:
         self, request: gateway_pb2.ReportNumberEventRequest, now: datetime
     ) -> tuple[str, NumberEventType, datetime, datetime | None]:
         if not 0 < len(request.event_id) <= MAX_EVENT_ID:
-            raise _BadArgumentError(f"event_id is required (1 to {MAX_EVENT_ID} characters)")
+            raise invalid(f"event_id is required (1 to {MAX_EVENT_ID} characters)")
         if not request.event_id.isprintable():
-            raise _BadArgumentError("event_id must be printable text")
+            raise invalid("event_id must be printable text")
         try:
             msisdn = validate_msisdn(request.msisdn)
         except InvalidMsisdnError as exc:
-            raise _BadArgumentError(str(exc)) from None
+            raise invalid(str(exc)) from None
         kind = _EVENT_TYPES.get(request.type)
         if kind is None:
-            raise _BadArgumentError("type must be NUMBER_EVENT_TYPE_CANCELLED or _RECYCLED")
+            raise invalid("type must be NUMBER_EVENT_TYPE_CANCELLED or _RECYCLED")
         if not request.HasField("effective_at"):
-            raise _BadArgumentError("effective_at is required")
+            raise invalid("effective_at is required")
         try:
             effective_at = timestamp_arg(request.effective_at, "effective_at")
             quiet = (
@@ -318,14 +293,14 @@ class NoticeService:
                 else None
             )
         except ValueError as exc:
-            raise _BadArgumentError(str(exc)) from None
+            raise invalid(str(exc)) from None
         if effective_at > now + timedelta(seconds=self._config.clock_skew_s):
-            raise _BadArgumentError("effective_at is in the future")
+            raise invalid("effective_at is in the future")
         if quiet is not None:
             if kind is not NumberEventType.CANCELLED:
-                raise _BadArgumentError("quiet_period_ends_at applies to CANCELLED events only")
+                raise invalid("quiet_period_ends_at applies to CANCELLED events only")
             if quiet <= effective_at:
-                raise _BadArgumentError("quiet_period_ends_at must be after effective_at")
+                raise invalid("quiet_period_ends_at must be after effective_at")
         return msisdn, kind, effective_at, quiet
 
     # ------------------------------------------------------------ providers
@@ -333,36 +308,38 @@ class NoticeService:
     async def poll_events(
         self,
         request: gateway_pb2.PollEventsRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
+        caller: Principal,
+        *,
+        time_remaining: float | None = None,
     ) -> gateway_pb2.PollEventsResponse:
-        caller = await self._principals.require(context, Role.PROVIDER)
+        """Settle the provider's acks and errors, then hand out its pending SETs.
+
+        Without ``return_immediately`` it waits for notices, up to
+        ``poll_wait_s`` and within ``time_remaining`` (seconds before the
+        caller's deadline; None: none set).
+        """
         provider = self._providers[caller.id]
         if provider.delivery != DeliveryMode.POLL.value:
-            await context.abort(
+            raise Refusal(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"provider {caller.id!r} receives notices by push (ReceiveEvent), not by polling",
             )
-        try:
-            max_events, errors = _check_poll(request)
-        except _BadArgumentError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        max_events, errors = _check_poll(request)
         # Acknowledgements and errors first: what they settle is not handed
         # out again below. Unknown and other providers' jtis are ignored.
         acked = await store_call(
-            context,
             self._store.deliveries.ack(caller.id, request.acks, now=self._clock()),
             "ack_deliveries",
         )
         refused = await store_call(
-            context, self._store.deliveries.reject(caller.id, errors), "reject_deliveries"
+            self._store.deliveries.reject(caller.id, errors), "reject_deliveries"
         )
         batch, more = await store_call(
-            context,
             self._store.deliveries.poll(caller.id, max_events=max_events, now=self._clock()),
             "poll_deliveries",
         )
         if not batch and not request.return_immediately:
-            batch, more = await self._wait_for_notices(context, caller.id, max_events)
+            batch, more = await self._wait_for_notices(time_remaining, caller.id, max_events)
         if acked or refused:
             _log.info("notice.polled_acks", acknowledged=acked, refused=refused)
             self._auditor.spawn(
@@ -379,9 +356,8 @@ class NoticeService:
         )
 
     async def _wait_for_notices(
-        self, context: grpc.aio.ServicerContext[Any, Any], provider_id: str, max_events: int
+        self, remaining: float | None, provider_id: str, max_events: int
     ) -> tuple[list[Delivery], bool]:
-        remaining = context.time_remaining()
         hold = self._config.poll_wait_s
         if remaining is not None:
             hold = min(hold, remaining - _POLL_MARGIN_S)
@@ -389,7 +365,6 @@ class NoticeService:
         while (left := until - time.monotonic()) > 0:
             await self.doorbell.wait(min(left, _POLL_RECHECK_S))
             batch, more = await store_call(
-                context,
                 self._store.deliveries.poll(provider_id, max_events=max_events, now=self._clock()),
                 "poll_deliveries",
             )
@@ -398,24 +373,19 @@ class NoticeService:
         return [], False
 
     async def confirm_event_action(
-        self,
-        request: gateway_pb2.ConfirmEventActionRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
+        self, request: gateway_pb2.ConfirmEventActionRequest, caller: Principal
     ) -> gateway_pb2.ConfirmEventActionResponse:
-        caller = await self._principals.require(context, Role.PROVIDER)
+        """Record that the provider acted on a notice it was sent."""
         if not 0 < len(request.jti) <= MAX_JTI:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, f"jti is required (1 to {MAX_JTI} characters)"
-            )
+            raise invalid(f"jti is required (1 to {MAX_JTI} characters)")
         acted_at = None
         if request.HasField("acted_at"):
             try:
                 acted_at = timestamp_arg(request.acted_at, "acted_at")
             except ValueError as exc:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                raise invalid(str(exc)) from None
         try:
             recorded = await store_call(
-                context,
                 self._store.deliveries.confirm_action(
                     caller.id,
                     request.jti,
@@ -426,41 +396,45 @@ class NoticeService:
                 "confirm_action",
             )
         except NotFoundError:
-            await context.abort(
+            raise Refusal(
                 grpc.StatusCode.NOT_FOUND, "no notice with this jti was sent to this provider"
-            )
+            ) from None
         _log.info("notice.confirmed", jti=request.jti, recorded=recorded)
         self._auditor.spawn(
             "notice.confirmed",
             actor=caller.actor,
             subject=f"jti:{request.jti}",
-            detail={"bindings_removed": request.bindings_removed, "recorded": recorded},
+            detail={
+                "bindings_removed": request.bindings_removed,
+                "recorded": recorded,
+                "via": "poll",
+            },
         )
         return gateway_pb2.ConfirmEventActionResponse(recorded=recorded)
 
 
 def _check_poll(request: gateway_pb2.PollEventsRequest) -> tuple[int, dict[str, str]]:
     if request.max_events > MAX_EVENTS:
-        raise _BadArgumentError(f"max_events must be at most {MAX_EVENTS}")
+        raise invalid(f"max_events must be at most {MAX_EVENTS}")
     max_events = request.max_events or DEFAULT_MAX_EVENTS
     if len(request.acks) > MAX_ACKS:
-        raise _BadArgumentError(f"at most {MAX_ACKS} acks per poll")
+        raise invalid(f"at most {MAX_ACKS} acks per poll")
     for jti in request.acks:
         if not 0 < len(jti) <= MAX_JTI:
-            raise _BadArgumentError(f"every ack must be a jti of 1 to {MAX_JTI} characters")
+            raise invalid(f"every ack must be a jti of 1 to {MAX_JTI} characters")
     if len(request.errors) > MAX_ACKS:
-        raise _BadArgumentError(f"at most {MAX_ACKS} errors per poll")
+        raise invalid(f"at most {MAX_ACKS} errors per poll")
     errors: dict[str, str] = {}
     for error in request.errors:
         if not 0 < len(error.jti) <= MAX_JTI:
-            raise _BadArgumentError(f"every error needs a jti of 1 to {MAX_JTI} characters")
+            raise invalid(f"every error needs a jti of 1 to {MAX_JTI} characters")
         if not 0 < len(error.code) <= MAX_ERROR_CODE:
-            raise _BadArgumentError(
+            raise invalid(
                 f"every error needs a code of 1 to {MAX_ERROR_CODE} characters "
                 "(RFC 8935, e.g. invalid_request)"
             )
         if len(error.description) > MAX_ERROR_DESCRIPTION:
-            raise _BadArgumentError(f"an error description is at most {MAX_ERROR_DESCRIPTION}")
+            raise invalid(f"an error description is at most {MAX_ERROR_DESCRIPTION}")
         text = error.code
         if error.description:
             text += ": " + error.description

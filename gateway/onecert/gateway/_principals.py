@@ -8,7 +8,8 @@ them; the certificate check keeps a carrier's or a provider's certificate
 from being used to run lookups at all. Only in
 development mode (``gateway.dev_plaintext``) may a caller without a
 certificate name itself in the metadata ``x-onecert-dev-principal``:
-``carrier:ID``, ``provider:ID`` or ``admin``.
+``carrier:ID``, ``provider:ID`` or ``admin``. What each role may call is
+the table in :mod:`onecert.gateway._policy`.
 """
 
 from __future__ import annotations
@@ -16,19 +17,13 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
-
-import grpc
-import structlog
 
 from onecert.gateway._config import GatewayConfig
-from onecert.sdk._tls import peer_common_name
+from onecert.gateway._identity import Metadata
 
 __all__ = ["DEV_PRINCIPAL_HEADER", "Principal", "PrincipalResolver", "Role"]
 
 DEV_PRINCIPAL_HEADER = "x-onecert-dev-principal"
-
-_log = structlog.get_logger("onecert.gateway.principals")
 
 
 class Role(enum.StrEnum):
@@ -97,18 +92,22 @@ class PrincipalResolver:
             dev_principals=config.dev_plaintext,
         )
 
-    def identify(self, context: grpc.aio.ServicerContext[Any, Any]) -> Principal | str:
-        """The caller, or why it could not be identified (a message for the caller)."""
-        cn = peer_common_name(context)
-        if cn is not None:
-            found = self._by_cn.get(cn)
+    def identify(self, *, common_name: str | None, metadata: Metadata) -> Principal | str:
+        """The caller, or why it could not be identified (a message for the caller).
+
+        Args:
+            common_name: the verified client certificate's CN (None without one).
+            metadata: the call's invocation metadata (for the dev principal header).
+        """
+        if common_name is not None:
+            found = self._by_cn.get(common_name)
             if found is not None:
                 return found
             return (
-                f"client certificate {cn!r} is not registered as a portal, carrier, "
+                f"client certificate {common_name!r} is not registered as a portal, carrier, "
                 "provider or admin"
             )
-        claimed = _metadata(context, DEV_PRINCIPAL_HEADER)
+        claimed = _metadata(metadata, DEV_PRINCIPAL_HEADER)
         if claimed is None:
             return "a client certificate is required"
         if not self._dev:
@@ -131,50 +130,13 @@ class PrincipalResolver:
             "carrier or provider, or admin"
         )
 
-    async def require_portal(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        """Abort the call unless a client certificate, if any, is a portal's.
-
-        Without a client certificate (development plaintext) there is nothing
-        to check: the citizen's assertion still authorises the call.
-        """
-        cn = peer_common_name(context)
-        if cn is None:
-            return
-        found = self._by_cn.get(cn)
-        if found is None or found.role is not Role.PORTAL:
-            _log.info("caller.not_portal", caller=found.actor if found else "unregistered")
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"client certificate {cn!r} is not a portal's: citizens' calls come "
-                "through the portal (portal.client_cns)",
-            )
-
-    async def require(self, context: grpc.aio.ServicerContext[Any, Any], role: Role) -> Principal:
-        """The caller if it has ``role``; otherwise abort the call.
-
-        UNAUTHENTICATED when the caller cannot be identified, PERMISSION_DENIED
-        when it is someone with another role.
-        """
-        found = self.identify(context)
-        if isinstance(found, str):
-            _log.info("caller.unidentified", wanted=role.value)
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, found)
-        if found.role is not role:
-            _log.info("caller.wrong_role", caller=found.actor, wanted=role.value)
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"this call is for {_article(role)}; the caller is {found.role.value} {found.id!r}",
-            )
-        structlog.contextvars.bind_contextvars(caller=found.actor)
-        return found
+    def by_common_name(self, cn: str) -> Principal | None:
+        """The principal a verified client certificate's common name maps to, if any."""
+        return self._by_cn.get(cn)
 
 
-def _article(role: Role) -> str:
-    return f"an {role.value}" if role is Role.ADMIN else f"a {role.value}"
-
-
-def _metadata(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str | None:
-    for name, value in context.invocation_metadata() or ():
+def _metadata(metadata: Metadata, key: str) -> str | None:
+    for name, value in metadata:
         if name == key and isinstance(value, str):
             return value
     return None

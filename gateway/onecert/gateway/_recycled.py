@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 import grpc
 import structlog
@@ -24,15 +23,9 @@ from onecert.gateway._channels import ChannelPool
 from onecert.gateway._compliance import ComplianceService
 from onecert.gateway._config import CheckRecycledConfig, GatewayConfig
 from onecert.gateway._notice_delivery import NoticePusher
-from onecert.gateway._notices import (
-    Clock,
-    Doorbell,
-    NoticeService,
-    store_call,
-    timestamp_arg,
-    utc_now,
-)
-from onecert.gateway._principals import PrincipalResolver, Role
+from onecert.gateway._notices import Clock, Doorbell, NoticeService, timestamp_arg, utc_now
+from onecert.gateway._principals import Principal
+from onecert.gateway._refusal import Refusal, invalid, store_call
 from onecert.gateway.store import RecycledStatus, Store
 from onecert.sdk._convert import timestamp
 from onecert.sdk._keys import SigningKey
@@ -85,13 +78,12 @@ class TokenBuckets:
 
 
 class RecycledCheckService:
-    """``CheckRecycled`` for authenticated providers.
+    """``CheckRecycled`` for authenticated providers, without the server.
 
     Args:
         store: the numbers' history.
         config: the rate limit and ``history_start``.
         clock_skew_s: how far in the future ``specified_date`` may be.
-        principals: identifies callers.
         auditor: where audit rows go.
         clock: the gateway's notion of now.
         monotonic: the rate limiter's time source.
@@ -102,7 +94,6 @@ class RecycledCheckService:
         *,
         store: Store,
         config: CheckRecycledConfig,
-        principals: PrincipalResolver,
         auditor: Auditor,
         clock_skew_s: float = 60.0,
         clock: Clock = utc_now,
@@ -110,7 +101,6 @@ class RecycledCheckService:
     ) -> None:
         self._store = store
         self._config = config
-        self._principals = principals
         self._auditor = auditor
         self._skew = timedelta(seconds=clock_skew_s)
         self._clock = clock
@@ -119,36 +109,33 @@ class RecycledCheckService:
         )
 
     async def check_recycled(
-        self,
-        request: gateway_pb2.CheckRecycledRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
+        self, request: gateway_pb2.CheckRecycledRequest, caller: Principal
     ) -> gateway_pb2.CheckRecycledResponse:
-        caller = await self._principals.require(context, Role.PROVIDER)
+        """Whether the number was recycled after ``specified_date``, for provider ``caller``."""
         wait = self._buckets.take(caller.id)
         if wait > 0:
             retry_ms = max(1, math.ceil(wait * 1000))
-            _log.info("recycled.rate_limited", retry_after_ms=retry_ms)
-            await context.abort(
+            raise Refusal(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"CheckRecycled rate limit for provider {caller.id!r} reached; "
                 f"try again in {retry_ms} ms",
+                reason="rate_limited",
                 trailing_metadata=((RETRY_AFTER_HEADER, str(retry_ms)),),
             )
         try:
             msisdn = validate_msisdn(request.msisdn)
         except InvalidMsisdnError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise invalid(str(exc)) from None
         if not request.HasField("specified_date"):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "specified_date is required")
+            raise invalid("specified_date is required")
         try:
             specified = timestamp_arg(request.specified_date, "specified_date")
         except ValueError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise invalid(str(exc)) from None
         if specified > self._clock() + self._skew:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "specified_date is in the future")
+            raise invalid("specified_date is in the future")
         structlog.contextvars.bind_contextvars(msisdn=mask_msisdn(msisdn))
         answer = await store_call(
-            context,
             self._store.notices.check_recycled(
                 sha256_hex(msisdn), specified, history_start=self._config.history_start
             ),
@@ -193,7 +180,6 @@ class RecycledNumbers:
     ) -> RecycledNumbers:
         """Wire the services for ``config`` (reads the gateway's signing key)."""
         clock = clock or utc_now
-        principals = PrincipalResolver.from_config(config)
         sets = SetIssuer(key=SigningKey.load(config.keys.warrant_key), issuer=config.id)
         doorbell = Doorbell()
         notices = NoticeService(
@@ -202,7 +188,6 @@ class RecycledNumbers:
             providers=config.providers,
             config=config.notices,
             sets=sets,
-            principals=principals,
             auditor=auditor,
             doorbell=doorbell,
             clock=clock,
@@ -212,7 +197,6 @@ class RecycledNumbers:
             checks=RecycledCheckService(
                 store=store,
                 config=config.check_recycled,
-                principals=principals,
                 auditor=auditor,
                 clock_skew_s=config.notices.clock_skew_s,
                 clock=clock,
@@ -220,7 +204,6 @@ class RecycledNumbers:
             compliance=ComplianceService(
                 store=store,
                 providers=config.providers,
-                principals=principals,
                 auditor=auditor,
                 clock=clock,
             ),

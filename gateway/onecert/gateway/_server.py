@@ -1,15 +1,13 @@
-"""The gateway's gRPC server: wiring, health, reflection, query ids, shutdown."""
+"""The gateway's gRPC server: wiring, health, reflection and shutdown."""
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import signal
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
 
 import grpc
 import structlog
@@ -17,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from onecert.gateway._audit import Auditor, derive_audit_key, load_audit_key
+from onecert.gateway._boundary import RPC, CallBoundary
 from onecert.gateway._channels import ChannelPool
 from onecert.gateway._config import ConfigError, GatewayConfig, check_transport
 from onecert.gateway._delivery import DeliveryWorkers
@@ -29,10 +28,14 @@ from onecert.gateway._identity import (
     ReplayCache,
     ReplayCacheFullError,
 )
-from onecert.gateway._lookup import QUERY_ID, LookupService, new_query_id
-from onecert.gateway._metrics import NO_OBSERVER, Observer, Telemetry
+from onecert.gateway._listen import bind_port
+from onecert.gateway._lookup import QUERY_ID, LookupService
+from onecert.gateway._metrics import Telemetry
+from onecert.gateway._observers import NO_OBSERVER, Observer
+from onecert.gateway._policy import Policy, current_caller
 from onecert.gateway._principals import PrincipalResolver
 from onecert.gateway._recycled import RecycledNumbers
+from onecert.gateway._refusal import Refusal
 from onecert.gateway._unbind import UnbindService
 from onecert.gateway.store import Store, StoreReplayCache
 from onecert.sdk._keys import SigningKey, load_jwks
@@ -43,7 +46,7 @@ from onecert.v1 import gateway_pb2, gateway_pb2_grpc
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
 
-__all__ = ["BackgroundWorker", "GatewayServer", "QueryIdInterceptor", "serve"]
+__all__ = ["BackgroundWorker", "GatewayServer", "serve"]
 
 _log = structlog.get_logger("onecert.gateway.server")
 
@@ -51,98 +54,6 @@ _log = structlog.get_logger("onecert.gateway.server")
 _MAX_METADATA_BYTES = 16 * 1024
 
 GATEWAY_SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
-
-
-class QueryIdInterceptor(grpc.aio.ServerInterceptor):
-    """Gives every ``Gateway`` call a query id, bound into the logging context.
-
-    The id is set in :data:`~onecert.gateway._lookup.QUERY_ID` and in
-    structlog's contextvars before the handler runs, so every log line the
-    call causes (fan-out included: tasks inherit the context) carries it.
-    Each call is served in its own task, hence its own context: nothing needs
-    resetting afterwards. The call's end is logged with its status and time.
-    """
-
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method
-        if handler is None or not method.startswith(f"/{GATEWAY_SERVICE}/"):
-            return handler
-        rpc = method.rsplit("/", 1)[-1]
-        if handler.unary_stream is not None and inspect.isasyncgenfunction(handler.unary_stream):
-            return grpc.unary_stream_rpc_method_handler(
-                _stream_with_context(rpc, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _unary_with_context(rpc, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
-
-
-def _enter(rpc: str) -> None:
-    query_id = new_query_id()
-    QUERY_ID.set(query_id)
-    structlog.contextvars.bind_contextvars(query_id=query_id, rpc=rpc)
-
-
-def _finished(context: grpc.aio.ServicerContext[Any, Any], started: float, error: bool) -> None:
-    code = context.code()
-    status = getattr(code, "name", None) or ("UNKNOWN" if error else "OK")
-    _log.info("rpc.finished", code=status, elapsed_ms=round((time.monotonic() - started) * 1000))
-
-
-def _stream_with_context(
-    rpc: str, inner: Callable[..., AsyncIterator[Any]]
-) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]:
-    async def handler(
-        request: Any, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[Any]:
-        _enter(rpc)
-        started = time.monotonic()
-        ended = "error"
-        try:
-            async for response in inner(request, context):
-                yield response
-            ended = "ok"
-        except asyncio.CancelledError:
-            ended = "cancelled"
-            raise
-        finally:
-            if ended == "cancelled":
-                elapsed_ms = round((time.monotonic() - started) * 1000)
-                _log.info("rpc.cancelled", elapsed_ms=elapsed_ms)
-            else:
-                _finished(context, started, ended == "error")
-
-    return handler
-
-
-def _unary_with_context(
-    rpc: str, inner: Callable[..., Awaitable[Any]]
-) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]:
-    async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        _enter(rpc)
-        started = time.monotonic()
-        error = True
-        try:
-            response = await inner(request, context)
-            error = False
-            return response
-        finally:
-            _finished(context, started, error)
-
-    return handler
 
 
 class BackgroundWorker(Protocol):
@@ -178,18 +89,22 @@ class _FailClosedReplay:
 
 
 class _GatewayServicer(gateway_pb2_grpc.GatewayServicer):
-    """The ``Gateway`` service: each RPC delegates to the part that serves it."""
+    """The ``Gateway`` service: each RPC hands the caller and the request's values to
+    the service that serves it.
+
+    The boundary (:class:`~onecert.gateway._boundary.CallBoundary`) has already
+    checked the access policy and named the caller; it answers the services'
+    refusals. Nothing here decides anything.
+    """
 
     def __init__(
         self,
         lookup: LookupService,
         *,
-        principals: PrincipalResolver,
         unbind: UnbindService | None = None,
         recycled: RecycledNumbers | None = None,
         telemetry: Telemetry | None = None,
     ) -> None:
-        self._principals = principals
         self._lookup = lookup
         self._unbind = unbind
         self._recycled = recycled
@@ -200,74 +115,100 @@ class _GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     ) -> AsyncIterator[gateway_pb2.LookupResponse]:
         # An async generator function itself: grpc.aio tells streaming
         # handlers apart by inspecting the function.
-        await self._principals.require_portal(context)
-        responses = self._lookup.lookup(request, context)
+        metadata = context.invocation_metadata() or ()
+        responses = self._lookup.lookup(
+            metadata=metadata,
+            client_request_id=request.client_request_id,
+            time_remaining=context.time_remaining(),
+        )
         if self._telemetry is not None:
-            responses = self._telemetry.observe_lookup(responses, context, query_id=QUERY_ID.get())
+            responses = self._telemetry.observe_lookup(
+                responses, query_id=QUERY_ID.get(), metadata=metadata
+            )
         async for response in responses:
             yield response
 
     async def Unbind(  # noqa: N802 - the gRPC method name
         self, request: gateway_pb2.GatewayUnbindRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> gateway_pb2.GatewayUnbindResponse:
-        await self._principals.require_portal(context)
-        if self._unbind is None:
-            await _no_store(context, "Unbind")
-        return await self._unbind.unbind(request, context)
+        metadata = context.invocation_metadata() or ()
+        return await _stateful(self._unbind).unbind(request.handle, metadata=metadata)
 
     async def GetUnbind(  # noqa: N802 - the gRPC method name
         self, request: gateway_pb2.GetUnbindRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> gateway_pb2.GetUnbindResponse:
-        await self._principals.require_portal(context)
-        if self._unbind is None:
-            await _no_store(context, "GetUnbind")
-        return await self._unbind.get_unbind(request, context)
+        metadata = context.invocation_metadata() or ()
+        return await _stateful(self._unbind).get_unbind(request.ticket_id, metadata=metadata)
 
     async def ReportNumberEvent(  # noqa: N802 - the gRPC method name
         self,
         request: gateway_pb2.ReportNumberEventRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> gateway_pb2.ReportNumberEventResponse:
-        if self._recycled is None:
-            await _no_store(context, "ReportNumberEvent")
-        return await self._recycled.notices.report_number_event(request, context)
+        notices = _stateful(self._recycled).notices
+        return await notices.report_number_event(request, current_caller())
 
     async def CheckRecycled(  # noqa: N802 - the gRPC method name
         self, request: gateway_pb2.CheckRecycledRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> gateway_pb2.CheckRecycledResponse:
-        if self._recycled is None:
-            await _no_store(context, "CheckRecycled")
-        return await self._recycled.checks.check_recycled(request, context)
+        checks = _stateful(self._recycled).checks
+        return await checks.check_recycled(request, current_caller())
 
     async def PollEvents(  # noqa: N802 - the gRPC method name
         self, request: gateway_pb2.PollEventsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> gateway_pb2.PollEventsResponse:
-        if self._recycled is None:
-            await _no_store(context, "PollEvents")
-        return await self._recycled.notices.poll_events(request, context)
+        notices = _stateful(self._recycled).notices
+        return await notices.poll_events(
+            request, current_caller(), time_remaining=context.time_remaining()
+        )
 
     async def ConfirmEventAction(  # noqa: N802 - the gRPC method name
         self,
         request: gateway_pb2.ConfirmEventActionRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> gateway_pb2.ConfirmEventActionResponse:
-        if self._recycled is None:
-            await _no_store(context, "ConfirmEventAction")
-        return await self._recycled.notices.confirm_event_action(request, context)
+        notices = _stateful(self._recycled).notices
+        return await notices.confirm_event_action(request, current_caller())
 
     async def GetComplianceReport(  # noqa: N802 - the gRPC method name
         self,
         request: gateway_pb2.GetComplianceReportRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> gateway_pb2.GetComplianceReportResponse:
-        if self._recycled is None:
-            await _no_store(context, "GetComplianceReport")
-        return await self._recycled.compliance.get_report(request, context)
+        compliance = _stateful(self._recycled).compliance
+        return await compliance.get_report(request, current_caller())
 
 
-async def _no_store(context: grpc.aio.ServicerContext[Any, Any], rpc: str) -> NoReturn:
-    await context.abort(
-        grpc.StatusCode.UNIMPLEMENTED, f"{rpc} needs durable state: this gateway has no [store]"
+_T = TypeVar("_T")
+
+
+def _stateful(service: _T | None) -> _T:
+    """``service``, or UNIMPLEMENTED for the RPC being served when there is no store."""
+    if service is None:
+        raise Refusal(
+            grpc.StatusCode.UNIMPLEMENTED,
+            f"{RPC.get()} needs durable state: this gateway has no [store]",
+            reason="no_store",
+        )
+    return service
+
+
+def _auditor(config: GatewayConfig, store: Store, handle_key: bytes) -> Auditor:
+    if config.keys.audit_key is None:
+        return Auditor(store, key=derive_audit_key(handle_key))
+    return Auditor(store, key=load_audit_key(config.keys.audit_key))
+
+
+def _verifier(config: GatewayConfig, replay: ReplayCache) -> AssertionVerifier:
+    identity = config.identity
+    return AssertionVerifier(
+        issuers={i.issuer: load_jwks(i.jwks) for i in identity.issuers},
+        audience=identity.audience,
+        assurance_levels=identity.assurance_levels,
+        required_assurance=identity.required_assurance,
+        leeway=identity.leeway_s,
+        max_lifetime=identity.max_lifetime_s,
+        replay=replay,
     )
 
 
@@ -306,7 +247,6 @@ class GatewayServer:
     ) -> None:
         check_transport(config)
         self.config = config
-        identity = config.identity
         self._owns_store = store is None and config.store is not None
         if store is None and config.store is not None:
             store = Store.open(config.store.url, schema=config.store.schema)
@@ -317,15 +257,7 @@ class GatewayServer:
                 if store is None
                 else _FailClosedReplay(StoreReplayCache(store.replay))
             )
-        self._verifier = AssertionVerifier(
-            issuers={i.issuer: load_jwks(i.jwks) for i in identity.issuers},
-            audience=identity.audience,
-            assurance_levels=identity.assurance_levels,
-            required_assurance=identity.required_assurance,
-            leeway=identity.leeway_s,
-            max_lifetime=identity.max_lifetime_s,
-            replay=replay_cache,
-        )
+        self._verifier = _verifier(config, replay_cache)
         self._warrants = WarrantIssuer(
             key=SigningKey.load(config.keys.warrant_key),
             issuer=config.id,
@@ -333,14 +265,7 @@ class GatewayServer:
         )
         handle_key = load_handle_key(config.keys.handle_key)
         self._sealer = HandleSealer(handle_key)
-        self.auditor: Auditor | None = None
-        if store is not None:
-            audit_key = (
-                derive_audit_key(handle_key)
-                if config.keys.audit_key is None
-                else load_audit_key(config.keys.audit_key)
-            )
-            self.auditor = Auditor(store, key=audit_key)
+        self.auditor = None if store is None else _auditor(config, store, handle_key)
         self._credentials = (
             None
             if config.tls is None
@@ -362,18 +287,8 @@ class GatewayServer:
             observer=observer,
             max_bindings=config.fanout.max_bindings_per_answer,
         )
-        self._principals = PrincipalResolver.from_config(config)
-        self.lookup = LookupService(
-            verifier=self._verifier,
-            fanout=self.fanout,
-            sealer=self._sealer,
-            handle_ttl=config.keys.handle_ttl_s,
-            lookup_deadline=config.lookup_deadline_s,
-            summary_margin=config.fanout.summary_margin_s,
-            max_concurrent_lookups=config.max_concurrent_lookups,
-            auditor=self.auditor,
-            observer=observer,
-        )
+        self._policy = Policy(PrincipalResolver.from_config(config))
+        self.lookup = self._build_lookup(observer)
         # Background work, started after the store is migrated; each part of
         # the gateway that needs some appends its worker here.
         self._workers: list[BackgroundWorker] = []
@@ -382,36 +297,9 @@ class GatewayServer:
             self._workers.append(self.telemetry)
         self.unbind: UnbindService | None = None
         self.delivery: DeliveryWorkers | None = None
-        if store is not None and self.auditor is not None:
-            providers = {p.id: p for p in config.providers}
-            self.delivery = DeliveryWorkers(
-                store=store,
-                providers=providers,
-                channels=self._channels,
-                warrants=self._warrants,
-                sealer=self._sealer,
-                auditor=self.auditor,
-                config=config.delivery,
-                observer=observer,
-            )
-            self._workers.append(self.delivery)
-            self.unbind = UnbindService(
-                verifier=self._verifier,
-                sealer=self._sealer,
-                store=store,
-                auditor=self.auditor,
-                providers=providers,
-                ticket_ttl=config.delivery.ticket_ttl_s,
-                wake=self.delivery.wake,
-            )
-        # Recycled-number notices (and their push worker), CheckRecycled, compliance.
         self.recycled: RecycledNumbers | None = None
         if store is not None and self.auditor is not None:
-            self.recycled = RecycledNumbers.build(
-                config, store=store, auditor=self.auditor, channels=self._channels, clock=clock
-            )
-            self.recycled.pusher.observer = observer
-            self._workers.append(self.recycled.pusher)
+            self._build_stateful(store, self.auditor, observer, clock)
         # Ask every provider who it is; stop asking one that claims another id.
         self.describe_check = DescribeCheck(
             channels=self._channels, providers=config.providers, fanout=self.fanout
@@ -423,6 +311,57 @@ class GatewayServer:
         self._server: grpc.aio.Server | None = None
         self._port = 0
         self._stopped = asyncio.Event()
+
+    def _build_lookup(self, observer: Observer) -> LookupService:
+        config = self.config
+        return LookupService(
+            verifier=self._verifier,
+            fanout=self.fanout,
+            sealer=self._sealer,
+            handle_ttl=config.keys.handle_ttl_s,
+            lookup_deadline=config.lookup_deadline_s,
+            summary_margin=config.fanout.summary_margin_s,
+            max_concurrent_lookups=config.max_concurrent_lookups,
+            auditor=self.auditor,
+            observer=observer,
+        )
+
+    def _build_stateful(
+        self,
+        store: Store,
+        auditor: Auditor,
+        observer: Observer,
+        clock: Callable[[], datetime] | None,
+    ) -> None:
+        """Unbind tickets and their delivery; notices, CheckRecycled and compliance."""
+        config = self.config
+        providers = {p.id: p for p in config.providers}
+        self.delivery = DeliveryWorkers(
+            store=store,
+            providers=providers,
+            channels=self._channels,
+            warrants=self._warrants,
+            sealer=self._sealer,
+            auditor=auditor,
+            config=config.delivery,
+            observer=observer,
+        )
+        self._workers.append(self.delivery)
+        self.unbind = UnbindService(
+            verifier=self._verifier,
+            sealer=self._sealer,
+            store=store,
+            auditor=auditor,
+            providers=providers,
+            ticket_ttl=config.delivery.ticket_ttl_s,
+            wake=self.delivery.wake,
+        )
+        # Recycled-number notices (and their push worker), CheckRecycled, compliance.
+        self.recycled = RecycledNumbers.build(
+            config, store=store, auditor=auditor, channels=self._channels, clock=clock
+        )
+        self.recycled.pusher.observer = observer
+        self._workers.append(self.recycled.pusher)
 
     @property
     def port(self) -> int:
@@ -455,7 +394,7 @@ class GatewayServer:
                 )
         limit = self.config.max_message_bytes
         server = grpc.aio.server(
-            interceptors=[QueryIdInterceptor()],
+            interceptors=[CallBoundary(self._policy, auditor=self.auditor)],
             options=[
                 ("grpc.max_send_message_length", limit),
                 ("grpc.max_receive_message_length", limit),
@@ -464,12 +403,14 @@ class GatewayServer:
                 # token always reach the identity check, which refuses it.
                 ("grpc.max_metadata_size", _MAX_METADATA_BYTES),
                 ("grpc.absolute_max_metadata_size", _MAX_METADATA_BYTES),
+                # gRPC shares ports by default (SO_REUSEPORT): a second gateway
+                # on a port in use would start and take half the calls.
+                ("grpc.so_reuseport", 1 if self.config.reuse_port else 0),
             ],
         )
         gateway_pb2_grpc.add_GatewayServicer_to_server(
             _GatewayServicer(
                 self.lookup,
-                principals=self._principals,
                 unbind=self.unbind,
                 recycled=self.recycled,
                 telemetry=self.telemetry,
@@ -481,15 +422,9 @@ class GatewayServer:
             (GATEWAY_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         address = self.config.listen
-        try:
-            if self._credentials is None:
-                port = server.add_insecure_port(address)
-            else:
-                port = server.add_secure_port(address, self._credentials)
-        except RuntimeError as exc:
-            raise OSError(f"cannot listen on {address}: {exc}") from exc
-        if port == 0:
-            raise OSError(f"cannot listen on {address}")
+        port = bind_port(
+            server, address, credentials=self._credentials, reuse_port=self.config.reuse_port
+        )
         await server.start()
         self._server, self._port = server, port
         started: list[BackgroundWorker] = []

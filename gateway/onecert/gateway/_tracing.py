@@ -38,8 +38,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from onecert.gateway._config import ConfigError, TracingConfig
 
 if TYPE_CHECKING:
-    from onecert.gateway._fanout import CallOutcome, ProviderAnswer
-    from onecert.gateway._metrics import LookupCounts
+    from onecert.gateway._observers import CallOutcome, LookupCounts, ProviderAnswer
 
 __all__ = ["Tracing"]
 

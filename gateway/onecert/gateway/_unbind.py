@@ -16,7 +16,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 import structlog
@@ -24,8 +24,15 @@ import structlog
 from onecert.gateway._attribution import Attribution
 from onecert.gateway._audit import Auditor
 from onecert.gateway._config import ProviderConfig
-from onecert.gateway._handles import MAX_HANDLE_CHARS, HandleClaims, HandleError, HandleSealer
-from onecert.gateway._identity import AssertionVerifier, Citizen, IdentityError, bearer_token
+from onecert.gateway._handles import HandleClaims, HandleError, HandleSealer, check_handle_form
+from onecert.gateway._identity import (
+    AssertionVerifier,
+    Citizen,
+    IdentityError,
+    Metadata,
+    bearer_token,
+)
+from onecert.gateway._refusal import AuditNote, Refusal, invalid
 from onecert.gateway.store import AuditDraft, ConflictError, Store, Ticket, TicketState
 from onecert.sdk._msisdn import mask_msisdn
 from onecert.v1 import common_pb2, gateway_pb2
@@ -60,8 +67,6 @@ _OUTCOMES: Mapping[str, common_pb2.UnbindOutcome.ValueType] = {
     "PENDING": common_pb2.UNBIND_OUTCOME_PENDING,
     "REJECTED": common_pb2.UNBIND_OUTCOME_REJECTED,
 }
-
-UnbindContext = grpc.aio.ServicerContext[Any, Any]
 
 
 def reason_for(attribution: Attribution) -> common_pb2.UnbindReason.ValueType:
@@ -118,7 +123,10 @@ def ticket_pb(ticket: Ticket, *, provider_name: str) -> gateway_pb2.UnbindTicket
 
 
 class UnbindService:
-    """``Gateway.Unbind`` and ``Gateway.GetUnbind``; the servicer delegates to it.
+    """``Gateway.Unbind`` and ``Gateway.GetUnbind``, without the server.
+
+    Refusals are raised as :class:`~onecert.gateway._refusal.Refusal`; those
+    of an identified citizen carry their ``unbind.refused`` audit row.
 
     Args:
         verifier: checks the citizens' identity assertions.
@@ -157,50 +165,73 @@ class UnbindService:
         parts = (claims.sub, claims.provider_id, claims.msisdn, claims.account_ref, str(reason))
         return self._auditor.digest("ticket", "\x00".join(parts))
 
-    async def unbind(
-        self, request: gateway_pb2.GatewayUnbindRequest, context: UnbindContext
-    ) -> gateway_pb2.GatewayUnbindResponse:
-        """Commit (or find) the ticket for the handle's binding and answer at once."""
-        handle = request.handle
-        # Checked before the assertion, so a malformed request does not use it up.
-        if not handle:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "handle is required")
-        if len(handle) > MAX_HANDLE_CHARS:
-            await _abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "the handle is malformed; use a handle from a lookup",
-            )
-        citizen = await self._identify(context, "unbind")
-        actor = self._auditor.citizen(citizen.sub)
+    async def unbind(self, handle: str, *, metadata: Metadata) -> gateway_pb2.GatewayUnbindResponse:
+        """Commit (or find) the ticket for the handle's binding and answer at once.
+
+        Args:
+            handle: the handle from the citizen's lookup.
+            metadata: the call's metadata, holding the citizen's identity assertion
+                (``authorization: Bearer <JWT>``).
+        """
+        # The handle's form is checked before the assertion, so a malformed
+        # request does not use it up; its authenticity is checked after.
         try:
-            claims = self._sealer.open(handle, sub=citizen.sub, now=self._clock())
+            check_handle_form(handle)
         except HandleError as exc:
-            _log.info("unbind.refused", reason=exc.reason, code=exc.code.name)
-            await self._audit(
-                "unbind.refused", actor=actor, detail={"reason": exc.reason, "code": exc.code.name}
-            )
-            await _abort(context, exc.code, exc.message)
+            raise Refusal(exc.code, exc.message, reason=exc.reason) from None
+        citizen = await self._identify(metadata)
+        actor = self._auditor.citizen(citizen.sub)
+        claims = self._open(handle, citizen.sub, actor)
         provider = self._providers.get(claims.provider_id)
         if provider is None:
-            _log.warning("unbind.refused", reason="provider_gone", provider=claims.provider_id)
-            await self._audit(
-                "unbind.refused",
-                actor=actor,
-                subject=f"provider:{claims.provider_id}",
-                detail={"reason": "provider_gone", "code": "FAILED_PRECONDITION"},
-            )
-            await _abort(
-                context,
+            raise Refusal(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"provider {claims.provider_id!r} no longer takes part in onecert; look up again",
+                reason="provider_gone",
+                audit=AuditNote(
+                    "unbind.refused",
+                    actor=actor,
+                    subject=f"provider:{claims.provider_id}",
+                    detail={"reason": "provider_gone", "code": "FAILED_PRECONDITION"},
+                ),
             )
+        ticket, created = await self._commit(claims, citizen.sub, actor)
+        if created:
+            self._wake()
+        _log.info(
+            "unbind.accepted",
+            ticket_id=ticket.ticket_id,
+            provider=provider.id,
+            msisdn=mask_msisdn(claims.msisdn),
+            created=created,
+            state=ticket.state.value,
+        )
+        return gateway_pb2.GatewayUnbindResponse(
+            ticket_id=ticket.ticket_id, state=_STATES[ticket.state], created=created
+        )
+
+    def _open(self, handle: str, sub: str, actor: str) -> HandleClaims:
+        try:
+            return self._sealer.open(handle, sub=sub, now=self._clock())
+        except HandleError as exc:
+            raise Refusal(
+                exc.code,
+                exc.message,
+                reason=exc.reason,
+                audit=AuditNote(
+                    "unbind.refused",
+                    actor=actor,
+                    detail={"reason": exc.reason, "code": exc.code.name},
+                ),
+            ) from None
+
+    async def _commit(self, claims: HandleClaims, sub: str, actor: str) -> tuple[Ticket, bool]:
         reason = reason_for(claims.attribution)
         key = self.ticket_key(claims, reason)
         now = datetime.fromtimestamp(self._clock(), UTC)
         expires_at = now + timedelta(seconds=self._ticket_ttl)
         requested = {
-            "provider": provider.id,
+            "provider": claims.provider_id,
             "msisdn": self._auditor.digest("msisdn", claims.msisdn),
             "account": self._auditor.digest("account", claims.account_ref),
             "reason": common_pb2.UnbindReason.Name(reason),
@@ -228,9 +259,9 @@ class UnbindService:
             )
         )
         try:
-            ticket, created = await self._store.tickets.create(
+            return await self._store.tickets.create(
                 handle_digest=key,
-                sub_hash=self._auditor.digest("sub", citizen.sub),
+                sub_hash=self._auditor.digest("sub", sub),
                 provider_id=claims.provider_id,
                 reason=int(reason),
                 payload=payload,
@@ -241,81 +272,50 @@ class UnbindService:
             )
         except ConflictError:
             # The key covers the citizen and the provider: only a bug gets here.
-            _log.error("unbind.conflict", provider=provider.id)
-            await _abort(context, grpc.StatusCode.INTERNAL, "the ticket could not be recorded")
-        except Exception:  # noqa: BLE001 - any store failure: nothing committed
-            _log.exception("unbind.store_failed", provider=provider.id)
-            await _abort(
-                context,
+            _log.error("unbind.conflict", provider=claims.provider_id)
+            raise Refusal(
+                grpc.StatusCode.INTERNAL, "the ticket could not be recorded", reason="conflict"
+            ) from None
+        except Exception as exc:
+            _log.exception("unbind.store_failed", provider=claims.provider_id)
+            raise Refusal(
                 grpc.StatusCode.UNAVAILABLE,
                 "the ticket could not be recorded; try again shortly",
-            )
-        if created:
-            self._wake()
-        _log.info(
-            "unbind.accepted",
-            ticket_id=ticket.ticket_id,
-            provider=provider.id,
-            msisdn=mask_msisdn(claims.msisdn),
-            created=created,
-            state=ticket.state.value,
-        )
-        return gateway_pb2.GatewayUnbindResponse(
-            ticket_id=ticket.ticket_id, state=_STATES[ticket.state], created=created
-        )
+                reason="store_failed",
+            ) from exc
 
     async def get_unbind(
-        self, request: gateway_pb2.GetUnbindRequest, context: UnbindContext
+        self, ticket_id: str, *, metadata: Metadata
     ) -> gateway_pb2.GetUnbindResponse:
-        """The receipt of one of the caller's tickets."""
-        if not request.ticket_id:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "ticket_id is required")
-        if not TICKET_ID.fullmatch(request.ticket_id):
-            await _abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "ticket_id is malformed; use the id Unbind returned",
-            )
-        citizen = await self._identify(context, "get_unbind")
+        """The receipt of one of the caller's tickets.
+
+        Args:
+            ticket_id: the id Unbind returned.
+            metadata: the call's metadata, holding the citizen's identity assertion.
+        """
+        if not ticket_id:
+            raise invalid("ticket_id is required")
+        if not TICKET_ID.fullmatch(ticket_id):
+            raise invalid("ticket_id is malformed; use the id Unbind returned")
+        citizen = await self._identify(metadata)
         try:
-            ticket = await self._store.tickets.get(request.ticket_id)
-        except Exception:  # noqa: BLE001 - any store failure is UNAVAILABLE
+            ticket = await self._store.tickets.get(ticket_id)
+        except Exception as exc:
             _log.exception("get_unbind.store_failed")
-            await _abort(
-                context, grpc.StatusCode.UNAVAILABLE, "the ticket cannot be read; try again shortly"
-            )
+            raise Refusal(
+                grpc.StatusCode.UNAVAILABLE,
+                "the ticket cannot be read; try again shortly",
+                reason="store_failed",
+            ) from exc
         # Another citizen's ticket is answered exactly like an unknown one.
         if ticket is None or ticket.sub_hash != self._auditor.digest("sub", citizen.sub):
-            await _abort(context, grpc.StatusCode.NOT_FOUND, "no such ticket")
+            raise Refusal(grpc.StatusCode.NOT_FOUND, "no such ticket")
         provider = self._providers.get(ticket.provider_id)
         name = provider.display_name if provider is not None else ticket.provider_id
         return gateway_pb2.GetUnbindResponse(ticket=ticket_pb(ticket, provider_name=name))
 
-    async def _identify(self, context: UnbindContext, rpc: str) -> Citizen:
+    async def _identify(self, metadata: Metadata) -> Citizen:
         try:
-            token = bearer_token(context.invocation_metadata())
-            citizen = await self._verifier.verify(token)
+            return await self._verifier.verify(bearer_token(metadata))
         except IdentityError as exc:
-            _log.info(f"{rpc}.refused", reason=exc.reason, code=exc.code.name)
-            await _abort(context, exc.code, exc.message)
-        return citizen
-
-    async def _audit(
-        self,
-        kind: str,
-        *,
-        actor: str,
-        subject: str = "",
-        detail: Mapping[str, str | int | bool] | None = None,
-    ) -> None:
-        try:
-            await self._auditor.record(kind, actor=actor, subject=subject, detail=detail)
-        except Exception as exc:  # noqa: BLE001 - the audit must not undo a committed ticket
-            # The ticket (if any) is committed and is what matters to the
-            # citizen; a missing audit row is reported loudly instead.
-            _log.error("audit.append_failed", kind=kind, error=type(exc).__name__)
-
-
-async def _abort(context: UnbindContext, code: grpc.StatusCode, message: str) -> NoReturn:
-    await context.abort(code, message)
-    raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises
+            raise Refusal(exc.code, exc.message, reason=exc.reason) from None
