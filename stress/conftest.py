@@ -12,7 +12,6 @@ import os
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import pytest
@@ -20,13 +19,7 @@ import structlog
 
 from onecert.gateway.store.testing import Database
 from onecert.sdk.devkeys import DevKeys, init_dev_keys
-
-# pytest puts this folder on sys.path (it is no package), so the helpers are
-# `stress_support` at run time; mypy names them by their path.
-if TYPE_CHECKING:
-    from stress.stress_support import summary_lines
-else:
-    from stress_support import summary_lines
+from stress.stress_support import summary_lines
 
 
 def _reachable(url: str) -> bool:

@@ -17,7 +17,6 @@ import collections
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -25,35 +24,19 @@ import pytest
 from onecert.gateway.store.testing import Database
 from onecert.sdk.client import CallOutcome, GatewayClient, GatewayError, Result, Summary
 from onecert.sdk.devkeys import DevKeys
-
-if TYPE_CHECKING:
-    from stress.stress_support import (
-        Catalogue,
-        Citizen,
-        Federation,
-        GatewayProcess,
-        Identity,
-        env_float,
-        free_port,
-        gateway_toml,
-        percentile,
-        record_result,
-        seeded,
-    )
-else:
-    from stress_support import (
-        Catalogue,
-        Citizen,
-        Federation,
-        GatewayProcess,
-        Identity,
-        env_float,
-        free_port,
-        gateway_toml,
-        percentile,
-        record_result,
-        seeded,
-    )
+from stress.stress_support import (
+    Catalogue,
+    Citizen,
+    Federation,
+    GatewayProcess,
+    Identity,
+    env_float,
+    free_port,
+    gateway_toml,
+    percentile,
+    record_result,
+    seeded,
+)
 
 CAP = 4
 LATENCY = 0.4

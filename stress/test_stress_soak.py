@@ -16,7 +16,6 @@ import contextlib
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 
@@ -29,41 +28,22 @@ from onecert.sdk.client import (
     Summary,
 )
 from onecert.sdk.devkeys import DevKeys
-
-if TYPE_CHECKING:
-    from stress.stress_support import (
-        Catalogue,
-        Citizen,
-        Federation,
-        GatewayProcess,
-        Identity,
-        ProcessSample,
-        env_float,
-        free_port,
-        gateway_toml,
-        percentile,
-        record_result,
-        sample_process,
-        seeded,
-        series_summary,
-    )
-else:
-    from stress_support import (
-        Catalogue,
-        Citizen,
-        Federation,
-        GatewayProcess,
-        Identity,
-        ProcessSample,
-        env_float,
-        free_port,
-        gateway_toml,
-        percentile,
-        record_result,
-        sample_process,
-        seeded,
-        series_summary,
-    )
+from stress.stress_support import (
+    Catalogue,
+    Citizen,
+    Federation,
+    GatewayProcess,
+    Identity,
+    ProcessSample,
+    env_float,
+    free_port,
+    gateway_toml,
+    percentile,
+    record_result,
+    sample_process,
+    seeded,
+    series_summary,
+)
 
 SOAK_SECONDS = env_float("ONECERT_SOAK_SECONDS", 30.0)
 SAMPLE_EVERY_S = min(5.0, max(1.0, SOAK_SECONDS / 60))

@@ -5,7 +5,6 @@ reason, and the other providers are untouched."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -18,14 +17,8 @@ from onecert.gateway._describe import (
     quarantine_misconfigured,
 )
 from onecert.v1 import gateway_pb2, provider_pb2
-
-if TYPE_CHECKING:
-    from tests.hardening.conftest import Harness
-    from tests.hardening.hardening_net import JunkServer, ResettingProxy
-else:
-    from hardening_net import JunkServer
-
-    Harness = ResettingProxy = Any
+from tests.hardening.conftest import Harness
+from tests.hardening.hardening_net import JunkServer, ResettingProxy
 
 
 @pytest.fixture
