@@ -9,25 +9,17 @@ import asyncio
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
 from onecert.gateway._config import FanoutConfig
 from onecert.gateway._fanout import MAX_BINDINGS_PER_ANSWER
 from onecert.gateway._masking import mask_display_name
-from onecert.sdk.client import _update
+from onecert.sdk.client._portal import _update
 from onecert.v1 import common_pb2, gateway_pb2, provider_pb2
-
-# pytest puts this folder on sys.path (no __init__.py files in tests/), so the
-# module is `hardening_net` at run time; mypy names it by its path.
-if TYPE_CHECKING:
-    from tests.hardening.conftest import FakeProvider, Harness
-    from tests.hardening.hardening_net import JunkServer, ResettingProxy
-else:
-    from hardening_net import JunkServer, ResettingProxy
-
-    FakeProvider = Harness = Any
+from tests.hardening.conftest import FakeProvider, Harness
+from tests.hardening.hardening_net import JunkServer, ResettingProxy
 
 ANSWERED = gateway_pb2.CALL_OUTCOME_ANSWERED
 FAILED = gateway_pb2.CALL_OUTCOME_FAILED

@@ -11,14 +11,9 @@ import grpc
 import pytest
 
 from onecert.cli import main
-from onecert.gateway._compliance import (
-    ComplianceReport,
-    ComplianceStatus,
-    ProviderCompliance,
-    format_duration,
-    render_table,
-)
+from onecert.cli._report import format_duration, render_table
 from onecert.gateway.store import DeliveryState
+from onecert.sdk.client import ComplianceReport, ComplianceStatus, ProviderCompliance
 
 if TYPE_CHECKING:
     from onecert.gateway import GatewayServer

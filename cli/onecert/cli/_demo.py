@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     from onecert.adapters.demo import Federation, ProviderSpec
     from onecert.gateway.store import Delivery
     from onecert.sdk.client import (
-        ComplianceReport,
         GatewayClient,
         Receipt,
         Result,
@@ -743,25 +742,9 @@ async def _watch_deliveries(federation: Federation, out: _Out, notice_id: str) -
 # ------------------------------------------------------------------ the regulator
 
 
-def _as_table(report: ComplianceReport) -> Any:
-    """The client's report as the gateway's renderer takes it."""
-    import dataclasses  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
-
-    from onecert.gateway import _compliance  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
-
-    wanted = [f.name for f in dataclasses.fields(_compliance.ProviderCompliance)]
-    return _compliance.ComplianceReport(
-        generated_at=report.generated_at or datetime.now(UTC),
-        providers=tuple(
-            _compliance.ProviderCompliance(**{name: getattr(p, name) for name in wanted})
-            for p in report.providers
-        ),
-    )
-
-
 async def _compliance(federation: Federation, out: _Out) -> bool:
     from onecert.adapters.demo import ADMIN_CN  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
-    from onecert.gateway._compliance import render_table  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+    from onecert.cli._report import render_table  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
     from onecert.sdk.client import AdminGatewayClient, GatewayError  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
 
     out.heading("The regulator's compliance report")
@@ -776,7 +759,7 @@ async def _compliance(federation: Federation, out: _Out) -> bool:
         _tail(federation, out, "gateway")
         return False
     out()
-    for text in render_table(_as_table(report)).splitlines():
+    for text in render_table(report).splitlines():
         out(f"  {text}".rstrip())
     specs = {p.id: p for p in federation.providers}
     notes = []
