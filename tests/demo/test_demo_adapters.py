@@ -110,7 +110,7 @@ def test_unknown_provider_is_filler() -> None:
     """An id the demo does not know is a filler provider with explicit overrides."""
     users = [UserRecord("a1", "alpha", "+8613000000001", BindingKind.LOGIN, None)]
     provider = build_provider("bench-1", users=users, name="Bench", category="gaming")
-    assert (provider.provider_id, provider.name) == ("bench-1", "Bench")
+    assert (provider.id, provider.name) == ("bench-1", "Bench")
     assert provider.category is ProviderCategory.GAMING
     assert build_provider("bench-2").category is ProviderCategory.OTHER
 

@@ -165,7 +165,7 @@ class ProviderEnvironment:
         gateway: FakeGateway | None = None,
         idempotency: IdempotencyStore | None = None,
     ) -> None:
-        self.gateway = gateway or FakeGateway(audience=provider.provider_id)
+        self.gateway = gateway or FakeGateway(audience=provider.id)
         self.store = idempotency if idempotency is not None else MemoryIdempotencyStore()
         self._core = ProviderCore(
             provider, keys=self.gateway.keys, issuer=self.gateway.issuer, store=self.store
@@ -235,7 +235,7 @@ class CarrierEnvironment:
     """Calls a carrier's ``list_numbers`` as the gateway would, with no network."""
 
     def __init__(self, carrier: Carrier, *, gateway: FakeGateway | None = None) -> None:
-        self.gateway = gateway or FakeGateway(audience=carrier.carrier_id)
+        self.gateway = gateway or FakeGateway(audience=carrier.id)
         self._core = CarrierCore(carrier, keys=self.gateway.keys, issuer=self.gateway.issuer)
 
     async def list_numbers(
