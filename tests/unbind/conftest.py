@@ -1,42 +1,44 @@
-"""Fixtures for unbinding: real keys, a real carrier and real SDK providers on
-ports of their own, gateways on a SQLite file or a PostgreSQL schema."""
+"""Fixtures for unbinding: the federation of :mod:`onecert.gateway.testing` with a
+real SDK carrier and real SDK providers on ports of their own (so a provider can
+be stopped and started again), and gateways on a SQLite file or a PostgreSQL schema."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
 import dataclasses
-import json
-import os
 import socket
-import sys
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
-import structlog
 from sqlalchemy import func, select
 
 from onecert.gateway import GatewayServer
-from onecert.gateway._config import (
-    CarrierConfig,
-    DeliveryConfig,
-    FanoutConfig,
-    GatewayConfig,
-    IdentityConfig,
-    IssuerConfig,
-    KeysConfig,
-    ProviderConfig,
-    StoreConfig,
-)
-from onecert.gateway._identity import AssertionIssuer
+from onecert.gateway._config import GatewayConfig, StoreConfig
 from onecert.gateway.store import Store, Ticket
 from onecert.gateway.store._models import audit_log, unbind_tickets
 from onecert.gateway.store.testing import Database
+from onecert.gateway.testing import (
+    CITIZEN_SUB,
+    CURRENT,
+    CURRENT_FROM,
+    FAST_DELIVERY,
+    FORMER,
+    FORMER_FROM,
+    FORMER_UNTIL,
+    GATEWAY_ID,
+    IDN,
+    ISSUER,
+    OTHER_IDN,
+    OTHER_NUMBER,
+    OTHER_SUB,
+    Federation,
+    FederationKeys,
+)
 from onecert.sdk import (
     Binding,
     BindingKind,
@@ -50,39 +52,10 @@ from onecert.sdk import (
     UnbindRequest,
     UnbindResult,
 )
-from onecert.sdk._idn import compute_idn
-from onecert.sdk._keys import SigningKey
+from onecert.sdk._keys import SigningKey, parse_jwks
 from onecert.v1 import gateway_pb2, gateway_pb2_grpc
 
-ISSUER = "https://id.example.test"
-GATEWAY_ID = "onecert-gateway"
-IDN_KEY = bytes(range(32))
-CITIZEN_SUB = "citizen-7f3a"
-OTHER_SUB = "citizen-0b9c"
-IDN = compute_idn(IDN_KEY, "110101199003070011")
-OTHER_IDN = compute_idn(IDN_KEY, "110101198512120022")
-
-# A number held 2012-2017 and recycled since, and the current number, held
-# since mid-2020, that came with a previous holder's account.
-CURRENT = "+8613800138001"
-FORMER = "+8613900139002"
-OTHER_NUMBER = "+8613700137003"
-CURRENT_FROM = datetime(2020, 6, 1, tzinfo=UTC)
-FORMER_FROM = datetime(2012, 3, 1, tzinfo=UTC)
-FORMER_UNTIL = datetime(2017, 9, 1, tzinfo=UTC)
-
-# Short everything, so retries, leases and expiry happen within a test.
-FAST = DeliveryConfig(
-    workers=2,
-    batch=10,
-    lease_s=3.0,
-    poll_interval_s=0.1,
-    backoff_initial_s=0.05,
-    backoff_max_s=0.2,
-    ticket_ttl_s=30.0,
-    unbind_deadline_s=1.0,
-    pending_recheck_s=0.1,
-)
+FAST = FAST_DELIVERY
 
 
 def story_bindings(prefix: str = "pay") -> dict[str, list[Binding]]:
@@ -181,12 +154,8 @@ def free_port() -> int:
         return port
 
 
-class Env:
-    """Keys, a carrier and providers, and gateways on one database.
-
-    Test modules cannot import this conftest, so constants are reachable
-    from the fixture too.
-    """
+class UnbindWorld:
+    """A carrier, SDK providers and gateways on one database, over the harness."""
 
     CITIZEN_SUB = CITIZEN_SUB
     OTHER_SUB = OTHER_SUB
@@ -199,26 +168,13 @@ class Env:
     story_bindings = staticmethod(story_bindings)
     free_port = staticmethod(free_port)
 
-    def __init__(self, directory: Path, database: Database) -> None:
-        self.dir = directory
+    def __init__(self, fed: Federation, database: Database) -> None:
+        self.fed = fed
+        self.dir = fed.directory
         self.database = database
-        self.identity = SigningKey.generate("ES256")
-        self.warrant = SigningKey.generate("EdDSA")
-        self.handle_key = os.urandom(32)
-        self.identity_jwks = directory / "identity.jwks.json"
-        self.identity_jwks.write_text(json.dumps(self.identity.jwks()))
-        self.warrant_key = directory / "warrant.key.pem"
-        self.warrant_key.write_bytes(self.warrant.to_pem())
-        self.gateway_jwks = directory / "gateway.jwks.json"
-        self.gateway_jwks.write_text(json.dumps(self.warrant.jwks()))
-        self.handle_key_file = directory / "handle.key"
-        self.handle_key_file.write_text(self.handle_key.hex())
-        self.issuer = AssertionIssuer(key=self.identity, issuer=ISSUER)
+        self.handle_key = fed.keys.handle
         self.providers: dict[str, ProviderSite] = {}
-        self.carrier_server: Server | None = None
         self.carrier_port = 0
-        self.gateways: list[GatewayServer] = []
-        self._channels: list[grpc.aio.Channel] = []
         self._stores: list[Store] = []
 
     # ------------------------------------------------------------ upstreams
@@ -243,15 +199,7 @@ class Env:
         async def list_numbers(idn: str) -> list[Tenure]:
             return tenures.get(idn, [])
 
-        server = Server(
-            carrier,
-            gateway_keys=self.gateway_jwks,
-            gateway_issuer=GATEWAY_ID,
-            listen="127.0.0.1:0",
-            insecure=True,
-        )
-        await server.start()
-        self.carrier_server, self.carrier_port = server, server.port
+        self.carrier_port = (await self.fed.adapter(carrier)).port
 
     async def provider(
         self,
@@ -279,6 +227,7 @@ class Env:
             trust=trust,
         )
         self.providers[provider_id] = site
+        self.fed.add_provider(site.id, f"127.0.0.1:{site.port}", name=site.name)
         if start:
             await self.start_provider(provider_id)
         return accounts
@@ -288,23 +237,17 @@ class Env:
         provider = Provider(
             provider_id=site.id, name=site.name, category="payment", implementation=site.accounts
         )
-        keys: Any = self.gateway_jwks
+        options: dict[str, Any] = {}
         if site.trust is not None:
-            from onecert.sdk._keys import parse_jwks
-
-            keys = parse_jwks(site.trust.jwks())
-        server = Server(
+            options["gateway_keys"] = parse_jwks(site.trust.jwks())
+        site.server = await self.fed.adapter(
             provider,
-            gateway_keys=keys,
-            gateway_issuer=GATEWAY_ID,
             listen=f"127.0.0.1:{site.port}",
-            insecure=True,
+            register=False,
             # On disk, so the answers survive a restart of the provider.
             idempotency=self.dir / f"{site.id}-answers.db",
-            grace=0.5,
+            **options,
         )
-        await server.start()
-        site.server = server
 
     async def stop_provider(self, provider_id: str) -> None:
         site = self.providers[provider_id]
@@ -314,46 +257,22 @@ class Env:
 
     # ------------------------------------------------------------ gateways
 
-    def store_config(self) -> StoreConfig:
-        return StoreConfig(url=self.database.url, schema=self.database.schema, auto_migrate=True)
-
     def config(self, **delivery: Any) -> GatewayConfig:
-        return GatewayConfig(
-            id=GATEWAY_ID,
-            listen="127.0.0.1:0",
-            dev_plaintext=True,
-            keys=KeysConfig(warrant_key=self.warrant_key, handle_key=self.handle_key_file),
-            identity=IdentityConfig(
-                audience=GATEWAY_ID,
-                issuers=(IssuerConfig(issuer=ISSUER, jwks=self.identity_jwks),),
-            ),
-            carriers=(
-                CarrierConfig(id="cm", address=f"127.0.0.1:{self.carrier_port}", plaintext=True),
-            ),
-            providers=tuple(
-                ProviderConfig(
-                    id=site.id,
-                    name=site.name,
-                    address=f"127.0.0.1:{site.port}",
-                    plaintext=True,
-                )
-                for site in self.providers.values()
-            ),
-            fanout=FanoutConfig(provider_deadline_s=2.0, carrier_deadline_s=2.0),
-            grace_period_s=1.0,
-            store=self.store_config(),
+        store = StoreConfig(url=self.database.url, schema=self.database.schema, auto_migrate=True)
+        return self.fed.config(
+            store=store,
             delivery=dataclasses.replace(FAST, **delivery),
+            carrier_prefixes=(),
+            grace_period_s=1.0,
         )
 
     async def gateway(self, config: GatewayConfig | None = None, **delivery: Any) -> GatewayServer:
-        server = GatewayServer(config or self.config(**delivery))
-        await server.start()
-        self.gateways.append(server)
-        return server
+        return await self.fed.gateway(config or self.config(**delivery))
 
     def config_toml(self, *, listen_port: int = 0, **delivery: Any) -> str:
         """The same gateway as a TOML file's text (for ``onecert gateway serve``)."""
         d = dataclasses.replace(FAST, **delivery)
+        keys = self.fed.keys
         providers = "".join(
             f'\n[[providers]]\nid = "{s.id}"\nname = "{s.name}"\n'
             f'address = "127.0.0.1:{s.port}"\nplaintext = true\n'
@@ -363,8 +282,8 @@ class Env:
         return (
             f'[gateway]\nid = "{GATEWAY_ID}"\nlisten = "127.0.0.1:{listen_port}"\n'
             f"dev_plaintext = true\ngrace_period_s = 1\n\n"
-            f'[keys]\nwarrant_key = "{self.warrant_key}"\nhandle_key = "{self.handle_key_file}"\n\n'
-            f'[[identity.issuers]]\nissuer = "{ISSUER}"\njwks = "{self.identity_jwks}"\n\n'
+            f'[keys]\nwarrant_key = "{keys.warrant_key}"\nhandle_key = "{keys.handle_key}"\n\n'
+            f'[[identity.issuers]]\nissuer = "{ISSUER}"\njwks = "{keys.identity_jwks}"\n\n'
             f'[store]\nurl = "{self.database.url}"\nauto_migrate = true\n{schema}\n'
             f"[delivery]\nworkers = {d.workers}\nbatch = {d.batch}\nlease_s = {d.lease_s}\n"
             f"poll_interval_s = {d.poll_interval_s}\nbackoff_initial_s = {d.backoff_initial_s}\n"
@@ -375,30 +294,21 @@ class Env:
             f"plaintext = true\n{providers}"
         )
 
-    def stub_at(self, port: int) -> gateway_pb2_grpc.GatewayAsyncStub:
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-        self._channels.append(channel)
-        return gateway_pb2_grpc.GatewayStub(channel)
-
-    def stub(self, gateway: GatewayServer) -> gateway_pb2_grpc.GatewayAsyncStub:
-        return self.stub_at(gateway.port)
+    def stub(self, target: GatewayServer | int) -> gateway_pb2_grpc.GatewayAsyncStub:
+        return self.fed.stub(target)
 
     # ------------------------------------------------------------ citizen calls
 
     def assertion(self, sub: str = CITIZEN_SUB, idn: str = IDN, **options: Any) -> str:
-        return self.issuer.mint(sub=sub, idn=idn, audience=GATEWAY_ID, **options)
+        return self.fed.assertion(sub=sub, idn=idn, **options)
 
     def metadata(self, sub: str = CITIZEN_SUB, idn: str = IDN) -> tuple[tuple[str, str], ...]:
-        return (("authorization", f"Bearer {self.assertion(sub, idn)}"),)
+        return self.fed.bearer(self.assertion(sub, idn))
 
     async def lookup(
         self, target: GatewayServer | int, sub: str = CITIZEN_SUB, idn: str = IDN
     ) -> list[gateway_pb2.ProviderResult]:
-        stub = self.stub_at(target if isinstance(target, int) else target.port)
-        call = stub.Lookup(
-            gateway_pb2.LookupRequest(), metadata=self.metadata(sub, idn), timeout=10
-        )
-        return [m.result async for m in call if m.WhichOneof("update") == "result"]
+        return self.fed.results(await self.fed.lookup(target, self.assertion(sub, idn)))
 
     @staticmethod
     def result(
@@ -421,18 +331,12 @@ class Env:
     async def unbind(
         self, target: GatewayServer | int, handle: str, sub: str = CITIZEN_SUB
     ) -> gateway_pb2.GatewayUnbindResponse:
-        stub = self.stub_at(target if isinstance(target, int) else target.port)
-        return await stub.Unbind(
-            gateway_pb2.GatewayUnbindRequest(handle=handle),
-            metadata=self.metadata(sub),
-            timeout=10,
-        )
+        return await self.fed.unbind(target, handle, self.assertion(sub))
 
     async def receipt(
         self, target: GatewayServer | int, ticket_id: str, sub: str = CITIZEN_SUB
     ) -> gateway_pb2.UnbindTicket:
-        stub = self.stub_at(target if isinstance(target, int) else target.port)
-        response = await stub.GetUnbind(
+        response = await self.stub(target).GetUnbind(
             gateway_pb2.GetUnbindRequest(ticket_id=ticket_id),
             metadata=self.metadata(sub),
             timeout=10,
@@ -447,9 +351,11 @@ class Env:
         self._stores.append(store)
         return store
 
+    async def _observer(self) -> Store:
+        return self._stores[0] if self._stores else await self.store()
+
     async def ticket(self, ticket_id: str) -> Ticket:
-        store = self._stores[0] if self._stores else await self.store()
-        ticket = await store.tickets.get(ticket_id)
+        ticket = await (await self._observer()).tickets.get(ticket_id)
         assert ticket is not None
         return ticket
 
@@ -478,59 +384,32 @@ class Env:
                 await asyncio.sleep(0.05)
 
     async def ticket_count(self) -> int:
-        store = self._stores[0] if self._stores else await self.store()
-        async with store.engine.connect() as conn:
+        async with (await self._observer()).engine.connect() as conn:
             count = await conn.scalar(select(func.count()).select_from(unbind_tickets))
         return int(count or 0)
 
     async def audit_rows(self) -> list[dict[str, Any]]:
-        store = self._stores[0] if self._stores else await self.store()
-        async with store.engine.connect() as conn:
+        async with (await self._observer()).engine.connect() as conn:
             rows = (await conn.execute(select(audit_log).order_by(audit_log.c.seq))).mappings()
             return [dict(r) for r in rows]
 
     async def close(self) -> None:
-        for channel in self._channels:
-            await channel.close()
-        for gateway in self.gateways:
-            await gateway.stop(0)
-        for site in self.providers.values():
-            if site.server is not None:
-                await site.server.shutdown(0)
-        if self.carrier_server is not None:
-            await self.carrier_server.shutdown(0)
+        await self.fed.close()
         for store in self._stores:
             await store.close()
 
 
 @pytest.fixture(autouse=True)
-def _logs_to_stderr() -> Iterator[None]:
-    """Logs go to stderr, as in production; the previous setup is put back after."""
-    saved = structlog.get_config()
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
-    yield
-    structlog.configure(**saved)
-
-
-@pytest.fixture(
-    params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
-)
-async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
-    """An empty database: a SQLite file, or a private schema on PostgreSQL."""
-    if request.param == "sqlite":
-        yield Database.sqlite(tmp_path / "gateway.db")
-        return
-    pg_url: str = request.getfixturevalue("pg_url")
-    async with Database.postgres(pg_url) as db:
-        yield db
+def _logs(logs_to_stderr: None) -> None:
+    """Gateway logs go to stderr for every test here."""
 
 
 @pytest.fixture
-async def env(tmp_path: Path, database: Database) -> AsyncIterator[Env]:
+async def env(tmp_path: Path, database: Database) -> AsyncIterator[UnbindWorld]:
     """A carrier, no providers yet, and no gateway yet, on ``database``."""
-    environment = Env(tmp_path, database)
-    await environment.carrier()
+    world = UnbindWorld(Federation(FederationKeys.create(tmp_path / "keys"), tmp_path), database)
+    await world.carrier()
     try:
-        yield environment
+        yield world
     finally:
-        await environment.close()
+        await world.close()

@@ -11,11 +11,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from onecert.sdk import Binding, BindingKind
-
-Env = Any  # the fixture's class lives in conftest.py, which tests cannot import
+from tests.unbind.conftest import UnbindWorld
 
 TICKETS = 5
 
@@ -53,7 +51,7 @@ async def gateway_process(config: Path, log: Path) -> AsyncIterator[asyncio.subp
 
 
 async def test_sigkill_mid_delivery_then_restart_finishes_every_ticket(
-    env: Env, tmp_path: Path
+    env: UnbindWorld, tmp_path: Path
 ) -> None:
     """Tickets committed by a gateway process that is SIGKILLed while the provider is
     still answering are all delivered by the restarted process: each ends final, with

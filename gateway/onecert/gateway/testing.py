@@ -574,17 +574,16 @@ class Federation:
     ) -> Server:
         """Serve an SDK provider or carrier (mutual TLS with ``tls``) and configure
         it in every gateway (unless ``register`` is False). ``server_options`` go
-        to :class:`onecert.sdk.Server` (``idempotency``, ``grace``...)."""
-        options: dict[str, Any] = {"grace": 0.5, **server_options}
-        server = Server(
-            adapter,
-            gateway_keys=self.keys.gateway_jwks,
-            gateway_issuer=GATEWAY_ID,
-            listen=listen,
-            tls=self.keys.server_tls() if self.tls else None,
-            insecure=not self.tls,
-            **options,
-        )
+        to :class:`onecert.sdk.Server` (``idempotency``, ``grace``, ``gateway_keys``...)."""
+        options: dict[str, Any] = {
+            "gateway_keys": self.keys.gateway_jwks,
+            "gateway_issuer": GATEWAY_ID,
+            "tls": self.keys.server_tls() if self.tls else None,
+            "insecure": not self.tls,
+            "grace": 0.5,
+            **server_options,
+        }
+        server = Server(adapter, listen=listen, **options)
         await server.start()
         self._adapters.append(server)
         if register and isinstance(adapter, Provider):
@@ -623,10 +622,11 @@ class Federation:
 
     # ------------------------------------------------------------ gateways
 
-    def store_config(self, store: str | None) -> StoreConfig | None:
-        """``"sqlite"``: a file in ``directory``; a URL: that database; None: no store."""
-        if store is None:
-            return None
+    def store_config(self, store: str | StoreConfig | None) -> StoreConfig | None:
+        """``"sqlite"``: a file in ``directory``; a URL: that database (migrated at
+        start-up); a :class:`StoreConfig` as it is; None: no store."""
+        if store is None or isinstance(store, StoreConfig):
+            return store
         if store == "sqlite":
             return StoreConfig(url=f"sqlite+aiosqlite:///{self.directory / 'gateway.db'}")
         return StoreConfig(url=store, auto_migrate=True)
@@ -634,7 +634,7 @@ class Federation:
     def config(
         self,
         *,
-        store: str | None = None,
+        store: str | StoreConfig | None = None,
         fanout: FanoutConfig | None = None,
         provider_deadlines: Mapping[str, float] | None = None,
         carrier_prefixes: Sequence[str] = ("+86138", "+86139"),
