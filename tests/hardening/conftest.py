@@ -22,7 +22,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from sqlalchemy import select
 
 from onecert.gateway import GatewayServer
-from onecert.gateway._config import FanoutConfig, GatewayConfig
+from onecert.gateway._config import FanoutConfig, GatewayConfig, StoreConfig
 from onecert.gateway.store._models import (
     audit_log,
     deliveries,
@@ -82,7 +82,7 @@ _TABLES = {
 
 class Harness(Federation):
     """The federation with a SQLite store and the story's bindings at every fake
-    provider (which unbinds), and ways to look at everything the gateway stored."""
+    provider, and ways to look at everything the gateway stored."""
 
     PREVIOUS_HOLDER_NAME = PREVIOUS_HOLDER_NAME
     NEXT_HOLDER_NAME = NEXT_HOLDER_NAME
@@ -95,17 +95,19 @@ class Harness(Federation):
         name: str = "",
         category: common_pb2.ProviderCategory.ValueType = common_pb2.PROVIDER_CATEGORY_SOCIAL,
     ) -> FakeProvider:
-        fake = await super().provider(
+        return await super().provider(
             provider_id,
             story_bindings(provider_id) if bindings is None else bindings,
             name=name,
             category=category,
         )
-        fake.unbind_outcome = common_pb2.UNBIND_OUTCOME_DONE
-        return fake
 
     def config(
-        self, *, store: str | None = "sqlite", fanout: FanoutConfig | None = None, **options: Any
+        self,
+        *,
+        store: str | StoreConfig | None = "sqlite",
+        fanout: FanoutConfig | None = None,
+        **options: Any,
     ) -> GatewayConfig:
         fanout = fanout or FanoutConfig(
             provider_deadline_s=2.0, carrier_deadline_s=2.0, retry_max_attempts=2

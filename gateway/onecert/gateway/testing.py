@@ -404,8 +404,9 @@ class FakeProvider(_Fake, provider_pb2_grpc.BindingProviderServicer):
     ``answer`` replaces the fixed bindings with any response (oversized,
     malformed...); ``describe_id``
     and ``contract_version`` are what its Describe claims. Unbinds are
-    kept in ``unbinds`` and answered ``unbind_outcome`` (None: UNIMPLEMENTED);
-    notices are acknowledged and kept in ``events``.
+    kept in ``unbinds`` and answered ``unbind_outcome`` (DONE; None: UNAVAILABLE);
+    notices are kept in ``events`` and acknowledged, or refused with the status
+    in ``refuse_events``.
     """
 
     def __init__(
@@ -424,9 +425,12 @@ class FakeProvider(_Fake, provider_pb2_grpc.BindingProviderServicer):
         self.describe_id = provider_id
         self.contract_version = "onecert.v1"
         self.answer: Callable[[str], provider_pb2.ListBindingsResponse] | None = None
-        self.unbind_outcome: common_pb2.UnbindOutcome.ValueType | None = None
+        self.unbind_outcome: common_pb2.UnbindOutcome.ValueType | None = (
+            common_pb2.UNBIND_OUTCOME_DONE
+        )
         self.unbinds: list[provider_pb2.UnbindRequest] = []
         self.events: list[provider_pb2.ReceiveEventRequest] = []
+        self.refuse_events: grpc.StatusCode | None = None
         self.describe_calls = 0
 
     async def Describe(  # noqa: N802 - the gRPC method name
@@ -453,15 +457,17 @@ class FakeProvider(_Fake, provider_pb2_grpc.BindingProviderServicer):
         self, request: provider_pb2.UnbindRequest, context: Context
     ) -> provider_pb2.UnbindResponse:
         self.unbinds.append(request)
-        if self.unbind_outcome is None:
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this fake does not unbind")
         await self._check(context, request.msisdn)
+        if self.unbind_outcome is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "unbinding is down for maintenance")
         return provider_pb2.UnbindResponse(outcome=self.unbind_outcome)
 
     async def ReceiveEvent(  # noqa: N802 - the gRPC method name
         self, request: provider_pb2.ReceiveEventRequest, context: Context
     ) -> provider_pb2.ReceiveEventResponse:
         self.events.append(request)
+        if self.refuse_events is not None:
+            await context.abort(self.refuse_events, "this fake refuses notices")
         return provider_pb2.ReceiveEventResponse(acknowledged=True)
 
 
