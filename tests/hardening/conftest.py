@@ -1,6 +1,6 @@
-"""Fixtures for hardening: the federation of :mod:`onecert.gateway.testing` with a
-SQLite store and the story's data at every fake, bad certificates made with
-``cryptography``, and an attacker's key server that counts its visitors."""
+"""Fixtures for hardening: :class:`tests.hardening.hardening_support.Harness` in
+development mode (``hz``) or over mutual TLS (``tls_hz``), the dev CA with bad
+client certificates, an attacker's key server, and raw misbehaving servers."""
 
 from __future__ import annotations
 
@@ -8,157 +8,18 @@ import datetime as dt
 import http.server
 import json
 import threading
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from sqlalchemy import select
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from onecert.gateway import GatewayServer
-from onecert.gateway._config import FanoutConfig, GatewayConfig, StoreConfig
-from onecert.gateway.store._models import (
-    audit_log,
-    deliveries,
-    number_events,
-    replay_cache,
-    unbind_tickets,
-)
-from onecert.gateway.testing import (
-    CITIZEN_SUB,
-    CURRENT,
-    FORMER,
-    IDN,
-    OTHER_IDN,
-    OTHER_NUMBER,
-    FakeProvider,
-    Federation,
-    FederationKeys,
-    at,
-    binding,
-)
+from onecert.gateway.testing import FederationKeys
 from onecert.sdk._keys import SigningKey
-from onecert.sdk.devkeys import DevKeys, init_dev_keys
-from onecert.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, provider_pb2
+from onecert.sdk.devkeys import init_dev_keys
 from tests.hardening.hardening_net import JunkServer, ResettingProxy
-
-# Display names that must never reach the citizen: a previous holder's
-# account on her current number, and the next holder's on her former one.
-PREVIOUS_HOLDER_NAME = "gaojun_1987"
-NEXT_HOLDER_NAME = "zhoupeng_runs"
-
-
-def story_bindings(prefix: str) -> dict[str, list[provider_pb2.Binding]]:
-    """One left-behind account, one of hers and one of a previous holder's; on the
-    former number also the next holder's; one account of the other citizen's."""
-    return {
-        FORMER: [
-            binding(f"{prefix}-left", "linxiaoyu", at(2014, 5)),
-            binding(f"{prefix}-next", NEXT_HOLDER_NAME, at(2019, 2)),
-        ],
-        CURRENT: [
-            binding(f"{prefix}-mine", "xiaoyu.lin", at(2021, 2)),
-            binding(f"{prefix}-prev", PREVIOUS_HOLDER_NAME, at(2019, 2)),
-        ],
-        OTHER_NUMBER: [binding(f"{prefix}-other", "someone_else", at(2021, 3))],
-    }
-
-
-Snapshot = dict[str, list[tuple[Any, ...]]]
-_TABLES = {
-    "unbind_tickets": unbind_tickets,
-    "number_events": number_events,
-    "deliveries": deliveries,
-    "audit_log": audit_log,
-    "replay_cache": replay_cache,
-}
-
-
-class Harness(Federation):
-    """The federation with a SQLite store and the story's bindings at every fake
-    provider, and ways to look at everything the gateway stored."""
-
-    PREVIOUS_HOLDER_NAME = PREVIOUS_HOLDER_NAME
-    NEXT_HOLDER_NAME = NEXT_HOLDER_NAME
-
-    async def provider(
-        self,
-        provider_id: str,
-        bindings: Mapping[str, Sequence[provider_pb2.Binding]] | None = None,
-        *,
-        name: str = "",
-        category: common_pb2.ProviderCategory.ValueType = common_pb2.PROVIDER_CATEGORY_SOCIAL,
-    ) -> FakeProvider:
-        return await super().provider(
-            provider_id,
-            story_bindings(provider_id) if bindings is None else bindings,
-            name=name,
-            category=category,
-        )
-
-    def config(
-        self,
-        *,
-        store: str | StoreConfig | None = "sqlite",
-        fanout: FanoutConfig | None = None,
-        **options: Any,
-    ) -> GatewayConfig:
-        fanout = fanout or FanoutConfig(
-            provider_deadline_s=2.0, carrier_deadline_s=2.0, retry_max_attempts=2
-        )
-        return super().config(store=store, fanout=fanout, **options)
-
-    def address_of(self, provider_id: str) -> str:
-        return next(address for p, address in self.providers if p.id == provider_id)
-
-    def reroute(self, provider_id: str, address: str) -> None:
-        """Configure a fake provider at another address (a proxy in front of it)."""
-        self.providers = [(p, address if p.id == provider_id else old) for p, old in self.providers]
-
-    def stub(
-        self,
-        gateway: GatewayServer | int,
-        credentials: grpc.ChannelCredentials | None = None,
-        *,
-        client: str = "portal",
-    ) -> gateway_pb2_grpc.GatewayAsyncStub:
-        if credentials is None:
-            return super().stub(gateway, client=client)
-        port = gateway if isinstance(gateway, int) else gateway.port
-        channel = grpc.aio.secure_channel(f"127.0.0.1:{port}", credentials)
-        self._channels.append(channel)
-        return gateway_pb2_grpc.GatewayStub(channel)
-
-    async def handle_of(
-        self, gateway: GatewayServer, provider_id: str, sub: str = CITIZEN_SUB
-    ) -> str:
-        """The handle of the citizen's left-behind account at a provider (a fresh lookup)."""
-        idn = IDN if sub == CITIZEN_SUB else OTHER_IDN
-        messages = await self.lookup(gateway, self.assertion(sub=sub, idn=idn))
-        number = FORMER if sub == CITIZEN_SUB else OTHER_NUMBER
-        result = self.result_of(messages, provider_id, number)
-        assert result.outcome == gateway_pb2.CALL_OUTCOME_ANSWERED, result.detail
-        handles = [b.handle for b in result.bindings if b.handle]
-        assert handles
-        return handles[0]
-
-    async def snapshot(self, gateway: GatewayServer) -> Snapshot:
-        """Every row of the durable state (after pending audit rows are written)."""
-        assert gateway.store is not None
-        if gateway.auditor is not None:
-            await gateway.auditor.drain()
-        out: Snapshot = {}
-        async with gateway.store.engine.connect() as conn:
-            for name, table in _TABLES.items():
-                rows = (await conn.execute(select(table))).all()
-                out[name] = sorted((tuple(r) for r in rows), key=repr)
-        return out
+from tests.hardening.hardening_support import Harness, KeyServer, Pki, issue_client_cert
 
 
 @pytest.fixture(autouse=True)
@@ -178,70 +39,6 @@ async def hz(keys: FederationKeys, tmp_path: Path) -> AsyncIterator[Harness]:
         yield harness
 
 
-# ---------------------------------------------------------------- certificates
-
-
-@dataclass(frozen=True)
-class Pki:
-    """The federation's dev CA and certificates, plus bad client certificates."""
-
-    dev: DevKeys
-    other: DevKeys
-    bad: Mapping[str, tuple[Path, Path]] = field(default_factory=dict)
-
-    def client(self, name: str) -> tuple[Path, Path]:
-        """(cert, key) of a client: a dev one by CN, or a bad one by its label."""
-        if name in self.bad:
-            return self.bad[name]
-        return self.dev.client_cert(name), self.dev.client_key(name)
-
-    def credentials(self, name: str | None) -> grpc.ChannelCredentials:
-        """Channel credentials trusting the dev CA, presenting client ``name`` (None: none)."""
-        ca = self.dev.ca_cert.read_bytes()
-        if name is None:
-            return grpc.ssl_channel_credentials(ca)
-        cert, key = self.client(name)
-        return grpc.ssl_channel_credentials(ca, key.read_bytes(), cert.read_bytes())
-
-
-def _issue_client_cert(
-    directory: Path,
-    label: str,
-    *,
-    ca: DevKeys,
-    common_name: str,
-    not_before: dt.datetime,
-    not_after: dt.datetime,
-    usage: x509.ObjectIdentifier = ExtendedKeyUsageOID.CLIENT_AUTH,
-) -> tuple[Path, Path]:
-    ca_key = serialization.load_pem_private_key(ca.ca_key.read_bytes(), password=None)
-    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
-    ca_cert = x509.load_pem_x509_certificate(ca.ca_cert.read_bytes())
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / f"{label}.pem", directory / f"{label}.key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     """The dev CA (clients gateway, portal, cm, intruder), a foreign CA, and bad
@@ -255,15 +52,15 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     now = dt.datetime.now(dt.UTC)
     day = dt.timedelta(days=1)
     bad = {
-        "expired": _issue_client_cert(
+        "expired": issue_client_cert(
             bad_dir, "expired", ca=dev, common_name="portal", not_before=now - 30 * day,
             not_after=now - day,
         ),
-        "not-yet-valid": _issue_client_cert(
+        "not-yet-valid": issue_client_cert(
             bad_dir, "not-yet-valid", ca=dev, common_name="portal", not_before=now + day,
             not_after=now + 30 * day,
         ),
-        "server-only": _issue_client_cert(
+        "server-only": issue_client_cert(
             bad_dir, "server-only", ca=dev, common_name="portal", not_before=now - day,
             not_after=now + 30 * day, usage=ExtendedKeyUsageOID.SERVER_AUTH,
         ),
@@ -277,19 +74,6 @@ async def tls_hz(tmp_path: Path, pki: Pki) -> AsyncIterator[Harness]:
     """A harness in production mode: mutual TLS everywhere on the dev CA."""
     async with Harness(FederationKeys.load(pki.dev), tmp_path, tls=True) as harness:
         yield harness
-
-
-# ---------------------------------------------------------------- attacker's key server
-
-
-@dataclass
-class KeyServer:
-    """An HTTP server on 127.0.0.1 that would hand out the attacker's JWKS (and
-    certificate) to anyone who asked; ``requests`` counts who did."""
-
-    url: str
-    key: SigningKey
-    requests: list[str]
 
 
 @pytest.fixture

@@ -17,8 +17,8 @@ from onecert.gateway._describe import (
     quarantine_misconfigured,
 )
 from onecert.v1 import gateway_pb2, provider_pb2
-from tests.hardening.conftest import Harness
 from tests.hardening.hardening_net import JunkServer, ResettingProxy
+from tests.hardening.hardening_support import Harness
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from onecert.sdk._warrant import WARRANT_TYP
 from onecert.v1 import gateway_pb2
 
 if TYPE_CHECKING:
-    from tests.hardening.conftest import Harness, KeyServer
+    from tests.hardening.hardening_support import Harness, KeyServer
 else:
     Harness = KeyServer = Any
 

@@ -17,7 +17,7 @@ from onecert.sdk import Binding, CallInfo, Provider, Server, ServerTLS, UnbindRe
 from onecert.v1 import gateway_pb2, gateway_pb2_grpc, provider_pb2, provider_pb2_grpc
 
 if TYPE_CHECKING:
-    from tests.hardening.conftest import Harness, Pki
+    from tests.hardening.hardening_support import Harness, Pki
 else:
     Harness = Pki = Any
 

@@ -19,8 +19,8 @@ from onecert.gateway._masking import mask_display_name
 from onecert.gateway.testing import FakeProvider
 from onecert.sdk.client._portal import _update
 from onecert.v1 import common_pb2, gateway_pb2, provider_pb2
-from tests.hardening.conftest import Harness
 from tests.hardening.hardening_net import JunkServer, ResettingProxy
+from tests.hardening.hardening_support import Harness
 
 ANSWERED = gateway_pb2.CALL_OUTCOME_ANSWERED
 FAILED = gateway_pb2.CALL_OUTCOME_FAILED

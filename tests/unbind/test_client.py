@@ -13,7 +13,7 @@ import pytest
 from onecert.cli import main
 from onecert.sdk import UnbindOutcome, UnbindReason
 from onecert.sdk.client import GatewayClient, GatewayError, Receipt, TicketInfo, TicketState
-from tests.unbind.conftest import UnbindWorld
+from tests.unbind.unbind_support import UnbindWorld
 
 
 async def test_client_unbinds_and_reads_the_receipt(env: UnbindWorld) -> None:

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from onecert.sdk import Binding, BindingKind
-from tests.unbind.conftest import UnbindWorld
+from tests.unbind.unbind_support import UnbindWorld
 
 TICKETS = 5
 

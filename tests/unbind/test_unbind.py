@@ -15,7 +15,7 @@ from onecert.gateway._handles import HandleClaims, HandleSealer
 from onecert.sdk import Binding, BindingKind
 from onecert.sdk._keys import SigningKey
 from onecert.v1 import common_pb2, gateway_pb2
-from tests.unbind.conftest import UnbindWorld
+from tests.unbind.unbind_support import UnbindWorld
 
 
 async def test_unbind_is_delivered_once_and_the_receipt_tells_it(env: UnbindWorld) -> None:
