@@ -3,8 +3,9 @@ provider ledgers, process sampling, statistics and the results file.
 
 Everything listens on 127.0.0.1. The gateway always runs as
 ``python -m onecert.cli gateway serve`` in a child process (so it can be
-SIGKILLed and sampled); providers, carriers and clients run in the test
-process on the SDK.
+SIGKILLed and sampled), configured by :func:`onecert.gateway.testing.gateway_toml`;
+providers, carriers and clients run in the test process on the SDK, served by
+the federation of :mod:`onecert.gateway.testing`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from onecert.gateway import testing
 from onecert.gateway._identity import AssertionIssuer
 from onecert.gateway.store.testing import Database
 from onecert.sdk import (
@@ -36,7 +38,6 @@ from onecert.sdk import (
     Carrier,
     Provider,
     RecycledNotice,
-    Server,
     Tenure,
     UnbindRequest,
     UnbindResult,
@@ -53,11 +54,11 @@ __all__ = [
     "SMOKE",
     "Catalogue",
     "Citizen",
-    "Federation",
     "GatewayProcess",
     "Identity",
     "Ledger",
     "ProcessSample",
+    "Upstreams",
     "env_float",
     "free_port",
     "gateway_toml",
@@ -69,9 +70,9 @@ __all__ = [
     "summary_lines",
 ]
 
-ISSUER = "https://id.example.test"
-GATEWAY_ID = "onecert-gateway"
-IDN_KEY = bytes(range(32))
+ISSUER = testing.ISSUER
+GATEWAY_ID = testing.GATEWAY_ID
+IDN_KEY = testing.IDN_KEY
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 # Without the durations `make stress` sets, every scenario runs short (a smoke
 # run): its figures are printed but not recorded.
@@ -164,23 +165,6 @@ class Identity:
         return self._issuer.mint(sub=citizen.sub, idn=citizen.idn, audience=GATEWAY_ID)
 
 
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"no TOML for {type(value).__name__}")
-
-
-def _table(name: str, values: Mapping[str, object]) -> str:
-    body = "".join(f"{k} = {_toml_value(v)}\n" for k, v in values.items() if v is not None)
-    return f"{name}\n{body}\n"
-
-
 def gateway_toml(
     *,
     keys: DevKeys,
@@ -191,35 +175,20 @@ def gateway_toml(
     gateway: Mapping[str, object] | None = None,
     sections: Mapping[str, Mapping[str, object]] | None = None,
 ) -> str:
-    """A development gateway's configuration file (plaintext, loopback).
+    """A development gateway's configuration file (plaintext, loopback) on ``database``.
 
     ``sections`` adds tables such as ``delivery`` or ``notices``.
     """
-    text = _table(
-        "[gateway]",
-        {
-            "id": GATEWAY_ID,
-            "listen": f"127.0.0.1:{port}",
-            "dev_plaintext": True,
-            "grace_period_s": 1,
-            **(gateway or {}),
-        },
+    return testing.gateway_toml(
+        keys,
+        store_url=database.url,
+        store_schema=database.schema,
+        listen_port=port,
+        carriers=list(carriers),
+        providers=list(providers),
+        gateway=gateway,
+        sections=sections,
     )
-    text += _table(
-        "[keys]",
-        {"warrant_key": str(keys.warrant_key), "handle_key": str(keys.handle_key)},
-    )
-    text += _table("[[identity.issuers]]", {"issuer": ISSUER, "jwks": str(keys.identity_jwks)})
-    text += _table(
-        "[store]", {"url": database.url, "schema": database.schema, "auto_migrate": True}
-    )
-    for name, values in (sections or {}).items():
-        text += _table(f"[{name}]", values)
-    for carrier in carriers:
-        text += _table("[[carriers]]", {"plaintext": True, **carrier})
-    for provider in providers:
-        text += _table("[[providers]]", {"plaintext": True, **provider})
-    return text
 
 
 class GatewayProcess:
@@ -518,8 +487,9 @@ HELD_FROM = datetime(2020, 6, 1, tzinfo=UTC)
 BOUND_AT = datetime(2021, 2, 1, tzinfo=UTC)
 
 
-class Federation:
-    """A carrier and providers on the SDK, in this process, each on a port of its own.
+class Upstreams:
+    """A carrier and providers on the SDK, in this process, each on a port of its own
+    (served by the federation of :mod:`onecert.gateway.testing`).
 
     Every citizen holds one number since 2020 (``+86137`` and the citizen's
     number); every provider lists accounts bound to it since 2021 (the
@@ -527,13 +497,10 @@ class Federation:
     """
 
     def __init__(self, keys: DevKeys, citizens: Sequence[Citizen]) -> None:
-        self._keys = keys
+        self._federation = testing.Federation(testing.FederationKeys.load(keys), keys.directory)
         self.citizens = list(citizens)
         self.numbers = {c.idn: f"+86137{n:08d}" for n, c in enumerate(self.citizens)}
         self.catalogues: dict[str, Catalogue] = {}
-        self._servers: list[Server] = []
-        self._carrier_port = 0
-        self._provider_ports: dict[str, int] = {}
 
     def number_of(self, citizen: Citizen) -> str:
         return self.numbers[citizen.idn]
@@ -546,7 +513,8 @@ class Federation:
             number = self.numbers.get(idn)
             return [] if number is None else [Tenure(msisdn=number, held_from=HELD_FROM)]
 
-        self._carrier_port = await self._serve(carrier)
+        server = await self._federation.adapter(carrier, register=False, grace=0.0)
+        self._federation.add_carrier("cm", server.address, prefixes=("+86137",))
         for provider_id, catalogue in providers.items():
             self.catalogues[provider_id] = catalogue
             provider = Provider(
@@ -555,29 +523,13 @@ class Federation:
                 category="other",
                 implementation=catalogue,
             )
-            self._provider_ports[provider_id] = await self._serve(provider)
-
-    async def _serve(self, adapter: Provider | Carrier) -> int:
-        server = Server(
-            adapter,
-            gateway_keys=self._keys.gateway_jwks,
-            gateway_issuer=GATEWAY_ID,
-            listen="127.0.0.1:0",
-            insecure=True,
-            grace=0.0,
-        )
-        await server.start()
-        self._servers.append(server)
-        return server.port
+            await self._federation.adapter(provider, grace=0.0)
 
     def carrier_config(self) -> list[dict[str, object]]:
-        return [{"id": "cm", "address": f"127.0.0.1:{self._carrier_port}", "prefixes": ["+86137"]}]
+        return self._federation.upstream_tables()[0]
 
     def provider_config(self) -> list[dict[str, object]]:
-        return [
-            {"id": p, "address": f"127.0.0.1:{port}"} for p, port in self._provider_ports.items()
-        ]
+        return self._federation.upstream_tables()[1]
 
     async def close(self) -> None:
-        for server in self._servers:
-            await server.shutdown(0)
+        await self._federation.close()

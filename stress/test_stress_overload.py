@@ -27,9 +27,9 @@ from onecert.sdk.devkeys import DevKeys
 from stress.stress_support import (
     Catalogue,
     Citizen,
-    Federation,
     GatewayProcess,
     Identity,
+    Upstreams,
     env_float,
     free_port,
     gateway_toml,
@@ -134,7 +134,7 @@ async def test_overload_is_refused_at_once_and_admitted_lookups_complete(
     nothing else; the admitted ones never exceed the cap at the provider and all
     complete with the provider's answer."""
     citizens = [Citizen.numbered(n) for n in range(50)]
-    federation = Federation(dev_keys, citizens)
+    federation = Upstreams(dev_keys, citizens)
     slow = Catalogue(latency=LATENCY, jitter=0.02)
     await federation.start({"slow": slow})
     port = free_port()

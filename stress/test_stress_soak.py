@@ -31,10 +31,10 @@ from onecert.sdk.devkeys import DevKeys
 from stress.stress_support import (
     Catalogue,
     Citizen,
-    Federation,
     GatewayProcess,
     Identity,
     ProcessSample,
+    Upstreams,
     env_float,
     free_port,
     gateway_toml,
@@ -60,7 +60,7 @@ RSS_GROWTH = 0.20
 class SteadyLoad:
     """A portal and a carrier at a steady pace; counts every call's status."""
 
-    def __init__(self, target: str, identity: Identity, federation: Federation) -> None:
+    def __init__(self, target: str, identity: Identity, federation: Upstreams) -> None:
         self._portal = GatewayClient(target, insecure=True)
         self._carrier = CarrierGatewayClient(target, insecure=True, dev_carrier_id="cm")
         self._identity = identity
@@ -164,7 +164,7 @@ async def test_soak_shows_no_growth_in_memory_or_file_descriptors(
     the gateway's open file descriptors and resident memory stop growing after the
     warm-up."""
     citizens = [Citizen.numbered(n) for n in range(40)]
-    federation = Federation(dev_keys, citizens)
+    federation = Upstreams(dev_keys, citizens)
     catalogues = {p: Catalogue(latency=0.02, jitter=0.03) for p in ("pay", "chat", "shop")}
     await federation.start(catalogues)
     port = free_port()

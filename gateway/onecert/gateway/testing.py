@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -98,6 +99,7 @@ __all__ = [
     "Record",
     "at",
     "binding",
+    "gateway_toml",
     "stamp",
     "story_registry",
     "story_tenures",
@@ -229,11 +231,14 @@ class FederationKeys:
     handle: bytes
 
     @classmethod
-    def create(cls, directory: str | Path, *, clients: Sequence[str] = ()) -> FederationKeys:
+    def create(
+        cls, directory: str | Path, *, clients: Sequence[str] = (), force: bool = False
+    ) -> FederationKeys:
         """Write a dev keys directory (the CA, the server certificate and client
-        certificates for the gateway, the portal, the regulator and ``clients``)."""
+        certificates for the gateway, the portal, the regulator and ``clients``;
+        ``force`` replaces existing files)."""
         names = ("gateway", "portal", ADMIN_CN, *clients)
-        return cls.load(init_dev_keys(directory, clients=names))
+        return cls.load(init_dev_keys(directory, clients=names, force=force))
 
     @classmethod
     def load(cls, dev: DevKeys) -> FederationKeys:
@@ -273,6 +278,79 @@ class FederationKeys:
     def server_tls(self) -> ServerTLS:
         """The dev server certificate, requiring client certificates of the dev CA."""
         return ServerTLS(self.dev.server_cert, self.dev.server_key, self.dev.ca_cert)
+
+
+# ---------------------------------------------------------------- a gateway process
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str | Path):
+        return json.dumps(str(value))
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML for {type(value).__name__}")
+
+
+def _toml_table(name: str, values: Mapping[str, object]) -> str:
+    body = "".join(f"{k} = {_toml_value(v)}\n" for k, v in values.items() if v is not None)
+    return f"{name}\n{body}\n"
+
+
+def gateway_toml(
+    keys: FederationKeys | DevKeys,
+    *,
+    store_url: str,
+    store_schema: str | None = None,
+    listen_port: int = 0,
+    carriers: Sequence[Mapping[str, object]] = (),
+    providers: Sequence[Mapping[str, object]] = (),
+    issuer: str = ISSUER,
+    upstream_tls: bool = False,
+    gateway: Mapping[str, object] | None = None,
+    sections: Mapping[str, Mapping[str, object]] | None = None,
+) -> str:
+    """A development gateway's configuration file (``onecert gateway serve
+    --config``): plaintext to its callers on loopback, these keys and store.
+
+    Carriers and providers are plaintext unless ``upstream_tls`` (mutual TLS
+    with the dev CA as client "gateway"); ``gateway`` adds keys of ``[gateway]``,
+    ``sections`` whole tables such as ``delivery`` or ``fanout``.
+    """
+    dev = keys.dev if isinstance(keys, FederationKeys) else keys
+    text = _toml_table(
+        "[gateway]",
+        {
+            "id": GATEWAY_ID,
+            "listen": f"127.0.0.1:{listen_port}",
+            "dev_plaintext": True,
+            "grace_period_s": 1,
+            **(gateway or {}),
+        },
+    )
+    text += _toml_table("[keys]", {"warrant_key": dev.warrant_key, "handle_key": dev.handle_key})
+    text += _toml_table("[identity]", {"audience": GATEWAY_ID})
+    text += _toml_table("[[identity.issuers]]", {"issuer": issuer, "jwks": dev.identity_jwks})
+    if upstream_tls:
+        text += _toml_table(
+            "[upstream_tls]",
+            {
+                "ca": dev.ca_cert,
+                "cert": dev.client_cert("gateway"),
+                "key": dev.client_key("gateway"),
+            },
+        )
+    text += _toml_table("[store]", {"url": store_url, "schema": store_schema, "auto_migrate": True})
+    for name, values in (sections or {}).items():
+        text += _toml_table(f"[{name}]", values)
+    for carrier in carriers:
+        text += _toml_table("[[carriers]]", {"plaintext": not upstream_tls, **carrier})
+    for provider in providers:
+        text += _toml_table("[[providers]]", {"plaintext": not upstream_tls, **provider})
+    return text
 
 
 # ---------------------------------------------------------------- the fakes
@@ -619,6 +697,20 @@ class Federation:
                 delivery=delivery,
             )
         )
+
+    def upstream_tables(self) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+        """The SDK adapters and other upstreams added with :meth:`adapter`,
+        :meth:`add_carrier` and :meth:`add_provider`, as :func:`gateway_toml`
+        takes them: (carriers, providers)."""
+        carriers: list[dict[str, object]] = [
+            {"id": c.id, "address": c.address, "prefixes": list(c.prefixes)}
+            for c in self.upstream_carriers
+        ]
+        providers: list[dict[str, object]] = [
+            {"id": p.id, "address": p.address, "delivery": p.delivery}
+            for p in self.upstream_providers
+        ]
+        return carriers, providers
 
     def upstream_calls(self) -> int:
         """Every call about someone the fakes received (lookups, unbinds, notices)."""
