@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 from collections.abc import Sequence
@@ -147,9 +148,11 @@ async def _from_gateway(
 
     try:
         async with AdminGatewayClient(target, tls=tls, insecure=insecure) as client:
-            return await client.compliance_report(since=since, timeout=timeout)
+            report = await client.compliance_report(since=since, timeout=timeout)
     except GatewayError as exc:
         raise CommandError(f"the gateway refused the report: {exc}") from None
+    # The gateway does not echo the scope asked for; the table states it.
+    return dataclasses.replace(report, since=since)
 
 
 def _from_database(

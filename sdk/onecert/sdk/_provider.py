@@ -256,9 +256,7 @@ class ProviderCore:
         self._warrants = WarrantVerifier(
             keys=keys, issuer=issuer, audience=provider.id, leeway=leeway
         )
-        self._sets = SetVerifier(
-            keys=keys, issuer=issuer, audience=provider.id, leeway=leeway
-        )
+        self._sets = SetVerifier(keys=keys, issuer=issuer, audience=provider.id, leeway=leeway)
         self._store = store
         self._locks = KeyedLocks()
         # Unbinds and notices that go on after their caller left (see unbind).

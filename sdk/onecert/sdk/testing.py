@@ -32,6 +32,7 @@ import grpc
 from grpc_health.v1 import health_pb2_grpc
 
 from onecert.sdk._carrier import Carrier, CarrierCore
+from onecert.sdk._channel import open_channel
 from onecert.sdk._convert import (
     binding_from_pb,
     tenure_from_pb,
@@ -298,5 +299,5 @@ async def serve_in_process(
         idempotency=idempotency,
         grace=1.0,
     )
-    async with server, grpc.aio.insecure_channel(server.address) as channel:
+    async with server, open_channel(server.address, tls=None) as channel:
         yield InProcessServer(server=server, gateway=gateway, channel=channel)

@@ -78,9 +78,12 @@ class ProviderCompliance:
 
 @dataclass(frozen=True)
 class ComplianceReport:
-    """The regulator's report: when the gateway made it, what it covers (notices
-    and tickets created at or after ``since``; everything when None), one line
-    per provider."""
+    """The regulator's report: when the gateway made it, one line per provider.
+
+    ``since`` is the scope it was asked for (notices and tickets created at or
+    after), where known: the RPC does not echo it, so
+    :meth:`AdminGatewayClient.compliance_report` leaves it None.
+    """
 
     generated_at: datetime | None
     providers: tuple[ProviderCompliance, ...]
@@ -178,4 +181,4 @@ class AdminGatewayClient(ClientBase):
             )
         except grpc.aio.AioRpcError as exc:
             raise GatewayError.of(exc) from None
-        return report_from_pb(response, since=since)
+        return report_from_pb(response)
