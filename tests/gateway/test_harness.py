@@ -107,3 +107,12 @@ def test_gateway_toml_is_a_config_the_gateway_reads(tmp_path: Path) -> None:
     assert [c.id for c in config.carriers] == ["cm"]
     assert [(p.id, p.plaintext) for p in config.providers] == [("pay", True)]
     assert config.fanout.provider_deadline_s == pytest.approx(1.5)
+
+
+def test_harness_exports() -> None:
+    """onecert.gateway.testing exports the harness, and every name it exports is defined."""
+    from onecert.gateway import testing
+
+    assert {"Federation", "FederationKeys", "FakeCarrier", "FakeProvider"} <= set(testing.__all__)
+    for name in testing.__all__:
+        assert getattr(testing, name) is not None
