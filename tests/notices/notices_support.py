@@ -18,7 +18,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import select
 
 from onecert.gateway import GatewayServer
-from onecert.gateway._config import CheckRecycledConfig, GatewayConfig, NoticesConfig
+from onecert.gateway._config import (
+    CheckRecycledConfig,
+    DeliveryConfig,
+    GatewayConfig,
+    NoticesConfig,
+)
 from onecert.gateway._principals import DEV_PRINCIPAL_HEADER
 from onecert.gateway.store import Delivery, Store
 from onecert.gateway.store._models import audit_log
@@ -217,6 +222,8 @@ class NoticeWorld:
         check_recycled: CheckRecycledConfig | None = None,
     ) -> GatewayConfig:
         return self.fed.config(
+            # Unbind delivery is not what these tests watch: its default pace.
+            delivery=DeliveryConfig(),
             notices=notices
             or NoticesConfig(
                 check_interval_s=0.05,
