@@ -6,13 +6,10 @@ import enum
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-import grpc
-
 from onecert.sdk._tls import ClientTLS
 from onecert.sdk.client._base import (
     DEFAULT_MAX_MESSAGE_BYTES,
     ClientBase,
-    GatewayError,
     delta,
     stamp,
     time_of,
@@ -175,10 +172,5 @@ class AdminGatewayClient(ClientBase):
         request = gateway_pb2.GetComplianceReportRequest()
         if since is not None:
             request.since.CopyFrom(stamp(since, "since"))
-        try:
-            response = await self._stub.GetComplianceReport(
-                request, timeout=timeout, metadata=self._metadata
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise GatewayError.of(exc) from None
+        response = await self._unary(self._stub.GetComplianceReport, request, timeout=timeout)
         return report_from_pb(response)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Self, TypeVar
@@ -27,6 +28,7 @@ __all__ = [
 DEV_PRINCIPAL_HEADER = "x-onecert-dev-principal"
 
 Metadata = tuple[tuple[str, str], ...]
+_R = TypeVar("_R")
 
 
 class GatewayError(Exception):
@@ -43,10 +45,12 @@ class GatewayError(Exception):
         self.code = code
         self.details = details
 
-    @classmethod
-    def of(cls, exc: grpc.aio.AioRpcError) -> GatewayError:
-        """The error for a failed call."""
-        return cls(exc.code(), exc.details() or "")
+    @staticmethod
+    def of(exc: grpc.aio.AioRpcError) -> GatewayError:
+        """The error for a failed call: a :class:`RateLimitedError` for RESOURCE_EXHAUSTED."""
+        if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return RateLimitedError(exc.details() or "", retry_after(exc))
+        return GatewayError(exc.code(), exc.details() or "")
 
 
 class RateLimitedError(GatewayError):
@@ -90,6 +94,22 @@ class ClientBase:
             () if dev_principal is None else ((DEV_PRINCIPAL_HEADER, dev_principal),)
         )
         self.target = target
+
+    async def _unary(
+        self,
+        method: Callable[..., Awaitable[_R]],
+        request: Message,
+        *,
+        timeout: float,  # noqa: ASYNC109 - the gRPC deadline
+        metadata: Metadata | None = None,
+    ) -> _R:
+        """One unary call with the caller's metadata; a failure is a :class:`GatewayError`."""
+        try:
+            return await method(
+                request, timeout=timeout, metadata=self._metadata if metadata is None else metadata
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise GatewayError.of(exc) from None
 
     async def close(self) -> None:
         """Close the channel; calls in flight are cancelled."""

@@ -6,11 +6,9 @@ import enum
 from dataclasses import dataclass
 from datetime import datetime
 
-import grpc
-
 from onecert.sdk._tls import ClientTLS
 from onecert.sdk._types import coerce_enum
-from onecert.sdk.client._base import DEFAULT_MAX_MESSAGE_BYTES, ClientBase, GatewayError, stamp
+from onecert.sdk.client._base import DEFAULT_MAX_MESSAGE_BYTES, ClientBase, stamp
 from onecert.v1 import gateway_pb2
 
 
@@ -121,10 +119,5 @@ class CarrierGatewayClient(ClientBase):
             request.quiet_period_ends_at.CopyFrom(
                 stamp(quiet_period_ends_at, "quiet_period_ends_at")
             )
-        try:
-            response = await self._stub.ReportNumberEvent(
-                request, timeout=timeout, metadata=self._metadata
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise GatewayError.of(exc) from None
+        response = await self._unary(self._stub.ReportNumberEvent, request, timeout=timeout)
         return ReportedEvent(response.notice_id, response.created, response.providers)

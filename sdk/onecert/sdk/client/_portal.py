@@ -358,6 +358,10 @@ def _update(pb: gateway_pb2.LookupResponse) -> LookupUpdate | None:
     return None
 
 
+def _bearer(assertion: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {assertion.strip()}"),)
+
+
 class GatewayClient(ClientBase):
     """An async client of the gateway for the portal.
 
@@ -405,7 +409,7 @@ class GatewayClient(ClientBase):
         call = self._stub.Lookup(
             gateway_pb2.LookupRequest(client_request_id=client_request_id),
             timeout=timeout,
-            metadata=(("authorization", f"Bearer {assertion.strip()}"),),
+            metadata=_bearer(assertion),
         )
         try:
             async for response in call:
@@ -440,14 +444,12 @@ class GatewayClient(ClientBase):
                 PERMISSION_DENIED (another citizen's or altered handle),
                 FAILED_PRECONDITION (the provider left), UNAUTHENTICATED, ...
         """
-        try:
-            response = await self._stub.Unbind(
-                gateway_pb2.GatewayUnbindRequest(handle=handle.strip()),
-                timeout=timeout,
-                metadata=(("authorization", f"Bearer {assertion.strip()}"),),
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise GatewayError.of(exc) from None
+        response = await self._unary(
+            self._stub.Unbind,
+            gateway_pb2.GatewayUnbindRequest(handle=handle.strip()),
+            timeout=timeout,
+            metadata=_bearer(assertion),
+        )
         return TicketInfo(
             ticket_id=response.ticket_id,
             state=_ticket_state(response.state),
@@ -467,12 +469,10 @@ class GatewayClient(ClientBase):
             GatewayError: NOT_FOUND (unknown, or another citizen's ticket),
                 INVALID_ARGUMENT (malformed id), UNAUTHENTICATED, ...
         """
-        try:
-            response = await self._stub.GetUnbind(
-                gateway_pb2.GetUnbindRequest(ticket_id=ticket_id.strip()),
-                timeout=timeout,
-                metadata=(("authorization", f"Bearer {assertion.strip()}"),),
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise GatewayError.of(exc) from None
+        response = await self._unary(
+            self._stub.GetUnbind,
+            gateway_pb2.GetUnbindRequest(ticket_id=ticket_id.strip()),
+            timeout=timeout,
+            metadata=_bearer(assertion),
+        )
         return _receipt(response.ticket)

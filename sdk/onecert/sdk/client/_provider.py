@@ -7,16 +7,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-import grpc
-
 from onecert.sdk._tls import ClientTLS
 from onecert.sdk.client._base import (
     DEFAULT_MAX_MESSAGE_BYTES,
     ClientBase,
-    GatewayError,
-    RateLimitedError,
     enum_from_pb,
-    retry_after,
     stamp,
     time_of,
 )
@@ -141,14 +136,7 @@ class ProviderGatewayClient(ClientBase):
         """
         request = gateway_pb2.CheckRecycledRequest(msisdn=msisdn)
         request.specified_date.CopyFrom(stamp(since, "since"))
-        try:
-            response = await self._stub.CheckRecycled(
-                request, timeout=timeout, metadata=self._metadata
-            )
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                raise RateLimitedError(exc.details() or "", retry_after(exc)) from None
-            raise GatewayError.of(exc) from None
+        response = await self._unary(self._stub.CheckRecycled, request, timeout=timeout)
         name = (
             gateway_pb2.RecycledStatus.Name(response.status)
             if response.status in gateway_pb2.RecycledStatus.values()
@@ -186,12 +174,7 @@ class ProviderGatewayClient(ClientBase):
                 for e in errors
             ],
         )
-        try:
-            response = await self._stub.PollEvents(
-                request, timeout=timeout, metadata=self._metadata
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise GatewayError.of(exc) from None
+        response = await self._unary(self._stub.PollEvents, request, timeout=timeout)
         return PollResult(
             events=tuple(PolledEvent(e.jti, e.set) for e in response.events),
             more_available=response.more_available,
@@ -213,10 +196,5 @@ class ProviderGatewayClient(ClientBase):
         request = gateway_pb2.ConfirmEventActionRequest(jti=jti, bindings_removed=bindings_removed)
         if acted_at is not None:
             request.acted_at.CopyFrom(stamp(acted_at, "acted_at"))
-        try:
-            response = await self._stub.ConfirmEventAction(
-                request, timeout=timeout, metadata=self._metadata
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise GatewayError.of(exc) from None
+        response = await self._unary(self._stub.ConfirmEventAction, request, timeout=timeout)
         return response.recorded
