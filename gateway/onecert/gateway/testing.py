@@ -37,6 +37,7 @@ from typing import Any, Self
 
 import grpc
 
+from onecert.gateway import GatewayServer
 from onecert.gateway._config import (
     AdminConfig,
     CarrierConfig,
@@ -54,7 +55,6 @@ from onecert.gateway._config import (
     UpstreamTLS,
 )
 from onecert.gateway._identity import AssertionIssuer
-from onecert.gateway._server import GatewayServer
 from onecert.sdk import Carrier, Provider, Server
 from onecert.sdk._channel import ChannelBuilder
 from onecert.sdk._convert import timestamp
@@ -321,10 +321,11 @@ def gateway_toml(
     ``sections`` whole tables such as ``delivery`` or ``fanout``.
     """
     dev = keys.dev if isinstance(keys, FederationKeys) else keys
+    gateway_id = (gateway or {}).get("id", GATEWAY_ID)
     text = _toml_table(
         "[gateway]",
         {
-            "id": GATEWAY_ID,
+            "id": gateway_id,
             "listen": f"127.0.0.1:{listen_port}",
             "dev_plaintext": True,
             "grace_period_s": 1,
@@ -332,7 +333,7 @@ def gateway_toml(
         },
     )
     text += _toml_table("[keys]", {"warrant_key": dev.warrant_key, "handle_key": dev.handle_key})
-    text += _toml_table("[identity]", {"audience": GATEWAY_ID})
+    text += _toml_table("[identity]", {"audience": gateway_id})
     text += _toml_table("[[identity.issuers]]", {"issuer": issuer, "jwks": dev.identity_jwks})
     if upstream_tls:
         text += _toml_table(
