@@ -69,3 +69,17 @@ async def test_report_module_imports_nothing_of_the_gateway() -> None:
 
     assert code == 0, err
     assert "--gateway" in out
+
+
+async def test_reading_a_database_without_the_gateway_extra_says_what_to_install(
+    tmp_path: Path,
+) -> None:
+    """Without the gateway extra, --url is refused with what to install (or to use
+    --gateway), not a traceback."""
+    code, _out, err = await _run(
+        "report", "compliance", "--url", f"sqlite:///{tmp_path / 'gateway.db'}"
+    )
+
+    assert code != 0
+    assert "install onecert[gateway], or ask a running gateway with --gateway" in err
+    assert "Traceback" not in err

@@ -122,11 +122,20 @@ def _compliance(args: argparse.Namespace) -> int:
     return 0
 
 
+def _needs_gateway_extra(what: str) -> CommandError:
+    return CommandError(
+        f"{what} needs the gateway's own packages: install onecert[gateway], "
+        "or ask a running gateway with --gateway"
+    )
+
+
 def _read_config(path: Path | None) -> tuple[tuple[ProviderConfig, ...], str | None]:
     if path is None:
         return (), None
-    from onecert.gateway._config import ConfigError, load_config  # noqa: PLC0415 - lazy
-
+    try:
+        from onecert.gateway._config import ConfigError, load_config  # noqa: PLC0415 - lazy
+    except ModuleNotFoundError as exc:
+        raise _needs_gateway_extra("--config") from exc
     try:
         config = load_config(path, dev_plaintext=True)
     except ConfigError as exc:
@@ -158,11 +167,14 @@ async def _from_gateway(
 def _from_database(
     url: str, schema: str | None, providers: tuple[ProviderConfig, ...], since: datetime | None
 ) -> ComplianceReport:
-    from sqlalchemy.engine import make_url  # noqa: PLC0415 - lazy
-    from sqlalchemy.exc import ArgumentError, DBAPIError  # noqa: PLC0415 - lazy
+    try:
+        from sqlalchemy.engine import make_url  # noqa: PLC0415 - lazy
+        from sqlalchemy.exc import ArgumentError, DBAPIError  # noqa: PLC0415 - lazy
 
-    from onecert.gateway._compliance import build_report  # noqa: PLC0415 - lazy
-    from onecert.gateway.store import Store  # noqa: PLC0415 - lazy
+        from onecert.gateway._compliance import build_report  # noqa: PLC0415 - lazy
+        from onecert.gateway.store import Store  # noqa: PLC0415 - lazy
+    except ModuleNotFoundError as exc:
+        raise _needs_gateway_extra("reading the database") from exc
     from onecert.sdk._msisdn import mask_numbers_in_text  # noqa: PLC0415 - lazy
 
     try:
