@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import grpc
 import pytest
 
+from onecert.gateway._config import StoreConfig
+from onecert.gateway.store.testing import Database
 from onecert.gateway.testing import (
     CURRENT,
     FORMER,
@@ -116,3 +119,20 @@ def test_harness_exports() -> None:
     assert {"Federation", "FederationKeys", "FakeCarrier", "FakeProvider"} <= set(testing.__all__)
     for name in testing.__all__:
         assert getattr(testing, name) is not None
+
+
+async def test_a_store_on_either_database_delivers_an_unbind(
+    tmp_path: Path, database: Database
+) -> None:
+    """On a SQLite file or a PostgreSQL schema, a gateway of the harness commits the
+    ticket and delivers it: the fake provider is asked to unbind the account once."""
+    store = StoreConfig(url=database.url, schema=database.schema, auto_migrate=True)
+    async with Federation(FederationKeys.create(tmp_path / "keys"), tmp_path) as fed:
+        await fed.carrier("cm")
+        pay = await fed.provider("pay", {FORMER: [binding("old", "lin", at(2014, 5))]})
+        gateway = await fed.gateway(store=store)
+        (account,) = fed.result_of(await fed.lookup(gateway), "pay", FORMER).bindings
+        await fed.unbind(gateway, account.handle)
+        await asyncio.wait_for(pay.unbind_asked.wait(), 10)
+
+    assert [u.account_ref for u in pay.unbinds] == ["old"]

@@ -481,11 +481,11 @@ class FakeProvider(_Fake, provider_pb2_grpc.BindingProviderServicer):
     """A provider answering fixed bindings per msisdn; it checks every warrant.
 
     ``answer`` replaces the fixed bindings with any response (oversized,
-    malformed...); ``describe_id``
-    and ``contract_version`` are what its Describe claims. Unbinds are
-    kept in ``unbinds`` and answered ``unbind_outcome`` (DONE; None: UNAVAILABLE);
-    notices are kept in ``events`` and acknowledged, or refused with the status
-    in ``refuse_events``.
+    malformed...); ``describe_id`` and ``contract_version`` are what its
+    Describe claims. Unbinds are kept in ``unbinds`` (``unbind_asked`` is set
+    at the first) and answered ``unbind_outcome`` (DONE; None: UNAVAILABLE);
+    notices are kept in ``events`` and acknowledged, or refused with the
+    status in ``refuse_events``.
     """
 
     def __init__(
@@ -508,6 +508,7 @@ class FakeProvider(_Fake, provider_pb2_grpc.BindingProviderServicer):
             common_pb2.UNBIND_OUTCOME_DONE
         )
         self.unbinds: list[provider_pb2.UnbindRequest] = []
+        self.unbind_asked = asyncio.Event()
         self.events: list[provider_pb2.ReceiveEventRequest] = []
         self.refuse_events: grpc.StatusCode | None = None
         self.describe_calls = 0
@@ -536,6 +537,7 @@ class FakeProvider(_Fake, provider_pb2_grpc.BindingProviderServicer):
         self, request: provider_pb2.UnbindRequest, context: Context
     ) -> provider_pb2.UnbindResponse:
         self.unbinds.append(request)
+        self.unbind_asked.set()
         await self._check(context, request.msisdn)
         if self.unbind_outcome is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "unbinding is down for maintenance")
