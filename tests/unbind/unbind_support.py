@@ -31,11 +31,11 @@ from onecert.gateway.testing import (
     FORMER_UNTIL,
     GATEWAY_ID,
     IDN,
-    ISSUER,
     OTHER_IDN,
     OTHER_NUMBER,
     OTHER_SUB,
     Federation,
+    gateway_toml,
 )
 from onecert.sdk import (
     Binding,
@@ -270,26 +270,30 @@ class UnbindWorld:
     def config_toml(self, *, listen_port: int = 0, **delivery: Any) -> str:
         """The same gateway as a TOML file's text (for ``onecert gateway serve``)."""
         d = dataclasses.replace(FAST, **delivery)
-        keys = self.fed.keys
-        providers = "".join(
-            f'\n[[providers]]\nid = "{s.id}"\nname = "{s.name}"\n'
-            f'address = "127.0.0.1:{s.port}"\nplaintext = true\n'
-            for s in self.providers.values()
-        )
-        schema = f'schema = "{self.database.schema}"\n' if self.database.schema else ""
-        return (
-            f'[gateway]\nid = "{GATEWAY_ID}"\nlisten = "127.0.0.1:{listen_port}"\n'
-            f"dev_plaintext = true\ngrace_period_s = 1\n\n"
-            f'[keys]\nwarrant_key = "{keys.warrant_key}"\nhandle_key = "{keys.handle_key}"\n\n'
-            f'[[identity.issuers]]\nissuer = "{ISSUER}"\njwks = "{keys.identity_jwks}"\n\n'
-            f'[store]\nurl = "{self.database.url}"\nauto_migrate = true\n{schema}\n'
-            f"[delivery]\nworkers = {d.workers}\nbatch = {d.batch}\nlease_s = {d.lease_s}\n"
-            f"poll_interval_s = {d.poll_interval_s}\nbackoff_initial_s = {d.backoff_initial_s}\n"
-            f"backoff_max_s = {d.backoff_max_s}\nticket_ttl_s = {d.ticket_ttl_s}\n"
-            f"unbind_deadline_s = {d.unbind_deadline_s}\n"
-            f"pending_recheck_s = {d.pending_recheck_s}\n\n"
-            f'[[carriers]]\nid = "cm"\naddress = "127.0.0.1:{self.carrier_port}"\n'
-            f"plaintext = true\n{providers}"
+        carriers, providers = self.fed.upstream_tables()
+        return gateway_toml(
+            self.fed.keys,
+            store_url=self.database.url,
+            store_schema=self.database.schema,
+            listen_port=listen_port,
+            carriers=carriers,
+            providers=providers,
+            sections={
+                "delivery": {
+                    name: getattr(d, name)
+                    for name in (
+                        "workers",
+                        "batch",
+                        "lease_s",
+                        "poll_interval_s",
+                        "backoff_initial_s",
+                        "backoff_max_s",
+                        "ticket_ttl_s",
+                        "unbind_deadline_s",
+                        "pending_recheck_s",
+                    )
+                }
+            },
         )
 
     def stub(self, target: GatewayServer | int) -> gateway_pb2_grpc.GatewayAsyncStub:
