@@ -26,8 +26,11 @@ join as they are. Nothing is mocked: every call crosses a real gRPC server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
+import signal
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -96,6 +99,7 @@ __all__ = [
     "FakeProvider",
     "Federation",
     "FederationKeys",
+    "GatewayProcess",
     "Record",
     "at",
     "binding",
@@ -352,6 +356,137 @@ def gateway_toml(
     for provider in providers:
         text += _toml_table("[[providers]]", {"plaintext": not upstream_tls, **provider})
     return text
+
+
+class GatewayProcess:
+    """``onecert gateway serve --config CONFIG`` in a child process: spawned,
+    awaited, killed (for crash tests, stress runs and benchmarks).
+
+    Its log (stderr) is appended to ``log``; stdout carries the one line
+    that says it listens. ``async with`` spawns it, waits until it listens,
+    and stops it gracefully (SIGKILL if it takes too long) at the end.
+    """
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self._config = config
+        self._log = log
+        self._process: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Future[None] | None = None
+        self._port: int | None = None
+        self._listening = asyncio.Event()
+
+    async def __aenter__(self) -> Self:
+        await self.spawn()
+        await self.wait_ready()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.terminate()
+
+    @property
+    def pid(self) -> int:
+        if self._process is None:
+            raise RuntimeError("not spawned")
+        return self._process.pid
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.returncode is None
+
+    @property
+    def ready(self) -> bool:
+        """Whether it has said it listens."""
+        return self._port is not None
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("not listening (yet)")
+        return self._port
+
+    async def spawn(self) -> None:
+        """Start the process (it listens a little later: :meth:`wait_ready`)."""
+        with self._log.open("ab") as stderr:
+            self._process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "onecert.cli",
+                "gateway",
+                "serve",
+                "--config",
+                str(self._config),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=stderr,
+            )
+        self._reader = asyncio.ensure_future(self._read(self._process))
+
+    async def _read(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        line = await process.stdout.readline()
+        words = line.decode(errors="replace").split()
+        if "port" in words:
+            self._port = int(words[words.index("port") + 1])
+            self._listening.set()
+        # Read on to the end, so the pipe is closed when the process ends.
+        await process.stdout.read()
+
+    async def wait_ready(self, timeout: float = 90.0) -> None:  # noqa: ASYNC109 - start-up takes seconds on a busy machine
+        """Wait until it listens; fail with the log's tail if it exits first."""
+        assert self._process is not None
+        listening = asyncio.ensure_future(self._listening.wait())
+        exited = asyncio.ensure_future(self._process.wait())
+        await asyncio.wait({listening, exited}, timeout=timeout, return_when="FIRST_COMPLETED")
+        listening.cancel()
+        exited.cancel()
+        if self.ready:
+            return
+        raise AssertionError(
+            f"the gateway did not listen within {timeout:g}s; log tail:\n{self.log_tail()}"
+        )
+
+    def log_tail(self, chars: int = 4000) -> str:
+        """The end of its log."""
+        try:
+            return self._log.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def kill(self) -> None:
+        """SIGKILL: no graceful anything."""
+        if self.running:
+            assert self._process is not None
+            self._process.send_signal(signal.SIGKILL)
+
+    async def wait(self) -> int:
+        """Wait for it to exit; its exit status."""
+        assert self._process is not None
+        code = await self._process.wait()
+        if self._reader is not None:
+            # The pipe is at its end once the process is gone.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._reader), 5)
+            if not self._reader.done():
+                self._reader.cancel()
+            with contextlib.suppress(BaseException):
+                await self._reader
+        return code
+
+    async def terminate(self, timeout: float = 20.0) -> int:  # noqa: ASYNC109 - a bounded graceful stop
+        """SIGTERM (a graceful stop), SIGKILL if it takes longer than ``timeout``."""
+        if self.running:
+            assert self._process is not None
+            self._process.send_signal(signal.SIGTERM)
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._process.wait()
+            except TimeoutError:
+                self.kill()
+        return await self.wait()
 
 
 # ---------------------------------------------------------------- the fakes
