@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from bench._cluster import Env
+from bench._cluster import BenchSetup
 from bench._report import ScenarioResult, document, table, write
 from bench._scenarios import FULL, QUICK, SCENARIOS, Context, run_scenario
 
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     clock = time.perf_counter()
     mode = "quick" if args.quick else "full"
     ctx = Context(
-        env=Env(workdir),
+        env=BenchSetup(workdir),
         sizes=QUICK if args.quick else FULL,
         directory=workdir,
         pg_url=args.pg_url or None,

@@ -18,10 +18,10 @@ from typing import Any
 from bench._procs import Process, Processes, wait_gateway_port, wait_json_file
 from onecert.adapters.demo import DEFAULT_SEED, GATEWAY_ID, IDENTITY_ISSUER, population
 from onecert.gateway._identity import AssertionIssuer
+from onecert.gateway.testing import FederationKeys, gateway_toml
 from onecert.sdk._idn import compute_idn
-from onecert.sdk._keys import SigningKey
 from onecert.sdk._warrant import WarrantIssuer
-from onecert.sdk.devkeys import DevKeys, init_dev_keys, read_hex_key
+from onecert.sdk.devkeys import DevKeys, read_hex_key
 
 CARRIER_ID = "bluefinch"
 STARTUP_TIMEOUT_S = 120.0
@@ -37,22 +37,22 @@ class ProviderSpec:
     users: int = 20
 
 
-class Env:
-    """Keys and the citizen of one benchmark run (under ``directory``)."""
+class BenchSetup:
+    """Keys (:class:`onecert.gateway.testing.FederationKeys`) and the citizen of one
+    benchmark run (under ``directory``)."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.keys: DevKeys = init_dev_keys(directory / "keys", force=True)
+        federation_keys = FederationKeys.create(directory / "keys", force=True)
+        self.keys: DevKeys = federation_keys.dev
         citizen = next(s for s in population(DEFAULT_SEED) if s.carrier_id == CARRIER_ID)
         self.msisdn = citizen.msisdn
         self.held_from = citizen.held_from
         self.idn = compute_idn(read_hex_key(self.keys.idn_key), citizen.document_number)
         self.sub = "bench-citizen"
-        self._assertions = AssertionIssuer(
-            key=SigningKey.load(self.keys.identity_key), issuer=IDENTITY_ISSUER
-        )
+        self._assertions = AssertionIssuer(key=federation_keys.identity, issuer=IDENTITY_ISSUER)
         # The gateway's own warrant key: the floor signs exactly what the gateway signs.
-        self.warrants = WarrantIssuer(key=SigningKey.load(self.keys.warrant_key), issuer=GATEWAY_ID)
+        self.warrants = WarrantIssuer(key=federation_keys.warrant, issuer=GATEWAY_ID)
 
     def assertion(self) -> str:
         """A fresh identity assertion for the citizen (each is good for one lookup)."""
@@ -78,7 +78,7 @@ class Hosts:
 
 
 def start_hosts(
-    env: Env,
+    env: BenchSetup,
     procs: Processes,
     name: str,
     providers: Sequence[ProviderSpec],
@@ -120,7 +120,7 @@ def start_hosts(
 
 
 def _spec(
-    env: Env, *, tls: bool, carrier: bool, providers: Sequence[ProviderSpec]
+    env: BenchSetup, *, tls: bool, carrier: bool, providers: Sequence[ProviderSpec]
 ) -> dict[str, Any]:
     keys = env.keys
     return {
@@ -169,7 +169,7 @@ class GatewayProcess:
 
 
 def write_gateway_config(
-    env: Env,
+    env: BenchSetup,
     path: Path,
     *,
     carrier_address: str,
@@ -190,69 +190,28 @@ def write_gateway_config(
     The store is a SQLite file named after the config unless ``store_url``
     says otherwise (gateways that pass the same URL share it).
     """
-    keys = env.keys
-    plaintext = "false" if upstream_tls else "true"
-    lines = [
-        "[gateway]",
-        f'id = "{GATEWAY_ID}"',
-        f'listen = "127.0.0.1:{listen_port}"',
-        "dev_plaintext = true",
-        f"reuse_port = {'true' if reuse_port else 'false'}",
-        "grace_period_s = 1",
-        "log_json = true",
-        'log_level = "info"',
-        "",
-        "[keys]",
-        f'warrant_key = "{keys.warrant_key}"',
-        f'handle_key = "{keys.handle_key}"',
-        "",
-        "[identity]",
-        f'audience = "{GATEWAY_ID}"',
-        "",
-        "[[identity.issuers]]",
-        f'issuer = "{IDENTITY_ISSUER}"',
-        f'jwks = "{keys.identity_jwks}"',
-        "",
-    ]
-    if upstream_tls:
-        lines += [
-            "[upstream_tls]",
-            f'ca = "{keys.ca_cert}"',
-            f'cert = "{keys.client_cert("gateway")}"',
-            f'key = "{keys.client_key("gateway")}"',
-            "",
-        ]
-    lines += [
-        "[store]",
-        f'url = "{store_url or "sqlite:///" + str(path.with_suffix(".db"))}"',
-        "auto_migrate = true",
-    ]
-    if store_schema is not None:
-        lines.append(f'schema = "{store_schema}"')
-    lines.append("")
-    # A generous carrier deadline: the carrier is not what is measured, and a
-    # starved machine must not fail a lookup on it.
-    fanout = {"carrier_deadline_s": 10, **(fanout or {})}
-    lines.append("[fanout]")
-    lines += [f"{key} = {json.dumps(value)}" for key, value in fanout.items()]
-    lines.append("")
-    lines += [
-        "[[carriers]]",
-        f'id = "{CARRIER_ID}"',
-        f'address = "{carrier_address}"',
-        f"plaintext = {plaintext}",
-        f"prefixes = {json.dumps(list(carrier_prefixes))}",
-        "",
-    ]
-    for provider_id, address in providers:
-        lines += [
-            "[[providers]]",
-            f'id = "{provider_id}"',
-            f'address = "{address}"',
-            f"plaintext = {plaintext}",
-            "",
-        ]
-    path.write_text("\n".join(lines) + extra, encoding="utf-8")
+    text = gateway_toml(
+        env.keys,
+        store_url=store_url or f"sqlite:///{path.with_suffix('.db')}",
+        store_schema=store_schema,
+        listen_port=listen_port,
+        carriers=[
+            {"id": CARRIER_ID, "address": carrier_address, "prefixes": list(carrier_prefixes)}
+        ],
+        providers=[{"id": p, "address": address} for p, address in providers],
+        issuer=IDENTITY_ISSUER,
+        upstream_tls=upstream_tls,
+        gateway={
+            "id": GATEWAY_ID,
+            "reuse_port": reuse_port,
+            "log_json": True,
+            "log_level": "info",
+        },
+        # A generous carrier deadline: the carrier is not what is measured, and a
+        # starved machine must not fail a lookup on it.
+        sections={"fanout": {"carrier_deadline_s": 10, **(fanout or {})}},
+    )
+    path.write_text(text + extra, encoding="utf-8")
     return path
 
 

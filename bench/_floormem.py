@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 
-from bench._load import CHANNEL_OPTIONS
+from bench._load import floor_channels
 from bench._procs import rss_bytes
 from onecert.adapters.demo import GATEWAY_ID
 from onecert.sdk._keys import SigningKey
@@ -31,20 +31,11 @@ async def _measure(spec: dict[str, Any]) -> dict[str, Any]:
     addresses: dict[str, str] = spec["addresses"]
     tokens = {p: issuer.issue(audience=p, target=spec["msisdn"]) for p in addresses}
     tls = None if spec["tls"] is None else ClientTLS(**spec["tls"])
-    credentials = None if tls is None else tls.credentials()
     request = provider_pb2.ListBindingsRequest(msisdn=spec["msisdn"])
     await asyncio.sleep(0.2)
     ready = rss_bytes(os.getpid())
-    channels = []
-    for address in addresses.values():
-        if tls is None or credentials is None:
-            channels.append(grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS))
-        else:
-            channels.append(
-                grpc.aio.secure_channel(
-                    address, credentials, options=[*CHANNEL_OPTIONS, *tls.channel_options()]
-                )
-            )
+    builder = floor_channels(tls)
+    channels = [builder.open(address, plaintext=tls is None) for address in addresses.values()]
 
     async def call(channel: grpc.aio.Channel, provider_id: str) -> bool:
         stub = provider_pb2_grpc.BindingProviderStub(channel)

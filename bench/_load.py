@@ -17,20 +17,18 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from bench._cluster import Env, new_query_id
+from bench._cluster import BenchSetup, new_query_id
 from bench._procs import cpu_seconds
+from onecert.sdk._channel import ChannelBuilder
 from onecert.sdk._tls import ClientTLS
 from onecert.v1 import gateway_pb2, gateway_pb2_grpc, provider_pb2, provider_pb2_grpc
 
 _ANSWERED = gateway_pb2.CALL_OUTCOME_ANSWERED
 
-# The options the gateway's channel pool uses, so the floor's channels are alike.
-CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
-    ("grpc.max_send_message_length", 4 * 1024 * 1024),
-    ("grpc.max_receive_message_length", 4 * 1024 * 1024),
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-]
+
+def floor_channels(tls: ClientTLS | None) -> ChannelBuilder:
+    """Channels built as the gateway's channel pool builds them, so the floor's are alike."""
+    return ChannelBuilder(tls=tls, keepalive=True)
 
 
 @dataclass
@@ -54,15 +52,16 @@ LookupFn = Callable[[], Awaitable[Sample]]
 class GatewayLoad:
     """Lookups of the citizen through a gateway (over ``channels`` connections)."""
 
-    def __init__(self, env: Env, address: str, *, channels: int = 1, timeout: float = 30.0) -> None:
+    def __init__(
+        self, env: BenchSetup, address: str, *, channels: int = 1, timeout: float = 30.0
+    ) -> None:
         self._env = env
         self._timeout = timeout
         # Distinct connections (not one shared subchannel), so that a
         # SO_REUSEPORT listener can spread them over processes.
+        builder = ChannelBuilder(tls=None, options=[("grpc.use_local_subchannel_pool", 1)])
         self._channels = [
-            grpc.aio.insecure_channel(
-                address, options=[("grpc.use_local_subchannel_pool", 1), ("bench.channel", i)]
-            )
+            builder.open(address, plaintext=True, options=[("bench.channel", i)])
             for i in range(channels)
         ]
         self._stubs = [gateway_pb2_grpc.GatewayStub(c) for c in self._channels]
@@ -113,7 +112,7 @@ class FloorLoad:
 
     def __init__(
         self,
-        env: Env,
+        env: BenchSetup,
         addresses: Mapping[str, str],
         *,
         premint: bool = False,
@@ -126,15 +125,9 @@ class FloorLoad:
         self._request = provider_pb2.ListBindingsRequest(msisdn=env.msisdn)
         self._channels: list[grpc.aio.Channel] = []
         self._stubs: dict[str, provider_pb2_grpc.BindingProviderAsyncStub] = {}
+        builder = floor_channels(tls)
         for provider_id, address in addresses.items():
-            if tls is None:
-                channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-            else:
-                channel = grpc.aio.secure_channel(
-                    address,
-                    tls.credentials(),
-                    options=[*CHANNEL_OPTIONS, *tls.channel_options()],
-                )
+            channel = builder.open(address, plaintext=tls is None)
             self._channels.append(channel)
             self._stubs[provider_id] = provider_pb2_grpc.BindingProviderStub(channel)
         self._tokens: dict[str, str] = {}

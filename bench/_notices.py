@@ -19,12 +19,11 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-import grpc
 from sqlalchemy.engine import make_url
 
 from bench._cluster import (
     CARRIER_ID,
-    Env,
+    BenchSetup,
     Hosts,
     ProviderSpec,
     provider_ids,
@@ -32,11 +31,12 @@ from bench._cluster import (
     start_hosts,
     write_gateway_config,
 )
-from bench._load import CHANNEL_OPTIONS, GatewayLoad
+from bench._load import GatewayLoad, floor_channels
 from bench._procs import Processes, cpu_seconds
 from bench._report import Row, ScenarioResult
 from onecert.adapters.demo import GATEWAY_ID
 from onecert.gateway.store import DeliveryState, Store
+from onecert.sdk._channel import open_channel
 from onecert.sdk._keys import SigningKey
 from onecert.sdk._set import SetIssuer
 from onecert.v1 import gateway_pb2, gateway_pb2_grpc, provider_pb2, provider_pb2_grpc
@@ -169,7 +169,7 @@ async def _push_all(
             await warm.lookup()
         finally:
             await warm.close()
-        async with grpc.aio.insecure_channel(gateway.address) as channel:
+        async with open_channel(gateway.address, tls=None) as channel:
             stub = gateway_pb2_grpc.GatewayStub(channel)
             request = gateway_pb2.ReportNumberEventRequest(
                 event_id=f"bench-{secrets.token_hex(6)}",
@@ -215,10 +215,11 @@ async def _wait_acknowledged(store: Store, notice_id: str, expected: int) -> tup
         await asyncio.sleep(_POLL_S)
 
 
-async def _floor(env: Env, hosts: Hosts, ids: list[str]) -> float:
+async def _floor(env: BenchSetup, hosts: Hosts, ids: list[str]) -> float:
     """Seconds for one bare ``ReceiveEvent`` per provider, all at once (channels warm)."""
     sets = SetIssuer(key=SigningKey.load(env.keys.warrant_key), issuer=GATEWAY_ID)
-    channels = [grpc.aio.insecure_channel(hosts.addresses[p], options=CHANNEL_OPTIONS) for p in ids]
+    builder = floor_channels(None)
+    channels = [builder.open(hosts.addresses[p], plaintext=True) for p in ids]
     stubs = [provider_pb2_grpc.BindingProviderStub(c) for c in channels]
     recycled_at = datetime.now(UTC) - timedelta(minutes=1)
     try:

@@ -22,7 +22,7 @@ from typing import Any
 from bench._load import percentile
 from bench._procs import cpu_seconds
 from bench._report import Row, ScenarioResult
-from onecert.adapters.demo import STORY, Federation
+from onecert.adapters.demo import STORY, DemoFederation
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -100,7 +100,7 @@ async def run_portal(ctx: Any) -> ScenarioResult:
         "Portal: first result, gateway to browser; portal CPU per lookup",
         params={"lookups": lookups, "providers": 7, "numbers": 2, "browser": "chromium"},
     )
-    federation = Federation(ctx.directory / "portal", startup_timeout=60.0)
+    federation = DemoFederation(ctx.directory / "portal", startup_timeout=60.0)
     try:
         await federation.start()
         url = (await federation.start_portal()).rstrip("/")

@@ -17,7 +17,7 @@ from typing import Any
 
 from bench._cluster import (
     CARRIER_ID,
-    Env,
+    BenchSetup,
     GatewayProcess,
     Hosts,
     ProviderSpec,
@@ -107,7 +107,7 @@ QUICK = Sizes(
 class Context:
     """What a scenario gets: keys and citizen, sizes, a directory, options."""
 
-    env: Env
+    env: BenchSetup
     sizes: Sizes
     directory: Path
     pg_url: str | None = None

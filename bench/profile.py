@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bench._cluster import (
     CARRIER_ID,
-    Env,
+    BenchSetup,
     ProviderSpec,
     provider_ids,
     start_gateway,
@@ -84,7 +84,7 @@ def _classify(frames: list[str], rules: list[tuple[str, re.Pattern[str]]]) -> st
 
 
 async def _profile(n: int, seconds: float, directory: Path) -> None:
-    env = Env(directory)
+    env = BenchSetup(directory)
     ids = provider_ids("pf", n)
     with Processes(directory / "procs") as procs:
         hosts = start_hosts(env, procs, "pf", [ProviderSpec(p) for p in ids], hosts=2, carrier=True)

@@ -8,61 +8,19 @@ summary of every scenario's figures at the end of the session.
 from __future__ import annotations
 
 import logging
-import os
-import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 import pytest
 import structlog
 
 from onecert.gateway.store.testing import Database
 from onecert.sdk.devkeys import DevKeys, init_dev_keys
+from stress.stress_support import summary_lines
 
-# pytest puts this folder on sys.path (it is no package), so the helpers are
-# `stress_support` at run time; mypy names them by their path.
-if TYPE_CHECKING:
-    from stress.stress_support import summary_lines
-else:
-    from stress_support import summary_lines
-
-
-def _reachable(url: str) -> bool:
-    parts = urlsplit(url.replace("+asyncpg", ""))
-    try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5432), 2):
-            return True
-    except OSError:
-        return False
-
-
-@pytest.fixture(scope="session")
-def pg_url() -> str:
-    """The PostgreSQL URL (``ONECERT_TEST_PG_URL``): skipped without it, failing under CI."""
-    url = os.environ.get("ONECERT_TEST_PG_URL")
-    in_ci = bool(os.environ.get("CI"))
-    if not url:
-        if in_ci:
-            pytest.fail("CI is set but ONECERT_TEST_PG_URL is not: PostgreSQL scenarios must run")
-        pytest.skip("PostgreSQL scenarios need ONECERT_TEST_PG_URL (make stress sets it)")
-    if not _reachable(url):
-        if in_ci:
-            pytest.fail(f"CI is set but PostgreSQL at {urlsplit(url).netloc} is unreachable")
-        pytest.skip(f"PostgreSQL at {urlsplit(url).netloc} is unreachable")
-    return url
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
-    """An empty database: a SQLite file, or a private schema on PostgreSQL."""
-    if request.param == "sqlite":
-        yield Database.sqlite(tmp_path / "gateway.db")
-        return
-    url: str = request.getfixturevalue("pg_url")
-    async with Database.postgres(url) as db:
-        yield db
+# The same database fixtures as the test suite's (a SQLite file, or a private
+# PostgreSQL schema that skips without ONECERT_TEST_PG_URL and fails under CI).
+from tests.conftest import database, pg_url  # noqa: F401 - fixtures, found by name
 
 
 @pytest.fixture

@@ -3,23 +3,21 @@ provider ledgers, process sampling, statistics and the results file.
 
 Everything listens on 127.0.0.1. The gateway always runs as
 ``python -m onecert.cli gateway serve`` in a child process (so it can be
-SIGKILLed and sampled); providers, carriers and clients run in the test
-process on the SDK.
+SIGKILLed and sampled), configured by :func:`onecert.gateway.testing.gateway_toml`;
+providers, carriers and clients run in the test process on the SDK, served by
+the federation of :mod:`onecert.gateway.testing`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
 import os
 import random
-import signal
 import socket
 import sqlite3
 import statistics
-import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import closing
@@ -28,15 +26,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from onecert.gateway import testing
 from onecert.gateway._identity import AssertionIssuer
 from onecert.gateway.store.testing import Database
+from onecert.gateway.testing import GatewayProcess
 from onecert.sdk import (
     Binding,
     BindingKind,
     Carrier,
     Provider,
     RecycledNotice,
-    Server,
     Tenure,
     UnbindRequest,
     UnbindResult,
@@ -53,11 +52,11 @@ __all__ = [
     "SMOKE",
     "Catalogue",
     "Citizen",
-    "Federation",
     "GatewayProcess",
     "Identity",
     "Ledger",
     "ProcessSample",
+    "Upstreams",
     "env_float",
     "free_port",
     "gateway_toml",
@@ -69,9 +68,9 @@ __all__ = [
     "summary_lines",
 ]
 
-ISSUER = "https://id.example.test"
-GATEWAY_ID = "onecert-gateway"
-IDN_KEY = bytes(range(32))
+ISSUER = testing.ISSUER
+GATEWAY_ID = testing.GATEWAY_ID
+IDN_KEY = testing.IDN_KEY
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 # Without the durations `make stress` sets, every scenario runs short (a smoke
 # run): its figures are printed but not recorded.
@@ -164,23 +163,6 @@ class Identity:
         return self._issuer.mint(sub=citizen.sub, idn=citizen.idn, audience=GATEWAY_ID)
 
 
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"no TOML for {type(value).__name__}")
-
-
-def _table(name: str, values: Mapping[str, object]) -> str:
-    body = "".join(f"{k} = {_toml_value(v)}\n" for k, v in values.items() if v is not None)
-    return f"{name}\n{body}\n"
-
-
 def gateway_toml(
     *,
     keys: DevKeys,
@@ -191,148 +173,20 @@ def gateway_toml(
     gateway: Mapping[str, object] | None = None,
     sections: Mapping[str, Mapping[str, object]] | None = None,
 ) -> str:
-    """A development gateway's configuration file (plaintext, loopback).
+    """A development gateway's configuration file (plaintext, loopback) on ``database``.
 
     ``sections`` adds tables such as ``delivery`` or ``notices``.
     """
-    text = _table(
-        "[gateway]",
-        {
-            "id": GATEWAY_ID,
-            "listen": f"127.0.0.1:{port}",
-            "dev_plaintext": True,
-            "grace_period_s": 1,
-            **(gateway or {}),
-        },
+    return testing.gateway_toml(
+        keys,
+        store_url=database.url,
+        store_schema=database.schema,
+        listen_port=port,
+        carriers=list(carriers),
+        providers=list(providers),
+        gateway=gateway,
+        sections=sections,
     )
-    text += _table(
-        "[keys]",
-        {"warrant_key": str(keys.warrant_key), "handle_key": str(keys.handle_key)},
-    )
-    text += _table("[[identity.issuers]]", {"issuer": ISSUER, "jwks": str(keys.identity_jwks)})
-    text += _table(
-        "[store]", {"url": database.url, "schema": database.schema, "auto_migrate": True}
-    )
-    for name, values in (sections or {}).items():
-        text += _table(f"[{name}]", values)
-    for carrier in carriers:
-        text += _table("[[carriers]]", {"plaintext": True, **carrier})
-    for provider in providers:
-        text += _table("[[providers]]", {"plaintext": True, **provider})
-    return text
-
-
-class GatewayProcess:
-    """``onecert gateway serve`` in a child process: spawned, awaited, killed.
-
-    Its log (stderr) is appended to ``log``; stdout carries the one line
-    that says it listens.
-    """
-
-    def __init__(self, config: Path, log: Path) -> None:
-        self._config = config
-        self._log = log
-        self._process: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.Future[None] | None = None
-        self._port: int | None = None
-        self._listening = asyncio.Event()
-
-    @property
-    def pid(self) -> int:
-        if self._process is None:
-            raise RuntimeError("not spawned")
-        return self._process.pid
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.returncode is None
-
-    @property
-    def ready(self) -> bool:
-        """Whether it has said it listens."""
-        return self._port is not None
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("not listening (yet)")
-        return self._port
-
-    async def spawn(self) -> None:
-        with self._log.open("ab") as stderr:
-            self._process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "onecert.cli",
-                "gateway",
-                "serve",
-                "--config",
-                str(self._config),
-                stdout=asyncio.subprocess.PIPE,
-                stderr=stderr,
-            )
-        self._reader = asyncio.ensure_future(self._read(self._process))
-
-    async def _read(self, process: asyncio.subprocess.Process) -> None:
-        assert process.stdout is not None
-        line = await process.stdout.readline()
-        words = line.decode(errors="replace").split()
-        if "port" in words:
-            self._port = int(words[words.index("port") + 1])
-            self._listening.set()
-        # Read on to the end, so the pipe is closed when the process ends.
-        await process.stdout.read()
-
-    async def wait_ready(self, timeout: float = 90.0) -> None:  # noqa: ASYNC109 - start-up takes seconds on a busy machine
-        """Wait until it listens; fail with the log's tail if it exits first."""
-        assert self._process is not None
-        listening = asyncio.ensure_future(self._listening.wait())
-        exited = asyncio.ensure_future(self._process.wait())
-        await asyncio.wait({listening, exited}, timeout=timeout, return_when="FIRST_COMPLETED")
-        listening.cancel()
-        exited.cancel()
-        if self.ready:
-            return
-        raise AssertionError(
-            f"the gateway did not listen within {timeout:g}s; log tail:\n{self.log_tail()}"
-        )
-
-    def log_tail(self, chars: int = 4000) -> str:
-        try:
-            return self._log.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
-    def kill(self) -> None:
-        """SIGKILL: no graceful anything."""
-        if self.running:
-            assert self._process is not None
-            self._process.send_signal(signal.SIGKILL)
-
-    async def wait(self) -> int:
-        assert self._process is not None
-        code = await self._process.wait()
-        if self._reader is not None:
-            # The pipe is at its end once the process is gone.
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(self._reader), 5)
-            if not self._reader.done():
-                self._reader.cancel()
-            with contextlib.suppress(BaseException):
-                await self._reader
-        return code
-
-    async def terminate(self, timeout: float = 20.0) -> int:  # noqa: ASYNC109 - a bounded graceful stop
-        """SIGTERM (a graceful stop), SIGKILL if it takes longer than ``timeout``."""
-        if self.running:
-            assert self._process is not None
-            self._process.send_signal(signal.SIGTERM)
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._process.wait()
-            except TimeoutError:
-                self.kill()
-        return await self.wait()
 
 
 @dataclass(frozen=True)
@@ -518,8 +372,9 @@ HELD_FROM = datetime(2020, 6, 1, tzinfo=UTC)
 BOUND_AT = datetime(2021, 2, 1, tzinfo=UTC)
 
 
-class Federation:
-    """A carrier and providers on the SDK, in this process, each on a port of its own.
+class Upstreams:
+    """A carrier and providers on the SDK, in this process, each on a port of its own
+    (served by the federation of :mod:`onecert.gateway.testing`).
 
     Every citizen holds one number since 2020 (``+86137`` and the citizen's
     number); every provider lists accounts bound to it since 2021 (the
@@ -527,13 +382,10 @@ class Federation:
     """
 
     def __init__(self, keys: DevKeys, citizens: Sequence[Citizen]) -> None:
-        self._keys = keys
+        self._federation = testing.Federation(testing.FederationKeys.load(keys), keys.directory)
         self.citizens = list(citizens)
         self.numbers = {c.idn: f"+86137{n:08d}" for n, c in enumerate(self.citizens)}
         self.catalogues: dict[str, Catalogue] = {}
-        self._servers: list[Server] = []
-        self._carrier_port = 0
-        self._provider_ports: dict[str, int] = {}
 
     def number_of(self, citizen: Citizen) -> str:
         return self.numbers[citizen.idn]
@@ -546,7 +398,8 @@ class Federation:
             number = self.numbers.get(idn)
             return [] if number is None else [Tenure(msisdn=number, held_from=HELD_FROM)]
 
-        self._carrier_port = await self._serve(carrier)
+        server = await self._federation.adapter(carrier, register=False, grace=0.0)
+        self._federation.add_carrier("cm", server.address, prefixes=("+86137",))
         for provider_id, catalogue in providers.items():
             self.catalogues[provider_id] = catalogue
             provider = Provider(
@@ -555,29 +408,13 @@ class Federation:
                 category="other",
                 implementation=catalogue,
             )
-            self._provider_ports[provider_id] = await self._serve(provider)
-
-    async def _serve(self, adapter: Provider | Carrier) -> int:
-        server = Server(
-            adapter,
-            gateway_keys=self._keys.gateway_jwks,
-            gateway_issuer=GATEWAY_ID,
-            listen="127.0.0.1:0",
-            insecure=True,
-            grace=0.0,
-        )
-        await server.start()
-        self._servers.append(server)
-        return server.port
+            await self._federation.adapter(provider, grace=0.0)
 
     def carrier_config(self) -> list[dict[str, object]]:
-        return [{"id": "cm", "address": f"127.0.0.1:{self._carrier_port}", "prefixes": ["+86137"]}]
+        return self._federation.upstream_tables()[0]
 
     def provider_config(self) -> list[dict[str, object]]:
-        return [
-            {"id": p, "address": f"127.0.0.1:{port}"} for p, port in self._provider_ports.items()
-        ]
+        return self._federation.upstream_tables()[1]
 
     async def close(self) -> None:
-        for server in self._servers:
-            await server.shutdown(0)
+        await self._federation.close()

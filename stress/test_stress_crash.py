@@ -38,7 +38,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 import pytest
@@ -84,33 +84,18 @@ from onecert.sdk.client import (
     ProviderGatewayClient,
 )
 from onecert.sdk.devkeys import DevKeys
-
-if TYPE_CHECKING:
-    from stress.stress_support import (
-        GATEWAY_ID,
-        Citizen,
-        GatewayProcess,
-        Identity,
-        Ledger,
-        env_float,
-        free_port,
-        gateway_toml,
-        record_result,
-        seeded,
-    )
-else:
-    from stress_support import (
-        GATEWAY_ID,
-        Citizen,
-        GatewayProcess,
-        Identity,
-        Ledger,
-        env_float,
-        free_port,
-        gateway_toml,
-        record_result,
-        seeded,
-    )
+from stress.stress_support import (
+    GATEWAY_ID,
+    Citizen,
+    GatewayProcess,
+    Identity,
+    Ledger,
+    env_float,
+    free_port,
+    gateway_toml,
+    record_result,
+    seeded,
+)
 
 # Short by default (a smoke run); `make stress` sets the long values.
 CRASH_SECONDS = env_float("ONECERT_CRASH_SECONDS", 40.0)

@@ -17,7 +17,6 @@ import collections
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -25,35 +24,19 @@ import pytest
 from onecert.gateway.store.testing import Database
 from onecert.sdk.client import CallOutcome, GatewayClient, GatewayError, Result, Summary
 from onecert.sdk.devkeys import DevKeys
-
-if TYPE_CHECKING:
-    from stress.stress_support import (
-        Catalogue,
-        Citizen,
-        Federation,
-        GatewayProcess,
-        Identity,
-        env_float,
-        free_port,
-        gateway_toml,
-        percentile,
-        record_result,
-        seeded,
-    )
-else:
-    from stress_support import (
-        Catalogue,
-        Citizen,
-        Federation,
-        GatewayProcess,
-        Identity,
-        env_float,
-        free_port,
-        gateway_toml,
-        percentile,
-        record_result,
-        seeded,
-    )
+from stress.stress_support import (
+    Catalogue,
+    Citizen,
+    GatewayProcess,
+    Identity,
+    Upstreams,
+    env_float,
+    free_port,
+    gateway_toml,
+    percentile,
+    record_result,
+    seeded,
+)
 
 CAP = 4
 LATENCY = 0.4
@@ -151,7 +134,7 @@ async def test_overload_is_refused_at_once_and_admitted_lookups_complete(
     nothing else; the admitted ones never exceed the cap at the provider and all
     complete with the provider's answer."""
     citizens = [Citizen.numbered(n) for n in range(50)]
-    federation = Federation(dev_keys, citizens)
+    federation = Upstreams(dev_keys, citizens)
     slow = Catalogue(latency=LATENCY, jitter=0.02)
     await federation.start({"slow": slow})
     port = free_port()

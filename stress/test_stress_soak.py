@@ -16,7 +16,6 @@ import contextlib
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 
@@ -29,41 +28,22 @@ from onecert.sdk.client import (
     Summary,
 )
 from onecert.sdk.devkeys import DevKeys
-
-if TYPE_CHECKING:
-    from stress.stress_support import (
-        Catalogue,
-        Citizen,
-        Federation,
-        GatewayProcess,
-        Identity,
-        ProcessSample,
-        env_float,
-        free_port,
-        gateway_toml,
-        percentile,
-        record_result,
-        sample_process,
-        seeded,
-        series_summary,
-    )
-else:
-    from stress_support import (
-        Catalogue,
-        Citizen,
-        Federation,
-        GatewayProcess,
-        Identity,
-        ProcessSample,
-        env_float,
-        free_port,
-        gateway_toml,
-        percentile,
-        record_result,
-        sample_process,
-        seeded,
-        series_summary,
-    )
+from stress.stress_support import (
+    Catalogue,
+    Citizen,
+    GatewayProcess,
+    Identity,
+    ProcessSample,
+    Upstreams,
+    env_float,
+    free_port,
+    gateway_toml,
+    percentile,
+    record_result,
+    sample_process,
+    seeded,
+    series_summary,
+)
 
 SOAK_SECONDS = env_float("ONECERT_SOAK_SECONDS", 30.0)
 SAMPLE_EVERY_S = min(5.0, max(1.0, SOAK_SECONDS / 60))
@@ -80,7 +60,7 @@ RSS_GROWTH = 0.20
 class SteadyLoad:
     """A portal and a carrier at a steady pace; counts every call's status."""
 
-    def __init__(self, target: str, identity: Identity, federation: Federation) -> None:
+    def __init__(self, target: str, identity: Identity, federation: Upstreams) -> None:
         self._portal = GatewayClient(target, insecure=True)
         self._carrier = CarrierGatewayClient(target, insecure=True, dev_carrier_id="cm")
         self._identity = identity
@@ -184,7 +164,7 @@ async def test_soak_shows_no_growth_in_memory_or_file_descriptors(
     the gateway's open file descriptors and resident memory stop growing after the
     warm-up."""
     citizens = [Citizen.numbered(n) for n in range(40)]
-    federation = Federation(dev_keys, citizens)
+    federation = Upstreams(dev_keys, citizens)
     catalogues = {p: Catalogue(latency=0.02, jitter=0.03) for p in ("pay", "chat", "shop")}
     await federation.start(catalogues)
     port = free_port()

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import structlog
+
+from onecert.gateway.store import Store
+from onecert.gateway.store.testing import Database
 
 
 def _reachable(url: str) -> bool:
@@ -36,3 +43,35 @@ def pg_url() -> str:
             pytest.fail(f"CI is set but PostgreSQL at {urlsplit(url).netloc} is unreachable")
         pytest.skip(f"PostgreSQL at {urlsplit(url).netloc} is unreachable")
     return url
+
+
+@pytest.fixture
+def logs_to_stderr() -> Iterator[None]:
+    """Gateway logs go to stderr, as in production (stdout is the CLI's output);
+    tests that run the CLI configure structlog, so the previous setup is put back
+    after. Packages that start gateways use it for every test."""
+    saved = structlog.get_config()
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
+    yield
+    structlog.configure(**saved)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    """An empty database: a SQLite file, or a private schema on PostgreSQL."""
+    if request.param == "sqlite":
+        yield Database.sqlite(tmp_path / "store.db")
+        return
+    pg_url: str = request.getfixturevalue("pg_url")
+    async with Database.postgres(pg_url) as db:
+        yield db
+
+
+@pytest.fixture
+async def store(database: Database) -> AsyncIterator[Store]:
+    """A store on ``database`` with the schema migrated."""
+    opened = await database.open_upgraded()
+    try:
+        yield opened
+    finally:
+        await opened.close()

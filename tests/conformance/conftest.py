@@ -4,38 +4,23 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 import pytest
 
 from onecert.sdk._keys import SigningKey
 from onecert.sdk.devkeys import DevKeys, init_dev_keys
-
-# pytest puts this folder on sys.path (no __init__.py files in tests/), so the
-# module is `plain_adapters` at run time; mypy names it by its path.
-if TYPE_CHECKING:
-    from tests.conformance.plain_adapters import (
-        AsyncCarrier,
-        AsyncProvider,
-        BlockingProvider,
-        CarrierFlaws,
-        Flaws,
-        ProviderCore,
-        start_async,
-        start_threaded,
-    )
-else:
-    from plain_adapters import (
-        AsyncCarrier,
-        AsyncProvider,
-        BlockingProvider,
-        CarrierFlaws,
-        Flaws,
-        ProviderCore,
-        start_async,
-        start_threaded,
-    )
+from tests.conformance.plain_adapters import (
+    AsyncCarrier,
+    AsyncProvider,
+    BlockingProvider,
+    CarrierFlaws,
+    Flaws,
+    ProviderCore,
+    start_async,
+    start_threaded,
+)
 
 StartProvider = Callable[[Flaws | None], Awaitable[str]]
 StartCarrier = Callable[[CarrierFlaws | None], Awaitable[str]]

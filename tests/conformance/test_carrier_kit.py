@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import pytest
 
 from onecert.sdk._keys import SigningKey
 from onecert.sdk.conformance import Outcome, Report, check_carrier
-
-if TYPE_CHECKING:
-    from tests.conformance.conftest import StartCarrier
-    from tests.conformance.plain_adapters import CARRIER_ID, IDN_A, IDN_B, CarrierFlaws
-else:
-    from plain_adapters import CARRIER_ID, IDN_A, IDN_B, CarrierFlaws
+from tests.conformance.conftest import StartCarrier
+from tests.conformance.plain_adapters import CARRIER_ID, IDN_A, IDN_B, CarrierFlaws
 
 _FAULTS = (
     "missing",

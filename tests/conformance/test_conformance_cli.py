@@ -5,35 +5,22 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from typing import TYPE_CHECKING
 
 import pytest
 
 from onecert.cli import main
 from onecert.sdk._tls import ServerTLS
 from onecert.sdk.devkeys import DevKeys
-
-if TYPE_CHECKING:
-    from tests.conformance.conftest import StartCarrier, StartProvider, StartThreaded
-    from tests.conformance.plain_adapters import (
-        CARRIER_ID,
-        IDN_A,
-        NUMBER_A,
-        NUMBER_B,
-        PROVIDER_ID,
-        CarrierFlaws,
-        Flaws,
-    )
-else:
-    from plain_adapters import (
-        CARRIER_ID,
-        IDN_A,
-        NUMBER_A,
-        NUMBER_B,
-        PROVIDER_ID,
-        CarrierFlaws,
-        Flaws,
-    )
+from tests.conformance.conftest import StartCarrier, StartProvider, StartThreaded
+from tests.conformance.plain_adapters import (
+    CARRIER_ID,
+    IDN_A,
+    NUMBER_A,
+    NUMBER_B,
+    PROVIDER_ID,
+    CarrierFlaws,
+    Flaws,
+)
 
 _FAST = ["--timeout", "2", "--short-deadline", "0.2", "--slack", "1"]
 

@@ -4,26 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
 
 import grpc
 import pytest
 
 from onecert.sdk._keys import SigningKey
 from onecert.sdk.conformance import Outcome, Report, check_provider
-
-# The folder's helpers: `plain_adapters` on pytest's sys.path, named by path for mypy.
-if TYPE_CHECKING:
-    from tests.conformance.conftest import StartProvider
-    from tests.conformance.plain_adapters import (
-        NUMBER_A,
-        NUMBER_B,
-        PROVIDER_ID,
-        UNBIND_ACCOUNT,
-        Flaws,
-    )
-else:
-    from plain_adapters import NUMBER_A, NUMBER_B, PROVIDER_ID, UNBIND_ACCOUNT, Flaws
+from tests.conformance.conftest import StartProvider
+from tests.conformance.plain_adapters import (
+    NUMBER_A,
+    NUMBER_B,
+    PROVIDER_ID,
+    UNBIND_ACCOUNT,
+    Flaws,
+)
 
 # Every check of a provider run, in report order (with two known numbers).
 PROVIDER_CHECKS = [

@@ -18,8 +18,8 @@ from onecert.adapters.demo import (
     CARRIERS,
     PROVIDERS,
     STORY,
+    DemoFederation,
     DemoProvider,
-    Federation,
     ManagedProcess,
     UserRecord,
     build_carrier,
@@ -110,7 +110,7 @@ def test_unknown_provider_is_filler() -> None:
     """An id the demo does not know is a filler provider with explicit overrides."""
     users = [UserRecord("a1", "alpha", "+8613000000001", BindingKind.LOGIN, None)]
     provider = build_provider("bench-1", users=users, name="Bench", category="gaming")
-    assert (provider.provider_id, provider.name) == ("bench-1", "Bench")
+    assert (provider.id, provider.name) == ("bench-1", "Bench")
     assert provider.category is ProviderCategory.GAMING
     assert build_provider("bench-2").category is ProviderCategory.OTHER
 
@@ -249,7 +249,7 @@ def test_gateway_config_for_the_durable_story(tmp_path: Path) -> None:
     """The federation's gateway.toml keeps state in DIR/onecert.db, gives notices a
     deadline of seconds, makes the regulator's CN admin, lets each carrier report its
     own blocks, has the forum poll for notices, and every caller has a client cert."""
-    federation = Federation(tmp_path / "demo", notice_deadline_s=1.5)
+    federation = DemoFederation(tmp_path / "demo", notice_deadline_s=1.5)
     federation.prepare()
     adapters = []
     for port, adapter_id in enumerate(

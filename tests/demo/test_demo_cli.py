@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from onecert.adapters.demo import PROVIDERS, STORY, Federation, StartupError, number_to_recycle
+from onecert.adapters.demo import PROVIDERS, STORY, DemoFederation, StartupError, number_to_recycle
 from onecert.gateway._masking import mask_display_name
 
 FORMER, CURRENT = STORY.former_number, STORY.current_number
@@ -294,7 +294,7 @@ async def test_startup_failure_names_the_process(tmp_path: Path) -> None:
     broken = tmp_path / "broken-python"
     broken.write_text("#!/bin/sh\necho 'cannot bind: the port is taken' >&2\nexit 3\n")
     broken.chmod(0o755)
-    federation = Federation(tmp_path / "demo", python=str(broken), startup_timeout=20)
+    federation = DemoFederation(tmp_path / "demo", python=str(broken), startup_timeout=20)
     try:
         with pytest.raises(StartupError) as err:
             await federation.start()

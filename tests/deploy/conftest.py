@@ -6,19 +6,13 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
 from onecert.cli import build_parser
 from onecert.sdk.devkeys import DEFAULT_CLIENTS, DevKeys, init_dev_keys
-
-# pytest puts this folder on sys.path (no __init__.py files in tests/), so the
-# module is `deploy_support` at run time; mypy names it by its path.
-if TYPE_CHECKING:
-    from tests.deploy.deploy_support import DEPLOY, K8S, load_script, parse_args
-else:
-    from deploy_support import DEPLOY, K8S, load_script, parse_args
+from tests.deploy.deploy_support import DEPLOY, K8S, load_script, parse_args
 
 
 @pytest.fixture(scope="session")

@@ -15,19 +15,13 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 import yaml
 
 from onecert.gateway._config import GatewayConfig, parse_config
-
-# pytest puts this folder on sys.path (no __init__.py files in tests/), so the
-# module is `deploy_kustomize` at run time; mypy names it by its path.
-if TYPE_CHECKING:
-    from tests.deploy.deploy_kustomize import Resource, containers, pod_specs, render
-else:
-    from deploy_kustomize import Resource, containers, pod_specs, render
+from tests.deploy.deploy_kustomize import Resource, containers, pod_specs, render
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"

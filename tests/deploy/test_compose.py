@@ -20,33 +20,19 @@ from onecert.sdk.devkeys import DEFAULT_CLIENTS, init_dev_keys
 if TYPE_CHECKING:
     from types import ModuleType
 
-    from tests.deploy.deploy_support import (
-        COMPOSE_IMAGE,
-        DEPLOY,
-        REPO,
-        compose,
-        compose_onecert_services,
-        host_of,
-        keys_init_argv,
-        option,
-        parse_args,
-        parse_gateway_config,
-        port_of,
-    )
-else:
-    from deploy_support import (
-        COMPOSE_IMAGE,
-        DEPLOY,
-        REPO,
-        compose,
-        compose_onecert_services,
-        host_of,
-        keys_init_argv,
-        option,
-        parse_args,
-        parse_gateway_config,
-        port_of,
-    )
+from tests.deploy.deploy_support import (
+    COMPOSE_IMAGE,
+    DEPLOY,
+    REPO,
+    compose,
+    compose_onecert_services,
+    host_of,
+    keys_init_argv,
+    option,
+    parse_args,
+    parse_gateway_config,
+    port_of,
+)
 
 CONFIG_IN_CONTAINER = "/etc/onecert/gateway.toml"
 ONE_SHOTS = ("keys-init", "migrate")

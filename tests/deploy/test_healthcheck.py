@@ -22,23 +22,14 @@ from onecert.sdk.devkeys import DevKeys
 if TYPE_CHECKING:
     from types import ModuleType
 
-    from tests.deploy.deploy_support import (
-        config_text,
-        gateway_container,
-        gateway_pod,
-        option,
-        parse_gateway_config,
-        rendered,
-    )
-else:
-    from deploy_support import (
-        config_text,
-        gateway_container,
-        gateway_pod,
-        option,
-        parse_gateway_config,
-        rendered,
-    )
+from tests.deploy.deploy_support import (
+    config_text,
+    gateway_container,
+    gateway_pod,
+    option,
+    parse_gateway_config,
+    rendered,
+)
 
 SERVICE = "onecert.v1.Gateway"
 

@@ -7,16 +7,12 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
-if TYPE_CHECKING:
-    from tests.deploy.deploy_kustomize import containers, pod_specs, split_image
-    from tests.deploy.deploy_support import DEPLOY, REPO, compose, rendered
-else:
-    from deploy_kustomize import containers, pod_specs, split_image
-    from deploy_support import DEPLOY, REPO, compose, rendered
+from tests.deploy.deploy_kustomize import containers, pod_specs, split_image
+from tests.deploy.deploy_support import DEPLOY, REPO, compose, rendered
 
 DOCKERFILE = DEPLOY / "Dockerfile"
 IGNORE_FILE = DEPLOY / "Dockerfile.dockerignore"

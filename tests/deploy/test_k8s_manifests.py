@@ -21,55 +21,34 @@ if TYPE_CHECKING:
     from types import ModuleType
 
     from onecert.sdk.devkeys import DevKeys
-    from tests.deploy.deploy_kustomize import (
-        containers,
-        load_documents,
-        normalized,
-        pod_specs,
-        split_image,
-    )
-    from tests.deploy.deploy_support import (
-        GENERATED,
-        GRPC_PORT_NAME,
-        IMAGE,
-        K8S,
-        KUSTOMIZATIONS,
-        METRICS_PORT_NAME,
-        OVERLAYS,
-        REPO,
-        THIRD_PARTY_IMAGES,
-        config_text,
-        find,
-        gateway_container,
-        gateway_pod,
-        option,
-        parse_args,
-        parse_gateway_config,
-        port_of,
-        rendered,
-    )
-else:
-    from deploy_kustomize import containers, load_documents, normalized, pod_specs, split_image
-    from deploy_support import (
-        GENERATED,
-        GRPC_PORT_NAME,
-        IMAGE,
-        K8S,
-        KUSTOMIZATIONS,
-        METRICS_PORT_NAME,
-        OVERLAYS,
-        REPO,
-        THIRD_PARTY_IMAGES,
-        config_text,
-        find,
-        gateway_container,
-        gateway_pod,
-        option,
-        parse_args,
-        parse_gateway_config,
-        port_of,
-        rendered,
-    )
+
+from tests.deploy.deploy_kustomize import (
+    containers,
+    load_documents,
+    normalized,
+    pod_specs,
+    split_image,
+)
+from tests.deploy.deploy_support import (
+    GENERATED,
+    GRPC_PORT_NAME,
+    IMAGE,
+    K8S,
+    KUSTOMIZATIONS,
+    METRICS_PORT_NAME,
+    OVERLAYS,
+    REPO,
+    THIRD_PARTY_IMAGES,
+    config_text,
+    find,
+    gateway_container,
+    gateway_pod,
+    option,
+    parse_args,
+    parse_gateway_config,
+    port_of,
+    rendered,
+)
 
 # The oldest Kubernetes the manifests support, and the newest schemas shipped.
 KUBERNETES_VERSIONS = ("1.29", "latest")

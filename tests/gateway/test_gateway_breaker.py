@@ -15,7 +15,7 @@ from onecert.gateway._config import FanoutConfig
 from onecert.v1 import gateway_pb2
 
 if TYPE_CHECKING:
-    from tests.gateway.conftest import Federation
+    from onecert.gateway.testing import Federation
 
 
 class Clock:

@@ -31,8 +31,8 @@ from onecert.v1 import common_pb2
 
 if TYPE_CHECKING:
     from onecert.gateway import GatewayServer
+    from onecert.gateway.testing import Federation
     from onecert.sdk.devkeys import DevKeys
-    from tests.gateway.conftest import Federation
 
 
 async def story(fed: Federation) -> None:

@@ -30,7 +30,7 @@ from onecert.gateway._config import (
 from onecert.v1 import common_pb2
 
 if TYPE_CHECKING:
-    from tests.gateway.conftest import Federation
+    from onecert.gateway.testing import Federation
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 

@@ -13,7 +13,7 @@ from onecert.gateway._identity import AssertionIssuer
 from onecert.sdk._keys import SigningKey
 
 if TYPE_CHECKING:
-    from tests.gateway.conftest import Federation
+    from onecert.gateway.testing import Federation
 
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
 PERMISSION_DENIED = grpc.StatusCode.PERMISSION_DENIED

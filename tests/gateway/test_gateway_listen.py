@@ -11,7 +11,7 @@ from onecert.gateway import GatewayServer, parse_config
 from onecert.gateway._listen import port_in_use
 
 if TYPE_CHECKING:
-    from tests.gateway.conftest import Federation
+    from onecert.gateway.testing import Federation
 
 
 async def test_a_second_gateway_on_a_port_in_use_is_refused(fed: Federation) -> None:

@@ -13,7 +13,7 @@ from onecert.gateway._handles import HandleSealer
 from onecert.v1 import common_pb2, gateway_pb2
 
 if TYPE_CHECKING:
-    from tests.gateway.conftest import Federation
+    from onecert.gateway.testing import Federation
 
 ANSWERED = gateway_pb2.CALL_OUTCOME_ANSWERED
 TIMED_OUT = gateway_pb2.CALL_OUTCOME_TIMED_OUT

@@ -31,7 +31,7 @@ from onecert.sdk._warrant import WarrantIssuer
 from onecert.v1 import common_pb2, gateway_pb2, provider_pb2
 
 if TYPE_CHECKING:
-    from tests.gateway.conftest import Federation
+    from onecert.gateway.testing import Federation
 
 NUMBER = "+8613800138001"
 HELD_FROM = datetime(2015, 1, 1, tzinfo=UTC)

@@ -15,7 +15,7 @@ from onecert.sdk._logging import configure_logging
 from onecert.v1 import gateway_pb2
 
 if TYPE_CHECKING:
-    from tests.gateway.conftest import Federation
+    from onecert.gateway.testing import Federation
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -162,9 +162,8 @@ async def test_production_gateway_refuses_callers_without_certificate(
     fed = tls_fed
     carrier = await fed.carrier("cm", {fed.IDN: fed.story_tenures()})
     gateway = await fed.gateway()
-    assert fed.tls is not None
     target = f"127.0.0.1:{gateway.port}"
-    anonymous = grpc.ssl_channel_credentials(fed.tls.ca_cert.read_bytes())
+    anonymous = grpc.ssl_channel_credentials(fed.keys.dev.ca_cert.read_bytes())
     for channel in (
         grpc.aio.secure_channel(target, anonymous),
         grpc.aio.insecure_channel(target),

@@ -5,7 +5,6 @@ reason, and the other providers are untouched."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -18,14 +17,8 @@ from onecert.gateway._describe import (
     quarantine_misconfigured,
 )
 from onecert.v1 import gateway_pb2, provider_pb2
-
-if TYPE_CHECKING:
-    from tests.hardening.conftest import Harness
-    from tests.hardening.hardening_net import JunkServer, ResettingProxy
-else:
-    from hardening_net import JunkServer
-
-    Harness = ResettingProxy = Any
+from tests.hardening.hardening_net import JunkServer, ResettingProxy
+from tests.hardening.hardening_support import Harness
 
 
 @pytest.fixture
@@ -63,7 +56,7 @@ async def test_describe_verdicts(
     assert "'onecert.v0'" in verdicts["other"].reason
     assert verdicts["junk"].status is DescribeStatus.UNREACHABLE
     assert good.describe_calls == 2
-    assert good.list_calls == 0
+    assert good.record.calls == 0
 
 
 def test_claimed_text_is_quoted_only_when_plain() -> None:
@@ -88,7 +81,7 @@ async def test_misconfigured_provider_is_skipped_with_the_reason(
     the misconfigured provider: SKIPPED with the reason; the real one answers."""
     await hz.carrier()
     good = await hz.provider("good")
-    hz.provider_at("swapped", hz.address_of("good"))
+    hz.add_provider("swapped", hz.address_of("good"))
     gateway = await hz.gateway()
     verdicts = await check_providers(channels, gateway.config.providers)
     assert quarantine_misconfigured(gateway.fanout, verdicts) == 1
@@ -100,5 +93,5 @@ async def test_misconfigured_provider_is_skipped_with_the_reason(
         assert hz.result_of(messages, "good", number).outcome == gateway_pb2.CALL_OUTCOME_ANSWERED
     assert messages[-1].summary.total.skipped == 2
     # The misconfigured provider was never sent a warrant.
-    assert good.refused_warrants == 0
-    assert good.list_calls == 2
+    assert good.record.refused_warrants == 0
+    assert good.record.calls == 2

@@ -36,7 +36,7 @@ from onecert.sdk.testing import CallError, FakeGateway, ProviderEnvironment
 from onecert.v1 import gateway_pb2
 
 if TYPE_CHECKING:
-    from tests.hardening.conftest import Harness, Snapshot
+    from tests.hardening.hardening_support import Harness, Snapshot
 else:
     Harness = Snapshot = Any
 

@@ -17,7 +17,7 @@ from onecert.sdk import Binding, CallInfo, Provider, Server, ServerTLS, UnbindRe
 from onecert.v1 import gateway_pb2, gateway_pb2_grpc, provider_pb2, provider_pb2_grpc
 
 if TYPE_CHECKING:
-    from tests.hardening.conftest import Harness, Pki
+    from tests.hardening.hardening_support import Harness, Pki
 else:
     Harness = Pki = Any
 
@@ -115,7 +115,7 @@ async def test_only_the_portal_may_call_lookup(tls_hz: Harness, pki: Pki) -> Non
         await hz.lookup(gateway, stub=hz.stub(gateway, pki.credentials("intruder")))
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "not a portal" in (err.value.details() or "")
-    assert carrier.calls == 0
+    assert carrier.record.calls == 0
 
 
 # ---------------------------------------------------------------- SDK adapters

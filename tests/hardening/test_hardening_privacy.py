@@ -26,7 +26,7 @@ from onecert.sdk.devkeys import read_hex_key
 from onecert.v1 import gateway_pb2
 
 if TYPE_CHECKING:
-    from tests.hardening.conftest import Harness
+    from tests.hardening.hardening_support import Harness
 else:
     Harness = Any
 

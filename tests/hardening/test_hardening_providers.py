@@ -9,25 +9,18 @@ import asyncio
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
 from onecert.gateway._config import FanoutConfig
 from onecert.gateway._fanout import MAX_BINDINGS_PER_ANSWER
 from onecert.gateway._masking import mask_display_name
-from onecert.sdk.client import _update
+from onecert.gateway.testing import FakeProvider
+from onecert.sdk.client._portal import _update
 from onecert.v1 import common_pb2, gateway_pb2, provider_pb2
-
-# pytest puts this folder on sys.path (no __init__.py files in tests/), so the
-# module is `hardening_net` at run time; mypy names it by its path.
-if TYPE_CHECKING:
-    from tests.hardening.conftest import FakeProvider, Harness
-    from tests.hardening.hardening_net import JunkServer, ResettingProxy
-else:
-    from hardening_net import JunkServer, ResettingProxy
-
-    FakeProvider = Harness = Any
+from tests.hardening.hardening_net import JunkServer, ResettingProxy
+from tests.hardening.hardening_support import Harness
 
 ANSWERED = gateway_pb2.CALL_OUTCOME_ANSWERED
 FAILED = gateway_pb2.CALL_OUTCOME_FAILED
@@ -89,7 +82,7 @@ async def test_hanging_provider_times_out_alone(hz: Harness) -> None:
     """A provider that never answers is TIMED_OUT at its deadline with the reason;
     the other provider's results arrive first, unchanged."""
     _good, bad = await _federation(hz)
-    bad.hang = True
+    bad.behaviour.hang = True
     gateway = await hz.gateway(fanout=FanoutConfig(provider_deadline_s=0.5, carrier_deadline_s=2.0))
     messages = await hz.lookup(gateway)
     _good_is_untouched(hz, messages)
@@ -111,7 +104,7 @@ async def test_connection_reset_mid_call_fails_alone(
     proxy = ResettingProxy(hz.address_of("bad"))
     network.append(proxy)
     hz.reroute("bad", await proxy.start())
-    bad.hang = True
+    bad.behaviour.hang = True
     bad.on_call = proxy.reset
     gateway = await hz.gateway()
     messages = await hz.lookup(gateway)
@@ -120,7 +113,7 @@ async def test_connection_reset_mid_call_fails_alone(
         assert result.outcome == FAILED
         assert result.detail.startswith("UNAVAILABLE"), result.detail
     assert proxy.resets >= 1
-    assert bad.list_calls >= 2
+    assert bad.record.calls >= 2
     _nothing_leaks(hz, messages)
 
 
@@ -144,7 +137,7 @@ async def test_non_grpc_server_on_the_port_fails_alone(
     await hz.provider("good")
     junk = JunkServer(JUNK[reply])
     network.append(junk)
-    hz.provider_at("bad", await junk.start())
+    hz.add_provider("bad", await junk.start())
     gateway = await hz.gateway()
     messages = await hz.lookup(gateway)
     _good_is_untouched(hz, messages)
@@ -177,7 +170,13 @@ async def test_unknown_enum_values_are_contained(hz: Harness) -> None:
     """A binding kind the contract does not define (99) neither breaks the lookup nor
     the SDK client reading it; the binding is shown, its kind unknown."""
     _good, bad = await _federation(hz)
-    bad.bindings = {hz.CURRENT: [hz.binding("odd", "xiaoyu.lin", hz.at(2021, 3), kind=99)]}
+    bad.bindings = {
+        hz.CURRENT: [
+            hz.binding(
+                "odd", "xiaoyu.lin", hz.at(2021, 3), kind=common_pb2.BindingKind.ValueType(99)
+            )
+        ]
+    }
     gateway = await hz.gateway()
     messages = await hz.lookup(gateway)
     _good_is_untouched(hz, messages)
@@ -283,7 +282,7 @@ async def test_provider_at_another_providers_address_is_quarantined(
     never shown under its name."""
     await hz.carrier()
     good = await hz.provider("good")
-    hz.provider_at("misrouted", hz.address_of("good"))
+    hz.add_provider("misrouted", hz.address_of("good"))
     gateway = await hz.gateway()
     assert await gateway.describe_check.wait() == 1
     messages = await hz.lookup(gateway)
@@ -293,7 +292,7 @@ async def test_provider_at_another_providers_address_is_quarantined(
         assert result.detail == "misconfigured: its Describe names provider 'good'"
         assert not result.bindings
         assert result.previous_holder_count == 0
-    assert good.refused_warrants == 0
+    assert good.record.refused_warrants == 0
     _nothing_leaks(hz, messages)
 
 

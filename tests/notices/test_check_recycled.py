@@ -14,12 +14,12 @@ from onecert.sdk.client import GatewayError, RateLimitedError, RecycledStatus
 from onecert.v1 import gateway_pb2
 
 if TYPE_CHECKING:
-    from tests.notices.conftest import World
+    from tests.notices.notices_support import NoticeWorld
 
 UNUSED_NUMBER = "+8613800000077"
 
 
-async def test_three_answers(world: World) -> None:
+async def test_three_answers(world: NoticeWorld) -> None:
     """RECYCLED after the date, NOT_RECYCLED within the history, NO_DATA before it."""
     await world.push_provider("pay")
     gateway = await world.gateway()
@@ -42,7 +42,7 @@ async def test_three_answers(world: World) -> None:
     assert all(r["subject"].startswith("msisdn:") for r in rows)
 
 
-async def test_history_start_covers_quiet_numbers(dev_world: World) -> None:
+async def test_history_start_covers_quiet_numbers(dev_world: NoticeWorld) -> None:
     """With history_start, a number without events is NOT_RECYCLED for dates after it."""
     await dev_world.push_provider("pay")
     start = dev_world.T0 - timedelta(days=365)
@@ -56,7 +56,7 @@ async def test_history_start_covers_quiet_numbers(dev_world: World) -> None:
         assert earlier.status is RecycledStatus.NO_DATA
 
 
-async def test_rate_limit_per_provider(dev_world: World) -> None:
+async def test_rate_limit_per_provider(dev_world: NoticeWorld) -> None:
     """Past its burst a provider gets RESOURCE_EXHAUSTED with retry-after-ms; others do not."""
     await dev_world.push_provider("pay")
     await dev_world.push_provider("chat")
@@ -94,7 +94,7 @@ def test_token_bucket_refills() -> None:
     assert [buckets.take("a") for _ in range(4)][-1] == pytest.approx(0.5)
 
 
-async def test_invalid_checks(dev_world: World) -> None:
+async def test_invalid_checks(dev_world: NoticeWorld) -> None:
     """A bad number, a missing or future date: INVALID_ARGUMENT without the number."""
     await dev_world.push_provider("pay")
     gateway = await dev_world.gateway()
@@ -115,7 +115,7 @@ async def test_invalid_checks(dev_world: World) -> None:
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_only_providers_may_check(world: World) -> None:
+async def test_only_providers_may_check(world: NoticeWorld) -> None:
     """Carriers and admins get PERMISSION_DENIED; unknown certificates UNAUTHENTICATED."""
     await world.push_provider("pay")
     gateway = await world.gateway()

@@ -11,22 +11,17 @@ import grpc
 import pytest
 
 from onecert.cli import main
-from onecert.gateway._compliance import (
-    ComplianceReport,
-    ComplianceStatus,
-    ProviderCompliance,
-    format_duration,
-    render_table,
-)
+from onecert.cli._report import format_duration, render_table
 from onecert.gateway.store import DeliveryState
+from onecert.sdk.client import ComplianceReport, ComplianceStatus, ProviderCompliance
 
 if TYPE_CHECKING:
     from onecert.gateway import GatewayServer
     from onecert.gateway.store.testing import Database
-    from tests.notices.conftest import World
+    from tests.notices.notices_support import NoticeWorld
 
 
-async def _story(world: World) -> tuple[GatewayServer, str]:
+async def _story(world: NoticeWorld) -> tuple[GatewayServer, str]:
     """pay acts at once, chat only records, forum polls and confirms after the deadline."""
     await world.push_provider("pay", acts=2)
     await world.push_provider("chat", acts=None)
@@ -51,7 +46,7 @@ def _lines(report: Any) -> dict[str, Any]:
     return {p.provider_id: p for p in report.providers}
 
 
-async def test_on_time_late_and_never(world: World) -> None:
+async def test_on_time_late_and_never(world: NoticeWorld) -> None:
     """Acted at once: on time; confirmed after the deadline: late; never acted: never."""
     gateway, _ = await _story(world)
     report = await world.caller(gateway, "admin").compliance()
@@ -76,7 +71,7 @@ async def test_on_time_late_and_never(world: World) -> None:
     assert [r["actor"] for r in rows] == [f"admin:{world.ADMIN_CN}"] * 2
 
 
-async def test_awaiting_until_the_deadline(dev_world: World) -> None:
+async def test_awaiting_until_the_deadline(dev_world: NoticeWorld) -> None:
     """Before the deadline an unconfirmed notice is awaiting, not never."""
     dev_world.poll_provider("forum")
     gateway = await dev_world.gateway()
@@ -87,7 +82,7 @@ async def test_awaiting_until_the_deadline(dev_world: World) -> None:
 
 
 @pytest.mark.parametrize("who", ["provider:pay", "carrier:cm", "cn:intruder"])
-async def test_report_is_for_admins_only(world: World, who: str) -> None:
+async def test_report_is_for_admins_only(world: NoticeWorld, who: str) -> None:
     """Anyone but an admin is refused the report."""
     await world.push_provider("pay")
     gateway = await world.gateway()
@@ -111,7 +106,7 @@ def _cli(*argv: str) -> tuple[int, str]:
     return status, out.getvalue()
 
 
-async def test_cli_from_the_database(world: World, database: Database) -> None:
+async def test_cli_from_the_database(world: NoticeWorld, database: Database) -> None:
     """`onecert report compliance --url` prints the table, and JSON with --json."""
     await _story(world)
     source = ["--url", database.url]
@@ -132,7 +127,7 @@ async def test_cli_from_the_database(world: World, database: Database) -> None:
     assert any(line.startswith("forum ") and " late " in line for line in table.splitlines())
 
 
-async def test_cli_from_the_gateway_as_admin(world: World) -> None:
+async def test_cli_from_the_gateway_as_admin(world: NoticeWorld) -> None:
     """`onecert report compliance --gateway` with the admin certificate shows the gateway's view."""
     gateway, _ = await _story(world)
     keys = world.keys

@@ -24,10 +24,10 @@ from onecert.v1 import gateway_pb2
 
 if TYPE_CHECKING:
     from onecert.gateway.store.testing import Database
-    from tests.notices.conftest import World
+    from tests.notices.notices_support import NoticeWorld
 
 
-async def test_push_reaches_sdk_providers_once(world: World) -> None:
+async def test_push_reaches_sdk_providers_once(world: NoticeWorld) -> None:
     """Over mutual TLS each push provider gets one valid SET; its handler runs once."""
     pay = await world.push_provider("pay", acts=2)
     chat = await world.push_provider("chat", acts=None)
@@ -63,7 +63,7 @@ async def test_push_reaches_sdk_providers_once(world: World) -> None:
     assert len(chat.notices) == 1
 
 
-async def test_push_acted_notices_are_audited_like_confirmed_ones(dev_world: World) -> None:
+async def test_push_acted_notices_are_audited_like_confirmed_ones(dev_world: NoticeWorld) -> None:
     """A provider that acted on a pushed notice gets the same ``notice.confirmed`` audit
     row as one confirming after a poll; one that only acknowledged gets none."""
     await dev_world.push_provider("pay", acts=3)
@@ -89,7 +89,7 @@ async def test_push_acted_notices_are_audited_like_confirmed_ones(dev_world: Wor
     }
 
 
-async def test_push_is_retried_until_acknowledged(dev_world: World) -> None:
+async def test_push_is_retried_until_acknowledged(dev_world: NoticeWorld) -> None:
     """A provider answering UNAVAILABLE gets the notice again after a backoff."""
     pay = await dev_world.push_provider("pay", fail_first=2)
     gateway = await dev_world.gateway()
@@ -105,7 +105,7 @@ async def test_push_is_retried_until_acknowledged(dev_world: World) -> None:
     assert len(pay.notices) == 1
 
 
-async def test_push_gives_up_at_the_deadline(world: World) -> None:
+async def test_push_gives_up_at_the_deadline(world: NoticeWorld) -> None:
     """A provider that never answers is given up at the deadline and shows as never acted."""
     down = await world.refusing_provider("pay", grpc.StatusCode.UNAVAILABLE)
     gateway = await world.gateway()
@@ -128,7 +128,7 @@ async def test_push_gives_up_at_the_deadline(world: World) -> None:
     assert (line.notices_delivered, line.never_acted, line.acted_on_time) == (0, 1, 0)
 
 
-async def test_permanent_refusal_is_not_retried(dev_world: World) -> None:
+async def test_permanent_refusal_is_not_retried(dev_world: NoticeWorld) -> None:
     """A provider that does not implement ReceiveEvent is marked FAILED after one try."""
     refusing = await dev_world.refusing_provider("pay", grpc.StatusCode.UNIMPLEMENTED)
     gateway = await dev_world.gateway()
@@ -146,7 +146,7 @@ async def test_permanent_refusal_is_not_retried(dev_world: World) -> None:
     )
 
 
-async def test_poll_returns_sets_until_acknowledged(world: World) -> None:
+async def test_poll_returns_sets_until_acknowledged(world: NoticeWorld) -> None:
     """A poll provider gets a valid SET on every poll until it acks; acks never cross providers."""
     world.poll_provider("forum")
     world.poll_provider("chat")
@@ -179,7 +179,7 @@ async def test_poll_returns_sets_until_acknowledged(world: World) -> None:
     assert found["chat"].state is DeliveryState.PENDING
 
 
-async def test_poll_batches_and_reports_more(dev_world: World) -> None:
+async def test_poll_batches_and_reports_more(dev_world: NoticeWorld) -> None:
     """max_events bounds a poll and more_available says the rest is waiting."""
     dev_world.poll_provider("forum")
     gateway = await dev_world.gateway()
@@ -198,7 +198,7 @@ async def test_poll_batches_and_reports_more(dev_world: World) -> None:
         assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_poll_waits_for_a_new_notice(dev_world: World) -> None:
+async def test_poll_waits_for_a_new_notice(dev_world: NoticeWorld) -> None:
     """Without return_immediately a poll is held until a notice arrives, within its deadline."""
     dev_world.poll_provider("forum")
     gateway = await dev_world.gateway()
@@ -217,7 +217,7 @@ async def test_poll_waits_for_a_new_notice(dev_world: World) -> None:
         assert len(result.events) == 1
 
 
-async def test_poll_errors_fail_the_delivery(dev_world: World) -> None:
+async def test_poll_errors_fail_the_delivery(dev_world: NoticeWorld) -> None:
     """A SET reported in errors is not handed out again and keeps the provider's reason."""
     dev_world.poll_provider("forum")
     gateway = await dev_world.gateway()
@@ -233,7 +233,7 @@ async def test_poll_errors_fail_the_delivery(dev_world: World) -> None:
     assert delivery.last_error == "invalid_key: unknown kid"
 
 
-async def test_who_may_poll(world: World) -> None:
+async def test_who_may_poll(world: NoticeWorld) -> None:
     """Push providers are told to use ReceiveEvent; carriers and strangers may not poll."""
     await world.push_provider("pay")
     gateway = await world.gateway()
@@ -255,7 +255,7 @@ async def test_who_may_poll(world: World) -> None:
         assert rpc_err.value.code() == code
 
 
-async def test_confirm_event_action(dev_world: World) -> None:
+async def test_confirm_event_action(dev_world: NoticeWorld) -> None:
     """A provider confirms its own notice once; another's or an unknown jti is NOT_FOUND."""
     dev_world.poll_provider("forum")
     dev_world.poll_provider("chat")
@@ -282,7 +282,7 @@ async def test_confirm_event_action(dev_world: World) -> None:
     assert delivery.state is DeliveryState.ACKNOWLEDGED
 
 
-async def test_sdk_poller_hands_notices_to_on_recycled(world: World) -> None:
+async def test_sdk_poller_hands_notices_to_on_recycled(world: NoticeWorld) -> None:
     """The SDK poller verifies each SET, runs on_recycled once, acks and confirms the action."""
     world.poll_provider("forum")
     gateway = await world.gateway()
@@ -306,7 +306,7 @@ async def test_sdk_poller_hands_notices_to_on_recycled(world: World) -> None:
     assert len(handle.notices) == 1
 
 
-async def test_two_gateways_share_the_pushes(dev_world: World, database: Database) -> None:
+async def test_two_gateways_share_the_pushes(dev_world: NoticeWorld, database: Database) -> None:
     """Push workers of two gateways on one database push every notice exactly once."""
     counting = await dev_world.counting_provider("pay")
     config = dev_world.config()
@@ -355,7 +355,7 @@ async def test_two_gateways_share_the_pushes(dev_world: World, database: Databas
     assert set(counting.pushes.values()) == {1}
 
 
-async def test_a_dead_workers_lease_runs_out(dev_world: World) -> None:
+async def test_a_dead_workers_lease_runs_out(dev_world: NoticeWorld) -> None:
     """A push leased by a gateway that died is made by another once the lease has run out."""
     counting = await dev_world.counting_provider("pay")
     notices = replace(dev_world.config().notices, workers=0, lease_s=60)

@@ -17,7 +17,7 @@ from onecert.v1 import gateway_pb2
 
 if TYPE_CHECKING:
     from onecert.gateway import GatewayServer
-    from tests.notices.conftest import World
+    from tests.notices.notices_support import NoticeWorld
 
 # Every service a gateway registers on its server.
 SERVED: tuple[ServiceDescriptor, ...] = (
@@ -39,7 +39,7 @@ def _roles(method: MethodDescriptor) -> frozenset[Role]:
 
 
 async def _call(
-    world: World, gateway: GatewayServer, who: str, method: MethodDescriptor
+    world: NoticeWorld, gateway: GatewayServer, who: str, method: MethodDescriptor
 ) -> grpc.StatusCode:
     """Call ``method`` with an empty request as ``who``; the status it ends with."""
     caller = world.caller(gateway, who)
@@ -68,7 +68,7 @@ def test_every_served_rpc_has_a_policy() -> None:
         assert _roles(method) != PUBLIC, f"{method.name} must not be open to anyone"
 
 
-async def test_each_role_is_refused_on_rpcs_not_its_own(world: World) -> None:
+async def test_each_role_is_refused_on_rpcs_not_its_own(world: NoticeWorld) -> None:
     """Over mutual TLS, a carrier, a provider, an admin and the portal each get
     PERMISSION_DENIED on every Gateway RPC that is not theirs, and pass the policy on
     their own; an unregistered certificate is UNAUTHENTICATED (PERMISSION_DENIED on
@@ -98,7 +98,9 @@ async def test_each_role_is_refused_on_rpcs_not_its_own(world: World) -> None:
 
 
 @pytest.mark.parametrize("role", [Role.CARRIER, Role.PROVIDER, Role.ADMIN])
-async def test_dev_principals_are_held_to_the_same_table(dev_world: World, role: Role) -> None:
+async def test_dev_principals_are_held_to_the_same_table(
+    dev_world: NoticeWorld, role: Role
+) -> None:
     """In development mode a caller naming itself in the header is refused with
     PERMISSION_DENIED on other roles' RPCs, with the message naming both roles; a
     caller naming nobody is UNAUTHENTICATED on every RPC but the portal's."""
@@ -116,7 +118,7 @@ async def test_dev_principals_are_held_to_the_same_table(dev_world: World, role:
         ), method.name
 
 
-async def test_refusal_message_names_the_role_and_the_caller(dev_world: World) -> None:
+async def test_refusal_message_names_the_role_and_the_caller(dev_world: NoticeWorld) -> None:
     """The wrong-role message says whom the call is for and who called, as before."""
     gateway = await dev_world.gateway()
     caller = dev_world.caller(gateway, "carrier:cm")

@@ -16,7 +16,7 @@ from onecert.gateway._principals import (
 )
 
 if TYPE_CHECKING:
-    from tests.notices.conftest import World
+    from tests.notices.notices_support import NoticeWorld
 
 
 class _Peer:
@@ -68,7 +68,7 @@ def test_dev_header_only_in_development() -> None:
     assert isinstance(_identify(dev, _Peer(None)), str)
 
 
-async def test_dev_principals_over_plaintext(dev_world: World) -> None:
+async def test_dev_principals_over_plaintext(dev_world: NoticeWorld) -> None:
     """In development mode callers name themselves; without a name they are UNAUTHENTICATED."""
     await dev_world.push_provider("pay")
     gateway = await dev_world.gateway()
@@ -87,7 +87,7 @@ async def test_dev_principals_over_plaintext(dev_world: World) -> None:
         assert err.value.code() == code, who
 
 
-async def test_roles_over_mutual_tls(world: World) -> None:
+async def test_roles_over_mutual_tls(world: NoticeWorld) -> None:
     """Each role is known by its certificate: carrier reports, provider checks, admin reads."""
     await world.push_provider("pay")
     gateway = await world.gateway()

@@ -15,7 +15,7 @@ from onecert.gateway.store import DeliveryMode, DeliveryState, NumberEventType
 from onecert.v1 import gateway_pb2
 
 if TYPE_CHECKING:
-    from tests.notices.conftest import World
+    from tests.notices.notices_support import NoticeWorld
 
 CANCELLED = gateway_pb2.NUMBER_EVENT_TYPE_CANCELLED
 RECYCLED = gateway_pb2.NUMBER_EVENT_TYPE_RECYCLED
@@ -25,7 +25,7 @@ def _sha(msisdn: str) -> str:
     return hashlib.sha256(msisdn.encode()).hexdigest()
 
 
-async def test_carrier_reports_its_number_once_per_provider(world: World) -> None:
+async def test_carrier_reports_its_number_once_per_provider(world: NoticeWorld) -> None:
     """A carrier's report over mutual TLS records one delivery per provider, by its mode."""
     await world.push_provider("pay")
     world.poll_provider("forum")
@@ -48,7 +48,7 @@ async def test_carrier_reports_its_number_once_per_provider(world: World) -> Non
     assert ranged.created
 
 
-async def test_foreign_number_is_refused_and_nothing_recorded(world: World) -> None:
+async def test_foreign_number_is_refused_and_nothing_recorded(world: NoticeWorld) -> None:
     """A carrier reporting a number it does not serve gets PERMISSION_DENIED; nothing is kept."""
     await world.push_provider("pay")
     gateway = await world.gateway()
@@ -63,7 +63,7 @@ async def test_foreign_number_is_refused_and_nothing_recorded(world: World) -> N
 
 
 @pytest.mark.parametrize("who", ["provider:pay", "admin"])
-async def test_only_carriers_may_report(world: World, who: str) -> None:
+async def test_only_carriers_may_report(world: NoticeWorld, who: str) -> None:
     """A provider or an admin calling ReportNumberEvent gets PERMISSION_DENIED."""
     await world.push_provider("pay")
     gateway = await world.gateway()
@@ -73,7 +73,7 @@ async def test_only_carriers_may_report(world: World, who: str) -> None:
     assert await world.store.notices.history(_sha(world.CM_NUMBER)) == []
 
 
-async def test_unregistered_certificate_is_unauthenticated(world: World) -> None:
+async def test_unregistered_certificate_is_unauthenticated(world: NoticeWorld) -> None:
     """A valid client certificate whose CN has no role at all is UNAUTHENTICATED."""
     gateway = await world.gateway()
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -81,7 +81,7 @@ async def test_unregistered_certificate_is_unauthenticated(world: World) -> None
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
-async def test_the_portal_certificate_cannot_report_events(world: World) -> None:
+async def test_the_portal_certificate_cannot_report_events(world: NoticeWorld) -> None:
     """The portal's certificate has a role, and it is not a carrier's: PERMISSION_DENIED."""
     gateway = await world.gateway()
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -89,7 +89,7 @@ async def test_the_portal_certificate_cannot_report_events(world: World) -> None
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
-async def test_same_event_twice_and_conflicting_reuse(world: World) -> None:
+async def test_same_event_twice_and_conflicting_reuse(world: NoticeWorld) -> None:
     """The same event id returns the first notice; reused with other content, ALREADY_EXISTS."""
     await world.push_provider("pay")
     gateway = await world.gateway()
@@ -112,7 +112,7 @@ async def test_same_event_twice_and_conflicting_reuse(world: World) -> None:
     assert mine.created
 
 
-async def test_invalid_reports_change_nothing(dev_world: World) -> None:
+async def test_invalid_reports_change_nothing(dev_world: NoticeWorld) -> None:
     """Malformed reports get INVALID_ARGUMENT with a message that never repeats the number."""
     world = dev_world
     await world.push_provider("pay")
@@ -152,7 +152,7 @@ async def test_invalid_reports_change_nothing(dev_world: World) -> None:
     assert await world.store.notices.history(_sha(world.CM_NUMBER)) == []
 
 
-async def test_deadlines_follow_the_quiet_period(world: World) -> None:
+async def test_deadlines_follow_the_quiet_period(world: NoticeWorld) -> None:
     """CANCELLED: act before the quiet period ends; RECYCLED: within recycled_deadline_s."""
     await world.push_provider("pay")
     gateway = await world.gateway()
@@ -203,7 +203,7 @@ def test_late_reports_still_leave_time_to_act() -> None:
     assert fixed == now + timedelta(days=1)
 
 
-async def test_report_is_audited_with_hashed_number(world: World) -> None:
+async def test_report_is_audited_with_hashed_number(world: NoticeWorld) -> None:
     """The audit row names the carrier and a digest of the number, never the number."""
     await world.push_provider("pay")
     gateway = await world.gateway()
@@ -217,7 +217,7 @@ async def test_report_is_audited_with_hashed_number(world: World) -> None:
     assert "13800138000" not in everything
 
 
-async def test_delivery_state_starts_pending(world: World) -> None:
+async def test_delivery_state_starts_pending(world: NoticeWorld) -> None:
     """A fresh notice's poll delivery waits, PENDING, for the provider to poll."""
     world.poll_provider("forum")
     gateway = await world.gateway()

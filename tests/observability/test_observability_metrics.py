@@ -16,7 +16,7 @@ from onecert.gateway._config import FanoutConfig, MetricsConfig
 from onecert.v1 import gateway_pb2
 
 if TYPE_CHECKING:
-    from tests.observability.conftest import Federation, Scrape
+    from tests.observability.observability_support import ObservedFederation, Scrape
 
 OUTCOMES = {
     gateway_pb2.CALL_OUTCOME_ANSWERED: "answered",
@@ -33,10 +33,10 @@ def provider_outcomes(scrape: Scrape, provider_id: str) -> dict[str, float]:
     }
 
 
-async def test_a_lookup_shows_in_the_scrape(fed: Federation) -> None:
+async def test_a_lookup_shows_in_the_scrape(fed: ObservedFederation) -> None:
     """One lookup: counted ok and timed once, and each provider's outcome matches its result."""
     await fed.start(["alpha", "beta", "gamma"])
-    fed.providers["beta"].down = True
+    fed.providers["beta"].behaviour.abort = grpc.StatusCode.UNAVAILABLE
     gateway = await fed.gateway()
     messages = await fed.lookup(gateway)
     summary = messages[-1].summary
@@ -77,10 +77,12 @@ async def test_a_lookup_shows_in_the_scrape(fed: Federation) -> None:
     assert messages[0].query_id not in scrape.text
 
 
-async def test_an_open_breaker_shows_and_its_calls_count_as_skipped(fed: Federation) -> None:
+async def test_an_open_breaker_shows_and_its_calls_count_as_skipped(
+    fed: ObservedFederation,
+) -> None:
     """A provider whose breaker opened reads 2; its next call is skipped and not timed."""
     await fed.start(["alpha", "beta"])
-    fed.providers["beta"].down = True
+    fed.providers["beta"].behaviour.abort = grpc.StatusCode.UNAVAILABLE
     gateway = await fed.gateway(
         fed.config(
             fanout=FanoutConfig(
@@ -106,7 +108,7 @@ async def test_an_open_breaker_shows_and_its_calls_count_as_skipped(fed: Federat
     assert scrape.value("onecert_lookups_total", outcome="ok") == 2
 
 
-async def test_refused_assertions_are_counted_by_reason(fed: Federation) -> None:
+async def test_refused_assertions_are_counted_by_reason(fed: ObservedFederation) -> None:
     """An expired assertion and a call without one: each counted under its reason, and the
     lookups as refused, not as errors."""
     await fed.start(["alpha"])
@@ -129,7 +131,7 @@ async def test_refused_assertions_are_counted_by_reason(fed: Federation) -> None
     assert scrape.value("onecert_provider_calls_total", provider="alpha", outcome="answered") == 0
 
 
-async def test_a_lookup_without_any_carrier_is_an_error(fed: Federation) -> None:
+async def test_a_lookup_without_any_carrier_is_an_error(fed: ObservedFederation) -> None:
     """A lookup no carrier answers ends UNAVAILABLE and is counted as an error."""
     await fed.start(["alpha"])
     config = fed.config()
@@ -143,10 +145,10 @@ async def test_a_lookup_without_any_carrier_is_an_error(fed: Federation) -> None
     assert scrape.value("onecert_carrier_calls_total", carrier="cm", outcome="failed") == 1
 
 
-async def test_a_lookup_the_caller_abandons_is_cancelled(fed: Federation) -> None:
+async def test_a_lookup_the_caller_abandons_is_cancelled(fed: ObservedFederation) -> None:
     """A caller that cancels mid-lookup leaves it counted as cancelled, none in flight."""
     await fed.start(["alpha", "slow"])
-    fed.providers["slow"].hang = True
+    fed.providers["slow"].behaviour.hang = True
     gateway = await fed.gateway()
     call = fed.stub(gateway).Lookup(
         gateway_pb2.LookupRequest(), metadata=fed.metadata(), timeout=10
@@ -165,11 +167,13 @@ async def test_a_lookup_the_caller_abandons_is_cancelled(fed: Federation) -> Non
     assert scrape.value("onecert_lookups_total", outcome="ok") == 0
 
 
-async def test_outbox_shows_a_committed_ticket_its_provider_never_took(fed: Federation) -> None:
+async def test_outbox_shows_a_committed_ticket_its_provider_never_took(
+    fed: ObservedFederation,
+) -> None:
     """A ticket committed for a provider that is down is in the outbox, and its failed
     attempts are counted as retries."""
     await fed.start(["alpha"])
-    fed.providers["alpha"].unbind_down = True
+    fed.providers["alpha"].unbind_outcome = None
     gateway = await fed.gateway(fed.config(store=True))
     messages = await fed.lookup(gateway)
     handle = next(m.result for m in messages if m.HasField("result")).bindings[0].handle
@@ -201,7 +205,7 @@ async def test_outbox_shows_a_committed_ticket_its_provider_never_took(fed: Fede
     assert scrape.value("onecert_outbox_oldest_age_seconds", kind="notice_push") == 0
 
 
-async def test_notices_by_delivery_state(fed: Federation) -> None:
+async def test_notices_by_delivery_state(fed: ObservedFederation) -> None:
     """A notice pushed to providers that refuse it: its deliveries read as failed push
     deliveries, and the pushes are counted as failed."""
     await fed.start(["alpha", "beta"])
@@ -229,7 +233,7 @@ async def test_notices_by_delivery_state(fed: Federation) -> None:
     assert scrape.value("onecert_outbox_items", kind="notice_push") == 0
 
 
-async def test_metrics_are_off_without_metrics_listen(fed: Federation) -> None:
+async def test_metrics_are_off_without_metrics_listen(fed: ObservedFederation) -> None:
     """Without metrics.listen the gateway serves no metrics and builds none."""
     await fed.start(["alpha"])
     gateway = await fed.gateway(fed.config(metrics=MetricsConfig()))
@@ -238,7 +242,7 @@ async def test_metrics_are_off_without_metrics_listen(fed: Federation) -> None:
     assert len(await fed.lookup(gateway)) == 3
 
 
-async def test_a_taken_metrics_port_stops_the_start(fed: Federation) -> None:
+async def test_a_taken_metrics_port_stops_the_start(fed: ObservedFederation) -> None:
     """A metrics port already in use fails the start, and the gRPC port is released."""
     await fed.start(["alpha"])
     first = await fed.gateway()
@@ -250,7 +254,7 @@ async def test_a_taken_metrics_port_stops_the_start(fed: Federation) -> None:
         _ = second.port
 
 
-async def test_each_gateway_has_its_own_registry(fed: Federation) -> None:
+async def test_each_gateway_has_its_own_registry(fed: ObservedFederation) -> None:
     """Two gateways in one process count their own lookups only."""
     await fed.start(["alpha"])
     one = await fed.gateway()

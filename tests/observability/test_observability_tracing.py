@@ -16,7 +16,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from onecert.gateway._config import MetricsConfig, TracingConfig
 
 if TYPE_CHECKING:
-    from tests.observability.conftest import Federation
+    from tests.observability.observability_support import ObservedFederation
 
 TRACED = TracingConfig(enabled=True, exporter="console")
 
@@ -25,11 +25,11 @@ def attribute_text(span: ReadableSpan) -> str:
     return " ".join(f"{key}={value!r}" for key, value in (span.attributes or {}).items())
 
 
-async def test_a_lookup_is_one_span_with_a_child_per_call(fed: Federation) -> None:
+async def test_a_lookup_is_one_span_with_a_child_per_call(fed: ObservedFederation) -> None:
     """One lookup span (query id, counts) parents one span per provider call (id, outcome,
     attempts) and per carrier call; no attribute holds a number, an idn or a sub."""
     await fed.start(["alpha", "beta", "gamma"])
-    fed.providers["beta"].down = True
+    fed.providers["beta"].behaviour.abort = grpc.StatusCode.UNAVAILABLE
     exporter = InMemorySpanExporter()
     gateway = await fed.gateway(fed.config(tracing=TRACED), span_exporter=exporter)
     messages = await fed.lookup(gateway)
@@ -87,7 +87,7 @@ async def test_a_lookup_is_one_span_with_a_child_per_call(fed: Federation) -> No
     assert len(spans) == 5
 
 
-async def test_a_refused_lookup_span_says_so(fed: Federation) -> None:
+async def test_a_refused_lookup_span_says_so(fed: ObservedFederation) -> None:
     """A refused lookup is one span with outcome refused and its status code, and no calls."""
     await fed.start(["alpha"])
     exporter = InMemorySpanExporter()
@@ -102,7 +102,7 @@ async def test_a_refused_lookup_span_says_so(fed: Federation) -> None:
     ]
 
 
-async def test_a_callers_trace_is_continued(fed: Federation) -> None:
+async def test_a_callers_trace_is_continued(fed: ObservedFederation) -> None:
     """A traceparent in the call's metadata makes the lookup span a child of the caller's."""
     await fed.start(["alpha"])
     exporter = InMemorySpanExporter()
@@ -118,7 +118,7 @@ async def test_a_callers_trace_is_continued(fed: Federation) -> None:
     assert format(lookup.parent.span_id, "016x") == parent
 
 
-async def test_unsampled_lookups_record_nothing(fed: Federation) -> None:
+async def test_unsampled_lookups_record_nothing(fed: ObservedFederation) -> None:
     """With sample_ratio 0 no span is recorded, neither the lookup's nor its calls'."""
     await fed.start(["alpha"])
     exporter = InMemorySpanExporter()
@@ -128,7 +128,7 @@ async def test_unsampled_lookups_record_nothing(fed: Federation) -> None:
     assert exporter.get_finished_spans() == ()
 
 
-async def test_tracing_alone_serves_no_metrics(fed: Federation) -> None:
+async def test_tracing_alone_serves_no_metrics(fed: ObservedFederation) -> None:
     """Tracing on and metrics off: spans are recorded, no metrics port is opened."""
     await fed.start(["alpha"])
     exporter = InMemorySpanExporter()

@@ -35,7 +35,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from onecert.adapters.demo import GATEWAY_ID, IDENTITY_ISSUER, PROVIDERS, STORY, Federation
+from onecert.adapters.demo import GATEWAY_ID, IDENTITY_ISSUER, PROVIDERS, STORY, DemoFederation
 from onecert.sdk._idn import compute_idn
 from onecert.sdk._keys import SigningKey
 from onecert.sdk.devkeys import DevKeys
@@ -58,7 +58,7 @@ CHROMIUM_ARGS = [
 class Portal:
     """A running federation and its portal."""
 
-    federation: Federation
+    federation: DemoFederation
     url: str
 
     def log(self) -> str:
@@ -75,7 +75,7 @@ def start_federation(directory: Path) -> Portal:
     providers = [
         dataclasses.replace(p, delay_s=SLOW_PROVIDER_S) if p.delay_s else p for p in PROVIDERS
     ]
-    federation = Federation(
+    federation = DemoFederation(
         directory,
         providers=providers,
         provider_deadline_s=SLOW_PROVIDER_S + 2,

@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
 
 import pytest
 
 from onecert.sdk import Carrier, Provider
 from onecert.sdk.devkeys import DevKeys, init_dev_keys
 from onecert.sdk.testing import FakeGateway, InProcessServer, serve_in_process
-
-# pytest puts this folder on sys.path (no __init__.py files in tests/), so the
-# module is `sdk_fakes` at run time; mypy names it by its path.
-if TYPE_CHECKING:
-    from tests.sdk.sdk_fakes import CARRIER_ID, PROVIDER_ID, FakeForum, FakeMobile
-else:
-    from sdk_fakes import CARRIER_ID, PROVIDER_ID, FakeForum, FakeMobile
+from tests.sdk.sdk_fakes import CARRIER_ID, PROVIDER_ID, FakeForum, FakeMobile
 
 
 @pytest.fixture

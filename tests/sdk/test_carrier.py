@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -13,13 +12,7 @@ from structlog.testing import capture_logs
 from onecert.sdk import Carrier, Tenure, TenureState
 from onecert.sdk.testing import CallError, CarrierEnvironment, serve_in_process
 from onecert.v1 import common_pb2, registry_pb2
-
-# pytest puts this folder on sys.path (no __init__.py files in tests/), so the
-# module is `sdk_fakes` at run time; mypy names it by its path.
-if TYPE_CHECKING:
-    from tests.sdk.sdk_fakes import CARRIER_ID, IDN, NUMBER, OTHER_NUMBER, FakeMobile
-else:
-    from sdk_fakes import CARRIER_ID, IDN, NUMBER, OTHER_NUMBER, FakeMobile
+from tests.sdk.sdk_fakes import CARRIER_ID, IDN, NUMBER, OTHER_NUMBER, FakeMobile
 
 
 async def test_list_numbers_over_grpc(carrier: Carrier, mobile: FakeMobile) -> None:

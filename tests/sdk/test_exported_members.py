@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import onecert.sdk
+import onecert.sdk.client
 import onecert.sdk.testing
 
 SDK_API = {
@@ -34,6 +35,41 @@ SDK_API = {
     "configure_logging",
 }
 
+# The clients of the gateway (a package split by caller; the same names as the
+# module it was, plus ComplianceStatus, which the compliance report's lines carry).
+CLIENT_API = {
+    "Account",
+    "AdminGatewayClient",
+    "Attribution",
+    "CallOutcome",
+    "CarrierGatewayClient",
+    "CarrierStatus",
+    "ComplianceReport",
+    "ComplianceStatus",
+    "Coverage",
+    "EventError",
+    "GatewayClient",
+    "GatewayError",
+    "LookupUpdate",
+    "NumberCoverage",
+    "NumberEventType",
+    "NumberStatus",
+    "PollResult",
+    "PolledEvent",
+    "ProviderCompliance",
+    "ProviderGatewayClient",
+    "RateLimitedError",
+    "Receipt",
+    "RecycledAnswer",
+    "RecycledStatus",
+    "ReportedEvent",
+    "Result",
+    "Started",
+    "Summary",
+    "TicketInfo",
+    "TicketState",
+}
+
 TESTING_API = {
     "CallError",
     "CarrierEnvironment",
@@ -63,4 +99,14 @@ def test_exported_members_say_where_they_belong() -> None:
     """Every exported class is documented (the names are the API a provider reads)."""
     for name in onecert.sdk.__all__:
         member = getattr(onecert.sdk, name)
+        assert member.__doc__, name
+
+
+def test_client_exports_exactly_the_intended_names() -> None:
+    """onecert.sdk.client.__all__ is the clients' public API, and each name is defined
+    and documented."""
+    assert set(onecert.sdk.client.__all__) == CLIENT_API
+    for name in onecert.sdk.client.__all__:
+        member = getattr(onecert.sdk.client, name)
+        assert member is not None
         assert member.__doc__, name

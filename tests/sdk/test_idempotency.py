@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -22,13 +21,7 @@ from onecert.sdk import (
 from onecert.sdk._idempotency import KeyedLocks
 from onecert.sdk.testing import CallError, FakeGateway, ProviderEnvironment, serve_in_process
 from onecert.v1 import common_pb2, provider_pb2
-
-# pytest puts this folder on sys.path (no __init__.py files in tests/), so the
-# module is `sdk_fakes` at run time; mypy names it by its path.
-if TYPE_CHECKING:
-    from tests.sdk.sdk_fakes import NUMBER, FakeForum
-else:
-    from sdk_fakes import NUMBER, FakeForum
+from tests.sdk.sdk_fakes import NUMBER, FakeForum
 
 
 @pytest.fixture(params=["memory", "sqlite"])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -17,13 +16,7 @@ from onecert.sdk import Binding, BindingKind, Unavailable
 from onecert.sdk._keys import SigningKey
 from onecert.sdk.testing import FakeGateway, InProcessServer
 from onecert.v1 import common_pb2, provider_pb2
-
-# pytest puts this folder on sys.path (no __init__.py files in tests/), so the
-# module is `sdk_fakes` at run time; mypy names it by its path.
-if TYPE_CHECKING:
-    from tests.sdk.sdk_fakes import BOUND_AT, NUMBER, OTHER_NUMBER, PROVIDER_ID, FakeForum
-else:
-    from sdk_fakes import BOUND_AT, NUMBER, OTHER_NUMBER, PROVIDER_ID, FakeForum
+from tests.sdk.sdk_fakes import BOUND_AT, NUMBER, OTHER_NUMBER, PROVIDER_ID, FakeForum
 
 
 def _auth(token: str) -> tuple[tuple[str, str], ...]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
@@ -22,13 +22,7 @@ from onecert.sdk import (
     UnbindResult,
 )
 from onecert.sdk.testing import FakeGateway, ProviderEnvironment
-
-# pytest puts this folder on sys.path (no __init__.py files in tests/), so the
-# module is `sdk_fakes` at run time; mypy names it by its path.
-if TYPE_CHECKING:
-    from tests.sdk.sdk_fakes import NUMBER, PROVIDER_ID
-else:
-    from sdk_fakes import NUMBER, PROVIDER_ID
+from tests.sdk.sdk_fakes import NUMBER, PROVIDER_ID
 
 
 def _provider() -> Provider:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -13,13 +12,7 @@ from onecert.sdk import Provider, Server
 from onecert.sdk._server import listen_address
 from onecert.sdk.testing import FakeGateway, InProcessServer, serve_in_process
 from onecert.v1 import provider_pb2, provider_pb2_grpc
-
-# pytest puts this folder on sys.path (no __init__.py files in tests/), so the
-# module is `sdk_fakes` at run time; mypy names it by its path.
-if TYPE_CHECKING:
-    from tests.sdk.sdk_fakes import NUMBER, FakeForum
-else:
-    from sdk_fakes import NUMBER, FakeForum
+from tests.sdk.sdk_fakes import NUMBER, FakeForum
 
 
 async def test_graceful_shutdown_drains_in_flight_calls(

@@ -6,7 +6,7 @@ import base64
 import json
 import time
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 import pytest
@@ -19,14 +19,7 @@ from onecert.sdk._msisdn import is_e164
 from onecert.sdk._set import RISC_IDENTIFIER_RECYCLED, SET_TYP
 from onecert.sdk.testing import CallError, FakeGateway, InProcessServer, ProviderEnvironment
 from onecert.v1 import provider_pb2
-
-# pytest puts this folder on sys.path (no __init__.py files in tests/), so the
-# module is `sdk_fakes` at run time; mypy names it by its path.
-if TYPE_CHECKING:
-    from tests.sdk.sdk_fakes import NUMBER, PROVIDER_ID, FakeForum
-else:
-    from sdk_fakes import NUMBER, PROVIDER_ID, FakeForum
-
+from tests.sdk.sdk_fakes import NUMBER, PROVIDER_ID, FakeForum
 
 KEY = SigningKey.generate("EdDSA")
 ISSUER = SetIssuer(key=KEY, issuer="onecert-gateway")

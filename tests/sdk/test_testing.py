@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -11,13 +10,7 @@ import pytest
 from onecert.sdk import Provider, UnbindOutcome
 from onecert.sdk.testing import CallError, FakeGateway, ProviderEnvironment, serve_in_process
 from onecert.v1 import provider_pb2
-
-# pytest puts this folder on sys.path (no __init__.py files in tests/), so the
-# module is `sdk_fakes` at run time; mypy names it by its path.
-if TYPE_CHECKING:
-    from tests.sdk.sdk_fakes import NUMBER, FakeForum
-else:
-    from sdk_fakes import NUMBER, FakeForum
+from tests.sdk.sdk_fakes import NUMBER, FakeForum
 
 
 async def test_environment_applies_the_same_checks(provider: Provider, forum: FakeForum) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -14,13 +13,7 @@ from onecert.sdk._tls import ClientTLS, TLSConfigError
 from onecert.sdk.devkeys import DevKeys, init_dev_keys
 from onecert.sdk.testing import FakeGateway
 from onecert.v1 import provider_pb2, provider_pb2_grpc
-
-# pytest puts this folder on sys.path (no __init__.py files in tests/), so the
-# module is `sdk_fakes` at run time; mypy names it by its path.
-if TYPE_CHECKING:
-    from tests.sdk.sdk_fakes import NUMBER
-else:
-    from sdk_fakes import NUMBER
+from tests.sdk.sdk_fakes import NUMBER
 
 
 @pytest.fixture(scope="module")

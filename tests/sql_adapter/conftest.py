@@ -12,7 +12,6 @@ import secrets
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import pytest
@@ -20,13 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from onecert.sdk.testing import FakeGateway
-
-# pytest puts this folder on sys.path (no __init__.py files in tests/), so the
-# module is `sql_site` at run time; mypy names it by its path.
-if TYPE_CHECKING:
-    from tests.sql_adapter.sql_site import DDL, USERS, SiteDB
-else:
-    from sql_site import DDL, USERS, SiteDB
+from tests.sql_adapter.sql_site import DDL, USERS, SiteDB
 
 
 def _reachable(url: str, default_port: int) -> bool:

@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 import pytest
@@ -27,17 +27,13 @@ from onecert.adapters.sql import (
 from onecert.sdk import BindingKind, UnbindOutcome
 from onecert.sdk.conformance import check_provider
 from onecert.sdk.testing import CallError, FakeGateway, ProviderEnvironment, serve_in_process
-
-if TYPE_CHECKING:
-    from tests.sql_adapter.sql_site import (
-        NUMBER,
-        OTHER_NUMBER,
-        UNBIND_ACCOUNT,
-        UNBIND_NUMBER,
-        SiteDB,
-    )
-else:
-    from sql_site import NUMBER, OTHER_NUMBER, UNBIND_ACCOUNT, UNBIND_NUMBER, SiteDB
+from tests.sql_adapter.sql_site import (
+    NUMBER,
+    OTHER_NUMBER,
+    UNBIND_ACCOUNT,
+    UNBIND_NUMBER,
+    SiteDB,
+)
 
 SLOW_NUMBER = "+8613600136000"
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -14,11 +13,10 @@ import pytest
 from onecert.cli import main
 from onecert.sdk import UnbindOutcome, UnbindReason
 from onecert.sdk.client import GatewayClient, GatewayError, Receipt, TicketInfo, TicketState
+from tests.unbind.unbind_support import UnbindWorld
 
-Env = Any  # the fixture's class lives in conftest.py, which tests cannot import
 
-
-async def test_client_unbinds_and_reads_the_receipt(env: Env) -> None:
+async def test_client_unbinds_and_reads_the_receipt(env: UnbindWorld) -> None:
     """The client returns typed values: a TicketInfo at once, and a Receipt that
     ends DONE with the provider's answer."""
     await env.provider("pay")
@@ -49,7 +47,7 @@ async def test_client_unbinds_and_reads_the_receipt(env: Env) -> None:
     assert receipt.expires_at > receipt.created_at
 
 
-async def test_client_raises_gateway_errors_with_the_status(env: Env) -> None:
+async def test_client_raises_gateway_errors_with_the_status(env: UnbindWorld) -> None:
     """Refusals surface as GatewayError carrying the gRPC status."""
     await env.provider("pay")
     gateway = await env.gateway(workers=0)
@@ -63,7 +61,7 @@ async def test_client_raises_gateway_errors_with_the_status(env: Env) -> None:
 
 
 async def test_cli_unbind_and_receipt(
-    env: Env, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    env: UnbindWorld, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``onecert unbind`` prints the ticket, ``onecert receipt`` the receipt, as text
     or JSON; a refusal is a one-line error and exit status 2."""

@@ -4,56 +4,18 @@ database, it finishes every committed ticket, and the provider applies each once
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
-import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
+from onecert.gateway.testing import GatewayProcess
 from onecert.sdk import Binding, BindingKind
-
-Env = Any  # the fixture's class lives in conftest.py, which tests cannot import
+from tests.unbind.unbind_support import UnbindWorld
 
 TICKETS = 5
 
 
-@asynccontextmanager
-async def gateway_process(config: Path, log: Path) -> AsyncIterator[asyncio.subprocess.Process]:
-    """``onecert gateway serve`` in a child process, until the block ends (or it is killed)."""
-    with log.open("ab") as stderr:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "onecert.cli",
-            "gateway",
-            "serve",
-            "--config",
-            str(config),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=stderr,
-        )
-    try:
-        assert process.stdout is not None
-        async with asyncio.timeout(30):
-            line = await process.stdout.readline()
-        assert b"listening on port" in line, log.read_text()[-2000:]  # noqa: ASYNC240 - on failure only
-        yield process
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(10):
-                    await process.wait()
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-
-
 async def test_sigkill_mid_delivery_then_restart_finishes_every_ticket(
-    env: Env, tmp_path: Path
+    env: UnbindWorld, tmp_path: Path
 ) -> None:
     """Tickets committed by a gateway process that is SIGKILLed while the provider is
     still answering are all delivered by the restarted process: each ends final, with
@@ -80,7 +42,7 @@ async def test_sigkill_mid_delivery_then_restart_finishes_every_ticket(
     )
     log = tmp_path / "gateway.log"
 
-    async with gateway_process(config, log) as first:
+    async with GatewayProcess(config, log) as first:
         result = env.result(await env.lookup(port), "pay", env.FORMER)
         assert len(result.bindings) == TICKETS
         tickets = [(await env.unbind(port, b.handle)).ticket_id for b in result.bindings]
@@ -94,7 +56,7 @@ async def test_sigkill_mid_delivery_then_restart_finishes_every_ticket(
     assert not all(t.state.terminal for t in in_flight), "the kill came too late to test"
     assert any(t.lease_owner is not None for t in in_flight)
 
-    async with gateway_process(config, log):
+    async with GatewayProcess(config, log):
         finals = [await env.wait_final(t, within=30) for t in tickets]
 
     for ticket in finals:

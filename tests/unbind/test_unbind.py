@@ -6,7 +6,6 @@ import base64
 import dataclasses
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import grpc
 import pytest
@@ -16,11 +15,10 @@ from onecert.gateway._handles import HandleClaims, HandleSealer
 from onecert.sdk import Binding, BindingKind
 from onecert.sdk._keys import SigningKey
 from onecert.v1 import common_pb2, gateway_pb2
+from tests.unbind.unbind_support import UnbindWorld
 
-Env = Any  # the fixture's class lives in conftest.py, which tests cannot import
 
-
-async def test_unbind_is_delivered_once_and_the_receipt_tells_it(env: Env) -> None:
+async def test_unbind_is_delivered_once_and_the_receipt_tells_it(env: UnbindWorld) -> None:
     """An unbind is committed at once, reaches the provider once with a warrant for the
     ticket, is applied once, and the receipt shows the provider's answer and its time."""
     accounts = await env.provider("pay")
@@ -62,7 +60,7 @@ async def test_unbind_is_delivered_once_and_the_receipt_tells_it(env: Env) -> No
     assert ttl == timedelta(seconds=env.FAST.ticket_ttl_s)
 
 
-async def test_the_same_binding_from_two_lookups_is_one_ticket(env: Env) -> None:
+async def test_the_same_binding_from_two_lookups_is_one_ticket(env: UnbindWorld) -> None:
     """Two lookups give two different handles for the same account; unbinding both
     gives one ticket (created only the first time), delivered once."""
     accounts = await env.provider("pay")
@@ -88,7 +86,9 @@ async def test_the_same_binding_from_two_lookups_is_one_ticket(env: Env) -> None
     assert (await env.receipt(delivering, one.ticket_id)).attempts == 1
 
 
-async def test_release_of_a_previous_holders_account_has_the_release_reason(env: Env) -> None:
+async def test_release_of_a_previous_holders_account_has_the_release_reason(
+    env: UnbindWorld,
+) -> None:
     """A release handle (previous holder's account) makes a ticket with reason
     PREVIOUS_HOLDER_RELEASE, and the citizen's own account one with OWNER_REQUEST."""
     accounts = await env.provider("pay")
@@ -109,7 +109,9 @@ async def test_release_of_a_previous_holders_account_has_the_release_reason(env:
     assert receipt.reason == common_pb2.UNBIND_REASON_PREVIOUS_HOLDER_RELEASE
 
 
-async def test_a_provider_down_for_a_while_gets_the_unbind_when_it_returns(env: Env) -> None:
+async def test_a_provider_down_for_a_while_gets_the_unbind_when_it_returns(
+    env: UnbindWorld,
+) -> None:
     """While the provider does not listen, attempts fail UNAVAILABLE and are retried
     with backoff; once it listens again on its port it gets the unbind, applied once."""
     accounts = await env.provider("pay")
@@ -133,7 +135,7 @@ async def test_a_provider_down_for_a_while_gets_the_unbind_when_it_returns(env: 
     assert len(accounts.calls) == 1
 
 
-async def test_each_attempt_reaches_the_provider_exactly_once(env: Env) -> None:
+async def test_each_attempt_reaches_the_provider_exactly_once(env: UnbindWorld) -> None:
     """A provider that answers UNAVAILABLE twice sees three calls for three attempts,
     and applies the unbind once."""
     accounts = await env.provider("pay", unavailable_first=2)
@@ -148,7 +150,7 @@ async def test_each_attempt_reaches_the_provider_exactly_once(env: Env) -> None:
     assert accounts.applied == {answer.ticket_id: 1}
 
 
-async def test_pending_then_done(env: Env) -> None:
+async def test_pending_then_done(env: UnbindWorld) -> None:
     """A PENDING answer keeps the ticket open and asks again with the same request id;
     the later DONE closes it."""
     accounts = await env.provider("pay", pending_first=1)
@@ -169,7 +171,7 @@ async def test_pending_then_done(env: Env) -> None:
     assert accounts.applied == {answer.ticket_id: 1}
 
 
-async def test_rejected_is_final_with_the_providers_reason(env: Env) -> None:
+async def test_rejected_is_final_with_the_providers_reason(env: UnbindWorld) -> None:
     """A REJECTED answer ends the ticket with the provider's reason in the receipt."""
     await env.provider("pay", reject="account closed in 2019")
     gateway = await env.gateway()
@@ -185,7 +187,7 @@ async def test_rejected_is_final_with_the_providers_reason(env: Env) -> None:
     assert receipt.HasField("answered_at")
 
 
-async def test_a_non_retryable_refusal_is_a_dead_letter(env: Env) -> None:
+async def test_a_non_retryable_refusal_is_a_dead_letter(env: UnbindWorld) -> None:
     """A provider that refuses the warrant (UNAUTHENTICATED: it trusts another gateway
     key) is not retried: the ticket is FAILED at once with the provider's reason."""
     accounts = await env.provider("pay")
@@ -207,7 +209,7 @@ async def test_a_non_retryable_refusal_is_a_dead_letter(env: Env) -> None:
 
 
 async def test_a_ticket_not_delivered_before_it_expires_fails_with_the_last_error(
-    env: Env,
+    env: UnbindWorld,
 ) -> None:
     """A provider down past the ticket's lifetime: the ticket ends FAILED, saying it
     expired and what the last attempt met; the final state is audited."""
@@ -238,7 +240,7 @@ def _flip(handle: str) -> str:
     return handle[:middle] + replacement + handle[middle + 1 :]
 
 
-async def test_bad_handles_are_refused_and_write_nothing(env: Env) -> None:
+async def test_bad_handles_are_refused_and_write_nothing(env: UnbindWorld) -> None:
     """Malformed, expired, forged, altered and another citizen's handles are refused
     with INVALID_ARGUMENT or PERMISSION_DENIED, and no ticket is written."""
     await env.provider("pay")
@@ -282,7 +284,7 @@ async def test_bad_handles_are_refused_and_write_nothing(env: Env) -> None:
 
 
 async def test_a_handle_for_a_provider_no_longer_configured_fails_precondition(
-    env: Env,
+    env: UnbindWorld,
 ) -> None:
     """A handle naming a provider that left the configuration is refused with
     FAILED_PRECONDITION, and no ticket is written."""
@@ -305,7 +307,7 @@ async def test_a_handle_for_a_provider_no_longer_configured_fails_precondition(
     assert await env.ticket_count() == 0
 
 
-async def test_unbind_needs_a_valid_fresh_assertion(env: Env) -> None:
+async def test_unbind_needs_a_valid_fresh_assertion(env: UnbindWorld) -> None:
     """Without an assertion, or with one already used, Unbind is UNAUTHENTICATED."""
     await env.provider("pay")
     gateway = await env.gateway(workers=0)
@@ -322,7 +324,7 @@ async def test_unbind_needs_a_valid_fresh_assertion(env: Env) -> None:
     assert replayed.value.code() is grpc.StatusCode.UNAUTHENTICATED
 
 
-async def test_a_malformed_handle_does_not_spend_the_assertion(env: Env) -> None:
+async def test_a_malformed_handle_does_not_spend_the_assertion(env: UnbindWorld) -> None:
     """A handle refused for its form (INVALID_ARGUMENT) leaves the citizen's assertion
     unspent: the same assertion then unbinds with the genuine handle."""
     await env.provider("pay")
@@ -343,7 +345,7 @@ async def test_a_malformed_handle_does_not_spend_the_assertion(env: Env) -> None
     assert await env.ticket_count() == 1
 
 
-async def test_assertions_are_remembered_in_the_store_across_gateways(env: Env) -> None:
+async def test_assertions_are_remembered_in_the_store_across_gateways(env: UnbindWorld) -> None:
     """Two gateways on one database share the replay cache: an assertion used at one
     is refused at the other."""
     await env.provider("pay")
@@ -359,7 +361,7 @@ async def test_assertions_are_remembered_in_the_store_across_gateways(env: Env) 
     assert replayed.value.code() is grpc.StatusCode.UNAUTHENTICATED
 
 
-async def test_get_unbind_shows_a_ticket_only_to_its_owner(env: Env) -> None:
+async def test_get_unbind_shows_a_ticket_only_to_its_owner(env: UnbindWorld) -> None:
     """Another citizen asking for a ticket gets NOT_FOUND, exactly as for an unknown
     id; a malformed id is INVALID_ARGUMENT."""
     await env.provider("pay")
@@ -379,7 +381,7 @@ async def test_get_unbind_shows_a_ticket_only_to_its_owner(env: Env) -> None:
     assert (await env.receipt(gateway, answer.ticket_id)).state == gateway_pb2.TICKET_STATE_QUEUED
 
 
-async def test_two_gateways_share_delivery_without_duplicates(env: Env) -> None:
+async def test_two_gateways_share_delivery_without_duplicates(env: UnbindWorld) -> None:
     """Tickets committed at one gateway are delivered by the workers of two gateways
     on the same database, each ticket exactly once."""
     bindings = {}
@@ -406,7 +408,7 @@ async def test_two_gateways_share_delivery_without_duplicates(env: Env) -> None:
     assert set(accounts.applied.values()) == {1}
 
 
-async def test_lookups_and_unbinds_are_audited_with_hashed_identifiers(env: Env) -> None:
+async def test_lookups_and_unbinds_are_audited_with_hashed_identifiers(env: UnbindWorld) -> None:
     """Each lookup, unbind request, refusal and final state is an audit row; no row
     holds a raw number, account reference or citizen id, and the chain verifies."""
     await env.provider("pay")
@@ -449,7 +451,7 @@ async def test_lookups_and_unbinds_are_audited_with_hashed_identifiers(env: Env)
     assert (await store.audit.verify()).ok
 
 
-async def test_the_gateway_without_a_store_does_not_serve_unbind(env: Env) -> None:
+async def test_the_gateway_without_a_store_does_not_serve_unbind(env: UnbindWorld) -> None:
     """A gateway configured without [store] answers Unbind and GetUnbind UNIMPLEMENTED."""
     await env.provider("pay")
     gateway = await env.gateway(dataclasses.replace(env.config(), store=None))

@@ -28,10 +28,9 @@ from typing import TYPE_CHECKING, Any, TextIO
 from onecert.cli import CommandError
 
 if TYPE_CHECKING:
-    from onecert.adapters.demo import Federation, ProviderSpec
+    from onecert.adapters.demo import DemoFederation, ProviderSpec
     from onecert.gateway.store import Delivery
     from onecert.sdk.client import (
-        ComplianceReport,
         GatewayClient,
         Receipt,
         Result,
@@ -109,14 +108,14 @@ class _Out:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from onecert.adapters.demo import DEFAULT_SEED, Federation  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+    from onecert.adapters.demo import DEFAULT_SEED, DemoFederation  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
 
     out = _Out(sys.stdout)
     begun = time.perf_counter()
     seed = DEFAULT_SEED if args.seed is None else args.seed
     if args.dir.exists() and not args.dir.is_dir():
         raise CommandError(f"--dir {args.dir} exists and is not a directory")
-    federation = Federation(args.dir, seed=seed)
+    federation = DemoFederation(args.dir, seed=seed)
     status = 1
     try:
         status = asyncio.run(_run(federation, out, keep_running=args.keep_running))
@@ -149,7 +148,7 @@ def _demo(args: argparse.Namespace) -> int:
     return status
 
 
-async def _run(federation: Federation, out: _Out, *, keep_running: bool) -> int:
+async def _run(federation: DemoFederation, out: _Out, *, keep_running: bool) -> int:
     from onecert.adapters.demo import StartupError  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
 
     loop = asyncio.get_running_loop()
@@ -217,7 +216,7 @@ def _notes(spec: ProviderSpec) -> str:
     return category
 
 
-def _intro(federation: Federation, out: _Out) -> None:
+def _intro(federation: DemoFederation, out: _Out) -> None:
     running = sum(not p.down for p in federation.providers)
     out(
         f"onecert demo: {len(federation.carriers)} carriers, {len(federation.providers)} "
@@ -227,7 +226,7 @@ def _intro(federation: Federation, out: _Out) -> None:
     out("All companies, people and numbers are made up.")
 
 
-def _step(federation: Federation, out: _Out, step: str, took: float) -> None:
+def _step(federation: DemoFederation, out: _Out, step: str, took: float) -> None:
     if step == "keys":
         out(f"  dev keys and certificates in {federation.keys.directory}  ({took:.2f} s)")
         return
@@ -265,7 +264,7 @@ def _columns(rows: Sequence[Sequence[str]], indent: str = "  ") -> list[str]:
 # ------------------------------------------------------------------ the story
 
 
-def _story(federation: Federation, out: _Out) -> None:
+def _story(federation: DemoFederation, out: _Out) -> None:
     from onecert.adapters.demo import STORY  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
 
     carriers = {c.id: c.name for c in federation.carriers}
@@ -321,7 +320,7 @@ class _Portal:
     so every lookup, unbind and receipt gets a fresh one.
     """
 
-    def __init__(self, federation: Federation) -> None:
+    def __init__(self, federation: DemoFederation) -> None:
         from onecert.adapters.demo import STORY  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
         from onecert.gateway._config import load_config  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
         from onecert.gateway._identity import AssertionIssuer  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
@@ -372,7 +371,7 @@ def _result_line(result: Result) -> str:
 
 
 async def _lookup(
-    federation: Federation, out: _Out, portal: _Portal, *, setup_s: float
+    federation: DemoFederation, out: _Out, portal: _Portal, *, setup_s: float
 ) -> list[Result] | None:
     from onecert.cli._lookup import render_table, to_json  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
     from onecert.sdk.client import GatewayClient, GatewayError, Result, Started, Summary  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
@@ -474,7 +473,7 @@ def _attempts(n: int) -> str:
 
 
 async def _unbind_left_behind(
-    federation: Federation, out: _Out, portal: _Portal, results: Sequence[Result]
+    federation: DemoFederation, out: _Out, portal: _Portal, results: Sequence[Result]
 ) -> bool:
     from onecert.sdk.client import Attribution, GatewayClient, GatewayError  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
 
@@ -549,7 +548,7 @@ async def _watch_ticket(
 
 
 async def _look_again(
-    federation: Federation,
+    federation: DemoFederation,
     out: _Out,
     client: GatewayClient,
     portal: _Portal,
@@ -636,7 +635,7 @@ def _delivery_update(delivery: Delivery, now: datetime) -> tuple[datetime, str] 
     return None
 
 
-async def _recycled_notice(federation: Federation, out: _Out) -> bool:
+async def _recycled_notice(federation: DemoFederation, out: _Out) -> bool:
     from onecert.adapters.demo import number_to_recycle  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
     from onecert.sdk._msisdn import mask_msisdn  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
     from onecert.sdk.client import CarrierGatewayClient, GatewayError, NumberEventType  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
@@ -678,7 +677,7 @@ async def _recycled_notice(federation: Federation, out: _Out) -> bool:
     return True
 
 
-async def _watch_deliveries(federation: Federation, out: _Out, notice_id: str) -> None:
+async def _watch_deliveries(federation: DemoFederation, out: _Out, notice_id: str) -> None:
     """Print each provider's copy of the notice as it changes, timed from when the
     notice was recorded, until its deadline has passed and every copy is settled."""
     from datetime import timedelta  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
@@ -743,25 +742,9 @@ async def _watch_deliveries(federation: Federation, out: _Out, notice_id: str) -
 # ------------------------------------------------------------------ the regulator
 
 
-def _as_table(report: ComplianceReport) -> Any:
-    """The client's report as the gateway's renderer takes it."""
-    import dataclasses  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
-
-    from onecert.gateway import _compliance  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
-
-    wanted = [f.name for f in dataclasses.fields(_compliance.ProviderCompliance)]
-    return _compliance.ComplianceReport(
-        generated_at=report.generated_at or datetime.now(UTC),
-        providers=tuple(
-            _compliance.ProviderCompliance(**{name: getattr(p, name) for name in wanted})
-            for p in report.providers
-        ),
-    )
-
-
-async def _compliance(federation: Federation, out: _Out) -> bool:
+async def _compliance(federation: DemoFederation, out: _Out) -> bool:
     from onecert.adapters.demo import ADMIN_CN  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
-    from onecert.gateway._compliance import render_table  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+    from onecert.cli._report import render_table  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
     from onecert.sdk.client import AdminGatewayClient, GatewayError  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
 
     out.heading("The regulator's compliance report")
@@ -776,7 +759,7 @@ async def _compliance(federation: Federation, out: _Out) -> bool:
         _tail(federation, out, "gateway")
         return False
     out()
-    for text in render_table(_as_table(report)).splitlines():
+    for text in render_table(report).splitlines():
         out(f"  {text}".rstrip())
     specs = {p.id: p for p in federation.providers}
     notes = []
@@ -799,7 +782,7 @@ async def _compliance(federation: Federation, out: _Out) -> bool:
     return True
 
 
-async def _audit(federation: Federation, out: _Out) -> bool:
+async def _audit(federation: DemoFederation, out: _Out) -> bool:
     from onecert.gateway.store import Store  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
 
     out.heading("The audit log")
@@ -819,7 +802,7 @@ async def _audit(federation: Federation, out: _Out) -> bool:
     return True
 
 
-def _tail(federation: Federation, out: _Out, name: str) -> None:
+def _tail(federation: DemoFederation, out: _Out, name: str) -> None:
     process = next((p for p in federation.processes if p.name == name), None)
     if process is None:
         return
@@ -828,7 +811,7 @@ def _tail(federation: Federation, out: _Out, name: str) -> None:
         out(f"    {line}")
 
 
-async def _start_portal(federation: Federation, out: _Out) -> None:
+async def _start_portal(federation: DemoFederation, out: _Out) -> None:
     """The citizen's portal over the running federation, if ``onecert[portal]`` is installed."""
     import importlib.util  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
 
@@ -847,7 +830,7 @@ async def _start_portal(federation: Federation, out: _Out) -> None:
     out("  step, made-up people); its settings are in " + str(federation.portal_config_path))
 
 
-def _keep_running_help(federation: Federation, out: _Out) -> None:
+def _keep_running_help(federation: DemoFederation, out: _Out) -> None:
     from onecert.adapters.demo import ADMIN_CN, IDENTITY_ISSUER, STORY  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
 
     keys = federation.keys

@@ -1,12 +1,19 @@
-"""``onecert report compliance``: per provider, how notices and unbinds were handled."""
+"""``onecert report compliance``: per provider, how notices and unbinds were handled.
+
+Asking a running gateway (``--gateway``) needs only the provider-side install
+(``onecert`` without the ``gateway`` extra); reading the gateway's database
+(``--url``, ``--config``) needs the gateway extra, imported only then.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
-from datetime import UTC, datetime
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,9 +21,9 @@ from onecert.cli import CommandError
 from onecert.cli._common import add_tls_flags, client_tls
 
 if TYPE_CHECKING:
-    from onecert.gateway._compliance import ComplianceReport
     from onecert.gateway._config import ProviderConfig
     from onecert.sdk._tls import ClientTLS
+    from onecert.sdk.client import ComplianceReport
 
 _URL_ENV = "ONECERT_DB_URL"
 
@@ -81,11 +88,6 @@ def parse_since(text: str) -> datetime:
 
 
 def _compliance(args: argparse.Namespace) -> int:
-    from onecert.gateway._compliance import (  # noqa: PLC0415 - keeps `onecert --help` light
-        render_table,
-        report_to_json,
-    )
-
     if args.timeout <= 0:
         raise CommandError("--timeout must be more than zero")
     since = None if args.since is None else parse_since(args.since)
@@ -120,11 +122,20 @@ def _compliance(args: argparse.Namespace) -> int:
     return 0
 
 
+def _needs_gateway_extra(what: str) -> CommandError:
+    return CommandError(
+        f"{what} needs the gateway's own packages: install onecert[gateway], "
+        "or ask a running gateway with --gateway"
+    )
+
+
 def _read_config(path: Path | None) -> tuple[tuple[ProviderConfig, ...], str | None]:
     if path is None:
         return (), None
-    from onecert.gateway._config import ConfigError, load_config  # noqa: PLC0415 - lazy
-
+    try:
+        from onecert.gateway._config import ConfigError, load_config  # noqa: PLC0415 - lazy
+    except ModuleNotFoundError as exc:
+        raise _needs_gateway_extra("--config") from exc
     try:
         config = load_config(path, dev_plaintext=True)
     except ConfigError as exc:
@@ -139,41 +150,31 @@ async def _from_gateway(
     since: datetime | None,
     timeout: float,  # noqa: ASYNC109 - the gRPC deadline
 ) -> ComplianceReport:
-    import grpc  # noqa: PLC0415 - lazy
+    from onecert.sdk.client import (  # noqa: PLC0415 - keeps `onecert --help` light
+        AdminGatewayClient,
+        GatewayError,
+    )
 
-    from onecert.gateway._compliance import report_from_pb  # noqa: PLC0415 - lazy
-    from onecert.gateway._principals import DEV_PRINCIPAL_HEADER  # noqa: PLC0415 - lazy
-    from onecert.sdk._convert import timestamp  # noqa: PLC0415 - lazy
-    from onecert.v1 import gateway_pb2, gateway_pb2_grpc  # noqa: PLC0415 - lazy
-
-    request = gateway_pb2.GetComplianceReportRequest()
-    if since is not None:
-        request.since.CopyFrom(timestamp(since))
-    metadata: tuple[tuple[str, str], ...] = ()
-    if tls is None:
-        channel = grpc.aio.insecure_channel(target)
-        metadata = ((DEV_PRINCIPAL_HEADER, "admin"),)
-    else:
-        channel = grpc.aio.secure_channel(target, tls.credentials(), options=tls.channel_options())
-    async with channel:
-        stub = gateway_pb2_grpc.GatewayStub(channel)
-        try:
-            response = await stub.GetComplianceReport(request, timeout=timeout, metadata=metadata)
-        except grpc.aio.AioRpcError as exc:
-            raise CommandError(
-                f"the gateway refused the report: {exc.code().name}: {exc.details() or ''}"
-            ) from None
-    return report_from_pb(response, since=since)
+    try:
+        async with AdminGatewayClient(target, tls=tls, insecure=insecure) as client:
+            report = await client.compliance_report(since=since, timeout=timeout)
+    except GatewayError as exc:
+        raise CommandError(f"the gateway refused the report: {exc}") from None
+    # The gateway does not echo the scope asked for; the table states it.
+    return dataclasses.replace(report, since=since)
 
 
 def _from_database(
     url: str, schema: str | None, providers: tuple[ProviderConfig, ...], since: datetime | None
 ) -> ComplianceReport:
-    from sqlalchemy.engine import make_url  # noqa: PLC0415 - lazy
-    from sqlalchemy.exc import ArgumentError, DBAPIError  # noqa: PLC0415 - lazy
+    try:
+        from sqlalchemy.engine import make_url  # noqa: PLC0415 - lazy
+        from sqlalchemy.exc import ArgumentError, DBAPIError  # noqa: PLC0415 - lazy
 
-    from onecert.gateway._compliance import build_report  # noqa: PLC0415 - lazy
-    from onecert.gateway.store import Store  # noqa: PLC0415 - lazy
+        from onecert.gateway._compliance import build_report  # noqa: PLC0415 - lazy
+        from onecert.gateway.store import Store  # noqa: PLC0415 - lazy
+    except ModuleNotFoundError as exc:
+        raise _needs_gateway_extra("reading the database") from exc
     from onecert.sdk._msisdn import mask_numbers_in_text  # noqa: PLC0415 - lazy
 
     try:
@@ -206,3 +207,125 @@ def _from_database(
         raise CommandError(
             f"cannot use the database {where}: {mask_numbers_in_text(first)}"
         ) from None
+
+
+def report_to_json(report: ComplianceReport) -> dict[str, Any]:
+    """The report as a JSON-ready dict (times ISO 8601, durations in seconds)."""
+    return {
+        "generated_at": None if report.generated_at is None else report.generated_at.isoformat(),
+        "since": None if report.since is None else report.since.isoformat(),
+        "providers": [
+            {
+                "provider_id": p.provider_id,
+                "provider_name": p.provider_name,
+                "status": p.status.value,
+                "notices": p.notices,
+                "notices_delivered": p.notices_delivered,
+                "notices_acknowledged": p.notices_acknowledged,
+                "acted_on_time": p.acted_on_time,
+                "acted_late": p.acted_late,
+                "never_acted": p.never_acted,
+                "awaiting_action": p.awaiting_action,
+                "unbinds_done": p.unbinds_done,
+                "unbinds_rejected": p.unbinds_rejected,
+                "unbinds_failed": p.unbinds_failed,
+                "unbind_median_s": (
+                    None
+                    if p.unbind_median_time is None
+                    else round(p.unbind_median_time.total_seconds(), 3)
+                ),
+            }
+            for p in report.providers
+        ],
+    }
+
+
+def format_duration(value: timedelta | None) -> str:
+    """``"-"``, ``"850ms"``, ``"42s"``, ``"3m05s"``, ``"2h05m"``, ``"1d03h"``."""
+    if value is None:
+        return "-"
+    seconds = value.total_seconds()
+    if seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{seconds:.0f}s" if seconds >= 10 else f"{seconds:.1f}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
+
+
+_COLUMNS = (
+    "provider",
+    "status",
+    "notices",
+    "delivered",
+    "acked",
+    "on time",
+    "late",
+    "never",
+    "awaiting",
+    "unbinds done",
+    "rejected",
+    "failed",
+    "median",
+)
+
+
+def render_table(report: ComplianceReport) -> str:
+    """The report as a plain-text table for a terminal."""
+    rows = [
+        [
+            p.provider_name
+            if p.provider_name == p.provider_id
+            else f"{p.provider_name} ({p.provider_id})",
+            p.status.value,
+            str(p.notices),
+            str(p.notices_delivered),
+            str(p.notices_acknowledged),
+            str(p.acted_on_time),
+            str(p.acted_late),
+            str(p.never_acted),
+            str(p.awaiting_action),
+            str(p.unbinds_done),
+            str(p.unbinds_rejected),
+            str(p.unbinds_failed),
+            format_duration(p.unbind_median_time),
+        ]
+        for p in report.providers
+    ]
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(_COLUMNS)]
+
+    def line(cells: Sequence[str]) -> str:
+        # Names left-aligned, numbers right-aligned.
+        parts = [
+            c.ljust(w) if i < 2 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "  ".join(parts).rstrip()
+
+    scope = "" if report.since is None else f" (since {report.since.isoformat()})"
+    at = (
+        ""
+        if report.generated_at is None
+        else f" at {report.generated_at.isoformat(timespec='seconds')}"
+    )
+    out = [
+        f"Compliance report{at}{scope}",
+        "",
+        line(_COLUMNS),
+        line(["-" * w for w in widths]),
+    ]
+    out.extend(line(r) for r in rows)
+    if not rows:
+        out.append("(no providers)")
+    flagged = [p for p in report.providers if p.never_acted]
+    if flagged:
+        out.append("")
+        out.extend(
+            f"{p.provider_name}: {p.never_acted} notice(s) never acted on before the deadline"
+            for p in flagged
+        )
+    return "\n".join(out)

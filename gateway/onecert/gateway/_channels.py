@@ -11,6 +11,7 @@ import asyncio
 import grpc
 
 from onecert.gateway._config import UpstreamTLS
+from onecert.sdk._channel import ChannelBuilder
 from onecert.sdk._tls import ClientTLS
 
 __all__ = ["ChannelPool"]
@@ -26,7 +27,7 @@ class ChannelPool:
     """
 
     def __init__(self, *, upstream_tls: UpstreamTLS | None, max_message_bytes: int) -> None:
-        self._tls = (
+        tls = (
             None
             if upstream_tls is None
             else ClientTLS(
@@ -36,15 +37,9 @@ class ChannelPool:
                 server_name=upstream_tls.server_name,
             )
         )
-        # Read the files once, at start-up, so a bad path fails early.
-        self._credentials = None if self._tls is None else self._tls.credentials()
-        self._options: list[tuple[str, int | str]] = [
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.max_receive_message_length", max_message_bytes),
-            # Notice a dead connection between lookups, not during one.
-            ("grpc.keepalive_time_ms", 30_000),
-            ("grpc.keepalive_timeout_ms", 10_000),
-        ]
+        # Reads the files once, at start-up, so a bad path fails early; the
+        # keepalive notices a dead connection between lookups, not during one.
+        self._builder = ChannelBuilder(tls=tls, max_message_bytes=max_message_bytes, keepalive=True)
         self._channels: dict[tuple[str, bool], grpc.aio.Channel] = {}
         self._closed = False
 
@@ -66,13 +61,9 @@ class ChannelPool:
         leave the pooled channel in gRPC's reconnect backoff, failing the first
         lookups after the provider comes back.
         """
-        if plaintext:
-            return grpc.aio.insecure_channel(address, options=self._options)
-        if self._credentials is None or self._tls is None:
+        if not plaintext and not self._builder.tls:
             raise RuntimeError(f"no upstream TLS configured for {address}")
-        return grpc.aio.secure_channel(
-            address, self._credentials, options=[*self._options, *self._tls.channel_options()]
-        )
+        return self._builder.open(address, plaintext=plaintext)
 
     async def close(self, grace: float | None = None) -> None:
         """Close every channel (calls still running get ``grace`` seconds)."""

@@ -61,10 +61,7 @@ class Carrier(Adapter):
 
     @property
     def id(self) -> str:
-        return self._carrier_id
-
-    @property
-    def carrier_id(self) -> str:
+        """The id the gateway knows this carrier by (``carrier_id=`` when built)."""
         return self._carrier_id
 
     def list_numbers(self, fn: F) -> F:
@@ -98,7 +95,7 @@ class CarrierCore:
         carrier.check_complete()
         self.carrier = carrier
         self._warrants = WarrantVerifier(
-            keys=keys, issuer=issuer, audience=carrier.carrier_id, leeway=leeway
+            keys=keys, issuer=issuer, audience=carrier.id, leeway=leeway
         )
 
     async def list_numbers(
@@ -124,7 +121,7 @@ class CarrierCore:
         assert self.carrier._list_numbers is not None  # checked in __init__
         result = await invoke(self.carrier._list_numbers, request.idn, info)  # same package
         try:
-            tenures = tenures_to_pb(result, carrier_id=self.carrier.carrier_id)
+            tenures = tenures_to_pb(result, carrier_id=self.carrier.id)
         except InvalidResultError as exc:
             log.error("adapter returned an invalid result", what=exc.what, rule=exc.rule)
             raise CallError(

@@ -119,10 +119,7 @@ class Provider(Adapter):
 
     @property
     def id(self) -> str:
-        return self._provider_id
-
-    @property
-    def provider_id(self) -> str:
+        """The id the gateway knows this provider by (``provider_id=`` when built)."""
         return self._provider_id
 
     @property
@@ -257,11 +254,9 @@ class ProviderCore:
         provider.check_complete()
         self.provider = provider
         self._warrants = WarrantVerifier(
-            keys=keys, issuer=issuer, audience=provider.provider_id, leeway=leeway
+            keys=keys, issuer=issuer, audience=provider.id, leeway=leeway
         )
-        self._sets = SetVerifier(
-            keys=keys, issuer=issuer, audience=provider.provider_id, leeway=leeway
-        )
+        self._sets = SetVerifier(keys=keys, issuer=issuer, audience=provider.id, leeway=leeway)
         self._store = store
         self._locks = KeyedLocks()
         # Unbinds and notices that go on after their caller left (see unbind).
@@ -269,7 +264,7 @@ class ProviderCore:
 
     def describe(self) -> provider_pb2.DescribeResponse:
         return provider_pb2.DescribeResponse(
-            provider_id=self.provider.provider_id,
+            provider_id=self.provider.id,
             name=self.provider.name,
             category=category_to_pb(self.provider.category),
             contract_version=CONTRACT_VERSION,
@@ -407,7 +402,7 @@ class ProviderCore:
             removed: int | None = None
             if handler is not None:
                 info = CallInfo(
-                    audience=self.provider.provider_id,
+                    audience=self.provider.id,
                     purpose="event",
                     query_id=notice.jti,
                     warrant_id=notice.jti,

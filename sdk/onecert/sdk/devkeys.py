@@ -263,85 +263,110 @@ def _hex_secret() -> bytes:
     return (secrets.token_bytes(32).hex() + "\n").encode()
 
 
+@dataclass(frozen=True)
+class _Issuer:
+    """Who signs a certificate: the CA's key and name, or the subject itself."""
+
+    key: ec.EllipticCurvePrivateKey
+    name: x509.Name
+    ski: x509.SubjectKeyIdentifier | None = None
+
+
+def _key_usage(*, ca: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _issue_cert(
+    name: x509.Name,
+    sans: Sequence[x509.GeneralName],
+    usages: Sequence[x509.ObjectIdentifier],
+    *,
+    issuer: _Issuer | None,
+    not_before: dt.datetime,
+    not_after: dt.datetime,
+    key: ec.EllipticCurvePrivateKey | None = None,
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A P-256 certificate for ``name`` and its key.
+
+    Without ``issuer`` it is a self-signed CA (``usages`` empty); otherwise a
+    leaf signed by ``issuer`` for the extended key ``usages``
+    (serverAuth, clientAuth), naming ``sans`` when there are any.
+    """
+    key = key or ec.generate_private_key(ec.SECP256R1())
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    ca = issuer is None
+    signer = issuer or _Issuer(key=key, name=name, ski=ski)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(signer.name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
+        .add_extension(_key_usage(ca=ca), critical=True)
+        .add_extension(ski, critical=False)
+    )
+    if usages:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
+    if not ca and signer.ski is not None:
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(signer.ski),
+            critical=False,
+        )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
+    return builder.sign(signer.key, hashes.SHA256()), key
+
+
+def _common_name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
 def _generate(keys: DevKeys, sans: list[x509.GeneralName]) -> dict[Path, bytes]:
     identity = SigningKey.generate("ES256")
     warrant = SigningKey.generate("EdDSA")
     now = dt.datetime.now(dt.UTC)
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "onecert development"),
             x509.NameAttribute(NameOID.COMMON_NAME, "onecert development CA"),
         ]
     )
-    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _BACKDATE)
-        .not_valid_after(now + dt.timedelta(days=_CA_DAYS))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(ca_ski, critical=False)
-        .sign(ca_key, hashes.SHA256())
+    ca_cert, ca_key = _issue_cert(
+        ca_name,
+        (),
+        (),
+        issuer=None,
+        not_before=now - _BACKDATE,
+        not_after=now + dt.timedelta(days=_CA_DAYS),
+    )
+    ca = _Issuer(
+        key=ca_key, name=ca_name, ski=x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
     )
 
     def leaf(
-        common_name: str, usage: x509.ObjectIdentifier, san: list[x509.GeneralName] | None
+        common_name: str, usage: x509.ObjectIdentifier, san: Sequence[x509.GeneralName]
     ) -> tuple[bytes, bytes]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-            .issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - _BACKDATE)
-            .not_valid_after(now + dt.timedelta(days=_LEAF_DAYS))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            .add_extension(
-                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
-            )
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
-                critical=False,
-            )
+        cert, key = _issue_cert(
+            _common_name(common_name),
+            san,
+            (usage,),
+            issuer=ca,
+            not_before=now - _BACKDATE,
+            not_after=now + dt.timedelta(days=_LEAF_DAYS),
         )
-        if san:
-            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
-        cert = builder.sign(ca_key, hashes.SHA256())
         return _cert_pem(cert), _key_pem(key)
 
     server_cert, server_key = leaf("localhost", ExtendedKeyUsageOID.SERVER_AUTH, sans)
@@ -358,7 +383,7 @@ def _generate(keys: DevKeys, sans: list[x509.GeneralName]) -> dict[Path, bytes]:
         keys.server_key: server_key,
     }
     for name in keys.clients:
-        cert_pem, key_pem = leaf(name, ExtendedKeyUsageOID.CLIENT_AUTH, None)
+        cert_pem, key_pem = leaf(name, ExtendedKeyUsageOID.CLIENT_AUTH, ())
         contents[keys.client_cert(name)] = cert_pem
         contents[keys.client_key(name)] = key_pem
     return contents

@@ -32,6 +32,7 @@ import grpc
 from grpc_health.v1 import health_pb2_grpc
 
 from onecert.sdk._carrier import Carrier, CarrierCore
+from onecert.sdk._channel import open_channel
 from onecert.sdk._convert import (
     binding_from_pb,
     tenure_from_pb,
@@ -165,7 +166,7 @@ class ProviderEnvironment:
         gateway: FakeGateway | None = None,
         idempotency: IdempotencyStore | None = None,
     ) -> None:
-        self.gateway = gateway or FakeGateway(audience=provider.provider_id)
+        self.gateway = gateway or FakeGateway(audience=provider.id)
         self.store = idempotency if idempotency is not None else MemoryIdempotencyStore()
         self._core = ProviderCore(
             provider, keys=self.gateway.keys, issuer=self.gateway.issuer, store=self.store
@@ -235,7 +236,7 @@ class CarrierEnvironment:
     """Calls a carrier's ``list_numbers`` as the gateway would, with no network."""
 
     def __init__(self, carrier: Carrier, *, gateway: FakeGateway | None = None) -> None:
-        self.gateway = gateway or FakeGateway(audience=carrier.carrier_id)
+        self.gateway = gateway or FakeGateway(audience=carrier.id)
         self._core = CarrierCore(carrier, keys=self.gateway.keys, issuer=self.gateway.issuer)
 
     async def list_numbers(
@@ -298,5 +299,5 @@ async def serve_in_process(
         idempotency=idempotency,
         grace=1.0,
     )
-    async with server, grpc.aio.insecure_channel(server.address) as channel:
+    async with server, open_channel(server.address, tls=None) as channel:
         yield InProcessServer(server=server, gateway=gateway, channel=channel)

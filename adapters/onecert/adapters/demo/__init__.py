@@ -4,7 +4,7 @@
 her left-behind account, has a carrier report a recycled number
 (:func:`number_to_recycle`) that one provider ignores, and shows the
 regulator's compliance report; a benchmark can start many more providers
-with :class:`Federation` and :func:`make_provider_data`. Each adapter is its own process::
+with :class:`DemoFederation` and :func:`make_provider_data`. Each adapter is its own process::
 
     python -m onecert.adapters.demo provider --id coinpurse --gateway-jwks ... \\
         --tls-cert ... --tls-key ... --client-ca ... --ready-file run/coinpurse.port
@@ -41,7 +41,7 @@ from onecert.adapters.demo._federation import (
     ADMIN_CN,
     GATEWAY_ID,
     IDENTITY_ISSUER,
-    Federation,
+    DemoFederation,
     ManagedProcess,
     StartupError,
     StopReport,
@@ -57,8 +57,8 @@ __all__ = [
     "STORY",
     "CarrierSpec",
     "DemoCarrier",
+    "DemoFederation",
     "DemoProvider",
-    "Federation",
     "ManagedProcess",
     "Person",
     "ProviderSpec",

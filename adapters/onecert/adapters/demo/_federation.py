@@ -1,6 +1,6 @@
 """A whole federation on one machine: dev keys, adapters, gateway, one process each.
 
-:class:`Federation` is what ``onecert demo`` runs, and what a benchmark can
+:class:`DemoFederation` is what ``onecert demo`` runs, and what a benchmark can
 run with many more providers. Every process logs to ``DIR/logs/NAME.log``;
 their pids are kept in ``DIR/pids`` (JSON) while they run; :meth:`stop` ends
 them all (SIGTERM, then SIGKILL after a timeout) and may be called any number
@@ -49,7 +49,7 @@ from onecert.sdk.devkeys import DEFAULT_CLIENTS, DevKeys, init_dev_keys
 __all__ = [
     "GATEWAY_ID",
     "IDENTITY_ISSUER",
-    "Federation",
+    "DemoFederation",
     "ManagedProcess",
     "StartupError",
     "StopReport",
@@ -135,7 +135,7 @@ class ManagedProcess:
 
 @dataclass(frozen=True)
 class StopReport:
-    """How :meth:`Federation.stop` went."""
+    """How :meth:`DemoFederation.stop` went."""
 
     stopped: int
     killed: tuple[str, ...]
@@ -164,7 +164,7 @@ def _toml(value: object) -> str:
     return json.dumps(value)
 
 
-class Federation:
+class DemoFederation:
     """Carriers, providers and a gateway, each in its own process, over mutual TLS.
 
     Args:

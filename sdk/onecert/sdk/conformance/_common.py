@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from onecert.sdk import _channel
 from onecert.sdk._keys import SigningKey
 from onecert.sdk._msisdn import mask_numbers_in_text
 from onecert.sdk._tls import ClientTLS
@@ -67,9 +68,7 @@ class Timing:
 
 
 def open_channel(target: str, tls: ClientTLS | None) -> grpc.aio.Channel:
-    if tls is None:
-        return grpc.aio.insecure_channel(target)
-    return grpc.aio.secure_channel(target, tls.credentials(), options=tls.channel_options())
+    return _channel.open_channel(target, tls=tls)
 
 
 def bearer(token: str) -> Metadata:

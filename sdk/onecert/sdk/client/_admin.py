@@ -1,0 +1,176 @@
+"""The regulator's client, and the compliance report it reads."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from onecert.sdk._tls import ClientTLS
+from onecert.sdk.client._base import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    ClientBase,
+    delta,
+    stamp,
+    time_of,
+)
+from onecert.v1 import gateway_pb2
+
+
+class ComplianceStatus(enum.StrEnum):
+    """A provider's standing on recycled-number notices, worst first."""
+
+    NON_COMPLIANT = "non-compliant"
+    """At least one notice was never acted on before its deadline."""
+    LATE = "late"
+    """Every notice acted on, some after the deadline."""
+    AWAITING = "awaiting"
+    """Nothing missed yet; some notices are not due."""
+    OK = "ok"
+    """Every notice acted on in time."""
+    NO_NOTICES = "no notices"
+
+
+@dataclass(frozen=True)
+class ProviderCompliance:
+    """One provider's line of the compliance report.
+
+    Every notice counts in exactly one of ``acted_on_time``, ``acted_late``,
+    ``never_acted`` (deadline passed, no action confirmed) and
+    ``awaiting_action`` (not due yet). ``unbind_median_time`` runs from a
+    ticket's creation to the provider's final answer; None without any.
+    """
+
+    provider_id: str
+    provider_name: str
+    notices_delivered: int = 0
+    notices_acknowledged: int = 0
+    acted_on_time: int = 0
+    acted_late: int = 0
+    never_acted: int = 0
+    awaiting_action: int = 0
+    unbinds_done: int = 0
+    unbinds_rejected: int = 0
+    unbinds_failed: int = 0
+    unbind_median_time: timedelta | None = None
+
+    @property
+    def notices(self) -> int:
+        """Notices sent to this provider (delivered or not)."""
+        return self.acted_on_time + self.acted_late + self.never_acted + self.awaiting_action
+
+    @property
+    def status(self) -> ComplianceStatus:
+        """The worst standing among its notices."""
+        if self.never_acted:
+            return ComplianceStatus.NON_COMPLIANT
+        if self.acted_late:
+            return ComplianceStatus.LATE
+        if self.awaiting_action:
+            return ComplianceStatus.AWAITING
+        if self.acted_on_time:
+            return ComplianceStatus.OK
+        return ComplianceStatus.NO_NOTICES
+
+
+@dataclass(frozen=True)
+class ComplianceReport:
+    """The regulator's report: when the gateway made it, one line per provider.
+
+    ``since`` is the scope it was asked for (notices and tickets created at or
+    after), where known: the RPC does not echo it, so
+    :meth:`AdminGatewayClient.compliance_report` leaves it None.
+    """
+
+    generated_at: datetime | None
+    providers: tuple[ProviderCompliance, ...]
+    since: datetime | None = None
+
+
+def report_from_pb(
+    response: gateway_pb2.GetComplianceReportResponse, *, since: datetime | None = None
+) -> ComplianceReport:
+    """The report from the gateway's ``GetComplianceReport`` answer."""
+    return ComplianceReport(
+        generated_at=time_of(response, "generated_at"),
+        providers=tuple(
+            ProviderCompliance(
+                provider_id=p.provider_id,
+                provider_name=p.provider_name or p.provider_id,
+                notices_delivered=p.notices_delivered,
+                notices_acknowledged=p.notices_acknowledged,
+                acted_on_time=p.acted_on_time,
+                acted_late=p.acted_late,
+                never_acted=p.never_acted,
+                awaiting_action=p.awaiting_action,
+                unbinds_done=p.unbinds_done,
+                unbinds_rejected=p.unbinds_rejected,
+                unbinds_failed=p.unbinds_failed,
+                unbind_median_time=(
+                    delta(p.unbind_median_time) if p.HasField("unbind_median_time") else None
+                ),
+            )
+            for p in response.providers
+        ),
+        since=since,
+    )
+
+
+class AdminGatewayClient(ClientBase):
+    """The regulator's client of the gateway: the compliance report.
+
+    ::
+
+        async with AdminGatewayClient("gateway.example:443", tls=ClientTLS(
+                ca_file="ca.pem", cert_file="regulator.pem",
+                key_file="regulator.key.pem")) as gw:
+            report = await gw.compliance_report()
+
+    The gateway grants the admin role to the client certificate CNs in its
+    ``[admin] client_cns``; a development gateway without TLS takes
+    ``insecure=True`` (as the dev admin).
+
+    Args:
+        target: ``host:port`` of the gateway.
+        tls: the CA to check the gateway and your client certificate.
+        insecure: plaintext, for a development gateway only.
+        max_message_bytes: the largest message accepted from the gateway.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        tls: ClientTLS | None = None,
+        insecure: bool = False,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        super().__init__(
+            target,
+            tls=tls,
+            insecure=insecure,
+            dev_principal="admin" if insecure else None,
+            max_message_bytes=max_message_bytes,
+        )
+
+    async def compliance_report(
+        self,
+        *,
+        since: datetime | None = None,
+        timeout: float = 30.0,  # noqa: ASYNC109 - the gRPC deadline
+    ) -> ComplianceReport:
+        """Per provider: notices acted on in time, late or never; unbind tickets.
+
+        Args:
+            since: only notices and tickets created at or after this
+                (timezone-aware); everything when None.
+            timeout: seconds the call may take.
+
+        Raises:
+            GatewayError: PERMISSION_DENIED (not an admin), UNAUTHENTICATED, ...
+        """
+        request = gateway_pb2.GetComplianceReportRequest()
+        if since is not None:
+            request.since.CopyFrom(stamp(since, "since"))
+        response = await self._unary(self._stub.GetComplianceReport, request, timeout=timeout)
+        return report_from_pb(response)

@@ -1,0 +1,200 @@
+"""A provider's client: recycled-number checks and polled notices."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from onecert.sdk._tls import ClientTLS
+from onecert.sdk.client._base import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    ClientBase,
+    enum_from_pb,
+    stamp,
+    time_of,
+)
+from onecert.v1 import gateway_pb2
+
+# ------------------------------------------------------------------ providers
+
+
+class RecycledStatus(enum.StrEnum):
+    """The gateway's answer to "was this number recycled after a date?"."""
+
+    RECYCLED = "recycled"
+    """Recycled after the date: an account bound before it is a previous holder's."""
+    NOT_RECYCLED = "not_recycled"
+    """The gateway holds the number's history over the date, and it was not."""
+    NO_DATA = "no_data"
+    """The gateway has no history covering the date: decide by your own rules."""
+    UNKNOWN = "unknown"
+    """A value this client does not know (a newer gateway)."""
+
+
+@dataclass(frozen=True)
+class RecycledAnswer:
+    """The answer of :meth:`ProviderGatewayClient.check_recycled`.
+
+    ``recycled_at`` is the most recent recycling, with RECYCLED.
+    """
+
+    status: RecycledStatus
+    recycled_at: datetime | None = None
+
+    @property
+    def recycled(self) -> bool:
+        return self.status is RecycledStatus.RECYCLED
+
+
+@dataclass(frozen=True)
+class PolledEvent:
+    """A notice fetched by polling: its ``jti`` and the SET to verify.
+
+    Verify ``token`` with :class:`onecert.sdk.SetVerifier` before trusting it.
+    """
+
+    jti: str
+    token: str
+
+
+@dataclass(frozen=True)
+class PollResult:
+    """One poll's notices, and whether more are waiting."""
+
+    events: tuple[PolledEvent, ...]
+    more_available: bool
+
+
+@dataclass(frozen=True)
+class EventError:
+    """A notice you could not process (RFC 8936 ``setErrs``).
+
+    ``code`` is an RFC 8935 error code ("invalid_request", "invalid_key",
+    "invalid_issuer", "invalid_audience", "authentication_failed").
+    """
+
+    jti: str
+    code: str
+    description: str = ""
+
+
+class ProviderGatewayClient(ClientBase):
+    """A provider's client of the gateway: recycled checks and polled notices.
+
+    ::
+
+        async with ProviderGatewayClient("gateway.example:443", tls=ClientTLS(
+                ca_file="ca.pem", cert_file="me.pem", key_file="me.key.pem")) as gw:
+            answer = await gw.check_recycled("+8613800138000", since=account.bound_at)
+            if answer.recycled:
+                ...  # refuse the SMS login: the number changed hands
+
+    The gateway knows you by your client certificate. A development gateway
+    without TLS takes ``insecure=True, dev_provider_id="your-id"`` instead.
+
+    Args:
+        target: ``host:port`` of the gateway.
+        tls: the CA to check the gateway and your client certificate.
+        insecure: plaintext, for a development gateway only.
+        dev_provider_id: with ``insecure``: the provider id to claim.
+        max_message_bytes: the largest message accepted from the gateway.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        tls: ClientTLS | None = None,
+        insecure: bool = False,
+        dev_provider_id: str | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        if dev_provider_id is not None and not insecure:
+            raise ValueError("dev_provider_id is for insecure development gateways only")
+        super().__init__(
+            target,
+            tls=tls,
+            insecure=insecure,
+            dev_principal=None if dev_provider_id is None else f"provider:{dev_provider_id}",
+            max_message_bytes=max_message_bytes,
+        )
+
+    async def check_recycled(
+        self,
+        msisdn: str,
+        since: datetime,
+        *,
+        timeout: float = 5.0,  # noqa: ASYNC109 - the gRPC deadline
+    ) -> RecycledAnswer:
+        """Was ``msisdn`` recycled after ``since`` (typically when the account bound it)?
+
+        Raises:
+            RateLimitedError: too many checks; wait ``retry_after`` seconds.
+            GatewayError: refused (INVALID_ARGUMENT, UNAUTHENTICATED, ...).
+        """
+        request = gateway_pb2.CheckRecycledRequest(msisdn=msisdn)
+        request.specified_date.CopyFrom(stamp(since, "since"))
+        response = await self._unary(self._stub.CheckRecycled, request, timeout=timeout)
+        name = (
+            gateway_pb2.RecycledStatus.Name(response.status)
+            if response.status in gateway_pb2.RecycledStatus.values()
+            else ""
+        )
+        status = enum_from_pb(RecycledStatus, name, "RECYCLED_STATUS_", RecycledStatus.UNKNOWN)
+        assert status is not None
+        return RecycledAnswer(status, time_of(response, "recycled_at"))
+
+    async def poll_events(
+        self,
+        *,
+        acks: Sequence[str] = (),
+        errors: Sequence[EventError] = (),
+        max_events: int = 0,
+        return_immediately: bool = True,
+        timeout: float = 15.0,  # noqa: ASYNC109 - the gRPC deadline
+    ) -> PollResult:
+        """Acknowledge notices, report the ones you could not process, fetch pending ones.
+
+        A notice comes back in every poll until it is acknowledged: ack it
+        once you have recorded it durably. With ``return_immediately=False``
+        the gateway holds the call (within ``timeout``) until a notice arrives.
+
+        Raises:
+            GatewayError: refused (UNAUTHENTICATED, FAILED_PRECONDITION for a
+                provider configured for push, INVALID_ARGUMENT, ...).
+        """
+        request = gateway_pb2.PollEventsRequest(
+            max_events=max_events,
+            return_immediately=return_immediately,
+            acks=list(acks),
+            errors=[
+                gateway_pb2.EventError(jti=e.jti, code=e.code, description=e.description)
+                for e in errors
+            ],
+        )
+        response = await self._unary(self._stub.PollEvents, request, timeout=timeout)
+        return PollResult(
+            events=tuple(PolledEvent(e.jti, e.set) for e in response.events),
+            more_available=response.more_available,
+        )
+
+    async def confirm_event_action(
+        self,
+        jti: str,
+        bindings_removed: int,
+        *,
+        acted_at: datetime | None = None,
+        timeout: float = 5.0,  # noqa: ASYNC109 - the gRPC deadline
+    ) -> bool:
+        """Tell the gateway you acted on notice ``jti``; False if already confirmed.
+
+        Raises:
+            GatewayError: NOT_FOUND for a notice not sent to you, or another refusal.
+        """
+        request = gateway_pb2.ConfirmEventActionRequest(jti=jti, bindings_removed=bindings_removed)
+        if acted_at is not None:
+            request.acted_at.CopyFrom(stamp(acted_at, "acted_at"))
+        response = await self._unary(self._stub.ConfirmEventAction, request, timeout=timeout)
+        return response.recorded
