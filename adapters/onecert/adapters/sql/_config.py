@@ -33,6 +33,7 @@ __all__ = [
     "ConfigError",
     "DatabaseConfig",
     "DefaultsConfig",
+    "PhonesConfig",
     "ProviderSection",
     "QueriesConfig",
     "ServerSection",
