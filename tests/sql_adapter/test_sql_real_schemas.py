@@ -348,3 +348,36 @@ async def test_failing_statement_logs_its_column_unmasked(
     failed = [e for e in logs if e["event"] == "queries.list_bindings failed"]
     assert "Unknown column 'last_login'" in failed[0]["cause"]
     assert "13800138000" not in repr(logs)
+
+
+async def test_redelivery_after_a_midway_failure_on_myisam_is_done(
+    mysql_url: str, gateway: FakeGateway, tmp_path: Path
+) -> None:
+    """On MyISAM a second statement failing after the first detached the number leaves
+    that change: the log says NOT rolled back, and the redelivered unbind, finding
+    nothing left to change, answers DONE rather than "no such account"."""
+    async with loaded(mysql_url, "discuz") as example:
+        data = example.data()
+        data["provider"]["id"] = "example"
+        data["queries"]["unbind"] = [
+            data["queries"]["unbind"],
+            "UPDATE pre_common_member_status SET regip = '' "
+            "WHERE uid = :account_ref AND regip <> '' AND :msisdn <> ''",
+        ]
+        async with opened(data, gateway, tmp_path) as env:
+            await example.run("ALTER TABLE pre_common_member_status DROP COLUMN regip")
+            with capture_logs() as logs, pytest.raises(CallError) as err:
+                await env.unbind(NUMBER, "2", request_id="t-1")
+            assert err.value.code is grpc.StatusCode.INTERNAL
+            await example.run(
+                "ALTER TABLE pre_common_member_status ADD COLUMN regip char(15) NOT NULL DEFAULT ''"
+            )
+            again = await env.unbind(NUMBER, "2", request_id="t-1")
+            other = await env.unbind(NUMBER, "2", request_id="t-2")
+        mobiles = dict(await example.rows("SELECT uid, mobile FROM pre_common_member_profile"))
+    assert mobiles[2] == ""
+    (failed,) = [e for e in logs if e["event"] == "queries.unbind failed"]
+    assert "NOT rolled back" in failed["rollback"]
+    assert again.outcome is UnbindOutcome.DONE
+    # A new request for the same account finds no such binding: that one is REJECTED.
+    assert other.outcome is UnbindOutcome.REJECTED

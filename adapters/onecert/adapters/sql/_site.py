@@ -7,8 +7,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from datetime import date as date_type
+from decimal import Decimal
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
+from zoneinfo import ZoneInfo
 
 import structlog
 
@@ -160,6 +162,8 @@ class SqlSite:
         self._non_transactional: tuple[str, ...] | None = (
             None if config.database.backend in ("mysql", "mariadb") else ()
         )
+        # Request ids whose failed attempt left changes that could not roll back.
+        self._partial: set[str] = set()
         self._provider = Provider(
             provider_id=config.provider.id,
             name=config.provider.name,
@@ -612,14 +616,22 @@ class SqlSite:
             fine = not others and changed[0] <= max_rows and not (changed[0] and still_bound)
             if fine:
                 await conn.commit()
-            else:
+                return _Applied(changed[0], others, still_bound, committed=True)
+            await conn.rollback()
+            if self._non_transactional:
+                # The rollback undid only what it could: what is bound now
+                # is what the answer must say.
+                now = await self._bound(conn, list_params, msisdn)
                 await conn.rollback()
-            return _Applied(changed[0], others, still_bound, committed=fine)
+                others = frozenset(before - now - {request.account_ref})
+                still_bound = request.account_ref in now
+            return _Applied(changed[0], others, still_bound, committed=False)
 
         try:
             applied = await self._db.run(work, limit=self._limit(info))
         except DatabaseUnavailableError as exc:
             if changed[0]:
+                self._note_partial(request.request_id)
                 log.error("unbind interrupted after changing rows", rollback=self._rollback_note())  # noqa: TRY400  # the note says what stands; no traceback needed
             raise Unavailable(f"unbind: {exc}") from None
         except QueryFailedError as exc:
@@ -629,14 +641,29 @@ class SqlSite:
                 # statement changed nothing.
                 log.info("unbind refused: the database cannot hold the account ref")
                 return UnbindResult.rejected(NO_SUCH_ACCOUNT)
-            note = self._rollback_note() if changed[0] else "; nothing changed"
+            note = "; nothing changed"
+            if changed[0]:
+                self._note_partial(request.request_id)
+                note = self._rollback_note()
             log.error("queries.unbind failed", cause=str(exc), rollback=note)  # noqa: TRY400  # the cause names the column; a traceback adds nothing
             raise QueryFailedError(f"queries.unbind failed: {exc}{note}") from None
-        return self._answer(applied)
+        return self._answer(applied, request.request_id)
 
-    def _answer(self, applied: _Applied) -> UnbindResult:
+    def _note_partial(self, request_id: str) -> None:
+        # An attempt that failed after changing rows of a table that cannot
+        # roll back: those changes stand, so a redelivery that finds nothing
+        # left to change finished this unbind rather than found no account.
+        if self._non_transactional:
+            self._partial.add(request_id)
+
+    def _answer(self, applied: _Applied, request_id: str) -> UnbindResult:
         if applied.committed:
             if applied.count:
+                self._partial.discard(request_id)
+                return UnbindResult.done()
+            if request_id in self._partial and not applied.still_bound:
+                self._partial.discard(request_id)
+                log.info("unbind finished by an earlier attempt whose changes stand")
                 return UnbindResult.done()
             return UnbindResult.rejected(NO_SUCH_ACCOUNT)
         problems = []
@@ -661,6 +688,7 @@ class SqlSite:
         # The rollback undid nothing: answer with what happened, so that the
         # receipt is true and a redelivery gets this same final answer.
         log.error(problem, rollback=self._rollback_note(), count=applied.count)
+        self._partial.discard(request_id)
         if not applied.still_bound:
             return UnbindResult.done()
         return UnbindResult.rejected(
@@ -670,9 +698,9 @@ class SqlSite:
     def _rollback_note(self) -> str:
         if self._non_transactional:
             return (
-                "; NOT rolled back: "
+                "; NOT rolled back: changes to "
                 + ", ".join(self._non_transactional)
-                + " cannot roll back, so the changes made stand"
+                + " stand (these tables cannot roll back)"
             )
         if self._non_transactional is None:
             return (
@@ -682,8 +710,6 @@ class SqlSite:
 
 
 def _zone(name: str) -> tzinfo:
-    from zoneinfo import ZoneInfo  # noqa: PLC0415  # only for sites that name a zone per column
-
     return UTC if name == "UTC" else ZoneInfo(name)
 
 
@@ -692,8 +718,6 @@ _NUMERIC: Final = (int, float)
 
 def _misfit(column: Column, value: str) -> str:
     """Why ``value`` (SQL text) cannot go into ``column``, or ""."""
-    from decimal import Decimal  # noqa: PLC0415  # rarely needed
-
     upper = value.strip().upper()
     if upper == "NULL":
         if column.nullable:
