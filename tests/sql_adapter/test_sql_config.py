@@ -357,6 +357,7 @@ def test_public_exports() -> None:
             "TimeFormat",
             "build_server",
             "check",
+            "check_report",
             "load_config",
             "normalize_phone",
             "parse_config",

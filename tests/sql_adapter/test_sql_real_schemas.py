@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from structlog.testing import capture_logs
 
-from onecert.adapters.sql import MappingError, SqlSite, parse_config
+from onecert.adapters.sql import MappingError, SqlSite, check_report, parse_config
 from onecert.sdk import UnbindOutcome
 from onecert.sdk.conformance import check_provider
 from onecert.sdk.testing import CallError, FakeGateway, ProviderEnvironment, serve_in_process
@@ -381,3 +381,17 @@ async def test_redelivery_after_a_midway_failure_on_myisam_is_done(
     assert again.outcome is UnbindOutcome.DONE
     # A new request for the same account finds no such binding: that one is REJECTED.
     assert other.outcome is UnbindOutcome.REJECTED
+
+
+async def test_check_report_says_what_was_not_run_on_myisam(
+    mysql_url: str, gateway: FakeGateway, tmp_path: Path
+) -> None:
+    """--check on MyISAM says the unbind was explained, not run, and names the tables;
+    on InnoDB it says the dry run was rolled back."""
+    async with loaded(mysql_url, "ecshop") as example:
+        myisam = await check_report(parse_config(example.data(), base_dir=tmp_path))
+    async with loaded(mysql_url, "woocommerce") as example:
+        innodb = await check_report(parse_config(example.data(), base_dir=tmp_path))
+    assert "unbind explained, not run: ecs_users (MYISAM) cannot roll back" in myisam
+    assert "rolled back" not in myisam.replace("cannot roll back", "")
+    assert "unbind matches no row for a made-up account (rolled back)" in innodb

@@ -36,7 +36,7 @@ from onecert.adapters.sql._errors import (
     QueryFailedError,
 )
 from onecert.adapters.sql._phone import normalize_phone, phone_variants
-from onecert.adapters.sql._serve import build_server, check, serve
+from onecert.adapters.sql._serve import build_server, check, check_report, serve
 from onecert.adapters.sql._site import NO_SUCH_ACCOUNT, SqlSite
 from onecert.adapters.sql._values import to_utc
 
@@ -59,6 +59,7 @@ __all__ = [
     "TimeFormat",
     "build_server",
     "check",
+    "check_report",
     "load_config",
     "normalize_phone",
     "parse_config",

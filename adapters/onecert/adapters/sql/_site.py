@@ -208,6 +208,12 @@ class SqlSite:
         return self._config
 
     @property
+    def non_transactional(self) -> tuple[str, ...] | None:
+        """The tables the unbind statements change that cannot roll back
+        ("name (ENGINE)"); None on MySQL/MariaDB until :meth:`check` ran."""
+        return self._non_transactional
+
+    @property
     def engine(self) -> AsyncEngine:
         """The SQLAlchemy engine (for tests and instrumentation)."""
         return self._db.engine
