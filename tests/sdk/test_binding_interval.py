@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import grpc
 import pytest
+from structlog.testing import capture_logs
 
-from onecert.sdk import Binding, BindingKind
+from onecert.sdk import Binding, BindingKind, Provider, UnbindRequest, UnbindResult
 from onecert.sdk._convert import InvalidResultError, binding_from_pb, binding_to_pb
+from onecert.sdk.testing import CallError, ProviderEnvironment
 
 REGISTERED = datetime(2019, 3, 1, 8, tzinfo=UTC)
 CHANGED = datetime(2021, 7, 1, 12, tzinfo=UTC)
@@ -79,3 +82,43 @@ def test_contradicting_or_malformed_bounds_are_refused(
     args: dict[str, object] = {"account_ref": "u1", "kind": "login", "bound_at": None, **fields}
     with pytest.raises(InvalidResultError, match=rule):
         binding_to_pb(Binding(**args))  # type: ignore[arg-type]  # malformed on purpose
+
+
+async def test_a_provider_answering_an_empty_interval_gets_internal() -> None:
+    """Through the SDK's call path, contradicting bounds are INTERNAL 'invalid binding',
+    logged by rule, and the interval a provider does give reaches the gateway intact."""
+    provider = Provider(provider_id="forum", name="Forum", category="forum")
+    answers: list[Binding] = []
+
+    @provider.list_bindings
+    async def list_bindings(msisdn: str) -> list[Binding]:
+        return answers
+
+    @provider.unbind
+    async def unbind(request: UnbindRequest) -> UnbindResult:
+        return UnbindResult.rejected("no such account")
+
+    env = ProviderEnvironment(provider)
+    answers[:] = [
+        Binding(
+            account_ref="u1",
+            kind=BindingKind.LOGIN,
+            bound_at=None,
+            bound_not_before=CHANGED,
+            bound_not_after=REGISTERED,
+        )
+    ]
+    with capture_logs() as logs, pytest.raises(CallError) as err:
+        await env.list_bindings("+8613800138000")
+    assert err.value.code is grpc.StatusCode.INTERNAL
+    (entry,) = [e for e in logs if e["event"] == "adapter returned an invalid result"]
+    assert entry["rule"] == "bound_not_after is before bound_not_before"
+    answers[:] = [
+        Binding(
+            account_ref="u1", kind=BindingKind.LOGIN, bound_at=None, bound_not_before=REGISTERED
+        )
+    ]
+    (got,) = await env.list_bindings("+8613800138000")
+    assert got.bound_not_before == REGISTERED
+    assert got.bound_at is None
+    assert got.bound_not_after is None
