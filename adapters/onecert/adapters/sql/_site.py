@@ -52,79 +52,71 @@ _MAX_ACCOUNT_REF: Final = 256
 _MAX_DISPLAY_NAME: Final = 256
 _INTEGER_REF: Final = re.compile(r"-?[0-9]{1,19}")
 _INT64: Final = 2**63
-_NAME: Final = r"`[^`]+`|\"[^\"]+\"|[A-Za-z_][\w$]*"
-_QUALIFIED: Final = rf"(?:(?:{_NAME})\.)?(?:{_NAME})"
-# UPDATE <table refs> SET <assignments> [WHERE ...]: enough of the grammar to
-# find which column of which table an unbind sets to what.
-_UPDATE: Final = re.compile(
-    r"^\s*UPDATE\s+(?P<refs>.+?)\s+SET\s+(?P<sets>.+?)(?:\s+(?:WHERE|ORDER\s+BY|LIMIT|RETURNING|FROM)\s.*)?$",
-    re.IGNORECASE | re.DOTALL,
-)
-_TABLE_REF: Final = re.compile(
-    rf"(?P<table>{_QUALIFIED})(?:\s+(?:AS\s+)?(?P<alias>{_NAME}))?", re.IGNORECASE
-)
-_NOT_ALIAS: Final = frozenset({"ON", "USING", "JOIN", "INNER", "LEFT", "RIGHT", "CROSS", "SET"})
-_ASSIGNMENT: Final = re.compile(
-    rf"^\s*(?P<target>{_QUALIFIED})\s*=\s*(?P<value>.+?)\s*$", re.DOTALL
-)
-_STRING_LITERAL: Final = re.compile(r"'(?:[^']|'')*'")
+# sqlglot's dialect for each backend: how the site's statements are read.
+_DIALECTS: Final = {
+    "sqlite": "sqlite",
+    "postgresql": "postgres",
+    "mysql": "mysql",
+    "mariadb": "mysql",
+}
 _NUMBER_LITERAL: Final = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
-
-
-def _unquote(name: str) -> str:
-    return ".".join(part.strip('`"') for part in re.findall(_NAME, name))
 
 
 @dataclass(frozen=True)
 class _Assignment:
-    table: str | None  # None: the statement's only table
+    table: str | None  # the alias or table name it is qualified with, lower case
     column: str
-    value: str
+    value: str  # SQL text
+    literal: object  # None for NULL, the text of a string literal, or _OTHER
 
 
-def _assignments(sql: str) -> tuple[dict[str, str], list[_Assignment]] | None:
-    """The tables (alias -> table) and the ``SET`` assignments of an UPDATE;
-    None when the statement is not one this reading understands."""
-    match = _UPDATE.match(sql)
-    if match is None:
+_OTHER: Final = object()
+
+
+@dataclass(frozen=True)
+class _Statement:
+    """What the schema check needs of one statement: the tables it names
+    (alias or name -> table, target first) and its SET assignments."""
+
+    tables: dict[str, str]
+    assignments: list[_Assignment]
+
+
+def _read_statement(sql: str, backend: str) -> _Statement | None:
+    """``sql`` read by sqlglot; None when it cannot read it (the dry run still checks it)."""
+    import sqlglot  # noqa: PLC0415  # only the start-up check reads SQL
+    from sqlglot import exp  # noqa: PLC0415  # only the start-up check reads SQL
+
+    dialect = _DIALECTS.get(backend, "mysql")
+    try:
+        tree = sqlglot.parse_one(sql, dialect=dialect)
+    except sqlglot.errors.SqlglotError:
         return None
     tables: dict[str, str] = {}
-    for part in re.split(r",|\bJOIN\b", match.group("refs"), flags=re.IGNORECASE):
-        ref = re.split(r"\b(?:ON|USING)\b", part, maxsplit=1, flags=re.IGNORECASE)[0]
-        words = re.sub(
-            r"\b(?:INNER|LEFT|RIGHT|CROSS|OUTER|STRAIGHT_JOIN)\b", " ", ref, flags=re.IGNORECASE
-        )
-        found = _TABLE_REF.fullmatch(words.strip())
-        if found is None:
-            return None
-        table = _unquote(found.group("table"))
-        alias = found.group("alias")
-        if alias is not None and alias.upper() in _NOT_ALIAS:
-            alias = None
-        tables[_unquote(alias).lower() if alias else table.rpartition(".")[2].lower()] = table
-    out: list[_Assignment] = []
-    depth, start, sets = 0, 0, match.group("sets")
-    pieces: list[str] = []
-    quoted = False
-    for i, char in enumerate(sets):
-        if char == "'":
-            quoted = not quoted
-        elif not quoted and char == "(":
-            depth += 1
-        elif not quoted and char == ")":
-            depth -= 1
-        elif not quoted and depth == 0 and char == ",":
-            pieces.append(sets[start:i])
-            start = i + 1
-    pieces.append(sets[start:])
-    for piece in pieces:
-        assigned = _ASSIGNMENT.match(piece)
-        if assigned is None:
-            return None
-        target = _unquote(assigned.group("target"))
-        owner, _, column = target.rpartition(".")
-        out.append(_Assignment(owner.lower() or None, column, assigned.group("value").strip()))
-    return tables, out
+    for table in tree.find_all(exp.Table):
+        name = f"{table.db}.{table.name}" if table.db else table.name
+        tables.setdefault(table.alias_or_name.lower(), name)
+        tables.setdefault(table.name.lower(), name)
+    assignments: list[_Assignment] = []
+    if isinstance(tree, exp.Update):
+        for assignment in tree.expressions:
+            target, value = assignment.this, assignment.expression
+            if not isinstance(target, exp.Column) or value is None:
+                continue
+            literal: object = _OTHER
+            if isinstance(value, exp.Null):
+                literal = None
+            elif isinstance(value, exp.Literal) and value.is_string:
+                literal = value.this
+            assignments.append(
+                _Assignment(
+                    table=target.table.lower() or None,
+                    column=target.name,
+                    value=value.sql(dialect=dialect),
+                    literal=literal,
+                )
+            )
+    return _Statement(tables, assignments)
 
 
 @dataclass(frozen=True)
@@ -305,16 +297,28 @@ class SqlSite:
     async def _check_engines(self) -> None:
         from onecert.adapters.sql._db import NON_TRANSACTIONAL_ENGINES  # noqa: PLC0415  # SQLAlchemy only once a database is opened
 
-        engines = await self._db.table_engines()
-        sqls = self._config.queries.unbind_statements
+        engines = {
+            name.lower(): engine for name, engine in (await self._db.table_engines()).items()
+        }
+        if not engines:
+            return
+        named: set[str] = set()
+        for sql in self._config.queries.unbind_statements:
+            read = _read_statement(sql, self._db.backend)
+            if read is None:
+                # Unreadable here: every table of the database the statement
+                # mentions counts, so none that cannot roll back is missed.
+                named.update(
+                    name
+                    for name in engines
+                    if re.search(rf"(?<![\w$]){re.escape(name)}(?![\w$])", sql, re.IGNORECASE)
+                )
+            else:
+                named.update(t.rpartition(".")[2].lower() for t in read.tables.values())
         found = sorted(
-            f"{name} ({engine})"
-            for name, engine in engines.items()
-            if engine in NON_TRANSACTIONAL_ENGINES
-            and any(
-                re.search(rf"(?<![\w$]){re.escape(name)}(?![\w$])", sql, re.IGNORECASE)
-                for sql in sqls
-            )
+            f"{name} ({engines[name]})"
+            for name in named
+            if engines.get(name) in NON_TRANSACTIONAL_ENGINES
         )
         self._non_transactional = tuple(found)
         if found:
@@ -332,18 +336,17 @@ class SqlSite:
         """The values the unbind statements set fit their columns (NOT NULL, types)."""
         cache: dict[str, dict[str, Column] | None] = {}
         for index, sql in enumerate(self._config.queries.unbind_statements):
-            parsed = _assignments(sql)
-            if parsed is None:
+            read = _read_statement(sql, self._db.backend)
+            if read is None:
                 continue
-            tables, assignments = parsed
-            for assignment in assignments:
-                for table in self._owners(assignment, tables):
+            for assignment in read.assignments:
+                for table in self._owners(assignment, read.tables):
                     if table not in cache:
                         cache[table] = await self._db.columns(table)
                     columns = cache[table]
                     column = None if columns is None else columns.get(assignment.column.lower())
                     if column is not None:
-                        problem = _misfit(column, assignment.value)
+                        problem = _misfit(column, assignment.literal)
                         if problem:
                             raise MappingError(
                                 f"{self._unbind_key(index)} sets {table}.{column.name} = "
@@ -354,8 +357,9 @@ class SqlSite:
     @staticmethod
     def _owners(assignment: _Assignment, tables: Mapping[str, str]) -> Sequence[str]:
         if assignment.table is not None:
-            owner = tables.get(assignment.table.rpartition(".")[2])
+            owner = tables.get(assignment.table)
             return [owner] if owner else []
+        # Unqualified: the target table's column first, then a joined one's.
         return list(dict.fromkeys(tables.values()))
 
     async def _dry_run(self, limit: float) -> None:
@@ -722,10 +726,10 @@ def _zone(name: str) -> tzinfo:
 _NUMERIC: Final = (int, float)
 
 
-def _misfit(column: Column, value: str) -> str:
-    """Why ``value`` (SQL text) cannot go into ``column``, or ""."""
-    upper = value.strip().upper()
-    if upper == "NULL":
+def _misfit(column: Column, literal: object) -> str:
+    """Why ``literal`` (None for NULL, text for a string literal) cannot go into
+    ``column``, or ""; other values are for the dry run to judge."""
+    if literal is None:
         if column.nullable:
             return ""
         return (
@@ -733,16 +737,16 @@ def _misfit(column: Column, value: str) -> str:
             "unbind, or store '' or 0 without saying so. Set it to '' (and keep "
             "list_bindings from matching '') or make the column nullable"
         )
-    if _STRING_LITERAL.fullmatch(value.strip()):
-        literal = value.strip()[1:-1].replace("''", "'")
-        kind = column.python_type
-        numeric = kind is not None and issubclass(kind, (*_NUMERIC, Decimal)) and kind is not bool
-        if numeric and not _NUMBER_LITERAL.fullmatch(literal):
-            return f"that column holds numbers ({column.type_name}), not text"
-        if kind is not None and issubclass(kind, datetime | date_type):
-            return f"that column holds times ({column.type_name}), not text"
-        if column.length is not None and len(literal) > column.length:
-            return f"that column holds at most {column.length} characters"
+    if not isinstance(literal, str):
+        return ""
+    kind = column.python_type
+    numeric = kind is not None and issubclass(kind, (*_NUMERIC, Decimal)) and kind is not bool
+    if numeric and not _NUMBER_LITERAL.fullmatch(literal):
+        return f"that column holds numbers ({column.type_name}), not text"
+    if kind is not None and issubclass(kind, datetime | date_type):
+        return f"that column holds times ({column.type_name}), not text"
+    if column.length is not None and len(literal) > column.length:
+        return f"that column holds at most {column.length} characters"
     return ""
 
 
