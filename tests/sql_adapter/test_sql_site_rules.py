@@ -57,6 +57,7 @@ async def test_statements_of_one_unbind_are_all_or_nothing(
     assert await site_db.phone_of(UNBIND_ACCOUNT) == "13700137000"
     (failed,) = [e for e in logs if e["event"] == "queries.unbind failed"]
     assert failed["rollback"] == "; rolled back, nothing changed"
+    assert failed["statement"] == "queries.unbind[1]"
     assert "note" in failed["cause"]
 
 

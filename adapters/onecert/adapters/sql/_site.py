@@ -119,6 +119,16 @@ def _read_statement(sql: str, backend: str) -> _Statement | None:
     return _Statement(tables, assignments)
 
 
+class _Progress:
+    """How far one unbind got: what an error midway leaves behind."""
+
+    __slots__ = ("rows", "stage")
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.stage = "queries.list_bindings (before the unbind)"
+
+
 @dataclass(frozen=True)
 class _Applied:
     """What one unbind's statements did, before the commit or the rollback."""
@@ -614,19 +624,22 @@ class SqlSite:
             for clause, binds in self._unbinds
         ]
         max_rows = self._config.queries.max_unbind_rows
-        changed = [0]  # rows changed so far: what an error midway leaves behind
+        progress = _Progress()
 
         async def work(conn: AsyncConnection) -> _Applied:
             before = await self._bound(conn, list_params, msisdn)
-            for clause, params in statements:
-                changed[0] += max(0, int((await conn.execute(clause, params)).rowcount))
+            for index, (clause, params) in enumerate(statements):
+                progress.stage = self._unbind_key(index)
+                progress.rows += max(0, int((await conn.execute(clause, params)).rowcount))
+            progress.stage = "queries.list_bindings (after the unbind)"
             after = await self._bound(conn, list_params, msisdn)
             others = frozenset(before - after - {request.account_ref})
             still_bound = request.account_ref in after
-            fine = not others and changed[0] <= max_rows and not (changed[0] and still_bound)
+            rows = progress.rows
+            fine = not others and rows <= max_rows and not (rows and still_bound)
             if fine:
                 await conn.commit()
-                return _Applied(changed[0], others, still_bound, committed=True)
+                return _Applied(rows, others, still_bound, committed=True)
             await conn.rollback()
             if self._non_transactional:
                 # The rollback undid only what it could: what is bound now
@@ -635,28 +648,36 @@ class SqlSite:
                 await conn.rollback()
                 others = frozenset(before - now - {request.account_ref})
                 still_bound = request.account_ref in now
-            return _Applied(changed[0], others, still_bound, committed=False)
+            return _Applied(rows, others, still_bound, committed=False)
 
         try:
             applied = await self._db.run(work, limit=self._limit(info))
         except DatabaseUnavailableError as exc:
-            if changed[0]:
+            if progress.rows:
                 self._note_partial(request.request_id)
-                log.error("unbind interrupted after changing rows", rollback=self._rollback_note())  # noqa: TRY400  # the note says what stands; no traceback needed
+                log.error(  # noqa: TRY400  # the note says what stands; no traceback needed
+                    "unbind interrupted after changing rows",
+                    statement=progress.stage,
+                    rollback=self._rollback_note(),
+                )
             raise Unavailable(f"unbind: {exc}") from None
         except QueryFailedError as exc:
-            if exc.invalid_value and not changed[0]:
+            if exc.invalid_value and not progress.rows:
                 # The database cannot even hold this ref (an id out of the
                 # column's range): no account of this site has it, and the
                 # statement changed nothing.
                 log.info("unbind refused: the database cannot hold the account ref")
                 return UnbindResult.rejected(NO_SUCH_ACCOUNT)
             note = "; nothing changed"
-            if changed[0]:
+            if progress.rows:
                 self._note_partial(request.request_id)
                 note = self._rollback_note()
-            log.error("queries.unbind failed", cause=str(exc), rollback=note)  # noqa: TRY400  # the cause names the column; a traceback adds nothing
-            raise QueryFailedError(f"queries.unbind failed: {exc}{note}") from None
+            log.error(  # noqa: TRY400  # the cause names the column; a traceback adds nothing
+                "queries.unbind failed", statement=progress.stage, cause=str(exc), rollback=note
+            )
+            raise QueryFailedError(
+                f"{progress.stage} failed during an unbind: {exc}{note}"
+            ) from None
         return self._answer(applied, request.request_id)
 
     def _note_partial(self, request_id: str) -> None:
