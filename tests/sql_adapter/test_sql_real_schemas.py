@@ -395,3 +395,26 @@ async def test_check_report_says_what_was_not_run_on_myisam(
     assert "unbind explained, not run: ecs_users (MYISAM) cannot roll back" in myisam
     assert "rolled back" not in myisam.replace("cannot roll back", "")
     assert "unbind matches no row for a made-up account (rolled back)" in innodb
+
+
+async def test_ecshop_unbind_detaches_the_number_from_both_columns_of_one_row(
+    mysql_url: str, gateway: FakeGateway, tmp_path: Path
+) -> None:
+    """ECShop: a number in mobile_phone and home_phone of one account is detached from
+    both by one unbind (several columns, one account); a number only in home_phone
+    is found and read back."""
+    async with loaded(mysql_url, "ecshop") as example:
+        data = example.data()
+        data["provider"]["id"] = "example"
+        async with opened(data, gateway, tmp_path) as env:
+            by_home = {b.account_ref for b in await env.list_bindings(OTHER_NUMBER)}
+            result = await env.unbind(UNBIND_NUMBER, "4", request_id="t-1")
+            left = await env.list_bindings(UNBIND_NUMBER)
+        phones = await example.rows(
+            "SELECT mobile_phone, home_phone FROM ecs_users "
+            "WHERE user_id IN (4, 6) ORDER BY user_id"
+        )
+    assert by_home == {"3", "6"}
+    assert result.outcome is UnbindOutcome.DONE
+    assert left == []
+    assert phones == [("", ""), ("13600136000", "+86 139 0013 9000")]
