@@ -155,10 +155,10 @@ def _unix(year: int, month: int = 1, day: int = 1) -> int:
 async def test_registration_date_as_a_lower_bound_never_shows_the_next_holders_account(
     tmp_path: Path,
 ) -> None:
-    """She held the number 2015 to 2019. An account registered in 2016 whose number may
-    have been typed in later (by the next holder) is neither shown nor counted; one
-    whose phone has not changed since 2017 is shown as LEFT_BEHIND; through a real
-    gateway, from a registration column mapped as bound_not_before."""
+    """Through a real gateway, for a number she held from 2015 to 2019, an account
+    registered in 2016 whose number may have been typed in later by the next holder is
+    neither shown nor counted, and one whose phone has not changed since 2017 is
+    shown as LEFT_BEHIND."""
     db = tmp_path / "forum.db"
     with sqlite3.connect(db) as conn:
         conn.executescript(FORUM)
