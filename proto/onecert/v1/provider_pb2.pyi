@@ -156,7 +156,9 @@ class Binding(_message.Message):
     @_builtins.property
     def bound_not_after(self) -> _timestamp_pb2.Timestamp:
         """The number was bound at or before this instant (for example the last
-        time the row changed, when every change to the phone field updates it).
+        time the phone field was saved: saving the same number again, or a
+        migration that reformats numbers, moves it past the binding, so it is an
+        upper bound, not bound_at).
         Optional; needs bound_not_before to be of use (an interval open to the
         past straddles every tenure's start). At or after bound_not_before.
         With bound_at, both bounds must enclose it: a bound_at outside
