@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -14,11 +13,7 @@ from structlog.testing import capture_logs
 from onecert.adapters.sql import MappingError, SiteConfig, SqlSite
 from onecert.sdk import UnbindOutcome
 from onecert.sdk.testing import CallError, FakeGateway, ProviderEnvironment
-
-if TYPE_CHECKING:
-    from tests.sql_adapter.sql_site import NUMBER, UNBIND_ACCOUNT, UNBIND_NUMBER, SiteDB
-else:
-    from sql_site import NUMBER, UNBIND_ACCOUNT, UNBIND_NUMBER, SiteDB
+from tests.sql_adapter.sql_site import NUMBER, UNBIND_ACCOUNT, UNBIND_NUMBER, SiteDB
 
 
 @asynccontextmanager
