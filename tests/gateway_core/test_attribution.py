@@ -13,10 +13,12 @@ from onecert.gateway._attribution import (
     FUTURE_TOLERANCE,
     Attributed,
     Attribution,
+    BindingTime,
     Shown,
     TenureView,
     attribute,
     classify,
+    proto_binding_time,
     proto_bound_at,
 )
 from onecert.v1 import common_pb2, gateway_pb2, provider_pb2, registry_pb2
@@ -44,7 +46,7 @@ def tenure(start: float, end: float | None = None) -> TenureView:
     )
 
 
-def at(tenures: list[TenureView], bound: datetime | None) -> Attribution | None:
+def at(tenures: list[TenureView], bound: datetime | BindingTime | None) -> Attribution | None:
     return attribute(tenures, bound, now=NOW)
 
 
@@ -390,3 +392,198 @@ def test_invariants_hold_for_overlapping_tenures(
         assert _inside(tenures, bound)
     assert not result.previous_holder or current
     assert all(s.attribution is (MINE if current else LEFT_BEHIND) for s in result.shown)
+
+
+# ------------------------------------------------------------ intervals
+
+
+def between(
+    low: float | None, high: float | None = None, *, exact: float | None = None
+) -> BindingTime:
+    return BindingTime(
+        at=None if exact is None else day(exact),
+        not_before=None if low is None else day(low),
+        not_after=None if high is None else day(high),
+    )
+
+
+def test_discuz_registered_during_tenure_number_typed_in_by_next_holder() -> None:
+    """Registered during her tenure, no upper bound: the account is never shown to her."""
+    # She held the number from day 100 to day 500; the account was registered
+    # on day 300; the next holder typed the number in on day 800. The site
+    # knows only the registration date.
+    assert at([tenure(100, 500)], between(300)) is None
+    # Read as exact (the leak this rule closes), it would have been hers.
+    assert at([tenure(100, 500)], day(300)) is LEFT_BEHIND
+
+
+def test_lower_bound_alone_on_a_current_number() -> None:
+    """Registered after she got the number: hers; registered before: counted only."""
+    assert at([tenure(100)], between(150)) is MINE
+    assert at([tenure(100)], between(50)) is PREVIOUS_HOLDER
+
+
+def test_interval_inside_a_former_tenure_is_left_behind() -> None:
+    """An interval wholly inside the citizen's former tenure is hers, left behind."""
+    assert at([tenure(100, 500)], between(200, 300)) is LEFT_BEHIND
+    assert at([tenure(100, 500)], between(100, 499.99)) is LEFT_BEHIND
+
+
+def test_straddling_intervals_are_treated_like_unknown() -> None:
+    """An interval across a tenure's edge: counted on a current number, dropped on a former."""
+    assert at([tenure(100)], between(50, 150)) is PREVIOUS_HOLDER
+    assert at([tenure(100, 500)], between(50, 150)) is None
+    assert at([tenure(100, 500)], between(400, 500)) is None
+    # Across the gap between two tenures of the same citizen: someone else
+    # may have held the number in between.
+    assert at([tenure(100, 200), tenure(300)], between(150, 350)) is PREVIOUS_HOLDER
+    assert at([tenure(100, 200), tenure(300, 400)], between(150, 350)) is None
+
+
+def test_upper_bound_alone_says_nothing() -> None:
+    """An interval with no lower bound reaches back past every tenure: unknown."""
+    assert at([tenure(100)], BindingTime(not_after=day(200))) is PREVIOUS_HOLDER
+    assert at([tenure(100, 500)], BindingTime(not_after=day(200))) is None
+
+
+def test_contradictory_times_are_unknown() -> None:
+    """An empty interval, or an exact time outside its own bounds, proves nothing."""
+    assert at([tenure(100)], between(300, 200)) is PREVIOUS_HOLDER
+    assert at([tenure(100)], between(300, 400, exact=200)) is PREVIOUS_HOLDER
+    assert at([tenure(100)], between(300, 400, exact=500)) is PREVIOUS_HOLDER
+    assert at([tenure(100, 500)], between(300, 400, exact=450)) is None
+
+
+def test_exact_time_inside_its_bounds_decides() -> None:
+    """With an exact time inside its bounds, the exact time decides, not the wider interval."""
+    assert at([tenure(100, 500)], between(50, 900, exact=300)) is LEFT_BEHIND
+    assert at([tenure(100)], between(50, None, exact=150)) is MINE
+
+
+def test_future_bounds() -> None:
+    """A lower bound far in the future is unknown; an upper bound past now ends at now."""
+    future = NOW + FUTURE_TOLERANCE + timedelta(seconds=1)
+    assert at([tenure(100)], BindingTime(not_before=future)) is PREVIOUS_HOLDER
+    slightly = NOW + FUTURE_TOLERANCE - timedelta(seconds=1)
+    assert at([tenure(100)], BindingTime(not_before=slightly)) is MINE
+    assert at([tenure(100)], BindingTime(not_before=day(200), not_after=future)) is MINE
+    assert at([tenure(100, 500)], BindingTime(not_before=day(200), not_after=future)) is None
+
+
+def test_naive_binding_time_is_a_value_error() -> None:
+    """A BindingTime refuses naive datetimes, like bound_at."""
+    with pytest.raises(ValueError, match="not_before"):
+        BindingTime(not_before=datetime(2020, 1, 1))  # noqa: DTZ001  # on purpose
+
+
+def test_proto_binding_time_reads_the_interval() -> None:
+    """proto_binding_time reads all three fields; absent, epoch or huge bounds are left out."""
+    discuz = provider_pb2.Binding(account_ref="1", kind=common_pb2.BINDING_KIND_LOGIN)
+    discuz.bound_not_before.FromDatetime(day(300))
+    closed = provider_pb2.Binding(account_ref="2", kind=common_pb2.BINDING_KIND_LOGIN)
+    closed.bound_not_before.FromDatetime(day(200))
+    closed.bound_not_after.FromDatetime(day(300))
+    huge_end = provider_pb2.Binding(account_ref="3", bound_not_after=Timestamp(seconds=2**62))
+    huge_end.bound_not_before.FromDatetime(day(200))
+    epoch_start = provider_pb2.Binding(account_ref="4", bound_not_before=Timestamp(seconds=0))
+    epoch_start.bound_not_after.FromDatetime(day(300))
+    assert proto_binding_time(discuz) == BindingTime(not_before=day(300))
+    assert proto_binding_time(closed) == BindingTime(not_before=day(200), not_after=day(300))
+    assert proto_binding_time(huge_end) == BindingTime(not_before=day(200))
+    assert proto_binding_time(epoch_start) == BindingTime(not_after=day(300))
+    bindings = [discuz, closed, huge_end, epoch_start]
+    result = classify([tenure(100, 500)], bindings, bound_at=proto_binding_time, now=NOW)
+    assert [s.binding.account_ref for s in result.shown] == ["2"]
+    assert result.dropped == 3
+    # The same answer on a number she still holds: the lower bounds after
+    # held_from are hers; the one without a lower bound is only counted.
+    result = classify([tenure(100)], bindings, bound_at=proto_binding_time, now=NOW)
+    assert [s.binding.account_ref for s in result.shown] == ["1", "2", "3"]
+    assert [b.account_ref for b in result.previous_holder] == ["4"]
+
+
+# What a provider may truthfully say about a binding made at `true`: the
+# exact time or not, and bounds on either side (or none) at random distances.
+@st.composite
+def truthful_reports(draw: st.DrawFn, true: datetime) -> BindingTime:
+    """A report whose every field is true of a binding made at ``true``."""
+    slack = st.none() | st.integers(min_value=0, max_value=4000).map(lambda d: timedelta(days=d))
+    below, above = draw(slack), draw(slack)
+    exact = draw(st.booleans())
+    return BindingTime(
+        at=true if exact else None,
+        not_before=None if below is None else true - below,
+        not_after=None if above is None else true + above,
+    )
+
+
+@st.composite
+def interval_scenarios(draw: st.DrawFn) -> tuple[list[TenureView], datetime, BindingTime]:
+    """A history, the true binding time (often near a tenure's edge) and a truthful report."""
+    tenures = draw(histories())
+    edges = [t.held_from for t in tenures] + [t.held_until for t in tenures if t.held_until]
+    near_edge = st.tuples(st.sampled_from(edges), st.sampled_from([-1, 0, 1])).map(
+        lambda e: e[0] + timedelta(seconds=e[1])
+    )
+    true = draw(st.integers(min_value=-100, max_value=3800).map(day) | near_edge)
+    true = min(true, NOW)
+    return tenures, true, draw(truthful_reports(true))
+
+
+@settings(max_examples=300)
+@given(interval_scenarios())
+def test_a_truthful_interval_never_shows_someone_elses_account(
+    scenario: tuple[list[TenureView], datetime, BindingTime],
+) -> None:
+    """Whatever a provider truthfully reports, a shown account is the one the true time makes it."""
+    tenures, true, report = scenario
+    got = attribute(tenures, report, now=NOW)
+    if got is not None and got.shown:
+        assert got is attribute(tenures, true, now=NOW)
+        assert _inside(tenures, true)
+
+
+@settings(max_examples=300)
+@given(interval_scenarios())
+def test_next_holders_binding_is_never_shown_or_counted_whatever_the_bounds(
+    scenario: tuple[list[TenureView], datetime, BindingTime],
+) -> None:
+    """On a former number, a binding made after her last tenure is dropped, however reported."""
+    tenures, true, report = scenario
+    if any(t.current for t in tenures):
+        return
+    last_end = max(t.held_until for t in tenures if t.held_until is not None)
+    if true >= last_end:
+        assert attribute(tenures, report, now=NOW) is None
+
+
+@settings(max_examples=300)
+@given(interval_scenarios())
+def test_a_straddling_interval_is_treated_like_an_unknown_date(
+    scenario: tuple[list[TenureView], datetime, BindingTime],
+) -> None:
+    """An interval no single tenure holds gets exactly the answer an unknown bound_at gets."""
+    tenures, _, report = scenario
+    interval = report.interval(NOW)
+    if interval is not None:
+        low, high = interval
+        if any(_inside([t], low) and _inside([t], high) for t in tenures):
+            return
+    assert attribute(tenures, report, now=NOW) is attribute(tenures, None, now=NOW)
+
+
+@settings(max_examples=300)
+@given(interval_scenarios(), st.integers(0, 2000), st.integers(0, 2000))
+def test_widening_an_interval_never_reveals_more(
+    scenario: tuple[list[TenureView], datetime, BindingTime], lower: int, upper: int
+) -> None:
+    """Knowing less (a wider interval) never turns a hidden account into a shown one."""
+    tenures, true, report = scenario
+    narrow = BindingTime(not_before=report.not_before or true, not_after=report.not_after)
+    wide = BindingTime(
+        not_before=(report.not_before or true) - timedelta(days=lower),
+        not_after=None if report.not_after is None else report.not_after + timedelta(days=upper),
+    )
+    got_wide = attribute(tenures, wide, now=NOW)
+    if got_wide is not None and got_wide.shown:
+        assert attribute(tenures, narrow, now=NOW) is got_wide

@@ -74,6 +74,11 @@ def test_documented_config_parses(tmp_path: Path) -> None:
     config = parse_config(tomllib.loads(block), base_dir=tmp_path, name="site")
     assert config.database.url == "postgresql+asyncpg://onecert@db.internal/site"
     assert config.columns.mapped()["kind"] == "account_kind"
+    assert config.columns.bound_not_before == "created_at"
+    assert config.times["bound_not_before"].format == "unix"
+    assert config.queries.max_unbind_rows == 10
+    assert "{phone:" not in config.queries.list_bindings
+    assert "REPLACE(phone, ' ', '')" in config.queries.list_bindings
     assert config.defaults.kinds == {
         "wallet": BindingKind.PAYMENT,
         "sms_2fa": BindingKind.TWO_FACTOR,
@@ -341,6 +346,7 @@ def test_public_exports() -> None:
             "DatabaseUnavailableError",
             "DefaultsConfig",
             "MappingError",
+            "PhonesConfig",
             "ProviderSection",
             "QueriesConfig",
             "QueryFailedError",
@@ -348,8 +354,10 @@ def test_public_exports() -> None:
             "SiteConfig",
             "SqlSite",
             "TLSFiles",
+            "TimeFormat",
             "build_server",
             "check",
+            "check_report",
             "load_config",
             "normalize_phone",
             "parse_config",

@@ -8,8 +8,11 @@ import json
 import os
 import sqlite3
 import tomllib
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from onecert.adapters.sql import SqlSite, build_server, parse_config
 from onecert.gateway import GatewayServer
@@ -33,29 +36,26 @@ NUMBER = "+8613800138000"  # zhangsan's (since 2021) and, before, lisi's (2014)
 IDN = "ab" * 32
 
 
-async def test_sql_site_in_a_lookup_and_unbound_through_the_gateway(tmp_path: Path) -> None:
-    """The example site (config and schema as committed) answers a real gateway's lookup
-    (zhangsan as the citizen's own account, lisi as a previous holder's, counted only);
-    unbinding zhangsan through the gateway sets that row's phone to NULL, the row stays."""
-    db = tmp_path / "site.db"
-    with sqlite3.connect(db) as conn:
-        conn.executescript((EXAMPLE / "schema.sql").read_text())
+@asynccontextmanager
+async def federation(
+    tmp_path: Path, data: dict[str, Any], base_dir: Path, tenures: list[Tenure]
+) -> AsyncIterator[tuple[GatewayClient, Callable[[], str]]]:
+    """A real gateway, one carrier reporting ``tenures`` for the citizen, and the
+    site of config ``data`` served by the SQL adapter; the client and a fresh
+    identity assertion for each call."""
     warrant_key = SigningKey.generate("EdDSA")
     identity_key = SigningKey.generate("ES256")
     (tmp_path / "warrant.key.pem").write_bytes(warrant_key.to_pem())
     (tmp_path / "gateway.jwks.json").write_text(json.dumps(warrant_key.jwks()))
     (tmp_path / "identity.jwks.json").write_text(json.dumps(identity_key.jwks()))
     (tmp_path / "handle.key").write_text(os.urandom(32).hex())
-
-    data = tomllib.loads((EXAMPLE / "site.toml").read_text())
-    data["database"]["url"] = f"sqlite:///{db}"
     data["server"] = {
         "listen": "127.0.0.1:0",
         "gateway_jwks": str(tmp_path / "gateway.jwks.json"),
         "insecure": True,
         "idempotency_db": str(tmp_path / "answers.db"),
     }
-    site = await SqlSite.open(parse_config(data, base_dir=EXAMPLE))
+    site = await SqlSite.open(parse_config(data, base_dir=base_dir))
     site_server = build_server(site)
     await site_server.start()
 
@@ -63,8 +63,7 @@ async def test_sql_site_in_a_lookup_and_unbound_through_the_gateway(tmp_path: Pa
 
     @carrier.list_numbers
     async def numbers(idn: str) -> list[Tenure]:
-        held = datetime(2020, 1, 1, tzinfo=UTC)
-        return [Tenure(NUMBER, held, state=TenureState.ACTIVE)] if idn == IDN else []
+        return tenures if idn == IDN else []
 
     carrier_server = Server(
         carrier, gateway_keys=tmp_path / "gateway.jwks.json", listen="127.0.0.1:0", insecure=True
@@ -84,8 +83,8 @@ async def test_sql_site_in_a_lookup_and_unbound_through_the_gateway(tmp_path: Pa
         carriers=(CarrierConfig(id="cm", address=carrier_server.address, plaintext=True),),
         providers=(
             ProviderConfig(
-                id="example-forum",
-                name="Example Forum",
+                id=data["provider"]["id"],
+                name=data["provider"]["name"],
                 address=site_server.address,
                 plaintext=True,
             ),
@@ -102,23 +101,108 @@ async def test_sql_site_in_a_lookup_and_unbound_through_the_gateway(tmp_path: Pa
             GatewayServer(config) as gateway,
             GatewayClient(f"127.0.0.1:{gateway.port}", insecure=True) as client,
         ):
-            results = [u async for u in client.lookup(assertion()) if isinstance(u, Result)]
-            (result,) = results
-            (mine,) = result.accounts
-            assert mine.attribution is Attribution.MINE
-            assert mine.display_name_masked == "zh***an"
-            assert result.previous_holder_count == 1
-            ticket = await client.unbind(assertion(), mine.handle)
-            for _ in range(100):
-                receipt = await client.get_unbind(assertion(), ticket.ticket_id)
-                if receipt.state is TicketState.DONE:
-                    break
-                await asyncio.sleep(0.05)
-            assert receipt.state is TicketState.DONE
+            yield client, assertion
     finally:
         await carrier_server.shutdown(0)
         await site_server.shutdown(0)
         await site.close()
+
+
+async def test_sql_site_in_a_lookup_and_unbound_through_the_gateway(tmp_path: Path) -> None:
+    """The example site (config and schema as committed) answers a real gateway's lookup
+    (zhangsan as the citizen's own account, lisi as a previous holder's, counted only);
+    unbinding zhangsan through the gateway sets that row's phone to NULL, the row stays."""
+    db = tmp_path / "site.db"
+    with sqlite3.connect(db) as conn:
+        conn.executescript((EXAMPLE / "schema.sql").read_text())
+    data = tomllib.loads((EXAMPLE / "site.toml").read_text())
+    data["database"]["url"] = f"sqlite:///{db}"
+    held = datetime(2020, 1, 1, tzinfo=UTC)
+    tenures = [Tenure(NUMBER, held, state=TenureState.ACTIVE)]
+    async with federation(tmp_path, data, EXAMPLE, tenures) as (client, assertion):
+        results = [u async for u in client.lookup(assertion()) if isinstance(u, Result)]
+        (result,) = results
+        (mine,) = result.accounts
+        assert mine.attribution is Attribution.MINE
+        assert mine.display_name_masked == "zh***an"
+        assert result.previous_holder_count == 1
+        ticket = await client.unbind(assertion(), mine.handle)
+        for _ in range(100):
+            receipt = await client.get_unbind(assertion(), ticket.ticket_id)
+            if receipt.state is TicketState.DONE:
+                break
+            await asyncio.sleep(0.05)
+        assert receipt.state is TicketState.DONE
     with sqlite3.connect(db) as conn:
         rows = dict(conn.execute("SELECT nickname, phone FROM users WHERE id IN (1, 2)").fetchall())
     assert rows == {"zhangsan": None, "lisi": "138-0013-8000"}
+
+
+# A forum that knows when each account registered (unix seconds, 0 for
+# never) and, for some, when the phone field last changed.
+FORUM = """
+CREATE TABLE members (
+    uid INTEGER PRIMARY KEY, username TEXT NOT NULL, mobile TEXT NOT NULL DEFAULT '',
+    regdate INTEGER NOT NULL DEFAULT 0, mobile_changed INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+
+def _unix(year: int, month: int = 1, day: int = 1) -> int:
+    return int(datetime(year, month, day, tzinfo=UTC).timestamp())
+
+
+async def test_registration_date_as_a_lower_bound_never_shows_the_next_holders_account(
+    tmp_path: Path,
+) -> None:
+    """Through a real gateway, for a number she held from 2015 to 2019, an account
+    registered in 2016 whose number may have been typed in later by the next holder is
+    neither shown nor counted, and one whose phone has not changed since 2017 is
+    shown as LEFT_BEHIND."""
+    db = tmp_path / "forum.db"
+    with sqlite3.connect(db) as conn:
+        conn.executescript(FORUM)
+        conn.executemany(
+            "INSERT INTO members VALUES (?, ?, ?, ?, ?)",
+            [
+                (1, "nexthold", "138-0013-8000", _unix(2016, 5), 0),
+                (2, "herownacct", "+86 138 0013 8000", _unix(2016, 6), _unix(2017, 3)),
+                (3, "longago", "13800138000", 0, 0),
+            ],
+        )
+    data: dict[str, Any] = {
+        "provider": {"id": "forum", "name": "Forum", "category": "forum"},
+        "database": {"url": f"sqlite:///{db}"},
+        "queries": {
+            "list_bindings": (
+                "SELECT uid, username, mobile, regdate, mobile_changed FROM members "
+                "WHERE {phone:mobile} IN :phones"
+            ),
+            "unbind": "UPDATE members SET mobile = '' WHERE uid = :account_ref "
+            "AND {phone:mobile} IN :phones",
+        },
+        "columns": {
+            "account_ref": "uid",
+            "display_name": "username",
+            "phone": "mobile",
+            "bound_not_before": "regdate",
+            "bound_not_after": "mobile_changed",
+        },
+        "times": {"bound_not_before": {"format": "unix"}, "bound_not_after": {"format": "unix"}},
+    }
+    tenures = [
+        Tenure(
+            NUMBER,
+            datetime(2015, 1, 1, tzinfo=UTC),
+            datetime(2019, 1, 1, tzinfo=UTC),
+            TenureState.RECYCLED,
+        )
+    ]
+    async with federation(tmp_path, data, tmp_path, tenures) as (client, assertion):
+        (result,) = [u async for u in client.lookup(assertion()) if isinstance(u, Result)]
+    (left,) = result.accounts
+    assert left.attribution is Attribution.LEFT_BEHIND
+    assert left.display_name_masked.startswith("he")
+    # Only an interval is known: no binding date is shown as if it were one.
+    assert left.bound_at is None
+    assert result.previous_holder_count == 0

@@ -52,7 +52,7 @@ def _sql(args: argparse.Namespace) -> int:
     from onecert.adapters.sql import (  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
         ConfigError,
         DatabaseUnavailableError,
-        check,
+        check_report,
         load_config,
         serve,
     )
@@ -74,12 +74,7 @@ def _sql(args: argparse.Namespace) -> int:
 
     try:
         if args.check:
-            columns = asyncio.run(check(config))
-            print(
-                f"ok: {config.provider.id}: the database answers, list_bindings returns "
-                f"{', '.join(columns)}, unbind matches no row for a made-up account "
-                "(rolled back), keys and TLS files load"
-            )
+            print(asyncio.run(check_report(config)))
             return 0
         asyncio.run(serve(config, ready=ready))
     except ConfigError as exc:

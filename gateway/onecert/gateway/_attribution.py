@@ -27,6 +27,22 @@ clock or a wrong answer; it proves nothing about whose account it is, so it is
 treated like an unknown ``bound_at`` (details never revealed). Within the
 tolerance it is taken as given, so a provider whose clock runs a little ahead
 does not hide a citizen's fresh binding.
+
+Intervals. Many providers know only that the number was bound at or after
+``bound_not_before`` (the account's registration) and perhaps at or before
+``bound_not_after``; without an upper bound the interval runs to ``now``. A
+:class:`BindingTime` is read as the closed interval it allows, and the table
+above applies with "inside one of the citizen's tenures" meaning the *whole*
+interval lies inside *one* tenure. An interval that straddles a tenure
+boundary is treated exactly like an unknown ``bound_at`` (current number:
+PREVIOUS_HOLDER, counted only; former number: dropped), and so is one that
+lies wholly outside: the two get the same answer. A lower bound is never read
+as the binding date: a Discuz account registered while the citizen held the
+number may have had it typed in by its next holder, and showing it would
+show the next holder's account. No upper bound alone says anything (the
+interval would reach back indefinitely), and neither does an empty interval
+(``bound_not_after`` before ``bound_not_before``), an exact time outside its
+own bounds, or a lower bound beyond the tolerance in the future.
 """
 
 from __future__ import annotations
@@ -35,7 +51,9 @@ import enum
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Generic, TypeVar
+from typing import Generic, Literal, TypeVar
+
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from onecert.v1 import gateway_pb2, provider_pb2, registry_pb2
 
@@ -139,6 +157,53 @@ class TenureView:
         )
 
 
+@dataclass(frozen=True)
+class BindingTime:
+    """What a provider said about when a number was bound to an account.
+
+    Attributes:
+        at: the exact instant, or None.
+        not_before: the number was bound at or after this instant, or None.
+        not_after: the number was bound at or before this instant, or None.
+
+    Raises:
+        ValueError: a naive datetime.
+    """
+
+    at: datetime | None = None
+    not_before: datetime | None = None
+    not_after: datetime | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("at", "not_before", "not_after"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_aware(name, value)
+
+    def interval(self, now: datetime) -> tuple[datetime, datetime] | None:
+        """The closed interval the binding lies in, as far as ``now`` tells; None if unknown.
+
+        Unknown means: nothing said, only an upper bound, bounds that
+        contradict each other or the exact time, or a start beyond
+        :data:`FUTURE_TOLERANCE` in the future.
+        """
+        horizon = now + FUTURE_TOLERANCE
+        low, high = self.not_before, self.not_after
+        if low is not None and high is not None and high < low:
+            return None
+        if self.at is not None:
+            outside = (low is not None and self.at < low) or (high is not None and self.at > high)
+            if outside or self.at > horizon:
+                return None
+            return self.at, self.at
+        if low is None or low > horizon:
+            return None
+        # The binding happened by now: an upper bound past now (or none) ends
+        # there. A start a little ahead of now (clock skew) is a point.
+        end = now if high is None else min(high, now)
+        return low, max(low, end)
+
+
 def _checked(tenures: Sequence[TenureView]) -> None:
     if not tenures:
         raise ValueError("attribution needs at least one tenure of the number")
@@ -148,35 +213,40 @@ def _checked(tenures: Sequence[TenureView]) -> None:
 
 
 def _attribute(
-    tenures: Sequence[TenureView], bound_at: datetime | None, now: datetime
+    tenures: Sequence[TenureView], bound: datetime | BindingTime | None, now: datetime
 ) -> Attribution | None:
     current = any(t.current for t in tenures)
-    if bound_at is not None:
-        _check_aware("bound_at", bound_at)
-        if bound_at > now + FUTURE_TOLERANCE:
-            bound_at = None
-    if bound_at is None:
-        return Attribution.PREVIOUS_HOLDER if current else None
-    if any(t.covers(bound_at) for t in tenures):
-        return Attribution.MINE if current else Attribution.LEFT_BEHIND
-    # Outside every tenure of the citizen's: someone else held the number.
-    # On a current number that can only be before the current tenure.
+    when = BindingTime(at=bound) if bound is None or isinstance(bound, datetime) else bound
+    interval = when.interval(now)
+    if interval is not None:
+        low, high = interval
+        # One tenure must hold the whole interval: an interval spanning the
+        # gap between two of the citizen's tenures may be another holder's.
+        if any(t.covers(low) and t.covers(high) for t in tenures):
+            return Attribution.MINE if current else Attribution.LEFT_BEHIND
+    # Unknown, straddling a tenure boundary, or outside every tenure of the
+    # citizen's: possibly someone else's. Counted on a current number (as a
+    # previous holder's), none of the citizen's business on a former one.
     return Attribution.PREVIOUS_HOLDER if current else None
 
 
 def attribute(
-    tenures: Sequence[TenureView], bound_at: datetime | None, *, now: datetime | None = None
+    tenures: Sequence[TenureView],
+    bound_at: datetime | BindingTime | None,
+    *,
+    now: datetime | None = None,
 ) -> Attribution | None:
     """Whose account a binding of one number is; None when it is none of the citizen's business.
 
     Args:
         tenures: all of the citizen's tenures of this one number (usually one).
-        bound_at: when the number was bound to the account (timezone-aware), or
-            None when the provider did not say.
+        bound_at: when the number was bound to the account (timezone-aware):
+            an exact instant, a :class:`BindingTime` (an exact instant or an
+            interval), or None when the provider did not say.
         now: the current time; for tests.
 
     Raises:
-        ValueError: no tenures, tenures of several numbers, or a naive ``bound_at``.
+        ValueError: no tenures, tenures of several numbers, or a naive datetime.
     """
     _checked(tenures)
     return _attribute(tenures, bound_at, datetime.now(UTC) if now is None else now)
@@ -225,7 +295,7 @@ def classify(
     tenures: Sequence[TenureView],
     bindings: Iterable[B],
     *,
-    bound_at: Callable[[B], datetime | None],
+    bound_at: Callable[[B], datetime | BindingTime | None],
     now: datetime | None = None,
 ) -> Attributed[B]:
     """Attribute every binding one provider gave for one number.
@@ -234,8 +304,9 @@ def classify(
         tenures: all of the citizen's tenures of the number asked about.
         bindings: the provider's answer, in any form; ``bound_at`` reads the
             binding time of one (for ``provider_pb2.Binding`` use
-            :func:`proto_bound_at`).
-        bound_at: the accessor for a binding's ``bound_at``.
+            :func:`proto_binding_time`, which reads the interval too).
+        bound_at: the accessor for a binding's time: an exact instant, a
+            :class:`BindingTime`, or None.
         now: the current time; for tests.
 
     Raises:
@@ -267,9 +338,31 @@ def proto_bound_at(binding: provider_pb2.Binding) -> datetime | None:
     absent: the contract says an unknown instant is left out, never sent as
     the epoch.
     """
-    if not binding.HasField("bound_at"):
+    return _proto_instant(binding, "bound_at")
+
+
+def proto_binding_time(binding: provider_pb2.Binding) -> BindingTime:
+    """A provider ``Binding``'s ``bound_at``, ``bound_not_before`` and ``bound_not_after``.
+
+    Each is read as :func:`proto_bound_at` reads ``bound_at``: absent, at or
+    before the epoch, or out of range, it is left out. Leaving a bound out
+    only widens the interval, so it never makes an account shown that would
+    not be shown otherwise.
+    """
+    return BindingTime(
+        at=_proto_instant(binding, "bound_at"),
+        not_before=_proto_instant(binding, "bound_not_before"),
+        not_after=_proto_instant(binding, "bound_not_after"),
+    )
+
+
+def _proto_instant(
+    binding: provider_pb2.Binding,
+    name: Literal["bound_at", "bound_not_before", "bound_not_after"],
+) -> datetime | None:
+    if not binding.HasField(name):
         return None
-    stamp = binding.bound_at
+    stamp: Timestamp = getattr(binding, name)
     if stamp.seconds <= 0:
         return None
     try:

@@ -15,7 +15,7 @@ import random
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Final, Generic, Protocol, TypeVar
 
 import grpc
 import structlog
@@ -529,8 +529,9 @@ def _tidy(
     """The bindings one answer may contribute, and what was done to them ("" if nothing).
 
     An account listed more than once is kept once. Copies that disagree on
-    ``bound_at`` or the name prove nothing about whose account it is: it is
-    kept with ``bound_at`` cleared, so its details are never shown. Past
+    the binding time (``bound_at`` and its bounds) or the name prove nothing
+    about whose account it is: it is kept with the binding time cleared, so
+    its details are never shown. Past
     ``limit`` accounts, the rest are dropped.
     """
     kept: list[provider_pb2.Binding] = []
@@ -546,10 +547,13 @@ def _tidy(
             continue
         duplicates += 1
         earlier = kept[index]
-        if _claim(earlier) != _claim(binding) and earlier.HasField("bound_at"):
+        if _claim(earlier) != _claim(binding) and any(
+            earlier.HasField(name) for name in _BINDING_TIME
+        ):
             merged = provider_pb2.Binding()
             merged.CopyFrom(earlier)
-            merged.ClearField("bound_at")
+            for name in _BINDING_TIME:
+                merged.ClearField(name)
             kept[index] = merged
     notes = []
     if duplicates:
@@ -560,10 +564,16 @@ def _tidy(
     return tuple(kept), "; ".join(notes)
 
 
-def _claim(binding: provider_pb2.Binding) -> tuple[bool, int, int, str]:
+_BINDING_TIME: Final = ("bound_at", "bound_not_before", "bound_not_after")
+
+
+def _claim(binding: provider_pb2.Binding) -> tuple[object, ...]:
     # What decides whose account a binding is, and what the citizen would see.
-    stamp = binding.bound_at
-    return binding.HasField("bound_at"), stamp.seconds, stamp.nanos, binding.display_name
+    times = tuple(
+        (binding.HasField(name), getattr(binding, name).seconds, getattr(binding, name).nanos)
+        for name in _BINDING_TIME
+    )
+    return (*times, binding.display_name)
 
 
 def _backoff(attempt: int) -> float:

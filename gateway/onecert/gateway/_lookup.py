@@ -29,7 +29,13 @@ import grpc
 import structlog
 from google.protobuf.duration_pb2 import Duration
 
-from onecert.gateway._attribution import Attribution, TenureView, classify, proto_bound_at
+from onecert.gateway._attribution import (
+    Attribution,
+    TenureView,
+    classify,
+    proto_binding_time,
+    proto_bound_at,
+)
 from onecert.gateway._fanout import CallOutcome, CarrierAnswer, FanOut, ProviderAnswer
 from onecert.gateway._handles import HandleClaims, HandleSealer
 from onecert.gateway._identity import (
@@ -208,7 +214,7 @@ class ResultMerger:
         )
         if answer.outcome is not CallOutcome.ANSWERED:
             return result
-        attributed = classify(tenures, answer.bindings, bound_at=proto_bound_at)
+        attributed = classify(tenures, answer.bindings, bound_at=proto_binding_time)
         expires_at = self._clock() + self._handle_ttl
 
         def handle(binding: provider_pb2.Binding, attribution: Attribution) -> str:

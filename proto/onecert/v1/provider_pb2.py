@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from onecert.v1 import common_pb2 as onecert_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19onecert/v1/provider.proto\x12\nonecert.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17onecert/v1/common.proto\"\x11\n\x0f\x44\x65scribeRequest\"\x97\x01\n\x10\x44\x65scribeResponse\x12\x13\n\x0bprovider_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12.\n\x08\x63\x61tegory\x18\x03 \x01(\x0e\x32\x1c.onecert.v1.ProviderCategory\x12\x18\n\x10\x63ontract_version\x18\x04 \x01(\t\x12\x16\n\x0eimplementation\x18\x05 \x01(\t\"%\n\x13ListBindingsRequest\x12\x0e\n\x06msisdn\x18\x01 \x01(\t\"\xcf\x01\n\x07\x42inding\x12\x13\n\x0b\x61\x63\x63ount_ref\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12%\n\x04kind\x18\x03 \x01(\x0e\x32\x17.onecert.v1.BindingKind\x12,\n\x08\x62ound_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_used_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nunbindable\x18\x06 \x01(\x08\"=\n\x14ListBindingsResponse\x12%\n\x08\x62indings\x18\x01 \x03(\x0b\x32\x13.onecert.v1.Binding\"r\n\rUnbindRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06msisdn\x18\x02 \x01(\t\x12\x13\n\x0b\x61\x63\x63ount_ref\x18\x03 \x01(\t\x12(\n\x06reason\x18\x04 \x01(\x0e\x32\x18.onecert.v1.UnbindReason\"|\n\x0eUnbindResponse\x12*\n\x07outcome\x18\x01 \x01(\x0e\x32\x19.onecert.v1.UnbindOutcome\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12.\n\ndecided_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\"\n\x13ReceiveEventRequest\x12\x0b\n\x03set\x18\x01 \x01(\t\"U\n\x14ReceiveEventResponse\x12\x14\n\x0c\x61\x63knowledged\x18\x01 \x01(\x08\x12\r\n\x05\x61\x63ted\x18\x02 \x01(\x08\x12\x18\n\x10\x62indings_removed\x18\x03 \x01(\r2\xbf\x02\n\x0f\x42indingProvider\x12\x45\n\x08\x44\x65scribe\x12\x1b.onecert.v1.DescribeRequest\x1a\x1c.onecert.v1.DescribeResponse\x12Q\n\x0cListBindings\x12\x1f.onecert.v1.ListBindingsRequest\x1a .onecert.v1.ListBindingsResponse\x12?\n\x06Unbind\x12\x19.onecert.v1.UnbindRequest\x1a\x1a.onecert.v1.UnbindResponse\x12Q\n\x0cReceiveEvent\x12\x1f.onecert.v1.ReceiveEventRequest\x1a .onecert.v1.ReceiveEventResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19onecert/v1/provider.proto\x12\nonecert.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17onecert/v1/common.proto\"\x11\n\x0f\x44\x65scribeRequest\"\x97\x01\n\x10\x44\x65scribeResponse\x12\x13\n\x0bprovider_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12.\n\x08\x63\x61tegory\x18\x03 \x01(\x0e\x32\x1c.onecert.v1.ProviderCategory\x12\x18\n\x10\x63ontract_version\x18\x04 \x01(\t\x12\x16\n\x0eimplementation\x18\x05 \x01(\t\"%\n\x13ListBindingsRequest\x12\x0e\n\x06msisdn\x18\x01 \x01(\t\"\xba\x02\n\x07\x42inding\x12\x13\n\x0b\x61\x63\x63ount_ref\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12%\n\x04kind\x18\x03 \x01(\x0e\x32\x17.onecert.v1.BindingKind\x12,\n\x08\x62ound_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_used_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nunbindable\x18\x06 \x01(\x08\x12\x34\n\x10\x62ound_not_before\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0f\x62ound_not_after\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"=\n\x14ListBindingsResponse\x12%\n\x08\x62indings\x18\x01 \x03(\x0b\x32\x13.onecert.v1.Binding\"r\n\rUnbindRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06msisdn\x18\x02 \x01(\t\x12\x13\n\x0b\x61\x63\x63ount_ref\x18\x03 \x01(\t\x12(\n\x06reason\x18\x04 \x01(\x0e\x32\x18.onecert.v1.UnbindReason\"|\n\x0eUnbindResponse\x12*\n\x07outcome\x18\x01 \x01(\x0e\x32\x19.onecert.v1.UnbindOutcome\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12.\n\ndecided_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\"\n\x13ReceiveEventRequest\x12\x0b\n\x03set\x18\x01 \x01(\t\"U\n\x14ReceiveEventResponse\x12\x14\n\x0c\x61\x63knowledged\x18\x01 \x01(\x08\x12\r\n\x05\x61\x63ted\x18\x02 \x01(\x08\x12\x18\n\x10\x62indings_removed\x18\x03 \x01(\r2\xbf\x02\n\x0f\x42indingProvider\x12\x45\n\x08\x44\x65scribe\x12\x1b.onecert.v1.DescribeRequest\x1a\x1c.onecert.v1.DescribeResponse\x12Q\n\x0cListBindings\x12\x1f.onecert.v1.ListBindingsRequest\x1a .onecert.v1.ListBindingsResponse\x12?\n\x06Unbind\x12\x19.onecert.v1.UnbindRequest\x1a\x1a.onecert.v1.UnbindResponse\x12Q\n\x0cReceiveEvent\x12\x1f.onecert.v1.ReceiveEventRequest\x1a .onecert.v1.ReceiveEventResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,17 +40,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTBINDINGSREQUEST']._serialized_start=272
   _globals['_LISTBINDINGSREQUEST']._serialized_end=309
   _globals['_BINDING']._serialized_start=312
-  _globals['_BINDING']._serialized_end=519
-  _globals['_LISTBINDINGSRESPONSE']._serialized_start=521
-  _globals['_LISTBINDINGSRESPONSE']._serialized_end=582
-  _globals['_UNBINDREQUEST']._serialized_start=584
-  _globals['_UNBINDREQUEST']._serialized_end=698
-  _globals['_UNBINDRESPONSE']._serialized_start=700
-  _globals['_UNBINDRESPONSE']._serialized_end=824
-  _globals['_RECEIVEEVENTREQUEST']._serialized_start=826
-  _globals['_RECEIVEEVENTREQUEST']._serialized_end=860
-  _globals['_RECEIVEEVENTRESPONSE']._serialized_start=862
-  _globals['_RECEIVEEVENTRESPONSE']._serialized_end=947
-  _globals['_BINDINGPROVIDER']._serialized_start=950
-  _globals['_BINDINGPROVIDER']._serialized_end=1269
+  _globals['_BINDING']._serialized_end=626
+  _globals['_LISTBINDINGSRESPONSE']._serialized_start=628
+  _globals['_LISTBINDINGSRESPONSE']._serialized_end=689
+  _globals['_UNBINDREQUEST']._serialized_start=691
+  _globals['_UNBINDREQUEST']._serialized_end=805
+  _globals['_UNBINDRESPONSE']._serialized_start=807
+  _globals['_UNBINDRESPONSE']._serialized_end=931
+  _globals['_RECEIVEEVENTREQUEST']._serialized_start=933
+  _globals['_RECEIVEEVENTREQUEST']._serialized_end=967
+  _globals['_RECEIVEEVENTRESPONSE']._serialized_start=969
+  _globals['_RECEIVEEVENTRESPONSE']._serialized_end=1054
+  _globals['_BINDINGPROVIDER']._serialized_start=1057
+  _globals['_BINDINGPROVIDER']._serialized_end=1376
 # @@protoc_insertion_point(module_scope)

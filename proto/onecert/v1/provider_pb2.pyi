@@ -111,6 +111,8 @@ class Binding(_message.Message):
     BOUND_AT_FIELD_NUMBER: _builtins.int
     LAST_USED_AT_FIELD_NUMBER: _builtins.int
     UNBINDABLE_FIELD_NUMBER: _builtins.int
+    BOUND_NOT_BEFORE_FIELD_NUMBER: _builtins.int
+    BOUND_NOT_AFTER_FIELD_NUMBER: _builtins.int
     account_ref: _builtins.str
     """The provider's opaque, stable reference to the account; passed back in
     UnbindRequest.account_ref. Required; at most 256 characters. Never shown
@@ -129,13 +131,40 @@ class Binding(_message.Message):
     """
     @_builtins.property
     def bound_at(self) -> _timestamp_pb2.Timestamp:
-        """When the number was bound to this account. Strongly recommended: without
-        it the gateway cannot tell whose account it is and hides its details.
+        """When the number was bound to this account, exactly. Strongly recommended
+        (it, or the interval below): without either the gateway cannot tell whose
+        account it is and hides its details. Leave it out rather than send a
+        date that is only a bound (a registration date is not a binding date:
+        the number may have been typed in years later, by its next holder); use
+        bound_not_before / bound_not_after for what is only known as a bound.
         """
 
     @_builtins.property
     def last_used_at(self) -> _timestamp_pb2.Timestamp:
         """When the account last used the number (login, code received). Optional."""
+
+    @_builtins.property
+    def bound_not_before(self) -> _timestamp_pb2.Timestamp:
+        """When the binding time is known only as an interval: the number was bound
+        at or after this instant (for example the account's registration: no
+        number is bound to an account before it exists). Optional. A lower bound
+        alone means "at some time between this and now": the gateway details the
+        account only when that whole interval lies inside the citizen's tenure of
+        the number, never reading the bound as the binding date.
+        """
+
+    @_builtins.property
+    def bound_not_after(self) -> _timestamp_pb2.Timestamp:
+        """The number was bound at or before this instant (for example the last
+        time the phone field was saved: saving the same number again, or a
+        migration that reformats numbers, moves it past the binding, so it is an
+        upper bound, not bound_at).
+        Optional; needs bound_not_before to be of use (an interval open to the
+        past straddles every tenure's start). At or after bound_not_before.
+        With bound_at, both bounds must enclose it: a bound_at outside
+        [bound_not_before, bound_not_after] contradicts them, and the gateway
+        then treats the binding time as unknown.
+        """
 
     def __init__(
         self,
@@ -146,10 +175,12 @@ class Binding(_message.Message):
         bound_at: _timestamp_pb2.Timestamp | None = ...,
         last_used_at: _timestamp_pb2.Timestamp | None = ...,
         unbindable: _builtins.bool = ...,
+        bound_not_before: _timestamp_pb2.Timestamp | None = ...,
+        bound_not_after: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["bound_at", b"bound_at", "last_used_at", b"last_used_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bound_at", b"bound_at", "bound_not_after", b"bound_not_after", "bound_not_before", b"bound_not_before", "last_used_at", b"last_used_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_ref", b"account_ref", "bound_at", b"bound_at", "display_name", b"display_name", "kind", b"kind", "last_used_at", b"last_used_at", "unbindable", b"unbindable"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_ref", b"account_ref", "bound_at", b"bound_at", "bound_not_after", b"bound_not_after", "bound_not_before", b"bound_not_before", "display_name", b"display_name", "kind", b"kind", "last_used_at", b"last_used_at", "unbindable", b"unbindable"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -134,6 +134,9 @@ def binding_to_pb(binding: object) -> provider_pb2.Binding:
         raise InvalidResultError(what, "unbindable must be a bool")
     bound_at = _aware(binding.bound_at, "bound_at", what, optional=True)
     last_used_at = _aware(binding.last_used_at, "last_used_at", what, optional=True)
+    not_before = _aware(binding.bound_not_before, "bound_not_before", what, optional=True)
+    not_after = _aware(binding.bound_not_after, "bound_not_after", what, optional=True)
+    _check_bounds(bound_at, not_before, not_after)
     out = provider_pb2.Binding(
         account_ref=ref,
         display_name=binding.display_name,
@@ -144,7 +147,27 @@ def binding_to_pb(binding: object) -> provider_pb2.Binding:
         out.bound_at.CopyFrom(timestamp(bound_at))
     if last_used_at is not None:
         out.last_used_at.CopyFrom(timestamp(last_used_at))
+    if not_before is not None:
+        out.bound_not_before.CopyFrom(timestamp(not_before))
+    if not_after is not None:
+        out.bound_not_after.CopyFrom(timestamp(not_after))
     return out
+
+
+def _check_bounds(
+    bound_at: datetime | None, not_before: datetime | None, not_after: datetime | None
+) -> None:
+    """The binding-time fields must agree: an interval that is empty, or an
+    exact time outside its own bounds, says nothing true about the account."""
+    what = "binding"
+    if not_before is not None and not_after is not None and not_after < not_before:
+        raise InvalidResultError(what, "bound_not_after is before bound_not_before")
+    if bound_at is None:
+        return
+    if not_before is not None and bound_at < not_before:
+        raise InvalidResultError(what, "bound_at is before bound_not_before")
+    if not_after is not None and bound_at > not_after:
+        raise InvalidResultError(what, "bound_at is after bound_not_after")
 
 
 def bindings_to_pb(result: object) -> list[provider_pb2.Binding]:
@@ -165,6 +188,12 @@ def binding_from_pb(pb: provider_pb2.Binding) -> Binding:
         display_name=pb.display_name,
         last_used_at=from_timestamp(pb.last_used_at) if pb.HasField("last_used_at") else None,
         unbindable=pb.unbindable,
+        bound_not_before=(
+            from_timestamp(pb.bound_not_before) if pb.HasField("bound_not_before") else None
+        ),
+        bound_not_after=(
+            from_timestamp(pb.bound_not_after) if pb.HasField("bound_not_after") else None
+        ),
     )
 
 

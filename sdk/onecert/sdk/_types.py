@@ -135,12 +135,22 @@ class Binding:
             Never shown to citizens.
         kind: how the account uses the number (a :class:`BindingKind` or its
             string, e.g. "login").
-        bound_at: when the number was bound to the account (timezone-aware).
-            Give it whenever you can: without it the gateway cannot tell whose
-            account it is and hides its details.
+        bound_at: when the number was bound to the account, exactly
+            (timezone-aware). Give it, or the interval below, whenever you
+            can: without either the gateway cannot tell whose account it is
+            and hides its details. Never put a mere bound here (a
+            registration date is not when the number was typed in).
         display_name: the account's name as you show it; masked by the gateway.
         last_used_at: when the account last used the number (timezone-aware).
         unbindable: whether :func:`unbind` can detach the number from it.
+        bound_not_before: the number was bound at or after this instant
+            (timezone-aware), for example the account's registration. The
+            gateway details the account only when the whole interval up to
+            ``bound_not_after`` (or now) lies inside the citizen's tenure.
+        bound_not_after: the number was bound at or before this instant
+            (timezone-aware), for example the row's last change when every
+            change of the phone updates it. At or after ``bound_not_before``;
+            with ``bound_at``, the bounds must enclose it.
     """
 
     account_ref: str
@@ -149,6 +159,8 @@ class Binding:
     display_name: str = ""
     last_used_at: datetime | None = None
     unbindable: bool = True
+    bound_not_before: datetime | None = None
+    bound_not_after: datetime | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", coerce_enum(BindingKind, self.kind, "Binding.kind"))

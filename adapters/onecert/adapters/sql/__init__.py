@@ -19,10 +19,12 @@ from onecert.adapters.sql._config import (
     ColumnsConfig,
     DatabaseConfig,
     DefaultsConfig,
+    PhonesConfig,
     ProviderSection,
     QueriesConfig,
     ServerSection,
     SiteConfig,
+    TimeFormat,
     TLSFiles,
     load_config,
     parse_config,
@@ -34,7 +36,7 @@ from onecert.adapters.sql._errors import (
     QueryFailedError,
 )
 from onecert.adapters.sql._phone import normalize_phone, phone_variants
-from onecert.adapters.sql._serve import build_server, check, serve
+from onecert.adapters.sql._serve import build_server, check, check_report, serve
 from onecert.adapters.sql._site import NO_SUCH_ACCOUNT, SqlSite
 from onecert.adapters.sql._values import to_utc
 
@@ -46,6 +48,7 @@ __all__ = [
     "DatabaseUnavailableError",
     "DefaultsConfig",
     "MappingError",
+    "PhonesConfig",
     "ProviderSection",
     "QueriesConfig",
     "QueryFailedError",
@@ -53,8 +56,10 @@ __all__ = [
     "SiteConfig",
     "SqlSite",
     "TLSFiles",
+    "TimeFormat",
     "build_server",
     "check",
+    "check_report",
     "load_config",
     "normalize_phone",
     "parse_config",

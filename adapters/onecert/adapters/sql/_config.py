@@ -33,11 +33,13 @@ __all__ = [
     "ConfigError",
     "DatabaseConfig",
     "DefaultsConfig",
+    "PhonesConfig",
     "ProviderSection",
     "QueriesConfig",
     "ServerSection",
     "SiteConfig",
     "TLSFiles",
+    "TimeFormat",
     "load_config",
     "parse_config",
 ]
@@ -78,10 +80,28 @@ MAPPED_COLUMNS: Final = (
     "display_name",
     "kind",
     "bound_at",
+    "bound_not_before",
+    "bound_not_after",
     "last_used_at",
     "unbindable",
     "phone",
 )
+# The mapped columns that hold a time, and so may have a [times.<key>] format.
+TIME_COLUMNS: Final = ("bound_at", "bound_not_before", "bound_not_after", "last_used_at")
+TIME_FORMATS: Final = ("auto", "unix", "text")
+# {phone:<column>} in a statement: the column with the formatting in
+# [phones] strip removed (and full-width forms read as ASCII with
+# [phones] fullwidth), so ":phones" compact forms match it.
+_PHONE_MACRO: Final = re.compile(r"\{phone:([^{}]+)\}")
+DEFAULT_STRIP: Final = " -()./"
+# Full-width forms people type on Chinese keyboards, and their ASCII.
+_FULLWIDTH: Final = {chr(0xFF10 + i): str(i) for i in range(10)} | {
+    "\uff0b": "+",  # FULLWIDTH PLUS SIGN
+    "\uff0d": "-",  # FULLWIDTH HYPHEN-MINUS
+    "\uff08": "(",  # FULLWIDTH LEFT PARENTHESIS
+    "\uff09": ")",  # FULLWIDTH RIGHT PARENTHESIS
+    "\u3000": " ",  # IDEOGRAPHIC SPACE
+}
 
 
 def hide_password(url: str) -> str:
@@ -148,17 +168,27 @@ class QueriesConfig:
     Attributes:
         list_bindings: a SELECT using ``:phones`` (and optionally ``:msisdn``).
         unbind: an UPDATE or DELETE using ``:account_ref`` and ``:phones``
-            (or ``:msisdn``); it must change one row, or none.
+            (or ``:msisdn``), or a list of them run in one transaction (the
+            number in several tables). Together they may change several rows
+            and columns of one account, never another account's.
         account_ref_type: how ``:account_ref`` is bound: "text", or
             "integer" for integer id columns (a non-integer ref is then
             rejected without a query).
         max_rows: rows read from ``list_bindings`` at most.
+        max_unbind_rows: rows one unbind may change at most (all its
+            statements together): a backstop against a runaway statement.
     """
 
     list_bindings: str
-    unbind: str
+    unbind: str | tuple[str, ...]
     account_ref_type: Literal["text", "integer"] = "text"
     max_rows: int = 100
+    max_unbind_rows: int = 10
+
+    @property
+    def unbind_statements(self) -> tuple[str, ...]:
+        """The unbind statements, run in this order in one transaction."""
+        return (self.unbind,) if isinstance(self.unbind, str) else self.unbind
 
 
 @dataclass(frozen=True)
@@ -173,6 +203,8 @@ class ColumnsConfig:
     display_name: str | None = None
     kind: str | None = None
     bound_at: str | None = None
+    bound_not_before: str | None = None
+    bound_not_after: str | None = None
     last_used_at: str | None = None
     unbindable: str | None = None
     phone: str | None = None
@@ -180,6 +212,56 @@ class ColumnsConfig:
     def mapped(self) -> dict[str, str]:
         """``{"account_ref": "id", ...}`` for every mapped column."""
         return {key: column for key in MAPPED_COLUMNS if (column := getattr(self, key)) is not None}
+
+
+@dataclass(frozen=True)
+class TimeFormat:
+    """How one time column is stored (``[times.<key>]``).
+
+    Attributes:
+        format: "auto" (the rules in the docs: native types, epoch numbers,
+            ISO 8601 text), "unix" (epoch seconds, as a number or as digit
+            text) or "text" (ISO 8601 text only).
+        zero_is_null: 0, "0" and "" mean "never": no time (PHP sites store
+            0 for a date they do not have).
+        offset_s: seconds added to every value read, for a site that stored
+            a shifted clock (ECShop's ``gmtime()`` is UTC minus the server's
+            offset: ``offset_s = 28800`` on a Beijing-time server).
+        timezone: the zone naive values are read in; None for
+            ``database.timezone``.
+    """
+
+    format: Literal["auto", "unix", "text"] = "auto"
+    zero_is_null: bool = False
+    offset_s: int = 0
+    timezone: str | None = None
+
+
+@dataclass(frozen=True)
+class PhonesConfig:
+    """How the site's phone columns hold numbers (``[phones]``).
+
+    Attributes:
+        default_country: numbers stored without a country code are of this one.
+        strip: characters ``{phone:<column>}`` removes from the column.
+        fullwidth: ``{phone:<column>}`` also reads full-width digits, plus,
+            hyphen, parentheses and the ideographic space as ASCII.
+    """
+
+    default_country: str = DEFAULT_COUNTRY
+    strip: str = DEFAULT_STRIP
+    fullwidth: bool = False
+
+    def expression(self, column: str) -> str:
+        """SQL for ``column`` in the compact form ``:phones`` holds (REPLACE works
+        the same on SQLite, PostgreSQL and MySQL/MariaDB)."""
+        sql = column.strip()
+        if self.fullwidth:
+            for wide, ascii_ in _FULLWIDTH.items():
+                sql = f"REPLACE({sql}, '{wide}', '{ascii_}')"
+        for char in self.strip:
+            sql = f"REPLACE({sql}, '{char}', '')"
+        return sql
 
 
 @dataclass(frozen=True)
@@ -231,7 +313,13 @@ class SiteConfig:
     columns: ColumnsConfig
     server: ServerSection
     defaults: DefaultsConfig = field(default_factory=DefaultsConfig)
-    default_country: str = DEFAULT_COUNTRY
+    phones: PhonesConfig = field(default_factory=PhonesConfig)
+    times: Mapping[str, TimeFormat] = field(default_factory=dict)
+
+    @property
+    def default_country(self) -> str:
+        """Numbers stored without a country code are of this country."""
+        return self.phones.default_country
 
 
 def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -> SiteConfig:
@@ -276,16 +364,11 @@ def parse_config(
     database = _parse_database(
         root.table("database", required=True), os.environ if environ is None else environ
     )
-    queries = _parse_queries(root.table("queries", required=True))
+    phones = _parse_phones(root.table("phones"))
+    queries = _parse_queries(root.table("queries", required=True), phones)
     columns = _parse_columns(root.table("columns", required=True))
+    times = _parse_times(root.table("times"), columns)
     defaults = _parse_defaults(root.table("defaults"), root.table("kinds"))
-    phones = root.table("phones")
-    country = phones.string("default_country", DEFAULT_COUNTRY)
-    if not is_country_code(country):
-        raise ConfigError(
-            f"phones.default_country must be an E.164 country code such as '86', not {country!r}"
-        )
-    phones.finish()
     server = _parse_server(root.table("server", required=True), base, name)
     root.finish()
     return SiteConfig(
@@ -295,7 +378,8 @@ def parse_config(
         columns=columns,
         server=server,
         defaults=defaults,
-        default_country=country,
+        phones=phones,
+        times=times,
     )
 
 
@@ -409,7 +493,20 @@ def _check_statement(
     one_of: Sequence[str] = (),
 ) -> str:
     sql: str = t.string(key).strip()
-    where = t.where(key)
+    return _check_sql(
+        sql, t.where(key), verbs=verbs, allowed=allowed, required=required, one_of=one_of
+    )
+
+
+def _check_sql(
+    sql: str,
+    where: str,
+    *,
+    verbs: Sequence[str],
+    allowed: frozenset[str],
+    required: Sequence[str],
+    one_of: Sequence[str] = (),
+) -> str:
     verb = _first_word(sql)
     if verb not in verbs:
         raise ConfigError(
@@ -434,26 +531,76 @@ def _check_statement(
     return sql
 
 
-def _parse_queries(t: _Table) -> QueriesConfig:
+def _parse_phones(t: _Table) -> PhonesConfig:
+    country = t.string("default_country", DEFAULT_COUNTRY)
+    if not is_country_code(country):
+        raise ConfigError(
+            f"{t.where('default_country')} must be an E.164 country code such as '86', "
+            f"not {country!r}"
+        )
+    strip = t.raw("strip")
+    if strip is None:
+        strip = DEFAULT_STRIP
+    if (
+        not isinstance(strip, str)
+        or "'" in strip
+        or "\\" in strip
+        or any(c.isalnum() for c in strip)
+    ):
+        raise ConfigError(
+            f"{t.where('strip')} must be a string of the separators to remove (default "
+            f"{DEFAULT_STRIP!r}), with no letters, digits, quotes or backslashes"
+        )
+    config = PhonesConfig(
+        default_country=country,
+        strip="".join(dict.fromkeys(strip)),
+        fullwidth=t.boolean("fullwidth", False),
+    )
+    t.finish()
+    return config
+
+
+def expand_phone_macros(sql: str, phones: PhonesConfig) -> str:
+    """``sql`` with every ``{phone:<column>}`` replaced by its normalising expression."""
+    return _PHONE_MACRO.sub(lambda m: phones.expression(m.group(1)), sql)
+
+
+def _parse_queries(t: _Table, phones: PhonesConfig) -> QueriesConfig:
     list_sql = _check_statement(
         t, "list_bindings", verbs=("SELECT", "WITH"), allowed=LIST_BINDS, required=("phones",)
     )
-    unbind_sql = _check_statement(
-        t,
-        "unbind",
-        verbs=("UPDATE", "DELETE"),
-        allowed=UNBIND_BINDS,
-        required=("account_ref",),
-        one_of=("phones", "msisdn"),
+    if not t.has("unbind"):
+        raise ConfigError(f"{t.where('unbind')} is required")
+    raw_unbind = t.raw("unbind")
+    texts = raw_unbind if isinstance(raw_unbind, list) else [raw_unbind]
+    if not texts or not all(isinstance(x, str) and x.strip() for x in texts):
+        raise ConfigError(
+            f"{t.where('unbind')} must be a statement, or a list of statements run in one "
+            "transaction"
+        )
+    unbind_sqls = tuple(
+        _check_sql(
+            text_.strip(),
+            t.where("unbind") if len(texts) == 1 else f"{t.where('unbind')}[{i}]",
+            verbs=("UPDATE", "DELETE"),
+            allowed=UNBIND_BINDS,
+            required=("account_ref",),
+            one_of=("phones", "msisdn"),
+        )
+        for i, text_ in enumerate(texts)
     )
     ref_type = t.string("account_ref_type", "text")
     if ref_type not in ("text", "integer"):
         raise ConfigError(f"{t.where('account_ref_type')} must be 'text' or 'integer'")
+    unbind: str | tuple[str, ...] = tuple(expand_phone_macros(u, phones) for u in unbind_sqls)
+    if not isinstance(raw_unbind, list):
+        unbind = unbind[0]
     config = QueriesConfig(
-        list_bindings=list_sql,
-        unbind=unbind_sql,
+        list_bindings=expand_phone_macros(list_sql, phones),
+        unbind=unbind,
         account_ref_type="integer" if ref_type == "integer" else "text",
         max_rows=t.integer("max_rows", 100, minimum=1, maximum=10_000),
+        max_unbind_rows=t.integer("max_unbind_rows", 10, minimum=1, maximum=1000),
     )
     t.finish()
     return config
@@ -468,6 +615,37 @@ def _parse_columns(t: _Table) -> ColumnsConfig:
         )
     t.finish()
     return ColumnsConfig(account_ref=account_ref, **values)
+
+
+def _parse_times(t: _Table, columns: ColumnsConfig) -> dict[str, TimeFormat]:
+    times: dict[str, TimeFormat] = {}
+    t.refuse_unknown(TIME_COLUMNS)
+    mapped = columns.mapped()
+    for key in t.names():
+        spec = t.table(key)
+        if key not in mapped:
+            raise ConfigError(f"[{t.where(key)}] describes columns.{key}, which is not mapped")
+        fmt = spec.string("format", "auto")
+        if fmt not in TIME_FORMATS:
+            raise ConfigError(f"{spec.where('format')} must be one of {', '.join(TIME_FORMATS)}")
+        zone = spec.string("timezone", None)
+        if zone is not None and zone != "UTC":
+            try:
+                ZoneInfo(zone)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ConfigError(
+                    f"{spec.where('timezone')} must be an IANA time zone such as "
+                    f"'Asia/Shanghai', not {zone!r}"
+                ) from None
+        times[key] = TimeFormat(
+            format="unix" if fmt == "unix" else "text" if fmt == "text" else "auto",
+            zero_is_null=spec.boolean("zero_is_null", fmt == "unix"),
+            offset_s=spec.integer("offset_s", 0, minimum=-86_400, maximum=86_400),
+            timezone=zone,
+        )
+        spec.finish()
+    t.finish()
+    return times
 
 
 def _kind(t: _Table, key: str, value: object) -> BindingKind:
@@ -546,5 +724,6 @@ _TABLES: Final = (
     "defaults",
     "kinds",
     "phones",
+    "times",
     "server",
 )

@@ -31,14 +31,14 @@ import math
 import re
 import time
 import weakref
-from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.expression import bindparam
@@ -47,7 +47,7 @@ from onecert.adapters.sql._config import DatabaseConfig, bind_names
 from onecert.adapters.sql._errors import DatabaseUnavailableError, QueryFailedError
 from onecert.sdk._msisdn import mask_numbers_in_text
 
-__all__ = ["Database", "Fetched", "statement"]
+__all__ = ["NON_TRANSACTIONAL_ENGINES", "Column", "Database", "Fetched", "statement"]
 
 _T = TypeVar("_T")
 
@@ -87,7 +87,29 @@ _SQLITE_UNAVAILABLE: Final = (
     "unable to open database file",
     "disk i/o error",
 )
-_QUOTED: Final = re.compile(r"'[^']*'|\"[^\"]*\"")
+_QUOTED: Final = re.compile(r"'[^']*'|\"[^\"]*\"|`[^`]*`")
+_WORD: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
+# MySQL/MariaDB storage engines whose changes a ROLLBACK cannot undo.
+NON_TRANSACTIONAL_ENGINES: Final = frozenset(
+    {"MYISAM", "ARIA", "MEMORY", "CSV", "ARCHIVE", "MRG_MYISAM", "BLACKHOLE", "FEDERATED"}
+)
+
+
+def identifiers(*sqls: str) -> frozenset[str]:
+    """Every word in the site's statements: table and column names that may
+    appear in a database error and are no one's personal data."""
+    return frozenset(w.lower() for sql in sqls for w in _WORD.findall(sql))
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a table, as the database describes it."""
+
+    name: str
+    nullable: bool
+    python_type: type | None
+    length: int | None
+    type_name: str
 
 
 def statement(sql: str) -> TextClause:
@@ -125,8 +147,11 @@ class Database:
         config: the ``[database]`` section.
     """
 
-    def __init__(self, config: DatabaseConfig) -> None:
+    def __init__(self, config: DatabaseConfig, *, names: frozenset[str] = frozenset()) -> None:
         self._config = config
+        # Quoted words in error messages that are kept (the site's own table
+        # and column names); every other quoted value is removed.
+        self._names = names
         backend = config.backend
         limit = config.statement_timeout_s
         connect_args: dict[str, Any]
@@ -236,6 +261,72 @@ class Database:
 
         return await self._bounded(run(), limit, reveal=reveal)
 
+    async def run(
+        self,
+        work: Callable[[AsyncConnection], Awaitable[_T]],
+        *,
+        limit: float,
+        reveal: bool = False,
+    ) -> _T:
+        """Run ``work`` on one connection in one transaction within ``limit`` seconds.
+
+        ``work`` commits or rolls back itself; leaving without either rolls
+        back. Errors are sorted as for :meth:`fetch`.
+        """
+
+        async def go() -> _T:
+            async with self._transaction(limit) as conn:
+                return await work(conn)
+
+        return await self._bounded(go(), limit, reveal=reveal)
+
+    async def table_engines(self) -> dict[str, str]:
+        """MySQL/MariaDB: each table of the current database and its storage
+        engine, upper case (``{"users": "INNODB"}``); empty on other backends."""
+        if self._backend not in ("mysql", "mariadb"):
+            return {}
+
+        async def work(conn: AsyncConnection) -> dict[str, str]:
+            result = await conn.execute(
+                text(
+                    "SELECT TABLE_NAME, ENGINE FROM information_schema.TABLES "
+                    "WHERE TABLE_SCHEMA = DATABASE() AND ENGINE IS NOT NULL"
+                )
+            )
+            return {str(name): str(engine).upper() for name, engine in result.all()}
+
+        return await self.run(work, limit=self._config.statement_timeout_s, reveal=True)
+
+    async def columns(self, table: str) -> dict[str, Column] | None:
+        """The columns of ``table`` (``schema.table`` allowed) by lower-case
+        name, or None when the database has no such table."""
+        schema, _, name = table.rpartition(".")
+
+        def read(sync_conn: Any) -> dict[str, Column] | None:
+            inspector = inspect(sync_conn)
+            if not inspector.has_table(name, schema=schema or None):
+                return None
+            out: dict[str, Column] = {}
+            for info in inspector.get_columns(name, schema=schema or None):
+                column_type = info["type"]
+                try:
+                    python_type: type | None = column_type.python_type
+                except NotImplementedError:
+                    python_type = None
+                out[str(info["name"]).lower()] = Column(
+                    name=str(info["name"]),
+                    nullable=bool(info.get("nullable", True)),
+                    python_type=python_type,
+                    length=getattr(column_type, "length", None),
+                    type_name=str(column_type),
+                )
+            return out
+
+        async def work(conn: AsyncConnection) -> dict[str, Column] | None:
+            return await conn.run_sync(read)
+
+        return await self.run(work, limit=self._config.statement_timeout_s, reveal=True)
+
     @asynccontextmanager
     async def _transaction(self, limit: float) -> AsyncIterator[AsyncConnection]:
         async with self._engine.connect() as conn:
@@ -312,12 +403,12 @@ class Database:
             ) from None
         except sa_exc.SQLAlchemyError as exc:
             raise QueryFailedError(
-                f"{type(exc).__name__}: {_scrub(str(exc), reveal=reveal)}"
+                f"{type(exc).__name__}: {_scrub(str(exc), reveal=reveal, names=self._names)}"
             ) from None
 
     def _classify(self, exc: sa_exc.DBAPIError, *, reveal: bool) -> Exception:
         orig = exc.orig
-        message = _scrub(_driver_message(orig), reveal=reveal)
+        message = _scrub(_driver_message(orig), reveal=reveal, names=self._names)
         kind = type(orig).__name__ if orig is not None else type(exc).__name__
         code = ""
         unavailable = bool(exc.connection_invalidated) or isinstance(exc, sa_exc.InterfaceError)
@@ -356,9 +447,23 @@ def _driver_message(orig: BaseException | None) -> str:
     return re.sub(r"^<class '[\w.]+'>:\s*", "", text_)
 
 
-def _scrub(message: str, *, reveal: bool) -> str:
+def _scrub(message: str, *, reveal: bool, names: frozenset[str] = frozenset()) -> str:
     """A driver message safe to log: quoted values removed (unless ``reveal``:
-    at start the only values are the probe's), numbers masked, one short line."""
+    at start the only values are the probe's) except the site's own table and
+    column names, numbers masked outside those names, one short line."""
     first = message.strip().splitlines()[0] if message.strip() else ""
-    cleaned = first if reveal else _QUOTED.sub("'…'", first)
-    return mask_numbers_in_text(cleaned)[:300]
+    out: list[str] = []
+    last = 0
+    for match in _QUOTED.finditer(first):
+        out.append(mask_numbers_in_text(first[last : match.start()]))
+        quoted = match.group(0)
+        words = [w for w in re.split(r"[.\s]+", quoted[1:-1]) if w]
+        if words and all(w.lower() in names for w in words):
+            out.append(quoted)  # a name from the site's statements: the operator needs it
+        elif reveal:
+            out.append(mask_numbers_in_text(quoted))
+        else:
+            out.append("'…'")
+        last = match.end()
+    out.append(mask_numbers_in_text(first[last:]))
+    return "".join(out)[:300]

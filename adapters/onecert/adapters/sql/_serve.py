@@ -8,7 +8,7 @@ from onecert.adapters.sql._config import SiteConfig
 from onecert.adapters.sql._site import SqlSite
 from onecert.sdk import Server, ServerTLS
 
-__all__ = ["build_server", "check", "serve"]
+__all__ = ["build_server", "check", "check_report", "serve"]
 
 
 def build_server(site: SqlSite) -> Server:
@@ -54,6 +54,34 @@ async def check(config: SiteConfig) -> tuple[str, ...]:
         return columns
     finally:
         await site.close()
+
+
+async def check_report(config: SiteConfig) -> str:
+    """Check as :func:`check` does; one line saying what was checked and how.
+
+    Raises:
+        ConfigError: as :func:`check` (a :class:`MappingError` names the key).
+        DatabaseUnavailableError: the database cannot be reached.
+    """
+    site = await SqlSite.open(config, check=False)
+    try:
+        columns = await site.check()
+        build_server(site)
+        frozen = site.non_transactional
+    finally:
+        await site.close()
+    if frozen:
+        unbind = (
+            f"unbind explained, not run: {', '.join(frozen)} cannot roll back, so a failed "
+            "unbind leaves its changes (see docs/sql-adapter.md, MyISAM)"
+        )
+    else:
+        unbind = "unbind matches no row for a made-up account (rolled back)"
+    return (
+        f"ok: {config.provider.id}: the database answers, list_bindings returns "
+        f"{', '.join(columns)}, the values unbind sets fit their columns, {unbind}, "
+        "keys and TLS files load"
+    )
 
 
 async def serve(config: SiteConfig, *, ready: Callable[[Server], None] | None = None) -> None:

@@ -9,19 +9,25 @@ problem and never the value.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
-from datetime import UTC, date, datetime, time, tzinfo
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from decimal import Decimal
 from typing import Final
 
 from onecert.sdk import BindingKind
 
-__all__ = ["to_bool", "to_kind", "to_utc"]
+__all__ = ["to_bool", "to_kind", "to_utc", "to_utc_as"]
 
 # Epoch seconds accepted: from 1970 to the end of year 9999. Milliseconds
 # (13 digits today) fall outside and are refused rather than read as a date
 # thousands of years ahead.
 _MAX_EPOCH: Final = 253_402_300_799
+
+# What "never" looks like in a PHP site's time column: 0, "0", "", or
+# MySQL's zero date.
+_ZERO: Final = re.compile(r"[0\s:.-]*")
+_UNIX_TEXT: Final = re.compile(r"[0-9]{1,12}(?:\.[0-9]*)?")
 
 _TRUE: Final = frozenset({"1", "true", "t", "yes", "y", "on"})
 _FALSE: Final = frozenset({"0", "false", "f", "no", "n", "off"})
@@ -62,6 +68,53 @@ def to_utc(value: object, *, timezone: tzinfo = UTC) -> datetime | None:
     if moment.tzinfo is None or moment.utcoffset() is None:
         moment = moment.replace(tzinfo=timezone)
     return moment.astimezone(UTC)
+
+
+def to_utc_as(
+    value: object,
+    *,
+    format: str = "auto",
+    zero_is_null: bool = False,
+    offset_s: int = 0,
+    timezone: tzinfo = UTC,
+) -> datetime | None:
+    """A column value read as the config's ``[times.<key>]`` declares; None for NULL.
+
+    Args:
+        value: what the driver returned.
+        format: "auto" (:func:`to_utc`), "unix" (epoch seconds as a number or
+            as digit text) or "text" (ISO 8601 text only).
+        zero_is_null: 0, "0", "" and MySQL's zero date mean no time.
+        offset_s: seconds added to the time read (a site's shifted clock).
+        timezone: the zone naive values are read in.
+
+    Raises:
+        ValueError: a value that is not of the declared format.
+        TypeError: a value of a type the format does not take.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bytes | bytearray):
+        value = bytes(value).decode("ascii", errors="replace")
+    if zero_is_null and not isinstance(value, bool | datetime | date):
+        if isinstance(value, int | float | Decimal) and value == 0:
+            return None
+        if isinstance(value, str) and _ZERO.fullmatch(value.strip()):
+            return None
+    if format == "unix":
+        if isinstance(value, str):
+            text = value.strip()
+            if not _UNIX_TEXT.fullmatch(text):
+                raise ValueError("not unix seconds (digits)")
+            value = Decimal(text)
+        elif isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+            raise TypeError(f"a {type(value).__name__} is not unix seconds")
+    elif format == "text" and not isinstance(value, str):
+        raise TypeError(f"a {type(value).__name__} is not ISO 8601 text")
+    moment = to_utc(value, timezone=timezone)
+    if moment is None or not offset_s:
+        return moment
+    return moment + timedelta(seconds=offset_s)
 
 
 def to_bool(value: object) -> bool | None:

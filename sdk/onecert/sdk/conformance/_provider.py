@@ -577,10 +577,28 @@ def _binding_problems(binding: provider_pb2.Binding, now: float) -> list[str]:
         binding.kind not in common_pb2.BindingKind.values()
     ):
         problems.append("kind not set")
-    if not binding.HasField("bound_at"):
-        problems.append("no bound_at")
-    elif binding.bound_at.ToDatetime().timestamp() > now + _FUTURE_SKEW:
-        problems.append("bound_at is in the future")
+    # An exact time, or at least the lower bound of an interval: without
+    # either the gateway cannot tell whose account it is.
+    if not binding.HasField("bound_at") and not binding.HasField("bound_not_before"):
+        problems.append("no bound_at or bound_not_before")
+    stamps = {
+        name: float(getattr(binding, name).ToSeconds())
+        for name in ("bound_at", "bound_not_before", "bound_not_after")
+        if binding.HasField(name)
+    }
+    problems.extend(
+        f"{name} is in the future"
+        for name in ("bound_at", "bound_not_before")
+        if stamps.get(name, 0.0) > now + _FUTURE_SKEW
+    )
+    low, high = stamps.get("bound_not_before"), stamps.get("bound_not_after")
+    exact = stamps.get("bound_at")
+    if low is not None and high is not None and high < low:
+        problems.append("bound_not_after is before bound_not_before")
+    elif exact is not None and (
+        (low is not None and exact < low) or (high is not None and exact > high)
+    ):
+        problems.append("bound_at lies outside bound_not_before..bound_not_after")
     return problems
 
 
