@@ -28,9 +28,9 @@ def silent_gateway() -> Iterator[str]:
 def _start(gateway: str, tmp_path: Path) -> subprocess.Popen[str]:
     assertion = tmp_path / "a.jwt"
     assertion.write_text("x.y.z\n")
+    argv = [str(ONECERT), "lookup", "--gateway", gateway, "--insecure", "--timeout", "50"]
     return subprocess.Popen(
-        [str(ONECERT), "lookup", "--gateway", gateway, "--insecure"]
-        + ["--assertion", str(assertion), "--timeout", "50"],
+        [*argv, "--assertion", str(assertion)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -45,9 +45,7 @@ def _mapped(pid: int, library: str) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc")
-def test_ctrl_c_while_importing_grpc_exits_130_quietly(
-    silent_gateway: str, tmp_path: Path
-) -> None:
+def test_ctrl_c_while_importing_grpc_exits_130_quietly(silent_gateway: str, tmp_path: Path) -> None:
     """SIGINT as soon as gRPC's native module is being loaded: status 130, nothing on stderr."""
     process = _start(silent_gateway, tmp_path)
     try:

@@ -107,7 +107,7 @@ def test_demo_shows_the_story(demo: DemoRun) -> None:
 
     lines = out.splitlines()
     left = [i for i, line in enumerate(lines) if "!! left behind" in line]
-    mine = [i for i, line in enumerate(lines) if line.strip().startswith("mine ")]
+    mine = [i for i, line in enumerate(lines) if " mine " in line]
     assert len(left) == 1
     assert len(mine) == len(STORY.mine)
     assert left[0] < min(mine)

@@ -202,7 +202,7 @@ async def test_cli_table_lists_left_behind_first(
     assert status == 0
     lines = out.splitlines()
     left = next(i for i, line in enumerate(lines) if "!! left behind" in line)
-    mine = next(i for i, line in enumerate(lines) if line.strip().startswith("mine"))
+    mine = next(i for i, line in enumerate(lines) if " mine " in f"{line} ")
     assert left < mine
     assert "Example Pay (payment)" in lines[left]
     assert fed.FORMER in lines[left]

@@ -36,7 +36,7 @@ def test_store_opens_a_file_path(tmp_path: Path) -> None:
 def test_db_upgrade_and_audit_verify_take_a_file_path(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """``db upgrade --url PATH``, then ``audit verify`` with ``ONECERT_DB_URL=PATH``, both succeed."""
+    """``db upgrade --url PATH``, then ``audit verify`` with ``ONECERT_DB_URL=PATH``, succeed."""
     monkeypatch.chdir(tmp_path)
     assert main(["db", "upgrade", "--url", "onecert.db"]) == 0
     assert f"schema at revision {Store.head_revision()}" in capsys.readouterr().out
@@ -76,4 +76,5 @@ def test_gateway_config_takes_a_store_path(tmp_path: Path) -> None:
         "store": {"url": "state/onecert.db"},
     }
     config = parse_config(data, base_dir=tmp_path)
+    assert config.store is not None
     assert config.store.url == f"sqlite:///{tmp_path / 'state' / 'onecert.db'}"

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,7 +14,7 @@ from onecert.cli import CommandError
 if TYPE_CHECKING:
     from onecert.sdk._tls import ClientTLS
 
-__all__ = ["add_tls_flags", "client_tls"]
+__all__ = ["add_tls_flags", "client_tls", "onecert_command"]
 
 
 def add_tls_flags(
@@ -76,3 +79,22 @@ def client_tls(args: argparse.Namespace, *, client_cert: str | None = None) -> C
     except TLSConfigError as exc:
         raise CommandError(str(exc)) from None
     return tls
+
+
+def onecert_command() -> str:
+    """How to run ``onecert`` from here, as a user would type it.
+
+    ``onecert`` when the one on PATH is this one; else the console script next
+    to the running interpreter (``.venv/bin/onecert``, relative when it lies
+    under the current directory); else ``PYTHON -m onecert.cli``.
+    """
+    script = Path(sys.executable).with_name("onecert")
+    if not script.is_file():
+        return f"{sys.executable} -m onecert.cli"
+    on_path = shutil.which("onecert")
+    if on_path is not None and Path(on_path).resolve() == script.resolve():
+        return "onecert"
+    relative = os.path.relpath(script)
+    if relative.startswith(".."):
+        return str(script)
+    return relative if os.sep in relative else f".{os.sep}{relative}"

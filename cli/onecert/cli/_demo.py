@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from onecert.cli import CommandError
+from onecert.cli._common import onecert_command
 
 if TYPE_CHECKING:
     from onecert.adapters.demo import DemoFederation, ProviderSpec
@@ -108,7 +109,7 @@ class _Out:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from onecert.adapters.demo import DEFAULT_SEED, DemoFederation  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+    from onecert.adapters.demo import DEFAULT_SEED, DemoFederation, DirectoryInUseError  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
 
     out = _Out(sys.stdout)
     begun = time.perf_counter()
@@ -116,6 +117,17 @@ def _demo(args: argparse.Namespace) -> int:
     if args.dir.exists() and not args.dir.is_dir():
         raise CommandError(f"--dir {args.dir} exists and is not a directory")
     federation = DemoFederation(args.dir, seed=seed)
+    try:
+        # Before anything is written: a second demo here would replace the
+        # first one's keys and config and delete its database.
+        federation.lock()
+    except DirectoryInUseError as exc:
+        who = f" (pid {exc.holder})" if exc.holder else ""
+        raise CommandError(
+            f"another onecert demo is running in {args.dir}{who}. Stop it (Ctrl-C in its "
+            f"terminal), or give this one a directory of its own: "
+            f"{onecert_command()} demo --dir {args.dir.with_name(args.dir.name + '-2')}"
+        ) from None
     status = 1
     try:
         status = asyncio.run(_run(federation, out, keep_running=args.keep_running))
@@ -834,22 +846,30 @@ def _keep_running_help(federation: DemoFederation, out: _Out) -> None:
     from onecert.adapters.demo import ADMIN_CN, IDENTITY_ISSUER, STORY  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
 
     keys = federation.keys
-    out.heading("Still running (Ctrl-C stops everything)")
-    out("Look her up again (an assertion is good for one lookup and two minutes):")
-    out(
-        f"  onecert assertion mint --key {keys.identity_key} --issuer {IDENTITY_ISSUER} "
-        f"--sub {STORY.citizen_sub} --document {STORY.citizen.document_number} "
-        f"--idn-key {keys.idn_key} --out {federation.directory / 'assertion.jwt'}"
-    )
-    out(
-        f"  onecert lookup --gateway {federation.gateway_address} --ca {keys.ca_cert} "
+    onecert = onecert_command()
+    assertion = federation.directory / "assertion.jwt"
+    portal = (
+        f"--gateway {federation.gateway_address} --ca {keys.ca_cert} "
         f"--cert {keys.client_cert('portal')} --key {keys.client_key('portal')} "
-        f"--assertion {federation.directory / 'assertion.jwt'}"
+        f"--assertion {assertion}"
     )
+    out.heading("Still running (Ctrl-C stops everything)")
+    out("Every call of hers needs a fresh identity assertion (one use, two minutes):")
+    out(
+        f"  {onecert} assertion mint --key {keys.identity_key} --issuer {IDENTITY_ISSUER} "
+        f"--sub {STORY.citizen_sub} --document {STORY.citizen.document_number} "
+        f"--idn-key {keys.idn_key} --out {assertion}"
+    )
+    out("Look her up again; the accounts that can be unbound are numbered:")
+    out(f"  {onecert} lookup {portal}")
+    out("Unbind row 1 of that lookup (after a fresh assertion), then read the receipt of the")
+    out("ticket it prints (after another):")
+    out(f"  {onecert} unbind 1 {portal}")
+    out(f"  {onecert} receipt --ticket TICKET {portal}")
     out("The regulator's report, and the audit log:")
     out(
-        f"  onecert report compliance --gateway {federation.gateway_address} "
+        f"  {onecert} report compliance --gateway {federation.gateway_address} "
         f"--ca {keys.ca_cert} --cert {keys.client_cert(ADMIN_CN)} "
         f"--key {keys.client_key(ADMIN_CN)}"
     )
-    out(f"  onecert audit verify --url {federation.store_url}")
+    out(f"  {onecert} audit verify --url {federation.store_url}")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from onecert.cli import CommandError
-from onecert.cli._common import add_tls_flags, client_tls
+from onecert.cli._common import add_tls_flags, client_tls, onecert_command
 
 if TYPE_CHECKING:
     from onecert.sdk._tls import ClientTLS
@@ -75,11 +75,27 @@ def _lookup(args: argparse.Namespace) -> int:
             progress=progress,
         )
     )
+    _keep_rows(args.gateway, started, results)
     if args.json:
         print(json.dumps(to_json(started, results, summary), indent=2, ensure_ascii=False))
     else:
         print(render_table(started, results, summary))
     return 0
+
+
+def _keep_rows(gateway: str, started: Started, results: Sequence[Result]) -> None:
+    """Keep the numbered rows' handles for ``onecert unbind ROW`` (a private file)."""
+    from onecert.cli._rows import number_rows, save_rows  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+
+    try:
+        save_rows(gateway, started.query_id, number_rows(results))
+    except OSError as exc:
+        # The lookup itself succeeded: say why row numbers will not work, and go on.
+        print(
+            f"onecert: cannot keep this lookup's rows for `onecert unbind ROW` "
+            f"({exc.filename}: {exc.strerror}); use --handle from --json instead",
+            file=sys.stderr,
+        )
 
 
 async def _collect(
@@ -160,17 +176,30 @@ def render_table(started: Started, results: Sequence[Result], summary: Summary) 
     """The merged list as text: numbers, your accounts (left behind first),
     previous holders' counts, then coverage."""
     lines = ["Numbers under your identity"]
-    number_rows = []
+    number_lines = []
     for n in started.numbers:
         if n.current:
             held = f"current, since {_day(n.held_from)}"
         else:
             state = f" ({n.state.value})" if n.state else ""
             held = f"former, held {_day(n.held_from)} to {_day(n.held_until)}{state}"
-        number_rows.append([n.msisdn, n.carrier_id, held])
-    lines += _table(number_rows) or ["  (none found)"]
+        number_lines.append([n.msisdn, n.carrier_id, held])
+    lines += _table(number_lines) or ["  (none found)"]
 
+    from onecert.cli._rows import number_rows  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
     from onecert.sdk.client import Attribution  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+
+    numbered = number_rows(results)
+    by_account = {id(row.account): row.number for row in numbered if row.account is not None}
+    by_result: dict[int, list[int]] = {}
+    for row in numbered:
+        if row.action == "release":
+            by_result.setdefault(id(row.result), []).append(row.number)
+
+    def label(numbers: Sequence[int]) -> str:
+        if not numbers:
+            return ""
+        return str(numbers[0]) if len(numbers) == 1 else f"{numbers[0]}-{numbers[-1]}"
 
     accounts = [(r, a) for r in results for a in r.accounts]
     # Left behind first: someone else may be able to use these accounts now.
@@ -181,13 +210,14 @@ def render_table(started: Started, results: Sequence[Result], summary: Summary) 
         flag = "!! left behind" if account.attribution is Attribution.LEFT_BEHIND else "mine"
         rows.append(
             [
+                label([by_account[id(account)]] if id(account) in by_account else []),
                 flag,
                 _provider(result),
                 result.msisdn,
                 account.display_name_masked or "-",
                 account.kind.value.replace("_", "-") if account.kind else "-",
                 f"bound {_day(account.bound_at)}",
-                "unbindable" if account.handle else "",
+                "can be unbound" if account.handle else "",
             ]
         )
     lines += _table(rows) or ["  (none)"]
@@ -198,14 +228,21 @@ def render_table(started: Started, results: Sequence[Result], summary: Summary) 
         lines += _table(
             [
                 [
+                    label(by_result.get(id(r), [])),
                     _provider(r),
                     r.msisdn,
                     _accounts(r.previous_holder_count),
-                    f"{len(r.release_handles)} releasable",
+                    f"{len(r.release_handles)} can be released" if r.release_handles else "",
                 ]
                 for r in previous
             ]
         )
+    if numbered:
+        lines += [
+            "",
+            "To unbind a numbered row (or release your number from previous holders' "
+            f"accounts): {onecert_command()} unbind ROW, with a fresh assertion.",
+        ]
 
     total = summary.total
     carriers_ok = sum(c.outcome.value == "answered" for c in summary.carriers)

@@ -4,7 +4,9 @@
 run with many more providers. Every process logs to ``DIR/logs/NAME.log``;
 their pids are kept in ``DIR/pids`` (JSON) while they run; :meth:`stop` ends
 them all (SIGTERM, then SIGKILL after a timeout) and may be called any number
-of times, from any state.
+of times, from any state. While it runs it holds an exclusive lock on
+``DIR/lock`` (flock), so a second federation in the same directory stops
+before it touches the first one's keys, config or database.
 
 Every caller of the gateway has a client certificate of its own (CN = its
 id): the portal, the regulator (``admin``), each carrier (to report number
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import fcntl
 import json
 import os
 import re
@@ -50,6 +53,7 @@ __all__ = [
     "GATEWAY_ID",
     "IDENTITY_ISSUER",
     "DemoFederation",
+    "DirectoryInUseError",
     "ManagedProcess",
     "StartupError",
     "StopReport",
@@ -84,6 +88,21 @@ class StartupError(RuntimeError):
             parts.extend(f"    {line}" for line in process.log_tail() or ["(empty)"])
         super().__init__("\n".join(parts))
         self.failures = tuple(failures)
+
+
+class DirectoryInUseError(RuntimeError):
+    """Another federation runs in this directory (it holds ``DIR/lock``).
+
+    Attributes:
+        directory: the directory.
+        holder: the pid written in the lock file by its holder, if readable.
+    """
+
+    def __init__(self, directory: Path, holder: int | None) -> None:
+        who = f" (pid {holder})" if holder else ""
+        super().__init__(f"another federation is running in {directory}{who}")
+        self.directory = directory
+        self.holder = holder
 
 
 _PR_SET_PDEATHSIG = 1
@@ -214,6 +233,8 @@ class DemoFederation:
         self.database = self.directory / "onecert.db"
         self.logs = self.directory / "logs"
         self.pids_file = self.directory / "pids"
+        self.lock_file = self.directory / "lock"
+        self._lock_fd: int | None = None
         self._run = self.directory / "run"
         # Written once the gateway is ready: providers that poll read it.
         self.gateway_address_file = self._run / "gateway.address"
@@ -226,8 +247,43 @@ class DemoFederation:
 
     # ------------------------------------------------------------ set-up
 
+    def lock(self) -> None:
+        """Take ``DIR/lock`` for this federation until :meth:`stop` (idempotent).
+
+        The lock is an exclusive ``flock`` on an open file: the kernel drops
+        it when this process ends, however it ends, so a crashed run never
+        leaves the directory locked. Children do not inherit it.
+
+        Raises:
+            DirectoryInUseError: another live process holds it.
+        """
+        if self._lock_fd is not None:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip()
+            os.close(fd)
+            pid = int(holder) if holder.isdigit() else None
+            raise DirectoryInUseError(self.directory, pid) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        """Release ``DIR/lock`` (the file stays: removing it would race a newcomer)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the only descriptor drops the flock
+            self._lock_fd = None
+
     def prepare(self) -> DevKeys:
-        """Fresh dev keys in ``DIR/keys``, empty ``logs/`` and ``run/``, no old state."""
+        """Fresh dev keys in ``DIR/keys``, empty ``logs/`` and ``run/``, no old state.
+
+        Takes the directory's lock first (see :meth:`lock`).
+        """
+        self.lock()
         for stale in (self.logs, self._run):
             shutil.rmtree(stale, ignore_errors=True)
             stale.mkdir(parents=True)
@@ -525,6 +581,8 @@ class DemoFederation:
                 "gateway") and the seconds it took.
 
         Raises:
+            DirectoryInUseError: another federation runs in this directory;
+                nothing in it was changed.
             StartupError: a process did not start (the others keep running:
                 call :meth:`stop`).
         """
@@ -639,7 +697,8 @@ class DemoFederation:
     def stop(self, timeout: float = 5.0) -> StopReport:
         """SIGTERM every process still running, SIGKILL those that outlive ``timeout``.
 
-        Safe to call repeatedly; blocks until every process has exited.
+        Safe to call repeatedly; blocks until every process has exited, then
+        releases the directory's lock.
         """
         timer = _Timer()
         running = [p for p in self.processes if p.popen is not None and p.popen.poll() is None]
@@ -662,6 +721,7 @@ class DemoFederation:
             for p in running
             if (status := p.exit_status()) not in _STOPPED_OK and p.name not in killed
         )
+        self.unlock()
         return StopReport(
             stopped=len(running), killed=tuple(killed), failed=failed, elapsed_s=timer.elapsed()
         )
