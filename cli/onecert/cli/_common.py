@@ -13,8 +13,9 @@ from onecert.cli import CommandError
 
 if TYPE_CHECKING:
     from onecert.sdk._tls import ClientTLS
+    from onecert.sdk.client import GatewayError
 
-__all__ = ["add_tls_flags", "client_tls", "onecert_command"]
+__all__ = ["add_tls_flags", "client_tls", "onecert_command", "refused"]
 
 
 def add_tls_flags(
@@ -98,3 +99,19 @@ def onecert_command() -> str:
     if relative.startswith(".."):
         return str(script)
     return relative if os.sep in relative else f".{os.sep}{relative}"
+
+
+def refused(what: str, exc: GatewayError, tls: ClientTLS | None) -> CommandError:
+    """The gateway's refusal of ``what`` as one line, with a hint where gRPC's words mislead.
+
+    A server that requires a client certificate closes the connection of a
+    client without one: gRPC says only "Socket closed". A plaintext client
+    meeting a TLS server, or the reverse, fails just as vaguely.
+    """
+    message = f"{what} refused by the gateway: {exc}"
+    if exc.code.name == "UNAVAILABLE":
+        if tls is not None and tls.cert_file is None:
+            message += " (if the gateway requires a client certificate, give --cert and --key)"
+        elif tls is None and "Socket closed" in str(exc):
+            message += " (if the gateway speaks TLS, give --ca, --cert and --key)"
+    return CommandError(message)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from onecert.cli import CommandError
-from onecert.cli._common import add_tls_flags, client_tls, onecert_command
+from onecert.cli._common import add_tls_flags, client_tls, onecert_command, refused
 
 if TYPE_CHECKING:
     from onecert.sdk._tls import ClientTLS
@@ -131,7 +131,7 @@ async def _collect(
                 if progress is not None and started is not None and summary is None:
                     _progress(progress, len(results), started.provider_calls)
     except GatewayError as exc:
-        raise CommandError(f"lookup refused by the gateway: {exc}") from None
+        raise refused("lookup", exc, tls) from None
     finally:
         if progress is not None:
             progress.write("\r\033[K")

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from onecert.cli import CommandError
-from onecert.cli._common import add_tls_flags, client_tls
+from onecert.cli._common import add_tls_flags, client_tls, refused
 
 if TYPE_CHECKING:
     from onecert.sdk._tls import ClientTLS
@@ -92,7 +92,7 @@ async def _call(
         async with GatewayClient(args.gateway, tls=tls, insecure=args.insecure) as client:
             return await call(client)
     except GatewayError as exc:
-        raise CommandError(f"{what} refused by the gateway: {exc}") from None
+        raise refused(what, exc, tls) from None
 
 
 def _handle(args: argparse.Namespace) -> tuple[str | None, str]:
