@@ -132,7 +132,11 @@ def test_demo_shows_the_story(demo: DemoRun) -> None:
     assert mine_found == {(p, CURRENT) for p, _ in STORY.mine}
     assert by_key[DOWN.id, FORMER]["outcome"] == "failed"
     assert by_key[DOWN.id, CURRENT]["outcome"] == "failed"
-    assert re.search(rf"failed\s+{DOWN.name}", out)
+    assert re.search(rf"{DOWN.name}.*could not be reached; try again later", out)
+    # The citizen's view speaks plainly; lookup.json keeps the gRPC status.
+    citizen = demo.section("The lookup, as the portal runs it") + demo.section("Her merged list")
+    assert not [line for line in citizen if "UNAVAILABLE" in line or "breaker" in line]
+    assert by_key[DOWN.id, FORMER]["detail"].startswith("UNAVAILABLE")
     assert document["summary"]["total"]["failed"] == 2
     assert "Total:" in out
 

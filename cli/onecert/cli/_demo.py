@@ -363,13 +363,12 @@ class _Portal:
 
 
 def _result_line(result: Result) -> str:
+    from onecert.cli._lookup import plain_outcome  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
     from onecert.sdk.client import Attribution, CallOutcome  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
 
     if result.outcome is not CallOutcome.ANSWERED:
-        what = result.outcome.value.replace("_", " ").upper()
-        # The first clause is enough here; the merged list has the full detail.
-        detail = result.detail.split(";", 1)[0]
-        return f"{what}: {detail}" if detail else what
+        # Plain words; the technical detail is in lookup.json and the gateway's log.
+        return plain_outcome(result.outcome.value, result.detail)
     left = sum(a.attribution is Attribution.LEFT_BEHIND for a in result.accounts)
     mine = len(result.accounts) - left
     parts = []

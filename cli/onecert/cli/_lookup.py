@@ -172,6 +172,24 @@ def _provider(result: Result) -> str:
     return f"{result.provider_name or result.provider_id}{category}"
 
 
+def plain_outcome(outcome: str, detail: str) -> str:
+    """A call that was not answered, in words for a citizen, not an operator.
+
+    Args:
+        outcome: the call's outcome ("timed_out", "failed", "skipped", ...).
+        detail: the gateway's technical detail ("UNAVAILABLE: ...", "breaker open").
+    """
+    if outcome == "timed_out":
+        return "did not answer in time; try again later"
+    if outcome == "skipped":
+        if detail == "breaker open":
+            return "has not been answering lately, so was not asked; try again later"
+        return "was not asked this time; try again later"
+    if detail.startswith(("UNAVAILABLE", "connection")):
+        return "could not be reached; try again later"
+    return "could not answer; try again later"
+
+
 def render_table(started: Started, results: Sequence[Result], summary: Summary) -> str:
     """The merged list as text: numbers, your accounts (left behind first),
     previous holders' counts, then coverage."""
@@ -252,16 +270,20 @@ def render_table(started: Started, results: Sequence[Result], summary: Summary) 
         f"{total.failed} failed, {total.skipped} skipped; carriers {carriers_ok}/"
         f"{len(summary.carriers)} answered; {summary.elapsed.total_seconds():.2f} s",
     ]
+    # In plain words: the gRPC status and the breaker's state are in --json
+    # (each result's "detail") and in the gateway's log, not in a citizen's list.
     problems = [
-        [c.outcome.value.replace("_", " "), f"carrier {c.carrier_id}", "", c.detail]
+        [f"carrier {c.carrier_id}", "", plain_outcome(c.outcome.value, c.detail)]
         for c in summary.carriers
         if c.outcome.value != "answered"
     ]
     problems += [
-        [r.outcome.value.replace("_", " "), _provider(r), r.msisdn, r.detail]
+        [_provider(r), r.msisdn, plain_outcome(r.outcome.value, r.detail)]
         for r in results
         if r.outcome.value != "answered"
     ]
+    if problems:
+        lines += ["", "Not answered (accounts there may be missing from this list)"]
     lines += _table(problems)
     return "\n".join(lines)
 
