@@ -84,8 +84,8 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
 def compliance_rows(lines: list[str]) -> dict[str, dict[str, str]]:
     """The compliance table's rows, by provider id."""
     columns = (
-        "notices", "delivered", "acked", "on_time", "late", "never", "awaiting",
-        "done", "rejected", "failed", "median",
+        "notices", "delivered", "acked", "on_time", "late", "not_received", "ignored",
+        "awaiting", "done", "rejected", "failed", "median",
     )  # fmt: skip
     rows = {}
     for line in lines:
@@ -194,12 +194,13 @@ def test_demo_notice_and_compliance(demo: DemoRun) -> None:
     for spec in PROVIDERS:
         row = rows[spec.id]
         assert row["notices"] == "1"
+        missed = (row["not_received"], row["ignored"])
         if spec.id in ignoring:
-            assert (row["status"], row["acked"], row["never"]) == ("non-compliant", "1", "1")
+            assert (row["status"], row["acked"], *missed) == ("non-compliant", "1", "0", "1")
         elif spec.down:
-            assert (row["status"], row["delivered"], row["never"]) == ("non-compliant", "0", "1")
+            assert (row["status"], row["delivered"], *missed) == ("unreachable", "0", "1", "0")
         else:
-            assert (row["status"], row["on_time"], row["never"]) == ("ok", "1", "0"), spec.id
+            assert (row["status"], row["on_time"], *missed) == ("ok", "1", "0", "0"), spec.id
     assert rows["coinpurse"]["done"] == "1"
     assert all(rows[p]["done"] == "0" for p in rows if p != "coinpurse")
 

@@ -777,13 +777,14 @@ async def _compliance(federation: DemoFederation, out: _Out) -> bool:
     for line in report.providers:
         spec = specs.get(line.provider_id)
         name = spec.name if spec else line.provider_name
-        if not line.never_acted:
-            continue
-        if spec is not None and spec.down:
-            notes.append(f"{name} is down: the notice never reached it, so it never acted.")
-        elif line.notices_acknowledged:
+        if line.never_received:
             notes.append(
-                f"{name} acknowledged the notice and never acted: what it has bound to "
+                f"{name} was unreachable: the notice never reached it, so it could not act "
+                "(a failure of its service, not a refusal to act)."
+            )
+        if line.never_acted - line.never_received:
+            notes.append(
+                f"{name} received the notice and never acted: what it has bound to "
                 "that number stays bound, for whoever holds the number now."
             )
     if notes:

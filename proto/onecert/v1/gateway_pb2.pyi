@@ -1036,6 +1036,7 @@ class ProviderCompliance(_message.Message):
     UNBINDS_REJECTED_FIELD_NUMBER: _builtins.int
     UNBINDS_FAILED_FIELD_NUMBER: _builtins.int
     UNBIND_MEDIAN_TIME_FIELD_NUMBER: _builtins.int
+    NEVER_RECEIVED_FIELD_NUMBER: _builtins.int
     provider_id: _builtins.str
     provider_name: _builtins.str
     notices_delivered: _builtins.int
@@ -1049,8 +1050,14 @@ class ProviderCompliance(_message.Message):
     unbinds_done: _builtins.int
     unbinds_rejected: _builtins.int
     unbinds_failed: _builtins.int
+    never_received: _builtins.int
+    """Of never_acted: those never delivered before the deadline (the provider
+    was unreachable). The rest of never_acted reached it and were ignored.
+    """
     @_builtins.property
-    def unbind_median_time(self) -> _duration_pb2.Duration: ...
+    def unbind_median_time(self) -> _duration_pb2.Duration:
+        """Median time from an unbind ticket's creation to the provider's final answer."""
+
     def __init__(
         self,
         *,
@@ -1066,10 +1073,11 @@ class ProviderCompliance(_message.Message):
         unbinds_rejected: _builtins.int = ...,
         unbinds_failed: _builtins.int = ...,
         unbind_median_time: _duration_pb2.Duration | None = ...,
+        never_received: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["unbind_median_time", b"unbind_median_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acted_late", b"acted_late", "acted_on_time", b"acted_on_time", "awaiting_action", b"awaiting_action", "never_acted", b"never_acted", "notices_acknowledged", b"notices_acknowledged", "notices_delivered", b"notices_delivered", "provider_id", b"provider_id", "provider_name", b"provider_name", "unbind_median_time", b"unbind_median_time", "unbinds_done", b"unbinds_done", "unbinds_failed", b"unbinds_failed", "unbinds_rejected", b"unbinds_rejected"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acted_late", b"acted_late", "acted_on_time", b"acted_on_time", "awaiting_action", b"awaiting_action", "never_acted", b"never_acted", "never_received", b"never_received", "notices_acknowledged", b"notices_acknowledged", "notices_delivered", b"notices_delivered", "provider_id", b"provider_id", "provider_name", b"provider_name", "unbind_median_time", b"unbind_median_time", "unbinds_done", b"unbinds_done", "unbinds_failed", b"unbinds_failed", "unbinds_rejected", b"unbinds_rejected"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
