@@ -263,6 +263,11 @@ def _step(federation: DemoFederation, out: _Out, step: str, took: float) -> None
         f"  gateway on {federation.gateway_address}: production mode (TLS, client "
         f"certificates, mutual TLS upstream)  ({took:.2f} s)"
     )
+    if federation.history_reported:
+        out(
+            f"  the carriers reported {federation.history_reported} past events of their "
+            "numbers as history (for CheckRecycled; no notices)"
+        )
 
 
 def _columns(rows: Sequence[Sequence[str]], indent: str = "  ") -> list[str]:

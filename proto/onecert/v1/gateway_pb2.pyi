@@ -721,6 +721,7 @@ class ReportNumberEventRequest(_message.Message):
     TYPE_FIELD_NUMBER: _builtins.int
     EFFECTIVE_AT_FIELD_NUMBER: _builtins.int
     QUIET_PERIOD_ENDS_AT_FIELD_NUMBER: _builtins.int
+    HISTORY_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """The carrier's own id for this event; the idempotency key. Required; 1 to
     128 characters.
@@ -728,6 +729,13 @@ class ReportNumberEventRequest(_message.Message):
     msisdn: _builtins.str
     """E.164; must be a number this carrier serves. Required."""
     type: Global___NumberEventType.ValueType
+    history: _builtins.bool
+    """A past event reported to complete the number's history, as a carrier
+    does once when it joins: recorded (CheckRecycled answers from it) and
+    audited, but no notice is sent (providers = 0). Only for events that took
+    effect before the gateway's check_recycled.history_start; later events
+    are reported live, so that providers get their notice.
+    """
     @_builtins.property
     def effective_at(self) -> _timestamp_pb2.Timestamp:
         """When it took effect. Required; not in the future."""
@@ -746,10 +754,11 @@ class ReportNumberEventRequest(_message.Message):
         type: Global___NumberEventType.ValueType = ...,
         effective_at: _timestamp_pb2.Timestamp | None = ...,
         quiet_period_ends_at: _timestamp_pb2.Timestamp | None = ...,
+        history: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["effective_at", b"effective_at", "quiet_period_ends_at", b"quiet_period_ends_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["effective_at", b"effective_at", "event_id", b"event_id", "msisdn", b"msisdn", "quiet_period_ends_at", b"quiet_period_ends_at", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["effective_at", b"effective_at", "event_id", b"event_id", "history", b"history", "msisdn", b"msisdn", "quiet_period_ends_at", b"quiet_period_ends_at", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -32,6 +32,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
@@ -43,10 +44,12 @@ from onecert.adapters.demo._data import (
     PROVIDERS,
     CarrierSpec,
     ProviderSpec,
+    history_events,
     provider_spec,
 )
 from onecert.adapters.demo._serve import write_ready_file
 from onecert.sdk._tls import ClientTLS
+from onecert.sdk.client import CarrierGatewayClient
 from onecert.sdk.devkeys import DEFAULT_CLIENTS, DevKeys, init_dev_keys
 
 __all__ = [
@@ -243,6 +246,10 @@ class DemoFederation:
         self.portal: ManagedProcess | None = None
         self.portal_config_path = self.directory / "portal.toml"
         self.portal_url = ""
+        # Since when the carriers report live; what came before they report as
+        # history (see report_history). Set when the config is written.
+        self.history_start: datetime | None = None
+        self.history_reported = 0
         self._down_ports: dict[str, int] = {}
 
     # ------------------------------------------------------------ set-up
@@ -461,6 +468,7 @@ class DemoFederation:
         demo sees tickets delivered and notice deadlines pass.
         """
         by_name = {p.name: p for p in adapters}
+        self.history_start = datetime.now(UTC).replace(microsecond=0)
         lines = [
             "# Written by `onecert demo`: a production-mode gateway (TLS with client",
             "# certificates; mutual TLS to every carrier and provider) on dev keys.",
@@ -508,6 +516,10 @@ class DemoFederation:
             "backoff_max_s = 2",
             "unbind_deadline_s = 5",
             "lease_s = 30",
+            "",
+            "# Carriers report every event live from now on; earlier ones as history.",
+            "[check_recycled]",
+            f"history_start = {_toml(self.history_start.isoformat())}",
             "",
             "# Recycled-number notices: providers get seconds to act, not days.",
             "[notices]",
@@ -604,6 +616,7 @@ class DemoFederation:
         gateway = self.start_gateway()
         await self.wait_ready([gateway])
         write_ready_file(self.gateway_address_file, gateway.address)
+        await self.report_history()
         step("gateway", timer)
 
     def write_portal_config(self) -> Path:
@@ -685,6 +698,39 @@ class DemoFederation:
             if time.perf_counter() > deadline:
                 raise StartupError([(process, f"was not ready after {self.startup_timeout:g} s")])
             await asyncio.sleep(_POLL_S)
+
+    async def report_history(self) -> int:
+        """Each carrier reports the past events its records hold, as history.
+
+        The lookup shows a citizen's former numbers as the carriers' registries
+        have them (cancelled, recycled); CheckRecycled answers from the events
+        the gateway has recorded. A carrier that joins reports its past events
+        once, as history (recorded, no notice sent), so both give the same
+        answer. Returns how many events were reported.
+        """
+        reported = 0
+        for carrier in self.carriers:
+            events = [
+                e
+                for e in history_events(carrier.id, self.seed)
+                if self.history_start is None or e.effective_at < self.history_start
+            ]
+            if not events:
+                continue
+            async with CarrierGatewayClient(
+                self.gateway_address, tls=self.client_tls(carrier.id)
+            ) as client:
+                for event in events:
+                    await client.report_number_event(
+                        event_id=event.event_id,
+                        msisdn=event.msisdn,
+                        event_type=event.event_type,
+                        effective_at=event.effective_at,
+                        history=True,
+                    )
+                    reported += 1
+        self.history_reported = reported
+        return reported
 
     @property
     def gateway_address(self) -> str:
