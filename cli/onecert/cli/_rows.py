@@ -66,10 +66,8 @@ def number_rows(results: Sequence[Result]) -> list[Row]:
             rows.append(Row(len(rows) + 1, "unbind", result, account, account.handle))
     for result in results:
         if result.previous_holder_count:
-            rows.extend(
-                Row(len(rows) + 1 + i, "release", result, None, handle)
-                for i, handle in enumerate(result.release_handles)
-            )
+            for handle in result.release_handles:
+                rows.append(Row(len(rows) + 1, "release", result, None, handle))
     return rows
 
 
