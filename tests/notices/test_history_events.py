@@ -87,3 +87,19 @@ async def test_history_is_refused_for_live_events(
     async with world.provider_client(gateway, "pay") as pay:
         check = await pay.check_recycled(world.CM_NUMBER, world.T0 - timedelta(days=60))
     assert check.status is RecycledStatus.NO_DATA
+
+
+async def test_history_keeps_no_raw_number(dev_world: World) -> None:
+    """A history event is stored by the number's hash alone: no delivery needs the number."""
+    world = dev_world
+    gateway = await world.gateway(
+        check_recycled=CheckRecycledConfig(history_start=world.T0 - timedelta(days=30))
+    )
+    when = world.T0 - timedelta(days=700)
+    answer = await _report(
+        world, gateway, _history(world.CM_NUMBER, when, gateway_pb2.NUMBER_EVENT_TYPE_RECYCLED)
+    )
+    notice = await world.store.notices.get(answer.notice_id)
+    assert notice is not None
+    assert notice.msisdn == ""
+    assert [e.effective_at for e in await world.store.notices.history(notice.msisdn_hash)] == [when]

@@ -236,7 +236,8 @@ class NoticeService:
                 self._store.notices.record(
                     carrier_id=caller.id,
                     event_id=request.event_id,
-                    msisdn=msisdn,
+                    # History is kept by its hash alone: no delivery needs the number.
+                    msisdn="" if history else msisdn,
                     msisdn_hash=sha256_hex(msisdn),
                     event_type=kind,
                     effective_at=effective_at,
