@@ -207,6 +207,21 @@ def test_demo_notice_and_compliance(demo: DemoRun) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
+def test_demo_check_recycled_agrees_with_the_lookup(demo: DemoRun) -> None:
+    """A provider's CheckRecycled on her former number answers RECYCLED at the next
+    holder's start, as her lookup shows it recycled."""
+    assert demo.returncode == 0, demo.out + demo.err
+    lines = demo.section("At login: was this number recycled since?")
+    assert any(
+        line.startswith(f"  RECYCLED on {STORY.next_holder_from:%Y-%m-%d}: ") for line in lines
+    )
+    document = json.loads((demo.directory / "lookup.json").read_text())
+    (former,) = [n for n in document["numbers"] if n["msisdn"] == FORMER]
+    assert former["state"] == "recycled"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
 def test_demo_verifies_the_audit_log(demo: DemoRun) -> None:
     """The demo ends by verifying the audit chain of the gateway's database."""
     assert demo.returncode == 0, demo.out + demo.err

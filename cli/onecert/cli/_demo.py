@@ -199,6 +199,8 @@ async def _run(federation: DemoFederation, out: _Out, *, keep_running: bool) -> 
             return 1
         if not await _unbind_left_behind(federation, out, portal, results):
             return 1
+        if not await _check_at_login(federation, out):
+            return 1
         if not await _recycled_notice(federation, out):
             return 1
         if not await _compliance(federation, out):
@@ -607,6 +609,45 @@ async def _look_again(
         line(f"looked up again: {left} account(s) still left behind")
         return False
     line(f"looked up again: {provider} lists nothing on {unbound.msisdn}; nothing left behind")
+    return True
+
+
+# ------------------------------------------------------------------ at login
+
+
+async def _check_at_login(federation: Federation, out: _Out) -> bool:
+    """A provider asks CheckRecycled about her former number: the same story as her lookup."""
+    from onecert.adapters.demo import STORY  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+    from onecert.sdk.client import GatewayError, ProviderGatewayClient  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+
+    # Only providers that call the gateway have a client certificate.
+    checker = next((p for p in federation.providers if p.notices == "poll" and not p.down), None)
+    if checker is None:
+        return True
+    since = STORY.former_from
+    out.heading("At login: was this number recycled since?")
+    out.paragraph(
+        f"Before {checker.name} sends an SMS code to an account bound to {STORY.former_number} "
+        f"since {since:%Y-%m-%d}, it asks the gateway (CheckRecycled, with its own client "
+        "certificate). The carriers reported their numbers' history when they joined, so "
+        "the answer tells the same story as her lookup:"
+    )
+    try:
+        async with ProviderGatewayClient(
+            federation.gateway_address, tls=federation.client_tls(checker.id)
+        ) as client:
+            answer = await client.check_recycled(STORY.former_number, since)
+    except GatewayError as exc:
+        out(f"  the gateway refused the check: {exc}")
+        _tail(federation, out, "gateway")
+        return False
+    if not answer.recycled or answer.recycled_at is None:
+        out(f"  {answer.status.value}: not what her lookup shows (her old number, recycled)")
+        return False
+    out(
+        f"  RECYCLED on {answer.recycled_at:%Y-%m-%d}: someone else holds the number now, so "
+        f"{checker.name} refuses the SMS login to the old account"
+    )
     return True
 
 
