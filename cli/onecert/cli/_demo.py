@@ -321,6 +321,10 @@ def _story(federation: DemoFederation, out: _Out) -> None:
         parts += [f"{', '.join(down)} is down"] if down else []
         out.bullet(f"{' and '.join(parts)}: the other providers do not wait for them;")
     out.bullet("she unbinds the left-behind wallet and gets a receipt from the provider;")
+    out.bullet(
+        "a provider checks her old number before an SMS login: the gateway says it was "
+        "recycled, as her lookup does;"
+    )
     ignores = f" ({', '.join(ignoring)} ignores it)" if ignoring else ""
     out.bullet(
         f"{carriers[s.former_carrier]} reports a number it gave to a new subscriber: every "
