@@ -142,15 +142,16 @@ def test_dates_are_checked(keys: DevKeys, tmp_path: Path) -> None:
 
 
 def test_usage_and_names_are_checked(keys: DevKeys, tmp_path: Path) -> None:
-    """A client certificate serving, a server certificate as a client, a server without
-    subjectAltName and a client without common name are each refused, saying why."""
+    """A client certificate serving, a server certificate as a client, a server that
+    names no host and a client without common name are each refused, saying why."""
     client_pair = (keys.client_cert("gateway"), keys.client_key("gateway"))
     assert "is not made for a server" in _server_error(*client_pair)
     assert "is not made for a client" in _client_error(
         keys.ca_cert, keys.server_cert, keys.server_key
     )
-    no_san = _issue(keys, tmp_path, "nosan", san=False)
-    assert "names no host (no subjectAltName)" in _server_error(*no_san)
+    ServerTLS(*_issue(keys, tmp_path, "cn-only", san=False)).credentials()  # gRPC reads the CN
+    nameless = _issue(keys, tmp_path, "nameless", cn=None, san=False)
+    assert "names no host (neither subjectAltName nor CN)" in _server_error(*nameless)
     no_cn = _issue(keys, tmp_path, "nocn", cn=None, usage=ExtendedKeyUsageOID.CLIENT_AUTH)
     assert "has no common name" in _client_error(keys.ca_cert, *no_cn)
 

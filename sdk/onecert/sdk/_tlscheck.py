@@ -13,7 +13,7 @@ checks first and raises :class:`TLSConfigError` naming the file at fault:
 * the private key belongs to the certificate;
 * every certificate is within its dates;
 * a CA file holds CA certificates (basicConstraints CA:TRUE);
-* a server certificate names its host (subjectAltName) and may serve
+* a server certificate names a host (subjectAltName, or at least a CN) and may serve
   (extendedKeyUsage serverAuth, when it has one); a client certificate has a
   common name (the gateway knows callers by it) and may act as a client.
 """
@@ -158,10 +158,13 @@ def check_server_files(
     now = now or datetime.now(UTC)
     leaf = _check_pair(cert, key, "server", now)
     _check_usage(leaf, cert[0], "server certificate", ExtendedKeyUsageOID.SERVER_AUTH)
-    if _extension(leaf, x509.SubjectAlternativeName) is None:
+    # gRPC checks the host against subjectAltName, or the CN when there is none.
+    if _extension(leaf, x509.SubjectAlternativeName) is None and not (
+        leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    ):
         raise TLSConfigError(
-            f"server certificate {cert[0]} ({_subject(leaf)}) names no host "
-            "(no subjectAltName): clients cannot check that they reached this server"
+            f"server certificate {cert[0]} names no host (neither subjectAltName nor CN): "
+            "clients cannot check that they reached this server"
         )
     if client_ca is not None:
         _check_cas(client_ca, "client CA", now)
