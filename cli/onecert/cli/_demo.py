@@ -439,7 +439,9 @@ async def _lookup(
         _tail(federation, out, "gateway")
         return None
     out.heading("Her merged list")
-    out(render_table(started, results, summary))
+    # Her rows are numbered as `onecert lookup` numbers them; the demo keeps no
+    # rows file (--keep-running shows how to unbind by row with a lookup of her own).
+    out(render_table(started, results, summary, unbind_hint=False))
     document = to_json(started, results, summary)
     (federation.directory / "lookup.json").write_text(
         json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"

@@ -17,6 +17,7 @@ from onecert.cli import CommandError
 from onecert.cli._common import add_tls_flags, client_tls, onecert_command, refused
 
 if TYPE_CHECKING:
+    from onecert.cli._rows import Row
     from onecert.sdk._tls import ClientTLS
     from onecert.sdk.client import Result, Started, Summary
 
@@ -190,81 +191,74 @@ def plain_outcome(outcome: str, detail: str) -> str:
     return "could not answer; try again later"
 
 
-def render_table(started: Started, results: Sequence[Result], summary: Summary) -> str:
-    """The merged list as text: numbers, your accounts (left behind first),
-    previous holders' counts, then coverage."""
+def _label(numbers: Sequence[int]) -> str:
+    """Row numbers as printed: "3", "6-7", or nothing."""
+    if not numbers:
+        return ""
+    return str(numbers[0]) if len(numbers) == 1 else f"{numbers[0]}-{numbers[-1]}"
+
+
+def _numbers_section(started: Started) -> list[str]:
     lines = ["Numbers under your identity"]
-    number_lines = []
+    rows = []
     for n in started.numbers:
         if n.current:
             held = f"current, since {_day(n.held_from)}"
         else:
             state = f" ({n.state.value})" if n.state else ""
             held = f"former, held {_day(n.held_from)} to {_day(n.held_until)}{state}"
-        number_lines.append([n.msisdn, n.carrier_id, held])
-    lines += _table(number_lines) or ["  (none found)"]
+        rows.append([n.msisdn, n.carrier_id, held])
+    return lines + (_table(rows) or ["  (none found)"])
 
-    from onecert.cli._rows import number_rows  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+
+def _accounts_section(results: Sequence[Result], numbered: Sequence[Row]) -> list[str]:
     from onecert.sdk.client import Attribution  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
 
-    numbered = number_rows(results)
     by_account = {id(row.account): row.number for row in numbered if row.account is not None}
+    accounts = [(r, a) for r in results for a in r.accounts]
+    # Left behind first: someone else may be able to use these accounts now.
+    accounts.sort(key=lambda item: item[1].attribution is not Attribution.LEFT_BEHIND)
+    rows = [
+        [
+            _label([by_account[id(account)]] if id(account) in by_account else []),
+            "!! left behind" if account.attribution is Attribution.LEFT_BEHIND else "mine",
+            _provider(result),
+            result.msisdn,
+            account.display_name_masked or "-",
+            account.kind.value.replace("_", "-") if account.kind else "-",
+            f"bound {_day(account.bound_at)}",
+            "can be unbound" if account.handle else "",
+        ]
+        for result, account in accounts
+    ]
+    return ["", "Your accounts", *(_table(rows) or ["  (none)"])]
+
+
+def _previous_section(results: Sequence[Result], numbered: Sequence[Row]) -> list[str]:
+    previous = [r for r in results if r.previous_holder_count]
+    if not previous:
+        return []
     by_result: dict[int, list[int]] = {}
     for row in numbered:
         if row.action == "release":
             by_result.setdefault(id(row.result), []).append(row.number)
-
-    def label(numbers: Sequence[int]) -> str:
-        if not numbers:
-            return ""
-        return str(numbers[0]) if len(numbers) == 1 else f"{numbers[0]}-{numbers[-1]}"
-
-    accounts = [(r, a) for r in results for a in r.accounts]
-    # Left behind first: someone else may be able to use these accounts now.
-    accounts.sort(key=lambda item: item[1].attribution is not Attribution.LEFT_BEHIND)
-    lines += ["", "Your accounts"]
-    rows = []
-    for result, account in accounts:
-        flag = "!! left behind" if account.attribution is Attribution.LEFT_BEHIND else "mine"
-        rows.append(
-            [
-                label([by_account[id(account)]] if id(account) in by_account else []),
-                flag,
-                _provider(result),
-                result.msisdn,
-                account.display_name_masked or "-",
-                account.kind.value.replace("_", "-") if account.kind else "-",
-                f"bound {_day(account.bound_at)}",
-                "can be unbound" if account.handle else "",
-            ]
-        )
-    lines += _table(rows) or ["  (none)"]
-
-    previous = [r for r in results if r.previous_holder_count]
-    if previous:
-        lines += ["", "Previous holders' accounts on your current numbers (count only)"]
-        lines += _table(
-            [
-                [
-                    label(by_result.get(id(r), [])),
-                    _provider(r),
-                    r.msisdn,
-                    _accounts(r.previous_holder_count),
-                    f"{len(r.release_handles)} can be released" if r.release_handles else "",
-                ]
-                for r in previous
-            ]
-        )
-    if numbered:
-        lines += [
-            "",
-            "To unbind a numbered row (or release your number from previous holders' "
-            f"accounts): {onecert_command()} unbind ROW, with a fresh assertion.",
+    rows = [
+        [
+            _label(by_result.get(id(r), [])),
+            _provider(r),
+            r.msisdn,
+            _accounts(r.previous_holder_count),
+            f"{len(r.release_handles)} can be released" if r.release_handles else "",
         ]
+        for r in previous
+    ]
+    return ["", "Previous holders' accounts on your current numbers (count only)", *_table(rows)]
 
+
+def _coverage_section(results: Sequence[Result], summary: Summary) -> list[str]:
     total = summary.total
     carriers_ok = sum(c.outcome.value == "answered" for c in summary.carriers)
-    lines += [
+    lines = [
         "",
         f"Coverage: {total.asked} asked, {total.answered} answered, {total.timed_out} timed out, "
         f"{total.failed} failed, {total.skipped} skipped; carriers {carriers_ok}/"
@@ -284,7 +278,31 @@ def render_table(started: Started, results: Sequence[Result], summary: Summary) 
     ]
     if problems:
         lines += ["", "Not answered (accounts there may be missing from this list)"]
-    lines += _table(problems)
+    return lines + _table(problems)
+
+
+def render_table(
+    started: Started, results: Sequence[Result], summary: Summary, *, unbind_hint: bool = True
+) -> str:
+    """The merged list as text: numbers, your accounts (left behind first),
+    previous holders' counts, then coverage and who did not answer.
+
+    Rows that can be acted on are numbered for ``onecert unbind ROW``;
+    ``unbind_hint`` says how (off where the rows are not kept, as in the demo).
+    """
+    from onecert.cli._rows import number_rows  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+
+    numbered = number_rows(results)
+    lines = _numbers_section(started)
+    lines += _accounts_section(results, numbered)
+    lines += _previous_section(results, numbered)
+    if numbered and unbind_hint:
+        lines += [
+            "",
+            "To unbind a numbered row (or release your number from previous holders' "
+            f"accounts): {onecert_command()} unbind ROW, with a fresh assertion.",
+        ]
+    lines += _coverage_section(results, summary)
     return "\n".join(lines)
 
 

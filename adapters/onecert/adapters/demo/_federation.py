@@ -57,9 +57,11 @@ __all__ = [
     "IDENTITY_ISSUER",
     "DemoFederation",
     "DirectoryInUseError",
+    "DirectoryLock",
     "ManagedProcess",
     "StartupError",
     "StopReport",
+    "report_history",
 ]
 
 GATEWAY_ID = "onecert-gateway"
@@ -106,6 +108,47 @@ class DirectoryInUseError(RuntimeError):
         super().__init__(f"another federation is running in {directory}{who}")
         self.directory = directory
         self.holder = holder
+
+
+class DirectoryLock:
+    """An exclusive ``flock`` on a lock file, held from :meth:`acquire` to :meth:`release`.
+
+    The kernel drops the lock when the holding process ends, however it ends,
+    so a crashed run never leaves the directory locked; children do not
+    inherit it. The file stays after release: removing it would race a
+    newcomer that opened it already.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock (idempotent); write this process's pid into the file.
+
+        Raises:
+            DirectoryInUseError: another live process holds it.
+        """
+        if self._fd is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip()
+            os.close(fd)
+            pid = int(holder) if holder.isdigit() else None
+            raise DirectoryInUseError(self.path.parent, pid) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+        self._fd = fd
+
+    def release(self) -> None:
+        """Let the lock go (closing the only descriptor drops the flock)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 _PR_SET_PDEATHSIG = 1
@@ -237,7 +280,7 @@ class DemoFederation:
         self.logs = self.directory / "logs"
         self.pids_file = self.directory / "pids"
         self.lock_file = self.directory / "lock"
-        self._lock_fd: int | None = None
+        self._lock = DirectoryLock(self.lock_file)
         self._run = self.directory / "run"
         # Written once the gateway is ready: providers that poll read it.
         self.gateway_address_file = self._run / "gateway.address"
@@ -255,35 +298,12 @@ class DemoFederation:
     # ------------------------------------------------------------ set-up
 
     def lock(self) -> None:
-        """Take ``DIR/lock`` for this federation until :meth:`stop` (idempotent).
-
-        The lock is an exclusive ``flock`` on an open file: the kernel drops
-        it when this process ends, however it ends, so a crashed run never
-        leaves the directory locked. Children do not inherit it.
+        """Take ``DIR/lock`` for this federation until :meth:`stop` (see :class:`DirectoryLock`).
 
         Raises:
             DirectoryInUseError: another live process holds it.
         """
-        if self._lock_fd is not None:
-            return
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode("ascii", "replace").strip()
-            os.close(fd)
-            pid = int(holder) if holder.isdigit() else None
-            raise DirectoryInUseError(self.directory, pid) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
-        self._lock_fd = fd
-
-    def unlock(self) -> None:
-        """Release ``DIR/lock`` (the file stays: removing it would race a newcomer)."""
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing the only descriptor drops the flock
-            self._lock_fd = None
+        self._lock.acquire()
 
     def prepare(self) -> DevKeys:
         """Fresh dev keys in ``DIR/keys``, empty ``logs/`` and ``run/``, no old state.
@@ -616,7 +636,7 @@ class DemoFederation:
         gateway = self.start_gateway()
         await self.wait_ready([gateway])
         write_ready_file(self.gateway_address_file, gateway.address)
-        await self.report_history()
+        self.history_reported = await report_history(self)
         step("gateway", timer)
 
     def write_portal_config(self) -> Path:
@@ -699,39 +719,6 @@ class DemoFederation:
                 raise StartupError([(process, f"was not ready after {self.startup_timeout:g} s")])
             await asyncio.sleep(_POLL_S)
 
-    async def report_history(self) -> int:
-        """Each carrier reports the past events its records hold, as history.
-
-        The lookup shows a citizen's former numbers as the carriers' registries
-        have them (cancelled, recycled); CheckRecycled answers from the events
-        the gateway has recorded. A carrier that joins reports its past events
-        once, as history (recorded, no notice sent), so both give the same
-        answer. Returns how many events were reported.
-        """
-        reported = 0
-        for carrier in self.carriers:
-            events = [
-                e
-                for e in history_events(carrier.id, self.seed)
-                if self.history_start is None or e.effective_at < self.history_start
-            ]
-            if not events:
-                continue
-            async with CarrierGatewayClient(
-                self.gateway_address, tls=self.client_tls(carrier.id)
-            ) as client:
-                for event in events:
-                    await client.report_number_event(
-                        event_id=event.event_id,
-                        msisdn=event.msisdn,
-                        event_type=event.event_type,
-                        effective_at=event.effective_at,
-                        history=True,
-                    )
-                    reported += 1
-        self.history_reported = reported
-        return reported
-
     @property
     def gateway_address(self) -> str:
         if self.gateway is None:
@@ -767,7 +754,41 @@ class DemoFederation:
             for p in running
             if (status := p.exit_status()) not in _STOPPED_OK and p.name not in killed
         )
-        self.unlock()
+        self._lock.release()
         return StopReport(
             stopped=len(running), killed=tuple(killed), failed=failed, elapsed_s=timer.elapsed()
         )
+
+
+async def report_history(federation: DemoFederation) -> int:
+    """Each carrier reports the past events its records hold, as history.
+
+    The lookup shows a citizen's former numbers as the carriers' registries
+    have them (cancelled, recycled); CheckRecycled answers from the events the
+    gateway has recorded. A carrier that joins reports its past events once,
+    as history (recorded, no notice sent), so both give the same answer.
+    Returns how many events were reported.
+    """
+    reported = 0
+    start = federation.history_start
+    for carrier in federation.carriers:
+        events = [
+            e
+            for e in history_events(carrier.id, federation.seed)
+            if start is None or e.effective_at < start
+        ]
+        if not events:
+            continue
+        async with CarrierGatewayClient(
+            federation.gateway_address, tls=federation.client_tls(carrier.id)
+        ) as client:
+            for event in events:
+                await client.report_number_event(
+                    event_id=event.event_id,
+                    msisdn=event.msisdn,
+                    event_type=event.event_type,
+                    effective_at=event.effective_at,
+                    history=True,
+                )
+                reported += 1
+    return reported
