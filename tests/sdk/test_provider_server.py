@@ -325,9 +325,16 @@ async def test_logs_carry_the_query_id_and_never_the_number(running: InProcessSe
 
 async def test_failed_calls_are_logged_with_their_status(running: InProcessServer) -> None:
     """The interceptor logs the status of a refused call."""
-    with capture_logs(processors=[merge_contextvars]) as logs, pytest.raises(grpc.aio.AioRpcError):
-        await running.provider_stub().ListBindings(
-            provider_pb2.ListBindingsRequest(msisdn=NUMBER), timeout=5
-        )
+    with capture_logs(processors=[merge_contextvars]) as logs:
+        with pytest.raises(grpc.aio.AioRpcError):
+            await running.provider_stub().ListBindings(
+                provider_pb2.ListBindingsRequest(msisdn=NUMBER), timeout=5
+            )
+        # The server logs as its handler ends, which may be just after the
+        # client has the refusal: wait for the line rather than race it.
+        for _ in range(500):
+            if any(e["event"] == "rpc.finished" for e in logs):
+                break
+            await asyncio.sleep(0.01)
     (rpc,) = [e for e in logs if e["event"] == "rpc.finished"]
     assert rpc["code"] == "UNAUTHENTICATED"
