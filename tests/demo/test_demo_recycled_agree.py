@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from onecert.adapters.demo import CARRIERS, PROVIDERS, STORY, Federation, history_events
+from onecert.adapters.demo import CARRIERS, PROVIDERS, STORY, DemoFederation, history_events
 from onecert.cli._demo import _Portal
 from onecert.sdk import TenureState
 from onecert.sdk.client import GatewayClient, ProviderGatewayClient, RecycledStatus, Started
@@ -28,9 +28,9 @@ def test_history_follows_the_records() -> None:
 
 
 @pytest.fixture
-async def federation(tmp_path: Path) -> AsyncIterator[Federation]:
+async def federation(tmp_path: Path) -> AsyncIterator[DemoFederation]:
     """The demo's carriers, one provider (one that may call the gateway), and a gateway."""
-    running = Federation(tmp_path / "demo", carriers=CARRIERS, providers=[POLLING])
+    running = DemoFederation(tmp_path / "demo", carriers=CARRIERS, providers=[POLLING])
     try:
         await running.start()
         yield running
@@ -40,7 +40,7 @@ async def federation(tmp_path: Path) -> AsyncIterator[Federation]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-async def test_check_recycled_agrees_with_the_lookup(federation: Federation) -> None:
+async def test_check_recycled_agrees_with_the_lookup(federation: DemoFederation) -> None:
     """Her former number, shown recycled by the lookup, is RECYCLED since a date in her
     tenure (at the next holder's start); her current number is RECYCLED since a date in
     the previous holder's tenure (at hers); and NOT_RECYCLED since she got it."""

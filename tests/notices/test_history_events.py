@@ -16,7 +16,7 @@ from onecert.v1 import gateway_pb2
 
 if TYPE_CHECKING:
     from onecert.gateway import GatewayServer
-    from tests.notices.conftest import World
+    from tests.notices.notices_support import NoticeWorld as World
 
 
 def _history(
@@ -33,7 +33,10 @@ async def _report(
     world: World, gateway: GatewayServer, request: gateway_pb2.ReportNumberEventRequest
 ) -> gateway_pb2.ReportNumberEventResponse:
     carrier = world.caller(gateway, "carrier:cm")
-    return await carrier.stub.ReportNumberEvent(request, metadata=carrier.metadata, timeout=10)
+    answer: gateway_pb2.ReportNumberEventResponse = await carrier.stub.ReportNumberEvent(
+        request, metadata=carrier.metadata, timeout=10
+    )
+    return answer
 
 
 async def test_history_answers_check_recycled_and_notifies_no_one(dev_world: World) -> None:

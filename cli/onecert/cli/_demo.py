@@ -621,7 +621,7 @@ async def _look_again(
 # ------------------------------------------------------------------ at login
 
 
-async def _check_at_login(federation: Federation, out: _Out) -> bool:
+async def _check_at_login(federation: DemoFederation, out: _Out) -> bool:
     """A provider asks CheckRecycled about her former number: the same story as her lookup."""
     from onecert.adapters.demo import STORY  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
     from onecert.sdk.client import GatewayError, ProviderGatewayClient  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
