@@ -75,3 +75,9 @@ async def store(database: Database) -> AsyncIterator[Store]:
         yield opened
     finally:
         await opened.close()
+
+
+@pytest.fixture(autouse=True)
+def _private_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test keeps `onecert lookup`'s numbered rows in its own directory, not the user's."""
+    monkeypatch.setenv("ONECERT_STATE_DIR", str(tmp_path / "state"))

@@ -84,8 +84,8 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
 def compliance_rows(lines: list[str]) -> dict[str, dict[str, str]]:
     """The compliance table's rows, by provider id."""
     columns = (
-        "notices", "delivered", "acked", "on_time", "late", "never", "awaiting",
-        "done", "rejected", "failed", "median",
+        "notices", "delivered", "acked", "on_time", "late", "not_received", "ignored",
+        "awaiting", "done", "rejected", "failed", "median",
     )  # fmt: skip
     rows = {}
     for line in lines:
@@ -107,7 +107,7 @@ def test_demo_shows_the_story(demo: DemoRun) -> None:
 
     lines = out.splitlines()
     left = [i for i, line in enumerate(lines) if "!! left behind" in line]
-    mine = [i for i, line in enumerate(lines) if line.strip().startswith("mine ")]
+    mine = [i for i, line in enumerate(lines) if " mine " in line]
     assert len(left) == 1
     assert len(mine) == len(STORY.mine)
     assert left[0] < min(mine)
@@ -132,7 +132,11 @@ def test_demo_shows_the_story(demo: DemoRun) -> None:
     assert mine_found == {(p, CURRENT) for p, _ in STORY.mine}
     assert by_key[DOWN.id, FORMER]["outcome"] == "failed"
     assert by_key[DOWN.id, CURRENT]["outcome"] == "failed"
-    assert re.search(rf"failed\s+{DOWN.name}", out)
+    assert re.search(rf"{DOWN.name}.*could not be reached; try again later", out)
+    # The citizen's view speaks plainly; lookup.json keeps the gRPC status.
+    citizen = demo.section("The lookup, as the portal runs it") + demo.section("Her merged list")
+    assert not [line for line in citizen if "UNAVAILABLE" in line or "breaker" in line]
+    assert by_key[DOWN.id, FORMER]["detail"].startswith("UNAVAILABLE")
     assert document["summary"]["total"]["failed"] == 2
     assert "Total:" in out
 
@@ -190,14 +194,30 @@ def test_demo_notice_and_compliance(demo: DemoRun) -> None:
     for spec in PROVIDERS:
         row = rows[spec.id]
         assert row["notices"] == "1"
+        missed = (row["not_received"], row["ignored"])
         if spec.id in ignoring:
-            assert (row["status"], row["acked"], row["never"]) == ("non-compliant", "1", "1")
+            assert (row["status"], row["acked"], *missed) == ("non-compliant", "1", "0", "1")
         elif spec.down:
-            assert (row["status"], row["delivered"], row["never"]) == ("non-compliant", "0", "1")
+            assert (row["status"], row["delivered"], *missed) == ("unreachable", "0", "1", "0")
         else:
-            assert (row["status"], row["on_time"], row["never"]) == ("ok", "1", "0"), spec.id
+            assert (row["status"], row["on_time"], *missed) == ("ok", "1", "0", "0"), spec.id
     assert rows["coinpurse"]["done"] == "1"
     assert all(rows[p]["done"] == "0" for p in rows if p != "coinpurse")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_demo_check_recycled_agrees_with_the_lookup(demo: DemoRun) -> None:
+    """A provider's CheckRecycled on her former number answers RECYCLED at the next
+    holder's start, as her lookup shows it recycled."""
+    assert demo.returncode == 0, demo.out + demo.err
+    lines = demo.section("At login: was this number recycled since?")
+    assert any(
+        line.startswith(f"  RECYCLED on {STORY.next_holder_from:%Y-%m-%d}: ") for line in lines
+    )
+    document = json.loads((demo.directory / "lookup.json").read_text())
+    (former,) = [n for n in document["numbers"] if n["msisdn"] == FORMER]
+    assert former["state"] == "recycled"
 
 
 @pytest.mark.slow

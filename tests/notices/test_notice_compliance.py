@@ -55,6 +55,7 @@ async def test_on_time_late_and_never(world: NoticeWorld) -> None:
     pay, chat, forum = lines["pay"], lines["chat"], lines["forum"]
     assert (pay.notices_delivered, pay.notices_acknowledged, pay.acted_on_time) == (1, 1, 1)
     assert (chat.notices_acknowledged, chat.never_acted, chat.acted_on_time) == (1, 1, 0)
+    assert chat.never_received == 0  # it received the notice: ignored, not unreachable
     assert (forum.acted_late, forum.never_acted, forum.provider_name) == (1, 0, "Small Forum")
     assert all(p.awaiting_action == 0 for p in report.providers)
     assert not pay.HasField("unbind_median_time")
@@ -149,7 +150,7 @@ async def test_cli_from_the_gateway_as_admin(world: NoticeWorld) -> None:
     assert by_id["forum"]["provider_name"] == "Small Forum"
     status, table = await asyncio.to_thread(_cli, "report", "compliance", "--gateway", target, *tls)
     assert status == 0
-    assert "chat: 1 notice(s) never acted on before the deadline" in table
+    assert "chat: 1 notice(s) received and never acted on before the deadline" in table
     # A provider's certificate is refused.
     other = ["--ca", str(keys.ca_cert), "--cert", str(keys.client_cert("pay"))]
     other += ["--key", str(keys.client_key("pay"))]
@@ -190,7 +191,7 @@ def test_table_rendering() -> None:
     assert "1m35s" in lines[4]
     assert "no notices" in lines[5]
     assert "non-compliant" in lines[6]
-    assert lines[-1] == "Lax Site: 1 notice(s) never acted on before the deadline"
+    assert lines[-1] == "Lax Site: 1 notice(s) received and never acted on before the deadline"
     assert len({len(line) for line in lines[2:4]}) == 1
     statuses = [p.status for p in report.providers]
     assert statuses == [

@@ -126,6 +126,7 @@ async def test_push_gives_up_at_the_deadline(world: NoticeWorld) -> None:
     report = await world.caller(gateway, "admin").compliance()
     line = {p.provider_id: p for p in report.providers}["pay"]
     assert (line.notices_delivered, line.never_acted, line.acted_on_time) == (0, 1, 0)
+    assert line.never_received == 1  # unreachable: never received, not ignored
 
 
 async def test_permanent_refusal_is_not_retried(dev_world: NoticeWorld) -> None:

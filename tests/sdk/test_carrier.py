@@ -108,7 +108,7 @@ async def test_invalid_tenure_is_internal(
         await CarrierEnvironment(carrier).list_numbers(IDN)
     assert err.value.code is grpc.StatusCode.INTERNAL
     assert err.value.details == "adapter returned an invalid tenure"
-    (entry,) = [e for e in logs if e["event"] == "adapter returned an invalid result"]
+    (entry,) = [e for e in logs if e["event"] == "adapter.invalid_result"]
     assert rule in entry["rule"]
     assert NUMBER not in str(logs)
 

@@ -60,7 +60,7 @@ async def example(tmp_path: Path) -> AsyncIterator[tuple[Running, FakeGateway]]:
     assert process.stderr is not None
     try:
         address, lines = await asyncio.wait_for(
-            _read_until(process.stderr, re.compile(r"adapter listening.*address=(\S+)")), 20
+            _read_until(process.stderr, re.compile(r"adapter.listening.*address=(\S+)")), 20
         )
         running = Running(process, address)
         running.log.extend(lines)

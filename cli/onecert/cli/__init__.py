@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -51,15 +52,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_grpc() -> None:
+    """Keep gRPC's own C-core log lines ("E1205 ... handshake failed") off the terminal.
+
+    The commands say what went wrong in their own words; whoever debugs the
+    transport sets GRPC_VERBOSITY (or GRPC_TRACE) and sees them again. Must run
+    before grpc is first imported: the core reads the variable once.
+    """
+    if "GRPC_VERBOSITY" not in os.environ and "GRPC_TRACE" not in os.environ:
+        os.environ["GRPC_VERBOSITY"] = "NONE"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run the CLI; returns the exit status.
+
+    Ctrl-C at any moment, also while the commands' modules are still being
+    imported, ends with status 130 and no traceback.
+    """
     try:
-        status: int = args.handler(args)
-    except CommandError as exc:
-        print(f"onecert: {exc}", file=sys.stderr)
-        return 2
+        _quiet_grpc()
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        try:
+            status: int = args.handler(args)
+        except CommandError as exc:
+            print(f"onecert: {exc}", file=sys.stderr)
+            return 2
     except KeyboardInterrupt:
         return 130
     return status

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -10,8 +13,9 @@ from onecert.cli import CommandError
 
 if TYPE_CHECKING:
     from onecert.sdk._tls import ClientTLS
+    from onecert.sdk.client import GatewayError
 
-__all__ = ["add_tls_flags", "client_tls"]
+__all__ = ["add_tls_flags", "client_tls", "onecert_command", "refused"]
 
 
 def add_tls_flags(
@@ -76,3 +80,38 @@ def client_tls(args: argparse.Namespace, *, client_cert: str | None = None) -> C
     except TLSConfigError as exc:
         raise CommandError(str(exc)) from None
     return tls
+
+
+def onecert_command() -> str:
+    """How to run ``onecert`` from here, as a user would type it.
+
+    ``onecert`` when the one on PATH is this one; else the console script next
+    to the running interpreter (``.venv/bin/onecert``, relative when it lies
+    under the current directory); else ``PYTHON -m onecert.cli``.
+    """
+    script = Path(sys.executable).with_name("onecert")
+    if not script.is_file():
+        return f"{sys.executable} -m onecert.cli"
+    on_path = shutil.which("onecert")
+    if on_path is not None and Path(on_path).resolve() == script.resolve():
+        return "onecert"
+    relative = os.path.relpath(script)
+    if relative.startswith(".."):
+        return str(script)
+    return relative if os.sep in relative else f".{os.sep}{relative}"
+
+
+def refused(what: str, exc: GatewayError, tls: ClientTLS | None) -> CommandError:
+    """The gateway's refusal of ``what`` as one line, with a hint where gRPC's words mislead.
+
+    A server that requires a client certificate closes the connection of a
+    client without one: gRPC says only "Socket closed". A plaintext client
+    meeting a TLS server, or the reverse, fails just as vaguely.
+    """
+    message = f"{what} refused by the gateway: {exc}"
+    if exc.code.name == "UNAVAILABLE":
+        if tls is not None and tls.cert_file is None:
+            message += " (if the gateway requires a client certificate, give --cert and --key)"
+        elif tls is None and "Socket closed" in str(exc):
+            message += " (if the gateway speaks TLS, give --ca, --cert and --key)"
+    return CommandError(message)

@@ -22,8 +22,8 @@ def _add_db_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--url",
         default=os.environ.get(_URL_ENV),
-        help=f"database URL: sqlite:///path/to/onecert.db or postgresql://user@host/db "
-        f"(default: ${_URL_ENV})",
+        help=f"database URL: sqlite:///path/to/onecert.db or postgresql://user@host/db; "
+        f"a plain file path is a SQLite file (default: ${_URL_ENV})",
     )
     parser.add_argument(
         "--schema", default=None, help="PostgreSQL schema to use (default: the search_path)"
@@ -54,13 +54,28 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     verify.set_defaults(handler=_verify)
 
 
-def _open(args: argparse.Namespace) -> Store:
-    from onecert.gateway.store import Store  # noqa: PLC0415 - keeps `onecert --help` light
+def _url(args: argparse.Namespace) -> str:
+    """``--url`` (or ``$ONECERT_DB_URL``) as a URL; a plain file path is SQLite."""
+    from onecert.gateway._dburl import database_url  # noqa: PLC0415 - keeps `onecert --help` light
 
-    if not args.url:
+    if not args.url or not args.url.strip():
         raise CommandError(f"no database: pass --url or set {_URL_ENV}")
+    return database_url(args.url)
+
+
+def _open(args: argparse.Namespace) -> Store:
+    from sqlalchemy.exc import ArgumentError  # noqa: PLC0415 - see _url
+
+    from onecert.gateway.store import Store  # noqa: PLC0415 - see _url
+
+    url = _url(args)
     try:
-        return Store.open(args.url, schema=args.schema)
+        return Store.open(url, schema=args.schema)
+    except ArgumentError:
+        raise CommandError(
+            f"not a database URL: {args.url!r} (give sqlite:///PATH, postgresql://USER@HOST/DB, "
+            "or the path of a SQLite file)"
+        ) from None
     except ValueError as exc:
         raise CommandError(str(exc)) from None
 
@@ -85,14 +100,17 @@ def _upgrade(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from sqlalchemy.engine import make_url  # noqa: PLC0415 - see _open
+    from sqlalchemy.engine import make_url  # noqa: PLC0415 - see _url
+    from sqlalchemy.exc import ArgumentError  # noqa: PLC0415 - see _url
 
-    if args.url:
-        url = make_url(args.url)
-        # Opening a missing SQLite file would create an empty database.
-        path = url.database if url.get_backend_name() == "sqlite" else None
-        if path and path != ":memory:" and not Path(path).exists():
-            raise CommandError(f"no such database file: {path}")
+    try:
+        url = make_url(_url(args))
+    except ArgumentError:
+        url = None  # _open says what is wrong with it
+    # Opening a missing SQLite file would create an empty database.
+    path = url.database if url is not None and url.get_backend_name() == "sqlite" else None
+    if path and path != ":memory:" and not Path(path).exists():
+        raise CommandError(f"no such database file: {path}")
     store = _open(args)
 
     async def run() -> AuditVerification:
@@ -113,9 +131,9 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _run(coro: Coroutine[Any, Any, _T], store: Store) -> _T:
-    from sqlalchemy.exc import DBAPIError  # noqa: PLC0415 - see _open
+    from sqlalchemy.exc import DBAPIError  # noqa: PLC0415 - see _url
 
-    from onecert.sdk._msisdn import mask_numbers_in_text  # noqa: PLC0415 - see _open
+    from onecert.sdk._msisdn import mask_numbers_in_text  # noqa: PLC0415 - see _url
 
     try:
         return asyncio.run(coro)

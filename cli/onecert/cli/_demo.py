@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from onecert.cli import CommandError
+from onecert.cli._common import onecert_command
 
 if TYPE_CHECKING:
     from onecert.adapters.demo import DemoFederation, ProviderSpec
@@ -108,7 +109,7 @@ class _Out:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from onecert.adapters.demo import DEFAULT_SEED, DemoFederation  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+    from onecert.adapters.demo import DEFAULT_SEED, DemoFederation, DirectoryInUseError  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
 
     out = _Out(sys.stdout)
     begun = time.perf_counter()
@@ -116,6 +117,17 @@ def _demo(args: argparse.Namespace) -> int:
     if args.dir.exists() and not args.dir.is_dir():
         raise CommandError(f"--dir {args.dir} exists and is not a directory")
     federation = DemoFederation(args.dir, seed=seed)
+    try:
+        # Before anything is written: a second demo here would replace the
+        # first one's keys and config and delete its database.
+        federation.lock()
+    except DirectoryInUseError as exc:
+        who = f" (pid {exc.holder})" if exc.holder else ""
+        raise CommandError(
+            f"another onecert demo is running in {args.dir}{who}. Stop it (Ctrl-C in its "
+            f"terminal), or give this one a directory of its own: "
+            f"{onecert_command()} demo --dir {args.dir.with_name(args.dir.name + '-2')}"
+        ) from None
     status = 1
     try:
         status = asyncio.run(_run(federation, out, keep_running=args.keep_running))
@@ -187,6 +199,8 @@ async def _run(federation: DemoFederation, out: _Out, *, keep_running: bool) -> 
             return 1
         if not await _unbind_left_behind(federation, out, portal, results):
             return 1
+        if not await _check_at_login(federation, out):
+            return 1
         if not await _recycled_notice(federation, out):
             return 1
         if not await _compliance(federation, out):
@@ -251,6 +265,11 @@ def _step(federation: DemoFederation, out: _Out, step: str, took: float) -> None
         f"  gateway on {federation.gateway_address}: production mode (TLS, client "
         f"certificates, mutual TLS upstream)  ({took:.2f} s)"
     )
+    if federation.history_reported:
+        out(
+            f"  the carriers reported {federation.history_reported} past events of their "
+            "numbers as history (for CheckRecycled; no notices)"
+        )
 
 
 def _columns(rows: Sequence[Sequence[str]], indent: str = "  ") -> list[str]:
@@ -302,6 +321,10 @@ def _story(federation: DemoFederation, out: _Out) -> None:
         parts += [f"{', '.join(down)} is down"] if down else []
         out.bullet(f"{' and '.join(parts)}: the other providers do not wait for them;")
     out.bullet("she unbinds the left-behind wallet and gets a receipt from the provider;")
+    out.bullet(
+        "a provider checks her old number before an SMS login: the gateway says it was "
+        "recycled, as her lookup does;"
+    )
     ignores = f" ({', '.join(ignoring)} ignores it)" if ignoring else ""
     out.bullet(
         f"{carriers[s.former_carrier]} reports a number it gave to a new subscriber: every "
@@ -351,13 +374,12 @@ class _Portal:
 
 
 def _result_line(result: Result) -> str:
+    from onecert.cli._lookup import plain_outcome  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
     from onecert.sdk.client import Attribution, CallOutcome  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
 
     if result.outcome is not CallOutcome.ANSWERED:
-        what = result.outcome.value.replace("_", " ").upper()
-        # The first clause is enough here; the merged list has the full detail.
-        detail = result.detail.split(";", 1)[0]
-        return f"{what}: {detail}" if detail else what
+        # Plain words; the technical detail is in lookup.json and the gateway's log.
+        return plain_outcome(result.outcome.value, result.detail)
     left = sum(a.attribution is Attribution.LEFT_BEHIND for a in result.accounts)
     mine = len(result.accounts) - left
     parts = []
@@ -417,7 +439,9 @@ async def _lookup(
         _tail(federation, out, "gateway")
         return None
     out.heading("Her merged list")
-    out(render_table(started, results, summary))
+    # Her rows are numbered as `onecert lookup` numbers them; the demo keeps no
+    # rows file (--keep-running shows how to unbind by row with a lookup of her own).
+    out(render_table(started, results, summary, unbind_hint=False))
     document = to_json(started, results, summary)
     (federation.directory / "lookup.json").write_text(
         json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
@@ -594,6 +618,45 @@ async def _look_again(
     return True
 
 
+# ------------------------------------------------------------------ at login
+
+
+async def _check_at_login(federation: DemoFederation, out: _Out) -> bool:
+    """A provider asks CheckRecycled about her former number: the same story as her lookup."""
+    from onecert.adapters.demo import STORY  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+    from onecert.sdk.client import GatewayError, ProviderGatewayClient  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+
+    # Only providers that call the gateway have a client certificate.
+    checker = next((p for p in federation.providers if p.notices == "poll" and not p.down), None)
+    if checker is None:
+        return True
+    since = STORY.former_from
+    out.heading("At login: was this number recycled since?")
+    out.paragraph(
+        f"Before {checker.name} sends an SMS code to an account bound to {STORY.former_number} "
+        f"since {since:%Y-%m-%d}, it asks the gateway (CheckRecycled, with its own client "
+        "certificate). The carriers reported their numbers' history when they joined, so "
+        "the answer tells the same story as her lookup:"
+    )
+    try:
+        async with ProviderGatewayClient(
+            federation.gateway_address, tls=federation.client_tls(checker.id)
+        ) as client:
+            answer = await client.check_recycled(STORY.former_number, since)
+    except GatewayError as exc:
+        out(f"  the gateway refused the check: {exc}")
+        _tail(federation, out, "gateway")
+        return False
+    if not answer.recycled or answer.recycled_at is None:
+        out(f"  {answer.status.value}: not what her lookup shows (her old number, recycled)")
+        return False
+    out(
+        f"  RECYCLED on {answer.recycled_at:%Y-%m-%d}: someone else holds the number now, so "
+        f"{checker.name} refuses the SMS login to the old account"
+    )
+    return True
+
+
 # ------------------------------------------------------------------ the notice
 
 
@@ -766,13 +829,14 @@ async def _compliance(federation: DemoFederation, out: _Out) -> bool:
     for line in report.providers:
         spec = specs.get(line.provider_id)
         name = spec.name if spec else line.provider_name
-        if not line.never_acted:
-            continue
-        if spec is not None and spec.down:
-            notes.append(f"{name} is down: the notice never reached it, so it never acted.")
-        elif line.notices_acknowledged:
+        if line.never_received:
             notes.append(
-                f"{name} acknowledged the notice and never acted: what it has bound to "
+                f"{name} was unreachable: the notice never reached it, so it could not act "
+                "(a failure of its service, not a refusal to act)."
+            )
+        if line.never_acted - line.never_received:
+            notes.append(
+                f"{name} received the notice and never acted: what it has bound to "
                 "that number stays bound, for whoever holds the number now."
             )
     if notes:
@@ -834,22 +898,30 @@ def _keep_running_help(federation: DemoFederation, out: _Out) -> None:
     from onecert.adapters.demo import ADMIN_CN, IDENTITY_ISSUER, STORY  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
 
     keys = federation.keys
-    out.heading("Still running (Ctrl-C stops everything)")
-    out("Look her up again (an assertion is good for one lookup and two minutes):")
-    out(
-        f"  onecert assertion mint --key {keys.identity_key} --issuer {IDENTITY_ISSUER} "
-        f"--sub {STORY.citizen_sub} --document {STORY.citizen.document_number} "
-        f"--idn-key {keys.idn_key} --out {federation.directory / 'assertion.jwt'}"
-    )
-    out(
-        f"  onecert lookup --gateway {federation.gateway_address} --ca {keys.ca_cert} "
+    onecert = onecert_command()
+    assertion = federation.directory / "assertion.jwt"
+    portal = (
+        f"--gateway {federation.gateway_address} --ca {keys.ca_cert} "
         f"--cert {keys.client_cert('portal')} --key {keys.client_key('portal')} "
-        f"--assertion {federation.directory / 'assertion.jwt'}"
+        f"--assertion {assertion}"
     )
+    out.heading("Still running (Ctrl-C stops everything)")
+    out("Every call of hers needs a fresh identity assertion (one use, two minutes):")
+    out(
+        f"  {onecert} assertion mint --key {keys.identity_key} --issuer {IDENTITY_ISSUER} "
+        f"--sub {STORY.citizen_sub} --document {STORY.citizen.document_number} "
+        f"--idn-key {keys.idn_key} --out {assertion}"
+    )
+    out("Look her up again; the accounts that can be unbound are numbered:")
+    out(f"  {onecert} lookup {portal}")
+    out("Unbind row 1 of that lookup (after a fresh assertion), then read the receipt of the")
+    out("ticket it prints (after another):")
+    out(f"  {onecert} unbind 1 {portal}")
+    out(f"  {onecert} receipt --ticket TICKET {portal}")
     out("The regulator's report, and the audit log:")
     out(
-        f"  onecert report compliance --gateway {federation.gateway_address} "
+        f"  {onecert} report compliance --gateway {federation.gateway_address} "
         f"--ca {keys.ca_cert} --cert {keys.client_cert(ADMIN_CN)} "
         f"--key {keys.client_key(ADMIN_CN)}"
     )
-    out(f"  onecert audit verify --url {federation.store_url}")
+    out(f"  {onecert} audit verify --url {federation.store_url}")

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from onecert.cli import CommandError
-from onecert.sdk._idn import compute_idn, is_idn
 
 # Above this the gateway refuses the assertion by default (DESIGN.md: at most 5 minutes).
 _GATEWAY_MAX_LIFETIME = 300
@@ -81,6 +80,8 @@ def _read_hex_key(path: Path) -> bytes:
 
 
 def _idn(args: argparse.Namespace) -> str:
+    from onecert.sdk._idn import compute_idn, is_idn  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+
     if args.idn is not None:
         idn = str(args.idn).strip().lower()
         if not is_idn(idn):

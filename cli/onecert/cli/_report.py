@@ -33,11 +33,13 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     report_sub = report.add_subparsers(dest="report_command", required=True, metavar="REPORT")
     parser = report_sub.add_parser(
         "compliance",
-        help="per provider: notices acted on in time, late or never; unbinds",
+        help="per provider: notices acted on in time, late, not received or ignored; unbinds",
         description=(
             "Per provider: recycled-number notices delivered, acknowledged, acted on in "
-            "time, late, never (deadline passed), or not due yet; unbind tickets done, "
-            "rejected and failed with their median time. Read from the gateway's database "
+            "time, late, not received (the deadline passed and the provider was "
+            "unreachable), ignored (it received the notice and did not act by the "
+            "deadline), or not due yet; unbind tickets done, rejected and failed, with the "
+            "median time to the provider's answer. Read from the gateway's database "
             "(--url, or the [store] of --config) or asked of a running gateway (--gateway, "
             "as an admin)."
         ),
@@ -225,6 +227,8 @@ def report_to_json(report: ComplianceReport) -> dict[str, Any]:
                 "acted_on_time": p.acted_on_time,
                 "acted_late": p.acted_late,
                 "never_acted": p.never_acted,
+                "never_received": p.never_received,
+                "ignored": p.ignored,
                 "awaiting_action": p.awaiting_action,
                 "unbinds_done": p.unbinds_done,
                 "unbinds_rejected": p.unbinds_rejected,
@@ -265,12 +269,20 @@ _COLUMNS = (
     "acked",
     "on time",
     "late",
-    "never",
+    "not received",
+    "ignored",
     "awaiting",
     "unbinds done",
     "rejected",
     "failed",
-    "median",
+    "median answer",
+)
+# What the columns that are not self-evident count, printed under the table.
+_LEGEND = (
+    "not received: the deadline passed and the notice never reached the provider "
+    "(it was unreachable)",
+    "ignored: the notice reached the provider, and the deadline passed without an action",
+    "median answer: the median time from an unbind request to the provider's final answer",
 )
 
 
@@ -287,7 +299,8 @@ def render_table(report: ComplianceReport) -> str:
             str(p.notices_acknowledged),
             str(p.acted_on_time),
             str(p.acted_late),
-            str(p.never_acted),
+            str(p.never_received),
+            str(p.ignored),
             str(p.awaiting_action),
             str(p.unbinds_done),
             str(p.unbinds_rejected),
@@ -321,11 +334,19 @@ def render_table(report: ComplianceReport) -> str:
     out.extend(line(r) for r in rows)
     if not rows:
         out.append("(no providers)")
-    flagged = [p for p in report.providers if p.never_acted]
-    if flagged:
-        out.append("")
-        out.extend(
-            f"{p.provider_name}: {p.never_acted} notice(s) never acted on before the deadline"
-            for p in flagged
-        )
+    out += ["", *_LEGEND]
+    notes = []
+    for p in report.providers:
+        if p.ignored:
+            notes.append(
+                f"{p.provider_name}: {p.ignored} notice(s) received and never acted on "
+                "before the deadline"
+            )
+        if p.never_received:
+            notes.append(
+                f"{p.provider_name}: {p.never_received} notice(s) never received before the "
+                "deadline (unreachable)"
+            )
+    if notes:
+        out += ["", *notes]
     return "\n".join(out)

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from onecert.cli import CommandError
-from onecert.cli._common import add_tls_flags, client_tls
+from onecert.cli._common import add_tls_flags, client_tls, refused
 
 if TYPE_CHECKING:
     from onecert.sdk._tls import ClientTLS
@@ -41,14 +41,25 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         help="ask for an account from a lookup to be unbound",
         description=(
             "Ask the gateway to detach a number from an account shown by a lookup (or to "
-            "release it from a previous holder's account). Answers at once with a ticket; "
-            "the gateway delivers it to the provider and keeps the receipt "
-            "(see `onecert receipt`). The same account twice gives the same ticket."
+            "release it from a previous holder's account): `onecert unbind 2` acts on row 2 "
+            "of your last `onecert lookup`. Answers at once with a ticket; the gateway "
+            "delivers it to the provider and keeps the receipt (see `onecert receipt`). "
+            "The same account twice gives the same ticket."
         ),
+    )
+    unbind.add_argument(
+        "row",
+        nargs="?",
+        type=int,
+        metavar="ROW",
+        help="the number of a row of your last `onecert lookup` on this gateway (its "
+        "handles are kept in a file only you can read, out of your shell history)",
     )
     _add_connection(unbind)
     unbind.add_argument(
-        "--handle", required=True, metavar="HANDLE", help="the handle the lookup gave"
+        "--handle",
+        metavar="HANDLE",
+        help="instead of ROW: a handle from `onecert lookup --json` (for scripts)",
     )
     unbind.set_defaults(handler=_unbind)
 
@@ -81,16 +92,36 @@ async def _call(
         async with GatewayClient(args.gateway, tls=tls, insecure=args.insecure) as client:
             return await call(client)
     except GatewayError as exc:
-        raise CommandError(f"{what} refused by the gateway: {exc}") from None
+        raise refused(what, exc, tls) from None
+
+
+def _handle(args: argparse.Namespace) -> tuple[str | None, str]:
+    """What to unbind, from ROW or --handle: the row described (None for --handle), its handle."""
+    from onecert.cli._rows import load_row  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+
+    if (args.row is None) == (args.handle is None):
+        raise CommandError("give a ROW of your last lookup, or --handle (not both)")
+    if args.handle is not None:
+        handle = args.handle.strip()
+        if not handle:
+            raise CommandError("--handle is empty")
+        return None, handle
+    if args.row < 1:
+        raise CommandError("ROW starts at 1")
+    row = load_row(args.row, gateway=args.gateway)
+    if row.action == "release":
+        what = f"row {row.number}: release {row.msisdn} from a previous holder's account"
+        what += f" at {row.provider}"
+    else:
+        what = f"row {row.number}: unbind your {row.provider} account on {row.msisdn}"
+    return what, row.handle
 
 
 def _unbind(args: argparse.Namespace) -> int:
     from onecert.cli._lookup import _read_assertion  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
 
     tls = _tls(args)
-    handle = args.handle.strip()
-    if not handle:
-        raise CommandError("--handle is empty")
+    what, handle = _handle(args)
     assertion = _read_assertion(args.assertion)
     ticket: TicketInfo = asyncio.run(
         _call(
@@ -103,6 +134,8 @@ def _unbind(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(_plain(dataclasses.asdict(ticket)), indent=2))
     else:
+        if what is not None:
+            print(what)
         news = "new ticket" if ticket.created else "already requested"
         print(f"ticket {ticket.ticket_id}: {ticket.state.value} ({news})")
     return 0

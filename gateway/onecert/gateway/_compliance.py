@@ -43,6 +43,7 @@ def _line(row: ProviderComplianceRow, name: str) -> ProviderCompliance:
         unbinds_rejected=row.unbinds_rejected,
         unbinds_failed=row.unbinds_failed,
         unbind_median_time=row.unbind_median_time,
+        never_received=row.never_received,
     )
 
 
@@ -92,6 +93,7 @@ def report_to_pb(report: ComplianceReport) -> gateway_pb2.GetComplianceReportRes
             unbinds_done=line.unbinds_done,
             unbinds_rejected=line.unbinds_rejected,
             unbinds_failed=line.unbinds_failed,
+            never_received=line.never_received,
         )
         if line.unbind_median_time is not None:
             item.unbind_median_time.CopyFrom(_duration(line.unbind_median_time))

@@ -15,6 +15,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
+from onecert.gateway._dburl import database_url
 from onecert.sdk._tomlconfig import ConfigError, load_toml, setting
 from onecert.sdk._tomlconfig import Table as _Table
 from onecert.v1 import common_pb2
@@ -569,7 +570,11 @@ def _parse_upstream_tls(t: _Table | None) -> UpstreamTLS | None:
 
 
 def _parse_store(t: _Table) -> StoreConfig:
-    url = t.string("url", StoreConfig.url)
+    # A plain path is a SQLite file next to the config, like sqlite:///PATH.
+    try:
+        url = database_url(t.string("url", StoreConfig.url), base=t.base)
+    except ValueError as exc:
+        raise ConfigError(f"store.url: {exc}") from None
     if url.startswith("sqlite"):
         scheme, sep, rest = url.partition(":///")
         if not sep or not rest:

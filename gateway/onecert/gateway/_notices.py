@@ -183,8 +183,10 @@ class NoticeService:
         auditor: Auditor,
         doorbell: Doorbell | None = None,
         clock: Clock = utc_now,
+        history_start: datetime | None = None,
     ) -> None:
         self._store = store
+        self._history_start = history_start
         self._carriers = {c.id: c for c in carriers}
         self._providers = {p.id: p for p in providers}
         self._config = config
@@ -209,14 +211,8 @@ class NoticeService:
                 f"carrier {caller.id!r} does not serve this number (see its configured prefixes)",
                 reason="foreign_number",
             )
-        deadline = notice_deadline(
-            self._config,
-            event_type=kind,
-            effective_at=effective_at,
-            quiet_period_ends_at=quiet,
-            now=now,
-        )
-        providers = [(p.id, DeliveryMode(p.delivery)) for p in self._providers.values()]
+        history = request.history
+        deadline, providers = self._addressees(kind, effective_at, quiet, now, history=history)
 
         def audit_row(notice: Notice, created: bool) -> AuditDraft:
             # Written with the notice, in its transaction: a crash cannot
@@ -231,6 +227,7 @@ class NoticeService:
                     "created": created,
                     "providers": notice.providers,
                     "deadline": notice.deadline.isoformat(),
+                    "history": history,
                 },
             )
 
@@ -239,7 +236,8 @@ class NoticeService:
                 self._store.notices.record(
                     carrier_id=caller.id,
                     event_id=request.event_id,
-                    msisdn=msisdn,
+                    # History is kept by its hash alone: no delivery needs the number.
+                    msisdn="" if history else msisdn,
                     msisdn_hash=sha256_hex(msisdn),
                     event_type=kind,
                     effective_at=effective_at,
@@ -256,7 +254,7 @@ class NoticeService:
                 grpc.StatusCode.ALREADY_EXISTS,
                 "this event_id was already reported with another number, type or time",
             ) from None
-        if created:
+        if created and not history:
             self.doorbell.ring()
         _log.info(
             "notice.reported",
@@ -264,10 +262,33 @@ class NoticeService:
             event_type=kind.value,
             created=created,
             providers=notice.providers,
+            history=history,
         )
         return gateway_pb2.ReportNumberEventResponse(
             notice_id=notice.notice_id, created=created, providers=notice.providers
         )
+
+    def _addressees(
+        self,
+        kind: NumberEventType,
+        effective_at: datetime,
+        quiet: datetime | None,
+        now: datetime,
+        *,
+        history: bool,
+    ) -> tuple[datetime, list[tuple[str, DeliveryMode]]]:
+        """The notice's deadline and who gets it; a history event has no one to notify,
+        so nothing to act on by a deadline."""
+        if history:
+            return effective_at, []
+        deadline = notice_deadline(
+            self._config,
+            event_type=kind,
+            effective_at=effective_at,
+            quiet_period_ends_at=quiet,
+            now=now,
+        )
+        return deadline, [(p.id, DeliveryMode(p.delivery)) for p in self._providers.values()]
 
     def _check_report(
         self, request: gateway_pb2.ReportNumberEventRequest, now: datetime
@@ -301,6 +322,15 @@ class NoticeService:
                 raise invalid("quiet_period_ends_at applies to CANCELLED events only")
             if quiet <= effective_at:
                 raise invalid("quiet_period_ends_at must be after effective_at")
+        start = self._history_start
+        if request.history and (start is None or effective_at >= start):
+            # History is what happened before carriers reported live; a later
+            # event reported as history would spare providers their notice.
+            raise invalid(
+                "history = true is for events before check_recycled.history_start "
+                f"({start.isoformat() if start else 'not set'}); report later events "
+                "without it, so that providers get their notice"
+            )
         return msisdn, kind, effective_at, quiet
 
     # ------------------------------------------------------------ providers

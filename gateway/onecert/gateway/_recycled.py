@@ -191,6 +191,7 @@ class RecycledNumbers:
             auditor=auditor,
             doorbell=doorbell,
             clock=clock,
+            history_start=config.check_recycled.history_start,
         )
         return cls(
             notices=notices,

@@ -721,6 +721,7 @@ class ReportNumberEventRequest(_message.Message):
     TYPE_FIELD_NUMBER: _builtins.int
     EFFECTIVE_AT_FIELD_NUMBER: _builtins.int
     QUIET_PERIOD_ENDS_AT_FIELD_NUMBER: _builtins.int
+    HISTORY_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """The carrier's own id for this event; the idempotency key. Required; 1 to
     128 characters.
@@ -728,6 +729,13 @@ class ReportNumberEventRequest(_message.Message):
     msisdn: _builtins.str
     """E.164; must be a number this carrier serves. Required."""
     type: Global___NumberEventType.ValueType
+    history: _builtins.bool
+    """A past event reported to complete the number's history, as a carrier
+    does once when it joins: recorded (CheckRecycled answers from it) and
+    audited, but no notice is sent (providers = 0). Only for events that took
+    effect before the gateway's check_recycled.history_start; later events
+    are reported live, so that providers get their notice.
+    """
     @_builtins.property
     def effective_at(self) -> _timestamp_pb2.Timestamp:
         """When it took effect. Required; not in the future."""
@@ -746,10 +754,11 @@ class ReportNumberEventRequest(_message.Message):
         type: Global___NumberEventType.ValueType = ...,
         effective_at: _timestamp_pb2.Timestamp | None = ...,
         quiet_period_ends_at: _timestamp_pb2.Timestamp | None = ...,
+        history: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["effective_at", b"effective_at", "quiet_period_ends_at", b"quiet_period_ends_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["effective_at", b"effective_at", "event_id", b"event_id", "msisdn", b"msisdn", "quiet_period_ends_at", b"quiet_period_ends_at", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["effective_at", b"effective_at", "event_id", b"event_id", "history", b"history", "msisdn", b"msisdn", "quiet_period_ends_at", b"quiet_period_ends_at", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1036,6 +1045,7 @@ class ProviderCompliance(_message.Message):
     UNBINDS_REJECTED_FIELD_NUMBER: _builtins.int
     UNBINDS_FAILED_FIELD_NUMBER: _builtins.int
     UNBIND_MEDIAN_TIME_FIELD_NUMBER: _builtins.int
+    NEVER_RECEIVED_FIELD_NUMBER: _builtins.int
     provider_id: _builtins.str
     provider_name: _builtins.str
     notices_delivered: _builtins.int
@@ -1049,8 +1059,14 @@ class ProviderCompliance(_message.Message):
     unbinds_done: _builtins.int
     unbinds_rejected: _builtins.int
     unbinds_failed: _builtins.int
+    never_received: _builtins.int
+    """Of never_acted: those never delivered before the deadline (the provider
+    was unreachable). The rest of never_acted reached it and were ignored.
+    """
     @_builtins.property
-    def unbind_median_time(self) -> _duration_pb2.Duration: ...
+    def unbind_median_time(self) -> _duration_pb2.Duration:
+        """Median time from an unbind ticket's creation to the provider's final answer."""
+
     def __init__(
         self,
         *,
@@ -1066,10 +1082,11 @@ class ProviderCompliance(_message.Message):
         unbinds_rejected: _builtins.int = ...,
         unbinds_failed: _builtins.int = ...,
         unbind_median_time: _duration_pb2.Duration | None = ...,
+        never_received: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["unbind_median_time", b"unbind_median_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acted_late", b"acted_late", "acted_on_time", b"acted_on_time", "awaiting_action", b"awaiting_action", "never_acted", b"never_acted", "notices_acknowledged", b"notices_acknowledged", "notices_delivered", b"notices_delivered", "provider_id", b"provider_id", "provider_name", b"provider_name", "unbind_median_time", b"unbind_median_time", "unbinds_done", b"unbinds_done", "unbinds_failed", b"unbinds_failed", "unbinds_rejected", b"unbinds_rejected"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acted_late", b"acted_late", "acted_on_time", b"acted_on_time", "awaiting_action", b"awaiting_action", "never_acted", b"never_acted", "never_received", b"never_received", "notices_acknowledged", b"notices_acknowledged", "notices_delivered", b"notices_delivered", "provider_id", b"provider_id", "provider_name", b"provider_name", "unbind_median_time", b"unbind_median_time", "unbinds_done", b"unbinds_done", "unbinds_failed", b"unbinds_failed", "unbinds_rejected", b"unbinds_rejected"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -123,11 +123,11 @@ class CarrierCore:
         try:
             tenures = tenures_to_pb(result, carrier_id=self.carrier.id)
         except InvalidResultError as exc:
-            log.error("adapter returned an invalid result", what=exc.what, rule=exc.rule)
+            log.error("adapter.invalid_result", what=exc.what, rule=exc.rule)
             raise CallError(
                 grpc.StatusCode.INTERNAL, f"adapter returned an invalid {exc.what}"
             ) from None
-        log.info("numbers listed", count=len(tenures))
+        log.info("numbers.listed", count=len(tenures))
         return registry_pb2.ListNumbersResponse(tenures=tenures)
 
 

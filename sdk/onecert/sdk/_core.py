@@ -175,7 +175,7 @@ async def invoke(handler: Handler, value: object, info: CallInfo) -> Any:
             return await handler(value, info)
     except Unavailable as exc:
         log.warning(
-            "adapter function unavailable",
+            "adapter.unavailable",
             function=handler.role,
             error=mask_numbers_in_text(str(exc)),
         )
@@ -184,7 +184,7 @@ async def invoke(handler: Handler, value: object, info: CallInfo) -> Any:
         ) from None
     except TimeoutError as exc:
         if scope.expired():
-            log.warning("adapter function ran past the deadline", function=handler.role)
+            log.warning("adapter.deadline_exceeded", function=handler.role)
             raise CallError(
                 grpc.StatusCode.DEADLINE_EXCEEDED, "the adapter did not answer in time"
             ) from None
@@ -199,7 +199,7 @@ INTERNAL_MESSAGE = "internal error in the adapter (details are in its logs)"
 
 
 def _log_failure(role: str, exc: BaseException) -> None:
-    log.error("adapter function failed", function=role, exception=masked_traceback(exc))
+    log.error("adapter.failed", function=role, exception=masked_traceback(exc))
 
 
 def authorize(
@@ -216,7 +216,7 @@ def authorize(
         CallError: UNAUTHENTICATED, for any problem with the warrant.
     """
     if not token:
-        log.warning("warrant refused", reason="missing")
+        log.warning("warrant.refused", reason="missing")
         raise CallError(
             grpc.StatusCode.UNAUTHENTICATED,
             "warrant refused: no 'authorization: Bearer <warrant>' metadata",
@@ -224,10 +224,10 @@ def authorize(
     try:
         warrant = verifier.verify(token, target=target)
     except WarrantError as exc:
-        log.warning("warrant refused", reason=exc.reason)
+        log.warning("warrant.refused", reason=exc.reason)
         raise CallError(grpc.StatusCode.UNAUTHENTICATED, exc.message) from None
     if warrant.purpose not in purposes:
-        log.warning("warrant refused", reason="purpose", purpose=warrant.purpose)
+        log.warning("warrant.refused", reason="purpose", purpose=warrant.purpose)
         raise CallError(
             grpc.StatusCode.UNAUTHENTICATED,
             f"warrant refused: a {warrant.purpose!r} warrant does not allow this call",

@@ -1,8 +1,10 @@
 """Structured logging for every onecert process (structlog).
 
 JSON lines in production, readable lines in development. A last processor
-masks anything that looks like a phone number in every value, so a raw
-msisdn cannot reach a log even when a message is written carelessly.
+masks phone numbers in every value (E.164 and Chinese mobile forms, grouped or
+not; see :func:`onecert.sdk._msisdn.mask_numbers_in_text`), so a raw msisdn
+cannot reach a log even when a message is written carelessly, while ids,
+hashes and column names that merely hold digits stay readable.
 """
 
 from __future__ import annotations
@@ -20,8 +22,11 @@ from onecert.sdk._msisdn import mask_numbers_in_text
 def _mask_value(value: Any) -> Any:
     if isinstance(value, str):
         return mask_numbers_in_text(value)
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**7:
-        return mask_numbers_in_text(str(value))
+    if isinstance(value, int) and not isinstance(value, bool):
+        # A phone number stored as an integer (13800138000) is masked like
+        # text; other integers (counts, sizes, nanoseconds) stay numbers.
+        masked = mask_numbers_in_text(str(value))
+        return value if masked == str(value) else masked
     if isinstance(value, list | tuple):
         return [_mask_value(v) for v in value]
     if isinstance(value, dict):
@@ -32,7 +37,7 @@ def _mask_value(value: Any) -> Any:
 def mask_phone_numbers(
     _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    """structlog processor: mask phone-number-like digit runs in every value."""
+    """structlog processor: mask phone numbers in every value but the timestamp."""
     for key, value in event_dict.items():
         if key != "timestamp":
             event_dict[key] = _mask_value(value)

@@ -6,8 +6,31 @@ import hashlib
 import re
 
 _E164 = re.compile(r"\+[1-9][0-9]{7,14}")
-# Anything in free text that could be a phone number, with or without "+".
-_NUMBER_IN_TEXT = re.compile(r"\+?[0-9]{8,15}")
+
+# Phone numbers in free text (logs, errors, provider reasons). Ids, hashes and
+# column names hold long digit runs too ("conformance-9e240d585348d4",
+# "phone_20240101"), so a number counts only where it stands alone: not glued
+# to a letter or digit on either side. The forms masked:
+# - international: "+" (or "00") and 8 to 15 digits, optionally grouped by
+#   blanks, dashes, dots or brackets ("+86 138-0013-8000", "(+86) 13800138000",
+#   "+1 (415) 555-2671");
+# - a Chinese mobile number, bare or grouped 3-4-4, optionally after the
+#   country code without "+" ("13800138000", "138 0013 8000", "86-13800138000").
+# Digits include full-width ones, as typed on Chinese keyboards.
+_D = "[0-9\uff10-\uff19]"
+_SEP = "[ \u00a0.\\-]"
+_ALONE_BEFORE = "(?<![A-Za-z0-9\uff10-\uff19])"
+_ALONE_AFTER = "(?![A-Za-z0-9\uff10-\uff19])"
+_NUMBER_IN_TEXT = re.compile(
+    _ALONE_BEFORE
+    + "(?:"
+    + f"(?:\\+|00)[1-9](?:(?:{_SEP}|{_SEP}?[()]{_SEP}?)?{_D}){{7,14}}"
+    + "|"
+    + f"(?:[8\uff18][6\uff16]{_SEP}?)?[1\uff11][3-9\uff13-\uff19]{_D}"
+    + f"(?:{_D}{{8}}|{_SEP}{_D}{{4}}{_SEP}{_D}{{4}})"
+    + ")"
+    + _ALONE_AFTER
+)
 
 
 class InvalidMsisdnError(ValueError):
@@ -46,5 +69,10 @@ def mask_msisdn(value: str) -> str:
 
 
 def mask_numbers_in_text(text: str) -> str:
-    """Mask every run of 8 to 15 digits (with or without '+') inside free text."""
+    """Mask every phone number inside free text; ids and names with digits stay whole.
+
+    International numbers ("+" or "00" and 8 to 15 digits, grouped or not) and
+    Chinese mobile numbers (with or without the country code, grouped 3-4-4 or
+    not) are masked where they stand alone, not glued to a letter or digit.
+    """
     return _NUMBER_IN_TEXT.sub(lambda m: mask_msisdn(m.group(0)), text)

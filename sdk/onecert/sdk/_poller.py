@@ -139,7 +139,7 @@ class NoticePoller:
                 if code is None:
                     # The handler failed (or asked to try later): not acked,
                     # so the gateway hands the notice out again.
-                    log.warning("notice not handled; it will come again", status=exc.code.name)
+                    log.warning("poll.notice_failed", status=exc.code.name)
                     continue
                 self._errors.append(EventError(event.jti, code, exc.details))
                 refused += 1
@@ -174,7 +174,7 @@ class NoticePoller:
             except GatewayError as exc:
                 if exc.code == grpc.StatusCode.NOT_FOUND:
                     del self._confirms[jti]  # not ours to confirm: never will be
-                log.warning("action not confirmed yet", status=exc.code.name)
+                log.warning("poll.confirm_failed", status=exc.code.name)
                 continue
             del self._confirms[jti]
             sent += 1
@@ -186,16 +186,16 @@ class NoticePoller:
             try:
                 round_ = await self.poll_once(return_immediately=bool(self._acks))
             except GatewayError as exc:
-                log.warning("poll failed", status=exc.code.name, details=exc.details)
+                log.warning("poll.failed", status=exc.code.name, details=exc.details)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), self._retry_interval)
                 continue
             if round_.received:
-                log.info("notices polled", received=round_.received, refused=round_.refused)
+                log.info("poll.round", received=round_.received, refused=round_.refused)
         try:
             await self.flush()
         except GatewayError as exc:
-            log.warning("final acknowledgements not sent", status=exc.code.name)
+            log.warning("poll.final_ack_failed", status=exc.code.name)
 
     def shutdown(self) -> None:
         """Ask :meth:`run` to return after the poll in progress."""

@@ -194,7 +194,7 @@ def _check_msisdn(value: str) -> str:
 
 
 def _bad_result(exc: InvalidResultError) -> CallError:
-    log.error("adapter returned an invalid result", what=exc.what, rule=exc.rule)
+    log.error("adapter.invalid_result", what=exc.what, rule=exc.rule)
     return CallError(grpc.StatusCode.INTERNAL, f"adapter returned an invalid {exc.what}")
 
 
@@ -203,7 +203,7 @@ async def _store_get(store: IdempotencyStore, key: str) -> dict[str, Any] | None
         text = await store.get(key)
         return None if text is None else dict(json.loads(text))
     except Exception as exc:  # noqa: BLE001  # any store failure means "try again later"
-        log.error("idempotency store failed", operation="get", error=type(exc).__name__)
+        log.error("idempotency.failed", operation="get", error=type(exc).__name__)
         raise CallError(
             grpc.StatusCode.UNAVAILABLE, "the adapter cannot read its answer store; try again later"
         ) from None
@@ -213,7 +213,7 @@ async def _store_put(store: IdempotencyStore, key: str, value: dict[str, Any]) -
     try:
         await store.put(key, json.dumps(value, separators=(",", ":")))
     except Exception as exc:  # noqa: BLE001  # any store failure means "try again later"
-        log.error("idempotency store failed", operation="put", error=type(exc).__name__)
+        log.error("idempotency.failed", operation="put", error=type(exc).__name__)
         raise CallError(
             grpc.StatusCode.UNAVAILABLE,
             "the adapter cannot record its answer; try again later",
@@ -285,7 +285,7 @@ class ProviderCore:
             bindings = bindings_to_pb(result)
         except InvalidResultError as exc:
             raise _bad_result(exc) from None
-        log.info("bindings listed", count=len(bindings))
+        log.info("bindings.listed", count=len(bindings))
         return provider_pb2.ListBindingsResponse(bindings=bindings)
 
     async def unbind(
@@ -341,10 +341,10 @@ class ProviderCore:
         async with self._locks.hold(key):
             stored = await _store_get(self._store, key)
             if stored is not None and stored.get("fp") != fingerprint:
-                log.warning("unbind request id reused for another unbind")
+                log.warning("unbind.request_id_reused")
                 raise _invalid("request_id was already used for a different unbind")
             if stored is not None and stored.get("outcome") != UnbindOutcome.PENDING.value:
-                log.info("unbind answered from the store", outcome=stored.get("outcome"))
+                log.info("unbind.replayed", outcome=stored.get("outcome"))
                 return _unbind_response(stored)
             value = UnbindRequest(
                 request_id=request.request_id,
@@ -361,7 +361,7 @@ class ProviderCore:
             # PENDING is stored too, binding the request id to this unbind,
             # but it is not replayed: the next delivery asks the adapter again.
             await _store_put(self._store, key, _unbind_record(fingerprint, response))
-        log.info("unbind answered", outcome=UnbindOutcome(result.outcome).value)
+        log.info("unbind.answered", outcome=UnbindOutcome(result.outcome).value)
         return response
 
     async def receive_event(
@@ -370,7 +370,7 @@ class ProviderCore:
         try:
             notice = self._sets.verify(request.set)
         except SetError as exc:
-            log.warning("event token refused", reason=exc.reason)
+            log.warning("notice.refused", reason=exc.reason)
             code = (
                 grpc.StatusCode.INVALID_ARGUMENT
                 if exc.malformed
@@ -396,7 +396,7 @@ class ProviderCore:
         async with self._locks.hold(key):
             stored = await _store_get(self._store, key)
             if stored is not None:
-                log.info("notice already received; answered as before")
+                log.info("notice.replayed")
                 return _event_response(stored)
             handler = self.provider._on_recycled  # same package
             removed: int | None = None
@@ -423,7 +423,7 @@ class ProviderCore:
                 removed = result
             record = {"acted": removed is not None, "removed": removed or 0}
             await _store_put(self._store, key, record)
-        log.info("notice received", acted=record["acted"], removed=record["removed"])
+        log.info("notice.received", acted=record["acted"], removed=record["removed"])
         return _event_response(record)
 
 

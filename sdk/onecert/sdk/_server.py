@@ -102,9 +102,8 @@ class _LoggingInterceptor(grpc.aio.ServerInterceptor):
                     outcome = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
                     raise
                 finally:
-                    log.info(
-                        "rpc", code=outcome, ms=round((time.perf_counter() - started) * 1000, 1)
-                    )
+                    elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
+                    log.info("rpc.finished", code=outcome, ms=elapsed_ms)
 
         return grpc.unary_unary_rpc_method_handler(
             logged,
@@ -272,7 +271,7 @@ class Server:
         role = "provider" if isinstance(self._adapter, Provider) else "carrier"
         mtls = self._tls is not None and self._tls.client_ca_file is not None
         log.info(
-            "adapter listening",
+            "adapter.listening",
             role=role,
             id=self._adapter.id,
             address=self.address,
@@ -280,9 +279,9 @@ class Server:
             tls="mutual" if mtls else ("on" if self._tls else "off"),
         )
         if self._tls is None:
-            log.warning("serving without TLS: for development only")
+            log.warning("adapter.plaintext", note="serving without TLS: for development only")
         if self._memory_store and isinstance(self._adapter, Provider):
-            log.warning("unbind answers are kept in memory and lost on restart")
+            log.warning("idempotency.in_memory", note="unbind answers are lost on restart")
 
     async def shutdown(self, grace: float | None = None) -> None:
         """Stop gracefully: health NOT_SERVING, then in-flight calls get ``grace`` s.
@@ -299,11 +298,11 @@ class Server:
     async def _stop(self, grace: float) -> None:
         if self._server is None:
             return
-        log.info("shutting down", grace=grace)
+        log.info("adapter.stopping", grace=grace)
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         await self._server.stop(grace)
-        log.info("stopped")
+        log.info("adapter.stopped")
 
     async def run(self, *, handle_signals: bool = False) -> None:
         """Serve until :meth:`shutdown` (or cancellation), starting first if needed.
@@ -326,7 +325,7 @@ class Server:
             await self.shutdown()
 
     def _on_signal(self, sig: signal.Signals) -> None:
-        log.info("signal received", signal=sig.name)
+        log.info("adapter.signal", signal=sig.name)
         self._shutdown_requested.set()
 
     async def __aenter__(self) -> Self:

@@ -1,4 +1,9 @@
-"""TLS and mutual TLS credentials for servers and channels, from PEM files."""
+"""TLS and mutual TLS credentials for servers and channels, from PEM files.
+
+The files are checked as they are read (see :mod:`onecert.sdk._tlscheck`):
+a swapped, mismatched, expired or misplaced certificate or key is a
+:class:`TLSConfigError` naming the file, not a handshake failure later.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,9 @@ from pathlib import Path
 
 import grpc
 
+from onecert.sdk._tlscheck import TLSConfigError, check_client_files, check_server_files
 
-class TLSConfigError(ValueError):
-    """A certificate or key file is missing or unreadable."""
+__all__ = ["ClientTLS", "ServerTLS", "TLSConfigError", "peer_common_name"]
 
 
 def _read(path: str | Path | None, what: str) -> bytes | None:
@@ -19,6 +24,10 @@ def _read(path: str | Path | None, what: str) -> bytes | None:
         return Path(path).read_bytes()
     except OSError as exc:
         raise TLSConfigError(f"cannot read {what} {path}: {exc.strerror}") from exc
+
+
+def _pem(path: str | Path | None, data: bytes | None) -> tuple[str | Path, bytes] | None:
+    return None if path is None or data is None else (path, data)
 
 
 @dataclass(frozen=True)
@@ -31,9 +40,13 @@ class ServerTLS:
     client_ca_file: str | Path | None = None
 
     def credentials(self) -> grpc.ServerCredentials:
+        """Read and check the files; raise :class:`TLSConfigError` naming a bad one."""
         cert = _read(self.cert_file, "certificate") or b""
         key = _read(self.key_file, "private key") or b""
         client_ca = _read(self.client_ca_file, "client CA")
+        check_server_files(
+            (self.cert_file, cert), (self.key_file, key), _pem(self.client_ca_file, client_ca)
+        )
         return grpc.ssl_server_credentials(
             [(key, cert)],
             root_certificates=client_ca,
@@ -53,12 +66,15 @@ class ClientTLS:
     server_name: str | None = None
 
     def credentials(self) -> grpc.ChannelCredentials:
+        """Read and check the files; raise :class:`TLSConfigError` naming a bad one."""
         if (self.cert_file is None) != (self.key_file is None):
             raise TLSConfigError("a client certificate needs both cert_file and key_file")
+        ca = _read(self.ca_file, "CA") or b""
+        key = _read(self.key_file, "client private key")
+        cert = _read(self.cert_file, "client certificate")
+        check_client_files((self.ca_file, ca), _pem(self.cert_file, cert), _pem(self.key_file, key))
         return grpc.ssl_channel_credentials(
-            root_certificates=_read(self.ca_file, "CA"),
-            private_key=_read(self.key_file, "client private key"),
-            certificate_chain=_read(self.cert_file, "client certificate"),
+            root_certificates=ca, private_key=key, certificate_chain=cert
         )
 
     def channel_options(self) -> list[tuple[str, str]]:

@@ -560,6 +560,45 @@ def carrier_subscriptions(carrier_id: str, seed: int = DEFAULT_SEED) -> list[Sub
     return story + [s for s in population(seed) if s.carrier_id == carrier_id]
 
 
+@dataclass(frozen=True)
+class HistoryEvent:
+    """A past event of a number, as its carrier reports it to complete the gateway's history."""
+
+    carrier_id: str
+    event_id: str
+    msisdn: str
+    event_type: str  # "cancelled" or "recycled"
+    effective_at: datetime
+
+
+def history_events(carrier_id: str, seed: int = DEFAULT_SEED) -> list[HistoryEvent]:
+    """The events a demo carrier's records imply, oldest first: a number is CANCELLED
+    when a subscription to it ended, and RECYCLED when the next subscriber got it
+    (or when it ended, for a subscription marked recycled without a successor).
+
+    These are what the lookup shows as former tenures; reported as history, they
+    let CheckRecycled give the same answer.
+    """
+    by_number: dict[str, list[Subscription]] = {}
+    for s in carrier_subscriptions(carrier_id, seed):
+        by_number.setdefault(s.msisdn, []).append(s)
+    events: list[tuple[datetime, str, str]] = []
+    for msisdn, subs in by_number.items():
+        subs.sort(key=lambda s: s.held_from)
+        for i, s in enumerate(subs):
+            if s.held_until is None:
+                continue
+            events.append((s.held_until, msisdn, "cancelled"))
+            if s.state is TenureState.RECYCLED:
+                successor = subs[i + 1].held_from if i + 1 < len(subs) else s.held_until
+                events.append((successor, msisdn, "recycled"))
+    events.sort()
+    return [
+        HistoryEvent(carrier_id, f"{carrier_id}-history-{i + 1}", msisdn, kind, when)
+        for i, (when, msisdn, kind) in enumerate(events)
+    ]
+
+
 def make_provider_data(
     provider_id: str,
     seed: int = DEFAULT_SEED,

@@ -4,7 +4,9 @@
 run with many more providers. Every process logs to ``DIR/logs/NAME.log``;
 their pids are kept in ``DIR/pids`` (JSON) while they run; :meth:`stop` ends
 them all (SIGTERM, then SIGKILL after a timeout) and may be called any number
-of times, from any state.
+of times, from any state. While it runs it holds an exclusive lock on
+``DIR/lock`` (flock), so a second federation in the same directory stops
+before it touches the first one's keys, config or database.
 
 Every caller of the gateway has a client certificate of its own (CN = its
 id): the portal, the regulator (``admin``), each carrier (to report number
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import fcntl
 import json
 import os
 import re
@@ -29,6 +32,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
@@ -40,19 +44,24 @@ from onecert.adapters.demo._data import (
     PROVIDERS,
     CarrierSpec,
     ProviderSpec,
+    history_events,
     provider_spec,
 )
 from onecert.adapters.demo._serve import write_ready_file
 from onecert.sdk._tls import ClientTLS
+from onecert.sdk.client import CarrierGatewayClient
 from onecert.sdk.devkeys import DEFAULT_CLIENTS, DevKeys, init_dev_keys
 
 __all__ = [
     "GATEWAY_ID",
     "IDENTITY_ISSUER",
     "DemoFederation",
+    "DirectoryInUseError",
+    "DirectoryLock",
     "ManagedProcess",
     "StartupError",
     "StopReport",
+    "report_history",
 ]
 
 GATEWAY_ID = "onecert-gateway"
@@ -84,6 +93,62 @@ class StartupError(RuntimeError):
             parts.extend(f"    {line}" for line in process.log_tail() or ["(empty)"])
         super().__init__("\n".join(parts))
         self.failures = tuple(failures)
+
+
+class DirectoryInUseError(RuntimeError):
+    """Another federation runs in this directory (it holds ``DIR/lock``).
+
+    Attributes:
+        directory: the directory.
+        holder: the pid written in the lock file by its holder, if readable.
+    """
+
+    def __init__(self, directory: Path, holder: int | None) -> None:
+        who = f" (pid {holder})" if holder else ""
+        super().__init__(f"another federation is running in {directory}{who}")
+        self.directory = directory
+        self.holder = holder
+
+
+class DirectoryLock:
+    """An exclusive ``flock`` on a lock file, held from :meth:`acquire` to :meth:`release`.
+
+    The kernel drops the lock when the holding process ends, however it ends,
+    so a crashed run never leaves the directory locked; children do not
+    inherit it. The file stays after release: removing it would race a
+    newcomer that opened it already.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock (idempotent); write this process's pid into the file.
+
+        Raises:
+            DirectoryInUseError: another live process holds it.
+        """
+        if self._fd is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip()
+            os.close(fd)
+            pid = int(holder) if holder.isdigit() else None
+            raise DirectoryInUseError(self.path.parent, pid) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+        self._fd = fd
+
+    def release(self) -> None:
+        """Let the lock go (closing the only descriptor drops the flock)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 _PR_SET_PDEATHSIG = 1
@@ -214,6 +279,8 @@ class DemoFederation:
         self.database = self.directory / "onecert.db"
         self.logs = self.directory / "logs"
         self.pids_file = self.directory / "pids"
+        self.lock_file = self.directory / "lock"
+        self._lock = DirectoryLock(self.lock_file)
         self._run = self.directory / "run"
         # Written once the gateway is ready: providers that poll read it.
         self.gateway_address_file = self._run / "gateway.address"
@@ -222,12 +289,28 @@ class DemoFederation:
         self.portal: ManagedProcess | None = None
         self.portal_config_path = self.directory / "portal.toml"
         self.portal_url = ""
+        # Since when the carriers report live; what came before they report as
+        # history (see report_history). Set when the config is written.
+        self.history_start: datetime | None = None
+        self.history_reported = 0
         self._down_ports: dict[str, int] = {}
 
     # ------------------------------------------------------------ set-up
 
+    def lock(self) -> None:
+        """Take ``DIR/lock`` for this federation until :meth:`stop` (see :class:`DirectoryLock`).
+
+        Raises:
+            DirectoryInUseError: another live process holds it.
+        """
+        self._lock.acquire()
+
     def prepare(self) -> DevKeys:
-        """Fresh dev keys in ``DIR/keys``, empty ``logs/`` and ``run/``, no old state."""
+        """Fresh dev keys in ``DIR/keys``, empty ``logs/`` and ``run/``, no old state.
+
+        Takes the directory's lock first (see :meth:`lock`).
+        """
+        self.lock()
         for stale in (self.logs, self._run):
             shutil.rmtree(stale, ignore_errors=True)
             stale.mkdir(parents=True)
@@ -405,6 +488,7 @@ class DemoFederation:
         demo sees tickets delivered and notice deadlines pass.
         """
         by_name = {p.name: p for p in adapters}
+        self.history_start = datetime.now(UTC).replace(microsecond=0)
         lines = [
             "# Written by `onecert demo`: a production-mode gateway (TLS with client",
             "# certificates; mutual TLS to every carrier and provider) on dev keys.",
@@ -452,6 +536,10 @@ class DemoFederation:
             "backoff_max_s = 2",
             "unbind_deadline_s = 5",
             "lease_s = 30",
+            "",
+            "# Carriers report every event live from now on; earlier ones as history.",
+            "[check_recycled]",
+            f"history_start = {_toml(self.history_start.isoformat())}",
             "",
             "# Recycled-number notices: providers get seconds to act, not days.",
             "[notices]",
@@ -525,6 +613,8 @@ class DemoFederation:
                 "gateway") and the seconds it took.
 
         Raises:
+            DirectoryInUseError: another federation runs in this directory;
+                nothing in it was changed.
             StartupError: a process did not start (the others keep running:
                 call :meth:`stop`).
         """
@@ -546,6 +636,7 @@ class DemoFederation:
         gateway = self.start_gateway()
         await self.wait_ready([gateway])
         write_ready_file(self.gateway_address_file, gateway.address)
+        self.history_reported = await report_history(self)
         step("gateway", timer)
 
     def write_portal_config(self) -> Path:
@@ -639,7 +730,8 @@ class DemoFederation:
     def stop(self, timeout: float = 5.0) -> StopReport:
         """SIGTERM every process still running, SIGKILL those that outlive ``timeout``.
 
-        Safe to call repeatedly; blocks until every process has exited.
+        Safe to call repeatedly; blocks until every process has exited, then
+        releases the directory's lock.
         """
         timer = _Timer()
         running = [p for p in self.processes if p.popen is not None and p.popen.poll() is None]
@@ -662,6 +754,41 @@ class DemoFederation:
             for p in running
             if (status := p.exit_status()) not in _STOPPED_OK and p.name not in killed
         )
+        self._lock.release()
         return StopReport(
             stopped=len(running), killed=tuple(killed), failed=failed, elapsed_s=timer.elapsed()
         )
+
+
+async def report_history(federation: DemoFederation) -> int:
+    """Each carrier reports the past events its records hold, as history.
+
+    The lookup shows a citizen's former numbers as the carriers' registries
+    have them (cancelled, recycled); CheckRecycled answers from the events the
+    gateway has recorded. A carrier that joins reports its past events once,
+    as history (recorded, no notice sent), so both give the same answer.
+    Returns how many events were reported.
+    """
+    reported = 0
+    start = federation.history_start
+    for carrier in federation.carriers:
+        events = [
+            e
+            for e in history_events(carrier.id, federation.seed)
+            if start is None or e.effective_at < start
+        ]
+        if not events:
+            continue
+        async with CarrierGatewayClient(
+            federation.gateway_address, tls=federation.client_tls(carrier.id)
+        ) as client:
+            for event in events:
+                await client.report_number_event(
+                    event_id=event.event_id,
+                    msisdn=event.msisdn,
+                    event_type=event.event_type,
+                    effective_at=event.effective_at,
+                    history=True,
+                )
+                reported += 1
+    return reported

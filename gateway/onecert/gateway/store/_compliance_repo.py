@@ -33,6 +33,9 @@ def _notice_counts(now: datetime) -> Select[Any]:
             _count_if(and_(d.acted_at.is_not(None), d.acted_at <= n.deadline)).label("on_time"),
             _count_if(and_(d.acted_at.is_not(None), d.acted_at > n.deadline)).label("late"),
             _count_if(and_(d.acted_at.is_(None), n.deadline < now)).label("never"),
+            _count_if(and_(d.acted_at.is_(None), n.deadline < now, d.delivered_at.is_(None))).label(
+                "never_received"
+            ),
             _count_if(and_(d.acted_at.is_(None), n.deadline >= now)).label("awaiting"),
         )
         .join(number_events, d.notice_id == n.notice_id)
@@ -115,6 +118,7 @@ def _row(
         acted_on_time=int(nr["on_time"]) if nr else 0,
         acted_late=int(nr["late"]) if nr else 0,
         never_acted=int(nr["never"]) if nr else 0,
+        never_received=int(nr["never_received"]) if nr else 0,
         awaiting_action=int(nr["awaiting"]) if nr else 0,
         unbinds_open=sum(tc.get(s, 0) for s in OPEN_TICKET),
         unbinds_done=tc.get(TicketState.DONE.value, 0),

@@ -78,8 +78,10 @@ class NoticeRepository:
         transaction.
         """
         now = resolve_now(now)
-        if not is_e164(msisdn):
-            raise ValueError("msisdn must be E.164")
+        # The raw number is kept only to sign deliveries: an event without
+        # providers (a carrier's history) passes "" and is kept by its hash alone.
+        if not (is_e164(msisdn) or (msisdn == "" and not providers)):
+            raise ValueError("msisdn must be E.164 (or empty for an event without deliveries)")
         event = {
             "carrier_id": check_text("carrier_id", carrier_id, 64),
             "event_id": check_text("event_id", event_id, 128),

@@ -233,7 +233,8 @@ class ProviderComplianceRow:
     """Per provider: how notices and unbind tickets were handled.
 
     Every delivery counts in exactly one of ``acted_on_time``, ``acted_late``,
-    ``never_acted`` and ``awaiting_action`` (see :func:`classify_notice`).
+    ``never_acted`` and ``awaiting_action`` (see :func:`classify_notice`);
+    ``never_received`` are those of ``never_acted`` never delivered at all.
     ``unbind_median_time`` runs from ticket creation to the provider's final
     answer (DONE or REJECTED); None without such tickets.
     """
@@ -251,6 +252,7 @@ class ProviderComplianceRow:
     unbinds_rejected: int
     unbinds_failed: int
     unbind_median_time: timedelta | None
+    never_received: int = 0
 
 
 @dataclass(frozen=True)

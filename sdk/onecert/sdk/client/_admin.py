@@ -21,7 +21,9 @@ class ComplianceStatus(enum.StrEnum):
     """A provider's standing on recycled-number notices, worst first."""
 
     NON_COMPLIANT = "non-compliant"
-    """At least one notice was never acted on before its deadline."""
+    """At least one notice reached the provider and was never acted on before its deadline."""
+    UNREACHABLE = "unreachable"
+    """None ignored, but at least one notice never reached the provider before its deadline."""
     LATE = "late"
     """Every notice acted on, some after the deadline."""
     AWAITING = "awaiting"
@@ -37,8 +39,11 @@ class ProviderCompliance:
 
     Every notice counts in exactly one of ``acted_on_time``, ``acted_late``,
     ``never_acted`` (deadline passed, no action confirmed) and
-    ``awaiting_action`` (not due yet). ``unbind_median_time`` runs from a
-    ticket's creation to the provider's final answer; None without any.
+    ``awaiting_action`` (not due yet). Of ``never_acted``, ``never_received``
+    never reached the provider (it was unreachable: a failure of its service)
+    and :attr:`ignored` reached it and were not acted on (a failure to act).
+    ``unbind_median_time`` runs from a ticket's creation to the provider's
+    final answer; None without any.
     """
 
     provider_id: str
@@ -53,6 +58,12 @@ class ProviderCompliance:
     unbinds_rejected: int = 0
     unbinds_failed: int = 0
     unbind_median_time: timedelta | None = None
+    never_received: int = 0
+
+    @property
+    def ignored(self) -> int:
+        """Notices that reached the provider and were never acted on before the deadline."""
+        return self.never_acted - self.never_received
 
     @property
     def notices(self) -> int:
@@ -62,8 +73,10 @@ class ProviderCompliance:
     @property
     def status(self) -> ComplianceStatus:
         """The worst standing among its notices."""
-        if self.never_acted:
+        if self.ignored:
             return ComplianceStatus.NON_COMPLIANT
+        if self.never_received:
+            return ComplianceStatus.UNREACHABLE
         if self.acted_late:
             return ComplianceStatus.LATE
         if self.awaiting_action:
@@ -109,6 +122,7 @@ def report_from_pb(
                 unbind_median_time=(
                     delta(p.unbind_median_time) if p.HasField("unbind_median_time") else None
                 ),
+                never_received=p.never_received,
             )
             for p in response.providers
         ),
@@ -159,7 +173,7 @@ class AdminGatewayClient(ClientBase):
         since: datetime | None = None,
         timeout: float = 30.0,  # noqa: ASYNC109 - the gRPC deadline
     ) -> ComplianceReport:
-        """Per provider: notices acted on in time, late or never; unbind tickets.
+        """Per provider: notices acted on in time, late, not received or ignored; unbinds.
 
         Args:
             since: only notices and tickets created at or after this

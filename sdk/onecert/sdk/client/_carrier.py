@@ -89,6 +89,7 @@ class CarrierGatewayClient(ClientBase):
         event_type: NumberEventType | str,
         effective_at: datetime,
         quiet_period_ends_at: datetime | None = None,
+        history: bool = False,
         timeout: float = 10.0,  # noqa: ASYNC109 - the gRPC deadline
     ) -> ReportedEvent:
         """Report that ``msisdn`` was cancelled or recycled at ``effective_at``.
@@ -103,6 +104,9 @@ class CarrierGatewayClient(ClientBase):
             effective_at: when it took effect (timezone-aware, not in the future).
             quiet_period_ends_at: CANCELLED only: when the number may go to
                 someone else (the gateway's default quiet period otherwise).
+            history: a past event, from before the gateway's
+                ``check_recycled.history_start``, reported to complete the
+                number's history for CheckRecycled: recorded, no notice sent.
             timeout: seconds the call may take.
 
         Raises:
@@ -112,7 +116,7 @@ class CarrierGatewayClient(ClientBase):
         """
         kind = coerce_enum(NumberEventType, event_type, "event_type")
         request = gateway_pb2.ReportNumberEventRequest(
-            event_id=event_id, msisdn=msisdn, type=_NUMBER_EVENT_TYPES[kind]
+            event_id=event_id, msisdn=msisdn, type=_NUMBER_EVENT_TYPES[kind], history=history
         )
         request.effective_at.CopyFrom(stamp(effective_at, "effective_at"))
         if quiet_period_ends_at is not None:
