@@ -111,7 +111,7 @@ async def test_a_provider_answering_an_empty_interval_gets_internal() -> None:
     with capture_logs() as logs, pytest.raises(CallError) as err:
         await env.list_bindings("+8613800138000")
     assert err.value.code is grpc.StatusCode.INTERNAL
-    (entry,) = [e for e in logs if e["event"] == "adapter returned an invalid result"]
+    (entry,) = [e for e in logs if e["event"] == "adapter.invalid_result"]
     assert entry["rule"] == "bound_not_after is before bound_not_before"
     answers[:] = [
         Binding(
