@@ -14,11 +14,10 @@ import pytest
 
 from onecert.cli import main
 from onecert.sdk import UnbindReason
+from tests.unbind.unbind_support import UnbindWorld
 
-Env = Any  # the fixture's class lives in conftest.py, which tests cannot import
 
-
-def _runner(env: Env, tmp_path: Path, port: int) -> Any:
+def _runner(env: UnbindWorld, tmp_path: Path, port: int) -> Any:
     def run(*argv: str) -> int:
         assertion = tmp_path / "assertion.jwt"
         assertion.write_text(env.assertion())  # one use each: a fresh one per call
@@ -36,7 +35,7 @@ def _state_file() -> Path:
 
 
 async def test_lookup_numbers_rows_and_unbind_takes_a_row(
-    env: Env, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    env: UnbindWorld, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Rows are numbered left behind first, then hers, then one per previous holder's
     account; `unbind 1` unbinds the left-behind account and `unbind 3` releases the number."""
@@ -80,7 +79,7 @@ async def test_lookup_numbers_rows_and_unbind_takes_a_row(
     assert receipt["reason"] == UnbindReason.PREVIOUS_HOLDER_RELEASE
 
 
-async def test_rows_file_is_private(env: Env, tmp_path: Path) -> None:
+async def test_rows_file_is_private(env: UnbindWorld, tmp_path: Path) -> None:
     """The rows file is mode 0600 in a 0700 directory, whatever the umask."""
     await env.provider("pay")
     gateway = await env.gateway(workers=0)
@@ -95,7 +94,7 @@ async def test_rows_file_is_private(env: Env, tmp_path: Path) -> None:
 
 
 async def test_unbind_row_refusals(
-    env: Env, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    env: UnbindWorld, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """No lookup yet, a row that does not exist, a lookup on another gateway, a file
     others can read, or neither ROW nor --handle: each is one line and status 2."""
