@@ -16,6 +16,7 @@ import secrets
 import struct
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
@@ -280,12 +281,14 @@ class RoutingService:
             snapshot = RoutingFilter.from_bytes(message.filter)
         except FilterFormatError as exc:
             raise invalid(f"malformed filter: {exc}") from None
+        # The audit log refuses integers of 8 digits (phone numbers): sizes
+        # are written as powers of two and thousands, instants as ISO text.
         detail: dict[str, str | int | bool] = {
             "kind": "snapshot",
             "key_version": snapshot.key_version,
-            "m": snapshot.m,
-            "count": snapshot.count,
-            "created_at": snapshot.created_at,
+            "m_log2": snapshot.m.bit_length() - 1,
+            "count_k": -(-snapshot.count // 1000),
+            "created_at": _iso(snapshot.created_at),
             "interval_s": int(interval),
         }
         self._checked(caller, detail, lambda: self.index.check_snapshot(caller.id, snapshot))
@@ -320,7 +323,7 @@ class RoutingService:
             "kind": "additions",
             "key_version": additions.key_version,
             "count": len(additions.elements),
-            "created_at": additions.created_at,
+            "created_at": _iso(additions.created_at),
         }
         self._checked(caller, detail, lambda: self.index.check_additions(caller.id, additions))
         sealed = self._sealer.seal(
@@ -457,6 +460,13 @@ class RoutingService:
                 await self.sync()
             except Exception:  # noqa: BLE001 - a database hiccup must not stop following
                 _log.exception("routing.sync_failed")
+
+
+def _iso(unix: int) -> str:
+    try:
+        return datetime.fromtimestamp(unix, UTC).isoformat(timespec="seconds")
+    except (OverflowError, OSError, ValueError):
+        return "out of range"
 
 
 def _draft(caller: Principal, detail: dict[str, str | int | bool]) -> AuditDraft:
