@@ -249,3 +249,13 @@ async def _applied(*gateways: GatewayServer) -> None:
         head = await gateway.store.routing.head()
         while gateway.routing.applied < head:  # noqa: ASYNC110 - the replica's own poll loop applies them; nothing to wait on
             await asyncio.sleep(0.05)
+
+
+async def test_without_a_store_there_is_no_routing(fed: Federation) -> None:
+    """A gateway without [store] asks every provider and answers routing calls UNIMPLEMENTED."""
+    await _federation(fed)
+    gateway = await fed.gateway(store=None)
+    async with provider_client(fed, gateway, "holder") as holder:
+        error = await _refused(holder.get_routing_key())
+    assert error.code is grpc.StatusCode.UNIMPLEMENTED
+    assert summary(await fed.lookup(gateway)).total.skipped == 0

@@ -162,7 +162,7 @@ class GatewayServicer:
         """The federation's routing key a provider builds its filter with: the
         active version and its key, over the provider's authenticated channel.
         Errors: UNAUTHENTICATED, FAILED_PRECONDITION (routing is off at this
-        gateway).
+        gateway), UNIMPLEMENTED (the gateway has no store, so no routing).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -180,7 +180,8 @@ class GatewayServicer:
         (keyed with a key version that is not live or with another key: fetch
         GetRoutingKey again; additions keyed otherwise than the snapshot in
         place; a snapshot older than the one in place; routing is off),
-        UNAVAILABLE (the gateway's database cannot be reached; publish again).
+        UNAVAILABLE (the gateway's database cannot be reached; publish again),
+        UNIMPLEMENTED (the gateway has no store, so no routing).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

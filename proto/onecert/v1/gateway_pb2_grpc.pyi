@@ -91,7 +91,7 @@ class GatewayStub:
     """The federation's routing key a provider builds its filter with: the
     active version and its key, over the provider's authenticated channel.
     Errors: UNAUTHENTICATED, FAILED_PRECONDITION (routing is off at this
-    gateway).
+    gateway), UNIMPLEMENTED (the gateway has no store, so no routing).
     """
     PublishFilter: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.PublishFilterRequest, _gateway_pb2.PublishFilterResponse]
     """A provider publishes the membership filter of the numbers bound at it
@@ -105,7 +105,8 @@ class GatewayStub:
     (keyed with a key version that is not live or with another key: fetch
     GetRoutingKey again; additions keyed otherwise than the snapshot in
     place; a snapshot older than the one in place; routing is off),
-    UNAVAILABLE (the gateway's database cannot be reached; publish again).
+    UNAVAILABLE (the gateway's database cannot be reached; publish again),
+    UNIMPLEMENTED (the gateway has no store, so no routing).
     """
     GetComplianceReport: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetComplianceReportRequest, _gateway_pb2.GetComplianceReportResponse]
     """Admin: per provider, how notices and unbinds were handled.
@@ -160,7 +161,7 @@ class GatewayAsyncStub(GatewayStub):
     """The federation's routing key a provider builds its filter with: the
     active version and its key, over the provider's authenticated channel.
     Errors: UNAUTHENTICATED, FAILED_PRECONDITION (routing is off at this
-    gateway).
+    gateway), UNIMPLEMENTED (the gateway has no store, so no routing).
     """
     PublishFilter: _aio.UnaryUnaryMultiCallable[_gateway_pb2.PublishFilterRequest, _gateway_pb2.PublishFilterResponse]  # type: ignore[assignment]
     """A provider publishes the membership filter of the numbers bound at it
@@ -174,7 +175,8 @@ class GatewayAsyncStub(GatewayStub):
     (keyed with a key version that is not live or with another key: fetch
     GetRoutingKey again; additions keyed otherwise than the snapshot in
     place; a snapshot older than the one in place; routing is off),
-    UNAVAILABLE (the gateway's database cannot be reached; publish again).
+    UNAVAILABLE (the gateway's database cannot be reached; publish again),
+    UNIMPLEMENTED (the gateway has no store, so no routing).
     """
     GetComplianceReport: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetComplianceReportRequest, _gateway_pb2.GetComplianceReportResponse]  # type: ignore[assignment]
     """Admin: per provider, how notices and unbinds were handled.
@@ -274,7 +276,7 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         """The federation's routing key a provider builds its filter with: the
         active version and its key, over the provider's authenticated channel.
         Errors: UNAUTHENTICATED, FAILED_PRECONDITION (routing is off at this
-        gateway).
+        gateway), UNIMPLEMENTED (the gateway has no store, so no routing).
         """
 
     @_abc_1.abstractmethod
@@ -294,7 +296,8 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         (keyed with a key version that is not live or with another key: fetch
         GetRoutingKey again; additions keyed otherwise than the snapshot in
         place; a snapshot older than the one in place; routing is off),
-        UNAVAILABLE (the gateway's database cannot be reached; publish again).
+        UNAVAILABLE (the gateway's database cannot be reached; publish again),
+        UNIMPLEMENTED (the gateway has no store, so no routing).
         """
 
     @_abc_1.abstractmethod
