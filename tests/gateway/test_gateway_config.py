@@ -24,6 +24,7 @@ from onecert.gateway._config import (
     ListenTLS,
     NoticesConfig,
     PortalConfig,
+    RoutingConfig,
     StoreConfig,
     TracingConfig,
 )
@@ -106,8 +107,10 @@ def test_documented_keys_are_exactly_the_parsed_keys() -> None:
         "portal",
         "metrics",
         "tracing",
+        "routing",
     }
     assert set(data["tracing"]) == {f.name for f in dataclasses.fields(TracingConfig)}
+    assert set(data["routing"]) == {f.name for f in dataclasses.fields(RoutingConfig)}
     fields = {f.name for f in dataclasses.fields(FanoutConfig)}
     assert set(data["fanout"]) == fields
     assert set(data["delivery"]) == {f.name for f in dataclasses.fields(DeliveryConfig)}
@@ -129,6 +132,7 @@ DOCUMENTED_TABLES: dict[str, type[Any]] = {
     "[admin]": AdminConfig,
     "[portal]": PortalConfig,
     "[tracing]": TracingConfig,
+    "[routing]": RoutingConfig,
 }
 
 

@@ -32,11 +32,16 @@ SDK_ROUTING_API = {
 GATEWAY_ROUTING_API = {
     "AskReason",
     "FilterRejectedError",
+    "FilterSealer",
     "ProviderRouting",
     "Route",
     "RoutingIndex",
     "RoutingKeyring",
+    "RoutingService",
     "UnknownProviderError",
+    "derive_filter_key",
+    "derive_routing_key",
+    "load_routing_keys",
 }
 
 
@@ -47,7 +52,7 @@ def test_sdk_routing_exports() -> None:
 
 
 def test_gateway_routing_exports() -> None:
-    """onecert.gateway.routing exports the index and the keyring, all importable."""
+    """onecert.gateway.routing exports the index, the keyring and the service, all importable."""
     assert set(onecert.gateway.routing.__all__) == GATEWAY_ROUTING_API
     assert all(hasattr(onecert.gateway.routing, name) for name in GATEWAY_ROUTING_API)
 

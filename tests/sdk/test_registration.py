@@ -172,7 +172,9 @@ def test_incomplete_provider_cannot_be_served() -> None:
 def test_provider_identity_is_checked(kwargs: dict[str, str]) -> None:
     """Provider id, name and category are validated at construction."""
     with pytest.raises(ValueError, match=r"provider_id|name|category"):
-        Provider(**kwargs)
+        Provider(
+            provider_id=kwargs["provider_id"], name=kwargs["name"], category=kwargs["category"]
+        )
 
 
 def test_configuration_is_keyword_only() -> None:

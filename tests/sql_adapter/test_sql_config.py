@@ -86,6 +86,10 @@ def test_documented_config_parses(tmp_path: Path) -> None:
     assert config.server.tls is not None
     assert config.server.tls.client_ca == tmp_path / "keys/ca.pem"
     assert config.server.idempotency_db == tmp_path / "site.idempotency.db"
+    assert config.queries.numbers == "SELECT phone FROM users WHERE phone IS NOT NULL"
+    assert config.routing is not None
+    assert config.routing.gateway == "gateway.example:443"
+    assert config.routing.cert == tmp_path / "keys/site-client.pem"
 
 
 def test_load_config_reads_the_example(tmp_path: Path) -> None:

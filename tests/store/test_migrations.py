@@ -22,6 +22,8 @@ _TABLES = {
     "deliveries",
     "number_events",
     "replay_cache",
+    "routing_filters",
+    "routing_head",
     "unbind_tickets",
 }
 

@@ -42,6 +42,7 @@ __all__ = [
     "NoticesConfig",
     "PortalConfig",
     "ProviderConfig",
+    "RoutingConfig",
     "StoreConfig",
     "TracingConfig",
     "UpstreamTLS",
@@ -99,6 +100,8 @@ class KeysConfig:
     warrant_lifetime_s: float = setting(30.0, seconds=True, maximum=60, why="the contract's limit")
     # Key of the audit log's digests (32 bytes hex); derived from the handle key if absent.
     audit_key: Path | None = None
+    # Key sealing routing filters at rest (32 bytes hex); derived from the handle key if absent.
+    filter_key: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -348,6 +351,27 @@ class TracingConfig:
 
 
 @dataclass(frozen=True)
+class RoutingConfig:
+    """Routing (``[routing]``): ask only the providers whose filter may hold the number.
+
+    Needs ``[store]`` (filters are shared by replicas through it). Off, every
+    provider is asked about every number, as before routing existed; on, a
+    provider is routed out only while it has a fresh filter, so with no
+    filter published the lookups are the same.
+    """
+
+    enabled: bool = True
+    # The routing keys, one "VERSION HEX" line each (the highest version is
+    # active); None: version 1 derived from the handle key.
+    key_file: Path | None = None
+    # How often each replica looks for filters published to the others: a
+    # filter published to one replica is applied by all within about this.
+    poll_interval_s: float = setting(2.0, seconds=True, maximum=60)
+    # A snapshot stays fresh this long past its promised interval.
+    grace_s: float = setting(60.0, seconds=True, allow_zero=True)
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     """The whole gateway configuration.
 
@@ -384,6 +408,7 @@ class GatewayConfig:
     portal: PortalConfig = field(default_factory=PortalConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     tracing: TracingConfig = field(default_factory=TracingConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
 
     @property
     def json_logs(self) -> bool:
@@ -493,6 +518,7 @@ def parse_config(
     portal = _finished(root.table("portal"), PortalConfig)
     metrics = _parse_metrics(root.table("metrics"), grpc_listen=general["listen"])
     tracing = _parse_tracing(root.table("tracing"))
+    routing = _finished(root.table("routing"), RoutingConfig)
     _unique("carriers", [c.id for c in carriers])
     _unique("providers", [p.id for p in providers])
     _unique_cns(carriers, providers, admin, portal)
@@ -513,6 +539,7 @@ def parse_config(
         portal=portal,
         metrics=metrics,
         tracing=tracing,
+        routing=routing,
         **general,
     )
     check_transport(config)
@@ -745,4 +772,5 @@ _TABLES = (
     "portal",
     "metrics",
     "tracing",
+    "routing",
 )

@@ -50,6 +50,7 @@ __all__ = [
     "ProviderAnswer",
     "ProviderCall",
     "Router",
+    "RoutingTable",
 ]
 
 _log = structlog.get_logger("onecert.gateway.fanout")
@@ -80,6 +81,7 @@ _MIN_ATTEMPT_TIME = 0.05
 # thousands of bindings would stall every other call of the gateway, and the
 # result would outgrow the largest message the gateway may send.
 MAX_BINDINGS_PER_ANSWER = 1000
+ROUTED_OUT_DETAIL = "routing: its filter says it does not hold this number"
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,19 @@ class Router(Protocol):
         self, msisdn: str, providers: Sequence[ProviderConfig]
     ) -> Sequence[ProviderConfig]:
         """The providers to ask about ``msisdn``, out of ``providers``."""
+        ...
+
+
+class RoutingTable(Protocol):
+    """Which providers' published filters rule a number out (``[routing]``).
+
+    Unlike a :class:`Router`, what it rules out is still reported: each such
+    provider ends SKIPPED with a detail that says routing, so coverage
+    accounts for every provider.
+    """
+
+    def routed_out(self, msisdn: str) -> frozenset[str]:
+        """The provider ids not to ask about ``msisdn``."""
         ...
 
 
@@ -186,6 +201,8 @@ class FanOut:
         channels: where channels to the upstreams come from.
         warrants: signs the warrant of every call.
         router: chooses providers per number; all of them by default.
+        routing: rules providers out per number by their filters (reported
+            SKIPPED); None: no routing. May be set after construction.
         observer: told how every call ended (metrics, tracing); nothing by default.
     """
 
@@ -198,6 +215,7 @@ class FanOut:
         channels: ChannelPool,
         warrants: WarrantIssuer,
         router: Router | None = None,
+        routing: RoutingTable | None = None,
         max_bindings: int = MAX_BINDINGS_PER_ANSWER,
         observer: Observer = NO_OBSERVER,
     ) -> None:
@@ -209,6 +227,7 @@ class FanOut:
         self._channels = channels
         self._warrants = warrants
         self._router: Router = router or AllProviders()
+        self.routing = routing
         self.carriers = tuple(carriers)
         self.providers = tuple(providers)
         self._carrier_upstreams = {
@@ -308,11 +327,17 @@ class FanOut:
     # ----------------------------------------------------------- providers
 
     async def plan(self, msisdns: Sequence[str]) -> tuple[ProviderCall, ...]:
-        """The provider calls for ``msisdns``, as the router chooses them."""
+        """The provider calls for ``msisdns``, as the router chooses them.
+
+        With :attr:`routing`, the calls it rules out are planned ``routed_out``:
+        reported SKIPPED, never made.
+        """
         calls: list[ProviderCall] = []
+        routing = self.routing
         for msisdn in msisdns:
             routed = await self._router.route(msisdn, self.providers)
-            calls.extend(ProviderCall(provider, msisdn) for provider in routed)
+            out = frozenset() if routing is None else routing.routed_out(msisdn)
+            calls.extend(ProviderCall(p, msisdn, routed_out=p.id in out) for p in routed)
         return tuple(calls)
 
     async def ask_providers(
@@ -329,15 +354,25 @@ class FanOut:
             query_id: the lookup's id, carried in every warrant.
             deadline: ``loop.time()`` by which every call must end.
         """
-        started = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         tasks = [
             asyncio.create_task(
                 self._ask_provider(call, query_id=query_id, deadline=deadline),
                 name=f"lookup {query_id} {call.provider.id}",
             )
             for call in calls
+            if not call.routed_out
         ]
         try:
+            # Routed-out calls end at once, without a task, while the real
+            # calls run: their cost must stay small. They are not observed
+            # (metrics and spans count the calls made).
+            for call in calls:
+                if call.routed_out:
+                    yield ProviderAnswer(
+                        call, CallOutcome.SKIPPED, ROUTED_OUT_DETAIL, (), 0, loop.time()
+                    )
             for next_done in asyncio.as_completed(tasks):
                 answer = await next_done
                 self._observer.provider_answered(answer, answer.finished_at - started)

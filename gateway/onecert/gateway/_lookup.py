@@ -36,7 +36,13 @@ from onecert.gateway._attribution import (
     proto_binding_time,
     proto_bound_at,
 )
-from onecert.gateway._fanout import CallOutcome, CarrierAnswer, FanOut, ProviderAnswer
+from onecert.gateway._fanout import (
+    ROUTED_OUT_DETAIL,
+    CallOutcome,
+    CarrierAnswer,
+    FanOut,
+    ProviderAnswer,
+)
 from onecert.gateway._handles import HandleClaims, HandleSealer
 from onecert.gateway._identity import (
     AssertionVerifier,
@@ -380,10 +386,14 @@ class LookupService:
         # What the citizen was shown, in counts only: numbers, provider calls
         # and how they ended. Written in the background once the call ends.
         detail: dict[str, str | int | bool] = {"outcome": "error"}
+        # Routing is audited with the lookup it serves: calls made, calls routed out.
+        routed_out = 0
         try:
             async for response in responses:
                 update = response.WhichOneof("update")
-                if update == "started":
+                if update == "result":
+                    routed_out += response.result.detail == ROUTED_OUT_DETAIL
+                elif update == "started":
                     detail["numbers"] = len({n.msisdn for n in response.started.numbers})
                     detail["provider_calls"] = response.started.provider_calls
                 elif update == "summary":
@@ -403,6 +413,9 @@ class LookupService:
             detail["outcome"] = "cancelled"
             raise
         finally:
+            if "provider_calls" in detail:
+                detail["routed_out"] = routed_out
+                detail["asked"] = int(detail["provider_calls"]) - routed_out
             auditor.spawn(
                 "lookup",
                 actor=auditor.citizen(citizen.sub),

@@ -48,10 +48,15 @@ class CallOutcome(enum.Enum):
 
 @dataclass(frozen=True)
 class ProviderCall:
-    """One planned call: ask ``provider`` about ``msisdn``."""
+    """One planned call: ask ``provider`` about ``msisdn``.
+
+    ``routed_out``: routing says the provider does not hold the number; the
+    call is not made and ends SKIPPED (detail "routing: ...").
+    """
 
     provider: ProviderConfig
     msisdn: str
+    routed_out: bool = False
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,9 @@ POLICY: Final[Mapping[str, frozenset[Role]]] = {
     _GATEWAY + "CheckRecycled": frozenset({Role.PROVIDER}),
     _GATEWAY + "PollEvents": frozenset({Role.PROVIDER}),
     _GATEWAY + "ConfirmEventAction": frozenset({Role.PROVIDER}),
+    # Providers fetch the routing key and publish their own filter.
+    _GATEWAY + "GetRoutingKey": frozenset({Role.PROVIDER}),
+    _GATEWAY + "PublishFilter": frozenset({Role.PROVIDER}),
     # The regulator.
     _GATEWAY + "GetComplianceReport": frozenset({Role.ADMIN}),
     # Orchestrators and operators.

@@ -37,6 +37,14 @@ from onecert.gateway._principals import PrincipalResolver
 from onecert.gateway._recycled import RecycledNumbers
 from onecert.gateway._refusal import Refusal
 from onecert.gateway._unbind import UnbindService
+from onecert.gateway.routing import RoutingKeyring, RoutingService
+from onecert.gateway.routing._service import (
+    FilterSealer,
+    derive_filter_key,
+    derive_routing_key,
+    load_filter_key,
+    load_routing_keys,
+)
 from onecert.gateway.store import Store, StoreReplayCache
 from onecert.sdk._keys import SigningKey, load_jwks
 from onecert.sdk._tls import ServerTLS
@@ -103,12 +111,26 @@ class _GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         *,
         unbind: UnbindService | None = None,
         recycled: RecycledNumbers | None = None,
+        routing: RoutingService | None = None,
+        routing_off: bool = False,
         telemetry: Telemetry | None = None,
     ) -> None:
         self._lookup = lookup
         self._unbind = unbind
         self._recycled = recycled
+        self._routing = routing
+        self._routing_off = routing_off
         self._telemetry = telemetry
+
+    def _routing_service(self) -> RoutingService:
+        if self._routing is None and self._routing_off:
+            raise Refusal(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "routing is off at this gateway ([routing] enabled = false): "
+                "every provider is asked about every number",
+                reason="routing_off",
+            )
+        return _stateful(self._routing)
 
     async def Lookup(  # noqa: N802 - the gRPC method name
         self, request: gateway_pb2.LookupRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -169,6 +191,16 @@ class _GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     ) -> gateway_pb2.ConfirmEventActionResponse:
         notices = _stateful(self._recycled).notices
         return await notices.confirm_event_action(request, current_caller())
+
+    async def GetRoutingKey(  # noqa: N802 - the gRPC method name
+        self, request: gateway_pb2.GetRoutingKeyRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> gateway_pb2.GetRoutingKeyResponse:
+        return self._routing_service().routing_key(current_caller())
+
+    async def PublishFilter(  # noqa: N802 - the gRPC method name
+        self, request: gateway_pb2.PublishFilterRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> gateway_pb2.PublishFilterResponse:
+        return await self._routing_service().publish(request, current_caller())
 
     async def GetComplianceReport(  # noqa: N802 - the gRPC method name
         self,
@@ -298,8 +330,13 @@ class GatewayServer:
         self.unbind: UnbindService | None = None
         self.delivery: DeliveryWorkers | None = None
         self.recycled: RecycledNumbers | None = None
+        self.routing: RoutingService | None = None
         if store is not None and self.auditor is not None:
             self._build_stateful(store, self.auditor, observer, clock)
+            if config.routing.enabled:
+                self.routing = self._build_routing(store, handle_key)
+                self.fanout.routing = self.routing
+                self._workers.append(self.routing)
         # Ask every provider who it is; stop asking one that claims another id.
         self.describe_check = DescribeCheck(
             channels=self._channels, providers=config.providers, fanout=self.fanout
@@ -363,6 +400,28 @@ class GatewayServer:
         self.recycled.pusher.observer = observer
         self._workers.append(self.recycled.pusher)
 
+    def _build_routing(self, store: Store, handle_key: bytes) -> RoutingService:
+        """Filters published by providers, shared through the store, asked by the fan-out."""
+        config = self.config
+        key_file = config.routing.key_file
+        keyring = (
+            RoutingKeyring({1: derive_routing_key(handle_key, 1)}, active=1)
+            if key_file is None
+            else load_routing_keys(key_file)
+        )
+        filter_key = (
+            derive_filter_key(handle_key)
+            if config.keys.filter_key is None
+            else load_filter_key(config.keys.filter_key)
+        )
+        return RoutingService(
+            keyring=keyring,
+            store=store,
+            sealer=FilterSealer(filter_key),
+            providers=[p.id for p in config.providers],
+            config=config.routing,
+        )
+
     @property
     def port(self) -> int:
         """The port the server listens on (after :meth:`start`)."""
@@ -413,6 +472,8 @@ class GatewayServer:
                 self.lookup,
                 unbind=self.unbind,
                 recycled=self.recycled,
+                routing=self.routing,
+                routing_off=not self.config.routing.enabled,
                 telemetry=self.telemetry,
             ),
             server,

@@ -11,8 +11,9 @@ on top of mutual TLS in production):
   expired or replayed, PERMISSION_DENIED when `acr` is too low.
 * carrier (ReportNumberEvent): the carrier id from its client certificate
   (or a carrier token in development).
-* provider (CheckRecycled, PollEvents, ConfirmEventAction): the provider
-  id from its client certificate (or a provider token in development).
+* provider (CheckRecycled, PollEvents, ConfirmEventAction, GetRoutingKey,
+  PublishFilter): the provider id from its client certificate (or a
+  provider token in development).
 * regulator (GetComplianceReport): the admin role.
 Every RPC needs a deadline; requests without one get the gateway's default.
 """
@@ -1004,6 +1005,179 @@ class ConfirmEventActionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ConfirmEventActionResponse: _TypeAlias = ConfirmEventActionResponse  # noqa: Y015
+
+@_typing.final
+class GetRoutingKeyRequest(_message.Message):
+    """---------------------------------------------------------------- Routing"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRoutingKeyRequest: _TypeAlias = GetRoutingKeyRequest  # noqa: Y015
+
+@_typing.final
+class GetRoutingKeyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_VERSION_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    LIVE_VERSIONS_FIELD_NUMBER: _builtins.int
+    key_version: _builtins.int
+    """The version new filters are built with (the filter header's key
+    version), 1 to 2^32-1.
+    """
+    key: _builtins.bytes
+    """The routing key of that version: 32 bytes or more. A secret shared by
+    the federation: never log it, keep it like a password.
+    """
+    @_builtins.property
+    def live_versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The other versions still accepted (during a rotation, the previous
+        one). A filter under any of them is routed until it is retired.
+        """
+
+    def __init__(
+        self,
+        *,
+        key_version: _builtins.int = ...,
+        key: _builtins.bytes = ...,
+        live_versions: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "key_version", b"key_version", "live_versions", b"live_versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRoutingKeyResponse: _TypeAlias = GetRoutingKeyResponse  # noqa: Y015
+
+@_typing.final
+class RoutingSnapshot(_message.Message):
+    """A provider's promise to stay routed: it publishes a snapshot at least
+    this often. Past the interval plus the gateway's grace without a new
+    snapshot, it is asked about every number again.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILTER_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_INTERVAL_FIELD_NUMBER: _builtins.int
+    filter: _builtins.bytes
+    """The serialized filter (docs/routing.md, "Snapshot": the 48-byte header,
+    then the bits). Required.
+    """
+    @_builtins.property
+    def snapshot_interval(self) -> _duration_pb2.Duration:
+        """How often the provider publishes a snapshot. Required; from 60 seconds
+        to 7 days.
+        """
+
+    def __init__(
+        self,
+        *,
+        filter: _builtins.bytes = ...,
+        snapshot_interval: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["snapshot_interval", b"snapshot_interval"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "snapshot_interval", b"snapshot_interval"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RoutingSnapshot: _TypeAlias = RoutingSnapshot  # noqa: Y015
+
+@_typing.final
+class RoutingOptOut(_message.Message):
+    """Stop routing: the gateway asks this provider about every number (a big
+    platform that holds most numbers anyway). A later snapshot opts back in.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RoutingOptOut: _TypeAlias = RoutingOptOut  # noqa: Y015
+
+@_typing.final
+class PublishFilterRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    ADDITIONS_FIELD_NUMBER: _builtins.int
+    OPT_OUT_FIELD_NUMBER: _builtins.int
+    additions: _builtins.bytes
+    """Numbers bound since (docs/routing.md, "Additions": the 32-byte header,
+    then 16 bytes per number), keyed with the snapshot's key version.
+    Publish one at once when a number is bound. Additions sent before the
+    first snapshot are kept and applied to it.
+    """
+    @_builtins.property
+    def snapshot(self) -> Global___RoutingSnapshot:
+        """A full filter: replaces the one in place."""
+
+    @_builtins.property
+    def opt_out(self) -> Global___RoutingOptOut: ...
+    def __init__(
+        self,
+        *,
+        snapshot: Global___RoutingSnapshot | None = ...,
+        additions: _builtins.bytes = ...,
+        opt_out: Global___RoutingOptOut | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["additions", b"additions", "opt_out", b"opt_out", "snapshot", b"snapshot", "update", b"update"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["additions", b"additions", "opt_out", b"opt_out", "snapshot", b"snapshot", "update", b"update"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_update: _TypeAlias = _typing.Literal["snapshot", "additions", "opt_out"]  # noqa: Y015
+    _WhichOneofArgType_update: _TypeAlias = _typing.Literal["update", b"update"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_update) -> _WhichOneofReturnType_update | None: ...
+
+Global___PublishFilterRequest: _TypeAlias = PublishFilterRequest  # noqa: Y015
+
+@_typing.final
+class PublishFilterResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FRESH_UNTIL_FIELD_NUMBER: _builtins.int
+    ACTIVE_KEY_VERSION_FIELD_NUMBER: _builtins.int
+    active_key_version: _builtins.int
+    """The routing key version the gateway builds lookups with now; when it
+    differs from the filter's, build the next snapshot under it.
+    """
+    @_builtins.property
+    def fresh_until(self) -> _timestamp_pb2.Timestamp:
+        """When the provider turns stale without a new snapshot (absent without a
+        snapshot in place, or opted out).
+        """
+
+    def __init__(
+        self,
+        *,
+        fresh_until: _timestamp_pb2.Timestamp | None = ...,
+        active_key_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["fresh_until", b"fresh_until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_key_version", b"active_key_version", "fresh_until", b"fresh_until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishFilterResponse: _TypeAlias = PublishFilterResponse  # noqa: Y015
 
 @_typing.final
 class GetComplianceReportRequest(_message.Message):

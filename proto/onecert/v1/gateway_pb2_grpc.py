@@ -69,6 +69,16 @@ class GatewayStub:
                 request_serializer=onecert_dot_v1_dot_gateway__pb2.ConfirmEventActionRequest.SerializeToString,
                 response_deserializer=onecert_dot_v1_dot_gateway__pb2.ConfirmEventActionResponse.FromString,
                 _registered_method=True)
+        self.GetRoutingKey = channel.unary_unary(
+                '/onecert.v1.Gateway/GetRoutingKey',
+                request_serializer=onecert_dot_v1_dot_gateway__pb2.GetRoutingKeyRequest.SerializeToString,
+                response_deserializer=onecert_dot_v1_dot_gateway__pb2.GetRoutingKeyResponse.FromString,
+                _registered_method=True)
+        self.PublishFilter = channel.unary_unary(
+                '/onecert.v1.Gateway/PublishFilter',
+                request_serializer=onecert_dot_v1_dot_gateway__pb2.PublishFilterRequest.SerializeToString,
+                response_deserializer=onecert_dot_v1_dot_gateway__pb2.PublishFilterResponse.FromString,
+                _registered_method=True)
         self.GetComplianceReport = channel.unary_unary(
                 '/onecert.v1.Gateway/GetComplianceReport',
                 request_serializer=onecert_dot_v1_dot_gateway__pb2.GetComplianceReportRequest.SerializeToString,
@@ -148,6 +158,35 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRoutingKey(self, request, context):
+        """The federation's routing key a provider builds its filter with: the
+        active version and its key, over the provider's authenticated channel.
+        Errors: UNAUTHENTICATED, FAILED_PRECONDITION (routing is off at this
+        gateway), UNIMPLEMENTED (the gateway has no store, so no routing).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishFilter(self, request, context):
+        """A provider publishes the membership filter of the numbers bound at it
+        (docs/routing.md), so the gateway asks it only about numbers it may
+        hold: a full snapshot, additions since, or an opt-out (always asked).
+        Applied by every gateway replica within the routing poll interval.
+        Nothing changes when refused.
+        Errors: UNAUTHENTICATED, INVALID_ARGUMENT (malformed filter or
+        additions, created_at in the future, a snapshot interval out of
+        bounds, a filter larger than the gateway accepts), FAILED_PRECONDITION
+        (keyed with a key version that is not live or with another key: fetch
+        GetRoutingKey again; additions keyed otherwise than the snapshot in
+        place; a snapshot older than the one in place; routing is off),
+        UNAVAILABLE (the gateway's database cannot be reached; publish again),
+        UNIMPLEMENTED (the gateway has no store, so no routing).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetComplianceReport(self, request, context):
         """Admin: per provider, how notices and unbinds were handled.
         Errors: UNAUTHENTICATED, PERMISSION_DENIED (not an admin).
@@ -193,6 +232,16 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.ConfirmEventAction,
                     request_deserializer=onecert_dot_v1_dot_gateway__pb2.ConfirmEventActionRequest.FromString,
                     response_serializer=onecert_dot_v1_dot_gateway__pb2.ConfirmEventActionResponse.SerializeToString,
+            ),
+            'GetRoutingKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRoutingKey,
+                    request_deserializer=onecert_dot_v1_dot_gateway__pb2.GetRoutingKeyRequest.FromString,
+                    response_serializer=onecert_dot_v1_dot_gateway__pb2.GetRoutingKeyResponse.SerializeToString,
+            ),
+            'PublishFilter': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishFilter,
+                    request_deserializer=onecert_dot_v1_dot_gateway__pb2.PublishFilterRequest.FromString,
+                    response_serializer=onecert_dot_v1_dot_gateway__pb2.PublishFilterResponse.SerializeToString,
             ),
             'GetComplianceReport': grpc.unary_unary_rpc_method_handler(
                     servicer.GetComplianceReport,
@@ -389,6 +438,60 @@ class Gateway:
             '/onecert.v1.Gateway/ConfirmEventAction',
             onecert_dot_v1_dot_gateway__pb2.ConfirmEventActionRequest.SerializeToString,
             onecert_dot_v1_dot_gateway__pb2.ConfirmEventActionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRoutingKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/onecert.v1.Gateway/GetRoutingKey',
+            onecert_dot_v1_dot_gateway__pb2.GetRoutingKeyRequest.SerializeToString,
+            onecert_dot_v1_dot_gateway__pb2.GetRoutingKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishFilter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/onecert.v1.Gateway/PublishFilter',
+            onecert_dot_v1_dot_gateway__pb2.PublishFilterRequest.SerializeToString,
+            onecert_dot_v1_dot_gateway__pb2.PublishFilterResponse.FromString,
             options,
             channel_credentials,
             insecure,

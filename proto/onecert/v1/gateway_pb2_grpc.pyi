@@ -11,8 +11,9 @@ on top of mutual TLS in production):
   expired or replayed, PERMISSION_DENIED when `acr` is too low.
 * carrier (ReportNumberEvent): the carrier id from its client certificate
   (or a carrier token in development).
-* provider (CheckRecycled, PollEvents, ConfirmEventAction): the provider
-  id from its client certificate (or a provider token in development).
+* provider (CheckRecycled, PollEvents, ConfirmEventAction, GetRoutingKey,
+  PublishFilter): the provider id from its client certificate (or a
+  provider token in development).
 * regulator (GetComplianceReport): the admin role.
 Every RPC needs a deadline; requests without one get the gateway's default.
 """
@@ -86,6 +87,27 @@ class GatewayStub:
     """A provider confirms that it acted on a notice. Errors: UNAUTHENTICATED,
     NOT_FOUND (unknown notice for this provider), INVALID_ARGUMENT.
     """
+    GetRoutingKey: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetRoutingKeyRequest, _gateway_pb2.GetRoutingKeyResponse]
+    """The federation's routing key a provider builds its filter with: the
+    active version and its key, over the provider's authenticated channel.
+    Errors: UNAUTHENTICATED, FAILED_PRECONDITION (routing is off at this
+    gateway), UNIMPLEMENTED (the gateway has no store, so no routing).
+    """
+    PublishFilter: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.PublishFilterRequest, _gateway_pb2.PublishFilterResponse]
+    """A provider publishes the membership filter of the numbers bound at it
+    (docs/routing.md), so the gateway asks it only about numbers it may
+    hold: a full snapshot, additions since, or an opt-out (always asked).
+    Applied by every gateway replica within the routing poll interval.
+    Nothing changes when refused.
+    Errors: UNAUTHENTICATED, INVALID_ARGUMENT (malformed filter or
+    additions, created_at in the future, a snapshot interval out of
+    bounds, a filter larger than the gateway accepts), FAILED_PRECONDITION
+    (keyed with a key version that is not live or with another key: fetch
+    GetRoutingKey again; additions keyed otherwise than the snapshot in
+    place; a snapshot older than the one in place; routing is off),
+    UNAVAILABLE (the gateway's database cannot be reached; publish again),
+    UNIMPLEMENTED (the gateway has no store, so no routing).
+    """
     GetComplianceReport: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetComplianceReportRequest, _gateway_pb2.GetComplianceReportResponse]
     """Admin: per provider, how notices and unbinds were handled.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED (not an admin).
@@ -134,6 +156,27 @@ class GatewayAsyncStub(GatewayStub):
     ConfirmEventAction: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ConfirmEventActionRequest, _gateway_pb2.ConfirmEventActionResponse]  # type: ignore[assignment]
     """A provider confirms that it acted on a notice. Errors: UNAUTHENTICATED,
     NOT_FOUND (unknown notice for this provider), INVALID_ARGUMENT.
+    """
+    GetRoutingKey: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetRoutingKeyRequest, _gateway_pb2.GetRoutingKeyResponse]  # type: ignore[assignment]
+    """The federation's routing key a provider builds its filter with: the
+    active version and its key, over the provider's authenticated channel.
+    Errors: UNAUTHENTICATED, FAILED_PRECONDITION (routing is off at this
+    gateway), UNIMPLEMENTED (the gateway has no store, so no routing).
+    """
+    PublishFilter: _aio.UnaryUnaryMultiCallable[_gateway_pb2.PublishFilterRequest, _gateway_pb2.PublishFilterResponse]  # type: ignore[assignment]
+    """A provider publishes the membership filter of the numbers bound at it
+    (docs/routing.md), so the gateway asks it only about numbers it may
+    hold: a full snapshot, additions since, or an opt-out (always asked).
+    Applied by every gateway replica within the routing poll interval.
+    Nothing changes when refused.
+    Errors: UNAUTHENTICATED, INVALID_ARGUMENT (malformed filter or
+    additions, created_at in the future, a snapshot interval out of
+    bounds, a filter larger than the gateway accepts), FAILED_PRECONDITION
+    (keyed with a key version that is not live or with another key: fetch
+    GetRoutingKey again; additions keyed otherwise than the snapshot in
+    place; a snapshot older than the one in place; routing is off),
+    UNAVAILABLE (the gateway's database cannot be reached; publish again),
+    UNIMPLEMENTED (the gateway has no store, so no routing).
     """
     GetComplianceReport: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetComplianceReportRequest, _gateway_pb2.GetComplianceReportResponse]  # type: ignore[assignment]
     """Admin: per provider, how notices and unbinds were handled.
@@ -222,6 +265,39 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_gateway_pb2.ConfirmEventActionResponse, _abc.Awaitable[_gateway_pb2.ConfirmEventActionResponse]]:
         """A provider confirms that it acted on a notice. Errors: UNAUTHENTICATED,
         NOT_FOUND (unknown notice for this provider), INVALID_ARGUMENT.
+        """
+
+    @_abc_1.abstractmethod
+    def GetRoutingKey(
+        self,
+        request: _gateway_pb2.GetRoutingKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.GetRoutingKeyResponse, _abc.Awaitable[_gateway_pb2.GetRoutingKeyResponse]]:
+        """The federation's routing key a provider builds its filter with: the
+        active version and its key, over the provider's authenticated channel.
+        Errors: UNAUTHENTICATED, FAILED_PRECONDITION (routing is off at this
+        gateway), UNIMPLEMENTED (the gateway has no store, so no routing).
+        """
+
+    @_abc_1.abstractmethod
+    def PublishFilter(
+        self,
+        request: _gateway_pb2.PublishFilterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.PublishFilterResponse, _abc.Awaitable[_gateway_pb2.PublishFilterResponse]]:
+        """A provider publishes the membership filter of the numbers bound at it
+        (docs/routing.md), so the gateway asks it only about numbers it may
+        hold: a full snapshot, additions since, or an opt-out (always asked).
+        Applied by every gateway replica within the routing poll interval.
+        Nothing changes when refused.
+        Errors: UNAUTHENTICATED, INVALID_ARGUMENT (malformed filter or
+        additions, created_at in the future, a snapshot interval out of
+        bounds, a filter larger than the gateway accepts), FAILED_PRECONDITION
+        (keyed with a key version that is not live or with another key: fetch
+        GetRoutingKey again; additions keyed otherwise than the snapshot in
+        place; a snapshot older than the one in place; routing is off),
+        UNAVAILABLE (the gateway's database cannot be reached; publish again),
+        UNIMPLEMENTED (the gateway has no store, so no routing).
         """
 
     @_abc_1.abstractmethod

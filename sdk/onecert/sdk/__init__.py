@@ -17,6 +17,7 @@ from onecert.sdk._idempotency import (
 from onecert.sdk._logging import configure_logging
 from onecert.sdk._poller import NoticePoller, PollRound
 from onecert.sdk._provider import Provider
+from onecert.sdk._publisher import FilterPublisher
 from onecert.sdk._server import Server
 from onecert.sdk._set import SetError, SetIssuer, SetVerifier
 from onecert.sdk._tls import ClientTLS, ServerTLS
@@ -40,6 +41,7 @@ __all__ = [
     "CallInfo",
     "Carrier",
     "ClientTLS",
+    "FilterPublisher",
     "IdempotencyStore",
     "MemoryIdempotencyStore",
     "NoticePoller",

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
-from typing import Any, TypeVar
+from collections.abc import AsyncIterable, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol, TypeVar
 
 import grpc
 import structlog
@@ -62,6 +62,10 @@ UNBIND_PURPOSES = frozenset({"unbind", "conformance"})
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
+class _BoundNotes(Protocol):
+    async def note_bound(self, msisdn: str) -> object: ...
+
+
 class Provider(Adapter):
     """An internet provider's adapter: who it is, and its functions.
 
@@ -88,6 +92,14 @@ class Provider(Adapter):
         category: a :class:`ProviderCategory` or its string ("forum").
         implementation: an object with async methods ``list_bindings``,
             ``unbind`` and optionally ``on_recycled``.
+        list_numbers: for routing: called with no argument, returns an async
+            iterator over every number bound at the site (E.164, each once);
+            read afresh for each snapshot, never held in memory. With it, a
+            :class:`~onecert.sdk.FilterPublisher` publishes the site's filter
+            so the gateway asks only about numbers it may hold.
+        snapshot_interval: how often the filter is published again (1 minute
+            to 7 days; a day by default). The gateway asks the site about
+            every number once a snapshot is older than this plus a grace.
     """
 
     def __init__(
@@ -97,7 +109,16 @@ class Provider(Adapter):
         name: str,
         category: ProviderCategory | str,
         implementation: object | None = None,
+        list_numbers: Callable[[], AsyncIterable[str]] | None = None,
+        snapshot_interval: timedelta = timedelta(days=1),
     ) -> None:
+        if list_numbers is not None and not callable(list_numbers):
+            raise TypeError("list_numbers must be a callable returning an async iterator")
+        if not timedelta(minutes=1) <= snapshot_interval <= timedelta(days=7):
+            raise ValueError("snapshot_interval must be from 1 minute to 7 days")
+        self.list_numbers = list_numbers
+        self.snapshot_interval = snapshot_interval
+        self._publisher: _BoundNotes | None = None
         self._provider_id = check_adapter_id(provider_id, "provider_id")
         if not name.strip():
             raise ValueError("name is required")
@@ -116,6 +137,27 @@ class Provider(Adapter):
             self.unbind(implementation.unbind)  # type: ignore[attr-defined]  # checked above
             if callable(getattr(implementation, "on_recycled", None)):
                 self.on_recycled(implementation.on_recycled)  # type: ignore[attr-defined]  # checked just above
+
+    async def note_bound(self, msisdn: str) -> bool:
+        """Tell the gateway at once that ``msisdn`` (E.164) was just bound here.
+
+        Publishes a one-number addition to the routing filter, so lookups of
+        that number reach this site before the next snapshot. True when it
+        was published; False when no :class:`~onecert.sdk.FilterPublisher`
+        runs for this provider (then the next snapshot carries it).
+
+        Raises:
+            ValueError: ``msisdn`` is not E.164.
+            onecert.sdk.client.GatewayError: the gateway refused or is unreachable.
+        """
+        if self._publisher is None:
+            return False
+        await self._publisher.note_bound(msisdn)
+        return True
+
+    def attach_publisher(self, publisher: _BoundNotes | None) -> None:
+        """Route :meth:`note_bound` to ``publisher`` (the FilterPublisher does this)."""
+        self._publisher = publisher
 
     @property
     def id(self) -> str:

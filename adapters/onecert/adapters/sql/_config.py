@@ -36,6 +36,7 @@ __all__ = [
     "PhonesConfig",
     "ProviderSection",
     "QueriesConfig",
+    "RoutingSection",
     "ServerSection",
     "SiteConfig",
     "TLSFiles",
@@ -184,6 +185,9 @@ class QueriesConfig:
     account_ref_type: Literal["text", "integer"] = "text"
     max_rows: int = 100
     max_unbind_rows: int = 10
+    # For routing: a SELECT without parameters whose first column is every
+    # phone bound at the site (read as a stream for each filter snapshot).
+    numbers: str | None = None
 
     @property
     def unbind_statements(self) -> tuple[str, ...]:
@@ -304,6 +308,27 @@ class ServerSection:
 
 
 @dataclass(frozen=True)
+class RoutingSection:
+    """Publishing the site's routing filter to the gateway (``[routing]``).
+
+    Needs ``queries.numbers``. The adapter publishes a snapshot at start and
+    every ``snapshot_interval_s``, so the gateway asks the site only about
+    numbers it may hold.
+    """
+
+    # The gateway's HOST:PORT.
+    gateway: str
+    snapshot_interval_s: float = 86400.0
+    fp_rate: float = 0.01
+    # Mutual TLS towards the gateway: its CA, and the site's client certificate.
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    # Plaintext with the development principal header (development gateways only).
+    insecure: bool = False
+
+
+@dataclass(frozen=True)
 class SiteConfig:
     """The whole configuration of one site; build it with :func:`load_config`."""
 
@@ -315,6 +340,7 @@ class SiteConfig:
     defaults: DefaultsConfig = field(default_factory=DefaultsConfig)
     phones: PhonesConfig = field(default_factory=PhonesConfig)
     times: Mapping[str, TimeFormat] = field(default_factory=dict)
+    routing: RoutingSection | None = None
 
     @property
     def default_country(self) -> str:
@@ -370,6 +396,8 @@ def parse_config(
     times = _parse_times(root.table("times"), columns)
     defaults = _parse_defaults(root.table("defaults"), root.table("kinds"))
     server = _parse_server(root.table("server", required=True), base, name)
+    routing_t = root.optional_table("routing")
+    routing = None if routing_t is None else _parse_routing(routing_t, queries)
     root.finish()
     return SiteConfig(
         provider=provider,
@@ -380,7 +408,42 @@ def parse_config(
         defaults=defaults,
         phones=phones,
         times=times,
+        routing=routing,
     )
+
+
+def _parse_routing(t: _Table, queries: QueriesConfig) -> RoutingSection:
+    if queries.numbers is None:
+        raise ConfigError("[routing] needs queries.numbers: the filter is built from it")
+    gateway = t.string("gateway")
+    if _LISTEN.fullmatch(gateway) is None:
+        raise ConfigError(f"{t.where('gateway')} must be HOST:PORT, not {gateway!r}")
+    insecure = t.boolean("insecure", False)
+    ca, cert, key = t.path("ca", None), t.path("cert", None), t.path("key", None)
+    if insecure and (ca or cert or key):
+        raise ConfigError(f"{t.where('insecure')} = true and TLS files contradict")
+    if not insecure and (ca is None or cert is None or key is None):
+        raise ConfigError(
+            f"{t.where('ca')}, {t.where('cert')} and {t.where('key')} are required (mutual "
+            f"TLS towards the gateway); plaintext needs {t.where('insecure')} = true"
+        )
+    interval = t.seconds("snapshot_interval_s", 86400.0)
+    if not 60 <= interval <= 7 * 86400:
+        raise ConfigError(f"{t.where('snapshot_interval_s')} must be from 60 to 604800 seconds")
+    fp_rate = t.number("fp_rate", 0.01)
+    if not 0 < fp_rate <= 0.5:
+        raise ConfigError(f"{t.where('fp_rate')} must be above 0 and at most 0.5")
+    config = RoutingSection(
+        gateway=gateway,
+        snapshot_interval_s=interval,
+        fp_rate=fp_rate,
+        ca=ca,
+        cert=cert,
+        key=key,
+        insecure=insecure,
+    )
+    t.finish()
+    return config
 
 
 def _parse_provider(t: _Table) -> ProviderSection:
@@ -595,7 +658,16 @@ def _parse_queries(t: _Table, phones: PhonesConfig) -> QueriesConfig:
     unbind: str | tuple[str, ...] = tuple(expand_phone_macros(u, phones) for u in unbind_sqls)
     if not isinstance(raw_unbind, list):
         unbind = unbind[0]
+    numbers = None
+    if t.has("numbers"):
+        numbers = expand_phone_macros(
+            _check_statement(
+                t, "numbers", verbs=("SELECT", "WITH"), allowed=frozenset(), required=()
+            ),
+            phones,
+        )
     config = QueriesConfig(
+        numbers=numbers,
         list_bindings=expand_phone_macros(list_sql, phones),
         unbind=unbind,
         account_ref_type="integer" if ref_type == "integer" else "text",
@@ -726,4 +798,5 @@ _TABLES: Final = (
     "phones",
     "times",
     "server",
+    "routing",
 )

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
 
-from onecert.adapters.sql._config import SiteConfig
+from onecert.adapters.sql._config import RoutingSection, SiteConfig
 from onecert.adapters.sql._site import SqlSite
-from onecert.sdk import Server, ServerTLS
+from onecert.sdk import ClientTLS, FilterPublisher, Server, ServerTLS
+from onecert.sdk.client import ProviderGatewayClient
 
-__all__ = ["build_server", "check", "check_report", "serve"]
+__all__ = ["build_server", "check", "check_report", "publishing", "serve"]
 
 
 def build_server(site: SqlSite) -> Server:
@@ -101,6 +104,40 @@ async def serve(config: SiteConfig, *, ready: Callable[[Server], None] | None = 
         await server.start()
         if ready is not None:
             ready(server)
-        await server.run(handle_signals=True)
+        async with publishing(site):
+            await server.run(handle_signals=True)
     finally:
         await site.close()
+
+
+def gateway_client(routing: RoutingSection, provider_id: str) -> ProviderGatewayClient:
+    """The site's client of the gateway, as ``[routing]`` says."""
+    if routing.insecure:
+        return ProviderGatewayClient(routing.gateway, insecure=True, dev_provider_id=provider_id)
+    if routing.ca is None:
+        raise ValueError("routing.ca, cert and key are required without routing.insecure")
+    tls = ClientTLS(ca_file=routing.ca, cert_file=routing.cert, key_file=routing.key)
+    return ProviderGatewayClient(routing.gateway, tls=tls)
+
+
+@contextlib.asynccontextmanager
+async def publishing(site: SqlSite) -> AsyncIterator[FilterPublisher | None]:
+    """Publish the site's routing filter while the block runs (nothing without ``[routing]``).
+
+    A snapshot at once, then every ``routing.snapshot_interval_s``, from
+    ``queries.numbers``; a failed snapshot is retried without stopping the server.
+    """
+    routing = site.config.routing
+    if routing is None:
+        yield None
+        return
+    async with gateway_client(routing, site.config.provider.id) as client:
+        publisher = FilterPublisher(site.provider, client, fp_rate=routing.fp_rate)
+        task = asyncio.create_task(publisher.run(), name="routing filter")
+        try:
+            yield publisher
+        finally:
+            publisher.shutdown()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from datetime import date as date_type
 from decimal import Decimal
 from types import TracebackType
@@ -166,11 +166,19 @@ class SqlSite:
         )
         # Request ids whose failed attempt left changes that could not roll back.
         self._partial: set[str] = set()
+        self._numbers = (
+            None if config.queries.numbers is None else statement(config.queries.numbers)
+        )
+        routing = config.routing
         self._provider = Provider(
             provider_id=config.provider.id,
             name=config.provider.name,
             category=config.provider.category,
             implementation=self,
+            list_numbers=None if self._numbers is None else self.list_numbers,
+            snapshot_interval=timedelta(
+                seconds=86400.0 if routing is None else routing.snapshot_interval_s
+            ),
         )
 
     @classmethod
@@ -447,6 +455,22 @@ class SqlSite:
         if remaining is not None:
             limit = min(limit, remaining)
         return max(limit, 0.001)
+
+    async def list_numbers(self) -> AsyncIterator[str]:
+        """Every number ``queries.numbers`` returns, as E.164 (others are left out).
+
+        Rows are streamed (a server-side cursor where the driver has one), so
+        memory does not grow with the site's size.
+        """
+        if self._numbers is None:
+            raise RuntimeError("queries.numbers is not configured")
+        country = self._config.default_country
+        async with self._db.engine.connect() as conn:
+            result = await conn.stream(self._numbers)
+            async for row in result:
+                msisdn = normalize_phone(row[0], default_country=country)
+                if msisdn is not None:
+                    yield msisdn
 
     async def list_bindings(self, msisdn: str, info: CallInfo) -> list[Binding]:
         """Every account the site's ``list_bindings`` query returns for ``msisdn``."""

@@ -17,13 +17,25 @@ from onecert.gateway.routing._index import (
     UnknownProviderError,
 )
 from onecert.gateway.routing._keyring import RoutingKeyring
+from onecert.gateway.routing._service import (
+    FilterSealer,
+    RoutingService,
+    derive_filter_key,
+    derive_routing_key,
+    load_routing_keys,
+)
 
 __all__ = [
     "AskReason",
     "FilterRejectedError",
+    "FilterSealer",
     "ProviderRouting",
     "Route",
     "RoutingIndex",
     "RoutingKeyring",
+    "RoutingService",
     "UnknownProviderError",
+    "derive_filter_key",
+    "derive_routing_key",
+    "load_routing_keys",
 ]

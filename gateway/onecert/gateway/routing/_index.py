@@ -210,6 +210,10 @@ class RoutingIndex:
         if self._ask.pop(provider_id, None) is not None:
             self._ask_view = None
 
+    def providers(self) -> frozenset[str]:
+        """Every registered provider."""
+        return frozenset(self._entries)
+
     def __contains__(self, provider_id: object) -> bool:
         return provider_id in self._entries
 
@@ -253,17 +257,7 @@ class RoutingIndex:
         """
         entry = self._entry(provider_id)
         now = self._clock()
-        self._check_key(snapshot.key_version, snapshot.key_check)
-        if snapshot.m > self._max_bits:
-            raise FilterRejectedError(
-                f"a filter of {snapshot.m} bits is larger than the {self._max_bits} "
-                "this gateway accepts: opt out of routing instead"
-            )
-        if snapshot.created_at > now + self._skew:
-            raise FilterRejectedError("the filter's created_at is in the future: check the clock")
-        current = entry.snapshot
-        if current is not None and snapshot.created_at < current.created_at:
-            raise FilterRejectedError("the filter is older than the one in place")
+        self.check_snapshot(provider_id, snapshot)
         self._place(entry, snapshot)
         entry.snapshot = _header_of(snapshot)
         entry.retired = False
@@ -288,6 +282,43 @@ class RoutingIndex:
         self._set_deadline(entry, now)
         self._refresh(entry)
 
+    def check_snapshot(self, provider_id: str, snapshot: RoutingFilter) -> None:
+        """Raise what :meth:`put_snapshot` would raise, changing nothing.
+
+        Raises:
+            UnknownProviderError: the provider is not registered.
+            FilterRejectedError: see :meth:`put_snapshot`.
+        """
+        entry = self._entry(provider_id)
+        self._check_key(snapshot.key_version, snapshot.key_check)
+        if snapshot.m > self._max_bits:
+            raise FilterRejectedError(
+                f"a filter of {snapshot.m} bits is larger than the {self._max_bits} "
+                "this gateway accepts: opt out of routing instead"
+            )
+        if snapshot.created_at > self._clock() + self._skew:
+            raise FilterRejectedError("the filter's created_at is in the future: check the clock")
+        current = entry.snapshot
+        if current is not None and snapshot.created_at < current.created_at:
+            raise FilterRejectedError("the filter is older than the one in place")
+
+    def check_additions(self, provider_id: str, additions: FilterAdditions) -> None:
+        """Raise what :meth:`add` would raise, changing nothing.
+
+        Raises:
+            UnknownProviderError: the provider is not registered.
+            FilterRejectedError: see :meth:`add`.
+        """
+        snapshot = self._entry(provider_id).snapshot
+        if snapshot is not None and additions.key_version != snapshot.key_version:
+            raise FilterRejectedError(
+                f"additions are keyed with version {additions.key_version}, the snapshot with "
+                f"{snapshot.key_version}: publish a snapshot under the new key first"
+            )
+        self._check_key(additions.key_version, additions.key_check)
+        if additions.created_at > self._clock() + self._skew:
+            raise FilterRejectedError("the additions' created_at is in the future: check the clock")
+
     def add(self, provider_id: str, additions: FilterAdditions) -> None:
         """Add elements to a provider's filter; seen by the next query.
 
@@ -301,15 +332,7 @@ class RoutingIndex:
                 another version than the snapshot in place.
         """
         entry = self._entry(provider_id)
-        snapshot = entry.snapshot
-        if snapshot is not None and additions.key_version != snapshot.key_version:
-            raise FilterRejectedError(
-                f"additions are keyed with version {additions.key_version}, the snapshot with "
-                f"{snapshot.key_version}: publish a snapshot under the new key first"
-            )
-        self._check_key(additions.key_version, additions.key_check)
-        if additions.created_at > self._clock() + self._skew:
-            raise FilterRejectedError("the additions' created_at is in the future: check the clock")
+        self.check_additions(provider_id, additions)
         elements = b"".join(additions.elements)
         self._apply(entry, elements)
         entry.pending.append((additions.created_at, additions.key_version, elements))

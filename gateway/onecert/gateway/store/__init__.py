@@ -9,7 +9,7 @@ Open a :class:`Store` with a database URL, run :meth:`Store.upgrade` once
 
 A :class:`Store` holds one repository per concern (``store.tickets``,
 ``store.notices``, ``store.deliveries``, ``store.audit``, ``store.replay``,
-``store.compliance``) over one shared :class:`StoreDatabase`. Workers claim
+``store.compliance``, ``store.routing``) over one shared :class:`StoreDatabase`. Workers claim
 due work with ``store.tickets.claim_due`` and ``store.deliveries.claim_due``
 (leases; ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, ``BEGIN IMMEDIATE`` on
 SQLite), so several gateway processes can share one database.
@@ -25,6 +25,7 @@ from onecert.gateway.store._delivery_repo import DeliveryRepository
 from onecert.gateway.store._engine import normalize_url
 from onecert.gateway.store._notice_repo import NoticeRepository
 from onecert.gateway.store._replay_repo import ReplayRepository, StoreReplayCache
+from onecert.gateway.store._routing_repo import FilterKind, FilterRow, RoutingRepository
 from onecert.gateway.store._store import Store
 from onecert.gateway.store._ticket_repo import TicketRepository
 from onecert.gateway.store._types import (
@@ -65,6 +66,8 @@ __all__ = [
     "DeliveryMode",
     "DeliveryRepository",
     "DeliveryState",
+    "FilterKind",
+    "FilterRow",
     "NotFoundError",
     "Notice",
     "NoticeRepository",
@@ -75,6 +78,7 @@ __all__ = [
     "RecycledCheck",
     "RecycledStatus",
     "ReplayRepository",
+    "RoutingRepository",
     "Store",
     "StoreDatabase",
     "StoreError",

@@ -17,6 +17,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -35,6 +36,8 @@ __all__ = [
     "metadata",
     "number_events",
     "replay_cache",
+    "routing_filters",
+    "routing_head",
     "unbind_tickets",
 ]
 
@@ -202,4 +205,33 @@ audit_head = Table(
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("seq", BigInteger, nullable=False),
     Column("row_hash", String(64), nullable=False),
+)
+
+
+# Providers' routing filters, sealed (AEAD) by the gateway: a snapshot, the
+# additions since, or an opt-out. Replicas apply rows in seq order.
+routing_filters = Table(
+    "routing_filters",
+    metadata,
+    # Assigned from routing_head under its row lock, so rows commit in seq order.
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("provider_id", String(_ID), nullable=False, index=True),
+    Column("kind", String(16), nullable=False),
+    Column("key_version", BigInteger, nullable=False),
+    # The provider's created_at (Unix seconds), from the sealed header.
+    Column("created_at", BigInteger, nullable=False),
+    Column("received_at", UTCDateTime(), nullable=False),
+    # The promised snapshot interval (snapshots only).
+    Column("interval_s", Integer),
+    # Nonce and AES-GCM ciphertext of the published bytes.
+    Column("sealed", LargeBinary, nullable=False),
+    CheckConstraint("kind IN ('snapshot', 'additions', 'opt_out')", name="kind"),
+)
+
+# One row (id = 1): the last seq written; replicas poll it to see new filters.
+routing_head = Table(
+    "routing_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger, nullable=False),
 )

@@ -21,6 +21,7 @@ from onecert.gateway.store._delivery_repo import DeliveryRepository
 from onecert.gateway.store._engine import configure_sqlite, head_revision, normalize_url
 from onecert.gateway.store._notice_repo import NoticeRepository
 from onecert.gateway.store._replay_repo import ReplayRepository
+from onecert.gateway.store._routing_repo import RoutingRepository
 from onecert.gateway.store._ticket_repo import TicketRepository
 
 __all__ = ["Store"]
@@ -39,6 +40,7 @@ class Store:
     - :attr:`audit`: the hash-chained audit log (:class:`AuditRepository`).
     - :attr:`replay`: identity-assertion ids seen (:class:`ReplayRepository`).
     - :attr:`compliance`: the regulator's report (:class:`ComplianceRepository`).
+    - :attr:`routing`: providers' sealed routing filters (:class:`RoutingRepository`).
 
     Build with :meth:`open`, run :meth:`upgrade` once at start-up, share the
     object between tasks, :meth:`close` at shutdown (or ``async with``).
@@ -57,6 +59,7 @@ class Store:
         self.deliveries = DeliveryRepository(self._db)
         self.replay = ReplayRepository(self._db)
         self.compliance = ComplianceRepository(self._db)
+        self.routing = RoutingRepository(self._db, self.audit)
 
     @classmethod
     def open(

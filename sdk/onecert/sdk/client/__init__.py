@@ -47,11 +47,13 @@ from onecert.sdk.client._portal import (
 )
 from onecert.sdk.client._provider import (
     EventError,
+    FilterReceipt,
     PolledEvent,
     PollResult,
     ProviderGatewayClient,
     RecycledAnswer,
     RecycledStatus,
+    RoutingKey,
 )
 
 __all__ = [
@@ -65,6 +67,7 @@ __all__ = [
     "ComplianceStatus",
     "Coverage",
     "EventError",
+    "FilterReceipt",
     "GatewayClient",
     "GatewayError",
     "LookupUpdate",
@@ -81,6 +84,7 @@ __all__ = [
     "RecycledStatus",
     "ReportedEvent",
     "Result",
+    "RoutingKey",
     "Started",
     "Summary",
     "TicketInfo",

@@ -1,12 +1,15 @@
-"""A provider's client: recycled-number checks and polled notices."""
+"""A provider's client: recycled-number checks, polled notices and routing filters."""
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
+from google.protobuf.duration_pb2 import Duration
+
+from onecert.sdk._filter import FilterAdditions, RoutingFilter
 from onecert.sdk._tls import ClientTLS
 from onecert.sdk.client._base import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -78,6 +81,35 @@ class EventError:
     jti: str
     code: str
     description: str = ""
+
+
+@dataclass(frozen=True)
+class RoutingKey:
+    """The federation's routing key to build filters with (a secret: never log it).
+
+    Attributes:
+        version: its version, written in the filter's header.
+        key: the key.
+        live_versions: every version the gateway still accepts.
+    """
+
+    version: int
+    key: bytes = field(repr=False)
+    live_versions: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class FilterReceipt:
+    """The gateway's answer to a publication.
+
+    Attributes:
+        fresh_until: when the provider turns stale without a new snapshot
+            (None without a snapshot in place, or opted out).
+        active_key_version: the version to build the next snapshot with.
+    """
+
+    fresh_until: datetime | None
+    active_key_version: int
 
 
 class ProviderGatewayClient(ClientBase):
@@ -198,3 +230,70 @@ class ProviderGatewayClient(ClientBase):
             request.acted_at.CopyFrom(stamp(acted_at, "acted_at"))
         response = await self._unary(self._stub.ConfirmEventAction, request, timeout=timeout)
         return response.recorded
+
+    async def get_routing_key(
+        self,
+        *,
+        timeout: float = 5.0,  # noqa: ASYNC109 - the gRPC deadline
+    ) -> RoutingKey:
+        """The routing key to build filters with (``Gateway.GetRoutingKey``).
+
+        Raises:
+            GatewayError: FAILED_PRECONDITION when routing is off at the gateway,
+                or another refusal.
+        """
+        response = await self._unary(
+            self._stub.GetRoutingKey, gateway_pb2.GetRoutingKeyRequest(), timeout=timeout
+        )
+        return RoutingKey(response.key_version, response.key, tuple(response.live_versions))
+
+    async def publish_snapshot(
+        self,
+        snapshot: RoutingFilter,
+        *,
+        interval: timedelta,
+        timeout: float = 30.0,  # noqa: ASYNC109 - the gRPC deadline
+    ) -> FilterReceipt:
+        """Publish a full filter, promising the next one within ``interval`` (1 min to 7 days).
+
+        Raises:
+            GatewayError: INVALID_ARGUMENT (malformed, ``created_at`` in the
+                future, interval out of bounds), FAILED_PRECONDITION (key not
+                live or another key, older than the snapshot in place), ...
+        """
+        duration = Duration()
+        duration.FromTimedelta(interval)
+        request = gateway_pb2.PublishFilterRequest(
+            snapshot=gateway_pb2.RoutingSnapshot(
+                filter=snapshot.to_bytes(), snapshot_interval=duration
+            )
+        )
+        return _receipt(await self._unary(self._stub.PublishFilter, request, timeout=timeout))
+
+    async def publish_additions(
+        self,
+        additions: FilterAdditions,
+        *,
+        timeout: float = 5.0,  # noqa: ASYNC109 - the gRPC deadline
+    ) -> FilterReceipt:
+        """Publish numbers bound since the snapshot (keyed with the snapshot's version).
+
+        Raises:
+            GatewayError: INVALID_ARGUMENT, FAILED_PRECONDITION (another key
+                version than the snapshot in place), ...
+        """
+        request = gateway_pb2.PublishFilterRequest(additions=additions.to_bytes())
+        return _receipt(await self._unary(self._stub.PublishFilter, request, timeout=timeout))
+
+    async def opt_out_of_routing(
+        self,
+        *,
+        timeout: float = 5.0,  # noqa: ASYNC109 - the gRPC deadline
+    ) -> FilterReceipt:
+        """Be asked about every number (drops the filter in place; a snapshot opts back in)."""
+        request = gateway_pb2.PublishFilterRequest(opt_out=gateway_pb2.RoutingOptOut())
+        return _receipt(await self._unary(self._stub.PublishFilter, request, timeout=timeout))
+
+
+def _receipt(response: gateway_pb2.PublishFilterResponse) -> FilterReceipt:
+    return FilterReceipt(time_of(response, "fresh_until"), response.active_key_version)

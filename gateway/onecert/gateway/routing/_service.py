@@ -1,0 +1,478 @@
+"""Routing at the gateway: providers publish filters, replicas share them, lookups ask fewer.
+
+:class:`RoutingService` serves ``Gateway.GetRoutingKey`` and
+``Gateway.PublishFilter``, seals every publication into the store
+(:class:`FilterSealer`, AES-GCM under a key only the gateway holds), applies
+the publications of every replica to its :class:`RoutingIndex` by polling
+the store's version counter, and tells the fan-out which providers a number
+routes out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import struct
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+import structlog
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from onecert.gateway._config import RoutingConfig
+from onecert.gateway._principals import Principal
+from onecert.gateway._refusal import AuditNote, Refusal, invalid, store_call
+from onecert.gateway.routing._index import (
+    FilterRejectedError,
+    RoutingIndex,
+    UnknownProviderError,
+)
+from onecert.gateway.routing._keyring import RoutingKeyring
+from onecert.gateway.store import AuditDraft, FilterKind, FilterRow, Store
+from onecert.sdk._filter import FilterAdditions, FilterFormatError, RoutingFilter
+from onecert.sdk._keys import KeyConfigError
+from onecert.v1 import gateway_pb2
+
+__all__ = [
+    "MAX_SNAPSHOT_INTERVAL_S",
+    "MIN_SNAPSHOT_INTERVAL_S",
+    "FilterSealer",
+    "RoutingService",
+    "derive_filter_key",
+    "derive_routing_key",
+    "load_filter_key",
+    "load_routing_keys",
+]
+
+_log = structlog.get_logger("onecert.gateway.routing")
+
+MIN_SNAPSHOT_INTERVAL_S = 60
+MAX_SNAPSHOT_INTERVAL_S = 7 * 24 * 3600
+# A provider without a filter is asked whatever its interval: this only
+# stands in until its first snapshot declares one.
+_UNDECLARED_INTERVAL_S = float(MAX_SNAPSHOT_INTERVAL_S)
+_NONCE = 12
+
+
+def _hkdf(secret: bytes, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(secret)
+
+
+def derive_filter_key(handle_key: bytes) -> bytes:
+    """The key sealing filters at rest, derived from the handle key (HKDF-SHA256).
+
+    Domain-separated: knowing it says nothing about the handle key. Like the
+    handle key it never leaves the gateway.
+    """
+    return _hkdf(handle_key, b"onecert routing filter sealing v1")
+
+
+def derive_routing_key(handle_key: bytes, version: int) -> bytes:
+    """Routing key ``version`` derived from the handle key (no ``routing.key_file``).
+
+    Providers receive it; HKDF is one-way, so it reveals nothing of the
+    handle key. A rotation configures a key file instead.
+    """
+    return _hkdf(handle_key, b"onecert routing key v%d" % version)
+
+
+def load_filter_key(path: str | Path) -> bytes:
+    """Read a filter sealing key file: 32 random bytes as hex (like ``handle.key``).
+
+    Raises:
+        KeyConfigError: unreadable, not hex, or not 32 bytes; never quotes the file.
+    """
+    try:
+        key = bytes.fromhex(Path(path).read_bytes().decode("ascii").strip())
+    except OSError as exc:
+        raise KeyConfigError(f"cannot read filter key {path}: {exc.strerror or exc}") from None
+    except ValueError:  # UnicodeDecodeError included; neither message is repeated
+        raise KeyConfigError(f"filter key {path} is not hex") from None
+    if len(key) != 32:
+        raise KeyConfigError(f"filter key {path} must hold 32 bytes (64 hex)")
+    return key
+
+
+def load_routing_keys(path: str | Path) -> RoutingKeyring:
+    """Read a routing key file: one ``VERSION HEX`` line per live key; the highest is active.
+
+    Raises:
+        KeyConfigError: unreadable, malformed, or a key shorter than 32 bytes.
+            The message never quotes a key.
+    """
+    try:
+        text = Path(path).read_text("ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KeyConfigError(f"cannot read routing keys {path}: {exc}") from None
+    keys: dict[int, bytes] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        parts = line.split()
+        try:
+            version, key = int(parts[0]), bytes.fromhex(parts[1])
+        except (ValueError, IndexError):
+            raise KeyConfigError(f"{path} line {number}: expected 'VERSION HEX'") from None
+        if len(parts) != 2 or version in keys:
+            raise KeyConfigError(f"{path} line {number}: one key per version, 'VERSION HEX'")
+        keys[version] = key
+    if not keys:
+        raise KeyConfigError(f"{path} holds no routing key")
+    try:
+        return RoutingKeyring(keys, active=max(keys))
+    except ValueError as exc:
+        raise KeyConfigError(f"{path}: {exc}") from None
+
+
+class FilterSealer:
+    """Seals publications at rest: AES-256-GCM, a random 96-bit nonce per row.
+
+    The associated data binds the ciphertext to its row's provider, kind,
+    key version and ``created_at``, so a sealed filter moved to another
+    provider's row (or another kind) does not open.
+    """
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != 32:
+            raise ValueError("the filter sealing key has 32 bytes")
+        self._aead = AESGCM(key)
+
+    @staticmethod
+    def _ad(provider_id: str, kind: FilterKind, key_version: int, created_at: int) -> bytes:
+        head = struct.pack("<QQ", key_version, created_at)
+        return b"onecert-filter-v1|" + kind.value.encode() + b"|" + head + provider_id.encode()
+
+    def seal(
+        self, data: bytes, *, provider_id: str, kind: FilterKind, key_version: int, created_at: int
+    ) -> bytes:
+        """``nonce || ciphertext`` of ``data``."""
+        nonce = secrets.token_bytes(_NONCE)
+        ad = self._ad(provider_id, kind, key_version, created_at)
+        return nonce + self._aead.encrypt(nonce, data, ad)
+
+    def open(self, row: FilterRow) -> bytes:
+        """The published bytes of a stored row.
+
+        Raises:
+            InvalidTag: sealed under another key, or altered.
+        """
+        ad = self._ad(row.provider_id, row.kind, row.key_version, row.created_at)
+        return self._aead.decrypt(row.sealed[:_NONCE], row.sealed[_NONCE:], ad)
+
+
+class RoutingService:
+    """Filters in, routes out: the gateway's side of routing.
+
+    Args:
+        keyring: the live routing keys.
+        store: where publications are sealed and shared with the other replicas.
+        sealer: seals them.
+        providers: every configured provider id (each is asked until it has
+            a fresh filter).
+        config: ``[routing]``.
+        clock: Unix time (the index's freshness).
+    """
+
+    def __init__(
+        self,
+        *,
+        keyring: RoutingKeyring,
+        store: Store,
+        sealer: FilterSealer,
+        providers: Sequence[str],
+        config: RoutingConfig,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._keyring = keyring
+        self._store = store
+        self._sealer = sealer
+        self._config = config
+        self.index = RoutingIndex(
+            key_checks=keyring.key_checks(), grace=config.grace_s, clock=clock
+        )
+        for provider_id in providers:
+            self.index.register(provider_id, snapshot_interval=_UNDECLARED_INTERVAL_S)
+        self._registered = self.index.providers()
+        self._applied = 0
+        self._own: set[int] = set()
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def keyring(self) -> RoutingKeyring:
+        """The live routing keys."""
+        return self._keyring
+
+    @property
+    def applied(self) -> int:
+        """The store's publication seq this replica has applied up to."""
+        return self._applied
+
+    # --------------------------------------------------------------- lookups
+
+    def routed_out(self, msisdn: str) -> frozenset[str]:
+        """The configured providers not to ask about ``msisdn``: fresh filters without it."""
+        route = self.index.query(self._keyring.digests(msisdn))
+        return self._registered.difference(route.asked())
+
+    # ------------------------------------------------------------------ RPCs
+
+    def routing_key(self, caller: Principal) -> gateway_pb2.GetRoutingKeyResponse:
+        """``Gateway.GetRoutingKey``: the active key, for ``caller`` (a provider)."""
+        ring = self._keyring
+        _log.info("routing.key_fetched", caller=caller.actor, key_version=ring.active_version)
+        return gateway_pb2.GetRoutingKeyResponse(
+            key_version=ring.active_version,
+            key=ring.key(ring.active_version),
+            live_versions=sorted(ring.versions),
+        )
+
+    async def publish(
+        self, request: gateway_pb2.PublishFilterRequest, caller: Principal
+    ) -> gateway_pb2.PublishFilterResponse:
+        """``Gateway.PublishFilter``: check, seal, store, apply; nothing changes when refused."""
+        provider_id = caller.id
+        which = request.WhichOneof("update")
+        if provider_id not in self._registered:
+            raise Refusal(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"provider {provider_id!r} is not configured at this gateway",
+                reason="unknown_provider",
+            )
+        async with self._lock:
+            if which == "snapshot":
+                await self._publish_snapshot(request.snapshot, caller)
+            elif which == "additions":
+                await self._publish_additions(request.additions, caller)
+            elif which == "opt_out":
+                await self._publish_opt_out(caller)
+            else:
+                raise invalid("set one of snapshot, additions or opt_out")
+        response = gateway_pb2.PublishFilterResponse(
+            active_key_version=self._keyring.active_version
+        )
+        status = self.index.status(provider_id)
+        if status.reason is None and status.fresh_until is not None:
+            stamp = Timestamp()
+            stamp.FromNanoseconds(round(status.fresh_until * 1e9))
+            response.fresh_until.CopyFrom(stamp)
+        return response
+
+    async def _publish_snapshot(
+        self, message: gateway_pb2.RoutingSnapshot, caller: Principal
+    ) -> None:
+        if not message.HasField("snapshot_interval"):
+            raise invalid("snapshot_interval is required with a snapshot")
+        interval = message.snapshot_interval.ToTimedelta().total_seconds()
+        if not MIN_SNAPSHOT_INTERVAL_S <= interval <= MAX_SNAPSHOT_INTERVAL_S:
+            raise invalid(
+                f"snapshot_interval must be from {MIN_SNAPSHOT_INTERVAL_S} s to "
+                f"{MAX_SNAPSHOT_INTERVAL_S} s (7 days)"
+            )
+        try:
+            snapshot = RoutingFilter.from_bytes(message.filter)
+        except FilterFormatError as exc:
+            raise invalid(f"malformed filter: {exc}") from None
+        # The audit log refuses integers of 8 digits (phone numbers): sizes
+        # are written as powers of two and thousands, instants as ISO text.
+        detail: dict[str, str | int | bool] = {
+            "kind": "snapshot",
+            "key_version": snapshot.key_version,
+            "m_log2": snapshot.m.bit_length() - 1,
+            "count_k": -(-snapshot.count // 1000),
+            "created_at": _iso(snapshot.created_at),
+            "interval_s": int(interval),
+        }
+        self._checked(caller, detail, lambda: self.index.check_snapshot(caller.id, snapshot))
+        sealed = self._sealer.seal(
+            message.filter,
+            provider_id=caller.id,
+            kind=FilterKind.SNAPSHOT,
+            key_version=snapshot.key_version,
+            created_at=snapshot.created_at,
+        )
+        seq = await store_call(
+            self._store.routing.publish(
+                provider_id=caller.id,
+                kind=FilterKind.SNAPSHOT,
+                key_version=snapshot.key_version,
+                created_at=snapshot.created_at,
+                interval_s=int(interval),
+                sealed=sealed,
+                audit=_draft(caller, {**detail, "accepted": True}),
+            ),
+            "routing.publish",
+        )
+        self._apply_snapshot(caller.id, snapshot, interval)
+        self._own.add(seq)
+
+    async def _publish_additions(self, data: bytes, caller: Principal) -> None:
+        try:
+            additions = FilterAdditions.from_bytes(data)
+        except FilterFormatError as exc:
+            raise invalid(f"malformed additions: {exc}") from None
+        detail: dict[str, str | int | bool] = {
+            "kind": "additions",
+            "key_version": additions.key_version,
+            "count": len(additions.elements),
+            "created_at": _iso(additions.created_at),
+        }
+        self._checked(caller, detail, lambda: self.index.check_additions(caller.id, additions))
+        sealed = self._sealer.seal(
+            data,
+            provider_id=caller.id,
+            kind=FilterKind.ADDITIONS,
+            key_version=additions.key_version,
+            created_at=additions.created_at,
+        )
+        seq = await store_call(
+            self._store.routing.publish(
+                provider_id=caller.id,
+                kind=FilterKind.ADDITIONS,
+                key_version=additions.key_version,
+                created_at=additions.created_at,
+                sealed=sealed,
+                audit=_draft(caller, {**detail, "accepted": True}),
+            ),
+            "routing.publish",
+        )
+        self.index.add(caller.id, additions)
+        self._own.add(seq)
+
+    async def _publish_opt_out(self, caller: Principal) -> None:
+        now = int(time.time())
+        seq = await store_call(
+            self._store.routing.publish(
+                provider_id=caller.id,
+                kind=FilterKind.OPT_OUT,
+                key_version=0,
+                created_at=now,
+                sealed=b"",
+                audit=_draft(caller, {"kind": "opt_out", "accepted": True}),
+            ),
+            "routing.publish",
+        )
+        self._apply_opt_out(caller.id)
+        self._own.add(seq)
+
+    @staticmethod
+    def _checked(
+        caller: Principal, detail: dict[str, str | int | bool], check: Callable[[], None]
+    ) -> None:
+        try:
+            check()
+        except FilterRejectedError as exc:
+            message = str(exc)
+            # A clock or a size is the request's fault; a key or an order is
+            # the state the provider must catch up with.
+            code = (
+                grpc.StatusCode.INVALID_ARGUMENT
+                if "future" in message or "larger than" in message
+                else grpc.StatusCode.FAILED_PRECONDITION
+            )
+            raise Refusal(
+                code,
+                message,
+                reason="filter_refused",
+                audit=AuditNote(
+                    kind="routing.publish",
+                    actor=caller.actor,
+                    subject=f"provider:{caller.id}",
+                    detail={**detail, "accepted": False, "why": message[:120]},
+                ),
+            ) from None
+
+    def _apply_snapshot(self, provider_id: str, snapshot: RoutingFilter, interval: float) -> None:
+        self.index.put_snapshot(provider_id, snapshot)
+        self.index.register(provider_id, snapshot_interval=interval, opted_out=False)
+
+    def _apply_opt_out(self, provider_id: str) -> None:
+        self.index.register(provider_id, snapshot_interval=_UNDECLARED_INTERVAL_S, opted_out=True)
+        self.index.drop_filter(provider_id)
+
+    # -------------------------------------------------------------- replicas
+
+    async def sync(self) -> int:
+        """Apply every publication stored since the last sync; returns how many were applied."""
+        async with self._lock:
+            if await self._store.routing.head() <= self._applied:
+                return 0
+            applied = 0
+            while True:
+                rows = await self._store.routing.since(self._applied)
+                if not rows:
+                    return applied
+                for row in rows:
+                    if row.seq in self._own:
+                        self._own.discard(row.seq)
+                    elif self._apply_row(row):
+                        applied += 1
+                    self._applied = row.seq
+
+    def _apply_row(self, row: FilterRow) -> bool:
+        if row.provider_id not in self._registered:
+            return False  # a provider this replica is not configured with
+        try:
+            if row.kind is FilterKind.OPT_OUT:
+                self._apply_opt_out(row.provider_id)
+                return True
+            data = self._sealer.open(row)
+            if row.kind is FilterKind.SNAPSHOT:
+                interval = float(row.interval_s or _UNDECLARED_INTERVAL_S)
+                self._apply_snapshot(row.provider_id, RoutingFilter.from_bytes(data), interval)
+            else:
+                self.index.add(row.provider_id, FilterAdditions.from_bytes(data))
+        except InvalidTag:
+            _log.error("routing.unsealable", provider=row.provider_id, seq=row.seq)
+            return False
+        except (FilterRejectedError, FilterFormatError, UnknownProviderError) as exc:
+            # Superseded by a newer snapshot, or keyed with a retired version:
+            # the provider stays asked; routing never drops it on a bad row.
+            _log.info("routing.row_skipped", provider=row.provider_id, seq=row.seq, why=str(exc))
+            return False
+        return True
+
+    async def start(self) -> None:
+        """Load every stored filter, then follow the store every ``poll_interval_s``."""
+        await self.sync()
+        self._task = asyncio.create_task(self._follow(), name="routing sync")
+
+    async def stop(self) -> None:
+        """Stop following the store."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _follow(self) -> None:
+        while True:
+            await asyncio.sleep(self._config.poll_interval_s)
+            try:
+                await self.sync()
+            except Exception:  # noqa: BLE001 - a database hiccup must not stop following
+                _log.exception("routing.sync_failed")
+
+
+def _iso(unix: int) -> str:
+    try:
+        return datetime.fromtimestamp(unix, UTC).isoformat(timespec="seconds")
+    except (OverflowError, OSError, ValueError):
+        return "out of range"
+
+
+def _draft(caller: Principal, detail: dict[str, str | int | bool]) -> AuditDraft:
+    return AuditDraft(
+        kind="routing.publish",
+        actor=caller.actor,
+        subject=f"provider:{caller.id}",
+        detail=detail,
+    )

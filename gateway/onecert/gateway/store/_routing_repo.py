@@ -1,0 +1,152 @@
+"""Providers' routing filters, sealed by the gateway, shared by every replica.
+
+Each publication is one row: a snapshot, additions, or an opt-out, its
+payload sealed (the repository never sees it in the clear). Rows take their
+``seq`` from the one-row ``routing_head`` under its row lock, so they commit
+in ``seq`` order and a replica that has applied every row up to ``n`` never
+misses a row below ``n`` committed later. Replicas poll :meth:`head` and read
+what is new with :meth:`since`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import delete, insert, select, update
+
+from onecert.gateway.store._audit_repo import AuditRepository
+from onecert.gateway.store._database import StoreDatabase
+from onecert.gateway.store._models import routing_filters, routing_head
+from onecert.gateway.store._rows import check_text, resolve_now
+from onecert.gateway.store._types import AuditDraft
+
+__all__ = ["FilterKind", "FilterRow", "RoutingRepository"]
+
+
+class FilterKind(enum.StrEnum):
+    """What a routing publication is."""
+
+    SNAPSHOT = "snapshot"
+    ADDITIONS = "additions"
+    OPT_OUT = "opt_out"
+
+
+@dataclass(frozen=True)
+class FilterRow:
+    """One stored publication.
+
+    Attributes:
+        seq: its place in the order every replica applies publications in.
+        provider_id: who published it.
+        kind: snapshot, additions or opt-out.
+        key_version: the routing key version it is keyed with (0 for an opt-out).
+        created_at: the provider's ``created_at`` (Unix seconds; the
+            gateway's receive time for an opt-out).
+        received_at: when the gateway stored it.
+        interval_s: the promised snapshot interval (snapshots only).
+        sealed: the sealed payload (empty for an opt-out's nothing).
+    """
+
+    seq: int
+    provider_id: str
+    kind: FilterKind
+    key_version: int
+    created_at: int
+    received_at: datetime
+    interval_s: int | None
+    sealed: bytes
+
+
+class RoutingRepository:
+    """The sealed filters of every provider (``store.routing``)."""
+
+    def __init__(self, db: StoreDatabase, audit: AuditRepository) -> None:
+        self._db = db
+        self._audit = audit
+
+    async def publish(
+        self,
+        *,
+        provider_id: str,
+        kind: FilterKind,
+        key_version: int,
+        created_at: int,
+        sealed: bytes,
+        interval_s: int | None = None,
+        replay_margin_s: int = 300,
+        audit: AuditDraft | None = None,
+        now: datetime | None = None,
+    ) -> int:
+        """Store a publication (and its audit row, in the same transaction); returns its seq.
+
+        A snapshot or an opt-out supersedes the provider's earlier snapshots
+        and opt-outs, and its additions created ``replay_margin_s`` or more
+        before it (those are in the snapshot by definition): they are deleted,
+        so the table holds about one snapshot per provider.
+        """
+        now = resolve_now(now)
+        check_text("provider_id", provider_id, 64)
+        f = routing_filters.c
+        async with self._db.write() as conn:
+            seq = int(
+                (
+                    await conn.execute(
+                        update(routing_head)
+                        .where(routing_head.c.id == 1)
+                        .values(seq=routing_head.c.seq + 1)
+                        .returning(routing_head.c.seq)
+                    )
+                ).scalar_one()
+            )
+            if kind is not FilterKind.ADDITIONS:
+                superseded = f.kind != FilterKind.ADDITIONS.value
+                old_additions = f.created_at <= created_at - replay_margin_s
+                await conn.execute(
+                    delete(routing_filters).where(
+                        f.provider_id == provider_id, superseded | old_additions
+                    )
+                )
+            await conn.execute(
+                insert(routing_filters).values(
+                    seq=seq,
+                    provider_id=provider_id,
+                    kind=kind.value,
+                    key_version=key_version,
+                    created_at=created_at,
+                    received_at=now,
+                    interval_s=interval_s,
+                    sealed=sealed,
+                )
+            )
+            if audit is not None:
+                await self._audit.chain(conn, [audit], now)
+        return seq
+
+    async def head(self) -> int:
+        """The seq of the last publication stored (0 before the first)."""
+        async with self._db.read() as conn:
+            stmt = select(routing_head.c.seq).where(routing_head.c.id == 1)
+            return int((await conn.execute(stmt)).scalar_one())
+
+    async def since(self, seq: int, *, limit: int = 1000) -> Sequence[FilterRow]:
+        """Publications after ``seq``, oldest first, at most ``limit``."""
+        f = routing_filters.c
+        stmt = select(routing_filters).where(f.seq > seq).order_by(f.seq).limit(limit)
+        async with self._db.read() as conn:
+            rows = (await conn.execute(stmt)).mappings().all()
+        return [
+            FilterRow(
+                seq=int(r["seq"]),
+                provider_id=str(r["provider_id"]),
+                kind=FilterKind(r["kind"]),
+                key_version=int(r["key_version"]),
+                created_at=int(r["created_at"]),
+                received_at=r["received_at"],
+                interval_s=None if r["interval_s"] is None else int(r["interval_s"]),
+                sealed=bytes(r["sealed"]),
+            )
+            for r in rows
+        ]

@@ -1,0 +1,80 @@
+"""Helpers for routing through a real gateway: provider clients and filters built by the SDK."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from datetime import timedelta
+
+from onecert.gateway import GatewayServer
+from onecert.gateway.testing import Federation
+from onecert.sdk.client import FilterReceipt, ProviderGatewayClient
+from onecert.sdk.routing import FilterAdditions, RoutingFilter, build_filter
+from onecert.v1 import gateway_pb2
+
+ROUTED_OUT = "routing: its filter says it does not hold this number"
+# Numbers no citizen of the story holds: what a provider's filter is full of.
+ELSEWHERE = [f"+86135{i:08d}" for i in range(0, 40_000, 97)]
+
+
+def provider_client(
+    fed: Federation, gateway: GatewayServer, provider_id: str
+) -> ProviderGatewayClient:
+    """A client of ``gateway`` authenticated as ``provider_id``; the caller closes it."""
+    target = f"127.0.0.1:{gateway.port}"
+    if fed.tls:
+        return ProviderGatewayClient(target, tls=fed.client_tls(provider_id))
+    return ProviderGatewayClient(target, insecure=True, dev_provider_id=provider_id)
+
+
+def source(numbers: Iterable[str]) -> Callable[[], AsyncIterator[str]]:
+    """A ``list_numbers`` source over fixed numbers."""
+    frozen = list(numbers)
+
+    async def list_numbers() -> AsyncIterator[str]:
+        for number in frozen:
+            yield number
+
+    return list_numbers
+
+
+async def snapshot_of(
+    client: ProviderGatewayClient, numbers: Iterable[str], *, created_at: int | None = None
+) -> RoutingFilter:
+    """The SDK's filter of ``numbers`` under the gateway's active routing key."""
+    key = await client.get_routing_key()
+    clock = time.time if created_at is None else (lambda: float(created_at))
+    result = await build_filter(source(numbers), key=key.key, key_version=key.version, clock=clock)
+    return result.filter
+
+
+async def publish(
+    client: ProviderGatewayClient,
+    numbers: Iterable[str],
+    *,
+    interval: timedelta = timedelta(hours=1),
+    created_at: int | None = None,
+) -> FilterReceipt:
+    """Publish a snapshot of ``numbers``."""
+    snapshot = await snapshot_of(client, numbers, created_at=created_at)
+    return await client.publish_snapshot(snapshot, interval=interval)
+
+
+async def add(client: ProviderGatewayClient, *numbers: str) -> FilterReceipt:
+    """Publish ``numbers`` as additions."""
+    key = await client.get_routing_key()
+    return await client.publish_additions(FilterAdditions.of(key.key, key.version, numbers))
+
+
+def outcome(
+    messages: list[gateway_pb2.LookupResponse], provider_id: str, msisdn: str
+) -> tuple[int, str]:
+    """How the call of ``provider_id`` about ``msisdn`` ended: (outcome, detail)."""
+    result = Federation.result_of(messages, provider_id, msisdn)
+    return result.outcome, result.detail
+
+
+def summary(messages: list[gateway_pb2.LookupResponse]) -> gateway_pb2.LookupSummary:
+    """The lookup's last message."""
+    assert messages[-1].WhichOneof("update") == "summary"
+    return messages[-1].summary
