@@ -112,6 +112,9 @@ def test_ids_with_digit_runs_survive(ident: str) -> None:
     [
         ("request_id=conformance-9e240d585348d4", "request_id=conformance-9e240d585348d4"),
         ('no such column "phone_20240101"', 'no such column "phone_20240101"'),
+        ("table users_0010000000", "table users_0010000000"),
+        ("u_13800138000", "u_1380*****00"),
+        ("key_+8613800138000", "key_+861********00"),
         ("query 1733400000123456 took 3 ms", "query 1733400000123456 took 3 ms"),
         ("+8613800138000", "+861********00"),
         ("13800138000", "1380*****00"),

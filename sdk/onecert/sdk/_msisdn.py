@@ -20,13 +20,19 @@ _E164 = re.compile(r"\+[1-9][0-9]{7,14}")
 _D = "[0-9\uff10-\uff19]"
 _SEP = "[ \u00a0.\\-]"
 _ALONE_BEFORE = "(?<![A-Za-z0-9\uff10-\uff19])"
+# "00" and digits after an underscore or a hyphen is part of a name or an id
+# (``users_0010000000``, a uuid's last group); "+" numbers and 11-digit mobiles
+# are masked even there (``u_13800138000`` is a phone number used as a name).
+_ALONE_BEFORE_00 = "(?<![A-Za-z0-9_\\-\uff10-\uff19])"
 _ALONE_AFTER = "(?![A-Za-z0-9\uff10-\uff19])"
+_GROUPED = f"[1-9](?:(?:{_SEP}|{_SEP}?[()]{_SEP}?)?{_D}){{7,14}}"
 _NUMBER_IN_TEXT = re.compile(
-    _ALONE_BEFORE
-    + "(?:"
-    + f"(?:\\+|00)[1-9](?:(?:{_SEP}|{_SEP}?[()]{_SEP}?)?{_D}){{7,14}}"
+    "(?:"
+    + f"{_ALONE_BEFORE}\\+{_GROUPED}"
     + "|"
-    + f"(?:[8\uff18][6\uff16]{_SEP}?)?[1\uff11][3-9\uff13-\uff19]{_D}"
+    + f"{_ALONE_BEFORE_00}00{_GROUPED}"
+    + "|"
+    + f"{_ALONE_BEFORE}(?:[8\uff18][6\uff16]{_SEP}?)?[1\uff11][3-9\uff13-\uff19]{_D}"
     + f"(?:{_D}{{8}}|{_SEP}{_D}{{4}}{_SEP}{_D}{{4}})"
     + ")"
     + _ALONE_AFTER
