@@ -84,6 +84,17 @@ def _b64decode(part: str) -> bytes:
     return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
 
 
+def _header(token: str) -> dict[str, Any]:
+    """The JOSE header of a compact JWS; ValueError or TypeError if it is not one."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise ValueError("not a compact JWS")
+    header = json.loads(_b64decode(parts[0]))
+    if not isinstance(header, dict):
+        raise TypeError("the header is not an object")
+    return header
+
+
 def _unverified_claims(token: str) -> dict[str, Any]:
     claims: dict[str, Any] = json.loads(_b64decode(token.split(".")[1]))
     return claims
@@ -169,11 +180,13 @@ class TokenChecker:
             raise _unauthenticated("no warrant")
         token = value.removeprefix("Bearer ")
         try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError as exc:
+            header = _header(token)
+        except (ValueError, TypeError) as exc:
             if "W-2" in b:
                 return
             raise _unauthenticated("not a JWS") from exc
+        if "crit" in header:
+            raise _unauthenticated("critical header members not understood")
         if header.get("typ") != WARRANT_TYP and "W-3" not in b:
             raise _unauthenticated("not a warrant")
         claims = self._signed_claims(token, header, "W")
@@ -217,10 +230,12 @@ class TokenChecker:
         b = self.broken
         invalid = grpc.StatusCode.INVALID_ARGUMENT
         try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError as exc:
+            header = _header(token)
+        except (ValueError, TypeError) as exc:
             code = grpc.StatusCode.UNAUTHENTICATED if "E-2" in b else invalid
             raise Refusal(code, "not a JWS") from exc
+        if "crit" in header:
+            raise _unauthenticated("critical header members not understood")
         if header.get("typ") != SET_TYP and "E-3" not in b:
             raise Refusal(invalid, "not a SET")
         claims = self._signed_claims(token, header, "E")

@@ -241,6 +241,13 @@ WARRANT_CASES: tuple[WarrantCase, ...] = (
         lambda f, t, p: f.warrant(t, p, change={"aud": [f"{f.audience}-other", "onecert-x"]}),
     ),
     WarrantCase(
+        "W-8",
+        "audience_list_with_id",
+        "with an aud array holding the target's id",
+        lambda f, t, p: f.warrant(t, p, change={"aud": ["onecert-x", f.audience]}),
+        accept=True,
+    ),
+    WarrantCase(
         "W-9",
         "expired",
         "expired 30 s ago (more than the allowed skew)",
@@ -303,6 +310,12 @@ WARRANT_CASES: tuple[WarrantCase, ...] = (
         "with a claim the contract does not define",
         lambda f, t, p: f.warrant(t, p, change={"x_future": {"a": 1}}),
         accept=True,
+    ),
+    WarrantCase(
+        "W-16",
+        "unknown_crit",
+        "with a critical header member nobody understands",
+        lambda f, t, p: f.warrant(t, p, header={"crit": ["x-future"], "x-future": True}),
     ),
 )
 
