@@ -154,11 +154,6 @@ class SetVerifier:
             )
         except TokenError as exc:
             raise SetError(exc.reason, f"event token refused: {exc.message}") from exc
-        # verify_jwt has checked that iat is a finite number.
-        if current - float(claims["iat"]) > MAX_SET_AGE + self._leeway:
-            raise SetError(
-                "expired", f"event token refused: issued more than {MAX_SET_AGE:.0f} s ago"
-            )
         jti = claims["jti"]
         if not isinstance(jti, str) or not 0 < len(jti) <= MAX_JTI:
             raise SetError("claims", f"SET 'jti' must be a string of 1 to {MAX_JTI} characters")
@@ -180,10 +175,18 @@ class SetVerifier:
             )
         assert isinstance(event, dict)
         act_by = event.get("act_by")
-        return RecycledNotice(
+        notice = RecycledNotice(
             jti=jti,
             msisdn=subject["phone_number"],
             recycled_at=_instant(claims["toe"], "toe"),
             act_by=None if act_by is None else _instant(act_by, "act_by"),
             issued_at=_instant(claims["iat"], "iat"),
         )
+        # Checked once the token is known to be a well-formed SET, so a
+        # malformed one is reported as such (INVALID_ARGUMENT) however old
+        # it is. verify_jwt has checked that iat is a finite number.
+        if current - float(claims["iat"]) > MAX_SET_AGE + self._leeway:
+            raise SetError(
+                "expired", f"event token refused: issued more than {MAX_SET_AGE:.0f} s ago"
+            )
+        return notice
