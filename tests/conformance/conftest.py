@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator
 from typing import Any
 
 import grpc
@@ -15,15 +15,14 @@ from tests.conformance.plain_adapters import (
     AsyncCarrier,
     AsyncProvider,
     BlockingProvider,
-    CarrierFlaws,
-    Flaws,
     ProviderCore,
     start_async,
     start_threaded,
 )
 
-StartProvider = Callable[[Flaws | None], Awaitable[str]]
-StartCarrier = Callable[[CarrierFlaws | None], Awaitable[str]]
+# Start a plain adapter that breaks the rules named (docs/contract.md ids).
+StartProvider = Callable[..., Awaitable[str]]
+StartCarrier = Callable[..., Awaitable[str]]
 
 
 @pytest.fixture(scope="session")
@@ -45,27 +44,29 @@ def gateway_jwks(dev_keys: DevKeys) -> dict[str, Any]:
 
 @pytest.fixture
 async def start_provider(gateway_jwks: dict[str, Any]) -> AsyncIterator[StartProvider]:
-    """Start a plain-grpcio provider with the given flaws; returns its target."""
-    servers: list[grpc.aio.Server] = []
+    """Start a plain-grpcio provider breaking the rules named; returns its target."""
+    servers: list[tuple[grpc.aio.Server, ProviderCore]] = []
 
-    async def start(flaws: Flaws | None = None) -> str:
-        core = ProviderCore(gateway_jwks, flaws or Flaws())
-        server, target = await start_async(AsyncProvider(core))
-        servers.append(server)
+    async def start(broken: Collection[str] = (), *, hang: bool = False) -> str:
+        core = ProviderCore(gateway_jwks, broken)
+        server, target = await start_async(AsyncProvider(core, hang=hang))
+        servers.append((server, core))
         return target
 
     yield start
-    for server in servers:
+    for server, core in servers:
+        core.release.set()
         await server.stop(None)
+        core.pool.shutdown(wait=False)
 
 
 @pytest.fixture
 async def start_carrier(gateway_jwks: dict[str, Any]) -> AsyncIterator[StartCarrier]:
-    """Start a plain-grpcio carrier with the given flaws; returns its target."""
+    """Start a plain-grpcio carrier breaking the rules named; returns its target."""
     servers: list[grpc.aio.Server] = []
 
-    async def start(flaws: CarrierFlaws | None = None) -> str:
-        server, target = await start_async(AsyncCarrier(gateway_jwks, flaws or CarrierFlaws()))
+    async def start(broken: Collection[str] = ()) -> str:
+        server, target = await start_async(AsyncCarrier(gateway_jwks, broken))
         servers.append(server)
         return target
 
@@ -76,11 +77,11 @@ async def start_carrier(gateway_jwks: dict[str, Any]) -> AsyncIterator[StartCarr
 
 @pytest.fixture
 def blocking_provider(gateway_jwks: dict[str, Any]) -> Iterator[str]:
-    """A provider on one worker thread whose ListBindings ignores deadlines (1.5 s)."""
-    servicer = BlockingProvider(ProviderCore(gateway_jwks), latency=1.5)
+    """A provider on one worker thread whose ListBindings ignores deadlines (1 s)."""
+    servicer = BlockingProvider(ProviderCore(gateway_jwks), latency=1.0)
     server, target = start_threaded(servicer)
     yield target
-    servicer.release.set()
+    servicer.core.release.set()
     server.stop(None).wait()
 
 
@@ -93,8 +94,10 @@ def start_threaded_provider(gateway_jwks: dict[str, Any]) -> Iterator[StartThrea
     CLI in-process; ``credentials`` serves TLS."""
     servers: list[grpc.Server] = []
 
-    def start(flaws: Flaws | None = None, credentials: grpc.ServerCredentials | None = None) -> str:
-        servicer = BlockingProvider(ProviderCore(gateway_jwks, flaws or Flaws()))
+    def start(
+        broken: Collection[str] = (), credentials: grpc.ServerCredentials | None = None
+    ) -> str:
+        servicer = BlockingProvider(ProviderCore(gateway_jwks, broken))
         server, target = start_threaded(servicer, workers=8, credentials=credentials)
         servers.append(server)
         return target

@@ -1,25 +1,31 @@
 """Adapters written with plain grpcio, the generated stubs and PyJWT: no onecert SDK.
 
 They stand for a provider or a carrier written by someone else, in any
-language, so that the conformance kit is shown to check the contract and not
-the SDK. ``Flaws`` / ``CarrierFlaws`` break one rule each, for the tests that
-the kit catches it.
+language, from docs/contract.md alone, so that the conformance kit is shown
+to check the contract and not the SDK. Every rule they follow is guarded by
+its id: an adapter built with ``broken={"W-9"}`` breaks that one rule, for
+the tests that the kit catches it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import hmac
+import json
 import re
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Collection, Mapping
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 import jwt
+from cryptography.hazmat.primitives import serialization
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
@@ -42,6 +48,11 @@ _E164 = re.compile(r"\+[1-9][0-9]{7,14}")
 _IDN = re.compile(r"[0-9a-f]{64}")
 WARRANT_TYP = "onecert-warrant+jwt"
 SET_TYP = "secevent+jwt"
+RISC_RECYCLED = "https://schemas.openid.net/secevent/risc/event-type/identifier-recycled"
+SKEW = 5
+MAX_WARRANT_LIFETIME = 60
+MAX_SET_AGE = 300
+WARRANT_CLAIMS = {"iss", "aud", "iat", "exp", "nbf", "jti", "purpose", "qid", "target_sha256"}
 
 
 def _ts(year: int, month: int = 1, day: int = 1) -> Timestamp:
@@ -65,109 +76,225 @@ class Refusal(Exception):  # noqa: N818 - it is a gRPC answer, not an error of t
         self.message = message
 
 
+def _unauthenticated(message: str) -> Refusal:
+    return Refusal(grpc.StatusCode.UNAUTHENTICATED, message)
+
+
+def _b64decode(part: str) -> bytes:
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+
+
+def _header(token: str) -> dict[str, Any]:
+    """The JOSE header of a compact JWS; ValueError or TypeError if it is not one."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise ValueError("not a compact JWS")
+    header = json.loads(_b64decode(parts[0]))
+    if not isinstance(header, dict):
+        raise TypeError("the header is not an object")
+    return header
+
+
+def _unverified_claims(token: str) -> dict[str, Any]:
+    claims: dict[str, Any] = json.loads(_b64decode(token.split(".")[1]))
+    return claims
+
+
+@dataclass
 class TokenChecker:
-    """JWT checks written from the contract with PyJWT alone."""
+    """Warrant and SET checks written from docs/contract.md with PyJWT alone.
 
-    def __init__(self, jwks: Mapping[str, Any], *, audience: str, issuer: str = ISSUER) -> None:
-        self._keys = {k.key_id: k for k in jwt.PyJWKSet.from_dict(dict(jwks)).keys}
-        self._audience = audience
-        self._issuer = issuer
+    ``broken`` names the rules this checker does not follow.
+    """
 
-    def claims(
-        self, token: str, *, typ: str, required: list[str], check_audience: bool = True
-    ) -> dict[str, Any]:
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError as exc:
-            raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "not a JWT") from exc
-        if header.get("typ") != typ:
-            raise Refusal(grpc.StatusCode.UNAUTHENTICATED, "wrong token type")
-        key = self._keys.get(header.get("kid", ""))
+    jwks: Mapping[str, Any]
+    audience: str
+    broken: Collection[str] = ()
+    issuer: str = ISSUER
+    seen_jti: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.keys = {k.key_id: k for k in jwt.PyJWKSet.from_dict(dict(self.jwks)).keys}
+        self.pems = {
+            kid: k.key.public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            for kid, k in self.keys.items()
+        }
+
+    def _signed_claims(self, token: str, header: Mapping[str, Any], rule: str) -> dict[str, Any]:
+        """The claims once kid, alg and signature are checked (``rule``: W or E ids)."""
+        w = rule == "W"
+        kid = header.get("kid")
+        key = self.keys.get(kid) if isinstance(kid, str) else None
         if key is None:
-            raise Refusal(grpc.StatusCode.UNAUTHENTICATED, "unknown key")
+            if (w and "W-4" in self.broken) and self.keys:
+                # The bug: "no or unknown kid? use our only key".
+                kid = next(iter(self.keys))
+                key = self.keys[kid]
+            else:
+                raise _unauthenticated("unknown key")
+        alg = header.get("alg")
+        trusts_header_alg = (w and "W-5" in self.broken) or (not w and "E-4" in self.broken)
+        if trusts_header_alg and alg == "none":
+            return _unverified_claims(token)
+        if trusts_header_alg and alg == "HS256":
+            signing_input, _, signature = token.rpartition(".")
+            mac = hmac.new(self.pems[str(kid)], signing_input.encode(), hashlib.sha256).digest()
+            if not hmac.compare_digest(mac, _b64decode(signature)):
+                raise _unauthenticated("bad signature")
+            return _unverified_claims(token)
+        if alg != key.algorithm_name:
+            raise _unauthenticated("wrong algorithm for this key")
+        skip_signature = (w and "W-6" in self.broken) or (not w and "E-4" in self.broken)
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
                 key.key,
                 algorithms=[key.algorithm_name],
-                audience=self._audience if check_audience else None,
-                issuer=self._issuer,
-                leeway=5,
-                options={"require": required, "verify_aud": check_audience},
+                options={
+                    "verify_signature": not skip_signature,
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                    "verify_aud": False,
+                    "verify_iss": False,
+                },
             )
         except jwt.PyJWTError as exc:
-            raise Refusal(grpc.StatusCode.UNAUTHENTICATED, "token refused") from exc
+            raise _unauthenticated("bad signature") from exc
         return claims
 
-    def warrant(
-        self,
-        metadata: Mapping[str, str],
-        target: str,
-        *,
-        check_audience: bool = True,
-        check_target: bool = True,
-    ) -> None:
+    def _audience_ok(self, aud: Any) -> bool:
+        if isinstance(aud, str):
+            return aud == self.audience
+        return isinstance(aud, list) and self.audience in aud
+
+    def warrant(self, metadata: Mapping[str, str], target: str, purpose: str) -> None:
+        """Check the call's warrant for ``target`` and ``purpose``, or raise a Refusal."""
+        b = self.broken
         value = metadata.get("authorization", "")
         if not value.startswith("Bearer "):
-            raise Refusal(grpc.StatusCode.UNAUTHENTICATED, "no warrant")
+            if "W-1" in b:
+                return
+            raise _unauthenticated("no warrant")
+        token = value.removeprefix("Bearer ")
         try:
-            claims = self.claims(
-                value.removeprefix("Bearer "),
-                typ=WARRANT_TYP,
-                required=["iss", "aud", "iat", "exp", "jti", "purpose", "target_sha256"],
-                check_audience=check_audience,
-            )
-        except Refusal as refusal:
-            raise Refusal(grpc.StatusCode.UNAUTHENTICATED, refusal.message) from refusal
-        if claims["exp"] - claims["iat"] > 60:
-            raise Refusal(grpc.StatusCode.UNAUTHENTICATED, "warrant lives too long")
+            header = _header(token)
+        except (ValueError, TypeError) as exc:
+            if "W-2" in b:
+                return
+            raise _unauthenticated("not a JWS") from exc
+        if "crit" in header:
+            raise _unauthenticated("critical header members not understood")
+        if header.get("typ") != WARRANT_TYP and "W-3" not in b:
+            raise _unauthenticated("not a warrant")
+        claims = self._signed_claims(token, header, "W")
+        now = time.time()
+        if claims.get("iss") != self.issuer and "W-7" not in b:
+            raise _unauthenticated("wrong issuer")
+        if not self._audience_ok(claims.get("aud")) and "W-8" not in b:
+            raise _unauthenticated("wrong audience")
+        leeway = 3600 if "W-9" in b else SKEW
+        exp, iat, nbf = claims.get("exp"), claims.get("iat"), claims.get("nbf")
+        if isinstance(exp, int | float) and now > exp + leeway:
+            raise _unauthenticated("expired")
+        if isinstance(nbf, int | float) and now + leeway < nbf:
+            raise _unauthenticated("not valid yet")
+        if "W-10" not in b and (not isinstance(iat, int | float) or iat > now + SKEW):
+            raise _unauthenticated("iat missing or in the future")
+        if "W-11" not in b and (
+            not isinstance(exp, int | float)
+            or not isinstance(iat, int | float)
+            or exp - iat > MAX_WARRANT_LIFETIME
+        ):
+            raise _unauthenticated("exp missing or lifetime over 60 s")
+        if "W-12" not in b and not (isinstance(claims.get("jti"), str) and claims["jti"]):
+            raise _unauthenticated("no jti")
+        if claims.get("purpose") != purpose and "W-13" not in b:
+            raise _unauthenticated("wrong purpose for this call")
         expected = hashlib.sha256(target.encode()).hexdigest()
-        if check_target and claims["target_sha256"] != expected:
-            raise Refusal(grpc.StatusCode.UNAUTHENTICATED, "warrant names another target")
+        if claims.get("target_sha256") != expected and "W-14" not in b:
+            raise _unauthenticated("warrant names another target")
+        if "W-15" in b and "qid" not in claims:
+            raise _unauthenticated("no qid")
+        if "W-16" in b and set(claims) - WARRANT_CLAIMS:
+            raise _unauthenticated("unknown claims")
+        if "W-17" in b:
+            if claims.get("jti") in self.seen_jti:
+                raise _unauthenticated("warrant replayed")
+            self.seen_jti.add(str(claims.get("jti")))
+
+    def notice(self, token: str) -> dict[str, Any]:
+        """The claims of a Security Event Token, or raise a Refusal."""
+        b = self.broken
+        invalid = grpc.StatusCode.INVALID_ARGUMENT
+        try:
+            header = _header(token)
+        except (ValueError, TypeError) as exc:
+            code = grpc.StatusCode.UNAUTHENTICATED if "E-2" in b else invalid
+            raise Refusal(code, "not a JWS") from exc
+        if "crit" in header:
+            raise _unauthenticated("critical header members not understood")
+        if header.get("typ") != SET_TYP and "E-3" not in b:
+            raise Refusal(invalid, "not a SET")
+        claims = self._signed_claims(token, header, "E")
+        required = {"iss", "aud", "iat", "jti", "toe", "events"}
+        if required - set(claims) and "E-8" not in b:
+            raise Refusal(invalid, "SET lacks a required claim")
+        events = claims.get("events")
+        if "E-7" not in b:
+            event = events.get(RISC_RECYCLED) if isinstance(events, dict) else None
+            subject = event.get("subject") if isinstance(event, dict) else None
+            if (
+                not isinstance(events, dict)
+                or list(events) != [RISC_RECYCLED]
+                or not isinstance(subject, dict)
+                or subject.get("format") != "phone_number"
+                or not _E164.fullmatch(str(subject.get("phone_number", "")))
+            ):
+                raise Refusal(invalid, "SET must carry one identifier-recycled event")
+        if claims.get("iss") != self.issuer and "E-5" not in b:
+            raise _unauthenticated("wrong issuer")
+        if not self._audience_ok(claims.get("aud")) and "E-6" not in b:
+            raise _unauthenticated("wrong audience")
+        if "E-9" not in b:
+            now, iat, exp = time.time(), claims.get("iat"), claims.get("exp")
+            if not isinstance(iat, int | float) or iat > now + SKEW:
+                raise _unauthenticated("iat missing or in the future")
+            if now - iat > MAX_SET_AGE + SKEW:
+                raise _unauthenticated("SET too old")
+            if exp is not None and (not isinstance(exp, int | float) or now > exp + SKEW):
+                raise _unauthenticated("SET expired")
+        return claims
 
 
 # ------------------------------------------------------------------ provider
 
 
-@dataclass(frozen=True)
-class Flaws:
-    """Each flag breaks one rule of the BindingProvider contract."""
-
-    ignore_warrants: bool = False
-    accept_wrong_audience: bool = False
-    accept_wrong_number: bool = False
-    # An error instead of an empty list for a number it does not know.
-    unknown_number_status: grpc.StatusCode | None = None
-    malformed_status: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT
-    # No request_id bookkeeping: a redelivery is applied again.
-    reapply_unbind: bool = False
-    crash_on_unknown_account: bool = False
-    omit_bound_at: bool = False
-    # ListBindings never answers (the deadline ends it).
-    hang: bool = False
-    incomplete_describe: bool = False
-    accept_forged_events: bool = False
-
-
 class ProviderCore:
     """The provider's logic, shared by the asyncio and the threaded servers."""
 
-    def __init__(self, jwks: Mapping[str, Any], flaws: Flaws = Flaws()) -> None:
-        self.flaws = flaws
-        self.tokens = TokenChecker(jwks, audience=PROVIDER_ID)
+    def __init__(self, jwks: Mapping[str, Any], broken: Collection[str] = ()) -> None:
+        self.broken = frozenset(broken)
+        self.tokens = TokenChecker(jwks, audience=PROVIDER_ID, broken=self.broken)
         self.bindings: dict[str, list[provider_pb2.Binding]] = {
             NUMBER_A: [
                 provider_pb2.Binding(
                     account_ref="acct-1",
                     display_name="zhang",
                     kind=common_pb2.BINDING_KIND_LOGIN,
-                    bound_at=_ts(2019, 3, 1),
+                    bound_at=_ts(2100 if "L-4" in self.broken else 2019, 3, 1),
                     last_used_at=_ts(2024, 5, 1),
                     unbindable=True,
                 ),
                 provider_pb2.Binding(
                     account_ref="acct-2",
-                    kind=common_pb2.BINDING_KIND_PAYMENT,
+                    kind=(
+                        common_pb2.BINDING_KIND_UNSPECIFIED
+                        if "L-1" in self.broken
+                        else common_pb2.BINDING_KIND_PAYMENT
+                    ),
                     bound_at=_ts(2021, 7, 9),
                     unbindable=False,
                 ),
@@ -181,25 +308,21 @@ class ProviderCore:
                 )
             ],
         }
-        self.answers: dict[str, provider_pb2.UnbindResponse] = {}
+        # request_id -> (the request's fingerprint, the answer)
+        self.answers: dict[str, tuple[tuple[str, str, int], provider_pb2.UnbindResponse]] = {}
+        self.in_flight: set[str] = set()
         self.lock = threading.Lock()
         self.events: dict[str, provider_pb2.ReceiveEventResponse] = {}
-
-    def _warrant(self, metadata: Mapping[str, str], target: str) -> None:
-        if self.flaws.ignore_warrants:
-            return
-        self.tokens.warrant(
-            metadata,
-            target,
-            check_audience=not self.flaws.accept_wrong_audience,
-            check_target=not self.flaws.accept_wrong_number,
-        )
+        # Set when the test ends, so that flawed handlers stop waiting.
+        self.release = threading.Event()
+        self.pool = futures.ThreadPoolExecutor(max_workers=2)
+        self.blocked_once = False
 
     def describe(self) -> provider_pb2.DescribeResponse:
-        if self.flaws.incomplete_describe:
+        if "P-1" in self.broken:
             return provider_pb2.DescribeResponse(provider_id=PROVIDER_ID, name="Plain")
         return provider_pb2.DescribeResponse(
-            provider_id=PROVIDER_ID,
+            provider_id="someone-else" if "P-2" in self.broken else PROVIDER_ID,
             name="Plain Provider",
             category=common_pb2.PROVIDER_CATEGORY_FORUM,
             contract_version="onecert.v1",
@@ -209,71 +332,91 @@ class ProviderCore:
     def list_bindings(
         self, request: provider_pb2.ListBindingsRequest, metadata: Mapping[str, str]
     ) -> provider_pb2.ListBindingsResponse:
-        self._warrant(metadata, request.msisdn)
-        if not _E164.fullmatch(request.msisdn):
-            raise Refusal(self.flaws.malformed_status, "msisdn must be E.164")
+        self.tokens.warrant(metadata, request.msisdn, "lookup")
+        if not _E164.fullmatch(request.msisdn) and "L-3" not in self.broken:
+            raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "msisdn must be E.164")
         with self.lock:
+            if request.msisdn not in self.bindings and "L-2" in self.broken:
+                raise Refusal(grpc.StatusCode.NOT_FOUND, "no such number")
             found = list(self.bindings.get(request.msisdn, []))
-        if not found and self.flaws.unknown_number_status is not None:
-            raise Refusal(self.flaws.unknown_number_status, "no such number")
-        if self.flaws.omit_bound_at:
-            found = [provider_pb2.Binding(account_ref=b.account_ref, kind=b.kind) for b in found]
         return provider_pb2.ListBindingsResponse(bindings=found)
+
+    def check_unbind(
+        self, request: provider_pb2.UnbindRequest, metadata: Mapping[str, str]
+    ) -> tuple[str, str, int]:
+        """Check the warrant and the request; the request's fingerprint."""
+        self.tokens.warrant(metadata, request.msisdn, "unbind")
+        if not 0 < len(request.request_id) <= 128:
+            raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "request_id: 1 to 128 characters")
+        if not 0 < len(request.account_ref) <= 256:
+            raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "account_ref: 1 to 256 characters")
+        if request.reason == common_pb2.UNBIND_REASON_UNSPECIFIED and "U-1" not in self.broken:
+            raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "reason is required")
+        if not _E164.fullmatch(request.msisdn):
+            raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "msisdn must be E.164")
+        return (request.msisdn, request.account_ref, request.reason)
+
+    def stored(
+        self, request: provider_pb2.UnbindRequest, fingerprint: tuple[str, str, int]
+    ) -> provider_pb2.UnbindResponse | None:
+        """The answer already given to this request_id, if any (call with the lock)."""
+        key = request.request_id
+        if "U-6" in self.broken:
+            key = f"{request.request_id}/{request.account_ref}"
+        if "U-4" in self.broken or key not in self.answers:
+            return None
+        first, answer = self.answers[key]
+        if first != fingerprint:
+            raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "request_id used for another unbind")
+        return answer
+
+    def apply_unbind(
+        self, request: provider_pb2.UnbindRequest, fingerprint: tuple[str, str, int]
+    ) -> provider_pb2.UnbindResponse:
+        """Apply the unbind and record its answer (call with the lock)."""
+        bound = self.bindings.get(request.msisdn, [])
+        kept = [b for b in bound if b.account_ref != request.account_ref]
+        if len(kept) == len(bound):
+            if "U-2" in self.broken:
+                raise Refusal(grpc.StatusCode.NOT_FOUND, "no such account")
+            reason = "no such account"
+            if "U-3" in self.broken:
+                reason = f"no account {request.account_ref} for {request.msisdn}"
+            answer = provider_pb2.UnbindResponse(
+                outcome=common_pb2.UNBIND_OUTCOME_REJECTED, reason=reason, decided_at=_now()
+            )
+        else:
+            if "U-7" not in self.broken:
+                self.bindings[request.msisdn] = kept
+            answer = provider_pb2.UnbindResponse(
+                outcome=common_pb2.UNBIND_OUTCOME_DONE, decided_at=_now()
+            )
+        key = request.request_id
+        if "U-6" in self.broken:
+            key = f"{request.request_id}/{request.account_ref}"
+        self.answers[key] = (fingerprint, answer)
+        return answer
 
     def unbind(
         self, request: provider_pb2.UnbindRequest, metadata: Mapping[str, str]
     ) -> provider_pb2.UnbindResponse:
-        self._warrant(metadata, request.msisdn)
-        if not 0 < len(request.request_id) <= 128:
-            raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "request_id: 1 to 128 characters")
-        if not request.account_ref:
-            raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "account_ref is required")
-        if request.reason == common_pb2.UNBIND_REASON_UNSPECIFIED:
-            raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "reason is required")
-        if not _E164.fullmatch(request.msisdn):
-            raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "msisdn must be E.164")
+        fingerprint = self.check_unbind(request, metadata)
         with self.lock:
-            if not self.flaws.reapply_unbind and request.request_id in self.answers:
-                return self.answers[request.request_id]
-            bound = self.bindings.get(request.msisdn, [])
-            kept = [b for b in bound if b.account_ref != request.account_ref]
-            if len(kept) == len(bound):
-                if self.flaws.crash_on_unknown_account:
-                    raise KeyError(request.account_ref)
-                answer = provider_pb2.UnbindResponse(
-                    outcome=common_pb2.UNBIND_OUTCOME_REJECTED,
-                    reason="no such account",
-                    decided_at=_now(),
-                )
-            else:
-                self.bindings[request.msisdn] = kept
-                answer = provider_pb2.UnbindResponse(
-                    outcome=common_pb2.UNBIND_OUTCOME_DONE, decided_at=_now()
-                )
-            self.answers[request.request_id] = answer
-            return answer
+            answer = self.stored(request, fingerprint)
+            return answer or self.apply_unbind(request, fingerprint)
 
     def receive_event(
-        self, request: provider_pb2.ReceiveEventRequest
+        self, request: provider_pb2.ReceiveEventRequest, metadata: Mapping[str, str]
     ) -> provider_pb2.ReceiveEventResponse:
-        try:
-            claims = self.tokens.claims(
-                request.set,
-                typ=SET_TYP,
-                required=["iss", "aud", "iat", "jti", "events"],
-                check_audience=not self.flaws.accept_forged_events,
-            )
-        except Refusal as refusal:
-            if (
-                refusal.code != grpc.StatusCode.UNAUTHENTICATED
-                or not self.flaws.accept_forged_events
-            ):
-                raise
-            claims = jwt.decode(request.set, options={"verify_signature": False})
+        claims = self.tokens.notice(request.set)
+        if "E-1" in self.broken:
+            # The bug: it answers, but never says it recorded the notice.
+            return provider_pb2.ReceiveEventResponse()
+        jti = str(claims.get("jti"))
         with self.lock:
-            return self.events.setdefault(
-                str(claims["jti"]), provider_pb2.ReceiveEventResponse(acknowledged=True)
-            )
+            if jti in self.events and "E-10" in self.broken:
+                return provider_pb2.ReceiveEventResponse(acknowledged=False)
+            return self.events.setdefault(jti, provider_pb2.ReceiveEventResponse(acknowledged=True))
 
 
 def _metadata(context: grpc.ServicerContext | grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
@@ -281,10 +424,11 @@ def _metadata(context: grpc.ServicerContext | grpc.aio.ServicerContext[Any, Any]
 
 
 class AsyncProvider(provider_pb2_grpc.BindingProviderServicer):
-    """The provider on grpc.aio."""
+    """The provider on grpc.aio. With ``hang``, ListBindings never answers."""
 
-    def __init__(self, core: ProviderCore) -> None:
+    def __init__(self, core: ProviderCore, *, hang: bool = False) -> None:
         self.core = core
+        self.hang = hang
 
     async def Describe(  # noqa: N802 - gRPC method name
         self, request: provider_pb2.DescribeRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -300,15 +444,48 @@ class AsyncProvider(provider_pb2_grpc.BindingProviderServicer):
             answer = self.core.list_bindings(request, _metadata(context))
         except Refusal as refusal:
             await context.abort(refusal.code, refusal.message)
-        if self.core.flaws.hang:
+        # Typed float, but None when the caller gave no deadline.
+        remaining: float | None = context.time_remaining()
+        short = remaining is not None and remaining < 1.0
+        if self.hang:
             await asyncio.Event().wait()
+        if short and "D-1" in self.core.broken and not self.core.blocked_once:
+            # The bug: a blocking backend call on the event loop; nothing
+            # else is served, health included, until it ends.
+            self.core.blocked_once = True
+            self.core.release.wait(2.0)
+        if short and "D-2" in self.core.broken:
+            # The bug: a slow backend query that runs to its end in one of
+            # two pooled connections although the caller gave up.
+            query = self.core.pool.submit(self.core.release.wait, 1.0)
+            await asyncio.shield(asyncio.wrap_future(query))
+        elif "D-2" in self.core.broken:
+            await asyncio.wrap_future(self.core.pool.submit(lambda: None))
         return answer
 
     async def Unbind(  # noqa: N802 - gRPC method name
         self, request: provider_pb2.UnbindRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> provider_pb2.UnbindResponse:
+        core = self.core
         try:
-            return self.core.unbind(request, _metadata(context))
+            if "U-5" not in core.broken:
+                return core.unbind(request, _metadata(context))
+            # The bug: a duplicate that arrives while the first is being
+            # applied is refused instead of waiting for the first answer.
+            fingerprint = core.check_unbind(request, _metadata(context))
+            with core.lock:
+                answer = core.stored(request, fingerprint)
+                if answer is not None:
+                    return answer
+                if request.request_id in core.in_flight:
+                    return provider_pb2.UnbindResponse(
+                        outcome=common_pb2.UNBIND_OUTCOME_REJECTED, reason="already in progress"
+                    )
+                core.in_flight.add(request.request_id)
+            await asyncio.sleep(0.2)
+            with core.lock:
+                core.in_flight.discard(request.request_id)
+                return core.apply_unbind(request, fingerprint)
         except Refusal as refusal:
             await context.abort(refusal.code, refusal.message)
 
@@ -318,7 +495,7 @@ class AsyncProvider(provider_pb2_grpc.BindingProviderServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> provider_pb2.ReceiveEventResponse:
         try:
-            return self.core.receive_event(request)
+            return self.core.receive_event(request, _metadata(context))
         except Refusal as refusal:
             await context.abort(refusal.code, refusal.message)
 
@@ -331,7 +508,6 @@ class BlockingProvider(provider_pb2_grpc.BindingProviderServicer):
     def __init__(self, core: ProviderCore, *, latency: float = 0.0) -> None:
         self.core = core
         self.latency = latency
-        self.release = threading.Event()
 
     def Describe(  # noqa: N802 - gRPC method name
         self, request: provider_pb2.DescribeRequest, context: grpc.ServicerContext
@@ -346,7 +522,7 @@ class BlockingProvider(provider_pb2_grpc.BindingProviderServicer):
         except Refusal as refusal:
             context.abort(refusal.code, refusal.message)
         if answer.bindings and self.latency:
-            self.release.wait(self.latency)
+            self.core.release.wait(self.latency)
         return answer
 
     def Unbind(  # noqa: N802 - gRPC method name
@@ -361,7 +537,7 @@ class BlockingProvider(provider_pb2_grpc.BindingProviderServicer):
         self, request: provider_pb2.ReceiveEventRequest, context: grpc.ServicerContext
     ) -> provider_pb2.ReceiveEventResponse:
         try:
-            return self.core.receive_event(request)
+            return self.core.receive_event(request, _metadata(context))
         except Refusal as refusal:
             context.abort(refusal.code, refusal.message)
 
@@ -369,33 +545,13 @@ class BlockingProvider(provider_pb2_grpc.BindingProviderServicer):
 # ------------------------------------------------------------------- carrier
 
 
-@dataclass(frozen=True)
-class CarrierFlaws:
-    """Each flag breaks one rule of the NumberRegistry contract."""
-
-    ignore_warrants: bool = False
-    not_found_for_unknown: bool = False
-    # A cancelled number listed without held_until.
-    omit_held_until: bool = False
-    accept_uppercase_idn: bool = False
-    wrong_carrier_id: bool = False
-
-
 class AsyncCarrier(registry_pb2_grpc.NumberRegistryServicer):
-    """A carrier on grpc.aio."""
+    """A carrier on grpc.aio; ``broken`` names the rules it does not follow."""
 
-    def __init__(self, jwks: Mapping[str, Any], flaws: CarrierFlaws = CarrierFlaws()) -> None:
-        self.flaws = flaws
-        self.tokens = TokenChecker(jwks, audience=CARRIER_ID)
-        carrier = "someone-else" if flaws.wrong_carrier_id else CARRIER_ID
-        cancelled = registry_pb2.Tenure(
-            msisdn="+8613900000009",
-            carrier_id=carrier,
-            held_from=_ts(2015),
-            state=common_pb2.TENURE_STATE_CANCELLED,
-        )
-        if not flaws.omit_held_until:
-            cancelled.held_until.CopyFrom(_ts(2020))
+    def __init__(self, jwks: Mapping[str, Any], broken: Collection[str] = ()) -> None:
+        self.broken = frozenset(broken)
+        self.tokens = TokenChecker(jwks, audience=CARRIER_ID, broken=self.broken)
+        carrier = "someone-else" if "C-1" in self.broken else CARRIER_ID
         self.tenures = {
             IDN_A: [
                 registry_pb2.Tenure(
@@ -404,7 +560,14 @@ class AsyncCarrier(registry_pb2_grpc.NumberRegistryServicer):
                     held_from=_ts(2018),
                     state=common_pb2.TENURE_STATE_ACTIVE,
                 ),
-                cancelled,
+                registry_pb2.Tenure(
+                    msisdn="+8613900000009",
+                    carrier_id=carrier,
+                    held_from=_ts(2015),
+                    # Broken, a number given up without the end of its tenure.
+                    held_until=None if "C-1" in self.broken else _ts(2020),
+                    state=common_pb2.TENURE_STATE_CANCELLED,
+                ),
                 registry_pb2.Tenure(
                     msisdn="+8613900000008",
                     carrier_id=carrier,
@@ -426,13 +589,12 @@ class AsyncCarrier(registry_pb2_grpc.NumberRegistryServicer):
     def list_numbers(
         self, request: registry_pb2.ListNumbersRequest, metadata: Mapping[str, str]
     ) -> registry_pb2.ListNumbersResponse:
-        if not self.flaws.ignore_warrants:
-            self.tokens.warrant(metadata, request.idn)
-        idn = request.idn.lower() if self.flaws.accept_uppercase_idn else request.idn
+        self.tokens.warrant(metadata, request.idn, "lookup")
+        idn = request.idn.lower() if "C-3" in self.broken else request.idn
         if not _IDN.fullmatch(idn):
             raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "idn: 64 lowercase hex")
         found = self.tenures.get(idn, [])
-        if not found and self.flaws.not_found_for_unknown:
+        if not found and "C-2" in self.broken:
             raise Refusal(grpc.StatusCode.NOT_FOUND, "unknown idn")
         return registry_pb2.ListNumbersResponse(tenures=found)
 
@@ -448,6 +610,17 @@ class AsyncCarrier(registry_pb2_grpc.NumberRegistryServicer):
 # ------------------------------------------------------------------- servers
 
 
+def _health(service: str, broken: Collection[str]) -> dict[str, Any]:
+    """The status to set per service name (the health servicer starts with "" SERVING)."""
+    serving = health_pb2.HealthCheckResponse.SERVING
+    names: dict[str, Any] = {"": serving, service: serving}
+    if "H-1" in broken:
+        names[""] = health_pb2.HealthCheckResponse.NOT_SERVING
+    if "H-2" in broken:
+        del names[service]
+    return names
+
+
 async def start_async(
     servicer: AsyncProvider | AsyncCarrier,
 ) -> tuple[grpc.aio.Server, str]:
@@ -456,13 +629,13 @@ async def start_async(
     health_servicer = health.aio.HealthServicer()
     if isinstance(servicer, AsyncProvider):
         provider_pb2_grpc.add_BindingProviderServicer_to_server(servicer, server)
-        service = PROVIDER_SERVICE
+        names = _health(PROVIDER_SERVICE, servicer.core.broken)
     else:
         registry_pb2_grpc.add_NumberRegistryServicer_to_server(servicer, server)
-        service = CARRIER_SERVICE
+        names = _health(CARRIER_SERVICE, servicer.broken)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in ("", service):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    for name, status in names.items():
+        await health_servicer.set(name, status)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     return server, f"127.0.0.1:{port}"

@@ -10,6 +10,7 @@ import pytest
 
 from onecert.cli import main
 from onecert.sdk._tls import ServerTLS
+from onecert.sdk.conformance import CARRIER_CHECKS, PROVIDER_CHECKS
 from onecert.sdk.devkeys import DevKeys
 from tests.conformance.conftest import StartCarrier, StartProvider, StartThreaded
 from tests.conformance.plain_adapters import (
@@ -18,8 +19,6 @@ from tests.conformance.plain_adapters import (
     NUMBER_A,
     NUMBER_B,
     PROVIDER_ID,
-    CarrierFlaws,
-    Flaws,
 )
 
 _FAST = ["--timeout", "2", "--short-deadline", "0.2", "--slack", "1"]
@@ -63,13 +62,13 @@ async def test_cli_passes_a_correct_provider_with_exit_status_zero(
     start_provider: StartProvider, dev_keys: DevKeys
 ) -> None:
     """The installed command prints a PASS line per check and exits 0 for a correct provider."""
-    target = await start_provider(Flaws())
+    target = await start_provider()
     status, out, err = await _cli(
         *_provider_args(target, dev_keys, "--unbind", f"{NUMBER_B}:acct-3", "--insecure")
     )
     assert status == 0, out + err
-    assert "PASS  health.overall" in out
-    assert "PASS  unbind.idempotent" in out
+    assert "PASS  H-1   health.overall" in out
+    assert "PASS  U-4   unbind.idempotent" in out
     assert "FAIL" not in out
     assert ": conformant: " in out
 
@@ -80,25 +79,25 @@ async def test_cli_checks_a_carrier_and_fails_a_broken_one(
     """The carrier command exits 0 for a correct carrier and 1 when a check fails."""
     args = ["--warrant-key", str(dev_keys.warrant_key), "--carrier-id", CARRIER_ID]
     args += ["--known-idn", IDN_A, "--insecure", *_FAST]
-    good = await start_carrier(CarrierFlaws())
+    good = await start_carrier()
     status, out, err = await _cli("conformance", "carrier", "--target", good, *args)
     assert status == 0, out + err
-    assert "PASS  list_numbers.known_idn[1]" in out
-    bad = await start_carrier(CarrierFlaws(not_found_for_unknown=True))
+    assert "PASS  C-1   list_numbers.known_idns" in out
+    bad = await start_carrier(["C-2"])
     status, out, _ = await _cli("conformance", "carrier", "--target", bad, *args)
     assert status == 1
-    assert "FAIL  list_numbers.unknown_idn" in out
+    assert "FAIL  C-2   list_numbers.unknown_idn" in out
 
 
 def test_cli_exits_one_when_a_check_fails(
     start_threaded_provider: StartThreaded, dev_keys: DevKeys, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A provider that ignores warrants makes the command print FAIL lines and exit 1."""
-    target = start_threaded_provider(Flaws(ignore_warrants=True))
+    target = start_threaded_provider(["W-1"])
     assert main(_provider_args(target, dev_keys, "--insecure")) == 1
     out = capsys.readouterr().out
-    assert "FAIL  list_bindings.warrant.missing" in out
-    assert "SKIP  unbind.idempotent" in out
+    assert "FAIL  W-1   list_bindings.warrant.missing" in out
+    assert "SKIP  U-4   unbind.idempotent" in out
     assert "NOT conformant" in out
 
 
@@ -113,6 +112,7 @@ def test_cli_json_report(
     assert report["kind"] == "provider"
     outcomes = {c["name"]: c["outcome"] for c in report["checks"]}
     assert outcomes["health.overall"] == "passed"
+    assert {c["name"]: c["rule"] for c in report["checks"]}["health.overall"] == "H-1"
     assert outcomes["unbind.idempotent"] == "skipped"
     assert report["counts"]["failed"] == 0
 
@@ -172,3 +172,23 @@ def test_cli_reports_an_unreadable_warrant_key(capsys: pytest.CaptureFixture[str
     args += ["--warrant-key", "/nonexistent/warrant.key.pem", "--known-number", NUMBER_A]
     assert main(args) == 2
     assert "/nonexistent/warrant.key.pem" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "kinds"),
+    [
+        (["conformance", "--list"], ["provider", "carrier"]),
+        (["conformance", "provider", "--list"], ["provider"]),
+        (["conformance", "carrier", "--list"], ["carrier"]),
+    ],
+)
+def test_cli_lists_every_check_with_its_rule(
+    capsys: pytest.CaptureFixture[str], args: list[str], kinds: list[str]
+) -> None:
+    """--list prints every check of the kind with its rule id, needing no other option."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 0
+    lines = [line.split() for line in capsys.readouterr().out.splitlines()]
+    expected = {"provider": PROVIDER_CHECKS, "carrier": CARRIER_CHECKS}
+    assert lines == [[kind, rule, name] for kind in kinds for rule, name in expected[kind]]

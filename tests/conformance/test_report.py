@@ -13,7 +13,9 @@ def _report(*outcomes: Outcome) -> Report:
         kind="provider",
         target="127.0.0.1:50051",
         results=tuple(
-            CheckResult(name=f"check.{i}", outcome=o, detail=f"detail {i}", elapsed=0.01)
+            CheckResult(
+                name=f"check.{i}", outcome=o, detail=f"detail {i}", elapsed=0.01, rule=f"X-{i}"
+            )
             for i, o in enumerate(outcomes)
         ),
     )
@@ -22,8 +24,10 @@ def _report(*outcomes: Outcome) -> Report:
 def test_public_exports() -> None:
     """The package exports exactly the kit's public API."""
     assert sorted(conformance.__all__) == [
+        "CARRIER_CHECKS",
         "CheckResult",
         "Outcome",
+        "PROVIDER_CHECKS",
         "Report",
         "check_carrier",
         "check_provider",
@@ -42,12 +46,13 @@ def test_skips_do_not_fail_a_run_but_failures_do() -> None:
 
 
 def test_table_has_one_line_per_check_and_a_summary() -> None:
-    """The table marks each check PASS, FAIL or SKIP with its detail, then sums up."""
+    """The table marks each check PASS, FAIL or SKIP with its rule and detail, then sums up."""
     table = _report(Outcome.PASSED, Outcome.FAILED, Outcome.SKIPPED).to_table()
     lines = table.splitlines()
-    assert lines[1].split() == ["PASS", "check.0", "detail", "0"]
-    assert lines[2].startswith("FAIL  check.1")
-    assert lines[3].startswith("SKIP  check.2")
+    assert lines[0].split() == ["RULE", "CHECK", "DETAIL"]
+    assert lines[1].split() == ["PASS", "X-0", "check.0", "detail", "0"]
+    assert lines[2].startswith("FAIL  X-1   check.1")
+    assert lines[3].startswith("SKIP  X-2   check.2")
     assert lines[-1] == (
         "provider at 127.0.0.1:50051: NOT conformant: 1 passed, 1 failed, 1 skipped"
     )
@@ -58,6 +63,7 @@ def test_json_round_trips() -> None:
     data = json.loads(_report(Outcome.PASSED, Outcome.SKIPPED).to_json())
     assert data["ok"] is True
     assert data["checks"][1] == {
+        "rule": "X-1",
         "name": "check.1",
         "outcome": "skipped",
         "detail": "detail 1",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
@@ -192,3 +193,12 @@ async def test_unusable_sqlite_path_fails_at_start(provider: Provider, tmp_path:
     )
     with pytest.raises(ValueError, match="idempotency store"):
         await server.start()
+
+
+def test_sqlite_store_refuses_a_retention_shorter_than_redelivery(tmp_path: Path) -> None:
+    """A retention under the gateway's 7-day ticket lifetime is refused at construction
+    (docs/contract.md U-9): a redelivery after it would be applied again."""
+    with pytest.raises(ValueError, match="at least 7 days"):
+        SQLiteIdempotencyStore(tmp_path / "idem.db", retention=timedelta(days=6))
+    store = SQLiteIdempotencyStore(tmp_path / "idem.db", retention=timedelta(days=7))
+    assert store.path == tmp_path / "idem.db"

@@ -290,3 +290,18 @@ def test_gateway_double_signs_with_its_own_key() -> None:
     gateway = FakeGateway(audience=PROVIDER_ID)
     verifier = SetVerifier(keys=gateway.keys, issuer=gateway.issuer, audience=PROVIDER_ID)
     assert verifier.verify(gateway.recycled_notice(NUMBER)).msisdn == NUMBER
+
+
+def test_an_old_set_is_refused_as_untrusted_and_an_old_malformed_one_as_malformed() -> None:
+    """A well-formed SET issued more than 300 s ago is UNAUTHENTICATED (contract E-9); one
+    that is also not a proper SET is still reported malformed (INVALID_ARGUMENT)."""
+    old = int(time.time()) - 3600
+    with pytest.raises(SetError) as err:
+        VERIFIER.verify(
+            ISSUER.issue(audience=PROVIDER_ID, msisdn=NUMBER, recycled_at=RECYCLED_AT, now=old)
+        )
+    assert err.value.reason == "expired"
+    assert not err.value.malformed
+    with pytest.raises(SetError) as err:
+        VERIFIER.verify(_forged({"iat": old, "events": {"https://example.com/other": {}}}))
+    assert err.value.malformed

@@ -14,11 +14,48 @@ if TYPE_CHECKING:
     from onecert.sdk.conformance import Report
 
 
+class _ListChecks(argparse.Action):
+    """``--list``: print every check, with the rule of docs/contract.md it checks, and exit."""
+
+    def __init__(self, option_strings: list[str], dest: str, kinds: tuple[str, ...]) -> None:
+        super().__init__(
+            option_strings,
+            dest,
+            nargs=0,
+            default=argparse.SUPPRESS,
+            help="print every check with its rule id (docs/contract.md) and exit",
+        )
+        self.kinds = kinds
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        from onecert.sdk.conformance import (  # noqa: PLC0415 - lazy CLI import
+            CARRIER_CHECKS,
+            PROVIDER_CHECKS,
+        )
+
+        checks = {"provider": PROVIDER_CHECKS, "carrier": CARRIER_CHECKS}
+        for kind in self.kinds:
+            for rule, name in checks[kind]:
+                print(f"{kind:<8}  {rule:<5} {name}")
+        parser.exit()
+
+
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     conformance = sub.add_parser(
         "conformance",
         help="play the gateway against a running provider or carrier and check the contract",
+        description=(
+            "Play the gateway against a running provider or carrier. Every check is named "
+            "by the rule of docs/contract.md it checks (--list prints them)."
+        ),
     )
+    conformance.add_argument("--list", action=_ListChecks, kinds=("provider", "carrier"))
     kinds = conformance.add_subparsers(dest="conformance_kind", required=True, metavar="KIND")
 
     provider = kinds.add_parser(
@@ -31,6 +68,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
             "--unbind account and for account refs that cannot exist."
         ),
     )
+    provider.add_argument("--list", action=_ListChecks, kinds=("provider",))
     _common_options(provider)
     provider.add_argument(
         "--provider-id",
@@ -53,8 +91,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     provider.add_argument(
         "--unbind",
         metavar="NUMBER:ACCOUNT_REF",
-        help="a test account the provider may really unbind, for the idempotency checks "
-        "(skipped without it)",
+        help="a test account the provider may really unbind, for the unbind checks U-4 to "
+        "U-7 (skipped without it)",
     )
     provider.set_defaults(handler=_provider)
 
@@ -66,6 +104,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
             "checks. Exit status 0 only if no check failed."
         ),
     )
+    carrier.add_argument("--list", action=_ListChecks, kinds=("carrier",))
     _common_options(carrier)
     carrier.add_argument(
         "--carrier-id",

@@ -3,21 +3,28 @@
 isort:skip_file
 Types shared by every onecert v1 service.
 
-Conventions for the whole package:
-* A phone number ("msisdn") is always E.164: "+" then 8 to 15 digits, no
-  spaces (for example "+8613800138000"). Anything else is INVALID_ARGUMENT.
+The normative rules of the contract, each with an id and the status its
+violation gets, are in docs/contract.md; these comments summarise them and
+cite rule ids. Conventions for the whole package:
+* A phone number ("msisdn") is always E.164: "+" then a digit 1-9 then 7
+  to 14 more digits, no spaces (for example "+8613800138000"). Anything
+  else is INVALID_ARGUMENT (contract.md section 1, L-3, U-1).
 * Instants are google.protobuf.Timestamp in UTC. An absent timestamp means
   "unknown" or "not applicable", as each field says; never the epoch.
-* Every call made by the gateway to a provider or a carrier carries a
-  warrant in the `authorization` metadata as `Bearer <JWT>`: a JWS
-  compact token with header `typ: onecert-warrant+jwt`, signed by the
-  gateway (ES256 or EdDSA) with claims `iss` (the gateway id), `aud` (the
-  callee's id), `iat`, `exp` (at most 60 s after `iat`), `jti`,
-  `purpose` ("lookup" or "unbind"), `qid` (the query or ticket id) and
-  `target_sha256` (lowercase hex SHA-256 of the msisdn, or of the idn for
-  NumberRegistry). A callee answers UNAUTHENTICATED to any call whose
-  warrant is missing, malformed, expired, wrongly signed, meant for
-  another audience, or names another target than the request.
+* Every call made by the gateway to BindingProvider.ListBindings,
+  BindingProvider.Unbind and NumberRegistry.ListNumbers carries a warrant
+  in the `authorization` metadata as `Bearer <JWT>` (contract.md W-1 to
+  W-18): a JWS compact token with header `typ: onecert-warrant+jwt` and a
+  required `kid`, signed by the gateway with the algorithm pinned by that
+  key (EdDSA or ES256), with claims `iss` (the gateway id), `aud` (the
+  callee's id), `iat`, `exp` (at most 60 s after `iat`), `jti`, `purpose`
+  (exactly "lookup" for ListBindings and ListNumbers, "unbind" for
+  Unbind), `qid` (the query or ticket id; never required by the callee)
+  and `target_sha256` (lowercase hex SHA-256 of the msisdn, or of the idn
+  for NumberRegistry). A callee answers UNAUTHENTICATED to any call whose
+  warrant is missing, malformed, of another type, expired (at most 10 s of
+  clock skew), too long-lived, wrongly signed, for another purpose, meant
+  for another audience, or names another target than the request.
 """
 
 from collections import abc as _abc

@@ -3,10 +3,14 @@
 isort:skip_file
 BindingProvider: implemented by every internet provider that joins onecert.
 
-The gateway is the only caller. Every call except Describe carries a
-warrant (see common.proto) whose `aud` is this provider's id; the SDK
+The normative rules are docs/contract.md (rule ids cited below); the
+conformance kit (`onecert conformance provider`) checks each of them.
+The gateway is the only caller. ListBindings and Unbind carry a warrant
+(see common.proto) whose `aud` is this provider's id; the SDK
 (onecert.sdk) verifies it before the implementer's code runs.
-ReceiveEvent carries its own signed token instead of a warrant.
+ReceiveEvent carries its own signed token instead of a warrant. The
+server also answers grpc.health.v1 SERVING for "" and for
+"onecert.v1.BindingProvider" (H-1, H-2).
 """
 
 from collections import abc as _abc
@@ -131,12 +135,14 @@ class Binding(_message.Message):
     """
     @_builtins.property
     def bound_at(self) -> _timestamp_pb2.Timestamp:
-        """When the number was bound to this account, exactly. Strongly recommended
-        (it, or the interval below): without either the gateway cannot tell whose
-        account it is and hides its details. Leave it out rather than send a
-        date that is only a bound (a registration date is not a binding date:
-        the number may have been typed in years later, by its next holder); use
-        bound_not_before / bound_not_after for what is only known as a bound.
+        """When the number was bound to this account, exactly (docs/contract.md
+        L-4). Strongly recommended (it, or the interval below): a provider
+        SHOULD send what it knows, and without either the gateway cannot tell
+        whose account it is and hides its details. Leave it out rather than
+        send a date that is only a bound (a registration date is not a binding
+        date: the number may have been typed in years later, by its next
+        holder); use bound_not_before / bound_not_after for what is only known
+        as a bound.
         """
 
     @_builtins.property
@@ -253,7 +259,8 @@ class UnbindResponse(_message.Message):
     """DONE, PENDING or REJECTED. Required."""
     reason: _builtins.str
     """Human-readable reason, required for REJECTED ("no such account",
-    "account closed", ...). Must not contain personal data.
+    "account closed", ...). Must not contain the number, the account ref or
+    any other personal data (U-3).
     """
     @_builtins.property
     def decided_at(self) -> _timestamp_pb2.Timestamp:
@@ -281,10 +288,13 @@ class ReceiveEventRequest(_message.Message):
     SET_FIELD_NUMBER: _builtins.int
     set: _builtins.str
     """A Security Event Token: a JWS compact token with header
-    `typ: secevent+jwt`, signed by the gateway, claims `iss`, `iat`, `jti`,
-    `aud` (this provider's id) and `events` holding the RISC event
+    `typ: secevent+jwt` and `kid`, signed by the gateway, claims `iss`,
+    `iat`, `jti`, `aud` (this provider's id), `toe` (when the event took
+    effect), optional `exp`, and `events` holding exactly one event, the
+    RISC event
     "https://schemas.openid.net/secevent/risc/event-type/identifier-recycled"
-    with subject `{"format": "phone_number", "phone_number": "+86..."}`.
+    with subject `{"format": "phone_number", "phone_number": "+86..."}` and
+    optional `act_by` (the deadline to act). See docs/contract.md section 7.
     """
     def __init__(
         self,

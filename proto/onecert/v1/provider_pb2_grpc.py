@@ -60,7 +60,7 @@ class BindingProviderServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Describe(self, request, context):
-        """Who this provider is. No warrant needed.
+        """Who this provider is. No warrant needed (P-1, P-2).
         Errors: none expected.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -68,8 +68,9 @@ class BindingProviderServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListBindings(self, request, context):
-        """The accounts bound to one number, as the provider knows them today.
-        An unknown number is an empty list, never NOT_FOUND.
+        """The accounts bound to one number, as the provider knows them today
+        (L-1 to L-6). Warrant purpose "lookup". An unknown number is an empty
+        list, never NOT_FOUND.
         Errors: INVALID_ARGUMENT (msisdn not E.164), UNAUTHENTICATED (warrant),
         DEADLINE_EXCEEDED, UNAVAILABLE (try again later).
         """
@@ -78,11 +79,14 @@ class BindingProviderServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Unbind(self, request, context):
-        """Detach a number from one account. Idempotent on `request_id`: the same
-        request_id delivered again returns the first answer and changes nothing.
+        """Detach a number from one account (U-1 to U-9). Warrant purpose
+        "unbind". Idempotent on `request_id`: the same request delivered again,
+        even concurrently, gets the first final answer and changes nothing; a
+        request_id reused for a different unbind is INVALID_ARGUMENT.
         An unknown account is answered REJECTED, not an error.
         Errors: INVALID_ARGUMENT (missing request_id, account_ref or reason;
-        msisdn not E.164), UNAUTHENTICATED (warrant), UNAVAILABLE.
+        msisdn not E.164; request_id reused), UNAUTHENTICATED (warrant),
+        UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -90,11 +94,14 @@ class BindingProviderServicer:
 
     def ReceiveEvent(self, request, context):
         """A recycled-number notice pushed by the gateway, carried as a Security
-        Event Token (RFC 8417) signed by the gateway. The answer acknowledges
-        receipt; acting on it may be confirmed here or later with
-        Gateway.ConfirmEventAction.
-        Errors: INVALID_ARGUMENT (not a SET), UNAUTHENTICATED (signature,
-        audience, issuer, or expiry of the SET).
+        Event Token (RFC 8417) signed by the gateway (E-1 to E-12). No warrant.
+        The answer acknowledges receipt; acting on it may be confirmed here or
+        later with Gateway.ConfirmEventAction. The same notice (same `jti`)
+        delivered again gets the same answer.
+        Errors: INVALID_ARGUMENT (not a SET: not a JWS, wrong `typ`, a required
+        claim missing, not exactly the one event), UNAUTHENTICATED (key,
+        algorithm, signature, issuer, audience, or a SET older than 300 s,
+        expired or issued in the future).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -3,10 +3,14 @@
 isort:skip_file
 BindingProvider: implemented by every internet provider that joins onecert.
 
-The gateway is the only caller. Every call except Describe carries a
-warrant (see common.proto) whose `aud` is this provider's id; the SDK
+The normative rules are docs/contract.md (rule ids cited below); the
+conformance kit (`onecert conformance provider`) checks each of them.
+The gateway is the only caller. ListBindings and Unbind carry a warrant
+(see common.proto) whose `aud` is this provider's id; the SDK
 (onecert.sdk) verifies it before the implementer's code runs.
-ReceiveEvent carries its own signed token instead of a warrant.
+ReceiveEvent carries its own signed token instead of a warrant. The
+server also answers grpc.health.v1 SERVING for "" and for
+"onecert.v1.BindingProvider" (H-1, H-2).
 """
 
 from collections import abc as _abc
@@ -38,58 +42,72 @@ class BindingProviderStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> BindingProviderAsyncStub: ...
     Describe: _grpc.UnaryUnaryMultiCallable[_provider_pb2.DescribeRequest, _provider_pb2.DescribeResponse]
-    """Who this provider is. No warrant needed.
+    """Who this provider is. No warrant needed (P-1, P-2).
     Errors: none expected.
     """
     ListBindings: _grpc.UnaryUnaryMultiCallable[_provider_pb2.ListBindingsRequest, _provider_pb2.ListBindingsResponse]
-    """The accounts bound to one number, as the provider knows them today.
-    An unknown number is an empty list, never NOT_FOUND.
+    """The accounts bound to one number, as the provider knows them today
+    (L-1 to L-6). Warrant purpose "lookup". An unknown number is an empty
+    list, never NOT_FOUND.
     Errors: INVALID_ARGUMENT (msisdn not E.164), UNAUTHENTICATED (warrant),
     DEADLINE_EXCEEDED, UNAVAILABLE (try again later).
     """
     Unbind: _grpc.UnaryUnaryMultiCallable[_provider_pb2.UnbindRequest, _provider_pb2.UnbindResponse]
-    """Detach a number from one account. Idempotent on `request_id`: the same
-    request_id delivered again returns the first answer and changes nothing.
+    """Detach a number from one account (U-1 to U-9). Warrant purpose
+    "unbind". Idempotent on `request_id`: the same request delivered again,
+    even concurrently, gets the first final answer and changes nothing; a
+    request_id reused for a different unbind is INVALID_ARGUMENT.
     An unknown account is answered REJECTED, not an error.
     Errors: INVALID_ARGUMENT (missing request_id, account_ref or reason;
-    msisdn not E.164), UNAUTHENTICATED (warrant), UNAVAILABLE.
+    msisdn not E.164; request_id reused), UNAUTHENTICATED (warrant),
+    UNAVAILABLE.
     """
     ReceiveEvent: _grpc.UnaryUnaryMultiCallable[_provider_pb2.ReceiveEventRequest, _provider_pb2.ReceiveEventResponse]
     """A recycled-number notice pushed by the gateway, carried as a Security
-    Event Token (RFC 8417) signed by the gateway. The answer acknowledges
-    receipt; acting on it may be confirmed here or later with
-    Gateway.ConfirmEventAction.
-    Errors: INVALID_ARGUMENT (not a SET), UNAUTHENTICATED (signature,
-    audience, issuer, or expiry of the SET).
+    Event Token (RFC 8417) signed by the gateway (E-1 to E-12). No warrant.
+    The answer acknowledges receipt; acting on it may be confirmed here or
+    later with Gateway.ConfirmEventAction. The same notice (same `jti`)
+    delivered again gets the same answer.
+    Errors: INVALID_ARGUMENT (not a SET: not a JWS, wrong `typ`, a required
+    claim missing, not exactly the one event), UNAUTHENTICATED (key,
+    algorithm, signature, issuer, audience, or a SET older than 300 s,
+    expired or issued in the future).
     """
 
 @_typing.type_check_only
 class BindingProviderAsyncStub(BindingProviderStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Describe: _aio.UnaryUnaryMultiCallable[_provider_pb2.DescribeRequest, _provider_pb2.DescribeResponse]  # type: ignore[assignment]
-    """Who this provider is. No warrant needed.
+    """Who this provider is. No warrant needed (P-1, P-2).
     Errors: none expected.
     """
     ListBindings: _aio.UnaryUnaryMultiCallable[_provider_pb2.ListBindingsRequest, _provider_pb2.ListBindingsResponse]  # type: ignore[assignment]
-    """The accounts bound to one number, as the provider knows them today.
-    An unknown number is an empty list, never NOT_FOUND.
+    """The accounts bound to one number, as the provider knows them today
+    (L-1 to L-6). Warrant purpose "lookup". An unknown number is an empty
+    list, never NOT_FOUND.
     Errors: INVALID_ARGUMENT (msisdn not E.164), UNAUTHENTICATED (warrant),
     DEADLINE_EXCEEDED, UNAVAILABLE (try again later).
     """
     Unbind: _aio.UnaryUnaryMultiCallable[_provider_pb2.UnbindRequest, _provider_pb2.UnbindResponse]  # type: ignore[assignment]
-    """Detach a number from one account. Idempotent on `request_id`: the same
-    request_id delivered again returns the first answer and changes nothing.
+    """Detach a number from one account (U-1 to U-9). Warrant purpose
+    "unbind". Idempotent on `request_id`: the same request delivered again,
+    even concurrently, gets the first final answer and changes nothing; a
+    request_id reused for a different unbind is INVALID_ARGUMENT.
     An unknown account is answered REJECTED, not an error.
     Errors: INVALID_ARGUMENT (missing request_id, account_ref or reason;
-    msisdn not E.164), UNAUTHENTICATED (warrant), UNAVAILABLE.
+    msisdn not E.164; request_id reused), UNAUTHENTICATED (warrant),
+    UNAVAILABLE.
     """
     ReceiveEvent: _aio.UnaryUnaryMultiCallable[_provider_pb2.ReceiveEventRequest, _provider_pb2.ReceiveEventResponse]  # type: ignore[assignment]
     """A recycled-number notice pushed by the gateway, carried as a Security
-    Event Token (RFC 8417) signed by the gateway. The answer acknowledges
-    receipt; acting on it may be confirmed here or later with
-    Gateway.ConfirmEventAction.
-    Errors: INVALID_ARGUMENT (not a SET), UNAUTHENTICATED (signature,
-    audience, issuer, or expiry of the SET).
+    Event Token (RFC 8417) signed by the gateway (E-1 to E-12). No warrant.
+    The answer acknowledges receipt; acting on it may be confirmed here or
+    later with Gateway.ConfirmEventAction. The same notice (same `jti`)
+    delivered again gets the same answer.
+    Errors: INVALID_ARGUMENT (not a SET: not a JWS, wrong `typ`, a required
+    claim missing, not exactly the one event), UNAUTHENTICATED (key,
+    algorithm, signature, issuer, audience, or a SET older than 300 s,
+    expired or issued in the future).
     """
 
 class BindingProviderServicer(metaclass=_abc_1.ABCMeta):
@@ -99,7 +117,7 @@ class BindingProviderServicer(metaclass=_abc_1.ABCMeta):
         request: _provider_pb2.DescribeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_provider_pb2.DescribeResponse, _abc.Awaitable[_provider_pb2.DescribeResponse]]:
-        """Who this provider is. No warrant needed.
+        """Who this provider is. No warrant needed (P-1, P-2).
         Errors: none expected.
         """
 
@@ -109,8 +127,9 @@ class BindingProviderServicer(metaclass=_abc_1.ABCMeta):
         request: _provider_pb2.ListBindingsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_provider_pb2.ListBindingsResponse, _abc.Awaitable[_provider_pb2.ListBindingsResponse]]:
-        """The accounts bound to one number, as the provider knows them today.
-        An unknown number is an empty list, never NOT_FOUND.
+        """The accounts bound to one number, as the provider knows them today
+        (L-1 to L-6). Warrant purpose "lookup". An unknown number is an empty
+        list, never NOT_FOUND.
         Errors: INVALID_ARGUMENT (msisdn not E.164), UNAUTHENTICATED (warrant),
         DEADLINE_EXCEEDED, UNAVAILABLE (try again later).
         """
@@ -121,11 +140,14 @@ class BindingProviderServicer(metaclass=_abc_1.ABCMeta):
         request: _provider_pb2.UnbindRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_provider_pb2.UnbindResponse, _abc.Awaitable[_provider_pb2.UnbindResponse]]:
-        """Detach a number from one account. Idempotent on `request_id`: the same
-        request_id delivered again returns the first answer and changes nothing.
+        """Detach a number from one account (U-1 to U-9). Warrant purpose
+        "unbind". Idempotent on `request_id`: the same request delivered again,
+        even concurrently, gets the first final answer and changes nothing; a
+        request_id reused for a different unbind is INVALID_ARGUMENT.
         An unknown account is answered REJECTED, not an error.
         Errors: INVALID_ARGUMENT (missing request_id, account_ref or reason;
-        msisdn not E.164), UNAUTHENTICATED (warrant), UNAVAILABLE.
+        msisdn not E.164; request_id reused), UNAUTHENTICATED (warrant),
+        UNAVAILABLE.
         """
 
     @_abc_1.abstractmethod
@@ -135,11 +157,14 @@ class BindingProviderServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_provider_pb2.ReceiveEventResponse, _abc.Awaitable[_provider_pb2.ReceiveEventResponse]]:
         """A recycled-number notice pushed by the gateway, carried as a Security
-        Event Token (RFC 8417) signed by the gateway. The answer acknowledges
-        receipt; acting on it may be confirmed here or later with
-        Gateway.ConfirmEventAction.
-        Errors: INVALID_ARGUMENT (not a SET), UNAUTHENTICATED (signature,
-        audience, issuer, or expiry of the SET).
+        Event Token (RFC 8417) signed by the gateway (E-1 to E-12). No warrant.
+        The answer acknowledges receipt; acting on it may be confirmed here or
+        later with Gateway.ConfirmEventAction. The same notice (same `jti`)
+        delivered again gets the same answer.
+        Errors: INVALID_ARGUMENT (not a SET: not a JWS, wrong `typ`, a required
+        claim missing, not exactly the one event), UNAUTHENTICATED (key,
+        algorithm, signature, issuer, audience, or a SET older than 300 s,
+        expired or issued in the future).
         """
 
 def add_BindingProviderServicer_to_server(servicer: BindingProviderServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

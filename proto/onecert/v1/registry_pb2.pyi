@@ -3,9 +3,11 @@
 isort:skip_file
 NumberRegistry: implemented by every carrier.
 
-The gateway is the only caller; every call carries a warrant (see
-common.proto) whose `aud` is the carrier id and whose `target_sha256` is
-the SHA-256 of the `idn` asked about.
+The normative rules are docs/contract.md (C-1 to C-5, and W, H and D
+rules); `onecert conformance carrier` checks them. The gateway is the
+only caller; every call carries a warrant (see common.proto) whose `aud`
+is the carrier id, whose `purpose` is "lookup" and whose `target_sha256`
+is the SHA-256 of the `idn` asked about.
 """
 
 from collections import abc as _abc

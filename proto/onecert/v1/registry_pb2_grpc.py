@@ -47,7 +47,7 @@ class NumberRegistryServicer:
     def ListNumbers(self, request, context):
         """Every number registered under an identity document, current ones and
         former ones still inside the carrier's retention window. An unknown idn
-        is an empty list, never NOT_FOUND.
+        is an empty list, never NOT_FOUND (C-2).
         Errors: INVALID_ARGUMENT (idn malformed), UNAUTHENTICATED (warrant),
         DEADLINE_EXCEEDED, UNAVAILABLE.
         """

@@ -3,9 +3,11 @@
 isort:skip_file
 NumberRegistry: implemented by every carrier.
 
-The gateway is the only caller; every call carries a warrant (see
-common.proto) whose `aud` is the carrier id and whose `target_sha256` is
-the SHA-256 of the `idn` asked about.
+The normative rules are docs/contract.md (C-1 to C-5, and W, H and D
+rules); `onecert conformance carrier` checks them. The gateway is the
+only caller; every call carries a warrant (see common.proto) whose `aud`
+is the carrier id, whose `purpose` is "lookup" and whose `target_sha256`
+is the SHA-256 of the `idn` asked about.
 """
 
 from collections import abc as _abc
@@ -39,7 +41,7 @@ class NumberRegistryStub:
     ListNumbers: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListNumbersRequest, _registry_pb2.ListNumbersResponse]
     """Every number registered under an identity document, current ones and
     former ones still inside the carrier's retention window. An unknown idn
-    is an empty list, never NOT_FOUND.
+    is an empty list, never NOT_FOUND (C-2).
     Errors: INVALID_ARGUMENT (idn malformed), UNAUTHENTICATED (warrant),
     DEADLINE_EXCEEDED, UNAVAILABLE.
     """
@@ -50,7 +52,7 @@ class NumberRegistryAsyncStub(NumberRegistryStub):
     ListNumbers: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListNumbersRequest, _registry_pb2.ListNumbersResponse]  # type: ignore[assignment]
     """Every number registered under an identity document, current ones and
     former ones still inside the carrier's retention window. An unknown idn
-    is an empty list, never NOT_FOUND.
+    is an empty list, never NOT_FOUND (C-2).
     Errors: INVALID_ARGUMENT (idn malformed), UNAUTHENTICATED (warrant),
     DEADLINE_EXCEEDED, UNAVAILABLE.
     """
@@ -64,7 +66,7 @@ class NumberRegistryServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_registry_pb2.ListNumbersResponse, _abc.Awaitable[_registry_pb2.ListNumbersResponse]]:
         """Every number registered under an identity document, current ones and
         former ones still inside the carrier's retention window. An unknown idn
-        is an empty list, never NOT_FOUND.
+        is an empty list, never NOT_FOUND (C-2).
         Errors: INVALID_ARGUMENT (idn malformed), UNAUTHENTICATED (warrant),
         DEADLINE_EXCEEDED, UNAVAILABLE.
         """

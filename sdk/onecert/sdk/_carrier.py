@@ -22,11 +22,11 @@ from onecert.sdk._core import (
 )
 from onecert.sdk._idn import is_idn
 from onecert.sdk._keys import KeySet
-from onecert.sdk._warrant import WarrantVerifier
+from onecert.sdk._warrant import RPC_PURPOSES, WarrantVerifier
 from onecert.v1 import registry_pb2, registry_pb2_grpc
 
 # ListNumbers is part of a lookup; "conformance" lets the kit check a carrier.
-LIST_NUMBERS_PURPOSES = frozenset({"lookup", "conformance"})
+LIST_NUMBERS_PURPOSES = frozenset({RPC_PURPOSES["onecert.v1.NumberRegistry/ListNumbers"]})
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 

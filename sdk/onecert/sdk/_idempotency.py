@@ -17,6 +17,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+# How long the gateway may deliver one unbind again (its ticket lifetime):
+# answers must be remembered at least this long (docs/contract.md U-9).
+MIN_RETENTION = timedelta(days=7)
+
 
 @runtime_checkable
 class IdempotencyStore(Protocol):
@@ -73,10 +77,19 @@ class SQLiteIdempotencyStore:
 
     Args:
         path: the database file; created with its table if missing.
-        retention: how long an answer is remembered.
+        retention: how long an answer is remembered; at least
+            :data:`MIN_RETENTION` (7 days).
+
+    Raises:
+        ValueError: ``retention`` is shorter than the gateway may redeliver.
     """
 
     def __init__(self, path: str | Path, *, retention: timedelta = timedelta(days=90)) -> None:
+        if retention < MIN_RETENTION:
+            raise ValueError(
+                f"retention must be at least {MIN_RETENTION.days} days: the gateway may "
+                "deliver an unbind again that long"
+            )
         self._path = Path(path)
         self._retention = retention
         self._ready = False

@@ -49,15 +49,15 @@ from onecert.sdk._types import (
     UnbindRequest,
     coerce_enum,
 )
-from onecert.sdk._warrant import WarrantVerifier
+from onecert.sdk._warrant import RPC_PURPOSES, WarrantVerifier
 from onecert.v1 import common_pb2, provider_pb2, provider_pb2_grpc
 
 CONTRACT_VERSION = "onecert.v1"
 MAX_REQUEST_ID = 128
-# Which warrant purposes allow which call: a lookup warrant must not be
-# replayable as an unbind.
-LIST_PURPOSES = frozenset({"lookup", "unbind", "conformance"})
-UNBIND_PURPOSES = frozenset({"unbind", "conformance"})
+# The one warrant purpose each call allows (docs/contract.md W-13): a
+# lookup warrant must not be replayable as an unbind.
+LIST_PURPOSES = frozenset({RPC_PURPOSES["onecert.v1.BindingProvider/ListBindings"]})
+UNBIND_PURPOSES = frozenset({RPC_PURPOSES["onecert.v1.BindingProvider/Unbind"]})
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 

@@ -9,7 +9,10 @@ recycled) and ``events`` holding exactly one event::
         "subject": {"format": "phone_number", "phone_number": "+8613800138000"},
         "act_by": 1767225600}}      # optional: onecert's deadline to act, epoch s
 
-A SET has no ``exp``: it records a fact; replays are caught by ``jti``.
+The gateway signs a SET afresh for every delivery (push or poll), so a
+verifier refuses one issued more than :data:`MAX_SET_AGE` ago, or past an
+``exp`` if the token has one; redeliveries are recognised by ``jti``. The
+rules are E-1 to E-12 of docs/contract.md.
 """
 
 from __future__ import annotations
@@ -23,10 +26,13 @@ from onecert.sdk._jwt import TokenError, verify_jwt
 from onecert.sdk._keys import KeySet, SigningKey
 from onecert.sdk._msisdn import is_e164
 from onecert.sdk._types import RecycledNotice
+from onecert.sdk._warrant import MAX_CLOCK_SKEW
 
 SET_TYP = "secevent+jwt"
 RISC_IDENTIFIER_RECYCLED = "https://schemas.openid.net/secevent/risc/event-type/identifier-recycled"
 MAX_JTI = 256
+# How old (by ``iat``) a SET may be when it is verified (E-9).
+MAX_SET_AGE = 300.0
 
 # Reasons for which the token is not a well-formed SET at all (the caller
 # sent the wrong thing: INVALID_ARGUMENT); every other refusal is about
@@ -117,12 +123,15 @@ class SetVerifier:
         keys: the gateway's public keys.
         issuer: the gateway id the SET must name (``iss``).
         audience: your provider id (``aud``).
-        leeway: seconds of clock skew allowed on ``iat``.
+        leeway: seconds of clock skew allowed on ``iat`` and ``exp``, at most
+            ``MAX_CLOCK_SKEW``.
     """
 
     def __init__(self, *, keys: KeySet, issuer: str, audience: str, leeway: float = 5.0) -> None:
         if not keys:
             raise ValueError("a SET verifier needs at least one gateway key")
+        if not 0 <= leeway <= MAX_CLOCK_SKEW:
+            raise ValueError(f"leeway must be in [0, {MAX_CLOCK_SKEW:.0f}] s")
         self._keys = keys
         self._issuer = issuer
         self._audience = audience
@@ -130,6 +139,7 @@ class SetVerifier:
 
     def verify(self, token: str, *, now: float | None = None) -> RecycledNotice:
         """Verify ``token`` and return its notice; raise :class:`SetError`."""
+        current = time.time() if now is None else now
         try:
             claims = verify_jwt(
                 token,
@@ -140,7 +150,7 @@ class SetVerifier:
                 leeway=self._leeway,
                 max_lifetime=None,
                 required=("iss", "aud", "iat", "jti", "toe", "events"),
-                now=now,
+                now=current,
             )
         except TokenError as exc:
             raise SetError(exc.reason, f"event token refused: {exc.message}") from exc
@@ -165,10 +175,18 @@ class SetVerifier:
             )
         assert isinstance(event, dict)
         act_by = event.get("act_by")
-        return RecycledNotice(
+        notice = RecycledNotice(
             jti=jti,
             msisdn=subject["phone_number"],
             recycled_at=_instant(claims["toe"], "toe"),
             act_by=None if act_by is None else _instant(act_by, "act_by"),
             issued_at=_instant(claims["iat"], "iat"),
         )
+        # Checked once the token is known to be a well-formed SET, so a
+        # malformed one is reported as such (INVALID_ARGUMENT) however old
+        # it is. verify_jwt has checked that iat is a finite number.
+        if current - float(claims["iat"]) > MAX_SET_AGE + self._leeway:
+            raise SetError(
+                "expired", f"event token refused: issued more than {MAX_SET_AGE:.0f} s ago"
+            )
+        return notice

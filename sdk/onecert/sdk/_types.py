@@ -103,7 +103,7 @@ class CallInfo:
 
     Attributes:
         audience: your provider or carrier id, as the gateway's warrant names it.
-        purpose: why the gateway asks: "lookup", "unbind", "conformance", or
+        purpose: why the gateway asks: "lookup", "unbind", or
             "event" for a recycled-number notice.
         query_id: the gateway's query or ticket id; log it to correlate with
             the gateway.

@@ -2,7 +2,8 @@
 
 A provider (or carrier) answers only calls that carry a warrant signed by
 the gateway, addressed to it (``aud``), and naming the SHA-256 of exactly
-the msisdn (or idn) in the request (``target_sha256``). See common.proto.
+the msisdn (or idn) in the request (``target_sha256``), for the one purpose
+that RPC allows. The rules are W-1 to W-18 of docs/contract.md.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from onecert.sdk._jwt import TokenError, verify_jwt
@@ -17,9 +19,22 @@ from onecert.sdk._keys import KeySet, SigningKey
 from onecert.sdk._msisdn import sha256_hex
 
 WARRANT_TYP = "onecert-warrant+jwt"
-# A warrant lives long enough for one call and its retries, never longer.
+# A warrant lives long enough for one call and its retries, never longer (W-11).
 MAX_WARRANT_LIFETIME = 60.0
-PURPOSES = frozenset({"lookup", "unbind", "conformance"})
+# The most clock skew a verifier may allow on exp, nbf and iat (W-9, W-10).
+MAX_CLOCK_SKEW = 10.0
+PURPOSE_LOOKUP = "lookup"
+PURPOSE_UNBIND = "unbind"
+# The one purpose each RPC requires (W-13): a lookup warrant is never an
+# unbind, and an unbind warrant is never a lookup.
+RPC_PURPOSES = MappingProxyType(
+    {
+        "onecert.v1.BindingProvider/ListBindings": PURPOSE_LOOKUP,
+        "onecert.v1.BindingProvider/Unbind": PURPOSE_UNBIND,
+        "onecert.v1.NumberRegistry/ListNumbers": PURPOSE_LOOKUP,
+    }
+)
+PURPOSES = frozenset(RPC_PURPOSES.values())
 
 
 class WarrantError(TokenError):
@@ -33,7 +48,7 @@ class Warrant:
     Attributes:
         issuer: the gateway id (``iss``).
         audience: the provider or carrier id it is addressed to.
-        purpose: why the gateway asks ("lookup", "unbind", "conformance").
+        purpose: why the gateway asks ("lookup" or "unbind").
         query_id: the gateway's query or ticket id, for correlating logs.
         target_sha256: lowercase hex SHA-256 of the msisdn or idn it covers.
         issued_at: seconds since the epoch.
@@ -94,11 +109,20 @@ class WarrantIssuer:
 
 
 class WarrantVerifier:
-    """Checks warrants on the provider's (or carrier's) side."""
+    """Checks warrants on the provider's (or carrier's) side.
+
+    Args:
+        keys: the gateway's public keys.
+        issuer: the gateway id the warrant must name (``iss``).
+        audience: your provider or carrier id (``aud``).
+        leeway: seconds of clock skew allowed, at most :data:`MAX_CLOCK_SKEW`.
+    """
 
     def __init__(self, *, keys: KeySet, issuer: str, audience: str, leeway: float = 5.0) -> None:
         if not keys:
             raise ValueError("a warrant verifier needs at least one gateway key")
+        if not 0 <= leeway <= MAX_CLOCK_SKEW:
+            raise ValueError(f"leeway must be in [0, {MAX_CLOCK_SKEW:.0f}] s")
         self._keys = keys
         self._issuer = issuer
         self._audience = audience

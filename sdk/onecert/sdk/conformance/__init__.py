@@ -12,10 +12,21 @@ an adapter whatever language it is written in::
     assert report.ok
 
 The command line is ``onecert conformance provider|carrier``.
+
+Every check is named by the rule of ``docs/contract.md`` it checks;
+``PROVIDER_CHECKS`` and ``CARRIER_CHECKS`` list them as (rule, name).
 """
 
-from onecert.sdk.conformance._carrier import check_carrier
-from onecert.sdk.conformance._provider import check_provider
+from onecert.sdk.conformance._carrier import CARRIER_CHECKS, check_carrier
+from onecert.sdk.conformance._provider import PROVIDER_CHECKS, check_provider
 from onecert.sdk.conformance._report import CheckResult, Outcome, Report
 
-__all__ = ["CheckResult", "Outcome", "Report", "check_carrier", "check_provider"]
+__all__ = [
+    "CARRIER_CHECKS",
+    "PROVIDER_CHECKS",
+    "CheckResult",
+    "Outcome",
+    "Report",
+    "check_carrier",
+    "check_provider",
+]

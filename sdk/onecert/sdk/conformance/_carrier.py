@@ -6,7 +6,7 @@ import asyncio
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 
 import grpc
 
@@ -14,29 +14,26 @@ from onecert.sdk._idn import is_idn
 from onecert.sdk._keys import SigningKey
 from onecert.sdk._msisdn import is_e164, mask_msisdn
 from onecert.sdk._tls import ClientTLS
-from onecert.sdk._warrant import WarrantIssuer
+from onecert.sdk._warrant import PURPOSE_LOOKUP
 from onecert.sdk.conformance._common import (
-    PURPOSE,
-    BadWarrant,
     Check,
     CheckFailedError,
     CheckSkippedError,
     Metadata,
     Timing,
-    bad_warrants,
     bearer,
+    deadline_checks,
     describe_error,
     expect_code,
     expect_ok,
-    fault_names,
-    fresh_id,
     health_checks,
     open_channel,
     run_phases,
-    serving_within,
-    timed,
+    warrant_check_names,
+    warrant_checks,
 )
 from onecert.sdk.conformance._report import Report
+from onecert.sdk.conformance._tokens import Forge
 from onecert.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 
 SERVICE = "onecert.v1.NumberRegistry"
@@ -53,6 +50,19 @@ MALFORMED_IDNS = (
     ("not hex", "g" * 64),
     ("spaces", " " + "a" * 62 + " "),
     ("a raw document number", "11010519491231002X"),
+)
+
+# Every check of a carrier run, (rule, name), in report order: what
+# `onecert conformance carrier --list` prints.
+CARRIER_CHECKS: tuple[tuple[str, str], ...] = (
+    ("H-1", "health.overall"),
+    ("H-2", "health.service"),
+    ("C-1", "list_numbers.known_idns"),
+    ("C-2", "list_numbers.unknown_idn"),
+    ("C-3", "list_numbers.malformed_idn"),
+    *warrant_check_names("list_numbers"),
+    ("D-1", "deadline.short"),
+    ("D-2", "deadline.abandoned"),
 )
 
 
@@ -109,7 +119,10 @@ async def check_carrier(
             known_idns=tuple(known_idns),
             unknown_idn=unknown_idn,
         )
-        results = await run_phases(suite.phases(), timing=timing, concurrency=concurrency)
+        phases = suite.phases()
+        # The catalogue (what --list prints) and the run must never drift apart.
+        assert [(c.rule, c.name) for p in phases for c in p] == list(CARRIER_CHECKS)
+        results = await run_phases(phases, timing=timing, concurrency=concurrency)
     return Report(kind="carrier", target=target, results=tuple(results))
 
 
@@ -129,23 +142,13 @@ class _CarrierSuite:
         self._stub = registry_pb2_grpc.NumberRegistryStub(channel)
         self._timing = timing
         self._carrier_id = carrier_id
-        self._warrants = WarrantIssuer(key=warrant_key, issuer=issuer)
+        self._forge = Forge(key=warrant_key, issuer=issuer, audience=carrier_id)
         self._known = known_idns
         self._unknown = unknown_idn
         self._probe_idn = known_idns[0] if known_idns else unknown_idn
-        self._faults = bad_warrants(
-            key=warrant_key,
-            issuer=issuer,
-            audience=carrier_id,
-            other_target=unknown_idn,
-            target_label="idn",
-        )
 
     def _warrant(self, idn: str) -> Metadata:
-        token = self._warrants.issue(
-            audience=self._carrier_id, target=idn, purpose=PURPOSE, query_id=fresh_id("conf")
-        )
-        return bearer(token)
+        return bearer(self._forge.warrant(idn, PURPOSE_LOOKUP))
 
     def _list(
         self, idn: str, metadata: Metadata, timeout: float | None = None
@@ -160,52 +163,50 @@ class _CarrierSuite:
         """The checks in phases: each phase runs after the previous one ended."""
         reads = [
             *health_checks(self._channel, service=SERVICE, timing=self._timing),
-            *(
-                Check(f"list_numbers.known_idn[{i}]", self._known_idn(idn))
-                for i, idn in enumerate(self._known, start=1)
+            Check("C-1", "list_numbers.known_idns", self._known_idns),
+            Check("C-2", "list_numbers.unknown_idn", self._unknown_idn),
+            Check("C-3", "list_numbers.malformed_idn", self._malformed_idn),
+            *warrant_checks(
+                rpc="list_numbers",
+                forge=lambda: self._forge,
+                call=lambda metadata: self._list(self._probe_idn, metadata),
+                target=self._probe_idn,
+                purpose=PURPOSE_LOOKUP,
             ),
         ]
+        short, abandoned = deadline_checks(
+            self._channel,
+            call=lambda timeout: self._list(
+                self._probe_idn, self._warrant(self._probe_idn), timeout=timeout
+            ),
+            timing=self._timing,
+        )
+        return [reads, [short], [abandoned]]
+
+    async def _known_idns(self) -> str:
         if not self._known:
-            reads.append(Check("list_numbers.known_idn", self._no_known_idns, calls=0))
-        reads += [
-            Check("list_numbers.unknown_idn", self._unknown_idn),
-            Check("list_numbers.malformed_idn", self._malformed_idn),
-        ]
-        reads += [
-            Check(f"list_numbers.warrant.{f}", self._refused(self._faults[f]))
-            for f in fault_names("idn")
-        ]
-        return [reads, [Check("deadline.short", self._short_deadline, calls=2)]]
+            raise CheckSkippedError("no known idn given")
 
-    async def _no_known_idns(self) -> str:
-        raise CheckSkippedError("no known idn given")
-
-    def _known_idn(self, idn: str) -> Callable[[], Awaitable[str]]:
-        async def check() -> str:
+        async def one(idn: str) -> tuple[int, list[str]]:
             label = f"idn {idn[:8]}..."
             response: registry_pb2.ListNumbersResponse = await expect_ok(
                 self._list(idn, self._warrant(idn)), what=f"ListNumbers for {label}"
             )
             if not response.tenures:
-                raise CheckFailedError(f"{label}: no tenures listed for an idn said to have some")
-            problems = []
+                return 0, [f"{label}: no tenures listed for an idn said to have some"]
             now = time.time()
-            for i, tenure in enumerate(response.tenures, start=1):
-                problems += [
-                    f"tenure {i}: {p}" for p in _tenure_problems(tenure, self._carrier_id, now)
-                ]
-            if problems:
-                raise CheckFailedError(f"{label}: " + "; ".join(problems))
-            states = sorted(
-                {
-                    common_pb2.TenureState.Name(t.state).removeprefix("TENURE_STATE_")
-                    for t in response.tenures
-                }
-            )
-            count = len(response.tenures)
-            return f"{label}: {count} tenure{'s' if count > 1 else ''} ({', '.join(states)})"
+            problems = [
+                f"{label}: tenure {i}: {p}"
+                for i, tenure in enumerate(response.tenures, start=1)
+                for p in _tenure_problems(tenure, self._carrier_id, now)
+            ]
+            return len(response.tenures), problems
 
-        return check
+        found = await asyncio.gather(*(one(idn) for idn in self._known))
+        problems = [p for _, ps in found for p in ps]
+        if problems:
+            raise CheckFailedError("; ".join(problems))
+        return f"{sum(n for n, _ in found)} complete tenures for {len(found)} idns"
 
     async def _unknown_idn(self) -> str:
         try:
@@ -235,36 +236,6 @@ class _CarrierSuite:
         if problems:
             raise CheckFailedError("; ".join(problems))
         return f"INVALID_ARGUMENT for all {len(MALFORMED_IDNS)} malformed forms"
-
-    def _refused(self, bad: BadWarrant) -> Callable[[], Awaitable[str]]:
-        async def check() -> str:
-            call = self._list(self._probe_idn, bad.metadata(self._probe_idn))
-            await expect_code(
-                call, grpc.StatusCode.UNAUTHENTICATED, what=f"ListNumbers, warrant {bad.what}"
-            )
-            return "UNAUTHENTICATED"
-
-        return check
-
-    async def _short_deadline(self) -> str:
-        deadline = self._timing.short_deadline
-        idn = self._probe_idn
-        code, elapsed = await timed(self._list(idn, self._warrant(idn), timeout=deadline))
-        if elapsed > deadline + self._timing.slack:
-            raise CheckFailedError(f"a call with a {deadline:.2f} s deadline took {elapsed:.2f} s")
-        if code not in (
-            grpc.StatusCode.OK,
-            grpc.StatusCode.DEADLINE_EXCEEDED,
-            grpc.StatusCode.UNAVAILABLE,
-        ):
-            raise CheckFailedError(f"a call with a {deadline:.2f} s deadline answered {code.name}")
-        if not await serving_within(self._channel, self._timing.slack):
-            raise CheckFailedError(
-                f"the call ended ({code.name}) after {elapsed:.2f} s, but then a health check "
-                f"got no answer within {self._timing.slack:.2f} s: the adapter is still busy "
-                "with a call past its deadline"
-            )
-        return f"{code.name} after {elapsed:.2f} s (deadline {deadline:.2f} s), still responsive"
 
 
 def _tenure_problems(tenure: registry_pb2.Tenure, carrier_id: str, now: float) -> list[str]:

@@ -9,8 +9,6 @@ that hangs produces failed checks and never a hung kit.
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -21,14 +19,14 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from onecert.sdk import _channel
-from onecert.sdk._keys import SigningKey
-from onecert.sdk._msisdn import mask_numbers_in_text
+from onecert.sdk._msisdn import mask_numbers_in_text, sha256_hex
+from onecert.sdk._set import SET_TYP
 from onecert.sdk._tls import ClientTLS
-from onecert.sdk._warrant import WARRANT_TYP, WarrantIssuer
+from onecert.sdk._warrant import PURPOSE_LOOKUP, PURPOSE_UNBIND
 from onecert.sdk.conformance._report import CheckResult, Outcome
+from onecert.sdk.conformance._tokens import Forge, Signer
 from onecert.v1 import common_pb2
 
-PURPOSE = "conformance"
 Metadata = tuple[tuple[str, str], ...]
 
 
@@ -42,13 +40,14 @@ class CheckSkippedError(Exception):
 
 @dataclass(frozen=True)
 class Check:
-    """One named check.
+    """One named check of one rule of docs/contract.md.
 
     ``calls`` is how many RPCs it makes one after the other (calls made
     concurrently count once); its time budget is that many call deadlines
     plus the slack.
     """
 
+    rule: str
     name: str
     run: Callable[[], Awaitable[str]]
     calls: int = 1
@@ -134,7 +133,7 @@ def health_checks(channel: grpc.aio.Channel, *, service: str, timing: Timing) ->
     async def of_service() -> str:
         return await check(service)
 
-    return [Check("health.overall", overall), Check("health.service", of_service)]
+    return [Check("H-1", "health.overall", overall), Check("H-2", "health.service", of_service)]
 
 
 async def serving_within(channel: grpc.aio.Channel, seconds: float) -> bool:
@@ -157,113 +156,276 @@ async def timed(call: Awaitable[Any]) -> tuple[grpc.StatusCode, float]:
     return grpc.StatusCode.OK, time.monotonic() - start
 
 
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
 @dataclass(frozen=True)
-class BadWarrant:
-    """A warrant the target must refuse with UNAUTHENTICATED."""
+class WarrantCase:
+    """One way to present a warrant, and whether the target must accept it.
 
+    ``token`` makes the token from the forge, the call's target and the
+    purpose the RPC requires; None means no ``authorization`` metadata.
+    """
+
+    rule: str
     name: str
     what: str
-    # The metadata to send with a call about ``target``.
-    metadata: Callable[[str], Metadata]
+    token: Callable[[Forge, str, str], str | None]
+    accept: bool = False
 
 
-def impostor_key(key: SigningKey) -> SigningKey:
-    """Another private key under ``key``'s kid and algorithm.
-
-    A verifier that trusts the kid without checking the signature accepts
-    what it signs.
-    """
-    return SigningKey(
-        private_key=SigningKey.generate(key.alg).private_key, kid=key.kid, alg=key.alg
-    )
+def _other_purpose(purpose: str) -> str:
+    return PURPOSE_UNBIND if purpose == PURPOSE_LOOKUP else PURPOSE_LOOKUP
 
 
-def fault_names(target_label: str) -> tuple[str, ...]:
-    """The names of the :func:`bad_warrants`, known before the audience is."""
-    return (
-        "missing",
-        "malformed",
-        "expired",
-        "wrong_key_same_kid",
+def _now() -> int:
+    return int(time.time())
+
+
+# Every warrant rule observable on a call, as a table: the same table runs
+# against every RPC that takes a warrant (docs/contract.md W-1 to W-17).
+WARRANT_CASES: tuple[WarrantCase, ...] = (
+    WarrantCase("W-1", "missing", "no authorization metadata", lambda f, t, p: None),
+    WarrantCase(
+        "W-2", "malformed", "a bearer token that is not a JWS", lambda f, t, p: "not-a-jwt"
+    ),
+    WarrantCase(
+        "W-3",
+        "set_typ",
+        "of type secevent+jwt (a notice, not a warrant)",
+        lambda f, t, p: f.warrant(t, p, typ=SET_TYP),
+    ),
+    WarrantCase(
+        "W-3", "no_typ", "without typ", lambda f, t, p: f.warrant(t, p, drop_header=["typ"])
+    ),
+    WarrantCase(
+        "W-4",
         "unknown_kid",
+        "signed by a key the target does not know",
+        lambda f, t, p: f.warrant(t, p, signer=Signer(key=f.stranger)),
+    ),
+    WarrantCase(
+        "W-4", "no_kid", "without kid", lambda f, t, p: f.warrant(t, p, drop_header=["kid"])
+    ),
+    WarrantCase(
+        "W-5",
         "alg_none",
+        "unsigned (alg none)",
+        lambda f, t, p: f.warrant(t, p, signer=Signer("none")),
+    ),
+    WarrantCase(
+        "W-5",
+        "hs256_public_key",
+        "HS256 keyed with the gateway's public key",
+        lambda f, t, p: f.warrant(t, p, signer=Signer("hs256")),
+    ),
+    WarrantCase(
+        "W-6",
+        "wrong_key_same_kid",
+        "signed by another key under the gateway's kid",
+        lambda f, t, p: f.warrant(t, p, signer=Signer(key=f.impostor)),
+    ),
+    WarrantCase(
+        "W-7",
         "wrong_issuer",
+        "issued by another issuer",
+        lambda f, t, p: f.warrant(t, p, change={"iss": f"{f.issuer}-other"}),
+    ),
+    WarrantCase(
+        "W-8",
         "wrong_audience",
-        f"wrong_{target_label}",
-    )
+        "addressed to another audience",
+        lambda f, t, p: f.warrant(t, p, change={"aud": f"{f.audience}-other"}),
+    ),
+    WarrantCase(
+        "W-8",
+        "audience_list_without_id",
+        "with an aud array that does not hold the target's id",
+        lambda f, t, p: f.warrant(t, p, change={"aud": [f"{f.audience}-other", "onecert-x"]}),
+    ),
+    WarrantCase(
+        "W-8",
+        "audience_list_with_id",
+        "with an aud array holding the target's id",
+        lambda f, t, p: f.warrant(t, p, change={"aud": ["onecert-x", f.audience]}),
+        accept=True,
+    ),
+    WarrantCase(
+        "W-9",
+        "expired",
+        "expired 30 s ago (more than the allowed skew)",
+        lambda f, t, p: f.warrant(t, p, change={"iat": _now() - 60, "exp": _now() - 30}),
+    ),
+    WarrantCase(
+        "W-9",
+        "not_yet_valid",
+        "with nbf 60 s ahead",
+        lambda f, t, p: f.warrant(t, p, change={"nbf": _now() + 60}),
+    ),
+    WarrantCase(
+        "W-10",
+        "iat_future",
+        "issued 60 s in the future",
+        lambda f, t, p: f.warrant(t, p, change={"iat": _now() + 60, "exp": _now() + 90}),
+    ),
+    WarrantCase("W-10", "no_iat", "without iat", lambda f, t, p: f.warrant(t, p, drop=["iat"])),
+    WarrantCase(
+        "W-11",
+        "lifetime_over_60s",
+        "living an hour (exp - iat > 60 s)",
+        lambda f, t, p: f.warrant(t, p, change={"iat": _now(), "exp": _now() + 3600}),
+    ),
+    WarrantCase("W-11", "no_exp", "without exp", lambda f, t, p: f.warrant(t, p, drop=["exp"])),
+    WarrantCase("W-12", "no_jti", "without jti", lambda f, t, p: f.warrant(t, p, drop=["jti"])),
+    WarrantCase(
+        "W-13",
+        "other_purpose",
+        "for the other RPC's purpose",
+        lambda f, t, p: f.warrant(t, p, change={"purpose": _other_purpose(p)}),
+    ),
+    WarrantCase(
+        "W-13",
+        "unknown_purpose",
+        "with the undefined purpose 'conformance'",
+        lambda f, t, p: f.warrant(t, p, change={"purpose": "conformance"}),
+    ),
+    WarrantCase(
+        "W-13", "no_purpose", "without purpose", lambda f, t, p: f.warrant(t, p, drop=["purpose"])
+    ),
+    WarrantCase(
+        "W-14",
+        "other_target",
+        "naming another target",
+        lambda f, t, p: f.warrant(t, p, change={"target_sha256": sha256_hex(t + "0")}),
+    ),
+    WarrantCase(
+        "W-14",
+        "no_target",
+        "without target_sha256",
+        lambda f, t, p: f.warrant(t, p, drop=["target_sha256"]),
+    ),
+    WarrantCase(
+        "W-15", "no_qid", "without qid", lambda f, t, p: f.warrant(t, p, drop=["qid"]), accept=True
+    ),
+    WarrantCase(
+        "W-16",
+        "unknown_claims",
+        "with a claim the contract does not define",
+        lambda f, t, p: f.warrant(t, p, change={"x_future": {"a": 1}}),
+        accept=True,
+    ),
+    WarrantCase(
+        "W-16",
+        "unknown_crit",
+        "with a critical header member nobody understands",
+        lambda f, t, p: f.warrant(t, p, header={"crit": ["x-future"], "x-future": True}),
+    ),
+)
 
 
-def bad_warrants(
+def warrant_checks(
     *,
-    key: SigningKey,
-    issuer: str,
-    audience: str,
-    other_target: str,
-    target_label: str,
-) -> dict[str, BadWarrant]:
-    """Every way a warrant must be refused, each breaking one rule, by name."""
-    good = WarrantIssuer(key=key, issuer=issuer)
-    impostor = impostor_key(key)
-    stranger = SigningKey.generate(key.alg)
+    rpc: str,
+    forge: Callable[[], Forge],
+    call: Callable[[Metadata], Awaitable[Any]],
+    target: str,
+    purpose: str,
+) -> list[Check]:
+    """The checks of every warrant rule against one RPC, from :data:`WARRANT_CASES`.
 
-    def signed(
-        *,
-        signer: SigningKey = key,
-        iss: str = issuer,
-        aud: str = audience,
-        now: float | None = None,
-        fixed_target: str | None = None,
-    ) -> Callable[[str], Metadata]:
-        warrants = WarrantIssuer(key=signer, issuer=iss)
+    Args:
+        rpc: the RPC's label in check names ("list_bindings", ...).
+        forge: the forge to sign with (called when the check runs, once the
+            target's id is known).
+        call: makes the RPC with the given metadata; a call that changes
+            nothing whatever it is answered.
+        target: the msisdn or idn the call is about.
+        purpose: the purpose the RPC requires.
+    """
+    label = rpc.replace("_", " ")
 
-        def make(target: str) -> Metadata:
-            token = warrants.issue(
-                audience=aud, target=fixed_target or target, purpose=PURPOSE, now=now
+    def one(case: WarrantCase) -> Callable[[], Awaitable[str]]:
+        async def check() -> str:
+            token = case.token(forge(), target, purpose)
+            metadata = () if token is None else bearer(token)
+            what = f"{label}, warrant {case.what}"
+            if case.accept:
+                await expect_ok(call(metadata), what=what)
+                return "accepted"
+            await expect_code(call(metadata), grpc.StatusCode.UNAUTHENTICATED, what=what)
+            return "UNAUTHENTICATED"
+
+        return check
+
+    async def reused() -> str:
+        # The gateway may send one warrant again with a retry of the same call.
+        token = forge().warrant(target, purpose)
+        await expect_ok(call(bearer(token)), what=f"{label}, a warrant's first use")
+        await expect_ok(call(bearer(token)), what=f"{label}, the same warrant again")
+        return "accepted twice"
+
+    checks = [Check(c.rule, f"{rpc}.warrant.{c.name}", one(c)) for c in WARRANT_CASES]
+    checks.append(Check("W-17", f"{rpc}.warrant.reused", reused, calls=2))
+    return checks
+
+
+def warrant_check_names(rpc: str) -> list[tuple[str, str]]:
+    """(rule, name) of every check :func:`warrant_checks` makes for ``rpc``."""
+    names = [(c.rule, f"{rpc}.warrant.{c.name}") for c in WARRANT_CASES]
+    return [*names, ("W-17", f"{rpc}.warrant.reused")]
+
+
+def deadline_checks(
+    channel: grpc.aio.Channel,
+    *,
+    call: Callable[[float], Awaitable[Any]],
+    timing: Timing,
+    burst: int = 16,
+) -> list[Check]:
+    """D-1 and D-2: a short deadline is kept, and abandoned calls stop working.
+
+    ``call`` makes one ordinary read (with a good warrant) under the given
+    deadline.
+    """
+    deadline = timing.short_deadline
+
+    async def short() -> str:
+        code, elapsed = await timed(call(deadline))
+        if elapsed > deadline + timing.slack:
+            raise CheckFailedError(f"a call with a {deadline:.2f} s deadline took {elapsed:.2f} s")
+        if code not in (
+            grpc.StatusCode.OK,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            grpc.StatusCode.UNAVAILABLE,
+        ):
+            raise CheckFailedError(f"a call with a {deadline:.2f} s deadline answered {code.name}")
+        # An adapter that keeps working on an abandoned call (a blocking
+        # handler, a worker pool tied up) shows it here.
+        if not await serving_within(channel, timing.slack):
+            raise CheckFailedError(
+                f"the call ended ({code.name}) after {elapsed:.2f} s, but then a health check "
+                f"got no answer within {timing.slack:.2f} s: the adapter is still busy "
+                "with a call past its deadline"
             )
-            return bearer(token)
+        return f"{code.name} after {elapsed:.2f} s (deadline {deadline:.2f} s), still responsive"
 
-        return make
+    async def abandoned() -> str:
+        # Calls whose deadline passed must stop holding what the next calls
+        # need (workers, connections): after a burst of them, an ordinary
+        # call is answered in its ordinary deadline.
+        ended = await asyncio.gather(*(timed(call(deadline)) for _ in range(burst)))
+        codes = sorted({code.name for code, _ in ended})
+        try:
+            await call(timing.call_timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise CheckFailedError(
+                f"after {burst} calls with a {deadline:.2f} s deadline ({', '.join(codes)}), "
+                f"an ordinary call answered {describe_error(exc)}: the adapter goes on "
+                "working on calls whose deadline has passed"
+            ) from exc
+        return f"{burst} short calls ({', '.join(codes)}), then an ordinary call answered OK"
 
-    def unsigned(target: str) -> Metadata:
-        # alg "none" with the real kid: a verifier that lets the token pick
-        # its algorithm accepts it.
-        token = good.issue(audience=audience, target=target, purpose=PURPOSE)
-        claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
-        header = {"alg": "none", "typ": WARRANT_TYP, "kid": key.kid}
-        raw = ".".join(
-            _b64url(json.dumps(part, separators=(",", ":")).encode()) for part in (header, claims)
-        )
-        return bearer(raw + ".")
-
-    faults = [
-        BadWarrant("missing", "no authorization metadata", lambda _t: ()),
-        BadWarrant("malformed", "a bearer token that is not a JWT", lambda _t: bearer("not-a-jwt")),
-        BadWarrant("expired", "expired ten minutes ago", signed(now=time.time() - 630)),
-        BadWarrant(
-            "wrong_key_same_kid",
-            "signed by another key under the gateway's kid",
-            signed(signer=impostor),
-        ),
-        BadWarrant(
-            "unknown_kid", "signed by a key the target does not know", signed(signer=stranger)
-        ),
-        BadWarrant("alg_none", "unsigned (alg none)", unsigned),
-        BadWarrant("wrong_issuer", "issued by another issuer", signed(iss=f"{issuer}-other")),
-        BadWarrant(
-            "wrong_audience", "addressed to another audience", signed(aud=f"{audience}-other")
-        ),
-        BadWarrant(
-            f"wrong_{target_label}",
-            f"naming another {target_label}",
-            signed(fixed_target=other_target),
-        ),
+    return [
+        Check("D-1", "deadline.short", short, calls=2),
+        Check("D-2", "deadline.abandoned", abandoned, calls=2),
     ]
-    assert tuple(f.name for f in faults) == fault_names(target_label)
-    return {f.name: f for f in faults}
 
 
 def fresh_id(prefix: str) -> str:
@@ -306,5 +468,9 @@ async def run_check(check: Check, *, timing: Timing) -> CheckResult:
     except Exception as exc:  # noqa: BLE001 - one broken check must not stop the others
         outcome, detail = Outcome.FAILED, f"the check itself failed: {type(exc).__name__}: {exc}"
     return CheckResult(
-        name=check.name, outcome=outcome, detail=detail, elapsed=time.monotonic() - start
+        rule=check.rule,
+        name=check.name,
+        outcome=outcome,
+        detail=detail,
+        elapsed=time.monotonic() - start,
     )

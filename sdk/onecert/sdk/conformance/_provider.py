@@ -3,60 +3,52 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import grpc
 
 from onecert.sdk._keys import SigningKey
 from onecert.sdk._msisdn import is_e164, mask_msisdn
-from onecert.sdk._set import SetIssuer
+from onecert.sdk._set import RISC_IDENTIFIER_RECYCLED
 from onecert.sdk._tls import ClientTLS
-from onecert.sdk._warrant import WarrantIssuer
+from onecert.sdk._warrant import PURPOSE_LOOKUP, PURPOSE_UNBIND, WARRANT_TYP
 from onecert.sdk.conformance._common import (
-    PURPOSE,
-    BadWarrant,
     Check,
     CheckFailedError,
     CheckSkippedError,
     Metadata,
     Timing,
-    bad_warrants,
     bearer,
+    deadline_checks,
     describe_error,
     expect_code,
     expect_ok,
-    fault_names,
     fresh_id,
     health_checks,
-    impostor_key,
     open_channel,
     run_phases,
     safe,
-    serving_within,
-    timed,
+    warrant_check_names,
+    warrant_checks,
 )
 from onecert.sdk.conformance._report import Report
+from onecert.sdk.conformance._tokens import Forge, Signer
 from onecert.v1 import common_pb2, provider_pb2, provider_pb2_grpc
 
 SERVICE = "onecert.v1.BindingProvider"
 CONTRACT_VERSION = "onecert.v1"
 _PROVIDER_ID = re.compile(r"[a-z0-9._-]{1,64}")
-# A binding may not claim to be bound further in the future than clock skew explains.
+# A date may not lie further in the future than clock skew explains (L-4).
 _FUTURE_SKEW = 300.0
+# How many duplicates of one unbind the kit sends at once (U-5).
+_DUPLICATES = 3
 
-# Notices the provider must refuse (UNAUTHENTICATED), by check name.
-_SET_FAULTS = {
-    "wrong_key_same_kid": "signed by another key under the gateway's kid",
-    "unknown_kid": "signed by a key the provider does not know",
-    "wrong_issuer": "issued by another issuer",
-    "wrong_audience": "addressed to another provider",
-}
-
-# Malformed msisdns: each breaks one E.164 rule. None of them is a real number.
+# Malformed msisdns: each breaks one E.164 rule (F-1). None is a real number.
 MALFORMED_MSISDNS = (
     ("empty", ""),
     ("no leading '+'", "8613800000000"),
@@ -67,6 +59,184 @@ MALFORMED_MSISDNS = (
     ("too long", "+1380000000000000"),
     ("a letter", "+86138000O0000"),
     ("a URI", "tel:+8613800000000"),
+)
+
+
+@dataclass(frozen=True)
+class _NoticeCase:
+    """A notice the provider must answer with ``code`` (OK: acknowledge it)."""
+
+    rule: str
+    name: str
+    what: str
+    token: Callable[[Forge, str], str]
+    code: grpc.StatusCode
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+_INVALID = grpc.StatusCode.INVALID_ARGUMENT
+_UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
+_OTHER_EVENT = "https://schemas.openid.net/secevent/risc/event-type/account-disabled"
+
+# Every notice rule, as a table (docs/contract.md E-2 to E-9): a token that is
+# not a SET is INVALID_ARGUMENT, a SET that cannot be trusted UNAUTHENTICATED.
+NOTICE_CASES: tuple[_NoticeCase, ...] = (
+    _NoticeCase(
+        "E-2", "not_a_jws", "a token that is not a JWS", lambda f, m: "not-a-set", _INVALID
+    ),
+    _NoticeCase(
+        "E-3",
+        "warrant_typ",
+        "of type onecert-warrant+jwt",
+        lambda f, m: f.notice(m, typ=WARRANT_TYP),
+        _INVALID,
+    ),
+    _NoticeCase(
+        "E-3", "no_typ", "without typ", lambda f, m: f.notice(m, drop_header=["typ"]), _INVALID
+    ),
+    _NoticeCase(
+        "E-4",
+        "wrong_key_same_kid",
+        "signed by another key under the gateway's kid",
+        lambda f, m: f.notice(m, signer=Signer(key=f.impostor)),
+        _UNAUTHENTICATED,
+    ),
+    _NoticeCase(
+        "E-4",
+        "unknown_kid",
+        "signed by a key the provider does not know",
+        lambda f, m: f.notice(m, signer=Signer(key=f.stranger)),
+        _UNAUTHENTICATED,
+    ),
+    _NoticeCase(
+        "E-4",
+        "no_kid",
+        "without kid",
+        lambda f, m: f.notice(m, drop_header=["kid"]),
+        _UNAUTHENTICATED,
+    ),
+    _NoticeCase(
+        "E-4",
+        "alg_none",
+        "unsigned (alg none)",
+        lambda f, m: f.notice(m, signer=Signer("none")),
+        _UNAUTHENTICATED,
+    ),
+    _NoticeCase(
+        "E-4",
+        "hs256_public_key",
+        "HS256 keyed with the gateway's public key",
+        lambda f, m: f.notice(m, signer=Signer("hs256")),
+        _UNAUTHENTICATED,
+    ),
+    _NoticeCase(
+        "E-5",
+        "wrong_issuer",
+        "issued by another issuer",
+        lambda f, m: f.notice(m, change={"iss": f"{f.issuer}-other"}),
+        _UNAUTHENTICATED,
+    ),
+    _NoticeCase(
+        "E-6",
+        "wrong_audience",
+        "addressed to another provider",
+        lambda f, m: f.notice(m, change={"aud": f"{f.audience}-other"}),
+        _UNAUTHENTICATED,
+    ),
+    _NoticeCase(
+        "E-7",
+        "other_event_type",
+        "carrying another RISC event",
+        lambda f, m: f.notice(
+            m,
+            change={"events": {_OTHER_EVENT: f.set_claims(m)["events"][RISC_IDENTIFIER_RECYCLED]}},
+        ),
+        _INVALID,
+    ),
+    _NoticeCase(
+        "E-7",
+        "two_events",
+        "carrying two events",
+        lambda f, m: f.notice(
+            m,
+            change={
+                "events": {
+                    **f.set_claims(m)["events"],
+                    _OTHER_EVENT: f.set_claims(m)["events"][RISC_IDENTIFIER_RECYCLED],
+                }
+            },
+        ),
+        _INVALID,
+    ),
+    _NoticeCase(
+        "E-7",
+        "subject_not_a_phone",
+        "whose subject is an email address",
+        lambda f, m: f.notice(
+            m,
+            change={
+                "events": {
+                    RISC_IDENTIFIER_RECYCLED: {
+                        "subject": {"format": "email", "email": "someone@example.com"}
+                    }
+                }
+            },
+        ),
+        _INVALID,
+    ),
+    _NoticeCase("E-8", "no_toe", "without toe", lambda f, m: f.notice(m, drop=["toe"]), _INVALID),
+    _NoticeCase("E-8", "no_jti", "without jti", lambda f, m: f.notice(m, drop=["jti"]), _INVALID),
+    _NoticeCase(
+        "E-9",
+        "old",
+        "issued an hour ago",
+        lambda f, m: f.notice(m, change={"iat": _now() - 3600}),
+        _UNAUTHENTICATED,
+    ),
+    _NoticeCase(
+        "E-9",
+        "expired",
+        "whose exp passed 60 s ago",
+        lambda f, m: f.notice(m, change={"iat": _now() - 100, "exp": _now() - 60}),
+        _UNAUTHENTICATED,
+    ),
+    _NoticeCase(
+        "E-9",
+        "iat_future",
+        "issued 60 s in the future",
+        lambda f, m: f.notice(m, change={"iat": _now() + 60}),
+        _UNAUTHENTICATED,
+    ),
+)
+
+# Every check of a provider run, (rule, name), in report order: what
+# `onecert conformance provider --list` prints.
+PROVIDER_CHECKS: tuple[tuple[str, str], ...] = (
+    ("H-1", "health.overall"),
+    ("H-2", "health.service"),
+    ("P-1", "describe.complete"),
+    ("P-2", "describe.provider_id"),
+    ("L-1", "list_bindings.known_numbers"),
+    ("L-2", "list_bindings.unknown_number"),
+    ("L-3", "list_bindings.malformed_msisdn"),
+    ("L-4", "list_bindings.dates"),
+    *warrant_check_names("list_bindings"),
+    *warrant_check_names("unbind"),
+    ("U-1", "unbind.malformed_request"),
+    ("U-2", "unbind.unknown_account"),
+    ("U-3", "unbind.reason_private"),
+    ("E-1", "receive_event.valid"),
+    *((c.rule, f"receive_event.{c.name}") for c in NOTICE_CASES),
+    ("E-10", "receive_event.redelivered"),
+    ("U-5", "unbind.concurrent_duplicates"),
+    ("U-4", "unbind.idempotent"),
+    ("U-6", "unbind.request_id_reused"),
+    ("U-7", "unbind.applied"),
+    ("D-1", "deadline.short"),
+    ("D-2", "deadline.abandoned"),
 )
 
 
@@ -102,7 +272,8 @@ async def check_provider(
         unknown_number: an E.164 number with no binding; a random one under
             the unassigned +999 prefix when not given.
         unbind: (msisdn, account_ref) of a test account the provider may
-            really unbind, for the idempotency checks; skipped without it.
+            really unbind, for the idempotency checks (U-4 to U-7); skipped
+            without it.
         tls: how to reach the target over TLS; plaintext when None.
         call_timeout: deadline of each ordinary call, in seconds.
         short_deadline: the deadline of the short-deadline check.
@@ -135,7 +306,10 @@ async def check_provider(
             unknown_number=unknown_number,
             unbind=unbind,
         )
-        results = await run_phases(suite.phases(), timing=timing, concurrency=concurrency)
+        phases = suite.phases()
+        # The catalogue (what --list prints) and the run must never drift apart.
+        assert [(c.rule, c.name) for p in phases for c in p] == list(PROVIDER_CHECKS)
+        results = await run_phases(phases, timing=timing, concurrency=concurrency)
     return Report(kind="provider", target=target, results=tuple(results))
 
 
@@ -164,7 +338,6 @@ class _ProviderSuite:
         self._stub = provider_pb2_grpc.BindingProviderStub(channel)
         self._timing = timing
         self._key = warrant_key
-        self._warrants = WarrantIssuer(key=warrant_key, issuer=issuer)
         self._issuer = issuer
         self._given_id = provider_id
         self._described: provider_pb2.DescribeResponse | None = None
@@ -172,7 +345,8 @@ class _ProviderSuite:
         self._unknown = unknown_number
         self._unbind = unbind
         self._first_unbind: provider_pb2.UnbindResponse | None = None
-        self._bad: dict[str, BadWarrant] | None = None
+        self._unbind_request: provider_pb2.UnbindRequest | None = None
+        self._forge: Forge | None = None
         # Calls whose only fault should be the one under test use a known
         # number: an adapter that skips the warrant check for numbers it has
         # no data on would pass with an unknown one.
@@ -191,11 +365,14 @@ class _ProviderSuite:
             "and no provider id was given"
         )
 
-    def _warrant(self, target: str) -> Metadata:
-        token = self._warrants.issue(
-            audience=self._audience, target=target, purpose=PURPOSE, query_id=fresh_id("conf")
-        )
-        return bearer(token)
+    def _tokens(self) -> Forge:
+        # Built on first use, once Describe has told the audience.
+        if self._forge is None:
+            self._forge = Forge(key=self._key, issuer=self._issuer, audience=self._audience)
+        return self._forge
+
+    def _warrant(self, target: str, purpose: str = PURPOSE_LOOKUP) -> Metadata:
+        return bearer(self._tokens().warrant(target, purpose))
 
     def _list(
         self, msisdn: str, metadata: Metadata, timeout: float | None = None
@@ -207,8 +384,10 @@ class _ProviderSuite:
         )
 
     def _unbind_call(
-        self, request: provider_pb2.UnbindRequest, metadata: Metadata
+        self, request: provider_pb2.UnbindRequest, metadata: Metadata | None = None
     ) -> Awaitable[provider_pb2.UnbindResponse]:
+        if metadata is None:
+            metadata = self._warrant(request.msisdn, PURPOSE_UNBIND)
         return self._stub.Unbind(request, metadata=metadata, timeout=self._timing.call_timeout)
 
     def _missing_account(self, msisdn: str | None = None) -> provider_pb2.UnbindRequest:
@@ -221,54 +400,60 @@ class _ProviderSuite:
             reason=common_pb2.UNBIND_REASON_OWNER_REQUEST,
         )
 
-    def _faults(self) -> dict[str, BadWarrant]:
-        # Built on first use, once Describe has told the audience.
-        if self._bad is None:
-            self._bad = bad_warrants(
-                key=self._key,
-                issuer=self._issuer,
-                audience=self._audience,
-                other_target=self._unknown,
-                target_label="number",
-            )
-        return self._bad
-
     # -------------------------------------------------------------- checks
 
     def phases(self) -> list[list[Check]]:
         """The checks in phases: each phase runs after the previous one ended."""
         first = [
             *health_checks(self._channel, service=SERVICE, timing=self._timing),
-            Check("describe.complete", self._describe_complete),
+            Check("P-1", "describe.complete", self._describe_complete),
         ]
-        reads = [Check("describe.provider_id", self._describe_provider_id, calls=0)]
-        reads += [
-            Check(f"list_bindings.known_number[{i}]", self._known_number(number))
-            for i, number in enumerate(self._known, start=1)
+        reads = [
+            Check("P-2", "describe.provider_id", self._describe_provider_id, calls=0),
+            Check("L-1", "list_bindings.known_numbers", self._known_numbers),
+            Check("L-2", "list_bindings.unknown_number", self._unknown_number),
+            Check("L-3", "list_bindings.malformed_msisdn", self._malformed_msisdn),
+            Check("L-4", "list_bindings.dates", self._dates),
+            *warrant_checks(
+                rpc="list_bindings",
+                forge=self._tokens,
+                call=lambda metadata: self._list(self._probe_number, metadata),
+                target=self._probe_number,
+                purpose=PURPOSE_LOOKUP,
+            ),
+            *warrant_checks(
+                rpc="unbind",
+                forge=self._tokens,
+                # A fresh request each time, for an account that cannot exist.
+                call=lambda metadata: self._unbind_call(self._missing_account(), metadata),
+                target=self._probe_number,
+                purpose=PURPOSE_UNBIND,
+            ),
+            Check("U-1", "unbind.malformed_request", self._malformed_unbind),
+            Check("U-2", "unbind.unknown_account", self._unknown_account),
+            Check("U-3", "unbind.reason_private", self._reason_private),
+            Check("E-1", "receive_event.valid", self._event_valid),
+            *(Check(c.rule, f"receive_event.{c.name}", self._notice_case(c)) for c in NOTICE_CASES),
+            Check("E-10", "receive_event.redelivered", self._event_redelivered, calls=2),
         ]
-        if not self._known:
-            reads.append(Check("list_bindings.known_number", self._no_known_numbers, calls=0))
-        reads += [
-            Check("list_bindings.unknown_number", self._unknown_number),
-            Check("list_bindings.malformed_msisdn", self._malformed_msisdn),
+        # The checks that change the provider's data run after every read,
+        # so the reads see the data as it was.
+        writes = [Check("U-5", "unbind.concurrent_duplicates", self._concurrent)]
+        again = [
+            Check("U-4", "unbind.idempotent", self._idempotent),
+            Check("U-6", "unbind.request_id_reused", self._request_id_reused),
         ]
-        faults = fault_names("number")
-        reads += [Check(f"list_bindings.warrant.{f}", self._refused_list(f)) for f in faults]
-        reads += [Check(f"unbind.warrant.{f}", self._refused_unbind(f)) for f in faults]
-        reads += [
-            Check("unbind.unknown_account", self._unknown_account),
-            Check("unbind.malformed_request", self._malformed_unbind),
-            Check("receive_event.valid", self._event_valid),
-            *(Check(f"receive_event.{f}", self._event_refused(f)) for f in _SET_FAULTS),
-            Check("receive_event.not_a_set", self._event_not_a_set),
-        ]
-        # The only check that changes the provider's data runs after every
-        # read, so the reads see the data as it was.
-        writes = [Check("unbind.idempotent", self._idempotent, calls=2)]
-        after = [Check("unbind.applied", self._applied)]
-        # Alone at the end, so nothing else the kit does slows the target down.
-        deadline = [Check("deadline.short", self._short_deadline, calls=2)]
-        return [first, reads, writes, after, deadline]
+        after = [Check("U-7", "unbind.applied", self._applied)]
+        # Alone at the end, each in its own phase, so nothing else the kit
+        # does slows the target down.
+        short, abandoned = deadline_checks(
+            self._channel,
+            call=lambda timeout: self._list(
+                self._probe_number, self._warrant(self._probe_number), timeout=timeout
+            ),
+            timing=self._timing,
+        )
+        return [first, reads, writes, again, after, [short], [abandoned]]
 
     async def _describe_complete(self) -> str:
         response: provider_pb2.DescribeResponse = await expect_ok(
@@ -308,29 +493,53 @@ class _ProviderSuite:
             )
         return self._given_id
 
-    async def _no_known_numbers(self) -> str:
-        raise CheckSkippedError("no known number given")
+    async def _known_numbers(self) -> str:
+        if not self._known:
+            raise CheckSkippedError("no known number given")
 
-    def _known_number(self, msisdn: str) -> Callable[[], Awaitable[str]]:
-        async def check() -> str:
+        async def one(msisdn: str) -> tuple[str, int, list[str]]:
             label = mask_msisdn(msisdn)
             response: provider_pb2.ListBindingsResponse = await expect_ok(
                 self._list(msisdn, self._warrant(msisdn)), what=f"ListBindings {label}"
             )
             if not response.bindings:
-                raise CheckFailedError(
-                    f"{label}: no bindings listed for a number said to have some"
-                )
+                return label, 0, ["no bindings listed for a number said to have some"]
             problems = []
-            now = time.time()
             for i, binding in enumerate(response.bindings, start=1):
-                problems += [f"binding {i}: {p}" for p in _binding_problems(binding, now)]
-            if problems:
-                raise CheckFailedError(f"{label}: " + "; ".join(problems))
-            count = len(response.bindings)
-            return f"{label}: {count} binding{'s' if count > 1 else ''}, complete"
+                problems += [f"binding {i}: {p}" for p in _binding_problems(binding)]
+            return label, len(response.bindings), problems
 
-        return check
+        found = await asyncio.gather(*(one(m) for m in self._known))
+        problems = [f"{label}: {p}" for label, _, ps in found for p in ps]
+        if problems:
+            raise CheckFailedError("; ".join(problems))
+        total = sum(count for _, count, _ in found)
+        return f"{total} complete bindings on {len(found)} numbers"
+
+    async def _dates(self) -> str:
+        if not self._known:
+            raise CheckSkippedError("no known number given")
+        now = time.time()
+        undated = 0
+        problems = []
+        for msisdn in self._known:
+            label = mask_msisdn(msisdn)
+            response: provider_pb2.ListBindingsResponse = await expect_ok(
+                self._list(msisdn, self._warrant(msisdn)), what=f"ListBindings {label}"
+            )
+            for i, binding in enumerate(response.bindings, start=1):
+                found, dated = _date_problems(binding, now)
+                problems += [f"{label}: binding {i}: {p}" for p in found]
+                undated += not dated
+        if problems:
+            raise CheckFailedError("; ".join(problems))
+        if undated:
+            # A SHOULD, not a MUST (L-4): said, not failed.
+            return (
+                f"dates consistent; {undated} binding(s) carry neither bound_at nor "
+                "bound_not_before, so the gateway hides their details"
+            )
+        return "dates consistent; every binding is dated"
 
     async def _unknown_number(self) -> str:
         label = mask_msisdn(self._unknown)
@@ -368,33 +577,10 @@ class _ProviderSuite:
             raise CheckFailedError("; ".join(problems))
         return f"INVALID_ARGUMENT for all {len(MALFORMED_MSISDNS)} malformed forms"
 
-    def _refused_list(self, fault: str) -> Callable[[], Awaitable[str]]:
-        async def check() -> str:
-            bad = self._faults()[fault]
-            call = self._list(self._probe_number, bad.metadata(self._probe_number))
-            await expect_code(
-                call, grpc.StatusCode.UNAUTHENTICATED, what=f"ListBindings, warrant {bad.what}"
-            )
-            return "UNAUTHENTICATED"
-
-        return check
-
-    def _refused_unbind(self, fault: str) -> Callable[[], Awaitable[str]]:
-        async def check() -> str:
-            bad = self._faults()[fault]
-            request = self._missing_account()
-            call = self._unbind_call(request, bad.metadata(request.msisdn))
-            await expect_code(
-                call, grpc.StatusCode.UNAUTHENTICATED, what=f"Unbind, warrant {bad.what}"
-            )
-            return "UNAUTHENTICATED"
-
-        return check
-
     async def _unknown_account(self) -> str:
         request = self._missing_account()
         try:
-            response = await self._unbind_call(request, self._warrant(request.msisdn))
+            response = await self._unbind_call(request)
         except grpc.aio.AioRpcError as exc:
             raise CheckFailedError(
                 f"answered {describe_error(exc)}; an unknown account must be answered "
@@ -406,29 +592,46 @@ class _ProviderSuite:
             raise CheckFailedError("answered REJECTED without a reason")
         return f"REJECTED ({safe(response.reason)})"
 
+    async def _reason_private(self) -> str:
+        request = self._missing_account()
+        response: provider_pb2.UnbindResponse = await expect_ok(
+            self._unbind_call(request), what="Unbind of an unknown account"
+        )
+        digits = re.sub(r"\D", "", response.reason)
+        # The subscriber part: the number as written nationally or with a
+        # country code, spaced or not.
+        if request.msisdn[-8:] in digits:
+            raise CheckFailedError("the REJECTED reason contains the phone number")
+        if request.account_ref in response.reason:
+            raise CheckFailedError("the REJECTED reason repeats the account ref")
+        return "the reason names no number and no account"
+
     async def _malformed_unbind(self) -> str:
         # Each request is valid but for one field.
-        no_id, long_id, no_account, no_reason, bad_number = (
-            self._missing_account() for _ in range(5)
+        no_id, long_id, no_account, long_account, no_reason, bad_number = (
+            self._missing_account() for _ in range(6)
         )
         no_id.request_id = ""
         long_id.request_id = "r" * 129
         no_account.account_ref = ""
+        long_account.account_ref = "a" * 257
         no_reason.reason = common_pb2.UNBIND_REASON_UNSPECIFIED
         bad_number.msisdn = "8613800000000"
         cases = (
             ("no request_id", no_id),
             ("a request_id over 128 characters", long_id),
             ("no account_ref", no_account),
+            ("an account_ref over 256 characters", long_account),
             ("no reason", no_reason),
             ("an msisdn not E.164", bad_number),
         )
 
         async def one(what: str, req: provider_pb2.UnbindRequest) -> str | None:
-            call = self._unbind_call(req, self._warrant(req.msisdn))
             try:
                 await expect_code(
-                    call, grpc.StatusCode.INVALID_ARGUMENT, what=f"Unbind with {what}"
+                    self._unbind_call(req),
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    what=f"Unbind with {what}",
                 )
             except CheckFailedError as failure:
                 return str(failure)
@@ -440,51 +643,78 @@ class _ProviderSuite:
             raise CheckFailedError("; ".join(problems))
         return f"INVALID_ARGUMENT for all {len(cases)} malformed requests"
 
-    async def _idempotent(self) -> str:
+    def _test_account(self) -> tuple[str, str]:
         if self._unbind is None:
             raise CheckSkippedError(
                 "needs a test account the provider may unbind (--unbind NUMBER:ACCOUNT_REF)"
             )
-        msisdn, account_ref = self._unbind
+        return self._unbind
+
+    def _first(self) -> tuple[provider_pb2.UnbindRequest, provider_pb2.UnbindResponse]:
+        self._test_account()
+        if self._unbind_request is None or self._first_unbind is None:
+            raise CheckSkippedError("the unbind did not run (see unbind.concurrent_duplicates)")
+        return self._unbind_request, self._first_unbind
+
+    async def _concurrent(self) -> str:
+        msisdn, account_ref = self._test_account()
         request = provider_pb2.UnbindRequest(
             request_id=fresh_id("conformance-idempotency"),
             msisdn=msisdn,
             account_ref=account_ref,
             reason=common_pb2.UNBIND_REASON_OWNER_REQUEST,
         )
-        first: provider_pb2.UnbindResponse = await expect_ok(
-            self._unbind_call(request, self._warrant(msisdn)), what="first Unbind"
+        answers: list[provider_pb2.UnbindResponse] = await asyncio.gather(
+            *(
+                expect_ok(self._unbind_call(request), what=f"Unbind duplicate {i}")
+                for i in range(1, _DUPLICATES + 1)
+            )
         )
-        self._first_unbind = first
-        if first.outcome not in (
-            common_pb2.UNBIND_OUTCOME_DONE,
-            common_pb2.UNBIND_OUTCOME_PENDING,
-            common_pb2.UNBIND_OUTCOME_REJECTED,
-        ):
-            raise CheckFailedError(f"first Unbind answered {_outcome(first)}")
+        unset = [a for a in answers if a.outcome not in _OUTCOMES]
+        if unset:
+            raise CheckFailedError(f"an Unbind was answered {_outcome(unset[0])}")
+        final = [a for a in answers if a.outcome != common_pb2.UNBIND_OUTCOME_PENDING]
+        self._unbind_request = request
+        self._first_unbind = final[0] if final else answers[0]
+        if any(a != final[0] for a in final):
+            raise CheckFailedError(
+                f"{_DUPLICATES} duplicates of one request_id sent at once were answered "
+                "differently: " + ", ".join(_answer(a) for a in answers)
+            )
+        return f"{_DUPLICATES} duplicates at once: " + ", ".join(_outcome(a) for a in answers)
+
+    async def _idempotent(self) -> str:
+        request, first = self._first()
         second: provider_pb2.UnbindResponse = await expect_ok(
-            self._unbind_call(request, self._warrant(msisdn)),
-            what="the same Unbind again (same request_id)",
+            self._unbind_call(request), what="the same Unbind again (same request_id)"
         )
         if first.outcome == common_pb2.UNBIND_OUTCOME_PENDING:
-            # A pending unbind may have finished by the second delivery.
+            # A pending unbind may have finished by the next delivery.
             return f"first PENDING, then {_outcome(second)}"
         if second != first:
             raise CheckFailedError(
                 f"the same request_id was answered differently: first {_answer(first)}, "
                 f"then {_answer(second)}"
             )
-        return f"{_outcome(first)} twice, identical answers"
+        return f"{_outcome(first)} again, identical answer"
+
+    async def _request_id_reused(self) -> str:
+        request, _ = self._first()
+        other = provider_pb2.UnbindRequest()
+        other.CopyFrom(request)
+        other.account_ref = fresh_id("onecert-conformance-no-such-account")
+        await expect_code(
+            self._unbind_call(other),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            what="Unbind of another account under a request_id already used",
+        )
+        return "INVALID_ARGUMENT"
 
     async def _applied(self) -> str:
-        if self._unbind is None:
-            raise CheckSkippedError("needs --unbind NUMBER:ACCOUNT_REF")
-        first = self._first_unbind
-        if first is None:
-            raise CheckSkippedError("the unbind did not run (see unbind.idempotent)")
+        msisdn, account_ref = self._test_account()
+        _, first = self._first()
         if first.outcome != common_pb2.UNBIND_OUTCOME_DONE:
             raise CheckSkippedError(f"the unbind was answered {_outcome(first)}, not DONE")
-        msisdn, account_ref = self._unbind
         response: provider_pb2.ListBindingsResponse = await expect_ok(
             self._list(msisdn, self._warrant(msisdn)), what="ListBindings after the unbind"
         )
@@ -493,81 +723,55 @@ class _ProviderSuite:
         return "the account is no longer listed"
 
     def _receive(self, token: str) -> Awaitable[provider_pb2.ReceiveEventResponse]:
-        # A SET carries its own signature: no warrant goes with it.
+        # A SET carries its own signature: no warrant goes with it (E-1).
         return self._stub.ReceiveEvent(
             provider_pb2.ReceiveEventRequest(set=token), timeout=self._timing.call_timeout
         )
 
-    def _notice(self, *, key: SigningKey | None = None, **overrides: str) -> str:
-        # The notice is about the unknown number: a provider that acts on it
-        # has nothing to remove.
-        issuer = SetIssuer(key=key or self._key, issuer=overrides.get("issuer", self._issuer))
-        return issuer.issue(
-            audience=overrides.get("audience", self._audience),
-            msisdn=self._unknown,
-            recycled_at=dt.datetime.now(dt.UTC),
-            jti=fresh_id("conformance-notice"),
-        )
-
     async def _event_valid(self) -> str:
+        # Notices are about the unknown number: a provider that acts on one
+        # has nothing to remove.
         response: provider_pb2.ReceiveEventResponse = await expect_ok(
-            self._receive(self._notice()), what="ReceiveEvent with a valid notice"
+            self._receive(self._tokens().notice(self._unknown)),
+            what="ReceiveEvent with a valid notice",
         )
         if not response.acknowledged:
             raise CheckFailedError("a valid notice was answered without acknowledged = true")
         return "acknowledged"
 
-    def _event_refused(self, fault: str) -> Callable[[], Awaitable[str]]:
+    def _notice_case(self, case: _NoticeCase) -> Callable[[], Awaitable[str]]:
         async def check() -> str:
-            if fault == "wrong_key_same_kid":
-                token = self._notice(key=impostor_key(self._key))
-            elif fault == "unknown_kid":
-                token = self._notice(key=SigningKey.generate(self._key.alg))
-            elif fault == "wrong_issuer":
-                token = self._notice(issuer=f"{self._issuer}-other")
-            else:
-                token = self._notice(audience=f"{self._audience}-other")
+            token = case.token(self._tokens(), self._unknown)
             await expect_code(
-                self._receive(token),
-                grpc.StatusCode.UNAUTHENTICATED,
-                what=f"ReceiveEvent, notice {_SET_FAULTS[fault]}",
+                self._receive(token), case.code, what=f"ReceiveEvent, notice {case.what}"
             )
-            return "UNAUTHENTICATED"
+            return case.code.name
 
         return check
 
-    async def _event_not_a_set(self) -> str:
-        await expect_code(
-            self._receive("not-a-security-event-token"),
-            grpc.StatusCode.INVALID_ARGUMENT,
-            what="ReceiveEvent with a token that is not a JWT",
+    async def _event_redelivered(self) -> str:
+        token = self._tokens().notice(self._unknown)
+        first: provider_pb2.ReceiveEventResponse = await expect_ok(
+            self._receive(token), what="ReceiveEvent with a valid notice"
         )
-        return "INVALID_ARGUMENT"
-
-    async def _short_deadline(self) -> str:
-        deadline = self._timing.short_deadline
-        msisdn = self._probe_number
-        code, elapsed = await timed(self._list(msisdn, self._warrant(msisdn), timeout=deadline))
-        if elapsed > deadline + self._timing.slack:
-            raise CheckFailedError(f"a call with a {deadline:.2f} s deadline took {elapsed:.2f} s")
-        if code not in (
-            grpc.StatusCode.OK,
-            grpc.StatusCode.DEADLINE_EXCEEDED,
-            grpc.StatusCode.UNAVAILABLE,
-        ):
-            raise CheckFailedError(f"a call with a {deadline:.2f} s deadline answered {code.name}")
-        # An adapter that keeps working on an abandoned call (a blocking
-        # handler, a worker pool tied up) shows it here.
-        if not await serving_within(self._channel, self._timing.slack):
+        second: provider_pb2.ReceiveEventResponse = await expect_ok(
+            self._receive(token), what="the same notice again (same jti)"
+        )
+        if not first.acknowledged or second != first:
             raise CheckFailedError(
-                f"the call ended ({code.name}) after {elapsed:.2f} s, but then a health check "
-                f"got no answer within {self._timing.slack:.2f} s: the adapter is still busy "
-                "with a call past its deadline"
+                f"the same notice was answered {_event(first)}, then {_event(second)}"
             )
-        return f"{code.name} after {elapsed:.2f} s (deadline {deadline:.2f} s), still responsive"
+        return f"{_event(first)} twice"
 
 
-def _binding_problems(binding: provider_pb2.Binding, now: float) -> list[str]:
+_OUTCOMES = (
+    common_pb2.UNBIND_OUTCOME_DONE,
+    common_pb2.UNBIND_OUTCOME_PENDING,
+    common_pb2.UNBIND_OUTCOME_REJECTED,
+)
+
+
+def _binding_problems(binding: provider_pb2.Binding) -> list[str]:
     problems = []
     if not binding.account_ref:
         problems.append("no account_ref")
@@ -577,29 +781,40 @@ def _binding_problems(binding: provider_pb2.Binding, now: float) -> list[str]:
         binding.kind not in common_pb2.BindingKind.values()
     ):
         problems.append("kind not set")
-    # An exact time, or at least the lower bound of an interval: without
-    # either the gateway cannot tell whose account it is.
-    if not binding.HasField("bound_at") and not binding.HasField("bound_not_before"):
-        problems.append("no bound_at or bound_not_before")
-    stamps = {
-        name: float(getattr(binding, name).ToSeconds())
-        for name in ("bound_at", "bound_not_before", "bound_not_after")
-        if binding.HasField(name)
-    }
-    problems.extend(
-        f"{name} is in the future"
-        for name in ("bound_at", "bound_not_before")
-        if stamps.get(name, 0.0) > now + _FUTURE_SKEW
-    )
-    low, high = stamps.get("bound_not_before"), stamps.get("bound_not_after")
-    exact = stamps.get("bound_at")
-    if low is not None and high is not None and high < low:
-        problems.append("bound_not_after is before bound_not_before")
-    elif exact is not None and (
+    return problems
+
+
+_DateField = Literal["bound_at", "last_used_at", "bound_not_before", "bound_not_after"]
+_DATES: tuple[_DateField, ...] = ("bound_at", "last_used_at", "bound_not_before", "bound_not_after")
+
+
+def _date_problems(binding: provider_pb2.Binding, now: float) -> tuple[list[str], bool]:
+    """What is wrong with a binding's dates (L-4), and whether it is dated.
+
+    Dated means an exact ``bound_at`` or at least a lower bound: an upper
+    bound alone straddles every tenure's start, so it dates nothing.
+    """
+    problems = []
+    when: dict[str, float] = {}
+    for name in _DATES:
+        if not binding.HasField(name):
+            continue
+        stamp = getattr(binding, name)
+        if stamp.seconds == 0 and stamp.nanos == 0:
+            problems.append(f"{name} is the epoch (leave it unset when unknown)")
+            continue
+        when[name] = stamp.ToDatetime().timestamp()
+        if when[name] > now + _FUTURE_SKEW:
+            problems.append(f"{name} is in the future")
+    low, high = when.get("bound_not_before"), when.get("bound_not_after")
+    if low is not None and high is not None and low > high:
+        problems.append("bound_not_before is after bound_not_after")
+    exact = when.get("bound_at")
+    if exact is not None and (
         (low is not None and exact < low) or (high is not None and exact > high)
     ):
-        problems.append("bound_at lies outside bound_not_before..bound_not_after")
-    return problems
+        problems.append("bound_at lies outside [bound_not_before, bound_not_after]")
+    return problems, "bound_at" in when or "bound_not_before" in when
 
 
 def _outcome(response: provider_pb2.UnbindResponse) -> str:
@@ -615,3 +830,11 @@ def _answer(response: provider_pb2.UnbindResponse) -> str:
     if response.HasField("decided_at"):
         parts.append(f"decided_at {response.decided_at.ToJsonString()}")
     return " ".join(parts)
+
+
+def _event(response: provider_pb2.ReceiveEventResponse) -> str:
+    if not response.acknowledged:
+        return "not acknowledged"
+    if response.acted:
+        return f"acknowledged, acted ({response.bindings_removed} removed)"
+    return "acknowledged"

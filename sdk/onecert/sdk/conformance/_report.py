@@ -28,12 +28,15 @@ class CheckResult:
         detail: what was seen (on a pass), what went wrong (on a failure) or
             why the check did not run (on a skip). Never a raw phone number.
         elapsed: seconds the check took.
+        rule: the id of the rule of docs/contract.md it checks, for example
+            ``W-9``.
     """
 
     name: str
     outcome: Outcome
     detail: str = ""
     elapsed: float = 0.0
+    rule: str = ""
 
     @property
     def passed(self) -> bool:
@@ -95,10 +98,11 @@ class Report:
     def to_table(self) -> str:
         """A plain-text table, one line per check, and a summary line."""
         width = max((len(r.name) for r in self.results), default=5)
-        lines = [f"{'':4}  {'CHECK':<{width}}  DETAIL"]
+        lines = [f"{'':4}  {'RULE':<5} {'CHECK':<{width}}  DETAIL"]
         for r in self.results:
             detail = r.detail.replace("\n", " ")
-            lines.append(f"{_MARKS[r.outcome]:4}  {r.name:<{width}}  {detail}".rstrip())
+            line = f"{_MARKS[r.outcome]:4}  {r.rule:<5} {r.name:<{width}}  {detail}"
+            lines.append(line.rstrip())
         lines.append("")
         lines.append(self.summary())
         return "\n".join(lines)
@@ -111,6 +115,7 @@ class Report:
             "counts": self.counts(),
             "checks": [
                 {
+                    "rule": r.rule,
                     "name": r.name,
                     "outcome": r.outcome.value,
                     "detail": r.detail,
