@@ -112,6 +112,9 @@ def test_load_config_reads_the_example(tmp_path: Path) -> None:
         ("postgresql+asyncpg://u@db/site", "postgresql+asyncpg://u@db/site"),
         ("mysql://root@db:3306/site", "mysql+aiomysql://root@db:3306/site"),
         ("mariadb://root@db/site", "mariadb+aiomysql://root@db/site"),
+        # A plain file path is a SQLite file, as everywhere onecert takes a database.
+        ("/srv/site.db", "sqlite+aiosqlite:////srv/site.db"),
+        ("site.db", "sqlite+aiosqlite:////tmp/site.db"),
     ],
 )
 def test_sync_url_spellings_map_to_async_drivers(given: str, expected: str) -> None:
@@ -148,7 +151,7 @@ def test_url_from_environment_and_password_hidden(tmp_path: Path) -> None:
         ({"qeuries": {}}, (), r"unknown key 'qeuries' \(did you mean 'queries'\?\)"),
         ({}, ("database.url",), r"database needs exactly one of url .* or url_env"),
         ({"database.url_env": "X"}, (), r"database needs exactly one of url"),
-        ({"database.url": "site.db"}, (), r"database\.url must be a SQLAlchemy URL"),
+        ({"database.url": ""}, (), r"database\.url must be a non-empty string"),
         ({"database.url": "oracle://db/site"}, (), r"unsupported database 'oracle'"),
         (
             {"database.url": "postgresql+psycopg2://db/site"},

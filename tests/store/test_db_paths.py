@@ -1,4 +1,4 @@
-"""A plain file path names a SQLite database wherever the gateway's database is taken."""
+"""A plain file path names a SQLite database wherever a database is taken."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 
 from onecert.cli import main
 from onecert.gateway._config import parse_config
-from onecert.gateway._dburl import database_url
 from onecert.gateway.store import Store, normalize_url
+from onecert.sdk._dburl import database_url
 
 
 def test_database_url_takes_urls_and_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

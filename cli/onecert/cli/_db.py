@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 def _url(args: argparse.Namespace) -> str:
     """``--url`` (or ``$ONECERT_DB_URL``) as a URL; a plain file path is SQLite."""
-    from onecert.gateway._dburl import database_url  # noqa: PLC0415 - keeps `onecert --help` light
+    from onecert.sdk._dburl import database_url  # noqa: PLC0415 - keeps `onecert --help` light
 
     if not args.url or not args.url.strip():
         raise CommandError(f"no database: pass --url or set {_URL_ENV}")

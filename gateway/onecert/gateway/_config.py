@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from onecert.gateway._dburl import database_url
+from onecert.sdk._dburl import database_url
 from onecert.sdk._tomlconfig import ConfigError, load_toml, setting
 from onecert.sdk._tomlconfig import Table as _Table
 from onecert.v1 import common_pb2

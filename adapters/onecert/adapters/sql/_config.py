@@ -25,6 +25,7 @@ from onecert.adapters.sql._errors import ConfigError
 from onecert.adapters.sql._phone import DEFAULT_COUNTRY, is_country_code
 from onecert.sdk import BindingKind, ProviderCategory
 from onecert.sdk._core import check_adapter_id
+from onecert.sdk._dburl import database_url
 from onecert.sdk._tomlconfig import Table as _Table
 from onecert.sdk._tomlconfig import load_toml
 
@@ -465,17 +466,14 @@ def _parse_provider(t: _Table) -> ProviderSection:
 
 def async_url(url: str, *, base: Path, key: str = "database.url") -> str:
     """The SQLAlchemy async URL for ``url``: sync spellings mapped to the
-    async drivers, a relative SQLite path resolved against ``base``.
+    async drivers, a relative SQLite path (or a plain file path) resolved
+    against ``base``.
 
     Raises:
         ConfigError: an unsupported backend or driver, or no SQLite path.
     """
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        raise ConfigError(
-            f"{key} must be a SQLAlchemy URL such as postgresql://user@host/db, "
-            f"not {hide_password(url)!r}"
-        )
+    # A plain file path is a SQLite file, as everywhere onecert takes a database.
+    scheme, _, rest = database_url(url, base=base).partition("://")
     scheme = scheme.lower()
     mapped = _ASYNC_SCHEMES.get(scheme)
     if mapped is None:

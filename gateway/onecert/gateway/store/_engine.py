@@ -14,7 +14,7 @@ from sqlalchemy import Connection, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from onecert.gateway._dburl import database_url
+from onecert.sdk._dburl import database_url
 
 __all__ = [
     "BEGIN_OPTION",
@@ -40,7 +40,7 @@ def normalize_url(url: str) -> str:
     ``sqlite:///path`` becomes ``sqlite+aiosqlite:///path`` and
     ``postgresql://`` (or ``postgres://``) becomes ``postgresql+asyncpg://``;
     any other database raises ValueError. A plain file path is a SQLite file
-    (see :func:`onecert.gateway._dburl.database_url`).
+    (see :func:`onecert.sdk._dburl.database_url`).
     """
     parsed = make_url(database_url(url))
     backend = parsed.get_backend_name()

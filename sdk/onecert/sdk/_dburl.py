@@ -1,7 +1,8 @@
-"""Where the gateway's database is: a URL, or a plain file path taken as SQLite.
+"""Where a database is: a URL, or a plain file path taken as SQLite.
 
-Every place that takes the database (``[store] url``, ``--url``,
-``ONECERT_DB_URL``) passes the text through :func:`database_url`, so a path
+Every place that takes a database (the gateway's ``[store] url``, ``--url``,
+``ONECERT_DB_URL``, the SQL adapter's ``database.url``) passes the text
+through :func:`database_url`, so a path
 like ``onecert.db`` or ``/var/lib/onecert/onecert.db`` means the same SQLite
 file everywhere instead of a parse error in one place and not another.
 """
