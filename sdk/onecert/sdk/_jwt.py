@@ -15,7 +15,7 @@ from typing import Any
 
 import jwt
 
-from onecert.sdk._keys import KeySet
+from onecert.sdk._keys import KeySet, VerificationKey
 
 # A token larger than this is refused before any parsing (a warrant or an
 # assertion is a few hundred bytes).
@@ -56,6 +56,18 @@ def verify_jwt(
         required: claims that must be present.
         now: the current time (seconds since the epoch); for tests.
     """
+    key = _trusted_key(token, keys=keys, typ=typ)
+    current = time.time() if now is None else now
+    claims = _decode(token, key, audience=audience, issuer=issuer, leeway=leeway, required=required)
+    # Exact comparison on top of PyJWT's (which accepts lists and sequences).
+    if claims.get("iss") != issuer:
+        raise TokenError("iss", "token issuer is not trusted")
+    _check_times(claims, current=current, leeway=leeway, max_lifetime=max_lifetime)
+    return claims
+
+
+def _trusted_key(token: str, *, keys: KeySet, typ: str) -> VerificationKey:
+    """The key ``token``'s header names, after checking the header alone."""
     if not token:
         raise TokenError("missing", "no token")
     if len(token) > MAX_TOKEN_BYTES:
@@ -82,7 +94,22 @@ def verify_jwt(
         raise TokenError("kid", "token signed with an unknown key id")
     if header.get("alg") != key.alg:
         raise TokenError("alg", f"key {kid!r} only verifies {key.alg}")
-    current = time.time() if now is None else now
+    return key
+
+
+def _decode(
+    token: str,
+    key: VerificationKey,
+    *,
+    audience: str,
+    issuer: str,
+    leeway: float,
+    required: Iterable[str],
+) -> dict[str, Any]:
+    """The claims of ``token`` once its signature, ``aud``, ``iss`` and required claims hold.
+
+    Times are checked by :func:`_check_times`, which is stricter than PyJWT.
+    """
     try:
         claims: dict[str, Any] = jwt.decode(
             token,
@@ -110,10 +137,6 @@ def verify_jwt(
         raise TokenError("malformed", f"token refused: {exc}") from exc
     except (RecursionError, ValueError, TypeError) as exc:
         raise TokenError("malformed", "malformed token payload") from exc
-    # Exact comparison on top of PyJWT's (which accepts lists and sequences).
-    if claims.get("iss") != issuer:
-        raise TokenError("iss", "token issuer is not trusted")
-    _check_times(claims, current=current, leeway=leeway, max_lifetime=max_lifetime)
     return claims
 
 
