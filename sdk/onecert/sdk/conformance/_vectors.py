@@ -80,6 +80,18 @@ def _keys() -> tuple[SigningKey, SigningKey, SigningKey]:
     return gateway, impostor, stranger
 
 
+def _vector(name: str, rule: str, status: str, token: str, **where: str) -> dict[str, Any]:
+    """One test vector: the token, where it is presented, and the verdict it must get."""
+    return {
+        "name": name,
+        "rule": rule,
+        **where,
+        "token": token,
+        "verdict": "accept" if status == "OK" else "reject",
+        "status": status,
+    }
+
+
 def _warrant_vectors() -> list[dict[str, Any]]:
     gateway, impostor, stranger = _keys()
     forge = Forge(key=gateway, issuer=ISSUER, audience=PROVIDER)
@@ -110,16 +122,7 @@ def _warrant_vectors() -> list[dict[str, Any]]:
             claims, typ=typ, signer=signer, header=header, drop_header=drop_header
         )
         warrants.append(
-            {
-                "name": name,
-                "rule": rule,
-                "rpc": rpc,
-                "audience": audience,
-                "target": target,
-                "token": token,
-                "verdict": "accept" if status == "OK" else "reject",
-                "status": status,
-            }
+            _vector(name, rule, status, token, rpc=rpc, audience=audience, target=target)
         )
 
     ok, unauth = "OK", "UNAUTHENTICATED"
@@ -186,14 +189,7 @@ def _set_vectors() -> list[dict[str, Any]]:
         for claim in drop:
             claims.pop(claim)
         token = raw or forge.sign(claims, typ=typ, signer=signer, drop_header=drop_header)
-        vector: dict[str, Any] = {
-            "name": name,
-            "rule": rule,
-            "audience": PROVIDER,
-            "token": token,
-            "verdict": "accept" if status == "OK" else "reject",
-            "status": status,
-        }
+        vector = _vector(name, rule, status, token, audience=PROVIDER)
         if status == "OK":
             event = claims["events"][RISC_IDENTIFIER_RECYCLED]
             vector["notice"] = {
