@@ -321,7 +321,9 @@ def _random_unknown_number(known: Sequence[str]) -> str:
             return number
 
 
-class _ProviderSuite:
+class _ProviderCalls:
+    """How the suite calls the adapter under test: stubs, warrants, test requests."""
+
     def __init__(
         self,
         *,
@@ -351,8 +353,6 @@ class _ProviderSuite:
         # number: an adapter that skips the warrant check for numbers it has
         # no data on would pass with an unknown one.
         self._probe_number = known_numbers[0] if known_numbers else unknown_number
-
-    # ------------------------------------------------------------ plumbing
 
     @property
     def _audience(self) -> str:
@@ -400,7 +400,9 @@ class _ProviderSuite:
             reason=common_pb2.UNBIND_REASON_OWNER_REQUEST,
         )
 
-    # -------------------------------------------------------------- checks
+
+class _ProviderSuite(_ProviderCalls):
+    """What the suite checks, rule by rule, over :class:`_ProviderCalls`."""
 
     def phases(self) -> list[list[Check]]:
         """The checks in phases: each phase runs after the previous one ended."""
