@@ -56,7 +56,7 @@ class Store:
         self.audit = AuditRepository(self._db)
         self.tickets = TicketRepository(self._db, self.audit)
         self.notices = NoticeRepository(self._db, self.audit)
-        self.deliveries = DeliveryRepository(self._db)
+        self.deliveries = DeliveryRepository(self._db, self.audit)
         self.replay = ReplayRepository(self._db)
         self.compliance = ComplianceRepository(self._db)
         self.routing = RoutingRepository(self._db, self.audit)
