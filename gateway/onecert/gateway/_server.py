@@ -26,7 +26,7 @@ from onecert.gateway._identity import (
     AssertionVerifier,
     MemoryReplayCache,
     ReplayCache,
-    ReplayCacheFullError,
+    ReplayCacheUnavailableError,
 )
 from onecert.gateway._listen import bind_port
 from onecert.gateway._lookup import QUERY_ID, LookupService
@@ -80,9 +80,10 @@ class BackgroundWorker(Protocol):
 class _FailClosedReplay:
     """A store-backed replay cache whose database failures refuse the assertion.
 
-    Raised as "cache full", the verifier answers RESOURCE_EXHAUSTED (try
-    again shortly) instead of letting an unknown error through, and never
-    accepts an assertion it could not remember.
+    Raised as "unavailable", the verifier answers UNAVAILABLE (the database,
+    not the gateway's capacity, is the trouble) instead of letting an
+    unknown error through, and never accepts an assertion it could not
+    remember.
     """
 
     def __init__(self, inner: StoreReplayCache) -> None:
@@ -93,7 +94,7 @@ class _FailClosedReplay:
             return await self._inner.remember(jti, expires_at)
         except Exception as exc:
             _log.error("replay_cache.unavailable", error=type(exc).__name__)
-            raise ReplayCacheFullError("the replay cache is unavailable") from exc
+            raise ReplayCacheUnavailableError("the replay cache is unavailable") from exc
 
 
 class _GatewayServicer(gateway_pb2_grpc.GatewayServicer):
