@@ -282,7 +282,11 @@ class GatewayServer:
         self.config = config
         self._owns_store = store is None and config.store is not None
         if store is None and config.store is not None:
-            store = Store.open(config.store.url, schema=config.store.schema)
+            # Replicas judge leases and expiry on the database's clock, unless
+            # a test runs the gateway on a clock of its own.
+            store = Store.open(
+                config.store.url, schema=config.store.schema, database_clock=clock is None
+            )
         self.store: Store | None = store
         if replay_cache is None:
             replay_cache = (

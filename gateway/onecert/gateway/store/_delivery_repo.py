@@ -83,6 +83,7 @@ class DeliveryRepository:
         lease = Lease.take(worker_id, limit=limit, lease_s=lease_s, now=resolve_now(now))
         d = deliveries.c
         async with self._db.write() as conn:
+            lease = lease.at(await self._db.clock(conn, lease.now))
             rows = await claim_leases(
                 conn,
                 _DELIVERIES,
