@@ -42,7 +42,8 @@ async def test_every_rpc_answers_unavailable_when_the_database_is_gone(
 ) -> None:
     """With its PostgreSQL cut off (every connection reset, the port closed), each Gateway
     RPC that needs the database answers UNAVAILABLE saying the database is unavailable:
-    never RESOURCE_EXHAUSTED "at capacity", never INTERNAL or UNKNOWN, no traceback."""
+    never RESOURCE_EXHAUSTED "at capacity", never INTERNAL or UNKNOWN, no traceback; the
+    one that needs none (GetRoutingKey) still answers."""
     await hz.carrier()
     await hz.provider("pay")
     await hz.provider("poller")
@@ -106,12 +107,24 @@ async def test_every_rpc_answers_unavailable_when_the_database_is_gone(
                 metadata=_principal("admin"),
                 timeout=10,
             ),
+            "GetRoutingKey": lambda: stub.GetRoutingKey(
+                gateway_pb2.GetRoutingKeyRequest(),
+                metadata=_principal("provider:pay"),
+                timeout=10,
+            ),
+            "PublishFilter": lambda: stub.PublishFilter(
+                gateway_pb2.PublishFilterRequest(opt_out=gateway_pb2.RoutingOptOut()),
+                metadata=_principal("provider:pay"),
+                timeout=10,
+            ),
         }
         # A new RPC must be added here too: what it answers without its database.
         gateway_rpcs = {n.rpartition("/")[2] for n in POLICY if n.startswith(_GATEWAY_SERVICE)}
         assert set(calls) == gateway_rpcs
         answers = {name: await _status(call) for name, call in calls.items()}
         await gateway.stop(0)
+    # The routing key comes from the gateway's key file: it needs no database.
+    assert answers.pop("GetRoutingKey") == (grpc.StatusCode.OK, "")
     for name, (code, details) in answers.items():
         assert code is grpc.StatusCode.UNAVAILABLE, (name, code, details)
         assert "database is unavailable" in details, (name, details)
