@@ -264,6 +264,14 @@ class Ledger:
             (request_id, account_ref, msisdn, reason, time.time()),
         )
 
+    def applied(self, request_id: str) -> bool:
+        """Whether an unbind with this request id was applied here."""
+        with closing(self._connect()) as conn:
+            row = conn.execute(
+                "SELECT 1 FROM applies WHERE request_id = ? LIMIT 1", (request_id,)
+            ).fetchone()
+        return row is not None
+
     def first_sight(self, request_id: str) -> bool:
         """True the first time a request id is seen here (for a manual review)."""
         changed = self._execute(

@@ -29,12 +29,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import json
 import os
 import random
 import statistics
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -43,6 +44,7 @@ from typing import Any
 import grpc
 import pytest
 from sqlalchemy import select
+from sqlalchemy.engine import make_url
 
 from onecert.gateway._attribution import Attribution
 from onecert.gateway._handles import HandleClaims, HandleSealer, load_handle_key
@@ -64,7 +66,7 @@ from onecert.gateway.store._rows import (
     notice_query,
     ticket_from_row,
 )
-from onecert.gateway.store.testing import Database
+from onecert.gateway.store.testing import Database, PrivatePostgres
 from onecert.sdk import (
     Binding,
     NoticePoller,
@@ -96,6 +98,7 @@ from stress.stress_support import (
     record_result,
     seeded,
 )
+from tests.hardening.hardening_net import ResettingProxy
 
 # Short by default (a smoke run); `make stress` sets the long values.
 CRASH_SECONDS = env_float("ONECERT_CRASH_SECONDS", 40.0)
@@ -156,6 +159,11 @@ class FlakyAccounts:
         self.rng = rng
         self.fail_rate = 0.15
         self.slow_rate = 0.1
+        # Share of applied unbinds after which the function dies before its
+        # answer is recorded (see unbind).
+        self.crash_after_apply_rate = 0.0
+        self.crashes_after_apply = 0
+        self.resumed = 0
         self.in_flight = 0
         # Set while no call runs in the adapter's functions.
         self.idle = asyncio.Event()
@@ -192,9 +200,20 @@ class FlakyAccounts:
                 request.request_id
             ):
                 return UnbindResult.pending("manual review")
+            if request.resumed:
+                # What the SDK asks of an implementer: an earlier call may
+                # have applied it; answer DONE without applying it again.
+                self.resumed += 1
+                if self.ledger.applied(request.request_id):
+                    return UnbindResult.done()
             self.ledger.apply(
                 request.request_id, request.account_ref, request.msisdn, request.reason.value
             )
+            if self.rng.random() < self.crash_after_apply_rate:
+                # Dies between its write and the SDK's record of the answer
+                # (the SDK's claim stays without an answer).
+                self.crashes_after_apply += 1
+                raise RuntimeError("crashed after applying")
             return UnbindResult.done()
 
     async def on_recycled(self, notice: RecycledNotice) -> int:
@@ -542,6 +561,8 @@ class Chaos:
     kills: int = 0
     kills_before_listening: int = 0
     starts: int = 0
+    # Starts that exited before listening (the database was down).
+    failed_starts: int = 0
     # Seconds from spawning the process to its listening.
     startups: list[float] = field(default_factory=list)
 
@@ -564,7 +585,17 @@ async def kill_loop(
             await asyncio.sleep(rng.uniform(0.0, 1.5))
         else:
             spawned = time.monotonic()
-            await gateway.wait_ready()
+            try:
+                await gateway.wait_ready()
+            except AssertionError:
+                if gateway.running:
+                    raise
+                # It exited before listening: a gateway refuses to start
+                # while its database cannot be reached (a supervisor starts
+                # it again, as this loop does).
+                chaos.failed_starts += 1
+                await asyncio.sleep(0.5)
+                continue
             chaos.startups.append(time.monotonic() - spawned)
             await asyncio.sleep(rng.uniform(0.3, 6.0))
         if not gateway.ready:
@@ -690,14 +721,31 @@ class CrashRun:
     """Everything one run needs: the gateway's configuration and processes,
     providers, the portal, the carrier, and the database seen from outside."""
 
-    def __init__(self, database: Database, keys: DevKeys, directory: Path) -> None:
+    def __init__(
+        self,
+        database: Database,
+        keys: DevKeys,
+        directory: Path,
+        *,
+        replicas: int = 1,
+        gateway_database: Database | None = None,
+    ) -> None:
         self.rng = seeded(SEED)
         self.database = database
         self.sites = {p: Site(p, directory, keys, seeded(self.rng.random())) for p in PUSH}
-        port = free_port()
-        self.target = f"127.0.0.1:{port}"
-        self.config = directory / "gateway.toml"
-        self.config.write_text(gateway_config(keys, database, port, self.sites))
+        ports = [free_port() for _ in range(replicas)]
+        # Several replicas: the clients fail over between them (pick_first).
+        self.target = (
+            f"127.0.0.1:{ports[0]}"
+            if replicas == 1
+            else "ipv4:" + ",".join(f"127.0.0.1:{p}" for p in ports)
+        )
+        self.configs = []
+        for index, port in enumerate(ports):
+            config = directory / f"gateway-{index}.toml"
+            config.write_text(gateway_config(keys, gateway_database or database, port, self.sites))
+            self.configs.append(config)
+        self.config = self.configs[0]
         self.log = directory / "gateway.log"
         self.live: list[GatewayProcess] = []
         self.sealer = HandleSealer(load_handle_key(keys.handle_key))
@@ -725,11 +773,46 @@ class CrashRun:
         self.stop = asyncio.Event()
         self.receipts: dict[str, str] = {}
 
-    async def spawn(self) -> GatewayProcess:
-        gateway = GatewayProcess(self.config, self.log)
+    async def spawn(self, replica: int = 0) -> GatewayProcess:
+        gateway = GatewayProcess(self.configs[replica], self.log)
         await gateway.spawn()
         self.live.append(gateway)
         return gateway
+
+    async def run_replicas_chaos(
+        self, faults: Callable[[asyncio.Event], Coroutine[Any, Any, None]]
+    ) -> None:
+        """Kill every replica at random, independently, while ``faults`` hits the database."""
+        for site in self.sites.values():
+            site.accounts.crash_after_apply_rate = 0.05
+            await site.up()
+        self._poll_task = asyncio.ensure_future(self.poller.run())
+        stop_events = asyncio.Event()
+
+        async def stop_events_early() -> None:
+            await _nap(self.stop, max(0.0, CRASH_SECONDS - NOTICE_DEADLINE_S / 2))
+            stop_events.set()
+
+        until = time.monotonic() + CRASH_SECONDS
+        async with asyncio.TaskGroup() as group:
+            for replica in range(len(self.configs)):
+                group.create_task(
+                    kill_loop(
+                        functools.partial(self.spawn, replica),
+                        self.stop,
+                        seeded(self.rng.random()),
+                        self.chaos,
+                        until=until,
+                    )
+                )
+            group.create_task(faults(self.stop))
+            group.create_task(self.portal.run(self.stop))
+            group.create_task(self.carrier.run(stop_events))
+            group.create_task(stop_events_early())
+            for site in self.sites.values():
+                group.create_task(site.flap(self.stop, seeded(self.rng.random())))
+            await self.stop.wait()
+            stop_events.set()
 
     async def run_chaos(self) -> None:
         """Kill the gateway again and again while everything else goes on."""
@@ -1082,3 +1165,126 @@ class Judge:
             self.figures[name] = len(ids)
             if ids:
                 self.bad.append(f"{name.removeprefix('audit_')}: {ids[:5]}")
+
+
+# ------------------------------------------------------------ two replicas
+
+
+@dataclass
+class DatabaseFaults:
+    cuts: int = 0
+    connections_cut: int = 0
+    restarts: int = 0
+    restart_down_s: float = 0.0
+
+
+async def database_faults(
+    stop: asyncio.Event,
+    proxy: ResettingProxy,
+    server: PrivatePostgres,
+    rng: random.Random,
+    faults: DatabaseFaults,
+) -> None:
+    """Cut every database connection every 15 to 25 s, and crash and restart the
+    database once, 40% into the run, for 4 s."""
+    restart_at = time.monotonic() + CRASH_SECONDS * 0.4
+    next_cut = time.monotonic() + rng.uniform(15.0, 25.0)
+    while not stop.is_set():
+        restart_due = faults.restarts == 0 and restart_at < next_cut
+        await _nap(stop, max(0.0, (restart_at if restart_due else next_cut) - time.monotonic()))
+        if stop.is_set():
+            break
+        if restart_due:
+            down = time.monotonic()
+            await asyncio.to_thread(server.stop, crash=True)
+            await _nap(stop, 4.0)
+            await asyncio.to_thread(server.start)
+            faults.restart_down_s = round(time.monotonic() - down, 1)
+            faults.restarts += 1
+            continue
+        before = proxy.connections
+        proxy.reset()
+        faults.cuts += 1
+        faults.connections_cut += before
+        next_cut = time.monotonic() + rng.uniform(15.0, 25.0)
+
+
+@pytest.fixture
+def private_pg() -> Iterator[PrivatePostgres]:
+    """A PostgreSQL server of the scenario's own, which it crashes and restarts."""
+    if PrivatePostgres.find() is None:
+        pytest.skip("no PostgreSQL server installed (initdb, pg_ctl)")
+    server = PrivatePostgres()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.mark.timeout(int(CRASH_SECONDS) + 600)
+async def test_two_replicas_through_database_faults_lose_nothing(
+    private_pg: PrivatePostgres, dev_keys: DevKeys, tmp_path: Path
+) -> None:
+    """Two gateway replicas on one PostgreSQL, each SIGKILLed at random, every database
+    connection cut every 15 to 25 s, the database crashed and restarted once, and providers
+    dying between applying an unbind and recording its answer: every acknowledged ticket
+    and notice ends final, nothing is applied twice or unasked, and the audit chain holds."""
+    started = time.monotonic()
+    async with Database.postgres(private_pg.url) as database:
+        proxy = ResettingProxy(f"127.0.0.1:{private_pg.port}")
+        proxied = make_url(database.url).set(port=int((await proxy.start()).rpartition(":")[2]))
+        gateway_database = Database(proxied.render_as_string(hide_password=False), database.schema)
+        faults = DatabaseFaults()
+        run = CrashRun(database, dev_keys, tmp_path, replicas=2, gateway_database=gateway_database)
+        try:
+            await run.run_replicas_chaos(
+                lambda stop: database_faults(
+                    stop, proxy, private_pg, seeded(run.rng.random()), faults
+                )
+            )
+            chaos_s = time.monotonic() - started
+            state, settled, report, audit = await run.quiesce()
+        finally:
+            await run.close()
+            await proxy.close()
+
+    judge = Judge(sealer=run.sealer, state=state)
+    judge.tickets(run.portal)
+    judge.receipts(run.receipts)
+    judge.applies({p: s.accounts.ledger for p, s in run.sites.items()})
+    judge.notices(run.carrier, report)
+    judge.unbind_report(report)
+    judge.actions({**{p: s.accounts.ledger for p, s in run.sites.items()}, POLL: run.forum.ledger})
+    judge.audit()
+    figures = {
+        "database": "postgresql (private, 2 replicas)",
+        "seed": SEED,
+        "kills": run.chaos.kills,
+        "kills_before_listening": run.chaos.kills_before_listening,
+        "gateway_starts": run.chaos.starts + 1,
+        "gateway_starts_refused_database_down": run.chaos.failed_starts,
+        "database_cuts": faults.cuts,
+        "database_connections_cut": faults.connections_cut,
+        "database_restarts": faults.restarts,
+        "database_restart_down_s": faults.restart_down_s,
+        "provider_restarts": sum(s.restarts for s in run.sites.values()),
+        "provider_crashes_after_apply": sum(
+            s.accounts.crashes_after_apply for s in run.sites.values()
+        ),
+        "provider_resumed_calls": sum(s.accounts.resumed for s in run.sites.values()),
+        "gateway_startup_median_s": round(statistics.median(run.chaos.startups or [0.0]), 1),
+        **judge.figures,
+        "violations": len(judge.bad),
+        "settled_before_timeout": settled,
+        "audit_rows_verified": audit.rows_checked,
+        "audit_chain_ok": audit.ok,
+        "chaos_seconds": round(chaos_s, 1),
+        "total_seconds": round(time.monotonic() - started, 1),
+    }
+    record_result("crash-replicas-postgresql", figures)
+    assert audit.ok, audit
+    assert settled, "tickets or deliveries still open after the quiet period"
+    assert faults.restarts == 1, "the database was not restarted: too short a run"
+    assert run.chaos.kills >= 3, f"only {run.chaos.kills} kills: too short a run to mean much"
+    assert not judge.bad, "\n".join(judge.bad[:40]) + f"\n({len(judge.bad)} in all) {figures}"

@@ -24,6 +24,7 @@ from onecert.gateway._identity import (
     IdentityError,
     MemoryReplayCache,
     ReplayCacheFullError,
+    ReplayCacheUnavailableError,
     bearer_token,
 )
 from onecert.sdk._keys import SigningKey, parse_jwks
@@ -525,6 +526,22 @@ async def test_full_replay_cache_is_resource_exhausted(
     verifier = make_verifier(replay=MemoryReplayCache(max_entries=1, clock=clock))
     await verifier.verify(mint())
     await refused(verifier, mint(), grpc.StatusCode.RESOURCE_EXHAUSTED, "replay_cache_full")
+
+
+class _UnreachableReplay:
+    """A replay cache whose database cannot be reached."""
+
+    async def remember(self, jti: str, expires_at: float) -> bool:
+        raise ReplayCacheUnavailableError("connection refused")
+
+
+async def test_unreachable_replay_cache_is_unavailable_not_capacity(
+    make_verifier: MakeVerifier, mint: Mint
+) -> None:
+    """A replay cache that cannot be reached refuses the assertion with UNAVAILABLE and
+    says so, instead of RESOURCE_EXHAUSTED "at capacity"."""
+    verifier = make_verifier(replay=_UnreachableReplay())
+    await refused(verifier, mint(), grpc.StatusCode.UNAVAILABLE, "replay_cache_unavailable")
 
 
 async def test_replay_entry_outlives_the_leeway(

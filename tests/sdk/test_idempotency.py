@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
 from onecert.sdk import (
+    CallInfo,
     IdempotencyStore,
     MemoryIdempotencyStore,
     Provider,
     Server,
     SQLiteIdempotencyStore,
     UnbindOutcome,
+    UnbindRequest,
     UnbindResult,
 )
 from onecert.sdk._idempotency import KeyedLocks
@@ -99,7 +103,7 @@ async def test_concurrent_duplicates_are_serialised(
 async def test_failed_adapter_call_is_not_remembered(
     provider: Provider, forum: FakeForum, store: IdempotencyStore
 ) -> None:
-    """An adapter failure stores nothing: the retry is applied normally."""
+    """An adapter failure records no answer: the retry calls the adapter again, told it resumes."""
     env = ProviderEnvironment(provider, idempotency=store)
     forum.error = RuntimeError("boom")
     with pytest.raises(CallError) as err:
@@ -108,6 +112,47 @@ async def test_failed_adapter_call_is_not_remembered(
     forum.error = None
     assert (await env.unbind(NUMBER, "u1", request_id="t-6")).outcome is UnbindOutcome.DONE
     assert forum.calls == ["unbind", "unbind"]
+    assert [r.resumed for r in forum.unbinds] == [False, True]
+
+
+async def test_claim_is_stored_before_the_adapter_runs(
+    forum: FakeForum, store: IdempotencyStore
+) -> None:
+    """While the adapter's function runs, the store already holds the request's claim
+    (account and hashed number, no answer); the answer replaces it."""
+    seen: list[str | None] = []
+    unbind = forum.unbind
+
+    async def looking(request: UnbindRequest, info: CallInfo) -> Any:
+        seen.append(await store.get("unbind:t-9"))
+        return await unbind(request, info)
+
+    forum.unbind = looking  # type: ignore[method-assign]  # observe the store mid-call
+    provider = Provider(
+        provider_id="example-forum", name="Forum", category="forum", implementation=forum
+    )
+    env = ProviderEnvironment(provider, idempotency=store)
+    assert (await env.unbind(NUMBER, "u1", request_id="t-9")).outcome is UnbindOutcome.DONE
+    assert seen[0] is not None
+    claim = json.loads(seen[0])
+    assert claim["outcome"] == "claimed"
+    assert claim["account_ref"] == "u1"
+    assert NUMBER.removeprefix("+") not in seen[0]
+    answer = json.loads(await store.get("unbind:t-9") or "{}")
+    assert answer["outcome"] == "done"
+    assert [r.resumed for r in forum.unbinds] == [False]
+
+
+async def test_pending_then_redelivered_is_not_resumed(
+    provider: Provider, forum: FakeForum, store: IdempotencyStore
+) -> None:
+    """A recorded PENDING answer is a finished call: the next delivery is not marked resumed."""
+    env = ProviderEnvironment(provider, idempotency=store)
+    forum.unbind_result = UnbindResult.pending("manual review")
+    await env.unbind(NUMBER, "u1", request_id="t-10")
+    forum.unbind_result = None
+    await env.unbind(NUMBER, "u1", request_id="t-10")
+    assert [r.resumed for r in forum.unbinds] == [False, False]
 
 
 async def test_sqlite_answers_survive_a_restart(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from onecert.adapters.sql import (
     SqlSite,
     parse_config,
 )
-from onecert.sdk import BindingKind, UnbindOutcome
+from onecert.sdk import BindingKind, CallInfo, UnbindOutcome, UnbindReason, UnbindRequest
 from onecert.sdk.conformance import check_provider
 from onecert.sdk.testing import CallError, FakeGateway, ProviderEnvironment, serve_in_process
 from tests.sql_adapter.sql_site import (
@@ -133,6 +133,37 @@ async def test_unbind_detaches_the_number_and_keeps_the_account(
         fresh = await env.unbind(UNBIND_NUMBER, UNBIND_ACCOUNT, request_id="ticket-2")
         assert fresh.outcome is UnbindOutcome.DONE
         assert await site_db.phone_of(UNBIND_ACCOUNT) is None
+
+
+async def test_resumed_unbind_of_a_detached_account_answers_done(
+    site_db: SiteDB, gateway: FakeGateway
+) -> None:
+    """An unbind whose earlier call committed and then died before its answer was recorded
+    (the SDK marks the redelivery resumed) answers DONE, not "no such account", and
+    changes nothing more; an unbind that is not resumed still answers REJECTED."""
+    site = await SqlSite.open(site_db.config())
+    try:
+        info = CallInfo(audience=site.provider.id, purpose="unbind", query_id="", warrant_id="")
+
+        def request(request_id: str, *, resumed: bool) -> UnbindRequest:
+            return UnbindRequest(
+                request_id=request_id,
+                msisdn=UNBIND_NUMBER,
+                account_ref=UNBIND_ACCOUNT,
+                reason=UnbindReason.OWNER_REQUEST,
+                resumed=resumed,
+            )
+
+        first = await site.unbind(request("ticket-r", resumed=False), info)
+        assert first.outcome is UnbindOutcome.DONE
+        after_first = await site_db.snapshot()
+        resumed = await site.unbind(request("ticket-r", resumed=True), info)
+        assert resumed.outcome is UnbindOutcome.DONE
+        assert await site_db.snapshot() == after_first
+        fresh = await site.unbind(request("ticket-s", resumed=False), info)
+        assert fresh.outcome is UnbindOutcome.REJECTED
+    finally:
+        await site.close()
 
 
 async def test_unbind_of_an_account_without_the_number_is_rejected(

@@ -22,5 +22,5 @@ def test_all_lists_exactly_the_public_names() -> None:
 
 
 def test_testing_module_exports_database() -> None:
-    """The test helper module exports its Database helper."""
-    assert testing.__all__ == ["Database"]
+    """The test helper module exports its Database helper and the private PostgreSQL server."""
+    assert testing.__all__ == ["Database", "PrivatePostgres"]

@@ -9,8 +9,11 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 import pytest
+from sqlalchemy import select
 
 from onecert.gateway.store import (
+    AuditDraft,
+    AuditValueError,
     ConflictError,
     DeliveryMode,
     DeliveryState,
@@ -19,6 +22,7 @@ from onecert.gateway.store import (
     NumberEventType,
     Store,
 )
+from onecert.gateway.store._models import audit_log
 
 MSISDN = "+8613800138000"
 MSISDN_HASH = hashlib.sha256(MSISDN.encode()).hexdigest()
@@ -322,3 +326,83 @@ async def test_concurrent_polls_and_acks_of_one_provider(
     )
     assert results[0] + results[1] == 12
     assert await store.deliveries.poll("blog", now=t0) == ([], False)
+
+
+def _row(kind: str) -> AuditDraft:
+    return AuditDraft(kind=kind, actor="provider:blog", subject="provider:blog", detail={})
+
+
+async def _audit_kinds(store: Store) -> list[str]:
+    async with store.engine.connect() as conn:
+        return list((await conn.scalars(select(audit_log.c.kind).order_by(audit_log.c.seq))).all())
+
+
+async def test_acks_confirmations_and_give_ups_commit_with_their_audit_rows(
+    store: Store, t0: datetime
+) -> None:
+    """A poll's acks and refusals, a confirmation and a push given up each append their
+    audit row in the transaction of the change: the row is there exactly when the change is."""
+    await _record(store, t0, "ev-1", providers=[("blog", "poll"), ("pay", "push")])
+    await _record(store, t0, "ev-2", providers=[("blog", "poll")])
+    batch, _ = await store.deliveries.poll("blog", now=t0)
+    settled = await store.deliveries.settle(
+        "blog",
+        [batch[0].jti],
+        {batch[1].jti: "invalid_key: no"},
+        now=t0,
+        audit=lambda acked, refused: AuditDraft(
+            kind="notice.acknowledged",
+            actor="provider:blog",
+            subject="provider:blog",
+            detail={"acknowledged": acked, "refused": refused},
+        ),
+    )
+    assert settled == (1, 1)
+    assert await store.deliveries.settle(
+        "blog", [batch[0].jti], {}, audit=lambda a, r: _row("x")
+    ) == (0, 0)
+    recorded = await store.deliveries.confirm_action(
+        "blog", batch[0].jti, bindings_removed=1, now=t0, audit=lambda ok: _row("notice.confirmed")
+    )
+    assert recorded
+    (push,) = await store.deliveries.claim_due(worker_id="w", now=t0)
+    assert await store.deliveries.mark_failed(
+        push.jti,
+        worker_id="w",
+        error="UNAUTHENTICATED",
+        next_attempt_at=None,
+        audit=_row("notice.undelivered"),
+    )
+    kinds = await _audit_kinds(store)
+    assert kinds.count("notice.acknowledged") == 1
+    assert kinds.count("notice.confirmed") == 1
+    assert kinds.count("notice.undelivered") == 1
+    assert "x" not in kinds  # nothing changed, no row
+    assert (await store.audit.verify()).ok
+
+
+async def test_an_audit_row_that_cannot_be_written_undoes_the_change(
+    store: Store, t0: datetime
+) -> None:
+    """When the audit row fails, the ack, the confirmation and the give-up it records are
+    rolled back with it: a crash or a failure never keeps one without the other."""
+    await _record(store, t0, providers=[("blog", "poll"), ("pay", "push")])
+    (blog,), _ = await store.deliveries.poll("blog", now=t0)
+    unfit = _row("NOT A KIND")
+    with pytest.raises(AuditValueError):
+        await store.deliveries.settle("blog", [blog.jti], {}, now=t0, audit=lambda a, r: unfit)
+    with pytest.raises(AuditValueError):
+        await store.deliveries.confirm_action(
+            "blog", blog.jti, bindings_removed=1, now=t0, audit=lambda ok: unfit
+        )
+    (push,) = await store.deliveries.claim_due(worker_id="w", now=t0)
+    with pytest.raises(AuditValueError):
+        await store.deliveries.mark_failed(
+            push.jti, worker_id="w", error="x", next_attempt_at=None, audit=unfit
+        )
+    for jti in (blog.jti, push.jti):
+        delivery = await store.deliveries.get(jti)
+        assert delivery is not None
+        assert delivery.state is DeliveryState.PENDING
+        assert delivery.acted_at is None
+    assert await _audit_kinds(store) == []

@@ -7,6 +7,8 @@ import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from onecert.gateway.testing import GatewayProcess
 from onecert.sdk import Binding, BindingKind
 from tests.unbind.unbind_support import UnbindWorld
@@ -69,3 +71,47 @@ async def test_sigkill_mid_delivery_then_restart_finishes_every_ticket(
     assert [t.state.value for t in finals] == ["DONE"] * TICKETS
     assert accounts.applied == dict.fromkeys(tickets, 1)
     assert {c.request_id for c in accounts.calls} == set(tickets)
+
+
+@pytest.mark.slow
+async def test_tickets_of_a_provider_down_past_their_lifetime_end_failed_across_kills(
+    env: UnbindWorld, tmp_path: Path
+) -> None:
+    """A provider down for longer than its tickets live, while the gateway is SIGKILLed
+    again and again: every ticket still ends FAILED, saying it expired and with the last
+    error, with its unbind.closed audit row, and the provider is never asked."""
+    bindings = {
+        env.FORMER: [
+            Binding(
+                account_ref=f"gone-{i}",
+                kind=BindingKind.PAYMENT,
+                bound_at=datetime(2013, 1, 1 + i, tzinfo=UTC),
+            )
+            for i in range(3)
+        ]
+    }
+    accounts = await env.provider("pay", bindings)
+    port = env.free_port()
+    config = tmp_path / "gateway.toml"
+    config.write_text(env.config_toml(listen_port=port, lease_s=1.5, ticket_ttl_s=6.0, workers=2))
+    log = tmp_path / "gateway.log"
+    async with GatewayProcess(config, log) as first:
+        result = env.result(await env.lookup(port), "pay", env.FORMER)
+        await env.stop_provider("pay")  # down from now on, past every ticket's lifetime
+        tickets = [(await env.unbind(port, b.handle)).ticket_id for b in result.bindings]
+        first.kill()
+        await first.wait()
+    for _ in range(3):  # restarted and killed while the tickets live
+        async with GatewayProcess(config, log) as gateway:
+            await asyncio.sleep(1.0)
+            gateway.kill()
+            await gateway.wait()
+    async with GatewayProcess(config, log):
+        finals = [await env.wait_final(t, within=30) for t in tickets]
+        closed = await env.wait_audit("unbind.closed")
+    assert [t.state.value for t in finals] == ["FAILED"] * len(tickets)
+    for ticket in finals:
+        assert ticket.last_error is not None
+        assert ticket.last_error.startswith("expired before the provider answered")
+    assert sorted(r["subject"] for r in closed) == sorted(tickets)
+    assert accounts.calls == []

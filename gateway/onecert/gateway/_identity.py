@@ -89,6 +89,10 @@ class ReplayCacheFullError(Exception):
     """The replay cache holds only live entries and cannot take another."""
 
 
+class ReplayCacheUnavailableError(Exception):
+    """The replay cache cannot be reached (its database is down or cut off)."""
+
+
 class ReplayCache(Protocol):
     """Remembers assertion ids while their assertions live.
 
@@ -96,7 +100,9 @@ class ReplayCache(Protocol):
     the issuer and the ``jti``. ``expires_at`` (seconds since the epoch) is the
     last instant at which the assertion could still be accepted; the entry may
     be forgotten after it. An implementation that cannot remember a new entry
-    raises :class:`ReplayCacheFullError` rather than answer True.
+    raises :class:`ReplayCacheFullError` (no room) or
+    :class:`ReplayCacheUnavailableError` (its storage cannot be reached)
+    rather than answer True.
     """
 
     async def remember(self, jti: str, expires_at: float) -> bool:
@@ -293,6 +299,15 @@ class AssertionVerifier:
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 "replay_cache_full",
                 "identity assertion not accepted: the gateway is at capacity, try again shortly",
+            ) from exc
+        except ReplayCacheUnavailableError as exc:
+            # Not capacity: the database that remembers assertion ids cannot
+            # be reached, so the assertion can be neither accepted nor refused.
+            raise IdentityError(
+                grpc.StatusCode.UNAVAILABLE,
+                "replay_cache_unavailable",
+                "identity assertion not checked: the gateway's database is unavailable; "
+                "try again later with a fresh assertion",
             ) from exc
         if not first:
             raise _unauthenticated(

@@ -53,7 +53,7 @@ from onecert.gateway._identity import (
 )
 from onecert.gateway._masking import mask_display_name
 from onecert.gateway._observers import NO_OBSERVER, Observer
-from onecert.gateway._refusal import Refusal
+from onecert.gateway._refusal import Refusal, store_call
 from onecert.sdk._msisdn import mask_msisdn, mask_numbers_in_text
 from onecert.v1 import common_pb2, gateway_pb2, provider_pb2
 
@@ -384,10 +384,19 @@ class LookupService:
         auditor: Auditor,
     ) -> AsyncIterator[gateway_pb2.LookupResponse]:
         # What the citizen was shown, in counts only: numbers, provider calls
-        # and how they ended. Written in the background once the call ends.
+        # and how they ended. Committed before the summary is sent, so a
+        # lookup the citizen saw complete always has its row; a lookup that
+        # ends otherwise is written in the background once the call ends.
         detail: dict[str, str | int | bool] = {"outcome": "error"}
         # Routing is audited with the lookup it serves: calls made, calls routed out.
         routed_out = 0
+        recorded = False
+
+        def routing() -> None:
+            if "provider_calls" in detail:
+                detail["routed_out"] = routed_out
+                detail["asked"] = int(detail["provider_calls"]) - routed_out
+
         try:
             async for response in responses:
                 update = response.WhichOneof("update")
@@ -404,6 +413,24 @@ class LookupService:
                         failed=total.failed,
                         skipped=total.skipped,
                     )
+                    detail["outcome"] = "ok"
+                    routing()
+                    # Queued now: the writer commits it even if this call is
+                    # cancelled while it waits, so no second row is spawned.
+                    recorded = True
+                    try:
+                        await store_call(
+                            auditor.record(
+                                "lookup",
+                                actor=auditor.citizen(citizen.sub),
+                                subject=f"query:{query_id}",
+                                detail=dict(detail),
+                            ),
+                            "audit_lookup",
+                        )
+                    except Refusal:
+                        recorded = False
+                        raise
                 yield response
             detail["outcome"] = "ok"
         except Refusal as refusal:
@@ -413,15 +440,14 @@ class LookupService:
             detail["outcome"] = "cancelled"
             raise
         finally:
-            if "provider_calls" in detail:
-                detail["routed_out"] = routed_out
-                detail["asked"] = int(detail["provider_calls"]) - routed_out
-            auditor.spawn(
-                "lookup",
-                actor=auditor.citizen(citizen.sub),
-                subject=f"query:{query_id}",
-                detail=detail,
-            )
+            if not recorded:
+                routing()
+                auditor.spawn(
+                    "lookup",
+                    actor=auditor.citizen(citizen.sub),
+                    subject=f"query:{query_id}",
+                    detail=detail,
+                )
 
     async def _identify(self, metadata: Metadata) -> Citizen:
         try:

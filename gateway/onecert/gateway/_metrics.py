@@ -116,6 +116,7 @@ IDENTITY_REASONS: Final = (
     "acr_unknown",
     "replayed",
     "replay_cache_full",
+    "replay_cache_unavailable",
     "other",
 )
 NOTICE_PUSH_OUTCOMES: Final = ("acknowledged", "retry", "failed")

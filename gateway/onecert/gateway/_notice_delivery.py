@@ -27,7 +27,7 @@ from onecert.gateway._channels import ChannelPool
 from onecert.gateway._config import NoticesConfig, ProviderConfig
 from onecert.gateway._notices import Clock, Doorbell, build_set, utc_now
 from onecert.gateway._observers import NO_OBSERVER, Observer
-from onecert.gateway.store import Delivery, Store
+from onecert.gateway.store import AuditDraft, Delivery, Store
 from onecert.sdk._set import SetIssuer
 from onecert.v1 import provider_pb2, provider_pb2_grpc
 
@@ -186,19 +186,21 @@ class NoticePusher:
             await self._retry(delivery, "the provider answered without acknowledging", log)
             return
         removed = response.bindings_removed if response.acted else None
-        changed = await self._store.deliveries.mark_delivered(
-            delivery.jti, acknowledged_at=self._clock(), bindings_removed=removed
-        )
-        self.observer.notice_pushed("acknowledged")
-        log.info("notice.pushed", attempts=delivery.attempts, acted=response.acted)
-        if removed is not None and changed and self._auditor is not None:
-            # The same row a polling provider's ConfirmEventAction writes.
-            self._auditor.spawn(
-                "notice.confirmed",
+        audit = None
+        if removed is not None and self._auditor is not None:
+            # The same row a polling provider's ConfirmEventAction writes,
+            # committed with the acknowledgement: both or neither.
+            audit = AuditDraft(
+                kind="notice.confirmed",
                 actor=f"provider:{delivery.provider_id}",
                 subject=f"jti:{delivery.jti}",
                 detail={"bindings_removed": removed, "recorded": True, "via": "push"},
             )
+        await self._store.deliveries.mark_delivered(
+            delivery.jti, acknowledged_at=self._clock(), bindings_removed=removed, audit=audit
+        )
+        self.observer.notice_pushed("acknowledged")
+        log.info("notice.pushed", attempts=delivery.attempts, acted=response.acted)
 
     def backoff(self, attempts: int) -> timedelta:
         """The pause after the ``attempts``-th failed push: exponential, with jitter.
@@ -225,14 +227,11 @@ class NoticePusher:
         log.info("notice.push_failed", error=error, attempts=delivery.attempts, retry_at=next_at)
 
     async def _give_up(self, delivery: Delivery, error: str, log: structlog.BoundLogger) -> None:
-        changed = await self._store.deliveries.mark_failed(
-            delivery.jti, worker_id=self.worker_id, error=error, next_attempt_at=None
-        )
-        self.observer.notice_pushed("failed")
-        log.warning("notice.undelivered", error=error, attempts=delivery.attempts)
-        if changed and self._auditor is not None:
-            self._auditor.spawn(
-                "notice.undelivered",
+        audit = None
+        if self._auditor is not None:
+            # Committed with the give-up: a crash keeps both or neither.
+            audit = AuditDraft(
+                kind="notice.undelivered",
                 actor="gateway",
                 subject=f"provider:{delivery.provider_id}",
                 detail={
@@ -241,3 +240,8 @@ class NoticePusher:
                     "attempts": delivery.attempts,
                 },
             )
+        await self._store.deliveries.mark_failed(
+            delivery.jti, worker_id=self.worker_id, error=error, next_attempt_at=None, audit=audit
+        )
+        self.observer.notice_pushed("failed")
+        log.warning("notice.undelivered", error=error, attempts=delivery.attempts)

@@ -355,14 +355,24 @@ class NoticeService:
                 f"provider {caller.id!r} receives notices by push (ReceiveEvent), not by polling",
             )
         max_events, errors = _check_poll(request)
+
         # Acknowledgements and errors first: what they settle is not handed
         # out again below. Unknown and other providers' jtis are ignored.
-        acked = await store_call(
-            self._store.deliveries.ack(caller.id, request.acks, now=self._clock()),
+        def audited(acked: int, refused: int) -> AuditDraft:
+            return AuditDraft(
+                kind="notice.acknowledged",
+                actor=caller.actor,
+                subject=f"provider:{caller.id}",
+                detail={"acknowledged": acked, "refused": refused, "via": "poll"},
+            )
+
+        # One transaction for both, with their audit row: a crash keeps all
+        # of it or none, and the provider's next poll settles what is left.
+        acked, refused = await store_call(
+            self._store.deliveries.settle(
+                caller.id, request.acks, errors, now=self._clock(), audit=audited
+            ),
             "ack_deliveries",
-        )
-        refused = await store_call(
-            self._store.deliveries.reject(caller.id, errors), "reject_deliveries"
         )
         batch, more = await store_call(
             self._store.deliveries.poll(caller.id, max_events=max_events, now=self._clock()),
@@ -372,12 +382,6 @@ class NoticeService:
             batch, more = await self._wait_for_notices(time_remaining, caller.id, max_events)
         if acked or refused:
             _log.info("notice.polled_acks", acknowledged=acked, refused=refused)
-            self._auditor.spawn(
-                "notice.acknowledged",
-                actor=caller.actor,
-                subject=f"provider:{caller.id}",
-                detail={"acknowledged": acked, "refused": refused, "via": "poll"},
-            )
         return gateway_pb2.PollEventsResponse(
             events=[
                 gateway_pb2.PolledEvent(jti=d.jti, set=build_set(self._sets, d)) for d in batch
@@ -414,7 +418,21 @@ class NoticeService:
                 acted_at = timestamp_arg(request.acted_at, "acted_at")
             except ValueError as exc:
                 raise invalid(str(exc)) from None
+
+        def audited(recorded: bool) -> AuditDraft:
+            return AuditDraft(
+                kind="notice.confirmed",
+                actor=caller.actor,
+                subject=f"jti:{request.jti}",
+                detail={
+                    "bindings_removed": request.bindings_removed,
+                    "recorded": recorded,
+                    "via": "poll",
+                },
+            )
+
         try:
+            # The audit row commits with the confirmation: both or neither.
             recorded = await store_call(
                 self._store.deliveries.confirm_action(
                     caller.id,
@@ -422,6 +440,7 @@ class NoticeService:
                     bindings_removed=request.bindings_removed,
                     acted_at=acted_at,
                     now=self._clock(),
+                    audit=audited,
                 ),
                 "confirm_action",
             )
@@ -430,16 +449,6 @@ class NoticeService:
                 grpc.StatusCode.NOT_FOUND, "no notice with this jti was sent to this provider"
             ) from None
         _log.info("notice.confirmed", jti=request.jti, recorded=recorded)
-        self._auditor.spawn(
-            "notice.confirmed",
-            actor=caller.actor,
-            subject=f"jti:{request.jti}",
-            detail={
-                "bindings_removed": request.bindings_removed,
-                "recorded": recorded,
-                "via": "poll",
-            },
-        )
         return gateway_pb2.ConfirmEventActionResponse(recorded=recorded)
 
 

@@ -26,7 +26,7 @@ from onecert.gateway._identity import (
     AssertionVerifier,
     MemoryReplayCache,
     ReplayCache,
-    ReplayCacheFullError,
+    ReplayCacheUnavailableError,
 )
 from onecert.gateway._listen import bind_port
 from onecert.gateway._lookup import QUERY_ID, LookupService
@@ -80,9 +80,10 @@ class BackgroundWorker(Protocol):
 class _FailClosedReplay:
     """A store-backed replay cache whose database failures refuse the assertion.
 
-    Raised as "cache full", the verifier answers RESOURCE_EXHAUSTED (try
-    again shortly) instead of letting an unknown error through, and never
-    accepts an assertion it could not remember.
+    Raised as "unavailable", the verifier answers UNAVAILABLE (the database,
+    not the gateway's capacity, is the trouble) instead of letting an
+    unknown error through, and never accepts an assertion it could not
+    remember.
     """
 
     def __init__(self, inner: StoreReplayCache) -> None:
@@ -93,7 +94,7 @@ class _FailClosedReplay:
             return await self._inner.remember(jti, expires_at)
         except Exception as exc:
             _log.error("replay_cache.unavailable", error=type(exc).__name__)
-            raise ReplayCacheFullError("the replay cache is unavailable") from exc
+            raise ReplayCacheUnavailableError("the replay cache is unavailable") from exc
 
 
 class _GatewayServicer(gateway_pb2_grpc.GatewayServicer):
@@ -281,7 +282,11 @@ class GatewayServer:
         self.config = config
         self._owns_store = store is None and config.store is not None
         if store is None and config.store is not None:
-            store = Store.open(config.store.url, schema=config.store.schema)
+            # Replicas judge leases and expiry on the database's clock, unless
+            # a test runs the gateway on a clock of its own.
+            store = Store.open(
+                config.store.url, schema=config.store.schema, database_clock=clock is None
+            )
         self.store: Store | None = store
         if replay_cache is None:
             replay_cache = (

@@ -26,7 +26,12 @@ if _version_not_supported:
 
 
 class GatewayStub:
-    """Missing associated documentation comment in .proto file."""
+    """Every RPC below also answers UNAVAILABLE ("the gateway's database is
+    unavailable; try again later") while the gateway cannot reach its database
+    (a restart, a cut connection): nothing was changed, or the change is
+    idempotent, so the same request may be sent again. RESOURCE_EXHAUSTED is
+    only ever about the gateway's own capacity or a rate limit.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -87,7 +92,12 @@ class GatewayStub:
 
 
 class GatewayServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Every RPC below also answers UNAVAILABLE ("the gateway's database is
+    unavailable; try again later") while the gateway cannot reach its database
+    (a restart, a cut connection): nothing was changed, or the change is
+    idempotent, so the same request may be sent again. RESOURCE_EXHAUSTED is
+    only ever about the gateway's own capacity or a rate limit.
+    """
 
     def Lookup(self, request, context):
         """Which numbers are registered under the caller's identity and which
@@ -107,7 +117,8 @@ class GatewayServicer:
         durable ticket; delivery to the provider happens in the background.
         The same handle twice gives the same ticket.
         Errors: UNAUTHENTICATED, INVALID_ARGUMENT (malformed or expired handle),
-        PERMISSION_DENIED (handle sealed for another citizen or altered).
+        PERMISSION_DENIED (handle sealed for another citizen or altered),
+        UNAVAILABLE (the gateway's database cannot be reached; send it again).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -257,7 +268,12 @@ def add_GatewayServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Gateway:
-    """Missing associated documentation comment in .proto file."""
+    """Every RPC below also answers UNAVAILABLE ("the gateway's database is
+    unavailable; try again later") while the gateway cannot reach its database
+    (a restart, a cut connection): nothing was changed, or the change is
+    idempotent, so the same request may be sent again. RESOURCE_EXHAUSTED is
+    only ever about the gateway's own capacity or a rate limit.
+    """
 
     @staticmethod
     def Lookup(request,

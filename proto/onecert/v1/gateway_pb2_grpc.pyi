@@ -42,6 +42,13 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class GatewayStub:
+    """Every RPC below also answers UNAVAILABLE ("the gateway's database is
+    unavailable; try again later") while the gateway cannot reach its database
+    (a restart, a cut connection): nothing was changed, or the change is
+    idempotent, so the same request may be sent again. RESOURCE_EXHAUSTED is
+    only ever about the gateway's own capacity or a rate limit.
+    """
+
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
@@ -60,7 +67,8 @@ class GatewayStub:
     durable ticket; delivery to the provider happens in the background.
     The same handle twice gives the same ticket.
     Errors: UNAUTHENTICATED, INVALID_ARGUMENT (malformed or expired handle),
-    PERMISSION_DENIED (handle sealed for another citizen or altered).
+    PERMISSION_DENIED (handle sealed for another citizen or altered),
+    UNAVAILABLE (the gateway's database cannot be reached; send it again).
     """
     GetUnbind: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetUnbindRequest, _gateway_pb2.GetUnbindResponse]
     """The receipt of an unbind ticket. Only the citizen who opened it may read
@@ -115,6 +123,13 @@ class GatewayStub:
 
 @_typing.type_check_only
 class GatewayAsyncStub(GatewayStub):
+    """Every RPC below also answers UNAVAILABLE ("the gateway's database is
+    unavailable; try again later") while the gateway cannot reach its database
+    (a restart, a cut connection): nothing was changed, or the change is
+    idempotent, so the same request may be sent again. RESOURCE_EXHAUSTED is
+    only ever about the gateway's own capacity or a rate limit.
+    """
+
     def __init__(self, channel: _aio.Channel) -> None: ...
     Lookup: _aio.UnaryStreamMultiCallable[_gateway_pb2.LookupRequest, _gateway_pb2.LookupResponse]  # type: ignore[assignment]
     """Which numbers are registered under the caller's identity and which
@@ -130,7 +145,8 @@ class GatewayAsyncStub(GatewayStub):
     durable ticket; delivery to the provider happens in the background.
     The same handle twice gives the same ticket.
     Errors: UNAUTHENTICATED, INVALID_ARGUMENT (malformed or expired handle),
-    PERMISSION_DENIED (handle sealed for another citizen or altered).
+    PERMISSION_DENIED (handle sealed for another citizen or altered),
+    UNAVAILABLE (the gateway's database cannot be reached; send it again).
     """
     GetUnbind: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetUnbindRequest, _gateway_pb2.GetUnbindResponse]  # type: ignore[assignment]
     """The receipt of an unbind ticket. Only the citizen who opened it may read
@@ -184,6 +200,13 @@ class GatewayAsyncStub(GatewayStub):
     """
 
 class GatewayServicer(metaclass=_abc_1.ABCMeta):
+    """Every RPC below also answers UNAVAILABLE ("the gateway's database is
+    unavailable; try again later") while the gateway cannot reach its database
+    (a restart, a cut connection): nothing was changed, or the change is
+    idempotent, so the same request may be sent again. RESOURCE_EXHAUSTED is
+    only ever about the gateway's own capacity or a rate limit.
+    """
+
     @_abc_1.abstractmethod
     def Lookup(
         self,
@@ -209,7 +232,8 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         durable ticket; delivery to the provider happens in the background.
         The same handle twice gives the same ticket.
         Errors: UNAUTHENTICATED, INVALID_ARGUMENT (malformed or expired handle),
-        PERMISSION_DENIED (handle sealed for another citizen or altered).
+        PERMISSION_DENIED (handle sealed for another citizen or altered),
+        UNAVAILABLE (the gateway's database cannot be reached; send it again).
         """
 
     @_abc_1.abstractmethod

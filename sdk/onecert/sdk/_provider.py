@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterable, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
@@ -192,7 +193,10 @@ class Provider(Adapter):
 
         Detach ``request.msisdn`` from ``request.account_ref``; answer
         ``UnbindResult.rejected("no such account")`` for an unknown account.
-        A request id already answered DONE or REJECTED never reaches it again.
+        A request id already answered DONE or REJECTED never reaches it again;
+        ``request.resumed`` says an earlier call for it started and its
+        answer was never recorded (it may have applied the unbind): answer
+        DONE if the number is already detached from the account.
         """
         self._register("_unbind", fn, "request")
         return fn
@@ -385,14 +389,24 @@ class ProviderCore:
             if stored is not None and stored.get("fp") != fingerprint:
                 log.warning("unbind.request_id_reused")
                 raise _invalid("request_id was already used for a different unbind")
-            if stored is not None and stored.get("outcome") != UnbindOutcome.PENDING.value:
+            if stored is not None and stored.get("outcome") not in _NOT_FINAL:
                 log.info("unbind.replayed", outcome=stored.get("outcome"))
                 return _unbind_response(stored)
+            # A claim with no answer: an earlier call started the adapter's
+            # function and never recorded what it answered (killed, failed).
+            resumed = stored is not None and stored.get("outcome") == _CLAIMED
+            if resumed:
+                log.warning("unbind.resumed")
+            # The claim is durable before the adapter runs, so a process
+            # killed between the adapter's write and the answer's record is
+            # detected on redelivery instead of looking like a first call.
+            await _store_put(self._store, key, _unbind_claim(fingerprint, request))
             value = UnbindRequest(
                 request_id=request.request_id,
                 msisdn=msisdn,
                 account_ref=request.account_ref,
                 reason=reason,
+                resumed=resumed,
             )
             assert self.provider._unbind is not None  # checked in __init__
             result = await invoke(self.provider._unbind, value, info)  # same package
@@ -467,6 +481,24 @@ class ProviderCore:
             await _store_put(self._store, key, record)
         log.info("notice.received", acted=record["acted"], removed=record["removed"])
         return _event_response(record)
+
+
+# The outcome of a claim: written before the adapter's function runs,
+# replaced by its answer once it returns.
+_CLAIMED = "claimed"
+_NOT_FINAL = frozenset({UnbindOutcome.PENDING.value, _CLAIMED})
+
+
+def _unbind_claim(fingerprint: str, request: provider_pb2.UnbindRequest) -> dict[str, Any]:
+    # The intent: which account, and the number hashed (the store holds no
+    # raw msisdn); the request id is the key.
+    return {
+        "fp": fingerprint,
+        "outcome": _CLAIMED,
+        "account_ref": request.account_ref,
+        "msisdn_sha256": sha256_hex(request.msisdn),
+        "claimed_at": time.time(),
+    }
 
 
 def _unbind_record(fingerprint: str, response: provider_pb2.UnbindResponse) -> dict[str, Any]:

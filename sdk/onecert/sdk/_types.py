@@ -174,16 +174,24 @@ class UnbindRequest:
         request_id: the gateway's idempotency key (the unbind ticket id). The
             SDK already answers a repeated request id with the first final
             answer, so your function sees each one until it answers DONE or
-            REJECTED.
+            REJECTED. Record it with your change (in the same transaction)
+            if you want your write itself to be idempotent.
         msisdn: the number, E.164.
         account_ref: the account, as your ``list_bindings`` returned it.
         reason: why.
+        resumed: True when an earlier call of your function for this
+            ``request_id`` started and its answer was never recorded (the
+            process was killed, the function failed): that call may have
+            applied the unbind. Answer as the first call would have: DONE if
+            the number is now detached from the account, never "no such
+            account" merely because the earlier call already detached it.
     """
 
     request_id: str
     msisdn: str
     account_ref: str
     reason: UnbindReason
+    resumed: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(

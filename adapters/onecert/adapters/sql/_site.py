@@ -702,7 +702,7 @@ class SqlSite:
             raise QueryFailedError(
                 f"{progress.stage} failed during an unbind: {exc}{note}"
             ) from None
-        return self._answer(applied, request.request_id)
+        return self._answer(applied, request.request_id, resumed=request.resumed)
 
     def _note_partial(self, request_id: str) -> None:
         # An attempt that failed after changing rows of a table that cannot
@@ -711,7 +711,7 @@ class SqlSite:
         if self._non_transactional:
             self._partial.add(request_id)
 
-    def _answer(self, applied: _Applied, request_id: str) -> UnbindResult:
+    def _answer(self, applied: _Applied, request_id: str, *, resumed: bool) -> UnbindResult:
         if applied.committed:
             if applied.count:
                 self._partial.discard(request_id)
@@ -719,6 +719,14 @@ class SqlSite:
             if request_id in self._partial and not applied.still_bound:
                 self._partial.discard(request_id)
                 log.info("unbind finished by an earlier attempt whose changes stand")
+                return UnbindResult.done()
+            if resumed and not applied.still_bound:
+                # An earlier attempt for this request id started and its
+                # answer was never recorded (the process was killed after
+                # the commit): the number is detached, as that attempt
+                # would have answered. Nothing tells that commit apart from
+                # an account detached some other way; both are detached.
+                log.info("unbind resumed: the number is already detached from the account")
                 return UnbindResult.done()
             return UnbindResult.rejected(NO_SUCH_ACCOUNT)
         problems = []

@@ -54,6 +54,10 @@ class Lease:
             raise ValueError("limit must be >= 1 and lease_s > 0")
         return cls(worker_id, limit, now, now + timedelta(seconds=lease_s))
 
+    def at(self, now: datetime) -> Lease:
+        """The same lease taken at ``now`` (the database's clock) instead."""
+        return Lease(self.worker_id, self.limit, now, now + (self.until - self.now))
+
 
 async def claim(
     conn: AsyncConnection,

@@ -13,6 +13,7 @@ import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Table, func, select
@@ -38,11 +39,14 @@ class StoreDatabase:
     touch the engine themselves.
     """
 
-    def __init__(self, engine: AsyncEngine, *, schema: str | None = None) -> None:
+    def __init__(
+        self, engine: AsyncEngine, *, schema: str | None = None, database_clock: bool = False
+    ) -> None:
         """Wrap an engine (``Store.open`` builds it, with the SQLite settings)."""
         self._engine = engine
         self._schema = schema
         self._dialect = engine.dialect.name
+        self._database_clock = database_clock and self._dialect == "postgresql"
         self._writer = engine.execution_options(**{BEGIN_OPTION: "IMMEDIATE"})
         # For a write that is one statement: no BEGIN/COMMIT round trips; the
         # statement is atomic and durable on its own.
@@ -61,6 +65,22 @@ class StoreDatabase:
     def dialect(self) -> str:
         """``"sqlite"`` or ``"postgresql"``."""
         return self._dialect
+
+    async def clock(self, conn: AsyncConnection, now: datetime) -> datetime:
+        """The time a write transaction works with: ``now`` (the caller's clock), or,
+        with the database clock, the database's ``now()`` in ``conn``'s transaction.
+
+        Replicas whose clocks disagree then take leases, judge due and expired
+        work and stamp new work on one clock, the database's: a replica a few
+        seconds ahead cannot take a lease another still holds, nor expire a
+        ticket early.
+        """
+        if not self._database_clock:
+            return now
+        value = await conn.scalar(select(func.now()))
+        if not isinstance(value, datetime):
+            raise TypeError("now() did not return a timestamp")
+        return value
 
     async def close(self) -> None:
         """Close every pooled connection."""

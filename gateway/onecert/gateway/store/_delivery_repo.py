@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from onecert.gateway.store._audit_repo import AuditRepository
 from onecert.gateway.store._claims import Lease, WorkQueue, claim, claim_leases
 from onecert.gateway.store._database import StoreDatabase
 from onecert.gateway.store._models import deliveries
@@ -23,7 +24,13 @@ from onecert.gateway.store._rows import (
     instant,
     resolve_now,
 )
-from onecert.gateway.store._types import Delivery, DeliveryMode, DeliveryState, NotFoundError
+from onecert.gateway.store._types import (
+    AuditDraft,
+    Delivery,
+    DeliveryMode,
+    DeliveryState,
+    NotFoundError,
+)
 
 __all__ = ["DeliveryRepository"]
 
@@ -32,10 +39,16 @@ _PENDING = DeliveryState.PENDING.value
 
 
 class DeliveryRepository:
-    """Each provider's copy of a notice and what the provider did (``store.deliveries``)."""
+    """Each provider's copy of a notice and what the provider did (``store.deliveries``).
 
-    def __init__(self, db: StoreDatabase) -> None:
+    The methods that record what a provider did take an ``audit`` draft (or a
+    callback giving one) appended in the same transaction as the change, so a
+    crash keeps both or neither.
+    """
+
+    def __init__(self, db: StoreDatabase, audit: AuditRepository) -> None:
         self._db = db
+        self._audit = audit
 
     async def get(self, jti: str) -> Delivery | None:
         """The delivery with this SET ``jti``, or None."""
@@ -70,6 +83,7 @@ class DeliveryRepository:
         lease = Lease.take(worker_id, limit=limit, lease_s=lease_s, now=resolve_now(now))
         d = deliveries.c
         async with self._db.write() as conn:
+            lease = lease.at(await self._db.clock(conn, lease.now))
             rows = await claim_leases(
                 conn,
                 _DELIVERIES,
@@ -89,6 +103,7 @@ class DeliveryRepository:
         *,
         acknowledged_at: datetime | None = None,
         bindings_removed: int | None = None,
+        audit: AuditDraft | None = None,
     ) -> bool:
         """A push was acknowledged by the provider: the delivery is done.
 
@@ -96,7 +111,8 @@ class DeliveryRepository:
         already acted) also records the action at ``acknowledged_at``.
         True if this changed the delivery; False if it was no longer
         PENDING. The lease is released whoever held it (an acknowledgement
-        is a fact, not a claim).
+        is a fact, not a claim). ``audit`` is appended with the change (not
+        when nothing changed).
         """
         at = resolve_now(acknowledged_at)
         d = deliveries.c
@@ -115,7 +131,10 @@ class DeliveryRepository:
             result = await conn.execute(
                 update(deliveries).where(d.jti == jti, d.state == _PENDING).values(**values)
             )
-            return bool(result.rowcount)
+            changed = bool(result.rowcount)
+            if changed and audit is not None:
+                await self._audit.chain(conn, [audit], at)
+            return changed
 
     async def mark_failed(
         self,
@@ -124,10 +143,12 @@ class DeliveryRepository:
         worker_id: str,
         error: str,
         next_attempt_at: datetime | None,
+        audit: AuditDraft | None = None,
     ) -> bool:
         """A push attempt failed: retry at ``next_attempt_at``, or give up (None: FAILED).
 
         Only the worker holding the lease may do this; True if it did.
+        ``audit`` is appended with the change (not when nothing changed).
         """
         d = deliveries.c
         values: dict[str, Any] = {
@@ -145,7 +166,10 @@ class DeliveryRepository:
                 .where(d.jti == jti, d.state == _PENDING, d.lease_owner == worker_id)
                 .values(**values)
             )
-            return bool(result.rowcount)
+            changed = bool(result.rowcount)
+            if changed and audit is not None:
+                await self._audit.chain(conn, [audit], resolve_now(None))
+            return changed
 
     async def poll(
         self,
@@ -202,6 +226,68 @@ class DeliveryRepository:
         )
         return list(ids.all())
 
+    async def settle(
+        self,
+        provider_id: str,
+        acks: Iterable[str],
+        errors: Mapping[str, str],
+        *,
+        now: datetime | None = None,
+        audit: Callable[[int, int], AuditDraft] | None = None,
+    ) -> tuple[int, int]:
+        """A poll's acknowledgements and refusals, in one transaction: ``(acked, refused)``.
+
+        As :meth:`ack` then :meth:`reject` (a jti both acknowledged and
+        refused counts as acknowledged). ``audit(acked, refused)`` gives the
+        row appended with the change, when anything changed.
+        """
+        now = resolve_now(now)
+        wanted = set(acks)
+        refusals = {jti: text for jti, text in errors.items() if jti not in wanted}
+        if not wanted and not refusals:
+            return 0, 0
+        async with self._db.write() as conn:
+            ids = await self._lock_pending(conn, provider_id, wanted | set(refusals))
+            acked = await self._ack_locked(conn, [i for i in ids if i in wanted], now)
+            refused = [i for i in ids if i in refusals]
+            await self._reject_locked(conn, refused, refusals)
+            if audit is not None and (acked or refused):
+                await self._audit.chain(conn, [audit(acked, len(refused))], now)
+        return acked, len(refused)
+
+    async def _ack_locked(self, conn: AsyncConnection, ids: list[str], now: datetime) -> int:
+        if not ids:
+            return 0
+        d = deliveries.c
+        result = await conn.execute(
+            update(deliveries)
+            .where(d.jti.in_(ids), d.state == _PENDING)
+            .values(
+                state=DeliveryState.ACKNOWLEDGED.value,
+                acknowledged_at=now,
+                delivered_at=func.coalesce(d.delivered_at, instant(now)),
+                lease_owner=None,
+                lease_until=None,
+            )
+        )
+        return int(result.rowcount)
+
+    async def _reject_locked(
+        self, conn: AsyncConnection, ids: list[str], errors: Mapping[str, str]
+    ) -> None:
+        d = deliveries.c
+        for jti in ids:
+            await conn.execute(
+                update(deliveries)
+                .where(d.jti == jti)
+                .values(
+                    state=DeliveryState.FAILED.value,
+                    last_error=error_text(errors[jti] or "refused by the provider"),
+                    lease_owner=None,
+                    lease_until=None,
+                )
+            )
+
     async def ack(
         self, provider_id: str, jtis: Iterable[str], *, now: datetime | None = None
     ) -> int:
@@ -213,23 +299,9 @@ class DeliveryRepository:
         wanted = set(jtis)
         if not wanted:
             return 0
-        d = deliveries.c
         async with self._db.write() as conn:
             ids = await self._lock_pending(conn, provider_id, wanted)
-            if not ids:
-                return 0
-            result = await conn.execute(
-                update(deliveries)
-                .where(d.jti.in_(ids), d.state == _PENDING)
-                .values(
-                    state=DeliveryState.ACKNOWLEDGED.value,
-                    acknowledged_at=now,
-                    delivered_at=func.coalesce(d.delivered_at, instant(now)),
-                    lease_owner=None,
-                    lease_until=None,
-                )
-            )
-            return int(result.rowcount)
+            return await self._ack_locked(conn, ids, now)
 
     async def reject(self, provider_id: str, errors: Mapping[str, str]) -> int:
         """The provider could not process these SETs (RFC 8936 ``setErrs``): FAILED.
@@ -238,20 +310,9 @@ class DeliveryRepository:
         """
         if not errors:
             return 0
-        d = deliveries.c
         async with self._db.write() as conn:
             ids = await self._lock_pending(conn, provider_id, errors)
-            for jti in ids:
-                await conn.execute(
-                    update(deliveries)
-                    .where(d.jti == jti)
-                    .values(
-                        state=DeliveryState.FAILED.value,
-                        last_error=error_text(errors[jti] or "refused by the provider"),
-                        lease_owner=None,
-                        lease_until=None,
-                    )
-                )
+            await self._reject_locked(conn, ids, errors)
         return len(ids)
 
     async def confirm_action(
@@ -262,8 +323,11 @@ class DeliveryRepository:
         bindings_removed: int,
         acted_at: datetime | None = None,
         now: datetime | None = None,
+        audit: Callable[[bool], AuditDraft] | None = None,
     ) -> bool:
         """The provider says it acted on a notice; False if it had already confirmed.
+
+        ``audit(recorded)`` gives the row appended in the same transaction.
 
         ``acted_at`` defaults to ``now`` (the receipt time) and is capped at
         it: an action cannot be confirmed before it happened. A confirmation
@@ -286,6 +350,8 @@ class DeliveryRepository:
             if row is None:
                 raise NotFoundError("no such notice for this provider")
             if row.acted_at is not None:
+                if audit is not None:
+                    await self._audit.chain(conn, [audit(False)], now)
                 return False
             values: dict[str, Any] = {
                 "acted_at": acted,
@@ -301,4 +367,6 @@ class DeliveryRepository:
                     lease_until=None,
                 )
             await conn.execute(update(deliveries).where(d.jti == jti).values(**values))
+            if audit is not None:
+                await self._audit.chain(conn, [audit(True)], now)
         return True

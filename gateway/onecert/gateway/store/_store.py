@@ -56,7 +56,7 @@ class Store:
         self.audit = AuditRepository(self._db)
         self.tickets = TicketRepository(self._db, self.audit)
         self.notices = NoticeRepository(self._db, self.audit)
-        self.deliveries = DeliveryRepository(self._db)
+        self.deliveries = DeliveryRepository(self._db, self.audit)
         self.replay = ReplayRepository(self._db)
         self.compliance = ComplianceRepository(self._db)
         self.routing = RoutingRepository(self._db, self.audit)
@@ -70,6 +70,7 @@ class Store:
         busy_timeout_ms: int = 5000,
         pool_size: int = 5,
         echo: bool = False,
+        database_clock: bool = False,
     ) -> Store:
         """Create a store for ``url`` (nothing is connected until first use).
 
@@ -83,6 +84,11 @@ class Store:
             busy_timeout_ms: SQLite only: how long to wait for the write lock.
             pool_size: PostgreSQL only: connections kept open per process.
             echo: log every SQL statement (debugging).
+            database_clock: PostgreSQL only: leases, due and expiry times and
+                new tickets are judged and stamped with the database's
+                ``now()``, not the caller's ``now`` (replicas whose clocks
+                disagree then agree); off, the caller's time is used (tests
+                with a clock of their own).
         """
         url = normalize_url(url)
         if make_url(url).get_backend_name() == "postgresql":
@@ -98,7 +104,7 @@ class Store:
                 pool_pre_ping=True,
                 echo=echo,
             )
-            return cls(StoreDatabase(engine, schema=schema))
+            return cls(StoreDatabase(engine, schema=schema, database_clock=database_clock))
         if schema is not None:
             raise ValueError("schema applies to PostgreSQL only")
         engine = create_async_engine(url, echo=echo)

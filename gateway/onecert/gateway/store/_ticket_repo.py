@@ -79,6 +79,7 @@ class TicketRepository:
         another citizen or provider (a handle names both, so this is a bug).
         """
         now = resolve_now(now)
+        expires_at = aware(expires_at, "expires_at")
         values = {
             "ticket_id": new_id("ut_"),
             "handle_digest": check_text("handle_digest", handle_digest, 64),
@@ -91,17 +92,28 @@ class TicketRepository:
             "attempts": 0,
             "created_at": now,
             "updated_at": now,
-            "expires_at": aware(expires_at, "expires_at"),
+            "expires_at": expires_at,
             "next_attempt_at": now,
         }
         t = unbind_tickets.c
-        stmt = (
-            self._db.insert(unbind_tickets)
-            .values(**values)
-            .on_conflict_do_nothing(index_elements=[t.handle_digest])
-            .returning(t.ticket_id)
-        )
         async with self._db.write() as conn:
+            # On the database's clock, the ticket keeps the lifetime it was
+            # given (expires_at - now) from the database's now.
+            stamped = await self._db.clock(conn, now)
+            if stamped != now:
+                values.update(
+                    created_at=stamped,
+                    updated_at=stamped,
+                    next_attempt_at=stamped,
+                    expires_at=stamped + (expires_at - now),
+                )
+                now = stamped
+            stmt = (
+                self._db.insert(unbind_tickets)
+                .values(**values)
+                .on_conflict_do_nothing(index_elements=[t.handle_digest])
+                .returning(t.ticket_id)
+            )
             created = (await conn.execute(stmt)).first() is not None
             # Under READ COMMITTED this read sees a row a racing request
             # committed (ON CONFLICT waited for it).
@@ -149,9 +161,10 @@ class TicketRepository:
         the audit row of each, appended in the same transaction.
         """
         lease = Lease.take(worker_id, limit=limit, lease_s=lease_s, now=resolve_now(now))
-        now = lease.now
         t = unbind_tickets.c
         async with self._db.write() as conn:
+            lease = lease.at(await self._db.clock(conn, lease.now))
+            now = lease.now
             closed = await self._expire(
                 conn, now, want_rows=expired is not None or audit_expired is not None
             )

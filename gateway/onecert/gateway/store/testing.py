@@ -16,7 +16,12 @@ can share one server.
 
 from __future__ import annotations
 
+import os
 import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -29,7 +34,7 @@ from sqlalchemy.pool import NullPool
 from onecert.gateway.store._engine import normalize_url
 from onecert.gateway.store._store import Store
 
-__all__ = ["Database"]
+__all__ = ["Database", "PrivatePostgres"]
 
 
 @dataclass(frozen=True)
@@ -78,3 +83,111 @@ class Database:
                     await conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
         finally:
             await engine.dispose()
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of the test's own (``initdb`` and ``pg_ctl`` from the
+    installed server), on its own port and a fresh data directory, that a test may
+    stop, crash and start again without touching any shared server.
+
+    Run as root, the server runs as the ``postgres`` user (``initdb`` refuses
+    root), in a directory under the system's temporary directory that it owns.
+    :meth:`find` tells whether the server binaries are installed; :meth:`close`
+    stops the server and removes its directory.
+
+    Args:
+        port: the TCP port on 127.0.0.1; a free one by default.
+    """
+
+    def __init__(self, *, port: int | None = None) -> None:
+        bindir = self.find()
+        if bindir is None:
+            raise FileNotFoundError(
+                "no PostgreSQL server (initdb, pg_ctl) under /usr/lib/postgresql"
+            )
+        self._bin = bindir
+        self.port = port or _free_port()
+        self.directory = Path(tempfile.mkdtemp(prefix="onecert-pg-"))
+        self._data = self.directory / "data"
+        self._initialised = False
+
+    @staticmethod
+    def find() -> Path | None:
+        """The newest installed server's ``bin`` directory, or None."""
+        found = sorted(
+            Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+            key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
+        )
+        return found[-1].parent if found else None
+
+    @property
+    def url(self) -> str:
+        """The SQLAlchemy URL of its ``postgres`` database (user postgres, trust)."""
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *args: str) -> None:
+        command = [str(self._bin / args[0]), *args[1:]]
+        if os.geteuid() == 0:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)  # noqa: S603  # fixed binaries, our own arguments
+        if done.returncode != 0:
+            raise RuntimeError(f"{args[0]} failed ({done.returncode}): {done.stderr.strip()}")
+
+    def _prepare(self) -> None:
+        if self._initialised:
+            return
+        if os.geteuid() == 0:
+            shutil.chown(self.directory, "postgres", "postgres")
+        self._run("initdb", "-D", str(self._data), "-A", "trust", "-U", "postgres", "-E", "UTF8")
+        self._initialised = True
+
+    def start(self) -> None:
+        """Start the server (initialising its data directory the first time); waits until
+        it accepts connections."""
+        self._prepare()
+        options = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 "
+            f"-c unix_socket_directories={self.directory} -c fsync=off"
+        )
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self._data),
+            "-o",
+            options,
+            "-l",
+            str(self.directory / "log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
+
+    def stop(self, *, crash: bool = False) -> None:
+        """Stop the server: a fast shutdown, or with ``crash`` an immediate one (no
+        checkpoint, recovery at the next start, as after a power cut)."""
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self._data),
+            "-m",
+            "immediate" if crash else "fast",
+            "-w",
+            "-t",
+            "60",
+            "stop",
+        )
+
+    def close(self) -> None:
+        """Stop the server if it runs and remove its directory."""
+        try:
+            if (self._data / "postmaster.pid").exists():
+                self.stop(crash=True)
+        finally:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
