@@ -30,7 +30,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -227,6 +227,127 @@ def _unused_port() -> int:
 def _toml(value: object) -> str:
     # JSON strings, numbers and booleans are valid TOML values.
     return json.dumps(value)
+
+
+# The demo gateway's configuration; carriers and providers are appended.
+_GATEWAY_TOML = """\
+# Written by `onecert demo`: a production-mode gateway (TLS with client
+# certificates; mutual TLS to every carrier and provider) on dev keys.
+[gateway]
+id = {gateway_id}
+listen = "127.0.0.1:0"
+dev_plaintext = false
+lookup_deadline_s = 10
+grace_period_s = 2
+log_json = true
+
+[gateway.tls]
+cert = "keys/server.pem"
+key = "keys/server.key.pem"
+client_ca = "keys/ca.pem"
+
+[keys]
+warrant_key = "keys/warrant.key.pem"
+handle_key = "keys/handle.key"
+
+[identity]
+audience = {gateway_id}
+required_assurance = "substantial"
+
+[[identity.issuers]]
+issuer = {issuer}
+jwks = "keys/identity.jwks.json"
+
+[upstream_tls]
+ca = "keys/ca.pem"
+cert = "keys/client-gateway.pem"
+key = "keys/client-gateway.key.pem"
+
+[fanout]
+provider_deadline_s = {provider_deadline_s}
+carrier_deadline_s = 2
+
+[store]
+url = {store_url}
+
+# Unbind tickets: idle workers look every 0.2 s (new tickets wake them at once).
+[delivery]
+poll_interval_s = 0.2
+backoff_initial_s = 0.2
+backoff_max_s = 2
+unbind_deadline_s = 5
+lease_s = 30
+
+# Carriers report every event live from now on; earlier ones as history.
+[check_recycled]
+history_start = {history_start}
+
+# Recycled-number notices: providers get seconds to act, not days.
+[notices]
+deadline_s = {notice_deadline_s}
+min_action_s = {notice_deadline_s}
+check_interval_s = 0.2
+backoff_initial_s = 0.2
+backoff_max_s = 1
+push_deadline_s = 2
+lease_s = 30
+poll_wait_s = 5
+
+[admin]
+client_cns = {admin_cns}
+"""
+
+# The demo portal's configuration; the story's people are appended.
+_PORTAL_TOML = """\
+# Written by `onecert demo`: the citizen's portal, development mode. Its
+# identity step signs assertions with the dev identity key for made-up people.
+[portal]
+mode = "development"
+listen = "127.0.0.1:0"
+log_json = true
+
+[gateway]
+address = {gateway_address}
+ca = "keys/ca.pem"
+cert = "keys/client-portal.pem"
+key = "keys/client-portal.key.pem"
+
+[dev_identity]
+key = "keys/identity.key.pem"
+idn_key = "keys/idn.key"
+issuer = {issuer}
+audience = {audience}
+"""
+
+
+def _upstreams_toml(
+    carriers: Sequence[CarrierSpec], providers: Sequence[ProviderSpec], addresses: Mapping[str, str]
+) -> str:
+    """The ``[[carriers]]`` and ``[[providers]]`` tables, each at its address."""
+    lines: list[str] = []
+    for carrier in carriers:
+        lines += [
+            "",
+            "[[carriers]]",
+            f"id = {_toml(carrier.id)}",
+            f"name = {_toml(carrier.name)}",
+            f"address = {_toml(addresses[carrier.id])}",
+            f"prefixes = {_toml(list(carrier.prefixes))}",
+        ]
+    for provider in providers:
+        lines += [
+            "",
+            "[[providers]]",
+            f"id = {_toml(provider.id)}",
+            f"name = {_toml(provider.name)}",
+            f"category = {_toml(provider.category.value)}",
+            f"address = {_toml(addresses[provider.id])}",
+        ]
+        if provider.notices != "push":
+            lines.append(f"delivery = {_toml(provider.notices)}")
+        if provider.down:
+            lines.append("# down: configured, but nothing listens there")
+    return "\n".join(lines) + "\n"
 
 
 class DemoFederation:
@@ -426,7 +547,7 @@ class DemoFederation:
         failures: list[tuple[ManagedProcess, str]] = []
         while pending:
             for process in list(pending):
-                port = self._reported_port(process)
+                port = _reported_port(process)
                 status = process.exit_status()
                 if port is not None:
                     process.port = port
@@ -448,16 +569,6 @@ class DemoFederation:
         failures = [(p, why) for p, why in zip(processes, unhealthy, strict=True) if why]
         if failures:
             raise StartupError(failures)
-
-    def _reported_port(self, process: ManagedProcess) -> int | None:
-        if process.ready_file is not None:
-            try:
-                return int(process.ready_file.read_text(encoding="ascii").strip())
-            except (OSError, ValueError):
-                return None
-        # The gateway prints its port; its log holds that line.
-        match = _GATEWAY_READY.search("\n".join(process.log_tail(200)))
-        return int(match.group(1)) if match else None
 
     def client_tls(self, client: str = ADMIN_CN) -> ClientTLS:
         """Mutual TLS as the dev client ``client``: admin, portal, gateway, or a
@@ -488,101 +599,25 @@ class DemoFederation:
         demo sees tickets delivered and notice deadlines pass.
         """
         by_name = {p.name: p for p in adapters}
-        self.history_start = datetime.now(UTC).replace(microsecond=0)
-        lines = [
-            "# Written by `onecert demo`: a production-mode gateway (TLS with client",
-            "# certificates; mutual TLS to every carrier and provider) on dev keys.",
-            "[gateway]",
-            f"id = {_toml(GATEWAY_ID)}",
-            'listen = "127.0.0.1:0"',
-            "dev_plaintext = false",
-            "lookup_deadline_s = 10",
-            "grace_period_s = 2",
-            "log_json = true",
-            "",
-            "[gateway.tls]",
-            'cert = "keys/server.pem"',
-            'key = "keys/server.key.pem"',
-            'client_ca = "keys/ca.pem"',
-            "",
-            "[keys]",
-            'warrant_key = "keys/warrant.key.pem"',
-            'handle_key = "keys/handle.key"',
-            "",
-            "[identity]",
-            f"audience = {_toml(GATEWAY_ID)}",
-            'required_assurance = "substantial"',
-            "",
-            "[[identity.issuers]]",
-            f"issuer = {_toml(IDENTITY_ISSUER)}",
-            'jwks = "keys/identity.jwks.json"',
-            "",
-            "[upstream_tls]",
-            'ca = "keys/ca.pem"',
-            'cert = "keys/client-gateway.pem"',
-            'key = "keys/client-gateway.key.pem"',
-            "",
-            "[fanout]",
-            f"provider_deadline_s = {_toml(self.provider_deadline_s)}",
-            "carrier_deadline_s = 2",
-            "",
-            "[store]",
-            f"url = {_toml('sqlite:///' + self.database.name)}",
-            "",
-            "# Unbind tickets: idle workers look every 0.2 s (new tickets wake them at once).",
-            "[delivery]",
-            "poll_interval_s = 0.2",
-            "backoff_initial_s = 0.2",
-            "backoff_max_s = 2",
-            "unbind_deadline_s = 5",
-            "lease_s = 30",
-            "",
-            "# Carriers report every event live from now on; earlier ones as history.",
-            "[check_recycled]",
-            f"history_start = {_toml(self.history_start.isoformat())}",
-            "",
-            "# Recycled-number notices: providers get seconds to act, not days.",
-            "[notices]",
-            f"deadline_s = {_toml(self.notice_deadline_s)}",
-            f"min_action_s = {_toml(self.notice_deadline_s)}",
-            "check_interval_s = 0.2",
-            "backoff_initial_s = 0.2",
-            "backoff_max_s = 1",
-            "push_deadline_s = 2",
-            "lease_s = 30",
-            "poll_wait_s = 5",
-            "",
-            "[admin]",
-            f"client_cns = {_toml([ADMIN_CN])}",
-        ]
-        for carrier in self.carriers:
-            lines += [
-                "",
-                "[[carriers]]",
-                f"id = {_toml(carrier.id)}",
-                f"name = {_toml(carrier.name)}",
-                f"address = {_toml(by_name[carrier.id].address)}",
-                f"prefixes = {_toml(list(carrier.prefixes))}",
-            ]
+        addresses = {c.id: by_name[c.id].address for c in self.carriers}
         for provider in self.providers:
             if provider.down:
                 port = self._down_ports.setdefault(provider.id, _unused_port())
-                address = f"127.0.0.1:{port}"
+                addresses[provider.id] = f"127.0.0.1:{port}"
             else:
-                address = by_name[provider.id].address
-            lines += [
-                "",
-                "[[providers]]",
-                f"id = {_toml(provider.id)}",
-                f"name = {_toml(provider.name)}",
-                f"category = {_toml(provider.category.value)}",
-                f"address = {_toml(address)}",
-            ]
-            if provider.notices != "push":
-                lines.append(f"delivery = {_toml(provider.notices)}")
-            if provider.down:
-                lines.append("# down: configured, but nothing listens there")
-        self.config_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+                addresses[provider.id] = by_name[provider.id].address
+        self.history_start = datetime.now(UTC).replace(microsecond=0)
+        text = _GATEWAY_TOML.format(
+            gateway_id=_toml(GATEWAY_ID),
+            issuer=_toml(IDENTITY_ISSUER),
+            provider_deadline_s=_toml(self.provider_deadline_s),
+            store_url=_toml("sqlite:///" + self.database.name),
+            history_start=_toml(self.history_start.isoformat()),
+            notice_deadline_s=_toml(self.notice_deadline_s),
+            admin_cns=_toml([ADMIN_CN]),
+        )
+        text += _upstreams_toml(self.carriers, self.providers, addresses)
+        self.config_path.write_text(text, encoding="utf-8")
         return self.config_path
 
     def start_gateway(self) -> ManagedProcess:
@@ -650,35 +685,18 @@ class DemoFederation:
             (_NEXT_HOLDER_SUB, STORY.next_holder),
             (_PREVIOUS_HOLDER_SUB, STORY.previous_holder),
         )
-        lines = [
-            "# Written by `onecert demo`: the citizen's portal, development mode. Its",
-            "# identity step signs assertions with the dev identity key for made-up people.",
-            "[portal]",
-            'mode = "development"',
-            'listen = "127.0.0.1:0"',
-            "log_json = true",
-            "",
-            "[gateway]",
-            f"address = {_toml(self.gateway_address)}",
-            'ca = "keys/ca.pem"',
-            'cert = "keys/client-portal.pem"',
-            'key = "keys/client-portal.key.pem"',
-            "",
-            "[dev_identity]",
-            'key = "keys/identity.key.pem"',
-            'idn_key = "keys/idn.key"',
-            f"issuer = {_toml(IDENTITY_ISSUER)}",
-            f"audience = {_toml(GATEWAY_ID)}",
-        ]
+        text = _PORTAL_TOML.format(
+            gateway_address=_toml(self.gateway_address),
+            issuer=_toml(IDENTITY_ISSUER),
+            audience=_toml(GATEWAY_ID),
+        )
         for sub, person in people:
-            lines += [
-                "",
-                "[[dev_identity.citizens]]",
-                f"sub = {_toml(sub)}",
-                f"name = {_toml(person.name)}",
-                f"document = {_toml(person.document_number)}",
-            ]
-        self.portal_config_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            text += (
+                "\n[[dev_identity.citizens]]\n"
+                f"sub = {_toml(sub)}\nname = {_toml(person.name)}\n"
+                f"document = {_toml(person.document_number)}\n"
+            )
+        self.portal_config_path.write_text(text, encoding="utf-8")
         return self.portal_config_path
 
     async def start_portal(self) -> str:
@@ -705,19 +723,8 @@ class DemoFederation:
         )
         self._spawn(process)
         self.portal = process
-        deadline = time.perf_counter() + self.startup_timeout
-        while True:
-            match = _PORTAL_READY.search("\n".join(process.log_tail(200)))
-            if match:
-                self.portal_url = match.group(1)
-                process.ready_s = time.perf_counter() - process.started_at
-                return self.portal_url
-            status = process.exit_status()
-            if status is not None:
-                raise StartupError([(process, f"exited with status {status} before it was ready")])
-            if time.perf_counter() > deadline:
-                raise StartupError([(process, f"was not ready after {self.startup_timeout:g} s")])
-            await asyncio.sleep(_POLL_S)
+        self.portal_url = (await _logged(process, _PORTAL_READY, self.startup_timeout)).group(1)
+        return self.portal_url
 
     @property
     def gateway_address(self) -> str:
@@ -733,31 +740,69 @@ class DemoFederation:
         Safe to call repeatedly; blocks until every process has exited, then
         releases the directory's lock.
         """
-        timer = _Timer()
-        running = [p for p in self.processes if p.popen is not None and p.popen.poll() is None]
-        for process in running:
-            assert process.popen is not None
-            with contextlib.suppress(ProcessLookupError):  # it ended just now
-                process.popen.send_signal(signal.SIGTERM)
-        deadline = time.perf_counter() + timeout
-        killed = []
-        for process in running:
-            assert process.popen is not None
-            try:
-                process.popen.wait(max(0.0, deadline - time.perf_counter()))
-            except subprocess.TimeoutExpired:
-                process.popen.kill()
-                process.popen.wait()
-                killed.append(process.name)
-        failed = tuple(
-            (p.name, status)
-            for p in running
-            if (status := p.exit_status()) not in _STOPPED_OK and p.name not in killed
-        )
+        report = _stop_all(self.processes, timeout)
         self._lock.release()
-        return StopReport(
-            stopped=len(running), killed=tuple(killed), failed=failed, elapsed_s=timer.elapsed()
-        )
+        return report
+
+
+def _stop_all(processes: Sequence[ManagedProcess], timeout: float) -> StopReport:
+    """SIGTERM every process still running, SIGKILL those that outlive ``timeout``."""
+    timer = _Timer()
+    running = [p for p in processes if p.popen is not None and p.popen.poll() is None]
+    for process in running:
+        assert process.popen is not None
+        with contextlib.suppress(ProcessLookupError):  # it ended just now
+            process.popen.send_signal(signal.SIGTERM)
+    deadline = time.perf_counter() + timeout
+    killed = []
+    for process in running:
+        assert process.popen is not None
+        try:
+            process.popen.wait(max(0.0, deadline - time.perf_counter()))
+        except subprocess.TimeoutExpired:
+            process.popen.kill()
+            process.popen.wait()
+            killed.append(process.name)
+    failed = tuple(
+        (p.name, status)
+        for p in running
+        if (status := p.exit_status()) not in _STOPPED_OK and p.name not in killed
+    )
+    return StopReport(
+        stopped=len(running), killed=tuple(killed), failed=failed, elapsed_s=timer.elapsed()
+    )
+
+
+def _reported_port(process: ManagedProcess) -> int | None:
+    """The port a started process reports: its ready file, or the gateway's log line."""
+    if process.ready_file is not None:
+        try:
+            return int(process.ready_file.read_text(encoding="ascii").strip())
+        except (OSError, ValueError):
+            return None
+    # The gateway prints its port; its log holds that line.
+    match = _GATEWAY_READY.search("\n".join(process.log_tail(200)))
+    return int(match.group(1)) if match else None
+
+
+async def _logged(process: ManagedProcess, line: re.Pattern[str], wait_s: float) -> re.Match[str]:
+    """Wait until ``process`` logs ``line``; it is then ready.
+
+    Raises:
+        StartupError: the process exited, or did not log the line within ``wait_s``.
+    """
+    deadline = time.perf_counter() + wait_s
+    while True:
+        match = line.search("\n".join(process.log_tail(200)))
+        if match:
+            process.ready_s = time.perf_counter() - process.started_at
+            return match
+        status = process.exit_status()
+        if status is not None:
+            raise StartupError([(process, f"exited with status {status} before it was ready")])
+        if time.perf_counter() > deadline:
+            raise StartupError([(process, f"was not ready after {wait_s:g} s")])
+        await asyncio.sleep(_POLL_S)
 
 
 async def report_history(federation: DemoFederation) -> int:
