@@ -253,31 +253,10 @@ def document_number(region: str, birth: datetime, sequence: int) -> str:
     return body + "10X98765432"[total % 11]
 
 
-def _story() -> Story:
-    citizen = Person("Lin Xiaoyu", document_number("110105", _day(1992, 3, 15), 442))
-    next_holder = Person("Zhou Peng", document_number("440305", _day(1998, 11, 2), 215))
-    previous_holder = Person("Gao Jun", document_number("320102", _day(1987, 7, 21), 873))
-    former, current = "+8613910247756", "+8618621730419"
-    next_other, previous_new = "+8615067283341", "+8617701925568"
-    former_from, former_until = _day(2013, 3, 14), _day(2019, 8, 31)
-    next_from = _day(2020, 1, 6)
-    current_from = _day(2021, 5, 20)
-    recycled = TenureState.RECYCLED
-    subscriptions = (
-        # Her old number: cancelled in 2019, given to Zhou Peng after the quiet period.
-        Subscription("bluefinch", citizen.document_number, former, former_from, former_until,
-                     recycled),
-        Subscription("bluefinch", next_holder.document_number, former, next_from),
-        Subscription("bluefinch", next_holder.document_number, next_other, _day(2016, 9, 1)),
-        # Her current number: Gao Jun's until 2020, hers since 2021.
-        Subscription("redpine", previous_holder.document_number, current, _day(2015, 1, 20),
-                     _day(2020, 11, 30), recycled),
-        Subscription("redpine", citizen.document_number, current, current_from),
-        Subscription("bluefinch", previous_holder.document_number, previous_new,
-                     _day(2020, 12, 3)),
-    )  # fmt: skip
+def _story_users(former: str, current: str) -> dict[str, tuple[UserRecord, ...]]:
+    """The story's accounts at each provider, on her former and her current number."""
     login, payment = BindingKind.LOGIN, BindingKind.PAYMENT
-    users: dict[str, tuple[UserRecord, ...]] = {
+    return {
         "coinpurse": (
             # Bound in 2015 and never moved: Zhou Peng receives its SMS codes now.
             UserRecord("cp-58203317", "xiaoyu.lin", former, payment, _day(2015, 4, 18),
@@ -312,6 +291,32 @@ def _story() -> Story:
                        _day(2025, 3, 9)),
         ),
     }  # fmt: skip
+
+
+def _story() -> Story:
+    citizen = Person("Lin Xiaoyu", document_number("110105", _day(1992, 3, 15), 442))
+    next_holder = Person("Zhou Peng", document_number("440305", _day(1998, 11, 2), 215))
+    previous_holder = Person("Gao Jun", document_number("320102", _day(1987, 7, 21), 873))
+    former, current = "+8613910247756", "+8618621730419"
+    next_other, previous_new = "+8615067283341", "+8617701925568"
+    former_from, former_until = _day(2013, 3, 14), _day(2019, 8, 31)
+    next_from = _day(2020, 1, 6)
+    current_from = _day(2021, 5, 20)
+    recycled = TenureState.RECYCLED
+    subscriptions = (
+        # Her old number: cancelled in 2019, given to Zhou Peng after the quiet period.
+        Subscription("bluefinch", citizen.document_number, former, former_from, former_until,
+                     recycled),
+        Subscription("bluefinch", next_holder.document_number, former, next_from),
+        Subscription("bluefinch", next_holder.document_number, next_other, _day(2016, 9, 1)),
+        # Her current number: Gao Jun's until 2020, hers since 2021.
+        Subscription("redpine", previous_holder.document_number, current, _day(2015, 1, 20),
+                     _day(2020, 11, 30), recycled),
+        Subscription("redpine", citizen.document_number, current, current_from),
+        Subscription("bluefinch", previous_holder.document_number, previous_new,
+                     _day(2020, 12, 3)),
+    )  # fmt: skip
+    users = _story_users(former, current)
     return Story(
         citizen=citizen,
         citizen_sub="c-5d2f9a1e",
