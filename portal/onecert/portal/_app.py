@@ -33,9 +33,10 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from onecert.portal._i18n import LANGUAGES, Translator, translator
+from onecert.portal._i18n import Translator, translator
 from onecert.portal._identity import AssertionSource, Citizen, DevAssertions, SignInRequiredError
 from onecert.portal._lookups import LookupState, start_lookup
+from onecert.portal._session_pages import LANG_COOKIE, SessionPages
 from onecert.portal._sessions import Action, Session, SessionStore, TicketRef
 from onecert.portal._views import receipt_rows, results_view, show_number
 from onecert.sdk.client import GatewayClient, GatewayError, Receipt
@@ -48,7 +49,6 @@ _HERE = Path(__file__).parent
 # __Host- cookies must be Secure, have Path=/ and no Domain: no subdomain can
 # set or shadow them.
 SESSION_COOKIE = "__Host-onecert-session"
-LANG_COOKIE = "__Host-onecert-lang"
 # No inline script or style anywhere; everything comes from this origin.
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -70,10 +70,6 @@ _RECEIPT_WATCH_S = 300.0
 # A stream says something at least this often, so proxies keep it open.
 _KEEPALIVE_S = 15.0
 _MAX_FORM_FIELDS = 8
-# The pages a GET shows: where the language switch may return to.
-_PAGES = frozenset(
-    ("/", "/signin", "/results", "/receipts", "/before-cancel", "/before-cancel/number")
-)
 
 
 @dataclass
@@ -147,15 +143,16 @@ class PortalApp:
             trim_blocks=True,
             lstrip_blocks=True,
         )
+        own = SessionPages(self)
         routes = [
             Route("/", self.start, methods=["GET"]),
             Route("/healthz", self.health, methods=["GET"]),
-            Route("/signin", self.signin, methods=["GET"]),
-            Route("/signin/dev", self.signin_dev, methods=["POST"]),
-            Route("/signin/oidc", self.signin_oidc, methods=["GET"]),
-            Route("/signin/callback", self.signin_callback, methods=["GET"]),
-            Route("/signout", self.signout, methods=["POST"]),
-            Route("/language", self.language, methods=["POST"]),
+            Route("/signin", own.signin, methods=["GET"]),
+            Route("/signin/dev", own.signin_dev, methods=["POST"]),
+            Route("/signin/oidc", own.signin_oidc, methods=["GET"]),
+            Route("/signin/callback", own.signin_callback, methods=["GET"]),
+            Route("/signout", own.signout, methods=["POST"]),
+            Route("/language", own.language, methods=["POST"]),
             Route("/lookup", self.lookup, methods=["POST"]),
             Route("/results", self.results, methods=["GET"]),
             Route("/results/stream", self.results_stream, methods=["GET"]),
@@ -266,94 +263,6 @@ class PortalApp:
     async def start(self, request: Request) -> Response:
         session = self.session(request)
         return self.render(request, "start.html", has_lookup=session.lookup is not None)
-
-    async def signin(self, request: Request) -> Response:
-        if self.identity.dev is not None:
-            return self.render(request, "signin_dev.html", citizens=self.identity.dev_citizens)
-        return self.render(request, "signin_oidc.html")
-
-    async def signin_dev(self, request: Request) -> Response:
-        form = await self.form(request)
-        dev = self.identity.dev
-        sub = form.get("citizen")
-        if dev is None:
-            raise HTTPException(404)
-        if not isinstance(sub, str) or not dev.knows(sub):
-            return self.render(
-                request,
-                "signin_dev.html",
-                status=400,
-                citizens=self.identity.dev_citizens,
-                error=self.t(request)("signin_failed"),
-            )
-        return self._signed_in(request, Citizen(sub=sub))
-
-    def _signed_in(self, request: Request, citizen: Citizen) -> Response:
-        session = self.session(request)
-        session.end()
-        session.citizen = citizen
-        self.sessions.rotate(session)
-        log.info("signed_in")
-        return RedirectResponse("/", status_code=303)
-
-    async def signin_oidc(self, request: Request) -> Response:
-        if self.identity.oidc is None:
-            raise HTTPException(404)
-        redirect: Response = await self.identity.oidc.authorize_redirect(
-            request, self.identity.oidc.portal_redirect_uri
-        )
-        return redirect
-
-    async def signin_callback(self, request: Request) -> Response:
-        oidc = self.identity.oidc
-        if oidc is None:
-            raise HTTPException(404)
-        try:
-            token = await oidc.authorize_access_token(request)
-        except Exception as exc:  # noqa: BLE001 - any failure of the sign-in is "try again", logged by type
-            log.warning("sign_in_failed", error=type(exc).__name__)
-            self.session(request).notice = "signin_failed"
-            return RedirectResponse("/signin", status_code=303)
-        userinfo = token.get("userinfo") or {}
-        sub = userinfo.get("sub")
-        if not isinstance(sub, str) or not sub:
-            self.session(request).notice = "signin_failed"
-            return RedirectResponse("/signin", status_code=303)
-        citizen = Citizen(
-            sub=sub,
-            access_token=str(token.get("access_token", "")),
-            expires_at=float(token.get("expires_at") or 0),
-        )
-        return self._signed_in(request, citizen)
-
-    async def signout(self, request: Request) -> Response:
-        await self.form(request)
-        self.sessions.drop(self.session(request))
-        fresh = self.sessions.new()
-        fresh.notice = "signed_out"
-        request.state.session = fresh
-        log.info("signed_out")
-        return RedirectResponse("/", status_code=303)
-
-    async def language(self, request: Request) -> Response:
-        form = await self.form(request)
-        lang = form.get("lang")
-        back = form.get("back")
-        # Back to the page the form was on if it is a page one can GET (a
-        # confirmation is a POST's answer), and never anywhere else.
-        target = back if back in _PAGES else "/"
-        response = RedirectResponse(target, status_code=303)
-        if isinstance(lang, str) and lang in LANGUAGES:
-            response.set_cookie(
-                LANG_COOKIE,
-                lang,
-                max_age=365 * 86400,
-                path="/",
-                secure=True,
-                httponly=True,
-                samesite="lax",
-            )
-        return response
 
     # ------------------------------------------------------------ lookup
 
