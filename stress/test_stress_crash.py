@@ -1187,7 +1187,9 @@ async def database_faults(
 ) -> None:
     """Cut every database connection every 15 to 25 s, and crash and restart the
     database once, 40% into the run, for 4 s."""
-    restart_at = time.monotonic() + CRASH_SECONDS * 0.4
+    # Early enough that a run ended by the kill cap (ONECERT_CRASH_KILLS) before
+    # its time is up still has its restart.
+    restart_at = time.monotonic() + min(CRASH_SECONDS, 60.0) * 0.4
     next_cut = time.monotonic() + rng.uniform(15.0, 25.0)
     while not stop.is_set():
         restart_due = faults.restarts == 0 and restart_at < next_cut
