@@ -5,8 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from types import TracebackType
-from typing import Self, TypeVar
+from typing import TypeVar
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
@@ -14,6 +13,7 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from onecert.sdk._channel import DEFAULT_MAX_MESSAGE_BYTES, open_channel
+from onecert.sdk._lifecycle import AsyncResource
 from onecert.sdk._tls import ClientTLS
 from onecert.v1 import gateway_pb2_grpc
 
@@ -61,7 +61,7 @@ class RateLimitedError(GatewayError):
         self.retry_after = retry_after
 
 
-class ClientBase:
+class ClientBase(AsyncResource):
     """One channel to the gateway, closed by :meth:`close` or ``async with``.
 
     Callers the gateway knows by their client certificate (providers,
@@ -115,15 +115,7 @@ class ClientBase:
         """Close the channel; calls in flight are cancelled."""
         await self._channel.close()
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def _exit(self) -> None:
         await self.close()
 
 
