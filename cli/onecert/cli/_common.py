@@ -1,4 +1,4 @@
-"""What several commands share: the flags and checks of a TLS client connection."""
+"""What several commands share: command groups, and the flags and checks of a TLS client."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from onecert.cli import CommandError
 
@@ -15,7 +15,27 @@ if TYPE_CHECKING:
     from onecert.sdk._tls import ClientTLS
     from onecert.sdk.client import GatewayError
 
-__all__ = ["add_tls_flags", "client_tls", "onecert_command", "refused"]
+__all__ = ["add_group", "add_tls_flags", "client_tls", "onecert_command", "refused"]
+
+
+def add_group(
+    sub: argparse._SubParsersAction[Any],
+    name: str,
+    *,
+    help: str,
+    metavar: str,
+    description: str | None = None,
+) -> argparse._SubParsersAction[Any]:
+    """Add the command ``onecert NAME`` and return where its sub-commands go.
+
+    A sub-command is required; ``metavar`` names it in the usage line
+    ("ACTION", "KIND").
+    """
+    parser = sub.add_parser(name, help=help, description=description)
+    commands: argparse._SubParsersAction[Any] = parser.add_subparsers(
+        dest=f"{name}_command", required=True, metavar=metavar
+    )
+    return commands
 
 
 def add_tls_flags(
