@@ -65,34 +65,35 @@ class ClientBase(AsyncResource):
     """One channel to the gateway, closed by :meth:`close` or ``async with``.
 
     Callers the gateway knows by their client certificate (providers,
-    carriers, the regulator) may, against a development gateway without TLS,
-    name themselves in ``dev_principal`` (metadata ``x-onecert-dev-principal``).
+    carriers, the regulator) name themselves, against a development gateway
+    without TLS, in ``_dev_principal`` (metadata ``x-onecert-dev-principal``).
 
     Args:
         target: ``host:port`` of the gateway.
         tls: the CA to check the gateway and the client certificate to present.
         insecure: plaintext, for a development gateway only. Exactly one of
             ``tls`` and ``insecure`` must be given.
-        dev_principal: with ``insecure``: who the caller claims to be.
         max_message_bytes: the largest message sent to or accepted from the gateway.
     """
+
+    #: Who the client claims to be when ``insecure``; a subclass or its
+    #: constructor sets it before this one runs.
+    _dev_principal: str | None = None
 
     def __init__(
         self,
         target: str,
         *,
-        tls: ClientTLS | None,
-        insecure: bool,
-        dev_principal: str | None = None,
+        tls: ClientTLS | None = None,
+        insecure: bool = False,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         if (tls is None) == (not insecure):
             raise ValueError("give either tls=ClientTLS(...) or insecure=True (development only)")
         self._channel = open_channel(target, tls=tls, max_message_bytes=max_message_bytes)
         self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
-        self._metadata: Metadata = (
-            () if dev_principal is None else ((DEV_PRINCIPAL_HEADER, dev_principal),)
-        )
+        principal = self._dev_principal if insecure else None
+        self._metadata: Metadata = () if principal is None else ((DEV_PRINCIPAL_HEADER, principal),)
         self.target = target
 
     async def _unary(
@@ -117,6 +118,15 @@ class ClientBase(AsyncResource):
 
     async def _exit(self) -> None:
         await self.close()
+
+
+def dev_principal(role: str, dev_id: str | None, *, insecure: bool) -> str | None:
+    """``role:dev_id`` for a development gateway; a dev id without ``insecure`` is refused."""
+    if dev_id is None:
+        return None
+    if not insecure:
+        raise ValueError(f"dev_{role}_id is for insecure development gateways only")
+    return f"{role}:{dev_id}"
 
 
 _E = TypeVar("_E", bound=enum.StrEnum)

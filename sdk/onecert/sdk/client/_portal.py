@@ -9,7 +9,6 @@ from datetime import datetime, timedelta
 
 import grpc
 
-from onecert.sdk._tls import ClientTLS
 from onecert.sdk._types import (
     BindingKind,
     ProviderCategory,
@@ -18,7 +17,6 @@ from onecert.sdk._types import (
     UnbindReason,
 )
 from onecert.sdk.client._base import (
-    DEFAULT_MAX_MESSAGE_BYTES,
     ClientBase,
     GatewayError,
     delta,
@@ -373,16 +371,6 @@ class GatewayClient(ClientBase):
             ``tls`` and ``insecure`` must be given.
         max_message_bytes: the largest message accepted from the gateway.
     """
-
-    def __init__(
-        self,
-        target: str,
-        *,
-        tls: ClientTLS | None = None,
-        insecure: bool = False,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-    ) -> None:
-        super().__init__(target, tls=tls, insecure=insecure, max_message_bytes=max_message_bytes)
 
     async def lookup(
         self,
