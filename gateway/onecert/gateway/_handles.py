@@ -42,7 +42,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from onecert.gateway._attribution import Attribution
-from onecert.sdk._keys import KeyConfigError
+from onecert.sdk._keys import KeyConfigError, load_hex_key
 from onecert.sdk._msisdn import is_e164
 
 HANDLE_VERSION = 1
@@ -302,17 +302,6 @@ def load_handle_key(path: str | Path) -> bytes:
     """Read a handle key file: 32 random bytes as hex (``onecert keys init`` makes it).
 
     Raises:
-        KeyConfigError: unreadable, not hex, or not 32 bytes. The message never
-            quotes the file's content.
+        KeyConfigError: unreadable, not hex, or not 32 bytes.
     """
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise KeyConfigError(f"cannot read handle key {path}: {exc.strerror or exc}") from None
-    try:
-        key = bytes.fromhex(data.decode("ascii").strip())
-    except ValueError:  # UnicodeDecodeError included; neither message is repeated
-        raise KeyConfigError(f"handle key {path} is not hex") from None
-    if len(key) != KEY_BYTES:
-        raise KeyConfigError(f"handle key {path} must hold {KEY_BYTES} bytes ({2 * KEY_BYTES} hex)")
-    return key
+    return load_hex_key(path, what="handle key", size=KEY_BYTES)
