@@ -42,6 +42,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from onecert.gateway._attribution import Attribution
+from onecert.gateway._refusal import CheckError
 from onecert.sdk._keys import KeyConfigError, load_hex_key
 from onecert.sdk._msisdn import is_e164
 
@@ -86,7 +87,7 @@ class HandleClaims:
     query_id: str
 
 
-class HandleError(Exception):
+class HandleError(CheckError):
     """A handle was refused.
 
     Attributes:
@@ -96,12 +97,6 @@ class HandleError(Exception):
         reason: a short machine-readable code for metrics.
         message: a clear explanation, safe to send to the caller.
     """
-
-    def __init__(self, code: grpc.StatusCode, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.reason = reason
-        self.message = message
 
 
 def _malformed(message: str = "the handle is malformed; use a handle from a lookup") -> HandleError:
