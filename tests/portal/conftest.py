@@ -151,6 +151,23 @@ def spawn_portal_fixture() -> Any:
     return spawn_portal
 
 
+@pytest.fixture(name="run_portal")
+def run_portal_fixture() -> Any:
+    """:func:`run_portal`, for test modules (they import nothing from here)."""
+    return run_portal
+
+
+def run_portal(config: Path) -> subprocess.CompletedProcess[str]:
+    """``onecert portal serve --config CONFIG`` run to its end: for configs it refuses."""
+    return subprocess.run(
+        [sys.executable, "-m", "onecert.cli", "portal", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def spawn_portal(config: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     """``onecert portal serve --config CONFIG`` in its own process; its URL once it listens."""
     with log.open("wb") as out:
