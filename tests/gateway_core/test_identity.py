@@ -36,6 +36,21 @@ UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
 PERMISSION_DENIED = grpc.StatusCode.PERMISSION_DENIED
 
 
+SECOND_ISSUER = "https://id2.example.gov.cn"
+
+
+def _two_issuers(
+    make_verifier: MakeVerifier, identity_key: SigningKey, second: SigningKey
+) -> AssertionVerifier:
+    """A verifier trusting the usual identity service and :data:`SECOND_ISSUER` (``second``)."""
+    return make_verifier(
+        issuers={
+            "https://id.example.gov.cn": parse_jwks(identity_key.jwks()),
+            SECOND_ISSUER: parse_jwks(second.jwks()),
+        }
+    )
+
+
 def b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
@@ -97,18 +112,13 @@ async def test_same_jti_from_another_issuer_is_not_a_replay(
 ) -> None:
     """Replay is judged per issuer: two identity services may pick the same jti."""
     second = SigningKey.generate("EdDSA")
-    verifier = make_verifier(
-        issuers={
-            "https://id.example.gov.cn": parse_jwks(identity_key.jwks()),
-            "https://id2.example.gov.cn": parse_jwks(second.jwks()),
-        }
-    )
-    other = AssertionIssuer(key=second, issuer="https://id2.example.gov.cn")
+    verifier = _two_issuers(make_verifier, identity_key, second)
+    other = AssertionIssuer(key=second, issuer=SECOND_ISSUER)
     await verifier.verify(mint(jti="shared"))
     citizen = await verifier.verify(
         other.mint(sub="s", idn=idn, audience="onecert-gateway", jti="shared", now=clock.now)
     )
-    assert citizen.issuer == "https://id2.example.gov.cn"
+    assert citizen.issuer == SECOND_ISSUER
 
 
 async def test_replay_is_checked_only_after_the_signature(
@@ -154,12 +164,7 @@ async def test_issuer_cannot_borrow_another_issuers_name(
 ) -> None:
     """An issuer naming another trusted issuer is checked against that issuer's keys only."""
     second = SigningKey.generate("ES256")
-    verifier = make_verifier(
-        issuers={
-            "https://id.example.gov.cn": parse_jwks(identity_key.jwks()),
-            "https://id2.example.gov.cn": parse_jwks(second.jwks()),
-        }
-    )
+    verifier = _two_issuers(make_verifier, identity_key, second)
     impostor = AssertionIssuer(key=second, issuer="https://id.example.gov.cn")
     token = impostor.mint(sub="citizen-42", idn=idn, audience="onecert-gateway", now=1.75e9)
     await refused(verifier, token, UNAUTHENTICATED, "kid")
