@@ -3,27 +3,14 @@ logs, on every backend (SQLite always, PostgreSQL and MariaDB when set)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
 import grpc
 import pytest
 from structlog.testing import capture_logs
 
-from onecert.adapters.sql import MappingError, SiteConfig, SqlSite
+from onecert.adapters.sql import MappingError, SqlSite
 from onecert.sdk import UnbindOutcome
-from onecert.sdk.testing import CallError, FakeGateway, ProviderEnvironment
-from tests.sql_adapter.sql_site import NUMBER, UNBIND_ACCOUNT, UNBIND_NUMBER, SiteDB
-
-
-@asynccontextmanager
-async def opened(config: SiteConfig, gateway: FakeGateway) -> AsyncIterator[ProviderEnvironment]:
-    """The site opened (and checked), called as the gateway would, without a network."""
-    site = await SqlSite.open(config)
-    try:
-        yield ProviderEnvironment(site.provider, gateway=gateway)
-    finally:
-        await site.close()
+from onecert.sdk.testing import CallError, FakeGateway
+from tests.sql_adapter.sql_site import NUMBER, UNBIND_ACCOUNT, UNBIND_NUMBER, SiteDB, opened
 
 
 async def test_statements_of_one_unbind_are_all_or_nothing(
