@@ -163,12 +163,13 @@ class ProviderGatewayClient(ClientBase):
         request = gateway_pb2.CheckRecycledRequest(msisdn=msisdn)
         request.specified_date.CopyFrom(stamp(since, "since"))
         response = await self._unary(self._stub.CheckRecycled, request, timeout=timeout)
-        name = (
-            gateway_pb2.RecycledStatus.Name(response.status)
-            if response.status in gateway_pb2.RecycledStatus.values()
-            else ""
+        status = enum_from_pb(
+            RecycledStatus,
+            gateway_pb2.RecycledStatus,
+            response.status,
+            "RECYCLED_STATUS_",
+            RecycledStatus.UNKNOWN,
         )
-        status = enum_from_pb(RecycledStatus, name, "RECYCLED_STATUS_", RecycledStatus.UNKNOWN)
         assert status is not None
         return RecycledAnswer(status, time_of(response, "recycled_at"))
 
