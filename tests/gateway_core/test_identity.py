@@ -51,6 +51,26 @@ def _two_issuers(
     )
 
 
+def _forged(
+    other_key: SigningKey,
+    identity_key: SigningKey,
+    *,
+    idn: str,
+    jti: str | None = None,
+    **headers: Any,
+) -> str:
+    """An assertion signed with ``other_key`` whose header names the identity service's key."""
+    forger = AssertionIssuer(key=other_key, issuer="https://id.example.gov.cn")
+    return forger.mint(
+        sub="citizen-42",
+        idn=idn,
+        audience="onecert-gateway",
+        jti=jti,
+        now=1_750_000_000,
+        headers={"kid": identity_key.kid, "alg": "ES256", **headers},
+    )
+
+
 def b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
@@ -125,15 +145,7 @@ async def test_replay_is_checked_only_after_the_signature(
     verifier: AssertionVerifier, mint: Mint, other_key: SigningKey, identity_key: SigningKey
 ) -> None:
     """A forged assertion never burns the jti of the genuine one that follows."""
-    forger = AssertionIssuer(key=other_key, issuer="https://id.example.gov.cn")
-    forged = forger.mint(
-        sub="citizen-42",
-        idn="0" * 64,
-        audience="onecert-gateway",
-        jti="victim",
-        now=1_750_000_000,
-        headers={"kid": identity_key.kid, "alg": "ES256"},
-    )
+    forged = _forged(other_key, identity_key, idn="0" * 64, jti="victim")
     await refused(verifier, forged, UNAUTHENTICATED, "signature")
     assert (await verifier.verify(mint(jti="victim"))).jti == "victim"
 
@@ -325,18 +337,12 @@ async def test_embedded_key_is_ignored(
     verifier: AssertionVerifier, other_key: SigningKey, identity_key: SigningKey
 ) -> None:
     """A jwk or jku header never supplies the verification key."""
-    forger = AssertionIssuer(key=other_key, issuer="https://id.example.gov.cn")
-    token = forger.mint(
-        sub="citizen-42",
+    token = _forged(
+        other_key,
+        identity_key,
         idn="a" * 64,
-        audience="onecert-gateway",
-        now=1_750_000_000,
-        headers={
-            "kid": identity_key.kid,
-            "alg": "ES256",
-            "jwk": other_key.public_jwk(),
-            "jku": "https://evil.example/jwks.json",
-        },
+        jwk=other_key.public_jwk(),
+        jku="https://evil.example/jwks.json",
     )
     await refused(verifier, token, UNAUTHENTICATED, "signature")
 
