@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import structlog
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from onecert.gateway._audit import Auditor
@@ -108,6 +109,23 @@ def timestamp_arg(ts: Timestamp, name: str) -> datetime:
     if value < _EPOCH:
         raise ValueError(f"{name} must not be before 1970")
     return value
+
+
+def time_arg(request: Message, name: str) -> datetime:
+    """The required Timestamp field ``name`` of ``request``; INVALID_ARGUMENT when unset
+    or out of range."""
+    if not request.HasField(name):
+        raise invalid(f"{name} is required")
+    try:
+        return timestamp_arg(getattr(request, name), name)
+    except ValueError as exc:
+        raise invalid(str(exc)) from None
+
+
+def optional_time_arg(request: Message, name: str) -> datetime | None:
+    """The Timestamp field ``name`` of ``request``, None when unset; INVALID_ARGUMENT
+    when out of range."""
+    return time_arg(request, name) if request.HasField(name) else None
 
 
 def notice_deadline(
@@ -304,17 +322,8 @@ class NoticeService:
         kind = _EVENT_TYPES.get(request.type)
         if kind is None:
             raise invalid("type must be NUMBER_EVENT_TYPE_CANCELLED or _RECYCLED")
-        if not request.HasField("effective_at"):
-            raise invalid("effective_at is required")
-        try:
-            effective_at = timestamp_arg(request.effective_at, "effective_at")
-            quiet = (
-                timestamp_arg(request.quiet_period_ends_at, "quiet_period_ends_at")
-                if request.HasField("quiet_period_ends_at")
-                else None
-            )
-        except ValueError as exc:
-            raise invalid(str(exc)) from None
+        effective_at = time_arg(request, "effective_at")
+        quiet = optional_time_arg(request, "quiet_period_ends_at")
         if effective_at > now + timedelta(seconds=self._config.clock_skew_s):
             raise invalid("effective_at is in the future")
         if quiet is not None:
@@ -412,12 +421,7 @@ class NoticeService:
         """Record that the provider acted on a notice it was sent."""
         if not 0 < len(request.jti) <= MAX_JTI:
             raise invalid(f"jti is required (1 to {MAX_JTI} characters)")
-        acted_at = None
-        if request.HasField("acted_at"):
-            try:
-                acted_at = timestamp_arg(request.acted_at, "acted_at")
-            except ValueError as exc:
-                raise invalid(str(exc)) from None
+        acted_at = optional_time_arg(request, "acted_at")
 
         def audited(recorded: bool) -> AuditDraft:
             return AuditDraft(
