@@ -71,6 +71,20 @@ def _forged(
     )
 
 
+def _raw_claims(*, jti: str) -> dict[str, Any]:
+    """A citizen's valid assertion claims, for tokens the tests sign (or not) by hand."""
+    return {
+        "iss": "https://id.example.gov.cn",
+        "sub": "citizen-42",
+        "aud": "onecert-gateway",
+        "iat": 1_750_000_000,
+        "exp": 1_750_000_100,
+        "jti": jti,
+        "idn": "a" * 64,
+        "acr": "high",
+    }
+
+
 def b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
@@ -279,16 +293,7 @@ async def test_warrant_is_not_an_assertion(
 async def test_alg_none_is_refused(verifier: AssertionVerifier, identity_key: SigningKey) -> None:
     """An unsigned assertion (alg none) is refused."""
     header = {"alg": "none", "typ": ASSERTION_TYP, "kid": identity_key.kid}
-    claims = {
-        "iss": "https://id.example.gov.cn",
-        "sub": "citizen-42",
-        "aud": "onecert-gateway",
-        "iat": 1_750_000_000,
-        "exp": 1_750_000_100,
-        "jti": "n",
-        "idn": "a" * 64,
-        "acr": "high",
-    }
+    claims = _raw_claims(jti="n")
     for token in (f"{b64json(header)}.{b64json(claims)}.", f"{b64json(header)}.{b64json(claims)}"):
         with pytest.raises(IdentityError) as info:
             await verifier.verify(token)
@@ -305,16 +310,7 @@ async def test_hmac_with_the_public_key_is_refused(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     header = {"alg": "HS256", "typ": ASSERTION_TYP, "kid": identity_key.kid}
-    claims = {
-        "iss": "https://id.example.gov.cn",
-        "sub": "citizen-42",
-        "aud": "onecert-gateway",
-        "iat": 1_750_000_000,
-        "exp": 1_750_000_100,
-        "jti": "h",
-        "idn": "a" * 64,
-        "acr": "high",
-    }
+    claims = _raw_claims(jti="h")
     signing_input = f"{b64json(header)}.{b64json(claims)}"
     mac = hmac.new(public_pem, signing_input.encode(), hashlib.sha256).digest()
     await refused(verifier, f"{signing_input}.{b64(mac)}", UNAUTHENTICATED, "alg")
