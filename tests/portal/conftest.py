@@ -35,6 +35,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from bench._portal import CHROMIUM_ARGS
 from onecert.adapters.demo import GATEWAY_ID, IDENTITY_ISSUER, PROVIDERS, STORY, DemoFederation
 from onecert.sdk._idn import compute_idn
 from onecert.sdk._keys import SigningKey
@@ -42,16 +43,6 @@ from onecert.sdk.devkeys import DevKeys
 
 CHROMIUM = os.environ.get("ONECERT_CHROMIUM", "/usr/bin/chromium")
 AXE = Path(__file__).parent / "node_modules" / "axe-core" / "axe.min.js"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-    "--disable-dev-shm-usage",
-]
 
 
 @dataclass
