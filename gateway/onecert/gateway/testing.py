@@ -101,6 +101,7 @@ __all__ = [
     "FederationKeys",
     "GatewayProcess",
     "Record",
+    "Story",
     "at",
     "binding",
     "gateway_toml",
@@ -684,15 +685,9 @@ class FakeProvider(_Fake, provider_pb2_grpc.BindingProviderServicer):
 # ---------------------------------------------------------------- the federation
 
 
-class Federation(AsyncResource):
-    """Carriers and providers on real servers, and gateways configured to use them.
-
-    Args:
-        keys: the federation's keys (:meth:`FederationKeys.create`).
-        directory: where gateways keep a SQLite store.
-        tls: mutual TLS everywhere with the dev CA, the gateway in production
-            mode; False: plaintext, the gateway in development mode.
-    """
+class Story:
+    """The story's names and helpers as attributes, for harnesses that tests reach
+    through a fixture (``fed.CITIZEN_SUB``, ``fed.at(2020)``)."""
 
     ISSUER = ISSUER
     GATEWAY_ID = GATEWAY_ID
@@ -712,6 +707,17 @@ class Federation(AsyncResource):
     tenure = staticmethod(tenure)
     binding = staticmethod(binding)
     story_tenures = staticmethod(story_tenures)
+
+
+class Federation(Story, AsyncResource):
+    """Carriers and providers on real servers, and gateways configured to use them.
+
+    Args:
+        keys: the federation's keys (:meth:`FederationKeys.create`).
+        directory: where gateways keep a SQLite store.
+        tls: mutual TLS everywhere with the dev CA, the gateway in production
+            mode; False: plaintext, the gateway in development mode.
+    """
 
     def __init__(self, keys: FederationKeys, directory: str | Path, *, tls: bool = False) -> None:
         self.keys = keys
