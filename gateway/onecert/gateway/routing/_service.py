@@ -38,7 +38,7 @@ from onecert.gateway.routing._index import (
 from onecert.gateway.routing._keyring import RoutingKeyring
 from onecert.gateway.store import AuditDraft, FilterKind, FilterRow, Store
 from onecert.sdk._filter import FilterAdditions, FilterFormatError, RoutingFilter
-from onecert.sdk._keys import KeyConfigError
+from onecert.sdk._keys import KeyConfigError, load_hex_key
 from onecert.v1 import gateway_pb2
 
 __all__ = [
@@ -90,15 +90,7 @@ def load_filter_key(path: str | Path) -> bytes:
     Raises:
         KeyConfigError: unreadable, not hex, or not 32 bytes; never quotes the file.
     """
-    try:
-        key = bytes.fromhex(Path(path).read_bytes().decode("ascii").strip())
-    except OSError as exc:
-        raise KeyConfigError(f"cannot read filter key {path}: {exc.strerror or exc}") from None
-    except ValueError:  # UnicodeDecodeError included; neither message is repeated
-        raise KeyConfigError(f"filter key {path} is not hex") from None
-    if len(key) != 32:
-        raise KeyConfigError(f"filter key {path} must hold 32 bytes (64 hex)")
-    return key
+    return load_hex_key(path, what="filter key", size=32)
 
 
 def load_routing_keys(path: str | Path) -> RoutingKeyring:
