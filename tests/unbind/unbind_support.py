@@ -33,7 +33,7 @@ from onecert.gateway.testing import (
     OTHER_IDN,
     OTHER_NUMBER,
     Federation,
-    Story,
+    StoryNames,
     gateway_toml,
 )
 from onecert.sdk import (
@@ -151,7 +151,7 @@ def free_port() -> int:
         return port
 
 
-class UnbindWorld(Story):
+class UnbindWorld(StoryNames):
     """A carrier, SDK providers and gateways on one database, over the harness."""
 
     FAST = FAST

@@ -101,7 +101,7 @@ __all__ = [
     "FederationKeys",
     "GatewayProcess",
     "Record",
-    "Story",
+    "StoryNames",
     "at",
     "binding",
     "gateway_toml",
@@ -685,7 +685,7 @@ class FakeProvider(_Fake, provider_pb2_grpc.BindingProviderServicer):
 # ---------------------------------------------------------------- the federation
 
 
-class Story:
+class StoryNames:
     """The story's names and helpers as attributes, for harnesses that tests reach
     through a fixture (``fed.CITIZEN_SUB``, ``fed.at(2020)``)."""
 
@@ -709,7 +709,7 @@ class Story:
     story_tenures = staticmethod(story_tenures)
 
 
-class Federation(Story, AsyncResource):
+class Federation(StoryNames, AsyncResource):
     """Carriers and providers on real servers, and gateways configured to use them.
 
     Args:
