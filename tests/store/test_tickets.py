@@ -14,8 +14,8 @@ from onecert.gateway.store import (
     ConflictError,
     NotFoundError,
     Store,
+    StoredTicketState,
     Ticket,
-    TicketState,
 )
 
 HOUR = timedelta(hours=1)
@@ -53,7 +53,7 @@ async def test_create_is_idempotent_on_the_handle(store: Store, t0: datetime) ->
     assert created
     assert not created_again
     assert again == first
-    assert first.state is TicketState.QUEUED
+    assert first.state is StoredTicketState.QUEUED
     assert first.attempts == 0
     assert first.next_attempt_at == t0
     assert first.created_at == t0
@@ -193,7 +193,7 @@ async def test_done_is_final(store: Store, t0: datetime) -> None:
         answered_at=answered,
         now=answered,
     )
-    assert done.state is TicketState.DONE
+    assert done.state is StoredTicketState.DONE
     assert done.provider_outcome == "DONE"
     assert done.provider_reason == "unbound"
     assert done.answered_at == answered
@@ -212,7 +212,7 @@ async def test_rejected_is_final_with_reason(store: Store, t0: datetime) -> None
     """REJECTED records the provider's reason and is final."""
     ticket = await _claimed(store, t0)
     rejected = await _finish(store, ticket, "REJECTED", provider_reason="unknown account", now=t0)
-    assert rejected.state is TicketState.REJECTED
+    assert rejected.state is StoredTicketState.REJECTED
     assert rejected.provider_reason == "unknown account"
     assert rejected.answered_at == t0
 
@@ -229,14 +229,14 @@ async def test_pending_is_asked_again_later(store: Store, t0: datetime) -> None:
         next_attempt_at=later,
         now=t0,
     )
-    assert pending.state is TicketState.PENDING
+    assert pending.state is StoredTicketState.PENDING
     assert pending.provider_outcome == "PENDING"
     assert pending.next_attempt_at == later
     assert await store.tickets.claim_due(worker_id="w", now=later - timedelta(seconds=1)) == []
     (again,) = await store.tickets.claim_due(worker_id="w", now=later)
     assert again.attempts == 2
     done = await _finish(store, ticket, AttemptOutcome.DONE, now=later)
-    assert done.state is TicketState.DONE
+    assert done.state is StoredTicketState.DONE
 
 
 async def test_retry_keeps_the_ticket_queued_with_the_error(store: Store, t0: datetime) -> None:
@@ -251,7 +251,7 @@ async def test_retry_keeps_the_ticket_queued_with_the_error(store: Store, t0: da
         next_attempt_at=retry_at,
         now=t0,
     )
-    assert queued.state is TicketState.QUEUED
+    assert queued.state is StoredTicketState.QUEUED
     assert queued.last_error == "UNAVAILABLE: connection refused"
     assert queued.next_attempt_at == retry_at
     assert queued.lease_owner is None
@@ -265,7 +265,7 @@ async def test_fatal_error_fails_the_ticket(store: Store, t0: datetime) -> None:
     failed = await _finish(
         store, ticket, AttemptOutcome.FATAL, error="INVALID_ARGUMENT: bad account ref", now=t0
     )
-    assert failed.state is TicketState.FAILED
+    assert failed.state is StoredTicketState.FAILED
     assert failed.last_error == "INVALID_ARGUMENT: bad account ref"
 
 
@@ -287,7 +287,7 @@ async def test_expired_ticket_fails_with_last_error(store: Store, t0: datetime) 
     assert await store.tickets.claim_due(worker_id="w", now=t0 + HOUR) == []
     failed = await store.tickets.get(ticket.ticket_id)
     assert failed is not None
-    assert failed.state is TicketState.FAILED
+    assert failed.state is StoredTicketState.FAILED
     assert failed.last_error is not None
     assert failed.last_error.startswith("expired before the provider answered")
     assert "UNAVAILABLE: provider down" in failed.last_error
@@ -305,7 +305,7 @@ async def test_attempt_ending_after_expiry_fails(store: Store, t0: datetime) -> 
         next_attempt_at=t0 + 2 * HOUR,
         now=t0 + HOUR,
     )
-    assert failed.state is TicketState.FAILED
+    assert failed.state is StoredTicketState.FAILED
     assert failed.last_error is not None
     assert "DEADLINE_EXCEEDED" in failed.last_error
 
@@ -317,7 +317,7 @@ async def test_pending_past_expiry_fails(store: Store, t0: datetime) -> None:
     assert await store.tickets.claim_due(worker_id="w", now=t0 + 2 * HOUR) == []
     failed = await store.tickets.get(ticket.ticket_id)
     assert failed is not None
-    assert failed.state is TicketState.FAILED
+    assert failed.state is StoredTicketState.FAILED
     assert failed.last_error == "expired while the provider's answer was PENDING"
 
 
@@ -328,9 +328,9 @@ async def test_a_leased_expired_ticket_is_left_to_its_worker(store: Store, t0: d
     assert await store.tickets.claim_due(worker_id="other", now=now) == []
     current = await store.tickets.get(ticket.ticket_id)
     assert current is not None
-    assert current.state is TicketState.QUEUED
+    assert current.state is StoredTicketState.QUEUED
     done = await _finish(store, ticket, "DONE", now=now)
-    assert done.state is TicketState.DONE
+    assert done.state is StoredTicketState.DONE
 
 
 async def test_worker_that_lost_its_lease_changes_nothing(store: Store, t0: datetime) -> None:
@@ -343,7 +343,7 @@ async def test_worker_that_lost_its_lease_changes_nothing(store: Store, t0: date
     )
     assert ignored == taken
     done = await _finish(store, ticket, "DONE", now=later)
-    assert done.state is TicketState.DONE
+    assert done.state is StoredTicketState.DONE
     # The new owner's late retry cannot reopen it.
     after = await store.tickets.finish_attempt(
         ticket.ticket_id,
@@ -353,7 +353,7 @@ async def test_worker_that_lost_its_lease_changes_nothing(store: Store, t0: date
         next_attempt_at=later + HOUR,
         now=later,
     )
-    assert after.state is TicketState.DONE
+    assert after.state is StoredTicketState.DONE
 
 
 async def test_finish_checks_its_arguments(store: Store, t0: datetime) -> None:

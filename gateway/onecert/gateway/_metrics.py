@@ -43,11 +43,11 @@ from onecert.gateway._observers import (
     NO_OBSERVER,
     ActiveLookups,
     Breakers,
-    CallOutcome,
     LookupCounts,
     NullObserver,
     Observer,
     ProviderAnswer,
+    UpstreamOutcome,
 )
 from onecert.gateway._refusal import Refusal
 from onecert.gateway.store import AttemptOutcome
@@ -169,7 +169,7 @@ class GatewayMetrics:
             registry=registry,
         )
 
-        def bind(kind: str, ids: Sequence[str]) -> dict[str, dict[CallOutcome, _Bound]]:
+        def bind(kind: str, ids: Sequence[str]) -> dict[str, dict[UpstreamOutcome, _Bound]]:
             calls = Counter(
                 f"onecert_{kind}_calls",
                 f"{kind.title()} calls of lookups by outcome "
@@ -184,15 +184,15 @@ class GatewayMetrics:
                 buckets=_CALL_BUCKETS,
                 registry=registry,
             )
-            bound: dict[str, dict[CallOutcome, _Bound]] = {}
+            bound: dict[str, dict[UpstreamOutcome, _Bound]] = {}
             for target in ids:
                 timer = latency.labels(target)
                 bound[target] = {
                     outcome: _Bound(
                         calls.labels(target, outcome.name.lower()),
-                        None if outcome is CallOutcome.SKIPPED else timer,
+                        None if outcome is UpstreamOutcome.SKIPPED else timer,
                     )
-                    for outcome in CallOutcome
+                    for outcome in UpstreamOutcome
                 }
             return bound
 
@@ -229,7 +229,7 @@ class GatewayMetrics:
             self._lookup_seconds.observe(seconds)
 
     def carrier_answered(
-        self, carrier_id: str, outcome: CallOutcome, attempts: int, seconds: float
+        self, carrier_id: str, outcome: UpstreamOutcome, attempts: int, seconds: float
     ) -> None:
         bound = self._carriers.get(carrier_id)
         if bound is not None:
@@ -554,7 +554,7 @@ class Telemetry:
     # ------------------------------------------------------------ hooks
 
     def carrier_answered(
-        self, carrier_id: str, outcome: CallOutcome, attempts: int, seconds: float
+        self, carrier_id: str, outcome: UpstreamOutcome, attempts: int, seconds: float
     ) -> None:
         if self.metrics is not None:
             self.metrics.carrier_answered(carrier_id, outcome, attempts, seconds)

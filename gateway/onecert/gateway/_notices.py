@@ -32,8 +32,8 @@ from onecert.gateway.store import (
     DeliveryMode,
     NotFoundError,
     Notice,
-    NumberEventType,
     Store,
+    StoredEventType,
 )
 from onecert.sdk._msisdn import InvalidMsisdnError, mask_msisdn, sha256_hex, validate_msisdn
 from onecert.sdk._set import MAX_JTI, SetIssuer
@@ -66,9 +66,9 @@ _POLL_MARGIN_S = 0.5
 _POLL_RECHECK_S = 1.0
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-_EVENT_TYPES: Mapping[int, NumberEventType] = {
-    gateway_pb2.NUMBER_EVENT_TYPE_CANCELLED: NumberEventType.CANCELLED,
-    gateway_pb2.NUMBER_EVENT_TYPE_RECYCLED: NumberEventType.RECYCLED,
+_EVENT_TYPES: Mapping[int, StoredEventType] = {
+    gateway_pb2.NUMBER_EVENT_TYPE_CANCELLED: StoredEventType.CANCELLED,
+    gateway_pb2.NUMBER_EVENT_TYPE_RECYCLED: StoredEventType.RECYCLED,
 }
 
 
@@ -131,7 +131,7 @@ def optional_time_arg(request: Message, name: str) -> datetime | None:
 def notice_deadline(
     config: NoticesConfig,
     *,
-    event_type: NumberEventType,
+    event_type: StoredEventType,
     effective_at: datetime,
     quiet_period_ends_at: datetime | None,
     now: datetime,
@@ -146,7 +146,7 @@ def notice_deadline(
     """
     if config.deadline_s is not None:
         deadline = effective_at + timedelta(seconds=config.deadline_s)
-    elif event_type is NumberEventType.CANCELLED:
+    elif event_type is StoredEventType.CANCELLED:
         deadline = quiet_period_ends_at or effective_at + timedelta(
             seconds=config.default_quiet_period_s
         )
@@ -288,7 +288,7 @@ class NoticeService:
 
     def _addressees(
         self,
-        kind: NumberEventType,
+        kind: StoredEventType,
         effective_at: datetime,
         quiet: datetime | None,
         now: datetime,
@@ -310,7 +310,7 @@ class NoticeService:
 
     def _check_report(
         self, request: gateway_pb2.ReportNumberEventRequest, now: datetime
-    ) -> tuple[str, NumberEventType, datetime, datetime | None]:
+    ) -> tuple[str, StoredEventType, datetime, datetime | None]:
         if not 0 < len(request.event_id) <= MAX_EVENT_ID:
             raise invalid(f"event_id is required (1 to {MAX_EVENT_ID} characters)")
         if not request.event_id.isprintable():
@@ -327,7 +327,7 @@ class NoticeService:
         if effective_at > now + timedelta(seconds=self._config.clock_skew_s):
             raise invalid("effective_at is in the future")
         if quiet is not None:
-            if kind is not NumberEventType.CANCELLED:
+            if kind is not StoredEventType.CANCELLED:
                 raise invalid("quiet_period_ends_at applies to CANCELLED events only")
             if quiet <= effective_at:
                 raise invalid("quiet_period_ends_at must be after effective_at")
