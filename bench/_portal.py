@@ -25,6 +25,8 @@ from bench._report import Row, ScenarioResult
 from onecert.adapters.demo import STORY, DemoFederation
 
 CHROMIUM = "/usr/bin/chromium"
+# The flags headless Chromium runs with here and in the portal tests (no sandbox in
+# containers, nothing fetched in the background).
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",

@@ -114,28 +114,25 @@ def versions() -> dict[str, str]:
         "cryptography": _version("cryptography"),
         "pyjwt": _version("pyjwt"),
     }
-    root = Path(__file__).resolve().parents[1]
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],  # read-only
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=5,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=5,
-        ).stdout.strip()
+        commit = _git("rev-parse", "--short", "HEAD")
+        dirty = _git("status", "--porcelain", "--untracked-files=no")
         out["git_commit"] = commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         pass
     return out
+
+
+def _git(*args: str) -> str:
+    """What a read-only git command prints about this checkout, stripped."""
+    return subprocess.run(
+        ["git", *args],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=5,
+    ).stdout.strip()
 
 
 def document(

@@ -362,22 +362,17 @@ async def tail(ctx: Context) -> ScenarioResult:
             target=f"<= {deadline * 1000 + 50:g}",
             target_on="value",
         ).judge(),
-        Row(
-            "first result",
-            "time p50",
-            "ms",
-            _ms(percentile(firsts, 50)),
-            _ms(percentile(floor_firsts, 50)),
-            "floor first answer",
-        ).judge(),
-        Row(
-            "first result",
-            "time p99",
-            "ms",
-            _ms(percentile(firsts, 99)),
-            _ms(percentile(floor_firsts, 99)),
-            "floor first answer",
-        ).judge(),
+        *(
+            Row(
+                "first result",
+                f"time p{q}",
+                "ms",
+                _ms(percentile(firsts, q)),
+                _ms(percentile(floor_firsts, q)),
+                "floor first answer",
+            ).judge()
+            for q in (50, 99)
+        ),
         Row(
             "last healthy result",
             "time p99",

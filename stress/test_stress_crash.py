@@ -55,8 +55,8 @@ from onecert.gateway.store import (
     DeliveryState,
     Notice,
     Store,
+    StoredTicketState,
     Ticket,
-    TicketState,
 )
 from onecert.gateway.store._models import audit_log, unbind_tickets
 from onecert.gateway.store._rows import (
@@ -979,7 +979,7 @@ class Judge:
             tickets_failed=states["FAILED"],
             tickets_failed_by_provider=dict(
                 collections.Counter(
-                    t.provider_id for t in self.state.tickets if t.state is TicketState.FAILED
+                    t.provider_id for t in self.state.tickets if t.state is StoredTicketState.FAILED
                 )
             ),
             tickets_unrequested=unrequested,
@@ -1007,9 +1007,9 @@ class Judge:
     def _final(self, ticket: Ticket) -> None:
         if not ticket.state.terminal:
             self.bad.append(f"ticket {ticket.ticket_id} is still {ticket.state.value}")
-        if ticket.state is TicketState.FAILED and not ticket.last_error:
+        if ticket.state is StoredTicketState.FAILED and not ticket.last_error:
             self.bad.append(f"ticket {ticket.ticket_id} FAILED without a reason")
-        if ticket.state is TicketState.REJECTED and not ticket.provider_reason:
+        if ticket.state is StoredTicketState.REJECTED and not ticket.provider_reason:
             self.bad.append(f"ticket {ticket.ticket_id} REJECTED without the provider's reason")
 
     def applies(self, ledgers: Mapping[str, Ledger]) -> None:
@@ -1032,7 +1032,7 @@ class Judge:
         done_unapplied = [
             t.ticket_id
             for t in self.state.tickets
-            if t.state is TicketState.DONE and not self.applied[t.ticket_id]
+            if t.state is StoredTicketState.DONE and not self.applied[t.ticket_id]
         ]
         self.bad.extend(
             f"ticket {t} is DONE, its provider never applied it" for t in done_unapplied
@@ -1045,7 +1045,7 @@ class Judge:
             applied_but_not_done=sum(
                 1
                 for t in self.state.tickets
-                if self.applied[t.ticket_id] and t.state is not TicketState.DONE
+                if self.applied[t.ticket_id] and t.state is not StoredTicketState.DONE
             ),
         )
 

@@ -4,7 +4,7 @@ GatewayError."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -124,19 +124,41 @@ async def test_report_number_event(gateway: tuple[FakeGateway, str]) -> None:
     assert fake.principals == ["carrier:cm", "carrier:cm"]
 
 
-async def test_report_number_event_refused(gateway: tuple[FakeGateway, str]) -> None:
+@pytest.mark.parametrize(
+    ("client", "call", "principal"),
+    [
+        pytest.param(
+            lambda target: CarrierGatewayClient(target, insecure=True),
+            lambda client: client.report_number_event(
+                event_id="ev-1", msisdn=NUMBER, event_type="recycled", effective_at=WHEN
+            ),
+            # Without dev_carrier_id no principal is claimed.
+            "",
+            id="carrier",
+        ),
+        pytest.param(
+            lambda target: AdminGatewayClient(target, insecure=True),
+            lambda client: client.compliance_report(),
+            "admin",
+            id="admin",
+        ),
+    ],
+)
+async def test_refusal_is_a_gateway_error(
+    gateway: tuple[FakeGateway, str],
+    client: Callable[[str], Any],
+    call: Callable[[Any], Awaitable[object]],
+    principal: str,
+) -> None:
     """A refusal comes back as GatewayError with the gateway's status and message."""
     fake, target = gateway
     fake.fail = grpc.StatusCode.PERMISSION_DENIED
-    async with CarrierGatewayClient(target, insecure=True) as client:
+    async with client(target) as role_client:
         with pytest.raises(GatewayError) as err:
-            await client.report_number_event(
-                event_id="ev-1", msisdn=NUMBER, event_type="recycled", effective_at=WHEN
-            )
+            await call(role_client)
     assert err.value.code is grpc.StatusCode.PERMISSION_DENIED
     assert err.value.details == "refused by the fake"
-    # Without dev_carrier_id no principal is claimed.
-    assert fake.principals == [""]
+    assert fake.principals == [principal]
 
 
 async def test_report_number_event_bad_arguments(gateway: tuple[FakeGateway, str]) -> None:
@@ -205,16 +227,6 @@ async def test_compliance_report(gateway: tuple[FakeGateway, str]) -> None:
     assert with_since.since.ToDatetime(tzinfo=UTC) == since
     assert not without.HasField("since")
     assert fake.principals == ["admin", "admin"]
-
-
-async def test_compliance_report_refused(gateway: tuple[FakeGateway, str]) -> None:
-    """A caller that is not an admin gets GatewayError(PERMISSION_DENIED)."""
-    fake, target = gateway
-    fake.fail = grpc.StatusCode.PERMISSION_DENIED
-    async with AdminGatewayClient(target, insecure=True) as client:
-        with pytest.raises(GatewayError) as err:
-            await client.compliance_report()
-    assert err.value.code is grpc.StatusCode.PERMISSION_DENIED
 
 
 def test_transport_choices() -> None:

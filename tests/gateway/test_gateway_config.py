@@ -14,6 +14,7 @@ import pytest
 from onecert.cli import main
 from onecert.gateway import ConfigError, GatewayServer, load_config, parse_config
 from onecert.gateway._config import (
+    _TABLES,
     AdminConfig,
     CheckRecycledConfig,
     DeliveryConfig,
@@ -29,29 +30,12 @@ from onecert.gateway._config import (
     TracingConfig,
 )
 from onecert.v1 import common_pb2
+from tests.gateway.config_support import MINIMAL
 
 if TYPE_CHECKING:
     from onecert.gateway.testing import Federation
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
-
-MINIMAL = """
-[gateway]
-dev_plaintext = true
-
-[keys]
-warrant_key = "keys/warrant.key.pem"
-handle_key = "keys/handle.key"
-
-[[identity.issuers]]
-issuer = "https://id.example.test"
-jwks = "keys/identity.jwks.json"
-
-[[carriers]]
-id = "cm"
-address = "127.0.0.1:50061"
-plaintext = true
-"""
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -91,24 +75,7 @@ def test_documented_keys_are_exactly_the_parsed_keys() -> None:
     in the docs would be an unknown key), and it sets every documented table."""
     production, _ = docs_examples()
     data = tomllib.loads(production)
-    assert set(data) == {
-        "gateway",
-        "keys",
-        "identity",
-        "upstream_tls",
-        "fanout",
-        "carriers",
-        "providers",
-        "store",
-        "delivery",
-        "notices",
-        "check_recycled",
-        "admin",
-        "portal",
-        "metrics",
-        "tracing",
-        "routing",
-    }
+    assert set(data) == set(_TABLES)
     assert set(data["tracing"]) == {f.name for f in dataclasses.fields(TracingConfig)}
     assert set(data["routing"]) == {f.name for f in dataclasses.fields(RoutingConfig)}
     fields = {f.name for f in dataclasses.fields(FanoutConfig)}

@@ -21,7 +21,7 @@ from onecert.gateway._attribution import Attribution, TenureView
 from onecert.gateway._breaker import CircuitBreaker
 from onecert.gateway._channels import ChannelPool
 from onecert.gateway._config import FanoutConfig, ProviderConfig
-from onecert.gateway._fanout import CallOutcome, FanOut, ProviderAnswer, ProviderCall
+from onecert.gateway._fanout import FanOut, ProviderAnswer, ProviderCall, UpstreamOutcome
 from onecert.gateway._handles import HandleSealer
 from onecert.gateway._identity import Citizen
 from onecert.gateway._lookup import ResultMerger, new_query_id
@@ -86,7 +86,7 @@ def merge(current: bool, found: Sequence[provider_pb2.Binding]) -> gateway_pb2.P
     )
     answer = ProviderAnswer(
         call=ProviderCall(PROVIDER, NUMBER),
-        outcome=CallOutcome.ANSWERED,
+        outcome=UpstreamOutcome.ANSWERED,
         detail="",
         bindings=tuple(found),
         attempts=1,

@@ -36,6 +36,55 @@ UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
 PERMISSION_DENIED = grpc.StatusCode.PERMISSION_DENIED
 
 
+SECOND_ISSUER = "https://id2.example.gov.cn"
+
+
+def _two_issuers(
+    make_verifier: MakeVerifier, identity_key: SigningKey, second: SigningKey
+) -> AssertionVerifier:
+    """A verifier trusting the usual identity service and :data:`SECOND_ISSUER` (``second``)."""
+    return make_verifier(
+        issuers={
+            "https://id.example.gov.cn": parse_jwks(identity_key.jwks()),
+            SECOND_ISSUER: parse_jwks(second.jwks()),
+        }
+    )
+
+
+def _forged(
+    other_key: SigningKey,
+    identity_key: SigningKey,
+    *,
+    idn: str,
+    jti: str | None = None,
+    **headers: Any,
+) -> str:
+    """An assertion signed with ``other_key`` whose header names the identity service's key."""
+    forger = AssertionIssuer(key=other_key, issuer="https://id.example.gov.cn")
+    return forger.mint(
+        sub="citizen-42",
+        idn=idn,
+        audience="onecert-gateway",
+        jti=jti,
+        now=1_750_000_000,
+        headers={"kid": identity_key.kid, "alg": "ES256", **headers},
+    )
+
+
+def _raw_claims(*, jti: str) -> dict[str, Any]:
+    """A citizen's valid assertion claims, for tokens the tests sign (or not) by hand."""
+    return {
+        "iss": "https://id.example.gov.cn",
+        "sub": "citizen-42",
+        "aud": "onecert-gateway",
+        "iat": 1_750_000_000,
+        "exp": 1_750_000_100,
+        "jti": jti,
+        "idn": "a" * 64,
+        "acr": "high",
+    }
+
+
 def b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
@@ -97,33 +146,20 @@ async def test_same_jti_from_another_issuer_is_not_a_replay(
 ) -> None:
     """Replay is judged per issuer: two identity services may pick the same jti."""
     second = SigningKey.generate("EdDSA")
-    verifier = make_verifier(
-        issuers={
-            "https://id.example.gov.cn": parse_jwks(identity_key.jwks()),
-            "https://id2.example.gov.cn": parse_jwks(second.jwks()),
-        }
-    )
-    other = AssertionIssuer(key=second, issuer="https://id2.example.gov.cn")
+    verifier = _two_issuers(make_verifier, identity_key, second)
+    other = AssertionIssuer(key=second, issuer=SECOND_ISSUER)
     await verifier.verify(mint(jti="shared"))
     citizen = await verifier.verify(
         other.mint(sub="s", idn=idn, audience="onecert-gateway", jti="shared", now=clock.now)
     )
-    assert citizen.issuer == "https://id2.example.gov.cn"
+    assert citizen.issuer == SECOND_ISSUER
 
 
 async def test_replay_is_checked_only_after_the_signature(
     verifier: AssertionVerifier, mint: Mint, other_key: SigningKey, identity_key: SigningKey
 ) -> None:
     """A forged assertion never burns the jti of the genuine one that follows."""
-    forger = AssertionIssuer(key=other_key, issuer="https://id.example.gov.cn")
-    forged = forger.mint(
-        sub="citizen-42",
-        idn="0" * 64,
-        audience="onecert-gateway",
-        jti="victim",
-        now=1_750_000_000,
-        headers={"kid": identity_key.kid, "alg": "ES256"},
-    )
+    forged = _forged(other_key, identity_key, idn="0" * 64, jti="victim")
     await refused(verifier, forged, UNAUTHENTICATED, "signature")
     assert (await verifier.verify(mint(jti="victim"))).jti == "victim"
 
@@ -154,12 +190,7 @@ async def test_issuer_cannot_borrow_another_issuers_name(
 ) -> None:
     """An issuer naming another trusted issuer is checked against that issuer's keys only."""
     second = SigningKey.generate("ES256")
-    verifier = make_verifier(
-        issuers={
-            "https://id.example.gov.cn": parse_jwks(identity_key.jwks()),
-            "https://id2.example.gov.cn": parse_jwks(second.jwks()),
-        }
-    )
+    verifier = _two_issuers(make_verifier, identity_key, second)
     impostor = AssertionIssuer(key=second, issuer="https://id.example.gov.cn")
     token = impostor.mint(sub="citizen-42", idn=idn, audience="onecert-gateway", now=1.75e9)
     await refused(verifier, token, UNAUTHENTICATED, "kid")
@@ -262,16 +293,7 @@ async def test_warrant_is_not_an_assertion(
 async def test_alg_none_is_refused(verifier: AssertionVerifier, identity_key: SigningKey) -> None:
     """An unsigned assertion (alg none) is refused."""
     header = {"alg": "none", "typ": ASSERTION_TYP, "kid": identity_key.kid}
-    claims = {
-        "iss": "https://id.example.gov.cn",
-        "sub": "citizen-42",
-        "aud": "onecert-gateway",
-        "iat": 1_750_000_000,
-        "exp": 1_750_000_100,
-        "jti": "n",
-        "idn": "a" * 64,
-        "acr": "high",
-    }
+    claims = _raw_claims(jti="n")
     for token in (f"{b64json(header)}.{b64json(claims)}.", f"{b64json(header)}.{b64json(claims)}"):
         with pytest.raises(IdentityError) as info:
             await verifier.verify(token)
@@ -288,16 +310,7 @@ async def test_hmac_with_the_public_key_is_refused(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     header = {"alg": "HS256", "typ": ASSERTION_TYP, "kid": identity_key.kid}
-    claims = {
-        "iss": "https://id.example.gov.cn",
-        "sub": "citizen-42",
-        "aud": "onecert-gateway",
-        "iat": 1_750_000_000,
-        "exp": 1_750_000_100,
-        "jti": "h",
-        "idn": "a" * 64,
-        "acr": "high",
-    }
+    claims = _raw_claims(jti="h")
     signing_input = f"{b64json(header)}.{b64json(claims)}"
     mac = hmac.new(public_pem, signing_input.encode(), hashlib.sha256).digest()
     await refused(verifier, f"{signing_input}.{b64(mac)}", UNAUTHENTICATED, "alg")
@@ -320,18 +333,12 @@ async def test_embedded_key_is_ignored(
     verifier: AssertionVerifier, other_key: SigningKey, identity_key: SigningKey
 ) -> None:
     """A jwk or jku header never supplies the verification key."""
-    forger = AssertionIssuer(key=other_key, issuer="https://id.example.gov.cn")
-    token = forger.mint(
-        sub="citizen-42",
+    token = _forged(
+        other_key,
+        identity_key,
         idn="a" * 64,
-        audience="onecert-gateway",
-        now=1_750_000_000,
-        headers={
-            "kid": identity_key.kid,
-            "alg": "ES256",
-            "jwk": other_key.public_jwk(),
-            "jku": "https://evil.example/jwks.json",
-        },
+        jwk=other_key.public_jwk(),
+        jku="https://evil.example/jwks.json",
     )
     await refused(verifier, token, UNAUTHENTICATED, "signature")
 

@@ -9,20 +9,35 @@ import socket
 import struct
 
 
-class ResettingProxy:
+class _LoopbackServer:
+    """A TCP server on a free loopback port; subclasses say what a connection gets."""
+
+    _server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        """Listen; returns ``host:port``."""
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        return f"127.0.0.1:{port}"
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Stop listening."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+class ResettingProxy(_LoopbackServer):
     """A TCP proxy in front of a server that can reset (RST) every connection at once."""
 
     def __init__(self, upstream: str) -> None:
         self._upstream = upstream
         self._writers: list[asyncio.StreamWriter] = []
-        self._server: asyncio.Server | None = None
         self.resets = 0
         self.connections = 0
-
-    async def start(self) -> str:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        port = self._server.sockets[0].getsockname()[1]
-        return f"127.0.0.1:{port}"
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -62,23 +77,15 @@ class ResettingProxy:
 
     async def close(self) -> None:
         self.reset()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        await super().close()
 
 
-class JunkServer:
+class JunkServer(_LoopbackServer):
     """A TCP server that is not gRPC: it writes ``reply`` to whoever connects and hangs up."""
 
     def __init__(self, reply: bytes) -> None:
         self.reply = reply
         self.connections = 0
-        self._server: asyncio.Server | None = None
-
-    async def start(self) -> str:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        port = self._server.sockets[0].getsockname()[1]
-        return f"127.0.0.1:{port}"
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -92,8 +99,3 @@ class JunkServer:
             pass
         finally:
             writer.close()
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()

@@ -482,26 +482,19 @@ def _signed(
     )
 
 
+def _gateway_signed(typ: str, claims: dict[str, Any]) -> str:
+    """A token of type ``typ`` over exactly ``claims``, validly signed with the gateway's key."""
+    return sign_raw(_GATEWAY_KEY, {"alg": "EdDSA", "kid": _GATEWAY_KEY.kid, "typ": typ}, claims)
+
+
 _SET_NAMES = ["iss", "aud", "iat", "jti", "toe", "events", "exp", "nbf"]
 _WARRANT_NAMES = ["iss", "aud", "iat", "exp", "nbf", "jti", "purpose", "qid", "target_sha256"]
 
 
 @PURE_SETTINGS
 @given(token=st.one_of(long_texts, _signed(SET_TYP, _set_claims, _SET_NAMES)))
-@example(
-    token=sign_raw(
-        _GATEWAY_KEY,
-        {"alg": "EdDSA", "kid": _GATEWAY_KEY.kid, "typ": SET_TYP},
-        {**_set_claims(), "toe": 1e300},
-    )
-)
-@example(
-    token=sign_raw(
-        _GATEWAY_KEY,
-        {"alg": "EdDSA", "kid": _GATEWAY_KEY.kid, "typ": SET_TYP},
-        {**_set_claims(), "iat": 10**400},
-    )
-)
+@example(token=_gateway_signed(SET_TYP, {**_set_claims(), "toe": 1e300}))
+@example(token=_gateway_signed(SET_TYP, {**_set_claims(), "iat": 10**400}))
 def test_fuzz_sets(token: str) -> None:
     """Any token, even one validly signed over absurd claims, is a notice or a
     SetError, never another exception."""
@@ -515,20 +508,8 @@ def test_fuzz_sets(token: str) -> None:
 
 @PURE_SETTINGS
 @given(token=st.one_of(long_texts, _signed(WARRANT_TYP, _warrant_claims, _WARRANT_NAMES)))
-@example(
-    token=sign_raw(
-        _GATEWAY_KEY,
-        {"alg": "EdDSA", "kid": _GATEWAY_KEY.kid, "typ": WARRANT_TYP},
-        {**_warrant_claims(), "exp": float("nan")},
-    )
-)
-@example(
-    token=sign_raw(
-        _GATEWAY_KEY,
-        {"alg": "EdDSA", "kid": _GATEWAY_KEY.kid, "typ": WARRANT_TYP},
-        {**_warrant_claims(), "exp": 10**400},
-    )
-)
+@example(token=_gateway_signed(WARRANT_TYP, {**_warrant_claims(), "exp": float("nan")}))
+@example(token=_gateway_signed(WARRANT_TYP, {**_warrant_claims(), "exp": 10**400}))
 def test_fuzz_warrants(token: str) -> None:
     """Any token is a warrant with finite times or a WarrantError, never another exception."""
     try:

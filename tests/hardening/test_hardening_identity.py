@@ -73,8 +73,11 @@ def _public_pem(hz: Harness) -> bytes:
     )
 
 
-def _attacker(keys: KeyServer, issuer: str) -> AssertionIssuer:
-    return AssertionIssuer(key=keys.key, issuer=issuer)
+def _attacker(hz: Harness, keys: KeyServer, **headers: Any) -> str:
+    """The citizen's assertion signed with the attacker's key, with these JOSE headers."""
+    return AssertionIssuer(key=keys.key, issuer=hz.ISSUER).mint(
+        sub=hz.CITIZEN_SUB, idn=hz.IDN, audience=hz.GATEWAY_ID, headers=headers
+    )
 
 
 def _mint(hz: Harness, **options: Any) -> str:
@@ -174,48 +177,23 @@ ATTACKS = [
     Attack("kid missing", lambda hz, _: _mint(hz, headers={"kid": None})),
     Attack(
         "jku to the attacker's JWKS, attacker's kid",
-        lambda hz, ks: _attacker(ks, hz.ISSUER).mint(
-            sub=hz.CITIZEN_SUB,
-            idn=hz.IDN,
-            audience=hz.GATEWAY_ID,
-            headers={"jku": ks.url + "/jwks.json"},
-        ),
+        lambda hz, ks: _attacker(hz, ks, jku=ks.url + "/jwks.json"),
     ),
     Attack(
         "jku to the attacker's JWKS, trusted kid",
-        lambda hz, ks: _attacker(ks, hz.ISSUER).mint(
-            sub=hz.CITIZEN_SUB,
-            idn=hz.IDN,
-            audience=hz.GATEWAY_ID,
-            headers={"jku": ks.url + "/jwks.json", "kid": hz.keys.identity.kid},
-        ),
+        lambda hz, ks: _attacker(hz, ks, jku=ks.url + "/jwks.json", kid=hz.keys.identity.kid),
     ),
     Attack(
         "x5u to the attacker's certificate",
-        lambda hz, ks: _attacker(ks, hz.ISSUER).mint(
-            sub=hz.CITIZEN_SUB,
-            idn=hz.IDN,
-            audience=hz.GATEWAY_ID,
-            headers={"x5u": ks.url + "/cert.pem", "kid": hz.keys.identity.kid},
-        ),
+        lambda hz, ks: _attacker(hz, ks, x5u=ks.url + "/cert.pem", kid=hz.keys.identity.kid),
     ),
     Attack(
         "embedded jwk of the attacker, attacker's kid",
-        lambda hz, ks: _attacker(ks, hz.ISSUER).mint(
-            sub=hz.CITIZEN_SUB,
-            idn=hz.IDN,
-            audience=hz.GATEWAY_ID,
-            headers={"jwk": ks.key.public_jwk()},
-        ),
+        lambda hz, ks: _attacker(hz, ks, jwk=ks.key.public_jwk()),
     ),
     Attack(
         "embedded jwk of the attacker, trusted kid",
-        lambda hz, ks: _attacker(ks, hz.ISSUER).mint(
-            sub=hz.CITIZEN_SUB,
-            idn=hz.IDN,
-            audience=hz.GATEWAY_ID,
-            headers={"jwk": ks.key.public_jwk(), "kid": hz.keys.identity.kid},
-        ),
+        lambda hz, ks: _attacker(hz, ks, jwk=ks.key.public_jwk(), kid=hz.keys.identity.kid),
     ),
     Attack("typ JWT", lambda hz, _: _mint(hz, headers={"typ": "JWT"})),
     Attack("typ missing", lambda hz, _: _mint(hz, headers={"typ": None})),

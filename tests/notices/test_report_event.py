@@ -11,7 +11,7 @@ import pytest
 
 from onecert.gateway._config import NoticesConfig
 from onecert.gateway._notices import notice_deadline
-from onecert.gateway.store import DeliveryMode, DeliveryState, NumberEventType
+from onecert.gateway.store import DeliveryMode, DeliveryState, StoredEventType
 from onecert.v1 import gateway_pb2
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ async def test_carrier_reports_its_number_once_per_provider(world: NoticeWorld) 
     notice = await world.store.notices.get(answer.notice_id)
     assert notice is not None
     assert notice.carrier_id == "cm"
-    assert notice.event_type is NumberEventType.RECYCLED
+    assert notice.event_type is StoredEventType.RECYCLED
     modes = {
         d.provider_id: d.mode for d in await world.store.deliveries.for_notice(notice.notice_id)
     }
@@ -187,7 +187,7 @@ def test_late_reports_still_leave_time_to_act() -> None:
     old = now - timedelta(days=30)
     late = notice_deadline(
         config,
-        event_type=NumberEventType.RECYCLED,
+        event_type=StoredEventType.RECYCLED,
         effective_at=old,
         quiet_period_ends_at=None,
         now=now,
@@ -195,7 +195,7 @@ def test_late_reports_still_leave_time_to_act() -> None:
     assert late == now + timedelta(hours=1)
     fixed = notice_deadline(
         NoticesConfig(deadline_s=86400.0, min_action_s=0),
-        event_type=NumberEventType.CANCELLED,
+        event_type=StoredEventType.CANCELLED,
         effective_at=now,
         quiet_period_ends_at=now + timedelta(days=60),
         now=now,

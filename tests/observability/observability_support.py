@@ -6,17 +6,20 @@ from __future__ import annotations
 import asyncio
 import urllib.request
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from onecert.gateway import GatewayServer
-from onecert.gateway._config import DeliveryConfig, GatewayConfig, MetricsConfig, NoticesConfig
+from onecert.gateway._config import GatewayConfig, MetricsConfig
 from onecert.gateway.testing import (
     CITIZEN_SUB,
     CURRENT,
     CURRENT_FROM,
+    FAST_DELIVERY,
+    FAST_NOTICES,
     GATEWAY_ID,
     IDN,
     FakeProvider,
@@ -55,22 +58,9 @@ class ObservedFederation:
         """Development mode, metrics on a free port, fast delivery; ``overrides`` replace fields."""
         options: dict[str, Any] = {
             "metrics": MetricsConfig(listen="127.0.0.1:0"),
-            "delivery": DeliveryConfig(
-                workers=1,
-                lease_s=3.0,
-                poll_interval_s=0.05,
-                backoff_initial_s=0.05,
-                backoff_max_s=0.1,
-                unbind_deadline_s=1.0,
-            ),
-            "notices": NoticesConfig(
-                workers=1,
-                lease_s=3.0,
-                check_interval_s=0.05,
-                backoff_initial_s=0.05,
-                backoff_max_s=0.1,
-                push_deadline_s=1.0,
-            ),
+            # The harness's fast settings, with one delivery worker and a shorter backoff.
+            "delivery": replace(FAST_DELIVERY, workers=1, poll_interval_s=0.05, backoff_max_s=0.1),
+            "notices": replace(FAST_NOTICES, lease_s=3.0, backoff_max_s=0.1, push_deadline_s=1.0),
             **overrides,
         }
         return self.fed.config(

@@ -35,6 +35,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from bench._portal import CHROMIUM_ARGS
 from onecert.adapters.demo import GATEWAY_ID, IDENTITY_ISSUER, PROVIDERS, STORY, DemoFederation
 from onecert.sdk._idn import compute_idn
 from onecert.sdk._keys import SigningKey
@@ -42,16 +43,6 @@ from onecert.sdk.devkeys import DevKeys
 
 CHROMIUM = os.environ.get("ONECERT_CHROMIUM", "/usr/bin/chromium")
 AXE = Path(__file__).parent / "node_modules" / "axe-core" / "axe.min.js"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-    "--disable-dev-shm-usage",
-]
 
 
 @dataclass
@@ -149,6 +140,23 @@ def axe_source() -> str:
 def spawn_portal_fixture() -> Any:
     """:func:`spawn_portal`, for test modules (they import nothing from here)."""
     return spawn_portal
+
+
+@pytest.fixture(name="run_portal")
+def run_portal_fixture() -> Any:
+    """:func:`run_portal`, for test modules (they import nothing from here)."""
+    return run_portal
+
+
+def run_portal(config: Path) -> subprocess.CompletedProcess[str]:
+    """``onecert portal serve --config CONFIG`` run to its end: for configs it refuses."""
+    return subprocess.run(
+        [sys.executable, "-m", "onecert.cli", "portal", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def spawn_portal(config: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:

@@ -4,8 +4,6 @@ assertion from it by token exchange (RFC 8693) for every gateway call."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +64,9 @@ def test_a_callback_with_a_forged_state_signs_no_one_in(production: Any, browser
     ctx.close()
 
 
-def test_production_mode_refuses_to_start_with_the_dev_identity_step(tmp_path: Path) -> None:
+def test_production_mode_refuses_to_start_with_the_dev_identity_step(
+    tmp_path: Path, run_portal: Any
+) -> None:
     """`onecert portal serve` exits 2, saying why, when production mode meets [dev_identity]."""
     config = tmp_path / "portal.toml"
     config.write_text(
@@ -93,12 +93,6 @@ document = "X"
 """,
         encoding="utf-8",
     )
-    run = subprocess.run(
-        [sys.executable, "-m", "onecert.cli", "portal", "serve", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    run = run_portal(config)
     assert run.returncode == 2
     assert "cannot be turned on in production mode" in run.stderr

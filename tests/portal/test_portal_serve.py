@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import ssl
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -62,33 +60,21 @@ def test_the_portal_serves_https_with_its_own_certificate(
         process.wait(timeout=20)
 
 
-def test_a_bad_config_exits_2_naming_the_key(tmp_path: Path) -> None:
+def test_a_bad_config_exits_2_naming_the_key(tmp_path: Path, run_portal: Any) -> None:
     """A misspelt key stops `onecert portal serve` before it listens, naming the key."""
     config = tmp_path / "portal.toml"
     config.write_text('[portal]\nmode = "development"\nlisen = "127.0.0.1:0"\n')
-    run = subprocess.run(
-        [sys.executable, "-m", "onecert.cli", "portal", "serve", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    run = run_portal(config)
     assert run.returncode == 2
     assert "unknown key 'portal.lisen' (did you mean 'listen'?)" in run.stderr
 
 
-def test_a_missing_key_file_exits_2_naming_it(tmp_path: Path) -> None:
+def test_a_missing_key_file_exits_2_naming_it(tmp_path: Path, run_portal: Any) -> None:
     """A development identity key that is not there stops the portal with a message."""
     keys = init_dev_keys(tmp_path / "keys")
     config = write_config(tmp_path, keys, tls=False)
     keys.identity_key.unlink()
-    run = subprocess.run(
-        [sys.executable, "-m", "onecert.cli", "portal", "serve", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    run = run_portal(config)
     assert run.returncode == 2
     assert "the portal cannot start" in run.stderr
     assert "identity.key.pem" in run.stderr

@@ -36,27 +36,23 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> IdempotencyStore:
     return SQLiteIdempotencyStore(tmp_path / "answers.db")
 
 
+@pytest.mark.parametrize(
+    ("account", "answer"),
+    [("u1", (UnbindOutcome.DONE, "")), ("nobody", (UnbindOutcome.REJECTED, "no such account"))],
+)
 async def test_second_delivery_returns_the_first_answer(
-    provider: Provider, forum: FakeForum, store: IdempotencyStore
+    provider: Provider,
+    forum: FakeForum,
+    store: IdempotencyStore,
+    account: str,
+    answer: tuple[UnbindOutcome, str],
 ) -> None:
-    """The same request id twice calls the adapter once and answers the same both times."""
+    """The same request id twice calls the adapter once and answers the same both times:
+    DONE, and REJECTED with its reason, are final."""
     env = ProviderEnvironment(provider, idempotency=store)
-    first = await env.unbind(NUMBER, "u1", request_id="t-1")
-    second = await env.unbind(NUMBER, "u1", request_id="t-1")
-    assert first.outcome is UnbindOutcome.DONE
-    assert second == first
-    assert forum.calls == ["unbind"]
-
-
-async def test_rejected_is_final_too(
-    provider: Provider, forum: FakeForum, store: IdempotencyStore
-) -> None:
-    """A REJECTED answer is replayed with its reason, like DONE."""
-    env = ProviderEnvironment(provider, idempotency=store)
-    first = await env.unbind(NUMBER, "nobody", request_id="t-2")
-    second = await env.unbind(NUMBER, "nobody", request_id="t-2")
-    assert first.outcome is UnbindOutcome.REJECTED
-    assert first.reason == "no such account"
+    first = await env.unbind(NUMBER, account, request_id="t-1")
+    second = await env.unbind(NUMBER, account, request_id="t-1")
+    assert (first.outcome, first.reason) == answer
     assert second == first
     assert forum.calls == ["unbind"]
 

@@ -23,6 +23,21 @@ def _auth(token: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),)
 
 
+async def _list(
+    running: InProcessServer,
+    msisdn: str = NUMBER,
+    *,
+    timeout: float = 5,  # noqa: ASYNC109 - the gRPC deadline, as the stub names it
+) -> provider_pb2.ListBindingsResponse:
+    """ListBindings for ``msisdn`` with the gateway's warrant for it."""
+    response: provider_pb2.ListBindingsResponse = await running.provider_stub().ListBindings(
+        provider_pb2.ListBindingsRequest(msisdn=msisdn),
+        metadata=running.metadata(msisdn),
+        timeout=timeout,
+    )
+    return response
+
+
 async def test_describe_answers_without_a_warrant(running: InProcessServer) -> None:
     """Describe needs no warrant and names the provider, its category and the contract."""
     response = await running.provider_stub().Describe(provider_pb2.DescribeRequest(), timeout=5)
@@ -55,11 +70,7 @@ async def test_list_bindings_converts_the_adapters_answer(
 
 async def test_unknown_number_is_an_empty_list(running: InProcessServer) -> None:
     """A number the provider does not know is an empty answer, not an error."""
-    response = await running.provider_stub().ListBindings(
-        provider_pb2.ListBindingsRequest(msisdn=OTHER_NUMBER),
-        metadata=running.metadata(OTHER_NUMBER),
-        timeout=5,
-    )
+    response = await _list(running, OTHER_NUMBER)
     assert list(response.bindings) == []
 
 
@@ -144,11 +155,7 @@ async def test_malformed_msisdn_is_invalid_argument_without_echoing_it(
 ) -> None:
     """A number that is not E.164 is INVALID_ARGUMENT, and the message does not repeat it."""
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await running.provider_stub().ListBindings(
-            provider_pb2.ListBindingsRequest(msisdn=msisdn),
-            metadata=running.metadata(msisdn),
-            timeout=5,
-        )
+        await _list(running, msisdn)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     if msisdn:
         assert msisdn not in (err.value.details() or "")
@@ -193,11 +200,7 @@ async def test_adapter_exception_is_internal_and_masked(
     """An adapter exception is INTERNAL, generic; the log has the traceback, number masked."""
     forum.error = RuntimeError(f"database said no for {NUMBER} (password=hunter2)")
     with capture_logs() as logs, pytest.raises(grpc.aio.AioRpcError) as err:
-        await running.provider_stub().ListBindings(
-            provider_pb2.ListBindingsRequest(msisdn=NUMBER),
-            metadata=running.metadata(NUMBER),
-            timeout=5,
-        )
+        await _list(running)
     assert err.value.code() == grpc.StatusCode.INTERNAL
     details = err.value.details() or ""
     assert "hunter2" not in details
@@ -213,11 +216,7 @@ async def test_unavailable_from_the_adapter_is_unavailable(
     """An adapter raising Unavailable answers UNAVAILABLE, so the gateway retries later."""
     forum.error = Unavailable("primary database down")
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await running.provider_stub().ListBindings(
-            provider_pb2.ListBindingsRequest(msisdn=NUMBER),
-            metadata=running.metadata(NUMBER),
-            timeout=5,
-        )
+        await _list(running)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "database" not in (err.value.details() or "")
 
@@ -244,11 +243,7 @@ async def test_invalid_answer_is_internal_and_the_log_names_the_rule(
     """A broken rule in the adapter's answer is INTERNAL 'invalid binding', logged by rule."""
     forum.result = result
     with capture_logs() as logs, pytest.raises(grpc.aio.AioRpcError) as err:
-        await running.provider_stub().ListBindings(
-            provider_pb2.ListBindingsRequest(msisdn=NUMBER),
-            metadata=running.metadata(NUMBER),
-            timeout=5,
-        )
+        await _list(running)
     assert err.value.code() == grpc.StatusCode.INTERNAL
     assert err.value.details() == "adapter returned an invalid binding"
     (entry,) = [e for e in logs if e["event"] == "adapter.invalid_result"]
@@ -262,11 +257,7 @@ async def test_deadline_reaches_the_adapter_and_is_enforced(
     forum.delay = 10.0
     started = time.monotonic()
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await running.provider_stub().ListBindings(
-            provider_pb2.ListBindingsRequest(msisdn=NUMBER),
-            metadata=running.metadata(NUMBER),
-            timeout=0.5,
-        )
+        await _list(running, timeout=0.5)
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert time.monotonic() - started < 5
     (info,) = forum.infos

@@ -1,7 +1,9 @@
-"""The test site's users table: its rows, its DDL per backend, and a handle on it."""
+"""The test site's users table: its rows, its DDL per backend, a handle on it, the site open."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -11,7 +13,8 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from onecert.adapters.sql import SiteConfig, parse_config
+from onecert.adapters.sql import SiteConfig, SqlSite, parse_config
+from onecert.sdk.testing import FakeGateway, ProviderEnvironment
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 
@@ -133,3 +136,13 @@ class SiteDB:
 
     def config(self, **sections: dict[str, Any]) -> SiteConfig:
         return parse_config(self.config_data(**sections), base_dir=self.base_dir)
+
+
+@asynccontextmanager
+async def opened(config: SiteConfig, gateway: FakeGateway) -> AsyncIterator[ProviderEnvironment]:
+    """The site opened (and checked), called as the gateway would, without a network."""
+    site = await SqlSite.open(config)
+    try:
+        yield ProviderEnvironment(site.provider, gateway=gateway)
+    finally:
+        await site.close()

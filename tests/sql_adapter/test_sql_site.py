@@ -6,8 +6,6 @@ Each test runs once per backend on its own users table (see conftest.py).
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,7 +18,6 @@ from onecert.adapters.sql import (
     NO_SUCH_ACCOUNT,
     DatabaseUnavailableError,
     MappingError,
-    SiteConfig,
     SqlSite,
     parse_config,
 )
@@ -33,19 +30,10 @@ from tests.sql_adapter.sql_site import (
     UNBIND_ACCOUNT,
     UNBIND_NUMBER,
     SiteDB,
+    opened,
 )
 
 SLOW_NUMBER = "+8613600136000"
-
-
-@asynccontextmanager
-async def opened(config: SiteConfig, gateway: FakeGateway) -> AsyncIterator[ProviderEnvironment]:
-    """The site opened (and checked), called as the gateway would, without a network."""
-    site = await SqlSite.open(config)
-    try:
-        yield ProviderEnvironment(site.provider, gateway=gateway)
-    finally:
-        await site.close()
 
 
 async def test_stored_formats_found_and_columns_mapped(

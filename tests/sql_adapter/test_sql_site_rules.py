@@ -3,27 +3,28 @@ logs, on every backend (SQLite always, PostgreSQL and MariaDB when set)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
 import grpc
 import pytest
 from structlog.testing import capture_logs
+from structlog.typing import EventDict
 
 from onecert.adapters.sql import MappingError, SiteConfig, SqlSite
 from onecert.sdk import UnbindOutcome
-from onecert.sdk.testing import CallError, FakeGateway, ProviderEnvironment
-from tests.sql_adapter.sql_site import NUMBER, UNBIND_ACCOUNT, UNBIND_NUMBER, SiteDB
+from onecert.sdk.testing import CallError, FakeGateway
+from tests.sql_adapter.sql_site import NUMBER, UNBIND_ACCOUNT, UNBIND_NUMBER, SiteDB, opened
 
 
-@asynccontextmanager
-async def opened(config: SiteConfig, gateway: FakeGateway) -> AsyncIterator[ProviderEnvironment]:
-    """The site opened (and checked), called as the gateway would, without a network."""
-    site = await SqlSite.open(config)
-    try:
-        yield ProviderEnvironment(site.provider, gateway=gateway)
-    finally:
-        await site.close()
+async def _unbind_fails_changing_nothing(
+    site_db: SiteDB, config: SiteConfig, gateway: FakeGateway
+) -> list[EventDict]:
+    """Unbind the test account: INTERNAL, the table unchanged; returns the log entries."""
+    before = await site_db.snapshot()
+    async with opened(config, gateway) as env:
+        with capture_logs() as logs, pytest.raises(CallError) as err:
+            await env.unbind(UNBIND_NUMBER, UNBIND_ACCOUNT)
+    assert err.value.code is grpc.StatusCode.INTERNAL
+    assert await site_db.snapshot() == before
+    return logs
 
 
 async def test_statements_of_one_unbind_are_all_or_nothing(
@@ -67,12 +68,7 @@ async def test_unbind_that_leaves_the_account_bound_is_not_done(
             "unbind": f"UPDATE {t} SET nickname = 'x' WHERE id = :account_ref AND phone IN :phones"
         }
     )
-    before = await site_db.snapshot()
-    async with opened(config, gateway) as env:
-        with capture_logs() as logs, pytest.raises(CallError) as err:
-            await env.unbind(UNBIND_NUMBER, UNBIND_ACCOUNT)
-    assert err.value.code is grpc.StatusCode.INTERNAL
-    assert await site_db.snapshot() == before
+    logs = await _unbind_fails_changing_nothing(site_db, config, gateway)
     assert any("still finds the account" in str(e["event"]) for e in logs)
 
 
@@ -91,12 +87,7 @@ async def test_too_many_rows_is_refused_and_rolled_back(
             "max_unbind_rows": 1,
         }
     )
-    before = await site_db.snapshot()
-    async with opened(config, gateway) as env:
-        with capture_logs() as logs, pytest.raises(CallError) as err:
-            await env.unbind(UNBIND_NUMBER, UNBIND_ACCOUNT)
-    assert err.value.code is grpc.StatusCode.INTERNAL
-    assert await site_db.snapshot() == before
+    logs = await _unbind_fails_changing_nothing(site_db, config, gateway)
     assert any("queries.max_unbind_rows is 1" in str(e["event"]) for e in logs)
 
 

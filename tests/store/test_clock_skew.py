@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from onecert.gateway.store import DeliveryMode, Store, Ticket, TicketState
+from onecert.gateway.store import DeliveryMode, Store, StoredTicketState, Ticket
 from onecert.gateway.store.testing import Database
 
 SKEW = timedelta(seconds=5)
@@ -87,5 +87,5 @@ async def test_a_ticket_opened_by_a_replica_behind_does_not_expire_early(
     assert expired == []
     ticket = await honest.tickets.get(ticket_id)
     assert ticket is not None
-    assert ticket.state is not TicketState.FAILED
+    assert ticket.state is not StoredTicketState.FAILED
     assert ticket.expires_at - ticket.created_at == timedelta(seconds=4)

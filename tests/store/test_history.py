@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 
 from onecert.gateway.store import (
     NumberEvent,
-    NumberEventType,
     RecycledStatus,
     Store,
+    StoredEventType,
     classify_recycled,
 )
 
@@ -22,7 +22,7 @@ DAY = timedelta(days=1)
 
 
 async def _event(
-    store: Store, event_id: str, event_type: NumberEventType, effective_at: datetime
+    store: Store, event_id: str, event_type: StoredEventType, effective_at: datetime
 ) -> None:
     await store.notices.record(
         carrier_id="carrier-a",
@@ -40,20 +40,20 @@ async def _event(
 
 async def test_history_is_sorted_by_effective_time(store: Store, t0: datetime) -> None:
     """A number's history comes back oldest first, whatever the reporting order."""
-    await _event(store, "e2", NumberEventType.RECYCLED, t0)
-    await _event(store, "e1", NumberEventType.CANCELLED, t0 - 90 * DAY)
+    await _event(store, "e2", StoredEventType.RECYCLED, t0)
+    await _event(store, "e1", StoredEventType.CANCELLED, t0 - 90 * DAY)
     history = await store.notices.history(MSISDN_HASH)
     assert [(e.event_type, e.effective_at) for e in history] == [
-        (NumberEventType.CANCELLED, t0 - 90 * DAY),
-        (NumberEventType.RECYCLED, t0),
+        (StoredEventType.CANCELLED, t0 - 90 * DAY),
+        (StoredEventType.RECYCLED, t0),
     ]
     assert await store.notices.history("0" * 64) == []
 
 
 async def test_check_recycled_answers(store: Store, t0: datetime) -> None:
     """RECYCLED after a recycling, NOT_RECYCLED inside known history, NO_DATA before it."""
-    await _event(store, "c", NumberEventType.CANCELLED, t0 - 90 * DAY)
-    await _event(store, "r", NumberEventType.RECYCLED, t0)
+    await _event(store, "c", StoredEventType.CANCELLED, t0 - 90 * DAY)
+    await _event(store, "r", StoredEventType.RECYCLED, t0)
     before = await store.notices.check_recycled(MSISDN_HASH, t0 - DAY)
     assert before.status is RecycledStatus.RECYCLED
     assert before.recycled_at == t0
@@ -76,7 +76,7 @@ def _history(offsets: list[tuple[bool, int]], base: datetime) -> list[NumberEven
             NumberEvent(
                 notice_id=f"n{i}",
                 carrier_id="c",
-                event_type=NumberEventType.RECYCLED if recycled else NumberEventType.CANCELLED,
+                event_type=StoredEventType.RECYCLED if recycled else StoredEventType.CANCELLED,
                 effective_at=base + timedelta(days=days),
                 quiet_period_ends_at=None,
                 recorded_at=base + timedelta(days=days),
@@ -104,7 +104,7 @@ def test_classify_recycled_rule(
     later = [
         e.effective_at
         for e in history
-        if e.event_type is NumberEventType.RECYCLED and e.effective_at > specified
+        if e.event_type is StoredEventType.RECYCLED and e.effective_at > specified
     ]
     if later:
         assert result.status is RecycledStatus.RECYCLED

@@ -19,8 +19,8 @@ from onecert.gateway.store import (
     DeliveryState,
     NotFoundError,
     Notice,
-    NumberEventType,
     Store,
+    StoredEventType,
 )
 from onecert.gateway.store._models import audit_log
 
@@ -58,7 +58,7 @@ async def test_record_creates_one_delivery_per_provider(store: Store, t0: dateti
     notice, created = await _record(store, t0)
     assert created
     assert notice.msisdn == MSISDN
-    assert notice.event_type is NumberEventType.RECYCLED
+    assert notice.event_type is StoredEventType.RECYCLED
     assert notice.providers == 4
     assert re.fullmatch(r"nt_[A-Za-z0-9_-]{24}", notice.notice_id)
     found = await store.deliveries.for_notice(notice.notice_id)
@@ -99,7 +99,7 @@ async def test_event_ids_are_per_carrier(store: Store, t0: datetime) -> None:
         event_id="ev-1",
         msisdn=MSISDN,
         msisdn_hash=MSISDN_HASH,
-        event_type=NumberEventType.CANCELLED,
+        event_type=StoredEventType.CANCELLED,
         effective_at=t0,
         quiet_period_ends_at=t0 + timedelta(days=90),
         deadline=t0 + timedelta(days=80),

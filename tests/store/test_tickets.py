@@ -14,8 +14,8 @@ from onecert.gateway.store import (
     ConflictError,
     NotFoundError,
     Store,
+    StoredTicketState,
     Ticket,
-    TicketState,
 )
 
 HOUR = timedelta(hours=1)
@@ -53,7 +53,7 @@ async def test_create_is_idempotent_on_the_handle(store: Store, t0: datetime) ->
     assert created
     assert not created_again
     assert again == first
-    assert first.state is TicketState.QUEUED
+    assert first.state is StoredTicketState.QUEUED
     assert first.attempts == 0
     assert first.next_attempt_at == t0
     assert first.created_at == t0
@@ -159,6 +159,28 @@ async def _claimed(store: Store, t0: datetime, *, expires_in: timedelta = 24 * H
     return claimed[0]
 
 
+async def _finish(
+    store: Store,
+    ticket: Ticket,
+    outcome: AttemptOutcome | str,
+    *,
+    now: datetime,
+    error: str = "",
+    provider_reason: str = "",
+    next_attempt_at: datetime | None = None,
+) -> Ticket:
+    """Worker "w" ends its attempt at ``ticket`` with ``outcome``."""
+    return await store.tickets.finish_attempt(
+        ticket.ticket_id,
+        worker_id="w",
+        outcome=outcome,
+        provider_reason=provider_reason,
+        error=error,
+        next_attempt_at=next_attempt_at,
+        now=now,
+    )
+
+
 async def test_done_is_final(store: Store, t0: datetime) -> None:
     """DONE records the answer and never changes again."""
     ticket = await _claimed(store, t0)
@@ -171,20 +193,15 @@ async def test_done_is_final(store: Store, t0: datetime) -> None:
         answered_at=answered,
         now=answered,
     )
-    assert done.state is TicketState.DONE
+    assert done.state is StoredTicketState.DONE
     assert done.provider_outcome == "DONE"
     assert done.provider_reason == "unbound"
     assert done.answered_at == answered
     assert done.closed_at == answered
     assert done.lease_owner is None
     for outcome in AttemptOutcome:
-        after = await store.tickets.finish_attempt(
-            ticket.ticket_id,
-            worker_id="w",
-            outcome=outcome,
-            error="x",
-            next_attempt_at=t0 + HOUR,
-            now=t0 + HOUR,
+        after = await _finish(
+            store, ticket, outcome, error="x", next_attempt_at=t0 + HOUR, now=t0 + HOUR
         )
         assert after == done
     assert await store.tickets.claim_due(worker_id="w", now=t0 + 48 * HOUR) == []
@@ -194,14 +211,8 @@ async def test_done_is_final(store: Store, t0: datetime) -> None:
 async def test_rejected_is_final_with_reason(store: Store, t0: datetime) -> None:
     """REJECTED records the provider's reason and is final."""
     ticket = await _claimed(store, t0)
-    rejected = await store.tickets.finish_attempt(
-        ticket.ticket_id,
-        worker_id="w",
-        outcome="REJECTED",
-        provider_reason="unknown account",
-        now=t0,
-    )
-    assert rejected.state is TicketState.REJECTED
+    rejected = await _finish(store, ticket, "REJECTED", provider_reason="unknown account", now=t0)
+    assert rejected.state is StoredTicketState.REJECTED
     assert rejected.provider_reason == "unknown account"
     assert rejected.answered_at == t0
 
@@ -210,39 +221,37 @@ async def test_pending_is_asked_again_later(store: Store, t0: datetime) -> None:
     """PENDING waits until next_attempt_at, then is claimed again and can finish DONE."""
     ticket = await _claimed(store, t0)
     later = t0 + timedelta(minutes=10)
-    pending = await store.tickets.finish_attempt(
-        ticket.ticket_id,
-        worker_id="w",
-        outcome=AttemptOutcome.PENDING,
+    pending = await _finish(
+        store,
+        ticket,
+        AttemptOutcome.PENDING,
         provider_reason="manual review",
         next_attempt_at=later,
         now=t0,
     )
-    assert pending.state is TicketState.PENDING
+    assert pending.state is StoredTicketState.PENDING
     assert pending.provider_outcome == "PENDING"
     assert pending.next_attempt_at == later
     assert await store.tickets.claim_due(worker_id="w", now=later - timedelta(seconds=1)) == []
     (again,) = await store.tickets.claim_due(worker_id="w", now=later)
     assert again.attempts == 2
-    done = await store.tickets.finish_attempt(
-        ticket.ticket_id, worker_id="w", outcome=AttemptOutcome.DONE, now=later
-    )
-    assert done.state is TicketState.DONE
+    done = await _finish(store, ticket, AttemptOutcome.DONE, now=later)
+    assert done.state is StoredTicketState.DONE
 
 
 async def test_retry_keeps_the_ticket_queued_with_the_error(store: Store, t0: datetime) -> None:
     """A retryable error keeps the ticket QUEUED with last_error and a later attempt."""
     ticket = await _claimed(store, t0)
     retry_at = t0 + timedelta(seconds=20)
-    queued = await store.tickets.finish_attempt(
-        ticket.ticket_id,
-        worker_id="w",
-        outcome=AttemptOutcome.RETRY,
+    queued = await _finish(
+        store,
+        ticket,
+        AttemptOutcome.RETRY,
         error="UNAVAILABLE: connection refused",
         next_attempt_at=retry_at,
         now=t0,
     )
-    assert queued.state is TicketState.QUEUED
+    assert queued.state is StoredTicketState.QUEUED
     assert queued.last_error == "UNAVAILABLE: connection refused"
     assert queued.next_attempt_at == retry_at
     assert queued.lease_owner is None
@@ -253,24 +262,20 @@ async def test_retry_keeps_the_ticket_queued_with_the_error(store: Store, t0: da
 async def test_fatal_error_fails_the_ticket(store: Store, t0: datetime) -> None:
     """A non-retryable error ends the ticket FAILED with the error."""
     ticket = await _claimed(store, t0)
-    failed = await store.tickets.finish_attempt(
-        ticket.ticket_id,
-        worker_id="w",
-        outcome=AttemptOutcome.FATAL,
-        error="INVALID_ARGUMENT: bad account ref",
-        now=t0,
+    failed = await _finish(
+        store, ticket, AttemptOutcome.FATAL, error="INVALID_ARGUMENT: bad account ref", now=t0
     )
-    assert failed.state is TicketState.FAILED
+    assert failed.state is StoredTicketState.FAILED
     assert failed.last_error == "INVALID_ARGUMENT: bad account ref"
 
 
 async def test_expired_ticket_fails_with_last_error(store: Store, t0: datetime) -> None:
     """A ticket not answered before it expires becomes FAILED, keeping the last error."""
     ticket = await _claimed(store, t0, expires_in=HOUR)
-    await store.tickets.finish_attempt(
-        ticket.ticket_id,
-        worker_id="w",
-        outcome=AttemptOutcome.RETRY,
+    await _finish(
+        store,
+        ticket,
+        AttemptOutcome.RETRY,
         error="UNAVAILABLE: provider down",
         next_attempt_at=t0 + 2 * HOUR,
         now=t0,
@@ -282,7 +287,7 @@ async def test_expired_ticket_fails_with_last_error(store: Store, t0: datetime) 
     assert await store.tickets.claim_due(worker_id="w", now=t0 + HOUR) == []
     failed = await store.tickets.get(ticket.ticket_id)
     assert failed is not None
-    assert failed.state is TicketState.FAILED
+    assert failed.state is StoredTicketState.FAILED
     assert failed.last_error is not None
     assert failed.last_error.startswith("expired before the provider answered")
     assert "UNAVAILABLE: provider down" in failed.last_error
@@ -292,15 +297,15 @@ async def test_expired_ticket_fails_with_last_error(store: Store, t0: datetime) 
 async def test_attempt_ending_after_expiry_fails(store: Store, t0: datetime) -> None:
     """A retryable error reported after the expiry ends the ticket FAILED."""
     ticket = await _claimed(store, t0, expires_in=HOUR)
-    failed = await store.tickets.finish_attempt(
-        ticket.ticket_id,
-        worker_id="w",
-        outcome=AttemptOutcome.RETRY,
+    failed = await _finish(
+        store,
+        ticket,
+        AttemptOutcome.RETRY,
         error="DEADLINE_EXCEEDED",
         next_attempt_at=t0 + 2 * HOUR,
         now=t0 + HOUR,
     )
-    assert failed.state is TicketState.FAILED
+    assert failed.state is StoredTicketState.FAILED
     assert failed.last_error is not None
     assert "DEADLINE_EXCEEDED" in failed.last_error
 
@@ -308,17 +313,11 @@ async def test_attempt_ending_after_expiry_fails(store: Store, t0: datetime) -> 
 async def test_pending_past_expiry_fails(store: Store, t0: datetime) -> None:
     """A ticket still PENDING at its expiry becomes FAILED, saying it was pending."""
     ticket = await _claimed(store, t0, expires_in=HOUR)
-    await store.tickets.finish_attempt(
-        ticket.ticket_id,
-        worker_id="w",
-        outcome=AttemptOutcome.PENDING,
-        next_attempt_at=t0 + 3 * HOUR,
-        now=t0,
-    )
+    await _finish(store, ticket, AttemptOutcome.PENDING, next_attempt_at=t0 + 3 * HOUR, now=t0)
     assert await store.tickets.claim_due(worker_id="w", now=t0 + 2 * HOUR) == []
     failed = await store.tickets.get(ticket.ticket_id)
     assert failed is not None
-    assert failed.state is TicketState.FAILED
+    assert failed.state is StoredTicketState.FAILED
     assert failed.last_error == "expired while the provider's answer was PENDING"
 
 
@@ -329,11 +328,9 @@ async def test_a_leased_expired_ticket_is_left_to_its_worker(store: Store, t0: d
     assert await store.tickets.claim_due(worker_id="other", now=now) == []
     current = await store.tickets.get(ticket.ticket_id)
     assert current is not None
-    assert current.state is TicketState.QUEUED
-    done = await store.tickets.finish_attempt(
-        ticket.ticket_id, worker_id="w", outcome="DONE", now=now
-    )
-    assert done.state is TicketState.DONE
+    assert current.state is StoredTicketState.QUEUED
+    done = await _finish(store, ticket, "DONE", now=now)
+    assert done.state is StoredTicketState.DONE
 
 
 async def test_worker_that_lost_its_lease_changes_nothing(store: Store, t0: datetime) -> None:
@@ -341,19 +338,12 @@ async def test_worker_that_lost_its_lease_changes_nothing(store: Store, t0: date
     ticket = await _claimed(store, t0)
     later = t0 + timedelta(minutes=5)
     (taken,) = await store.tickets.claim_due(worker_id="w2", now=later)
-    ignored = await store.tickets.finish_attempt(
-        ticket.ticket_id,
-        worker_id="w",
-        outcome=AttemptOutcome.RETRY,
-        error="late",
-        next_attempt_at=later + HOUR,
-        now=later,
+    ignored = await _finish(
+        store, ticket, AttemptOutcome.RETRY, error="late", next_attempt_at=later + HOUR, now=later
     )
     assert ignored == taken
-    done = await store.tickets.finish_attempt(
-        ticket.ticket_id, worker_id="w", outcome="DONE", now=later
-    )
-    assert done.state is TicketState.DONE
+    done = await _finish(store, ticket, "DONE", now=later)
+    assert done.state is StoredTicketState.DONE
     # The new owner's late retry cannot reopen it.
     after = await store.tickets.finish_attempt(
         ticket.ticket_id,
@@ -363,7 +353,7 @@ async def test_worker_that_lost_its_lease_changes_nothing(store: Store, t0: date
         next_attempt_at=later + HOUR,
         now=later,
     )
-    assert after.state is TicketState.DONE
+    assert after.state is StoredTicketState.DONE
 
 
 async def test_finish_checks_its_arguments(store: Store, t0: datetime) -> None:
@@ -384,12 +374,8 @@ async def test_finish_checks_its_arguments(store: Store, t0: datetime) -> None:
 async def test_errors_are_masked_in_receipts(store: Store, t0: datetime) -> None:
     """A phone number inside an error text is masked before it is stored."""
     ticket = await _claimed(store, t0)
-    failed = await store.tickets.finish_attempt(
-        ticket.ticket_id,
-        worker_id="w",
-        outcome="FATAL",
-        error="INVALID_ARGUMENT: +8613800138000 unknown",
-        now=t0,
+    failed = await _finish(
+        store, ticket, "FATAL", error="INVALID_ARGUMENT: +8613800138000 unknown", now=t0
     )
     assert failed.last_error is not None
     assert "13800138000" not in failed.last_error

@@ -21,21 +21,7 @@ from onecert.gateway._unbind import TICKET_ID, reason_for
 from onecert.gateway.store import AttemptOutcome, Store
 from onecert.sdk._keys import KeyConfigError
 from onecert.v1 import common_pb2
-
-MINIMAL = """
-[gateway]
-dev_plaintext = true
-[keys]
-warrant_key = "keys/warrant.key.pem"
-handle_key = "keys/handle.key"
-[[identity.issuers]]
-issuer = "https://id.example.test"
-jwks = "keys/identity.jwks.json"
-[[carriers]]
-id = "cm"
-address = "127.0.0.1:1"
-plaintext = true
-"""
+from tests.gateway.config_support import MINIMAL
 
 
 def parse(extra: str = "", base: str = "/srv/onecert") -> Any:

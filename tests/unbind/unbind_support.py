@@ -29,12 +29,11 @@ from onecert.gateway.testing import (
     FORMER,
     FORMER_FROM,
     FORMER_UNTIL,
-    GATEWAY_ID,
     IDN,
     OTHER_IDN,
     OTHER_NUMBER,
-    OTHER_SUB,
     Federation,
+    StoryNames,
     gateway_toml,
 )
 from onecert.sdk import (
@@ -152,17 +151,10 @@ def free_port() -> int:
         return port
 
 
-class UnbindWorld:
+class UnbindWorld(StoryNames):
     """A carrier, SDK providers and gateways on one database, over the harness."""
 
-    CITIZEN_SUB = CITIZEN_SUB
-    OTHER_SUB = OTHER_SUB
-    IDN = IDN
-    OTHER_IDN = OTHER_IDN
-    CURRENT = CURRENT
-    FORMER = FORMER
     FAST = FAST
-    GATEWAY_ID = GATEWAY_ID
     story_bindings = staticmethod(story_bindings)
     free_port = staticmethod(free_port)
 

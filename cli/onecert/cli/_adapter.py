@@ -9,18 +9,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from onecert.cli import CommandError
+from onecert.cli._common import add_group
 
 if TYPE_CHECKING:
     from onecert.sdk import Server
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    adapter = sub.add_parser(
+    kinds = add_group(
+        sub,
         "adapter",
         help="run a ready-made provider adapter",
         description="Run a ready-made provider adapter: a site joins onecert by configuration.",
+        metavar="KIND",
     )
-    kinds = adapter.add_subparsers(dest="adapter_kind", required=True, metavar="KIND")
     sql = kinds.add_parser(
         "sql",
         help="serve BindingProvider from a site's own SQL user database",

@@ -1,4 +1,4 @@
-"""What several commands share: the flags and checks of a TLS client connection."""
+"""What several commands share: command groups, and the flags and checks of a TLS client."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from onecert.cli import CommandError
 
@@ -15,7 +15,72 @@ if TYPE_CHECKING:
     from onecert.sdk._tls import ClientTLS
     from onecert.sdk.client import GatewayError
 
-__all__ = ["add_tls_flags", "client_tls", "onecert_command", "refused"]
+__all__ = [
+    "add_citizen_call_flags",
+    "add_group",
+    "add_tls_flags",
+    "client_tls",
+    "onecert_command",
+    "read_assertion",
+    "refused",
+]
+
+
+def add_group(
+    sub: argparse._SubParsersAction[Any],
+    name: str,
+    *,
+    help: str,
+    metavar: str,
+    description: str | None = None,
+) -> argparse._SubParsersAction[Any]:
+    """Add the command ``onecert NAME`` and return where its sub-commands go.
+
+    A sub-command is required; ``metavar`` names it in the usage line
+    ("ACTION", "KIND").
+    """
+    parser = sub.add_parser(name, help=help, description=description)
+    commands: argparse._SubParsersAction[Any] = parser.add_subparsers(
+        dest=f"{name}_command", required=True, metavar=metavar
+    )
+    return commands
+
+
+def add_citizen_call_flags(parser: argparse.ArgumentParser, *, good_for: str, timeout: int) -> None:
+    """Add what a call made with a citizen's assertion needs: ``--gateway``,
+    ``--assertion``, the TLS flags, ``--json`` and ``--timeout`` (``timeout`` seconds
+    by default); ``good_for`` says how often one assertion may be used ("one lookup").
+    """
+    parser.add_argument("--gateway", required=True, metavar="HOST:PORT", help="the gateway")
+    parser.add_argument(
+        "--assertion",
+        required=True,
+        metavar="FILE",
+        help=f"file holding the identity assertion (a JWT; '-' for stdin); good for {good_for}",
+    )
+    add_tls_flags(parser, what="the gateway")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=float(timeout),
+        metavar="SECONDS",
+        help=f"give up after ({timeout})",
+    )
+
+
+def read_assertion(name: str) -> str:
+    """The identity assertion in file ``name`` (``-``: stdin), stripped and not empty."""
+    try:
+        text = sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CommandError(f"cannot read the assertion {name}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise CommandError(f"the assertion {name} is not text") from None
+    token = text.strip()
+    if not token:
+        raise CommandError(f"the assertion {name} is empty")
+    return token
 
 
 def add_tls_flags(

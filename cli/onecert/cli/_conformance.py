@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from onecert.cli import CommandError
@@ -193,47 +194,45 @@ def _provider(args: argparse.Namespace) -> int:
         if not sep or not number or not account_ref:
             raise CommandError("--unbind takes NUMBER:ACCOUNT_REF")
         unbind = (number, account_ref)
-    _check_timing(args)
-    key, tls = _warrant_key(args), client_tls(args)
-    try:
-        report = asyncio.run(
-            check_provider(
-                target=args.target,
-                warrant_key=key,
-                issuer=args.issuer,
-                provider_id=args.provider_id,
-                known_numbers=args.known_number,
-                unknown_number=args.unknown_number,
-                unbind=unbind,
-                tls=tls,
-                call_timeout=args.timeout,
-                short_deadline=args.short_deadline,
-                slack=args.slack,
-            )
-        )
-    except ValueError as exc:
-        raise CommandError(str(exc)) from exc
-    return _show(report, as_json=args.json)
+    return _run_check(
+        args,
+        check_provider,
+        provider_id=args.provider_id,
+        known_numbers=args.known_number,
+        unknown_number=args.unknown_number,
+        unbind=unbind,
+    )
 
 
 def _carrier(args: argparse.Namespace) -> int:
     from onecert.sdk.conformance import check_carrier  # noqa: PLC0415 - lazy CLI import
 
+    return _run_check(
+        args,
+        check_carrier,
+        carrier_id=args.carrier_id,
+        known_idns=args.known_idn,
+        unknown_idn=args.unknown_idn,
+    )
+
+
+def _run_check(
+    args: argparse.Namespace, check: Callable[..., Coroutine[Any, Any, Report]], **subject: Any
+) -> int:
+    """Run ``check`` with the options every check takes, plus ``subject``; print the report."""
     _check_timing(args)
     key, tls = _warrant_key(args), client_tls(args)
     try:
         report = asyncio.run(
-            check_carrier(
+            check(
                 target=args.target,
                 warrant_key=key,
-                carrier_id=args.carrier_id,
                 issuer=args.issuer,
-                known_idns=args.known_idn,
-                unknown_idn=args.unknown_idn,
                 tls=tls,
                 call_timeout=args.timeout,
                 short_deadline=args.short_deadline,
                 slack=args.slack,
+                **subject,
             )
         )
     except ValueError as exc:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from onecert.cli import CommandError
+from onecert.cli._common import add_group
 
 if TYPE_CHECKING:
     from onecert.gateway.store import AuditVerification, Store
@@ -31,8 +32,7 @@ def _add_db_options(parser: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    db = sub.add_parser("db", help="the gateway's database")
-    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    db_sub = add_group(sub, "db", help="the gateway's database", metavar="ACTION")
     upgrade = db_sub.add_parser(
         "upgrade",
         help="create or migrate the schema to the newest version",
@@ -42,8 +42,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     _add_db_options(upgrade)
     upgrade.set_defaults(handler=_upgrade)
 
-    audit = sub.add_parser("audit", help="the gateway's audit log")
-    audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    audit_sub = add_group(sub, "audit", help="the gateway's audit log", metavar="ACTION")
     verify = audit_sub.add_parser(
         "verify",
         help="check the audit log's hash chain",

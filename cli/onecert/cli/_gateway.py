@@ -9,18 +9,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from onecert.cli import CommandError
+from onecert.cli._common import add_group
 
 if TYPE_CHECKING:
     from onecert.gateway import GatewayServer
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    gateway = sub.add_parser(
+    commands = add_group(
+        sub,
         "gateway",
         help="run the onecert gateway",
         description="Run the onecert gateway.",
+        metavar="COMMAND",
     )
-    commands = gateway.add_subparsers(dest="gateway_command", required=True, metavar="COMMAND")
     serve = commands.add_parser(
         "serve",
         help="serve Gateway.Lookup until SIGTERM or SIGINT",

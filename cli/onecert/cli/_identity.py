@@ -14,18 +14,20 @@ from pathlib import Path
 from typing import Any
 
 from onecert.cli import CommandError
+from onecert.cli._common import add_group
 
 # Above this the gateway refuses the assertion by default (DESIGN.md: at most 5 minutes).
 _GATEWAY_MAX_LIFETIME = 300
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    parser = sub.add_parser(
+    actions = add_group(
+        sub,
         "assertion",
         help="mint citizens' identity assertions (development stand-in for the identity service)",
         description="Identity assertions, as the identity service would sign them.",
+        metavar="ACTION",
     )
-    actions = parser.add_subparsers(dest="assertion_command", required=True, metavar="ACTION")
     mint = actions.add_parser(
         "mint",
         help="sign an identity assertion for one citizen",

@@ -6,12 +6,12 @@ import argparse
 from typing import Any
 
 from onecert.cli import CommandError
+from onecert.cli._common import add_group
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    keys = sub.add_parser("keys", help="keys and certificates for development")
-    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
-    init = keys_sub.add_parser(
+    actions = add_group(sub, "keys", help="keys and certificates for development", metavar="ACTION")
+    init = actions.add_parser(
         "init",
         help="create a dev keys directory (signing keys, JWKS, dev CA, TLS certificates)",
         description=(

@@ -10,11 +10,16 @@ import json
 import sys
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from onecert.cli import CommandError
-from onecert.cli._common import add_tls_flags, client_tls, onecert_command, refused
+from onecert.cli._common import (
+    add_citizen_call_flags,
+    client_tls,
+    onecert_command,
+    read_assertion,
+    refused,
+)
 
 if TYPE_CHECKING:
     from onecert.cli._rows import Row
@@ -32,39 +37,15 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
             "(your old number, now someone else's) are listed first."
         ),
     )
-    parser.add_argument("--gateway", required=True, metavar="HOST:PORT", help="the gateway")
-    parser.add_argument(
-        "--assertion",
-        required=True,
-        metavar="FILE",
-        help="file holding the identity assertion (a JWT; '-' for stdin); good for one lookup",
-    )
-    add_tls_flags(parser, what="the gateway")
-    parser.add_argument("--json", action="store_true", help="print one JSON document")
-    parser.add_argument(
-        "--timeout", type=float, default=30.0, metavar="SECONDS", help="give up after (30)"
-    )
+    add_citizen_call_flags(parser, good_for="one lookup", timeout=30)
     parser.set_defaults(handler=_lookup)
-
-
-def _read_assertion(name: str) -> str:
-    try:
-        text = sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise CommandError(f"cannot read the assertion {name}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise CommandError(f"the assertion {name} is not text") from None
-    token = text.strip()
-    if not token:
-        raise CommandError(f"the assertion {name} is empty")
-    return token
 
 
 def _lookup(args: argparse.Namespace) -> int:
     if args.timeout <= 0:
         raise CommandError("--timeout must be more than zero")
     tls = client_tls(args)
-    assertion = _read_assertion(args.assertion)
+    assertion = read_assertion(args.assertion)
     progress = sys.stderr if (not args.json and sys.stderr.isatty()) else None
     started, results, summary = asyncio.run(
         _collect(

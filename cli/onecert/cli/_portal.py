@@ -8,15 +8,17 @@ from pathlib import Path
 from typing import Any
 
 from onecert.cli import CommandError
+from onecert.cli._common import add_group
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    parser = sub.add_parser(
+    actions = add_group(
+        sub,
         "portal",
         help="serve the citizen's web portal over the gateway",
         description="The reference citizen's portal: sign in, look up, unbind, receipts.",
+        metavar="ACTION",
     )
-    actions = parser.add_subparsers(dest="portal_command", required=True, metavar="ACTION")
     serve = actions.add_parser(
         "serve",
         help="serve the portal (prints its address once it listens)",

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from onecert.cli import CommandError
-from onecert.cli._common import add_tls_flags, client_tls
+from onecert.cli._common import add_group, add_tls_flags, client_tls
 
 if TYPE_CHECKING:
     from onecert.gateway._config import ProviderConfig
@@ -29,8 +29,7 @@ _URL_ENV = "ONECERT_DB_URL"
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    report = sub.add_parser("report", help="reports for the regulator")
-    report_sub = report.add_subparsers(dest="report_command", required=True, metavar="REPORT")
+    report_sub = add_group(sub, "report", help="reports for the regulator", metavar="REPORT")
     parser = report_sub.add_parser(
         "compliance",
         help="per provider: notices acted on in time, late, not received or ignored; unbinds",

@@ -11,28 +11,13 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from onecert.cli import CommandError
-from onecert.cli._common import add_tls_flags, client_tls, refused
+from onecert.cli._common import add_citizen_call_flags, client_tls, read_assertion, refused
 
 if TYPE_CHECKING:
     from onecert.sdk._tls import ClientTLS
     from onecert.sdk.client import GatewayClient, Receipt, TicketInfo
 
 _T = TypeVar("_T")
-
-
-def _add_connection(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--gateway", required=True, metavar="HOST:PORT", help="the gateway")
-    parser.add_argument(
-        "--assertion",
-        required=True,
-        metavar="FILE",
-        help="file holding the identity assertion (a JWT; '-' for stdin); good for one call",
-    )
-    add_tls_flags(parser, what="the gateway")
-    parser.add_argument("--json", action="store_true", help="print one JSON document")
-    parser.add_argument(
-        "--timeout", type=float, default=10.0, metavar="SECONDS", help="give up after (10)"
-    )
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -55,7 +40,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         help="the number of a row of your last `onecert lookup` on this gateway (its "
         "handles are kept in a file only you can read, out of your shell history)",
     )
-    _add_connection(unbind)
+    add_citizen_call_flags(unbind, good_for="one call", timeout=10)
     unbind.add_argument(
         "--handle",
         metavar="HANDLE",
@@ -68,7 +53,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         help="show the receipt of an unbind ticket",
         description="Show where an unbind ticket stands and what the provider answered.",
     )
-    _add_connection(receipt)
+    add_citizen_call_flags(receipt, good_for="one call", timeout=10)
     receipt.add_argument("--ticket", required=True, metavar="ID", help="the ticket id")
     receipt.set_defaults(handler=_receipt)
 
@@ -77,6 +62,18 @@ def _tls(args: argparse.Namespace) -> ClientTLS | None:
     if args.timeout <= 0:
         raise CommandError("--timeout must be more than zero")
     return client_tls(args)
+
+
+def _ask(
+    args: argparse.Namespace,
+    tls: ClientTLS | None,
+    what: str,
+    call: Callable[[GatewayClient, str], Awaitable[_T]],
+) -> _T:
+    """``call`` with a client of the gateway and the citizen's assertion; a refusal is a
+    :class:`CommandError` saying ``what`` was refused."""
+    assertion = read_assertion(args.assertion)
+    return asyncio.run(_call(args, tls, what, lambda client: call(client, assertion)))
 
 
 async def _call(
@@ -118,18 +115,13 @@ def _handle(args: argparse.Namespace) -> tuple[str | None, str]:
 
 
 def _unbind(args: argparse.Namespace) -> int:
-    from onecert.cli._lookup import _read_assertion  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
-
     tls = _tls(args)
     what, handle = _handle(args)
-    assertion = _read_assertion(args.assertion)
-    ticket: TicketInfo = asyncio.run(
-        _call(
-            args,
-            tls,
-            "unbind",
-            lambda client: client.unbind(assertion, handle, timeout=args.timeout),
-        )
+    ticket: TicketInfo = _ask(
+        args,
+        tls,
+        "unbind",
+        lambda client, assertion: client.unbind(assertion, handle, timeout=args.timeout),
     )
     if args.json:
         print(json.dumps(_plain(dataclasses.asdict(ticket)), indent=2))
@@ -142,20 +134,15 @@ def _unbind(args: argparse.Namespace) -> int:
 
 
 def _receipt(args: argparse.Namespace) -> int:
-    from onecert.cli._lookup import _read_assertion  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
-
     tls = _tls(args)
     ticket_id = args.ticket.strip()
     if not ticket_id:
         raise CommandError("--ticket is empty")
-    assertion = _read_assertion(args.assertion)
-    receipt: Receipt = asyncio.run(
-        _call(
-            args,
-            tls,
-            "receipt",
-            lambda client: client.get_unbind(assertion, ticket_id, timeout=args.timeout),
-        )
+    receipt: Receipt = _ask(
+        args,
+        tls,
+        "receipt",
+        lambda client, assertion: client.get_unbind(assertion, ticket_id, timeout=args.timeout),
     )
     if args.json:
         print(json.dumps(_plain(dataclasses.asdict(receipt)), indent=2, ensure_ascii=False))

@@ -21,7 +21,7 @@ import structlog
 
 from onecert.gateway.store import AuditDraft, AuditValueError, Store
 from onecert.gateway.store._audit import check_audit_fields
-from onecert.sdk._keys import KeyConfigError
+from onecert.sdk._keys import KeyConfigError, load_hex_key
 
 __all__ = ["AUDIT_KEY_BYTES", "Auditor", "derive_audit_key", "load_audit_key"]
 
@@ -47,22 +47,9 @@ def load_audit_key(path: str | Path) -> bytes:
     """Read an audit key file: 32 random bytes as hex (like ``handle.key``).
 
     Raises:
-        KeyConfigError: unreadable, not hex, or not 32 bytes. The message never
-            quotes the file's content.
+        KeyConfigError: unreadable, not hex, or not 32 bytes.
     """
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise KeyConfigError(f"cannot read audit key {path}: {exc.strerror or exc}") from None
-    try:
-        key = bytes.fromhex(data.decode("ascii").strip())
-    except ValueError:  # UnicodeDecodeError included; neither message is repeated
-        raise KeyConfigError(f"audit key {path} is not hex") from None
-    if len(key) != AUDIT_KEY_BYTES:
-        raise KeyConfigError(
-            f"audit key {path} must hold {AUDIT_KEY_BYTES} bytes ({2 * AUDIT_KEY_BYTES} hex)"
-        )
-    return key
+    return load_hex_key(path, what="audit key", size=AUDIT_KEY_BYTES)
 
 
 class Auditor:

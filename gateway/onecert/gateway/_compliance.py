@@ -16,9 +16,9 @@ from google.protobuf.duration_pb2 import Duration
 
 from onecert.gateway._audit import Auditor
 from onecert.gateway._config import ProviderConfig
-from onecert.gateway._notices import Clock, timestamp_arg, utc_now
+from onecert.gateway._notices import Clock, optional_time_arg, utc_now
 from onecert.gateway._principals import Principal
-from onecert.gateway._refusal import invalid, store_call
+from onecert.gateway._refusal import store_call
 from onecert.gateway.store import ProviderComplianceRow, Store
 from onecert.sdk._convert import timestamp
 from onecert.sdk.client import ComplianceReport, ProviderCompliance
@@ -128,12 +128,7 @@ class ComplianceService:
         self, request: gateway_pb2.GetComplianceReportRequest, caller: Principal
     ) -> gateway_pb2.GetComplianceReportResponse:
         """The report now (since ``request.since`` if set), for the admin ``caller``."""
-        since = None
-        if request.HasField("since"):
-            try:
-                since = timestamp_arg(request.since, "since")
-            except ValueError as exc:
-                raise invalid(str(exc)) from None
+        since = optional_time_arg(request, "since")
         report = await store_call(
             build_report(self._store, providers=self._providers, now=self._clock(), since=since),
             "compliance_report",

@@ -43,7 +43,7 @@ from onecert.gateway._config import DeliveryConfig, ProviderConfig
 from onecert.gateway._handles import HandleError, HandleSealer
 from onecert.gateway._observers import NO_OBSERVER, Observer
 from onecert.gateway._unbind import open_payload
-from onecert.gateway.store import AttemptOutcome, AuditDraft, Store, Ticket, TicketState
+from onecert.gateway.store import AttemptOutcome, AuditDraft, Store, StoredTicketState, Ticket
 from onecert.sdk._msisdn import mask_msisdn, mask_numbers_in_text
 from onecert.sdk._warrant import WarrantIssuer
 from onecert.v1 import common_pb2, provider_pb2, provider_pb2_grpc
@@ -347,7 +347,7 @@ class DeliveryWorkers:
         }
         if ticket.provider_reason:
             detail["provider_reason"] = mask_numbers_in_text(ticket.provider_reason)[:_AUDIT_TEXT]
-        if ticket.last_error and ticket.state is TicketState.FAILED:
+        if ticket.last_error and ticket.state is StoredTicketState.FAILED:
             detail["error"] = mask_numbers_in_text(ticket.last_error)[:_AUDIT_TEXT]
         return AuditDraft(
             kind="unbind.closed",

@@ -4,7 +4,7 @@ Every call is supervised: it has its own deadline, takes a slot from its
 upstream's concurrency cap, passes its circuit breaker, carries a fresh
 warrant, and retries only UNAVAILABLE within the upstream's retry budget.
 Whatever happens (an error status, a timeout, a bug), a call ends as one
-:class:`CallOutcome`; only cancellation propagates, and cancelling the
+:class:`UpstreamOutcome`; only cancellation propagates, and cancelling the
 lookup cancels every call still in flight.
 """
 
@@ -26,10 +26,10 @@ from onecert.gateway._channels import ChannelPool
 from onecert.gateway._config import CarrierConfig, FanoutConfig, ProviderConfig
 from onecert.gateway._observers import (
     NO_OBSERVER,
-    CallOutcome,
     Observer,
     ProviderAnswer,
     ProviderCall,
+    UpstreamOutcome,
 )
 from onecert.sdk._msisdn import is_e164, mask_msisdn, mask_numbers_in_text
 from onecert.sdk._warrant import WarrantIssuer
@@ -44,13 +44,13 @@ from onecert.v1 import (
 __all__ = [
     "MAX_BINDINGS_PER_ANSWER",
     "AllProviders",
-    "CallOutcome",
     "CarrierAnswer",
     "FanOut",
     "ProviderAnswer",
     "ProviderCall",
     "Router",
     "RoutingTable",
+    "UpstreamOutcome",
 ]
 
 _log = structlog.get_logger("onecert.gateway.fanout")
@@ -94,7 +94,7 @@ class CarrierAnswer:
     """
 
     carrier: CarrierConfig
-    outcome: CallOutcome
+    outcome: UpstreamOutcome
     detail: str
     tenures: tuple[TenureView, ...]
     ignored: int = 0
@@ -140,7 +140,7 @@ class AllProviders:
 
 @dataclass(frozen=True)
 class _Result(Generic[T]):
-    outcome: CallOutcome
+    outcome: UpstreamOutcome
     detail: str
     response: T | None
     attempts: int
@@ -322,7 +322,7 @@ class FanOut:
         tenures, ignored = _valid_tenures(carrier.id, result.response.tenures)
         if ignored:
             _log.warning("carrier.tenures_ignored", carrier=carrier.id, ignored=ignored)
-        return CarrierAnswer(carrier, CallOutcome.ANSWERED, "", tenures, ignored)
+        return CarrierAnswer(carrier, UpstreamOutcome.ANSWERED, "", tenures, ignored)
 
     # ----------------------------------------------------------- providers
 
@@ -371,7 +371,7 @@ class FanOut:
             for call in calls:
                 if call.routed_out:
                     yield ProviderAnswer(
-                        call, CallOutcome.SKIPPED, ROUTED_OUT_DETAIL, (), 0, loop.time()
+                        call, UpstreamOutcome.SKIPPED, ROUTED_OUT_DETAIL, (), 0, loop.time()
                     )
             for next_done in asyncio.as_completed(tasks):
                 answer = await next_done
@@ -392,7 +392,7 @@ class FanOut:
         quarantined = self._quarantined.get(provider.id)
         if quarantined is not None:
             now = asyncio.get_running_loop().time()
-            return ProviderAnswer(call, CallOutcome.SKIPPED, quarantined, (), 0, now)
+            return ProviderAnswer(call, UpstreamOutcome.SKIPPED, quarantined, (), 0, now)
         upstream = self._provider_upstreams[provider.id]
         stub = provider_pb2_grpc.BindingProviderStub(
             self._channels.get(upstream.address, plaintext=upstream.plaintext)
@@ -420,7 +420,7 @@ class FanOut:
                     msisdn=mask_msisdn(call.msisdn),
                     detail=detail,
                 )
-        if result.outcome is not CallOutcome.ANSWERED:
+        if result.outcome is not UpstreamOutcome.ANSWERED:
             _log.info(
                 "provider.unanswered",
                 provider=provider.id,
@@ -447,9 +447,11 @@ class FanOut:
         # The call's own deadline: the upstream's, cut short by the lookup's.
         end = min(deadline, loop.time() + upstream.deadline)
         if end - loop.time() <= 0:
-            return _Result(CallOutcome.TIMED_OUT, "no time left in the lookup's deadline", None, 0)
+            return _Result(
+                UpstreamOutcome.TIMED_OUT, "no time left in the lookup's deadline", None, 0
+            )
         if not upstream.breaker.allow():
-            return _Result(CallOutcome.SKIPPED, "breaker open", None, 0)
+            return _Result(UpstreamOutcome.SKIPPED, "breaker open", None, 0)
         judged = False
 
         def judge(healthy: bool | None) -> None:
@@ -469,7 +471,7 @@ class FanOut:
             except TimeoutError:
                 judge(None)
                 return _Result(
-                    CallOutcome.TIMED_OUT,
+                    UpstreamOutcome.TIMED_OUT,
                     f"no free slot before the deadline ({upstream.max_concurrency} calls "
                     "already in flight)",
                     None,
@@ -487,7 +489,7 @@ class FanOut:
             if not judged:
                 judge(None)
             _log.exception("upstream.call_error", upstream=upstream.id)
-            return _Result(CallOutcome.FAILED, f"gateway error ({type(exc).__name__})", None, 0)
+            return _Result(UpstreamOutcome.FAILED, f"gateway error ({type(exc).__name__})", None, 0)
 
     async def _attempts(
         self,
@@ -506,7 +508,7 @@ class FanOut:
             timeout = end - loop.time()
             if timeout <= 0:
                 judge(None)
-                return _Result(CallOutcome.TIMED_OUT, "deadline exceeded", None, attempts - 1)
+                return _Result(UpstreamOutcome.TIMED_OUT, "deadline exceeded", None, attempts - 1)
             try:
                 response = await invoke(timeout, warrant())
             except grpc.aio.AioRpcError as exc:
@@ -527,7 +529,7 @@ class FanOut:
                     judge=judge,
                 )
             judge(True)
-            return _Result(CallOutcome.ANSWERED, "", response, attempts)
+            return _Result(UpstreamOutcome.ANSWERED, "", response, attempts)
 
     def _may_retry(self, upstream: _Upstream, attempts: int, left: float) -> bool:
         if attempts >= self._fanout.retry_max_attempts or left <= _MIN_ATTEMPT_TIME:
@@ -550,12 +552,12 @@ class FanOut:
             # not be able to open every breaker.
             judge(False if timeout >= upstream.deadline / 2 else None)
             return _Result(
-                CallOutcome.TIMED_OUT, f"deadline {_seconds(timeout)} exceeded", None, attempts
+                UpstreamOutcome.TIMED_OUT, f"deadline {_seconds(timeout)} exceeded", None, attempts
             )
         judge(code not in _UNHEALTHY)
         text = _sanitise(details)
         detail = f"{code.name}: {text}" if text else code.name
-        return _Result(CallOutcome.FAILED, detail, None, attempts)
+        return _Result(UpstreamOutcome.FAILED, detail, None, attempts)
 
 
 def _tidy(

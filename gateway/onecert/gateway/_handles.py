@@ -42,7 +42,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from onecert.gateway._attribution import Attribution
-from onecert.sdk._keys import KeyConfigError
+from onecert.gateway._refusal import CheckError
+from onecert.sdk._keys import KeyConfigError, load_hex_key
 from onecert.sdk._msisdn import is_e164
 
 HANDLE_VERSION = 1
@@ -86,7 +87,7 @@ class HandleClaims:
     query_id: str
 
 
-class HandleError(Exception):
+class HandleError(CheckError):
     """A handle was refused.
 
     Attributes:
@@ -96,12 +97,6 @@ class HandleError(Exception):
         reason: a short machine-readable code for metrics.
         message: a clear explanation, safe to send to the caller.
     """
-
-    def __init__(self, code: grpc.StatusCode, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.reason = reason
-        self.message = message
 
 
 def _malformed(message: str = "the handle is malformed; use a handle from a lookup") -> HandleError:
@@ -302,17 +297,6 @@ def load_handle_key(path: str | Path) -> bytes:
     """Read a handle key file: 32 random bytes as hex (``onecert keys init`` makes it).
 
     Raises:
-        KeyConfigError: unreadable, not hex, or not 32 bytes. The message never
-            quotes the file's content.
+        KeyConfigError: unreadable, not hex, or not 32 bytes.
     """
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise KeyConfigError(f"cannot read handle key {path}: {exc.strerror or exc}") from None
-    try:
-        key = bytes.fromhex(data.decode("ascii").strip())
-    except ValueError:  # UnicodeDecodeError included; neither message is repeated
-        raise KeyConfigError(f"handle key {path} is not hex") from None
-    if len(key) != KEY_BYTES:
-        raise KeyConfigError(f"handle key {path} must hold {KEY_BYTES} bytes ({2 * KEY_BYTES} hex)")
-    return key
+    return load_hex_key(path, what="handle key", size=KEY_BYTES)

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import grpc
 import jwt
 
+from onecert.gateway._refusal import CheckError
 from onecert.sdk._idn import is_idn
 from onecert.sdk._jwt import MAX_TOKEN_BYTES, TokenError, verify_jwt
 from onecert.sdk._keys import KeySet, SigningKey
@@ -61,7 +62,7 @@ class Citizen:
     expires_at: float
 
 
-class IdentityError(Exception):
+class IdentityError(CheckError):
     """An identity assertion was refused.
 
     Attributes:
@@ -73,12 +74,6 @@ class IdentityError(Exception):
             "acr", ...).
         message: a clear explanation, safe to send to the caller.
     """
-
-    def __init__(self, code: grpc.StatusCode, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.reason = reason
-        self.message = message
 
 
 def _unauthenticated(reason: str, message: str) -> IdentityError:

@@ -38,10 +38,10 @@ from onecert.gateway._attribution import (
 )
 from onecert.gateway._fanout import (
     ROUTED_OUT_DETAIL,
-    CallOutcome,
     CarrierAnswer,
     FanOut,
     ProviderAnswer,
+    UpstreamOutcome,
 )
 from onecert.gateway._handles import HandleClaims, HandleSealer
 from onecert.gateway._identity import (
@@ -100,18 +100,18 @@ class _Tally:
     left_behind: int = 0
     previous_holder: int = 0
 
-    def add(self, outcome: CallOutcome) -> None:
+    def add(self, outcome: UpstreamOutcome) -> None:
         self.asked += 1
-        if outcome is CallOutcome.ANSWERED:
+        if outcome is UpstreamOutcome.ANSWERED:
             self.answered += 1
-        elif outcome is CallOutcome.TIMED_OUT:
+        elif outcome is UpstreamOutcome.TIMED_OUT:
             self.timed_out += 1
-        elif outcome is CallOutcome.FAILED:
+        elif outcome is UpstreamOutcome.FAILED:
             self.failed += 1
         else:
             self.skipped += 1
 
-    def add_result(self, outcome: CallOutcome, result: gateway_pb2.ProviderResult) -> None:
+    def add_result(self, outcome: UpstreamOutcome, result: gateway_pb2.ProviderResult) -> None:
         self.add(outcome)
         left_behind = sum(b.dangerous for b in result.bindings)
         self.left_behind += left_behind
@@ -218,7 +218,7 @@ class ResultMerger:
             detail=answer.detail,
             elapsed=_duration(answer.finished_at - start),
         )
-        if answer.outcome is not CallOutcome.ANSWERED:
+        if answer.outcome is not UpstreamOutcome.ANSWERED:
             return result
         attributed = classify(tenures, answer.bindings, bound_at=proto_binding_time)
         expires_at = self._clock() + self._handle_ttl
@@ -473,7 +473,7 @@ class LookupService:
         carriers = await self._fanout.list_numbers(
             citizen.idn, query_id=query_id, deadline=deadline
         )
-        if not any(c.outcome is CallOutcome.ANSWERED for c in carriers):
+        if not any(c.outcome is UpstreamOutcome.ANSWERED for c in carriers):
             reasons = "; ".join(f"{c.carrier.id}: {c.detail or c.outcome.name}" for c in carriers)
             _log.warning("lookup.no_carrier", carriers=len(carriers))
             raise Refusal(
@@ -490,7 +490,7 @@ class LookupService:
         _log.info(
             "lookup.started",
             numbers=len(by_number),
-            carriers_answered=sum(c.outcome is CallOutcome.ANSWERED for c in carriers),
+            carriers_answered=sum(c.outcome is UpstreamOutcome.ANSWERED for c in carriers),
             carriers=len(carriers),
             provider_calls=len(calls),
         )

@@ -26,10 +26,10 @@ import asyncio
 import math
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeVar
 
 import grpc
 import structlog
@@ -43,11 +43,11 @@ from onecert.gateway._observers import (
     NO_OBSERVER,
     ActiveLookups,
     Breakers,
-    CallOutcome,
     LookupCounts,
     NullObserver,
     Observer,
     ProviderAnswer,
+    UpstreamOutcome,
 )
 from onecert.gateway._refusal import Refusal
 from onecert.gateway.store import AttemptOutcome
@@ -76,6 +76,8 @@ __all__ = [
 ]
 
 _log = structlog.get_logger("onecert.gateway.metrics")
+
+_K = TypeVar("_K")
 
 # How a lookup ended: with its summary, refused before any call (capacity,
 # bad request, identity), failed (no carrier answered, a bug), or cut short
@@ -153,13 +155,13 @@ class GatewayMetrics:
 
         self.registry = CollectorRegistry()
         registry = self.registry
-        lookups = Counter(
+        self._lookups = _counter_per(
+            registry,
             "onecert_lookups",
             "Lookups by how they ended (ok, refused, error, cancelled).",
-            ["outcome"],
-            registry=registry,
+            "outcome",
+            LOOKUP_OUTCOMES,
         )
-        self._lookups = {outcome: lookups.labels(outcome) for outcome in LOOKUP_OUTCOMES}
         self._lookup_seconds = Histogram(
             "onecert_lookup_duration_seconds",
             "Time from the call to the summary of lookups that ended ok.",
@@ -167,7 +169,7 @@ class GatewayMetrics:
             registry=registry,
         )
 
-        def bind(kind: str, ids: Sequence[str]) -> dict[str, dict[CallOutcome, _Bound]]:
+        def bind(kind: str, ids: Sequence[str]) -> dict[str, dict[UpstreamOutcome, _Bound]]:
             calls = Counter(
                 f"onecert_{kind}_calls",
                 f"{kind.title()} calls of lookups by outcome "
@@ -182,41 +184,42 @@ class GatewayMetrics:
                 buckets=_CALL_BUCKETS,
                 registry=registry,
             )
-            bound: dict[str, dict[CallOutcome, _Bound]] = {}
+            bound: dict[str, dict[UpstreamOutcome, _Bound]] = {}
             for target in ids:
                 timer = latency.labels(target)
                 bound[target] = {
                     outcome: _Bound(
                         calls.labels(target, outcome.name.lower()),
-                        None if outcome is CallOutcome.SKIPPED else timer,
+                        None if outcome is UpstreamOutcome.SKIPPED else timer,
                     )
-                    for outcome in CallOutcome
+                    for outcome in UpstreamOutcome
                 }
             return bound
 
         self._providers = bind("provider", providers)
         self._carriers = bind("carrier", carriers)
-        rejections = Counter(
+        self._rejections = _counter_per(
+            registry,
             "onecert_identity_rejections",
             "Identity assertions refused, by reason.",
-            ["reason"],
-            registry=registry,
+            "reason",
+            IDENTITY_REASONS,
         )
-        self._rejections = {reason: rejections.labels(reason) for reason in IDENTITY_REASONS}
-        attempts = Counter(
+        self._attempts = _counter_per(
+            registry,
             "onecert_unbind_delivery_attempts",
             "Unbind ticket delivery attempts by outcome (done, rejected, pending, retry, fatal).",
-            ["outcome"],
-            registry=registry,
+            "outcome",
+            AttemptOutcome,
+            label_of=lambda outcome: outcome.value.lower(),
         )
-        self._attempts = {o: attempts.labels(o.value.lower()) for o in AttemptOutcome}
-        pushes = Counter(
+        self._pushes = _counter_per(
+            registry,
             "onecert_notice_pushes",
             "Notice pushes to providers by outcome (acknowledged, retry, failed).",
-            ["outcome"],
-            registry=registry,
+            "outcome",
+            NOTICE_PUSH_OUTCOMES,
         )
-        self._pushes = {o: pushes.labels(o) for o in NOTICE_PUSH_OUTCOMES}
         self._outbox: _OutboxCollector | None = None
 
     def lookup_finished(self, outcome: str, seconds: float) -> None:
@@ -226,7 +229,7 @@ class GatewayMetrics:
             self._lookup_seconds.observe(seconds)
 
     def carrier_answered(
-        self, carrier_id: str, outcome: CallOutcome, attempts: int, seconds: float
+        self, carrier_id: str, outcome: UpstreamOutcome, attempts: int, seconds: float
     ) -> None:
         bound = self._carriers.get(carrier_id)
         if bound is not None:
@@ -270,6 +273,20 @@ class GatewayMetrics:
         """The event loop the store is used from (None: the store is closing)."""
         if self._outbox is not None:
             self._outbox.loop = loop
+
+
+def _counter_per(
+    registry: CollectorRegistry,
+    name: str,
+    documentation: str,
+    label: str,
+    keys: Iterable[_K],
+    *,
+    label_of: Callable[[_K], str] = str,
+) -> dict[_K, Counter]:
+    """A counter with one label, its child for every key bound now (so each shows as 0)."""
+    counter = Counter(name, documentation, [label], registry=registry)
+    return {key: counter.labels(label_of(key)) for key in keys}
 
 
 class _Bound:
@@ -537,7 +554,7 @@ class Telemetry:
     # ------------------------------------------------------------ hooks
 
     def carrier_answered(
-        self, carrier_id: str, outcome: CallOutcome, attempts: int, seconds: float
+        self, carrier_id: str, outcome: UpstreamOutcome, attempts: int, seconds: float
     ) -> None:
         if self.metrics is not None:
             self.metrics.carrier_answered(carrier_id, outcome, attempts, seconds)

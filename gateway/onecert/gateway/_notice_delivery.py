@@ -25,28 +25,17 @@ import structlog
 from onecert.gateway._audit import Auditor
 from onecert.gateway._channels import ChannelPool
 from onecert.gateway._config import NoticesConfig, ProviderConfig
+from onecert.gateway._delivery import RETRYABLE
 from onecert.gateway._notices import Clock, Doorbell, build_set, utc_now
 from onecert.gateway._observers import NO_OBSERVER, Observer
 from onecert.gateway.store import AuditDraft, Delivery, Store
 from onecert.sdk._set import SetIssuer
 from onecert.v1 import provider_pb2, provider_pb2_grpc
 
-__all__ = ["RETRYABLE_CODES", "NoticePusher"]
+__all__ = ["NoticePusher"]
 
 _log = structlog.get_logger("onecert.gateway.notice_delivery")
 
-# Statuses after which the same push may well succeed later.
-RETRYABLE_CODES = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        grpc.StatusCode.ABORTED,
-        grpc.StatusCode.INTERNAL,
-        grpc.StatusCode.UNKNOWN,
-        grpc.StatusCode.CANCELLED,
-    }
-)
 # After an unexpected failure of the loop itself (database down), pause
 # before trying again rather than spin.
 _LOOP_ERROR_PAUSE_S = 1.0
@@ -174,7 +163,9 @@ class NoticePusher:
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             error = f"{code.name}: {exc.details() or ''}".rstrip(": ")
-            if code in RETRYABLE_CODES:
+            # The statuses after which an unbind is tried again: the same push may
+            # well succeed later.
+            if code in RETRYABLE:
                 await self._retry(delivery, error, log)
             else:
                 await self._give_up(delivery, error, log)

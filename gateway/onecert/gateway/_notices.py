@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import structlog
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from onecert.gateway._audit import Auditor
@@ -31,8 +32,8 @@ from onecert.gateway.store import (
     DeliveryMode,
     NotFoundError,
     Notice,
-    NumberEventType,
     Store,
+    StoredEventType,
 )
 from onecert.sdk._msisdn import InvalidMsisdnError, mask_msisdn, sha256_hex, validate_msisdn
 from onecert.sdk._set import MAX_JTI, SetIssuer
@@ -65,9 +66,9 @@ _POLL_MARGIN_S = 0.5
 _POLL_RECHECK_S = 1.0
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-_EVENT_TYPES: Mapping[int, NumberEventType] = {
-    gateway_pb2.NUMBER_EVENT_TYPE_CANCELLED: NumberEventType.CANCELLED,
-    gateway_pb2.NUMBER_EVENT_TYPE_RECYCLED: NumberEventType.RECYCLED,
+_EVENT_TYPES: Mapping[int, StoredEventType] = {
+    gateway_pb2.NUMBER_EVENT_TYPE_CANCELLED: StoredEventType.CANCELLED,
+    gateway_pb2.NUMBER_EVENT_TYPE_RECYCLED: StoredEventType.RECYCLED,
 }
 
 
@@ -110,10 +111,27 @@ def timestamp_arg(ts: Timestamp, name: str) -> datetime:
     return value
 
 
+def time_arg(request: Message, name: str) -> datetime:
+    """The required Timestamp field ``name`` of ``request``; INVALID_ARGUMENT when unset
+    or out of range."""
+    if not request.HasField(name):
+        raise invalid(f"{name} is required")
+    try:
+        return timestamp_arg(getattr(request, name), name)
+    except ValueError as exc:
+        raise invalid(str(exc)) from None
+
+
+def optional_time_arg(request: Message, name: str) -> datetime | None:
+    """The Timestamp field ``name`` of ``request``, None when unset; INVALID_ARGUMENT
+    when out of range."""
+    return time_arg(request, name) if request.HasField(name) else None
+
+
 def notice_deadline(
     config: NoticesConfig,
     *,
-    event_type: NumberEventType,
+    event_type: StoredEventType,
     effective_at: datetime,
     quiet_period_ends_at: datetime | None,
     now: datetime,
@@ -128,7 +146,7 @@ def notice_deadline(
     """
     if config.deadline_s is not None:
         deadline = effective_at + timedelta(seconds=config.deadline_s)
-    elif event_type is NumberEventType.CANCELLED:
+    elif event_type is StoredEventType.CANCELLED:
         deadline = quiet_period_ends_at or effective_at + timedelta(
             seconds=config.default_quiet_period_s
         )
@@ -270,7 +288,7 @@ class NoticeService:
 
     def _addressees(
         self,
-        kind: NumberEventType,
+        kind: StoredEventType,
         effective_at: datetime,
         quiet: datetime | None,
         now: datetime,
@@ -292,7 +310,7 @@ class NoticeService:
 
     def _check_report(
         self, request: gateway_pb2.ReportNumberEventRequest, now: datetime
-    ) -> tuple[str, NumberEventType, datetime, datetime | None]:
+    ) -> tuple[str, StoredEventType, datetime, datetime | None]:
         if not 0 < len(request.event_id) <= MAX_EVENT_ID:
             raise invalid(f"event_id is required (1 to {MAX_EVENT_ID} characters)")
         if not request.event_id.isprintable():
@@ -304,21 +322,12 @@ class NoticeService:
         kind = _EVENT_TYPES.get(request.type)
         if kind is None:
             raise invalid("type must be NUMBER_EVENT_TYPE_CANCELLED or _RECYCLED")
-        if not request.HasField("effective_at"):
-            raise invalid("effective_at is required")
-        try:
-            effective_at = timestamp_arg(request.effective_at, "effective_at")
-            quiet = (
-                timestamp_arg(request.quiet_period_ends_at, "quiet_period_ends_at")
-                if request.HasField("quiet_period_ends_at")
-                else None
-            )
-        except ValueError as exc:
-            raise invalid(str(exc)) from None
+        effective_at = time_arg(request, "effective_at")
+        quiet = optional_time_arg(request, "quiet_period_ends_at")
         if effective_at > now + timedelta(seconds=self._config.clock_skew_s):
             raise invalid("effective_at is in the future")
         if quiet is not None:
-            if kind is not NumberEventType.CANCELLED:
+            if kind is not StoredEventType.CANCELLED:
                 raise invalid("quiet_period_ends_at applies to CANCELLED events only")
             if quiet <= effective_at:
                 raise invalid("quiet_period_ends_at must be after effective_at")
@@ -412,12 +421,7 @@ class NoticeService:
         """Record that the provider acted on a notice it was sent."""
         if not 0 < len(request.jti) <= MAX_JTI:
             raise invalid(f"jti is required (1 to {MAX_JTI} characters)")
-        acted_at = None
-        if request.HasField("acted_at"):
-            try:
-                acted_at = timestamp_arg(request.acted_at, "acted_at")
-            except ValueError as exc:
-                raise invalid(str(exc)) from None
+        acted_at = optional_time_arg(request, "acted_at")
 
         def audited(recorded: bool) -> AuditDraft:
             return AuditDraft(

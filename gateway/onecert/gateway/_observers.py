@@ -5,7 +5,7 @@ The fan-out, the lookup and the delivery workers report what they did to an
 :mod:`onecert.gateway._tracing` (OpenTelemetry) implement it. Both sides
 depend on this module and not on each other, so the parts that report never
 import the parts that count, and the other way round. The values reported
-(:class:`CallOutcome`, :class:`ProviderAnswer`) live here for the same reason.
+(:class:`UpstreamOutcome`, :class:`ProviderAnswer`) live here for the same reason.
 """
 
 from __future__ import annotations
@@ -24,16 +24,16 @@ __all__ = [
     "NO_OBSERVER",
     "ActiveLookups",
     "Breakers",
-    "CallOutcome",
     "LookupCounts",
     "NullObserver",
     "Observer",
     "ProviderAnswer",
     "ProviderCall",
+    "UpstreamOutcome",
 ]
 
 
-class CallOutcome(enum.Enum):
+class UpstreamOutcome(enum.Enum):
     """How one carrier or provider call ended (``onecert.v1.CallOutcome``)."""
 
     ANSWERED = gateway_pb2.CALL_OUTCOME_ANSWERED
@@ -73,7 +73,7 @@ class ProviderAnswer:
     """
 
     call: ProviderCall
-    outcome: CallOutcome
+    outcome: UpstreamOutcome
     detail: str
     bindings: tuple[provider_pb2.Binding, ...]
     attempts: int
@@ -84,7 +84,7 @@ class Observer(Protocol):
     """Where the gateway's parts report what they did (see :class:`NullObserver`)."""
 
     def carrier_answered(
-        self, carrier_id: str, outcome: CallOutcome, attempts: int, seconds: float
+        self, carrier_id: str, outcome: UpstreamOutcome, attempts: int, seconds: float
     ) -> None:
         """A carrier call of a lookup ended after ``seconds``."""
         ...
@@ -110,7 +110,7 @@ class NullObserver:
     """The observer that records nothing (metrics and tracing off)."""
 
     def carrier_answered(
-        self, carrier_id: str, outcome: CallOutcome, attempts: int, seconds: float
+        self, carrier_id: str, outcome: UpstreamOutcome, attempts: int, seconds: float
     ) -> None:
         pass
 

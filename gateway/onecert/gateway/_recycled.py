@@ -23,7 +23,7 @@ from onecert.gateway._channels import ChannelPool
 from onecert.gateway._compliance import ComplianceService
 from onecert.gateway._config import CheckRecycledConfig, GatewayConfig
 from onecert.gateway._notice_delivery import NoticePusher
-from onecert.gateway._notices import Clock, Doorbell, NoticeService, timestamp_arg, utc_now
+from onecert.gateway._notices import Clock, Doorbell, NoticeService, time_arg, utc_now
 from onecert.gateway._principals import Principal
 from onecert.gateway._refusal import Refusal, invalid, store_call
 from onecert.gateway.store import RecycledStatus, Store
@@ -126,12 +126,7 @@ class RecycledCheckService:
             msisdn = validate_msisdn(request.msisdn)
         except InvalidMsisdnError as exc:
             raise invalid(str(exc)) from None
-        if not request.HasField("specified_date"):
-            raise invalid("specified_date is required")
-        try:
-            specified = timestamp_arg(request.specified_date, "specified_date")
-        except ValueError as exc:
-            raise invalid(str(exc)) from None
+        specified = time_arg(request, "specified_date")
         if specified > self._clock() + self._skew:
             raise invalid("specified_date is in the future")
         structlog.contextvars.bind_contextvars(msisdn=mask_msisdn(msisdn))

@@ -18,7 +18,7 @@ import grpc
 import structlog
 from sqlalchemy.exc import DBAPIError
 
-__all__ = ["AuditNote", "Refusal", "invalid", "store_call"]
+__all__ = ["AuditNote", "CheckError", "Refusal", "invalid", "store_call"]
 
 _T = TypeVar("_T")
 
@@ -61,6 +61,22 @@ class Refusal(Exception):  # noqa: N818 - a refusal is an answer, not an error o
         self.reason = reason or code.name.lower()
         self.audit = audit
         self.trailing_metadata = trailing_metadata
+
+
+class CheckError(Exception):
+    """A credential check (an assertion, a handle) said no; the caller turns it into a refusal.
+
+    Attributes:
+        code: the gRPC status to answer with.
+        reason: a short machine-readable code for metrics.
+        message: a clear explanation, safe to send to the caller.
+    """
+
+    def __init__(self, code: grpc.StatusCode, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.message = message
 
 
 def invalid(message: str) -> Refusal:

@@ -6,8 +6,7 @@ import asyncio
 import signal
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import grpc
 import structlog
@@ -47,6 +46,7 @@ from onecert.gateway.routing._service import (
 )
 from onecert.gateway.store import Store, StoreReplayCache
 from onecert.sdk._keys import SigningKey, load_jwks
+from onecert.sdk._lifecycle import AsyncResource
 from onecert.sdk._tls import ServerTLS
 from onecert.sdk._warrant import WarrantIssuer
 from onecert.v1 import gateway_pb2, gateway_pb2_grpc
@@ -245,7 +245,7 @@ def _verifier(config: GatewayConfig, replay: ReplayCache) -> AssertionVerifier:
     )
 
 
-class GatewayServer:
+class GatewayServer(AsyncResource):
     """The gateway, ready to run in this event loop.
 
     Use it as ``async with GatewayServer(config) as server:`` (``server.port``
@@ -544,16 +544,10 @@ class GatewayServer:
         """Wait until :meth:`stop` has finished."""
         await self._stopped.wait()
 
-    async def __aenter__(self) -> Self:
+    async def _enter(self) -> None:
         await self.start()
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def _exit(self) -> None:
         await self.stop()
 
 

@@ -38,7 +38,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from onecert.gateway._config import ConfigError, TracingConfig
 
 if TYPE_CHECKING:
-    from onecert.gateway._observers import CallOutcome, LookupCounts, ProviderAnswer
+    from onecert.gateway._observers import LookupCounts, ProviderAnswer, UpstreamOutcome
 
 __all__ = ["Tracing"]
 
@@ -154,7 +154,7 @@ class Tracing:
         )
 
     def carrier_call(
-        self, carrier_id: str, outcome: CallOutcome, attempts: int, seconds: float
+        self, carrier_id: str, outcome: UpstreamOutcome, attempts: int, seconds: float
     ) -> None:
         """Record the span of one carrier call that has just ended."""
         parent = _LOOKUP_SPAN.get()
@@ -184,7 +184,7 @@ class Tracing:
         *,
         start: int,
         end: int,
-        outcome: CallOutcome,
+        outcome: UpstreamOutcome,
         attributes: dict[str, str | int],
     ) -> None:
         span = self._tracer.start_span(

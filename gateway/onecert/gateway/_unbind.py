@@ -33,7 +33,7 @@ from onecert.gateway._identity import (
     bearer_token,
 )
 from onecert.gateway._refusal import AuditNote, Refusal, invalid
-from onecert.gateway.store import AuditDraft, ConflictError, Store, Ticket, TicketState
+from onecert.gateway.store import AuditDraft, ConflictError, Store, StoredTicketState, Ticket
 from onecert.sdk._msisdn import mask_msisdn
 from onecert.v1 import common_pb2, gateway_pb2
 
@@ -55,12 +55,12 @@ TICKET_ID = re.compile(r"ut_[A-Za-z0-9_-]{8,125}")
 # A payload outlives its ticket by a day, so a late last attempt still opens it.
 _PAYLOAD_MARGIN_S = 86_400.0
 
-_STATES: Mapping[TicketState, gateway_pb2.TicketState.ValueType] = {
-    TicketState.QUEUED: gateway_pb2.TICKET_STATE_QUEUED,
-    TicketState.PENDING: gateway_pb2.TICKET_STATE_PENDING,
-    TicketState.DONE: gateway_pb2.TICKET_STATE_DONE,
-    TicketState.REJECTED: gateway_pb2.TICKET_STATE_REJECTED,
-    TicketState.FAILED: gateway_pb2.TICKET_STATE_FAILED,
+_STATES: Mapping[StoredTicketState, gateway_pb2.TicketState.ValueType] = {
+    StoredTicketState.QUEUED: gateway_pb2.TICKET_STATE_QUEUED,
+    StoredTicketState.PENDING: gateway_pb2.TICKET_STATE_PENDING,
+    StoredTicketState.DONE: gateway_pb2.TICKET_STATE_DONE,
+    StoredTicketState.REJECTED: gateway_pb2.TICKET_STATE_REJECTED,
+    StoredTicketState.FAILED: gateway_pb2.TICKET_STATE_FAILED,
 }
 _OUTCOMES: Mapping[str, common_pb2.UnbindOutcome.ValueType] = {
     "DONE": common_pb2.UNBIND_OUTCOME_DONE,

@@ -35,8 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import grpc
 
@@ -63,6 +62,7 @@ from onecert.sdk._channel import ChannelBuilder
 from onecert.sdk._convert import timestamp
 from onecert.sdk._idn import compute_idn
 from onecert.sdk._keys import SigningKey, VerificationKey, parse_jwks
+from onecert.sdk._lifecycle import AsyncResource
 from onecert.sdk._tls import ClientTLS, ServerTLS, peer_common_name
 from onecert.sdk._warrant import Warrant, WarrantError, WarrantVerifier
 from onecert.sdk.client import GatewayClient
@@ -101,6 +101,7 @@ __all__ = [
     "FederationKeys",
     "GatewayProcess",
     "Record",
+    "StoryNames",
     "at",
     "binding",
     "gateway_toml",
@@ -358,7 +359,7 @@ def gateway_toml(
     return text
 
 
-class GatewayProcess:
+class GatewayProcess(AsyncResource):
     """``onecert gateway serve --config CONFIG`` in a child process: spawned,
     awaited, killed (for crash tests, stress runs and benchmarks).
 
@@ -375,17 +376,11 @@ class GatewayProcess:
         self._port: int | None = None
         self._listening = asyncio.Event()
 
-    async def __aenter__(self) -> Self:
+    async def _enter(self) -> None:
         await self.spawn()
         await self.wait_ready()
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def _exit(self) -> None:
         await self.terminate()
 
     @property
@@ -690,15 +685,9 @@ class FakeProvider(_Fake, provider_pb2_grpc.BindingProviderServicer):
 # ---------------------------------------------------------------- the federation
 
 
-class Federation:
-    """Carriers and providers on real servers, and gateways configured to use them.
-
-    Args:
-        keys: the federation's keys (:meth:`FederationKeys.create`).
-        directory: where gateways keep a SQLite store.
-        tls: mutual TLS everywhere with the dev CA, the gateway in production
-            mode; False: plaintext, the gateway in development mode.
-    """
+class StoryNames:
+    """The story's names and helpers as attributes, for harnesses that tests reach
+    through a fixture (``fed.CITIZEN_SUB``, ``fed.at(2020)``)."""
 
     ISSUER = ISSUER
     GATEWAY_ID = GATEWAY_ID
@@ -719,6 +708,17 @@ class Federation:
     binding = staticmethod(binding)
     story_tenures = staticmethod(story_tenures)
 
+
+class Federation(StoryNames, AsyncResource):
+    """Carriers and providers on real servers, and gateways configured to use them.
+
+    Args:
+        keys: the federation's keys (:meth:`FederationKeys.create`).
+        directory: where gateways keep a SQLite store.
+        tls: mutual TLS everywhere with the dev CA, the gateway in production
+            mode; False: plaintext, the gateway in development mode.
+    """
+
     def __init__(self, keys: FederationKeys, directory: str | Path, *, tls: bool = False) -> None:
         self.keys = keys
         self.directory = Path(directory)
@@ -734,15 +734,7 @@ class Federation:
         self._channels: list[grpc.aio.Channel] = []
         self._builders: dict[str, ChannelBuilder] = {}
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def _exit(self) -> None:
         await self.close()
 
     # ------------------------------------------------------------ upstreams

@@ -178,3 +178,28 @@ def load_jwks(path: str | Path) -> dict[str, VerificationKey]:
     except (OSError, ValueError) as exc:
         raise KeyConfigError(f"cannot read JWKS {path}: {exc}") from exc
     return parse_jwks(data)
+
+
+def load_hex_key(path: str | Path, *, what: str, size: int) -> bytes:
+    """Read a secret key file: ``size`` random bytes written as hex.
+
+    Args:
+        path: the file.
+        what: the key, for messages ("handle key").
+        size: how many bytes the key must hold.
+
+    Raises:
+        KeyConfigError: unreadable, not hex, or not ``size`` bytes. The message
+            never quotes the file's content.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise KeyConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    try:
+        key = bytes.fromhex(data.decode("ascii").strip())
+    except ValueError:  # UnicodeDecodeError included; neither message is repeated
+        raise KeyConfigError(f"{what} {path} is not hex") from None
+    if len(key) != size:
+        raise KeyConfigError(f"{what} {path} must hold {size} bytes ({2 * size} hex)")
+    return key

@@ -24,8 +24,6 @@ import asyncio
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import grpc
 
@@ -36,6 +34,7 @@ from onecert.sdk._idempotency import (
     SQLiteIdempotencyStore,
 )
 from onecert.sdk._keys import KeySet, load_jwks
+from onecert.sdk._lifecycle import AsyncResource
 from onecert.sdk._provider import Provider, ProviderCore
 from onecert.sdk.client import EventError, GatewayError, ProviderGatewayClient
 from onecert.v1 import provider_pb2
@@ -68,7 +67,7 @@ class PollRound:
     more_available: bool
 
 
-class NoticePoller:
+class NoticePoller(AsyncResource):
     """Fetches notices with ``Gateway.PollEvents`` and hands them to ``on_recycled``.
 
     Args:
@@ -201,13 +200,5 @@ class NoticePoller:
         """Ask :meth:`run` to return after the poll in progress."""
         self._stop.set()
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def _exit(self) -> None:
         self.shutdown()

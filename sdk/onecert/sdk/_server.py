@@ -8,8 +8,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import structlog
@@ -25,6 +24,7 @@ from onecert.sdk._idempotency import (
     SQLiteIdempotencyStore,
 )
 from onecert.sdk._keys import KeyConfigError, KeySet, load_jwks
+from onecert.sdk._lifecycle import AsyncResource
 from onecert.sdk._logging import configure_logging
 from onecert.sdk._provider import Provider, ProviderCore, ProviderServicer
 from onecert.sdk._tls import ServerTLS, TLSConfigError
@@ -112,7 +112,7 @@ class _LoggingInterceptor(grpc.aio.ServerInterceptor):
         )
 
 
-class Server:
+class Server(AsyncResource):
     """Serves a :class:`Provider` or a :class:`Carrier` over gRPC.
 
     With health (``grpc.health.v1``) and reflection (so ``grpcurl`` works),
@@ -328,16 +328,10 @@ class Server:
         log.info("adapter.signal", signal=sig.name)
         self._shutdown_requested.set()
 
-    async def __aenter__(self) -> Self:
+    async def _enter(self) -> None:
         await self.start()
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def _exit(self) -> None:
         await self.shutdown()
 
 

@@ -38,7 +38,7 @@ from onecert.gateway.routing._index import (
 from onecert.gateway.routing._keyring import RoutingKeyring
 from onecert.gateway.store import AuditDraft, FilterKind, FilterRow, Store
 from onecert.sdk._filter import FilterAdditions, FilterFormatError, RoutingFilter
-from onecert.sdk._keys import KeyConfigError
+from onecert.sdk._keys import KeyConfigError, load_hex_key
 from onecert.v1 import gateway_pb2
 
 __all__ = [
@@ -90,15 +90,7 @@ def load_filter_key(path: str | Path) -> bytes:
     Raises:
         KeyConfigError: unreadable, not hex, or not 32 bytes; never quotes the file.
     """
-    try:
-        key = bytes.fromhex(Path(path).read_bytes().decode("ascii").strip())
-    except OSError as exc:
-        raise KeyConfigError(f"cannot read filter key {path}: {exc.strerror or exc}") from None
-    except ValueError:  # UnicodeDecodeError included; neither message is repeated
-        raise KeyConfigError(f"filter key {path} is not hex") from None
-    if len(key) != 32:
-        raise KeyConfigError(f"filter key {path} must hold 32 bytes (64 hex)")
-    return key
+    return load_hex_key(path, what="filter key", size=32)
 
 
 def load_routing_keys(path: str | Path) -> RoutingKeyring:
@@ -292,24 +284,14 @@ class RoutingService:
             "interval_s": int(interval),
         }
         self._checked(caller, detail, lambda: self.index.check_snapshot(caller.id, snapshot))
-        sealed = self._sealer.seal(
+        seq = await self._store_filter(
+            caller,
             message.filter,
-            provider_id=caller.id,
-            kind=FilterKind.SNAPSHOT,
+            FilterKind.SNAPSHOT,
             key_version=snapshot.key_version,
             created_at=snapshot.created_at,
-        )
-        seq = await store_call(
-            self._store.routing.publish(
-                provider_id=caller.id,
-                kind=FilterKind.SNAPSHOT,
-                key_version=snapshot.key_version,
-                created_at=snapshot.created_at,
-                interval_s=int(interval),
-                sealed=sealed,
-                audit=_draft(caller, {**detail, "accepted": True}),
-            ),
-            "routing.publish",
+            detail=detail,
+            interval_s=int(interval),
         )
         self._apply_snapshot(caller.id, snapshot, interval)
         self._own.add(seq)
@@ -326,26 +308,49 @@ class RoutingService:
             "created_at": _iso(additions.created_at),
         }
         self._checked(caller, detail, lambda: self.index.check_additions(caller.id, additions))
+        seq = await self._store_filter(
+            caller,
+            data,
+            FilterKind.ADDITIONS,
+            key_version=additions.key_version,
+            created_at=additions.created_at,
+            detail=detail,
+        )
+        self.index.add(caller.id, additions)
+        self._own.add(seq)
+
+    async def _store_filter(
+        self,
+        caller: Principal,
+        data: bytes,
+        kind: FilterKind,
+        *,
+        key_version: int,
+        created_at: int,
+        detail: dict[str, str | int | bool],
+        interval_s: int | None = None,
+    ) -> int:
+        """Seal a checked filter publication for ``caller`` and store it with its audit row."""
         sealed = self._sealer.seal(
             data,
             provider_id=caller.id,
-            kind=FilterKind.ADDITIONS,
-            key_version=additions.key_version,
-            created_at=additions.created_at,
+            kind=kind,
+            key_version=key_version,
+            created_at=created_at,
         )
-        seq = await store_call(
+        seq: int = await store_call(
             self._store.routing.publish(
                 provider_id=caller.id,
-                kind=FilterKind.ADDITIONS,
-                key_version=additions.key_version,
-                created_at=additions.created_at,
+                kind=kind,
+                key_version=key_version,
+                created_at=created_at,
+                interval_s=interval_s,
                 sealed=sealed,
                 audit=_draft(caller, {**detail, "accepted": True}),
             ),
             "routing.publish",
         )
-        self.index.add(caller.id, additions)
-        self._own.add(seq)
+        return seq
 
     async def _publish_opt_out(self, caller: Principal) -> None:
         now = int(time.time())

@@ -13,7 +13,7 @@ from sqlalchemy.engine import RowMapping
 from onecert.gateway.store._database import StoreDatabase
 from onecert.gateway.store._models import deliveries, number_events, unbind_tickets
 from onecert.gateway.store._rows import OPEN_TICKET, aware, fetch_all, resolve_now
-from onecert.gateway.store._types import ProviderComplianceRow, TicketState
+from onecert.gateway.store._types import ProviderComplianceRow, StoredTicketState
 
 __all__ = ["ComplianceRepository"]
 
@@ -70,7 +70,7 @@ class ComplianceRepository:
             t.provider_id, t.state
         )
         times_stmt = select(t.provider_id, t.created_at, t.answered_at).where(
-            t.state.in_((TicketState.DONE.value, TicketState.REJECTED.value)),
+            t.state.in_((StoredTicketState.DONE.value, StoredTicketState.REJECTED.value)),
             t.answered_at.is_not(None),
         )
         if since is not None:
@@ -121,8 +121,8 @@ def _row(
         never_received=int(nr["never_received"]) if nr else 0,
         awaiting_action=int(nr["awaiting"]) if nr else 0,
         unbinds_open=sum(tc.get(s, 0) for s in OPEN_TICKET),
-        unbinds_done=tc.get(TicketState.DONE.value, 0),
-        unbinds_rejected=tc.get(TicketState.REJECTED.value, 0),
-        unbinds_failed=tc.get(TicketState.FAILED.value, 0),
+        unbinds_done=tc.get(StoredTicketState.DONE.value, 0),
+        unbinds_rejected=tc.get(StoredTicketState.REJECTED.value, 0),
+        unbinds_failed=tc.get(StoredTicketState.FAILED.value, 0),
         unbind_median_time=timedelta(seconds=statistics.median(times)) if times else None,
     )

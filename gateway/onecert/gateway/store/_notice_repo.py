@@ -30,8 +30,8 @@ from onecert.gateway.store._types import (
     DeliveryState,
     Notice,
     NumberEvent,
-    NumberEventType,
     RecycledCheck,
+    StoredEventType,
     classify_recycled,
 )
 from onecert.sdk._msisdn import is_e164
@@ -58,7 +58,7 @@ class NoticeRepository:
         event_id: str,
         msisdn: str,
         msisdn_hash: str,
-        event_type: NumberEventType | str,
+        event_type: StoredEventType | str,
         effective_at: datetime,
         quiet_period_ends_at: datetime | None,
         deadline: datetime,
@@ -87,7 +87,7 @@ class NoticeRepository:
             "event_id": check_text("event_id", event_id, 128),
             "msisdn": msisdn,
             "msisdn_hash": check_text("msisdn_hash", msisdn_hash, 64),
-            "event_type": NumberEventType(event_type).value,
+            "event_type": StoredEventType(event_type).value,
             "effective_at": aware(effective_at, "effective_at"),
             "quiet_period_ends_at": None
             if quiet_period_ends_at is None
@@ -183,7 +183,7 @@ class NoticeRepository:
             NumberEvent(
                 notice_id=r["notice_id"],
                 carrier_id=r["carrier_id"],
-                event_type=NumberEventType(r["event_type"]),
+                event_type=StoredEventType(r["event_type"]),
                 effective_at=r["effective_at"],
                 quiet_period_ends_at=r["quiet_period_ends_at"],
                 recorded_at=r["recorded_at"],

@@ -19,9 +19,9 @@ from onecert.gateway.store._types import (
     DeliveryMode,
     DeliveryState,
     Notice,
-    NumberEventType,
+    StoredEventType,
+    StoredTicketState,
     Ticket,
-    TicketState,
 )
 from onecert.sdk._msisdn import mask_numbers_in_text
 
@@ -47,7 +47,7 @@ __all__ = [
     "utcnow",
 ]
 
-OPEN_TICKET = (TicketState.QUEUED.value, TicketState.PENDING.value)
+OPEN_TICKET = (StoredTicketState.QUEUED.value, StoredTicketState.PENDING.value)
 _MAX_ERROR = 2000
 
 
@@ -94,7 +94,7 @@ def ticket_from_row(row: RowMapping) -> Ticket:
         reason=row["reason"],
         payload=row["payload"],
         msisdn_hash=row["msisdn_hash"],
-        state=TicketState(row["state"]),
+        state=StoredTicketState(row["state"]),
         attempts=row["attempts"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
@@ -117,7 +117,7 @@ def notice_from_row(row: RowMapping, prefix: str = "") -> Notice:
         event_id=row[prefix + "event_id"],
         msisdn=row[prefix + "msisdn"],
         msisdn_hash=row[prefix + "msisdn_hash"],
-        event_type=NumberEventType(row[prefix + "event_type"]),
+        event_type=StoredEventType(row[prefix + "event_type"]),
         effective_at=row[prefix + "effective_at"],
         quiet_period_ends_at=row[prefix + "quiet_period_ends_at"],
         deadline=row[prefix + "deadline"],
@@ -191,8 +191,8 @@ def lease_free(table: Table, now: datetime) -> ColumnElement[bool]:
     return or_(table.c.lease_until.is_(None), table.c.lease_until <= now)
 
 
-def expiry_error(state: TicketState, last_error: str | None) -> str:
-    if state is TicketState.PENDING:
+def expiry_error(state: StoredTicketState, last_error: str | None) -> str:
+    if state is StoredTicketState.PENDING:
         message = "expired while the provider's answer was PENDING"
     else:
         message = "expired before the provider answered"
@@ -223,7 +223,7 @@ def attempt_values(
         }
     if outcome is AttemptOutcome.FATAL:
         return {
-            "state": TicketState.FAILED.value,
+            "state": StoredTicketState.FAILED.value,
             "last_error": error_text(error),
             "closed_at": now,
         }
@@ -237,17 +237,17 @@ def attempt_values(
         }
         if expired:
             values.update(
-                state=TicketState.FAILED.value,
-                last_error=expiry_error(TicketState.PENDING, ticket.last_error),
+                state=StoredTicketState.FAILED.value,
+                last_error=expiry_error(StoredTicketState.PENDING, ticket.last_error),
                 closed_at=now,
             )
         else:
-            values.update(state=TicketState.PENDING.value, next_attempt_at=retry_at)
+            values.update(state=StoredTicketState.PENDING.value, next_attempt_at=retry_at)
         return values
     # RETRY: a ticket the provider already accepted stays PENDING.
     if expired:
         return {
-            "state": TicketState.FAILED.value,
+            "state": StoredTicketState.FAILED.value,
             "last_error": expiry_error(ticket.state, error_text(error)),
             "closed_at": now,
         }

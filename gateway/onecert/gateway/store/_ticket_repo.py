@@ -33,8 +33,8 @@ from onecert.gateway.store._types import (
     AuditDraft,
     ConflictError,
     NotFoundError,
+    StoredTicketState,
     Ticket,
-    TicketState,
 )
 
 __all__ = ["TicketRepository"]
@@ -88,7 +88,7 @@ class TicketRepository:
             "reason": reason,
             "payload": check_text("payload", payload, 65536),
             "msisdn_hash": check_text("msisdn_hash", msisdn_hash, 64),
-            "state": TicketState.QUEUED.value,
+            "state": StoredTicketState.QUEUED.value,
             "attempts": 0,
             "created_at": now,
             "updated_at": now,
@@ -204,8 +204,8 @@ class TicketRepository:
                 update(unbind_tickets)
                 .where(t.ticket_id == row.ticket_id)
                 .values(
-                    state=TicketState.FAILED.value,
-                    last_error=expiry_error(TicketState(row.state), row.last_error),
+                    state=StoredTicketState.FAILED.value,
+                    last_error=expiry_error(StoredTicketState(row.state), row.last_error),
                     closed_at=now,
                     updated_at=now,
                     lease_owner=None,

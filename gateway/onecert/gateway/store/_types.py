@@ -21,13 +21,13 @@ __all__ = [
     "Notice",
     "NoticeStatus",
     "NumberEvent",
-    "NumberEventType",
     "ProviderComplianceRow",
     "RecycledCheck",
     "RecycledStatus",
     "StoreError",
+    "StoredEventType",
+    "StoredTicketState",
     "Ticket",
-    "TicketState",
     "classify_notice",
     "classify_recycled",
 ]
@@ -52,7 +52,7 @@ class AuditValueError(StoreError, ValueError):
     """
 
 
-class TicketState(StrEnum):
+class StoredTicketState(StrEnum):
     """Where an unbind ticket stands (``onecert.v1.TicketState`` without prefix)."""
 
     QUEUED = "QUEUED"
@@ -64,7 +64,11 @@ class TicketState(StrEnum):
     @property
     def terminal(self) -> bool:
         """DONE, REJECTED and FAILED are final: a ticket never leaves them."""
-        return self in (TicketState.DONE, TicketState.REJECTED, TicketState.FAILED)
+        return self in (
+            StoredTicketState.DONE,
+            StoredTicketState.REJECTED,
+            StoredTicketState.FAILED,
+        )
 
 
 class AttemptOutcome(StrEnum):
@@ -80,7 +84,7 @@ class AttemptOutcome(StrEnum):
     FATAL = "FATAL"
 
 
-class NumberEventType(StrEnum):
+class StoredEventType(StrEnum):
     """What a carrier reported about a number."""
 
     CANCELLED = "CANCELLED"
@@ -138,7 +142,7 @@ class Ticket:
     reason: int
     payload: str
     msisdn_hash: str
-    state: TicketState
+    state: StoredTicketState
     attempts: int
     created_at: datetime
     updated_at: datetime
@@ -166,7 +170,7 @@ class Notice:
     event_id: str
     msisdn: str
     msisdn_hash: str
-    event_type: NumberEventType
+    event_type: StoredEventType
     effective_at: datetime
     quiet_period_ends_at: datetime | None
     deadline: datetime
@@ -208,7 +212,7 @@ class NumberEvent:
 
     notice_id: str
     carrier_id: str
-    event_type: NumberEventType
+    event_type: StoredEventType
     effective_at: datetime
     quiet_period_ends_at: datetime | None
     recorded_at: datetime
@@ -327,7 +331,7 @@ def classify_recycled(
     recycled = [
         e.effective_at
         for e in history
-        if e.event_type is NumberEventType.RECYCLED and e.effective_at > specified_date
+        if e.event_type is StoredEventType.RECYCLED and e.effective_at > specified_date
     ]
     starts = [e.effective_at for e in history]
     if history_start is not None:

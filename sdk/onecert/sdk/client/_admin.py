@@ -6,9 +6,7 @@ import enum
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from onecert.sdk._tls import ClientTLS
 from onecert.sdk.client._base import (
-    DEFAULT_MAX_MESSAGE_BYTES,
     ClientBase,
     delta,
     stamp,
@@ -151,21 +149,7 @@ class AdminGatewayClient(ClientBase):
         max_message_bytes: the largest message accepted from the gateway.
     """
 
-    def __init__(
-        self,
-        target: str,
-        *,
-        tls: ClientTLS | None = None,
-        insecure: bool = False,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-    ) -> None:
-        super().__init__(
-            target,
-            tls=tls,
-            insecure=insecure,
-            dev_principal="admin" if insecure else None,
-            max_message_bytes=max_message_bytes,
-        )
+    _dev_principal = "admin"
 
     async def compliance_report(
         self,

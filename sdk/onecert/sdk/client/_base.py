@@ -5,8 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from types import TracebackType
-from typing import Self, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
@@ -14,8 +13,12 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from onecert.sdk._channel import DEFAULT_MAX_MESSAGE_BYTES, open_channel
+from onecert.sdk._lifecycle import AsyncResource
 from onecert.sdk._tls import ClientTLS
 from onecert.v1 import gateway_pb2_grpc
+
+if TYPE_CHECKING:
+    from google.protobuf.internal.enum_type_wrapper import _EnumTypeWrapper
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -61,38 +64,39 @@ class RateLimitedError(GatewayError):
         self.retry_after = retry_after
 
 
-class ClientBase:
+class ClientBase(AsyncResource):
     """One channel to the gateway, closed by :meth:`close` or ``async with``.
 
     Callers the gateway knows by their client certificate (providers,
-    carriers, the regulator) may, against a development gateway without TLS,
-    name themselves in ``dev_principal`` (metadata ``x-onecert-dev-principal``).
+    carriers, the regulator) name themselves, against a development gateway
+    without TLS, in ``_dev_principal`` (metadata ``x-onecert-dev-principal``).
 
     Args:
         target: ``host:port`` of the gateway.
         tls: the CA to check the gateway and the client certificate to present.
         insecure: plaintext, for a development gateway only. Exactly one of
             ``tls`` and ``insecure`` must be given.
-        dev_principal: with ``insecure``: who the caller claims to be.
         max_message_bytes: the largest message sent to or accepted from the gateway.
     """
+
+    #: Who the client claims to be when ``insecure``; a subclass or its
+    #: constructor sets it before this one runs.
+    _dev_principal: str | None = None
 
     def __init__(
         self,
         target: str,
         *,
-        tls: ClientTLS | None,
-        insecure: bool,
-        dev_principal: str | None = None,
+        tls: ClientTLS | None = None,
+        insecure: bool = False,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         if (tls is None) == (not insecure):
             raise ValueError("give either tls=ClientTLS(...) or insecure=True (development only)")
         self._channel = open_channel(target, tls=tls, max_message_bytes=max_message_bytes)
         self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
-        self._metadata: Metadata = (
-            () if dev_principal is None else ((DEV_PRINCIPAL_HEADER, dev_principal),)
-        )
+        principal = self._dev_principal if insecure else None
+        self._metadata: Metadata = () if principal is None else ((DEV_PRINCIPAL_HEADER, principal),)
         self.target = target
 
     async def _unary(
@@ -115,28 +119,39 @@ class ClientBase:
         """Close the channel; calls in flight are cancelled."""
         await self._channel.close()
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def _exit(self) -> None:
         await self.close()
 
 
+def dev_principal(role: str, dev_id: str | None, *, insecure: bool) -> str | None:
+    """``role:dev_id`` for a development gateway; a dev id without ``insecure`` is refused."""
+    if dev_id is None:
+        return None
+    if not insecure:
+        raise ValueError(f"dev_{role}_id is for insecure development gateways only")
+    return f"{role}:{dev_id}"
+
+
 _E = TypeVar("_E", bound=enum.StrEnum)
+_V = TypeVar("_V", bound=int)
 
 
 def enum_from_pb(
-    enum_type: type[_E], name: str, prefix: str, default: _E | None = None
+    enum_type: type[_E],
+    pb_enum: _EnumTypeWrapper[_V],
+    value: _V,
+    prefix: str,
+    default: _E | None = None,
 ) -> _E | None:
-    """The member of ``enum_type`` named like the proto value ``name`` without ``prefix``."""
-    member = name.removeprefix(prefix)
+    """The member of ``enum_type`` named like ``value`` of ``pb_enum`` without ``prefix``.
+
+    ``default`` for a value this client does not know (a newer gateway's) or has no
+    member for (UNSPECIFIED).
+    """
+    if value not in pb_enum.values():
+        return default
     try:
-        return enum_type[member]
+        return enum_type[pb_enum.Name(value).removeprefix(prefix)]
     except KeyError:
         return default
 

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from onecert.sdk._tls import ClientTLS
 from onecert.sdk._types import coerce_enum
-from onecert.sdk.client._base import DEFAULT_MAX_MESSAGE_BYTES, ClientBase, stamp
+from onecert.sdk.client._base import DEFAULT_MAX_MESSAGE_BYTES, ClientBase, dev_principal, stamp
 from onecert.v1 import gateway_pb2
 
 
@@ -71,15 +71,8 @@ class CarrierGatewayClient(ClientBase):
         dev_carrier_id: str | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
-        if dev_carrier_id is not None and not insecure:
-            raise ValueError("dev_carrier_id is for insecure development gateways only")
-        super().__init__(
-            target,
-            tls=tls,
-            insecure=insecure,
-            dev_principal=None if dev_carrier_id is None else f"carrier:{dev_carrier_id}",
-            max_message_bytes=max_message_bytes,
-        )
+        self._dev_principal = dev_principal("carrier", dev_carrier_id, insecure=insecure)
+        super().__init__(target, tls=tls, insecure=insecure, max_message_bytes=max_message_bytes)
 
     async def report_number_event(
         self,

@@ -9,7 +9,6 @@ from datetime import datetime, timedelta
 
 import grpc
 
-from onecert.sdk._tls import ClientTLS
 from onecert.sdk._types import (
     BindingKind,
     ProviderCategory,
@@ -18,7 +17,6 @@ from onecert.sdk._types import (
     UnbindReason,
 )
 from onecert.sdk.client._base import (
-    DEFAULT_MAX_MESSAGE_BYTES,
     ClientBase,
     GatewayError,
     delta,
@@ -74,8 +72,7 @@ class TicketState(enum.StrEnum):
 
 
 def _outcome(value: gateway_pb2.CallOutcome.ValueType) -> CallOutcome:
-    name = gateway_pb2.CallOutcome.Name(value) if value in gateway_pb2.CallOutcome.values() else ""
-    found = enum_from_pb(CallOutcome, name, "CALL_OUTCOME_")
+    found = enum_from_pb(CallOutcome, gateway_pb2.CallOutcome, value, "CALL_OUTCOME_")
     return found if found is not None else CallOutcome.UNKNOWN
 
 
@@ -229,31 +226,22 @@ class Receipt:
 
 
 def _ticket_state(value: gateway_pb2.TicketState.ValueType) -> TicketState:
-    name = gateway_pb2.TicketState.Name(value) if value in gateway_pb2.TicketState.values() else ""
-    found = enum_from_pb(TicketState, name, "TICKET_STATE_")
+    found = enum_from_pb(TicketState, gateway_pb2.TicketState, value, "TICKET_STATE_")
     return found if found is not None else TicketState.UNKNOWN
 
 
 def _receipt(pb: gateway_pb2.UnbindTicket) -> Receipt:
-    reason_name = (
-        common_pb2.UnbindReason.Name(pb.reason)
-        if pb.reason in common_pb2.UnbindReason.values()
-        else ""
-    )
-    outcome_name = (
-        common_pb2.UnbindOutcome.Name(pb.provider_outcome)
-        if pb.provider_outcome in common_pb2.UnbindOutcome.values()
-        else ""
-    )
     return Receipt(
         ticket_id=pb.ticket_id,
         provider_id=pb.provider_id,
         provider_name=pb.provider_name,
-        reason=enum_from_pb(UnbindReason, reason_name, "UNBIND_REASON_"),
+        reason=enum_from_pb(UnbindReason, common_pb2.UnbindReason, pb.reason, "UNBIND_REASON_"),
         state=_ticket_state(pb.state),
         attempts=pb.attempts,
         created_at=time_of(pb, "created_at"),
-        provider_outcome=enum_from_pb(UnbindOutcome, outcome_name, "UNBIND_OUTCOME_"),
+        provider_outcome=enum_from_pb(
+            UnbindOutcome, common_pb2.UnbindOutcome, pb.provider_outcome, "UNBIND_OUTCOME_"
+        ),
         provider_reason=pb.provider_reason,
         answered_at=time_of(pb, "answered_at"),
         last_error=pb.last_error,
@@ -276,20 +264,16 @@ def _carrier_list(items: object) -> tuple[CarrierStatus, ...]:
 def _account(pb: gateway_pb2.ShownBinding) -> Account:
     attribution = enum_from_pb(
         Attribution,
-        gateway_pb2.Attribution.Name(pb.attribution)
-        if pb.attribution in gateway_pb2.Attribution.values()
-        else "",
+        gateway_pb2.Attribution,
+        pb.attribution,
         "ATTRIBUTION_",
         Attribution.PREVIOUS_HOLDER,
     )
     assert attribution is not None
-    kind_name = (
-        common_pb2.BindingKind.Name(pb.kind) if pb.kind in common_pb2.BindingKind.values() else ""
-    )
     return Account(
         attribution=attribution,
         display_name_masked=pb.display_name_masked,
-        kind=enum_from_pb(BindingKind, kind_name, "BINDING_KIND_"),
+        kind=enum_from_pb(BindingKind, common_pb2.BindingKind, pb.kind, "BINDING_KIND_"),
         bound_at=time_of(pb, "bound_at"),
         last_used_at=time_of(pb, "last_used_at"),
         unbindable=pb.unbindable,
@@ -308,13 +292,7 @@ def _update(pb: gateway_pb2.LookupResponse) -> LookupUpdate | None:
                 carrier_id=n.carrier_id,
                 held_from=time_of(n, "held_from"),
                 held_until=time_of(n, "held_until"),
-                state=enum_from_pb(
-                    TenureState,
-                    common_pb2.TenureState.Name(n.state)
-                    if n.state in common_pb2.TenureState.values()
-                    else "",
-                    "TENURE_STATE_",
-                ),
+                state=enum_from_pb(TenureState, common_pb2.TenureState, n.state, "TENURE_STATE_"),
                 current=n.current,
             )
             for n in s.numbers
@@ -322,16 +300,13 @@ def _update(pb: gateway_pb2.LookupResponse) -> LookupUpdate | None:
         return Started(pb.query_id, numbers, _carrier_list(s.carriers), s.provider_calls)
     if kind == "result":
         r = pb.result
-        category_name = (
-            common_pb2.ProviderCategory.Name(r.category)
-            if r.category in common_pb2.ProviderCategory.values()
-            else ""
-        )
         return Result(
             query_id=pb.query_id,
             provider_id=r.provider_id,
             provider_name=r.provider_name,
-            category=enum_from_pb(ProviderCategory, category_name, "PROVIDER_CATEGORY_"),
+            category=enum_from_pb(
+                ProviderCategory, common_pb2.ProviderCategory, r.category, "PROVIDER_CATEGORY_"
+            ),
             msisdn=r.msisdn,
             outcome=_outcome(r.outcome),
             detail=r.detail,
@@ -373,16 +348,6 @@ class GatewayClient(ClientBase):
             ``tls`` and ``insecure`` must be given.
         max_message_bytes: the largest message accepted from the gateway.
     """
-
-    def __init__(
-        self,
-        target: str,
-        *,
-        tls: ClientTLS | None = None,
-        insecure: bool = False,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-    ) -> None:
-        super().__init__(target, tls=tls, insecure=insecure, max_message_bytes=max_message_bytes)
 
     async def lookup(
         self,

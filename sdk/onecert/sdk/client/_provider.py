@@ -14,6 +14,7 @@ from onecert.sdk._tls import ClientTLS
 from onecert.sdk.client._base import (
     DEFAULT_MAX_MESSAGE_BYTES,
     ClientBase,
+    dev_principal,
     enum_from_pb,
     stamp,
     time_of,
@@ -143,15 +144,8 @@ class ProviderGatewayClient(ClientBase):
         dev_provider_id: str | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
-        if dev_provider_id is not None and not insecure:
-            raise ValueError("dev_provider_id is for insecure development gateways only")
-        super().__init__(
-            target,
-            tls=tls,
-            insecure=insecure,
-            dev_principal=None if dev_provider_id is None else f"provider:{dev_provider_id}",
-            max_message_bytes=max_message_bytes,
-        )
+        self._dev_principal = dev_principal("provider", dev_provider_id, insecure=insecure)
+        super().__init__(target, tls=tls, insecure=insecure, max_message_bytes=max_message_bytes)
 
     async def check_recycled(
         self,
@@ -169,12 +163,13 @@ class ProviderGatewayClient(ClientBase):
         request = gateway_pb2.CheckRecycledRequest(msisdn=msisdn)
         request.specified_date.CopyFrom(stamp(since, "since"))
         response = await self._unary(self._stub.CheckRecycled, request, timeout=timeout)
-        name = (
-            gateway_pb2.RecycledStatus.Name(response.status)
-            if response.status in gateway_pb2.RecycledStatus.values()
-            else ""
+        status = enum_from_pb(
+            RecycledStatus,
+            gateway_pb2.RecycledStatus,
+            response.status,
+            "RECYCLED_STATUS_",
+            RecycledStatus.UNKNOWN,
         )
-        status = enum_from_pb(RecycledStatus, name, "RECYCLED_STATUS_", RecycledStatus.UNKNOWN)
         assert status is not None
         return RecycledAnswer(status, time_of(response, "recycled_at"))
 
