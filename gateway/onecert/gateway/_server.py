@@ -232,6 +232,28 @@ def _auditor(config: GatewayConfig, store: Store, handle_key: bytes) -> Auditor:
     return Auditor(store, key=load_audit_key(config.keys.audit_key))
 
 
+def _state(
+    config: GatewayConfig,
+    store: Store | None,
+    replay_cache: ReplayCache | None,
+    clock: Callable[[], datetime] | None,
+) -> tuple[Store | None, ReplayCache]:
+    """The store (opened from ``[store]`` unless given) and the replay cache over it."""
+    if store is None and config.store is not None:
+        # Replicas judge leases and expiry on the database's clock, unless
+        # a test runs the gateway on a clock of its own.
+        store = Store.open(
+            config.store.url, schema=config.store.schema, database_clock=clock is None
+        )
+    if replay_cache is None:
+        replay_cache = (
+            MemoryReplayCache()
+            if store is None
+            else _FailClosedReplay(StoreReplayCache(store.replay))
+        )
+    return store, replay_cache
+
+
 def _verifier(config: GatewayConfig, replay: ReplayCache) -> AssertionVerifier:
     identity = config.identity
     return AssertionVerifier(
@@ -281,19 +303,8 @@ class GatewayServer(AsyncResource):
         check_transport(config)
         self.config = config
         self._owns_store = store is None and config.store is not None
-        if store is None and config.store is not None:
-            # Replicas judge leases and expiry on the database's clock, unless
-            # a test runs the gateway on a clock of its own.
-            store = Store.open(
-                config.store.url, schema=config.store.schema, database_clock=clock is None
-            )
+        store, replay_cache = _state(config, store, replay_cache, clock)
         self.store: Store | None = store
-        if replay_cache is None:
-            replay_cache = (
-                MemoryReplayCache()
-                if store is None
-                else _FailClosedReplay(StoreReplayCache(store.replay))
-            )
         self._verifier = _verifier(config, replay_cache)
         self._warrants = WarrantIssuer(
             key=SigningKey.load(config.keys.warrant_key),
