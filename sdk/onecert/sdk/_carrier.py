@@ -12,6 +12,7 @@ from onecert.sdk._convert import InvalidResultError, tenures_to_pb
 from onecert.sdk._core import (
     Adapter,
     CallError,
+    Context,
     Handler,
     authorize,
     check_adapter_id,
@@ -132,19 +133,15 @@ class CarrierCore:
 
 
 class CarrierServicer(registry_pb2_grpc.NumberRegistryServicer):
-    """The gRPC face of :class:`CarrierCore`."""
+    """The gRPC face of :class:`CarrierCore` (its :class:`CallError` goes up to
+    the server's boundary, the one place that turns it into the call's status)."""
 
     def __init__(self, core: CarrierCore) -> None:
         self._core = core
 
     async def ListNumbers(  # noqa: N802  # gRPC method name
-        self,
-        request: registry_pb2.ListNumbersRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
+        self, request: registry_pb2.ListNumbersRequest, context: Context
     ) -> registry_pb2.ListNumbersResponse:
-        try:
-            return await self._core.list_numbers(
-                request, token=token_of(context), remaining=context.time_remaining()
-            )
-        except CallError as exc:
-            await context.abort(exc.code, exc.details)
+        return await self._core.list_numbers(
+            request, token=token_of(context), remaining=context.time_remaining()
+        )

@@ -81,7 +81,11 @@ class Handler:
         return await self.fn(value)
 
 
-def token_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+# What a servicer method is given besides its request.
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def token_of(context: Context) -> str:
     """The warrant a gRPC call carries, or ""."""
     return bearer_token(context.invocation_metadata())
 

@@ -27,6 +27,7 @@ from onecert.sdk._convert import (
 from onecert.sdk._core import (
     Adapter,
     CallError,
+    Context,
     Handler,
     authorize,
     check_adapter_id,
@@ -536,48 +537,35 @@ def _event_response(record: dict[str, Any]) -> provider_pb2.ReceiveEventResponse
 
 
 class ProviderServicer(provider_pb2_grpc.BindingProviderServicer):
-    """The gRPC face of :class:`ProviderCore`."""
+    """The gRPC face of :class:`ProviderCore`.
+
+    Its :class:`CallError` goes up to the server's boundary, the one place
+    that turns it into the call's status.
+    """
 
     def __init__(self, core: ProviderCore) -> None:
         self._core = core
 
     async def Describe(  # noqa: N802  # gRPC method name
-        self,
-        request: provider_pb2.DescribeRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
+        self, request: provider_pb2.DescribeRequest, context: Context
     ) -> provider_pb2.DescribeResponse:
         return self._core.describe()
 
     async def ListBindings(  # noqa: N802  # gRPC method name
-        self,
-        request: provider_pb2.ListBindingsRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
+        self, request: provider_pb2.ListBindingsRequest, context: Context
     ) -> provider_pb2.ListBindingsResponse:
-        try:
-            return await self._core.list_bindings(
-                request, token=token_of(context), remaining=context.time_remaining()
-            )
-        except CallError as exc:
-            await context.abort(exc.code, exc.details)
+        return await self._core.list_bindings(
+            request, token=token_of(context), remaining=context.time_remaining()
+        )
 
     async def Unbind(  # noqa: N802  # gRPC method name
-        self,
-        request: provider_pb2.UnbindRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
+        self, request: provider_pb2.UnbindRequest, context: Context
     ) -> provider_pb2.UnbindResponse:
-        try:
-            return await self._core.unbind(
-                request, token=token_of(context), remaining=context.time_remaining()
-            )
-        except CallError as exc:
-            await context.abort(exc.code, exc.details)
+        return await self._core.unbind(
+            request, token=token_of(context), remaining=context.time_remaining()
+        )
 
     async def ReceiveEvent(  # noqa: N802  # gRPC method name
-        self,
-        request: provider_pb2.ReceiveEventRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
+        self, request: provider_pb2.ReceiveEventRequest, context: Context
     ) -> provider_pb2.ReceiveEventResponse:
-        try:
-            return await self._core.receive_event(request, remaining=context.time_remaining())
-        except CallError as exc:
-            await context.abort(exc.code, exc.details)
+        return await self._core.receive_event(request, remaining=context.time_remaining())

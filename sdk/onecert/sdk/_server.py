@@ -17,7 +17,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from onecert.sdk._carrier import Carrier, CarrierCore, CarrierServicer
-from onecert.sdk._core import Adapter, log
+from onecert.sdk._core import Adapter, CallError, log
 from onecert.sdk._idempotency import (
     IdempotencyStore,
     MemoryIdempotencyStore,
@@ -62,8 +62,10 @@ def listen_address(listen: str | int) -> str:
     return listen
 
 
-class _LoggingInterceptor(grpc.aio.ServerInterceptor):
-    """Gives every unary call a logging scope and logs how it ended.
+class _CallBoundary(grpc.aio.ServerInterceptor):
+    """The adapter's side of the network: gives every unary call a logging
+    scope, turns the core's :class:`CallError` into the call's status, and
+    logs how the call ended.
 
     Each call runs in its own task (so its own context): what the handler
     binds (the verified query id, the masked number) shows in the final line
@@ -94,6 +96,9 @@ class _LoggingInterceptor(grpc.aio.ServerInterceptor):
             with structlog.contextvars.bound_contextvars(rpc=name):
                 try:
                     return await inner(request, context)
+                except CallError as exc:
+                    outcome = exc.code.name
+                    await context.abort(exc.code, exc.details)
                 except asyncio.CancelledError:
                     outcome = "CANCELLED"
                     raise
@@ -234,7 +239,7 @@ class Server(AsyncResource):
         except Exception as exc:  # any store failure is a configuration error here
             raise ServerConfigError(f"the idempotency store is unusable: {exc}") from exc
         server = grpc.aio.server(
-            interceptors=[_LoggingInterceptor()],
+            interceptors=[_CallBoundary()],
             options=[
                 ("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_SEND_MESSAGE_BYTES),
