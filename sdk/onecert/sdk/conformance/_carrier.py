@@ -27,8 +27,7 @@ from onecert.sdk.conformance._common import (
     expect_code,
     expect_ok,
     health_checks,
-    open_channel,
-    run_phases,
+    run_suite,
     warrant_check_names,
     warrant_checks,
 )
@@ -90,11 +89,8 @@ async def check_carrier(
         issuer: the gateway id the carrier expects as ``iss``.
         known_idns: idns with at least one tenure each.
         unknown_idn: an idn with no tenure; a random one when not given.
-        tls: how to reach the target over TLS; plaintext when None.
-        call_timeout: deadline of each ordinary call, in seconds.
-        short_deadline: the deadline of the short-deadline check.
-        slack: how late past a deadline a call may end, in seconds.
-        concurrency: at most this many checks at once.
+        tls, call_timeout, short_deadline, slack, concurrency: as for
+            :func:`~onecert.sdk.conformance.check_provider`.
 
     Raises:
         ValueError: an argument is malformed.
@@ -109,8 +105,9 @@ async def check_carrier(
     elif not is_idn(unknown_idn) or unknown_idn in known_idns:
         raise ValueError("the unknown idn must be 64 lowercase hex characters, not a known one")
     timing = Timing(call_timeout=call_timeout, short_deadline=short_deadline, slack=slack)
-    async with open_channel(target, tls) as channel:
-        suite = _CarrierSuite(
+    return await run_suite(
+        "carrier",
+        lambda channel: _CarrierSuite(
             channel=channel,
             timing=timing,
             warrant_key=warrant_key,
@@ -118,12 +115,13 @@ async def check_carrier(
             carrier_id=carrier_id,
             known_idns=tuple(known_idns),
             unknown_idn=unknown_idn,
-        )
-        phases = suite.phases()
-        # The catalogue (what --list prints) and the run must never drift apart.
-        assert [(c.rule, c.name) for p in phases for c in p] == list(CARRIER_CHECKS)
-        results = await run_phases(phases, timing=timing, concurrency=concurrency)
-    return Report(kind="carrier", target=target, results=tuple(results))
+        ),
+        catalogue=CARRIER_CHECKS,
+        target=target,
+        tls=tls,
+        timing=timing,
+        concurrency=concurrency,
+    )
 
 
 class _CarrierSuite:

@@ -13,7 +13,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -23,7 +23,7 @@ from onecert.sdk._msisdn import mask_numbers_in_text, sha256_hex
 from onecert.sdk._set import SET_TYP
 from onecert.sdk._tls import ClientTLS
 from onecert.sdk._warrant import PURPOSE_LOOKUP, PURPOSE_UNBIND
-from onecert.sdk.conformance._report import CheckResult, Outcome
+from onecert.sdk.conformance._report import CheckResult, Outcome, Report
 from onecert.sdk.conformance._tokens import Forge, Signer
 from onecert.v1 import common_pb2
 
@@ -430,6 +430,33 @@ def deadline_checks(
 
 def fresh_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(8)}"
+
+
+class Suite(Protocol):
+    """The checks of one kind of target, over one channel."""
+
+    def phases(self) -> list[list[Check]]:
+        """The checks in phases: each phase runs after the previous one ended."""
+        ...
+
+
+async def run_suite(
+    kind: str,
+    suite: Callable[[grpc.aio.Channel], Suite],
+    *,
+    catalogue: Sequence[tuple[str, str]],
+    target: str,
+    tls: ClientTLS | None,
+    timing: Timing,
+    concurrency: int,
+) -> Report:
+    """Open a channel to ``target``, run the phases of ``suite(channel)``, report."""
+    async with open_channel(target, tls) as channel:
+        phases = suite(channel).phases()
+        # The catalogue (what --list prints) and the run must never drift apart.
+        assert [(c.rule, c.name) for p in phases for c in p] == list(catalogue)
+        results = await run_phases(phases, timing=timing, concurrency=concurrency)
+    return Report(kind=kind, target=target, results=tuple(results))
 
 
 async def run_phases(

@@ -30,8 +30,7 @@ from onecert.sdk.conformance._common import (
     expect_ok,
     fresh_id,
     health_checks,
-    open_channel,
-    run_phases,
+    run_suite,
     safe,
     warrant_check_names,
     warrant_checks,
@@ -295,8 +294,9 @@ async def check_provider(
     if provider_id is not None and not provider_id:
         raise ValueError("provider_id must not be empty")
     timing = Timing(call_timeout=call_timeout, short_deadline=short_deadline, slack=slack)
-    async with open_channel(target, tls) as channel:
-        suite = _ProviderSuite(
+    return await run_suite(
+        "provider",
+        lambda channel: _ProviderSuite(
             channel=channel,
             timing=timing,
             warrant_key=warrant_key,
@@ -305,12 +305,13 @@ async def check_provider(
             known_numbers=tuple(known_numbers),
             unknown_number=unknown_number,
             unbind=unbind,
-        )
-        phases = suite.phases()
-        # The catalogue (what --list prints) and the run must never drift apart.
-        assert [(c.rule, c.name) for p in phases for c in p] == list(PROVIDER_CHECKS)
-        results = await run_phases(phases, timing=timing, concurrency=concurrency)
-    return Report(kind="provider", target=target, results=tuple(results))
+        ),
+        catalogue=PROVIDER_CHECKS,
+        target=target,
+        tls=tls,
+        timing=timing,
+        concurrency=concurrency,
+    )
 
 
 def _random_unknown_number(known: Sequence[str]) -> str:
