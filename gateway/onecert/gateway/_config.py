@@ -547,10 +547,7 @@ def parse_config(
 
 
 def _finished(t: _Table, cls: type[_C], **given: Any) -> _C:
-    # A table that is exactly one dataclass: read it, refuse anything else.
-    config = t.read(cls, **given)
-    t.finish()
-    return config
+    return t.read_whole(cls, **given)
 
 
 def _parse_gateway(gw: _Table, *, dev_plaintext: bool) -> dict[str, Any]:

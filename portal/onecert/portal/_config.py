@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from onecert.sdk._tomlconfig import ConfigError, Table, load_toml
+from onecert.sdk._tomlconfig import ConfigError, Table, load_toml, setting
 
 __all__ = [
     "ConfigError",
@@ -28,6 +28,15 @@ __all__ = [
 
 _TABLES = ("portal", "gateway", "oidc", "dev_identity")
 _MODES = ("production", "development")
+# The keys of [portal] that are fields of PortalConfig as they are.
+_PORTAL_KEYS = (
+    "mode",
+    "listen",
+    "tls_terminated_by_proxy",
+    "session_idle_s",
+    "session_max_s",
+    "log_json",
+)
 
 
 @dataclass(frozen=True)
@@ -38,8 +47,8 @@ class GatewayTarget:
     ca: Path
     cert: Path
     key: Path
-    lookup_timeout_s: float = 30.0
-    call_timeout_s: float = 10.0
+    lookup_timeout_s: float = setting(30.0, seconds=True)
+    call_timeout_s: float = setting(10.0, seconds=True)
 
 
 @dataclass(frozen=True)
@@ -58,9 +67,9 @@ class DevIdentityConfig:
     key: Path
     idn_key: Path
     issuer: str
-    audience: str
-    acr: str
     citizens: tuple[DevCitizen, ...]
+    audience: str = "onecert-gateway"
+    acr: str = "substantial"
 
 
 @dataclass(frozen=True)
@@ -75,11 +84,12 @@ class OIDCConfig:
 
     metadata_url: str
     client_id: str
-    client_secret_file: Path | None
     redirect_uri: str
-    scope: str
-    assertion_audience: str
-    assertion_token_type: str
+    client_secret_file: Path | None = None
+    scope: str = "openid"
+    assertion_audience: str = "onecert-gateway"
+    # A token type URN (RFC 8693), not a secret.
+    assertion_token_type: str = "urn:onecert:params:oauth:token-type:identity-assertion"  # noqa: S105
     ca_file: Path | None = None
 
 
@@ -97,14 +107,14 @@ class PortalConfig:
         log_json: one JSON object per log line.
     """
 
-    mode: str
-    listen: str
     gateway: GatewayTarget
+    mode: str = setting("production", choices=_MODES)
+    listen: str = "127.0.0.1:8080"
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_terminated_by_proxy: bool = False
-    session_idle_s: float = 900.0
-    session_max_s: float = 3600.0
+    session_idle_s: float = setting(900.0, seconds=True)
+    session_max_s: float = setting(3600.0, seconds=True)
     log_json: bool = False
     oidc: OIDCConfig | None = None
     dev_identity: DevIdentityConfig | None = None
@@ -128,42 +138,29 @@ def parse_config(data: Mapping[str, Any], *, base_dir: str | Path) -> PortalConf
     root = Table(data, "", Path(base_dir))
     root.refuse_unknown(_TABLES)
     portal = root.table("portal", required=True)
-    mode = portal.string("mode", "production")
-    if mode not in _MODES:
-        raise ConfigError(f"portal.mode must be one of {', '.join(_MODES)}")
-    listen = portal.string("listen", "127.0.0.1:8080")
-    host, sep, port = listen.rpartition(":")
+    general = portal.read_fields(PortalConfig, _PORTAL_KEYS)
+    host, sep, port = general["listen"].rpartition(":")
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise ConfigError("portal.listen must be host:port")
-    tls = portal.optional_table("tls")
-    tls_cert = tls_key = None
-    if tls is not None:
-        tls_cert, tls_key = tls.path("cert"), tls.path("key")
-        tls.finish()
-    proxy = portal.boolean("tls_terminated_by_proxy", False)
-    idle = portal.seconds("session_idle_s", 900.0)
-    longest = portal.seconds("session_max_s", 3600.0)
-    if idle > longest:
+    if general["session_idle_s"] > general["session_max_s"]:
         raise ConfigError("portal.session_idle_s must not exceed portal.session_max_s")
-    log_json = portal.boolean("log_json", False)
+    tls = portal.optional_table("tls")
+    if tls is not None:
+        general["tls_cert"], general["tls_key"] = tls.path("cert"), tls.path("key")
+        tls.finish()
     portal.finish()
-
-    gw = root.table("gateway", required=True)
-    gateway = GatewayTarget(
-        address=gw.string("address"),
-        ca=gw.path("ca"),
-        cert=gw.path("cert"),
-        key=gw.path("key"),
-        lookup_timeout_s=gw.seconds("lookup_timeout_s", 30.0),
-        call_timeout_s=gw.seconds("call_timeout_s", 10.0),
-    )
-    gw.finish()
-
+    gateway = root.table("gateway", required=True).read_whole(GatewayTarget)
     oidc = _oidc(root.optional_table("oidc"))
     dev = _dev_identity(root.optional_table("dev_identity"))
     root.finish()
+    config = PortalConfig(gateway=gateway, oidc=oidc, dev_identity=dev, **general)
+    _check_mode(config)
+    return config
 
-    if mode == "production":
+
+def _check_mode(config: PortalConfig) -> None:
+    oidc, dev = config.oidc, config.dev_identity
+    if config.production:
         if dev is not None:
             raise ConfigError(
                 "[dev_identity] signs citizens in without the identity service: it cannot "
@@ -171,44 +168,19 @@ def parse_config(data: Mapping[str, Any], *, base_dir: str | Path) -> PortalConf
             )
         if oidc is None:
             raise ConfigError("production mode needs [oidc], the identity service to sign in with")
-        if tls is None and not proxy:
+        if config.tls_cert is None and not config.tls_terminated_by_proxy:
             raise ConfigError(
                 "production mode needs TLS: give [portal.tls] cert and key, or set "
                 "portal.tls_terminated_by_proxy = true behind a proxy that terminates it"
             )
     elif oidc is None and dev is None:
         raise ConfigError("give [oidc] or [dev_identity]: citizens need a way to sign in")
-    return PortalConfig(
-        mode=mode,
-        listen=listen,
-        gateway=gateway,
-        tls_cert=tls_cert,
-        tls_key=tls_key,
-        tls_terminated_by_proxy=proxy,
-        session_idle_s=idle,
-        session_max_s=longest,
-        log_json=log_json,
-        oidc=oidc,
-        dev_identity=dev,
-    )
 
 
 def _oidc(table: Table | None) -> OIDCConfig | None:
     if table is None:
         return None
-    config = OIDCConfig(
-        metadata_url=table.string("metadata_url"),
-        client_id=table.string("client_id"),
-        client_secret_file=table.path("client_secret_file", None),
-        redirect_uri=table.string("redirect_uri"),
-        scope=table.string("scope", "openid"),
-        assertion_audience=table.string("assertion_audience", "onecert-gateway"),
-        assertion_token_type=table.string(
-            "assertion_token_type", "urn:onecert:params:oauth:token-type:identity-assertion"
-        ),
-        ca_file=table.path("ca_file", None),
-    )
-    table.finish()
+    config = table.read_whole(OIDCConfig)
     if "openid" not in config.scope.split():
         raise ConfigError("oidc.scope must include openid")
     return config
@@ -217,24 +189,11 @@ def _oidc(table: Table | None) -> OIDCConfig | None:
 def _dev_identity(table: Table | None) -> DevIdentityConfig | None:
     if table is None:
         return None
-    citizens = []
-    for row in table.tables("citizens", required=True, what="citizen"):
-        citizens.append(
-            DevCitizen(
-                sub=row.string("sub"), name=row.string("name"), document=row.string("document")
-            )
-        )
-        row.finish()
+    citizens = tuple(
+        row.read_whole(DevCitizen)
+        for row in table.tables("citizens", required=True, what="citizen")
+    )
     subs = [c.sub for c in citizens]
     if len(set(subs)) != len(subs):
         raise ConfigError("dev_identity.citizens: each sub must be different")
-    config = DevIdentityConfig(
-        key=table.path("key"),
-        idn_key=table.path("idn_key"),
-        issuer=table.string("issuer"),
-        audience=table.string("audience", "onecert-gateway"),
-        acr=table.string("acr", "substantial"),
-        citizens=tuple(citizens),
-    )
-    table.finish()
-    return config
+    return table.read_whole(DevIdentityConfig, citizens=citizens)

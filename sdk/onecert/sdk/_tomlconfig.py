@@ -345,6 +345,12 @@ class Table:
         names = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in given]
         return cls(**given, **self.read_fields(cls, names))
 
+    def read_whole(self, cls: type[DC], /, **given: Any) -> DC:
+        """:meth:`read`, then :meth:`finish`: a table that is exactly one dataclass."""
+        config = self.read(cls, **given)
+        self.finish()
+        return config
+
     def read_fields(self, cls: type[DataclassInstance], names: Sequence[str]) -> dict[str, Any]:
         """Read the keys ``names``, each typed, defaulted and bounded by the field of ``cls``.
 
