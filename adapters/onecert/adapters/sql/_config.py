@@ -27,7 +27,7 @@ from onecert.sdk import BindingKind, ProviderCategory
 from onecert.sdk._core import check_adapter_id
 from onecert.sdk._dburl import database_url
 from onecert.sdk._tomlconfig import Table as _Table
-from onecert.sdk._tomlconfig import load_toml
+from onecert.sdk._tomlconfig import load_toml, setting
 
 __all__ = [
     "ColumnsConfig",
@@ -145,8 +145,8 @@ class DatabaseConfig:
     """
 
     url: str
-    statement_timeout_s: float = 2.0
-    pool_size: int = 5
+    statement_timeout_s: float = setting(2.0, seconds=True, maximum=300)
+    pool_size: int = setting(5, minimum=1, maximum=100)
     timezone: str = "UTC"
 
     @property
@@ -184,8 +184,8 @@ class QueriesConfig:
     list_bindings: str
     unbind: str | tuple[str, ...]
     account_ref_type: Literal["text", "integer"] = "text"
-    max_rows: int = 100
-    max_unbind_rows: int = 10
+    max_rows: int = setting(100, minimum=1, maximum=10_000)
+    max_unbind_rows: int = setting(10, minimum=1, maximum=1000)
     # For routing: a SELECT without parameters whose first column is every
     # phone bound at the site (read as a stream for each filter snapshot).
     numbers: str | None = None
@@ -238,7 +238,7 @@ class TimeFormat:
 
     format: Literal["auto", "unix", "text"] = "auto"
     zero_is_null: bool = False
-    offset_s: int = 0
+    offset_s: int = setting(0, minimum=-86_400, maximum=86_400)
     timezone: str | None = None
 
 
@@ -302,8 +302,8 @@ class ServerSection:
     tls: TLSFiles | None = None
     insecure: bool = False
     idempotency_db: Path | None = None
-    grace_s: float = 5.0
-    max_concurrent_rpcs: int | None = None
+    grace_s: float = setting(5.0, seconds=True, allow_zero=True)
+    max_concurrent_rpcs: int | None = setting(None, minimum=1)
     log_level: str = "info"
     log_json: bool = False
 
@@ -319,7 +319,7 @@ class RoutingSection:
 
     # The gateway's HOST:PORT.
     gateway: str
-    snapshot_interval_s: float = 86400.0
+    snapshot_interval_s: float = setting(86400.0, seconds=True)
     fp_rate: float = 0.01
     # Mutual TLS towards the gateway: its CA, and the site's client certificate.
     ca: Path | None = None
@@ -416,34 +416,21 @@ def parse_config(
 def _parse_routing(t: _Table, queries: QueriesConfig) -> RoutingSection:
     if queries.numbers is None:
         raise ConfigError("[routing] needs queries.numbers: the filter is built from it")
-    gateway = t.string("gateway")
-    if _LISTEN.fullmatch(gateway) is None:
-        raise ConfigError(f"{t.where('gateway')} must be HOST:PORT, not {gateway!r}")
-    insecure = t.boolean("insecure", False)
-    ca, cert, key = t.path("ca", None), t.path("cert", None), t.path("key", None)
-    if insecure and (ca or cert or key):
+    config = t.read_whole(RoutingSection)
+    if _LISTEN.fullmatch(config.gateway) is None:
+        raise ConfigError(f"{t.where('gateway')} must be HOST:PORT, not {config.gateway!r}")
+    files = (config.ca, config.cert, config.key)
+    if config.insecure and any(files):
         raise ConfigError(f"{t.where('insecure')} = true and TLS files contradict")
-    if not insecure and (ca is None or cert is None or key is None):
+    if not config.insecure and None in files:
         raise ConfigError(
             f"{t.where('ca')}, {t.where('cert')} and {t.where('key')} are required (mutual "
             f"TLS towards the gateway); plaintext needs {t.where('insecure')} = true"
         )
-    interval = t.seconds("snapshot_interval_s", 86400.0)
-    if not 60 <= interval <= 7 * 86400:
+    if not 60 <= config.snapshot_interval_s <= 7 * 86400:
         raise ConfigError(f"{t.where('snapshot_interval_s')} must be from 60 to 604800 seconds")
-    fp_rate = t.number("fp_rate", 0.01)
-    if not 0 < fp_rate <= 0.5:
+    if not 0 < config.fp_rate <= 0.5:
         raise ConfigError(f"{t.where('fp_rate')} must be above 0 and at most 0.5")
-    config = RoutingSection(
-        gateway=gateway,
-        snapshot_interval_s=interval,
-        fp_rate=fp_rate,
-        ca=ca,
-        cert=cert,
-        key=key,
-        insecure=insecure,
-    )
-    t.finish()
     return config
 
 
@@ -521,27 +508,20 @@ def _parse_database(t: _Table, environ: Mapping[str, str]) -> DatabaseConfig:
                 f"{t.where('url_env')} names the environment variable {variable}, which is not set"
             )
         key = f"{t.where('url_env')} ({variable})"
-    url = async_url(raw, base=t.base, key=key)
-    timeout = t.seconds("statement_timeout_s", 2.0)
-    if timeout > 300:
-        raise ConfigError(f"{t.where('statement_timeout_s')} must be at most 300 seconds")
-    timezone = t.string("timezone", "UTC")
-    if timezone != "UTC":
-        try:
-            ZoneInfo(timezone)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ConfigError(
-                f"{t.where('timezone')} must be an IANA time zone such as 'Asia/Shanghai' "
-                f"or 'UTC', not {timezone!r}"
-            ) from None
-    config = DatabaseConfig(
-        url=url,
-        statement_timeout_s=timeout,
-        pool_size=t.integer("pool_size", 5, minimum=1, maximum=100),
-        timezone=timezone,
-    )
-    t.finish()
+    config = t.read_whole(DatabaseConfig, url=async_url(raw, base=t.base, key=key))
+    _check_zone(t, "timezone", config.timezone, "'Asia/Shanghai' or 'UTC'")
     return config
+
+
+def _check_zone(t: _Table, key: str, zone: str | None, examples: str = "'Asia/Shanghai'") -> None:
+    if zone is None or zone == "UTC":
+        return
+    try:
+        ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"{t.where(key)} must be an IANA time zone such as {examples}, not {zone!r}"
+        ) from None
 
 
 def _check_statement(
@@ -593,15 +573,9 @@ def _check_sql(
 
 
 def _parse_phones(t: _Table) -> PhonesConfig:
-    country = t.string("default_country", DEFAULT_COUNTRY)
-    if not is_country_code(country):
-        raise ConfigError(
-            f"{t.where('default_country')} must be an E.164 country code such as '86', "
-            f"not {country!r}"
-        )
     strip = t.raw("strip")
     if strip is None:
-        strip = DEFAULT_STRIP
+        strip = PhonesConfig.strip
     if (
         not isinstance(strip, str)
         or "'" in strip
@@ -612,12 +586,12 @@ def _parse_phones(t: _Table) -> PhonesConfig:
             f"{t.where('strip')} must be a string of the separators to remove (default "
             f"{DEFAULT_STRIP!r}), with no letters, digits, quotes or backslashes"
         )
-    config = PhonesConfig(
-        default_country=country,
-        strip="".join(dict.fromkeys(strip)),
-        fullwidth=t.boolean("fullwidth", False),
-    )
-    t.finish()
+    config = t.read_whole(PhonesConfig, strip="".join(dict.fromkeys(strip)))
+    if not is_country_code(config.default_country):
+        raise ConfigError(
+            f"{t.where('default_country')} must be an E.164 country code such as '86', "
+            f"not {config.default_country!r}"
+        )
     return config
 
 
@@ -650,7 +624,7 @@ def _parse_queries(t: _Table, phones: PhonesConfig) -> QueriesConfig:
         )
         for i, text_ in enumerate(texts)
     )
-    ref_type = t.string("account_ref_type", "text")
+    ref_type = t.string("account_ref_type", QueriesConfig.account_ref_type)
     if ref_type not in ("text", "integer"):
         raise ConfigError(f"{t.where('account_ref_type')} must be 'text' or 'integer'")
     unbind: str | tuple[str, ...] = tuple(expand_phone_macros(u, phones) for u in unbind_sqls)
@@ -664,16 +638,13 @@ def _parse_queries(t: _Table, phones: PhonesConfig) -> QueriesConfig:
             ),
             phones,
         )
-    config = QueriesConfig(
+    return t.read_whole(
+        QueriesConfig,
         numbers=numbers,
         list_bindings=expand_phone_macros(list_sql, phones),
         unbind=unbind,
         account_ref_type="integer" if ref_type == "integer" else "text",
-        max_rows=t.integer("max_rows", 100, minimum=1, maximum=10_000),
-        max_unbind_rows=t.integer("max_unbind_rows", 10, minimum=1, maximum=1000),
     )
-    t.finish()
-    return config
 
 
 def _parse_columns(t: _Table) -> ColumnsConfig:
@@ -695,25 +666,15 @@ def _parse_times(t: _Table, columns: ColumnsConfig) -> dict[str, TimeFormat]:
         spec = t.table(key)
         if key not in mapped:
             raise ConfigError(f"[{t.where(key)}] describes columns.{key}, which is not mapped")
-        fmt = spec.string("format", "auto")
+        fmt = spec.string("format", TimeFormat.format)
         if fmt not in TIME_FORMATS:
             raise ConfigError(f"{spec.where('format')} must be one of {', '.join(TIME_FORMATS)}")
-        zone = spec.string("timezone", None)
-        if zone is not None and zone != "UTC":
-            try:
-                ZoneInfo(zone)
-            except (ZoneInfoNotFoundError, ValueError):
-                raise ConfigError(
-                    f"{spec.where('timezone')} must be an IANA time zone such as "
-                    f"'Asia/Shanghai', not {zone!r}"
-                ) from None
-        times[key] = TimeFormat(
+        times[key] = spec.read_whole(
+            TimeFormat,
             format="unix" if fmt == "unix" else "text" if fmt == "text" else "auto",
             zero_is_null=spec.boolean("zero_is_null", fmt == "unix"),
-            offset_s=spec.integer("offset_s", 0, minimum=-86_400, maximum=86_400),
-            timezone=zone,
         )
-        spec.finish()
+        _check_zone(spec, "timezone", times[key].timezone)
     t.finish()
     return times
 
@@ -727,31 +688,24 @@ def _kind(t: _Table, key: str, value: object) -> BindingKind:
 
 
 def _parse_defaults(t: _Table, kinds_t: _Table) -> DefaultsConfig:
-    kind = _kind(t, "kind", t.string("kind", "login"))
-    unbindable = t.boolean("unbindable", True)
-    t.finish()
+    kind = _kind(t, "kind", t.string("kind", DefaultsConfig.kind.value))
     kinds: dict[str, BindingKind] = {}
     for alias in kinds_t.names():
         kinds[alias] = _kind(kinds_t, alias, kinds_t.string(alias))
     kinds_t.finish()
-    return DefaultsConfig(kind=kind, unbindable=unbindable, kinds=kinds)
+    return t.read_whole(DefaultsConfig, kind=kind, kinds=kinds)
 
 
 def _parse_server(t: _Table, base: Path, name: str) -> ServerSection:
-    listen = t.string("listen", "[::]:50061")
+    listen = t.string("listen", ServerSection.listen)
     match = _LISTEN.fullmatch(listen)
     if match is None or not 0 <= int(match.group(2)) <= 65535:
         raise ConfigError(
             f"{t.where('listen')} must be HOST:PORT (for example [::]:50061), not {listen!r}"
         )
-    insecure = t.boolean("insecure", False)
+    insecure = t.boolean("insecure", ServerSection.insecure)
     tls_t = t.optional_table("tls")
-    tls = None
-    if tls_t is not None:
-        tls = TLSFiles(
-            cert=tls_t.path("cert"), key=tls_t.path("key"), client_ca=tls_t.path("client_ca", None)
-        )
-        tls_t.finish()
+    tls = None if tls_t is None else tls_t.read_whole(TLSFiles)
     if tls is not None and insecure:
         raise ConfigError(f"[{t.where('tls')}] and {t.where('insecure')} = true contradict")
     if tls is None and not insecure:
@@ -767,23 +721,17 @@ def _parse_server(t: _Table, base: Path, name: str) -> ServerSection:
         idempotency = base / f"{name}.idempotency.db"
     else:
         idempotency = t.path("idempotency_db")
-    log_level = t.string("log_level", "info").lower()
+    log_level = t.string("log_level", ServerSection.log_level).lower()
     if log_level not in _LOG_LEVELS:
         raise ConfigError(f"{t.where('log_level')} must be one of {', '.join(_LOG_LEVELS)}")
-    config = ServerSection(
+    return t.read_whole(
+        ServerSection,
         listen=listen,
-        gateway_jwks=t.path("gateway_jwks"),
-        gateway_issuer=t.string("gateway_issuer", "onecert-gateway"),
         tls=tls,
         insecure=insecure,
         idempotency_db=idempotency,
-        grace_s=t.seconds("grace_s", 5.0, allow_zero=True),
-        max_concurrent_rpcs=t.integer("max_concurrent_rpcs", None, minimum=1),
         log_level=log_level,
-        log_json=t.boolean("log_json", False),
     )
-    t.finish()
-    return config
 
 
 _TABLES: Final = (
