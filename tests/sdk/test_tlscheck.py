@@ -210,16 +210,24 @@ def test_cli_client_names_the_bad_file_and_prints_no_grpc_log_lines(
     ]
 
 
-def test_cli_keeps_grpc_core_log_lines_off_the_terminal(
-    keys: DevKeys, other: DevKeys, tmp_path: Path
+@pytest.mark.parametrize(
+    "start",
+    [
+        # The CLI, before any command imports gRPC.
+        "from onecert.cli import main\nassert main(['keys', 'init', {keys!r}]) == 0\n",
+        # An adapter program (provider.main()): importing the SDK is enough.
+        "import onecert.sdk\n",
+    ],
+    ids=["cli", "adapter"],
+)
+def test_grpc_core_log_lines_stay_off_the_terminal(
+    keys: DevKeys, other: DevKeys, tmp_path: Path, start: str
 ) -> None:
-    """Once the CLI has started, gRPC's own 'E1205 ...' log lines stay off the terminal
-    (here: a key gRPC refuses, loaded behind the checks' back), unless GRPC_VERBOSITY asks."""
+    """Once the CLI has started, or an adapter program has imported the SDK, gRPC's own
+    'E1205 ...' log lines stay off the terminal (here: a key gRPC refuses, loaded behind
+    the checks' back), unless GRPC_VERBOSITY asks."""
     code = (
-        "import sys\n"
-        "from onecert.cli import main\n"
-        f"assert main(['keys', 'init', {str(tmp_path / 'k')!r}]) == 0\n"
-        "import grpc\n"
+        start.format(keys=str(tmp_path / "k")) + "import grpc\n"
         "creds = grpc.ssl_channel_credentials(\n"
         f"    open({str(keys.ca_cert)!r}, 'rb').read(),\n"
         f"    open({str(other.client_key('gateway'))!r}, 'rb').read(),\n"
@@ -235,7 +243,7 @@ def test_cli_keeps_grpc_core_log_lines_off_the_terminal(
     quiet = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False
     )
-    shutil.rmtree(tmp_path / "k")
+    shutil.rmtree(tmp_path / "k", ignore_errors=True)
     loud = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,

@@ -57,7 +57,10 @@ def _quiet_grpc() -> None:
 
     The commands say what went wrong in their own words; whoever debugs the
     transport sets GRPC_VERBOSITY (or GRPC_TRACE) and sees them again. Must run
-    before grpc is first imported: the core reads the variable once.
+    before grpc is first imported: the core reads the variable once. The rule
+    is ``onecert.sdk._quiet``'s (which adapter programs get by importing the
+    SDK); it is not imported from there, because importing the SDK would cost
+    every command, ``--help`` included, a third of a second.
     """
     if "GRPC_VERBOSITY" not in os.environ and "GRPC_TRACE" not in os.environ:
         os.environ["GRPC_VERBOSITY"] = "NONE"

@@ -7,6 +7,11 @@ reflection over TLS, and logs with phone numbers masked. See
 :mod:`onecert.sdk.testing` to test an adapter without a network.
 """
 
+from onecert.sdk._quiet import quiet_grpc_core
+
+# Before anything below imports grpc: its core reads GRPC_VERBOSITY once.
+quiet_grpc_core()
+
 from onecert.sdk._carrier import Carrier
 from onecert.sdk._core import Unavailable
 from onecert.sdk._idempotency import (
