@@ -10,19 +10,24 @@ serves nothing but mutual TLS.
         --ca ca.pem --cert client.pem --key client.key.pem --server-name onecert-gateway
 
 Exit status: 0 SERVING, 1 anything else (NOT_SERVING, unknown service, no
-answer in time), 2 bad arguments or unreadable files. It uses the blocking
-gRPC API: one call, then exit, is all a probe does.
+answer in time), 2 bad arguments or unreadable files. The channel is the
+SDK's (``onecert.sdk._channel``), so the certificate files get the same
+checks as everywhere else in onecert; one call, then exit, is all a probe does.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from onecert.sdk._channel import open_channel
+from onecert.sdk._tls import ClientTLS, TLSConfigError
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
@@ -46,19 +51,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _channel(args: argparse.Namespace) -> grpc.Channel:
+def _tls(args: argparse.Namespace) -> ClientTLS | None:
     if args.insecure:
-        return grpc.insecure_channel(args.target)
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=args.ca.read_bytes(),
-        private_key=args.key.read_bytes() if args.key else None,
-        certificate_chain=args.cert.read_bytes() if args.cert else None,
-    )
-    options = []
-    if args.server_name:
-        # The probe dials the loopback address, but the certificate names the service.
-        options.append(("grpc.ssl_target_name_override", args.server_name))
-    return grpc.secure_channel(args.target, credentials, options=options)
+        return None
+    # The probe dials the loopback address, but the certificate names the service.
+    return ClientTLS(args.ca, args.cert, args.key, server_name=args.server_name)
+
+
+async def _check(args: argparse.Namespace, tls: ClientTLS | None) -> int:
+    async with open_channel(args.target, tls=tls) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            answer = await stub.Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            print(f"{args.target} {args.service!r}: {exc.code().name}", file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+    print(f"{args.target} {args.service!r}: {status}")
+    return 0 if answer.status == SERVING else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -70,24 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if (args.cert is None) != (args.key is None):
         parser.error("--cert and --key go together")
     try:
-        channel = _channel(args)
-    except OSError as exc:
+        return asyncio.run(_check(args, _tls(args)))
+    except TLSConfigError as exc:  # the files are read and checked before any call
         print(f"onecert-healthcheck: {exc}", file=sys.stderr)
         return 2
-    with channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        try:
-            answer = stub.Check(
-                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
-            )
-        except grpc.RpcError as exc:
-            code = exc.code() if isinstance(exc, grpc.Call) else None
-            name = code.name if code is not None else "ERROR"
-            print(f"{args.target} {args.service!r}: {name}", file=sys.stderr)
-            return 1
-    status = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
-    print(f"{args.target} {args.service!r}: {status}")
-    return 0 if answer.status == SERVING else 1
 
 
 if __name__ == "__main__":
