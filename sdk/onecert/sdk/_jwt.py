@@ -15,11 +15,13 @@ from typing import Any
 
 import jwt
 
-from onecert.sdk._keys import KeySet, VerificationKey
+from onecert.sdk._keys import KeySet, SigningKey, VerificationKey
 
 # A token larger than this is refused before any parsing (a warrant or an
 # assertion is a few hundred bytes).
 MAX_TOKEN_BYTES = 8192
+# The most clock skew a verifier may allow on exp, nbf and iat (W-9, W-10).
+MAX_CLOCK_SKEW = 10.0
 
 
 class TokenError(Exception):
@@ -29,6 +31,40 @@ class TokenError(Exception):
         super().__init__(message)
         self.reason = reason
         self.message = message
+
+
+class GatewayTokenIssuer:
+    """What the gateway's token issuers share: the signing key and the ``iss`` they name."""
+
+    def __init__(self, *, key: SigningKey, issuer: str) -> None:
+        self._key = key
+        self._issuer = issuer
+
+    @property
+    def issuer(self) -> str:
+        return self._issuer
+
+
+class GatewayTokenVerifier:
+    """What the verifiers of the gateway's tokens share: its keys, the ``iss`` and
+    ``aud`` a token must name, and the clock skew allowed (at most
+    :data:`MAX_CLOCK_SKEW`). ``kind`` names the token in messages."""
+
+    kind = "token"
+
+    def __init__(self, *, keys: KeySet, issuer: str, audience: str, leeway: float = 5.0) -> None:
+        if not keys:
+            raise ValueError(f"a {self.kind} verifier needs at least one gateway key")
+        if not 0 <= leeway <= MAX_CLOCK_SKEW:
+            raise ValueError(f"leeway must be in [0, {MAX_CLOCK_SKEW:.0f}] s")
+        self._keys = keys
+        self._issuer = issuer
+        self._audience = audience
+        self._leeway = leeway
+
+    @property
+    def audience(self) -> str:
+        return self._audience
 
 
 def verify_jwt(

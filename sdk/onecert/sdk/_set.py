@@ -22,11 +22,9 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from onecert.sdk._jwt import TokenError, verify_jwt
-from onecert.sdk._keys import KeySet, SigningKey
+from onecert.sdk._jwt import GatewayTokenIssuer, GatewayTokenVerifier, TokenError, verify_jwt
 from onecert.sdk._msisdn import is_e164
 from onecert.sdk._types import RecycledNotice
-from onecert.sdk._warrant import MAX_CLOCK_SKEW
 
 SET_TYP = "secevent+jwt"
 RISC_IDENTIFIER_RECYCLED = "https://schemas.openid.net/secevent/risc/event-type/identifier-recycled"
@@ -55,21 +53,13 @@ def _epoch(value: datetime, name: str) -> int:
     return int(value.timestamp())
 
 
-class SetIssuer:
+class SetIssuer(GatewayTokenIssuer):
     """Signs recycled-number notices (the gateway's side; also tests').
 
     Args:
         key: the gateway's signing key (the one whose JWKS providers trust).
         issuer: the gateway id (``iss``).
     """
-
-    def __init__(self, *, key: SigningKey, issuer: str) -> None:
-        self._key = key
-        self._issuer = issuer
-
-    @property
-    def issuer(self) -> str:
-        return self._issuer
 
     def issue(
         self,
@@ -116,7 +106,7 @@ def _instant(value: Any, name: str) -> datetime:
         raise SetError("claims", f"SET claim {name!r} is out of range") from None
 
 
-class SetVerifier:
+class SetVerifier(GatewayTokenVerifier):
     """Checks recycled-number notices on the provider's side.
 
     Args:
@@ -127,15 +117,7 @@ class SetVerifier:
             ``MAX_CLOCK_SKEW``.
     """
 
-    def __init__(self, *, keys: KeySet, issuer: str, audience: str, leeway: float = 5.0) -> None:
-        if not keys:
-            raise ValueError("a SET verifier needs at least one gateway key")
-        if not 0 <= leeway <= MAX_CLOCK_SKEW:
-            raise ValueError(f"leeway must be in [0, {MAX_CLOCK_SKEW:.0f}] s")
-        self._keys = keys
-        self._issuer = issuer
-        self._audience = audience
-        self._leeway = leeway
+    kind = "SET"
 
     def verify(self, token: str, *, now: float | None = None) -> RecycledNotice:
         """Verify ``token`` and return its notice; raise :class:`SetError`."""

@@ -14,15 +14,18 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from onecert.sdk._jwt import TokenError, verify_jwt
-from onecert.sdk._keys import KeySet, SigningKey
+from onecert.sdk._jwt import (
+    GatewayTokenIssuer,
+    GatewayTokenVerifier,
+    TokenError,
+    verify_jwt,
+)
+from onecert.sdk._keys import SigningKey
 from onecert.sdk._msisdn import sha256_hex
 
 WARRANT_TYP = "onecert-warrant+jwt"
 # A warrant lives long enough for one call and its retries, never longer (W-11).
 MAX_WARRANT_LIFETIME = 60.0
-# The most clock skew a verifier may allow on exp, nbf and iat (W-9, W-10).
-MAX_CLOCK_SKEW = 10.0
 PURPOSE_LOOKUP = "lookup"
 PURPOSE_UNBIND = "unbind"
 # The one purpose each RPC requires (W-13): a lookup warrant is never an
@@ -66,19 +69,14 @@ class Warrant:
     jti: str
 
 
-class WarrantIssuer:
+class WarrantIssuer(GatewayTokenIssuer):
     """Signs warrants (the gateway's side; also the conformance kit's and tests')."""
 
     def __init__(self, *, key: SigningKey, issuer: str, lifetime: float = 30.0) -> None:
         if not 0 < lifetime <= MAX_WARRANT_LIFETIME:
             raise ValueError(f"warrant lifetime must be in (0, {MAX_WARRANT_LIFETIME:.0f}] s")
-        self._key = key
-        self._issuer = issuer
+        super().__init__(key=key, issuer=issuer)
         self._lifetime = lifetime
-
-    @property
-    def issuer(self) -> str:
-        return self._issuer
 
     def issue(
         self,
@@ -108,7 +106,7 @@ class WarrantIssuer:
         return self._key.sign(claims, typ=WARRANT_TYP)
 
 
-class WarrantVerifier:
+class WarrantVerifier(GatewayTokenVerifier):
     """Checks warrants on the provider's (or carrier's) side.
 
     Args:
@@ -118,19 +116,7 @@ class WarrantVerifier:
         leeway: seconds of clock skew allowed, at most :data:`MAX_CLOCK_SKEW`.
     """
 
-    def __init__(self, *, keys: KeySet, issuer: str, audience: str, leeway: float = 5.0) -> None:
-        if not keys:
-            raise ValueError("a warrant verifier needs at least one gateway key")
-        if not 0 <= leeway <= MAX_CLOCK_SKEW:
-            raise ValueError(f"leeway must be in [0, {MAX_CLOCK_SKEW:.0f}] s")
-        self._keys = keys
-        self._issuer = issuer
-        self._audience = audience
-        self._leeway = leeway
-
-    @property
-    def audience(self) -> str:
-        return self._audience
+    kind = "warrant"
 
     def verify(self, token: str, *, target: str, now: float | None = None) -> Warrant:
         """Verify ``token`` for a call about ``target``; raise :class:`WarrantError`."""

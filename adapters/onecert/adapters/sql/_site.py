@@ -6,8 +6,7 @@ import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Self
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
@@ -27,6 +26,7 @@ from onecert.sdk import (
     UnbindRequest,
     UnbindResult,
 )
+from onecert.sdk._lifecycle import AsyncResource
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -63,7 +63,7 @@ class _Applied:
     committed: bool
 
 
-class SqlSite(SiteChecks):
+class SqlSite(SiteChecks, AsyncResource):
     """The site's database answering ``ListBindings`` and ``Unbind``.
 
     Open it with :meth:`open` (which checks the queries against the
@@ -155,15 +155,7 @@ class SqlSite(SiteChecks):
     async def close(self) -> None:
         await self._db.close()
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def _exit(self) -> None:
         await self.close()
 
     # --------------------------------------------------------------- calls
