@@ -12,8 +12,6 @@ from typing import Any
 
 import grpc
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from sqlalchemy import select
 
@@ -41,7 +39,7 @@ from onecert.gateway.testing import (
 from onecert.sdk._keys import SigningKey
 
 # One certificate builder for the dev CA and the tests' bad certificates.
-from onecert.sdk.devkeys import DevKeys, _issue_cert, _Issuer
+from onecert.sdk.devkeys import DevKeys
 from onecert.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, provider_pb2
 
 # Display names that must never reach the citizen: a previous holder's
@@ -191,28 +189,14 @@ def issue_client_cert(
     usage: x509.ObjectIdentifier = ExtendedKeyUsageOID.CLIENT_AUTH,
 ) -> tuple[Path, Path]:
     """A certificate signed by the dev CA, valid when told, for ``usage``: (cert, key)."""
-    ca_key = serialization.load_pem_private_key(ca.ca_key.read_bytes(), password=None)
-    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
-    ca_cert = x509.load_pem_x509_certificate(ca.ca_cert.read_bytes())
-    ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
-    cert, key = _issue_cert(
-        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]),
-        (),
-        (usage,),
-        issuer=_Issuer(key=ca_key, name=ca_cert.subject, ski=ski),
+    return ca.issue(
+        directory,
+        label,
+        name=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]),
+        usage=usage,
         not_before=not_before,
         not_after=not_after,
     )
-    cert_path, key_path = directory / f"{label}.pem", directory / f"{label}.key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
 
 
 @dataclass

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from onecert.cli import main
@@ -49,38 +48,16 @@ def _issue(
     days: tuple[int, int] = (-1, 30),
 ) -> tuple[Path, Path]:
     """A leaf signed by the dev CA, with the given name, usage, SAN and validity."""
-    ca_cert = x509.load_pem_x509_certificate(keys.ca_cert.read_bytes())
-    ca_key = serialization.load_pem_private_key(keys.ca_key.read_bytes(), password=None)
-    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
-    key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)] if cn else [])
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now + days[0] * DAY)
-        .not_valid_after(now + days[1] * DAY)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    return keys.issue(
+        directory,
+        label,
+        name=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)] if cn else []),
+        usage=usage,
+        sans=[x509.DNSName("localhost")] if san else (),
+        not_before=now + days[0] * DAY,
+        not_after=now + days[1] * DAY,
     )
-    if san:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False
-        )
-    cert = builder.sign(ca_key, hashes.SHA256())
-    cert_path, key_path = directory / f"{label}.pem", directory / f"{label}.key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
 
 
 def _server_error(cert: Path, key: Path, client_ca: Path | None = None) -> str:

@@ -147,6 +147,36 @@ class DevKeys:
             *(self.client_key(name) for name in self.clients),
         )
 
+    def issue(
+        self,
+        directory: Path,
+        label: str,
+        *,
+        name: x509.Name,
+        usage: x509.ObjectIdentifier,
+        not_before: dt.datetime,
+        not_after: dt.datetime,
+        sans: Sequence[x509.GeneralName] = (),
+    ) -> tuple[Path, Path]:
+        """Another leaf signed by this CA, for tests of what a certificate may and may
+        not be: written to ``directory`` as ``LABEL.pem`` and ``LABEL.key.pem``,
+        whose paths it returns."""
+        ca_key = serialization.load_pem_private_key(self.ca_key.read_bytes(), password=None)
+        if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+            raise TypeError(f"{self.ca_key} is not the P-256 key of a dev CA")
+        ca = _Issuer(
+            key=ca_key,
+            name=x509.load_pem_x509_certificate(self.ca_cert.read_bytes()).subject,
+            ski=x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
+        )
+        cert, key = _issue_cert(
+            name, sans, (usage,), issuer=ca, not_before=not_before, not_after=not_after
+        )
+        cert_path, key_path = directory / f"{label}.pem", directory / f"{label}.key.pem"
+        cert_path.write_bytes(_cert_pem(cert))
+        key_path.write_bytes(_key_pem(key))
+        return cert_path, key_path
+
     def files(self) -> tuple[Path, ...]:
         """Every file of the directory, in the order they are written."""
         return (
