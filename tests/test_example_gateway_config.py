@@ -41,19 +41,8 @@ def test_example_parses_in_production_mode(checkout: tuple[Path, DevKeys]) -> No
     assert not config.dev_plaintext
     assert config.tls is not None
     assert config.upstream_tls is not None
-    named = {
-        config.tls.cert,
-        config.tls.key,
-        config.tls.client_ca,
-        config.keys.warrant_key,
-        config.keys.handle_key,
-        config.upstream_tls.ca,
-        config.upstream_tls.cert,
-        config.upstream_tls.key,
-        *(issuer.jwks for issuer in config.identity.issuers),
-    }
     written = {p.resolve() for p in keys.files()}
-    assert {Path(p).resolve() for p in named if p is not None} <= written
+    assert {p.resolve() for p in config.files()} <= written
     assert config.store is not None
     assert config.store.url == f"sqlite:///{(config_path.parent.parent / 'onecert.db').resolve()}"
     assert [p.id for p in config.providers] == ["example-forum"]

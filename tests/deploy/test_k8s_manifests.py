@@ -262,17 +262,7 @@ def test_every_file_the_config_names_is_mounted(overlay: str) -> None:
             provided[f"{mount['mountPath']}/{key}"] = mount["name"]
     assert config.tls is not None
     assert config.upstream_tls is not None
-    paths: list[Path | str | None] = [
-        config.tls.cert,
-        config.tls.key,
-        config.tls.client_ca,
-        config.keys.warrant_key,
-        config.keys.handle_key,
-        config.upstream_tls.ca,
-        config.upstream_tls.cert,
-        config.upstream_tls.key,
-        *(issuer.jwks for issuer in config.identity.issuers),
-    ]
+    paths: list[Path | str | None] = list(config.files())
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         command = container[probe]["exec"]["command"]
         paths += [option(command, flag) for flag in ("--ca", "--cert", "--key")]

@@ -5,7 +5,7 @@ attacker's key server."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from onecert.gateway import GatewayServer
 from onecert.gateway._config import FanoutConfig, GatewayConfig, StoreConfig
+from onecert.gateway._principals import DEV_PRINCIPAL_HEADER
 from onecert.gateway.store._models import (
     audit_log,
     deliveries,
@@ -176,6 +177,20 @@ class Pki:
             return grpc.ssl_channel_credentials(ca)
         cert, key = self.client(name)
         return grpc.ssl_channel_credentials(ca, key.read_bytes(), cert.read_bytes())
+
+
+def principal(who: str) -> tuple[tuple[str, str], ...]:
+    """The metadata naming ``who`` ("carrier:cm") to a development gateway."""
+    return ((DEV_PRINCIPAL_HEADER, who),)
+
+
+async def status_of(invoke: Callable[[], Awaitable[Any]]) -> tuple[grpc.StatusCode, str]:
+    """The status and details ``invoke()`` ends with (OK and "" when it answers)."""
+    try:
+        await invoke()
+    except grpc.aio.AioRpcError as exc:
+        return exc.code(), exc.details() or ""
+    return grpc.StatusCode.OK, ""
 
 
 def issue_client_cert(

@@ -26,7 +26,6 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from onecert.adapters.sql import SqlSite, normalize_phone, parse_config
 from onecert.gateway._attribution import Attribution
 from onecert.gateway._handles import HandleClaims, HandleError, HandleSealer
-from onecert.gateway._principals import DEV_PRINCIPAL_HEADER
 from onecert.sdk import SetError, SetVerifier
 from onecert.sdk._keys import SigningKey, parse_jwks
 from onecert.sdk._msisdn import is_e164
@@ -34,6 +33,7 @@ from onecert.sdk._set import RISC_IDENTIFIER_RECYCLED, SET_TYP
 from onecert.sdk._warrant import WARRANT_TYP, Warrant, WarrantError, WarrantVerifier
 from onecert.sdk.testing import CallError, FakeGateway, ProviderEnvironment
 from onecert.v1 import gateway_pb2
+from tests.hardening.hardening_support import principal, status_of
 
 if TYPE_CHECKING:
     from tests.hardening.hardening_support import Harness, Snapshot
@@ -145,7 +145,7 @@ async def _call(
 ) -> grpc.StatusCode:
     """Make one fuzzed call: never a bug status; an error changes no row."""
     before = await hz.snapshot(gateway)
-    code, details = await _status(invoke)
+    code, details = await status_of(invoke)
     if code is grpc.StatusCode.OK:
         return code
     assert code not in BUGS, details
@@ -154,14 +154,6 @@ async def _call(
     changed = _changed_rows(before, await hz.snapshot(gateway), audit_kinds=set(audit_kinds))
     assert changed == [], (code, changed)
     return code
-
-
-async def _status(invoke: Callable[[], Awaitable[Any]]) -> tuple[grpc.StatusCode, str]:
-    try:
-        await invoke()
-    except grpc.aio.AioRpcError as exc:
-        return exc.code(), exc.details() or ""
-    return grpc.StatusCode.OK, ""
 
 
 @pytest.fixture
@@ -179,10 +171,6 @@ async def gateway(hz: Harness) -> Any:
         delivery=dataclasses.replace(config.delivery, workers=0),
     )
     return await hz.gateway(config)
-
-
-def _principal(who: str) -> tuple[tuple[str, str], ...]:
-    return ((DEV_PRINCIPAL_HEADER, who),)
 
 
 @RPC_SETTINGS
@@ -289,7 +277,7 @@ async def test_fuzz_report_number_event(
     await _call(
         hz,
         gateway,
-        lambda: stub.ReportNumberEvent(request, metadata=_principal("carrier:cm"), timeout=5),
+        lambda: stub.ReportNumberEvent(request, metadata=principal("carrier:cm"), timeout=5),
         allowed={
             grpc.StatusCode.INVALID_ARGUMENT,
             grpc.StatusCode.PERMISSION_DENIED,
@@ -311,7 +299,7 @@ async def test_fuzz_check_recycled(
     code = await _call(
         hz,
         gateway,
-        lambda: stub.CheckRecycled(request, metadata=_principal("provider:pay"), timeout=5),
+        lambda: stub.CheckRecycled(request, metadata=principal("provider:pay"), timeout=5),
         allowed={grpc.StatusCode.INVALID_ARGUMENT},
     )
     if code is grpc.StatusCode.OK:
@@ -343,7 +331,7 @@ async def test_fuzz_poll_events(
     await _call(
         hz,
         gateway,
-        lambda: stub.PollEvents(request, metadata=_principal(who), timeout=5),
+        lambda: stub.PollEvents(request, metadata=principal(who), timeout=5),
         allowed={grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION},
     )
     after = await hz.snapshot(gateway)
@@ -363,7 +351,7 @@ async def test_fuzz_confirm_event_action(
     code = await _call(
         hz,
         gateway,
-        lambda: stub.ConfirmEventAction(request, metadata=_principal("provider:pay"), timeout=5),
+        lambda: stub.ConfirmEventAction(request, metadata=principal("provider:pay"), timeout=5),
         allowed={grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND},
     )
     assert code is not grpc.StatusCode.OK
@@ -382,7 +370,7 @@ async def test_fuzz_compliance_report_since(
     await _call(
         hz,
         gateway,
-        lambda: stub.GetComplianceReport(request, metadata=_principal("admin"), timeout=5),
+        lambda: stub.GetComplianceReport(request, metadata=principal("admin"), timeout=5),
         allowed={grpc.StatusCode.INVALID_ARGUMENT},
     )
 

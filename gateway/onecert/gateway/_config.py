@@ -414,6 +414,19 @@ class GatewayConfig:
     def json_logs(self) -> bool:
         return (not self.dev_plaintext) if self.log_json is None else self.log_json
 
+    def files(self) -> tuple[Path, ...]:
+        """Every file this configuration names: certificates, keys and JWKS."""
+        named = [
+            *(() if self.tls is None else (self.tls.cert, self.tls.key, self.tls.client_ca)),
+            self.keys.warrant_key,
+            self.keys.handle_key,
+            self.keys.audit_key,
+            self.keys.filter_key,
+            *(() if (up := self.upstream_tls) is None else (up.ca, up.cert, up.key)),
+            *(issuer.jwks for issuer in self.identity.issuers),
+        ]
+        return tuple(path for path in named if path is not None)
+
 
 def check_transport(config: GatewayConfig) -> None:
     """Refuse plaintext outside development mode; raise :class:`ConfigError`.
