@@ -13,6 +13,7 @@ from onecert.gateway._handles import HandleSealer
 from onecert.v1 import common_pb2, gateway_pb2
 
 if TYPE_CHECKING:
+    from onecert.gateway import GatewayServer
     from onecert.gateway.testing import Federation
 
 ANSWERED = gateway_pb2.CALL_OUTCOME_ANSWERED
@@ -368,11 +369,7 @@ async def test_cancelled_lookup_cancels_provider_calls(fed: Federation) -> None:
     slow = await fed.provider("slow", {})
     slow.behaviour.hang = True
     gateway = await fed.gateway(provider_deadlines={"slow": 30.0})
-    call = fed.stub(gateway).Lookup(
-        gateway_pb2.LookupRequest(),
-        metadata=(("authorization", f"Bearer {fed.assertion()}"),),
-        timeout=30,
-    )
+    call = fed.lookup_call(gateway, deadline=30)
     first = await call.read()
     assert isinstance(first, gateway_pb2.LookupResponse)
     assert first.WhichOneof("update") == "started"
@@ -380,11 +377,7 @@ async def test_cancelled_lookup_cancels_provider_calls(fed: Federation) -> None:
     call.cancel()
     await asyncio.wait_for(slow.record.cancelled.wait(), 5)
     # The gateway's slot is given back once the lookup is torn down.
-    for _ in range(100):
-        if gateway.lookup.active_lookups == 0:
-            break
-        await asyncio.sleep(0.01)
-    assert gateway.lookup.active_lookups == 0
+    await _until_no_lookup_runs(gateway)
 
 
 async def test_lookups_beyond_the_cap_are_resource_exhausted(fed: Federation) -> None:
@@ -394,21 +387,14 @@ async def test_lookups_beyond_the_cap_are_resource_exhausted(fed: Federation) ->
     slow = await fed.provider("slow", {})
     slow.behaviour.hang = True
     gateway = await fed.gateway(max_concurrent_lookups=1, provider_deadlines={"slow": 30.0})
-    first = fed.stub(gateway).Lookup(
-        gateway_pb2.LookupRequest(),
-        metadata=(("authorization", f"Bearer {fed.assertion()}"),),
-        timeout=30,
-    )
+    first = fed.lookup_call(gateway, deadline=30)
     await first.read()
     token = fed.assertion()
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await fed.lookup(gateway, assertion=token)
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     first.cancel()
-    for _ in range(100):
-        if gateway.lookup.active_lookups == 0:
-            break
-        await asyncio.sleep(0.01)
+    await _until_no_lookup_runs(gateway)
     slow.behaviour.hang = False
     messages = await fed.lookup(gateway, assertion=token)
     assert messages[-1].WhichOneof("update") == "summary"
@@ -420,10 +406,8 @@ async def test_long_client_request_id_is_invalid(fed: Federation) -> None:
     await story(fed)
     gateway = await fed.gateway()
     token = fed.assertion()
-    call = fed.stub(gateway).Lookup(
-        gateway_pb2.LookupRequest(client_request_id="x" * 65),
-        metadata=(("authorization", f"Bearer {token}"),),
-        timeout=5,
+    call = fed.lookup_call(
+        gateway, token, request=gateway_pb2.LookupRequest(client_request_id="x" * 65), deadline=5
     )
     with pytest.raises(grpc.aio.AioRpcError) as info:
         _ = [m async for m in call]
@@ -440,11 +424,16 @@ async def test_gateway_deadline_applies_when_the_caller_sets_none(fed: Federatio
     slow = await fed.provider("slow", {})
     slow.behaviour.hang = True
     gateway = await fed.gateway(lookup_deadline_s=0.8, provider_deadlines={"slow": 30.0})
-    call = fed.stub(gateway).Lookup(
-        gateway_pb2.LookupRequest(),
-        metadata=(("authorization", f"Bearer {fed.assertion()}"),),
-    )
-    messages = [m async for m in call]
+    messages = [m async for m in fed.lookup_call(gateway, deadline=None)]
     assert messages[-1].WhichOneof("update") == "summary"
     assert fed.result_of(messages, "slow", fed.CURRENT).outcome == TIMED_OUT
     assert messages[-1].summary.elapsed.ToTimedelta().total_seconds() < 5
+
+
+async def _until_no_lookup_runs(gateway: GatewayServer) -> None:
+    """Wait (a second at most) until the gateway has given back every lookup's slot."""
+    for _ in range(100):
+        if gateway.lookup.active_lookups == 0:
+            return
+        await asyncio.sleep(0.01)
+    assert gateway.lookup.active_lookups == 0

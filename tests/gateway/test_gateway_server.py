@@ -70,11 +70,7 @@ async def test_graceful_shutdown_lets_running_lookups_finish(fed: Federation) ->
     slow = await fed.provider("slow", {})
     slow.behaviour.latency = 0.4
     gateway = await fed.gateway()
-    call = fed.stub(gateway).Lookup(
-        gateway_pb2.LookupRequest(),
-        metadata=(("authorization", f"Bearer {fed.assertion()}"),),
-        timeout=10,
-    )
+    call = fed.lookup_call(gateway)
     first = await call.read()
     assert isinstance(first, gateway_pb2.LookupResponse)
     await asyncio.wait_for(slow.record.started.wait(), 5)

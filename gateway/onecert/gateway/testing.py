@@ -990,6 +990,28 @@ class Federation(StoryNames, AsyncResource):
             return GatewayClient(target, tls=self.client_tls())
         return GatewayClient(target, insecure=True)
 
+    def lookup_call(
+        self,
+        gateway: GatewayServer | int,
+        assertion: str | None = None,
+        *,
+        metadata: Sequence[tuple[str, str]] | None = None,
+        request: gateway_pb2.LookupRequest | None = None,
+        deadline: float | None = 10.0,
+        stub: gateway_pb2_grpc.GatewayAsyncStub | None = None,
+    ) -> grpc.aio.UnaryStreamCall[gateway_pb2.LookupRequest, gateway_pb2.LookupResponse]:
+        """Start one lookup and return the call, to read at the test's pace or cancel.
+
+        ``assertion`` (a fresh one by default) or else ``metadata`` identify
+        the citizen; ``deadline`` None sets none; ``stub`` calls over another
+        channel.
+        """
+        if metadata is None:
+            metadata = self.bearer(assertion if assertion is not None else self.assertion())
+        return (stub or self.stub(gateway)).Lookup(
+            request or gateway_pb2.LookupRequest(), metadata=tuple(metadata), timeout=deadline
+        )
+
     async def lookup(
         self,
         gateway: GatewayServer | int,
@@ -1000,15 +1022,10 @@ class Federation(StoryNames, AsyncResource):
         deadline: float = 10.0,
         stub: gateway_pb2_grpc.GatewayAsyncStub | None = None,
     ) -> list[gateway_pb2.LookupResponse]:
-        """Run one lookup and return every message (AioRpcError on failure).
-
-        ``assertion`` (a fresh one by default) or else ``metadata`` identify
-        the citizen; ``stub`` calls over another channel.
-        """
-        if metadata is None:
-            metadata = self.bearer(assertion if assertion is not None else self.assertion())
-        call = (stub or self.stub(gateway)).Lookup(
-            request or gateway_pb2.LookupRequest(), metadata=tuple(metadata), timeout=deadline
+        """Run one lookup (as :meth:`lookup_call`) and return every message
+        (AioRpcError on failure)."""
+        call = self.lookup_call(
+            gateway, assertion, metadata=metadata, request=request, deadline=deadline, stub=stub
         )
         return [message async for message in call]
 
