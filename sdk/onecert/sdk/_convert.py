@@ -8,8 +8,10 @@ rule broken, never the values (they may be personal data).
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -25,6 +27,9 @@ from onecert.sdk._types import (
     UnbindResult,
 )
 from onecert.v1 import common_pb2, provider_pb2, registry_pb2
+
+if TYPE_CHECKING:
+    from google.protobuf.internal.enum_type_wrapper import _EnumTypeWrapper
 
 MAX_ACCOUNT_REF = 256
 MAX_DISPLAY_NAME = 256
@@ -48,46 +53,76 @@ class InvalidResultError(Exception):
         self.rule = rule
 
 
+_E = TypeVar("_E", bound=enum.Enum)
+_V = TypeVar("_V", bound=int)
+
+
 # Enum <-> proto value, by name: BindingKind.LOGIN <-> BINDING_KIND_LOGIN.
+def enum_to_pb(member: enum.Enum, pb_enum: _EnumTypeWrapper[_V], prefix: str) -> _V:
+    """The value of ``pb_enum`` named ``prefix`` + the member's name."""
+    return pb_enum.Value(prefix + member.name)
+
+
+def enum_from_pb(
+    enum_type: type[_E],
+    pb_enum: _EnumTypeWrapper[_V],
+    value: _V,
+    prefix: str,
+    default: _E | None = None,
+) -> _E | None:
+    """The member of ``enum_type`` named like ``value`` of ``pb_enum`` without ``prefix``.
+
+    ``default`` for a value this SDK does not know (a newer peer's) or has no
+    member for (UNSPECIFIED).
+    """
+    if value not in pb_enum.values():
+        return default
+    return enum_type.__members__.get(pb_enum.Name(value).removeprefix(prefix), default)
+
+
+def _known(member: _E | None, value: int) -> _E:
+    if member is None:
+        raise ValueError(f"unknown or unspecified enum value {value}")
+    return member
+
+
 def binding_kind_to_pb(kind: BindingKind) -> common_pb2.BindingKind.ValueType:
-    return common_pb2.BindingKind.Value("BINDING_KIND_" + kind.name)
+    return enum_to_pb(kind, common_pb2.BindingKind, "BINDING_KIND_")
 
 
 def binding_kind_from_pb(value: common_pb2.BindingKind.ValueType) -> BindingKind:
-    return BindingKind[common_pb2.BindingKind.Name(value).removeprefix("BINDING_KIND_")]
+    found = enum_from_pb(BindingKind, common_pb2.BindingKind, value, "BINDING_KIND_")
+    return _known(found, value)
 
 
 def unbind_reason_to_pb(reason: UnbindReason) -> common_pb2.UnbindReason.ValueType:
-    return common_pb2.UnbindReason.Value("UNBIND_REASON_" + reason.name)
+    return enum_to_pb(reason, common_pb2.UnbindReason, "UNBIND_REASON_")
 
 
 def unbind_reason_from_pb(value: common_pb2.UnbindReason.ValueType) -> UnbindReason | None:
     """The reason, or None for UNSPECIFIED or a value this SDK does not know."""
-    try:
-        name = common_pb2.UnbindReason.Name(value)
-    except ValueError:
-        return None
-    return UnbindReason.__members__.get(name.removeprefix("UNBIND_REASON_"))
+    return enum_from_pb(UnbindReason, common_pb2.UnbindReason, value, "UNBIND_REASON_")
 
 
 def unbind_outcome_to_pb(outcome: UnbindOutcome) -> common_pb2.UnbindOutcome.ValueType:
-    return common_pb2.UnbindOutcome.Value("UNBIND_OUTCOME_" + outcome.name)
+    return enum_to_pb(outcome, common_pb2.UnbindOutcome, "UNBIND_OUTCOME_")
 
 
 def unbind_outcome_from_pb(value: common_pb2.UnbindOutcome.ValueType) -> UnbindOutcome:
-    return UnbindOutcome[common_pb2.UnbindOutcome.Name(value).removeprefix("UNBIND_OUTCOME_")]
+    found = enum_from_pb(UnbindOutcome, common_pb2.UnbindOutcome, value, "UNBIND_OUTCOME_")
+    return _known(found, value)
 
 
 def tenure_state_to_pb(state: TenureState) -> common_pb2.TenureState.ValueType:
-    return common_pb2.TenureState.Value("TENURE_STATE_" + state.name)
+    return enum_to_pb(state, common_pb2.TenureState, "TENURE_STATE_")
 
 
 def tenure_state_from_pb(value: common_pb2.TenureState.ValueType) -> TenureState:
-    return TenureState[common_pb2.TenureState.Name(value).removeprefix("TENURE_STATE_")]
+    return _known(enum_from_pb(TenureState, common_pb2.TenureState, value, "TENURE_STATE_"), value)
 
 
 def category_to_pb(category: ProviderCategory) -> common_pb2.ProviderCategory.ValueType:
-    return common_pb2.ProviderCategory.Value("PROVIDER_CATEGORY_" + category.name)
+    return enum_to_pb(category, common_pb2.ProviderCategory, "PROVIDER_CATEGORY_")
 
 
 def timestamp(value: datetime) -> Timestamp:

@@ -20,6 +20,7 @@ from onecert.sdk._convert import (
     category_to_pb,
     from_timestamp,
     timestamp,
+    unbind_outcome_from_pb,
     unbind_outcome_to_pb,
     unbind_reason_from_pb,
     unbind_result_to_pb,
@@ -52,7 +53,7 @@ from onecert.sdk._types import (
     coerce_enum,
 )
 from onecert.sdk._warrant import RPC_PURPOSES, WarrantVerifier
-from onecert.v1 import common_pb2, provider_pb2, provider_pb2_grpc
+from onecert.v1 import provider_pb2, provider_pb2_grpc
 
 CONTRACT_VERSION = "onecert.v1"
 MAX_REQUEST_ID = 128
@@ -503,10 +504,9 @@ def _unbind_claim(fingerprint: str, request: provider_pb2.UnbindRequest) -> dict
 
 
 def _unbind_record(fingerprint: str, response: provider_pb2.UnbindResponse) -> dict[str, Any]:
-    outcome = common_pb2.UnbindOutcome.Name(response.outcome).removeprefix("UNBIND_OUTCOME_")
     return {
         "fp": fingerprint,
-        "outcome": UnbindOutcome[outcome].value,
+        "outcome": unbind_outcome_from_pb(response.outcome).value,
         "reason": response.reason,
         "decided_at": (
             from_timestamp(response.decided_at).timestamp()

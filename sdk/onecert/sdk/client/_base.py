@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, TypeVar
@@ -18,7 +17,7 @@ from onecert.sdk._tls import ClientTLS
 from onecert.v1 import gateway_pb2_grpc
 
 if TYPE_CHECKING:
-    from google.protobuf.internal.enum_type_wrapper import _EnumTypeWrapper
+    pass
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -130,30 +129,6 @@ def dev_principal(role: str, dev_id: str | None, *, insecure: bool) -> str | Non
     if not insecure:
         raise ValueError(f"dev_{role}_id is for insecure development gateways only")
     return f"{role}:{dev_id}"
-
-
-_E = TypeVar("_E", bound=enum.StrEnum)
-_V = TypeVar("_V", bound=int)
-
-
-def enum_from_pb(
-    enum_type: type[_E],
-    pb_enum: _EnumTypeWrapper[_V],
-    value: _V,
-    prefix: str,
-    default: _E | None = None,
-) -> _E | None:
-    """The member of ``enum_type`` named like ``value`` of ``pb_enum`` without ``prefix``.
-
-    ``default`` for a value this client does not know (a newer gateway's) or has no
-    member for (UNSPECIFIED).
-    """
-    if value not in pb_enum.values():
-        return default
-    try:
-        return enum_type[pb_enum.Name(value).removeprefix(prefix)]
-    except KeyError:
-        return default
 
 
 def time_of(message: Message, field: str) -> datetime | None:
