@@ -7,24 +7,25 @@ still alive after a timeout: a failed scenario leaves nothing behind.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
+
+from onecert.adapters.demo._procs import end_processes
 
 _ROOT = Path(__file__).resolve().parents[1]
 _TICKS = os.sysconf("SC_CLK_TCK")
 _POLL_S = 0.05
 _GATEWAY_READY = re.compile(r"listening on port (\d+)")
+_T = TypeVar("_T")
 
 
 class ProcessError(RuntimeError):
@@ -133,55 +134,46 @@ class Processes:
         self.stop_all()
 
 
-def _signal_group(process: Process, signum: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signum)
-
-
 def _stop_all(processes: Sequence[Process], timeout: float) -> None:
-    for process in processes:
-        if process.alive():
-            _signal_group(process, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    for process in processes:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.popen.wait(max(0.0, deadline - time.monotonic()))
-        # Whatever the leader did, nothing of its group outlives the scenario.
-        _signal_group(process, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.popen.wait(5.0)
+    # Whatever a leader did, nothing of its group outlives the scenario.
+    end_processes([p.popen for p in processes], timeout, groups=True)
 
 
 def wait_json_file(process: Process, path: Path, timeout: float) -> dict[str, Any]:
     """Wait until ``process`` writes JSON to ``path`` (atomically); return it."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def written() -> dict[str, Any] | None:
         try:
             data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            pass
-        else:
-            return data
-        if not process.alive():
-            raise process.failure(f"exited with status {process.popen.returncode}")
-        if time.monotonic() > deadline:
-            raise process.failure(f"was not ready after {timeout:g} s")
-        time.sleep(_POLL_S)
+            return None
+        return data
+
+    return _wait(process, written, timeout)
 
 
 def wait_gateway_port(process: Process, timeout: float) -> int:
     """Wait for ``onecert gateway serve``'s "listening on port N" line; return N."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def listening() -> int | None:
         try:
             text = process.log.read_text(encoding="utf-8", errors="replace")
         except OSError:
-            text = ""
+            return None
         match = _GATEWAY_READY.search(text)
-        if match:
-            return int(match.group(1))
+        return int(match.group(1)) if match else None
+
+    return _wait(process, listening, timeout)
+
+
+def _wait(process: Process, ready: Callable[[], _T | None], timeout: float) -> _T:
+    # What ready() returns once it returns something; ProcessError if the
+    # process exits first or the time is up.
+    deadline = time.monotonic() + timeout
+    while (found := ready()) is None:
         if not process.alive():
             raise process.failure(f"exited with status {process.popen.returncode}")
         if time.monotonic() > deadline:
             raise process.failure(f"was not ready after {timeout:g} s")
         time.sleep(_POLL_S)
+    return found

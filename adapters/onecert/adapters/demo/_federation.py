@@ -18,7 +18,6 @@ not days, so a demo can watch one pass.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import fcntl
 import json
@@ -47,6 +46,7 @@ from onecert.adapters.demo._data import (
     history_events,
     provider_spec,
 )
+from onecert.adapters.demo._procs import end_processes
 from onecert.adapters.demo._serve import write_ready_file
 from onecert.sdk._tls import ClientTLS
 from onecert.sdk.client import CarrierGatewayClient
@@ -749,27 +749,15 @@ def _stop_all(processes: Sequence[ManagedProcess], timeout: float) -> StopReport
     """SIGTERM every process still running, SIGKILL those that outlive ``timeout``."""
     timer = _Timer()
     running = [p for p in processes if p.popen is not None and p.popen.poll() is None]
-    for process in running:
-        assert process.popen is not None
-        with contextlib.suppress(ProcessLookupError):  # it ended just now
-            process.popen.send_signal(signal.SIGTERM)
-    deadline = time.perf_counter() + timeout
-    killed = []
-    for process in running:
-        assert process.popen is not None
-        try:
-            process.popen.wait(max(0.0, deadline - time.perf_counter()))
-        except subprocess.TimeoutExpired:
-            process.popen.kill()
-            process.popen.wait()
-            killed.append(process.name)
+    killed = end_processes([p.popen for p in running if p.popen is not None], timeout)
+    killed_names = tuple(p.name for p in running if p.popen in killed)
     failed = tuple(
         (p.name, status)
         for p in running
-        if (status := p.exit_status()) not in _STOPPED_OK and p.name not in killed
+        if (status := p.exit_status()) not in _STOPPED_OK and p.name not in killed_names
     )
     return StopReport(
-        stopped=len(running), killed=tuple(killed), failed=failed, elapsed_s=timer.elapsed()
+        stopped=len(running), killed=killed_names, failed=failed, elapsed_s=timer.elapsed()
     )
 
 
