@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
@@ -12,12 +12,10 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from onecert.sdk._channel import DEFAULT_MAX_MESSAGE_BYTES, open_channel
+from onecert.sdk._convert import enum_from_pb
 from onecert.sdk._lifecycle import AsyncResource
 from onecert.sdk._tls import ClientTLS
 from onecert.v1 import gateway_pb2_grpc
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -25,6 +23,7 @@ __all__ = [
     "ClientBase",
     "GatewayError",
     "RateLimitedError",
+    "enum_from_pb",
 ]
 
 DEV_PRINCIPAL_HEADER = "x-onecert-dev-principal"

@@ -9,7 +9,6 @@ from datetime import datetime, timedelta
 
 import grpc
 
-from onecert.sdk._convert import enum_from_pb
 from onecert.sdk._types import (
     BindingKind,
     ProviderCategory,
@@ -21,6 +20,7 @@ from onecert.sdk.client._base import (
     ClientBase,
     GatewayError,
     delta,
+    enum_from_pb,
     time_of,
 )
 from onecert.v1 import common_pb2, gateway_pb2

@@ -9,13 +9,13 @@ from datetime import datetime, timedelta
 
 from google.protobuf.duration_pb2 import Duration
 
-from onecert.sdk._convert import enum_from_pb
 from onecert.sdk._filter import FilterAdditions, RoutingFilter
 from onecert.sdk._tls import ClientTLS
 from onecert.sdk.client._base import (
     DEFAULT_MAX_MESSAGE_BYTES,
     ClientBase,
     dev_principal,
+    enum_from_pb,
     stamp,
     time_of,
 )
