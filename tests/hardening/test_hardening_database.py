@@ -12,10 +12,10 @@ from sqlalchemy.engine import make_url
 
 from onecert.gateway._config import StoreConfig
 from onecert.gateway._policy import POLICY
+from onecert.gateway._principals import DEV_PRINCIPAL_HEADER
 from onecert.gateway.store.testing import Database
 from onecert.v1 import gateway_pb2
 from tests.hardening.hardening_net import ResettingProxy
-from tests.hardening.hardening_support import principal, status_of
 
 if TYPE_CHECKING:
     from tests.hardening.hardening_support import Harness
@@ -23,6 +23,18 @@ else:
     Harness = Any
 
 _GATEWAY_SERVICE = "/onecert.v1.Gateway/"
+
+
+def _principal(who: str) -> tuple[tuple[str, str], ...]:
+    return ((DEV_PRINCIPAL_HEADER, who),)
+
+
+async def _status(invoke: Callable[[], Awaitable[Any]]) -> tuple[grpc.StatusCode, str]:
+    try:
+        await invoke()
+    except grpc.aio.AioRpcError as exc:
+        return exc.code(), exc.details() or ""
+    return grpc.StatusCode.OK, ""
 
 
 async def test_every_rpc_answers_unavailable_when_the_database_is_gone(
@@ -72,44 +84,44 @@ async def test_every_rpc_answers_unavailable_when_the_database_is_gone(
                     type=gateway_pb2.NUMBER_EVENT_TYPE_RECYCLED,
                     effective_at=when,
                 ),
-                metadata=principal("carrier:cm"),
+                metadata=_principal("carrier:cm"),
                 timeout=10,
             ),
             "CheckRecycled": lambda: stub.CheckRecycled(
                 gateway_pb2.CheckRecycledRequest(msisdn="+8613800138001", specified_date=when),
-                metadata=principal("provider:pay"),
+                metadata=_principal("provider:pay"),
                 timeout=10,
             ),
             "PollEvents": lambda: stub.PollEvents(
                 gateway_pb2.PollEventsRequest(return_immediately=True),
-                metadata=principal("provider:poller"),
+                metadata=_principal("provider:poller"),
                 timeout=10,
             ),
             "ConfirmEventAction": lambda: stub.ConfirmEventAction(
                 gateway_pb2.ConfirmEventActionRequest(jti="jti-down", bindings_removed=1),
-                metadata=principal("provider:poller"),
+                metadata=_principal("provider:poller"),
                 timeout=10,
             ),
             "GetComplianceReport": lambda: stub.GetComplianceReport(
                 gateway_pb2.GetComplianceReportRequest(),
-                metadata=principal("admin"),
+                metadata=_principal("admin"),
                 timeout=10,
             ),
             "GetRoutingKey": lambda: stub.GetRoutingKey(
                 gateway_pb2.GetRoutingKeyRequest(),
-                metadata=principal("provider:pay"),
+                metadata=_principal("provider:pay"),
                 timeout=10,
             ),
             "PublishFilter": lambda: stub.PublishFilter(
                 gateway_pb2.PublishFilterRequest(opt_out=gateway_pb2.RoutingOptOut()),
-                metadata=principal("provider:pay"),
+                metadata=_principal("provider:pay"),
                 timeout=10,
             ),
         }
         # A new RPC must be added here too: what it answers without its database.
         gateway_rpcs = {n.rpartition("/")[2] for n in POLICY if n.startswith(_GATEWAY_SERVICE)}
         assert set(calls) == gateway_rpcs
-        answers = {name: await status_of(call) for name, call in calls.items()}
+        answers = {name: await _status(call) for name, call in calls.items()}
         await gateway.stop(0)
     # The routing key comes from the gateway's key file: it needs no database.
     assert answers.pop("GetRoutingKey") == (grpc.StatusCode.OK, "")
