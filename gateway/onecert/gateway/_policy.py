@@ -23,9 +23,10 @@ import structlog
 
 from onecert.gateway._principals import Principal, PrincipalResolver, Role
 from onecert.gateway._refusal import Refusal
+from onecert.gateway.store._registry_types import RegistryStatus
 from onecert.sdk._tls import peer_common_name
 
-__all__ = ["CALLER", "POLICY", "PUBLIC", "Policy", "current_caller"]
+__all__ = ["CALLER", "PENDING_RPCS", "POLICY", "PUBLIC", "Policy", "current_caller"]
 
 _log = structlog.get_logger("onecert.gateway.policy")
 
@@ -56,6 +57,16 @@ POLICY: Final[Mapping[str, frozenset[Role]]] = {
     "/grpc.health.v1.Health/List": PUBLIC,
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": PUBLIC,
 }
+
+PENDING_RPCS: Final[frozenset[str]] = frozenset(
+    {
+        # The RPCs a provider that joined but has not passed the conformance
+        # gate yet may call (its enrollment's status, its certificate). Each
+        # is also in POLICY with the provider role.
+    }
+)
+"""What a ``pending`` provider may call; an ``active`` one may call every provider RPC,
+a ``suspended`` or ``removed`` one nothing (see :meth:`Policy.authorize`)."""
 
 CALLER: ContextVar[Principal | None] = ContextVar("onecert_caller", default=None)
 """The caller of the RPC being served, as the policy identified it (None for a portal
@@ -123,6 +134,7 @@ class Policy:
                 f"{found.role.value} {found.id!r}",
                 reason="wrong_role",
             )
+        _check_standing(found, method)
         CALLER.set(found)
         structlog.contextvars.bind_contextvars(caller=found.actor)
 
@@ -142,6 +154,39 @@ class Policy:
                 reason="not_portal",
             )
         CALLER.set(found)
+
+
+def _check_standing(caller: Principal, method: str) -> None:
+    """Refuse a registry caller whose status does not allow ``method``.
+
+    Active providers and carriers may call what their role may; a pending
+    provider only :data:`PENDING_RPCS`; an invited, suspended or removed one
+    nothing. Callers outside the registry (admins, the portal) have no status.
+    """
+    status = caller.status
+    if status is None or status is RegistryStatus.ACTIVE:
+        return
+    if status is RegistryStatus.PENDING and method in PENDING_RPCS:
+        return
+    _log.info("caller.not_active", caller=caller.actor, status=status.value)
+    if status is RegistryStatus.PENDING:
+        message = (
+            f"{caller.role.value} {caller.id!r} is pending: it has joined but not passed the "
+            "conformance gate yet, so it may only ask about its enrollment"
+        )
+    elif status is RegistryStatus.SUSPENDED:
+        message = (
+            f"{caller.role.value} {caller.id!r} is suspended by the regulator: its calls are "
+            "refused until it is resumed"
+        )
+    elif status is RegistryStatus.REMOVED:
+        message = (
+            f"{caller.role.value} {caller.id!r} was removed from the registry: its calls are "
+            "refused"
+        )
+    else:
+        message = f"{caller.role.value} {caller.id!r} has not joined yet"
+    raise Refusal(grpc.StatusCode.PERMISSION_DENIED, message, reason=f"status_{status.value}")
 
 
 def _names(roles: frozenset[Role]) -> str:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from onecert.gateway._config import GatewayConfig
 from onecert.gateway._identity import Metadata
+from onecert.gateway.store._registry_types import RegistryStatus
 
 __all__ = ["DEV_PRINCIPAL_HEADER", "Principal", "PrincipalResolver", "Role"]
 
@@ -37,10 +38,12 @@ class Role(enum.StrEnum):
 
 @dataclass(frozen=True)
 class Principal:
-    """An identified caller: its role and its configured id (the CN for admins)."""
+    """An identified caller: its role, its id (the CN for admins) and, for providers
+    and carriers, its status in the registry (None for admins and the portal)."""
 
     role: Role
     id: str
+    status: RegistryStatus | None = None
 
     @property
     def actor(self) -> str:

@@ -9,7 +9,8 @@ Open a :class:`Store` with a database URL, run :meth:`Store.upgrade` once
 
 A :class:`Store` holds one repository per concern (``store.tickets``,
 ``store.notices``, ``store.deliveries``, ``store.audit``, ``store.replay``,
-``store.compliance``, ``store.routing``) over one shared :class:`StoreDatabase`. Workers claim
+``store.compliance``, ``store.routing``, ``store.registry``, ``store.rates``)
+over one shared :class:`StoreDatabase`. Workers claim
 due work with ``store.tickets.claim_due`` and ``store.deliveries.claim_due``
 (leases; ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, ``BEGIN IMMEDIATE`` on
 SQLite), so several gateway processes can share one database.
@@ -24,6 +25,24 @@ from onecert.gateway.store._database import StoreDatabase
 from onecert.gateway.store._delivery_repo import DeliveryRepository
 from onecert.gateway.store._engine import normalize_url
 from onecert.gateway.store._notice_repo import NoticeRepository
+from onecert.gateway.store._rate_repo import RateRepository
+from onecert.gateway.store._registry_repo import RegistryRepository, check_entry_id, token_digest
+from onecert.gateway.store._registry_types import (
+    STATUS_TARGETS,
+    AlreadyExistsError,
+    EntryKind,
+    EntryOrigin,
+    Invitation,
+    RedeemOutcome,
+    RedeemResult,
+    RegistryEntry,
+    RegistryEvent,
+    RegistrySnapshot,
+    RegistryStatus,
+    SeedEntry,
+    SeedReport,
+    TransitionError,
+)
 from onecert.gateway.store._replay_repo import ReplayRepository, StoreReplayCache
 from onecert.gateway.store._routing_repo import FilterKind, FilterRow, RoutingRepository
 from onecert.gateway.store._store import Store
@@ -54,6 +73,8 @@ from onecert.gateway.store._types import (
 )
 
 __all__ = [
+    "STATUS_TARGETS",
+    "AlreadyExistsError",
     "AttemptOutcome",
     "AuditDraft",
     "AuditEntry",
@@ -66,18 +87,31 @@ __all__ = [
     "DeliveryMode",
     "DeliveryRepository",
     "DeliveryState",
+    "EntryKind",
+    "EntryOrigin",
     "FilterKind",
     "FilterRow",
+    "Invitation",
     "NotFoundError",
     "Notice",
     "NoticeRepository",
     "NoticeStatus",
     "NumberEvent",
     "ProviderComplianceRow",
+    "RateRepository",
     "RecycledCheck",
     "RecycledStatus",
+    "RedeemOutcome",
+    "RedeemResult",
+    "RegistryEntry",
+    "RegistryEvent",
+    "RegistryRepository",
+    "RegistrySnapshot",
+    "RegistryStatus",
     "ReplayRepository",
     "RoutingRepository",
+    "SeedEntry",
+    "SeedReport",
     "Store",
     "StoreDatabase",
     "StoreError",
@@ -86,8 +120,11 @@ __all__ = [
     "StoredTicketState",
     "Ticket",
     "TicketRepository",
+    "TransitionError",
+    "check_entry_id",
     "classify_notice",
     "classify_recycled",
     "looks_like_number",
     "normalize_url",
+    "token_digest",
 ]

@@ -11,9 +11,11 @@ from datetime import UTC, datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -33,8 +35,13 @@ __all__ = [
     "audit_head",
     "audit_log",
     "deliveries",
+    "enrollment_tokens",
     "metadata",
     "number_events",
+    "rate_windows",
+    "registry_entries",
+    "registry_head",
+    "registry_history",
     "replay_cache",
     "routing_filters",
     "routing_head",
@@ -234,4 +241,104 @@ routing_head = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("seq", BigInteger, nullable=False),
+)
+
+
+# The registry: every provider and carrier the gateway knows, whatever its
+# status, seeded from the configuration or enrolled by invitation.
+registry_entries = Table(
+    "registry_entries",
+    metadata,
+    Column("kind", String(16), primary_key=True),
+    Column("id", String(_ID), primary_key=True),
+    Column("name", String(200), nullable=False),
+    # Providers only: the category's config name ("payment").
+    Column("category", String(32)),
+    # None for a poll-only provider (it is never dialed).
+    Column("address", String(255)),
+    Column("delivery", String(8), nullable=False),
+    Column("plaintext", Boolean, nullable=False),
+    # The CN of its client certificate; the id when None.
+    Column("client_cn", String(128)),
+    # Per-entry tuning from the configuration (None: the [fanout] defaults).
+    Column("deadline_s", Float),
+    Column("max_concurrency", Integer),
+    # Carriers only: the number prefixes it may report, space-separated.
+    Column("prefixes", Text),
+    Column("status", String(16), nullable=False),
+    Column("origin", String(16), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("invited_at", UTCDateTime()),
+    Column("joined_at", UTCDateTime()),
+    Column("activated_at", UTCDateTime()),
+    Column("status_changed_at", UTCDateTime(), nullable=False),
+    # Who made the last status change, and why ("admin:regulator", "config").
+    Column("status_actor", String(128), nullable=False),
+    Column("status_reason", Text),
+    Column("cert_serial", String(64)),
+    Column("cert_not_after", UTCDateTime()),
+    # The last conformance gate: passed, its failures (JSON list), when.
+    Column("gate_passed", Boolean),
+    Column("gate_failures", Text),
+    Column("gate_at", UTCDateTime()),
+    # The registry version of the entry's last change.
+    Column("version", BigInteger, nullable=False),
+    CheckConstraint("kind IN ('provider', 'carrier')", name="kind"),
+    CheckConstraint("delivery IN ('push', 'poll')", name="delivery"),
+    CheckConstraint(
+        "status IN ('invited', 'pending', 'active', 'suspended', 'removed')", name="status"
+    ),
+    CheckConstraint("origin IN ('config', 'enrolled')", name="origin"),
+    Index(None, "status"),
+)
+
+# Every change to the registry, oldest first: who did what, when.
+registry_history = Table(
+    "registry_history",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False),
+    Column("entry_id", String(_ID), nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("from_status", String(16)),
+    Column("to_status", String(16)),
+    # Canonical JSON of what changed (never a raw token).
+    Column("detail", Text, nullable=False),
+    Index(None, "kind", "entry_id"),
+)
+
+# One-time enrollment tokens: only their SHA-256 is stored.
+enrollment_tokens = Table(
+    "enrollment_tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("provider_id", String(_ID), nullable=False, index=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Column("used_at", UTCDateTime()),
+    # Set when a new invitation, a suspension or a removal voids it.
+    Column("revoked_at", UTCDateTime()),
+)
+
+# One row (id = 1): bumped in the transaction of every registry change;
+# replicas poll it and reload the registry when it moves.
+registry_head = Table(
+    "registry_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("version", BigInteger, nullable=False),
+)
+
+# Fixed-window counters shared by replicas (CheckRecycled's rate limit).
+rate_windows = Table(
+    "rate_windows",
+    metadata,
+    Column("key", String(128), primary_key=True),
+    # The window's start, in whole seconds since the epoch.
+    Column("window_start", BigInteger, primary_key=True, autoincrement=False),
+    Column("count", Integer, nullable=False),
+    Index(None, "window_start"),
 )

@@ -20,6 +20,8 @@ from onecert.gateway.store._database import StoreDatabase
 from onecert.gateway.store._delivery_repo import DeliveryRepository
 from onecert.gateway.store._engine import configure_sqlite, head_revision, normalize_url
 from onecert.gateway.store._notice_repo import NoticeRepository
+from onecert.gateway.store._rate_repo import RateRepository
+from onecert.gateway.store._registry_repo import RegistryRepository
 from onecert.gateway.store._replay_repo import ReplayRepository
 from onecert.gateway.store._routing_repo import RoutingRepository
 from onecert.gateway.store._ticket_repo import TicketRepository
@@ -41,6 +43,9 @@ class Store:
     - :attr:`replay`: identity-assertion ids seen (:class:`ReplayRepository`).
     - :attr:`compliance`: the regulator's report (:class:`ComplianceRepository`).
     - :attr:`routing`: providers' sealed routing filters (:class:`RoutingRepository`).
+    - :attr:`registry`: providers and carriers, their status and history
+      (:class:`RegistryRepository`).
+    - :attr:`rates`: rate-limit windows shared by replicas (:class:`RateRepository`).
 
     Build with :meth:`open`, run :meth:`upgrade` once at start-up, share the
     object between tasks, :meth:`close` at shutdown (or ``async with``).
@@ -60,6 +65,8 @@ class Store:
         self.replay = ReplayRepository(self._db)
         self.compliance = ComplianceRepository(self._db)
         self.routing = RoutingRepository(self._db, self.audit)
+        self.registry = RegistryRepository(self._db, self.audit)
+        self.rates = RateRepository(self._db)
 
     @classmethod
     def open(
