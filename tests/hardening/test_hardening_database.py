@@ -14,7 +14,7 @@ from onecert.gateway._config import StoreConfig
 from onecert.gateway._policy import POLICY
 from onecert.gateway._principals import DEV_PRINCIPAL_HEADER
 from onecert.gateway.store.testing import Database
-from onecert.v1 import gateway_pb2
+from onecert.v1 import common_pb2, gateway_pb2
 from tests.hardening.hardening_net import ResettingProxy
 
 if TYPE_CHECKING:
@@ -35,6 +35,39 @@ async def _status(invoke: Callable[[], Awaitable[Any]]) -> tuple[grpc.StatusCode
     except grpc.aio.AioRpcError as exc:
         return exc.code(), exc.details() or ""
     return grpc.StatusCode.OK, ""
+
+
+def _registry_calls(stub: Any) -> dict[str, Callable[[], Awaitable[Any]]]:
+    """The regulator's registry RPCs, each on a provider that exists."""
+    admin = _principal("admin")
+    return {
+        "InviteProvider": lambda: stub.InviteProvider(
+            gateway_pb2.InviteProviderRequest(
+                provider_id="newshop", category=common_pb2.PROVIDER_CATEGORY_ECOMMERCE
+            ),
+            metadata=admin,
+            timeout=10,
+        ),
+        "ListProviders": lambda: stub.ListProviders(
+            gateway_pb2.ListProvidersRequest(), metadata=admin, timeout=10
+        ),
+        "GetProvider": lambda: stub.GetProvider(
+            gateway_pb2.GetProviderRequest(provider_id="pay"), metadata=admin, timeout=10
+        ),
+        "SuspendProvider": lambda: stub.SuspendProvider(
+            gateway_pb2.SuspendProviderRequest(provider_id="pay", reason="down"),
+            metadata=admin,
+            timeout=10,
+        ),
+        "ResumeProvider": lambda: stub.ResumeProvider(
+            gateway_pb2.ResumeProviderRequest(provider_id="pay"), metadata=admin, timeout=10
+        ),
+        "RemoveProvider": lambda: stub.RemoveProvider(
+            gateway_pb2.RemoveProviderRequest(provider_id="pay", reason="down"),
+            metadata=admin,
+            timeout=10,
+        ),
+    }
 
 
 async def test_every_rpc_answers_unavailable_when_the_database_is_gone(
@@ -117,6 +150,7 @@ async def test_every_rpc_answers_unavailable_when_the_database_is_gone(
                 metadata=_principal("provider:pay"),
                 timeout=10,
             ),
+            **_registry_calls(stub),
         }
         # A new RPC must be added here too: what it answers without its database.
         gateway_rpcs = {n.rpartition("/")[2] for n in POLICY if n.startswith(_GATEWAY_SERVICE)}

@@ -9,7 +9,6 @@ import grpc
 import pytest
 
 from onecert.gateway._config import CheckRecycledConfig
-from onecert.gateway._recycled import TokenBuckets
 from onecert.sdk.client import GatewayError, RateLimitedError, RecycledStatus
 from onecert.v1 import gateway_pb2
 
@@ -78,20 +77,6 @@ async def test_rate_limit_per_provider(dev_world: NoticeWorld) -> None:
     async with dev_world.provider_client(gateway, "chat") as chat:
         answer = await chat.check_recycled(UNUSED_NUMBER, since)
         assert answer.status is RecycledStatus.NO_DATA
-
-
-def test_token_bucket_refills() -> None:
-    """A bucket gives its burst at once, then one token per 1/rate seconds."""
-    now = [0.0]
-    buckets = TokenBuckets(rate=2.0, burst=3, monotonic=lambda: now[0])
-    assert [buckets.take("a") for _ in range(3)] == [0.0, 0.0, 0.0]
-    assert buckets.take("a") == pytest.approx(0.5)
-    assert buckets.take("b") == 0.0
-    now[0] += 0.5
-    assert buckets.take("a") == 0.0
-    assert buckets.take("a") == pytest.approx(0.5)
-    now[0] += 100
-    assert [buckets.take("a") for _ in range(4)][-1] == pytest.approx(0.5)
 
 
 async def test_invalid_checks(dev_world: NoticeWorld) -> None:

@@ -22,7 +22,7 @@ _TABLES = {
     "deliveries",
     "enrollment_tokens",
     "number_events",
-    "rate_windows",
+    "rate_limits",
     "registry_entries",
     "registry_head",
     "registry_history",

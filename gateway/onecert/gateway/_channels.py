@@ -7,6 +7,7 @@ call would add a TLS handshake to every provider call.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 
 import grpc
 
@@ -41,6 +42,8 @@ class ChannelPool:
         # keepalive notices a dead connection between lookups, not during one.
         self._builder = ChannelBuilder(tls=tls, max_message_bytes=max_message_bytes, keepalive=True)
         self._channels: dict[tuple[str, bool], grpc.aio.Channel] = {}
+        # Channels retired while calls may still run on them (see retire).
+        self._draining: set[asyncio.Task[None]] = set()
         self._closed = False
 
     def get(self, address: str, *, plaintext: bool) -> grpc.aio.Channel:
@@ -65,9 +68,25 @@ class ChannelPool:
             raise RuntimeError(f"no upstream TLS configured for {address}")
         return self._builder.open(address, plaintext=plaintext)
 
+    def retire(self, keep: Iterable[tuple[str, bool]], *, grace: float) -> int:
+        """Close the pooled channels to targets not in ``keep`` (address, plaintext);
+        returns how many.
+
+        Calls already running on them get ``grace`` seconds to finish (they
+        are drained, not cut); nothing new is started on them, and a later
+        :meth:`get` of the same target opens a fresh channel.
+        """
+        wanted = set(keep)
+        retired = [key for key in self._channels if key not in wanted]
+        for key in retired:
+            task = asyncio.create_task(self._channels.pop(key).close(grace), name="channel drain")
+            self._draining.add(task)
+            task.add_done_callback(self._draining.discard)
+        return len(retired)
+
     async def close(self, grace: float | None = None) -> None:
         """Close every channel (calls still running get ``grace`` seconds)."""
         self._closed = True
         channels = list(self._channels.values())
         self._channels.clear()
-        await asyncio.gather(*(c.close(grace) for c in channels))
+        await asyncio.gather(*(c.close(grace) for c in channels), *self._draining)

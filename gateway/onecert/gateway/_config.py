@@ -42,10 +42,12 @@ __all__ = [
     "NoticesConfig",
     "PortalConfig",
     "ProviderConfig",
+    "RegistryConfig",
     "RoutingConfig",
     "StoreConfig",
     "TracingConfig",
     "UpstreamTLS",
+    "category_name",
     "check_transport",
     "load_config",
     "parse_config",
@@ -240,10 +242,14 @@ def parse_number_range(text: str) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class ProviderConfig:
-    """An internet provider (``BindingProvider``)."""
+    """An internet provider (``BindingProvider``).
+
+    ``address`` is None for a provider that receives notices by polling and
+    serves no ``BindingProvider`` (it is never dialed, so never asked in lookups).
+    """
 
     id: str
-    address: str
+    address: str | None
     name: str = ""
     category: common_pb2.ProviderCategory.ValueType = common_pb2.PROVIDER_CATEGORY_OTHER
     deadline_s: float | None = setting(None, seconds=True)
@@ -300,7 +306,7 @@ class NoticesConfig:
 class CheckRecycledConfig:
     """``Gateway.CheckRecycled`` (``[check_recycled]``)."""
 
-    # Per provider and gateway process: a token bucket.
+    # Per provider, one token bucket shared by every replica (in the store).
     rate_per_s: float = setting(10.0, minimum=0.001)
     burst: int = setting(20, minimum=1)
     # Since when carriers report every event of every number they serve:
@@ -372,6 +378,24 @@ class RoutingConfig:
 
 
 @dataclass(frozen=True)
+class RegistryConfig:
+    """The provider registry (``[registry]``): live changes, invitations.
+
+    With ``[store]``, providers and carriers live in the database; the
+    ``[[providers]]`` and ``[[carriers]]`` blocks seed it at every start.
+    """
+
+    # How often each replica looks for registry changes made elsewhere: a
+    # provider suspended at one replica is no longer called by any within
+    # about this.
+    poll_interval_s: float = setting(2.0, seconds=True, maximum=5)
+    # How long an enrollment token lives when the inviter does not say.
+    invitation_ttl_s: float = setting(24 * 3600.0, seconds=True)
+    # The longest an inviter may ask for.
+    max_invitation_ttl_s: float = setting(7 * 24 * 3600.0, seconds=True)
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     """The whole gateway configuration.
 
@@ -409,6 +433,7 @@ class GatewayConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     tracing: TracingConfig = field(default_factory=TracingConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
 
     @property
     def json_logs(self) -> bool:
@@ -532,6 +557,9 @@ def parse_config(
     metrics = _parse_metrics(root.table("metrics"), grpc_listen=general["listen"])
     tracing = _parse_tracing(root.table("tracing"))
     routing = _finished(root.table("routing"), RoutingConfig)
+    registry = _finished(root.table("registry"), RegistryConfig)
+    if registry.invitation_ttl_s > registry.max_invitation_ttl_s:
+        raise ConfigError("registry.invitation_ttl_s must not exceed registry.max_invitation_ttl_s")
     _unique("carriers", [c.id for c in carriers])
     _unique("providers", [p.id for p in providers])
     _unique_cns(carriers, providers, admin, portal)
@@ -553,6 +581,7 @@ def parse_config(
         metrics=metrics,
         tracing=tracing,
         routing=routing,
+        registry=registry,
         **general,
     )
     check_transport(config)
@@ -666,7 +695,21 @@ def _parse_provider(t: _Table) -> ProviderConfig:
     category_name = t.string("category", _CATEGORY_NAMES[ProviderConfig.category]).lower()
     if category_name not in CATEGORIES:
         raise ConfigError(f"{t.where('category')} must be one of {', '.join(CATEGORIES)}")
-    return _finished(t, ProviderConfig, id=_checked_id(t), category=CATEGORIES[category_name])
+    address: str | None = t.string("address", None)
+    provider = _finished(
+        t, ProviderConfig, id=_checked_id(t), category=CATEGORIES[category_name], address=address
+    )
+    if address is None and provider.delivery != "poll":
+        raise ConfigError(
+            f'{t.where("address")} is required: only a provider with delivery = "poll" '
+            "may have none (it is then never dialed)"
+        )
+    return provider
+
+
+def category_name(category: common_pb2.ProviderCategory.ValueType) -> str:
+    """The config name of a provider category (``"payment"``); "other" for unknown numbers."""
+    return _CATEGORY_NAMES.get(category, "other")
 
 
 def _parse_notices(t: _Table) -> NoticesConfig:
@@ -783,4 +826,5 @@ _TABLES = (
     "metrics",
     "tracing",
     "routing",
+    "registry",
 )

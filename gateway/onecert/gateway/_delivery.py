@@ -40,10 +40,12 @@ import structlog
 from onecert.gateway._audit import Auditor
 from onecert.gateway._channels import ChannelPool
 from onecert.gateway._config import DeliveryConfig, ProviderConfig
+from onecert.gateway._directory import status_of
 from onecert.gateway._handles import HandleError, HandleSealer
 from onecert.gateway._observers import NO_OBSERVER, Observer
 from onecert.gateway._unbind import open_payload
 from onecert.gateway.store import AttemptOutcome, AuditDraft, Store, StoredTicketState, Ticket
+from onecert.gateway.store._registry_types import RegistryStatus
 from onecert.sdk._msisdn import mask_msisdn, mask_numbers_in_text
 from onecert.sdk._warrant import WarrantIssuer
 from onecert.v1 import common_pb2, provider_pb2, provider_pb2_grpc
@@ -113,7 +115,9 @@ class DeliveryWorkers:
 
     Args:
         store: where tickets are claimed and their attempts recorded.
-        providers: the configured providers by id.
+        providers: the active providers by id (the gateway's live
+            :class:`~onecert.gateway._directory.ProviderDirectory`, read at
+            each attempt).
         channels: the gateway's channel pool.
         warrants: signs the warrant of every call.
         sealer: opens the tickets' sealed payloads.
@@ -138,7 +142,7 @@ class DeliveryWorkers:
     ) -> None:
         self._store = store
         self._observer = observer
-        self._providers = dict(providers)
+        self._providers = providers
         self._channels = channels
         self._warrants = warrants
         self._sealer = sealer
@@ -266,10 +270,9 @@ class DeliveryWorkers:
 
     async def _attempt(self, ticket: Ticket) -> Attempt:
         provider = self._providers.get(ticket.provider_id)
-        if provider is None:
-            return Attempt(
-                AttemptOutcome.FATAL,
-                error=f"provider {ticket.provider_id!r} is no longer configured",
+        if provider is None or provider.address is None:
+            return _not_callable(
+                self._providers, ticket.provider_id, retry_in=self._config.pending_recheck_s
             )
         try:
             claims = open_payload(self._sealer, ticket)
@@ -355,3 +358,29 @@ class DeliveryWorkers:
             subject=ticket.ticket_id,
             detail=detail,
         )
+
+
+def _not_callable(
+    providers: Mapping[str, ProviderConfig], provider_id: str, *, retry_in: float
+) -> Attempt:
+    """The attempt for a ticket whose provider may not be called now.
+
+    A suspended (or not yet active) provider's tickets wait, uncalled, for
+    it to be resumed or for the ticket to expire; a removed or unknown
+    provider will never answer, and one without an address cannot be called.
+    """
+    status = status_of(providers, provider_id)
+    if status in (RegistryStatus.SUSPENDED, RegistryStatus.PENDING):
+        return Attempt(
+            AttemptOutcome.RETRY,
+            error=f"provider {provider_id!r} is {status.value}: not called until it is active",
+            retry_in=retry_in,
+        )
+    if status is RegistryStatus.ACTIVE:
+        return Attempt(
+            AttemptOutcome.FATAL, error=f"provider {provider_id!r} has no address to call"
+        )
+    return Attempt(
+        AttemptOutcome.FATAL,
+        error=f"provider {provider_id!r} is no longer in the registry",
+    )

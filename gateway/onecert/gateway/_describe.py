@@ -136,13 +136,14 @@ async def check_providers(
 
     async def one(provider: ProviderConfig) -> DescribeVerdict:
         async with slots:
+            assert provider.address is not None  # poll-only providers are left out below
             channel = channels.fresh(provider.address, plaintext=provider.plaintext)
             try:
                 return await describe_provider(channel, provider, deadline=deadline)
             finally:
                 await channel.close()
 
-    verdicts = await asyncio.gather(*(one(p) for p in providers))
+    verdicts = await asyncio.gather(*(one(p) for p in providers if p.address is not None))
     return {v.provider_id: v for v in verdicts}
 
 
@@ -154,8 +155,9 @@ def quarantine_misconfigured(fanout: FanOut, verdicts: Mapping[str, DescribeVerd
             _log.error(
                 "provider.misconfigured", provider=verdict.provider_id, reason=verdict.reason
             )
-            fanout.quarantine(verdict.provider_id, verdict.reason)
-            stopped += 1
+            with contextlib.suppress(KeyError):  # it left the registry meanwhile
+                fanout.quarantine(verdict.provider_id, verdict.reason)
+                stopped += 1
         elif verdict.status is DescribeStatus.UNREACHABLE:
             _log.warning(
                 "provider.describe_failed", provider=verdict.provider_id, reason=verdict.reason
@@ -184,14 +186,36 @@ class DescribeCheck:
         self._fanout = fanout
         self._deadline = deadline
         self._task: asyncio.Task[int] | None = None
+        self._later: set[asyncio.Task[int]] = set()
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self.run_once(), name="describe-check")
 
+    def providers_changed(
+        self, providers: Sequence[ProviderConfig], added: Sequence[ProviderConfig]
+    ) -> None:
+        """The registry changed: before :meth:`start`, the check covers ``providers``;
+        after it, ``added`` (those that became active) are checked now."""
+        if self._task is None:
+            self._providers = tuple(providers)
+        else:
+            self.check(added)
+
+    def check(self, providers: Sequence[ProviderConfig]) -> None:
+        """Check, in the background, providers that became active while the gateway runs."""
+        if not providers:
+            return
+        task = asyncio.create_task(self._check(tuple(providers)), name="describe-check")
+        self._later.add(task)
+        task.add_done_callback(self._later.discard)
+
+    async def _check(self, providers: Sequence[ProviderConfig]) -> int:
+        verdicts = await check_providers(self._channels, providers, deadline=self._deadline)
+        return quarantine_misconfigured(self._fanout, verdicts)
+
     async def run_once(self) -> int:
         """Check every provider now; return how many were quarantined."""
-        verdicts = await check_providers(self._channels, self._providers, deadline=self._deadline)
-        return quarantine_misconfigured(self._fanout, verdicts)
+        return await self._check(self._providers)
 
     async def wait(self) -> int:
         """Wait for the check started by :meth:`start`; return how many were quarantined."""
@@ -200,7 +224,9 @@ class DescribeCheck:
         return await asyncio.shield(self._task)
 
     async def stop(self) -> None:
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
+        tasks = [t for t in (self._task, *self._later) if t is not None and not t.done()]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task

@@ -82,6 +82,7 @@ _MIN_ATTEMPT_TIME = 0.05
 # result would outgrow the largest message the gateway may send.
 MAX_BINDINGS_PER_ANSWER = 1000
 ROUTED_OUT_DETAIL = "routing: its filter says it does not hold this number"
+NOT_ACTIVE_DETAIL = "no longer active in the registry"
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,15 @@ class _Upstream:
             window=fanout.retry_budget_window_s,
         )
 
+    def same_as(self, other: _Upstream) -> bool:
+        """Whether ``other`` dials the same target with the same limits."""
+        return (self.address, self.plaintext, self.deadline, self.max_concurrency) == (
+            other.address,
+            other.plaintext,
+            other.deadline,
+            other.max_concurrency,
+        )
+
 
 def _sanitise(text: str) -> str:
     # Upstream error details reach the citizen: first line only, no digit
@@ -229,7 +239,6 @@ class FanOut:
         self._router: Router = router or AllProviders()
         self.routing = routing
         self.carriers = tuple(carriers)
-        self.providers = tuple(providers)
         self._carrier_upstreams = {
             c.id: _Upstream(
                 target_id=c.id,
@@ -241,23 +250,50 @@ class FanOut:
             )
             for c in self.carriers
         }
-        self._provider_upstreams = {
-            p.id: _Upstream(
-                target_id=p.id,
-                address=p.address,
-                plaintext=p.plaintext,
-                deadline=p.deadline_s or fanout.provider_deadline_s,
-                max_concurrency=p.max_concurrency or fanout.max_concurrency_per_provider,
-                fanout=fanout,
-            )
-            for p in self.providers
-        }
+        self.providers: tuple[ProviderConfig, ...] = ()
+        self._provider_upstreams: dict[str, _Upstream] = {}
+        self.apply_providers(providers)
+
+    def _provider_upstream(self, provider: ProviderConfig, address: str) -> _Upstream:
+        fanout = self._fanout
+        return _Upstream(
+            target_id=provider.id,
+            address=address,
+            plaintext=provider.plaintext,
+            deadline=provider.deadline_s or fanout.provider_deadline_s,
+            max_concurrency=provider.max_concurrency or fanout.max_concurrency_per_provider,
+            fanout=fanout,
+        )
+
+    def apply_providers(self, providers: Sequence[ProviderConfig]) -> None:
+        """Ask ``providers`` from now on (the live registry calls this on every change).
+
+        Providers without an address (poll-only) are never asked. A new
+        provider gets its own upstream (slots, breaker, retry budget); one
+        whose address or limits changed gets a fresh one; one no longer
+        listed is never asked again, while calls already in flight keep
+        their upstream and end as they would have.
+        """
+        upstreams: dict[str, _Upstream] = {}
+        dialable: list[ProviderConfig] = []
+        for provider in providers:
+            if provider.address is None:
+                continue
+            fresh = self._provider_upstream(provider, provider.address)
+            old = self._provider_upstreams.get(provider.id)
+            upstreams[provider.id] = old if old is not None and old.same_as(fresh) else fresh
+            dialable.append(provider)
+        self._provider_upstreams = upstreams
+        self.providers = tuple(dialable)
+        for provider_id in set(self._quarantined) - set(upstreams):
+            del self._quarantined[provider_id]
 
     def quarantine(self, provider_id: str, reason: str) -> None:
         """Stop asking a provider: its calls end SKIPPED with ``reason`` (no personal data).
 
         For a provider found misconfigured (its Describe names another
-        provider); lifted by a restart once the configuration is fixed.
+        provider); lifted by a restart once the configuration is fixed, or
+        when the provider leaves the registry.
         """
         if provider_id not in self._provider_upstreams:
             raise KeyError(provider_id)
@@ -266,6 +302,11 @@ class FanOut:
     def breaker(self, provider_id: str) -> CircuitBreaker:
         """The circuit breaker of a provider (for health reports and tests)."""
         return self._provider_upstreams[provider_id].breaker
+
+    def breakers(self) -> list[tuple[str, CircuitBreaker]]:
+        """Each provider asked now with its breaker (safe from another thread: the
+        upstreams are replaced whole, never changed in place)."""
+        return [(provider_id, u.breaker) for provider_id, u in self._provider_upstreams.items()]
 
     # ------------------------------------------------------------ carriers
 
@@ -393,7 +434,11 @@ class FanOut:
         if quarantined is not None:
             now = asyncio.get_running_loop().time()
             return ProviderAnswer(call, UpstreamOutcome.SKIPPED, quarantined, (), 0, now)
-        upstream = self._provider_upstreams[provider.id]
+        upstream = self._provider_upstreams.get(provider.id)
+        if upstream is None:
+            # Suspended or removed since the lookup planned its calls.
+            now = asyncio.get_running_loop().time()
+            return ProviderAnswer(call, UpstreamOutcome.SKIPPED, NOT_ACTIVE_DETAIL, (), 0, now)
         stub = provider_pb2_grpc.BindingProviderStub(
             self._channels.get(upstream.address, plaintext=upstream.plaintext)
         )

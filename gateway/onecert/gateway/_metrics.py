@@ -169,35 +169,8 @@ class GatewayMetrics:
             registry=registry,
         )
 
-        def bind(kind: str, ids: Sequence[str]) -> dict[str, dict[UpstreamOutcome, _Bound]]:
-            calls = Counter(
-                f"onecert_{kind}_calls",
-                f"{kind.title()} calls of lookups by outcome "
-                "(answered, timed_out, failed, skipped).",
-                [kind, "outcome"],
-                registry=registry,
-            )
-            latency = Histogram(
-                f"onecert_{kind}_call_duration_seconds",
-                f"Time {kind} calls took, retries included (skipped calls are not timed).",
-                [kind],
-                buckets=_CALL_BUCKETS,
-                registry=registry,
-            )
-            bound: dict[str, dict[UpstreamOutcome, _Bound]] = {}
-            for target in ids:
-                timer = latency.labels(target)
-                bound[target] = {
-                    outcome: _Bound(
-                        calls.labels(target, outcome.name.lower()),
-                        None if outcome is UpstreamOutcome.SKIPPED else timer,
-                    )
-                    for outcome in UpstreamOutcome
-                }
-            return bound
-
-        self._providers = bind("provider", providers)
-        self._carriers = bind("carrier", carriers)
+        self._providers = _PerTarget(registry, "provider", providers)
+        self._carriers = _PerTarget(registry, "carrier", carriers)
         self._rejections = _counter_per(
             registry,
             "onecert_identity_rejections",
@@ -231,14 +204,18 @@ class GatewayMetrics:
     def carrier_answered(
         self, carrier_id: str, outcome: UpstreamOutcome, attempts: int, seconds: float
     ) -> None:
-        bound = self._carriers.get(carrier_id)
+        bound = self._carriers.bound.get(carrier_id)
         if bound is not None:
             bound[outcome].record(seconds)
 
     def provider_answered(self, answer: ProviderAnswer, seconds: float) -> None:
-        bound = self._providers.get(answer.call.provider.id)
+        bound = self._providers.bound.get(answer.call.provider.id)
         if bound is not None:
             bound[answer.outcome].record(seconds)
+
+    def add_providers(self, ids: Sequence[str]) -> None:
+        """Bind the labels of providers that joined since start (the live registry)."""
+        self._providers.add(ids)
 
     def assertion_rejected(self, reason: str) -> None:
         (self._rejections.get(reason) or self._rejections["other"]).inc()
@@ -304,16 +281,51 @@ class _Bound:
             self.timer.observe(seconds)
 
 
+class _PerTarget:
+    """The call counters and timers of one kind of upstream, labels bound per target."""
+
+    def __init__(self, registry: CollectorRegistry, kind: str, ids: Sequence[str]) -> None:
+        self._calls = Counter(
+            f"onecert_{kind}_calls",
+            f"{kind.title()} calls of lookups by outcome (answered, timed_out, failed, skipped).",
+            [kind, "outcome"],
+            registry=registry,
+        )
+        self._latency = Histogram(
+            f"onecert_{kind}_call_duration_seconds",
+            f"Time {kind} calls took, retries included (skipped calls are not timed).",
+            [kind],
+            buckets=_CALL_BUCKETS,
+            registry=registry,
+        )
+        self.bound: dict[str, dict[UpstreamOutcome, _Bound]] = {}
+        self.add(ids)
+
+    def add(self, ids: Sequence[str]) -> None:
+        """Bind the labels of ``ids`` not bound yet."""
+        for target in ids:
+            if target in self.bound:
+                continue
+            timer = self._latency.labels(target)
+            self.bound[target] = {
+                outcome: _Bound(
+                    self._calls.labels(target, outcome.name.lower()),
+                    None if outcome is UpstreamOutcome.SKIPPED else timer,
+                )
+                for outcome in UpstreamOutcome
+            }
+
+
 class _LiveCollector:
     """Breaker states and lookups in flight, read when scraped."""
 
     def __init__(self, fanout: Breakers | None, lookup: ActiveLookups | None) -> None:
-        self._breakers = (
-            [] if fanout is None else [(p.id, fanout.breaker(p.id)) for p in fanout.providers]
-        )
+        self._fanout = fanout
         self._lookup = lookup
 
     def collect(self) -> Iterable[Metric]:
+        # Read at each scrape: providers join and leave while the gateway runs.
+        self._breakers = [] if self._fanout is None else self._fanout.breakers()
         if self._breakers:
             breakers = GaugeMetricFamily(
                 "onecert_provider_breaker_state",

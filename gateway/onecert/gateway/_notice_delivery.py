@@ -16,7 +16,7 @@ import os
 import random
 import secrets
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 
 import grpc
@@ -26,9 +26,11 @@ from onecert.gateway._audit import Auditor
 from onecert.gateway._channels import ChannelPool
 from onecert.gateway._config import NoticesConfig, ProviderConfig
 from onecert.gateway._delivery import RETRYABLE
+from onecert.gateway._directory import by_id, status_of
 from onecert.gateway._notices import Clock, Doorbell, build_set, utc_now
 from onecert.gateway._observers import NO_OBSERVER, Observer
 from onecert.gateway.store import AuditDraft, Delivery, Store
+from onecert.gateway.store._registry_types import RegistryStatus
 from onecert.sdk._set import SetIssuer
 from onecert.v1 import provider_pb2, provider_pb2_grpc
 
@@ -46,7 +48,9 @@ class NoticePusher:
 
     Args:
         store: the durable state.
-        providers: the configured providers (addresses, TLS).
+        providers: the active providers by id (the gateway's live
+            :class:`~onecert.gateway._directory.ProviderDirectory`, read at
+            each push).
         sets: signs the SETs.
         channels: one reused channel per provider.
         config: workers, batch, lease, backoff, call deadline.
@@ -63,7 +67,7 @@ class NoticePusher:
         self,
         *,
         store: Store,
-        providers: Sequence[ProviderConfig],
+        providers: Mapping[str, ProviderConfig] | Sequence[ProviderConfig],
         sets: SetIssuer,
         channels: ChannelPool,
         config: NoticesConfig,
@@ -76,7 +80,7 @@ class NoticePusher:
     ) -> None:
         self._store = store
         self.observer = observer
-        self._providers = {p.id: p for p in providers}
+        self._providers = by_id(providers)
         self._sets = sets
         self._channels = channels
         self._config = config
@@ -146,8 +150,13 @@ class NoticePusher:
             jti=delivery.jti, notice_id=delivery.notice_id, provider=delivery.provider_id
         )
         provider = self._providers.get(delivery.provider_id)
-        if provider is None:
-            await self._give_up(delivery, "the provider is no longer configured", log)
+        if provider is None or provider.address is None:
+            status = status_of(self._providers, delivery.provider_id)
+            if status in (RegistryStatus.SUSPENDED, RegistryStatus.PENDING):
+                # Not called while suspended; pushed if it is resumed in time.
+                await self._retry(delivery, f"the provider is {status.value}", log)
+            else:
+                await self._give_up(delivery, "the provider is no longer in the registry", log)
             return
         if self._clock() > delivery.notice.deadline:
             last = f"; last error: {delivery.last_error}" if delivery.last_error else ""

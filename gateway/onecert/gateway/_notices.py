@@ -23,6 +23,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from onecert.gateway._audit import Auditor
 from onecert.gateway._config import CarrierConfig, NoticesConfig, ProviderConfig
+from onecert.gateway._directory import by_id
 from onecert.gateway._principals import Principal
 from onecert.gateway._refusal import Refusal, invalid, store_call
 from onecert.gateway.store import (
@@ -181,8 +182,9 @@ class NoticeService:
     Args:
         store: the durable state.
         carriers: the configured carriers (their ``prefixes``).
-        providers: the configured providers (each gets one delivery per
-            notice, by its ``delivery`` mode).
+        providers: the active providers by id (each gets one delivery per
+            notice, by its ``delivery`` mode); the gateway's live
+            :class:`~onecert.gateway._directory.ProviderDirectory`, read at each notice.
         config: deadlines and poll limits.
         sets: signs the SETs handed out by polls.
         auditor: where audit rows go.
@@ -195,7 +197,7 @@ class NoticeService:
         *,
         store: Store,
         carriers: Sequence[CarrierConfig],
-        providers: Sequence[ProviderConfig],
+        providers: Mapping[str, ProviderConfig] | Sequence[ProviderConfig],
         config: NoticesConfig,
         sets: SetIssuer,
         auditor: Auditor,
@@ -206,7 +208,7 @@ class NoticeService:
         self._store = store
         self._history_start = history_start
         self._carriers = {c.id: c for c in carriers}
-        self._providers = {p.id: p for p in providers}
+        self._providers = by_id(providers)
         self._config = config
         self._sets = sets
         self._auditor = auditor
@@ -357,7 +359,14 @@ class NoticeService:
         ``poll_wait_s`` and within ``time_remaining`` (seconds before the
         caller's deadline; None: none set).
         """
-        provider = self._providers[caller.id]
+        provider = self._providers.get(caller.id)
+        if provider is None:
+            # The policy let an active provider in; it was suspended since.
+            raise Refusal(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"provider {caller.id!r} is no longer active in the registry",
+                reason="not_active",
+            )
         if provider.delivery != DeliveryMode.POLL.value:
             raise Refusal(
                 grpc.StatusCode.FAILED_PRECONDITION,

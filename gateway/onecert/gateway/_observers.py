@@ -167,13 +167,8 @@ class LookupCounts:
 class Breakers(Protocol):
     """Where the providers' circuit breakers can be read (the fan-out)."""
 
-    @property
-    def providers(self) -> Sequence[ProviderConfig]:
-        """The providers asked."""
-        ...
-
-    def breaker(self, provider_id: str) -> CircuitBreaker:
-        """The breaker of one provider."""
+    def breakers(self) -> Sequence[tuple[str, CircuitBreaker]]:
+        """Each provider asked now, by id, with its breaker."""
         ...
 
 

@@ -51,6 +51,13 @@ POLICY: Final[Mapping[str, frozenset[Role]]] = {
     _GATEWAY + "PublishFilter": frozenset({Role.PROVIDER}),
     # The regulator.
     _GATEWAY + "GetComplianceReport": frozenset({Role.ADMIN}),
+    # The regulator keeps the provider registry.
+    _GATEWAY + "InviteProvider": frozenset({Role.ADMIN}),
+    _GATEWAY + "ListProviders": frozenset({Role.ADMIN}),
+    _GATEWAY + "GetProvider": frozenset({Role.ADMIN}),
+    _GATEWAY + "SuspendProvider": frozenset({Role.ADMIN}),
+    _GATEWAY + "ResumeProvider": frozenset({Role.ADMIN}),
+    _GATEWAY + "RemoveProvider": frozenset({Role.ADMIN}),
     # Orchestrators and operators.
     "/grpc.health.v1.Health/Check": PUBLIC,
     "/grpc.health.v1.Health/Watch": PUBLIC,

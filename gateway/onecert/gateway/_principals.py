@@ -9,7 +9,10 @@ from being used to run lookups at all. Only in
 development mode (``gateway.dev_plaintext``) may a caller without a
 certificate name itself in the metadata ``x-onecert-dev-principal``:
 ``carrier:ID``, ``provider:ID`` or ``admin``. What each role may call is
-the table in :mod:`onecert.gateway._policy`.
+the table in :mod:`onecert.gateway._policy`. With a store, providers are
+identified by the live registry instead (:meth:`PrincipalResolver.apply_registry`):
+every provider it holds, by its certificate's CN (its id for enrolled
+providers), with its status.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 
 from onecert.gateway._config import GatewayConfig
 from onecert.gateway._identity import Metadata
-from onecert.gateway.store._registry_types import RegistryStatus
+from onecert.gateway.store._registry_types import EntryKind, RegistrySnapshot, RegistryStatus
 
 __all__ = ["DEV_PRINCIPAL_HEADER", "Principal", "PrincipalResolver", "Role"]
 
@@ -71,18 +74,44 @@ class PrincipalResolver:
         portal_cns: frozenset[str] | set[str] | tuple[str, ...] = (),
         dev_principals: bool = False,
     ) -> None:
-        self._by_cn: dict[str, Principal] = {}
-        for cn, carrier_id in carriers.items():
-            self._by_cn[cn] = Principal(Role.CARRIER, carrier_id)
-        for cn, provider_id in providers.items():
-            self._by_cn[cn] = Principal(Role.PROVIDER, provider_id)
-        for cn in admin_cns:
-            self._by_cn[cn] = Principal(Role.ADMIN, cn)
-        for cn in portal_cns:
-            self._by_cn[cn] = Principal(Role.PORTAL, cn)
+        self._carriers = dict(carriers)
+        self._admin_cns = tuple(admin_cns)
+        self._portal_cns = tuple(portal_cns)
         self._carrier_ids = frozenset(carriers.values())
-        self._provider_ids = frozenset(providers.values())
         self._dev = dev_principals
+        self._by_cn: dict[str, Principal] = {}
+        self._providers: dict[str, Principal] = {}
+        self._rebuild({cn: Principal(Role.PROVIDER, pid) for cn, pid in providers.items()})
+
+    def _rebuild(self, providers: Mapping[str, Principal]) -> None:
+        # Providers first: a carrier's, an admin's or the portal's CN always
+        # wins, so no enrolled provider can take one over. One assignment,
+        # so a call never sees half a change.
+        by_cn = dict(providers)
+        for cn, carrier_id in self._carriers.items():
+            by_cn[cn] = Principal(Role.CARRIER, carrier_id)
+        for cn in self._admin_cns:
+            by_cn[cn] = Principal(Role.ADMIN, cn)
+        for cn in self._portal_cns:
+            by_cn[cn] = Principal(Role.PORTAL, cn)
+        self._providers = {p.id: p for p in providers.values()}
+        self._by_cn = by_cn
+
+    def apply_registry(self, snapshot: RegistrySnapshot) -> None:
+        """Identify providers by the registry from now on: every provider it knows,
+        with its status (the policy refuses those that are not active)."""
+        principals = {
+            provider_id: Principal(Role.PROVIDER, provider_id, RegistryStatus.REMOVED)
+            for kind, provider_id in snapshot.removed
+            if kind is EntryKind.PROVIDER
+        }
+        for entry in snapshot.of(EntryKind.PROVIDER):
+            principals[entry.cn] = Principal(Role.PROVIDER, entry.id, entry.status)
+        self._rebuild(principals)
+
+    def reserved_cns(self) -> frozenset[str]:
+        """The CNs of carriers, admins and the portal: no provider may be given one."""
+        return frozenset((*self._carriers, *self._admin_cns, *self._portal_cns))
 
     @classmethod
     def from_config(cls, config: GatewayConfig) -> PrincipalResolver:
@@ -126,8 +155,8 @@ class PrincipalResolver:
             return Principal(Role.ADMIN, "dev")
         if role == Role.CARRIER.value and ident in self._carrier_ids:
             return Principal(Role.CARRIER, ident)
-        if role == Role.PROVIDER.value and ident in self._provider_ids:
-            return Principal(Role.PROVIDER, ident)
+        if role == Role.PROVIDER.value and ident in self._providers:
+            return self._providers[ident]
         return (
             f"{DEV_PRINCIPAL_HEADER} must be carrier:ID or provider:ID of a configured "
             "carrier or provider, or admin"

@@ -2,16 +2,15 @@
 
 RECYCLED / NOT_RECYCLED / NO_DATA as in the CAMARA Number Recycling API and
 the FCC Reassigned Numbers Database (see
-:func:`onecert.gateway.store.classify_recycled`). Each provider has a token
-bucket per gateway process: past it, RESOURCE_EXHAUSTED with trailing
-metadata ``retry-after-ms``.
+:func:`onecert.gateway.store.classify_recycled`). Each provider has one token
+bucket shared by every replica (``store.rates``): past it, RESOURCE_EXHAUSTED
+with trailing metadata ``retry-after-ms``.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -22,6 +21,7 @@ from onecert.gateway._audit import Auditor
 from onecert.gateway._channels import ChannelPool
 from onecert.gateway._compliance import ComplianceService
 from onecert.gateway._config import CheckRecycledConfig, GatewayConfig
+from onecert.gateway._directory import ProviderDirectory
 from onecert.gateway._notice_delivery import NoticePusher
 from onecert.gateway._notices import Clock, Doorbell, NoticeService, time_arg, utc_now
 from onecert.gateway._principals import Principal
@@ -33,48 +33,20 @@ from onecert.sdk._msisdn import InvalidMsisdnError, mask_msisdn, sha256_hex, val
 from onecert.sdk._set import SetIssuer
 from onecert.v1 import gateway_pb2
 
-__all__ = ["RETRY_AFTER_HEADER", "RecycledCheckService", "RecycledNumbers", "TokenBuckets"]
+__all__ = ["RETRY_AFTER_HEADER", "RecycledCheckService", "RecycledNumbers"]
 
 RETRY_AFTER_HEADER = "retry-after-ms"
 
 _log = structlog.get_logger("onecert.gateway.recycled")
+
+# How often a replica deletes the buckets that are full again.
+_PURGE_EVERY_S = 60.0
 
 _STATUS = {
     RecycledStatus.RECYCLED: gateway_pb2.RECYCLED_STATUS_RECYCLED,
     RecycledStatus.NOT_RECYCLED: gateway_pb2.RECYCLED_STATUS_NOT_RECYCLED,
     RecycledStatus.NO_DATA: gateway_pb2.RECYCLED_STATUS_NO_DATA,
 }
-
-
-class TokenBuckets:
-    """One token bucket per key: ``burst`` tokens, refilled at ``rate`` per second.
-
-    Args:
-        rate: tokens added per second.
-        burst: the bucket's size (and its content at first use).
-        monotonic: the time source, in seconds.
-    """
-
-    def __init__(
-        self, *, rate: float, burst: int, monotonic: Callable[[], float] = time.monotonic
-    ) -> None:
-        if rate <= 0 or burst < 1:
-            raise ValueError("rate must be > 0 and burst >= 1")
-        self._rate = rate
-        self._burst = float(burst)
-        self._monotonic = monotonic
-        self._buckets: dict[str, tuple[float, float]] = {}
-
-    def take(self, key: str) -> float:
-        """Take one token: 0.0 if there was one, else the seconds until there is."""
-        now = self._monotonic()
-        tokens, last = self._buckets.get(key, (self._burst, now))
-        tokens = min(self._burst, tokens + (now - last) * self._rate)
-        if tokens >= 1.0:
-            self._buckets[key] = (tokens - 1.0, now)
-            return 0.0
-        self._buckets[key] = (tokens, now)
-        return (1.0 - tokens) / self._rate
 
 
 class RecycledCheckService:
@@ -86,7 +58,6 @@ class RecycledCheckService:
         clock_skew_s: how far in the future ``specified_date`` may be.
         auditor: where audit rows go.
         clock: the gateway's notion of now.
-        monotonic: the rate limiter's time source.
     """
 
     def __init__(
@@ -97,22 +68,30 @@ class RecycledCheckService:
         auditor: Auditor,
         clock_skew_s: float = 60.0,
         clock: Clock = utc_now,
-        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
         self._config = config
         self._auditor = auditor
         self._skew = timedelta(seconds=clock_skew_s)
         self._clock = clock
-        self._buckets = TokenBuckets(
-            rate=config.rate_per_s, burst=config.burst, monotonic=monotonic
+        self._next_purge = 0.0
+
+    async def _take(self, provider_id: str) -> float:
+        # Wall time: the bucket is shared with replicas on other hosts.
+        now = time.time()
+        if now >= self._next_purge:
+            self._next_purge = now + _PURGE_EVERY_S
+            await self._store.rates.purge(now=now)
+        config = self._config
+        return await self._store.rates.take(
+            f"check_recycled:{provider_id}", rate=config.rate_per_s, burst=config.burst, now=now
         )
 
     async def check_recycled(
         self, request: gateway_pb2.CheckRecycledRequest, caller: Principal
     ) -> gateway_pb2.CheckRecycledResponse:
         """Whether the number was recycled after ``specified_date``, for provider ``caller``."""
-        wait = self._buckets.take(caller.id)
+        wait = await store_call(self._take(caller.id), "check_recycled.rate")
         if wait > 0:
             retry_ms = max(1, math.ceil(wait * 1000))
             raise Refusal(
@@ -171,16 +150,18 @@ class RecycledNumbers:
         store: Store,
         auditor: Auditor,
         channels: ChannelPool,
+        providers: ProviderDirectory,
         clock: Clock | None = None,
     ) -> RecycledNumbers:
-        """Wire the services for ``config`` (reads the gateway's signing key)."""
+        """Wire the services for ``config`` and the live ``providers`` (reads the
+        gateway's signing key)."""
         clock = clock or utc_now
         sets = SetIssuer(key=SigningKey.load(config.keys.warrant_key), issuer=config.id)
         doorbell = Doorbell()
         notices = NoticeService(
             store=store,
             carriers=config.carriers,
-            providers=config.providers,
+            providers=providers,
             config=config.notices,
             sets=sets,
             auditor=auditor,
@@ -205,7 +186,7 @@ class RecycledNumbers:
             ),
             pusher=NoticePusher(
                 store=store,
-                providers=config.providers,
+                providers=providers,
                 sets=sets,
                 channels=channels,
                 config=config.notices,

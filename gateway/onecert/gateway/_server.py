@@ -19,6 +19,7 @@ from onecert.gateway._channels import ChannelPool
 from onecert.gateway._config import ConfigError, GatewayConfig, check_transport
 from onecert.gateway._delivery import DeliveryWorkers
 from onecert.gateway._describe import DescribeCheck
+from onecert.gateway._directory import ProviderDirectory
 from onecert.gateway._fanout import FanOut, Router
 from onecert.gateway._handles import HandleSealer, load_handle_key
 from onecert.gateway._identity import (
@@ -35,6 +36,8 @@ from onecert.gateway._policy import Policy, current_caller
 from onecert.gateway._principals import PrincipalResolver
 from onecert.gateway._recycled import RecycledNumbers
 from onecert.gateway._refusal import Refusal
+from onecert.gateway._registry import LiveRegistry, RegistryChange
+from onecert.gateway._registry_admin import RegistryAdminService
 from onecert.gateway._unbind import UnbindService
 from onecert.gateway.routing import RoutingKeyring, RoutingService
 from onecert.gateway.routing._service import (
@@ -114,9 +117,11 @@ class _GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         recycled: RecycledNumbers | None = None,
         routing: RoutingService | None = None,
         routing_off: bool = False,
+        registry: RegistryAdminService | None = None,
         telemetry: Telemetry | None = None,
     ) -> None:
         self._lookup = lookup
+        self._registry = registry
         self._unbind = unbind
         self._recycled = recycled
         self._routing = routing
@@ -210,6 +215,46 @@ class _GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     ) -> gateway_pb2.GetComplianceReportResponse:
         compliance = _stateful(self._recycled).compliance
         return await compliance.get_report(request, current_caller())
+
+    async def InviteProvider(  # noqa: N802 - the gRPC method name
+        self,
+        request: gateway_pb2.InviteProviderRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> gateway_pb2.InviteProviderResponse:
+        return await _stateful(self._registry).invite(request, current_caller())
+
+    async def ListProviders(  # noqa: N802 - the gRPC method name
+        self,
+        request: gateway_pb2.ListProvidersRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> gateway_pb2.ListProvidersResponse:
+        return await _stateful(self._registry).list_providers(request, current_caller())
+
+    async def GetProvider(  # noqa: N802 - the gRPC method name
+        self, request: gateway_pb2.GetProviderRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> gateway_pb2.GetProviderResponse:
+        return await _stateful(self._registry).get_provider(request, current_caller())
+
+    async def SuspendProvider(  # noqa: N802 - the gRPC method name
+        self,
+        request: gateway_pb2.SuspendProviderRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> gateway_pb2.SuspendProviderResponse:
+        return await _stateful(self._registry).suspend(request, current_caller())
+
+    async def ResumeProvider(  # noqa: N802 - the gRPC method name
+        self,
+        request: gateway_pb2.ResumeProviderRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> gateway_pb2.ResumeProviderResponse:
+        return await _stateful(self._registry).resume(request, current_caller())
+
+    async def RemoveProvider(  # noqa: N802 - the gRPC method name
+        self,
+        request: gateway_pb2.RemoveProviderRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> gateway_pb2.RemoveProviderResponse:
+        return await _stateful(self._registry).remove(request, current_caller())
 
 
 _T = TypeVar("_T")
@@ -325,6 +370,8 @@ class GatewayServer(AsyncResource):
         # Metrics ([metrics] listen) and tracing ([tracing] enabled); None when both are off.
         self.telemetry = Telemetry.from_config(config, span_exporter=span_exporter)
         observer: Observer = NO_OBSERVER if self.telemetry is None else self.telemetry.observer
+        # The providers called now: the configuration's until the registry is loaded.
+        self.directory = ProviderDirectory(config.providers)
         self.fanout = FanOut(
             carriers=config.carriers,
             providers=config.providers,
@@ -335,7 +382,8 @@ class GatewayServer(AsyncResource):
             observer=observer,
             max_bindings=config.fanout.max_bindings_per_answer,
         )
-        self._policy = Policy(PrincipalResolver.from_config(config))
+        self._principals = PrincipalResolver.from_config(config)
+        self._policy = Policy(self._principals)
         self.lookup = self._build_lookup(observer)
         # Background work, started after the store is migrated; each part of
         # the gateway that needs some appends its worker here.
@@ -358,6 +406,10 @@ class GatewayServer(AsyncResource):
             channels=self._channels, providers=config.providers, fanout=self.fanout
         )
         self._workers.append(self.describe_check)
+        self.registry: LiveRegistry | None = None
+        self.registry_admin: RegistryAdminService | None = None
+        if store is not None:
+            self._build_registry(store)
         if self.telemetry is not None and self.telemetry.metrics is not None:
             self.telemetry.metrics.watch(fanout=self.fanout, lookup=self.lookup, store=store)
         self._health = health.aio.HealthServicer()
@@ -388,7 +440,7 @@ class GatewayServer(AsyncResource):
     ) -> None:
         """Unbind tickets and their delivery; notices, CheckRecycled and compliance."""
         config = self.config
-        providers = {p.id: p for p in config.providers}
+        providers = self.directory
         self.delivery = DeliveryWorkers(
             store=store,
             providers=providers,
@@ -411,7 +463,12 @@ class GatewayServer(AsyncResource):
         )
         # Recycled-number notices (and their push worker), CheckRecycled, compliance.
         self.recycled = RecycledNumbers.build(
-            config, store=store, auditor=auditor, channels=self._channels, clock=clock
+            config,
+            store=store,
+            auditor=auditor,
+            channels=self._channels,
+            providers=self.directory,
+            clock=clock,
         )
         self.recycled.pusher.observer = observer
         self._workers.append(self.recycled.pusher)
@@ -437,6 +494,46 @@ class GatewayServer(AsyncResource):
             providers=[p.id for p in config.providers],
             config=config.routing,
         )
+
+    def _build_registry(self, store: Store) -> None:
+        """The live registry (seeded from the configuration) and its admin RPCs."""
+        config = self.config
+        self.registry = LiveRegistry(
+            store=store,
+            config=config,
+            directory=self.directory,
+            poll_interval_s=config.registry.poll_interval_s,
+        )
+        self.registry.subscribe(self._follow_registry)
+        self.registry_admin = RegistryAdminService(
+            store=store,
+            config=config.registry,
+            reserved_cns=self._principals.reserved_cns,
+            refresh=self.registry.refresh,
+        )
+        self._workers.append(self.registry)
+
+    def _follow_registry(self, change: RegistryChange) -> None:
+        """Apply a registry version to every part that keeps state per provider
+        (the parts that read :attr:`directory` see it already)."""
+        self.fanout.apply_providers(change.providers)
+        self._principals.apply_registry(change.snapshot)
+        if self.routing is not None:
+            self.routing.set_providers(p.id for p in change.providers)
+        self.describe_check.providers_changed(change.providers, change.added)
+        if self.telemetry is not None and self.telemetry.metrics is not None:
+            self.telemetry.metrics.add_providers([p.id for p in change.added])
+        keep = {(p.address, p.plaintext) for p in change.providers if p.address is not None}
+        keep.update((c.address, c.plaintext) for c in self.config.carriers)
+        # Calls in flight to a provider that left get its longest deadline to end.
+        config = self.config
+        drain = max(
+            config.fanout.provider_deadline_s,
+            config.delivery.unbind_deadline_s,
+            config.notices.push_deadline_s,
+            *(p.deadline_s or 0.0 for p in change.providers),
+        )
+        self._channels.retire(keep, grace=drain)
 
     @property
     def port(self) -> int:
@@ -467,6 +564,9 @@ class GatewayServer(AsyncResource):
                     "the database schema is not up to date: run `onecert db upgrade` "
                     "(or set store.auto_migrate = true)"
                 )
+        if self.registry is not None:
+            # Seeded and applied before the first call is served.
+            await self.registry.load()
         limit = self.config.max_message_bytes
         server = grpc.aio.server(
             interceptors=[CallBoundary(self._policy, auditor=self.auditor)],
@@ -490,6 +590,7 @@ class GatewayServer(AsyncResource):
                 recycled=self.recycled,
                 routing=self.routing,
                 routing_off=not self.config.routing.enabled,
+                registry=self.registry_admin,
                 telemetry=self.telemetry,
             ),
             server,
@@ -525,7 +626,7 @@ class GatewayServer(AsyncResource):
             mutual_tls=self.config.tls is not None and self.config.tls.client_ca is not None,
             dev_plaintext=self.config.dev_plaintext,
             carriers=len(self.config.carriers),
-            providers=len(self.config.providers),
+            providers=len(self.directory),
         )
 
     async def stop(self, grace: float | None = None) -> None:

@@ -133,7 +133,8 @@ class UnbindService:
         sealer: opens handles and seals ticket payloads.
         store: where tickets are committed.
         auditor: hashes identifiers and writes the audit rows.
-        providers: the configured providers by id.
+        providers: the active providers by id (the gateway's live
+            :class:`~onecert.gateway._directory.ProviderDirectory`).
         ticket_ttl: seconds the gateway keeps trying to deliver a ticket.
         wake: called after a ticket is created, to wake the delivery workers.
         clock: the wall clock (seconds since the epoch).
@@ -155,7 +156,7 @@ class UnbindService:
         self._sealer = sealer
         self._store = store
         self._auditor = auditor
-        self._providers = dict(providers)
+        self._providers = providers
         self._ticket_ttl = ticket_ttl
         self._wake = wake
         self._clock = clock

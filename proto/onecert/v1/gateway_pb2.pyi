@@ -14,7 +14,9 @@ on top of mutual TLS in production):
 * provider (CheckRecycled, PollEvents, ConfirmEventAction, GetRoutingKey,
   PublishFilter): the provider id from its client certificate (or a
   provider token in development).
-* regulator (GetComplianceReport): the admin role.
+* regulator (GetComplianceReport, InviteProvider, ListProviders,
+  GetProvider, SuspendProvider, ResumeProvider, RemoveProvider): the admin
+  role.
 Every RPC needs a deadline; requests without one get the gateway's default.
 """
 
@@ -190,6 +192,61 @@ was not recycled since.
 RECYCLED_STATUS_NO_DATA: RecycledStatus.ValueType  # 3
 """The gateway has no history that covers the specified date."""
 Global___RecycledStatus: _TypeAlias = RecycledStatus  # noqa: Y015
+
+class _ProviderStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ProviderStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ProviderStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PROVIDER_STATUS_UNSPECIFIED: _ProviderStatus.ValueType  # 0
+    PROVIDER_STATUS_INVITED: _ProviderStatus.ValueType  # 1
+    """Invited: a token was issued; the provider has not joined."""
+    PROVIDER_STATUS_PENDING: _ProviderStatus.ValueType  # 2
+    """Joined (token redeemed), not through the conformance gate yet."""
+    PROVIDER_STATUS_ACTIVE: _ProviderStatus.ValueType  # 3
+    """Called by lookups and notices; may call the gateway."""
+    PROVIDER_STATUS_SUSPENDED: _ProviderStatus.ValueType  # 4
+    """Neither called nor heard until resumed."""
+    PROVIDER_STATUS_REMOVED: _ProviderStatus.ValueType  # 5
+    """Never again."""
+
+class ProviderStatus(_ProviderStatus, metaclass=_ProviderStatusEnumTypeWrapper):
+    """---------------------------------------------------------------- Registry"""
+
+PROVIDER_STATUS_UNSPECIFIED: ProviderStatus.ValueType  # 0
+PROVIDER_STATUS_INVITED: ProviderStatus.ValueType  # 1
+"""Invited: a token was issued; the provider has not joined."""
+PROVIDER_STATUS_PENDING: ProviderStatus.ValueType  # 2
+"""Joined (token redeemed), not through the conformance gate yet."""
+PROVIDER_STATUS_ACTIVE: ProviderStatus.ValueType  # 3
+"""Called by lookups and notices; may call the gateway."""
+PROVIDER_STATUS_SUSPENDED: ProviderStatus.ValueType  # 4
+"""Neither called nor heard until resumed."""
+PROVIDER_STATUS_REMOVED: ProviderStatus.ValueType  # 5
+"""Never again."""
+Global___ProviderStatus: _TypeAlias = ProviderStatus  # noqa: Y015
+
+class _ProviderOrigin:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ProviderOriginEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ProviderOrigin.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PROVIDER_ORIGIN_UNSPECIFIED: _ProviderOrigin.ValueType  # 0
+    PROVIDER_ORIGIN_CONFIG: _ProviderOrigin.ValueType  # 1
+    """A [[providers]] block of the gateway's configuration."""
+    PROVIDER_ORIGIN_ENROLLED: _ProviderOrigin.ValueType  # 2
+    """An invitation."""
+
+class ProviderOrigin(_ProviderOrigin, metaclass=_ProviderOriginEnumTypeWrapper): ...
+
+PROVIDER_ORIGIN_UNSPECIFIED: ProviderOrigin.ValueType  # 0
+PROVIDER_ORIGIN_CONFIG: ProviderOrigin.ValueType  # 1
+"""A [[providers]] block of the gateway's configuration."""
+PROVIDER_ORIGIN_ENROLLED: ProviderOrigin.ValueType  # 2
+"""An invitation."""
+Global___ProviderOrigin: _TypeAlias = ProviderOrigin  # noqa: Y015
 
 @_typing.final
 class LookupRequest(_message.Message):
@@ -1220,6 +1277,9 @@ class ProviderCompliance(_message.Message):
     UNBINDS_FAILED_FIELD_NUMBER: _builtins.int
     UNBIND_MEDIAN_TIME_FIELD_NUMBER: _builtins.int
     NEVER_RECEIVED_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    ONBOARDED_AT_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_NOT_AFTER_FIELD_NUMBER: _builtins.int
     provider_id: _builtins.str
     provider_name: _builtins.str
     notices_delivered: _builtins.int
@@ -1237,9 +1297,21 @@ class ProviderCompliance(_message.Message):
     """Of never_acted: those never delivered before the deadline (the provider
     was unreachable). The rest of never_acted reached it and were ignored.
     """
+    status: Global___ProviderStatus.ValueType
+    """The provider's standing in the registry (unspecified: not in it, e.g. a
+    provider known only from old notices).
+    """
     @_builtins.property
     def unbind_median_time(self) -> _duration_pb2.Duration:
         """Median time from an unbind ticket's creation to the provider's final answer."""
+
+    @_builtins.property
+    def onboarded_at(self) -> _timestamp_pb2.Timestamp:
+        """When it first became active."""
+
+    @_builtins.property
+    def certificate_not_after(self) -> _timestamp_pb2.Timestamp:
+        """When its current certificate expires, if the gateway issued it."""
 
     def __init__(
         self,
@@ -1257,14 +1329,443 @@ class ProviderCompliance(_message.Message):
         unbinds_failed: _builtins.int = ...,
         unbind_median_time: _duration_pb2.Duration | None = ...,
         never_received: _builtins.int = ...,
+        status: Global___ProviderStatus.ValueType = ...,
+        onboarded_at: _timestamp_pb2.Timestamp | None = ...,
+        certificate_not_after: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["unbind_median_time", b"unbind_median_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["certificate_not_after", b"certificate_not_after", "onboarded_at", b"onboarded_at", "unbind_median_time", b"unbind_median_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acted_late", b"acted_late", "acted_on_time", b"acted_on_time", "awaiting_action", b"awaiting_action", "never_acted", b"never_acted", "never_received", b"never_received", "notices_acknowledged", b"notices_acknowledged", "notices_delivered", b"notices_delivered", "provider_id", b"provider_id", "provider_name", b"provider_name", "unbind_median_time", b"unbind_median_time", "unbinds_done", b"unbinds_done", "unbinds_failed", b"unbinds_failed", "unbinds_rejected", b"unbinds_rejected"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acted_late", b"acted_late", "acted_on_time", b"acted_on_time", "awaiting_action", b"awaiting_action", "certificate_not_after", b"certificate_not_after", "never_acted", b"never_acted", "never_received", b"never_received", "notices_acknowledged", b"notices_acknowledged", "notices_delivered", b"notices_delivered", "onboarded_at", b"onboarded_at", "provider_id", b"provider_id", "provider_name", b"provider_name", "status", b"status", "unbind_median_time", b"unbind_median_time", "unbinds_done", b"unbinds_done", "unbinds_failed", b"unbinds_failed", "unbinds_rejected", b"unbinds_rejected"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ProviderCompliance: _TypeAlias = ProviderCompliance  # noqa: Y015
+
+@_typing.final
+class GateResult(_message.Message):
+    """The last conformance run against a joining provider."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PASSED_FIELD_NUMBER: _builtins.int
+    FAILURES_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    passed: _builtins.bool
+    @_builtins.property
+    def failures(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What failed, one line per check (the rule id first)."""
+
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        passed: _builtins.bool = ...,
+        failures: _abc.Iterable[_builtins.str] | None = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "failures", b"failures", "passed", b"passed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GateResult: _TypeAlias = GateResult  # noqa: Y015
+
+@_typing.final
+class ProviderRecord(_message.Message):
+    """A provider as the registry holds it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    DELIVERY_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    INVITED_AT_FIELD_NUMBER: _builtins.int
+    JOINED_AT_FIELD_NUMBER: _builtins.int
+    ACTIVATED_AT_FIELD_NUMBER: _builtins.int
+    STATUS_CHANGED_AT_FIELD_NUMBER: _builtins.int
+    STATUS_ACTOR_FIELD_NUMBER: _builtins.int
+    STATUS_REASON_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_SERIAL_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_NOT_AFTER_FIELD_NUMBER: _builtins.int
+    LAST_GATE_FIELD_NUMBER: _builtins.int
+    provider_id: _builtins.str
+    name: _builtins.str
+    category: _common_pb2.ProviderCategory.ValueType
+    status: Global___ProviderStatus.ValueType
+    address: _builtins.str
+    """Where the gateway calls it; empty for a provider that only polls."""
+    delivery: _builtins.str
+    """How it receives notices: "push" or "poll"."""
+    origin: Global___ProviderOrigin.ValueType
+    status_actor: _builtins.str
+    """Who changed its status last ("admin:regulator", "config", "gateway")."""
+    status_reason: _builtins.str
+    certificate_serial: _builtins.str
+    """Its current certificate, when the gateway issued one (hex serial)."""
+    @_builtins.property
+    def invited_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def joined_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def activated_at(self) -> _timestamp_pb2.Timestamp:
+        """When it first became active (its onboarding date)."""
+
+    @_builtins.property
+    def status_changed_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def certificate_not_after(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def last_gate(self) -> Global___GateResult:
+        """Absent before the first gate."""
+
+    def __init__(
+        self,
+        *,
+        provider_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        category: _common_pb2.ProviderCategory.ValueType = ...,
+        status: Global___ProviderStatus.ValueType = ...,
+        address: _builtins.str = ...,
+        delivery: _builtins.str = ...,
+        origin: Global___ProviderOrigin.ValueType = ...,
+        invited_at: _timestamp_pb2.Timestamp | None = ...,
+        joined_at: _timestamp_pb2.Timestamp | None = ...,
+        activated_at: _timestamp_pb2.Timestamp | None = ...,
+        status_changed_at: _timestamp_pb2.Timestamp | None = ...,
+        status_actor: _builtins.str = ...,
+        status_reason: _builtins.str = ...,
+        certificate_serial: _builtins.str = ...,
+        certificate_not_after: _timestamp_pb2.Timestamp | None = ...,
+        last_gate: Global___GateResult | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["activated_at", b"activated_at", "certificate_not_after", b"certificate_not_after", "invited_at", b"invited_at", "joined_at", b"joined_at", "last_gate", b"last_gate", "status_changed_at", b"status_changed_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activated_at", b"activated_at", "address", b"address", "category", b"category", "certificate_not_after", b"certificate_not_after", "certificate_serial", b"certificate_serial", "delivery", b"delivery", "invited_at", b"invited_at", "joined_at", b"joined_at", "last_gate", b"last_gate", "name", b"name", "origin", b"origin", "provider_id", b"provider_id", "status", b"status", "status_actor", b"status_actor", "status_changed_at", b"status_changed_at", "status_reason", b"status_reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProviderRecord: _TypeAlias = ProviderRecord  # noqa: Y015
+
+@_typing.final
+class RegistryChange(_message.Message):
+    """One change in a provider's history."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AT_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    FROM_STATUS_FIELD_NUMBER: _builtins.int
+    TO_STATUS_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    actor: _builtins.str
+    action: _builtins.str
+    """invite, join, certificate, gate, suspend, resume, remove, seed."""
+    from_status: Global___ProviderStatus.ValueType
+    to_status: Global___ProviderStatus.ValueType
+    detail: _builtins.str
+    """What changed, as a JSON object."""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        actor: _builtins.str = ...,
+        action: _builtins.str = ...,
+        from_status: Global___ProviderStatus.ValueType = ...,
+        to_status: Global___ProviderStatus.ValueType = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "at", b"at", "detail", b"detail", "from_status", b"from_status", "to_status", b"to_status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegistryChange: _TypeAlias = RegistryChange  # noqa: Y015
+
+@_typing.final
+class InviteProviderRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
+    provider_id: _builtins.str
+    """1 to 64 characters of [a-z0-9._-]."""
+    name: _builtins.str
+    """Its display name, at most 200 printable characters. Optional."""
+    category: _common_pb2.ProviderCategory.ValueType
+    """Required."""
+    @_builtins.property
+    def ttl(self) -> _duration_pb2.Duration:
+        """How long the token lives; the gateway's default when absent, at most
+        the gateway's maximum (registry.max_invitation_ttl_s).
+        """
+
+    def __init__(
+        self,
+        *,
+        provider_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        category: _common_pb2.ProviderCategory.ValueType = ...,
+        ttl: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "name", b"name", "provider_id", b"provider_id", "ttl", b"ttl"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InviteProviderRequest: _TypeAlias = InviteProviderRequest  # noqa: Y015
+
+@_typing.final
+class InviteProviderResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    ENROLLMENT_TOKEN_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    enrollment_token: _builtins.str
+    """The one-time enrollment token, for the provider's `onecert provider join`."""
+    @_builtins.property
+    def provider(self) -> Global___ProviderRecord: ...
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        provider: Global___ProviderRecord | None = ...,
+        enrollment_token: _builtins.str = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "provider", b"provider"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enrollment_token", b"enrollment_token", "expires_at", b"expires_at", "provider", b"provider"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InviteProviderResponse: _TypeAlias = InviteProviderResponse  # noqa: Y015
+
+@_typing.final
+class ListProvidersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    status: Global___ProviderStatus.ValueType
+    """Only providers in this status; all when unspecified."""
+    def __init__(
+        self,
+        *,
+        status: Global___ProviderStatus.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListProvidersRequest: _TypeAlias = ListProvidersRequest  # noqa: Y015
+
+@_typing.final
+class ListProvidersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def providers(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProviderRecord]:
+        """By provider id."""
+
+    def __init__(
+        self,
+        *,
+        providers: _abc.Iterable[Global___ProviderRecord] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["providers", b"providers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListProvidersResponse: _TypeAlias = ListProvidersResponse  # noqa: Y015
+
+@_typing.final
+class GetProviderRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_ID_FIELD_NUMBER: _builtins.int
+    provider_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        provider_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["provider_id", b"provider_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetProviderRequest: _TypeAlias = GetProviderRequest  # noqa: Y015
+
+@_typing.final
+class GetProviderResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    HISTORY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def provider(self) -> Global___ProviderRecord: ...
+    @_builtins.property
+    def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___RegistryChange]:
+        """Oldest first."""
+
+    def __init__(
+        self,
+        *,
+        provider: Global___ProviderRecord | None = ...,
+        history: _abc.Iterable[Global___RegistryChange] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["history", b"history", "provider", b"provider"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetProviderResponse: _TypeAlias = GetProviderResponse  # noqa: Y015
+
+@_typing.final
+class SuspendProviderRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    provider_id: _builtins.str
+    reason: _builtins.str
+    """Why, for the provider and the audit log; 1 to 500 characters."""
+    def __init__(
+        self,
+        *,
+        provider_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["provider_id", b"provider_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SuspendProviderRequest: _TypeAlias = SuspendProviderRequest  # noqa: Y015
+
+@_typing.final
+class SuspendProviderResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def provider(self) -> Global___ProviderRecord: ...
+    def __init__(
+        self,
+        *,
+        provider: Global___ProviderRecord | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SuspendProviderResponse: _TypeAlias = SuspendProviderResponse  # noqa: Y015
+
+@_typing.final
+class ResumeProviderRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_ID_FIELD_NUMBER: _builtins.int
+    provider_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        provider_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["provider_id", b"provider_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeProviderRequest: _TypeAlias = ResumeProviderRequest  # noqa: Y015
+
+@_typing.final
+class ResumeProviderResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def provider(self) -> Global___ProviderRecord: ...
+    def __init__(
+        self,
+        *,
+        provider: Global___ProviderRecord | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeProviderResponse: _TypeAlias = ResumeProviderResponse  # noqa: Y015
+
+@_typing.final
+class RemoveProviderRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    provider_id: _builtins.str
+    reason: _builtins.str
+    """Why; 1 to 500 characters."""
+    def __init__(
+        self,
+        *,
+        provider_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["provider_id", b"provider_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveProviderRequest: _TypeAlias = RemoveProviderRequest  # noqa: Y015
+
+@_typing.final
+class RemoveProviderResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def provider(self) -> Global___ProviderRecord: ...
+    def __init__(
+        self,
+        *,
+        provider: Global___ProviderRecord | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveProviderResponse: _TypeAlias = RemoveProviderResponse  # noqa: Y015
 
 @_typing.final
 class GetComplianceReportResponse(_message.Message):

@@ -89,6 +89,36 @@ class GatewayStub:
                 request_serializer=onecert_dot_v1_dot_gateway__pb2.GetComplianceReportRequest.SerializeToString,
                 response_deserializer=onecert_dot_v1_dot_gateway__pb2.GetComplianceReportResponse.FromString,
                 _registered_method=True)
+        self.InviteProvider = channel.unary_unary(
+                '/onecert.v1.Gateway/InviteProvider',
+                request_serializer=onecert_dot_v1_dot_gateway__pb2.InviteProviderRequest.SerializeToString,
+                response_deserializer=onecert_dot_v1_dot_gateway__pb2.InviteProviderResponse.FromString,
+                _registered_method=True)
+        self.ListProviders = channel.unary_unary(
+                '/onecert.v1.Gateway/ListProviders',
+                request_serializer=onecert_dot_v1_dot_gateway__pb2.ListProvidersRequest.SerializeToString,
+                response_deserializer=onecert_dot_v1_dot_gateway__pb2.ListProvidersResponse.FromString,
+                _registered_method=True)
+        self.GetProvider = channel.unary_unary(
+                '/onecert.v1.Gateway/GetProvider',
+                request_serializer=onecert_dot_v1_dot_gateway__pb2.GetProviderRequest.SerializeToString,
+                response_deserializer=onecert_dot_v1_dot_gateway__pb2.GetProviderResponse.FromString,
+                _registered_method=True)
+        self.SuspendProvider = channel.unary_unary(
+                '/onecert.v1.Gateway/SuspendProvider',
+                request_serializer=onecert_dot_v1_dot_gateway__pb2.SuspendProviderRequest.SerializeToString,
+                response_deserializer=onecert_dot_v1_dot_gateway__pb2.SuspendProviderResponse.FromString,
+                _registered_method=True)
+        self.ResumeProvider = channel.unary_unary(
+                '/onecert.v1.Gateway/ResumeProvider',
+                request_serializer=onecert_dot_v1_dot_gateway__pb2.ResumeProviderRequest.SerializeToString,
+                response_deserializer=onecert_dot_v1_dot_gateway__pb2.ResumeProviderResponse.FromString,
+                _registered_method=True)
+        self.RemoveProvider = channel.unary_unary(
+                '/onecert.v1.Gateway/RemoveProvider',
+                request_serializer=onecert_dot_v1_dot_gateway__pb2.RemoveProviderRequest.SerializeToString,
+                response_deserializer=onecert_dot_v1_dot_gateway__pb2.RemoveProviderResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -206,6 +236,71 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def InviteProvider(self, request, context):
+        """Admin: invite a provider to join. Answers a one-time enrollment token,
+        bound to the provider id, short-lived; the gateway keeps only its hash,
+        so it is shown this once. Inviting an invited or pending provider again
+        replaces its token (the old one stops working); a removed one starts afresh.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (not an admin),
+        INVALID_ARGUMENT (provider_id, name, category or ttl), ALREADY_EXISTS (the
+        provider is active or suspended, or the id is a carrier's, an admin's or the
+        portal's), UNIMPLEMENTED (the gateway has no store).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListProviders(self, request, context):
+        """Admin: every provider in the registry (those in one status if given).
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (status),
+        UNIMPLEMENTED (no store).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetProvider(self, request, context):
+        """Admin: one provider, with its history.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (provider_id),
+        NOT_FOUND, UNIMPLEMENTED (no store).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SuspendProvider(self, request, context):
+        """Admin: stop calling a pending or active provider and refuse its calls,
+        until it is resumed. Every replica applies it within a few seconds.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (provider_id,
+        reason), NOT_FOUND, FAILED_PRECONDITION (not pending or active),
+        UNIMPLEMENTED (no store).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeProvider(self, request, context):
+        """Admin: call a suspended provider again (pending again if it never passed
+        the conformance gate).
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (provider_id),
+        NOT_FOUND, FAILED_PRECONDITION (not suspended), UNIMPLEMENTED (no store).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveProvider(self, request, context):
+        """Admin: remove a provider for good: never called again, its calls refused,
+        its unused tokens revoked; calls in flight end normally. Only a new
+        invitation brings the id back.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (provider_id,
+        reason), NOT_FOUND, FAILED_PRECONDITION (already removed), UNIMPLEMENTED
+        (no store).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -258,6 +353,36 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.GetComplianceReport,
                     request_deserializer=onecert_dot_v1_dot_gateway__pb2.GetComplianceReportRequest.FromString,
                     response_serializer=onecert_dot_v1_dot_gateway__pb2.GetComplianceReportResponse.SerializeToString,
+            ),
+            'InviteProvider': grpc.unary_unary_rpc_method_handler(
+                    servicer.InviteProvider,
+                    request_deserializer=onecert_dot_v1_dot_gateway__pb2.InviteProviderRequest.FromString,
+                    response_serializer=onecert_dot_v1_dot_gateway__pb2.InviteProviderResponse.SerializeToString,
+            ),
+            'ListProviders': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListProviders,
+                    request_deserializer=onecert_dot_v1_dot_gateway__pb2.ListProvidersRequest.FromString,
+                    response_serializer=onecert_dot_v1_dot_gateway__pb2.ListProvidersResponse.SerializeToString,
+            ),
+            'GetProvider': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetProvider,
+                    request_deserializer=onecert_dot_v1_dot_gateway__pb2.GetProviderRequest.FromString,
+                    response_serializer=onecert_dot_v1_dot_gateway__pb2.GetProviderResponse.SerializeToString,
+            ),
+            'SuspendProvider': grpc.unary_unary_rpc_method_handler(
+                    servicer.SuspendProvider,
+                    request_deserializer=onecert_dot_v1_dot_gateway__pb2.SuspendProviderRequest.FromString,
+                    response_serializer=onecert_dot_v1_dot_gateway__pb2.SuspendProviderResponse.SerializeToString,
+            ),
+            'ResumeProvider': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeProvider,
+                    request_deserializer=onecert_dot_v1_dot_gateway__pb2.ResumeProviderRequest.FromString,
+                    response_serializer=onecert_dot_v1_dot_gateway__pb2.ResumeProviderResponse.SerializeToString,
+            ),
+            'RemoveProvider': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveProvider,
+                    request_deserializer=onecert_dot_v1_dot_gateway__pb2.RemoveProviderRequest.FromString,
+                    response_serializer=onecert_dot_v1_dot_gateway__pb2.RemoveProviderResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -535,6 +660,168 @@ class Gateway:
             '/onecert.v1.Gateway/GetComplianceReport',
             onecert_dot_v1_dot_gateway__pb2.GetComplianceReportRequest.SerializeToString,
             onecert_dot_v1_dot_gateway__pb2.GetComplianceReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InviteProvider(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/onecert.v1.Gateway/InviteProvider',
+            onecert_dot_v1_dot_gateway__pb2.InviteProviderRequest.SerializeToString,
+            onecert_dot_v1_dot_gateway__pb2.InviteProviderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListProviders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/onecert.v1.Gateway/ListProviders',
+            onecert_dot_v1_dot_gateway__pb2.ListProvidersRequest.SerializeToString,
+            onecert_dot_v1_dot_gateway__pb2.ListProvidersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetProvider(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/onecert.v1.Gateway/GetProvider',
+            onecert_dot_v1_dot_gateway__pb2.GetProviderRequest.SerializeToString,
+            onecert_dot_v1_dot_gateway__pb2.GetProviderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SuspendProvider(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/onecert.v1.Gateway/SuspendProvider',
+            onecert_dot_v1_dot_gateway__pb2.SuspendProviderRequest.SerializeToString,
+            onecert_dot_v1_dot_gateway__pb2.SuspendProviderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeProvider(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/onecert.v1.Gateway/ResumeProvider',
+            onecert_dot_v1_dot_gateway__pb2.ResumeProviderRequest.SerializeToString,
+            onecert_dot_v1_dot_gateway__pb2.ResumeProviderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveProvider(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/onecert.v1.Gateway/RemoveProvider',
+            onecert_dot_v1_dot_gateway__pb2.RemoveProviderRequest.SerializeToString,
+            onecert_dot_v1_dot_gateway__pb2.RemoveProviderResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -14,7 +14,9 @@ on top of mutual TLS in production):
 * provider (CheckRecycled, PollEvents, ConfirmEventAction, GetRoutingKey,
   PublishFilter): the provider id from its client certificate (or a
   provider token in development).
-* regulator (GetComplianceReport): the admin role.
+* regulator (GetComplianceReport, InviteProvider, ListProviders,
+  GetProvider, SuspendProvider, ResumeProvider, RemoveProvider): the admin
+  role.
 Every RPC needs a deadline; requests without one get the gateway's default.
 """
 
@@ -120,6 +122,47 @@ class GatewayStub:
     """Admin: per provider, how notices and unbinds were handled.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED (not an admin).
     """
+    InviteProvider: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.InviteProviderRequest, _gateway_pb2.InviteProviderResponse]
+    """Admin: invite a provider to join. Answers a one-time enrollment token,
+    bound to the provider id, short-lived; the gateway keeps only its hash,
+    so it is shown this once. Inviting an invited or pending provider again
+    replaces its token (the old one stops working); a removed one starts afresh.
+    Errors: UNAUTHENTICATED, PERMISSION_DENIED (not an admin),
+    INVALID_ARGUMENT (provider_id, name, category or ttl), ALREADY_EXISTS (the
+    provider is active or suspended, or the id is a carrier's, an admin's or the
+    portal's), UNIMPLEMENTED (the gateway has no store).
+    """
+    ListProviders: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListProvidersRequest, _gateway_pb2.ListProvidersResponse]
+    """Admin: every provider in the registry (those in one status if given).
+    Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (status),
+    UNIMPLEMENTED (no store).
+    """
+    GetProvider: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetProviderRequest, _gateway_pb2.GetProviderResponse]
+    """Admin: one provider, with its history.
+    Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (provider_id),
+    NOT_FOUND, UNIMPLEMENTED (no store).
+    """
+    SuspendProvider: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.SuspendProviderRequest, _gateway_pb2.SuspendProviderResponse]
+    """Admin: stop calling a pending or active provider and refuse its calls,
+    until it is resumed. Every replica applies it within a few seconds.
+    Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (provider_id,
+    reason), NOT_FOUND, FAILED_PRECONDITION (not pending or active),
+    UNIMPLEMENTED (no store).
+    """
+    ResumeProvider: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ResumeProviderRequest, _gateway_pb2.ResumeProviderResponse]
+    """Admin: call a suspended provider again (pending again if it never passed
+    the conformance gate).
+    Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (provider_id),
+    NOT_FOUND, FAILED_PRECONDITION (not suspended), UNIMPLEMENTED (no store).
+    """
+    RemoveProvider: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.RemoveProviderRequest, _gateway_pb2.RemoveProviderResponse]
+    """Admin: remove a provider for good: never called again, its calls refused,
+    its unused tokens revoked; calls in flight end normally. Only a new
+    invitation brings the id back.
+    Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (provider_id,
+    reason), NOT_FOUND, FAILED_PRECONDITION (already removed), UNIMPLEMENTED
+    (no store).
+    """
 
 @_typing.type_check_only
 class GatewayAsyncStub(GatewayStub):
@@ -197,6 +240,47 @@ class GatewayAsyncStub(GatewayStub):
     GetComplianceReport: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetComplianceReportRequest, _gateway_pb2.GetComplianceReportResponse]  # type: ignore[assignment]
     """Admin: per provider, how notices and unbinds were handled.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED (not an admin).
+    """
+    InviteProvider: _aio.UnaryUnaryMultiCallable[_gateway_pb2.InviteProviderRequest, _gateway_pb2.InviteProviderResponse]  # type: ignore[assignment]
+    """Admin: invite a provider to join. Answers a one-time enrollment token,
+    bound to the provider id, short-lived; the gateway keeps only its hash,
+    so it is shown this once. Inviting an invited or pending provider again
+    replaces its token (the old one stops working); a removed one starts afresh.
+    Errors: UNAUTHENTICATED, PERMISSION_DENIED (not an admin),
+    INVALID_ARGUMENT (provider_id, name, category or ttl), ALREADY_EXISTS (the
+    provider is active or suspended, or the id is a carrier's, an admin's or the
+    portal's), UNIMPLEMENTED (the gateway has no store).
+    """
+    ListProviders: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListProvidersRequest, _gateway_pb2.ListProvidersResponse]  # type: ignore[assignment]
+    """Admin: every provider in the registry (those in one status if given).
+    Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (status),
+    UNIMPLEMENTED (no store).
+    """
+    GetProvider: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetProviderRequest, _gateway_pb2.GetProviderResponse]  # type: ignore[assignment]
+    """Admin: one provider, with its history.
+    Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (provider_id),
+    NOT_FOUND, UNIMPLEMENTED (no store).
+    """
+    SuspendProvider: _aio.UnaryUnaryMultiCallable[_gateway_pb2.SuspendProviderRequest, _gateway_pb2.SuspendProviderResponse]  # type: ignore[assignment]
+    """Admin: stop calling a pending or active provider and refuse its calls,
+    until it is resumed. Every replica applies it within a few seconds.
+    Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (provider_id,
+    reason), NOT_FOUND, FAILED_PRECONDITION (not pending or active),
+    UNIMPLEMENTED (no store).
+    """
+    ResumeProvider: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ResumeProviderRequest, _gateway_pb2.ResumeProviderResponse]  # type: ignore[assignment]
+    """Admin: call a suspended provider again (pending again if it never passed
+    the conformance gate).
+    Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (provider_id),
+    NOT_FOUND, FAILED_PRECONDITION (not suspended), UNIMPLEMENTED (no store).
+    """
+    RemoveProvider: _aio.UnaryUnaryMultiCallable[_gateway_pb2.RemoveProviderRequest, _gateway_pb2.RemoveProviderResponse]  # type: ignore[assignment]
+    """Admin: remove a provider for good: never called again, its calls refused,
+    its unused tokens revoked; calls in flight end normally. Only a new
+    invitation brings the id back.
+    Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (provider_id,
+    reason), NOT_FOUND, FAILED_PRECONDITION (already removed), UNIMPLEMENTED
+    (no store).
     """
 
 class GatewayServicer(metaclass=_abc_1.ABCMeta):
@@ -332,6 +416,83 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_gateway_pb2.GetComplianceReportResponse, _abc.Awaitable[_gateway_pb2.GetComplianceReportResponse]]:
         """Admin: per provider, how notices and unbinds were handled.
         Errors: UNAUTHENTICATED, PERMISSION_DENIED (not an admin).
+        """
+
+    @_abc_1.abstractmethod
+    def InviteProvider(
+        self,
+        request: _gateway_pb2.InviteProviderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.InviteProviderResponse, _abc.Awaitable[_gateway_pb2.InviteProviderResponse]]:
+        """Admin: invite a provider to join. Answers a one-time enrollment token,
+        bound to the provider id, short-lived; the gateway keeps only its hash,
+        so it is shown this once. Inviting an invited or pending provider again
+        replaces its token (the old one stops working); a removed one starts afresh.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (not an admin),
+        INVALID_ARGUMENT (provider_id, name, category or ttl), ALREADY_EXISTS (the
+        provider is active or suspended, or the id is a carrier's, an admin's or the
+        portal's), UNIMPLEMENTED (the gateway has no store).
+        """
+
+    @_abc_1.abstractmethod
+    def ListProviders(
+        self,
+        request: _gateway_pb2.ListProvidersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ListProvidersResponse, _abc.Awaitable[_gateway_pb2.ListProvidersResponse]]:
+        """Admin: every provider in the registry (those in one status if given).
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (status),
+        UNIMPLEMENTED (no store).
+        """
+
+    @_abc_1.abstractmethod
+    def GetProvider(
+        self,
+        request: _gateway_pb2.GetProviderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.GetProviderResponse, _abc.Awaitable[_gateway_pb2.GetProviderResponse]]:
+        """Admin: one provider, with its history.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (provider_id),
+        NOT_FOUND, UNIMPLEMENTED (no store).
+        """
+
+    @_abc_1.abstractmethod
+    def SuspendProvider(
+        self,
+        request: _gateway_pb2.SuspendProviderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.SuspendProviderResponse, _abc.Awaitable[_gateway_pb2.SuspendProviderResponse]]:
+        """Admin: stop calling a pending or active provider and refuse its calls,
+        until it is resumed. Every replica applies it within a few seconds.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (provider_id,
+        reason), NOT_FOUND, FAILED_PRECONDITION (not pending or active),
+        UNIMPLEMENTED (no store).
+        """
+
+    @_abc_1.abstractmethod
+    def ResumeProvider(
+        self,
+        request: _gateway_pb2.ResumeProviderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ResumeProviderResponse, _abc.Awaitable[_gateway_pb2.ResumeProviderResponse]]:
+        """Admin: call a suspended provider again (pending again if it never passed
+        the conformance gate).
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (provider_id),
+        NOT_FOUND, FAILED_PRECONDITION (not suspended), UNIMPLEMENTED (no store).
+        """
+
+    @_abc_1.abstractmethod
+    def RemoveProvider(
+        self,
+        request: _gateway_pb2.RemoveProviderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.RemoveProviderResponse, _abc.Awaitable[_gateway_pb2.RemoveProviderResponse]]:
+        """Admin: remove a provider for good: never called again, its calls refused,
+        its unused tokens revoked; calls in flight end normally. Only a new
+        invitation brings the id back.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (provider_id,
+        reason), NOT_FOUND, FAILED_PRECONDITION (already removed), UNIMPLEMENTED
+        (no store).
         """
 
 def add_GatewayServicer_to_server(servicer: GatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -15,7 +15,7 @@ import contextlib
 import secrets
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -207,6 +207,22 @@ class RoutingService:
     def applied(self) -> int:
         """The store's publication seq this replica has applied up to."""
         return self._applied
+
+    def set_providers(self, providers: Iterable[str]) -> None:
+        """Route among ``providers`` from now on (the registry's active providers).
+
+        A provider that left is forgotten with its filter (routing never
+        asks it again: the fan-out no longer holds it); a new one is asked
+        about every number until it publishes a filter. Filters it
+        published before this replica saw it join count from its next
+        snapshot.
+        """
+        wanted = set(providers)
+        for provider_id in self._registered - wanted:
+            self.index.unregister(provider_id)
+        for provider_id in wanted - self._registered:
+            self.index.register(provider_id, snapshot_interval=_UNDECLARED_INTERVAL_S)
+        self._registered = self.index.providers()
 
     # --------------------------------------------------------------- lookups
 

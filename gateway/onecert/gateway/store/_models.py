@@ -38,7 +38,7 @@ __all__ = [
     "enrollment_tokens",
     "metadata",
     "number_events",
-    "rate_windows",
+    "rate_limits",
     "registry_entries",
     "registry_head",
     "registry_history",
@@ -332,13 +332,13 @@ registry_head = Table(
     Column("version", BigInteger, nullable=False),
 )
 
-# Fixed-window counters shared by replicas (CheckRecycled's rate limit).
-rate_windows = Table(
-    "rate_windows",
+# Rate limits shared by replicas (CheckRecycled's), as GCRA: per key, the
+# theoretical arrival time of the next call (a token bucket in one number).
+rate_limits = Table(
+    "rate_limits",
     metadata,
     Column("key", String(128), primary_key=True),
-    # The window's start, in whole seconds since the epoch.
-    Column("window_start", BigInteger, primary_key=True, autoincrement=False),
-    Column("count", Integer, nullable=False),
-    Index(None, "window_start"),
+    # Seconds since the epoch.
+    Column("tat", Float, nullable=False),
+    Index(None, "tat"),
 )

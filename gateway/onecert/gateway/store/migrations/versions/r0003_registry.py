@@ -1,5 +1,5 @@
 """The provider registry: entries, their history, enrollment tokens, the version replicas poll;
-and the fixed-window counters that rate limits share across replicas.
+and the rate limits replicas share.
 
 Revision ID: 0003
 Revises: 0002
@@ -92,17 +92,16 @@ def upgrade() -> None:
     )
     op.bulk_insert(head, [{"id": 1, "version": 0}])
     op.create_table(
-        "rate_windows",
+        "rate_limits",
         sa.Column("key", sa.String(128), nullable=False),
-        sa.Column("window_start", sa.BigInteger(), autoincrement=False, nullable=False),
-        sa.Column("count", sa.Integer(), nullable=False),
-        sa.PrimaryKeyConstraint("key", "window_start", name="pk_rate_windows"),
+        sa.Column("tat", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("key", name="pk_rate_limits"),
     )
-    op.create_index("ix_rate_windows_window_start", "rate_windows", ["window_start"])
+    op.create_index("ix_rate_limits_tat", "rate_limits", ["tat"])
 
 
 def downgrade() -> None:
-    op.drop_table("rate_windows")
+    op.drop_table("rate_limits")
     op.drop_table("registry_head")
     op.drop_table("enrollment_tokens")
     op.drop_table("registry_history")

@@ -1,0 +1,232 @@
+"""The live registry: every replica follows the providers in the store, without a restart.
+
+At start the gateway seeds the registry from ``[[providers]]`` and
+``[[carriers]]`` (:func:`seeds_from_config`), loads a snapshot and applies
+it; then it polls the registry version every ``registry.poll_interval_s``
+(at most 5 s) and applies each new snapshot. Applying means: the
+:class:`~onecert.gateway._directory.ProviderDirectory` every part reads
+gets the new active providers, then each listener (the fan-out's
+upstreams and breakers, the channels, routing, the principal resolver,
+the describe check, metrics) is told what changed. A change made on this
+replica is applied here at once (:meth:`LiveRegistry.refresh`), on the
+others within one poll interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from onecert.gateway._config import (
+    CATEGORIES,
+    GatewayConfig,
+    ProviderConfig,
+    category_name,
+)
+from onecert.gateway._directory import ProviderDirectory
+from onecert.gateway.store import (
+    DeliveryMode,
+    EntryKind,
+    RegistryEntry,
+    RegistrySnapshot,
+    RegistryStatus,
+    SeedEntry,
+    Store,
+)
+
+__all__ = ["LiveRegistry", "RegistryChange", "provider_of", "seeds_from_config"]
+
+_log = structlog.get_logger("onecert.gateway.registry")
+
+
+def seeds_from_config(config: GatewayConfig) -> list[SeedEntry]:
+    """The registry entries ``[[providers]]`` and ``[[carriers]]`` stand for."""
+    seeds = [
+        SeedEntry(
+            kind=EntryKind.PROVIDER,
+            id=p.id,
+            name=p.name,
+            category=category_name(p.category),
+            address=p.address,
+            delivery=DeliveryMode(p.delivery),
+            plaintext=p.plaintext,
+            client_cn=p.client_cn,
+            deadline_s=p.deadline_s,
+            max_concurrency=p.max_concurrency,
+        )
+        for p in config.providers
+    ]
+    seeds.extend(
+        SeedEntry(
+            kind=EntryKind.CARRIER,
+            id=c.id,
+            name=c.name,
+            address=c.address,
+            plaintext=c.plaintext,
+            client_cn=c.client_cn,
+            deadline_s=c.deadline_s,
+            max_concurrency=c.max_concurrency,
+            prefixes=c.prefixes,
+        )
+        for c in config.carriers
+    )
+    return seeds
+
+
+def provider_of(entry: RegistryEntry) -> ProviderConfig:
+    """The provider as the gateway's parts take it."""
+    return ProviderConfig(
+        id=entry.id,
+        address=entry.address,
+        name=entry.name,
+        category=CATEGORIES.get(entry.category or "", CATEGORIES["other"]),
+        deadline_s=entry.deadline_s,
+        max_concurrency=entry.max_concurrency,
+        plaintext=entry.plaintext,
+        delivery=entry.delivery.value,
+        client_cn=entry.client_cn,
+    )
+
+
+@dataclass(frozen=True)
+class RegistryChange:
+    """A registry version applied: the active providers (configuration order first,
+    then by id), those that became active and those that no longer are."""
+
+    snapshot: RegistrySnapshot
+    providers: tuple[ProviderConfig, ...]
+    added: tuple[ProviderConfig, ...]
+    gone: tuple[str, ...]
+
+
+RegistryListener = Callable[[RegistryChange], None]
+
+
+class LiveRegistry:
+    """Follows ``store.registry`` and applies each new version to this gateway.
+
+    A background worker of the gateway (``start``/``stop``); :meth:`load`
+    runs before the gateway serves, so its first calls already see the
+    registry.
+
+    Args:
+        store: where the registry lives.
+        config: the configuration that seeds it (and orders its providers).
+        directory: the live view it keeps up to date.
+        poll_interval_s: how often to look for a new version.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        config: GatewayConfig,
+        directory: ProviderDirectory,
+        poll_interval_s: float,
+    ) -> None:
+        self._store = store
+        self._config = config
+        self.directory = directory
+        self._poll_interval_s = poll_interval_s
+        self._listeners: list[RegistryListener] = []
+        self._snapshot: RegistrySnapshot | None = None
+        self._order = {p.id: i for i, p in enumerate(config.providers)}
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def snapshot(self) -> RegistrySnapshot | None:
+        """The registry as last applied (None before :meth:`load`)."""
+        return self._snapshot
+
+    def subscribe(self, listener: RegistryListener) -> None:
+        """Call ``listener`` with every change applied from now on (it must not block)."""
+        self._listeners.append(listener)
+
+    async def load(self) -> None:
+        """Seed the registry from the configuration, then apply it (before serving)."""
+        report = await self._store.registry.seed(seeds_from_config(self._config))
+        if report.changed or report.skipped:
+            _log.info(
+                "registry.seeded",
+                added=list(report.added),
+                updated=list(report.updated),
+                removed=list(report.removed),
+                skipped=list(report.skipped),
+            )
+        for provider_id in report.skipped:
+            _log.warning(
+                "registry.seed_skipped",
+                provider=provider_id,
+                why="the id belongs to an enrolled entry; its [[providers]] block is ignored",
+            )
+        await self.refresh()
+
+    async def refresh(self) -> bool:
+        """Apply the registry's newest version if it moved; True if something was applied."""
+        async with self._lock:
+            current = None if self._snapshot is None else self._snapshot.version
+            if current is not None and await self._store.registry.version() == current:
+                return False
+            snapshot = await self._store.registry.snapshot()
+            if snapshot.version == current:
+                return False
+            self._apply(snapshot)
+            return True
+
+    def _apply(self, snapshot: RegistrySnapshot) -> None:
+        active = sorted(
+            snapshot.of(EntryKind.PROVIDER, RegistryStatus.ACTIVE),
+            key=lambda e: (self._order.get(e.id, len(self._order)), e.id),
+        )
+        providers = tuple(provider_of(e) for e in active)
+        before = dict(self.directory)
+        statuses = {e.id: e.status for e in snapshot.of(EntryKind.PROVIDER)}
+        statuses.update(
+            {i: RegistryStatus.REMOVED for k, i in snapshot.removed if k is EntryKind.PROVIDER}
+        )
+        self.directory.replace(providers, statuses=statuses, version=snapshot.version)
+        self._snapshot = snapshot
+        change = RegistryChange(
+            snapshot=snapshot,
+            providers=providers,
+            added=tuple(p for p in providers if before.get(p.id) != p),
+            gone=tuple(sorted(set(before) - {p.id for p in providers})),
+        )
+        for listener in self._listeners:
+            try:
+                listener(change)
+            except Exception:  # noqa: BLE001 - one part failing to follow must not stop the rest
+                _log.exception("registry.listener_failed", listener=repr(listener))
+        _log.info(
+            "registry.applied",
+            version=snapshot.version,
+            active=len(providers),
+            added=[p.id for p in change.added],
+            gone=list(change.gone),
+        )
+
+    async def start(self) -> None:
+        """Poll for changes every ``poll_interval_s``."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._follow(), name="registry follow")
+
+    async def stop(self) -> None:
+        """Stop polling."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _follow(self) -> None:
+        while True:
+            await asyncio.sleep(self._poll_interval_s)
+            try:
+                await self.refresh()
+            except Exception:  # noqa: BLE001 - a database hiccup must not stop following
+                _log.exception("registry.refresh_failed")
