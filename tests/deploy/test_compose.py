@@ -199,6 +199,7 @@ def test_adapters_match_the_gateway_config() -> None:
     assert len(config.carriers) == 2
     assert len(config.providers) >= 3
     for role, upstream in upstreams:
+        assert upstream.address is not None  # every demo provider serves
         host = host_of(upstream.address)
         assert host == upstream.id, "service name = id, so the SANs stay simple"
         args = parse_args(demo_parser(), services[host]["command"])
@@ -228,7 +229,9 @@ async def test_keys_init_makes_every_file_the_services_read(tmp_path: Path) -> N
         )
     )
     assert "gateway" in names
-    addresses = [c.address for c in config.carriers] + [p.address for p in config.providers]
+    addresses = [c.address for c in config.carriers] + [
+        p.address for p in config.providers if p.address is not None
+    ]
     assert {host_of(address) for address in addresses} <= names
     # Keys and certificates load; nothing listens or connects.
     store_free = dataclasses.replace(config, store=None)

@@ -391,6 +391,7 @@ def test_dev_demo_adapters_match_config(dev_secrets: ModuleType) -> None:
     ]
     assert len(adapters) == len(expected)
     for role, upstream in expected:
+        assert upstream.address is not None  # every demo provider serves
         host, port = upstream.address.rsplit(":", 1)
         assert adapters[upstream.id][:2] == (role, int(port)), upstream.id
         assert host == service["metadata"]["name"]
