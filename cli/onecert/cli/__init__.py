@@ -27,6 +27,7 @@ _COMMANDS = (
     "onecert.cli._portal",
     "onecert.cli._db",
     "onecert.cli._report",
+    "onecert.cli._provider",
     "onecert.cli._adapter",
 )
 

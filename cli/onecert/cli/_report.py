@@ -23,7 +23,7 @@ from onecert.cli._common import add_group, add_tls_flags, client_tls
 if TYPE_CHECKING:
     from onecert.gateway._config import ProviderConfig
     from onecert.sdk._tls import ClientTLS
-    from onecert.sdk.client import ComplianceReport
+    from onecert.sdk.client import ComplianceReport, ProviderCompliance
 
 _URL_ENV = "ONECERT_DB_URL"
 
@@ -237,6 +237,11 @@ def report_to_json(report: ComplianceReport) -> dict[str, Any]:
                     if p.unbind_median_time is None
                     else round(p.unbind_median_time.total_seconds(), 3)
                 ),
+                "registry_status": None if p.registry_status is None else p.registry_status.value,
+                "onboarded_at": None if p.onboarded_at is None else p.onboarded_at.isoformat(),
+                "certificate_not_after": (
+                    None if p.certificate_not_after is None else p.certificate_not_after.isoformat()
+                ),
             }
             for p in report.providers
         ],
@@ -283,6 +288,21 @@ _LEGEND = (
     "ignored: the notice reached the provider, and the deadline passed without an action",
     "median answer: the median time from an unbind request to the provider's final answer",
 )
+
+
+def _registry_line(p: ProviderCompliance) -> str:
+    assert p.registry_status is not None
+    name = (
+        p.provider_name
+        if p.provider_name == p.provider_id
+        else f"{p.provider_name} ({p.provider_id})"
+    )
+    parts = [f"{name}: {p.registry_status.value}"]
+    if p.onboarded_at is not None:
+        parts.append(f"onboarded {p.onboarded_at.date().isoformat()}")
+    if p.certificate_not_after is not None:
+        parts.append(f"certificate expires {p.certificate_not_after.isoformat(timespec='minutes')}")
+    return ", ".join(parts)
 
 
 def render_table(report: ComplianceReport) -> str:
@@ -333,6 +353,9 @@ def render_table(report: ComplianceReport) -> str:
     out.extend(line(r) for r in rows)
     if not rows:
         out.append("(no providers)")
+    registry = [_registry_line(p) for p in report.providers if p.registry_status is not None]
+    if registry:
+        out += ["", "In the registry:", *registry]
     out += ["", *_LEGEND]
     notes = []
     for p in report.providers:

@@ -8,7 +8,7 @@ built here from the store's rows.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 import structlog
@@ -19,9 +19,9 @@ from onecert.gateway._config import ProviderConfig
 from onecert.gateway._notices import Clock, optional_time_arg, utc_now
 from onecert.gateway._principals import Principal
 from onecert.gateway._refusal import store_call
-from onecert.gateway.store import ProviderComplianceRow, Store
+from onecert.gateway.store import ProviderComplianceRow, RegistryEntry, Store
 from onecert.sdk._convert import timestamp
-from onecert.sdk.client import ComplianceReport, ProviderCompliance
+from onecert.sdk.client import ComplianceReport, ProviderCompliance, ProviderStatus
 from onecert.v1 import gateway_pb2
 
 __all__ = ["ComplianceService", "build_report", "report_to_pb"]
@@ -29,7 +29,7 @@ __all__ = ["ComplianceService", "build_report", "report_to_pb"]
 _log = structlog.get_logger("onecert.gateway.compliance")
 
 
-def _line(row: ProviderComplianceRow, name: str) -> ProviderCompliance:
+def _line(row: ProviderComplianceRow, name: str, entry: RegistryEntry | None) -> ProviderCompliance:
     return ProviderCompliance(
         provider_id=row.provider_id,
         provider_name=name,
@@ -44,6 +44,9 @@ def _line(row: ProviderComplianceRow, name: str) -> ProviderCompliance:
         unbinds_failed=row.unbinds_failed,
         unbind_median_time=row.unbind_median_time,
         never_received=row.never_received,
+        registry_status=None if entry is None else ProviderStatus(entry.status.value),
+        onboarded_at=None if entry is None else entry.activated_at,
+        certificate_not_after=None if entry is None else entry.cert_not_after,
     )
 
 
@@ -56,15 +59,22 @@ async def build_report(
 ) -> ComplianceReport:
     """The report from the database at ``now``.
 
-    Configured ``providers`` appear even without any notice or ticket, with
-    their names; providers found only in the database appear by id.
+    Every provider of the registry and every configured one appears, even
+    without any notice or ticket, with its name, registry status, onboarding
+    date and certificate expiry; providers found only in old notices and
+    tickets appear by id.
     """
     now = now or utc_now()
-    names: Mapping[str, str] = {p.id: p.display_name for p in providers}
+    registry = {e.id: e for e in await store.registry.list()}
+    names: dict[str, str] = {p.id: p.display_name for p in providers}
+    names.update({e.id: e.display_name for e in registry.values()})
     rows = await store.compliance.report(now=now, since=since, providers=list(names))
     return ComplianceReport(
         generated_at=now,
-        providers=tuple(_line(r, names.get(r.provider_id, r.provider_id)) for r in rows),
+        providers=tuple(
+            _line(r, names.get(r.provider_id, r.provider_id), registry.get(r.provider_id))
+            for r in rows
+        ),
         since=since,
     )
 
@@ -97,6 +107,12 @@ def report_to_pb(report: ComplianceReport) -> gateway_pb2.GetComplianceReportRes
         )
         if line.unbind_median_time is not None:
             item.unbind_median_time.CopyFrom(_duration(line.unbind_median_time))
+        if line.registry_status is not None:
+            item.status = line.registry_status.pb
+        if line.onboarded_at is not None:
+            item.onboarded_at.CopyFrom(timestamp(line.onboarded_at))
+        if line.certificate_not_after is not None:
+            item.certificate_not_after.CopyFrom(timestamp(line.certificate_not_after))
         response.providers.append(item)
     return response
 

@@ -55,6 +55,13 @@ from onecert.sdk.client._provider import (
     RecycledStatus,
     RoutingKey,
 )
+from onecert.sdk.client._registry import (
+    GateResult,
+    Invitation,
+    ProviderRecord,
+    ProviderStatus,
+    RegistryChange,
+)
 
 __all__ = [
     "Account",
@@ -68,8 +75,10 @@ __all__ = [
     "Coverage",
     "EventError",
     "FilterReceipt",
+    "GateResult",
     "GatewayClient",
     "GatewayError",
+    "Invitation",
     "LookupUpdate",
     "NumberCoverage",
     "NumberEventType",
@@ -78,10 +87,13 @@ __all__ = [
     "PolledEvent",
     "ProviderCompliance",
     "ProviderGatewayClient",
+    "ProviderRecord",
+    "ProviderStatus",
     "RateLimitedError",
     "Receipt",
     "RecycledAnswer",
     "RecycledStatus",
+    "RegistryChange",
     "ReportedEvent",
     "Result",
     "RoutingKey",

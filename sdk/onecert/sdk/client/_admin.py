@@ -1,4 +1,4 @@
-"""The regulator's client, and the compliance report it reads."""
+"""The regulator's client: the compliance report, and the provider registry."""
 
 from __future__ import annotations
 
@@ -11,6 +11,16 @@ from onecert.sdk.client._base import (
     delta,
     stamp,
     time_of,
+)
+from onecert.sdk.client._registry import (
+    Invitation,
+    ProviderRecord,
+    ProviderStatus,
+    RegistryChange,
+    category_number,
+    change_from_pb,
+    record_from_pb,
+    status_of_pb,
 )
 from onecert.v1 import gateway_pb2
 
@@ -41,7 +51,9 @@ class ProviderCompliance:
     never reached the provider (it was unreachable: a failure of its service)
     and :attr:`ignored` reached it and were not acted on (a failure to act).
     ``unbind_median_time`` runs from a ticket's creation to the provider's
-    final answer; None without any.
+    final answer; None without any. ``registry_status``, ``onboarded_at``
+    (when it became active) and ``certificate_not_after`` come from the
+    provider registry (None when the provider is not in it, or unknown).
     """
 
     provider_id: str
@@ -57,6 +69,9 @@ class ProviderCompliance:
     unbinds_failed: int = 0
     unbind_median_time: timedelta | None = None
     never_received: int = 0
+    registry_status: ProviderStatus | None = None
+    onboarded_at: datetime | None = None
+    certificate_not_after: datetime | None = None
 
     @property
     def ignored(self) -> int:
@@ -121,6 +136,9 @@ def report_from_pb(
                     delta(p.unbind_median_time) if p.HasField("unbind_median_time") else None
                 ),
                 never_received=p.never_received,
+                registry_status=status_of_pb(p.status),
+                onboarded_at=time_of(p, "onboarded_at"),
+                certificate_not_after=time_of(p, "certificate_not_after"),
             )
             for p in response.providers
         ),
@@ -129,7 +147,7 @@ def report_from_pb(
 
 
 class AdminGatewayClient(ClientBase):
-    """The regulator's client of the gateway: the compliance report.
+    """The regulator's client of the gateway: the compliance report and the provider registry.
 
     ::
 
@@ -172,3 +190,95 @@ class AdminGatewayClient(ClientBase):
             request.since.CopyFrom(stamp(since, "since"))
         response = await self._unary(self._stub.GetComplianceReport, request, timeout=timeout)
         return report_from_pb(response)
+
+    async def invite_provider(
+        self,
+        provider_id: str,
+        *,
+        category: str,
+        name: str = "",
+        ttl: timedelta | None = None,
+        timeout: float = 30.0,  # noqa: ASYNC109 - the gRPC deadline
+    ) -> Invitation:
+        """Invite a provider: its record and a one-time enrollment token (shown once).
+
+        Args:
+            provider_id: 1 to 64 characters of ``[a-z0-9._-]``.
+            category: ``"payment"``, ``"forum"``... (ValueError for an unknown one).
+            name: its display name.
+            ttl: how long the token lives (the gateway's default when None).
+            timeout: seconds the call may take.
+
+        Raises:
+            GatewayError: ALREADY_EXISTS (active or suspended), INVALID_ARGUMENT, ...
+        """
+        request = gateway_pb2.InviteProviderRequest(
+            provider_id=provider_id, name=name, category=category_number(category)
+        )
+        if ttl is not None:
+            request.ttl.FromTimedelta(ttl)
+        response = await self._unary(self._stub.InviteProvider, request, timeout=timeout)
+        return Invitation(
+            provider=record_from_pb(response.provider),
+            token=response.enrollment_token,
+            expires_at=time_of(response, "expires_at"),
+        )
+
+    async def list_providers(
+        self,
+        *,
+        status: ProviderStatus | None = None,
+        timeout: float = 30.0,  # noqa: ASYNC109 - the gRPC deadline
+    ) -> tuple[ProviderRecord, ...]:
+        """Every provider in the registry (those in ``status`` when given), by id."""
+        request = gateway_pb2.ListProvidersRequest()
+        if status is not None:
+            request.status = status.pb
+        response = await self._unary(self._stub.ListProviders, request, timeout=timeout)
+        return tuple(record_from_pb(r) for r in response.providers)
+
+    async def get_provider(
+        self,
+        provider_id: str,
+        *,
+        timeout: float = 30.0,  # noqa: ASYNC109 - the gRPC deadline
+    ) -> tuple[ProviderRecord, tuple[RegistryChange, ...]]:
+        """One provider and its history, oldest first (GatewayError NOT_FOUND if unknown)."""
+        request = gateway_pb2.GetProviderRequest(provider_id=provider_id)
+        response = await self._unary(self._stub.GetProvider, request, timeout=timeout)
+        return record_from_pb(response.provider), tuple(change_from_pb(c) for c in response.history)
+
+    async def suspend_provider(
+        self,
+        provider_id: str,
+        *,
+        reason: str,
+        timeout: float = 30.0,  # noqa: ASYNC109 - the gRPC deadline
+    ) -> ProviderRecord:
+        """Stop calling a provider and refuse its calls until it is resumed."""
+        request = gateway_pb2.SuspendProviderRequest(provider_id=provider_id, reason=reason)
+        response = await self._unary(self._stub.SuspendProvider, request, timeout=timeout)
+        return record_from_pb(response.provider)
+
+    async def resume_provider(
+        self,
+        provider_id: str,
+        *,
+        timeout: float = 30.0,  # noqa: ASYNC109 - the gRPC deadline
+    ) -> ProviderRecord:
+        """Call a suspended provider again."""
+        request = gateway_pb2.ResumeProviderRequest(provider_id=provider_id)
+        response = await self._unary(self._stub.ResumeProvider, request, timeout=timeout)
+        return record_from_pb(response.provider)
+
+    async def remove_provider(
+        self,
+        provider_id: str,
+        *,
+        reason: str,
+        timeout: float = 30.0,  # noqa: ASYNC109 - the gRPC deadline
+    ) -> ProviderRecord:
+        """Remove a provider for good (only a new invitation brings the id back)."""
+        request = gateway_pb2.RemoveProviderRequest(provider_id=provider_id, reason=reason)
+        response = await self._unary(self._stub.RemoveProvider, request, timeout=timeout)
+        return record_from_pb(response.provider)
