@@ -221,3 +221,22 @@ async def test_enrolled_providers_join_the_lookups_and_poll_only_ones_are_never_
     pending = await world.invite(gateway, "shop", category=common_pb2.PROVIDER_CATEGORY_SOCIAL)
     assert pending.provider.status == INVITED
     assert await world.asked(gateway) == {"pay", "late"}
+
+
+async def test_a_pending_provider_may_not_call_provider_rpcs(world: RegistryWorld) -> None:
+    """A provider that joined but has not passed the gate is refused, saying so."""
+    gateway = await world.start("pay")
+    invitation = await world.invite(gateway, "late")
+    await world.store.registry.redeem_token(
+        "late", invitation.enrollment_token, address="127.0.0.1:9", delivery="push"
+    )
+    assert gateway.registry is not None
+    await gateway.registry.refresh()
+    code, details = await code_of(
+        world.as_provider(gateway, "late").GetRoutingKey(
+            gateway_pb2.GetRoutingKeyRequest(), timeout=10
+        )
+    )
+    assert code is grpc.StatusCode.PERMISSION_DENIED
+    assert "pending" in details
+    assert await world.asked(gateway) == {"pay"}
