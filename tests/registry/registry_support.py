@@ -3,32 +3,20 @@ regulator's stub, each provider's own stub, and ways to watch who is asked."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
 import grpc
-import pytest
 
 from onecert.gateway import GatewayServer
 from onecert.gateway.store import Store
 from onecert.gateway.testing import ADMIN_CN, FakeProvider, Federation
 from onecert.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, provider_pb2_grpc
 
-__all__ = ["CLIENTS", "RegistryWorld", "code_of", "eventually"]
+__all__ = ["CLIENTS", "RegistryWorld", "code_of"]
 
 # The providers' client certificates (CN = provider id).
 CLIENTS = ("pay", "chat", "slow", "late", "poller", "shop")
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], *, within: float, what: str) -> None:
-    """Wait until ``check()`` holds (every 50 ms); fail after ``within`` seconds."""
-    loop = asyncio.get_running_loop()
-    until = loop.time() + within
-    while not await check():
-        if loop.time() > until:
-            pytest.fail(f"not within {within} s: {what}")
-        await asyncio.sleep(0.05)
 
 
 async def code_of(call: Awaitable[Any]) -> tuple[grpc.StatusCode, str]:

@@ -13,7 +13,8 @@ from onecert.gateway.store import RegistryStatus
 from onecert.gateway.store.testing import Database
 from onecert.gateway.testing import Federation, FederationKeys
 from onecert.v1 import gateway_pb2
-from tests.registry.registry_support import RegistryWorld, eventually
+from tests.notices.notices_support import eventually
+from tests.registry.registry_support import RegistryWorld
 
 # The registry's promise: a change made anywhere applies everywhere within this.
 PROPAGATION_S = 5.0

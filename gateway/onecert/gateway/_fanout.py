@@ -254,17 +254,6 @@ class FanOut:
         self._provider_upstreams: dict[str, _Upstream] = {}
         self.apply_providers(providers)
 
-    def _provider_upstream(self, provider: ProviderConfig, address: str) -> _Upstream:
-        fanout = self._fanout
-        return _Upstream(
-            target_id=provider.id,
-            address=address,
-            plaintext=provider.plaintext,
-            deadline=provider.deadline_s or fanout.provider_deadline_s,
-            max_concurrency=provider.max_concurrency or fanout.max_concurrency_per_provider,
-            fanout=fanout,
-        )
-
     def apply_providers(self, providers: Sequence[ProviderConfig]) -> None:
         """Ask ``providers`` from now on (the live registry calls this on every change).
 
@@ -279,7 +268,15 @@ class FanOut:
         for provider in providers:
             if provider.address is None:
                 continue
-            fresh = self._provider_upstream(provider, provider.address)
+            fresh = _Upstream(
+                target_id=provider.id,
+                address=provider.address,
+                plaintext=provider.plaintext,
+                deadline=provider.deadline_s or self._fanout.provider_deadline_s,
+                max_concurrency=provider.max_concurrency
+                or self._fanout.max_concurrency_per_provider,
+                fanout=self._fanout,
+            )
             old = self._provider_upstreams.get(provider.id)
             upstreams[provider.id] = old if old is not None and old.same_as(fresh) else fresh
             dialable.append(provider)

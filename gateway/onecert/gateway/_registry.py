@@ -15,7 +15,6 @@ others within one poll interval.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,6 +27,7 @@ from onecert.gateway._config import (
     category_name,
 )
 from onecert.gateway._directory import ProviderDirectory
+from onecert.gateway._follow import Follower
 from onecert.gateway.store import (
     DeliveryMode,
     EntryKind,
@@ -131,12 +131,11 @@ class LiveRegistry:
         self._store = store
         self._config = config
         self.directory = directory
-        self._poll_interval_s = poll_interval_s
+        self._follower = Follower(self.refresh, interval_s=poll_interval_s, name="registry.follow")
         self._listeners: list[RegistryListener] = []
         self._snapshot: RegistrySnapshot | None = None
         self._order = {p.id: i for i, p in enumerate(config.providers)}
         self._lock = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
 
     @property
     def snapshot(self) -> RegistrySnapshot | None:
@@ -212,21 +211,8 @@ class LiveRegistry:
 
     async def start(self) -> None:
         """Poll for changes every ``poll_interval_s``."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._follow(), name="registry follow")
+        self._follower.start()
 
     async def stop(self) -> None:
         """Stop polling."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def _follow(self) -> None:
-        while True:
-            await asyncio.sleep(self._poll_interval_s)
-            try:
-                await self.refresh()
-            except Exception:  # noqa: BLE001 - a database hiccup must not stop following
-                _log.exception("registry.refresh_failed")
+        await self._follower.stop()

@@ -406,10 +406,7 @@ class GatewayServer(AsyncResource):
             channels=self._channels, providers=config.providers, fanout=self.fanout
         )
         self._workers.append(self.describe_check)
-        self.registry: LiveRegistry | None = None
-        self.registry_admin: RegistryAdminService | None = None
-        if store is not None:
-            self._build_registry(store)
+        self._build_registry(store)
         if self.telemetry is not None and self.telemetry.metrics is not None:
             self.telemetry.metrics.watch(fanout=self.fanout, lookup=self.lookup, store=store)
         self._health = health.aio.HealthServicer()
@@ -495,8 +492,13 @@ class GatewayServer(AsyncResource):
             config=config.routing,
         )
 
-    def _build_registry(self, store: Store) -> None:
-        """The live registry (seeded from the configuration) and its admin RPCs."""
+    def _build_registry(self, store: Store | None) -> None:
+        """The live registry (seeded from the configuration) and its admin RPCs; with no
+        store, none (the configuration's providers are the whole list)."""
+        self.registry: LiveRegistry | None = None
+        self.registry_admin: RegistryAdminService | None = None
+        if store is None:
+            return
         config = self.config
         self.registry = LiveRegistry(
             store=store,

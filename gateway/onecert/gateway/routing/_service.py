@@ -11,7 +11,6 @@ routes out.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
 import struct
 import time
@@ -28,6 +27,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from onecert.gateway._config import RoutingConfig
+from onecert.gateway._follow import Follower
 from onecert.gateway._principals import Principal
 from onecert.gateway._refusal import AuditNote, Refusal, invalid, store_call
 from onecert.gateway.routing._index import (
@@ -196,7 +196,7 @@ class RoutingService:
         self._applied = 0
         self._own: set[int] = set()
         self._lock = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
+        self._follower = Follower(self.sync, interval_s=config.poll_interval_s, name="routing.sync")
 
     @property
     def keyring(self) -> RoutingKeyring:
@@ -464,23 +464,11 @@ class RoutingService:
     async def start(self) -> None:
         """Load every stored filter, then follow the store every ``poll_interval_s``."""
         await self.sync()
-        self._task = asyncio.create_task(self._follow(), name="routing sync")
+        self._follower.start()
 
     async def stop(self) -> None:
         """Stop following the store."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def _follow(self) -> None:
-        while True:
-            await asyncio.sleep(self._config.poll_interval_s)
-            try:
-                await self.sync()
-            except Exception:  # noqa: BLE001 - a database hiccup must not stop following
-                _log.exception("routing.sync_failed")
+        await self._follower.stop()
 
 
 def _iso(unix: int) -> str:

@@ -236,14 +236,14 @@ class RegistryRepository:
         token = _TOKEN_PREFIX + secrets.token_urlsafe(32)
         async with self._db.write() as conn:
             now = await self._begin(conn, now)
-            row = await self._row(conn, EntryKind.PROVIDER, provider_id)
+            row = await _fetch_row(conn, EntryKind.PROVIDER, provider_id)
             old = None if row is None else RegistryStatus(row["status"])
             if old is not None and old not in INVITABLE:
                 raise AlreadyExistsError(
                     f"provider {provider_id!r} is {old.value}: an invitation is for a new, "
                     "invited, pending or removed provider"
                 )
-            await self._revoke_tokens(conn, provider_id, now)
+            await _revoke_tokens(conn, provider_id, now)
             expires_at = now + ttl
             await conn.execute(
                 insert(enrollment_tokens).values(
@@ -254,7 +254,7 @@ class RegistryRepository:
                     expires_at=expires_at,
                 )
             )
-            version = await self._bump(conn)
+            version = await _bump(conn)
             fresh = old is None or old is RegistryStatus.REMOVED
             values: dict[str, Any] = {"name": name, "category": category, "invited_at": now}
             if fresh:
@@ -263,11 +263,11 @@ class RegistryRepository:
                 values.update(kind=EntryKind.PROVIDER.value, id=provider_id, created_at=now)
                 await conn.execute(insert(registry_entries).values(**values, version=version))
             else:
-                await self._update(conn, EntryKind.PROVIDER, provider_id, values, version)
+                await _update(conn, EntryKind.PROVIDER, provider_id, values, version)
             new = RegistryStatus.INVITED if fresh else old
             detail = {"expires_at": expires_at.isoformat(), "category": category}
             await self._log(conn, _Change(provider_id, now, actor, "invite", old, new, detail))
-            entry = await self._entry(conn, EntryKind.PROVIDER, provider_id)
+            entry = await _fetch_entry(conn, EntryKind.PROVIDER, provider_id)
         return Invitation(entry=entry, token=token, expires_at=expires_at)
 
     async def redeem_token(
@@ -301,7 +301,7 @@ class RegistryRepository:
             refused = _token_refusal(token, provider_id, now)
             if refused is not None:
                 return RedeemResult(refused)
-            row = await self._row(conn, EntryKind.PROVIDER, provider_id)
+            row = await _fetch_row(conn, EntryKind.PROVIDER, provider_id)
             if row is None or RegistryStatus(row["status"]) not in _JOINABLE:
                 entry = None if row is None else _entry(row)
                 return RedeemResult(RedeemOutcome.NOT_INVITED, entry)
@@ -311,7 +311,7 @@ class RegistryRepository:
                 .where(t.token_hash == token_digest(raw_token))
                 .values(used_at=now)
             )
-            version = await self._bump(conn)
+            version = await _bump(conn)
             actor = f"provider:{provider_id}"
             values: dict[str, Any] = {
                 "address": address,
@@ -322,12 +322,12 @@ class RegistryRepository:
             }
             if old is not RegistryStatus.PENDING:
                 values.update(status_changed_at=now, status_actor=actor, status_reason=None)
-            await self._update(conn, EntryKind.PROVIDER, provider_id, values, version)
+            await _update(conn, EntryKind.PROVIDER, provider_id, values, version)
             detail = {"delivery": delivery.value, "address": address is not None}
             change = _Change(provider_id, now, actor, "join", old, RegistryStatus.PENDING, detail)
             await self._log(conn, change)
             return RedeemResult(
-                RedeemOutcome.REDEEMED, await self._entry(conn, EntryKind.PROVIDER, provider_id)
+                RedeemOutcome.REDEEMED, await _fetch_entry(conn, EntryKind.PROVIDER, provider_id)
             )
 
     async def record_certificate(
@@ -349,17 +349,15 @@ class RegistryRepository:
         not_after = resolve_now(not_after)
         async with self._db.write() as conn:
             now = await self._begin(conn, now)
-            status = await self._status_in(
-                conn, provider_id, _CERTIFIABLE, "be issued a certificate"
-            )
-            version = await self._bump(conn)
+            status = await _status_in(conn, provider_id, _CERTIFIABLE, "be issued a certificate")
+            version = await _bump(conn)
             values = {"cert_serial": serial, "cert_not_after": not_after}
-            await self._update(conn, EntryKind.PROVIDER, provider_id, values, version)
+            await _update(conn, EntryKind.PROVIDER, provider_id, values, version)
             detail = {"serial": "0x" + serial, "not_after": not_after.isoformat()}
             await self._log(
                 conn, _Change(provider_id, now, actor, "certificate", status, status, detail)
             )
-            return await self._entry(conn, EntryKind.PROVIDER, provider_id)
+            return await _fetch_entry(conn, EntryKind.PROVIDER, provider_id)
 
     async def record_gate(
         self,
@@ -379,8 +377,8 @@ class RegistryRepository:
         kept = [error_text(f)[:_MAX_REASON] for f in failures][:_MAX_FAILURES]
         async with self._db.write() as conn:
             now = await self._begin(conn, now)
-            old = await self._status_in(conn, provider_id, _CERTIFIABLE, "go through the gate")
-            version = await self._bump(conn)
+            old = await _status_in(conn, provider_id, _CERTIFIABLE, "go through the gate")
+            version = await _bump(conn)
             values: dict[str, Any] = {
                 "gate_passed": passed,
                 "gate_failures": json.dumps(kept, ensure_ascii=False),
@@ -391,12 +389,12 @@ class RegistryRepository:
                 new = RegistryStatus.ACTIVE
                 values.update(_status_values(new, now, actor, "passed the conformance gate"))
                 values["activated_at"] = now
-            await self._update(conn, EntryKind.PROVIDER, provider_id, values, version)
+            await _update(conn, EntryKind.PROVIDER, provider_id, values, version)
             detail: dict[str, str | int | bool] = {"passed": passed, "failures": len(kept)}
             if kept:
                 detail["first_failure"] = kept[0]
             await self._log(conn, _Change(provider_id, now, actor, "gate", old, new, detail))
-            return await self._entry(conn, EntryKind.PROVIDER, provider_id)
+            return await _fetch_entry(conn, EntryKind.PROVIDER, provider_id)
 
     async def set_status(
         self,
@@ -420,7 +418,7 @@ class RegistryRepository:
         reason = error_text(reason)[:_MAX_REASON]
         async with self._db.write() as conn:
             now = await self._begin(conn, now)
-            row = await self._row(conn, kind, entry_id)
+            row = await _fetch_row(conn, kind, entry_id)
             if row is None:
                 raise NotFoundError(f"no {kind.value} {entry_id!r} in the registry")
             old = RegistryStatus(row["status"])
@@ -434,14 +432,14 @@ class RegistryRepository:
             if new is RegistryStatus.ACTIVE and row["activated_at"] is None:
                 new = RegistryStatus.PENDING
             if new in (RegistryStatus.SUSPENDED, RegistryStatus.REMOVED):
-                await self._revoke_tokens(conn, entry_id, now)
-            version = await self._bump(conn)
+                await _revoke_tokens(conn, entry_id, now)
+            version = await _bump(conn)
             values = _status_values(new, now, actor, reason or None)
-            await self._update(conn, kind, entry_id, values, version)
+            await _update(conn, kind, entry_id, values, version)
             detail = {"reason": reason} if reason else {}
             change = _Change(entry_id, now, actor, _ACTIONS[status], old, new, detail, kind)
             await self._log(conn, change)
-            return await self._entry(conn, kind, entry_id)
+            return await _fetch_entry(conn, kind, entry_id)
 
     async def seed(
         self, entries: Sequence[SeedEntry], *, now: datetime | None = None
@@ -465,14 +463,14 @@ class RegistryRepository:
             plan = plan_seed(entries, [_entry(r) for r in rows], now)
             if not plan.report.changed:
                 return plan.report
-            version = await self._bump(conn)
+            version = await _bump(conn)
             for step in plan.steps:
                 if step.insert:
                     await conn.execute(
                         insert(registry_entries).values(**step.values, version=version)
                     )
                 else:
-                    await self._update(conn, step.kind, step.id, step.values, version)
+                    await _update(conn, step.kind, step.id, step.values, version)
                 change = _Change(
                     step.id,
                     now,
@@ -494,55 +492,6 @@ class RegistryRepository:
         h = registry_head.c
         await conn.execute(select(h.version).where(h.id == 1).with_for_update())
         return await self._db.clock(conn, resolve_now(now))
-
-    async def _bump(self, conn: AsyncConnection) -> int:
-        h = registry_head.c
-        stmt = update(registry_head).where(h.id == 1).values(version=h.version + 1)
-        return int((await conn.execute(stmt.returning(h.version))).scalar_one())
-
-    async def _row(
-        self, conn: AsyncConnection, kind: EntryKind, entry_id: str
-    ) -> RowMapping | None:
-        return await fetch_first(conn, select(registry_entries).where(_is(kind, entry_id)))
-
-    async def _entry(self, conn: AsyncConnection, kind: EntryKind, entry_id: str) -> RegistryEntry:
-        row = await self._row(conn, kind, entry_id)
-        assert row is not None
-        return _entry(row)
-
-    async def _status_in(
-        self,
-        conn: AsyncConnection,
-        provider_id: str,
-        allowed: frozenset[RegistryStatus],
-        what: str,
-    ) -> RegistryStatus:
-        row = await self._row(conn, EntryKind.PROVIDER, provider_id)
-        if row is None:
-            raise NotFoundError(f"no provider {provider_id!r} in the registry")
-        status = RegistryStatus(row["status"])
-        if status not in allowed:
-            raise TransitionError(f"provider {provider_id!r} is {status.value}: it cannot {what}")
-        return status
-
-    async def _update(
-        self,
-        conn: AsyncConnection,
-        kind: EntryKind,
-        entry_id: str,
-        values: Mapping[str, Any],
-        version: int,
-    ) -> None:
-        stmt = update(registry_entries).where(_is(kind, entry_id))
-        await conn.execute(stmt.values(**values, version=version))
-
-    async def _revoke_tokens(self, conn: AsyncConnection, provider_id: str, now: datetime) -> None:
-        t = enrollment_tokens.c
-        await conn.execute(
-            update(enrollment_tokens)
-            .where(t.provider_id == provider_id, t.used_at.is_(None), t.revoked_at.is_(None))
-            .values(revoked_at=now)
-        )
 
     async def _log(self, conn: AsyncConnection, change: _Change) -> None:
         """The history row and the audit row of one change, in its transaction."""
@@ -631,3 +580,54 @@ def _token_refusal(
     if token["expires_at"] <= now:
         return RedeemOutcome.EXPIRED
     return None
+
+
+async def _bump(conn: AsyncConnection) -> int:
+    h = registry_head.c
+    stmt = update(registry_head).where(h.id == 1).values(version=h.version + 1)
+    return int((await conn.execute(stmt.returning(h.version))).scalar_one())
+
+
+async def _fetch_row(conn: AsyncConnection, kind: EntryKind, entry_id: str) -> RowMapping | None:
+    return await fetch_first(conn, select(registry_entries).where(_is(kind, entry_id)))
+
+
+async def _fetch_entry(conn: AsyncConnection, kind: EntryKind, entry_id: str) -> RegistryEntry:
+    row = await _fetch_row(conn, kind, entry_id)
+    assert row is not None
+    return _entry(row)
+
+
+async def _status_in(
+    conn: AsyncConnection,
+    provider_id: str,
+    allowed: frozenset[RegistryStatus],
+    what: str,
+) -> RegistryStatus:
+    row = await _fetch_row(conn, EntryKind.PROVIDER, provider_id)
+    if row is None:
+        raise NotFoundError(f"no provider {provider_id!r} in the registry")
+    status = RegistryStatus(row["status"])
+    if status not in allowed:
+        raise TransitionError(f"provider {provider_id!r} is {status.value}: it cannot {what}")
+    return status
+
+
+async def _update(
+    conn: AsyncConnection,
+    kind: EntryKind,
+    entry_id: str,
+    values: Mapping[str, Any],
+    version: int,
+) -> None:
+    stmt = update(registry_entries).where(_is(kind, entry_id))
+    await conn.execute(stmt.values(**values, version=version))
+
+
+async def _revoke_tokens(conn: AsyncConnection, provider_id: str, now: datetime) -> None:
+    t = enrollment_tokens.c
+    await conn.execute(
+        update(enrollment_tokens)
+        .where(t.provider_id == provider_id, t.used_at.is_(None), t.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )

@@ -46,32 +46,26 @@ class SeedPlan:
     report: SeedReport
 
 
-def _settings(seed: SeedEntry) -> dict[str, Any]:
-    return {
-        "name": seed.name,
-        "category": seed.category,
-        "address": seed.address,
-        "delivery": seed.delivery.value,
-        "plaintext": seed.plaintext,
-        "client_cn": seed.client_cn,
-        "deadline_s": seed.deadline_s,
-        "max_concurrency": seed.max_concurrency,
-        "prefixes": " ".join(seed.prefixes) or None,
-    }
+# What a configuration block sets; RegistryEntry and SeedEntry both carry these.
+_SETTINGS = (
+    "name",
+    "category",
+    "address",
+    "delivery",
+    "plaintext",
+    "client_cn",
+    "deadline_s",
+    "max_concurrency",
+    "prefixes",
+)
 
 
-def _current(entry: RegistryEntry) -> dict[str, Any]:
-    return {
-        "name": entry.name,
-        "category": entry.category,
-        "address": entry.address,
-        "delivery": entry.delivery.value,
-        "plaintext": entry.plaintext,
-        "client_cn": entry.client_cn,
-        "deadline_s": entry.deadline_s,
-        "max_concurrency": entry.max_concurrency,
-        "prefixes": " ".join(entry.prefixes) or None,
-    }
+def _settings(source: SeedEntry | RegistryEntry) -> dict[str, Any]:
+    """The settings as the table's columns hold them."""
+    values = {name: getattr(source, name) for name in _SETTINGS}
+    values["delivery"] = source.delivery.value
+    values["prefixes"] = " ".join(source.prefixes) or None
+    return values
 
 
 def _active(now: datetime, reason: str) -> dict[str, Any]:
@@ -99,7 +93,7 @@ def _step_for(seed: SeedEntry, found: RegistryEntry | None, now: datetime) -> Se
         return SeedStep(seed.kind, seed.id, True, values, "seed", None, RegistryStatus.ACTIVE)
     if found.origin is not EntryOrigin.CONFIG:
         return None
-    changed = sorted(k for k, v in settings.items() if _current(found)[k] != v)
+    changed = sorted(k for k, v in settings.items() if _settings(found)[k] != v)
     # Back in the configuration after seeding removed it: active again. A
     # status an admin set (suspended, removed) is the admin's to change.
     back = found.status is RegistryStatus.REMOVED and found.status_actor == CONFIG_ACTOR
