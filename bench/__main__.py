@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--pg-url",
         default="postgresql+asyncpg://postgres@127.0.0.1:5432/test",
-        help="PostgreSQL for the notices scenario ('' to skip it)",
+        help="PostgreSQL for the notices and registry scenarios ('' to skip it)",
     )
     return parser
 

@@ -63,6 +63,8 @@ class Sizes:
     processes_seconds: float
     processes_channels: int
     portal_lookups: int = 30
+    registry_n: int = 1000
+    registry_changes: int = 20
 
 
 FULL = Sizes(
@@ -106,6 +108,8 @@ QUICK = Sizes(
     processes_seconds=1.0,
     processes_channels=4,
     portal_lookups=5,
+    registry_n=100,
+    registry_changes=4,
 )
 
 
@@ -822,6 +826,16 @@ async def notices(ctx: Context) -> ScenarioResult:
     return await run_notices(ctx)
 
 
+# -------------------------------------------------------------- registry
+
+
+async def registry(ctx: Context) -> ScenarioResult:
+    """A registry change at one replica, until another replica applies it."""
+    from bench._registry import run_registry  # noqa: PLC0415 - depends on the store layer
+
+    return await run_registry(ctx)
+
+
 # -------------------------------------------------------------- portal
 
 
@@ -840,6 +854,7 @@ SCENARIOS: dict[str, Scenario] = {
     "memory": memory,
     "processes": processes,
     "portal": portal,
+    "registry": registry,
 }
 
 
