@@ -15,8 +15,8 @@ from onecert.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, provider_pb2_g
 
 __all__ = ["CLIENTS", "RegistryWorld", "code_of"]
 
-# The providers' client certificates (CN = provider id).
-CLIENTS = ("pay", "chat", "slow", "late", "poller", "shop")
+# The providers' client certificates (CN = provider id), and the carrier's.
+CLIENTS = ("pay", "chat", "slow", "late", "poller", "shop", "cm")
 
 
 async def code_of(call: Awaitable[Any]) -> tuple[grpc.StatusCode, str]:

@@ -240,3 +240,18 @@ async def test_a_pending_provider_may_not_call_provider_rpcs(world: RegistryWorl
     assert code is grpc.StatusCode.PERMISSION_DENIED
     assert "pending" in details
     assert await world.asked(gateway) == {"pay"}
+
+
+async def test_notices_go_to_active_providers_only(world: RegistryWorld) -> None:
+    """A notice recorded while a provider is suspended gets no delivery for it."""
+    gateway = await world.start("pay", "chat")
+    await world.admin(gateway).SuspendProvider(
+        gateway_pb2.SuspendProviderRequest(provider_id="chat", reason="review"), timeout=10
+    )
+    request = gateway_pb2.ReportNumberEventRequest(
+        event_id="ev-1", msisdn="+8613800138001", type=gateway_pb2.NUMBER_EVENT_TYPE_RECYCLED
+    )
+    request.effective_at.GetCurrentTime()
+    answer = await world.fed.stub(gateway, client="cm").ReportNumberEvent(request, timeout=10)
+    deliveries = await world.store.deliveries.for_notice(answer.notice_id)
+    assert {d.provider_id for d in deliveries} == {"pay"}

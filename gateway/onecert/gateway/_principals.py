@@ -110,8 +110,10 @@ class PrincipalResolver:
         self._rebuild(principals)
 
     def reserved_cns(self) -> frozenset[str]:
-        """The CNs of carriers, admins and the portal: no provider may be given one."""
-        return frozenset((*self._carriers, *self._admin_cns, *self._portal_cns))
+        """The CNs no new provider may be given (its CN is its id): those of carriers,
+        admins and the portal, and the certificate names providers hold besides their ids."""
+        others = (cn for cn, p in self._by_cn.items() if p.role is Role.PROVIDER and cn != p.id)
+        return frozenset((*self._carriers, *self._admin_cns, *self._portal_cns, *others))
 
     @classmethod
     def from_config(cls, config: GatewayConfig) -> PrincipalResolver:

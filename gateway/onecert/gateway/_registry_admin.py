@@ -170,8 +170,8 @@ class RegistryAdminService:
         if provider_id in self._reserved_cns():
             raise Refusal(
                 grpc.StatusCode.ALREADY_EXISTS,
-                f"{provider_id!r} is the certificate name of a carrier, an admin or the portal: "
-                "choose another provider id",
+                f"{provider_id!r} is the certificate name of a carrier, an admin, the portal "
+                "or another provider: choose another provider id",
                 reason="reserved_id",
             )
         invitation = await _changed(

@@ -243,8 +243,9 @@ class GatewayServicer:
         replaces its token (the old one stops working); a removed one starts afresh.
         Errors: UNAUTHENTICATED, PERMISSION_DENIED (not an admin),
         INVALID_ARGUMENT (provider_id, name, category or ttl), ALREADY_EXISTS (the
-        provider is active or suspended, or the id is a carrier's, an admin's or the
-        portal's), UNIMPLEMENTED (the gateway has no store).
+        provider is active or suspended, or the id is the certificate name of a
+        carrier, an admin, the portal or another provider), UNIMPLEMENTED (the
+        gateway has no store).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -129,8 +129,9 @@ class GatewayStub:
     replaces its token (the old one stops working); a removed one starts afresh.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED (not an admin),
     INVALID_ARGUMENT (provider_id, name, category or ttl), ALREADY_EXISTS (the
-    provider is active or suspended, or the id is a carrier's, an admin's or the
-    portal's), UNIMPLEMENTED (the gateway has no store).
+    provider is active or suspended, or the id is the certificate name of a
+    carrier, an admin, the portal or another provider), UNIMPLEMENTED (the
+    gateway has no store).
     """
     ListProviders: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListProvidersRequest, _gateway_pb2.ListProvidersResponse]
     """Admin: every provider in the registry (those in one status if given).
@@ -248,8 +249,9 @@ class GatewayAsyncStub(GatewayStub):
     replaces its token (the old one stops working); a removed one starts afresh.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED (not an admin),
     INVALID_ARGUMENT (provider_id, name, category or ttl), ALREADY_EXISTS (the
-    provider is active or suspended, or the id is a carrier's, an admin's or the
-    portal's), UNIMPLEMENTED (the gateway has no store).
+    provider is active or suspended, or the id is the certificate name of a
+    carrier, an admin, the portal or another provider), UNIMPLEMENTED (the
+    gateway has no store).
     """
     ListProviders: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListProvidersRequest, _gateway_pb2.ListProvidersResponse]  # type: ignore[assignment]
     """Admin: every provider in the registry (those in one status if given).
@@ -430,8 +432,9 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         replaces its token (the old one stops working); a removed one starts afresh.
         Errors: UNAUTHENTICATED, PERMISSION_DENIED (not an admin),
         INVALID_ARGUMENT (provider_id, name, category or ttl), ALREADY_EXISTS (the
-        provider is active or suspended, or the id is a carrier's, an admin's or the
-        portal's), UNIMPLEMENTED (the gateway has no store).
+        provider is active or suspended, or the id is the certificate name of a
+        carrier, an admin, the portal or another provider), UNIMPLEMENTED (the
+        gateway has no store).
         """
 
     @_abc_1.abstractmethod
