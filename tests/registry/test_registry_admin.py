@@ -77,6 +77,11 @@ async def test_invite_list_show_suspend_resume_remove(world: RegistryWorld) -> N
     ]
     assert invitation.enrollment_token not in repr(rows)
     assert (await world.store.audit.verify()).ok
+    report = await admin.GetComplianceReport(gateway_pb2.GetComplianceReportRequest(), timeout=10)
+    lines = {p.provider_id: p for p in report.providers}
+    assert lines["pay"].status == ACTIVE
+    assert lines["pay"].onboarded_at.seconds > 0
+    assert lines["shop"].status == REMOVED
 
 
 async def test_bad_requests_are_refused_precisely_and_change_nothing(world: RegistryWorld) -> None:

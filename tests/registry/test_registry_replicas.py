@@ -6,15 +6,16 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import grpc
 import pytest
 
-from onecert.gateway._config import StoreConfig
+from onecert.gateway._config import CheckRecycledConfig, StoreConfig
 from onecert.gateway.store import RegistryStatus
 from onecert.gateway.store.testing import Database
 from onecert.gateway.testing import Federation, FederationKeys
 from onecert.v1 import gateway_pb2
 from tests.notices.notices_support import eventually
-from tests.registry.registry_support import RegistryWorld
+from tests.registry.registry_support import RegistryWorld, code_of
 
 # The registry's promise: a change made anywhere applies everywhere within this.
 PROPAGATION_S = 5.0
@@ -107,3 +108,23 @@ async def test_seeding_is_idempotent_and_follows_the_configuration(
     assert entries["slow"].status is RegistryStatus.SUSPENDED
     actions = [e.action for e in await world.store.registry.history("chat")]
     assert actions == ["seed", "seed"]
+
+
+async def test_check_recycled_limit_is_one_for_all_replicas(world: RegistryWorld) -> None:
+    """Two replicas draw a provider's CheckRecycled calls from one bucket: its burst is
+    spent across both, and the next call at either is RESOURCE_EXHAUSTED."""
+    await world.fed.carrier()
+    await world.provider("pay")
+    limit = CheckRecycledConfig(rate_per_s=0.5, burst=2)
+    first = await world.gateway(check_recycled=limit)
+    second = await world.gateway(check_recycled=limit)
+    request = gateway_pb2.CheckRecycledRequest(msisdn="+8613800138001")
+    request.specified_date.GetCurrentTime()
+    for gateway in (first, second):
+        await world.as_provider(gateway, "pay").CheckRecycled(request, timeout=10)
+    for gateway in (first, second):
+        code, details = await code_of(
+            world.as_provider(gateway, "pay").CheckRecycled(request, timeout=10)
+        )
+        assert code is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "rate limit" in details
