@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from onecert.sdk._convert import enum_from_pb
 from onecert.sdk.client._base import time_of
 from onecert.v1 import common_pb2, gateway_pb2
 
@@ -44,12 +45,9 @@ class ProviderStatus(enum.StrEnum):
         return gateway_pb2.ProviderStatus.Value(f"PROVIDER_STATUS_{self.name}")
 
 
-def status_of_pb(number: int) -> ProviderStatus | None:
+def status_of_pb(number: gateway_pb2.ProviderStatus.ValueType) -> ProviderStatus | None:
     """The status a ``ProviderStatus`` number stands for (None: unspecified or unknown)."""
-    for status in ProviderStatus:
-        if status.pb == number:
-            return status
-    return None
+    return enum_from_pb(ProviderStatus, gateway_pb2.ProviderStatus, number, "PROVIDER_STATUS_")
 
 
 def category_number(name: str) -> common_pb2.ProviderCategory.ValueType:
