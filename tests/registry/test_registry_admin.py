@@ -197,6 +197,10 @@ async def test_removal_drains_a_call_in_flight(world: RegistryWorld) -> None:
     calls = slow.record.calls
     assert await world.asked(gateway) == {"pay"}
     assert slow.record.calls == calls
+    # Its routing filter is forgotten with it.
+    assert gateway.routing is not None
+    assert "slow" not in gateway.routing.index
+    assert "pay" in gateway.routing.index
     code, details = await code_of(
         world.as_provider(gateway, "slow").GetRoutingKey(
             gateway_pb2.GetRoutingKeyRequest(), timeout=10
