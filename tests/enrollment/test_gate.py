@@ -3,6 +3,7 @@ over mutual TLS with the gateway's identity and the federation certificate it go
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from onecert.gateway import GatewayServer
@@ -10,7 +11,7 @@ from onecert.gateway._principals import Principal, Role
 from onecert.gateway.enrollment.testing import invite_and_join, serve_for_join
 from onecert.gateway.store import RegistryStatus, Store
 from onecert.gateway.testing import Federation
-from onecert.sdk import Binding, Provider, UnbindRequest, UnbindResult
+from onecert.sdk import Binding, Provider, UnbindRequest, UnbindResult, join
 from onecert.v1 import gateway_pb2
 
 ID = "example-forum"
@@ -125,3 +126,33 @@ async def test_a_polling_provider_is_activated_by_its_own_call(
     answer = await gateway.enrollment.service.request_activation(_caller())
     assert answer.gate.passed
     assert answer.status == gateway_pb2.PROVIDER_STATUS_ACTIVE
+
+
+async def test_a_site_that_answers_lookups_but_polls_is_gated_at_its_address(
+    gateway: GatewayServer, federation: Federation, store: Store, tmp_path: Path
+) -> None:
+    """Polling for notices does not spare a provider with an address the gate: the kit runs
+    against that address (here nobody answers there, so the gate fails)."""
+    server = await serve_for_join(_provider(), federation.keys.dev, tmp_path / "creds")
+    address = server.address
+    await server.shutdown(0)
+    invitation = await store.registry.invite(
+        ID, name="Forum", category="forum", ttl=timedelta(hours=1), actor="admin:x"
+    )
+    assert gateway.enrollment is not None
+    await join(
+        gateway=f"127.0.0.1:{gateway.enrollment.port}",
+        gateway_ca=federation.keys.dev.ca_cert,
+        provider_id=ID,
+        token=invitation.token,
+        address=address,
+        poll=True,
+        directory=tmp_path / "c",
+    )
+    entry = await store.registry.get(ID)
+    assert entry is not None
+    assert entry.delivery.value == "poll"
+    assert entry.address == address
+    answer = await gateway.enrollment.service.request_activation(_caller())
+    assert not answer.gate.passed
+    assert answer.status == gateway_pb2.PROVIDER_STATUS_PENDING

@@ -240,3 +240,28 @@ async def test_the_certificate_chains_to_the_bundle_it_came_with(
     )
     gateway_cert.verify_directly_issued_by(ca)
     assert credentials.state().delivery == "poll"
+
+
+async def test_the_join_listener_is_rate_limited(
+    federation: Federation, store: Store, tmp_path: Path
+) -> None:
+    """Past its join rate the unauthenticated listener answers RESOURCE_EXHAUSTED with a
+    retry-after-ms hint, before looking at the request."""
+    from onecert.gateway.testing import enrollment_config
+
+    config = federation.config(
+        enrollment=enrollment_config(federation.keys, joins_per_s=0.01, join_burst=1)
+    )
+    gateway = await federation.gateway(config, server_options={"store": store})
+    try:
+        request = enrollment_pb2.JoinRequest(provider_id=ID, token="x", csr_pem="y")
+        with pytest.raises(grpc.aio.AioRpcError) as first:
+            await _call_join(gateway, federation, request)
+        assert first.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.aio.AioRpcError) as second:
+            await _call_join(gateway, federation, request)
+        assert second.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        hints = dict(second.value.trailing_metadata() or ())
+        assert int(hints["retry-after-ms"]) > 0
+    finally:
+        await gateway.stop(0)
