@@ -4,12 +4,15 @@ active (asked in lookups), status, renewal with calls in flight, suspension."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from onecert.gateway import GatewayServer
+from onecert.gateway.enrollment import LocalCA, check_csr
 from onecert.gateway.enrollment.testing import invite_and_join, serve_for_join
 from onecert.gateway.store import RegistryStatus, Store
 from onecert.gateway.testing import ADMIN_CN, CURRENT, Federation, at
@@ -23,9 +26,10 @@ from onecert.sdk import (
     UnbindRequest,
     UnbindResult,
 )
-from onecert.sdk._csr import generate_key, make_csr
+from onecert.sdk._csr import generate_key, key_pem, make_csr
+from onecert.sdk._tls import TLSConfigError
 from onecert.sdk.client import GatewayError, ProviderGatewayClient, ProviderStatus
-from onecert.v1 import gateway_pb2
+from onecert.v1 import gateway_pb2, gateway_pb2_grpc
 
 ID = "example-forum"
 
@@ -189,3 +193,35 @@ async def test_a_suspended_provider_can_neither_renew_nor_activate(
         assert entry.status is RegistryStatus.SUSPENDED
     finally:
         await server.shutdown(0)
+
+
+async def test_an_expired_certificate_is_refused_at_the_handshake(
+    gateway: GatewayServer, federation: Federation, store: Store, tmp_path: Path
+) -> None:
+    """Past its expiry a provider's certificate opens no connection to the gateway (nor
+    could it renew itself): the SDK says it expired, and the handshake fails."""
+    server, credentials = await _joined(gateway, federation, store, tmp_path / "creds")
+    await server.shutdown(0)
+    dev = federation.keys.dev
+    loaded = LocalCA.load(dev.ca_cert, dev.ca_key)
+    past = LocalCA(
+        loaded.certificate,
+        serialization.load_pem_private_key(dev.ca_key.read_bytes(), None),  # type: ignore[arg-type]  # the dev CA key is EC
+        clock=lambda: datetime.now(UTC) - timedelta(hours=3),
+    )
+    key = generate_key()
+    issued = await past.issue(
+        check_csr(make_csr(ID, key), ID), provider_id=ID, lifetime=timedelta(hours=1)
+    )
+    credentials.save(key=key_pem(key), chain=issued.chain_pem, ca_bundle=issued.ca_bundle_pem)
+    # The SDK refuses to use it, naming the expiry ...
+    with pytest.raises(TLSConfigError, match="expired"):
+        _client(credentials)
+    # ... and a client that tries anyway is refused by the gateway's TLS.
+    raw = grpc.ssl_channel_credentials(dev.ca_cert.read_bytes(), key_pem(key), issued.chain_pem)
+    async with grpc.aio.secure_channel(f"127.0.0.1:{gateway.port}", raw) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await gateway_pb2_grpc.GatewayStub(channel).GetEnrollmentStatus(
+                gateway_pb2.GetEnrollmentStatusRequest(), timeout=5
+            )
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
