@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from google.protobuf import descriptor
 
-from onecert.v1 import common_pb2, gateway_pb2, provider_pb2, registry_pb2
+from onecert.v1 import common_pb2, enrollment_pb2, gateway_pb2, provider_pb2, registry_pb2
 
-_FILES = (common_pb2, gateway_pb2, provider_pb2, registry_pb2)
+_FILES = (common_pb2, enrollment_pb2, gateway_pb2, provider_pb2, registry_pb2)
 
 
 def _enums() -> list[descriptor.EnumDescriptor]:

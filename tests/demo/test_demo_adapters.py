@@ -248,7 +248,8 @@ async def test_adapter_process_over_mutual_tls(tmp_path: Path) -> None:
 def test_gateway_config_for_the_durable_story(tmp_path: Path) -> None:
     """The federation's gateway.toml keeps state in DIR/onecert.db, gives notices a
     deadline of seconds, makes the regulator's CN admin, lets each carrier report its
-    own blocks, has the forum poll for notices, and every caller has a client cert."""
+    own blocks, takes joins with the dev CA as the federation CA, leaves out the forum
+    that joins by invitation, and every caller has a client cert."""
     federation = DemoFederation(tmp_path / "demo", notice_deadline_s=1.5)
     federation.prepare()
     adapters = []
@@ -270,8 +271,10 @@ def test_gateway_config_for_the_durable_story(tmp_path: Path) -> None:
         assert carrier.prefixes == spec.prefixes
         assert carrier.serves(number_to_recycle().msisdn) is (carrier.id == "bluefinch")
     delivery = {p.id: p.delivery for p in config.providers}
-    assert delivery == {p.id: p.notices for p in PROVIDERS}
-    assert delivery["teahouse"] == "poll"
+    assert delivery == {p.id: p.notices for p in PROVIDERS if not p.joins}
+    assert "teahouse" not in delivery
+    assert config.enrollment is not None
+    assert config.enrollment.ca_cert == federation.keys.ca_cert.resolve()
     callers = [ADMIN_CN, "portal", *(c.id for c in CARRIERS), "teahouse"]
     for name in callers:
         assert federation.keys.client_cert(name).exists()

@@ -91,9 +91,12 @@ def test_printed_command_runs() -> None:
 
 def test_keep_running_hints_cover_lookup_unbind_and_receipt(tmp_path: Path) -> None:
     """The --keep-running hints use the runnable command and cover mint, lookup, unbind,
-    receipt, the report and the audit log, each with the portal's certificate where needed."""
+    receipt, the report and the audit log, each with the portal's certificate where needed,
+    then inviting and joining another provider at the gateway's join port."""
     federation = DemoFederation(tmp_path)
-    federation.gateway = ManagedProcess("gateway", "gateway", [], tmp_path / "g.log", port=7443)
+    log = tmp_path / "g.log"
+    log.write_text("onecert gateway onecert-gateway takes joins on port 7444\n")
+    federation.gateway = ManagedProcess("gateway", "gateway", [], log, port=7443)
     buffer = io.StringIO()
     _keep_running_help(federation, _Out(buffer))
     commands = [line.strip() for line in buffer.getvalue().splitlines() if line.startswith("  ")]
@@ -108,6 +111,11 @@ def test_keep_running_hints_cover_lookup_unbind_and_receipt(tmp_path: Path) -> N
         "receipt",
         "report compliance",
         "audit verify",
+        "provider invite",
+        "provider join",
+        "provider activate",
+        "provider status",
     ]
+    assert "--gateway 127.0.0.1:7444" in commands[7]
     portal = str(federation.keys.client_cert("portal"))
     assert all(portal in c for c in commands if c.split()[1] in ("lookup", "unbind", "receipt"))

@@ -18,6 +18,7 @@ from onecert.gateway._config import (
     AdminConfig,
     CheckRecycledConfig,
     DeliveryConfig,
+    EnrollmentConfig,
     FanoutConfig,
     GatewayConfig,
     IdentityConfig,
@@ -78,6 +79,7 @@ def test_documented_keys_are_exactly_the_parsed_keys() -> None:
     assert set(data) == set(_TABLES)
     assert set(data["tracing"]) == {f.name for f in dataclasses.fields(TracingConfig)}
     assert set(data["routing"]) == {f.name for f in dataclasses.fields(RoutingConfig)}
+    assert set(data["enrollment"]) == {f.name for f in dataclasses.fields(EnrollmentConfig)}
     fields = {f.name for f in dataclasses.fields(FanoutConfig)}
     assert set(data["fanout"]) == fields
     assert set(data["delivery"]) == {f.name for f in dataclasses.fields(DeliveryConfig)}
@@ -100,6 +102,7 @@ DOCUMENTED_TABLES: dict[str, type[Any]] = {
     "[portal]": PortalConfig,
     "[tracing]": TracingConfig,
     "[routing]": RoutingConfig,
+    "[enrollment]": EnrollmentConfig,
 }
 
 

@@ -193,6 +193,8 @@ async def _run(federation: DemoFederation, out: _Out, *, keep_running: bool) -> 
             out("Some processes did not start:")
             out(str(exc))
             return 1
+        if not _join_by_invitation(federation, out):
+            return 1
         portal = _Portal(federation)
         results = await _lookup(federation, out, portal, setup_s=time.perf_counter() - begun)
         if results is None:
@@ -223,6 +225,8 @@ async def _run(federation: DemoFederation, out: _Out, *, keep_running: bool) -> 
 
 def _notes(spec: ProviderSpec) -> str:
     category = spec.category.value.replace("_", "-")
+    if spec.joins:
+        return f"{category}; not configured: joins by invitation"
     if spec.down:
         return f"{category}; DOWN: configured in the gateway, not running"
     if spec.delay_s:
@@ -390,6 +394,43 @@ def _result_line(result: Result) -> str:
     if result.previous_holder_count:
         parts.append(f"{result.previous_holder_count} of a previous holder (count only)")
     return ", ".join(parts) or "nothing to show"
+
+
+def _join_by_invitation(federation: DemoFederation, out: _Out) -> bool:
+    """The regulator invites each provider the configuration does not name; each joins by
+    itself (key pair, CSR and token), passes the conformance gate and becomes active."""
+    from onecert.adapters.demo._join import credentials_dir  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+
+    if not federation.joined:
+        return True
+    out.heading("Joining by invitation")
+    run = federation.gateway_address_file.parent
+    for joined in federation.joined:
+        spec, record = joined.spec, joined.record
+        out(f"  the regulator invites {spec.name} ({spec.id}): a one-time token, kept as a hash")
+        out(
+            f"  {spec.name} makes its key pair, sends a CSR with the token to the join "
+            f"listener (port {joined.join_port})"
+        )
+        serial = (record.certificate_serial or "-")[:16]
+        until = record.certificate_not_after
+        out(
+            f"  the federation CA certifies {spec.id!r} (serial {serial}...), "
+            f"until {'-' if until is None else f'{until:%Y-%m-%d %H:%M} UTC'}"
+        )
+        if not joined.active:
+            status = "unknown" if record.status is None else record.status.value
+            out(f"  {spec.name} is {status}: NOT activated")
+            gate = record.last_gate
+            for failure in () if gate is None else gate.failures:
+                out(f"    FAIL {failure}")
+            out(f"  see {federation.logs / spec.id}.log and {credentials_dir(run, spec.id)}")
+            return False
+        out(
+            f"  the conformance gate passed against it over mutual TLS: {spec.name} is active "
+            f"({joined.seconds:.2f} s from invitation)"
+        )
+    return True
 
 
 async def _lookup(
@@ -925,3 +966,28 @@ def _keep_running_help(federation: DemoFederation, out: _Out) -> None:
         f"--key {keys.client_key(ADMIN_CN)}"
     )
     out(f"  {onecert} audit verify --url {federation.store_url}")
+    _join_by_hand_help(federation, out, onecert)
+
+
+def _join_by_hand_help(federation: DemoFederation, out: _Out, onecert: str) -> None:
+    """How to invite one more provider and join it from this shell."""
+    from onecert.adapters.demo import ADMIN_CN  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+    from onecert.adapters.demo._join import join_port  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+
+    keys = federation.keys
+    site = federation.directory / "my-site"
+    out("Invite another provider, as the regulator (it prints a one-time token):")
+    out(
+        f"  {onecert} provider invite --gateway {federation.gateway_address} "
+        f"--ca {keys.ca_cert} --cert {keys.client_cert(ADMIN_CN)} "
+        f'--key {keys.client_key(ADMIN_CN)} --id my-site --name "My Site" --category forum'
+    )
+    out("Join as that site with the token it printed (the key pair is made here; a site")
+    out("that only polls for its notices has no server for the gate to test, so asking")
+    out("for activation activates it), then read where it stands:")
+    out(
+        f"  {onecert} provider join --gateway 127.0.0.1:{join_port(federation)} "
+        f"--ca {keys.ca_cert} --id my-site --token TOKEN --poll --dir {site}"
+    )
+    out(f"  {onecert} provider activate --dir {site}")
+    out(f"  {onecert} provider status --dir {site}")

@@ -58,6 +58,11 @@ def _serve(args: argparse.Namespace) -> int:
         mode = "development, plaintext allowed" if config.dev_plaintext else "production"
         # One line on stdout for scripts that wait for the port.
         print(f"onecert gateway {config.id} listening on port {server.port} ({mode})", flush=True)
+        if server.enrollment is not None:
+            print(
+                f"onecert gateway {config.id} takes joins on port {server.enrollment.port}",
+                flush=True,
+            )
 
     try:
         asyncio.run(serve(config, ready=ready))

@@ -64,6 +64,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 def _add_enrollment_commands(group: argparse._SubParsersAction[Any]) -> None:
     """A provider's own commands (joining with a token, its enrollment's status)."""
+    from onecert.cli._join import add_enrollment_commands  # noqa: PLC0415 - the provider's commands live in their own module
+
+    add_enrollment_commands(group)
 
 
 def _admin_parser(

@@ -41,23 +41,28 @@ class ChannelPool:
         # Reads the files once, at start-up, so a bad path fails early; the
         # keepalive notices a dead connection between lookups, not during one.
         self._builder = ChannelBuilder(tls=tls, max_message_bytes=max_message_bytes, keepalive=True)
-        self._channels: dict[tuple[str, bool], grpc.aio.Channel] = {}
+        self._channels: dict[tuple[str, bool, str | None], grpc.aio.Channel] = {}
         # Channels retired while calls may still run on them (see retire).
         self._draining: set[asyncio.Task[None]] = set()
         self._closed = False
 
-    def get(self, address: str, *, plaintext: bool) -> grpc.aio.Channel:
-        """The channel to ``address`` (created on first use)."""
+    def get(
+        self, address: str, *, plaintext: bool, server_name: str | None = None
+    ) -> grpc.aio.Channel:
+        """The channel to ``address`` (created on first use); ``server_name``: the name
+        its certificate must bear when it is not the address's host."""
         if self._closed:
             raise RuntimeError("the channel pool is closed")
-        key = (address, plaintext)
+        key = (address, plaintext, server_name)
         channel = self._channels.get(key)
         if channel is None:
-            channel = self.fresh(address, plaintext=plaintext)
+            channel = self.fresh(address, plaintext=plaintext, server_name=server_name)
             self._channels[key] = channel
         return channel
 
-    def fresh(self, address: str, *, plaintext: bool) -> grpc.aio.Channel:
+    def fresh(
+        self, address: str, *, plaintext: bool, server_name: str | None = None
+    ) -> grpc.aio.Channel:
         """A new channel to ``address``, outside the pool; the caller closes it.
 
         For one-off probes: a probe that meets a provider down would otherwise
@@ -66,7 +71,8 @@ class ChannelPool:
         """
         if not plaintext and not self._builder.tls:
             raise RuntimeError(f"no upstream TLS configured for {address}")
-        return self._builder.open(address, plaintext=plaintext)
+        options = [] if server_name is None else [("grpc.ssl_target_name_override", server_name)]
+        return self._builder.open(address, plaintext=plaintext, options=options)
 
     def retire(self, keep: Iterable[tuple[str, bool]], *, grace: float) -> int:
         """Close the pooled channels to targets not in ``keep`` (address, plaintext);
@@ -77,7 +83,7 @@ class ChannelPool:
         :meth:`get` of the same target opens a fresh channel.
         """
         wanted = set(keep)
-        retired = [key for key in self._channels if key not in wanted]
+        retired = [key for key in self._channels if key[:2] not in wanted]
         for key in retired:
             task = asyncio.create_task(self._channels.pop(key).close(grace), name="channel drain")
             self._draining.add(task)

@@ -32,6 +32,7 @@ __all__ = [
     "CheckRecycledConfig",
     "ConfigError",
     "DeliveryConfig",
+    "EnrollmentConfig",
     "FanoutConfig",
     "GatewayConfig",
     "IdentityConfig",
@@ -260,6 +261,10 @@ class ProviderConfig:
     delivery: str = setting("push", choices=DELIVERY_MODES)
     # The CN of its client certificate; the id when None.
     client_cn: str | None = None
+    # The name its server certificate must bear when it differs from the
+    # address's host (upstream_tls.server_name for this provider alone); a
+    # provider the gateway issued a certificate to: <id>.provider.onecert.invalid.
+    server_name: str | None = None
 
     @property
     def display_name(self) -> str:
@@ -378,6 +383,40 @@ class RoutingConfig:
 
 
 @dataclass(frozen=True)
+class EnrollmentConfig:
+    """Self-service joining (``[enrollment]``): the federation CA, the join listener, the gate.
+
+    Providers join with an invitation token and a CSR on ``listen`` (server
+    TLS only: they have no certificate yet), get a certificate for their id
+    signed by the CA below, and are activated once the conformance gate
+    passes against them. See docs/registry.md.
+    """
+
+    # The federation CA: its certificate (also in gateway.tls.client_ca and
+    # upstream_tls.ca) and its private key.
+    ca_cert: Path
+    ca_key: Path
+    # HOST:PORT of the join listener (Enrollment service, server TLS only).
+    listen: str = "[::]:50052"
+    # HOST:PORT providers reach gateway.listen at (told to them when they
+    # join); None: the host they joined at, with gateway.listen's port.
+    gateway_address: str | None = None
+    # Lifetime of a provider certificate; holders renew at two thirds of it.
+    cert_lifetime_s: float = setting(24 * 3600.0, seconds=True, maximum=30 * 24 * 3600)
+    # How long one conformance run against a joining provider may take.
+    gate_timeout_s: float = setting(60.0, seconds=True, maximum=600)
+    # Deadline of each call of the gate's conformance run.
+    gate_call_timeout_s: float = setting(5.0, seconds=True)
+    # Joins this listener serves at once; more are refused RESOURCE_EXHAUSTED.
+    max_concurrent_joins: int = setting(16, minimum=1)
+    # Join attempts per second across the listener (a token bucket), and its burst.
+    joins_per_s: float = setting(20.0, minimum=0.01)
+    join_burst: int = setting(40, minimum=1)
+    # Gate runs at once (each opens a channel and makes about 70 calls).
+    max_concurrent_gates: int = setting(8, minimum=1)
+
+
+@dataclass(frozen=True)
 class RegistryConfig:
     """The provider registry (``[registry]``): live changes, invitations.
 
@@ -433,6 +472,8 @@ class GatewayConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     tracing: TracingConfig = field(default_factory=TracingConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
+    # None: no self-service joining (providers come from [[providers]] only).
+    enrollment: EnrollmentConfig | None = None
     registry: RegistryConfig = field(default_factory=RegistryConfig)
 
     @property
@@ -557,6 +598,7 @@ def parse_config(
     metrics = _parse_metrics(root.table("metrics"), grpc_listen=general["listen"])
     tracing = _parse_tracing(root.table("tracing"))
     routing = _finished(root.table("routing"), RoutingConfig)
+    enrollment = _parse_enrollment(root.optional_table("enrollment"), general["listen"])
     registry = _finished(root.table("registry"), RegistryConfig)
     if registry.invitation_ttl_s > registry.max_invitation_ttl_s:
         raise ConfigError("registry.invitation_ttl_s must not exceed registry.max_invitation_ttl_s")
@@ -581,6 +623,7 @@ def parse_config(
         metrics=metrics,
         tracing=tracing,
         routing=routing,
+        enrollment=enrollment,
         registry=registry,
         **general,
     )
@@ -763,6 +806,19 @@ def _listen_port(listen: str, key: str, *, example: str) -> int:
     return int(match.group(2))
 
 
+def _parse_enrollment(t: _Table | None, grpc_listen: str) -> EnrollmentConfig | None:
+    if t is None:
+        return None
+    config = _finished(t, EnrollmentConfig)
+    port = _listen_port(config.listen, "enrollment.listen", example="[::]:50052")
+    if port and port == _listen_port(grpc_listen, "gateway.listen", example="[::]:50051"):
+        raise ConfigError(
+            f"enrollment.listen must use another port than gateway.listen ({port}): "
+            "joining providers have no client certificate yet"
+        )
+    return config
+
+
 def _parse_tracing(t: _Table) -> TracingConfig:
     config = _finished(t, TracingConfig)
     if config.endpoint is not None and config.exporter != "otlp":
@@ -826,5 +882,6 @@ _TABLES = (
     "metrics",
     "tracing",
     "routing",
+    "enrollment",
     "registry",
 )

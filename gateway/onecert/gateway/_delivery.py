@@ -293,7 +293,9 @@ class DeliveryWorkers:
             audience=provider.id, target=claims.msisdn, purpose="unbind", query_id=ticket.ticket_id
         )
         stub = provider_pb2_grpc.BindingProviderStub(
-            self._channels.get(provider.address, plaintext=provider.plaintext)
+            self._channels.get(
+                provider.address, plaintext=provider.plaintext, server_name=provider.server_name
+            )
         )
         timeout = self._config.unbind_deadline_s
         try:

@@ -137,7 +137,9 @@ async def check_providers(
     async def one(provider: ProviderConfig) -> DescribeVerdict:
         async with slots:
             assert provider.address is not None  # poll-only providers are left out below
-            channel = channels.fresh(provider.address, plaintext=provider.plaintext)
+            channel = channels.fresh(
+                provider.address, plaintext=provider.plaintext, server_name=provider.server_name
+            )
             try:
                 return await describe_provider(channel, provider, deadline=deadline)
             finally:

@@ -159,10 +159,12 @@ class _Upstream:
         deadline: float,
         max_concurrency: int,
         fanout: FanoutConfig,
+        server_name: str | None = None,
     ) -> None:
         self.id = target_id
         self.address = address
         self.plaintext = plaintext
+        self.server_name = server_name
         self.deadline = deadline
         self.max_concurrency = max_concurrency
         self.slots = asyncio.Semaphore(max_concurrency)
@@ -175,11 +177,17 @@ class _Upstream:
             window=fanout.retry_budget_window_s,
         )
 
+    def channel(self, pool: ChannelPool) -> grpc.aio.Channel:
+        """The pooled channel to this target."""
+        return pool.get(self.address, plaintext=self.plaintext, server_name=self.server_name)
+
     def same_as(self, other: _Upstream) -> bool:
         """Whether ``other`` dials the same target with the same limits."""
-        return (self.address, self.plaintext, self.deadline, self.max_concurrency) == (
+        mine = (self.address, self.plaintext, self.server_name, self.deadline, self.max_concurrency)
+        return mine == (
             other.address,
             other.plaintext,
+            other.server_name,
             other.deadline,
             other.max_concurrency,
         )
@@ -272,6 +280,7 @@ class FanOut:
                 target_id=provider.id,
                 address=provider.address,
                 plaintext=provider.plaintext,
+                server_name=provider.server_name,
                 deadline=provider.deadline_s or self._fanout.provider_deadline_s,
                 max_concurrency=provider.max_concurrency
                 or self._fanout.max_concurrency_per_provider,
@@ -331,9 +340,7 @@ class FanOut:
         self, carrier: CarrierConfig, idn: str, *, query_id: str, deadline: float
     ) -> CarrierAnswer:
         upstream = self._carrier_upstreams[carrier.id]
-        stub = registry_pb2_grpc.NumberRegistryStub(
-            self._channels.get(upstream.address, plaintext=upstream.plaintext)
-        )
+        stub = registry_pb2_grpc.NumberRegistryStub(upstream.channel(self._channels))
         request = registry_pb2.ListNumbersRequest(idn=idn)
 
         def invoke(timeout: float, warrant: str) -> Awaitable[registry_pb2.ListNumbersResponse]:
@@ -436,9 +443,7 @@ class FanOut:
             # Suspended or removed since the lookup planned its calls.
             now = asyncio.get_running_loop().time()
             return ProviderAnswer(call, UpstreamOutcome.SKIPPED, NOT_ACTIVE_DETAIL, (), 0, now)
-        stub = provider_pb2_grpc.BindingProviderStub(
-            self._channels.get(upstream.address, plaintext=upstream.plaintext)
-        )
+        stub = provider_pb2_grpc.BindingProviderStub(upstream.channel(self._channels))
         request = provider_pb2.ListBindingsRequest(msisdn=call.msisdn)
 
         def invoke(timeout: float, warrant: str) -> Awaitable[provider_pb2.ListBindingsResponse]:

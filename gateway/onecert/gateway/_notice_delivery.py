@@ -163,7 +163,9 @@ class NoticePusher:
             await self._give_up(delivery, f"not acknowledged before the deadline{last}", log)
             return
         try:
-            channel = self._channels.get(provider.address, plaintext=provider.plaintext)
+            channel = self._channels.get(
+                provider.address, plaintext=provider.plaintext, server_name=provider.server_name
+            )
             stub = provider_pb2_grpc.BindingProviderStub(channel)
             response = await stub.ReceiveEvent(
                 provider_pb2.ReceiveEventRequest(set=build_set(self._sets, delivery)),

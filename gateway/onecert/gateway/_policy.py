@@ -58,6 +58,10 @@ POLICY: Final[Mapping[str, frozenset[Role]]] = {
     _GATEWAY + "SuspendProvider": frozenset({Role.ADMIN}),
     _GATEWAY + "ResumeProvider": frozenset({Role.ADMIN}),
     _GATEWAY + "RemoveProvider": frozenset({Role.ADMIN}),
+    # A joined provider: where it stands, the gate, its certificate (also pending ones).
+    _GATEWAY + "GetEnrollmentStatus": frozenset({Role.PROVIDER}),
+    _GATEWAY + "RequestActivation": frozenset({Role.PROVIDER}),
+    _GATEWAY + "RenewCertificate": frozenset({Role.PROVIDER}),
     # Orchestrators and operators.
     "/grpc.health.v1.Health/Check": PUBLIC,
     "/grpc.health.v1.Health/Watch": PUBLIC,
@@ -70,6 +74,9 @@ PENDING_RPCS: Final[frozenset[str]] = frozenset(
         # The RPCs a provider that joined but has not passed the conformance
         # gate yet may call (its enrollment's status, its certificate). Each
         # is also in POLICY with the provider role.
+        _GATEWAY + "GetEnrollmentStatus",
+        _GATEWAY + "RequestActivation",
+        _GATEWAY + "RenewCertificate",
     }
 )
 """What a ``pending`` provider may call; an ``active`` one may call every provider RPC,

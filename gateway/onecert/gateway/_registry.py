@@ -37,6 +37,7 @@ from onecert.gateway.store import (
     SeedEntry,
     Store,
 )
+from onecert.sdk._csr import provider_dns_name
 
 __all__ = ["LiveRegistry", "RegistryChange", "provider_of", "seeds_from_config"]
 
@@ -89,6 +90,8 @@ def provider_of(entry: RegistryEntry) -> ProviderConfig:
         plaintext=entry.plaintext,
         delivery=entry.delivery.value,
         client_cn=entry.client_cn,
+        # A provider the gateway issued a certificate to serves it: it names its id.
+        server_name=None if entry.cert_serial is None else provider_dns_name(entry.id),
     )
 
 

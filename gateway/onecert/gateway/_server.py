@@ -39,6 +39,7 @@ from onecert.gateway._refusal import Refusal
 from onecert.gateway._registry import LiveRegistry, RegistryChange
 from onecert.gateway._registry_admin import RegistryAdminService
 from onecert.gateway._unbind import UnbindService
+from onecert.gateway.enrollment import Enrollment, EnrollmentService
 from onecert.gateway.routing import RoutingKeyring, RoutingService
 from onecert.gateway.routing._service import (
     FilterSealer,
@@ -119,7 +120,9 @@ class _GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         routing_off: bool = False,
         registry: RegistryAdminService | None = None,
         telemetry: Telemetry | None = None,
+        enrollment: EnrollmentService | None = None,
     ) -> None:
+        self._enrollment = enrollment
         self._lookup = lookup
         self._registry = registry
         self._unbind = unbind
@@ -256,6 +259,36 @@ class _GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     ) -> gateway_pb2.RemoveProviderResponse:
         return await _stateful(self._registry).remove(request, current_caller())
 
+    def _enrollment_service(self) -> EnrollmentService:
+        if self._enrollment is None:
+            raise Refusal(
+                grpc.StatusCode.UNIMPLEMENTED,
+                f"{RPC.get()} needs self-service joining: this gateway has no [enrollment]",
+                reason="no_enrollment",
+            )
+        return self._enrollment
+
+    async def GetEnrollmentStatus(  # noqa: N802 - the gRPC method name
+        self,
+        request: gateway_pb2.GetEnrollmentStatusRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> gateway_pb2.GetEnrollmentStatusResponse:
+        return await self._enrollment_service().status(current_caller())
+
+    async def RequestActivation(  # noqa: N802 - the gRPC method name
+        self,
+        request: gateway_pb2.RequestActivationRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> gateway_pb2.RequestActivationResponse:
+        return await self._enrollment_service().request_activation(current_caller())
+
+    async def RenewCertificate(  # noqa: N802 - the gRPC method name
+        self,
+        request: gateway_pb2.RenewCertificateRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> gateway_pb2.RenewCertificateResponse:
+        return await self._enrollment_service().renew(request, current_caller())
+
 
 _T = TypeVar("_T")
 
@@ -297,6 +330,12 @@ def _state(
             else _FailClosedReplay(StoreReplayCache(store.replay))
         )
     return store, replay_cache
+
+
+def _listen_credentials(config: GatewayConfig) -> grpc.ServerCredentials | None:
+    """The gateway's own TLS (clients must present a certificate with a client CA)."""
+    tls = config.tls
+    return None if tls is None else ServerTLS(tls.cert, tls.key, tls.client_ca).credentials()
 
 
 def _verifier(config: GatewayConfig, replay: ReplayCache) -> AssertionVerifier:
@@ -359,11 +398,7 @@ class GatewayServer(AsyncResource):
         handle_key = load_handle_key(config.keys.handle_key)
         self._sealer = HandleSealer(handle_key)
         self.auditor = None if store is None else _auditor(config, store, handle_key)
-        self._credentials = (
-            None
-            if config.tls is None
-            else ServerTLS(config.tls.cert, config.tls.key, config.tls.client_ca).credentials()
-        )
+        self._credentials = _listen_credentials(config)
         self._channels = ChannelPool(
             upstream_tls=config.upstream_tls, max_message_bytes=config.max_message_bytes
         )
@@ -395,6 +430,7 @@ class GatewayServer(AsyncResource):
         self.delivery: DeliveryWorkers | None = None
         self.recycled: RecycledNumbers | None = None
         self.routing: RoutingService | None = None
+        self.enrollment = self._build_enrollment(store, clock)
         if store is not None and self.auditor is not None:
             self._build_stateful(store, self.auditor, observer, clock)
             if config.routing.enabled:
@@ -469,6 +505,43 @@ class GatewayServer(AsyncResource):
         )
         self.recycled.pusher.observer = observer
         self._workers.append(self.recycled.pusher)
+
+    def _build_enrollment(
+        self, store: Store | None, clock: Callable[[], datetime] | None
+    ) -> Enrollment | None:
+        """The join listener, the federation CA and the gate, with ``[enrollment]``."""
+        config = self.config
+        if config.enrollment is None:
+            return None
+        if store is None:
+            raise ConfigError("[enrollment] needs [store]: the registry lives in the database")
+        tls = config.tls
+        join_credentials = None if tls is None else ServerTLS(tls.cert, tls.key).credentials()
+        enrollment = Enrollment(
+            config,
+            registry=store.registry,
+            warrant_key=self._warrants.key,
+            credentials=join_credentials,
+            auditor=self.auditor,
+            gateway_address=self._advertised_address,
+            reserved_ids=self._principals.reserved_cns(),
+            after_change=self._registry_changed,
+            clock=clock,
+        )
+        self._workers.append(enrollment)
+        return enrollment
+
+    async def _registry_changed(self) -> None:
+        """Apply a join or an activation on this replica at once (others follow the version)."""
+        if self.registry is not None:
+            await self.registry.refresh()
+
+    def _advertised_address(self) -> str:
+        """Where joined providers reach ``gateway.listen`` (see ``enrollment.gateway_address``)."""
+        enrollment = self.config.enrollment
+        if enrollment is not None and enrollment.gateway_address:
+            return enrollment.gateway_address
+        return f":{self._port}"
 
     def _build_routing(self, store: Store, handle_key: bytes) -> RoutingService:
         """Filters published by providers, shared through the store, asked by the fan-out."""
@@ -594,6 +667,7 @@ class GatewayServer(AsyncResource):
                 routing_off=not self.config.routing.enabled,
                 registry=self.registry_admin,
                 telemetry=self.telemetry,
+                enrollment=None if self.enrollment is None else self.enrollment.service,
             ),
             server,
         )

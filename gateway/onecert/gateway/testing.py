@@ -45,6 +45,7 @@ from onecert.gateway._config import (
     CarrierConfig,
     CheckRecycledConfig,
     DeliveryConfig,
+    EnrollmentConfig,
     FanoutConfig,
     GatewayConfig,
     IdentityConfig,
@@ -104,6 +105,7 @@ __all__ = [
     "StoryNames",
     "at",
     "binding",
+    "enrollment_config",
     "gateway_toml",
     "stamp",
     "story_registry",
@@ -153,6 +155,20 @@ FAST_NOTICES = NoticesConfig(
     push_deadline_s=2.0,
     poll_wait_s=0.1,
 )
+
+
+def enrollment_config(keys: FederationKeys, **overrides: Any) -> EnrollmentConfig:
+    """``[enrollment]`` with the dev CA as the federation CA, the join listener on port 0,
+    and a gate with short deadlines; ``overrides`` replace any field."""
+    values: dict[str, Any] = {
+        "ca_cert": keys.dev.ca_cert,
+        "ca_key": keys.dev.ca_key,
+        "listen": "127.0.0.1:0",
+        "gate_timeout_s": 30.0,
+        "gate_call_timeout_s": 2.0,
+        **overrides,
+    }
+    return EnrollmentConfig(**values)
 
 
 def at(year: int, month: int = 1, day: int = 1) -> datetime:

@@ -1790,3 +1790,182 @@ class GetComplianceReportResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetComplianceReportResponse: _TypeAlias = GetComplianceReportResponse  # noqa: Y015
+
+@_typing.final
+class GetEnrollmentStatusRequest(_message.Message):
+    """---------------------------------------------------------------- Enrollment
+    A joined provider's own calls (see enrollment.proto for Enrollment.Join).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetEnrollmentStatusRequest: _TypeAlias = GetEnrollmentStatusRequest  # noqa: Y015
+
+@_typing.final
+class GetEnrollmentStatusResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def provider(self) -> Global___ProviderRecord:
+        """The caller as the registry holds it."""
+
+    def __init__(
+        self,
+        *,
+        provider: Global___ProviderRecord | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetEnrollmentStatusResponse: _TypeAlias = GetEnrollmentStatusResponse  # noqa: Y015
+
+@_typing.final
+class RequestActivationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestActivationRequest: _TypeAlias = RequestActivationRequest  # noqa: Y015
+
+@_typing.final
+class RequestActivationResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    GATE_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    status: Global___ProviderStatus.ValueType
+    """ACTIVE when the gate passed (or the provider was active already)."""
+    summary: _builtins.str
+    """One line: "provider at HOST:PORT: conformant: 30 passed, 0 failed,
+    7 skipped", or why the run could not finish.
+    """
+    @_builtins.property
+    def gate(self) -> Global___GateResult:
+        """The run made for this request; for a polling provider a run of no
+        checks, passed because the call itself came over mutual TLS with its
+        certificate.
+        """
+
+    def __init__(
+        self,
+        *,
+        status: Global___ProviderStatus.ValueType = ...,
+        gate: Global___GateResult | None = ...,
+        summary: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["gate", b"gate"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gate", b"gate", "status", b"status", "summary", b"summary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestActivationResponse: _TypeAlias = RequestActivationResponse  # noqa: Y015
+
+@_typing.final
+class RenewCertificateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CSR_PEM_FIELD_NUMBER: _builtins.int
+    csr_pem: _builtins.str
+    """A new CSR for the same provider id (as Enrollment.Join's csr_pem); a
+    fresh key pair is recommended.
+    """
+    def __init__(
+        self,
+        *,
+        csr_pem: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["csr_pem", b"csr_pem"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewCertificateRequest: _TypeAlias = RenewCertificateRequest  # noqa: Y015
+
+@_typing.final
+class RenewCertificateResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CERTIFICATE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def certificate(self) -> Global___IssuedCertificate: ...
+    def __init__(
+        self,
+        *,
+        certificate: Global___IssuedCertificate | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewCertificateResponse: _TypeAlias = RenewCertificateResponse  # noqa: Y015
+
+@_typing.final
+class IssuedCertificate(_message.Message):
+    """A certificate the federation CA issued."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHAIN_PEM_FIELD_NUMBER: _builtins.int
+    CA_BUNDLE_PEM_FIELD_NUMBER: _builtins.int
+    SERIAL_FIELD_NUMBER: _builtins.int
+    NOT_BEFORE_FIELD_NUMBER: _builtins.int
+    NOT_AFTER_FIELD_NUMBER: _builtins.int
+    RENEW_AFTER_FIELD_NUMBER: _builtins.int
+    chain_pem: _builtins.str
+    """The certificate, then any intermediate CAs, PEM."""
+    ca_bundle_pem: _builtins.str
+    """The CA certificates to trust for the federation (the gateway's client
+    certificate chains to them), PEM.
+    """
+    serial: _builtins.str
+    """Serial number, lowercase hex."""
+    @_builtins.property
+    def not_before(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def not_after(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def renew_after(self) -> _timestamp_pb2.Timestamp:
+        """Two thirds into the lifetime: renew (RenewCertificate) from then on."""
+
+    def __init__(
+        self,
+        *,
+        chain_pem: _builtins.str = ...,
+        ca_bundle_pem: _builtins.str = ...,
+        serial: _builtins.str = ...,
+        not_before: _timestamp_pb2.Timestamp | None = ...,
+        not_after: _timestamp_pb2.Timestamp | None = ...,
+        renew_after: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["not_after", b"not_after", "not_before", b"not_before", "renew_after", b"renew_after"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_bundle_pem", b"ca_bundle_pem", "chain_pem", b"chain_pem", "not_after", b"not_after", "not_before", b"not_before", "renew_after", b"renew_after", "serial", b"serial"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IssuedCertificate: _TypeAlias = IssuedCertificate  # noqa: Y015

@@ -119,6 +119,21 @@ class GatewayStub:
                 request_serializer=onecert_dot_v1_dot_gateway__pb2.RemoveProviderRequest.SerializeToString,
                 response_deserializer=onecert_dot_v1_dot_gateway__pb2.RemoveProviderResponse.FromString,
                 _registered_method=True)
+        self.GetEnrollmentStatus = channel.unary_unary(
+                '/onecert.v1.Gateway/GetEnrollmentStatus',
+                request_serializer=onecert_dot_v1_dot_gateway__pb2.GetEnrollmentStatusRequest.SerializeToString,
+                response_deserializer=onecert_dot_v1_dot_gateway__pb2.GetEnrollmentStatusResponse.FromString,
+                _registered_method=True)
+        self.RequestActivation = channel.unary_unary(
+                '/onecert.v1.Gateway/RequestActivation',
+                request_serializer=onecert_dot_v1_dot_gateway__pb2.RequestActivationRequest.SerializeToString,
+                response_deserializer=onecert_dot_v1_dot_gateway__pb2.RequestActivationResponse.FromString,
+                _registered_method=True)
+        self.RenewCertificate = channel.unary_unary(
+                '/onecert.v1.Gateway/RenewCertificate',
+                request_serializer=onecert_dot_v1_dot_gateway__pb2.RenewCertificateRequest.SerializeToString,
+                response_deserializer=onecert_dot_v1_dot_gateway__pb2.RenewCertificateResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -302,6 +317,41 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetEnrollmentStatus(self, request, context):
+        """A joined provider (pending or active) reads where it stands: its
+        registry record (status, the last gate run with each failing check's
+        rule and message, its certificate's serial and expiry; docs/contract.md
+        J rules).
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (suspended, removed, or not
+        a provider), UNIMPLEMENTED (no [enrollment] at this gateway).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RequestActivation(self, request, context):
+        """A pending provider asks to be activated: the gateway runs the
+        conformance kit against its address now (bounded in time), records the
+        result and activates it if the run passed. A polling provider (no
+        address) is activated by this call itself, made over mutual TLS with
+        its certificate. Errors: UNAUTHENTICATED, PERMISSION_DENIED,
+        RESOURCE_EXHAUSTED (too many gate runs at once; retry-after-ms),
+        UNIMPLEMENTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenewCertificate(self, request, context):
+        """A provider renews its certificate, authenticated by the current one:
+        the CSR must name the caller's own id. Errors: UNAUTHENTICATED,
+        PERMISSION_DENIED, INVALID_ARGUMENT (the CSR, as for Enrollment.Join),
+        UNIMPLEMENTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -384,6 +434,21 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.RemoveProvider,
                     request_deserializer=onecert_dot_v1_dot_gateway__pb2.RemoveProviderRequest.FromString,
                     response_serializer=onecert_dot_v1_dot_gateway__pb2.RemoveProviderResponse.SerializeToString,
+            ),
+            'GetEnrollmentStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEnrollmentStatus,
+                    request_deserializer=onecert_dot_v1_dot_gateway__pb2.GetEnrollmentStatusRequest.FromString,
+                    response_serializer=onecert_dot_v1_dot_gateway__pb2.GetEnrollmentStatusResponse.SerializeToString,
+            ),
+            'RequestActivation': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestActivation,
+                    request_deserializer=onecert_dot_v1_dot_gateway__pb2.RequestActivationRequest.FromString,
+                    response_serializer=onecert_dot_v1_dot_gateway__pb2.RequestActivationResponse.SerializeToString,
+            ),
+            'RenewCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewCertificate,
+                    request_deserializer=onecert_dot_v1_dot_gateway__pb2.RenewCertificateRequest.FromString,
+                    response_serializer=onecert_dot_v1_dot_gateway__pb2.RenewCertificateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -823,6 +888,87 @@ class Gateway:
             '/onecert.v1.Gateway/RemoveProvider',
             onecert_dot_v1_dot_gateway__pb2.RemoveProviderRequest.SerializeToString,
             onecert_dot_v1_dot_gateway__pb2.RemoveProviderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEnrollmentStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/onecert.v1.Gateway/GetEnrollmentStatus',
+            onecert_dot_v1_dot_gateway__pb2.GetEnrollmentStatusRequest.SerializeToString,
+            onecert_dot_v1_dot_gateway__pb2.GetEnrollmentStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestActivation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/onecert.v1.Gateway/RequestActivation',
+            onecert_dot_v1_dot_gateway__pb2.RequestActivationRequest.SerializeToString,
+            onecert_dot_v1_dot_gateway__pb2.RequestActivationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/onecert.v1.Gateway/RenewCertificate',
+            onecert_dot_v1_dot_gateway__pb2.RenewCertificateRequest.SerializeToString,
+            onecert_dot_v1_dot_gateway__pb2.RenewCertificateResponse.FromString,
             options,
             channel_credentials,
             insecure,

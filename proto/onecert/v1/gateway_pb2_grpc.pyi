@@ -164,6 +164,29 @@ class GatewayStub:
     reason), NOT_FOUND, FAILED_PRECONDITION (already removed), UNIMPLEMENTED
     (no store).
     """
+    GetEnrollmentStatus: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetEnrollmentStatusRequest, _gateway_pb2.GetEnrollmentStatusResponse]
+    """A joined provider (pending or active) reads where it stands: its
+    registry record (status, the last gate run with each failing check's
+    rule and message, its certificate's serial and expiry; docs/contract.md
+    J rules).
+    Errors: UNAUTHENTICATED, PERMISSION_DENIED (suspended, removed, or not
+    a provider), UNIMPLEMENTED (no [enrollment] at this gateway).
+    """
+    RequestActivation: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.RequestActivationRequest, _gateway_pb2.RequestActivationResponse]
+    """A pending provider asks to be activated: the gateway runs the
+    conformance kit against its address now (bounded in time), records the
+    result and activates it if the run passed. A polling provider (no
+    address) is activated by this call itself, made over mutual TLS with
+    its certificate. Errors: UNAUTHENTICATED, PERMISSION_DENIED,
+    RESOURCE_EXHAUSTED (too many gate runs at once; retry-after-ms),
+    UNIMPLEMENTED.
+    """
+    RenewCertificate: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.RenewCertificateRequest, _gateway_pb2.RenewCertificateResponse]
+    """A provider renews its certificate, authenticated by the current one:
+    the CSR must name the caller's own id. Errors: UNAUTHENTICATED,
+    PERMISSION_DENIED, INVALID_ARGUMENT (the CSR, as for Enrollment.Join),
+    UNIMPLEMENTED.
+    """
 
 @_typing.type_check_only
 class GatewayAsyncStub(GatewayStub):
@@ -283,6 +306,29 @@ class GatewayAsyncStub(GatewayStub):
     Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (provider_id,
     reason), NOT_FOUND, FAILED_PRECONDITION (already removed), UNIMPLEMENTED
     (no store).
+    """
+    GetEnrollmentStatus: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetEnrollmentStatusRequest, _gateway_pb2.GetEnrollmentStatusResponse]  # type: ignore[assignment]
+    """A joined provider (pending or active) reads where it stands: its
+    registry record (status, the last gate run with each failing check's
+    rule and message, its certificate's serial and expiry; docs/contract.md
+    J rules).
+    Errors: UNAUTHENTICATED, PERMISSION_DENIED (suspended, removed, or not
+    a provider), UNIMPLEMENTED (no [enrollment] at this gateway).
+    """
+    RequestActivation: _aio.UnaryUnaryMultiCallable[_gateway_pb2.RequestActivationRequest, _gateway_pb2.RequestActivationResponse]  # type: ignore[assignment]
+    """A pending provider asks to be activated: the gateway runs the
+    conformance kit against its address now (bounded in time), records the
+    result and activates it if the run passed. A polling provider (no
+    address) is activated by this call itself, made over mutual TLS with
+    its certificate. Errors: UNAUTHENTICATED, PERMISSION_DENIED,
+    RESOURCE_EXHAUSTED (too many gate runs at once; retry-after-ms),
+    UNIMPLEMENTED.
+    """
+    RenewCertificate: _aio.UnaryUnaryMultiCallable[_gateway_pb2.RenewCertificateRequest, _gateway_pb2.RenewCertificateResponse]  # type: ignore[assignment]
+    """A provider renews its certificate, authenticated by the current one:
+    the CSR must name the caller's own id. Errors: UNAUTHENTICATED,
+    PERMISSION_DENIED, INVALID_ARGUMENT (the CSR, as for Enrollment.Join),
+    UNIMPLEMENTED.
     """
 
 class GatewayServicer(metaclass=_abc_1.ABCMeta):
@@ -496,6 +542,47 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (provider_id,
         reason), NOT_FOUND, FAILED_PRECONDITION (already removed), UNIMPLEMENTED
         (no store).
+        """
+
+    @_abc_1.abstractmethod
+    def GetEnrollmentStatus(
+        self,
+        request: _gateway_pb2.GetEnrollmentStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.GetEnrollmentStatusResponse, _abc.Awaitable[_gateway_pb2.GetEnrollmentStatusResponse]]:
+        """A joined provider (pending or active) reads where it stands: its
+        registry record (status, the last gate run with each failing check's
+        rule and message, its certificate's serial and expiry; docs/contract.md
+        J rules).
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (suspended, removed, or not
+        a provider), UNIMPLEMENTED (no [enrollment] at this gateway).
+        """
+
+    @_abc_1.abstractmethod
+    def RequestActivation(
+        self,
+        request: _gateway_pb2.RequestActivationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.RequestActivationResponse, _abc.Awaitable[_gateway_pb2.RequestActivationResponse]]:
+        """A pending provider asks to be activated: the gateway runs the
+        conformance kit against its address now (bounded in time), records the
+        result and activates it if the run passed. A polling provider (no
+        address) is activated by this call itself, made over mutual TLS with
+        its certificate. Errors: UNAUTHENTICATED, PERMISSION_DENIED,
+        RESOURCE_EXHAUSTED (too many gate runs at once; retry-after-ms),
+        UNIMPLEMENTED.
+        """
+
+    @_abc_1.abstractmethod
+    def RenewCertificate(
+        self,
+        request: _gateway_pb2.RenewCertificateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.RenewCertificateResponse, _abc.Awaitable[_gateway_pb2.RenewCertificateResponse]]:
+        """A provider renews its certificate, authenticated by the current one:
+        the CSR must name the caller's own id. Errors: UNAUTHENTICATED,
+        PERMISSION_DENIED, INVALID_ARGUMENT (the CSR, as for Enrollment.Join),
+        UNIMPLEMENTED.
         """
 
 def add_GatewayServicer_to_server(servicer: GatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

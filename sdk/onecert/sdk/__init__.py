@@ -5,6 +5,10 @@ Write two async functions, hand them to a :class:`Provider`, call
 validates and converts messages, makes unbinds idempotent, serves health and
 reflection over TLS, and logs with phone numbers masked. See
 :mod:`onecert.sdk.testing` to test an adapter without a network.
+
+Joining by invitation: :func:`join` (key pair made locally, CSR and token
+sent, certificate saved), then :class:`CertificateRenewer` keeps the
+certificate fresh while the provider runs.
 """
 
 from onecert.sdk._quiet import quiet_grpc_core
@@ -14,6 +18,7 @@ quiet_grpc_core()
 
 from onecert.sdk._carrier import Carrier
 from onecert.sdk._core import Unavailable
+from onecert.sdk._enroll import EnrolledState, JoinResult, ProviderCredentials, join
 from onecert.sdk._idempotency import (
     IdempotencyStore,
     MemoryIdempotencyStore,
@@ -23,6 +28,7 @@ from onecert.sdk._logging import configure_logging
 from onecert.sdk._poller import NoticePoller, PollRound
 from onecert.sdk._provider import Provider
 from onecert.sdk._publisher import FilterPublisher
+from onecert.sdk._renew import CertificateRenewer
 from onecert.sdk._server import Server
 from onecert.sdk._set import SetError, SetIssuer, SetVerifier
 from onecert.sdk._tls import ClientTLS, ServerTLS
@@ -45,14 +51,18 @@ __all__ = [
     "BindingKind",
     "CallInfo",
     "Carrier",
+    "CertificateRenewer",
     "ClientTLS",
+    "EnrolledState",
     "FilterPublisher",
     "IdempotencyStore",
+    "JoinResult",
     "MemoryIdempotencyStore",
     "NoticePoller",
     "PollRound",
     "Provider",
     "ProviderCategory",
+    "ProviderCredentials",
     "RecycledNotice",
     "SQLiteIdempotencyStore",
     "Server",
@@ -68,4 +78,5 @@ __all__ = [
     "UnbindRequest",
     "UnbindResult",
     "configure_logging",
+    "join",
 ]

@@ -44,6 +44,11 @@ class GatewayTokenIssuer:
     def issuer(self) -> str:
         return self._issuer
 
+    @property
+    def key(self) -> SigningKey:
+        """The signing key (the conformance gate signs its own test warrants with it)."""
+        return self._key
+
 
 class GatewayTokenVerifier:
     """What the verifiers of the gateway's tokens share: its keys, the ``iss`` and

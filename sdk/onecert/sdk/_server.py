@@ -27,7 +27,7 @@ from onecert.sdk._keys import KeyConfigError, KeySet, load_jwks
 from onecert.sdk._lifecycle import AsyncResource
 from onecert.sdk._logging import configure_logging
 from onecert.sdk._provider import Provider, ProviderCore, ProviderServicer
-from onecert.sdk._tls import ServerTLS, TLSConfigError
+from onecert.sdk._tls import ServerTLS, TLSConfigError, peer_names
 from onecert.v1 import provider_pb2, provider_pb2_grpc, registry_pb2, registry_pb2_grpc
 
 DEFAULT_PORT = 50061
@@ -69,8 +69,13 @@ class _CallBoundary(grpc.aio.ServerInterceptor):
 
     Each call runs in its own task (so its own context): what the handler
     binds (the verified query id, the masked number) shows in the final line
-    and never in another call's.
+    and never in another call's. With a ``gateway_identity``, a call whose
+    client certificate names someone else (another provider's certificate
+    from the same CA) is refused PERMISSION_DENIED before its handler runs.
     """
+
+    def __init__(self, gateway_identity: str | None = None) -> None:
+        self._identity = gateway_identity
 
     async def intercept_service(
         self,
@@ -95,6 +100,7 @@ class _CallBoundary(grpc.aio.ServerInterceptor):
             outcome = "OK"
             with structlog.contextvars.bound_contextvars(rpc=name):
                 try:
+                    await self._check_caller(context)
                     return await inner(request, context)
                 except CallError as exc:
                     outcome = exc.code.name
@@ -114,6 +120,20 @@ class _CallBoundary(grpc.aio.ServerInterceptor):
             logged,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
+        )
+
+    async def _check_caller(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        if self._identity is None:
+            return
+        names = peer_names(context)
+        if self._identity in names:
+            return
+        shown = ", ".join(sorted(names)[:3]) or "no client certificate"
+        log.warning("caller.not_gateway", caller=shown)
+        await context.abort(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"the caller's certificate ({shown}) is not the gateway's "
+            f"({self._identity!r}): only the gateway may call this server",
         )
 
 
@@ -140,6 +160,11 @@ class Server(AsyncResource):
         grace: seconds in-flight calls get to finish on shutdown.
         max_concurrent_rpcs: calls served at once; more are refused with
             RESOURCE_EXHAUSTED. None for no limit.
+        gateway_identity: the name (CN or subject alternative name) of the
+            gateway's client certificate: calls presenting another
+            certificate of the CA are refused PERMISSION_DENIED. Needs mutual
+            TLS. None: any certificate of the CA passes (the warrant is the
+            only check).
 
     Raises:
         ValueError: at construction, for an unusable configuration.
@@ -158,6 +183,7 @@ class Server(AsyncResource):
         idempotency: IdempotencyStore | str | Path | None = None,
         grace: float = 5.0,
         max_concurrent_rpcs: int | None = None,
+        gateway_identity: str | None = None,
     ) -> None:
         if not isinstance(adapter, Provider | Carrier):
             raise TypeError(f"expected a Provider or a Carrier, got {type(adapter).__name__}")
@@ -171,6 +197,11 @@ class Server(AsyncResource):
             raise ServerConfigError("tls and insecure=True contradict each other; choose one")
         if grace < 0:
             raise ServerConfigError("grace must not be negative")
+        if gateway_identity is not None and (tls is None or tls.client_ca_file is None):
+            raise ServerConfigError(
+                "gateway_identity needs mutual TLS: tls=ServerTLS(cert, key, client_ca_file)"
+            )
+        self._gateway_identity = gateway_identity
         self._adapter = adapter
         self._keys = (
             load_jwks(gateway_keys) if isinstance(gateway_keys, str | Path) else gateway_keys
@@ -239,7 +270,7 @@ class Server(AsyncResource):
         except Exception as exc:  # any store failure is a configuration error here
             raise ServerConfigError(f"the idempotency store is unusable: {exc}") from exc
         server = grpc.aio.server(
-            interceptors=[_CallBoundary()],
+            interceptors=[_CallBoundary(self._gateway_identity)],
             options=[
                 ("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_SEND_MESSAGE_BYTES),
@@ -381,6 +412,12 @@ def build_parser(adapter: Provider | Carrier, prog: str | None = None) -> argpar
         "--client-ca", metavar="PEM", help="require client certificates signed by this CA"
     )
     parser.add_argument(
+        "--gateway-identity",
+        metavar="NAME",
+        help="answer only a client certificate with this CN or SAN (the gateway's; "
+        "needs --client-ca)",
+    )
+    parser.add_argument(
         "--insecure", action="store_true", help="serve without TLS (development only)"
     )
     if role == "provider":
@@ -407,6 +444,8 @@ def main(adapter: Adapter, argv: Sequence[str] | None = None) -> None:
         parser.error("--tls-cert and --tls-key go together")
     if args.client_ca and not args.tls_cert:
         parser.error("--client-ca needs --tls-cert and --tls-key")
+    if args.gateway_identity and not args.client_ca:
+        parser.error("--gateway-identity needs --client-ca (mutual TLS)")
     tls = ServerTLS(args.tls_cert, args.tls_key, args.client_ca) if args.tls_cert else None
     try:
         run_until_signal(
@@ -420,6 +459,7 @@ def main(adapter: Adapter, argv: Sequence[str] | None = None) -> None:
             insecure=args.insecure,
             idempotency=getattr(args, "idempotency_db", None),
             grace=args.grace,
+            gateway_identity=args.gateway_identity,
         )
     except (ServerConfigError, KeyConfigError, TLSConfigError) as exc:
         parser.exit(2, f"{parser.prog}: error: {exc}\n")

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from onecert.sdk._csr import key_pem, key_usage
 from onecert.sdk._keys import SigningKey
 
 __all__ = [
@@ -174,7 +175,7 @@ class DevKeys:
         )
         cert_path, key_path = directory / f"{label}.pem", directory / f"{label}.key.pem"
         cert_path.write_bytes(_cert_pem(cert))
-        key_path.write_bytes(_key_pem(key))
+        key_path.write_bytes(key_pem(key))
         return cert_path, key_path
 
     def files(self) -> tuple[Path, ...]:
@@ -273,14 +274,6 @@ def _subject_alt_names(extra: Iterable[str]) -> list[x509.GeneralName]:
     return out
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
 def _cert_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
@@ -300,20 +293,6 @@ class _Issuer:
     key: ec.EllipticCurvePrivateKey
     name: x509.Name
     ski: x509.SubjectKeyIdentifier | None = None
-
-
-def _key_usage(*, ca: bool) -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=ca,
-        crl_sign=ca,
-        encipher_only=False,
-        decipher_only=False,
-    )
 
 
 def _issue_cert(
@@ -345,7 +324,7 @@ def _issue_cert(
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
-        .add_extension(_key_usage(ca=ca), critical=True)
+        .add_extension(key_usage(ca=ca), critical=True)
         .add_extension(ski, critical=False)
     )
     if usages:
@@ -397,7 +376,7 @@ def _generate(keys: DevKeys, sans: list[x509.GeneralName]) -> dict[Path, bytes]:
             not_before=now - _BACKDATE,
             not_after=now + dt.timedelta(days=_LEAF_DAYS),
         )
-        return _cert_pem(cert), _key_pem(key)
+        return _cert_pem(cert), key_pem(key)
 
     server_cert, server_key = leaf("localhost", ExtendedKeyUsageOID.SERVER_AUTH, sans)
     contents = {
@@ -408,14 +387,14 @@ def _generate(keys: DevKeys, sans: list[x509.GeneralName]) -> dict[Path, bytes]:
         keys.gateway_jwks: _json(warrant.jwks()),
         keys.handle_key: _hex_secret(),
         keys.ca_cert: _cert_pem(ca_cert),
-        keys.ca_key: _key_pem(ca_key),
+        keys.ca_key: key_pem(ca_key),
         keys.server_cert: server_cert,
         keys.server_key: server_key,
     }
     for name in keys.clients:
-        cert_pem, key_pem = leaf(name, ExtendedKeyUsageOID.CLIENT_AUTH, ())
+        cert_pem, private_pem = leaf(name, ExtendedKeyUsageOID.CLIENT_AUTH, ())
         contents[keys.client_cert(name)] = cert_pem
-        contents[keys.client_key(name)] = key_pem
+        contents[keys.client_key(name)] = private_pem
     return contents
 
 

@@ -82,6 +82,8 @@ class ProviderSpec:
             gateway calls it) or ``"poll"`` (it asks the gateway).
         ignores_notices: acknowledges recycled-number notices and never acts
             on them (what the compliance report is for).
+        joins: not in the gateway's configuration: the regulator invites it
+            and it joins by itself (token, CSR, conformance gate).
     """
 
     id: str
@@ -92,6 +94,7 @@ class ProviderSpec:
     filler_users: int = 200
     notices: str = "push"
     ignores_notices: bool = False
+    joins: bool = False
 
     def __post_init__(self) -> None:
         if self.notices not in ("push", "poll"):
@@ -141,9 +144,14 @@ PROVIDERS: tuple[ProviderSpec, ...] = (
     ProviderSpec(
         "kindred", "Kindred Hearts", ProviderCategory.DATING, filler_users=150, ignores_notices=True
     ),
-    # A small site: fetches its notices by polling the gateway.
+    # A small site: joins by invitation, and fetches its notices by polling the gateway.
     ProviderSpec(
-        "teahouse", "Teahouse Forum", ProviderCategory.FORUM, filler_users=60, notices="poll"
+        "teahouse",
+        "Teahouse Forum",
+        ProviderCategory.FORUM,
+        filler_users=60,
+        notices="poll",
+        joins=True,
     ),
     # In the gateway's configuration, but never started: reported as failed.
     ProviderSpec("dragonkeep", "Dragonkeep Games", ProviderCategory.GAMING, down=True),

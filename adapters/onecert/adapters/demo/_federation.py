@@ -46,6 +46,7 @@ from onecert.adapters.demo._data import (
     history_events,
     provider_spec,
 )
+from onecert.adapters.demo._join import Joined, invite_and_wait, join_argv
 from onecert.adapters.demo._procs import end_processes
 from onecert.adapters.demo._serve import write_ready_file
 from onecert.sdk._tls import ClientTLS
@@ -295,6 +296,13 @@ poll_wait_s = 5
 
 [admin]
 client_cns = {admin_cns}
+
+# Providers invited by the regulator join here; the dev CA is the federation CA.
+[enrollment]
+ca_cert = "keys/ca.pem"
+ca_key = "keys/ca.key.pem"
+listen = "127.0.0.1:0"
+gate_timeout_s = 30
 """
 
 # The demo portal's configuration; the story's people are appended.
@@ -335,6 +343,8 @@ def _upstreams_toml(
             f"prefixes = {_toml(list(carrier.prefixes))}",
         ]
     for provider in providers:
+        if provider.joins:
+            continue  # not configured: it joins by invitation
         lines += [
             "",
             "[[providers]]",
@@ -415,6 +425,7 @@ class DemoFederation:
         self.history_start: datetime | None = None
         self.history_reported = 0
         self._down_ports: dict[str, int] = {}
+        self.joined: list[Joined] = []
 
     # ------------------------------------------------------------ set-up
 
@@ -514,6 +525,8 @@ class DemoFederation:
                         argv += ["--users", str(spec.filler_users)]
                     if spec.ignores_notices:
                         argv.append("--ignore-notices")
+                    if spec.joins:
+                        argv += join_argv(self._run, adapter_id)
                     if spec.notices == "poll":
                         argv += [
                             "--poll-notices",
@@ -673,6 +686,8 @@ class DemoFederation:
         write_ready_file(self.gateway_address_file, gateway.address)
         self.history_reported = await report_history(self)
         step("gateway", timer)
+        # The providers left out of gateway.toml: invited, and waited for until active.
+        self.joined = [await invite_and_wait(self, p) for p in self.providers if p.joins]
 
     def write_portal_config(self) -> Path:
         """Write ``DIR/portal.toml``: the citizen's portal in development mode, its

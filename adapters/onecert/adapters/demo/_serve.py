@@ -21,12 +21,22 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
 
 from onecert.adapters.demo._adapters import build_carrier, build_provider
 from onecert.adapters.demo._data import DEFAULT_SEED
-from onecert.sdk import Carrier, NoticePoller, Provider, Server, ServerTLS, configure_logging
+from onecert.adapters.demo._join import bootstrap_credentials, join_when_invited
+from onecert.sdk import (
+    Carrier,
+    CertificateRenewer,
+    NoticePoller,
+    Provider,
+    Server,
+    ServerTLS,
+    configure_logging,
+)
 from onecert.sdk._tls import ClientTLS
 from onecert.sdk.client import ProviderGatewayClient
 from onecert.sdk.devkeys import read_hex_key
@@ -93,6 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
                 "--client-cert", type=Path, metavar="PEM", help="client certificate for polling"
             )
             p.add_argument("--client-key", type=Path, metavar="PEM", help="its private key")
+            p.add_argument(
+                "--join-invitation",
+                type=Path,
+                metavar="FILE",
+                help="join by invitation: wait for FILE (join address and token), join, "
+                "ask for activation, renew; serves from --join-dir meanwhile",
+            )
+            p.add_argument(
+                "--join-dir", type=Path, metavar="DIR", help="the joined provider's credentials"
+            )
         else:
             p.add_argument(
                 "--idn-key", required=True, type=Path, metavar="PATH", help="the shared idn key"
@@ -160,35 +180,82 @@ async def poll_notices(provider: Provider, polling: _Polling) -> None:
     address = await _gateway_address(polling.address_file)
     _log.info("polling the gateway for notices", gateway=address)
     async with ProviderGatewayClient(address, tls=polling.tls) as client:
-        poller = NoticePoller(
-            provider,
-            client,
-            gateway_keys=polling.gateway_keys,
-            gateway_issuer=polling.gateway_issuer,
-            wait=_POLL_WAIT_S,
-            retry_interval=_RETRY_S,
-        )
-        await poller.run()
+        await _poll_with(provider, client, polling)
+
+
+async def _poll_with(provider: Provider, client: ProviderGatewayClient, polling: _Polling) -> None:
+    poller = NoticePoller(
+        provider,
+        client,
+        gateway_keys=polling.gateway_keys,
+        gateway_issuer=polling.gateway_issuer,
+        wait=_POLL_WAIT_S,
+        retry_interval=_RETRY_S,
+    )
+    await poller.run()
+
+
+async def _joined_life(
+    adapter: Provider | Carrier, server: Server, args: argparse.Namespace, polling: _Polling | None
+) -> None:
+    """Join when invited, then (with the certificate it got, renewed as it goes) poll
+    for notices if it polls, until cancelled."""
+    credentials = await join_when_invited(
+        provider_id=adapter.id,
+        address=server.address,
+        poll=polling is not None,
+        invitation_file=args.join_invitation,
+        gateway_ca=args.client_ca,
+        directory=args.join_dir,
+    )
+    state = credentials.state()
+    async with (
+        ProviderGatewayClient(state.gateway_address, tls=credentials.gateway_tls()) as client,
+        CertificateRenewer(credentials, clients=[client]),
+    ):
+        if polling is not None and isinstance(adapter, Provider):
+            await _poll_with(adapter, client, polling)
+        else:
+            await asyncio.Event().wait()  # until cancelled: the renewer works meanwhile
 
 
 async def _serve(
-    server: Server, adapter: Provider | Carrier, ready_file: Path | None, polling: _Polling | None
+    server: Server,
+    adapter: Provider | Carrier,
+    args: argparse.Namespace,
+    polling: _Polling | None,
 ) -> None:
     await server.start()
-    if ready_file is not None:
-        write_ready_file(ready_file, server.port)
-    poller = None
-    if polling is not None and isinstance(adapter, Provider):
-        poller = asyncio.create_task(poll_notices(adapter, polling), name="poll-notices")
+    if args.ready_file is not None:
+        write_ready_file(args.ready_file, server.port)
+    background = []
+    if getattr(args, "join_invitation", None) is not None:
+        joining = _joined_life(adapter, server, args, polling)
+        background.append(asyncio.create_task(joining, name="join"))
+    elif polling is not None and isinstance(adapter, Provider):
+        background.append(asyncio.create_task(poll_notices(adapter, polling), name="poll-notices"))
     try:
         await server.run(handle_signals=True)
     finally:
-        if poller is not None:
-            # A poll held open by the gateway ends with the process: the
-            # notices it would bring come again with the next poll.
-            poller.cancel()
+        # A poll held open by the gateway ends with the process: the notices
+        # it would bring come again with the next poll.
+        for task in background:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await poller
+                await task
+
+
+def _tls_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Fixed dev certificates, or, joining, the credentials directory (reloaded as the
+    join and each renewal replace it) and calls from the gateway's certificate only."""
+    if getattr(args, "join_invitation", None) is None:
+        return {"tls": ServerTLS(args.tls_cert, args.tls_key, args.client_ca)}
+    if args.join_dir is None:
+        raise ValueError("--join-invitation needs --join-dir")
+    credentials = bootstrap_credentials(
+        args.join_dir, cert=args.tls_cert, key=args.tls_key, ca=args.client_ca
+    )
+    return {"tls": credentials.server_tls(), "gateway_identity": "gateway"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -203,10 +270,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             gateway_keys=args.gateway_jwks,
             listen=args.listen,
             gateway_issuer=args.gateway_issuer,
-            tls=ServerTLS(args.tls_cert, args.tls_key, args.client_ca),
             grace=args.grace,
+            **_tls_options(args),
         )
-        asyncio.run(_serve(server, adapter, args.ready_file, polling))
+        asyncio.run(_serve(server, adapter, args, polling))
     except (OSError, ValueError) as exc:
         # Configuration errors (unreadable keys, a taken port) as one line.
         print(f"demo {args.role} {args.id}: {exc}", file=sys.stderr)

@@ -300,6 +300,9 @@ class ServerSection:
     listen: str = "[::]:50061"
     gateway_issuer: str = "onecert-gateway"
     tls: TLSFiles | None = None
+    # What `onecert provider join --dir DIR` wrote: serve with that certificate
+    # (answering the gateway's identity only) and renew it; instead of [server.tls].
+    credentials: Path | None = None
     insecure: bool = False
     idempotency_db: Path | None = None
     grace_s: float = setting(5.0, seconds=True, allow_zero=True)
@@ -706,10 +709,21 @@ def _parse_server(t: _Table, base: Path, name: str) -> ServerSection:
     insecure = t.boolean("insecure", ServerSection.insecure)
     tls_t = t.optional_table("tls")
     tls = None if tls_t is None else tls_t.read_whole(TLSFiles)
-    if tls is not None and insecure:
-        raise ConfigError(f"[{t.where('tls')}] and {t.where('insecure')} = true contradict")
-    if tls is None and not insecure:
+    credentials = t.path("credentials", None)
+    given = [
+        name
+        for name, present in (
+            (f"[{t.where('tls')}]", tls is not None),
+            (t.where("credentials"), credentials is not None),
+            (f"{t.where('insecure')} = true", insecure),
+        )
+        if present
+    ]
+    if len(given) > 1:
+        raise ConfigError(f"{' and '.join(given)} contradict: choose one")
+    if tls is None and not insecure and credentials is None:
         raise ConfigError(
+            f"{t.where('credentials')} (what `onecert provider join --dir` wrote) or "
             f"[{t.where('tls')}] (cert, key, client_ca) is required; plaintext needs "
             f"{t.where('insecure')} = true and is for development only"
         )
@@ -728,6 +742,7 @@ def _parse_server(t: _Table, base: Path, name: str) -> ServerSection:
         ServerSection,
         listen=listen,
         tls=tls,
+        credentials=credentials,
         insecure=insecure,
         idempotency_db=idempotency,
         log_level=log_level,

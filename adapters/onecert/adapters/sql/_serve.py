@@ -8,10 +8,18 @@ from collections.abc import AsyncIterator, Callable
 
 from onecert.adapters.sql._config import RoutingSection, SiteConfig
 from onecert.adapters.sql._site import SqlSite
-from onecert.sdk import ClientTLS, FilterPublisher, Server, ServerTLS
+from onecert.sdk import (
+    CertificateRenewer,
+    ClientTLS,
+    EnrolledState,
+    FilterPublisher,
+    ProviderCredentials,
+    Server,
+    ServerTLS,
+)
 from onecert.sdk.client import ProviderGatewayClient
 
-__all__ = ["build_server", "check", "check_report", "publishing", "serve"]
+__all__ = ["build_server", "check", "check_report", "publishing", "renewing", "serve"]
 
 
 def build_server(site: SqlSite) -> Server:
@@ -23,7 +31,13 @@ def build_server(site: SqlSite) -> Server:
     """
     server = site.config.server
     tls = None
-    if server.tls is not None:
+    gateway_identity = None
+    if server.credentials is not None:
+        credentials = ProviderCredentials.at(server.credentials)
+        gateway_identity = _joined(credentials, site.config.provider.id).gateway_identity or None
+        tls = credentials.server_tls()
+        tls.credentials()
+    elif server.tls is not None:
         tls = ServerTLS(
             str(server.tls.cert),
             str(server.tls.key),
@@ -41,7 +55,25 @@ def build_server(site: SqlSite) -> Server:
         idempotency=server.idempotency_db,
         grace=server.grace_s,
         max_concurrent_rpcs=server.max_concurrent_rpcs,
+        gateway_identity=gateway_identity,
     )
+
+
+def _joined(credentials: ProviderCredentials, provider_id: str) -> EnrolledState:
+    """What the join wrote, for this site's provider id; ValueError otherwise."""
+    try:
+        state = credentials.state()
+    except (OSError, ValueError, TypeError) as exc:
+        raise ValueError(
+            f"server.credentials {credentials.directory} holds no joined provider ({exc}): "
+            "run `onecert provider join --dir` first"
+        ) from None
+    if state.provider_id != provider_id:
+        raise ValueError(
+            f"server.credentials {credentials.directory} joined as {state.provider_id!r}, "
+            f"not provider.id {provider_id!r}"
+        )
+    return state
 
 
 async def check(config: SiteConfig) -> tuple[str, ...]:
@@ -104,10 +136,21 @@ async def serve(config: SiteConfig, *, ready: Callable[[Server], None] | None = 
         await server.start()
         if ready is not None:
             ready(server)
-        async with publishing(site):
+        async with publishing(site), renewing(site):
             await server.run(handle_signals=True)
     finally:
         await site.close()
+
+
+@contextlib.asynccontextmanager
+async def renewing(site: SqlSite) -> AsyncIterator[CertificateRenewer | None]:
+    """Renew the joined certificate while the block runs (nothing without ``credentials``)."""
+    directory = site.config.server.credentials
+    if directory is None:
+        yield None
+        return
+    async with CertificateRenewer(ProviderCredentials.at(directory)) as renewer:
+        yield renewer
 
 
 def gateway_client(routing: RoutingSection, provider_id: str) -> ProviderGatewayClient:

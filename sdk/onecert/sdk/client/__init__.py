@@ -28,6 +28,7 @@ from onecert.sdk.client._admin import (
 )
 from onecert.sdk.client._base import GatewayError, RateLimitedError
 from onecert.sdk.client._carrier import CarrierGatewayClient, NumberEventType, ReportedEvent
+from onecert.sdk.client._enrollment import ActivationResult, Certificate
 from onecert.sdk.client._portal import (
     Account,
     Attribution,
@@ -65,11 +66,13 @@ from onecert.sdk.client._registry import (
 
 __all__ = [
     "Account",
+    "ActivationResult",
     "AdminGatewayClient",
     "Attribution",
     "CallOutcome",
     "CarrierGatewayClient",
     "CarrierStatus",
+    "Certificate",
     "ComplianceReport",
     "ComplianceStatus",
     "Coverage",

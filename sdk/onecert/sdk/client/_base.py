@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
@@ -93,6 +94,8 @@ class ClientBase(AsyncResource):
             raise ValueError("give either tls=ClientTLS(...) or insecure=True (development only)")
         self._channel = open_channel(target, tls=tls, max_message_bytes=max_message_bytes)
         self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
+        self._max_message_bytes = max_message_bytes
+        self._retired: set[asyncio.Task[None]] = set()
         principal = self._dev_principal if insecure else None
         self._metadata: Metadata = () if principal is None else ((DEV_PRINCIPAL_HEADER, principal),)
         self.target = target
@@ -113,9 +116,28 @@ class ClientBase(AsyncResource):
         except grpc.aio.AioRpcError as exc:
             raise GatewayError.of(exc) from None
 
+    def reload_tls(self, tls: ClientTLS, *, grace: float = 30.0) -> None:
+        """Use ``tls`` (a renewed client certificate) from the next call on.
+
+        A new channel takes the place of the current one at once; calls in
+        flight finish on the old one, which is closed once they are done (or
+        after ``grace`` seconds).
+
+        Raises:
+            TLSConfigError: the files are unusable; the current channel stays.
+        """
+        channel = open_channel(self.target, tls=tls, max_message_bytes=self._max_message_bytes)
+        old, self._channel = self._channel, channel
+        self._stub = gateway_pb2_grpc.GatewayStub(channel)
+        retiring = asyncio.ensure_future(old.close(grace))
+        self._retired.add(retiring)
+        retiring.add_done_callback(self._retired.discard)
+
     async def close(self) -> None:
         """Close the channel; calls in flight are cancelled."""
         await self._channel.close()
+        for retiring in list(self._retired):
+            await retiring
 
     async def _exit(self) -> None:
         await self.close()

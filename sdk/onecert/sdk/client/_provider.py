@@ -19,6 +19,13 @@ from onecert.sdk.client._base import (
     stamp,
     time_of,
 )
+from onecert.sdk.client._enrollment import ActivationResult, Certificate, certificate_of
+from onecert.sdk.client._registry import (
+    ProviderRecord,
+    gate_from_pb,
+    record_from_pb,
+    status_of_pb,
+)
 from onecert.v1 import gateway_pb2
 
 # ------------------------------------------------------------------ providers
@@ -288,6 +295,53 @@ class ProviderGatewayClient(ClientBase):
         """Be asked about every number (drops the filter in place; a snapshot opts back in)."""
         request = gateway_pb2.PublishFilterRequest(opt_out=gateway_pb2.RoutingOptOut())
         return _receipt(await self._unary(self._stub.PublishFilter, request, timeout=timeout))
+
+    async def enrollment_status(
+        self,
+        *,
+        timeout: float = 5.0,  # noqa: ASYNC109 - the gRPC deadline
+    ) -> ProviderRecord:
+        """Where you stand: your registry record (status, the last gate run with each
+        failing check, your certificate's serial and expiry).
+
+        Raises:
+            GatewayError: PERMISSION_DENIED (suspended, removed), FAILED_PRECONDITION
+                (you did not join by enrollment), UNIMPLEMENTED (no enrollment here).
+        """
+        request = gateway_pb2.GetEnrollmentStatusRequest()
+        response = await self._unary(self._stub.GetEnrollmentStatus, request, timeout=timeout)
+        return record_from_pb(response.provider)
+
+    async def request_activation(
+        self,
+        *,
+        timeout: float = 90.0,  # noqa: ASYNC109 - the gRPC deadline; the gate takes seconds
+    ) -> ActivationResult:
+        """Ask to be activated: the gateway runs the conformance kit against you now.
+
+        Raises:
+            RateLimitedError: too many gates run at once; try after ``retry_after``.
+            GatewayError: another refusal.
+        """
+        request = gateway_pb2.RequestActivationRequest()
+        response = await self._unary(self._stub.RequestActivation, request, timeout=timeout)
+        gate = gate_from_pb(response.gate) if response.HasField("gate") else None
+        return ActivationResult(status_of_pb(response.status), gate, response.summary)
+
+    async def renew_certificate(
+        self,
+        csr_pem: bytes,
+        *,
+        timeout: float = 15.0,  # noqa: ASYNC109 - the gRPC deadline
+    ) -> Certificate:
+        """A new certificate for your id, for the CSR (PEM) of a new key pair.
+
+        Raises:
+            GatewayError: INVALID_ARGUMENT (the CSR), PERMISSION_DENIED, ...
+        """
+        request = gateway_pb2.RenewCertificateRequest(csr_pem=csr_pem.decode())
+        response = await self._unary(self._stub.RenewCertificate, request, timeout=timeout)
+        return certificate_of(response.certificate)
 
 
 def _receipt(response: gateway_pb2.PublishFilterResponse) -> FilterReceipt:

@@ -20,6 +20,7 @@ __all__ = [
     "RegistryChange",
     "category_number",
     "change_from_pb",
+    "gate_from_pb",
     "record_from_pb",
     "status_of_pb",
 ]
@@ -124,13 +125,7 @@ class Invitation:
 
 def record_from_pb(record: gateway_pb2.ProviderRecord) -> ProviderRecord:
     """The record from its protobuf."""
-    gate = None
-    if record.HasField("last_gate"):
-        gate = GateResult(
-            passed=record.last_gate.passed,
-            failures=tuple(record.last_gate.failures),
-            at=time_of(record.last_gate, "at"),
-        )
+    gate = gate_from_pb(record.last_gate) if record.HasField("last_gate") else None
     origin = gateway_pb2.ProviderOrigin.Name(record.origin).removeprefix("PROVIDER_ORIGIN_")
     return ProviderRecord(
         provider_id=record.provider_id,
@@ -150,6 +145,11 @@ def record_from_pb(record: gateway_pb2.ProviderRecord) -> ProviderRecord:
         certificate_not_after=time_of(record, "certificate_not_after"),
         last_gate=gate,
     )
+
+
+def gate_from_pb(gate: gateway_pb2.GateResult) -> GateResult:
+    """A gate run from its protobuf."""
+    return GateResult(passed=gate.passed, failures=tuple(gate.failures), at=time_of(gate, "at"))
 
 
 def change_from_pb(change: gateway_pb2.RegistryChange) -> RegistryChange:

@@ -1,0 +1,1 @@
+"""Tests of self-service joining: the federation CA, the join listener, the gate, renewal."""

@@ -1,0 +1,100 @@
+"""The SQL adapter serves with the credentials `onecert provider join` wrote: the gate
+passes against the example site, and the site answers the gateway's certificate only."""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from onecert.adapters.sql import ConfigError, SqlSite, build_server, parse_config
+from onecert.gateway import GatewayServer
+from onecert.gateway._principals import Principal, Role
+from onecert.gateway.enrollment.testing import invite_and_join
+from onecert.gateway.store import RegistryStatus, Store
+from onecert.gateway.testing import Federation
+from onecert.v1 import gateway_pb2
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sql-site"
+ID = "example-forum"
+
+
+def _free_port() -> int:
+    # The site names its address when it joins, before it serves (a real site
+    # knows its own): ask the OS for a free port.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _site_data(
+    tmp_path: Path, federation: Federation, server: dict[str, object]
+) -> dict[str, object]:
+    with sqlite3.connect(tmp_path / "site.db") as conn:
+        conn.executescript((EXAMPLE / "schema.sql").read_text())
+    data = tomllib.loads((EXAMPLE / "site.toml").read_text())
+    data["server"] = {
+        "gateway_jwks": str(federation.keys.dev.gateway_jwks),
+        "idempotency_db": str(tmp_path / "answers.db"),
+        **server,
+    }
+    return data
+
+
+async def test_a_joined_sql_site_passes_the_gate(
+    gateway: GatewayServer, federation: Federation, store: Store, tmp_path: Path
+) -> None:
+    """Join with the CLI's credentials directory, serve the example site from it, run
+    the gate: ACTIVE."""
+    address = f"127.0.0.1:{_free_port()}"
+    await invite_and_join(
+        gateway,
+        store,
+        federation.keys.dev,
+        provider_id=ID,
+        directory=tmp_path / "creds",
+        address=address,
+        category="forum",
+    )
+    data = _site_data(tmp_path, federation, {"listen": address, "credentials": "creds"})
+    site = await SqlSite.open(parse_config(data, base_dir=tmp_path))
+    server = build_server(site)
+    await server.start()
+    try:
+        assert gateway.enrollment is not None
+        answer = await gateway.enrollment.service.request_activation(
+            Principal(Role.PROVIDER, ID, RegistryStatus.PENDING)
+        )
+    finally:
+        await server.shutdown(0)
+        await site.close()
+    assert answer.gate.passed, list(answer.gate.failures)
+    assert answer.status == gateway_pb2.PROVIDER_STATUS_ACTIVE
+
+
+def test_credentials_exclude_tls_and_insecure(tmp_path: Path, federation: Federation) -> None:
+    """``credentials`` replaces [server.tls]: both at once is refused, naming them."""
+    data = _site_data(
+        tmp_path,
+        federation,
+        {"credentials": "creds", "tls": {"cert": "a.pem", "key": "a.key.pem"}},
+    )
+    with pytest.raises(ConfigError, match="contradict"):
+        parse_config(data, base_dir=tmp_path)
+
+
+async def test_credentials_before_joining_are_refused(
+    tmp_path: Path, federation: Federation
+) -> None:
+    """A credentials directory the join never wrote is a start-up error that says so."""
+    data = _site_data(tmp_path, federation, {"listen": "127.0.0.1:0", "credentials": "creds"})
+    site = await SqlSite.open(parse_config(data, base_dir=tmp_path))
+    try:
+        with pytest.raises(ValueError, match="provider join"):
+            build_server(site)
+    finally:
+        await site.close()
