@@ -24,7 +24,7 @@ import grpc
 
 from bench._cluster import start_gateway
 from bench._load import percentile
-from bench._notices import _schema
+from bench._notices import pg_schema
 from bench._procs import Processes
 from bench._report import Row, ScenarioResult
 from onecert.adapters.demo import GATEWAY_ID, IDENTITY_ISSUER
@@ -69,7 +69,7 @@ async def run_registry(ctx: Context) -> ScenarioResult:
     with Processes(ctx.directory / "registry") as procs:
         for label, url, schema in backends:
             store_url = url or f"sqlite:///{procs.directory / 'registry.db'}"
-            async with _schema(store_url, schema):
+            async with pg_schema(store_url, schema):
                 figures = await _measure(ctx, procs, label, store_url, schema)
             result.details[label] = figures
             for metric, key in (("p50", "p50_s"), ("p99", "p99_s"), ("max", "max_s")):

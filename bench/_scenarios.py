@@ -58,6 +58,11 @@ class Sizes:
     growth_lookups: int
     notices_n: int
     notices_tuned: bool
+    notice_day_registered: int
+    notice_day_holders: int
+    notice_day_per_number: int
+    notice_day_rate: float
+    notice_day_seconds: float
     memory_n: int
     processes_n: int
     processes_seconds: float
@@ -82,6 +87,11 @@ FULL = Sizes(
     growth_lookups=8,
     notices_n=1000,
     notices_tuned=True,
+    notice_day_registered=20_000,
+    notice_day_holders=100,
+    notice_day_per_number=10,
+    notice_day_rate=50.0,
+    notice_day_seconds=120.0,
     memory_n=1000,
     processes_n=50,
     processes_seconds=4.0,
@@ -103,6 +113,11 @@ QUICK = Sizes(
     growth_lookups=3,
     notices_n=50,
     notices_tuned=False,
+    notice_day_registered=2_000,
+    notice_day_holders=40,
+    notice_day_per_number=10,
+    notice_day_rate=20.0,
+    notice_day_seconds=10.0,
     memory_n=50,
     processes_n=10,
     processes_seconds=1.0,
@@ -836,6 +851,13 @@ async def registry(ctx: Context) -> ScenarioResult:
     return await run_registry(ctx)
 
 
+async def notice_day(ctx: Context) -> ScenarioResult:
+    """A day of recycled-number events, compressed, routed to 20,000 registered providers."""
+    from bench._notice_day import run_notice_day  # noqa: PLC0415 - depends on the store layer
+
+    return await run_notice_day(ctx)
+
+
 # -------------------------------------------------------------- portal
 
 
@@ -851,6 +873,7 @@ SCENARIOS: dict[str, Scenario] = {
     "tail": tail,
     "growth": growth,
     "notices": notices,
+    "notice_day": notice_day,
     "memory": memory,
     "processes": processes,
     "portal": portal,

@@ -49,6 +49,7 @@ def test_services_are_in_package_onecert_v1() -> None:
         "ListBindings",
         "Unbind",
         "ReceiveEvent",
+        "ReceiveEvents",
     }
     assert methods["onecert.v1.NumberRegistry"] == {"ListNumbers"}
     assert {

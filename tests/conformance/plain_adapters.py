@@ -418,6 +418,30 @@ class ProviderCore:
                 return provider_pb2.ReceiveEventResponse(acknowledged=False)
             return self.events.setdefault(jti, provider_pb2.ReceiveEventResponse(acknowledged=True))
 
+    def receive_events(
+        self, request: provider_pb2.ReceiveEventsRequest, metadata: Mapping[str, str]
+    ) -> provider_pb2.ReceiveEventsResponse:
+        results, seen = [], set()
+        for token in request.sets:
+            result = provider_pb2.EventResult()
+            try:
+                answer = self.receive_event(provider_pb2.ReceiveEventRequest(set=token), metadata)
+            except Refusal as refusal:
+                if "E-15" in self.broken:
+                    raise  # the bug: one bad SET fails the whole batch
+                result.error_code, result.error_message = refusal.code.value[0], refusal.message
+            else:
+                if "E-13" in self.broken:
+                    answer = provider_pb2.ReceiveEventResponse()  # the bug: never acknowledged
+                if "E-16" in self.broken and token in seen:
+                    answer = provider_pb2.ReceiveEventResponse(acknowledged=True, acted=True)
+                result.response.CopyFrom(answer)
+            seen.add(token)
+            results.append(result)
+        if "E-14" in self.broken:
+            results.pop()  # the bug: the last notice of a batch goes unanswered
+        return provider_pb2.ReceiveEventsResponse(results=results)
+
 
 def _metadata(context: grpc.ServicerContext | grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
     return {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
@@ -499,6 +523,16 @@ class AsyncProvider(provider_pb2_grpc.BindingProviderServicer):
         except Refusal as refusal:
             await context.abort(refusal.code, refusal.message)
 
+    async def ReceiveEvents(  # noqa: N802 - gRPC method name
+        self,
+        request: provider_pb2.ReceiveEventsRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> provider_pb2.ReceiveEventsResponse:
+        try:
+            return self.core.receive_events(request, _metadata(context))
+        except Refusal as refusal:
+            await context.abort(refusal.code, refusal.message)
+
 
 class BlockingProvider(provider_pb2_grpc.BindingProviderServicer):
     """The provider on the threaded grpc server. With a ``latency``, its
@@ -540,6 +574,10 @@ class BlockingProvider(provider_pb2_grpc.BindingProviderServicer):
             return self.core.receive_event(request, _metadata(context))
         except Refusal as refusal:
             context.abort(refusal.code, refusal.message)
+
+    # Batches are optional (E-13): the generated default answers UNIMPLEMENTED,
+    # so this one takes notices one at a time.
+    ReceiveEvents = provider_pb2_grpc.BindingProviderServicer.ReceiveEvents
 
 
 # ------------------------------------------------------------------- carrier

@@ -25,8 +25,15 @@ CASCADES: dict[str, set[str]] = {
     "U-4": {"U-5", "U-6"},
     # Which answer the kit keeps as "the first" depends on the race.
     "U-5": {"U-4"},
-    # A notice the provider never accepts cannot be redelivered.
-    "E-1": {"E-10"},
+    # A notice the provider never accepts cannot be redelivered, alone or in a batch.
+    "E-1": {"E-10", "E-13"},
+    # Batches answer each notice as ReceiveEvent would.
+    "E-2": {"E-15"},
+    "E-10": {"E-16"},
+    # A batch whose answer lacks a result is refused by every batch check.
+    "E-14": {"E-13", "E-15", "E-16"},
+    # Failing the whole batch for one bad SET also loses the count.
+    "E-15": {"E-14"},
 }
 
 

@@ -88,11 +88,16 @@ class SdkProvider:
     # Answer UNAVAILABLE this many times first.
     fail_first: int = 0
     server: Server | None = None
+    # Each notice takes this long to handle; started is set at the first.
+    delay_s: float = 0.0
+    started: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-def sdk_provider(provider_id: str, *, acts: int | None = 2, fail_first: int = 0) -> SdkProvider:
+def sdk_provider(
+    provider_id: str, *, acts: int | None = 2, fail_first: int = 0, delay_s: float = 0.0
+) -> SdkProvider:
     provider = Provider(provider_id=provider_id, name=provider_id.title(), category="payment")
-    handle = SdkProvider(provider, acts=acts, fail_first=fail_first)
+    handle = SdkProvider(provider, acts=acts, fail_first=fail_first, delay_s=delay_s)
 
     @provider.list_bindings
     async def list_bindings(msisdn: str) -> list[Any]:
@@ -107,6 +112,8 @@ def sdk_provider(provider_id: str, *, acts: int | None = 2, fail_first: int = 0)
         if handle.fail_first > 0:
             handle.fail_first -= 1
             raise Unavailable("warming up")
+        handle.started.set()
+        await asyncio.sleep(handle.delay_s)
         handle.notices.append(notice)
         return handle.acts
 
@@ -126,20 +133,13 @@ class RefusingProvider(provider_pb2_grpc.BindingProviderServicer):
         self.calls += 1
         await context.abort(self.code, "refused by the test")
 
-    async def Describe(  # noqa: N802 - the gRPC method name
+    async def _not_in_this_fake(
         self, request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> Any:
+        # ReceiveEvents too: batches are optional, notices come one at a time.
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in this fake")
 
-    async def ListBindings(  # noqa: N802 - the gRPC method name
-        self, request: Any, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in this fake")
-
-    async def Unbind(  # noqa: N802 - the gRPC method name
-        self, request: Any, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in this fake")
+    Describe = ListBindings = Unbind = ReceiveEvents = _not_in_this_fake
 
 
 class CountingProvider(RefusingProvider):
@@ -156,6 +156,41 @@ class CountingProvider(RefusingProvider):
         self.pushes[claims["jti"]] = self.pushes.get(claims["jti"], 0) + 1
         await asyncio.sleep(0.01)  # long enough for claims to overlap
         return provider_pb2.ReceiveEventResponse(acknowledged=True)
+
+
+class BatchProvider(RefusingProvider):
+    """A provider answering ReceiveEvents per notice: ``answers`` maps a number to the
+    status its notices get (UNAVAILABLE as many times as ``fail_times`` says), any other
+    number is acknowledged; every batch's numbers are kept in ``batches``."""
+
+    def __init__(self, answers: dict[str, grpc.StatusCode], fail_times: int = 1) -> None:
+        super().__init__(grpc.StatusCode.UNIMPLEMENTED)
+        self.answers = answers
+        self.fail_times = fail_times
+        self.batches: list[list[str]] = []
+
+    async def ReceiveEvents(  # noqa: N802 - the gRPC method name
+        self, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Any:
+        results, numbers = [], []
+        for token in request.sets:
+            claims = jwt.decode(token, options={"verify_signature": False})
+            (event,) = claims["events"].values()
+            number = event["subject"]["phone_number"]
+            numbers.append(number)
+            code = self.answers.get(number)
+            if code is grpc.StatusCode.UNAVAILABLE and self.fail_times <= 0:
+                code = None
+            if code is grpc.StatusCode.UNAVAILABLE:
+                self.fail_times -= 1
+            result = provider_pb2.EventResult(jti=claims["jti"])
+            if code is None:
+                result.response.acknowledged = True
+            else:
+                result.error_code, result.error_message = code.value[0], "by the test"
+            results.append(result)
+        self.batches.append(numbers)
+        return provider_pb2.ReceiveEventsResponse(results=results)
 
 
 class NoticeWorld:
@@ -201,6 +236,13 @@ class NoticeWorld:
         await self._serve_fake(provider_id, fake)
         return fake
 
+    async def batch_provider(
+        self, provider_id: str, answers: dict[str, grpc.StatusCode]
+    ) -> BatchProvider:
+        fake = BatchProvider(answers)
+        await self._serve_fake(provider_id, fake)
+        return fake
+
     async def refusing_provider(self, provider_id: str, code: grpc.StatusCode) -> RefusingProvider:
         fake = RefusingProvider(code)
         await self._serve_fake(provider_id, fake)
@@ -242,7 +284,7 @@ class NoticeWorld:
         options = {"store": self.store, "clock": self.clock}
         return await self.fed.gateway(config, server_options=options)
 
-    def caller(self, gateway: GatewayServer, who: str) -> Caller:
+    def caller(self, gateway: GatewayServer | int, who: str) -> Caller:
         """A stub calling as ``who``: "carrier:cm", "provider:pay", "admin" or "cn:portal"."""
         role, _, ident = who.partition(":")
         if self.tls:

@@ -14,6 +14,7 @@ from onecert.cli import main
 from onecert.cli._report import format_duration, render_table
 from onecert.gateway.store import DeliveryState
 from onecert.sdk.client import ComplianceReport, ComplianceStatus, ProviderCompliance
+from tests.routing.routing_support import ELSEWHERE, publish
 
 if TYPE_CHECKING:
     from onecert.gateway import GatewayServer
@@ -209,3 +210,47 @@ def test_table_rendering() -> None:
         "2h01m",
         "1d01h",
     ]
+
+
+async def test_unreachable_is_told_apart_from_ignored_with_routing_and_batches(
+    dev_world: NoticeWorld,
+) -> None:
+    """Past the deadline, a provider that was never reached counts the notice as never
+    received; one that acknowledged without acting, and one that refused it in a batch,
+    count it as received and ignored; one routed out (its fresh filter lacks the number)
+    has no notice at all; one that acted is on time."""
+    await dev_world.refusing_provider("down", grpc.StatusCode.UNAVAILABLE)
+    await dev_world.push_provider("deaf", acts=None)
+    await dev_world.batch_provider("picky", {dev_world.CM_NUMBER: grpc.StatusCode.INVALID_ARGUMENT})
+    await dev_world.push_provider("good", acts=1)
+    await dev_world.push_provider("elsewhere")
+    gateway = await dev_world.gateway()
+    async with dev_world.provider_client(gateway, "elsewhere") as client:
+        await publish(client, ELSEWHERE)
+    answer = await dev_world.caller(gateway, "carrier:cm").report("ev-1", dev_world.CM_NUMBER)
+    assert answer.providers == 4
+
+    async def settled() -> bool:
+        found = await dev_world.deliveries(answer.notice_id)
+        return all(found[p].state is not DeliveryState.PENDING for p in ("deaf", "picky", "good"))
+
+    await dev_world.eventually(settled, what="the reachable providers' answers")
+    dev_world.clock.advance(timedelta(days=4))
+    lines = _lines(await dev_world.caller(gateway, "admin").compliance())
+    counts = {
+        p: (
+            line.notices_delivered,
+            line.acted_on_time,
+            line.never_acted,
+            line.never_received,
+            line.awaiting_action,
+        )
+        for p, line in lines.items()
+    }
+    assert counts == {
+        "down": (0, 0, 1, 1, 0),
+        "deaf": (1, 0, 1, 0, 0),
+        "picky": (1, 0, 1, 0, 0),
+        "good": (1, 1, 0, 0, 0),
+        "elsewhere": (0, 0, 0, 0, 0),
+    }

@@ -357,21 +357,60 @@ async def test_two_gateways_share_the_pushes(dev_world: NoticeWorld, database: D
 
 
 async def test_a_dead_workers_lease_runs_out(dev_world: NoticeWorld) -> None:
-    """A push leased by a gateway that died is made by another once the lease has run out."""
+    """A provider's cursor leased by a gateway that died is pushed to by another once the
+    lease has run out, each notice once."""
     counting = await dev_world.counting_provider("pay")
     notices = replace(dev_world.config().notices, workers=0, lease_s=60)
     gateway = await dev_world.gateway(notices=notices)
     assert gateway.recycled is not None
     pusher = gateway.recycled.pusher
     answer = await dev_world.caller(gateway, "carrier:cm").report("ev-1", dev_world.CM_NUMBER)
-    leased = await dev_world.store.deliveries.claim_due(
+    leased = await dev_world.store.cursors.claim_due(
         worker_id="killed-gateway", lease_s=60, now=dev_world.clock()
     )
-    assert len(leased) == 1
+    assert [c.provider_id for c in leased] == ["pay"]
     assert await pusher.run_once() == 0
     dev_world.clock.advance(timedelta(seconds=61))
     assert await pusher.run_once() == 1
-    assert counting.pushes == {leased[0].jti: 1}
     delivery = (await dev_world.deliveries(answer.notice_id))["pay"]
+    assert counting.pushes == {delivery.jti: 1}
     assert delivery.state is DeliveryState.ACKNOWLEDGED
-    assert delivery.attempts == 2
+    assert delivery.attempts == 1
+    cursor = await dev_world.store.cursors.get("pay")
+    assert cursor is not None
+    assert (cursor.acked_seq, cursor.head_seq, cursor.lease_owner) == (1, 1, None)
+
+
+async def test_a_batch_is_settled_per_notice(dev_world: NoticeWorld) -> None:
+    """Notices waiting for a provider go in one ReceiveEvents call, in log order; each is
+    settled by its own answer: acknowledged, refused (FAILED, received, not sent again),
+    or tried again later (UNAVAILABLE) while the others stay settled."""
+    numbers = [f"+8613800138{i:03d}" for i in range(5)]
+    refused, flaky = numbers[1], numbers[3]
+    pay = await dev_world.batch_provider(
+        "pay", {refused: grpc.StatusCode.INVALID_ARGUMENT, flaky: grpc.StatusCode.UNAVAILABLE}
+    )
+    notices = replace(dev_world.config().notices, workers=0)
+    gateway = await dev_world.gateway(notices=notices)
+    assert gateway.recycled is not None
+    carrier = dev_world.caller(gateway, "carrier:cm")
+    ids = [(await carrier.report(f"ev-{i}", n)).notice_id for i, n in enumerate(numbers)]
+    assert await gateway.recycled.pusher.run_once() == 1
+    assert pay.batches == [numbers]
+    states = [(await dev_world.deliveries(i))["pay"] for i in ids]
+    assert [d.state for d in states] == [
+        DeliveryState.ACKNOWLEDGED,
+        DeliveryState.FAILED,
+        DeliveryState.ACKNOWLEDGED,
+        DeliveryState.PENDING,
+        DeliveryState.ACKNOWLEDGED,
+    ]
+    assert states[1].delivered_at is not None  # received, and refused
+    assert "INVALID_ARGUMENT" in (states[1].last_error or "")
+    dev_world.clock.advance(timedelta(seconds=1))  # past the backoff
+    assert await gateway.recycled.pusher.run_once() == 1
+    assert pay.batches[1:] == [[flaky]]
+    assert (await dev_world.deliveries(ids[3]))["pay"].state is DeliveryState.ACKNOWLEDGED
+    cursor = await dev_world.store.cursors.get("pay")
+    assert cursor is not None
+    assert cursor.acked_seq == cursor.head_seq

@@ -1,4 +1,5 @@
-"""Routing never drops a holder, from the SDK's filter through the store to a second replica."""
+"""Routing never drops a holder, from the SDK's filter through the store to a second replica,
+for lookups and for recycled-number notices alike."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from onecert.gateway._config import RoutingConfig
+from onecert.gateway._config import NoticesConfig, ProviderConfig, RoutingConfig
+from onecert.gateway._notices import NoticeService
 from onecert.gateway._principals import Principal, Role
 from onecert.gateway.routing import FilterSealer, RoutingKeyring, RoutingService
 from onecert.gateway.store import Store
@@ -97,6 +99,49 @@ async def _scenario(path: Path, plans: list[dict[str, object]]) -> None:
                         assert provider_id not in out
     finally:
         await store.close()
+
+
+async def _notice_scenario(path: Path, plans: list[dict[str, object]], late: str) -> None:
+    store = Store.open(f"sqlite+aiosqlite:///{path}")
+    await store.upgrade()
+    try:
+        routing = _service(store)
+        holders = {
+            provider_id: await _publish(routing, provider_id, plan)
+            for provider_id, plan in zip(PROVIDERS, plans, strict=True)
+        }
+        notices = NoticeService(
+            store=store,
+            carriers=[],
+            # One provider the routing index does not know (joined since).
+            providers=[ProviderConfig(id=p, address="127.0.0.1:9") for p in [*PROVIDERS, late]],
+            config=NoticesConfig(),
+            sets=None,  # type: ignore[arg-type]  # routing signs nothing
+            auditor=None,  # type: ignore[arg-type]  # nor audits
+            routing=routing,
+        )
+        for msisdn in POOL:
+            routed = {p.id for p in notices.route(msisdn)}
+            # Exactly the providers a lookup asks, and whoever routing does not know.
+            assert routed == set(PROVIDERS) - routing.routed_out(msisdn) | {late}
+            assert {p for p in PROVIDERS if msisdn in holders[p]} <= routed
+            for provider_id, plan in zip(PROVIDERS, plans, strict=True):
+                if plan["mode"] != "snapshot" or plan["stale"]:
+                    assert provider_id in routed
+    finally:
+        await store.close()
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(plans=st.lists(_plan, min_size=len(PROVIDERS), max_size=len(PROVIDERS)))
+def test_notices_are_routed_like_lookups_and_never_miss_a_holder(
+    tmp_path_factory: pytest.TempPathFactory, plans: list[dict[str, object]]
+) -> None:
+    """Whatever providers publish, a notice about a number goes to exactly the providers a
+    lookup would ask about it (every holder, every provider without a fresh filter) and to
+    every current provider the routing index does not know yet."""
+    path = tmp_path_factory.mktemp("notice-routing") / f"store{next(_runs)}.db"
+    asyncio.run(_notice_scenario(path, plans, late="e"))
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -39,6 +39,7 @@ SDK_API = {
     "UnbindResult",
     "configure_logging",
     "join",
+    "load_jwks",
 }
 
 # The clients of the gateway (a package split by caller; the same names as the

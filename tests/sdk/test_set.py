@@ -305,3 +305,43 @@ def test_an_old_set_is_refused_as_untrusted_and_an_old_malformed_one_as_malforme
     with pytest.raises(SetError) as err:
         VERIFIER.verify(_forged({"iat": old, "events": {"https://example.com/other": {}}}))
     assert err.value.malformed
+
+
+async def test_a_batch_is_answered_per_notice(running: InProcessServer, forum: FakeForum) -> None:
+    """ReceiveEvents checks and handles each SET on its own: refused ones get the status
+    ReceiveEvent would have failed with, the others are acknowledged, a notice repeated
+    in the batch is acted on once, and one result comes back per SET, in order."""
+    gateway = running.gateway
+    good = gateway.recycled_notice(NUMBER, recycled_at=RECYCLED_AT, jti="n-20")
+    other = gateway.recycled_notice(NUMBER, recycled_at=RECYCLED_AT, jti="n-21")
+    foreign = gateway.recycled_notice(NUMBER, audience="another-provider", jti="n-22")
+    sets = [good, "not a token", foreign, gateway.warrant(NUMBER), other, good]
+    answer = await running.provider_stub().ReceiveEvents(
+        provider_pb2.ReceiveEventsRequest(sets=sets), timeout=5
+    )
+    outcomes = [
+        (r.jti, r.response.acknowledged if r.HasField("response") else r.error_code)
+        for r in answer.results
+    ]
+    assert outcomes == [
+        ("n-20", True),
+        ("", grpc.StatusCode.INVALID_ARGUMENT.value[0]),
+        ("n-22", grpc.StatusCode.UNAUTHENTICATED.value[0]),
+        (outcomes[3][0], grpc.StatusCode.INVALID_ARGUMENT.value[0]),
+        ("n-21", True),
+        ("n-20", True),
+    ]
+    assert all(r.error_message for r in answer.results if not r.HasField("response"))
+    assert NUMBER not in str(answer)
+    assert answer.results[0].response == answer.results[5].response
+    assert forum.calls == ["on_recycled", "on_recycled"]
+
+
+@pytest.mark.parametrize("count", [0, 1001])
+async def test_a_batch_must_hold_one_to_1000_sets(running: InProcessServer, count: int) -> None:
+    """An empty batch, or one of more than 1000 SETs, is INVALID_ARGUMENT as a whole."""
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await running.provider_stub().ReceiveEvents(
+            provider_pb2.ReceiveEventsRequest(sets=["x"] * count), timeout=5
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -51,7 +51,7 @@ async def test_a_replica_ahead_cannot_take_a_lease_another_holds(
 ) -> None:
     """A lease taken by one replica is live for its whole length on the database's clock:
     a replica whose clock runs 5 s ahead (past the lease's end on its own clock) cannot
-    claim the same ticket, for tickets and for notice deliveries alike."""
+    claim the same ticket, for tickets and for providers' notice cursors alike."""
     honest, ahead = replicas
     ticket_id = await _ticket(honest, _now(), lifetime=timedelta(hours=1))
     (claimed,) = await honest.tickets.claim_due(worker_id="honest", lease_s=3.0, now=_now())
@@ -70,8 +70,8 @@ async def test_a_replica_ahead_cannot_take_a_lease_another_holds(
         providers=[("pay", DeliveryMode.PUSH)],
         now=_now(),
     )
-    assert len(await honest.deliveries.claim_due(worker_id="honest", lease_s=3.0)) == 1
-    assert await ahead.deliveries.claim_due(worker_id="ahead", lease_s=3.0, now=_now() + SKEW) == []
+    assert len(await honest.cursors.claim_due(worker_id="honest", lease_s=3.0)) == 1
+    assert await ahead.cursors.claim_due(worker_id="ahead", lease_s=3.0, now=_now() + SKEW) == []
 
 
 async def test_a_ticket_opened_by_a_replica_behind_does_not_expire_early(

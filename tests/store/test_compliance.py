@@ -15,6 +15,7 @@ from onecert.gateway.store import (
     DeliveryMode,
     NoticeStatus,
     ProviderComplianceRow,
+    PushResult,
     Store,
     classify_notice,
 )
@@ -61,12 +62,16 @@ async def test_on_time_late_never_and_awaiting(store: Store, t0: datetime) -> No
         providers=[("ontime", push), ("late", poll), ("never", push)],
     )
     await _notice(store, "n2", recorded=t0, deadline=t0 + 20 * DAY, providers=[("waiting", poll)])
-    (d,) = [
-        x
-        for x in await store.deliveries.claim_due(worker_id="w", now=t0)
-        if x.provider_id == "ontime"
+    (cursor,) = [
+        c for c in await store.cursors.claim_due(worker_id="w", now=t0) if c.provider_id == "ontime"
     ]
-    await store.deliveries.mark_delivered(d.jti, acknowledged_at=t0 + timedelta(minutes=1))
+    (d,) = await store.cursors.pending(cursor, limit=10)
+    await store.cursors.settle(
+        cursor,
+        [PushResult.acknowledged(d.jti)],
+        worker_id="w",
+        now=t0 + timedelta(minutes=1),
+    )
     await store.deliveries.confirm_action(
         "ontime", jtis["ontime"], bindings_removed=1, now=t0 + DAY
     )

@@ -3,34 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, inspect
+from sqlalchemy import Connection, insert, inspect
 
 from onecert.gateway.store import Store, normalize_url
-from onecert.gateway.store._models import metadata
+from onecert.gateway.store._models import deliveries, metadata, number_events
 from onecert.gateway.store.testing import Database
 
-_TABLES = {
-    "alembic_version",
-    "audit_head",
-    "audit_log",
-    "deliveries",
-    "enrollment_tokens",
-    "number_events",
-    "rate_limits",
-    "registry_entries",
-    "registry_head",
-    "registry_history",
-    "replay_cache",
-    "routing_filters",
-    "routing_head",
-    "unbind_tickets",
-}
+_TABLES = {"alembic_version", *metadata.tables}
 
 
 def _tables(conn: Connection) -> set[str]:
@@ -150,3 +135,73 @@ async def test_upgrade_creates_a_missing_schema(pg_url: str) -> None:
             async with store.engine.begin() as conn:
                 await conn.exec_driver_sql(f'DROP SCHEMA "{fresh.schema}" CASCADE')
             await store.close()
+
+
+async def test_the_notice_log_migration_moves_existing_notices_over(database: Database) -> None:
+    """Notices and deliveries written before the notice log get their seq in recording
+    order, and each provider a cursor just below its first unsettled notice."""
+    store = database.open()
+    t0 = datetime(2025, 3, 1, tzinfo=UTC)
+    try:
+        await store.upgrade("0003")
+        async with store.engine.begin() as conn:
+            for i, notice_id in enumerate(["nt_b", "nt_a"]):  # recorded b first
+                when = t0 + timedelta(minutes=i)
+                await conn.execute(
+                    insert(number_events).values(
+                        notice_id=notice_id,
+                        carrier_id="cm",
+                        event_id=notice_id,
+                        msisdn="+8613800138000",
+                        msisdn_hash="0" * 64,
+                        event_type="RECYCLED",
+                        effective_at=when,
+                        deadline=when + timedelta(days=3),
+                        recorded_at=when,
+                    )
+                )
+                for provider_id, state in (("pay", "ACKNOWLEDGED"), ("chat", "PENDING")):
+                    await conn.execute(
+                        insert(deliveries).values(
+                            jti=f"{notice_id}-{provider_id}",
+                            notice_id=notice_id,
+                            provider_id=provider_id,
+                            mode="push",
+                            state=state if i == 0 else "PENDING",
+                            attempts=0,
+                            created_at=when,
+                            next_attempt_at=when,
+                        )
+                    )
+        await store.upgrade()
+        b, a = await store.notices.get("nt_b"), await store.notices.get("nt_a")
+        assert b is not None
+        assert a is not None
+        assert (b.seq, a.seq) == (1, 2)
+        pay, chat = await store.cursors.get("pay"), await store.cursors.get("chat")
+        assert pay is not None
+        assert chat is not None
+        assert (pay.acked_seq, pay.head_seq) == (1, 2)
+        assert (chat.acked_seq, chat.head_seq) == (0, 2)
+        (due,) = [c for c in await store.cursors.claim_due(worker_id="w") if c.provider_id == "pay"]
+        assert [d.jti for d in await store.cursors.pending(due, limit=10)] == ["nt_a-pay"]
+        later, _ = await store.notices.record(
+            carrier_id="cm",
+            event_id="new",
+            msisdn="+8613800138000",
+            msisdn_hash="0" * 64,
+            event_type="RECYCLED",
+            effective_at=t0,
+            quiet_period_ends_at=None,
+            deadline=t0 + timedelta(days=3),
+            providers=[("pay", "push")],
+            now=t0,
+        )
+        assert later.seq == 3
+        await store.downgrade("0003")
+        await store.upgrade()
+        ids = ["nt_b", "nt_a", later.notice_id]
+        renumbered = [await store.notices.get(notice_id) for notice_id in ids]
+        assert sorted(n.seq for n in renumbered if n is not None) == [1, 2, 3]
+    finally:
+        await store.close()

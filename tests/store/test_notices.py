@@ -19,6 +19,7 @@ from onecert.gateway.store import (
     DeliveryState,
     NotFoundError,
     Notice,
+    PushResult,
     Store,
     StoredEventType,
 )
@@ -134,86 +135,6 @@ async def test_bad_input_is_refused(store: Store, t0: datetime) -> None:
         await _record(store, t0, providers=[("pay", "email")])
     with pytest.raises(ValueError, match="once"):
         await _record(store, t0, providers=[("pay", "push"), ("pay", "poll")])
-
-
-async def test_push_claims_only_push_deliveries(store: Store, t0: datetime) -> None:
-    """Workers claim push deliveries, leased, and never poll ones."""
-    notice, _ = await _record(store, t0)
-    claimed = await store.deliveries.claim_due(worker_id="w", now=t0, lease_s=30)
-    assert {d.provider_id for d in claimed} == {"pay", "chat"}
-    assert all(d.lease_owner == "w" and d.attempts == 1 for d in claimed)
-    assert all(d.notice.msisdn == MSISDN for d in claimed)
-    assert await store.deliveries.claim_due(worker_id="x", now=t0 + timedelta(seconds=29)) == []
-    again = await store.deliveries.claim_due(worker_id="x", now=t0 + timedelta(seconds=30))
-    assert {d.provider_id for d in again} == {"pay", "chat"}
-    assert all(d.attempts == 2 for d in again)
-    assert notice.notice_id == again[0].notice_id
-
-
-async def test_two_stores_share_push_work(store: Store, other_store: Store, t0: datetime) -> None:
-    """Concurrent push claims from two processes never hand out a delivery twice."""
-    many = [(f"p{i:02d}", "push") for i in range(30)]
-    await _record(store, t0, providers=many)
-    rounds = await asyncio.gather(
-        *(
-            s.deliveries.claim_due(worker_id=f"w{i}", limit=4, now=t0)
-            for i, s in enumerate((store, other_store, store, other_store, store, other_store))
-        )
-    )
-    jtis = [d.jti for batch in rounds for d in batch]
-    assert len(jtis) == len(set(jtis)) == 24
-
-
-async def test_mark_delivered_acknowledges_once(store: Store, t0: datetime) -> None:
-    """An acknowledged push is done; acknowledging it again changes nothing."""
-    await _record(store, t0, providers=[("pay", "push")])
-    (d,) = await store.deliveries.claim_due(worker_id="w", now=t0)
-    at = t0 + timedelta(seconds=1)
-    assert await store.deliveries.mark_delivered(d.jti, acknowledged_at=at)
-    assert not await store.deliveries.mark_delivered(d.jti, acknowledged_at=at)
-    done = await store.deliveries.get(d.jti)
-    assert done is not None
-    assert done.state is DeliveryState.ACKNOWLEDGED
-    assert done.delivered_at == done.acknowledged_at == at
-    assert done.acted_at is None
-    assert done.lease_owner is None
-    assert await store.deliveries.claim_due(worker_id="w", now=t0 + timedelta(days=1)) == []
-
-
-async def test_push_answer_may_carry_the_action(store: Store, t0: datetime) -> None:
-    """A provider that acted on receipt has the action recorded with the acknowledgement."""
-    await _record(store, t0, providers=[("pay", "push")])
-    (d,) = await store.deliveries.claim_due(worker_id="w", now=t0)
-    await store.deliveries.mark_delivered(d.jti, acknowledged_at=t0, bindings_removed=2)
-    done = await store.deliveries.get(d.jti)
-    assert done is not None
-    assert (done.acted_at, done.bindings_removed) == (t0, 2)
-    assert not await store.deliveries.confirm_action("pay", d.jti, bindings_removed=3, now=t0)
-
-
-async def test_failed_push_is_retried_or_given_up(store: Store, t0: datetime) -> None:
-    """A failed push is retried at the given time, or dead-lettered; only by the lease owner."""
-    await _record(store, t0, providers=[("pay", "push")])
-    (d,) = await store.deliveries.claim_due(worker_id="w", now=t0)
-    retry_at = t0 + timedelta(minutes=1)
-    assert not await store.deliveries.mark_failed(
-        d.jti, worker_id="intruder", error="x", next_attempt_at=retry_at
-    )
-    assert await store.deliveries.mark_failed(
-        d.jti, worker_id="w", error="UNAVAILABLE", next_attempt_at=retry_at
-    )
-    assert (
-        await store.deliveries.claim_due(worker_id="w", now=retry_at - timedelta(seconds=1)) == []
-    )
-    (again,) = await store.deliveries.claim_due(worker_id="w", now=retry_at)
-    assert again.last_error == "UNAVAILABLE"
-    assert await store.deliveries.mark_failed(
-        d.jti, worker_id="w", error="UNAUTHENTICATED", next_attempt_at=None
-    )
-    dead = await store.deliveries.get(d.jti)
-    assert dead is not None
-    assert dead.state is DeliveryState.FAILED
-    assert await store.deliveries.claim_due(worker_id="w", now=t0 + timedelta(days=1)) == []
 
 
 async def test_poll_returns_pending_sets_until_acknowledged(store: Store, t0: datetime) -> None:
@@ -365,13 +286,14 @@ async def test_acks_confirmations_and_give_ups_commit_with_their_audit_rows(
         "blog", batch[0].jti, bindings_removed=1, now=t0, audit=lambda ok: _row("notice.confirmed")
     )
     assert recorded
-    (push,) = await store.deliveries.claim_due(worker_id="w", now=t0)
-    assert await store.deliveries.mark_failed(
-        push.jti,
+    (cursor,) = await store.cursors.claim_due(worker_id="w", now=t0)
+    (push,) = await store.cursors.pending(cursor, limit=10)
+    await store.cursors.settle(
+        cursor,
+        [PushResult.refused(push.jti, "UNAUTHENTICATED")],
         worker_id="w",
-        error="UNAUTHENTICATED",
-        next_attempt_at=None,
-        audit=_row("notice.undelivered"),
+        now=t0,
+        audit=[_row("notice.undelivered")],
     )
     kinds = await _audit_kinds(store)
     assert kinds.count("notice.acknowledged") == 1
@@ -395,10 +317,15 @@ async def test_an_audit_row_that_cannot_be_written_undoes_the_change(
         await store.deliveries.confirm_action(
             "blog", blog.jti, bindings_removed=1, now=t0, audit=lambda ok: unfit
         )
-    (push,) = await store.deliveries.claim_due(worker_id="w", now=t0)
+    (cursor,) = await store.cursors.claim_due(worker_id="w", now=t0)
+    (push,) = await store.cursors.pending(cursor, limit=10)
     with pytest.raises(AuditValueError):
-        await store.deliveries.mark_failed(
-            push.jti, worker_id="w", error="x", next_attempt_at=None, audit=unfit
+        await store.cursors.settle(
+            cursor,
+            [PushResult.given_up(push.jti, "x")],
+            worker_id="w",
+            now=t0,
+            audit=[unfit],
         )
     for jti in (blog.jti, push.jti):
         delivery = await store.deliveries.get(jti)

@@ -1,12 +1,16 @@
-"""The push worker: delivers recycled-number notices to ``BindingProvider.ReceiveEvent``.
+"""The push worker: delivers recycled-number notices to providers, in batches, by cursor.
 
-Workers lease due push deliveries from the store (several gateway processes
-can share the work: a delivery is leased by one worker at a time), sign a
-SET per delivery and push it. An acknowledgement settles the delivery (and,
-with ``acted``, records the action); a transient failure is retried with
-exponential backoff and jitter; a permanent one (the provider refuses the
-SET, or does not implement ``ReceiveEvent``) and the notice's deadline end
-it as FAILED, which the compliance report counts as never acted on.
+Workers lease providers' cursors in the notice log from the store (several
+gateway processes share the work: a provider is leased by one worker at a
+time, so no notice reaches it twice except after a crash), sign a SET per
+notice and push up to ``batch`` of them in one ``BindingProvider.ReceiveEvents``
+call, answered per notice. A provider that does not implement it
+(UNIMPLEMENTED) gets them one at a time with ``ReceiveEvent``. An
+acknowledgement settles a notice (and, with ``acted``, records the action);
+a refusal ends it as FAILED, received; a transient failure backs the
+provider off with exponential backoff and jitter; the notice's deadline
+ends it as FAILED, never received, which the compliance report counts
+apart from notices received and ignored.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import random
 import secrets
 import socket
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import grpc
 import structlog
@@ -29,7 +33,15 @@ from onecert.gateway._delivery import RETRYABLE
 from onecert.gateway._directory import by_id, status_of
 from onecert.gateway._notices import Clock, Doorbell, build_set, utc_now
 from onecert.gateway._observers import NO_OBSERVER, Observer
-from onecert.gateway.store import AuditDraft, Delivery, Store
+from onecert.gateway.store import (
+    AuditDraft,
+    Delivery,
+    DeliveryState,
+    NoticeCursor,
+    PushResult,
+    Settlement,
+    Store,
+)
 from onecert.gateway.store._registry_types import RegistryStatus
 from onecert.sdk._set import SetIssuer
 from onecert.v1 import provider_pb2, provider_pb2_grpc
@@ -91,6 +103,8 @@ class NoticePusher:
         self.worker_id = worker_id or (
             f"notices:{socket.gethostname()[:64]}:{os.getpid()}:{secrets.token_hex(4)}"
         )
+        # Providers that answered ReceiveEvents with UNIMPLEMENTED (this process).
+        self._one_at_a_time: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -105,8 +119,8 @@ class NoticePusher:
             _log.info("notice_pusher.started", workers=len(self._tasks), worker_id=self.worker_id)
 
     async def stop(self) -> None:
-        """Stop the loops. A push cut short is pushed again once its lease
-        ends (providers recognise the ``jti``)."""
+        """Stop the loops. A batch cut short is pushed again once its cursor's
+        lease ends (providers recognise each ``jti``)."""
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
@@ -120,89 +134,155 @@ class NoticePusher:
                 _log.error("notice_pusher.failed", error=type(exc).__name__, detail=str(exc))
                 await asyncio.sleep(_LOOP_ERROR_PAUSE_S)
                 continue
-            if claimed < self._config.batch:
+            if not claimed:
                 await self._doorbell.wait(self._config.check_interval_s)
 
     async def run_once(self) -> int:
-        """Claim one batch of due pushes and deliver it; how many were claimed."""
-        claimed = await self._store.deliveries.claim_due(
+        """Lease the providers with notices due, push one batch to each, settle them all
+        in one transaction; how many providers."""
+        claimed = await self._store.cursors.claim_due(
             worker_id=self.worker_id,
             limit=self._config.batch,
             lease_s=self._config.lease_s,
             now=self._clock(),
         )
-        results = await asyncio.gather(*(self._push(d) for d in claimed), return_exceptions=True)
-        for delivery, result in zip(claimed, results, strict=True):
-            if isinstance(result, Exception):
+        if not claimed:
+            return 0
+        waiting = await self._store.cursors.pending_for(claimed, limit=self._config.batch)
+        outcomes = await asyncio.gather(
+            *(self._deliver(c, waiting[c.provider_id]) for c in claimed), return_exceptions=True
+        )
+        settled: list[Settlement] = []
+        for cursor, outcome in zip(claimed, outcomes, strict=True):
+            if isinstance(outcome, Settlement):
+                settled.append(outcome)
+            elif isinstance(outcome, Exception):
                 # Its lease runs out and another attempt follows.
                 _log.error(
                     "notice.push_crashed",
-                    jti=delivery.jti,
-                    error=type(result).__name__,
-                    detail=str(result),
+                    provider=cursor.provider_id,
+                    error=type(outcome).__name__,
+                    detail=str(outcome),
                 )
-            elif isinstance(result, BaseException):
-                raise result
+            else:
+                raise outcome
+        audit = [row for s in settled for row in self._audit_rows(s.cursor.provider_id, s.results)]
+        await self._store.cursors.settle_many(
+            settled, worker_id=self.worker_id, now=self._clock(), audit=audit
+        )
+        for s in settled:
+            for result in s.results:
+                self.observer.notice_pushed(_OUTCOMES[result.state])
+            _log.info(
+                "notice.pushed",
+                provider=s.cursor.provider_id,
+                notices=len(s.results),
+                acknowledged=sum(r.state is DeliveryState.ACKNOWLEDGED for r in s.results),
+                failed=sum(r.state is DeliveryState.FAILED for r in s.results),
+                retry_at=None if s.retry_at is None else s.retry_at.isoformat(),
+            )
         return len(claimed)
 
-    async def _push(self, delivery: Delivery) -> None:
-        log = _log.bind(
-            jti=delivery.jti, notice_id=delivery.notice_id, provider=delivery.provider_id
-        )
-        provider = self._providers.get(delivery.provider_id)
-        if provider is None or provider.address is None:
-            status = status_of(self._providers, delivery.provider_id)
-            if status in (RegistryStatus.SUSPENDED, RegistryStatus.PENDING):
+    async def _deliver(self, cursor: NoticeCursor, batch: list[Delivery]) -> Settlement:
+        """One batch of the provider's notices past its cursor, and how it went."""
+        provider = self._providers.get(cursor.provider_id)
+        if provider is not None and provider.address is None:
+            provider = None  # poll-only: nowhere to push
+        status = status_of(self._providers, cursor.provider_id)
+        now = self._clock()
+        last = f"; last error: {cursor.last_error}" if cursor.last_error else ""
+        results: list[PushResult] = []
+        live: list[Delivery] = []
+        for delivery in batch:
+            if now > delivery.notice.deadline:
+                results.append(_given_up(delivery, f"not acknowledged before the deadline{last}"))
+            elif provider is None and status in (RegistryStatus.SUSPENDED, RegistryStatus.PENDING):
                 # Not called while suspended; pushed if it is resumed in time.
-                await self._retry(delivery, f"the provider is {status.value}", log)
+                results.append(_retry(delivery, f"the provider is {status.value}"))
+                live.append(delivery)
+            elif provider is None:
+                results.append(_given_up(delivery, "the provider is no longer in the registry"))
             else:
-                await self._give_up(delivery, "the provider is no longer in the registry", log)
-            return
-        if self._clock() > delivery.notice.deadline:
-            last = f"; last error: {delivery.last_error}" if delivery.last_error else ""
-            await self._give_up(delivery, f"not acknowledged before the deadline{last}", log)
-            return
+                live.append(delivery)
+        if live and provider is not None:
+            results += await self._push(provider, live)
+        retry = {r.jti: r for r in results if r.state is DeliveryState.PENDING}
+        if not retry:
+            return Settlement(cursor, results)
+        # One last attempt at the earliest deadline itself, not beyond it.
+        deadline = min(d.notice.deadline for d in live if d.jti in retry)
+        retry_at = min(now + self.backoff(cursor.attempts), deadline)
+        return Settlement(cursor, results, retry_at, next(iter(retry.values())).error)
+
+    async def _push(self, provider: ProviderConfig, batch: list[Delivery]) -> list[PushResult]:
+        """Push ``batch`` in one ReceiveEvents call, or one at a time to a provider without it."""
+        assert provider.address is not None  # _deliver pushes to providers with one
+        channel = self._channels.get(
+            provider.address, plaintext=provider.plaintext, server_name=provider.server_name
+        )
+        stub = provider_pb2_grpc.BindingProviderStub(channel)
+        timeout = self._config.push_deadline_s
+        if provider.id not in self._one_at_a_time:
+            request, batch = _packed(self._sets, batch)
+            try:
+                response = await stub.ReceiveEvents(request, timeout=timeout)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() is not grpc.StatusCode.UNIMPLEMENTED:
+                    return [_failed_call(d, exc.code(), exc.details()) for d in batch]
+                self._one_at_a_time.add(provider.id)
+            except Exception as exc:  # noqa: BLE001 - any local failure is retried
+                return [_retry(d, f"{type(exc).__name__}: {exc}") for d in batch]
+            else:
+                if len(response.results) != len(batch):
+                    error = f"{len(response.results)} results for {len(batch)} notices"
+                    return [_retry(d, error) for d in batch]
+                return [_result(d, r) for d, r in zip(batch, response.results, strict=True)]
+        return list(await asyncio.gather(*(self._push_one(stub, d) for d in batch)))
+
+    async def _push_one(
+        self, stub: provider_pb2_grpc.BindingProviderAsyncStub, delivery: Delivery
+    ) -> PushResult:
         try:
-            channel = self._channels.get(
-                provider.address, plaintext=provider.plaintext, server_name=provider.server_name
-            )
-            stub = provider_pb2_grpc.BindingProviderStub(channel)
             response = await stub.ReceiveEvent(
                 provider_pb2.ReceiveEventRequest(set=build_set(self._sets, delivery)),
                 timeout=self._config.push_deadline_s,
             )
         except grpc.aio.AioRpcError as exc:
-            code = exc.code()
-            error = f"{code.name}: {exc.details() or ''}".rstrip(": ")
-            # The statuses after which an unbind is tried again: the same push may
-            # well succeed later.
-            if code in RETRYABLE:
-                await self._retry(delivery, error, log)
-            else:
-                await self._give_up(delivery, error, log)
-            return
+            return _failed_call(delivery, exc.code(), exc.details())
         except Exception as exc:  # noqa: BLE001 - any local failure is retried
-            await self._retry(delivery, f"{type(exc).__name__}: {exc}", log)
-            return
-        if not response.acknowledged:
-            await self._retry(delivery, "the provider answered without acknowledging", log)
-            return
-        removed = response.bindings_removed if response.acted else None
-        audit = None
-        if removed is not None and self._auditor is not None:
-            # The same row a polling provider's ConfirmEventAction writes,
-            # committed with the acknowledgement: both or neither.
-            audit = AuditDraft(
-                kind="notice.confirmed",
-                actor=f"provider:{delivery.provider_id}",
-                subject=f"jti:{delivery.jti}",
-                detail={"bindings_removed": removed, "recorded": True, "via": "push"},
-            )
-        await self._store.deliveries.mark_delivered(
-            delivery.jti, acknowledged_at=self._clock(), bindings_removed=removed, audit=audit
-        )
-        self.observer.notice_pushed("acknowledged")
-        log.info("notice.pushed", attempts=delivery.attempts, acted=response.acted)
+            return _retry(delivery, f"{type(exc).__name__}: {exc}")
+        return _answered(delivery, response)
+
+    def _audit_rows(self, provider_id: str, results: Sequence[PushResult]) -> list[AuditDraft]:
+        """The rows a batch adds: actions reported with the acknowledgement, and give-ups."""
+        if self._auditor is None:
+            return []
+        rows = []
+        for r in results:
+            if r.state is DeliveryState.ACKNOWLEDGED and r.bindings_removed is not None:
+                # The same row a polling provider's ConfirmEventAction writes.
+                rows.append(
+                    AuditDraft(
+                        kind="notice.confirmed",
+                        actor=f"provider:{provider_id}",
+                        subject=f"jti:{r.jti}",
+                        detail={
+                            "bindings_removed": r.bindings_removed,
+                            "recorded": True,
+                            "via": "push",
+                        },
+                    )
+                )
+            elif r.state is DeliveryState.FAILED:
+                rows.append(
+                    AuditDraft(
+                        kind="notice.undelivered",
+                        actor="gateway",
+                        subject=f"provider:{provider_id}",
+                        detail={"jti": r.jti, "received": r.received},
+                    )
+                )
+        return rows
 
     def backoff(self, attempts: int) -> timedelta:
         """The pause after the ``attempts``-th failed push: exponential, with jitter.
@@ -214,36 +294,67 @@ class NoticePusher:
         base = min(cap, self._config.backoff_initial_s * 2 ** min(max(attempts - 1, 0), 32))
         return timedelta(seconds=base * (0.5 + self._jitter() / 2))
 
-    async def _retry(self, delivery: Delivery, error: str, log: structlog.BoundLogger) -> None:
-        now = self._clock()
-        deadline = delivery.notice.deadline
-        if now >= deadline:
-            await self._give_up(delivery, f"not acknowledged before the deadline; {error}", log)
-            return
-        # One last attempt at the deadline itself, not beyond it.
-        next_at: datetime = min(now + self.backoff(delivery.attempts), deadline)
-        await self._store.deliveries.mark_failed(
-            delivery.jti, worker_id=self.worker_id, error=error, next_attempt_at=next_at
-        )
-        self.observer.notice_pushed("retry")
-        log.info("notice.push_failed", error=error, attempts=delivery.attempts, retry_at=next_at)
 
-    async def _give_up(self, delivery: Delivery, error: str, log: structlog.BoundLogger) -> None:
-        audit = None
-        if self._auditor is not None:
-            # Committed with the give-up: a crash keeps both or neither.
-            audit = AuditDraft(
-                kind="notice.undelivered",
-                actor="gateway",
-                subject=f"provider:{delivery.provider_id}",
-                detail={
-                    "jti": delivery.jti,
-                    "notice_id": delivery.notice_id,
-                    "attempts": delivery.attempts,
-                },
-            )
-        await self._store.deliveries.mark_failed(
-            delivery.jti, worker_id=self.worker_id, error=error, next_attempt_at=None, audit=audit
-        )
-        self.observer.notice_pushed("failed")
-        log.warning("notice.undelivered", error=error, attempts=delivery.attempts)
+_OUTCOMES = {
+    DeliveryState.ACKNOWLEDGED: "acknowledged",
+    DeliveryState.PENDING: "retry",
+    DeliveryState.FAILED: "failed",
+}
+
+
+def _retry(delivery: Delivery, error: str) -> PushResult:
+    return PushResult.retry(delivery.jti, error)
+
+
+def _given_up(delivery: Delivery, error: str) -> PushResult:
+    return PushResult.given_up(delivery.jti, error)
+
+
+def _failed_call(delivery: Delivery, code: grpc.StatusCode, details: str | None) -> PushResult:
+    """A call (or one notice of a batch) ended with a status: retried, or refused."""
+    error = f"{code.name}: {details or ''}".rstrip(": ")
+    if code in RETRYABLE:
+        return _retry(delivery, error)
+    # Not to be sent again (INVALID_ARGUMENT, UNAUTHENTICATED, ...): the
+    # provider was reached and refused this notice.
+    return PushResult.refused(delivery.jti, error)
+
+
+def _answered(delivery: Delivery, response: provider_pb2.ReceiveEventResponse) -> PushResult:
+    if not response.acknowledged:
+        return _retry(delivery, "the provider answered without acknowledging")
+    removed = response.bindings_removed if response.acted else None
+    return PushResult.acknowledged(delivery.jti, removed)
+
+
+def _result(delivery: Delivery, result: provider_pb2.EventResult) -> PushResult:
+    """One notice's answer in a ReceiveEvents batch."""
+    if result.HasField("response"):
+        return _answered(delivery, result.response)
+    code = _STATUS_BY_NUMBER.get(result.error_code, grpc.StatusCode.UNKNOWN)
+    if code is grpc.StatusCode.OK:
+        code = grpc.StatusCode.UNKNOWN  # neither an answer nor an error: ask again
+    return _failed_call(delivery, code, result.error_message[:1024])
+
+
+_STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+# E-14: a provider accepts ReceiveEvents requests of up to 64 KiB (the SDK's
+# limit); a batch is cut to fit, with room for the message's own framing.
+MAX_BATCH_BYTES = 64 * 1024 - 1024
+
+
+def _packed(
+    sets: SetIssuer, batch: list[Delivery]
+) -> tuple[provider_pb2.ReceiveEventsRequest, list[Delivery]]:
+    """The request for as many of ``batch`` as fit in :data:`MAX_BATCH_BYTES` (at least
+    one), and those notices; the rest wait for the next round."""
+    request = provider_pb2.ReceiveEventsRequest()
+    size = 0
+    for count, delivery in enumerate(batch):
+        token = build_set(sets, delivery)
+        size += len(token) + 4  # the field's tag and length
+        if count and size > MAX_BATCH_BYTES:
+            return request, batch[:count]
+        request.sets.append(token)
+    return request, batch

@@ -1,7 +1,9 @@
 """Recycled-number notices: carriers report, providers poll, acknowledge and confirm.
 
-``ReportNumberEvent`` records a carrier's event with one delivery per
-configured provider (push or poll) in one transaction; the push worker
+``ReportNumberEvent`` records a carrier's event in the notice log with one
+delivery per provider it is routed to (push or poll) in one transaction:
+providers whose fresh routing filter may hold the number, and every
+provider without one (as a lookup asks them); the push worker
 (:mod:`onecert.gateway._notice_delivery`) sends the push deliveries, and
 poll-mode providers fetch theirs with ``PollEvents`` (RFC 8936: a SET is
 returned by every poll until it is acknowledged). Every SET names the
@@ -15,6 +17,7 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 import grpc
 import structlog
@@ -43,6 +46,7 @@ from onecert.v1 import gateway_pb2
 __all__ = [
     "Clock",
     "Doorbell",
+    "NoticeRouting",
     "NoticeService",
     "build_set",
     "notice_deadline",
@@ -97,6 +101,23 @@ class Doorbell:
         except TimeoutError:
             return False
         return True
+
+
+class NoticeRouting(Protocol):
+    """Which providers a notice about a number goes to (the routing service)."""
+
+    @property
+    def registered(self) -> frozenset[str]:
+        """The providers routing knows; a notice goes to every other one."""
+        ...
+
+    def routed_to(self, msisdn: str) -> frozenset[str]:
+        """Of :attr:`registered`: those whose filter may hold the number, or without one."""
+        ...
+
+    def route_tag(self, msisdn: str) -> str:
+        """The tag that providers' later filter additions of the number carry."""
+        ...
 
 
 def timestamp_arg(ts: Timestamp, name: str) -> datetime:
@@ -182,14 +203,16 @@ class NoticeService:
     Args:
         store: the durable state.
         carriers: the configured carriers (their ``prefixes``).
-        providers: the active providers by id (each gets one delivery per
-            notice, by its ``delivery`` mode); the gateway's live
+        providers: the active providers by id (each notice goes to those
+            routing picks, by their ``delivery`` mode); the gateway's live
             :class:`~onecert.gateway._directory.ProviderDirectory`, read at each notice.
         config: deadlines and poll limits.
         sets: signs the SETs handed out by polls.
         auditor: where audit rows go.
         doorbell: rung when a notice is recorded (wakes push workers and polls).
         clock: the gateway's notion of now (deadlines, receipt times).
+        routing: picks the providers a notice goes to; None (or routing off):
+            every provider. May be set after construction.
     """
 
     def __init__(
@@ -204,11 +227,13 @@ class NoticeService:
         doorbell: Doorbell | None = None,
         clock: Clock = utc_now,
         history_start: datetime | None = None,
+        routing: NoticeRouting | None = None,
     ) -> None:
         self._store = store
         self._history_start = history_start
         self._carriers = {c.id: c for c in carriers}
         self._providers = by_id(providers)
+        self.routing = routing
         self._config = config
         self._sets = sets
         self._auditor = auditor
@@ -232,7 +257,9 @@ class NoticeService:
                 reason="foreign_number",
             )
         history = request.history
-        deadline, providers = self._addressees(kind, effective_at, quiet, now, history=history)
+        deadline, providers = self._addressees(
+            msisdn, kind, effective_at, quiet, now, history=history
+        )
 
         def audit_row(notice: Notice, created: bool) -> AuditDraft:
             # Written with the notice, in its transaction: a crash cannot
@@ -265,6 +292,8 @@ class NoticeService:
                     deadline=deadline,
                     providers=providers,
                     now=now,
+                    min_action=timedelta(seconds=self._config.min_action_s),
+                    route_tag=None if self.routing is None else self.routing.route_tag(msisdn),
                     audit=audit_row,
                 ),
                 "record_number_event",
@@ -290,6 +319,7 @@ class NoticeService:
 
     def _addressees(
         self,
+        msisdn: str,
         kind: StoredEventType,
         effective_at: datetime,
         quiet: datetime | None,
@@ -308,7 +338,48 @@ class NoticeService:
             quiet_period_ends_at=quiet,
             now=now,
         )
-        return deadline, [(p.id, DeliveryMode(p.delivery)) for p in self._providers.values()]
+        return deadline, [(p.id, DeliveryMode(p.delivery)) for p in self.route(msisdn)]
+
+    def route(self, msisdn: str) -> list[ProviderConfig]:
+        """The providers a notice about ``msisdn`` goes to now, by id.
+
+        Those whose fresh filter may hold the number and those without one
+        (the lookup's routing query), plus every current provider routing
+        does not know yet. Without routing: every current provider.
+        """
+        current = self._providers
+        routing = self.routing
+        if routing is None:
+            return sorted(current.values(), key=lambda p: p.id)
+        # Routing's choice, and every current provider it does not know (yet).
+        ids = (routing.routed_to(msisdn) & current.keys()) | (current.keys() - routing.registered)
+        return [current[p] for p in sorted(ids)]
+
+    async def route_late(self, provider_id: str, route_tags: list[str]) -> int:
+        """A provider's filter additions name numbers open notices were not routed to it
+        for: route those notices to it now (before their deadline); how many."""
+        provider = self._providers.get(provider_id)
+        if provider is None or not route_tags:
+            return 0
+
+        def audit_row(count: int) -> AuditDraft:
+            return AuditDraft(
+                kind="notice.routed_late",
+                actor="gateway",
+                subject=f"provider:{provider_id}",
+                detail={"notices": count},
+            )
+
+        count = await store_call(
+            self._store.notices.route_late(
+                provider_id, provider.delivery, route_tags, now=self._clock(), audit=audit_row
+            ),
+            "route_late",
+        )
+        if count:
+            self.doorbell.ring()
+            _log.info("notice.routed_late", provider=provider_id, notices=count)
+        return count
 
     def _check_report(
         self, request: gateway_pb2.ReportNumberEventRequest, now: datetime

@@ -436,6 +436,11 @@ class GatewayServer(AsyncResource):
             if config.routing.enabled:
                 self.routing = self._build_routing(store, handle_key)
                 self.fanout.routing = self.routing
+                if self.recycled is not None:
+                    # Notices go where lookups go: to who may hold the number,
+                    # and to who shows it does later, before the deadline.
+                    self.recycled.notices.routing = self.routing
+                    self.routing.additions_listeners.append(self.recycled.notices.route_late)
                 self._workers.append(self.routing)
         # Ask every provider who it is; stop asking one that claims another id.
         self.describe_check = DescribeCheck(

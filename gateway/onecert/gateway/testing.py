@@ -697,6 +697,13 @@ class FakeProvider(_Fake, provider_pb2_grpc.BindingProviderServicer):
             await context.abort(self.refuse_events, "this fake refuses notices")
         return provider_pb2.ReceiveEventResponse(acknowledged=True)
 
+    async def ReceiveEvents(  # noqa: N802 - the gRPC method name
+        self, request: provider_pb2.ReceiveEventsRequest, context: Context
+    ) -> provider_pb2.ReceiveEventsResponse:
+        # Batches are optional (E-13): this fake takes notices one at a time,
+        # as a provider written before ReceiveEvents would.
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "one notice at a time")
+
 
 # ---------------------------------------------------------------- the federation
 

@@ -336,3 +336,86 @@ class ReceiveEventResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReceiveEventResponse: _TypeAlias = ReceiveEventResponse  # noqa: Y015
+
+@_typing.final
+class ReceiveEventsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def sets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """SETs as ReceiveEventRequest.set carries one; 1 to 1000."""
+
+    def __init__(
+        self,
+        *,
+        sets: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sets", b"sets"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReceiveEventsRequest: _TypeAlias = ReceiveEventsRequest  # noqa: Y015
+
+@_typing.final
+class EventResult(_message.Message):
+    """The answer to one SET of a batch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JTI_FIELD_NUMBER: _builtins.int
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    ERROR_CODE_FIELD_NUMBER: _builtins.int
+    ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
+    jti: _builtins.str
+    """The SET's `jti`, when it could be read ("" for a token that is not a SET)."""
+    error_code: _builtins.int
+    """Set when it was refused or could not be handled: the status ReceiveEvent
+    would have failed with (its numeric gRPC code) and why. A retryable code
+    (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED, INTERNAL,
+    UNKNOWN) asks the gateway to deliver the notice again later.
+    """
+    error_message: _builtins.str
+    @_builtins.property
+    def response(self) -> Global___ReceiveEventResponse:
+        """Set when the SET was accepted: the answer ReceiveEvent would give."""
+
+    def __init__(
+        self,
+        *,
+        jti: _builtins.str = ...,
+        response: Global___ReceiveEventResponse | None = ...,
+        error_code: _builtins.int = ...,
+        error_message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_code", b"error_code", "error_message", b"error_message", "jti", b"jti", "response", b"response"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventResult: _TypeAlias = EventResult  # noqa: Y015
+
+@_typing.final
+class ReceiveEventsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___EventResult]:
+        """Exactly one per SET of the request, in its order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___EventResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReceiveEventsResponse: _TypeAlias = ReceiveEventsResponse  # noqa: Y015

@@ -54,6 +54,11 @@ class BindingProviderStub:
                 request_serializer=onecert_dot_v1_dot_provider__pb2.ReceiveEventRequest.SerializeToString,
                 response_deserializer=onecert_dot_v1_dot_provider__pb2.ReceiveEventResponse.FromString,
                 _registered_method=True)
+        self.ReceiveEvents = channel.unary_unary(
+                '/onecert.v1.BindingProvider/ReceiveEvents',
+                request_serializer=onecert_dot_v1_dot_provider__pb2.ReceiveEventsRequest.SerializeToString,
+                response_deserializer=onecert_dot_v1_dot_provider__pb2.ReceiveEventsResponse.FromString,
+                _registered_method=True)
 
 
 class BindingProviderServicer:
@@ -107,6 +112,20 @@ class BindingProviderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReceiveEvents(self, request, context):
+        """Several notices at once, in the order of the gateway's notice log
+        (E-13 to E-17). Each SET is checked and answered on its own, as
+        ReceiveEvent would: one bad SET does not fail the others. The answer
+        holds exactly one result per SET, in the request's order. Optional: a
+        provider that does not implement it answers UNIMPLEMENTED and the
+        gateway sends it one notice at a time with ReceiveEvent.
+        Errors (the whole call): INVALID_ARGUMENT (no SET, or more than 1000),
+        UNIMPLEMENTED, UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BindingProviderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +148,11 @@ def add_BindingProviderServicer_to_server(servicer, server):
                     servicer.ReceiveEvent,
                     request_deserializer=onecert_dot_v1_dot_provider__pb2.ReceiveEventRequest.FromString,
                     response_serializer=onecert_dot_v1_dot_provider__pb2.ReceiveEventResponse.SerializeToString,
+            ),
+            'ReceiveEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReceiveEvents,
+                    request_deserializer=onecert_dot_v1_dot_provider__pb2.ReceiveEventsRequest.FromString,
+                    response_serializer=onecert_dot_v1_dot_provider__pb2.ReceiveEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -239,6 +263,33 @@ class BindingProvider:
             '/onecert.v1.BindingProvider/ReceiveEvent',
             onecert_dot_v1_dot_provider__pb2.ReceiveEventRequest.SerializeToString,
             onecert_dot_v1_dot_provider__pb2.ReceiveEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReceiveEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/onecert.v1.BindingProvider/ReceiveEvents',
+            onecert_dot_v1_dot_provider__pb2.ReceiveEventsRequest.SerializeToString,
+            onecert_dot_v1_dot_provider__pb2.ReceiveEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -73,6 +73,16 @@ class BindingProviderStub:
     algorithm, signature, issuer, audience, or a SET older than 300 s,
     expired or issued in the future).
     """
+    ReceiveEvents: _grpc.UnaryUnaryMultiCallable[_provider_pb2.ReceiveEventsRequest, _provider_pb2.ReceiveEventsResponse]
+    """Several notices at once, in the order of the gateway's notice log
+    (E-13 to E-17). Each SET is checked and answered on its own, as
+    ReceiveEvent would: one bad SET does not fail the others. The answer
+    holds exactly one result per SET, in the request's order. Optional: a
+    provider that does not implement it answers UNIMPLEMENTED and the
+    gateway sends it one notice at a time with ReceiveEvent.
+    Errors (the whole call): INVALID_ARGUMENT (no SET, or more than 1000),
+    UNIMPLEMENTED, UNAVAILABLE.
+    """
 
 @_typing.type_check_only
 class BindingProviderAsyncStub(BindingProviderStub):
@@ -108,6 +118,16 @@ class BindingProviderAsyncStub(BindingProviderStub):
     claim missing, not exactly the one event), UNAUTHENTICATED (key,
     algorithm, signature, issuer, audience, or a SET older than 300 s,
     expired or issued in the future).
+    """
+    ReceiveEvents: _aio.UnaryUnaryMultiCallable[_provider_pb2.ReceiveEventsRequest, _provider_pb2.ReceiveEventsResponse]  # type: ignore[assignment]
+    """Several notices at once, in the order of the gateway's notice log
+    (E-13 to E-17). Each SET is checked and answered on its own, as
+    ReceiveEvent would: one bad SET does not fail the others. The answer
+    holds exactly one result per SET, in the request's order. Optional: a
+    provider that does not implement it answers UNIMPLEMENTED and the
+    gateway sends it one notice at a time with ReceiveEvent.
+    Errors (the whole call): INVALID_ARGUMENT (no SET, or more than 1000),
+    UNIMPLEMENTED, UNAVAILABLE.
     """
 
 class BindingProviderServicer(metaclass=_abc_1.ABCMeta):
@@ -165,6 +185,22 @@ class BindingProviderServicer(metaclass=_abc_1.ABCMeta):
         claim missing, not exactly the one event), UNAUTHENTICATED (key,
         algorithm, signature, issuer, audience, or a SET older than 300 s,
         expired or issued in the future).
+        """
+
+    @_abc_1.abstractmethod
+    def ReceiveEvents(
+        self,
+        request: _provider_pb2.ReceiveEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_provider_pb2.ReceiveEventsResponse, _abc.Awaitable[_provider_pb2.ReceiveEventsResponse]]:
+        """Several notices at once, in the order of the gateway's notice log
+        (E-13 to E-17). Each SET is checked and answered on its own, as
+        ReceiveEvent would: one bad SET does not fail the others. The answer
+        holds exactly one result per SET, in the request's order. Optional: a
+        provider that does not implement it answers UNIMPLEMENTED and the
+        gateway sends it one notice at a time with ReceiveEvent.
+        Errors (the whole call): INVALID_ARGUMENT (no SET, or more than 1000),
+        UNIMPLEMENTED, UNAVAILABLE.
         """
 
 def add_BindingProviderServicer_to_server(servicer: BindingProviderServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -24,6 +24,7 @@ from onecert.sdk._idempotency import (
     MemoryIdempotencyStore,
     SQLiteIdempotencyStore,
 )
+from onecert.sdk._keys import load_jwks
 from onecert.sdk._logging import configure_logging
 from onecert.sdk._poller import NoticePoller, PollRound
 from onecert.sdk._provider import Provider
@@ -79,4 +80,5 @@ __all__ = [
     "UnbindResult",
     "configure_logging",
     "join",
+    "load_jwks",
 ]

@@ -172,7 +172,11 @@ def parse_jwks(jwks: Mapping[str, Any]) -> dict[str, VerificationKey]:
 
 
 def load_jwks(path: str | Path) -> dict[str, VerificationKey]:
-    """Read and parse a JWKS file."""
+    """Read a JWKS file (the gateway's public keys) as ``SetVerifier(keys=...)`` takes them.
+
+    Raises:
+        KeyConfigError: unreadable, not JSON, or not a key set this SDK accepts.
+    """
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:

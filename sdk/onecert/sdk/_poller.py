@@ -27,7 +27,7 @@ from pathlib import Path
 
 import grpc
 
-from onecert.sdk._core import CallError, log
+from onecert.sdk._core import log
 from onecert.sdk._idempotency import (
     IdempotencyStore,
     MemoryIdempotencyStore,
@@ -46,6 +46,10 @@ _ERROR_CODES = {
     grpc.StatusCode.INVALID_ARGUMENT: "invalid_request",
     grpc.StatusCode.UNAUTHENTICATED: "authentication_failed",
 }
+
+
+def _status(code: int) -> grpc.StatusCode:
+    return next((s for s in grpc.StatusCode if s.value[0] == code), grpc.StatusCode.UNKNOWN)
 
 
 @dataclass(frozen=True)
@@ -128,25 +132,27 @@ class NoticePoller(AsyncResource):
         )
         self._acks, self._errors = [], []
         handled = refused = 0
-        for event in result.events:
-            try:
-                response = await self._core.receive_event(
-                    provider_pb2.ReceiveEventRequest(set=event.token), remaining=None
-                )
-            except CallError as exc:
-                code = _ERROR_CODES.get(exc.code)
-                if code is None:
-                    # The handler failed (or asked to try later): not acked,
-                    # so the gateway hands the notice out again.
-                    log.warning("poll.notice_failed", status=exc.code.name)
+        if result.events:
+            # The same per-notice handling as a pushed batch (ReceiveEvents).
+            batch = await self._core.receive_events(
+                provider_pb2.ReceiveEventsRequest(sets=[e.token for e in result.events]),
+                remaining=None,
+            )
+            for event, answer in zip(result.events, batch.results, strict=True):
+                if not answer.HasField("response"):
+                    code = _ERROR_CODES.get(_status(answer.error_code))
+                    if code is None:
+                        # The handler failed (or asked to try later): not acked,
+                        # so the gateway hands the notice out again.
+                        log.warning("poll.notice_failed", status=answer.error_code)
+                        continue
+                    self._errors.append(EventError(event.jti, code, answer.error_message))
+                    refused += 1
                     continue
-                self._errors.append(EventError(event.jti, code, exc.details))
-                refused += 1
-                continue
-            self._acks.append(event.jti)
-            handled += 1
-            if response.acted:
-                self._confirms[event.jti] = response.bindings_removed
+                self._acks.append(event.jti)
+                handled += 1
+                if answer.response.acted:
+                    self._confirms[event.jti] = answer.response.bindings_removed
         confirmed = await self._send_confirms()
         return PollRound(
             received=len(result.events),

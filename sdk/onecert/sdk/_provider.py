@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 import grpc
+import jwt
 import structlog
 
 from onecert.sdk._convert import (
@@ -57,6 +58,8 @@ from onecert.v1 import provider_pb2, provider_pb2_grpc
 
 CONTRACT_VERSION = "onecert.v1"
 MAX_REQUEST_ID = 128
+# Most SETs in one ReceiveEvents call (E-13).
+MAX_EVENT_BATCH = 1000
 # The one warrant purpose each call allows (docs/contract.md W-13): a
 # lookup warrant must not be replayable as an unbind.
 LIST_PURPOSES = frozenset({RPC_PURPOSES["onecert.v1.BindingProvider/ListBindings"]})
@@ -447,6 +450,40 @@ class ProviderCore:
         task.add_done_callback(_forget(self._running))
         return await asyncio.shield(task)
 
+    async def receive_events(
+        self, request: provider_pb2.ReceiveEventsRequest, *, remaining: float | None
+    ) -> provider_pb2.ReceiveEventsResponse:
+        """A batch of SETs, each checked and handled on its own (E-13 to E-17).
+
+        One result per SET, in order: a refused SET answers as
+        ``ReceiveEvent`` would have failed, and the others are unaffected. A
+        notice seen before (same ``jti``) gets its first answer again (E-10).
+        """
+        if not 0 < len(request.sets) <= MAX_EVENT_BATCH:
+            raise _invalid(f"sets must hold 1 to {MAX_EVENT_BATCH} SETs")
+        answers = await asyncio.gather(
+            *(
+                self.receive_event(provider_pb2.ReceiveEventRequest(set=token), remaining=remaining)
+                for token in request.sets
+            ),
+            return_exceptions=True,
+        )
+        results = []
+        for token, answer in zip(request.sets, answers, strict=True):
+            result = provider_pb2.EventResult(jti=_unverified_jti(token))
+            if isinstance(answer, provider_pb2.ReceiveEventResponse):
+                result.response.CopyFrom(answer)
+            elif isinstance(answer, CallError):
+                result.error_code, result.error_message = answer.code.value[0], answer.details
+            elif isinstance(answer, Exception):
+                log.error("notice.failed", error=type(answer).__name__)
+                result.error_code = grpc.StatusCode.INTERNAL.value[0]
+                result.error_message = "the provider failed to handle the notice"
+            else:
+                raise answer
+            results.append(result)
+        return provider_pb2.ReceiveEventsResponse(results=results)
+
     async def _receive_once(
         self, notice: RecycledNotice, *, remaining: float | None
     ) -> provider_pb2.ReceiveEventResponse:
@@ -527,6 +564,17 @@ def _unbind_response(record: dict[str, Any]) -> provider_pb2.UnbindResponse:
     return response
 
 
+def _unverified_jti(token: str) -> str:
+    # Only to label a result (results are matched by position): a token that
+    # is not a JWS, or has no string jti, is labelled "".
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return ""
+    jti = claims.get("jti")
+    return jti[:256] if isinstance(jti, str) else ""
+
+
 def _event_response(record: dict[str, Any]) -> provider_pb2.ReceiveEventResponse:
     acted = bool(record.get("acted"))
     return provider_pb2.ReceiveEventResponse(
@@ -569,3 +617,8 @@ class ProviderServicer(provider_pb2_grpc.BindingProviderServicer):
         self, request: provider_pb2.ReceiveEventRequest, context: Context
     ) -> provider_pb2.ReceiveEventResponse:
         return await self._core.receive_event(request, remaining=context.time_remaining())
+
+    async def ReceiveEvents(  # noqa: N802  # gRPC method name
+        self, request: provider_pb2.ReceiveEventsRequest, context: Context
+    ) -> provider_pb2.ReceiveEventsResponse:
+        return await self._core.receive_events(request, remaining=context.time_remaining())

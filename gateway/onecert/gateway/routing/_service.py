@@ -14,7 +14,7 @@ import asyncio
 import secrets
 import struct
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -37,7 +37,12 @@ from onecert.gateway.routing._index import (
 )
 from onecert.gateway.routing._keyring import RoutingKeyring
 from onecert.gateway.store import AuditDraft, FilterKind, FilterRow, Store
-from onecert.sdk._filter import FilterAdditions, FilterFormatError, RoutingFilter
+from onecert.sdk._filter import (
+    ELEMENT_BYTES,
+    FilterAdditions,
+    FilterFormatError,
+    RoutingFilter,
+)
 from onecert.sdk._keys import KeyConfigError, load_hex_key
 from onecert.v1 import gateway_pb2
 
@@ -197,6 +202,9 @@ class RoutingService:
         self._own: set[int] = set()
         self._lock = asyncio.Lock()
         self._follower = Follower(self.sync, interval_s=config.poll_interval_s, name="routing.sync")
+        # Told of every provider's accepted additions published to this
+        # replica, as route tags (notices routed late, see route_tag).
+        self.additions_listeners: list[Callable[[str, list[str]], Awaitable[object]]] = []
 
     @property
     def keyring(self) -> RoutingKeyring:
@@ -228,8 +236,29 @@ class RoutingService:
 
     def routed_out(self, msisdn: str) -> frozenset[str]:
         """The configured providers not to ask about ``msisdn``: fresh filters without it."""
-        route = self.index.query(self._keyring.digests(msisdn))
-        return self._registered.difference(route.asked())
+        return self._registered.difference(self.routed_to(msisdn))
+
+    def routed_to(self, msisdn: str) -> frozenset[str]:
+        """The registered providers that may hold ``msisdn``, or have no fresh filter.
+
+        The same query as a lookup's; its cost follows the providers returned.
+        """
+        return self.index.query(self._keyring.digests(msisdn)).asked()
+
+    def route_tag(self, msisdn: str) -> str:
+        """``"VERSION:HEX"`` of the number's element under the active routing key.
+
+        The same tag is derived from a provider's filter additions, so the
+        additions that show a provider now holds the number find the notices
+        about it.
+        """
+        version = self._keyring.active_version
+        return _tag(version, self._keyring.digests(msisdn)[version][:ELEMENT_BYTES])
+
+    @property
+    def registered(self) -> frozenset[str]:
+        """The providers routing knows; any other is always asked."""
+        return self._registered
 
     # ------------------------------------------------------------------ RPCs
 
@@ -334,6 +363,12 @@ class RoutingService:
         )
         self.index.add(caller.id, additions)
         self._own.add(seq)
+        tags = [_tag(additions.key_version, e) for e in additions.elements]
+        for listener in self.additions_listeners:
+            try:
+                await listener(caller.id, tags)
+            except Exception:  # noqa: BLE001 - the filter is stored; CheckRecycled still covers
+                _log.exception("routing.additions_listener_failed", provider=caller.id)
 
     async def _store_filter(
         self,
@@ -469,6 +504,10 @@ class RoutingService:
     async def stop(self) -> None:
         """Stop following the store."""
         await self._follower.stop()
+
+
+def _tag(version: int, element: bytes) -> str:
+    return f"{version}:{element.hex()}"
 
 
 def _iso(unix: int) -> str:

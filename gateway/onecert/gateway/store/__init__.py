@@ -8,10 +8,10 @@ Open a :class:`Store` with a database URL, run :meth:`Store.upgrade` once
     ticket, created = await store.tickets.create(...)
 
 A :class:`Store` holds one repository per concern (``store.tickets``,
-``store.notices``, ``store.deliveries``, ``store.audit``, ``store.replay``,
-``store.compliance``, ``store.routing``, ``store.registry``, ``store.rates``)
-over one shared :class:`StoreDatabase`. Workers claim
-due work with ``store.tickets.claim_due`` and ``store.deliveries.claim_due``
+``store.notices``, ``store.deliveries``, ``store.cursors``, ``store.audit``,
+``store.replay``, ``store.compliance``, ``store.routing``, ``store.registry``,
+``store.rates``) over one shared :class:`StoreDatabase`. Workers claim
+due work with ``store.tickets.claim_due`` and ``store.cursors.claim_due``
 (leases; ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, ``BEGIN IMMEDIATE`` on
 SQLite), so several gateway processes can share one database.
 """
@@ -21,6 +21,12 @@ from __future__ import annotations
 from onecert.gateway.store._audit import looks_like_number
 from onecert.gateway.store._audit_repo import AuditRepository
 from onecert.gateway.store._compliance_repo import ComplianceRepository
+from onecert.gateway.store._cursor_repo import (
+    NoticeCursor,
+    NoticeCursorRepository,
+    PushResult,
+    Settlement,
+)
 from onecert.gateway.store._database import StoreDatabase
 from onecert.gateway.store._delivery_repo import DeliveryRepository
 from onecert.gateway.store._engine import normalize_url
@@ -94,10 +100,13 @@ __all__ = [
     "Invitation",
     "NotFoundError",
     "Notice",
+    "NoticeCursor",
+    "NoticeCursorRepository",
     "NoticeRepository",
     "NoticeStatus",
     "NumberEvent",
     "ProviderComplianceRow",
+    "PushResult",
     "RateRepository",
     "RecycledCheck",
     "RecycledStatus",
@@ -112,6 +121,7 @@ __all__ = [
     "RoutingRepository",
     "SeedEntry",
     "SeedReport",
+    "Settlement",
     "Store",
     "StoreDatabase",
     "StoreError",

@@ -65,6 +65,10 @@ class ComplianceRepository:
         """
         now = resolve_now(now)
         n, t = number_events.c, unbind_tickets.c
+        async with self._db.read() as conn:
+            # Deadlines were set on the database's clock when the store uses it:
+            # judged on the same clock.
+            now = await self._db.clock(conn, now)
         notice_stmt = _notice_counts(now)
         ticket_stmt = select(t.provider_id, t.state, func.count().label("count")).group_by(
             t.provider_id, t.state

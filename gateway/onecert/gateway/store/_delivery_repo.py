@@ -1,4 +1,9 @@
-"""Deliveries of notices to providers: pushed by workers, or polled and acknowledged (RFC 8936)."""
+"""Each provider's copy of a notice: polled and acknowledged (RFC 8936), confirmed, counted.
+
+Push workers reach these rows through the providers' cursors
+(:mod:`._cursor_repo`); polls, acknowledgements and confirmations here move
+the cursor too.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +15,12 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from onecert.gateway.store._audit_repo import AuditRepository
-from onecert.gateway.store._claims import Lease, WorkQueue, claim, claim_leases
+from onecert.gateway.store._claims import WorkQueue, claim
+from onecert.gateway.store._cursor_repo import advance_cursor
 from onecert.gateway.store._database import StoreDatabase
 from onecert.gateway.store._models import deliveries
 from onecert.gateway.store._rows import (
     aware,
-    check_text,
     delivery_from_row,
     delivery_query,
     error_text,
@@ -67,110 +72,6 @@ class DeliveryRepository:
             )
         return [delivery_from_row(r) for r in rows]
 
-    async def claim_due(
-        self,
-        *,
-        worker_id: str,
-        limit: int = 10,
-        lease_s: float = 60.0,
-        now: datetime | None = None,
-    ) -> list[Delivery]:
-        """Lease up to ``limit`` push deliveries that are due, like tickets' ``claim_due``.
-
-        Due: mode push, PENDING, ``next_attempt_at <= now``, no live lease.
-        Poll deliveries are never claimed (providers fetch them).
-        """
-        lease = Lease.take(worker_id, limit=limit, lease_s=lease_s, now=resolve_now(now))
-        d = deliveries.c
-        async with self._db.write() as conn:
-            lease = lease.at(await self._db.clock(conn, lease.now))
-            rows = await claim_leases(
-                conn,
-                _DELIVERIES,
-                lease,
-                where=[
-                    d.mode == DeliveryMode.PUSH.value,
-                    d.state == _PENDING,
-                    d.next_attempt_at <= lease.now,
-                ],
-                order=[d.next_attempt_at, d.jti],
-            )
-        return [delivery_from_row(r) for r in rows]
-
-    async def mark_delivered(
-        self,
-        jti: str,
-        *,
-        acknowledged_at: datetime | None = None,
-        bindings_removed: int | None = None,
-        audit: AuditDraft | None = None,
-    ) -> bool:
-        """A push was acknowledged by the provider: the delivery is done.
-
-        ``bindings_removed`` (from ReceiveEventResponse when the provider
-        already acted) also records the action at ``acknowledged_at``.
-        True if this changed the delivery; False if it was no longer
-        PENDING. The lease is released whoever held it (an acknowledgement
-        is a fact, not a claim). ``audit`` is appended with the change (not
-        when nothing changed).
-        """
-        at = resolve_now(acknowledged_at)
-        d = deliveries.c
-        values: dict[str, Any] = {
-            "state": DeliveryState.ACKNOWLEDGED.value,
-            "delivered_at": func.coalesce(d.delivered_at, instant(at)),
-            "acknowledged_at": at,
-            "lease_owner": None,
-            "lease_until": None,
-        }
-        if bindings_removed is not None:
-            if bindings_removed < 0:
-                raise ValueError("bindings_removed must be >= 0")
-            values.update(acted_at=at, confirmed_at=at, bindings_removed=bindings_removed)
-        async with self._db.write() as conn:
-            result = await conn.execute(
-                update(deliveries).where(d.jti == jti, d.state == _PENDING).values(**values)
-            )
-            changed = bool(result.rowcount)
-            if changed and audit is not None:
-                await self._audit.chain(conn, [audit], at)
-            return changed
-
-    async def mark_failed(
-        self,
-        jti: str,
-        *,
-        worker_id: str,
-        error: str,
-        next_attempt_at: datetime | None,
-        audit: AuditDraft | None = None,
-    ) -> bool:
-        """A push attempt failed: retry at ``next_attempt_at``, or give up (None: FAILED).
-
-        Only the worker holding the lease may do this; True if it did.
-        ``audit`` is appended with the change (not when nothing changed).
-        """
-        d = deliveries.c
-        values: dict[str, Any] = {
-            "last_error": error_text(check_text("error", error, 65536)),
-            "lease_owner": None,
-            "lease_until": None,
-        }
-        if next_attempt_at is None:
-            values["state"] = DeliveryState.FAILED.value
-        else:
-            values["next_attempt_at"] = aware(next_attempt_at, "next_attempt_at")
-        async with self._db.write() as conn:
-            result = await conn.execute(
-                update(deliveries)
-                .where(d.jti == jti, d.state == _PENDING, d.lease_owner == worker_id)
-                .values(**values)
-            )
-            changed = bool(result.rowcount)
-            if changed and audit is not None:
-                await self._audit.chain(conn, [audit], resolve_now(None))
-            return changed
-
     async def poll(
         self,
         provider_id: str,
@@ -197,7 +98,7 @@ class DeliveryRepository:
                     d.mode == DeliveryMode.POLL.value,
                     d.state == _PENDING,
                 ],
-                order=[d.created_at, d.jti],
+                order=[d.seq, d.jti],
                 limit=max_events,
                 values={
                     "attempts": d.attempts + 1,
@@ -221,7 +122,7 @@ class DeliveryRepository:
         ids = await conn.scalars(
             select(d.jti)
             .where(d.provider_id == provider_id, d.jti.in_(sorted(jtis)), d.state == _PENDING)
-            .order_by(d.created_at, d.jti)
+            .order_by(d.seq, d.jti)
             .with_for_update()
         )
         return list(ids.all())
@@ -251,6 +152,8 @@ class DeliveryRepository:
             acked = await self._ack_locked(conn, [i for i in ids if i in wanted], now)
             refused = [i for i in ids if i in refusals]
             await self._reject_locked(conn, refused, refusals)
+            if acked or refused:
+                await advance_cursor(conn, provider_id)
             if audit is not None and (acked or refused):
                 await self._audit.chain(conn, [audit(acked, len(refused))], now)
         return acked, len(refused)
@@ -301,7 +204,9 @@ class DeliveryRepository:
             return 0
         async with self._db.write() as conn:
             ids = await self._lock_pending(conn, provider_id, wanted)
-            return await self._ack_locked(conn, ids, now)
+            acked = await self._ack_locked(conn, ids, now)
+            await advance_cursor(conn, provider_id)
+            return acked
 
     async def reject(self, provider_id: str, errors: Mapping[str, str]) -> int:
         """The provider could not process these SETs (RFC 8936 ``setErrs``): FAILED.
@@ -313,6 +218,7 @@ class DeliveryRepository:
         async with self._db.write() as conn:
             ids = await self._lock_pending(conn, provider_id, errors)
             await self._reject_locked(conn, ids, errors)
+            await advance_cursor(conn, provider_id)
         return len(ids)
 
     async def confirm_action(
@@ -367,6 +273,8 @@ class DeliveryRepository:
                     lease_until=None,
                 )
             await conn.execute(update(deliveries).where(d.jti == jti).values(**values))
+            if row.acknowledged_at is None:
+                await advance_cursor(conn, provider_id)
             if audit is not None:
                 await self._audit.chain(conn, [audit(True)], now)
         return True

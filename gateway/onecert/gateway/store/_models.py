@@ -37,6 +37,8 @@ __all__ = [
     "deliveries",
     "enrollment_tokens",
     "metadata",
+    "notice_cursors",
+    "notice_head",
     "number_events",
     "rate_limits",
     "registry_entries",
@@ -142,6 +144,9 @@ number_events = Table(
     "number_events",
     metadata,
     Column("notice_id", String(_ID), primary_key=True),
+    # The notice's place in the one ordered log, from notice_head (notices
+    # may commit out of seq order: cursors move back, see _notice_repo).
+    Column("seq", BigInteger, nullable=False),
     Column("carrier_id", String(_ID), nullable=False),
     Column("event_id", String(128), nullable=False),
     # Raw E.164: needed to build the SET for each delivery (operational data,
@@ -153,8 +158,13 @@ number_events = Table(
     Column("quiet_period_ends_at", UTCDateTime()),
     Column("deadline", UTCDateTime(), nullable=False),
     Column("recorded_at", UTCDateTime(), nullable=False),
+    # "VERSION:HEX" of the number's routing element under the routing key
+    # active when it was recorded: a provider's filter additions that carry
+    # it route the notice to that provider late (None without routing).
+    Column("route_tag", String(48), index=True),
     UniqueConstraint("carrier_id", "event_id"),
     CheckConstraint("event_type IN ('CANCELLED', 'RECYCLED')", name="event_type"),
+    Index(None, "seq", unique=True),
 )
 
 deliveries = Table(
@@ -169,6 +179,8 @@ deliveries = Table(
         nullable=False,
     ),
     Column("provider_id", String(_ID), nullable=False),
+    # The notice's seq: a provider's notices are handed out in log order.
+    Column("seq", BigInteger, nullable=False),
     Column("mode", String(8), nullable=False),
     Column("state", String(16), nullable=False),
     Column("attempts", Integer, nullable=False, default=0),
@@ -185,8 +197,36 @@ deliveries = Table(
     UniqueConstraint("notice_id", "provider_id"),
     CheckConstraint("mode IN ('push', 'poll')", name="mode"),
     CheckConstraint("state IN ('PENDING', 'ACKNOWLEDGED', 'FAILED')", name="state"),
-    Index(None, "mode", "state", "next_attempt_at"),
-    Index(None, "provider_id", "state"),
+    # Push workers find work through the providers' cursors, polls by provider.
+    Index(None, "provider_id", "state", "seq"),
+)
+
+# One row (id = 1): the last notice seq assigned.
+notice_head = Table(
+    "notice_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger, nullable=False),
+)
+
+# One row per provider that was ever routed a notice: its cursor in the log.
+# Every notice routed to it up to acked_seq is settled (acknowledged, refused
+# or given up); head_seq is the last notice routed to it. Push workers lease
+# the cursor, not the notices: one worker at a time delivers to a provider.
+notice_cursors = Table(
+    "notice_cursors",
+    metadata,
+    Column("provider_id", String(_ID), primary_key=True),
+    Column("mode", String(8), nullable=False),
+    Column("acked_seq", BigInteger, nullable=False),
+    Column("head_seq", BigInteger, nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", UTCDateTime(), nullable=False),
+    Column("lease_owner", String(128)),
+    Column("lease_until", UTCDateTime()),
+    Column("last_error", Text),
+    CheckConstraint("mode IN ('push', 'poll')", name="mode"),
+    Index(None, "mode", "next_attempt_at"),
 )
 
 audit_log = Table(

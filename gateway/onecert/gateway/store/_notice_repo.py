@@ -1,17 +1,32 @@
-"""Carriers' number events (notices), one delivery per provider each, and number history."""
+"""Carriers' number events (notices) in one ordered log, a copy per routed provider, history.
+
+Each notice takes the next ``seq`` from ``notice_head``. On PostgreSQL it is
+taken in a short transaction of its own, so replicas record notices
+concurrently and one may commit before a lower ``seq``: the notice moves its
+providers' cursors back below it when it commits (:func:`move_heads`), so a
+cursor never passes a notice it has not settled. A notice is copied only to
+the providers it is routed to (those that may hold the number), and moves
+each one's cursor head (``notice_cursors``): storage per notice follows the
+routed providers, not the registered ones.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import case, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from onecert.gateway.store._audit_repo import AuditRepository
 from onecert.gateway.store._database import StoreDatabase
-from onecert.gateway.store._models import deliveries, number_events
+from onecert.gateway.store._models import (
+    deliveries,
+    notice_cursors,
+    notice_head,
+    number_events,
+)
 from onecert.gateway.store._rows import (
     aware,
     check_text,
@@ -19,6 +34,7 @@ from onecert.gateway.store._rows import (
     fetch_first,
     fetch_one,
     new_id,
+    next_seq,
     notice_from_row,
     notice_query,
     resolve_now,
@@ -64,9 +80,11 @@ class NoticeRepository:
         deadline: datetime,
         providers: Sequence[tuple[str, DeliveryMode | str]],
         now: datetime | None = None,
+        min_action: timedelta | None = None,
+        route_tag: str | None = None,
         audit: Callable[[Notice, bool], AuditDraft] | None = None,
     ) -> tuple[Notice, bool]:
-        """Record a carrier's event and one delivery per provider, in one transaction.
+        """Record a carrier's event and one delivery per routed provider, in one transaction.
 
         Idempotent on ``(carrier_id, event_id)``: the same event again
         returns ``(notice, False)`` and creates nothing. The same id with
@@ -75,14 +93,17 @@ class NoticeRepository:
         Each delivery gets its own SET ``jti``, is PENDING and due at once;
         ``providers`` pairs a provider id with ``"push"`` or ``"poll"``.
         ``audit(notice, created)`` gives the audit row appended in the same
-        transaction.
+        transaction. The deadline is at least ``min_action`` after the
+        recording time, which is the database's clock when the store uses it
+        (replicas whose clocks disagree give the same deadline).
+        ``route_tag`` (see :meth:`route_late`) is kept with the notice.
         """
         now = resolve_now(now)
         # The raw number is kept only to sign deliveries: an event without
         # providers (a carrier's history) passes "" and is kept by its hash alone.
         if not (is_e164(msisdn) or (msisdn == "" and not providers)):
             raise ValueError("msisdn must be E.164 (or empty for an event without deliveries)")
-        event = {
+        event: dict[str, Any] = {
             "carrier_id": check_text("carrier_id", carrier_id, 64),
             "event_id": check_text("event_id", event_id, 128),
             "msisdn": msisdn,
@@ -93,13 +114,25 @@ class NoticeRepository:
             if quiet_period_ends_at is None
             else aware(quiet_period_ends_at, "quiet_period_ends_at"),
             "deadline": aware(deadline, "deadline"),
-            "recorded_at": now,
+            "route_tag": None if route_tag is None else check_text("route_tag", route_tag, 48),
         }
         targets = [(check_text("provider_id", p, 64), DeliveryMode(m)) for p, m in providers]
         if len({p for p, _ in targets}) != len(targets):
             raise ValueError("each provider may appear once")
+        seq = None
+        if self._db.dialect == "postgresql":
+            # Taken in a transaction of its own: the counter's row lock is held
+            # for one statement, not for the whole recording (replicas record
+            # notices concurrently; see move_heads for notices that commit out
+            # of seq order). SQLite serialises writers anyway.
+            async with self._db.single() as conn:
+                seq = await next_seq(conn, notice_head)
         async with self._db.write() as conn:
-            notice, created = await self._insert(conn, event, targets, now)
+            now = await self._db.clock(conn, now)
+            event["recorded_at"] = now
+            if min_action is not None:
+                event["deadline"] = max(aware(deadline, "deadline"), now + min_action)
+            notice, created = await self._insert(conn, event, targets, now, seq)
             if audit is not None:
                 await self._audit.chain(conn, [audit(notice, created)], now)
         return notice, created
@@ -110,33 +143,28 @@ class NoticeRepository:
         event: dict[str, Any],
         targets: Sequence[tuple[str, DeliveryMode]],
         now: datetime,
+        seq: int | None,
     ) -> tuple[Notice, bool]:
         n = number_events.c
-        notice_id = (
-            await conn.execute(
-                self._db.insert(number_events)
-                .values(notice_id=new_id("nt_"), **event)
-                .on_conflict_do_nothing(index_elements=[n.carrier_id, n.event_id])
-                .returning(n.notice_id)
+        existing = await conn.scalar(
+            select(n.notice_id).where(
+                n.carrier_id == event["carrier_id"], n.event_id == event["event_id"]
             )
-        ).scalar()
-        if notice_id is not None and targets:
-            await conn.execute(
-                insert(deliveries),
-                [
-                    {
-                        "jti": new_id(""),
-                        "notice_id": notice_id,
-                        "provider_id": provider_id,
-                        "mode": mode.value,
-                        "state": DeliveryState.PENDING.value,
-                        "attempts": 0,
-                        "created_at": now,
-                        "next_attempt_at": now,
-                    }
-                    for provider_id, mode in targets
-                ],
-            )
+        )
+        notice_id = None
+        if existing is None:
+            if seq is None:
+                seq = await next_seq(conn, notice_head)
+            notice_id = (
+                await conn.execute(
+                    self._db.insert(number_events)
+                    .values(notice_id=new_id("nt_"), seq=seq, **event)
+                    .on_conflict_do_nothing(index_elements=[n.carrier_id, n.event_id])
+                    .returning(n.notice_id)
+                )
+            ).scalar()
+            if notice_id is not None and targets:
+                await self._route(conn, notice_id, seq, targets, now)
         row = await fetch_one(
             conn,
             notice_query().where(
@@ -153,6 +181,73 @@ class NoticeRepository:
         ):
             raise ConflictError("this event_id was already reported with other content")
         return notice, created
+
+    async def _route(
+        self,
+        conn: AsyncConnection,
+        notice_id: str,
+        seq: int,
+        targets: Sequence[tuple[str, DeliveryMode]],
+        now: datetime,
+    ) -> None:
+        """A copy of the notice for each target, and each target's cursor head moved to it."""
+        await conn.execute(
+            insert(deliveries),
+            [
+                _delivery_row(notice_id, provider_id, seq, mode, now)
+                for provider_id, mode in targets
+            ],
+        )
+        await move_heads(self._db, conn, [(p, m, seq, seq) for p, m in targets], now)
+
+    async def route_late(
+        self,
+        provider_id: str,
+        mode: DeliveryMode | str,
+        route_tags: Sequence[str],
+        *,
+        now: datetime | None = None,
+        audit: Callable[[int], AuditDraft] | None = None,
+    ) -> int:
+        """Route to ``provider_id`` the open notices whose ``route_tag`` is among ``route_tags``.
+
+        For a provider whose filter additions show it now holds a number a
+        notice was not routed to it for: each such notice whose deadline has
+        not passed, and that it has no copy of, gets one, in log order.
+        Returns how many; ``audit(count)`` is appended with them (when any).
+        """
+        now = resolve_now(now)
+        mode = DeliveryMode(mode)
+        n, d = number_events.c, deliveries.c
+        tags = sorted(set(route_tags))
+        async with self._db.write() as conn:
+            now = await self._db.clock(conn, now)
+            found: list[tuple[str, int]] = []
+            for start in range(0, len(tags), _TAGS_PER_QUERY):
+                has_copy = (
+                    select(d.jti).where(d.notice_id == n.notice_id, d.provider_id == provider_id)
+                ).exists()
+                rows = await conn.execute(
+                    select(n.notice_id, n.seq).where(
+                        n.route_tag.in_(tags[start : start + _TAGS_PER_QUERY]),
+                        n.deadline > now,
+                        n.msisdn != "",
+                        ~has_copy,
+                    )
+                )
+                found += [(r.notice_id, int(r.seq)) for r in rows]
+            if not found:
+                return 0
+            found.sort(key=lambda f: f[1])
+            await conn.execute(
+                insert(deliveries),
+                [_delivery_row(notice_id, provider_id, seq, mode, now) for notice_id, seq in found],
+            )
+            heads = [(provider_id, mode, found[0][1], found[-1][1])]
+            await move_heads(self._db, conn, heads, now)
+            if audit is not None:
+                await self._audit.chain(conn, [audit(len(found))], now)
+        return len(found)
 
     async def get(self, notice_id: str) -> Notice | None:
         """The notice, or None."""
@@ -209,3 +304,71 @@ class NoticeRepository:
             aware(specified_date, "specified_date"),
             history_start=None if history_start is None else aware(history_start, "history_start"),
         )
+
+
+_TAGS_PER_QUERY = 500
+
+
+def _delivery_row(
+    notice_id: str, provider_id: str, seq: int, mode: DeliveryMode, now: datetime
+) -> dict[str, Any]:
+    return {
+        "jti": new_id(""),
+        "notice_id": notice_id,
+        "provider_id": provider_id,
+        "seq": seq,
+        "mode": mode.value,
+        "state": DeliveryState.PENDING.value,
+        "attempts": 0,
+        "created_at": now,
+        "next_attempt_at": now,
+    }
+
+
+async def move_heads(
+    db: StoreDatabase,
+    conn: AsyncConnection,
+    heads: Sequence[tuple[str, DeliveryMode, int, int]],
+    now: datetime,
+) -> None:
+    """Providers' cursors learn of notices routed to them, from seq ``low`` to ``high``.
+
+    Each of ``heads`` is ``(provider_id, mode, low, high)``, one per provider;
+    a cursor is created when new.
+
+    A cursor that had settled everything becomes due at once; one waiting
+    out a backoff (its provider unreachable) keeps waiting. A notice below
+    what the cursor settled (routed late, or committed after a notice with a
+    higher seq) moves the cursor back to it. The cursor's row lock, taken
+    here and by :func:`~._cursor_repo.advance_cursors`, orders the two.
+    """
+    if not heads:
+        return
+    c = notice_cursors.c
+    stmt = db.insert(notice_cursors).values(
+        [
+            {
+                "provider_id": provider_id,
+                "mode": mode.value,
+                "acked_seq": low - 1,
+                "head_seq": high,
+                "attempts": 0,
+                "next_attempt_at": now,
+            }
+            for provider_id, mode, low, high in heads
+        ]
+    )
+    new = stmt.excluded
+    await conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[c.provider_id],
+            set_={
+                "mode": new.mode,
+                "next_attempt_at": case(
+                    (c.acked_seq >= c.head_seq, new.next_attempt_at), else_=c.next_attempt_at
+                ),
+                "head_seq": case((new.head_seq > c.head_seq, new.head_seq), else_=c.head_seq),
+                "acked_seq": case((new.acked_seq < c.acked_seq, new.acked_seq), else_=c.acked_seq),
+            },
+        )
+    )

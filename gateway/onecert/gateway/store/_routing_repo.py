@@ -15,12 +15,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, select
 
 from onecert.gateway.store._audit_repo import AuditRepository
 from onecert.gateway.store._database import StoreDatabase
 from onecert.gateway.store._models import routing_filters, routing_head
-from onecert.gateway.store._rows import check_text, resolve_now
+from onecert.gateway.store._rows import check_text, next_seq, resolve_now
 from onecert.gateway.store._types import AuditDraft
 
 __all__ = ["FilterKind", "FilterRow", "RoutingRepository"]
@@ -91,16 +91,7 @@ class RoutingRepository:
         check_text("provider_id", provider_id, 64)
         f = routing_filters.c
         async with self._db.write() as conn:
-            seq = int(
-                (
-                    await conn.execute(
-                        update(routing_head)
-                        .where(routing_head.c.id == 1)
-                        .values(seq=routing_head.c.seq + 1)
-                        .returning(routing_head.c.seq)
-                    )
-                ).scalar_one()
-            )
+            seq = await next_seq(conn, routing_head)
             if kind is not FilterKind.ADDITIONS:
                 superseded = f.kind != FilterKind.ADDITIONS.value
                 old_additions = f.created_at <= created_at - replay_margin_s

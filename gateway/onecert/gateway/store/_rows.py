@@ -7,7 +7,17 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import BindParameter, ColumnElement, Select, Table, bindparam, func, or_, select
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    Select,
+    Table,
+    bindparam,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.expression import Executable
@@ -40,6 +50,7 @@ __all__ = [
     "instant",
     "lease_free",
     "new_id",
+    "next_seq",
     "notice_from_row",
     "notice_query",
     "resolve_now",
@@ -123,6 +134,7 @@ def notice_from_row(row: RowMapping, prefix: str = "") -> Notice:
         deadline=row[prefix + "deadline"],
         recorded_at=row[prefix + "recorded_at"],
         providers=row[prefix + "providers"],
+        seq=int(row[prefix + "seq"]),
     )
 
 
@@ -185,6 +197,17 @@ def instant(value: datetime) -> BindParameter[datetime]:
     # A bound instant outside a column comparison (coalesce) needs the
     # column type spelled out, or SQLite would store it in another format.
     return bindparam(None, value, type_=UTCDateTime())
+
+
+async def next_seq(conn: AsyncConnection, head: Table) -> int:
+    """Take the next number from a one-row counter (``id`` = 1, ``seq``).
+
+    The row stays locked until the transaction ends, so rows numbered from
+    one counter commit in number order: a reader that has seen every row up
+    to ``n`` never sees one below ``n`` appear later.
+    """
+    stmt = update(head).where(head.c.id == 1).values(seq=head.c.seq + 1).returning(head.c.seq)
+    return int((await conn.execute(stmt)).scalar_one())
 
 
 def lease_free(table: Table, now: datetime) -> ColumnElement[bool]:

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from onecert.gateway.store._audit_repo import AuditRepository
 from onecert.gateway.store._compliance_repo import ComplianceRepository
+from onecert.gateway.store._cursor_repo import NoticeCursorRepository
 from onecert.gateway.store._database import StoreDatabase
 from onecert.gateway.store._delivery_repo import DeliveryRepository
 from onecert.gateway.store._engine import configure_sqlite, head_revision, normalize_url
@@ -39,6 +40,8 @@ class Store:
       (:class:`NoticeRepository`).
     - :attr:`deliveries`: each provider's copy of a notice, pushed or polled
       (:class:`DeliveryRepository`).
+    - :attr:`cursors`: each provider's place in the notice log, leased by push
+      workers (:class:`NoticeCursorRepository`).
     - :attr:`audit`: the hash-chained audit log (:class:`AuditRepository`).
     - :attr:`replay`: identity-assertion ids seen (:class:`ReplayRepository`).
     - :attr:`compliance`: the regulator's report (:class:`ComplianceRepository`).
@@ -62,6 +65,7 @@ class Store:
         self.tickets = TicketRepository(self._db, self.audit)
         self.notices = NoticeRepository(self._db, self.audit)
         self.deliveries = DeliveryRepository(self._db, self.audit)
+        self.cursors = NoticeCursorRepository(self._db, self.audit)
         self.replay = ReplayRepository(self._db)
         self.compliance = ComplianceRepository(self._db)
         self.routing = RoutingRepository(self._db, self.audit)

@@ -162,7 +162,8 @@ class Notice:
     """A recorded carrier event and the notice sent about it.
 
     ``msisdn`` is kept because each delivery's SET names the number;
-    ``providers`` is how many deliveries the notice has.
+    ``providers`` is how many deliveries the notice has (the providers it
+    was routed to); ``seq`` is its place in the notice log.
     """
 
     notice_id: str
@@ -176,6 +177,7 @@ class Notice:
     deadline: datetime
     recorded_at: datetime
     providers: int
+    seq: int = 0
 
 
 @dataclass(frozen=True)

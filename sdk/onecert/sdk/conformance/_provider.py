@@ -17,6 +17,7 @@ from onecert.sdk._msisdn import is_e164, mask_msisdn
 from onecert.sdk._set import RISC_IDENTIFIER_RECYCLED
 from onecert.sdk._tls import ClientTLS
 from onecert.sdk._warrant import PURPOSE_LOOKUP, PURPOSE_UNBIND, WARRANT_TYP
+from onecert.sdk.conformance._batch import BATCH_RULES, batch_checks
 from onecert.sdk.conformance._common import (
     Check,
     CheckFailedError,
@@ -230,6 +231,7 @@ PROVIDER_CHECKS: tuple[tuple[str, str], ...] = (
     ("E-1", "receive_event.valid"),
     *((c.rule, f"receive_event.{c.name}") for c in NOTICE_CASES),
     ("E-10", "receive_event.redelivered"),
+    *BATCH_RULES,
     ("U-5", "unbind.concurrent_duplicates"),
     ("U-4", "unbind.idempotent"),
     ("U-6", "unbind.request_id_reused"),
@@ -438,6 +440,11 @@ class _ProviderSuite(_ProviderCalls):
             Check("E-1", "receive_event.valid", self._event_valid),
             *(Check(c.rule, f"receive_event.{c.name}", self._notice_case(c)) for c in NOTICE_CASES),
             Check("E-10", "receive_event.redelivered", self._event_redelivered, calls=2),
+            *batch_checks(
+                self._stub,
+                lambda: self._tokens().notice(self._unknown),
+                self._timing.call_timeout,
+            ),
         ]
         # The checks that change the provider's data run after every read,
         # so the reads see the data as it was.

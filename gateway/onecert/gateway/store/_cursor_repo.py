@@ -1,0 +1,370 @@
+"""Providers' cursors in the notice log: push workers lease a provider, not a notice.
+
+A cursor (``notice_cursors``) says, for one provider, the last notice routed
+to it (``head_seq``) and how far it has settled them (``acked_seq``: every
+notice routed to it up to there is acknowledged, refused or given up). A push
+worker leases the cursor with the one claim query (:mod:`._claims`), so one
+worker at a time delivers to a provider, in log order, in batches; the
+lease runs out after a crash and another worker (of any replica) resumes
+from the cursor. Per-notice rows (``deliveries``) keep what the compliance
+report counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Select, and_, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from onecert.gateway.store._audit_repo import AuditRepository
+from onecert.gateway.store._claims import Lease, WorkQueue, claim_leases
+from onecert.gateway.store._database import StoreDatabase
+from onecert.gateway.store._models import deliveries, notice_cursors
+from onecert.gateway.store._rows import (
+    delivery_from_row,
+    delivery_query,
+    error_text,
+    fetch_all,
+    fetch_first,
+    instant,
+    resolve_now,
+)
+from onecert.gateway.store._types import AuditDraft, Delivery, DeliveryMode, DeliveryState
+
+__all__ = [
+    "NoticeCursor",
+    "NoticeCursorRepository",
+    "PushResult",
+    "Settlement",
+    "advance_cursor",
+    "advance_cursors",
+]
+
+_PENDING = DeliveryState.PENDING.value
+# A cursor with nothing to deliver waits here, out of the claim query's range,
+# until a notice routed to its provider makes it due again.
+IDLE = datetime(9999, 1, 1, tzinfo=UTC)
+
+
+def _cursor_rows() -> Select[Any]:
+    return select(notice_cursors)
+
+
+_CURSORS = WorkQueue(notice_cursors, notice_cursors.c.provider_id, _cursor_rows)
+
+
+@dataclass(frozen=True)
+class NoticeCursor:
+    """A provider's place in the notice log, as a push worker leased it.
+
+    ``attempts`` counts attempts since the last success, this one included
+    (the backoff's exponent);
+    ``last_error`` is the last one's reason.
+    """
+
+    provider_id: str
+    mode: DeliveryMode
+    acked_seq: int
+    head_seq: int
+    attempts: int
+    next_attempt_at: datetime
+    lease_owner: str | None
+    lease_until: datetime | None
+    last_error: str | None
+
+
+def _cursor(row: Any) -> NoticeCursor:
+    values = {f.name: row[f.name] for f in fields(NoticeCursor)}
+    return NoticeCursor(**{**values, "mode": DeliveryMode(row["mode"])})
+
+
+async def advance_cursor(conn: AsyncConnection, provider_id: str) -> None:
+    """Move the provider's ``acked_seq`` up to just below its first unsettled notice."""
+    await advance_cursors(conn, [provider_id])
+
+
+async def advance_cursors(conn: AsyncConnection, provider_ids: Sequence[str]) -> None:
+    """:func:`advance_cursor` for several providers, in one statement."""
+    d, c = deliveries.c, notice_cursors.c
+    ids = sorted(set(provider_ids))
+    # The cursors' row locks first (in one order: no deadlock): a notice being
+    # routed to a provider (which locks its cursor too) is then either wholly
+    # seen below or not at all, so a cursor never passes a notice it did not see.
+    await conn.execute(
+        select(c.provider_id)
+        .where(c.provider_id.in_(ids))
+        .order_by(c.provider_id)
+        .with_for_update()
+    )
+    first_pending = (
+        select(func.min(d.seq))
+        .where(d.provider_id == c.provider_id, d.state == _PENDING)
+        .scalar_subquery()
+    )
+    await conn.execute(
+        update(notice_cursors)
+        .where(c.provider_id.in_(ids))
+        .values(acked_seq=func.coalesce(first_pending - 1, c.head_seq))
+    )
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """How one notice of a pushed batch ended; build with the class methods.
+
+    ``state``: ACKNOWLEDGED (with ``bindings_removed`` when the provider
+    already acted), FAILED (refused by the provider, ``received``, or given
+    up, not received), or PENDING (to be tried again); ``error`` says why.
+    """
+
+    jti: str
+    state: DeliveryState
+    bindings_removed: int | None
+    error: str
+    received: bool
+
+    @classmethod
+    def acknowledged(cls, jti: str, bindings_removed: int | None = None) -> PushResult:
+        """Recorded by the provider (and acted on, with ``bindings_removed``)."""
+        return cls(jti, DeliveryState.ACKNOWLEDGED, bindings_removed, "", True)
+
+    @classmethod
+    def refused(cls, jti: str, error: str) -> PushResult:
+        """Received and refused for good (not sent again)."""
+        return cls(jti, DeliveryState.FAILED, None, error, True)
+
+    @classmethod
+    def given_up(cls, jti: str, error: str) -> PushResult:
+        """Never received, and not to be sent again (the deadline passed)."""
+        return cls(jti, DeliveryState.FAILED, None, error, False)
+
+    @classmethod
+    def retry(cls, jti: str, error: str) -> PushResult:
+        """Not received now: to be sent again."""
+        return cls(jti, DeliveryState.PENDING, None, error, False)
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """How one leased cursor's batch went, for :meth:`NoticeCursorRepository.settle_many`.
+
+    ``retry_at`` (with ``error``) backs the provider off until then; None:
+    due again at once when notices remain, idle otherwise.
+    """
+
+    cursor: NoticeCursor
+    results: Sequence[PushResult]
+    retry_at: datetime | None = None
+    error: str = ""
+
+
+class NoticeCursorRepository:
+    """Providers' cursors and the push work they lease (``store.cursors``)."""
+
+    def __init__(self, db: StoreDatabase, audit: AuditRepository) -> None:
+        self._db = db
+        self._audit = audit
+
+    async def get(self, provider_id: str) -> NoticeCursor | None:
+        """The provider's cursor, or None when no notice was ever routed to it."""
+        async with self._db.read() as conn:
+            row = await fetch_first(
+                conn, _cursor_rows().where(notice_cursors.c.provider_id == provider_id)
+            )
+        return None if row is None else _cursor(row)
+
+    async def claim_due(
+        self,
+        *,
+        worker_id: str,
+        limit: int = 10,
+        lease_s: float = 60.0,
+        now: datetime | None = None,
+    ) -> list[NoticeCursor]:
+        """Lease up to ``limit`` push providers with notices to deliver and due.
+
+        Due: mode push, notices past the cursor, ``next_attempt_at <= now``
+        (the database's clock when the store uses it), no live lease.
+        """
+        lease = Lease.take(worker_id, limit=limit, lease_s=lease_s, now=resolve_now(now))
+        c = notice_cursors.c
+        async with self._db.write() as conn:
+            lease = lease.at(await self._db.clock(conn, lease.now))
+            rows = await claim_leases(
+                conn,
+                _CURSORS,
+                lease,
+                where=[
+                    c.mode == DeliveryMode.PUSH.value,
+                    c.next_attempt_at <= lease.now,
+                    c.head_seq > c.acked_seq,
+                ],
+                order=[c.next_attempt_at, c.provider_id],
+            )
+        return [_cursor(r) for r in rows]
+
+    async def pending(self, cursor: NoticeCursor, *, limit: int) -> list[Delivery]:
+        """The provider's unsettled notices past its cursor, in log order, at most ``limit``."""
+        return (await self.pending_for([cursor], limit=limit))[cursor.provider_id]
+
+    async def pending_for(
+        self, cursors: Sequence[NoticeCursor], *, limit: int
+    ) -> dict[str, list[Delivery]]:
+        """:meth:`pending` for several cursors, in one query: by provider id."""
+        if not cursors:
+            return {}
+        d = deliveries.c
+        past = or_(*(and_(d.provider_id == c.provider_id, d.seq > c.acked_seq) for c in cursors))
+        place = func.row_number().over(partition_by=d.provider_id, order_by=d.seq).label("place")
+        ranked = select(d.jti, place).where(d.state == _PENDING, past).subquery()
+        stmt = (
+            delivery_query()
+            .join(ranked, ranked.c.jti == d.jti)
+            .where(ranked.c.place <= limit)
+            .order_by(d.provider_id, d.seq)
+        )
+        async with self._db.read() as conn:
+            rows = await fetch_all(conn, stmt)
+        out: dict[str, list[Delivery]] = {c.provider_id: [] for c in cursors}
+        for row in rows:
+            out[row["provider_id"]].append(delivery_from_row(row))
+        return out
+
+    async def settle(
+        self,
+        cursor: NoticeCursor,
+        results: Sequence[PushResult],
+        *,
+        worker_id: str,
+        retry_at: datetime | None = None,
+        error: str = "",
+        now: datetime | None = None,
+        audit: Sequence[AuditDraft] = (),
+    ) -> None:
+        """Record how a batch went, move the cursor and release its lease (one transaction).
+
+        As :meth:`settle_many` with one :class:`Settlement`.
+        """
+        await self.settle_many(
+            [Settlement(cursor, results, retry_at, error)],
+            worker_id=worker_id,
+            now=now,
+            audit=audit,
+        )
+
+    async def settle_many(
+        self,
+        settlements: Sequence[Settlement],
+        *,
+        worker_id: str,
+        now: datetime | None = None,
+        audit: Sequence[AuditDraft] = (),
+    ) -> None:
+        """Record how each leased cursor's batch went, in one transaction.
+
+        Each result settles its notice (still PENDING) as acknowledged (with
+        the action when the provider acted), refused or given up (FAILED), or
+        leaves it for another attempt; each cursor moves past what is settled
+        and its lease is released, backed off until its ``retry_at`` or due
+        again at once (idle when nothing remains). An acknowledgement is a
+        fact and is recorded whoever holds the lease; the lease is released
+        only by its holder. ``audit`` rows are appended with it all.
+        """
+        if not settlements:
+            return
+        now = resolve_now(now)
+        ids = [s.cursor.provider_id for s in settlements]
+        async with self._db.write() as conn:
+            now = await self._db.clock(conn, now)
+            await _settle_results(conn, [r for s in settlements for r in s.results], now)
+            await advance_cursors(conn, ids)
+            c = notice_cursors.c
+            mine = [c.lease_owner == worker_id]
+            done = [s.cursor.provider_id for s in settlements if s.retry_at is None]
+            if done:
+                await conn.execute(
+                    update(notice_cursors)
+                    .where(c.provider_id.in_(done), *mine)
+                    .values(
+                        lease_owner=None,
+                        lease_until=None,
+                        attempts=0,
+                        last_error=None,
+                        next_attempt_at=instant(now),
+                    )
+                )
+                # Nothing left: out of the claim query's way until the next notice.
+                await conn.execute(
+                    update(notice_cursors)
+                    .where(c.provider_id.in_(done), c.acked_seq >= c.head_seq)
+                    .values(next_attempt_at=instant(IDLE))
+                )
+            for s in settlements:
+                if s.retry_at is not None:
+                    # The claim counted this attempt: failures in a row stay counted.
+                    await conn.execute(
+                        update(notice_cursors)
+                        .where(c.provider_id == s.cursor.provider_id, *mine)
+                        .values(
+                            lease_owner=None,
+                            lease_until=None,
+                            next_attempt_at=s.retry_at,
+                            last_error=error_text(s.error or "failed"),
+                        )
+                    )
+            if audit:
+                await self._audit.chain(conn, list(audit), now)
+
+
+async def _settle_results(
+    conn: AsyncConnection, results: Sequence[PushResult], now: datetime
+) -> None:
+    """Acknowledgements without an action in one statement, every other result in its own."""
+    d = deliveries.c
+    plain = {
+        r.jti
+        for r in results
+        if r.state is DeliveryState.ACKNOWLEDGED and r.bindings_removed is None
+    }
+    if plain:
+        await conn.execute(
+            update(deliveries)
+            .where(d.jti.in_(sorted(plain)), d.state == _PENDING)
+            .values(
+                state=DeliveryState.ACKNOWLEDGED.value,
+                delivered_at=func.coalesce(d.delivered_at, instant(now)),
+                acknowledged_at=now,
+                attempts=d.attempts + 1,
+            )
+        )
+    for result in results:
+        if result.jti not in plain:
+            await _settle_one(conn, result, now)
+
+
+async def _settle_one(conn: AsyncConnection, result: PushResult, now: datetime) -> None:
+    d = deliveries.c
+    values: dict[str, Any]
+    if result.state is DeliveryState.ACKNOWLEDGED:
+        values = {
+            "state": result.state.value,
+            "delivered_at": func.coalesce(d.delivered_at, instant(now)),
+            "acknowledged_at": now,
+        }
+        if result.bindings_removed is not None:
+            values.update(acted_at=now, confirmed_at=now, bindings_removed=result.bindings_removed)
+    elif result.state is DeliveryState.FAILED:
+        values = {"state": result.state.value, "last_error": error_text(result.error or "failed")}
+        if result.received:
+            values["delivered_at"] = func.coalesce(d.delivered_at, instant(now))
+    else:
+        values = {"last_error": error_text(result.error or "retry")}
+    if result.state is not DeliveryState.FAILED or result.received:
+        values["attempts"] = d.attempts + 1  # it was pushed (given up: not pushed again)
+    await conn.execute(
+        update(deliveries).where(d.jti == result.jti, d.state == _PENDING).values(**values)
+    )
