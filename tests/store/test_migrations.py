@@ -14,6 +14,7 @@ from sqlalchemy import Connection, insert, inspect
 from onecert.gateway.store import Store, normalize_url
 from onecert.gateway.store._models import deliveries, metadata, number_events
 from onecert.gateway.store.testing import Database
+from tests.store.test_notice_cursors import positions
 
 _TABLES = {"alembic_version", *metadata.tables}
 
@@ -178,11 +179,7 @@ async def test_the_notice_log_migration_moves_existing_notices_over(database: Da
         assert b is not None
         assert a is not None
         assert (b.seq, a.seq) == (1, 2)
-        pay, chat = await store.cursors.get("pay"), await store.cursors.get("chat")
-        assert pay is not None
-        assert chat is not None
-        assert (pay.acked_seq, pay.head_seq) == (1, 2)
-        assert (chat.acked_seq, chat.head_seq) == (0, 2)
+        assert await positions(store, "pay", "chat") == [(1, 2), (0, 2)]
         (due,) = [c for c in await store.cursors.claim_due(worker_id="w") if c.provider_id == "pay"]
         assert [d.jti for d in await store.cursors.pending(due, limit=10)] == ["nt_a-pay"]
         later, _ = await store.notices.record(

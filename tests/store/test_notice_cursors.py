@@ -24,17 +24,18 @@ async def _record(
     return notice
 
 
+async def positions(store: Store, *provider_ids: str) -> list[tuple[int, int] | None]:
+    """Each provider's cursor as ``(acked_seq, head_seq)``, None without one."""
+    cursors = [await store.cursors.get(p) for p in provider_ids]
+    return [None if c is None else (c.acked_seq, c.head_seq) for c in cursors]
+
+
 async def test_notices_take_consecutive_places_in_the_log(store: Store, t0: datetime) -> None:
     """Each notice takes the next seq; a provider's cursor head follows what is routed to it."""
     first = await _record(store, t0, "ev-1")
     second = await _record(store, t0, "ev-2", providers=[("pay", "push")])
     assert (first.seq, second.seq) == (1, 2)
-    pay, chat = await store.cursors.get("pay"), await store.cursors.get("chat")
-    assert pay is not None
-    assert chat is not None
-    assert (pay.acked_seq, pay.head_seq) == (0, 2)
-    assert (chat.acked_seq, chat.head_seq) == (0, 1)
-    assert await store.cursors.get("nobody") is None
+    assert await positions(store, "pay", "chat", "nobody") == [(0, 2), (0, 1), None]
 
 
 async def test_push_workers_lease_push_providers_only(store: Store, t0: datetime) -> None:

@@ -29,7 +29,6 @@ from onecert.gateway.store._rows import (
     delivery_query,
     error_text,
     fetch_all,
-    fetch_first,
     instant,
     resolve_now,
 )
@@ -172,18 +171,18 @@ class NoticeCursorRepository:
     async def get(self, provider_id: str) -> NoticeCursor | None:
         """The provider's cursor, or None when no notice was ever routed to it."""
         async with self._db.read() as conn:
-            row = await fetch_first(
+            found = await fetch_all(
                 conn, _cursor_rows().where(notice_cursors.c.provider_id == provider_id)
             )
-        return None if row is None else _cursor(row)
+        return _cursor(found[0]) if found else None
 
     async def claim_due(
         self,
         *,
+        now: datetime | None = None,
         worker_id: str,
         limit: int = 10,
         lease_s: float = 60.0,
-        now: datetime | None = None,
     ) -> list[NoticeCursor]:
         """Lease up to ``limit`` push providers with notices to deliver and due.
 
