@@ -15,6 +15,7 @@ from onecert.gateway.store import Store, normalize_url
 from onecert.gateway.store._models import deliveries, metadata, number_events
 from onecert.gateway.store.testing import Database
 from tests.store.test_notice_cursors import positions
+from tests.store.test_notices import _record as record_notice
 
 _TABLES = {"alembic_version", *metadata.tables}
 
@@ -182,18 +183,7 @@ async def test_the_notice_log_migration_moves_existing_notices_over(database: Da
         assert await positions(store, "pay", "chat") == [(1, 2), (0, 2)]
         (due,) = [c for c in await store.cursors.claim_due(worker_id="w") if c.provider_id == "pay"]
         assert [d.jti for d in await store.cursors.pending(due, limit=10)] == ["nt_a-pay"]
-        later, _ = await store.notices.record(
-            carrier_id="cm",
-            event_id="new",
-            msisdn="+8613800138000",
-            msisdn_hash="0" * 64,
-            event_type="RECYCLED",
-            effective_at=t0,
-            quiet_period_ends_at=None,
-            deadline=t0 + timedelta(days=3),
-            providers=[("pay", "push")],
-            now=t0,
-        )
+        later, _ = await record_notice(store, t0, "new", providers=[("pay", "push")])
         assert later.seq == 3
         await store.downgrade("0003")
         await store.upgrade()
