@@ -70,6 +70,24 @@ def _registry_calls(stub: Any) -> dict[str, Callable[[], Awaitable[Any]]]:
     }
 
 
+def _enrollment_calls(stub: Any) -> dict[str, Callable[[], Awaitable[Any]]]:
+    """A provider's own joining RPCs (status, activation, renewal), as provider "pay"."""
+    pay = _principal("provider:pay")
+    return {
+        "GetEnrollmentStatus": lambda: stub.GetEnrollmentStatus(
+            gateway_pb2.GetEnrollmentStatusRequest(), metadata=pay, timeout=10
+        ),
+        "RequestActivation": lambda: stub.RequestActivation(
+            gateway_pb2.RequestActivationRequest(), metadata=pay, timeout=10
+        ),
+        "RenewCertificate": lambda: stub.RenewCertificate(
+            gateway_pb2.RenewCertificateRequest(csr_pem="-----BEGIN CERTIFICATE REQUEST-----"),
+            metadata=pay,
+            timeout=10,
+        ),
+    }
+
+
 async def test_every_rpc_answers_unavailable_when_the_database_is_gone(
     hz: Harness, pg_url: str
 ) -> None:
@@ -151,6 +169,7 @@ async def test_every_rpc_answers_unavailable_when_the_database_is_gone(
                 timeout=10,
             ),
             **_registry_calls(stub),
+            **_enrollment_calls(stub),
         }
         # A new RPC must be added here too: what it answers without its database.
         gateway_rpcs = {n.rpartition("/")[2] for n in POLICY if n.startswith(_GATEWAY_SERVICE)}
@@ -159,6 +178,12 @@ async def test_every_rpc_answers_unavailable_when_the_database_is_gone(
         await gateway.stop(0)
     # The routing key comes from the gateway's key file: it needs no database.
     assert answers.pop("GetRoutingKey") == (grpc.StatusCode.OK, "")
+    # This gateway has no [enrollment]: the provider's joining RPCs say so before any
+    # database is asked (tests/enrollment cover them on a gateway that has one).
+    for name in _enrollment_calls(stub):
+        code, details = answers.pop(name)
+        assert code is grpc.StatusCode.UNIMPLEMENTED, (name, code, details)
+        assert "[enrollment]" in details, (name, details)
     for name, (code, details) in answers.items():
         assert code is grpc.StatusCode.UNAVAILABLE, (name, code, details)
         assert "database is unavailable" in details, (name, details)
