@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from onecert.sdk import Provider, Server
+from onecert.sdk import MemoryIdempotencyStore, Provider, Server
 from onecert.sdk._server import listen_address
 from onecert.sdk.testing import FakeGateway, InProcessServer, serve_in_process
-from onecert.v1 import provider_pb2, provider_pb2_grpc
+from onecert.v1 import common_pb2, provider_pb2, provider_pb2_grpc
 from tests.sdk.sdk_fakes import NUMBER, FakeForum
 
 
@@ -44,6 +45,35 @@ async def test_graceful_shutdown_drains_in_flight_calls(
             await stub.Describe(provider_pb2.DescribeRequest(), timeout=2)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     assert not forum.cancelled.is_set()
+
+
+async def test_shutdown_records_the_answer_of_an_unbind_whose_caller_left(
+    provider: Provider, forum: FakeForum, gateway: FakeGateway
+) -> None:
+    """An unbind still running in the adapter after its caller gave up is finished and its
+    answer recorded before shutdown returns, even with no grace for calls: a process that
+    exits then keeps the answer, and a redelivery is answered without applying it again."""
+    forum.delay = 0.6
+    store = MemoryIdempotencyStore()
+    server = Server(provider, gateway_keys=gateway.keys, insecure=True, idempotency=store)
+    await server.start()
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = provider_pb2_grpc.BindingProviderStub(channel)
+        call = stub.Unbind(
+            provider_pb2.UnbindRequest(
+                request_id="t-left",
+                msisdn=NUMBER,
+                account_ref="u1",
+                reason=common_pb2.UNBIND_REASON_OWNER_REQUEST,
+            ),
+            metadata=gateway.metadata(NUMBER, purpose="unbind"),
+            timeout=10,
+        )
+        await asyncio.wait_for(forum.started.wait(), 5)
+        call.cancel()  # the gateway hung up (a dropped connection, a replica killed)
+    await server.shutdown(0)
+    assert not forum.cancelled.is_set()
+    assert json.loads(await store.get("unbind:t-left") or "{}")["outcome"] == "done"
 
 
 async def test_run_returns_after_shutdown(provider: Provider, gateway: FakeGateway) -> None:

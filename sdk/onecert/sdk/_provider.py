@@ -313,6 +313,20 @@ class ProviderCore:
         # Unbinds and notices that go on after their caller left (see unbind).
         self._running: set[asyncio.Task[Any]] = set()
 
+    async def drain(self, within: float) -> int:
+        """Wait up to ``within`` s for unbinds and notices whose caller left.
+
+        Their answers are recorded once they end; a process that stops
+        without waiting would cancel one between the adapter's work and that
+        record. Returns how many were still running at the timeout.
+        """
+        if self._running:
+            _, pending = await asyncio.wait(set(self._running), timeout=within)
+            if pending:
+                log.warning("adapter.drain_timeout", running=len(pending))
+            return len(pending)
+        return 0
+
     def describe(self) -> provider_pb2.DescribeResponse:
         return provider_pb2.DescribeResponse(
             provider_id=self.provider.id,

@@ -35,6 +35,9 @@ DEFAULT_PORT = 50061
 # ones early costs an attacker more than it costs us.
 MAX_RECEIVE_MESSAGE_BYTES = 64 * 1024
 MAX_SEND_MESSAGE_BYTES = 4 * 1024 * 1024
+# At shutdown, how long at least an unbind or notice whose caller left may
+# finish (its answer then recorded), whatever the grace period for calls.
+_DRAIN_MIN_S = 10.0
 
 PROVIDER_SERVICE = provider_pb2.DESCRIPTOR.services_by_name["BindingProvider"].full_name
 REGISTRY_SERVICE = registry_pb2.DESCRIPTOR.services_by_name["NumberRegistry"].full_name
@@ -222,6 +225,7 @@ class Server(AsyncResource):
             self._store = idempotency
         self._memory_store = idempotency is None
         self._server: grpc.aio.Server | None = None
+        self._core: ProviderCore | None = None
         self._health: HealthServicer | None = None
         self._port: int | None = None
         self._shutdown_requested = asyncio.Event()
@@ -250,6 +254,7 @@ class Server(AsyncResource):
         adapter = self._adapter
         if isinstance(adapter, Provider):
             core = ProviderCore(adapter, keys=self._keys, issuer=self._issuer, store=self._store)
+            self._core = core
             provider_pb2_grpc.add_BindingProviderServicer_to_server(ProviderServicer(core), server)
             return PROVIDER_SERVICE
         carrier_core = CarrierCore(adapter, keys=self._keys, issuer=self._issuer)
@@ -338,6 +343,10 @@ class Server(AsyncResource):
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         await self._server.stop(grace)
+        if self._core is not None:
+            # Work the gRPC server no longer waits for (its caller left) is
+            # recorded before the process may end.
+            await self._core.drain(max(grace, _DRAIN_MIN_S))
         log.info("adapter.stopped")
 
     async def run(self, *, handle_signals: bool = False) -> None:
