@@ -13,7 +13,7 @@ import pytest
 import structlog
 
 from onecert.gateway.store import Store
-from onecert.gateway.store.testing import Database
+from onecert.gateway.store.testing import Database, PrivatePostgres
 
 
 def _reachable(url: str) -> bool:
@@ -65,6 +65,21 @@ async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
     pg_url: str = request.getfixturevalue("pg_url")
     async with Database.postgres(pg_url) as db:
         yield db
+
+
+@pytest.fixture
+def private_pg() -> Iterator[PrivatePostgres]:
+    """A PostgreSQL server of the test's own (``initdb`` and ``pg_ctl`` of the installed
+    server, its own port and directory), which the test may stop, crash and start again;
+    skipped when no server is installed."""
+    if PrivatePostgres.find() is None:
+        pytest.skip("no PostgreSQL server installed (initdb, pg_ctl)")
+    server = PrivatePostgres()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 @pytest.fixture

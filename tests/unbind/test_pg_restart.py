@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 
 import grpc
@@ -18,17 +18,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(PrivatePostgres.find() is None, reason="no PostgreSQL server installed"),
 ]
-
-
-@pytest.fixture
-def private_pg() -> Iterator[PrivatePostgres]:
-    """A PostgreSQL server of this test's own, which it may stop and start."""
-    server = PrivatePostgres()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture

@@ -160,6 +160,11 @@ class StoreConfig:
     auto_migrate: bool = True
     # PostgreSQL only: the schema (search_path) to use.
     schema: str | None = None
+    # PostgreSQL only: how long to wait to connect, for a pooled connection and
+    # for any one statement before the database counts as unavailable (a call
+    # answers UNAVAILABLE, a worker tries again later) instead of hanging on a
+    # server that accepts but does not answer.
+    timeout_s: float = setting(5.0, seconds=True)
 
 
 @dataclass(frozen=True)

@@ -321,7 +321,10 @@ def _state(
         # Replicas judge leases and expiry on the database's clock, unless
         # a test runs the gateway on a clock of its own.
         store = Store.open(
-            config.store.url, schema=config.store.schema, database_clock=clock is None
+            config.store.url,
+            schema=config.store.schema,
+            database_clock=clock is None,
+            timeout_s=config.store.timeout_s,
         )
     if replay_cache is None:
         replay_cache = (

@@ -82,6 +82,7 @@ class Store:
         pool_size: int = 5,
         echo: bool = False,
         database_clock: bool = False,
+        timeout_s: float | None = None,
     ) -> Store:
         """Create a store for ``url`` (nothing is connected until first use).
 
@@ -100,6 +101,10 @@ class Store:
                 ``now()``, not the caller's ``now`` (replicas whose clocks
                 disagree then agree); off, the caller's time is used (tests
                 with a clock of their own).
+            timeout_s: PostgreSQL only: how long to wait to connect, for a
+                pooled connection and for any one statement (then
+                ``TimeoutError``); None waits as long as the driver does
+                (connecting: 60 s; a statement: for ever).
         """
         url = normalize_url(url)
         if make_url(url).get_backend_name() == "postgresql":
@@ -108,12 +113,19 @@ class Store:
                 if not _SCHEMA_NAME.fullmatch(schema):
                     raise ValueError("schema must match [a-z_][a-z0-9_]{0,62}")
                 connect_args["server_settings"] = {"search_path": schema}
+            pool: dict[str, Any] = {}
+            if timeout_s is not None:
+                # A server that accepts and never answers (stopped, partitioned)
+                # would hold a call, or a worker, for as long as TCP does.
+                connect_args.update(timeout=timeout_s, command_timeout=timeout_s)
+                pool["pool_timeout"] = timeout_s
             engine = create_async_engine(
                 url,
                 connect_args=connect_args,
                 pool_size=pool_size,
                 pool_pre_ping=True,
                 echo=echo,
+                **pool,
             )
             return cls(StoreDatabase(engine, schema=schema, database_clock=database_clock))
         if schema is not None:

@@ -16,9 +16,11 @@ can share one server.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -178,10 +180,29 @@ class PrivatePostgres:
             "stop",
         )
 
+    def _processes(self) -> list[int]:
+        """The postmaster and every process it started (backends, background workers)."""
+        postmaster = int((self._data / "postmaster.pid").read_text().split()[0])
+        children = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
+        return [postmaster, *map(int, children)]
+
+    def freeze(self) -> None:
+        """SIGSTOP every server process: connections stay open and nothing answers,
+        as with a server that hangs or a network that drops every packet."""
+        for pid in self._processes():
+            os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT every server process (after :meth:`freeze`)."""
+        for pid in self._processes():
+            os.kill(pid, signal.SIGCONT)
+
     def close(self) -> None:
         """Stop the server if it runs and remove its directory."""
         try:
             if (self._data / "postmaster.pid").exists():
+                with contextlib.suppress(OSError, ValueError):
+                    self.thaw()  # a test that froze it may have failed before thawing
                 self.stop(crash=True)
         finally:
             shutil.rmtree(self.directory, ignore_errors=True)
