@@ -30,13 +30,18 @@ bench: setup
 bench-quick: setup
 	$(PY) -m bench --quick
 
-## Long reliability scenarios, loopback only (about 15 minutes on 2 cores): the gateway
-## SIGKILLed under load on SQLite and PostgreSQL, overload, a soak, then 20x longer
-## fuzzing. Figures on stdout and in stress/results/latest.json (see docs/reliability.md).
+## Long reliability scenarios, loopback only (about 20 minutes on 2 cores): the gateway
+## SIGKILLed under load on SQLite, on PostgreSQL, and as two replicas on a private
+## PostgreSQL that is cut off and restarted, each run until at least 50 kills and 2,000
+## acknowledged tickets; overload, a soak, then 20x longer fuzzing. Figures on stdout
+## and in stress/results/latest.json (see docs/reliability.md).
 STRESS_PG_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/test
 stress: setup
 	ONECERT_TEST_PG_URL="$${ONECERT_TEST_PG_URL:-$(STRESS_PG_URL)}" \
-	ONECERT_CRASH_SECONDS="$${ONECERT_CRASH_SECONDS:-100}" \
+	ONECERT_CRASH_SECONDS="$${ONECERT_CRASH_SECONDS:-180}" \
+	ONECERT_CRASH_KILLS="$${ONECERT_CRASH_KILLS:-50}" \
+	ONECERT_CRASH_TICKETS="$${ONECERT_CRASH_TICKETS:-2000}" \
+	ONECERT_CRASH_MAX_SECONDS="$${ONECERT_CRASH_MAX_SECONDS:-420}" \
 	ONECERT_SOAK_SECONDS="$${ONECERT_SOAK_SECONDS:-180}" \
 		$(PY) -m pytest stress -p no:cacheprovider
 	ONECERT_FUZZ_SCALE=20 $(PY) -m pytest tests/hardening -k fuzz -p no:cacheprovider --timeout=900

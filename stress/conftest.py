@@ -20,7 +20,7 @@ from stress.stress_support import summary_lines
 
 # The same database fixtures as the test suite's (a SQLite file, or a private
 # PostgreSQL schema that skips without ONECERT_TEST_PG_URL and fails under CI).
-from tests.conftest import database, pg_url  # noqa: F401 - fixtures, found by name
+from tests.conftest import database, pg_url, private_pg  # noqa: F401 - fixtures, found by name
 
 
 @pytest.fixture

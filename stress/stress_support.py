@@ -222,6 +222,7 @@ CREATE TABLE IF NOT EXISTS applies (
     at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS pended (request_id TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS resumes (request_id TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     jti TEXT NOT NULL,
@@ -278,6 +279,16 @@ class Ledger:
             "INSERT OR IGNORE INTO pended (request_id) VALUES (?)", (request_id,)
         )
         return changed == 1
+
+    def note_resumed(self, request_id: str) -> None:
+        """Note a call the SDK said resumes an earlier one (it may have applied it)."""
+        self._execute("INSERT INTO resumes (request_id) VALUES (?)", (request_id,))
+
+    def resumed(self) -> int:
+        """How many calls resumed an earlier one."""
+        with closing(self._connect()) as conn:
+            row = conn.execute("SELECT COUNT(*) FROM resumes").fetchone()
+        return int(row[0])
 
     def act_on_notice(self, jti: str, msisdn: str) -> None:
         """Act on a recycled-number notice (the row is the action)."""

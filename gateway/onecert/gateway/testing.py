@@ -96,6 +96,7 @@ __all__ = [
     "OTHER_NUMBER",
     "OTHER_SUB",
     "Behaviour",
+    "ChildProcess",
     "FakeCarrier",
     "FakeProvider",
     "Federation",
@@ -375,18 +376,25 @@ def gateway_toml(
     return text
 
 
-class GatewayProcess(AsyncResource):
-    """``onecert gateway serve --config CONFIG`` in a child process: spawned,
-    awaited, killed (for crash tests, stress runs and benchmarks).
+class ChildProcess(AsyncResource):
+    """A program in a child process that prints one line with ``port N`` on stdout
+    once it listens: spawned, awaited, killed (for crash tests, stress runs and
+    benchmarks). :class:`GatewayProcess` is the gateway's.
 
-    Its log (stderr) is appended to ``log``; stdout carries the one line
-    that says it listens. ``async with`` spawns it, waits until it listens,
-    and stops it gracefully (SIGKILL if it takes too long) at the end.
+    Its log (stderr) is appended to ``log``. ``async with`` spawns it, waits
+    until it listens, and stops it gracefully (SIGKILL if it takes too long) at
+    the end.
+
+    Args:
+        argv: the program and its arguments (``sys.executable`` first for Python).
+        log: the file its stderr is appended to.
+        name: what the failure messages call it.
     """
 
-    def __init__(self, config: Path, log: Path) -> None:
-        self._config = config
+    def __init__(self, argv: Sequence[str], log: Path, *, name: str = "the child process") -> None:
+        self._argv = tuple(argv)
         self._log = log
+        self._name = name
         self._process: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Future[None] | None = None
         self._port: int | None = None
@@ -422,17 +430,11 @@ class GatewayProcess(AsyncResource):
 
     async def spawn(self) -> None:
         """Start the process (it listens a little later: :meth:`wait_ready`)."""
+        self._port = None
+        self._listening.clear()
         with self._log.open("ab") as stderr:
             self._process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "onecert.cli",
-                "gateway",
-                "serve",
-                "--config",
-                str(self._config),
-                stdout=asyncio.subprocess.PIPE,
-                stderr=stderr,
+                *self._argv, stdout=asyncio.subprocess.PIPE, stderr=stderr
             )
         self._reader = asyncio.ensure_future(self._read(self._process))
 
@@ -457,7 +459,7 @@ class GatewayProcess(AsyncResource):
         if self.ready:
             return
         raise AssertionError(
-            f"the gateway did not listen within {timeout:g}s; log tail:\n{self.log_tail()}"
+            f"{self._name} did not listen within {timeout:g}s; log tail:\n{self.log_tail()}"
         )
 
     def log_tail(self, chars: int = 4000) -> str:
@@ -498,6 +500,17 @@ class GatewayProcess(AsyncResource):
             except TimeoutError:
                 self.kill()
         return await self.wait()
+
+
+class GatewayProcess(ChildProcess):
+    """``onecert gateway serve --config CONFIG`` in a child process."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        super().__init__(
+            (sys.executable, "-m", "onecert.cli", "gateway", "serve", "--config", str(config)),
+            log,
+            name="the gateway",
+        )
 
 
 # ---------------------------------------------------------------- the fakes
