@@ -124,6 +124,10 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 async def _serve(provider: Provider, args: argparse.Namespace) -> None:
+    # SIGTERM may come as soon as the port is announced: handled from the start.
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stopping.set)
     server = Server(
         provider,
         gateway_keys=args.gateway_jwks,
@@ -142,7 +146,8 @@ async def _serve(provider: Provider, args: argparse.Namespace) -> None:
     else:
         raise SystemExit(f"cannot listen on {args.listen}")
     print(f"listening on port {server.port}", flush=True)
-    await server.run(handle_signals=True)
+    await stopping.wait()
+    await server.shutdown()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

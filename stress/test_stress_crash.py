@@ -191,8 +191,10 @@ class Site:
         self.unexpected_exits: list[int] = []
 
     async def up(self) -> None:
-        if self._process is not None and self._process.running:
-            return
+        if self._process is not None:
+            if self._process.running:
+                return
+            self._exit(await self._process.wait(), graceful=False)
         self.starts += 1
         process = ChildProcess(
             (
@@ -220,10 +222,15 @@ class Site:
         """SIGTERM: a graceful stop (the SDK records what is still running)."""
         if self._process is None:
             return
-        code = await self._process.terminate()
+        self._exit(await self._process.terminate(), graceful=True)
+
+    def _exit(self, code: int, *, graceful: bool) -> None:
         self._process = None
         self.restarts += 1
-        if code not in (0, -signal.SIGKILL):
+        if code == -signal.SIGKILL:
+            # Only the process itself sends it, after applying an unbind.
+            self.crashes_after_apply += 1
+        elif code != 0 or not graceful:
             self.unexpected_exits.append(code)
 
     async def _exited(self, stop: asyncio.Event, seconds: float) -> bool:
@@ -237,12 +244,7 @@ class Site:
         if not exited.done():
             exited.cancel()
             return False
-        if exited.result() == -signal.SIGKILL:
-            self.crashes_after_apply += 1
-        else:
-            self.unexpected_exits.append(exited.result())
-        self._process = None
-        self.restarts += 1
+        self._exit(exited.result(), graceful=False)
         await self.up()
         return True
 
