@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, insert, inspect
+from sqlalchemy import Connection, func, insert, inspect, select
 
 from onecert.gateway.store import Store, normalize_url
+from onecert.gateway.store._engine import MIGRATION_LOCK
 from onecert.gateway.store._models import deliveries, metadata, number_events
 from onecert.gateway.store.testing import Database
 from tests.store.test_notice_cursors import positions
@@ -192,3 +193,27 @@ async def test_the_notice_log_migration_moves_existing_notices_over(database: Da
         assert sorted(n.seq for n in renumbered if n is not None) == [1, 2, 3]
     finally:
         await store.close()
+
+
+@pytest.mark.postgres
+async def test_statements_time_out_but_a_migration_waits(pg_url: str) -> None:
+    """With ``timeout_s``, a statement the server holds longer is a TimeoutError (the
+    database counts as unavailable), but a migration waits for the migration lock that
+    another gateway holds for longer than that, and then completes."""
+    async with Database.postgres(pg_url) as database:
+        holder = Store.open(database.url, schema=database.schema)
+        store = Store.open(database.url, schema=database.schema, timeout_s=0.5)
+        try:
+            async with store.engine.connect() as conn:
+                with pytest.raises(TimeoutError):
+                    await conn.exec_driver_sql("SELECT pg_sleep(2)")
+            async with holder.engine.begin() as conn:
+                await conn.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK)))
+                upgrading = asyncio.create_task(store.upgrade())
+                await asyncio.sleep(1.5)  # three times the statement timeout
+                assert not upgrading.done()
+            await asyncio.wait_for(upgrading, 30)
+            assert await store.schema_revision() == Store.head_revision()
+        finally:
+            await store.close()
+            await holder.close()

@@ -40,10 +40,17 @@ class StoreDatabase:
     """
 
     def __init__(
-        self, engine: AsyncEngine, *, schema: str | None = None, database_clock: bool = False
+        self,
+        engine: AsyncEngine,
+        *,
+        schema: str | None = None,
+        database_clock: bool = False,
+        migrator: AsyncEngine | None = None,
     ) -> None:
-        """Wrap an engine (``Store.open`` builds it, with the SQLite settings)."""
+        """Wrap an engine (``Store.open`` builds it, with the SQLite settings);
+        ``migrator``, if given, is the engine migrations run on (no timeouts)."""
         self._engine = engine
+        self._migrator = migrator or engine
         self._schema = schema
         self._dialect = engine.dialect.name
         self._database_clock = database_clock and self._dialect == "postgresql"
@@ -85,6 +92,8 @@ class StoreDatabase:
     async def close(self) -> None:
         """Close every pooled connection."""
         await self._engine.dispose()
+        if self._migrator is not self._engine:
+            await self._migrator.dispose()
 
     # ------------------------------------------------------------ transactions
 
@@ -132,7 +141,8 @@ class StoreDatabase:
         """
         if self._dialect == "sqlite":
             await self._ensure_wal()
-        async with self.write() as conn:
+        writer = self._migrator.execution_options(**{BEGIN_OPTION: "IMMEDIATE"})
+        async with writer.begin() as conn:
             if self._dialect == "postgresql":
                 await conn.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK)))
                 if self._schema is not None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from onecert.gateway.store._audit_repo import AuditRepository
 from onecert.gateway.store._compliance_repo import ComplianceRepository
@@ -113,8 +114,14 @@ class Store:
                 if not _SCHEMA_NAME.fullmatch(schema):
                     raise ValueError("schema must match [a-z_][a-z0-9_]{0,62}")
                 connect_args["server_settings"] = {"search_path": schema}
+            # Migrations wait as long as they take (another replica holding
+            # the migration lock, a long index build): no timeouts there.
+            migrator = None
             pool: dict[str, Any] = {}
             if timeout_s is not None:
+                migrator = create_async_engine(
+                    url, connect_args=dict(connect_args), poolclass=NullPool
+                )
                 # A server that accepts and never answers (stopped, partitioned)
                 # would hold a call, or a worker, for as long as TCP does.
                 connect_args.update(timeout=timeout_s, command_timeout=timeout_s)
@@ -127,7 +134,11 @@ class Store:
                 echo=echo,
                 **pool,
             )
-            return cls(StoreDatabase(engine, schema=schema, database_clock=database_clock))
+            return cls(
+                StoreDatabase(
+                    engine, schema=schema, database_clock=database_clock, migrator=migrator
+                )
+            )
         if schema is not None:
             raise ValueError("schema applies to PostgreSQL only")
         engine = create_async_engine(url, echo=echo)
