@@ -3,14 +3,15 @@
 ``python -m stress.provider_process --id pay --listen 127.0.0.1:PORT ...`` serves
 the SDK's :class:`~onecert.sdk.Server` with :class:`FlakyAccounts`: it fails
 and stalls at random, records every unbind it applies and every notice it acts
-on in its :class:`~stress.stress_support.Ledger` (a SQLite file that outlives
+on in its :class:`~stress.ledger.Ledger` (a SQLite file that outlives
 the process), keeps the SDK's unbind answers in a SQLite file of its own, and,
 at the rate ``--crash-after-apply``, SIGKILLs itself right after applying an
 unbind: after the implementer's write, before the SDK records the answer. The
 scenario restarts it on the same port; the SDK's claim row tells the next
 delivery that an earlier call may have applied it.
 
-It prints ``listening on port N`` on stdout once it serves (what
+It imports the SDK and the ledger only: it is started again and again. It
+prints ``listening on port N`` on stdout once it serves (what
 :class:`onecert.gateway.testing.ChildProcess` waits for), logs warnings and
 errors on stderr, and stops gracefully on SIGTERM (the SDK drains unbinds and
 notices still running).
@@ -37,7 +38,7 @@ from onecert.sdk import (
 )
 from onecert.sdk._logging import configure_logging
 from onecert.sdk._server import ServerConfigError
-from stress.stress_support import GATEWAY_ID, Ledger, seeded
+from stress.ledger import Ledger
 
 # The gateway's deadline for its calls to providers; slow answers come around it.
 CALL_DEADLINE_S = 1.0
@@ -114,6 +115,7 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--id", required=True, help="the provider id")
     parser.add_argument("--listen", required=True, metavar="HOST:PORT")
     parser.add_argument("--gateway-jwks", required=True, type=Path)
+    parser.add_argument("--gateway-issuer", required=True)
     parser.add_argument("--ledger", required=True, type=Path)
     parser.add_argument("--answers", required=True, type=Path, help="the SDK's answer store")
     parser.add_argument("--seed", type=float, default=0.0)
@@ -131,7 +133,7 @@ async def _serve(provider: Provider, args: argparse.Namespace) -> None:
     server = Server(
         provider,
         gateway_keys=args.gateway_jwks,
-        gateway_issuer=GATEWAY_ID,
+        gateway_issuer=args.gateway_issuer,
         listen=args.listen,
         insecure=True,
         idempotency=args.answers,
@@ -156,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     configure_logging(level="warning")
     accounts = FlakyAccounts(
         Ledger(args.ledger),
-        seeded(args.seed),
+        random.Random(args.seed),  # noqa: S311 - chaos to replay, not cryptography
         fail_rate=args.fail_rate,
         slow_rate=args.slow_rate,
         crash_after_apply_rate=args.crash_after_apply,

@@ -96,6 +96,7 @@ from onecert.sdk.client import (
 )
 from onecert.sdk.devkeys import DevKeys
 from stress.stress_support import (
+    GATEWAY_ID,
     Citizen,
     GatewayProcess,
     Identity,
@@ -204,6 +205,7 @@ class Site:
                 f"--id={self.id}",
                 f"--listen=127.0.0.1:{self.port}",
                 f"--gateway-jwks={self._jwks}",
+                f"--gateway-issuer={GATEWAY_ID}",
                 f"--ledger={self.ledger.path}",
                 f"--answers={self._answers}",
                 f"--seed={self._seed + self.starts}",
