@@ -93,6 +93,12 @@ class Ledger:
             row = conn.execute("SELECT COUNT(*) FROM resumes").fetchone()
         return int(row[0])
 
+    def acted(self, jti: str) -> bool:
+        """Whether the notice with this jti was acted on here."""
+        with closing(self._connect()) as conn:
+            row = conn.execute("SELECT 1 FROM events WHERE jti = ? LIMIT 1", (jti,)).fetchone()
+        return row is not None
+
     def act_on_notice(self, jti: str, msisdn: str) -> None:
         """Act on a recycled-number notice (the row is the action)."""
         self._execute(

@@ -6,9 +6,10 @@ and stalls at random, records every unbind it applies and every notice it acts
 on in its :class:`~stress.ledger.Ledger` (a SQLite file that outlives
 the process), keeps the SDK's unbind answers in a SQLite file of its own, and,
 at the rate ``--crash-after-apply``, SIGKILLs itself right after applying an
-unbind: after the implementer's write, before the SDK records the answer. The
-scenario restarts it on the same port; the SDK's claim row tells the next
-delivery that an earlier call may have applied it.
+unbind or acting on a notice: after the implementer's write, before the SDK
+records the answer. The scenario restarts it on the same port; the SDK's claim
+row tells the next delivery that an earlier call may have done it
+(``resumed``).
 
 It imports the SDK and the ledger only: it is started again and again. It
 prints ``listening on port N`` on stdout once it serves (what
@@ -96,17 +97,26 @@ class FlakyAccounts:
         self.ledger.apply(
             request.request_id, request.account_ref, request.msisdn, request.reason.value
         )
+        self._maybe_die()
+        return UnbindResult.done()
+
+    def _maybe_die(self) -> None:
         if self.rng.random() < self.crash_after_apply_rate:
             # Dead between the write and the SDK's record of the answer: the
-            # SDK's claim for this request id stays without an answer.
+            # SDK's claim stays without an answer.
             os.kill(os.getpid(), signal.SIGKILL)
-        return UnbindResult.done()
 
     async def on_recycled(self, notice: RecycledNotice) -> int:
         if self.rng.random() < self.fail_rate:
             raise Unavailable("flapping")
         await asyncio.sleep(self._latency())
+        if notice.resumed:
+            # An earlier call may have acted on it: act only if it did not.
+            self.ledger.note_resumed(notice.jti)
+            if self.ledger.acted(notice.jti):
+                return 1
         self.ledger.act_on_notice(notice.jti, notice.msisdn)
+        self._maybe_die()
         return 1
 
 

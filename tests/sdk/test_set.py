@@ -6,6 +6,7 @@ import base64
 import json
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -13,7 +14,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from onecert.sdk import Provider, SetError, SetIssuer, SetVerifier, UnbindResult
+from onecert.sdk import (
+    CallInfo,
+    Provider,
+    RecycledNotice,
+    SetError,
+    SetIssuer,
+    SetVerifier,
+    SQLiteIdempotencyStore,
+    UnbindResult,
+)
 from onecert.sdk._keys import SigningKey, parse_jwks
 from onecert.sdk._msisdn import is_e164
 from onecert.sdk._set import RISC_IDENTIFIER_RECYCLED, SET_TYP
@@ -273,6 +283,40 @@ async def test_handler_failure_is_retried(provider: Provider, forum: FakeForum) 
     assert err.value.code is grpc.StatusCode.INTERNAL
     forum.error = None
     assert await env.notify_recycled(NUMBER, token=token) == 2
+    assert [n.resumed for n in forum.notices] == [False, True]
+
+
+async def test_notice_claimed_before_the_handler_is_resumed_after_a_restart(
+    provider: Provider, forum: FakeForum, tmp_path: Path
+) -> None:
+    """While on_recycled runs, the answer store already holds a claim for the notice; a
+    process that dies then (here: the store reopened by a new environment, the claim left
+    without an answer) gets the notice again marked resumed, and records its answer."""
+    store = SQLiteIdempotencyStore(tmp_path / "answers.db")
+    seen: list[str | None] = []
+    on_recycled = forum.on_recycled
+
+    async def looking(notice: RecycledNotice, info: CallInfo) -> int | None:
+        seen.append(await store.get("event:n-30"))
+        return await on_recycled(notice, info)
+
+    forum.on_recycled = looking  # type: ignore[method-assign]  # observe the store mid-call
+    provider = Provider(
+        provider_id=PROVIDER_ID, name="Forum", category="forum", implementation=forum
+    )
+    env = ProviderEnvironment(provider, idempotency=store)
+    token = env.gateway.recycled_notice(NUMBER, jti="n-30")
+    assert await env.notify_recycled(NUMBER, token=token) == 2
+    assert json.loads(seen[0] or "{}")["outcome"] == "claimed"
+    # As if the process had died after acting, before the answer was recorded.
+    await store.put("event:n-30", seen[0] or "")
+    again = ProviderEnvironment(
+        provider, idempotency=SQLiteIdempotencyStore(tmp_path / "answers.db"), gateway=env.gateway
+    )
+    assert await again.notify_recycled(NUMBER, token=token) == 2
+    assert [n.resumed for n in forum.notices] == [False, True]
+    assert await again.notify_recycled(NUMBER, token=token) == 2
+    assert len(forum.notices) == 2
 
 
 @pytest.mark.parametrize("bad", [True, -1, 2**32, "3"])

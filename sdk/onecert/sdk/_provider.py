@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterable, Awaitable, Callable
@@ -212,7 +213,9 @@ class Provider(Adapter):
         Called once per notice (:class:`RecycledNotice`) that ``notice.msisdn``
         went to a new subscriber. Return how many bindings you removed if you
         acted now, or None if you only recorded it to act later. Without it,
-        notices are acknowledged and nothing else happens.
+        notices are acknowledged and nothing else happens. ``notice.resumed``
+        says an earlier call for it started and its answer was never recorded
+        (it may have acted): act only on what is left.
         """
         self._register("_on_recycled", fn, "notice")
         return fn
@@ -504,12 +507,19 @@ class ProviderCore:
         key = "event:" + notice.jti
         async with self._locks.hold(key):
             stored = await _store_get(self._store, key)
-            if stored is not None:
+            if stored is not None and stored.get("outcome") != _CLAIMED:
                 log.info("notice.replayed")
                 return _event_response(stored)
             handler = self.provider._on_recycled  # same package
             removed: int | None = None
             if handler is not None:
+                # As for an unbind: a claim found without an answer means an
+                # earlier call started on_recycled and never recorded what it
+                # did (killed, failed); the claim is durable before it runs.
+                if stored is not None:
+                    log.warning("notice.resumed")
+                    notice = dataclasses.replace(notice, resumed=True)
+                await _store_put(self._store, key, {"outcome": _CLAIMED, "claimed_at": time.time()})
                 info = CallInfo(
                     audience=self.provider.id,
                     purpose="event",
@@ -517,23 +527,24 @@ class ProviderCore:
                     warrant_id=notice.jti,
                     deadline=deadline_from(remaining),
                 )
-                result = await invoke(handler, notice, info)
-                if result is not None and (
-                    isinstance(result, bool)
-                    or not isinstance(result, int)
-                    or not 0 <= result < 2**32
-                ):
-                    raise _bad_result(
-                        InvalidResultError(
-                            "event result",
-                            "on_recycled must return None or the number of bindings removed",
-                        )
-                    )
-                removed = result
+                removed = _removed_count(await invoke(handler, notice, info))
             record = {"acted": removed is not None, "removed": removed or 0}
             await _store_put(self._store, key, record)
         log.info("notice.received", acted=record["acted"], removed=record["removed"])
         return _event_response(record)
+
+
+def _removed_count(result: object) -> int | None:
+    """What on_recycled returned, checked: None or a count of bindings removed."""
+    if result is None:
+        return None
+    if isinstance(result, bool) or not isinstance(result, int) or not 0 <= result < 2**32:
+        raise _bad_result(
+            InvalidResultError(
+                "event result", "on_recycled must return None or the number of bindings removed"
+            )
+        )
+    return result
 
 
 # The outcome of a claim: written before the adapter's function runs,

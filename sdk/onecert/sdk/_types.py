@@ -249,6 +249,11 @@ class RecycledNotice:
         recycled_at: when the number went to its new subscriber (UTC).
         act_by: the deadline to act by (UTC), or None.
         issued_at: when the gateway issued the notice (UTC).
+        resumed: True when an earlier call of your function for this
+            ``jti`` started and its answer was never recorded (the process
+            died, or the function raised): it may have acted already, so act
+            only on what is still left (removing a number already removed
+            changes nothing).
     """
 
     jti: str
@@ -256,6 +261,7 @@ class RecycledNotice:
     recycled_at: datetime
     act_by: datetime | None = None
     issued_at: datetime | None = None
+    resumed: bool = False
 
 
 @dataclass(frozen=True)
