@@ -592,8 +592,11 @@ async def kill_loop(
                 chaos.failed_starts += 1
                 await asyncio.sleep(0.5)
                 continue
-            chaos.startups.append(time.monotonic() - spawned)
-            await asyncio.sleep(rng.uniform(0.3, 4.0))
+            startup = time.monotonic() - spawned
+            chaos.startups.append(startup)
+            # Up a while, longer when a loaded machine makes start-ups slow:
+            # the gateway is up as large a share of the run either way.
+            await asyncio.sleep(rng.uniform(0.3, 4.0) * max(1.0, startup / 1.5))
         if not gateway.ready:
             chaos.kills_before_listening += 1
         gateway.kill()
