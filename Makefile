@@ -30,7 +30,7 @@ bench: setup
 bench-quick: setup
 	$(PY) -m bench --quick
 
-## Long reliability scenarios, loopback only (about 20 minutes on 2 cores): the gateway
+## Long reliability scenarios, loopback only (about 25 minutes on 2 cores): the gateway
 ## SIGKILLed under load on SQLite, on PostgreSQL, and as two replicas on a private
 ## PostgreSQL that is cut off and restarted, each run until at least 50 kills and 2,000
 ## acknowledged tickets; overload, a soak, then 20x longer fuzzing. Figures on stdout
