@@ -26,6 +26,7 @@ import os
 import random
 import signal
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from onecert.sdk import (
@@ -45,6 +46,15 @@ from stress.ledger import Ledger
 CALL_DEADLINE_S = 1.0
 
 
+@dataclass(frozen=True)
+class Rates:
+    """How often a provider fails, stalls, and dies between applying and answering."""
+
+    fail: float = 0.15
+    slow: float = 0.1
+    crash_after_apply: float = 0.05
+
+
 class FlakyAccounts:
     """A provider's implementation that fails, stalls, dies and records what it does.
 
@@ -54,23 +64,13 @@ class FlakyAccounts:
     means it was applied twice.
     """
 
-    def __init__(
-        self,
-        ledger: Ledger,
-        rng: random.Random,
-        *,
-        fail_rate: float,
-        slow_rate: float,
-        crash_after_apply_rate: float,
-    ) -> None:
+    def __init__(self, ledger: Ledger, rng: random.Random, rates: Rates) -> None:
         self.ledger = ledger
         self.rng = rng
-        self.fail_rate = fail_rate
-        self.slow_rate = slow_rate
-        self.crash_after_apply_rate = crash_after_apply_rate
+        self.rates = rates
 
     def _latency(self) -> float:
-        if self.rng.random() < self.slow_rate:
+        if self.rng.random() < self.rates.slow:
             # Around the gateway's deadline: some answers arrive just too late.
             return self.rng.uniform(0.85 * CALL_DEADLINE_S, 1.1 * CALL_DEADLINE_S)
         return self.rng.uniform(0.0, 0.1)
@@ -79,7 +79,7 @@ class FlakyAccounts:
         return []
 
     async def unbind(self, request: UnbindRequest) -> UnbindResult:
-        if self.rng.random() < self.fail_rate:
+        if self.rng.random() < self.rates.fail:
             raise Unavailable("flapping")
         await asyncio.sleep(self._latency())
         if request.account_ref.startswith("gone-"):
@@ -101,13 +101,13 @@ class FlakyAccounts:
         return UnbindResult.done()
 
     def _maybe_die(self) -> None:
-        if self.rng.random() < self.crash_after_apply_rate:
+        if self.rng.random() < self.rates.crash_after_apply:
             # Dead between the write and the SDK's record of the answer: the
             # SDK's claim stays without an answer.
             os.kill(os.getpid(), signal.SIGKILL)
 
     async def on_recycled(self, notice: RecycledNotice) -> int:
-        if self.rng.random() < self.fail_rate:
+        if self.rng.random() < self.rates.fail:
             raise Unavailable("flapping")
         await asyncio.sleep(self._latency())
         if notice.resumed:
@@ -169,9 +169,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     accounts = FlakyAccounts(
         Ledger(args.ledger),
         random.Random(args.seed),  # noqa: S311 - chaos to replay, not cryptography
-        fail_rate=args.fail_rate,
-        slow_rate=args.slow_rate,
-        crash_after_apply_rate=args.crash_after_apply,
+        Rates(fail=args.fail_rate, slow=args.slow_rate, crash_after_apply=args.crash_after_apply),
     )
     provider = Provider(
         provider_id=args.id, name=args.id.title(), category="other", implementation=accounts

@@ -95,6 +95,7 @@ from onecert.sdk.client import (
     ProviderGatewayClient,
 )
 from onecert.sdk.devkeys import DevKeys
+from stress.provider_process import Rates
 from stress.stress_support import (
     GATEWAY_ID,
     Citizen,
@@ -157,15 +158,6 @@ async def _nap(stop: asyncio.Event, seconds: float) -> None:
 
 
 # ------------------------------------------------------------------ providers
-
-
-@dataclass(frozen=True)
-class Rates:
-    """How often a provider fails, stalls, and dies between applying and answering."""
-
-    fail: float = 0.15
-    slow: float = 0.1
-    crash_after_apply: float = 0.05
 
 
 CALM = Rates(fail=0.0, slow=0.0, crash_after_apply=0.0)

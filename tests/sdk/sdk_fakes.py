@@ -17,6 +17,7 @@ from onecert.sdk import (
     UnbindRequest,
     UnbindResult,
 )
+from onecert.v1 import common_pb2, provider_pb2
 
 PROVIDER_ID = "example-forum"
 CARRIER_ID = "example-mobile"
@@ -24,6 +25,16 @@ NUMBER = "+8613800138000"
 OTHER_NUMBER = "+8613900139000"
 BOUND_AT = datetime(2021, 3, 1, tzinfo=UTC)
 IDN = "a" * 64
+
+
+def unbind_pb(request_id: str, account_ref: str = "u1") -> provider_pb2.UnbindRequest:
+    """The gateway's Unbind of ``account_ref`` on NUMBER, asked by its owner."""
+    return provider_pb2.UnbindRequest(
+        request_id=request_id,
+        msisdn=NUMBER,
+        account_ref=account_ref,
+        reason=common_pb2.UNBIND_REASON_OWNER_REQUEST,
+    )
 
 
 class FakeForum:

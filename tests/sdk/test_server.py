@@ -12,8 +12,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from onecert.sdk import MemoryIdempotencyStore, Provider, Server
 from onecert.sdk._server import listen_address
 from onecert.sdk.testing import FakeGateway, InProcessServer, serve_in_process
-from onecert.v1 import common_pb2, provider_pb2, provider_pb2_grpc
-from tests.sdk.sdk_fakes import NUMBER, FakeForum
+from onecert.v1 import provider_pb2, provider_pb2_grpc
+from tests.sdk.sdk_fakes import NUMBER, FakeForum, unbind_pb
 
 
 async def test_graceful_shutdown_drains_in_flight_calls(
@@ -60,14 +60,7 @@ async def test_shutdown_records_the_answer_of_an_unbind_whose_caller_left(
     async with grpc.aio.insecure_channel(server.address) as channel:
         stub = provider_pb2_grpc.BindingProviderStub(channel)
         call = stub.Unbind(
-            provider_pb2.UnbindRequest(
-                request_id="t-left",
-                msisdn=NUMBER,
-                account_ref="u1",
-                reason=common_pb2.UNBIND_REASON_OWNER_REQUEST,
-            ),
-            metadata=gateway.metadata(NUMBER, purpose="unbind"),
-            timeout=10,
+            unbind_pb("t-left"), metadata=gateway.metadata(NUMBER, purpose="unbind"), timeout=10
         )
         await asyncio.wait_for(forum.started.wait(), 5)
         call.cancel()  # the gateway hung up (a dropped connection, a replica killed)
