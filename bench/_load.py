@@ -79,7 +79,8 @@ class GatewayLoad:
         last: float | None = None
         answered = asked = 0
         call = stub.Lookup(
-            gateway_pb2.LookupRequest(),
+            # As the portal asks: routed-out providers in one message per number.
+            gateway_pb2.LookupRequest(group_routed_out=True),
             timeout=self._timeout,
             metadata=(("authorization", f"Bearer {assertion}"),),
         )

@@ -79,6 +79,7 @@ CLIENT_API = {
     "RecycledStatus",
     "ReportedEvent",
     "Result",
+    "RoutedOut",
     "RoutingKey",
     "Started",
     "Summary",

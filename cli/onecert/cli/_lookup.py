@@ -93,11 +93,13 @@ async def _collect(
         GatewayClient,
         GatewayError,
         Result,
+        RoutedOut,
         Started,
         Summary,
     )
 
     started: Started | None = None
+    routed_out = 0  # providers routing ruled out: accounted for, not asked
     results: list[Result] = []
     summary: Summary | None = None
     try:
@@ -108,10 +110,12 @@ async def _collect(
                     started = update
                 elif isinstance(update, Result):
                     results.append(update)
+                elif isinstance(update, RoutedOut):
+                    routed_out += update.count
                 elif isinstance(update, Summary):
                     summary = update
                 if progress is not None and started is not None and summary is None:
-                    _progress(progress, len(results), started.provider_calls)
+                    _progress(progress, len(results) + routed_out, started.provider_calls)
     except GatewayError as exc:
         raise refused("lookup", exc, tls) from None
     finally:

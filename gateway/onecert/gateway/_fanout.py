@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Generic, Protocol, TypeVar
 
@@ -43,9 +43,11 @@ from onecert.v1 import (
 
 __all__ = [
     "MAX_BINDINGS_PER_ANSWER",
+    "ROUTED_OUT_DETAIL",
     "AllProviders",
     "CarrierAnswer",
     "FanOut",
+    "Plan",
     "ProviderAnswer",
     "ProviderCall",
     "Router",
@@ -99,6 +101,25 @@ class CarrierAnswer:
     detail: str
     tenures: tuple[TenureView, ...]
     ignored: int = 0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A lookup's provider calls: those to make, and per number those routing rules out.
+
+    Attributes:
+        calls: the calls to make.
+        routed_out: per number, the ids of the providers routing rules out
+            (never called, reported SKIPPED with :data:`ROUTED_OUT_DETAIL`).
+    """
+
+    calls: tuple[ProviderCall, ...]
+    routed_out: Mapping[str, frozenset[str]]
+
+    @property
+    def provider_calls(self) -> int:
+        """Every provider and number accounted for: calls made and providers routed out."""
+        return len(self.calls) + sum(len(ids) for ids in self.routed_out.values())
 
 
 class Router(Protocol):
@@ -260,6 +281,10 @@ class FanOut:
         }
         self.providers: tuple[ProviderConfig, ...] = ()
         self._provider_upstreams: dict[str, _Upstream] = {}
+        # Routing's view of self.providers, rebuilt when apply_providers replaces it.
+        self._indexed: (
+            tuple[tuple[ProviderConfig, ...], dict[str, ProviderConfig], dict[str, int]] | None
+        ) = None
         self.apply_providers(providers)
 
     def apply_providers(self, providers: Sequence[ProviderConfig]) -> None:
@@ -371,19 +396,44 @@ class FanOut:
 
     # ----------------------------------------------------------- providers
 
-    async def plan(self, msisdns: Sequence[str]) -> tuple[ProviderCall, ...]:
+    async def plan(self, msisdns: Sequence[str]) -> Plan:
         """The provider calls for ``msisdns``, as the router chooses them.
 
-        With :attr:`routing`, the calls it rules out are planned ``routed_out``:
-        reported SKIPPED, never made.
+        With :attr:`routing`, the providers it rules out are not called: the
+        plan lists them per number (:attr:`Plan.routed_out`), to be reported
+        SKIPPED. Their cost must stay far below a call's: set operations on
+        ids, no object per routed-out provider.
         """
         calls: list[ProviderCall] = []
+        routed_out: dict[str, frozenset[str]] = {}
         routing = self.routing
         for msisdn in msisdns:
             routed = await self._router.route(msisdn, self.providers)
             out = frozenset() if routing is None else routing.routed_out(msisdn)
-            calls.extend(ProviderCall(p, msisdn, routed_out=p.id in out) for p in routed)
-        return tuple(calls)
+            if not out:
+                calls.extend(ProviderCall(p, msisdn) for p in routed)
+                continue
+            if routed is self.providers:
+                by_id, order = self._by_id()
+                kept = sorted(order.keys() - out, key=order.__getitem__)
+                calls.extend(ProviderCall(by_id[i], msisdn) for i in kept)
+                out = out.intersection(order)
+            else:
+                calls.extend(ProviderCall(p, msisdn) for p in routed if p.id not in out)
+                out = out.intersection(p.id for p in routed)
+            if out:
+                routed_out[msisdn] = out
+        return Plan(tuple(calls), routed_out)
+
+    def _by_id(self) -> tuple[dict[str, ProviderConfig], dict[str, int]]:
+        # Built once per provider set: routing takes set differences over ids.
+        providers = self.providers
+        cached = self._indexed
+        if cached is None or cached[0] is not providers:
+            by_id = {p.id: p for p in providers}
+            cached = (providers, by_id, {p.id: i for i, p in enumerate(providers)})
+            self._indexed = cached
+        return cached[1], cached[2]
 
     async def ask_providers(
         self, calls: Sequence[ProviderCall], *, query_id: str, deadline: float
@@ -395,7 +445,7 @@ class FanOut:
         Iterate it inside ``contextlib.aclosing`` so that happens promptly.
 
         Args:
-            calls: from :meth:`plan`.
+            calls: :attr:`Plan.calls`.
             query_id: the lookup's id, carried in every warrant.
             deadline: ``loop.time()`` by which every call must end.
         """
@@ -407,17 +457,8 @@ class FanOut:
                 name=f"lookup {query_id} {call.provider.id}",
             )
             for call in calls
-            if not call.routed_out
         ]
         try:
-            # Routed-out calls end at once, without a task, while the real
-            # calls run: their cost must stay small. They are not observed
-            # (metrics and spans count the calls made).
-            for call in calls:
-                if call.routed_out:
-                    yield ProviderAnswer(
-                        call, UpstreamOutcome.SKIPPED, ROUTED_OUT_DETAIL, (), 0, loop.time()
-                    )
             for next_done in asyncio.as_completed(tasks):
                 answer = await next_done
                 self._observer.provider_answered(answer, answer.finished_at - started)

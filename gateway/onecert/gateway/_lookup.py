@@ -8,8 +8,10 @@ The order of one lookup:
 2. verify the identity assertion; any failure ends the call with its status
    before anything else happens;
 3. ask every carrier for the citizen's tenures (UNAVAILABLE if none answers);
-4. send ``LookupStarted``, then one ``ProviderResult`` per provider and number
-   as each call ends, attributed by tenure, and last a ``LookupSummary``.
+4. send ``LookupStarted``, then the providers routing rules out (one
+   ``RoutedOut`` per number when the caller understands it, else one SKIPPED
+   ``ProviderResult`` each), then one ``ProviderResult`` per provider and
+   number as each call ends, attributed by tenure, and last a ``LookupSummary``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import math
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -40,7 +42,9 @@ from onecert.gateway._fanout import (
     ROUTED_OUT_DETAIL,
     CarrierAnswer,
     FanOut,
+    Plan,
     ProviderAnswer,
+    ProviderCall,
     UpstreamOutcome,
 )
 from onecert.gateway._handles import HandleClaims, HandleSealer
@@ -110,6 +114,10 @@ class _Tally:
             self.failed += 1
         else:
             self.skipped += 1
+
+    def add_routed_out(self, count: int) -> None:
+        self.asked += count
+        self.skipped += count
 
     def add_result(self, outcome: UpstreamOutcome, result: gateway_pb2.ProviderResult) -> None:
         self.add(outcome)
@@ -338,6 +346,7 @@ class LookupService:
         metadata: Metadata,
         client_request_id: str = "",
         time_remaining: float | None = None,
+        group_routed_out: bool = False,
     ) -> AsyncIterator[gateway_pb2.LookupResponse]:
         """Serve one lookup (see the module docstring for the steps).
 
@@ -346,6 +355,8 @@ class LookupService:
                 (``authorization: Bearer <JWT>``); read only after the request's checks.
             client_request_id: the portal's own id for the lookup, for logs.
             time_remaining: seconds left before the caller's deadline (None: none set).
+            group_routed_out: the caller understands ``RoutedOut`` (one message
+                per number for the providers routing rules out).
         """
         query_id = current_query_id()
         if self._active >= self._max_lookups:
@@ -368,7 +379,7 @@ class LookupService:
                 structlog.contextvars.bind_contextvars(
                     client_request_id=mask_numbers_in_text(client_request_id)
                 )
-            responses = self._lookup(citizen, query_id, time_remaining)
+            responses = self._lookup(citizen, query_id, time_remaining, group_routed_out)
             if self._auditor is not None:
                 responses = self._audited(citizen, query_id, responses, self._auditor)
             async for response in responses:
@@ -402,6 +413,8 @@ class LookupService:
                 update = response.WhichOneof("update")
                 if update == "result":
                     routed_out += response.result.detail == ROUTED_OUT_DETAIL
+                elif update == "routed_out":
+                    routed_out += response.routed_out.count
                 elif update == "started":
                     detail["numbers"] = len({n.msisdn for n in response.started.numbers})
                     detail["provider_calls"] = response.started.provider_calls
@@ -465,7 +478,11 @@ class LookupService:
         return start + budget - self._margin
 
     async def _lookup(
-        self, citizen: Citizen, query_id: str, time_remaining: float | None
+        self,
+        citizen: Citizen,
+        query_id: str,
+        time_remaining: float | None,
+        group_routed_out: bool,
     ) -> AsyncIterator[gateway_pb2.LookupResponse]:
         loop = asyncio.get_running_loop()
         start = loop.time()
@@ -485,27 +502,29 @@ class LookupService:
         by_number: dict[str, list[TenureView]] = defaultdict(list)
         for tenure in tenures:
             by_number[tenure.msisdn].append(tenure)
-        calls = await self._fanout.plan(sorted(by_number))
+        plan = await self._fanout.plan(sorted(by_number))
         carrier_outcomes = _carrier_outcomes(carriers)
         _log.info(
             "lookup.started",
             numbers=len(by_number),
             carriers_answered=sum(c.outcome is UpstreamOutcome.ANSWERED for c in carriers),
             carriers=len(carriers),
-            provider_calls=len(calls),
+            provider_calls=plan.provider_calls,
         )
         yield gateway_pb2.LookupResponse(
             query_id=query_id,
             started=gateway_pb2.LookupStarted(
                 numbers=_number_infos(tenures),
                 carriers=carrier_outcomes,
-                provider_calls=len(calls),
+                provider_calls=plan.provider_calls,
             ),
         )
         totals = _Totals()
         for msisdn in sorted(by_number):
             totals.by_number[msisdn] = _Tally()
-        answers = self._fanout.ask_providers(calls, query_id=query_id, deadline=deadline)
+        for response in self._routed_out(plan, query_id, start, group=group_routed_out):
+            yield response
+        answers = self._fanout.ask_providers(plan.calls, query_id=query_id, deadline=deadline)
         async with contextlib.aclosing(answers):
             async for answer in answers:
                 msisdn = answer.call.msisdn
@@ -514,7 +533,44 @@ class LookupService:
                 )
                 totals.by_number[msisdn].add_result(answer.outcome, result)
                 yield gateway_pb2.LookupResponse(query_id=query_id, result=result)
+        for msisdn, ids in plan.routed_out.items():
+            totals.by_number[msisdn].add_routed_out(len(ids))
         yield _summary(query_id, totals, carrier_outcomes, loop.time() - start)
+
+    def _routed_out(
+        self, plan: Plan, query_id: str, start: float, *, group: bool
+    ) -> Iterator[gateway_pb2.LookupResponse]:
+        """The providers routing rules out, before any call ends (they are known at once).
+
+        Grouped: one ``RoutedOut`` per number. Otherwise one SKIPPED result
+        per provider, in configuration order, as callers that predate
+        ``RoutedOut`` have always received.
+        """
+        now = asyncio.get_running_loop().time()
+        for msisdn, ids in plan.routed_out.items():
+            if group:
+                yield gateway_pb2.LookupResponse(
+                    query_id=query_id,
+                    routed_out=gateway_pb2.RoutedOut(
+                        msisdn=msisdn,
+                        count=len(ids),
+                        provider_ids=ids,
+                        detail=ROUTED_OUT_DETAIL,
+                        elapsed=_duration(now - start),
+                    ),
+                )
+                continue
+            for provider in (p for p in self._fanout.providers if p.id in ids):
+                answer = ProviderAnswer(
+                    ProviderCall(provider, msisdn),
+                    UpstreamOutcome.SKIPPED,
+                    ROUTED_OUT_DETAIL,
+                    (),
+                    0,
+                    now,
+                )
+                result = self.merger.merge(answer, (), sub="", query_id=query_id, start=start)
+                yield gateway_pb2.LookupResponse(query_id=query_id, result=result)
 
 
 def _summary(

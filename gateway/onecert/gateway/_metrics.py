@@ -41,6 +41,7 @@ from onecert.gateway._breaker import BreakerState
 from onecert.gateway._identity import Metadata
 from onecert.gateway._observers import (
     NO_OBSERVER,
+    ROUTING_DECISIONS,
     ActiveLookups,
     Breakers,
     LookupCounts,
@@ -193,7 +194,23 @@ class GatewayMetrics:
             "outcome",
             NOTICE_PUSH_OUTCOMES,
         )
+        self._routing = _counter_per(
+            registry,
+            "onecert_routing_providers",
+            "Providers per routing decision, summed over the numbers looked up: routed_out "
+            "(not asked: the filter rules the number out), candidate (the filter may hold it), "
+            "or asked whatever the filter says (no_filter, stale, opted_out, retired_key, "
+            "incomplete).",
+            "decision",
+            ROUTING_DECISIONS,
+        )
         self._outbox: _OutboxCollector | None = None
+
+    def routing_decided(self, counts: Mapping[str, int]) -> None:
+        routing = self._routing
+        for decision, count in counts.items():
+            if count:
+                routing[decision].inc(count)
 
     def lookup_finished(self, outcome: str, seconds: float) -> None:
         """Count a lookup (one of :data:`LOOKUP_OUTCOMES`); time it if it ended ok."""
@@ -590,6 +607,10 @@ class Telemetry:
     def notice_pushed(self, outcome: str) -> None:
         if self.metrics is not None:
             self.metrics.notice_pushed(outcome)
+
+    def routing_decided(self, counts: Mapping[str, int]) -> None:
+        if self.metrics is not None:
+            self.metrics.routing_decided(counts)
 
     async def observe_lookup(
         self,

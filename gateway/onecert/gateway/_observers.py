@@ -11,7 +11,7 @@ import the parts that count, and the other way round. The values reported
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -22,6 +22,7 @@ from onecert.v1 import gateway_pb2, provider_pb2
 
 __all__ = [
     "NO_OBSERVER",
+    "ROUTING_DECISIONS",
     "ActiveLookups",
     "Breakers",
     "LookupCounts",
@@ -48,15 +49,10 @@ class UpstreamOutcome(enum.Enum):
 
 @dataclass(frozen=True)
 class ProviderCall:
-    """One planned call: ask ``provider`` about ``msisdn``.
-
-    ``routed_out``: routing says the provider does not hold the number; the
-    call is not made and ends SKIPPED (detail "routing: ...").
-    """
+    """One planned call: ask ``provider`` about ``msisdn``."""
 
     provider: ProviderConfig
     msisdn: str
-    routed_out: bool = False
 
 
 @dataclass(frozen=True)
@@ -105,6 +101,10 @@ class Observer(Protocol):
         """A notice push ended: one of :data:`NOTICE_PUSH_OUTCOMES`."""
         ...
 
+    def routing_decided(self, counts: Mapping[str, int]) -> None:
+        """Routing decided about one number: providers per decision (:data:`ROUTING_DECISIONS`)."""
+        ...
+
 
 class NullObserver:
     """The observer that records nothing (metrics and tracing off)."""
@@ -126,8 +126,24 @@ class NullObserver:
     def notice_pushed(self, outcome: str) -> None:
         pass
 
+    def routing_decided(self, counts: Mapping[str, int]) -> None:
+        pass
+
 
 NO_OBSERVER: Final = NullObserver()
+
+# What routing decides about a provider for one number: ruled out by its
+# filter, a candidate (its filter may hold the number), or asked whatever its
+# filter says, for one of the index's reasons (``routing.AskReason``).
+ROUTING_DECISIONS: Final = (
+    "routed_out",
+    "candidate",
+    "no_filter",
+    "stale",
+    "opted_out",
+    "retired_key",
+    "incomplete",
+)
 
 
 class LookupCounts:

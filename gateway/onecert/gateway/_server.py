@@ -151,6 +151,7 @@ class _GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             metadata=metadata,
             client_request_id=request.client_request_id,
             time_remaining=context.time_remaining(),
+            group_routed_out=request.group_routed_out,
         )
         if self._telemetry is not None:
             responses = self._telemetry.observe_lookup(
@@ -438,6 +439,7 @@ class GatewayServer(AsyncResource):
             self._build_stateful(store, self.auditor, observer, clock)
             if config.routing.enabled:
                 self.routing = self._build_routing(store, handle_key)
+                self.routing.observer = observer
                 self.fanout.routing = self.routing
                 if self.recycled is not None:
                     # Notices go where lookups go: to who may hold the number,

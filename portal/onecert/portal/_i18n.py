@@ -52,6 +52,7 @@ _ZH: dict[str, str] = {
     "results_waiting": "正在询问运营商和网站……结果会陆续显示在这里。",
     "results_progress": "已收到 {done} 个回答，共 {total} 个。",
     "results_done": "查询完成：收到 {answered} 个回答，共问了 {asked} 次。",
+    "routed_out": "另有 {count} 个网站没有被询问：它们登记的号码清单显示没有这个号码。",
     "results_refresh": "本页每隔几秒自动刷新，直到所有结果到齐。",
     "results_failed": "这次查询没有完成：{reason}",
     "results_again": "重新查询",
@@ -179,6 +180,8 @@ _EN: dict[str, str] = {
     "results_waiting": "Asking carriers and websites... results appear here as they arrive.",
     "results_progress": "{done} of {total} answers received.",
     "results_done": "Finished: {answered} answers to {asked} questions.",
+    "routed_out": "{count} more websites were not asked: the list of numbers they registered "
+    "shows they do not have this number.",
     "results_refresh": "This page refreshes every few seconds until every answer is in.",
     "results_failed": "The lookup did not finish: {reason}",
     "results_again": "Look up again",

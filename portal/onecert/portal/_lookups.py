@@ -22,6 +22,7 @@ from onecert.sdk.client import (
     GatewayClient,
     GatewayError,
     Result,
+    RoutedOut,
     Started,
     Summary,
 )
@@ -38,6 +39,8 @@ class LookupState:
     Attributes:
         started: the gateway's first update (numbers found, calls planned).
         results: one per provider and number, in arrival order.
+        routed_out: per number, the providers routing ruled out (not asked:
+            their filter says they do not hold it); counted, never listed.
         summary: the last update; None until the lookup ends.
         error: the gateway's status code name when the lookup failed.
         version: bumped on every change.
@@ -46,6 +49,7 @@ class LookupState:
 
     started: Started | None = None
     results: list[Result] = field(default_factory=list)
+    routed_out: list[RoutedOut] = field(default_factory=list)
     summary: Summary | None = None
     error: str = ""
     version: int = 0
@@ -81,6 +85,15 @@ class LookupState:
     def answered(self) -> int:
         return sum(r.outcome is CallOutcome.ANSWERED for r in self.results)
 
+    def accounted(self, msisdn: str | None = None) -> int:
+        """Providers accounted for so far: results, and those routing ruled out."""
+        results = sum(msisdn is None or r.msisdn == msisdn for r in self.results)
+        return results + self.routed_out_count(msisdn)
+
+    def routed_out_count(self, msisdn: str | None = None) -> int:
+        """Providers routing ruled out (of one number, or of all)."""
+        return sum(o.count for o in self.routed_out if msisdn is None or o.msisdn == msisdn)
+
     def total(self) -> int:
         return self.started.provider_calls if self.started is not None else 0
 
@@ -105,6 +118,8 @@ def start_lookup(
                         state.first_result_at = time.monotonic()
                         state.first_result_epoch = time.time()
                     state.results.append(update)
+                elif isinstance(update, RoutedOut):
+                    state.routed_out.append(update)
                 else:
                     state.summary = update
                 state.bump()

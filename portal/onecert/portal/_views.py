@@ -89,6 +89,8 @@ class ResultsView:
     providers: list[ProviderRow]
     answered: list[str]
     carriers_missing: list[str]
+    # Providers not asked: their filter says they do not hold the number.
+    routed_out: int
     done: bool
     error: str
     progress: str
@@ -203,7 +205,7 @@ def results_view(
             "results_done", answered=state.summary.total.answered, asked=state.summary.total.asked
         )
     elif state.started is not None:
-        progress = t("results_progress", done=len(state.results), total=state.total())
+        progress = t("results_progress", done=state.accounted(), total=state.total())
     else:
         progress = t("results_waiting")
     if left and not state.error:
@@ -220,6 +222,7 @@ def results_view(
             {p.provider for p in providers if p.ok} - {p.provider for p in providers if not p.ok}
         ),
         carriers_missing=missing,
+        routed_out=state.routed_out_count(msisdn),
         done=state.done,
         error=state.error,
         progress=progress,

@@ -255,16 +255,24 @@ class LookupRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CLIENT_REQUEST_ID_FIELD_NUMBER: _builtins.int
+    GROUP_ROUTED_OUT_FIELD_NUMBER: _builtins.int
     client_request_id: _builtins.str
     """Optional caller-chosen id echoed in logs (at most 64 characters)."""
+    group_routed_out: _builtins.bool
+    """The caller understands RoutedOut: the providers routing rules out of a
+    number are sent as one RoutedOut message per number rather than one
+    SKIPPED ProviderResult per provider (docs/contract.md, R-7). A caller
+    that leaves it false receives the SKIPPED results, as before.
+    """
     def __init__(
         self,
         *,
         client_request_id: _builtins.str = ...,
+        group_routed_out: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_request_id", b"client_request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_request_id", b"client_request_id", "group_routed_out", b"group_routed_out"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -350,7 +358,10 @@ class LookupStarted(_message.Message):
     CARRIERS_FIELD_NUMBER: _builtins.int
     PROVIDER_CALLS_FIELD_NUMBER: _builtins.int
     provider_calls: _builtins.int
-    """How many provider results will follow (one per provider and number)."""
+    """How many provider results will follow (one per provider and number);
+    with LookupRequest.group_routed_out, the RoutedOut messages' counts
+    make up the providers routing rules out.
+    """
     @_builtins.property
     def numbers(self) -> _containers.RepeatedCompositeFieldContainer[Global___NumberInfo]: ...
     @_builtins.property
@@ -592,6 +603,7 @@ class LookupResponse(_message.Message):
     STARTED_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
+    ROUTED_OUT_FIELD_NUMBER: _builtins.int
     query_id: _builtins.str
     """The gateway's id for this lookup; the same on every message and in
     every log line.
@@ -602,6 +614,8 @@ class LookupResponse(_message.Message):
     def result(self) -> Global___ProviderResult: ...
     @_builtins.property
     def summary(self) -> Global___LookupSummary: ...
+    @_builtins.property
+    def routed_out(self) -> Global___RoutedOut: ...
     def __init__(
         self,
         *,
@@ -609,16 +623,63 @@ class LookupResponse(_message.Message):
         started: Global___LookupStarted | None = ...,
         result: Global___ProviderResult | None = ...,
         summary: Global___LookupSummary | None = ...,
+        routed_out: Global___RoutedOut | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result", "started", b"started", "summary", b"summary", "update", b"update"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result", "routed_out", b"routed_out", "started", b"started", "summary", b"summary", "update", b"update"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["query_id", b"query_id", "result", b"result", "started", b"started", "summary", b"summary", "update", b"update"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["query_id", b"query_id", "result", b"result", "routed_out", b"routed_out", "started", b"started", "summary", b"summary", "update", b"update"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_update: _TypeAlias = _typing.Literal["started", "result", "summary"]  # noqa: Y015
+    _WhichOneofReturnType_update: _TypeAlias = _typing.Literal["started", "result", "summary", "routed_out"]  # noqa: Y015
     _WhichOneofArgType_update: _TypeAlias = _typing.Literal["update", b"update"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_update) -> _WhichOneofReturnType_update | None: ...
 
 Global___LookupResponse: _TypeAlias = LookupResponse  # noqa: Y015
+
+@_typing.final
+class RoutedOut(_message.Message):
+    """The providers not asked about one number because their fresh routing
+    filter says they do not hold it (docs/routing.md): one message per number,
+    sent only when LookupRequest.group_routed_out is set, in place of one
+    SKIPPED ProviderResult per provider. They count as `skipped` (and as
+    `asked`) in the summary's coverage, exactly as those results would.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MSISDN_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    PROVIDER_IDS_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    ELAPSED_FIELD_NUMBER: _builtins.int
+    msisdn: _builtins.str
+    count: _builtins.int
+    """How many providers; the size of provider_ids."""
+    detail: _builtins.str
+    """Why, the same text as the SKIPPED results' detail ("routing: ...")."""
+    @_builtins.property
+    def provider_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Every routed-out provider's id, in no particular order."""
+
+    @_builtins.property
+    def elapsed(self) -> _duration_pb2.Duration:
+        """Time from the start of the lookup to this message."""
+
+    def __init__(
+        self,
+        *,
+        msisdn: _builtins.str = ...,
+        count: _builtins.int = ...,
+        provider_ids: _abc.Iterable[_builtins.str] | None = ...,
+        detail: _builtins.str = ...,
+        elapsed: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["elapsed", b"elapsed"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "detail", b"detail", "elapsed", b"elapsed", "msisdn", b"msisdn", "provider_ids", b"provider_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RoutedOut: _TypeAlias = RoutedOut  # noqa: Y015
 
 @_typing.final
 class GatewayUnbindRequest(_message.Message):

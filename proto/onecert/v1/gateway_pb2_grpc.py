@@ -148,7 +148,10 @@ class GatewayServicer:
         """Which numbers are registered under the caller's identity and which
         accounts are bound to them. Streams a LookupStarted, then one
         ProviderResult per provider and number as it arrives, then a
-        LookupSummary, which is always the last message.
+        LookupSummary, which is always the last message. With
+        LookupRequest.group_routed_out, the providers routing rules out of a
+        number come as one RoutedOut message for that number instead of one
+        SKIPPED ProviderResult each.
         Errors: UNAUTHENTICATED, PERMISSION_DENIED (assurance level),
         RESOURCE_EXHAUSTED (too many lookups at once), UNAVAILABLE (no carrier
         answered), DEADLINE_EXCEEDED, CANCELLED.

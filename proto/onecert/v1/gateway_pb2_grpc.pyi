@@ -59,7 +59,10 @@ class GatewayStub:
     """Which numbers are registered under the caller's identity and which
     accounts are bound to them. Streams a LookupStarted, then one
     ProviderResult per provider and number as it arrives, then a
-    LookupSummary, which is always the last message.
+    LookupSummary, which is always the last message. With
+    LookupRequest.group_routed_out, the providers routing rules out of a
+    number come as one RoutedOut message for that number instead of one
+    SKIPPED ProviderResult each.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED (assurance level),
     RESOURCE_EXHAUSTED (too many lookups at once), UNAVAILABLE (no carrier
     answered), DEADLINE_EXCEEDED, CANCELLED.
@@ -202,7 +205,10 @@ class GatewayAsyncStub(GatewayStub):
     """Which numbers are registered under the caller's identity and which
     accounts are bound to them. Streams a LookupStarted, then one
     ProviderResult per provider and number as it arrives, then a
-    LookupSummary, which is always the last message.
+    LookupSummary, which is always the last message. With
+    LookupRequest.group_routed_out, the providers routing rules out of a
+    number come as one RoutedOut message for that number instead of one
+    SKIPPED ProviderResult each.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED (assurance level),
     RESOURCE_EXHAUSTED (too many lookups at once), UNAVAILABLE (no carrier
     answered), DEADLINE_EXCEEDED, CANCELLED.
@@ -348,7 +354,10 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         """Which numbers are registered under the caller's identity and which
         accounts are bound to them. Streams a LookupStarted, then one
         ProviderResult per provider and number as it arrives, then a
-        LookupSummary, which is always the last message.
+        LookupSummary, which is always the last message. With
+        LookupRequest.group_routed_out, the providers routing rules out of a
+        number come as one RoutedOut message for that number instead of one
+        SKIPPED ProviderResult each.
         Errors: UNAUTHENTICATED, PERMISSION_DENIED (assurance level),
         RESOURCE_EXHAUSTED (too many lookups at once), UNAVAILABLE (no carrier
         answered), DEADLINE_EXCEEDED, CANCELLED.

@@ -14,6 +14,7 @@ import asyncio
 import secrets
 import struct
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +29,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from onecert.gateway._config import RoutingConfig
 from onecert.gateway._follow import Follower
+from onecert.gateway._observers import NO_OBSERVER, Observer
 from onecert.gateway._principals import Principal
 from onecert.gateway._refusal import AuditNote, Refusal, invalid, store_call
 from onecert.gateway.routing._index import (
@@ -205,6 +207,8 @@ class RoutingService:
         # Told of every provider's accepted additions published to this
         # replica, as route tags (notices routed late, see route_tag).
         self.additions_listeners: list[Callable[[str, list[str]], Awaitable[object]]] = []
+        # Told what routing decided about each number (metrics); set by the server.
+        self.observer: Observer = NO_OBSERVER
 
     @property
     def keyring(self) -> RoutingKeyring:
@@ -236,7 +240,12 @@ class RoutingService:
 
     def routed_out(self, msisdn: str) -> frozenset[str]:
         """The configured providers not to ask about ``msisdn``: fresh filters without it."""
-        return self._registered.difference(self.routed_to(msisdn))
+        route = self.index.query(self._keyring.digests(msisdn))
+        out = self._registered.difference(route.asked())
+        counts: Counter[str] = Counter(route.must_ask.values())
+        counts.update(routed_out=len(out), candidate=len(route.candidates))
+        self.observer.routing_decided(counts)
+        return out
 
     def routed_to(self, msisdn: str) -> frozenset[str]:
         """The registered providers that may hold ``msisdn``, or have no fresh filter.

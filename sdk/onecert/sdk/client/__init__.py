@@ -9,6 +9,7 @@ carriers and the regulator (:class:`ProviderGatewayClient`,
         async for update in client.lookup(assertion, timeout=10):
             match update:
                 case Started(): ...   # the numbers found, the calls planned
+                case RoutedOut(): ... # providers routing ruled out of a number (a count)
                 case Result(): ...    # one provider's answer for one number
                 case Summary(): ...   # always last: coverage and time taken
 
@@ -41,6 +42,7 @@ from onecert.sdk.client._portal import (
     NumberStatus,
     Receipt,
     Result,
+    RoutedOut,
     Started,
     Summary,
     TicketInfo,
@@ -99,6 +101,7 @@ __all__ = [
     "RegistryChange",
     "ReportedEvent",
     "Result",
+    "RoutedOut",
     "RoutingKey",
     "Started",
     "Summary",

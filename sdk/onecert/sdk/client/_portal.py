@@ -180,7 +180,24 @@ class Summary:
     elapsed: timedelta
 
 
-LookupUpdate = Started | Result | Summary
+@dataclass(frozen=True)
+class RoutedOut:
+    """Providers not asked about one number: their routing filter says they do not hold it.
+
+    One update per number, in place of one SKIPPED :class:`Result` per
+    provider; they count as ``skipped`` (and ``asked``) in the summary's
+    coverage, as those results would.
+    """
+
+    query_id: str
+    msisdn: str
+    count: int
+    provider_ids: tuple[str, ...]
+    detail: str
+    elapsed: timedelta
+
+
+LookupUpdate = Started | Result | RoutedOut | Summary
 
 
 @dataclass(frozen=True)
@@ -315,6 +332,16 @@ def _update(pb: gateway_pb2.LookupResponse) -> LookupUpdate | None:
             release_handles=tuple(r.release_handles),
             elapsed=delta(r.elapsed),
         )
+    if kind == "routed_out":
+        o = pb.routed_out
+        return RoutedOut(
+            query_id=pb.query_id,
+            msisdn=o.msisdn,
+            count=o.count,
+            provider_ids=tuple(o.provider_ids),
+            detail=o.detail,
+            elapsed=delta(o.elapsed),
+        )
     if kind == "summary":
         m = pb.summary
         return Summary(
@@ -355,24 +382,31 @@ class GatewayClient(ClientBase):
         *,
         timeout: float = 30.0,  # noqa: ASYNC109 - the gRPC deadline, enforced by the gateway too
         client_request_id: str = "",
+        group_routed_out: bool = True,
     ) -> AsyncIterator[LookupUpdate]:
         """Look up the numbers and accounts of the citizen the assertion names.
 
-        Yields a :class:`Started`, then one :class:`Result` per provider and
-        number as each arrives, then a :class:`Summary`. Stopping the iteration
-        early cancels the lookup at the gateway.
+        Yields a :class:`Started`, then one :class:`RoutedOut` per number for
+        the providers routing ruled out, then one :class:`Result` per provider
+        and number as each arrives, then a :class:`Summary`. Stopping the
+        iteration early cancels the lookup at the gateway.
 
         Args:
             assertion: the citizen's identity assertion (a JWT, used once).
             timeout: seconds the whole lookup may take.
             client_request_id: an id of yours to find in the gateway's logs
                 (at most 64 characters).
+            group_routed_out: False to receive one SKIPPED :class:`Result` per
+                routed-out provider instead of :class:`RoutedOut` (what a
+                gateway without routing groups sends anyway).
 
         Raises:
             GatewayError: the gateway refused or failed the lookup.
         """
         call = self._stub.Lookup(
-            gateway_pb2.LookupRequest(client_request_id=client_request_id),
+            gateway_pb2.LookupRequest(
+                client_request_id=client_request_id, group_routed_out=group_routed_out
+            ),
             timeout=timeout,
             metadata=_bearer(assertion),
         )
