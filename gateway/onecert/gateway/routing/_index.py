@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 
-from onecert.gateway.routing._slices import PlainFilter, SliceMatrix
+from onecert.gateway.routing._slices import Bytes, PlainFilter, SliceMatrix, unpack_column
 from onecert.sdk._filter import FilterAdditions, RoutingFilter, element_of
 
 DEFAULT_GRACE_S = 60.0
@@ -90,6 +90,19 @@ class ProviderRouting:
     created_at: int | None
     fresh_until: float | None
     layout: str
+
+
+@dataclass(frozen=True)
+class PreparedLayout:
+    """A snapshot's bits laid out as the index keeps them, built off the event loop.
+
+    From :meth:`RoutingIndex.prepare`; pass it to :meth:`RoutingIndex.put_snapshot`
+    with the same snapshot. Exactly one of ``plain`` and ``column`` is set.
+    """
+
+    shape: tuple[int, int, int]
+    plain: PlainFilter | None = None
+    column: Bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -243,12 +256,33 @@ class RoutingIndex:
 
     # Filters -------------------------------------------------------------
 
-    def put_snapshot(self, provider_id: str, snapshot: RoutingFilter) -> None:
+    def prepare(self, snapshot: RoutingFilter) -> PreparedLayout:
+        """Lay a snapshot's bits out as the index will keep them, changing nothing.
+
+        The part of :meth:`put_snapshot` that grows with the filter (a copy of
+        the bits, or their unpacking into a matrix column); it touches no
+        shared state, so it may run in a worker thread (``asyncio.to_thread``)
+        while the event loop keeps serving lookups.
+        """
+        shape = (snapshot.key_version, snapshot.m, snapshot.k)
+        if snapshot.m >= self._plain_from:
+            plain = PlainFilter(
+                m=snapshot.m, k=snapshot.k, key_version=snapshot.key_version, bits=snapshot.bits
+            )
+            return PreparedLayout(shape, plain=plain)
+        return PreparedLayout(shape, column=unpack_column(snapshot.bits))
+
+    def put_snapshot(
+        self, provider_id: str, snapshot: RoutingFilter, *, prepared: PreparedLayout | None = None
+    ) -> None:
         """Replace a provider's filter with a new snapshot.
 
         Additions created less than ``replay_margin`` before the snapshot's
         ``created_at`` are applied to it again, so a number bound while the
-        provider was reading its numbers is not lost.
+        provider was reading its numbers is not lost. ``prepared``: the
+        snapshot already laid out by :meth:`prepare` (then what is left on
+        the caller's thread is a swap, or one pass over a matrix's rows for
+        filters below ``plain_from_bits``).
 
         Raises:
             UnknownProviderError: the provider is not registered.
@@ -258,7 +292,11 @@ class RoutingIndex:
         entry = self._entry(provider_id)
         now = self._clock()
         self.check_snapshot(provider_id, snapshot)
-        self._place(entry, snapshot)
+        if prepared is None:
+            prepared = self.prepare(snapshot)
+        elif prepared.shape != (snapshot.key_version, snapshot.m, snapshot.k):
+            raise ValueError("prepared from another snapshot")
+        self._place(entry, snapshot, prepared)
         entry.snapshot = _header_of(snapshot)
         entry.retired = False
         floor = snapshot.created_at - self._margin
@@ -435,28 +473,24 @@ class RoutingIndex:
         if check != expected:
             raise FilterRejectedError(f"keyed with another key than routing key version {version}")
 
-    def _place(self, entry: _Entry, snapshot: RoutingFilter) -> None:
-        shape = (snapshot.key_version, snapshot.m, snapshot.k)
-        if entry.matrix is not None and entry.matrix.shape == shape:
-            entry.matrix.replace(entry.slot, snapshot.bits)
+    def _place(self, entry: _Entry, snapshot: RoutingFilter, prepared: PreparedLayout) -> None:
+        shape = prepared.shape
+        if prepared.plain is not None:
+            self._unplace(entry)
+            entry.plain = prepared.plain
+            self._plain[entry.provider_id] = prepared.plain
             return
-        plain = entry.plain
-        if plain is not None and plain.shape == shape:
-            plain.replace(snapshot.bits)
+        assert prepared.column is not None  # PreparedLayout holds one of the two
+        if entry.matrix is not None and entry.matrix.shape == shape:
+            entry.matrix.replace(entry.slot, snapshot.bits, column=prepared.column)
             return
         self._unplace(entry)
-        if snapshot.m >= self._plain_from:
-            entry.plain = PlainFilter(
-                m=snapshot.m, k=snapshot.k, key_version=snapshot.key_version, bits=snapshot.bits
-            )
-            self._plain[entry.provider_id] = entry.plain
-            return
         matrix = self._matrices.get(shape)
         if matrix is None:
             matrix = SliceMatrix(m=snapshot.m, k=snapshot.k, key_version=snapshot.key_version)
             self._matrices[shape] = matrix
         entry.matrix = matrix
-        entry.slot = matrix.insert(entry.provider_id, snapshot.bits)
+        entry.slot = matrix.insert(entry.provider_id, snapshot.bits, column=prepared.column)
 
     def _unplace(self, entry: _Entry) -> None:
         matrix = entry.matrix

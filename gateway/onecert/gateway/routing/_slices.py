@@ -24,6 +24,14 @@ Bytes = npt.NDArray[np.uint8]
 _GROWTH = 4
 
 
+def unpack_column(bits: bytes) -> Bytes:
+    """A filter's bits as one byte (0 or 1) per bit: what a matrix column is written from.
+
+    Touches no matrix, so it may run in a worker thread.
+    """
+    return np.unpackbits(np.frombuffer(bits, dtype=np.uint8), bitorder="little")
+
+
 class SliceMatrix:
     """The filters of one shape, bit-sliced: ``m`` rows by one bit column per provider."""
 
@@ -55,19 +63,27 @@ class SliceMatrix:
         """Memory of the matrix."""
         return int(self._rows.nbytes)
 
-    def insert(self, provider_id: str, bits: bytes) -> int:
-        """Store a provider's filter bits in a free column; returns the column."""
+    def insert(self, provider_id: str, bits: bytes, *, column: Bytes | None = None) -> int:
+        """Store a provider's filter bits in a free column; returns the column.
+
+        ``column``: the bits already :func:`unpacked <unpack_column>` (off the
+        event loop), so what is left here is one pass over the rows.
+        """
+        if column is None:
+            column = unpack_column(bits)
+        if column.size != self.m:
+            raise ValueError(f"a column holds {self.m} bits")
         if not self._free:
             self._grow()
         slot = self._free.pop()
         self._owners[slot] = provider_id
         self._used += 1
-        self._write(slot, np.frombuffer(bits, dtype=np.uint8))
+        self._write(slot, column)
         return slot
 
-    def replace(self, slot: int, bits: bytes) -> None:
-        """Overwrite a column with a new filter of the same shape."""
-        self._write(slot, np.frombuffer(bits, dtype=np.uint8))
+    def replace(self, slot: int, bits: bytes, *, column: Bytes | None = None) -> None:
+        """Overwrite a column with a new filter of the same shape (``column`` as in insert)."""
+        self._write(slot, unpack_column(bits) if column is None else column)
 
     def add_elements(self, slot: int, elements: bytes) -> None:
         """Set the bits of elements (16 bytes each) in a column."""
@@ -118,11 +134,10 @@ class SliceMatrix:
         column = (self._rows[:, byte] >> np.uint8(bit)) & np.uint8(1)
         return np.packbits(column, bitorder="little").tobytes()
 
-    def _write(self, slot: int, bits: Bytes) -> None:
-        if bits.size * 8 != self.m:
+    def _write(self, slot: int, column: Bytes) -> None:
+        if column.size != self.m:
             raise ValueError(f"a column holds {self.m} bits")
         byte, bit = divmod(slot, 8)
-        column = np.unpackbits(bits, bitorder="little")
         target = self._rows[:, byte]
         target &= np.uint8(~(1 << bit) & 0xFF)
         target |= column << np.uint8(bit)
@@ -151,7 +166,7 @@ class SliceMatrix:
         ):
             owner = self._owners[source]
             assert owner is not None
-            self._write(target, np.frombuffer(self.column(source), dtype=np.uint8))
+            self._write(target, unpack_column(self.column(source)))
             self._owners[target] = owner
             self._owners[source] = None
             self._rows[:, source // 8] &= np.uint8(~(1 << (source % 8)) & 0xFF)
