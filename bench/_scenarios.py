@@ -9,15 +9,11 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
-
-import grpc
 
 from bench._cluster import (
     CARRIER_ID,
@@ -33,8 +29,6 @@ from bench._cluster import (
 from bench._load import FloorLoad, GatewayLoad, Run, closed_loop, interleaved, percentile
 from bench._procs import Processes, rss_bytes, wait_json_file
 from bench._report import Row, ScenarioResult
-from onecert.sdk.routing import DEFAULT_FP_RATE, FilterBuilder, bits_for, hashes_for
-from onecert.v1 import gateway_pb2, gateway_pb2_grpc
 
 # Providers one host process serves at most (one event loop, one core at a time).
 PROVIDERS_PER_HOST = 500
@@ -56,6 +50,10 @@ class Sizes:
     growth_n: tuple[int, ...]
     growth_holders: int
     growth_lookups: int
+    # Filters' false-positive rates in the routed runs (the first: the SDK's default).
+    growth_fp_rates: tuple[float, ...]
+    # The largest N also measured with every provider asked (N servers running).
+    growth_ask_all_max: int
     notices_n: int
     notices_tuned: bool
     notice_day_registered: int
@@ -82,9 +80,11 @@ FULL = Sizes(
     tail_n=50,
     tail_deadline_s=1.0,
     tail_lookups=40,
-    growth_n=(50, 500, 2000),
+    growth_n=(50, 500, 2000, 20000),
     growth_holders=10,
     growth_lookups=8,
+    growth_fp_rates=(0.01, 0.0001),
+    growth_ask_all_max=2000,
     notices_n=1000,
     notices_tuned=True,
     notice_day_registered=20_000,
@@ -111,6 +111,8 @@ QUICK = Sizes(
     growth_n=(40,),
     growth_holders=10,
     growth_lookups=3,
+    growth_fp_rates=(0.01,),
+    growth_ask_all_max=40,
     notices_n=50,
     notices_tuned=False,
     notice_day_registered=2_000,
@@ -415,208 +417,11 @@ async def tail(ctx: Context) -> ScenarioResult:
 # --------------------------------------------------------------- growth
 
 
-async def _publish_filters(
-    address: str, providers: list[str], *, holders: set[str], msisdn: str
-) -> float:
-    """Publish a filter for every provider (dev principals); returns the seconds it took."""
-    started = time.perf_counter()
-    rng = random.Random(7)
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = gateway_pb2_grpc.GatewayStub(channel)
-
-        def caller(provider_id: str) -> tuple[tuple[str, str], ...]:
-            return (("x-onecert-dev-principal", f"provider:{provider_id}"),)
-
-        key = await stub.GetRoutingKey(
-            gateway_pb2.GetRoutingKeyRequest(), metadata=caller(providers[0]), timeout=30
-        )
-        k = hashes_for(DEFAULT_FP_RATE)
-        created = int(time.time())
-
-        async def publish(provider_id: str) -> None:
-            numbers = [f"+86150{rng.randrange(10**8):08d}" for _ in range(100)]
-            if provider_id in holders:
-                numbers.append(msisdn)
-            builder = FilterBuilder(
-                key.key, key_version=key.key_version, m=bits_for(len(numbers), k), k=k
-            )
-            builder.add_many(numbers)
-            request = gateway_pb2.PublishFilterRequest(
-                snapshot=gateway_pb2.RoutingSnapshot(
-                    filter=builder.snapshot(created_at=created).to_bytes()
-                )
-            )
-            request.snapshot.snapshot_interval.FromTimedelta(timedelta(hours=1))
-            await stub.PublishFilter(request, metadata=caller(provider_id), timeout=60)
-
-        for start in range(0, len(providers), 50):
-            await asyncio.gather(*(publish(p) for p in providers[start : start + 50]))
-    return time.perf_counter() - started
-
-
-async def _growth_routed(
-    ctx: Context, procs: Processes, hosts: Hosts, *, chosen: list[str], holders: list[str]
-) -> dict[str, Any]:
-    """The growth measurement at ``n`` with routing: every provider publishes its filter first."""
-    sizes, env = ctx.sizes, ctx.env
-    gateway = _gateway(
-        ctx,
-        procs,
-        f"gateway-n{len(chosen)}-routed",
-        hosts,
-        chosen,
-        fanout={"provider_deadline_s": 8},
-    )
-    through = GatewayLoad(env, gateway.address)
-    try:
-        published = await _publish_filters(
-            gateway.address, chosen, holders=set(holders), msisdn=env.msisdn
-        )
-        await _warm(through.lookup, times=2)
-        run = await closed_loop(
-            through.lookup,
-            concurrency=1,
-            count=sizes.growth_lookups,
-            pids={"gateway": [gateway.pid], "providers": hosts.pids},
-        )
-    finally:
-        await through.close()
-        procs.stop(gateway.process)
-    answered = [sample.answered for sample in run.samples]
-    return {
-        "cpu_ms": run.cpu_per_lookup_ms("gateway"),
-        "p50_ms": _ms(percentile(run.latencies(), 50)),
-        "non_holders_asked": sum(answered) / max(1, len(answered)) - sizes.growth_holders,
-        "publish_s": round(published, 2),
-        "summary": _run_summary(run),
-    }
-
-
 async def growth(ctx: Context) -> ScenarioResult:
     """N registered providers, 10 hold the number: CPU and latency of one lookup."""
-    sizes, env = ctx.sizes, ctx.env
-    holders = provider_ids("gr-h", sizes.growth_holders)
-    others = provider_ids("gr-x", max(sizes.growth_n) - sizes.growth_holders)
-    result = ScenarioResult(
-        "growth",
-        f"N providers registered, {sizes.growth_holders} hold the number",
-        params={
-            "n": list(sizes.growth_n),
-            "holders": sizes.growth_holders,
-            "lookups_per_n": sizes.growth_lookups,
-            "provider_deadline_s": 8,
-        },
-    )
-    result.notes += [
-        "CPU = the gateway process's user+system time (/proc/PID/stat) over sequential "
-        "lookups, per lookup; baseline = the same gateway configured with the holders only "
-        "(what a router that asks only holders would cost)",
-        "without filters the gateway asks every registered provider, so cost grows with N; "
-        "'routed': the same N after every provider published its filter (holders' hold the "
-        "number, the others' 100 other numbers, 1% false positives), so the gateway asks "
-        "the holders and the false positives and reports the rest SKIPPED (routing)",
-        "provider deadline raised to 8 s so that CPU contention at large N does not turn "
-        "into timeouts",
-    ]
-    specs = [ProviderSpec(p) for p in holders] + [ProviderSpec(p, hold=False) for p in others]
-    total = len(specs)
-    per_n: dict[str, Any] = {}
-    with Processes(ctx.directory / "growth") as procs:
-        hosts = start_hosts(
-            env, procs, "gr", specs, hosts=_hosts_for(total, sizes.hosts), carrier=True
-        )
-        measured: dict[int, dict[str, Any]] = {}
-        routed: dict[int, dict[str, Any]] = {}
-        for n in (sizes.growth_holders, *sizes.growth_n):
-            chosen = holders + others[: n - sizes.growth_holders]
-            gateway = _gateway(
-                ctx,
-                procs,
-                f"gateway-n{n}",
-                hosts,
-                chosen,
-                fanout={"provider_deadline_s": 8},
-            )
-            through = GatewayLoad(env, gateway.address)
-            try:
-                await _warm(through.lookup, times=2)
-                run = await closed_loop(
-                    through.lookup,
-                    concurrency=1,
-                    count=sizes.growth_lookups,
-                    pids={"gateway": [gateway.pid], "providers": hosts.pids},
-                )
-                rss = rss_bytes(gateway.pid)
-            finally:
-                await through.close()
-                procs.stop(gateway.process)
-            measured[n] = {
-                "cpu_ms": run.cpu_per_lookup_ms("gateway"),
-                "provider_cpu_ms": run.cpu_per_lookup_ms("providers"),
-                "p50_ms": _ms(percentile(run.latencies(), 50)),
-                "summary": _run_summary(run),
-                "rss_mib": round(rss / 2**20, 1),
-            }
-            if n != sizes.growth_holders:
-                routed[n] = await _growth_routed(ctx, procs, hosts, chosen=chosen, holders=holders)
-        floor = FloorLoad(env, {p: hosts.addresses[p] for p in holders})
-        try:
-            await _warm(floor.lookup)
-            floor_run = await closed_loop(
-                floor.lookup, concurrency=1, count=max(10, sizes.growth_lookups)
-            )
-        finally:
-            await floor.close()
-    base = measured[sizes.growth_holders]
-    for n in sizes.growth_n:
-        case = f"N={n}"
-        figures = measured[n]
-        result.rows += [
-            Row(
-                case,
-                "gateway CPU per lookup",
-                "ms",
-                figures["cpu_ms"],
-                base["cpu_ms"],
-                "holders only",
-                target="<= 1.3",
-            ).judge(),
-            Row(
-                case,
-                "latency p50",
-                "ms",
-                figures["p50_ms"],
-                base["p50_ms"],
-                "holders only",
-            ).judge(),
-            Row(
-                case,
-                "gateway CPU per lookup, routed",
-                "ms",
-                routed[n]["cpu_ms"],
-                base["cpu_ms"],
-                "holders only",
-                target="<= 1.3",
-            ).judge(),
-            Row(
-                case,
-                "latency p50, routed",
-                "ms",
-                routed[n]["p50_ms"],
-                base["p50_ms"],
-                "holders only",
-            ).judge(),
-        ]
-        per_n[case] = figures
-        per_n[f"{case} routed"] = routed[n]
-    per_n["holders_only"] = base
-    per_n["floor_holders"] = {
-        "client_cpu_ms": floor_run.cpu_per_lookup_ms("client"),
-        "p50_ms": _ms(percentile(floor_run.latencies(), 50)),
-        "summary": _run_summary(floor_run),
-    }
-    result.details = per_n
-    return result
+    from bench._growth import run_growth  # noqa: PLC0415 - builds on this module's helpers
+
+    return await run_growth(ctx)
 
 
 # --------------------------------------------------------------- memory

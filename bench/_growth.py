@@ -1,0 +1,437 @@
+"""The growth scenario: N providers registered, 10 hold the citizen's number.
+
+For each N the gateway is measured twice: asking every provider (no filter
+published; N up to ``growth_ask_all_max``, beyond which that would take N
+provider servers and seconds of CPU per lookup), and routed (every provider
+published its filter first), against the same gateway configured with the
+holders only, all in one run.
+
+Every filter is built before anything starts, under a routing key the
+benchmark writes (``[routing] key_file``), so it knows which non-holders'
+filters hold the number by chance (the false positives). Only the providers
+the gateway may ask run: the holders, the non-holders of the asked-everyone
+runs, and the false positives. Every other provider's address is a bound
+port nobody listens on, so a call the gateway should not have made would end
+FAILED (connection refused); each routed case checks that none did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import secrets
+import socket
+import statistics
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from bench._cluster import (
+    CARRIER_ID,
+    Hosts,
+    ProviderSpec,
+    provider_ids,
+    start_gateway,
+    start_hosts,
+    write_gateway_config,
+)
+from bench._load import FloorLoad, GatewayLoad, closed_loop, percentile
+from bench._procs import Processes, rss_bytes
+from bench._report import Row, ScenarioResult
+from bench._scenarios import _gateway, _hosts_for, _ms, _run_summary, _warm
+from onecert.gateway.routing import RoutingIndex, RoutingKeyring
+from onecert.sdk._filter import key_check, routing_digest
+from onecert.sdk.client import ProviderGatewayClient
+from onecert.sdk.routing import (
+    FilterBuilder,
+    RoutingFilter,
+    bits_for,
+    build_filter,
+    hashes_for,
+)
+from onecert.v1 import gateway_pb2, gateway_pb2_grpc
+
+if TYPE_CHECKING:
+    from bench._scenarios import Context
+
+# Numbers in each non-holder's filter (holders' filters hold the citizen's too).
+FILLER_NUMBERS = 100
+# Numbers routed through an index of the largest N to time routing.
+ROUTING_SAMPLES = 2000
+# The filter a provider builds and publishes to time the provider's side.
+LARGE_FILTER_NUMBERS = 1_000_000
+
+
+@dataclass
+class _Filters:
+    """Every provider's snapshot per false-positive rate, built before anything starts."""
+
+    key: bytes
+    key_file: Path
+    payloads: dict[float, dict[str, bytes]] = field(default_factory=dict)
+    false_positives: dict[float, set[str]] = field(default_factory=dict)
+
+
+def _build_filters(
+    directory: Path,
+    providers: Sequence[str],
+    holders: set[str],
+    msisdn: str,
+    rates: Sequence[float],
+) -> _Filters:
+    key = secrets.token_bytes(32)
+    key_file = directory / "routing.keys"
+    key_file.write_text(f"1 {key.hex()}\n", encoding="ascii")
+    filters = _Filters(key, key_file)
+    digest = routing_digest(key, msisdn)
+    created = int(time.time())
+    for rate in rates:
+        k = hashes_for(rate)
+        payloads: dict[str, bytes] = {}
+        positives: set[str] = set()
+        for provider_id in providers:
+            rng = random.Random(f"growth:{provider_id}")
+            numbers = [f"+86150{rng.randrange(10**8):08d}" for _ in range(FILLER_NUMBERS)]
+            if provider_id in holders:
+                numbers.append(msisdn)
+            builder = FilterBuilder(key, key_version=1, m=bits_for(len(numbers), k), k=k)
+            builder.add_many(numbers)
+            snapshot = builder.snapshot(created_at=created)
+            payloads[provider_id] = snapshot.to_bytes()
+            if provider_id not in holders and snapshot.may_contain(digest):
+                positives.add(provider_id)
+        filters.payloads[rate] = payloads
+        filters.false_positives[rate] = positives
+    return filters
+
+
+async def _publish(address: str, payloads: dict[str, bytes], providers: Sequence[str]) -> float:
+    """Publish every provider's snapshot (dev principals); the seconds it took."""
+    started = time.perf_counter()
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+
+        async def publish(provider_id: str) -> None:
+            request = gateway_pb2.PublishFilterRequest(
+                snapshot=gateway_pb2.RoutingSnapshot(filter=payloads[provider_id])
+            )
+            request.snapshot.snapshot_interval.FromTimedelta(timedelta(hours=6))
+            principal = (("x-onecert-dev-principal", f"provider:{provider_id}"),)
+            await stub.PublishFilter(request, metadata=principal, timeout=120)
+
+        for start in range(0, len(providers), 50):
+            await asyncio.gather(*(publish(p) for p in providers[start : start + 50]))
+    return time.perf_counter() - started
+
+
+async def _check_lookup(ctx: Context, address: str) -> dict[str, int]:
+    """One lookup read message by message: who was asked, routed out, failed."""
+    env = ctx.env
+    async with grpc.aio.insecure_channel(address) as channel:
+        call = gateway_pb2_grpc.GatewayStub(channel).Lookup(
+            gateway_pb2.LookupRequest(group_routed_out=True),
+            metadata=(("authorization", f"Bearer {env.assertion()}"),),
+            timeout=60,
+        )
+        routed_out = messages = 0
+        total = gateway_pb2.Coverage()
+        async for response in call:
+            messages += 1
+            if response.HasField("routed_out"):
+                routed_out += response.routed_out.count
+            elif response.HasField("summary"):
+                total = response.summary.total
+    return {
+        "messages": messages,
+        "asked": total.asked,
+        "answered": total.answered,
+        "failed": total.failed,
+        "timed_out": total.timed_out,
+        "routed_out": routed_out,
+    }
+
+
+async def _numbers(count: int) -> AsyncIterator[str]:
+    rng = random.Random(11)
+    for _ in range(count):
+        yield f"+86137{rng.randrange(10**8):08d}"
+
+
+async def _large_publish(address: str, provider_id: str) -> dict[str, float]:
+    """A provider builds a filter of a million numbers with the SDK and publishes it."""
+    async with ProviderGatewayClient(address, insecure=True, dev_provider_id=provider_id) as client:
+        key = await client.get_routing_key()
+        started = time.perf_counter()
+        built = await build_filter(
+            lambda: _numbers(LARGE_FILTER_NUMBERS),
+            key=key.key,
+            key_version=key.version,
+            size_hint=LARGE_FILTER_NUMBERS,
+        )
+        build_s = time.perf_counter() - started
+        started = time.perf_counter()
+        await client.publish_snapshot(built.filter, interval=timedelta(hours=6))
+        publish_s = time.perf_counter() - started
+    return {
+        "build_s": round(build_s, 2),
+        "publish_s": round(publish_s, 2),
+        "filter_bytes": len(built.filter.bits),
+    }
+
+
+def _routing_time(filters: _Filters, rate: float, providers: Sequence[str]) -> dict[str, Any]:
+    """Per number: the gateway's routing step (hash, index query, set difference), timed.
+
+    The same calls as ``RoutingService.routed_out``, on an index holding the
+    same filters as the routed gateway, in this process.
+    """
+    index = RoutingIndex(key_checks={1: key_check(filters.key)})
+    for provider_id in providers:
+        index.register(provider_id, snapshot_interval=6 * 3600)
+        index.put_snapshot(
+            provider_id, RoutingFilter.from_bytes(filters.payloads[rate][provider_id])
+        )
+    ring = RoutingKeyring({1: filters.key}, active=1)
+    registered = index.providers()
+    rng = random.Random(5)
+    walls: list[float] = []
+    cpus: list[float] = []
+    for _ in range(ROUTING_SAMPLES):
+        msisdn = f"+86139{rng.randrange(10**8):08d}"
+        wall, cpu = time.perf_counter(), time.process_time()
+        route = index.query(ring.digests(msisdn))
+        registered.difference(route.asked())
+        cpus.append(time.process_time() - cpu)
+        walls.append(time.perf_counter() - wall)
+    return {
+        "numbers": ROUTING_SAMPLES,
+        "wall_p50_ms": _ms(percentile(walls, 50)),
+        "wall_p99_ms": _ms(percentile(walls, 99)),
+        "cpu_mean_ms": _ms(statistics.fmean(cpus)),
+        "layout": index.layout(),
+        "index_bytes": index.memory_bytes(),
+    }
+
+
+@dataclass
+class _Setup:
+    """What the routed runs share: hosts, filters, and the address nobody listens on."""
+
+    hosts: Hosts
+    filters: _Filters
+    holders: list[str]
+    dead: str
+
+
+async def _routed(
+    ctx: Context, procs: Processes, setup: _Setup, chosen: list[str], rate: float
+) -> dict[str, Any]:
+    """The growth measurement at ``len(chosen)`` with every provider's filter published."""
+    sizes, env = ctx.sizes, ctx.env
+    n = len(chosen)
+    name = f"gateway-n{n}-routed-{rate:g}"
+    addresses = setup.hosts.addresses
+    config = write_gateway_config(
+        env,
+        procs.directory / f"{name}.toml",
+        carrier_address=addresses[CARRIER_ID],
+        providers=[(p, addresses.get(p, setup.dead)) for p in chosen],
+        fanout={"provider_deadline_s": 8},
+        extra=f'\n[routing]\nkey_file = "{setup.filters.key_file}"\n',
+    )
+    gateway = start_gateway(procs, name, config)
+    through = GatewayLoad(env, gateway.address)
+    figures: dict[str, Any] = {}
+    try:
+        rss_before = rss_bytes(gateway.pid)
+        figures["publish_s"] = round(
+            await _publish(gateway.address, setup.filters.payloads[rate], chosen), 2
+        )
+        figures["filters_rss_mib"] = round((rss_bytes(gateway.pid) - rss_before) / 2**20, 1)
+        await _warm(through.lookup, times=2)
+        run = await closed_loop(
+            through.lookup,
+            concurrency=1,
+            count=sizes.growth_lookups,
+            pids={"gateway": [gateway.pid], "providers": setup.hosts.pids},
+        )
+        figures["check"] = await _check_lookup(ctx, gateway.address)
+        figures["rss_mib"] = round(rss_bytes(gateway.pid) / 2**20, 1)
+        if n == max(sizes.growth_n) and rate == sizes.growth_fp_rates[0]:
+            figures["large_filter"] = await _large_publish(gateway.address, setup.holders[0])
+    finally:
+        await through.close()
+        procs.stop(gateway.process)
+    asked = figures["check"]["asked"] - figures["check"]["routed_out"]
+    figures.update(
+        cpu_ms=run.cpu_per_lookup_ms("gateway"),
+        p50_ms=_ms(percentile(run.latencies(), 50)),
+        non_holders_asked=asked - sizes.growth_holders,
+        non_holders_share=(asked - sizes.growth_holders) / max(1, n - sizes.growth_holders),
+        summary=_run_summary(run),
+    )
+    return figures
+
+
+async def _asked_everyone(
+    ctx: Context, procs: Processes, hosts: Hosts, chosen: list[str]
+) -> dict[str, Any]:
+    """The same N without filters: every provider asked about the number."""
+    sizes, env = ctx.sizes, ctx.env
+    gateway = _gateway(
+        ctx, procs, f"gateway-n{len(chosen)}", hosts, chosen, fanout={"provider_deadline_s": 8}
+    )
+    through = GatewayLoad(env, gateway.address)
+    try:
+        await _warm(through.lookup, times=2)
+        run = await closed_loop(
+            through.lookup,
+            concurrency=1,
+            count=sizes.growth_lookups,
+            pids={"gateway": [gateway.pid], "providers": hosts.pids},
+        )
+        rss = rss_bytes(gateway.pid)
+    finally:
+        await through.close()
+        procs.stop(gateway.process)
+    return {
+        "cpu_ms": run.cpu_per_lookup_ms("gateway"),
+        "provider_cpu_ms": run.cpu_per_lookup_ms("providers"),
+        "p50_ms": _ms(percentile(run.latencies(), 50)),
+        "summary": _run_summary(run),
+        "rss_mib": round(rss / 2**20, 1),
+    }
+
+
+def _rows(ctx: Context, details: dict[str, Any]) -> list[Row]:
+    sizes = ctx.sizes
+    base = details["holders_only"]
+    rows: list[Row] = []
+    for n in sizes.growth_n:
+        case = f"N={n}"
+        asked = details.get(case)
+        if asked is not None:
+            rows += [
+                Row(case, "gateway CPU per lookup", "ms", asked["cpu_ms"], base["cpu_ms"],
+                    "holders only", target="<= 1.3").judge(),
+                Row(case, "latency p50", "ms", asked["p50_ms"], base["p50_ms"],
+                    "holders only").judge(),
+            ]  # fmt: skip
+        for rate in sizes.growth_fp_rates:
+            routed = details[f"{case} routed {rate:g}"]
+            label = f"routed, filters at {rate:.2%}"
+            rows += [
+                Row(case, f"gateway CPU per lookup, {label}", "ms", routed["cpu_ms"],
+                    base["cpu_ms"], "holders only", target="<= 1.3").judge(),
+                Row(case, f"latency p50, {label}", "ms", routed["p50_ms"], base["p50_ms"],
+                    "holders only").judge(),
+                Row(case, f"non-holders asked, {label}", "%",
+                    round(100 * routed["non_holders_share"], 2), target="<= 2",
+                    target_on="value").judge(),
+                # A call to a provider that is not running (routing should have left it
+                # out) fails: there must be none.
+                Row(case, f"calls failed or timed out, {label}", "calls",
+                    routed["check"]["failed"] + routed["check"]["timed_out"], target="<= 0",
+                    target_on="value").judge(),
+            ]  # fmt: skip
+    largest = f"N={max(sizes.growth_n)}"
+    timing = details.get(f"{largest} routing time")
+    if timing is not None:
+        rows.append(
+            Row(largest, "routing time per number, p99 wall", "ms", timing["wall_p99_ms"],
+                target="<= 1", target_on="value").judge()
+        )  # fmt: skip
+    large = details[f"{largest} routed {sizes.growth_fp_rates[0]:g}"].get("large_filter")
+    if large is not None:
+        rows += [
+            Row(largest, "provider: build a 1M-number filter", "s", large["build_s"]),
+            Row(largest, "provider: publish it", "s", large["publish_s"]),
+        ]
+    return rows
+
+
+async def run_growth(ctx: Context) -> ScenarioResult:
+    """N registered providers, 10 hold the number: CPU and latency of one lookup."""
+    sizes, env = ctx.sizes, ctx.env
+    holders = provider_ids("gr-h", sizes.growth_holders)
+    others = provider_ids("gr-x", max(sizes.growth_n) - sizes.growth_holders)
+    everyone = [*holders, *others]
+    result = ScenarioResult(
+        "growth",
+        f"N providers registered, {sizes.growth_holders} hold the number",
+        params={
+            "n": list(sizes.growth_n),
+            "holders": sizes.growth_holders,
+            "lookups_per_n": sizes.growth_lookups,
+            "provider_deadline_s": 8,
+            "fp_rates": list(sizes.growth_fp_rates),
+            "asked_everyone_up_to": sizes.growth_ask_all_max,
+        },
+    )
+    result.notes += [
+        "CPU = the gateway process's user+system time (/proc/PID/stat) over sequential "
+        "lookups, per lookup; baseline = the same gateway configured with the holders only",
+        "asked everyone: no filter published, every provider asked (N up to "
+        f"{sizes.growth_ask_all_max}); routed: every provider published its filter "
+        f"(holders' hold the number, the others' {FILLER_NUMBERS} other numbers) at the "
+        "stated false-positive rate; the client asks for routed-out providers in one "
+        "message per number (group_routed_out), as the portal does",
+        "only providers the gateway may ask run (holders, false positives, and those of the "
+        "asked-everyone runs); the others' address refuses connections, and each routed case "
+        "checks that no call failed",
+        "routing time per number: the gateway's routing step (HMAC, index query, set "
+        "difference) timed in the benchmark process on an index of the same filters",
+    ]
+    directory = ctx.directory / "growth"
+    directory.mkdir(parents=True, exist_ok=True)
+    filters = _build_filters(directory, everyone, set(holders), env.msisdn, sizes.growth_fp_rates)
+    ask_all = [n for n in sizes.growth_n if n <= sizes.growth_ask_all_max]
+    running = set(everyone[: max(ask_all, default=sizes.growth_holders)])
+    for positives in filters.false_positives.values():
+        running |= positives
+    specs = [ProviderSpec(p, hold=p in set(holders)) for p in everyone if p in running]
+    details: dict[str, Any] = {"running_providers": len(specs)}
+    dead = socket.socket()  # bound, never listening: a call to it is refused
+    dead.bind(("127.0.0.1", 0))
+    try:
+        with Processes(directory) as procs:
+            hosts = start_hosts(
+                env, procs, "gr", specs, hosts=_hosts_for(len(specs), sizes.hosts), carrier=True
+            )
+            setup = _Setup(hosts, filters, holders, f"127.0.0.1:{dead.getsockname()[1]}")
+            details["holders_only"] = await _asked_everyone(ctx, procs, hosts, holders)
+            for n in sizes.growth_n:
+                chosen = everyone[:n]
+                if n in ask_all:
+                    details[f"N={n}"] = await _asked_everyone(ctx, procs, hosts, chosen)
+                for rate in sizes.growth_fp_rates:
+                    details[f"N={n} routed {rate:g}"] = await _routed(
+                        ctx, procs, setup, chosen, rate
+                    )
+            floor = FloorLoad(env, {p: hosts.addresses[p] for p in holders})
+            try:
+                await _warm(floor.lookup)
+                floor_run = await closed_loop(
+                    floor.lookup, concurrency=1, count=max(10, sizes.growth_lookups)
+                )
+            finally:
+                await floor.close()
+    finally:
+        dead.close()
+    largest = max(sizes.growth_n)
+    details[f"N={largest} routing time"] = _routing_time(
+        filters, sizes.growth_fp_rates[0], everyone[:largest]
+    )
+    details["floor_holders"] = {
+        "client_cpu_ms": floor_run.cpu_per_lookup_ms("client"),
+        "p50_ms": _ms(percentile(floor_run.latencies(), 50)),
+        "summary": _run_summary(floor_run),
+    }
+    result.rows += _rows(ctx, details)
+    result.details = details
+    return result
