@@ -26,6 +26,7 @@ _COMMANDS = (
     "onecert.cli._demo",
     "onecert.cli._portal",
     "onecert.cli._db",
+    "onecert.cli._routing",
     "onecert.cli._report",
     "onecert.cli._provider",
     "onecert.cli._adapter",

@@ -40,14 +40,8 @@ from onecert.gateway._registry import LiveRegistry, RegistryChange
 from onecert.gateway._registry_admin import RegistryAdminService
 from onecert.gateway._unbind import UnbindService
 from onecert.gateway.enrollment import Enrollment, EnrollmentService
-from onecert.gateway.routing import RoutingKeyring, RoutingService
-from onecert.gateway.routing._service import (
-    FilterSealer,
-    derive_filter_key,
-    derive_routing_key,
-    load_filter_key,
-    load_routing_keys,
-)
+from onecert.gateway.routing import RoutingService
+from onecert.gateway.routing._rotation import configured_keyring, filter_sealer
 from onecert.gateway.store import Store, StoreReplayCache
 from onecert.sdk._keys import SigningKey, load_jwks
 from onecert.sdk._lifecycle import AsyncResource
@@ -556,21 +550,11 @@ class GatewayServer(AsyncResource):
     def _build_routing(self, store: Store, handle_key: bytes) -> RoutingService:
         """Filters published by providers, shared through the store, asked by the fan-out."""
         config = self.config
-        key_file = config.routing.key_file
-        keyring = (
-            RoutingKeyring({1: derive_routing_key(handle_key, 1)}, active=1)
-            if key_file is None
-            else load_routing_keys(key_file)
-        )
-        filter_key = (
-            derive_filter_key(handle_key)
-            if config.keys.filter_key is None
-            else load_filter_key(config.keys.filter_key)
-        )
         return RoutingService(
-            keyring=keyring,
+            # The store's keyring, once an operator rotated, replaces it at start.
+            keyring=configured_keyring(config, handle_key),
             store=store,
-            sealer=FilterSealer(filter_key),
+            sealer=filter_sealer(config, handle_key),
             providers=[p.id for p in config.providers],
             config=config.routing,
         )

@@ -40,7 +40,14 @@ from onecert.gateway.routing._index import (
     UnknownProviderError,
 )
 from onecert.gateway.routing._keyring import RoutingKeyring
-from onecert.gateway.store import AuditDraft, FilterKind, FilterRow, Store
+from onecert.gateway.store import (
+    AuditDraft,
+    FilterKind,
+    FilterRow,
+    KeyRow,
+    KeyState,
+    Store,
+)
 from onecert.sdk._filter import (
     ELEMENT_BYTES,
     FilterAdditions,
@@ -57,6 +64,7 @@ __all__ = [
     "RoutingService",
     "derive_filter_key",
     "derive_routing_key",
+    "keyring_of",
     "load_filter_key",
     "load_routing_keys",
 ]
@@ -173,6 +181,23 @@ class FilterSealer:
         ad = self._ad(row.provider_id, row.kind, row.key_version, row.created_at)
         return self._aead.decrypt(row.sealed[:_NONCE], row.sealed[_NONCE:], ad)
 
+    @staticmethod
+    def _key_ad(version: int) -> bytes:
+        return b"onecert-routing-key-v1|" + struct.pack("<Q", version)
+
+    def seal_key(self, version: int, key: bytes) -> bytes:
+        """``nonce || ciphertext`` of routing key ``version``, for ``store.routing``."""
+        nonce = secrets.token_bytes(_NONCE)
+        return nonce + self._aead.encrypt(nonce, key, self._key_ad(version))
+
+    def open_key(self, version: int, sealed: bytes) -> bytes:
+        """A stored routing key.
+
+        Raises:
+            InvalidTag: sealed under another key, for another version, or altered.
+        """
+        return self._aead.decrypt(sealed[:_NONCE], sealed[_NONCE:], self._key_ad(version))
+
 
 class RoutingService:
     """Filters in, routes out: the gateway's side of routing.
@@ -221,6 +246,8 @@ class RoutingService:
         self.additions_listeners: list[Callable[[str, list[str]], Awaitable[object]]] = []
         # Told what routing decided about each number (metrics); set by the server.
         self.observer: Observer = NO_OBSERVER
+        # The stored keyring last applied, as (version, state) pairs.
+        self._keys_seen: tuple[tuple[int, KeyState], ...] = ()
 
     @property
     def keyring(self) -> RoutingKeyring:
@@ -497,8 +524,12 @@ class RoutingService:
     # -------------------------------------------------------------- replicas
 
     async def sync(self) -> int:
-        """Apply every publication stored since the last sync; returns how many were applied."""
+        """Apply the stored keyring and every publication stored since the last sync.
+
+        Returns how many publications were applied.
+        """
         async with self._lock:
+            await self._sync_keys()
             if await self._store.routing.head() <= self._applied:
                 return 0
             applied = 0
@@ -512,6 +543,26 @@ class RoutingService:
                     elif await self._apply_row(row):
                         applied += 1
                     self._applied = row.seq
+
+    async def _sync_keys(self) -> None:
+        """Follow an operator's rotation or retirement (``store.routing.keys``)."""
+        rows = await self._store.routing.keys()
+        seen = tuple((r.version, r.state) for r in rows)
+        if not rows or seen == self._keys_seen:
+            return
+        try:
+            ring = keyring_of(rows, self._sealer)
+        except (InvalidTag, ValueError) as exc:
+            # Sealed under another filter key (a misconfigured replica): keep routing
+            # with the keys in hand rather than drop every filter.
+            _log.error("routing.keys_unreadable", why=type(exc).__name__)
+            return
+        self._keys_seen = seen
+        if ring is None:
+            return
+        self._keyring = ring
+        self.index.set_key_versions(ring.key_checks())
+        _log.info("routing.keys_changed", active=ring.active_version, live=sorted(ring.versions))
 
     async def _apply_row(self, row: FilterRow) -> bool:
         if row.provider_id not in self._registered:
@@ -551,6 +602,26 @@ class RoutingService:
 
 def _tag(version: int, element: bytes) -> str:
     return f"{version}:{element.hex()}"
+
+
+def keyring_of(rows: Sequence[KeyRow], sealer: FilterSealer) -> RoutingKeyring | None:
+    """The keyring the stored rows describe (None if none is live).
+
+    Raises:
+        InvalidTag: a key sealed under another filter key.
+        ValueError: no active version among the live ones.
+    """
+    live = {
+        r.version: sealer.open_key(r.version, r.sealed)
+        for r in rows
+        if r.state is not KeyState.RETIRED
+    }
+    if not live:
+        return None
+    active = [r.version for r in rows if r.state is KeyState.ACTIVE]
+    if len(active) != 1:
+        raise ValueError("the stored routing keys have no single active version")
+    return RoutingKeyring(live, active=active[0])
 
 
 def _iso(unix: int) -> str:

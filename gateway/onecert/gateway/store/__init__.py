@@ -50,7 +50,13 @@ from onecert.gateway.store._registry_types import (
     TransitionError,
 )
 from onecert.gateway.store._replay_repo import ReplayRepository, StoreReplayCache
-from onecert.gateway.store._routing_repo import FilterKind, FilterRow, RoutingRepository
+from onecert.gateway.store._routing_repo import (
+    FilterKind,
+    FilterRow,
+    KeyRow,
+    KeyState,
+    RoutingRepository,
+)
 from onecert.gateway.store._store import Store
 from onecert.gateway.store._ticket_repo import TicketRepository
 from onecert.gateway.store._types import (
@@ -98,6 +104,8 @@ __all__ = [
     "FilterKind",
     "FilterRow",
     "Invitation",
+    "KeyRow",
+    "KeyState",
     "NotFoundError",
     "Notice",
     "NoticeCursor",

@@ -47,6 +47,7 @@ __all__ = [
     "replay_cache",
     "routing_filters",
     "routing_head",
+    "routing_keys",
     "unbind_tickets",
 ]
 
@@ -381,4 +382,18 @@ rate_limits = Table(
     # Seconds since the epoch.
     Column("tat", Float, nullable=False),
     Index(None, "tat"),
+)
+
+# The federation's routing keys once an operator rotated them
+# (``onecert routing rotate-key``), sealed (AEAD) by the gateway; replicas
+# poll the table. Empty: the keys of the configuration.
+routing_keys = Table(
+    "routing_keys",
+    metadata,
+    Column("version", BigInteger, primary_key=True, autoincrement=False),
+    # Nonce and AES-GCM ciphertext of the key; empty once retired.
+    Column("sealed", LargeBinary, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("changed_at", UTCDateTime(), nullable=False),
+    CheckConstraint("state IN ('active', 'live', 'retired')", name="state"),
 )

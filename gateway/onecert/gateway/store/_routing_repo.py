@@ -15,15 +15,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, insert, select, update
 
 from onecert.gateway.store._audit_repo import AuditRepository
 from onecert.gateway.store._database import StoreDatabase
-from onecert.gateway.store._models import routing_filters, routing_head
+from onecert.gateway.store._models import routing_filters, routing_head, routing_keys
 from onecert.gateway.store._rows import check_text, next_seq, resolve_now
-from onecert.gateway.store._types import AuditDraft
+from onecert.gateway.store._types import AuditDraft, ConflictError, NotFoundError
 
-__all__ = ["FilterKind", "FilterRow", "RoutingRepository"]
+__all__ = ["FilterKind", "FilterRow", "KeyRow", "KeyState", "RoutingRepository"]
 
 
 class FilterKind(enum.StrEnum):
@@ -58,6 +58,27 @@ class FilterRow:
     received_at: datetime
     interval_s: int | None
     sealed: bytes
+
+
+class KeyState(enum.StrEnum):
+    """Where a routing key version stands."""
+
+    ACTIVE = "active"
+    """Providers build new filters with it; one version at a time."""
+    LIVE = "live"
+    """Filters keyed with it are still routed (during a rotation)."""
+    RETIRED = "retired"
+    """Filters keyed with it are dropped and refused; its key is erased."""
+
+
+@dataclass(frozen=True)
+class KeyRow:
+    """One stored routing key version (``sealed`` is empty once retired)."""
+
+    version: int
+    sealed: bytes
+    state: KeyState
+    changed_at: datetime
 
 
 class RoutingRepository:
@@ -141,3 +162,106 @@ class RoutingRepository:
             )
             for r in rows
         ]
+
+    # ------------------------------------------------------------------ keys
+
+    async def keys(self) -> Sequence[KeyRow]:
+        """Every stored routing key version, lowest first (none until the first rotation)."""
+        k = routing_keys.c
+        async with self._db.read() as conn:
+            rows = (await conn.execute(select(routing_keys).order_by(k.version))).mappings().all()
+        return [
+            KeyRow(
+                version=int(r["version"]),
+                sealed=bytes(r["sealed"]),
+                state=KeyState(r["state"]),
+                changed_at=r["changed_at"],
+            )
+            for r in rows
+        ]
+
+    async def rotate_key(
+        self,
+        *,
+        version: int,
+        sealed: bytes,
+        seed: Sequence[tuple[int, bytes]] = (),
+        audit: AuditDraft | None = None,
+        now: datetime | None = None,
+    ) -> None:
+        """Store a new active version; the active one before it stays live.
+
+        ``seed``: the versions in use before the first rotation (from the
+        configuration), stored live if the table is still empty, so every
+        replica reads the whole keyring from here afterwards. The audit row
+        commits in the same transaction.
+
+        Raises:
+            ConflictError: ``version`` is not above every stored version.
+        """
+        now = resolve_now(now)
+        k = routing_keys.c
+        async with self._db.write() as conn:
+            stored = (await conn.execute(select(k.version))).scalars().all()
+            if not stored:
+                stored = [v for v, _ in seed]
+                for seed_version, seed_sealed in seed:
+                    await conn.execute(
+                        insert(routing_keys).values(
+                            version=seed_version,
+                            sealed=seed_sealed,
+                            state=KeyState.LIVE.value,
+                            changed_at=now,
+                        )
+                    )
+            if stored and version <= max(int(v) for v in stored):
+                raise ConflictError(
+                    f"routing key version {version} is not above every stored version"
+                )
+            await conn.execute(
+                update(routing_keys)
+                .where(k.state == KeyState.ACTIVE.value)
+                .values(state=KeyState.LIVE.value, changed_at=now)
+            )
+            await conn.execute(
+                insert(routing_keys).values(
+                    version=version, sealed=sealed, state=KeyState.ACTIVE.value, changed_at=now
+                )
+            )
+            if audit is not None:
+                await self._audit.chain(conn, [audit], now)
+
+    async def retire_key(
+        self, version: int, *, audit: AuditDraft | None = None, now: datetime | None = None
+    ) -> None:
+        """Retire a live version: its key is erased, filters keyed with it are dropped.
+
+        Raises:
+            NotFoundError: no such version, or already retired.
+            ConflictError: it is the active version.
+        """
+        now = resolve_now(now)
+        k = routing_keys.c
+        async with self._db.write() as conn:
+            state = (
+                await conn.execute(select(k.state).where(k.version == version))
+            ).scalar_one_or_none()
+            if state is None or state == KeyState.RETIRED.value:
+                raise NotFoundError(f"routing key version {version} is not live")
+            if state == KeyState.ACTIVE.value:
+                raise ConflictError("the active routing key cannot be retired: rotate first")
+            await conn.execute(
+                update(routing_keys)
+                .where(k.version == version)
+                .values(state=KeyState.RETIRED.value, sealed=b"", changed_at=now)
+            )
+            if audit is not None:
+                await self._audit.chain(conn, [audit], now)
+
+    async def snapshot_versions(self) -> dict[str, int]:
+        """The key version of each provider's stored snapshot."""
+        f = routing_filters.c
+        stmt = select(f.provider_id, f.key_version).where(f.kind == FilterKind.SNAPSHOT.value)
+        async with self._db.read() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return {str(provider_id): int(version) for provider_id, version in rows}
