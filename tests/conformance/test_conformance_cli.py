@@ -10,7 +10,7 @@ import pytest
 
 from onecert.cli import main
 from onecert.sdk._tls import ServerTLS
-from onecert.sdk.conformance import CARRIER_CHECKS, PROVIDER_CHECKS
+from onecert.sdk.conformance import CARRIER_CHECKS, FILTER_CHECKS, PROVIDER_CHECKS
 from onecert.sdk.devkeys import DevKeys
 from tests.conformance.conftest import StartCarrier, StartProvider, StartThreaded
 from tests.conformance.plain_adapters import (
@@ -177,9 +177,10 @@ def test_cli_reports_an_unreadable_warrant_key(capsys: pytest.CaptureFixture[str
 @pytest.mark.parametrize(
     ("args", "kinds"),
     [
-        (["conformance", "--list"], ["provider", "carrier"]),
+        (["conformance", "--list"], ["provider", "carrier", "filter"]),
         (["conformance", "provider", "--list"], ["provider"]),
         (["conformance", "carrier", "--list"], ["carrier"]),
+        (["conformance", "filter", "--list"], ["filter"]),
     ],
 )
 def test_cli_lists_every_check_with_its_rule(
@@ -190,5 +191,5 @@ def test_cli_lists_every_check_with_its_rule(
         main(args)
     assert exit_info.value.code == 0
     lines = [line.split() for line in capsys.readouterr().out.splitlines()]
-    expected = {"provider": PROVIDER_CHECKS, "carrier": CARRIER_CHECKS}
+    expected = {"provider": PROVIDER_CHECKS, "carrier": CARRIER_CHECKS, "filter": FILTER_CHECKS}
     assert lines == [[kind, rule, name] for kind in kinds for rule, name in expected[kind]]

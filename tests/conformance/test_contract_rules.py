@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from onecert.sdk.conformance import CARRIER_CHECKS, PROVIDER_CHECKS
+from onecert.sdk.conformance import CARRIER_CHECKS, FILTER_CHECKS, PROVIDER_CHECKS
 
 CONTRACT = Path(__file__).resolve().parents[2] / "docs" / "contract.md"
 _RULE = re.compile(r"^- \*\*([A-Z]-\d+)\*\* ", re.MULTILINE)
@@ -27,7 +27,7 @@ def _rules() -> dict[str, str]:
 
 
 def _checks() -> set[tuple[str, str]]:
-    return {*PROVIDER_CHECKS, *CARRIER_CHECKS}
+    return {*PROVIDER_CHECKS, *CARRIER_CHECKS, *FILTER_CHECKS}
 
 
 def test_every_rule_is_checked_or_marked_unobservable() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from onecert.cli import CommandError
@@ -37,10 +38,11 @@ class _ListChecks(argparse.Action):
     ) -> None:
         from onecert.sdk.conformance import (  # noqa: PLC0415 - lazy CLI import
             CARRIER_CHECKS,
+            FILTER_CHECKS,
             PROVIDER_CHECKS,
         )
 
-        checks = {"provider": PROVIDER_CHECKS, "carrier": CARRIER_CHECKS}
+        checks = {"provider": PROVIDER_CHECKS, "carrier": CARRIER_CHECKS, "filter": FILTER_CHECKS}
         for kind in self.kinds:
             for rule, name in checks[kind]:
                 print(f"{kind:<8}  {rule:<5} {name}")
@@ -56,7 +58,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
             "by the rule of docs/contract.md it checks (--list prints them)."
         ),
     )
-    conformance.add_argument("--list", action=_ListChecks, kinds=("provider", "carrier"))
+    conformance.add_argument("--list", action=_ListChecks, kinds=("provider", "carrier", "filter"))
     kinds = conformance.add_subparsers(dest="conformance_kind", required=True, metavar="KIND")
 
     provider = kinds.add_parser(
@@ -124,6 +126,83 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "--unknown-idn", metavar="HEX", help="an idn with no tenure (default: a random one)"
     )
     carrier.set_defaults(handler=_carrier)
+    _add_filter(kinds)
+
+
+def _add_filter(kinds: argparse._SubParsersAction[Any]) -> None:
+    routing = kinds.add_parser(
+        "filter",
+        help="check a routing filter a provider built (offline)",
+        description=(
+            "Check the snapshot (and additions) a provider would publish with "
+            "Gateway.PublishFilter: the version 1 format, the routing key it is keyed with, "
+            "and that every number it holds is in it (docs/contract.md, section R). "
+            "Exit status 0 only if no check failed."
+        ),
+    )
+    routing.add_argument("--list", action=_ListChecks, kinds=("filter",))
+    routing.add_argument(
+        "--snapshot", required=True, type=Path, metavar="FILE", help="the serialized snapshot"
+    )
+    routing.add_argument(
+        "--key-file",
+        required=True,
+        type=Path,
+        metavar="FILE",
+        help="the routing key from GetRoutingKey, as hex (never on the command line)",
+    )
+    routing.add_argument("--key-version", required=True, type=int, metavar="N", help="its version")
+    routing.add_argument(
+        "--numbers",
+        type=Path,
+        metavar="FILE",
+        help="numbers the snapshot must hold, one E.164 number a line",
+    )
+    routing.add_argument(
+        "--additions", type=Path, metavar="FILE", help="serialized additions to check too"
+    )
+    routing.add_argument(
+        "--added", type=Path, metavar="FILE", help="numbers the additions must hold"
+    )
+    routing.add_argument("--json", action="store_true", help="print the report as JSON")
+    routing.set_defaults(handler=_filter)
+
+
+def _read(path: Path | None, what: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise CommandError(f"cannot read {what} {path}: {exc.strerror}") from None
+
+
+def _lines(path: Path | None, what: str) -> list[str]:
+    data = _read(path, what)
+    if data is None:
+        return []
+    return [line.strip() for line in data.decode("utf-8", "replace").splitlines() if line.strip()]
+
+
+def _filter(args: argparse.Namespace) -> int:
+    from onecert.sdk._keys import KeyConfigError, load_hex_key  # noqa: PLC0415 - lazy CLI import
+    from onecert.sdk.conformance import check_filter  # noqa: PLC0415 - lazy CLI import
+
+    try:
+        key = load_hex_key(args.key_file, what="routing key", size=32)
+    except KeyConfigError as exc:
+        raise CommandError(str(exc)) from None
+    snapshot = _read(args.snapshot, "the snapshot")
+    assert snapshot is not None  # --snapshot is required
+    report = check_filter(
+        snapshot=snapshot,
+        key=key,
+        key_version=args.key_version,
+        numbers=_lines(args.numbers, "the numbers"),
+        additions=_read(args.additions, "the additions"),
+        added=_lines(args.added, "the added numbers"),
+    )
+    return _show(report, as_json=args.json)
 
 
 def _common_options(parser: argparse.ArgumentParser) -> None:

@@ -11,22 +11,27 @@ an adapter whatever language it is written in::
     print(report.to_table())
     assert report.ok
 
-The command line is ``onecert conformance provider|carrier``.
+The command line is ``onecert conformance provider|carrier``; ``onecert
+conformance filter`` checks a routing filter a provider built, offline
+(:func:`check_filter`).
 
 Every check is named by the rule of ``docs/contract.md`` it checks;
 ``PROVIDER_CHECKS`` and ``CARRIER_CHECKS`` list them as (rule, name).
 """
 
 from onecert.sdk.conformance._carrier import CARRIER_CHECKS, check_carrier
+from onecert.sdk.conformance._filter import FILTER_CHECKS, check_filter
 from onecert.sdk.conformance._provider import PROVIDER_CHECKS, check_provider
 from onecert.sdk.conformance._report import CheckResult, Outcome, Report
 
 __all__ = [
     "CARRIER_CHECKS",
+    "FILTER_CHECKS",
     "PROVIDER_CHECKS",
     "CheckResult",
     "Outcome",
     "Report",
     "check_carrier",
+    "check_filter",
     "check_provider",
 ]
