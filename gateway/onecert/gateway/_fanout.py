@@ -50,6 +50,7 @@ __all__ = [
     "Plan",
     "ProviderAnswer",
     "ProviderCall",
+    "RoutedOutSet",
     "Router",
     "RoutingTable",
     "UpstreamOutcome",
@@ -104,22 +105,44 @@ class CarrierAnswer:
 
 
 @dataclass(frozen=True)
+class RoutedOutSet:
+    """The providers routing rules out of one number, kept as two id sets.
+
+    ``ruled`` holds every configured provider routing has a say on and
+    ``kept`` those of them asked anyway, so the count costs nothing and the
+    ids are one set difference, taken only when they are sent.
+    """
+
+    ruled: frozenset[str]
+    kept: frozenset[str]
+
+    @property
+    def count(self) -> int:
+        """How many providers are routed out."""
+        return len(self.ruled) - len(self.kept)
+
+    def ids(self) -> frozenset[str]:
+        """Their ids."""
+        return self.ruled.difference(self.kept)
+
+
+@dataclass(frozen=True)
 class Plan:
     """A lookup's provider calls: those to make, and per number those routing rules out.
 
     Attributes:
         calls: the calls to make.
-        routed_out: per number, the ids of the providers routing rules out
-            (never called, reported SKIPPED with :data:`ROUTED_OUT_DETAIL`).
+        routed_out: per number, the providers routing rules out (never
+            called, reported SKIPPED with :data:`ROUTED_OUT_DETAIL`).
     """
 
     calls: tuple[ProviderCall, ...]
-    routed_out: Mapping[str, frozenset[str]]
+    routed_out: Mapping[str, RoutedOutSet]
 
     @property
     def provider_calls(self) -> int:
         """Every provider and number accounted for: calls made and providers routed out."""
-        return len(self.calls) + sum(len(ids) for ids in self.routed_out.values())
+        return len(self.calls) + sum(out.count for out in self.routed_out.values())
 
 
 class Router(Protocol):
@@ -146,8 +169,11 @@ class RoutingTable(Protocol):
     accounts for every provider.
     """
 
-    def routed_out(self, msisdn: str) -> frozenset[str]:
-        """The provider ids not to ask about ``msisdn``."""
+    def route(self, msisdn: str) -> tuple[frozenset[str], frozenset[str]]:
+        """``(asked, known)`` for ``msisdn``: the providers routing has a say on
+        (``known``, the same object while they do not change) and those of them
+        to ask; a known provider not asked is routed out, one routing does not
+        know is asked."""
         ...
 
 
@@ -283,7 +309,15 @@ class FanOut:
         self._provider_upstreams: dict[str, _Upstream] = {}
         # Routing's view of self.providers, rebuilt when apply_providers replaces it.
         self._indexed: (
-            tuple[tuple[ProviderConfig, ...], dict[str, ProviderConfig], dict[str, int]] | None
+            tuple[
+                tuple[ProviderConfig, ...],
+                frozenset[str],
+                dict[str, ProviderConfig],
+                dict[str, int],
+                frozenset[str],
+                tuple[str, ...],
+            ]
+            | None
         ) = None
         self.apply_providers(providers)
 
@@ -401,39 +435,51 @@ class FanOut:
 
         With :attr:`routing`, the providers it rules out are not called: the
         plan lists them per number (:attr:`Plan.routed_out`), to be reported
-        SKIPPED. Their cost must stay far below a call's: set operations on
-        ids, no object per routed-out provider.
+        SKIPPED. Their cost must stay far below a call's: no object and no
+        pass over the providers per routed-out provider, only over those asked.
         """
         calls: list[ProviderCall] = []
-        routed_out: dict[str, frozenset[str]] = {}
+        routed_out: dict[str, RoutedOutSet] = {}
         routing = self.routing
         for msisdn in msisdns:
             routed = await self._router.route(msisdn, self.providers)
-            out = frozenset() if routing is None else routing.routed_out(msisdn)
-            if not out:
+            if routing is None:
                 calls.extend(ProviderCall(p, msisdn) for p in routed)
                 continue
+            asked, known = routing.route(msisdn)
             if routed is self.providers:
-                by_id, order = self._by_id()
-                kept = sorted(order.keys() - out, key=order.__getitem__)
+                by_id, order, ruled, unruled = self._indexed_for(known)
+                kept = sorted([*(i for i in asked if i in by_id), *unruled], key=order.__getitem__)
                 calls.extend(ProviderCall(by_id[i], msisdn) for i in kept)
-                out = out.intersection(order)
+                out = RoutedOutSet(ruled, frozenset(kept).intersection(ruled))
             else:
-                calls.extend(ProviderCall(p, msisdn) for p in routed if p.id not in out)
-                out = out.intersection(p.id for p in routed)
-            if out:
+                ask = [p for p in routed if p.id in asked or p.id not in known]
+                calls.extend(ProviderCall(p, msisdn) for p in ask)
+                out = RoutedOutSet(
+                    frozenset(p.id for p in routed if p.id in known),
+                    frozenset(p.id for p in ask if p.id in known),
+                )
+            if out.count:
                 routed_out[msisdn] = out
         return Plan(tuple(calls), routed_out)
 
-    def _by_id(self) -> tuple[dict[str, ProviderConfig], dict[str, int]]:
-        # Built once per provider set: routing takes set differences over ids.
+    def _indexed_for(
+        self, known: frozenset[str]
+    ) -> tuple[dict[str, ProviderConfig], dict[str, int], frozenset[str], tuple[str, ...]]:
+        """By id, configuration order, the ids routing rules on and those it does not.
+
+        Built once per provider set and routing's set of providers.
+        """
         providers = self.providers
         cached = self._indexed
-        if cached is None or cached[0] is not providers:
+        if cached is None or cached[0] is not providers or cached[1] is not known:
             by_id = {p.id: p for p in providers}
-            cached = (providers, by_id, {p.id: i for i, p in enumerate(providers)})
+            order = {p.id: i for i, p in enumerate(providers)}
+            ruled = known.intersection(by_id)
+            unruled = tuple(p.id for p in providers if p.id not in ruled)
+            cached = (providers, known, by_id, order, ruled, unruled)
             self._indexed = cached
-        return cached[1], cached[2]
+        return cached[2], cached[3], cached[4], cached[5]
 
     async def ask_providers(
         self, calls: Sequence[ProviderCall], *, query_id: str, deadline: float

@@ -533,8 +533,8 @@ class LookupService:
                 )
                 totals.by_number[msisdn].add_result(answer.outcome, result)
                 yield gateway_pb2.LookupResponse(query_id=query_id, result=result)
-        for msisdn, ids in plan.routed_out.items():
-            totals.by_number[msisdn].add_routed_out(len(ids))
+        for msisdn, out in plan.routed_out.items():
+            totals.by_number[msisdn].add_routed_out(out.count)
         yield _summary(query_id, totals, carrier_outcomes, loop.time() - start)
 
     def _routed_out(
@@ -547,7 +547,8 @@ class LookupService:
         ``RoutedOut`` have always received.
         """
         now = asyncio.get_running_loop().time()
-        for msisdn, ids in plan.routed_out.items():
+        for msisdn, out in plan.routed_out.items():
+            ids = out.ids()
             if group:
                 yield gateway_pb2.LookupResponse(
                     query_id=query_id,

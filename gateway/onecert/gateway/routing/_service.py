@@ -277,14 +277,23 @@ class RoutingService:
 
     # --------------------------------------------------------------- lookups
 
+    def route(self, msisdn: str) -> tuple[frozenset[str], frozenset[str]]:
+        """``(asked, known)``: the configured providers to ask about ``msisdn``
+        (fresh filters that may hold it, and those always asked) and every
+        configured provider; the others' fresh filters rule the number out."""
+        route = self.index.query(self._keyring.digests(msisdn))
+        asked = route.asked()
+        counts: Counter[str] = Counter(route.must_ask.values())
+        counts.update(
+            routed_out=len(self._registered) - len(asked), candidate=len(route.candidates)
+        )
+        self.observer.routing_decided(counts)
+        return asked, self._registered
+
     def routed_out(self, msisdn: str) -> frozenset[str]:
         """The configured providers not to ask about ``msisdn``: fresh filters without it."""
-        route = self.index.query(self._keyring.digests(msisdn))
-        out = self._registered.difference(route.asked())
-        counts: Counter[str] = Counter(route.must_ask.values())
-        counts.update(routed_out=len(out), candidate=len(route.candidates))
-        self.observer.routing_decided(counts)
-        return out
+        asked, known = self.route(msisdn)
+        return known.difference(asked)
 
     def routed_to(self, msisdn: str) -> frozenset[str]:
         """The registered providers that may hold ``msisdn``, or have no fresh filter.
