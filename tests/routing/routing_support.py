@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import timedelta
 
+from sqlalchemy import select
+
 from onecert.gateway import GatewayServer
+from onecert.gateway.store._models import audit_log
 from onecert.gateway.testing import Federation
 from onecert.sdk.client import FilterReceipt, ProviderGatewayClient
 from onecert.sdk.routing import FilterAdditions, RoutingFilter, build_filter
@@ -78,3 +83,23 @@ def summary(messages: list[gateway_pb2.LookupResponse]) -> gateway_pb2.LookupSum
     """The lookup's last message."""
     assert messages[-1].WhichOneof("update") == "summary"
     return messages[-1].summary
+
+
+async def audit_details(gateway: GatewayServer, kind: str) -> list[dict[str, object]]:
+    """The details of the gateway's audit rows of ``kind``, oldest first (pending ones written)."""
+    assert gateway.auditor is not None
+    assert gateway.store is not None
+    await gateway.auditor.drain()
+    async with gateway.store.engine.connect() as conn:
+        rows = (await conn.execute(select(audit_log.c.kind, audit_log.c.detail))).all()
+    return [json.loads(detail) for k, detail in rows if k == kind]
+
+
+async def applied(*gateways: GatewayServer) -> None:
+    """Wait until every replica has applied every stored publication (its poll does it)."""
+    for gateway in gateways:
+        assert gateway.routing is not None
+        assert gateway.store is not None
+        head = await gateway.store.routing.head()
+        while gateway.routing.applied < head:  # noqa: ASYNC110 - the replica's own poll loop applies them; nothing to wait on
+            await asyncio.sleep(0.05)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import json
 import time
 from datetime import timedelta
 
@@ -12,9 +10,8 @@ import grpc
 import pytest
 from sqlalchemy import select
 
-from onecert.gateway import GatewayServer
 from onecert.gateway._config import RoutingConfig, StoreConfig
-from onecert.gateway.store._models import audit_log, routing_filters
+from onecert.gateway.store._models import routing_filters
 from onecert.gateway.store.testing import Database
 from onecert.gateway.testing import CURRENT, FORMER, Federation, at, binding
 from onecert.sdk.client import GatewayError
@@ -24,6 +21,8 @@ from tests.routing.routing_support import (
     ELSEWHERE,
     ROUTED_OUT,
     add,
+    applied,
+    audit_details,
     outcome,
     provider_client,
     publish,
@@ -108,15 +107,10 @@ async def test_routing_is_audited_with_the_lookup(fed: Federation) -> None:
     async with provider_client(fed, gateway, "other") as other:
         await publish(other, ELSEWHERE)
     await fed.lookup(gateway)
-    assert gateway.auditor is not None
-    assert gateway.store is not None
-    await gateway.auditor.drain()
-    async with gateway.store.engine.connect() as conn:
-        rows = (await conn.execute(select(audit_log.c.kind, audit_log.c.detail))).all()
-    lookups = [json.loads(detail) for kind, detail in rows if kind == "lookup"]
+    lookups = await audit_details(gateway, "lookup")
     assert lookups[-1]["routed_out"] == 2
     assert lookups[-1]["asked"] == 4
-    published = [json.loads(detail) for kind, detail in rows if kind == "routing.publish"]
+    published = await audit_details(gateway, "routing.publish")
     assert published == [
         {
             "accepted": True,
@@ -231,7 +225,7 @@ async def test_a_second_replica_sees_a_filter_published_to_the_first(
                 await publish(holder, [CURRENT])
                 await add(holder, FORMER)
         # Within the stated delay (the poll interval), each replica applies the other's.
-        await _applied(first, second)
+        await applied(first, second)
         for gateway in (first, second):
             messages = await fed.lookup(gateway)
             assert outcome(messages, "other", CURRENT) == (SKIPPED, ROUTED_OUT)
@@ -239,16 +233,6 @@ async def test_a_second_replica_sees_a_filter_published_to_the_first(
             assert outcome(messages, "holder", FORMER)[0] == ANSWERED
         for gateway in (first, second):
             await gateway.stop(0)
-
-
-async def _applied(*gateways: GatewayServer) -> None:
-    """Wait until every replica has applied every stored publication (its poll does it)."""
-    for gateway in gateways:
-        assert gateway.routing is not None
-        assert gateway.store is not None
-        head = await gateway.store.routing.head()
-        while gateway.routing.applied < head:  # noqa: ASYNC110 - the replica's own poll loop applies them; nothing to wait on
-            await asyncio.sleep(0.05)
 
 
 async def test_without_a_store_there_is_no_routing(fed: Federation) -> None:

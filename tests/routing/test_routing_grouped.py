@@ -8,14 +8,10 @@ summary accounts for every provider either way.
 
 from __future__ import annotations
 
-import json
-
 from prometheus_client import CollectorRegistry
-from sqlalchemy import select
 
 from onecert.gateway import GatewayServer
 from onecert.gateway._config import MetricsConfig
-from onecert.gateway.store._models import audit_log
 from onecert.gateway.testing import CURRENT, FORMER, Federation, at, binding
 from onecert.portal._i18n import translator
 from onecert.portal._lookups import LookupState
@@ -23,7 +19,14 @@ from onecert.portal._sessions import Session
 from onecert.portal._views import results_view
 from onecert.sdk.client import Result, RoutedOut, Started, Summary
 from onecert.v1 import gateway_pb2
-from tests.routing.routing_support import ELSEWHERE, ROUTED_OUT, provider_client, publish, summary
+from tests.routing.routing_support import (
+    ELSEWHERE,
+    ROUTED_OUT,
+    audit_details,
+    provider_client,
+    publish,
+    summary,
+)
 
 GROUPED = gateway_pb2.LookupRequest(group_routed_out=True)
 
@@ -86,12 +89,7 @@ async def test_grouped_lookup_is_audited_and_counted_like_the_plain_one(fed: Fed
     gateway = await _routed_federation(fed)
     await fed.lookup(gateway)
     await fed.lookup(gateway, request=GROUPED)
-    assert gateway.auditor is not None
-    assert gateway.store is not None
-    await gateway.auditor.drain()
-    async with gateway.store.engine.connect() as conn:
-        rows = (await conn.execute(select(audit_log.c.kind, audit_log.c.detail))).all()
-    lookups = [json.loads(detail) for kind, detail in rows if kind == "lookup"]
+    lookups = await audit_details(gateway, "lookup")
     assert [(row["routed_out"], row["asked"]) for row in lookups[-2:]] == [(3, 3), (3, 3)]
     registry = _registry(gateway)
     value = registry.get_sample_value

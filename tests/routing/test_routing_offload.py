@@ -26,7 +26,14 @@ from onecert.gateway.testing import CURRENT, FORMER, Federation, at, binding
 from onecert.sdk.client import ProviderGatewayClient
 from onecert.sdk.routing import FilterBuilder, RoutingFilter
 from onecert.v1 import gateway_pb2
-from tests.routing.routing_support import ELSEWHERE, ROUTED_OUT, outcome, provider_client, summary
+from tests.routing.routing_support import (
+    ELSEWHERE,
+    ROUTED_OUT,
+    applied,
+    outcome,
+    provider_client,
+    summary,
+)
 
 ANSWERED = gateway_pb2.CALL_OUTCOME_ANSWERED
 SKIPPED = gateway_pb2.CALL_OUTCOME_SKIPPED
@@ -118,11 +125,7 @@ async def test_a_replica_lays_out_a_large_stored_snapshot_while_serving(
         during = await fed.lookup(second)
         held.release.set()
         assert outcome(during, "other", CURRENT)[0] == ANSWERED
-        assert second.routing is not None
-        assert second.store is not None
-        head = await second.store.routing.head()
-        while second.routing.applied < head:  # noqa: ASYNC110 - the replica's own poll applies it
-            await asyncio.sleep(0.05)
+        await applied(second)
         after = await fed.lookup(second)
         assert outcome(after, "other", CURRENT) == (SKIPPED, ROUTED_OUT)
         assert outcome(after, "other", FORMER)[0] == ANSWERED

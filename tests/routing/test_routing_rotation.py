@@ -8,28 +8,23 @@ snapshot still uses the version (unless forced), then drops those filters
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 from pathlib import Path
 
 import grpc
 import pytest
-from sqlalchemy import select
 
 from onecert.cli import main
 from onecert.gateway import GatewayServer
-from onecert.gateway._handles import load_handle_key
 from onecert.gateway.routing import FilterSealer, RoutingKeyring
 from onecert.gateway.routing._rotation import (
     RotationError,
-    configured_keyring,
-    filter_sealer,
     key_statuses,
+    operator_keys,
     retire_key,
     rotate_key,
 )
 from onecert.gateway.store import KeyState, Store
-from onecert.gateway.store._models import audit_log
 from onecert.gateway.testing import (
     CURRENT,
     FORMER,
@@ -45,6 +40,7 @@ from onecert.v1 import gateway_pb2
 from tests.routing.routing_support import (
     ELSEWHERE,
     ROUTED_OUT,
+    audit_details,
     outcome,
     provider_client,
     publish,
@@ -56,16 +52,8 @@ SKIPPED = gateway_pb2.CALL_OUTCOME_SKIPPED
 
 
 def _keys(gateway: GatewayServer) -> tuple[Store, RoutingKeyring, FilterSealer]:
-    config = gateway.config
-    handle_key = load_handle_key(config.keys.handle_key)
     assert gateway.store is not None
-    return gateway.store, configured_keyring(config, handle_key), filter_sealer(config, handle_key)
-
-
-async def _audit(store: Store, kind: str) -> list[dict[str, object]]:
-    async with store.engine.connect() as conn:
-        rows = (await conn.execute(select(audit_log.c.kind, audit_log.c.detail))).all()
-    return [json.loads(detail) for k, detail in rows if k == kind]
+    return (gateway.store, *operator_keys(gateway.config))
 
 
 async def test_rotation_keeps_old_filters_routing_until_retired(fed: Federation) -> None:
@@ -110,9 +98,9 @@ async def test_rotation_keeps_old_filters_routing_until_retired(fed: Federation)
             await holder.publish_snapshot(await _v1_snapshot(base), interval=timedelta(hours=1))
     assert refused.value.code is grpc.StatusCode.FAILED_PRECONDITION
     assert "not live" in refused.value.details
-    rotated = await _audit(store, "routing.key_rotated")
+    rotated = await audit_details(gateway, "routing.key_rotated")
     assert [(r["version"], r["previous_active"], r["live"]) for r in rotated] == [(2, 1, "1,2")]
-    retired = await _audit(store, "routing.key_retired")
+    retired = await audit_details(gateway, "routing.key_retired")
     assert [(r["version"], r["forced"], r["snapshots_still_keyed"]) for r in retired] == [
         (1, True, 1)
     ]

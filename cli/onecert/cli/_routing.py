@@ -81,12 +81,10 @@ def _operate(args: argparse.Namespace, action: str) -> Any:
     """Open the gateway's store and keys, run ``action`` on them, close the store."""
     from cryptography.exceptions import InvalidTag  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
 
-    from onecert.gateway._handles import load_handle_key  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
     from onecert.gateway.routing._rotation import (  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
         RotationError,
-        configured_keyring,
-        filter_sealer,
         key_statuses,
+        operator_keys,
         retire_key,
         rotate_key,
     )
@@ -97,9 +95,7 @@ def _operate(args: argparse.Namespace, action: str) -> Any:
     store_config = config.store
     assert store_config is not None  # _config refuses a configuration without one
     try:
-        handle_key = load_handle_key(config.keys.handle_key)
-        base = configured_keyring(config, handle_key)
-        sealer = filter_sealer(config, handle_key)
+        base, sealer = operator_keys(config)
     except KeyConfigError as exc:
         raise CommandError(str(exc)) from None
     store = Store.open(store_config.url, schema=store_config.schema)

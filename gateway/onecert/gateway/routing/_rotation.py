@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from onecert.gateway._config import GatewayConfig
+from onecert.gateway._handles import load_handle_key
 from onecert.gateway.routing._keyring import MIN_KEY_BYTES, RoutingKeyring
 from onecert.gateway.routing._service import (
     FilterSealer,
@@ -40,6 +41,7 @@ __all__ = [
     "configured_keyring",
     "filter_sealer",
     "key_statuses",
+    "operator_keys",
     "retire_key",
     "rotate_key",
 ]
@@ -83,9 +85,14 @@ def filter_sealer(config: GatewayConfig, handle_key: bytes) -> FilterSealer:
     return FilterSealer(derive_filter_key(handle_key) if path is None else load_filter_key(path))
 
 
-async def _current(store: Store, sealer: FilterSealer, base: RoutingKeyring) -> RoutingKeyring:
-    rows = await store.routing.keys()
-    return (keyring_of(rows, sealer) if rows else None) or base
+def operator_keys(config: GatewayConfig) -> tuple[RoutingKeyring, FilterSealer]:
+    """The configuration's keyring and the sealer, read from its key files.
+
+    Raises:
+        KeyConfigError: a key file is unreadable or malformed.
+    """
+    handle_key = load_handle_key(config.keys.handle_key)
+    return configured_keyring(config, handle_key), filter_sealer(config, handle_key)
 
 
 async def rotate_key(

@@ -30,6 +30,7 @@ from onecert.sdk.conformance._report import CheckResult, Outcome, Report
 __all__ = ["FILTER_CHECKS", "check_filter"]
 
 _T = TypeVar("_T")
+_P = TypeVar("_P", RoutingFilter, FilterAdditions)
 
 # How far in the future a created_at may be (the gateway refuses beyond it).
 _MAX_SKEW_S = 300
@@ -71,12 +72,7 @@ def check_filter(
     extras: list[FilterAdditions] = []
 
     def snapshot_format() -> str:
-        try:
-            found = RoutingFilter.from_bytes(snapshot)
-        except FilterFormatError as exc:
-            raise CheckFailedError(f"not a version 1 snapshot: {exc}") from None
-        if found.created_at > clock + _MAX_SKEW_S:
-            raise CheckFailedError("created_at is in the future: the gateway refuses it")
+        found = _read(RoutingFilter.from_bytes, snapshot, "a version 1 snapshot", clock)
         snapshots.append(found)
         return f"m = {found.m} bits, k = {found.k}, count = {found.count}"
 
@@ -95,12 +91,7 @@ def check_filter(
     def additions_format() -> str:
         if additions is None:
             raise CheckSkippedError("no additions given (--additions)")
-        try:
-            extra = FilterAdditions.from_bytes(additions)
-        except FilterFormatError as exc:
-            raise CheckFailedError(f"not version 1 additions: {exc}") from None
-        if extra.created_at > clock + _MAX_SKEW_S:
-            raise CheckFailedError("created_at is in the future: the gateway refuses it")
+        extra = _read(FilterAdditions.from_bytes, additions, "version 1 additions", clock)
         extras.append(extra)
         return f"{len(extra.elements)} elements"
 
@@ -130,6 +121,16 @@ def check_filter(
     }
     results = [_run(rule, name, runs[name]) for rule, name in FILTER_CHECKS]
     return Report("filter", f"routing key version {key_version}", tuple(results))
+
+
+def _read(parse: Callable[[bytes], _P], data: bytes, what: str, clock: float) -> _P:
+    try:
+        found = parse(data)
+    except FilterFormatError as exc:
+        raise CheckFailedError(f"not {what}: {exc}") from None
+    if found.created_at > clock + _MAX_SKEW_S:
+        raise CheckFailedError("created_at is in the future: the gateway refuses it")
+    return found
 
 
 def _first(items: list[_T], what: str) -> _T:
