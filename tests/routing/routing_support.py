@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -11,7 +12,9 @@ from datetime import timedelta
 from sqlalchemy import select
 
 from onecert.gateway import GatewayServer
+from onecert.gateway._config import RoutingConfig, StoreConfig
 from onecert.gateway.store._models import audit_log
+from onecert.gateway.store.testing import Database
 from onecert.gateway.testing import Federation
 from onecert.sdk.client import FilterReceipt, ProviderGatewayClient
 from onecert.sdk.routing import FilterAdditions, RoutingFilter, build_filter
@@ -103,3 +106,20 @@ async def applied(*gateways: GatewayServer) -> None:
         head = await gateway.store.routing.head()
         while gateway.routing.applied < head:  # noqa: ASYNC110 - the replica's own poll loop applies them; nothing to wait on
             await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def two_replicas(
+    fed: Federation, pg_url: str
+) -> AsyncIterator[tuple[GatewayServer, GatewayServer]]:
+    """Two gateways on one PostgreSQL schema, polling for routing every 0.2 s; stopped after."""
+    async with Database.postgres(pg_url) as database:
+        store = StoreConfig(url=database.url, schema=database.schema, auto_migrate=True)
+        config = fed.config(store=store, routing=RoutingConfig(poll_interval_s=0.2))
+        first = await fed.gateway(config)
+        second = await fed.gateway(config)
+        try:
+            yield first, second
+        finally:
+            for gateway in (first, second):
+                await gateway.stop(0)

@@ -10,9 +10,8 @@ import grpc
 import pytest
 from sqlalchemy import select
 
-from onecert.gateway._config import RoutingConfig, StoreConfig
+from onecert.gateway._config import RoutingConfig
 from onecert.gateway.store._models import routing_filters
-from onecert.gateway.store.testing import Database
 from onecert.gateway.testing import CURRENT, FORMER, Federation, at, binding
 from onecert.sdk.client import GatewayError
 from onecert.sdk.routing import FilterAdditions, RoutingFilter
@@ -28,6 +27,7 @@ from tests.routing.routing_support import (
     publish,
     snapshot_of,
     summary,
+    two_replicas,
 )
 
 ANSWERED = gateway_pb2.CALL_OUTCOME_ANSWERED
@@ -214,11 +214,7 @@ async def test_a_second_replica_sees_a_filter_published_to_the_first(
 ) -> None:
     """Two gateways on one PostgreSQL: a filter published to one routes the other's lookups."""
     await _federation(fed)
-    async with Database.postgres(pg_url) as database:
-        store = StoreConfig(url=database.url, schema=database.schema, auto_migrate=True)
-        config = fed.config(store=store, routing=RoutingConfig(poll_interval_s=0.2))
-        first = await fed.gateway(config)
-        second = await fed.gateway(config)
+    async with two_replicas(fed, pg_url) as (first, second):
         async with provider_client(fed, first, "other") as other:
             await publish(other, ELSEWHERE)
             async with provider_client(fed, second, "holder") as holder:
@@ -231,8 +227,6 @@ async def test_a_second_replica_sees_a_filter_published_to_the_first(
             assert outcome(messages, "other", CURRENT) == (SKIPPED, ROUTED_OUT)
             assert outcome(messages, "holder", CURRENT)[0] == ANSWERED
             assert outcome(messages, "holder", FORMER)[0] == ANSWERED
-        for gateway in (first, second):
-            await gateway.stop(0)
 
 
 async def test_without_a_store_there_is_no_routing(fed: Federation) -> None:

@@ -17,11 +17,9 @@ from datetime import timedelta
 import pytest
 
 from onecert.gateway import GatewayServer
-from onecert.gateway._config import RoutingConfig, StoreConfig
 from onecert.gateway.routing import RoutingIndex
 from onecert.gateway.routing._index import PreparedLayout
 from onecert.gateway.routing._service import DEFAULT_OFFLOAD_BYTES
-from onecert.gateway.store.testing import Database
 from onecert.gateway.testing import CURRENT, FORMER, Federation, at, binding
 from onecert.sdk.client import ProviderGatewayClient
 from onecert.sdk.routing import FilterBuilder, RoutingFilter
@@ -33,6 +31,7 @@ from tests.routing.routing_support import (
     outcome,
     provider_client,
     summary,
+    two_replicas,
 )
 
 ANSWERED = gateway_pb2.CALL_OUTCOME_ANSWERED
@@ -112,11 +111,7 @@ async def test_a_replica_lays_out_a_large_stored_snapshot_while_serving(
     """A replica applying a large snapshot another replica stored keeps serving
     lookups while it lays the filter out, then routes by it."""
     await _federation(fed)
-    async with Database.postgres(pg_url) as database:
-        store = StoreConfig(url=database.url, schema=database.schema, auto_migrate=True)
-        config = fed.config(store=store, routing=RoutingConfig(poll_interval_s=0.2))
-        first = await fed.gateway(config)
-        second = await fed.gateway(config)
+    async with two_replicas(fed, pg_url) as (first, second):
         held = _held(second, monkeypatch)
         async with provider_client(fed, first, "other") as other:
             snapshot = await _large_snapshot(other, [*ELSEWHERE, FORMER])
@@ -129,5 +124,3 @@ async def test_a_replica_lays_out_a_large_stored_snapshot_while_serving(
         after = await fed.lookup(second)
         assert outcome(after, "other", CURRENT) == (SKIPPED, ROUTED_OUT)
         assert outcome(after, "other", FORMER)[0] == ANSWERED
-        for gateway in (first, second):
-            await gateway.stop(0)
