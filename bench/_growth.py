@@ -256,7 +256,7 @@ async def _routed(
         run = await closed_loop(
             through.lookup,
             concurrency=1,
-            count=sizes.growth_lookups,
+            count=sizes.growth_routed_lookups,
             pids={"gateway": [gateway.pid], "providers": setup.hosts.pids},
         )
         figures["check"] = await _check_lookup(ctx, gateway.address)
@@ -278,10 +278,10 @@ async def _routed(
 
 
 async def _asked_everyone(
-    ctx: Context, procs: Processes, hosts: Hosts, chosen: list[str]
+    ctx: Context, procs: Processes, hosts: Hosts, chosen: list[str], *, lookups: int
 ) -> dict[str, Any]:
-    """The same N without filters: every provider asked about the number."""
-    sizes, env = ctx.sizes, ctx.env
+    """The same N without filters: every provider asked about the number, ``lookups`` times."""
+    env = ctx.env
     gateway = _gateway(
         ctx, procs, f"gateway-n{len(chosen)}", hosts, chosen, fanout={"provider_deadline_s": 8}
     )
@@ -291,7 +291,7 @@ async def _asked_everyone(
         run = await closed_loop(
             through.lookup,
             concurrency=1,
-            count=sizes.growth_lookups,
+            count=lookups,
             pids={"gateway": [gateway.pid], "providers": hosts.pids},
         )
         rss = rss_bytes(gateway.pid)
@@ -369,7 +369,8 @@ async def run_growth(ctx: Context) -> ScenarioResult:
         params={
             "n": list(sizes.growth_n),
             "holders": sizes.growth_holders,
-            "lookups_per_n": sizes.growth_lookups,
+            "lookups_asked_everyone": sizes.growth_lookups,
+            "lookups_routed_and_baseline": sizes.growth_routed_lookups,
             "provider_deadline_s": 8,
             "fp_rates": list(sizes.growth_fp_rates),
             "asked_everyone_up_to": sizes.growth_ask_all_max,
@@ -406,11 +407,15 @@ async def run_growth(ctx: Context) -> ScenarioResult:
                 env, procs, "gr", specs, hosts=_hosts_for(len(specs), sizes.hosts), carrier=True
             )
             setup = _Setup(hosts, filters, holders, f"127.0.0.1:{dead.getsockname()[1]}")
-            details["holders_only"] = await _asked_everyone(ctx, procs, hosts, holders)
+            details["holders_only"] = await _asked_everyone(
+                ctx, procs, hosts, holders, lookups=sizes.growth_routed_lookups
+            )
             for n in sizes.growth_n:
                 chosen = everyone[:n]
                 if n in ask_all:
-                    details[f"N={n}"] = await _asked_everyone(ctx, procs, hosts, chosen)
+                    details[f"N={n}"] = await _asked_everyone(
+                        ctx, procs, hosts, chosen, lookups=sizes.growth_lookups
+                    )
                 for rate in sizes.growth_fp_rates:
                     details[f"N={n} routed {rate:g}"] = await _routed(
                         ctx, procs, setup, chosen, rate

@@ -50,6 +50,9 @@ class Sizes:
     growth_n: tuple[int, ...]
     growth_holders: int
     growth_lookups: int
+    # Lookups per routed case and for the holders-only baseline: CPU time is
+    # read in 10 ms clock ticks, so a 10 ms lookup needs many to be measured.
+    growth_routed_lookups: int
     # Filters' false-positive rates in the routed runs (the first: the SDK's default).
     growth_fp_rates: tuple[float, ...]
     # The largest N also measured with every provider asked (N servers running).
@@ -83,6 +86,7 @@ FULL = Sizes(
     growth_n=(50, 500, 2000, 20000),
     growth_holders=10,
     growth_lookups=8,
+    growth_routed_lookups=80,
     growth_fp_rates=(0.01, 0.0001),
     growth_ask_all_max=2000,
     notices_n=1000,
@@ -111,6 +115,7 @@ QUICK = Sizes(
     growth_n=(40,),
     growth_holders=10,
     growth_lookups=3,
+    growth_routed_lookups=5,
     growth_fp_rates=(0.01,),
     growth_ask_all_max=40,
     notices_n=50,
