@@ -69,6 +69,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--plain-from", type=int, default=DEFAULT_PLAIN_FROM_BITS, help="bits from which plain"
     )
+    parser.add_argument(
+        "--small-fp",
+        type=float,
+        default=DEFAULT_FP_RATE,
+        help="false-positive rate of providers below --small-below numbers (default: the "
+        "same as the others); false-positive calls count providers, memory counts numbers",
+    )
+    parser.add_argument(
+        "--small-below", type=int, default=100_000, help="what a small provider is (numbers)"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     return parser
 
@@ -103,12 +113,12 @@ def synthetic_filter(
     )
 
 
-def layout_alternatives(sizes: list[int], k: int, plain_from: int) -> dict[str, float]:
-    """Bytes other layouts would take for the same filters."""
-    exact = sum(math.ceil(n * k / math.log(2)) for n in sizes) / 8
-    pow2 = sum(bits_for(n, k) for n in sizes) / 8
+def layout_alternatives(sizes: list[int], ks: list[int], plain_from: int) -> dict[str, float]:
+    """Bytes other layouts would take for the same filters (``ks``: each one's hashes)."""
+    exact = sum(math.ceil(n * k / math.log(2)) for n, k in zip(sizes, ks, strict=True)) / 8
+    pow2 = sum(bits_for(n, k) for n, k in zip(sizes, ks, strict=True)) / 8
     by_m: dict[int, int] = {}
-    for n in sizes:
+    for n, k in zip(sizes, ks, strict=True):
         m = bits_for(n, k)
         by_m[m] = by_m.get(m, 0) + 1
     # A matrix of m rows takes a byte per row for every 8 columns or part of 8.
@@ -187,15 +197,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     check = keyring.key_checks()[1]
     k = hashes_for(DEFAULT_FP_RATE)
     sizes = zipf_sizes(args.providers, args.total, args.zipf)
+    ks = [hashes_for(args.small_fp) if n < args.small_below else k for n in sizes]
     index = RoutingIndex(key_checks=keyring.key_checks(), plain_from_bits=args.plain_from)
     gc.collect()
     rss_before = _rss_bytes()
 
     started = time.perf_counter()
     ids = [f"p{r:05d}" for r in range(len(sizes))]
-    for provider_id, n in zip(ids, sizes, strict=True):
+    for provider_id, n, n_k in zip(ids, sizes, ks, strict=True):
         index.register(provider_id, snapshot_interval=INTERVAL_S)
-        index.put_snapshot(provider_id, synthetic_filter(rng, n, k, 1, check))
+        index.put_snapshot(provider_id, synthetic_filter(rng, n, n_k, 1, check))
     build_s = time.perf_counter() - started
     gc.collect()
     rss_after = _rss_bytes()
@@ -224,7 +235,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         non_holders_asked += len(asked) - sum(1 for p in chosen if p in asked)
     times.sort()
     cpu.sort()
-    expected_fp = statistics.fmean(expected_fp_rate(bits_for(n, k), k, n) for n in sizes)
+    expected_fp = statistics.fmean(
+        expected_fp_rate(bits_for(n, n_k), n_k, n) for n, n_k in zip(sizes, ks, strict=True)
+    )
     layout = index.layout()
     return {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -245,6 +258,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "holders": args.holders,
             "k": k,
             "fp_rate": DEFAULT_FP_RATE,
+            "small_fp_rate": args.small_fp,
+            "small_below": args.small_below,
+            "small_providers": sum(n < args.small_below for n in sizes),
         },
         "route_ms": {
             "p50": times[len(times) // 2] * 1e3,
@@ -256,13 +272,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "missed_holders": missed,
         "non_holder_share_asked": non_holders_asked / (len(numbers) * (len(ids) - args.holders)),
+        "non_holders_asked_per_number": non_holders_asked / len(numbers),
         "expected_fp_rate_mean": expected_fp,
         "memory": {
             "index_bytes": index.memory_bytes(),
             "budget_bytes": BUDGET_BYTES,
             "rss_growth_bytes": rss_after - rss_before,
             "layout": layout,
-            "alternatives": layout_alternatives(sizes, k, args.plain_from),
+            "alternatives": layout_alternatives(sizes, ks, args.plain_from),
         },
         "index_build_s": build_s,
         "python_loop_ms_per_number": python_loop_ms(rng, keyring, args.providers),
@@ -279,14 +296,16 @@ def _print(figures: dict[str, Any]) -> None:
     lines = [
         f"routing index: {params['providers']} providers, {params['total_numbers']:,} numbers "
         f"(Zipf s={params['zipf']}: {params['largest']:,} .. {params['smallest']:,}), "
-        f"k={params['k']}, p={params['fp_rate']}",
+        f"k={params['k']}, p={params['fp_rate']} ({params['small_providers']} providers below "
+        f"{params['small_below']:,} numbers at p={params['small_fp_rate']})",
         f"load (1/5/15 min): {', '.join(f'{x:.2f}' for x in figures['machine']['load_1_5_15'])} "
         f"on {figures['machine']['cores']} cores",
         f"route per number: p50 {route['p50']:.3f} ms, p99 {route['p99']:.3f} ms, "
         f"max {route['max']:.3f} ms, mean {route['mean']:.3f} ms (target <= 1 ms); "
         f"CPU p50 {route['cpu_p50']:.3f} ms, p99 {route['cpu_p99']:.3f} ms",
         f"holders missed: {figures['missed_holders']} (target 0)",
-        f"non-holders asked: {figures['non_holder_share_asked']:.4%} "
+        f"non-holders asked: {figures['non_holder_share_asked']:.4%}, "
+        f"{figures['non_holders_asked_per_number']:.1f} per number "
         f"(filters' expected {figures['expected_fp_rate_mean']:.4%}; target <= 2%)",
         f"index memory: {mem['index_bytes'] * mb:.1f} MB of {mem['budget_bytes'] * mb:.0f} MB "
         f"(RSS grew {mem['rss_growth_bytes'] * mb:.1f} MB); "

@@ -8,9 +8,11 @@ summary accounts for every provider either way.
 
 from __future__ import annotations
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from onecert.gateway import GatewayServer
+from onecert.gateway import _lookup as lookup_module
 from onecert.gateway._config import MetricsConfig
 from onecert.gateway.testing import CURRENT, FORMER, Federation, at, binding
 from onecert.portal._i18n import translator
@@ -81,6 +83,21 @@ async def test_grouped_lookup_sends_one_routed_out_per_number_and_the_same_summa
     assert _coverage(summary(grouped)) == _coverage(summary(plain))
     total = summary(grouped).total
     assert (total.asked, total.answered, total.skipped) == (6, 3, 3)
+
+
+async def test_past_the_listing_cap_only_the_count_is_sent(
+    fed: Federation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A number with more routed-out providers than the gateway lists gets their count
+    and no ids (the message stays small however many providers there are); one under
+    the cap still lists them."""
+    gateway = await _routed_federation(fed)
+    monkeypatch.setattr(lookup_module, "MAX_LISTED_ROUTED_OUT", 1)
+    grouped = await fed.lookup(gateway, request=GROUPED)
+    routed = {m.routed_out.msisdn: m.routed_out for m in grouped if m.HasField("routed_out")}
+    assert (routed[FORMER].count, list(routed[FORMER].provider_ids)) == (2, [])
+    assert (routed[CURRENT].count, list(routed[CURRENT].provider_ids)) == (1, ["other"])
+    assert summary(grouped).total.skipped == 3
 
 
 async def test_grouped_lookup_is_audited_and_counted_like_the_plain_one(fed: Federation) -> None:

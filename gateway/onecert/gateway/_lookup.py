@@ -73,6 +73,11 @@ _log = structlog.get_logger("onecert.gateway.lookup")
 QUERY_ID: ContextVar[str] = ContextVar("onecert_query_id", default="")
 
 MAX_CLIENT_REQUEST_ID = 64
+# A RoutedOut lists the routed-out providers' ids only up to this many; past it
+# only their count. Ids of up to 64 characters would outgrow the largest
+# message (4 MiB) past about 60,000 providers, and a citizen's page shows the
+# count anyway: listing 20,000 ids cost more CPU than the rest of the lookup.
+MAX_LISTED_ROUTED_OUT = 1000
 # The contract caps account_ref at 256 characters; a longer one cannot be
 # passed back to the provider, so it gets no handle.
 _MAX_ACCOUNT_REF = 256
@@ -548,19 +553,20 @@ class LookupService:
         """
         now = asyncio.get_running_loop().time()
         for msisdn, out in plan.routed_out.items():
-            ids = out.ids()
             if group:
+                listed = out.ids() if out.count <= MAX_LISTED_ROUTED_OUT else ()
                 yield gateway_pb2.LookupResponse(
                     query_id=query_id,
                     routed_out=gateway_pb2.RoutedOut(
                         msisdn=msisdn,
-                        count=len(ids),
-                        provider_ids=ids,
+                        count=out.count,
+                        provider_ids=listed,
                         detail=ROUTED_OUT_DETAIL,
                         elapsed=_duration(now - start),
                     ),
                 )
                 continue
+            ids = out.ids()
             for provider in (p for p in self._fanout.providers if p.id in ids):
                 answer = ProviderAnswer(
                     ProviderCall(provider, msisdn),

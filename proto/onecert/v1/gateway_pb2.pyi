@@ -653,12 +653,15 @@ class RoutedOut(_message.Message):
     ELAPSED_FIELD_NUMBER: _builtins.int
     msisdn: _builtins.str
     count: _builtins.int
-    """How many providers; the size of provider_ids."""
+    """How many providers."""
     detail: _builtins.str
     """Why, the same text as the SKIPPED results' detail ("routing: ...")."""
     @_builtins.property
     def provider_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Every routed-out provider's id, in no particular order."""
+        """The routed-out providers' ids, in no particular order, when there are at
+        most 1,000 of them (then exactly `count` ids); past that, empty: `count`
+        alone accounts for them.
+        """
 
     @_builtins.property
     def elapsed(self) -> _duration_pb2.Duration:

@@ -186,7 +186,8 @@ class RoutedOut:
 
     One update per number, in place of one SKIPPED :class:`Result` per
     provider; they count as ``skipped`` (and ``asked``) in the summary's
-    coverage, as those results would.
+    coverage, as those results would. ``provider_ids`` lists them when there
+    are at most 1,000; past that it is empty and ``count`` alone says how many.
     """
 
     query_id: str
