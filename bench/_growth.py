@@ -31,15 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from bench._cluster import (
-    CARRIER_ID,
-    Hosts,
-    ProviderSpec,
-    provider_ids,
-    start_gateway,
-    start_hosts,
-    write_gateway_config,
-)
+from bench import _cluster as cluster
 from bench._load import FloorLoad, GatewayLoad, closed_loop, percentile
 from bench._procs import Processes, rss_bytes
 from bench._report import Row, ScenarioResult
@@ -221,7 +213,7 @@ def _routing_time(filters: _Filters, rate: float, providers: Sequence[str]) -> d
 class _Setup:
     """What the routed runs share: hosts, filters, and the address nobody listens on."""
 
-    hosts: Hosts
+    hosts: cluster.Hosts
     filters: _Filters
     holders: list[str]
     dead: str
@@ -235,15 +227,15 @@ async def _routed(
     n = len(chosen)
     name = f"gateway-n{n}-routed-{rate:g}"
     addresses = setup.hosts.addresses
-    config = write_gateway_config(
+    config = cluster.write_gateway_config(
         env,
         procs.directory / f"{name}.toml",
-        carrier_address=addresses[CARRIER_ID],
+        carrier_address=addresses[cluster.CARRIER_ID],
         providers=[(p, addresses.get(p, setup.dead)) for p in chosen],
         fanout={"provider_deadline_s": 8},
         extra=f'\n[routing]\nkey_file = "{setup.filters.key_file}"\n',
     )
-    gateway = start_gateway(procs, name, config)
+    gateway = cluster.start_gateway(procs, name, config)
     through = GatewayLoad(env, gateway.address)
     figures: dict[str, Any] = {}
     try:
@@ -278,7 +270,7 @@ async def _routed(
 
 
 async def _asked_everyone(
-    ctx: Context, procs: Processes, hosts: Hosts, chosen: list[str], *, lookups: int
+    ctx: Context, procs: Processes, hosts: cluster.Hosts, chosen: list[str], *, lookups: int
 ) -> dict[str, Any]:
     """The same N without filters: every provider asked about the number, ``lookups`` times."""
     env = ctx.env
@@ -360,8 +352,8 @@ def _rows(ctx: Context, details: dict[str, Any]) -> list[Row]:
 async def run_growth(ctx: Context) -> ScenarioResult:
     """N registered providers, 10 hold the number: CPU and latency of one lookup."""
     sizes, env = ctx.sizes, ctx.env
-    holders = provider_ids("gr-h", sizes.growth_holders)
-    others = provider_ids("gr-x", max(sizes.growth_n) - sizes.growth_holders)
+    holders = cluster.provider_ids("gr-h", sizes.growth_holders)
+    others = cluster.provider_ids("gr-x", max(sizes.growth_n) - sizes.growth_holders)
     everyone = [*holders, *others]
     result = ScenarioResult(
         "growth",
@@ -397,13 +389,13 @@ async def run_growth(ctx: Context) -> ScenarioResult:
     running = set(everyone[: max(ask_all, default=sizes.growth_holders)])
     for positives in filters.false_positives.values():
         running |= positives
-    specs = [ProviderSpec(p, hold=p in set(holders)) for p in everyone if p in running]
+    specs = [cluster.ProviderSpec(p, hold=p in set(holders)) for p in everyone if p in running]
     details: dict[str, Any] = {"running_providers": len(specs)}
     dead = socket.socket()  # bound, never listening: a call to it is refused
     dead.bind(("127.0.0.1", 0))
     try:
         with Processes(directory) as procs:
-            hosts = start_hosts(
+            hosts = cluster.start_hosts(
                 env, procs, "gr", specs, hosts=_hosts_for(len(specs), sizes.hosts), carrier=True
             )
             setup = _Setup(hosts, filters, holders, f"127.0.0.1:{dead.getsockname()[1]}")

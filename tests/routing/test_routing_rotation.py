@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 from onecert.cli import main
-from onecert.gateway import GatewayServer
+from onecert.gateway import GatewayServer, testing
 from onecert.gateway.routing import FilterSealer, RoutingKeyring
 from onecert.gateway.routing._rotation import (
     RotationError,
@@ -25,15 +25,7 @@ from onecert.gateway.routing._rotation import (
     rotate_key,
 )
 from onecert.gateway.store import KeyState, Store
-from onecert.gateway.testing import (
-    CURRENT,
-    FORMER,
-    Federation,
-    FederationKeys,
-    at,
-    binding,
-    gateway_toml,
-)
+from onecert.gateway.testing import CURRENT, FORMER, Federation, at, binding
 from onecert.sdk.client import GatewayError
 from onecert.sdk.routing import RoutingFilter, build_filter
 from onecert.v1 import gateway_pb2
@@ -140,11 +132,11 @@ def test_the_operator_command_lists_rotates_and_retires(
     """`onecert routing keys|rotate-key|retire-key --config` drive the store's keyring,
     refuse to retire the active version (status 2, nothing changed), and leave an
     audit chain that verifies."""
-    keys = FederationKeys.create(tmp_path / "keys")
+    keys = testing.FederationKeys.create(tmp_path / "keys")
     database = tmp_path / "gateway.db"
     config = tmp_path / "gateway.toml"
     config.write_text(
-        gateway_toml(
+        testing.gateway_toml(
             keys,
             store_url=f"sqlite:///{database}",
             carriers=[{"id": "cm", "address": "127.0.0.1:1", "prefixes": ["+86138"]}],
