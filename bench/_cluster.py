@@ -215,10 +215,12 @@ def write_gateway_config(
     return path
 
 
-def start_gateway(procs: Processes, name: str, config: Path) -> GatewayProcess:
-    """``onecert gateway serve --config CONFIG``; returns once it listens."""
+def start_gateway(
+    procs: Processes, name: str, config: Path, *, timeout: float = STARTUP_TIMEOUT_S
+) -> GatewayProcess:
+    """``onecert gateway serve --config CONFIG``; returns once it listens (``timeout`` s)."""
     process = procs.python(name, "-m", "onecert.cli", "gateway", "serve", "--config", str(config))
-    port = wait_gateway_port(process, STARTUP_TIMEOUT_S)
+    port = wait_gateway_port(process, timeout)
     return GatewayProcess(process, port, config)
 
 

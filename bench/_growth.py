@@ -235,7 +235,9 @@ async def _routed(
         fanout={"provider_deadline_s": 8},
         extra=f'\n[routing]\nkey_file = "{setup.filters.key_file}"\n',
     )
-    gateway = cluster.start_gateway(procs, name, config)
+    # The registry seeds every configured provider into the store at start:
+    # about 40 s for 20,000 on a quiet 2-core machine, minutes on a busy one.
+    gateway = cluster.start_gateway(procs, name, config, timeout=max(120.0, n / 20))
     through = GatewayLoad(env, gateway.address)
     figures: dict[str, Any] = {}
     try:
