@@ -83,7 +83,7 @@ def _classify(frames: list[str], rules: list[tuple[str, re.Pattern[str]]]) -> st
     return "other"
 
 
-async def _profile(n: int, seconds: float, directory: Path) -> None:
+async def _profile(n: int, seconds: float, directory: Path, *, gil: bool = False) -> None:
     env = BenchSetup(directory)
     ids = provider_ids("pf", n)
     with Processes(directory / "procs") as procs:
@@ -113,6 +113,7 @@ async def _profile(n: int, seconds: float, directory: Path) -> None:
                     "--format",
                     "raw",
                     "--nonblocking",
+                    *(["--gil"] if gil else []),
                     "-o",
                     str(out),
                 ],
@@ -139,9 +140,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=50, help="providers per lookup")
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--workdir", type=Path)
+    parser.add_argument(
+        "--gil",
+        action="store_true",
+        help="sample only the thread holding the GIL (Python CPU; leaves out threads "
+        "waiting in SQLite or the gRPC core)",
+    )
     args = parser.parse_args(argv)
     directory = args.workdir or Path(tempfile.mkdtemp(prefix="onecert-profile-"))
-    asyncio.run(_profile(args.n, args.seconds, directory))
+    asyncio.run(_profile(args.n, args.seconds, directory, gil=args.gil))
     return 0
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterable, Callable
 from typing import TYPE_CHECKING
 
 import grpc
@@ -11,6 +11,7 @@ import pytest
 
 from onecert.gateway._identity import AssertionIssuer
 from onecert.sdk._keys import SigningKey
+from onecert.v1 import gateway_pb2
 
 if TYPE_CHECKING:
     from onecert.gateway.testing import Federation
@@ -123,3 +124,51 @@ async def test_carriers_are_asked_for_the_assertions_idn(fed: Federation) -> Non
     messages = await fed.lookup(gateway, assertion=fed.assertion(idn=fed.OTHER_IDN))
     assert carrier.record.targets == [fed.OTHER_IDN]
     assert len(messages[0].started.numbers) == 2
+
+
+async def _collect(
+    call: AsyncIterable[gateway_pb2.LookupResponse], into: list[gateway_pb2.LookupResponse]
+) -> None:
+    async for message in call:
+        into.append(message)  # noqa: PERF401 - keeps what arrived before the call fails
+
+
+async def test_replay_to_another_replica_reveals_nothing(fed: Federation) -> None:
+    """A replica that never saw an assertion still refuses its replay (the shared store
+    remembers it): UNAUTHENTICATED before any message, with no provider asked and no
+    audit row; at most the carrier call made while the jti was being recorded."""
+    carrier = await fed.carrier("cm", {fed.IDN: fed.story_tenures()})
+    provider = await fed.provider("pay", {})
+    first = await fed.gateway(store="sqlite")
+    second = await fed.gateway(store="sqlite")
+    token = fed.assertion()
+    await fed.lookup(first, assertion=token)
+    provider_calls, carrier_calls = provider.record.calls, carrier.record.calls
+    assert second.store is not None
+    rows = (await second.store.audit.verify()).rows_checked
+    stub = fed.stub(second)
+    call = stub.Lookup(gateway_pb2.LookupRequest(), metadata=_bearer(token), timeout=10)
+    messages: list[gateway_pb2.LookupResponse] = []
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await _collect(call, messages)
+    assert info.value.code() == UNAUTHENTICATED
+    assert "already used" in (info.value.details() or "")
+    assert messages == []
+    assert provider.record.calls == provider_calls
+    assert carrier.record.calls <= carrier_calls + 1
+    assert (await second.store.audit.verify()).rows_checked == rows
+
+
+async def test_replay_after_a_restart_is_refused(fed: Federation) -> None:
+    """An assertion spent before the gateway restarted is refused after it: the spend
+    was durable before the first lookup revealed anything."""
+    await fed.carrier("cm", {fed.IDN: fed.story_tenures()})
+    await fed.provider("pay", {})
+    before = await fed.gateway(store="sqlite")
+    token = fed.assertion()
+    await fed.lookup(before, assertion=token)
+    await before.stop(0)
+    after = await fed.gateway(store="sqlite")
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await fed.lookup(after, assertion=token)
+    assert info.value.code() == UNAUTHENTICATED

@@ -43,3 +43,25 @@ async def test_concurrent_replays_across_replicas(store: Store, other_store: Sto
     )
     assert sorted(answers) == [False, False, False, True]
     assert await cache_b.remember("other", expires)
+
+
+async def test_remember_many_answers_each_jti(store: Store, t0: datetime) -> None:
+    """One statement records many jtis and tells which were new, as one by one would."""
+    exp = t0 + timedelta(minutes=5)
+    assert await store.replay.remember("seen", exp, now=t0)
+    new = await store.replay.remember_many(
+        [("seen", exp), ("fresh", exp), ("dead", t0 - timedelta(seconds=1))], now=t0
+    )
+    assert new == {"fresh", "dead"}
+    assert not await store.replay.remember("fresh", exp, now=t0)
+
+
+async def test_concurrent_remembers_share_a_statement(store: Store, other_store: Store) -> None:
+    """Many jtis remembered at once through one cache are each new once, and a jti
+    repeated in the same burst is new only for its first caller."""
+    cache = StoreReplayCache(store.replay)
+    expires = time.time() + 60
+    jtis = [f"j{i}" for i in range(20)] + ["j3", "j7"]
+    answers = await asyncio.gather(*(cache.remember(j, expires) for j in jtis))
+    assert answers == [True] * 20 + [False, False]
+    assert not await StoreReplayCache(other_store.replay).remember("j11", expires)

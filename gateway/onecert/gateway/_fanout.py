@@ -388,15 +388,19 @@ class FanOut:
         Returns:
             One answer per carrier, in configuration order.
         """
+        # Every carrier's deadline counts from now, not from when its task runs.
+        anchor = asyncio.get_running_loop().time()
         async with asyncio.TaskGroup() as group:
             tasks = [
-                group.create_task(self._ask_carrier(c, idn, query_id=query_id, deadline=deadline))
+                group.create_task(
+                    self._ask_carrier(c, idn, query_id=query_id, deadline=deadline, anchor=anchor)
+                )
                 for c in self.carriers
             ]
         return tuple(t.result() for t in tasks)
 
     async def _ask_carrier(
-        self, carrier: CarrierConfig, idn: str, *, query_id: str, deadline: float
+        self, carrier: CarrierConfig, idn: str, *, query_id: str, deadline: float, anchor: float
     ) -> CarrierAnswer:
         upstream = self._carrier_upstreams[carrier.id]
         stub = registry_pb2_grpc.NumberRegistryStub(upstream.channel(self._channels))
@@ -411,7 +415,7 @@ class FanOut:
             )
 
         started = time.monotonic()
-        result = await self._supervise(upstream, invoke, warrant, deadline=deadline)
+        result = await self._supervise(upstream, invoke, warrant, deadline=deadline, anchor=anchor)
         self._observer.carrier_answered(
             carrier.id, result.outcome, result.attempts, time.monotonic() - started
         )
@@ -490,6 +494,10 @@ class FanOut:
         cancelling the task that iterates it, cancels every call in flight.
         Iterate it inside ``contextlib.aclosing`` so that happens promptly.
 
+        Every call's own deadline counts from this method's start (not from
+        when its task first runs), so the last call ends within the longest
+        provider deadline of the fan-out's start however many calls there are.
+
         Args:
             calls: :attr:`Plan.calls`.
             query_id: the lookup's id, carried in every warrant.
@@ -499,7 +507,7 @@ class FanOut:
         started = loop.time()
         tasks = [
             asyncio.create_task(
-                self._ask_provider(call, query_id=query_id, deadline=deadline),
+                self._ask_provider(call, query_id=query_id, deadline=deadline, anchor=started),
                 name=f"lookup {query_id} {call.provider.id}",
             )
             for call in calls
@@ -518,7 +526,7 @@ class FanOut:
                 await asyncio.gather(*pending, return_exceptions=True)
 
     async def _ask_provider(
-        self, call: ProviderCall, *, query_id: str, deadline: float
+        self, call: ProviderCall, *, query_id: str, deadline: float, anchor: float
     ) -> ProviderAnswer:
         provider = call.provider
         quarantined = self._quarantined.get(provider.id)
@@ -541,7 +549,7 @@ class FanOut:
                 audience=provider.id, target=call.msisdn, purpose="lookup", query_id=query_id
             )
 
-        result = await self._supervise(upstream, invoke, warrant, deadline=deadline)
+        result = await self._supervise(upstream, invoke, warrant, deadline=deadline, anchor=anchor)
         loop = asyncio.get_running_loop()
         bindings: tuple[provider_pb2.Binding, ...] = ()
         detail = result.detail
@@ -574,12 +582,16 @@ class FanOut:
         warrant: Callable[[], str],
         *,
         deadline: float,
+        anchor: float,
     ) -> _Result[T]:
         """One logical call: breaker, slot, attempts with retries; never raises
-        anything but CancelledError."""
+        anything but CancelledError.
+
+        ``anchor`` is when the fan-out began (``loop.time()``): the upstream's
+        deadline counts from it, cut short by the lookup's ``deadline``.
+        """
         loop = asyncio.get_running_loop()
-        # The call's own deadline: the upstream's, cut short by the lookup's.
-        end = min(deadline, loop.time() + upstream.deadline)
+        end = min(deadline, anchor + upstream.deadline)
         if end - loop.time() <= 0:
             return _Result(
                 UpstreamOutcome.TIMED_OUT, "no time left in the lookup's deadline", None, 0

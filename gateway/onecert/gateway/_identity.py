@@ -240,12 +240,23 @@ class AssertionVerifier:
     async def verify(self, token: str) -> Citizen:
         """Verify ``token`` and remember its ``jti``; raise :class:`IdentityError`.
 
+        :meth:`check`, then :meth:`spend`: refused tokens never take room in
+        the replay cache.
+        """
+        citizen = self.check(token)
+        await self.spend(citizen)
+        return citizen
+
+    def check(self, token: str) -> Citizen:
+        """Everything but the replay cache; raise :class:`IdentityError`.
+
         Checks, in order: size and structure; the issuer (its unverified ``iss``
         only chooses which key set to try); ``typ``; ``kid`` and the algorithm
         pinned to that key; the signature; exact ``iss`` and ``aud``; the
         required claims; ``exp``, ``nbf``, ``iat`` with leeway and the lifetime;
-        the shapes of ``sub``, ``idn`` and ``jti``; ``acr``; and last the replay
-        cache, so that refused tokens never take room in it.
+        the shapes of ``sub``, ``idn`` and ``jti``; ``acr``. A citizen it
+        returns is not yet trusted: :meth:`spend` must succeed before anything
+        is revealed to the caller.
         """
         if not token:
             raise _unauthenticated("missing", "identity assertion refused: no token")
@@ -285,9 +296,20 @@ class AssertionVerifier:
             ) from None
         citizen = self._citizen(claims, issuer)
         self._check_assurance(citizen.acr)
+        return citizen
+
+    async def spend(self, citizen: Citizen) -> None:
+        """Remember the assertion's ``jti`` in the replay cache; raise
+        :class:`IdentityError` if it was used before (or cannot be recorded).
+
+        Returns once the cache has recorded it (durably, for a store-backed
+        cache). The cache's in-process front answers a replay it already
+        holds before its first pause, so a task running this ends at its
+        first step for such a replay.
+        """
         try:
             first = await self._replay.remember(
-                _replay_key(issuer, citizen.jti), citizen.expires_at + self._leeway
+                _replay_key(citizen.issuer, citizen.jti), citizen.expires_at + self._leeway
             )
         except ReplayCacheFullError as exc:
             raise IdentityError(
@@ -310,7 +332,6 @@ class AssertionVerifier:
                 "identity assertion refused: it was already used (jti replayed); "
                 "get a fresh assertion for every call",
             )
-        return citizen
 
     @staticmethod
     def _unverified_issuer(token: str) -> str | None:

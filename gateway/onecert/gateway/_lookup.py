@@ -7,11 +7,22 @@ The order of one lookup:
    use up its ``jti``;
 2. verify the identity assertion; any failure ends the call with its status
    before anything else happens;
-3. ask every carrier for the citizen's tenures (UNAVAILABLE if none answers);
+3. spend the assertion's ``jti`` in the replay cache while asking every
+   carrier for the citizen's tenures; a replay ends the call UNAUTHENTICATED
+   before anything is sent or any provider is asked, and no carrier answer
+   is used (UNAVAILABLE if no carrier answers);
 4. send ``LookupStarted``, then the providers routing rules out (one
    ``RoutedOut`` per number when the caller understands it, else one SKIPPED
    ``ProviderResult`` each), then one ``ProviderResult`` per provider and
    number as each call ends, attributed by tenure, and last a ``LookupSummary``.
+
+The replay cache's write is durable before anything derived from the
+assertion leaves the gateway, so a replay is refused across restarts and
+replicas; overlapping it with the carrier call takes the write off the
+critical path. A replay this process has seen is refused before any carrier
+call; one only another replica (or an earlier run) saw costs at most one
+carrier call, whose answer is dropped (docs/security.md, "Replayed
+assertions").
 """
 
 from __future__ import annotations
@@ -378,13 +389,18 @@ class LookupService:
             )
         self._active += 1
         try:
-            citizen = await self._identify(metadata)
+            citizen, spent = await self._identify(metadata)
             if client_request_id:
                 # The caller's own id, so the portal can find its lookup in these logs.
                 structlog.contextvars.bind_contextvars(
                     client_request_id=mask_numbers_in_text(client_request_id)
                 )
-            responses = self._lookup(citizen, query_id, time_remaining, group_routed_out)
+            start = asyncio.get_running_loop().time()
+            deadline = self._deadline(time_remaining, start)
+            carriers = await self._ask_carriers(citizen, query_id, deadline, spent)
+            responses = self._lookup(
+                citizen, query_id, start, deadline, carriers, group_routed_out=group_routed_out
+            )
             if self._auditor is not None:
                 responses = self._audited(citizen, query_id, responses, self._auditor)
             async for response in responses:
@@ -467,14 +483,47 @@ class LookupService:
                     detail=detail,
                 )
 
-    async def _identify(self, metadata: Metadata) -> Citizen:
+    def _refusal(self, exc: IdentityError) -> Refusal:
+        self._observer.assertion_rejected(exc.reason)
+        return Refusal(exc.code, exc.message, reason=exc.reason)
+
+    async def _identify(self, metadata: Metadata) -> tuple[Citizen, asyncio.Task[None]]:
+        """The checked citizen, and the task spending its ``jti`` (still running)."""
         try:
-            citizen = await self._verifier.verify(bearer_token(metadata))
+            citizen = self._verifier.check(bearer_token(metadata))
         except IdentityError as exc:
-            self._observer.assertion_rejected(exc.reason)
-            raise Refusal(exc.code, exc.message, reason=exc.reason) from None
+            raise self._refusal(exc) from None
+        spent = asyncio.create_task(self._verifier.spend(citizen), name="lookup-replay-check")
+        # A lookup cancelled before it reads the outcome leaves it unread.
+        spent.add_done_callback(_read_outcome)
+        # One step for the task: a replay the cache's in-process front holds
+        # (or a cache without a database) is answered now, before a carrier
+        # is asked.
+        await asyncio.sleep(0)
+        if spent.done():
+            await self._spent(spent)
         _log.info("lookup.identified", issuer=citizen.issuer, acr=citizen.acr)
-        return citizen
+        return citizen, spent
+
+    async def _spent(self, spent: asyncio.Task[None]) -> None:
+        try:
+            # Shielded: a lookup cancelled meanwhile leaves the write to finish.
+            await asyncio.shield(spent)
+        except IdentityError as exc:
+            raise self._refusal(exc) from None
+
+    async def _ask_carriers(
+        self, citizen: Citizen, query_id: str, deadline: float, spent: asyncio.Task[None]
+    ) -> tuple[CarrierAnswer, ...]:
+        """The carriers' answers, once the replay cache has spent the assertion."""
+        try:
+            carriers = await self._fanout.list_numbers(
+                citizen.idn, query_id=query_id, deadline=deadline
+            )
+        finally:
+            # Whatever the carriers did, a replay is what the caller hears.
+            await self._spent(spent)
+        return carriers
 
     def _deadline(self, time_remaining: float | None, start: float) -> float:
         budget = self._lookup_deadline
@@ -486,15 +535,13 @@ class LookupService:
         self,
         citizen: Citizen,
         query_id: str,
-        time_remaining: float | None,
+        start: float,
+        deadline: float,
+        carriers: Sequence[CarrierAnswer],
+        *,
         group_routed_out: bool,
     ) -> AsyncIterator[gateway_pb2.LookupResponse]:
         loop = asyncio.get_running_loop()
-        start = loop.time()
-        deadline = self._deadline(time_remaining, start)
-        carriers = await self._fanout.list_numbers(
-            citizen.idn, query_id=query_id, deadline=deadline
-        )
         if not any(c.outcome is UpstreamOutcome.ANSWERED for c in carriers):
             reasons = "; ".join(f"{c.carrier.id}: {c.detail or c.outcome.name}" for c in carriers)
             _log.warning("lookup.no_carrier", carriers=len(carriers))
@@ -578,6 +625,11 @@ class LookupService:
                 )
                 result = self.merger.merge(answer, (), sub="", query_id=query_id, start=start)
                 yield gateway_pb2.LookupResponse(query_id=query_id, result=result)
+
+
+def _read_outcome(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _summary(

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from onecert.gateway.store._audit import canonical_detail, check_audit_fields, row_hash
@@ -27,6 +27,56 @@ def _checked(entries: Sequence[AuditDraft]) -> list[AuditDraft]:
     for d in drafts:
         check_audit_fields(kind=d.kind, actor=d.actor, subject=d.subject, detail=d.detail)
     return drafts
+
+
+def _chain(conn: Connection, drafts: Sequence[AuditDraft], ts: datetime) -> list[AuditEntry]:
+    # Synchronous, so that one SQLite transaction is one step (write_sync);
+    # async callers run it with run_sync in their own transaction.
+    h = audit_head.c
+    head = conn.execute(select(h.seq, h.row_hash).where(h.id == 1).with_for_update()).one()
+    seq, prev = int(head.seq), str(head.row_hash)
+    out: list[AuditEntry] = []
+    rows: list[dict[str, Any]] = []
+    for d in drafts:
+        seq += 1
+        text = canonical_detail(d.detail)
+        digest = row_hash(
+            prev_hash=prev,
+            seq=seq,
+            ts=ts,
+            kind=d.kind,
+            actor=d.actor,
+            subject=d.subject,
+            detail=text,
+        )
+        entry = AuditEntry(
+            seq=seq,
+            ts=ts,
+            kind=d.kind,
+            actor=d.actor,
+            subject=d.subject,
+            detail=dict(d.detail),
+            prev_hash=prev,
+            row_hash=digest,
+        )
+        out.append(entry)
+        rows.append(
+            {
+                "seq": seq,
+                "ts": ts,
+                "kind": d.kind,
+                "actor": d.actor,
+                "subject": d.subject,
+                "detail": text,
+                "prev_hash": prev,
+                "row_hash": digest,
+            }
+        )
+        prev = digest
+    if rows:
+        conn.execute(insert(audit_log), rows)
+        conn.execute(update(audit_head).where(h.id == 1).values(seq=seq, row_hash=prev))
+    return out
 
 
 class AuditRepository:
@@ -76,65 +126,15 @@ class AuditRepository:
         if not drafts:
             return []
         ts = resolve_now(now)
-        async with self._db.write() as conn:
-            return await self._chain(conn, drafts, ts)
+        # One step on SQLite (see StoreDatabase.write_sync): the append is on
+        # the lookup's critical path, before its summary is sent.
+        return await self._db.write_sync(_chain, drafts, ts)
 
     async def chain(
         self, conn: AsyncConnection, drafts: Sequence[AuditDraft], ts: datetime
     ) -> list[AuditEntry]:
         """Append rows in the caller's write transaction (they commit with it)."""
-        return await self._chain(conn, _checked(drafts), ts)
-
-    async def _chain(
-        self, conn: AsyncConnection, drafts: Sequence[AuditDraft], ts: datetime
-    ) -> list[AuditEntry]:
-        h = audit_head.c
-        head = (
-            await conn.execute(select(h.seq, h.row_hash).where(h.id == 1).with_for_update())
-        ).one()
-        seq, prev = int(head.seq), str(head.row_hash)
-        out: list[AuditEntry] = []
-        rows: list[dict[str, Any]] = []
-        for d in drafts:
-            seq += 1
-            text = canonical_detail(d.detail)
-            digest = row_hash(
-                prev_hash=prev,
-                seq=seq,
-                ts=ts,
-                kind=d.kind,
-                actor=d.actor,
-                subject=d.subject,
-                detail=text,
-            )
-            entry = AuditEntry(
-                seq=seq,
-                ts=ts,
-                kind=d.kind,
-                actor=d.actor,
-                subject=d.subject,
-                detail=dict(d.detail),
-                prev_hash=prev,
-                row_hash=digest,
-            )
-            out.append(entry)
-            rows.append(
-                {
-                    "seq": seq,
-                    "ts": ts,
-                    "kind": d.kind,
-                    "actor": d.actor,
-                    "subject": d.subject,
-                    "detail": text,
-                    "prev_hash": prev,
-                    "row_hash": digest,
-                }
-            )
-            prev = digest
-        if rows:
-            await conn.execute(insert(audit_log), rows)
-            await conn.execute(update(audit_head).where(h.id == 1).values(seq=seq, row_hash=prev))
-        return out
+        return await conn.run_sync(_chain, _checked(drafts), ts)
 
     async def verify(self, *, batch: int = 1000) -> AuditVerification:
         """Check the whole chain in one consistent snapshot.

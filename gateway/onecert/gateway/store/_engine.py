@@ -10,7 +10,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, event
+from sqlalchemy import Connection, Engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -53,8 +53,12 @@ def normalize_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def configure_sqlite(engine: AsyncEngine, *, busy_timeout_ms: int) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
+def configure_sqlite(engine: AsyncEngine | Engine, *, busy_timeout_ms: int) -> None:
+    """Every connection of ``engine`` in WAL, ``synchronous=FULL``, with foreign keys
+    and ``busy_timeout``; transactions begun as :data:`BEGIN_OPTION` says."""
+    sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+
+    @event.listens_for(sync_engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
         # SQLAlchemy, not the driver, emits BEGIN (see _begin), so that a
         # write transaction can take the lock up front with BEGIN IMMEDIATE.
@@ -76,7 +80,7 @@ def configure_sqlite(engine: AsyncEngine, *, busy_timeout_ms: int) -> None:
         finally:
             cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(sync_engine, "begin")
     def _begin(conn: Connection) -> None:
         mode = conn.get_execution_options().get(BEGIN_OPTION, "DEFERRED")
         # "": no BEGIN, so that one write statement is its own transaction

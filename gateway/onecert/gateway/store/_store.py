@@ -143,7 +143,7 @@ class Store:
             raise ValueError("schema applies to PostgreSQL only")
         engine = create_async_engine(url, echo=echo)
         configure_sqlite(engine, busy_timeout_ms=busy_timeout_ms)
-        return cls(StoreDatabase(engine))
+        return cls(StoreDatabase(engine, busy_timeout_ms=busy_timeout_ms))
 
     @property
     def db(self) -> StoreDatabase:
