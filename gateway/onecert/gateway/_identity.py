@@ -22,12 +22,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
-import jwt
 
 from onecert.gateway._refusal import CheckError
 from onecert.sdk._idn import is_idn
 from onecert.sdk._jwt import MAX_TOKEN_BYTES, TokenError, verify_jwt
-from onecert.sdk._keys import KeySet, SigningKey
+from onecert.sdk._keys import KeySet, SigningKey, b64url_json, sign_compact
 
 ASSERTION_TYP = "onecert-id+jwt"
 # Every assertion must carry all of these (DESIGN.md, "Lookup, step by step").
@@ -513,15 +512,6 @@ class AssertionIssuer:
                 header[name] = value
         # Encoded by hand: PyJWT would sign with whatever "alg" the header
         # names, and the attack knobs must only change what the header says.
-        signing_input = f"{_b64url_json(header)}.{_b64url_json(body)}".encode("ascii")
-        algorithm = jwt.algorithms.get_default_algorithms()[self._key.alg]
-        signature = algorithm.sign(signing_input, self._key.private_key)
-        return f"{signing_input.decode('ascii')}.{_b64url(signature)}"
-
-
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _b64url_json(value: Mapping[str, Any]) -> str:
-    return _b64url(json.dumps(value, separators=(",", ":")).encode())
+        return sign_compact(
+            b64url_json(header), b64url_json(body), self._key.private_key, self._key.alg
+        )
