@@ -21,8 +21,7 @@ assertion leaves the gateway, so a replay is refused across restarts and
 replicas; overlapping it with the carrier call takes the write off the
 critical path. A replay this process has seen is refused before any carrier
 call; one only another replica (or an earlier run) saw costs at most one
-carrier call, whose answer is dropped (docs/security.md, "Replayed
-assertions").
+carrier call, whose answer is dropped (docs/architecture.md, "Lookup").
 """
 
 from __future__ import annotations
