@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from onecert.gateway.store._audit import canonical_detail, check_audit_fields, row_hash
@@ -29,11 +29,22 @@ def _checked(entries: Sequence[AuditDraft]) -> list[AuditDraft]:
     return drafts
 
 
+# Built once: a statement object reused keeps its cache key and compiled form,
+# which otherwise cost more than the SQLite work of a small append.
+_HEAD = select(audit_head.c.seq, audit_head.c.row_hash).where(audit_head.c.id == 1)
+_LOCK_HEAD = _HEAD.with_for_update()
+_APPEND = insert(audit_log)
+_MOVE_HEAD = (
+    update(audit_head)
+    .where(audit_head.c.id == 1)
+    .values(seq=bindparam("new_seq"), row_hash=bindparam("new_hash"))
+)
+
+
 def _chain(conn: Connection, drafts: Sequence[AuditDraft], ts: datetime) -> list[AuditEntry]:
     # Synchronous, so that one SQLite transaction is one step (write_sync);
     # async callers run it with run_sync in their own transaction.
-    h = audit_head.c
-    head = conn.execute(select(h.seq, h.row_hash).where(h.id == 1).with_for_update()).one()
+    head = conn.execute(_LOCK_HEAD).one()
     seq, prev = int(head.seq), str(head.row_hash)
     out: list[AuditEntry] = []
     rows: list[dict[str, Any]] = []
@@ -74,8 +85,8 @@ def _chain(conn: Connection, drafts: Sequence[AuditDraft], ts: datetime) -> list
         )
         prev = digest
     if rows:
-        conn.execute(insert(audit_log), rows)
-        conn.execute(update(audit_head).where(h.id == 1).values(seq=seq, row_hash=prev))
+        conn.execute(_APPEND, rows)
+        conn.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev})
     return out
 
 
@@ -147,11 +158,7 @@ class AuditRepository:
         """
         a = audit_log.c
         async with self._db.snapshot() as conn:
-            head = (
-                await conn.execute(
-                    select(audit_head.c.seq, audit_head.c.row_hash).where(audit_head.c.id == 1)
-                )
-            ).first()
+            head = (await conn.execute(_HEAD)).first()
             expected, prev, checked = 1, GENESIS_HASH, 0
             while True:
                 rows = (

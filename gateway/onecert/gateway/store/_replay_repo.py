@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+from sqlalchemy import Connection, bindparam
+
 from onecert.gateway.store._database import StoreDatabase
 from onecert.gateway.store._models import replay_cache
 from onecert.gateway.store._rows import aware, check_text, resolve_now, utcnow
@@ -18,6 +20,14 @@ class ReplayRepository:
 
     def __init__(self, db: StoreDatabase) -> None:
         self._db = db
+        c = replay_cache.c
+        ins = db.insert(replay_cache).values(jti=bindparam("jti"), expires_at=bindparam("exp"))
+        # Built once and reused: its cache key and compiled form are kept.
+        self._spend = ins.on_conflict_do_update(
+            index_elements=[c.jti],
+            set_={"expires_at": ins.excluded.expires_at},
+            where=c.expires_at <= bindparam("now"),
+        ).returning(c.jti)
 
     async def remember(
         self, jti: str, expires_at: datetime, *, now: datetime | None = None
@@ -48,23 +58,21 @@ class ReplayRepository:
             if expires_at <= now:
                 new.add(jti)
             else:
-                rows.append({"jti": jti, "expires_at": expires_at})
+                rows.append({"jti": jti, "exp": expires_at, "now": now})
         if len({r["jti"] for r in rows}) != len(rows):
             raise ValueError("remember_many needs distinct jtis")
-        if not rows:
-            return new
-        c = replay_cache.c
-        ins = self._db.insert(replay_cache).values(rows)
-        stmt = ins.on_conflict_do_update(
-            index_elements=[c.jti],
-            set_={"expires_at": ins.excluded.expires_at},
-            where=c.expires_at <= now,
-        ).returning(c.jti)
-        # One statement (insert-if-absent is atomic by itself), committed
-        # before the answer comes back; one step on SQLite (write_sync).
-        rows_new = await self._db.write_sync(lambda conn: conn.execute(stmt).all())
-        new.update(str(jti) for (jti,) in rows_new)
+        if rows:
+            # Insert-if-absent per jti, all in one transaction committed
+            # before the answer comes back; one step on SQLite (write_sync).
+            # In jti order: two replicas' batches then wait for each other
+            # in the same order (PostgreSQL), never in a deadlock.
+            rows.sort(key=lambda row: str(row["jti"]))
+            new.update(await self._db.write_sync(self._spend_all, rows))
         return new
+
+    def _spend_all(self, conn: Connection, rows: list[dict[str, object]]) -> list[str]:
+        spent = [conn.execute(self._spend, row).first() for row in rows]
+        return [str(row["jti"]) for row, first in zip(rows, spent, strict=True) if first]
 
     async def purge_expired(self, *, now: datetime | None = None) -> int:
         """Delete replay entries that expired; returns how many."""
