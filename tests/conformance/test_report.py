@@ -26,10 +26,12 @@ def test_public_exports() -> None:
     assert sorted(conformance.__all__) == [
         "CARRIER_CHECKS",
         "CheckResult",
+        "FILTER_CHECKS",
         "Outcome",
         "PROVIDER_CHECKS",
         "Report",
         "check_carrier",
+        "check_filter",
         "check_provider",
     ]
     for name in conformance.__all__:
