@@ -223,6 +223,7 @@ class _Upstream:
             min_retries=fanout.retry_budget_min_retries,
             window=fanout.retry_budget_window_s,
         )
+        self.max_attempts = fanout.retry_max_attempts
 
     def channel(self, pool: ChannelPool) -> grpc.aio.Channel:
         """The pooled channel to this target."""
@@ -415,7 +416,7 @@ class FanOut:
             )
 
         started = time.monotonic()
-        result = await self._supervise(upstream, invoke, warrant, deadline=deadline, anchor=anchor)
+        result = await _supervise(upstream, invoke, warrant, deadline=deadline, anchor=anchor)
         self._observer.carrier_answered(
             carrier.id, result.outcome, result.attempts, time.monotonic() - started
         )
@@ -549,7 +550,7 @@ class FanOut:
                 audience=provider.id, target=call.msisdn, purpose="lookup", query_id=query_id
             )
 
-        result = await self._supervise(upstream, invoke, warrant, deadline=deadline, anchor=anchor)
+        result = await _supervise(upstream, invoke, warrant, deadline=deadline, anchor=anchor)
         loop = asyncio.get_running_loop()
         bindings: tuple[provider_pb2.Binding, ...] = ()
         detail = result.detail
@@ -573,137 +574,137 @@ class FanOut:
             )
         return ProviderAnswer(call, result.outcome, detail, bindings, result.attempts, loop.time())
 
-    # ---------------------------------------------------------- supervision
 
-    async def _supervise(
-        self,
-        upstream: _Upstream,
-        invoke: Callable[[float, str], Awaitable[T]],
-        warrant: Callable[[], str],
-        *,
-        deadline: float,
-        anchor: float,
-    ) -> _Result[T]:
-        """One logical call: breaker, slot, attempts with retries; never raises
-        anything but CancelledError.
+# -------------------------------------------------------------- supervision
 
-        ``anchor`` is when the fan-out began (``loop.time()``): the upstream's
-        deadline counts from it, cut short by the lookup's ``deadline``.
-        """
-        loop = asyncio.get_running_loop()
-        end = min(deadline, anchor + upstream.deadline)
-        if end - loop.time() <= 0:
-            return _Result(
-                UpstreamOutcome.TIMED_OUT, "no time left in the lookup's deadline", None, 0
-            )
-        if not upstream.breaker.allow():
-            return _Result(UpstreamOutcome.SKIPPED, "breaker open", None, 0)
-        judged = False
 
-        def judge(healthy: bool | None) -> None:
-            nonlocal judged
-            judged = True
-            if healthy is None:
-                upstream.breaker.record_abandoned()
-            elif healthy:
-                upstream.breaker.record_success()
-            else:
-                upstream.breaker.record_failure()
+async def _supervise(
+    upstream: _Upstream,
+    invoke: Callable[[float, str], Awaitable[T]],
+    warrant: Callable[[], str],
+    *,
+    deadline: float,
+    anchor: float,
+) -> _Result[T]:
+    """One logical call: breaker, slot, attempts with retries; never raises
+    anything but CancelledError.
 
+    ``anchor`` is when the fan-out began (``loop.time()``): the upstream's
+    deadline counts from it, cut short by the lookup's ``deadline``.
+    """
+    loop = asyncio.get_running_loop()
+    end = min(deadline, anchor + upstream.deadline)
+    if end - loop.time() <= 0:
+        return _Result(UpstreamOutcome.TIMED_OUT, "no time left in the lookup's deadline", None, 0)
+    if not upstream.breaker.allow():
+        return _Result(UpstreamOutcome.SKIPPED, "breaker open", None, 0)
+    judged = False
+
+    def judge(healthy: bool | None) -> None:
+        nonlocal judged
+        judged = True
+        if healthy is None:
+            upstream.breaker.record_abandoned()
+        elif healthy:
+            upstream.breaker.record_success()
+        else:
+            upstream.breaker.record_failure()
+
+    try:
         try:
-            try:
-                async with asyncio.timeout_at(end):
-                    await upstream.slots.acquire()
-            except TimeoutError:
-                judge(None)
-                return _Result(
-                    UpstreamOutcome.TIMED_OUT,
-                    f"no free slot before the deadline ({upstream.max_concurrency} calls "
-                    "already in flight)",
-                    None,
-                    0,
-                )
-            try:
-                return await self._attempts(upstream, invoke, warrant, end=end, judge=judge)
-            finally:
-                upstream.slots.release()
-        except asyncio.CancelledError:
-            if not judged:
-                judge(None)
-            raise
-        except Exception as exc:  # noqa: BLE001 - any bug must end as this call's outcome, not the lookup's
-            if not judged:
-                judge(None)
-            _log.exception("upstream.call_error", upstream=upstream.id)
-            return _Result(UpstreamOutcome.FAILED, f"gateway error ({type(exc).__name__})", None, 0)
-
-    async def _attempts(
-        self,
-        upstream: _Upstream,
-        invoke: Callable[[float, str], Awaitable[T]],
-        warrant: Callable[[], str],
-        *,
-        end: float,
-        judge: Callable[[bool | None], None],
-    ) -> _Result[T]:
-        loop = asyncio.get_running_loop()
-        upstream.budget.record_call()
-        attempts = 0
-        while True:
-            attempts += 1
-            timeout = end - loop.time()
-            if timeout <= 0:
-                judge(None)
-                return _Result(UpstreamOutcome.TIMED_OUT, "deadline exceeded", None, attempts - 1)
-            try:
-                response = await invoke(timeout, warrant())
-            except grpc.aio.AioRpcError as exc:
-                code = exc.code()
-                if code is grpc.StatusCode.UNAVAILABLE and self._may_retry(
-                    upstream, attempts, end - loop.time()
-                ):
-                    backoff = _backoff(attempts)
-                    if end - loop.time() > backoff + _MIN_ATTEMPT_TIME:
-                        await asyncio.sleep(backoff)
-                        continue
-                return self._failed(
-                    upstream,
-                    code,
-                    exc.details() or "",
-                    timeout=timeout,
-                    attempts=attempts,
-                    judge=judge,
-                )
-            judge(True)
-            return _Result(UpstreamOutcome.ANSWERED, "", response, attempts)
-
-    def _may_retry(self, upstream: _Upstream, attempts: int, left: float) -> bool:
-        if attempts >= self._fanout.retry_max_attempts or left <= _MIN_ATTEMPT_TIME:
-            return False
-        return upstream.budget.try_spend()
-
-    @staticmethod
-    def _failed(
-        upstream: _Upstream,
-        code: grpc.StatusCode,
-        details: str,
-        *,
-        timeout: float,
-        attempts: int,
-        judge: Callable[[bool | None], None],
-    ) -> _Result[T]:
-        if code is grpc.StatusCode.DEADLINE_EXCEEDED:
-            # A timeout counts against the upstream only when it had a fair
-            # share of its own deadline: a caller with a tiny deadline must
-            # not be able to open every breaker.
-            judge(False if timeout >= upstream.deadline / 2 else None)
+            async with asyncio.timeout_at(end):
+                await upstream.slots.acquire()
+        except TimeoutError:
+            judge(None)
             return _Result(
-                UpstreamOutcome.TIMED_OUT, f"deadline {_seconds(timeout)} exceeded", None, attempts
+                UpstreamOutcome.TIMED_OUT,
+                f"no free slot before the deadline ({upstream.max_concurrency} calls "
+                "already in flight)",
+                None,
+                0,
             )
-        judge(code not in _UNHEALTHY)
-        text = _sanitise(details)
-        detail = f"{code.name}: {text}" if text else code.name
-        return _Result(UpstreamOutcome.FAILED, detail, None, attempts)
+        try:
+            return await _attempts(upstream, invoke, warrant, end=end, judge=judge)
+        finally:
+            upstream.slots.release()
+    except asyncio.CancelledError:
+        if not judged:
+            judge(None)
+        raise
+    except Exception as exc:  # noqa: BLE001 - any bug must end as this call's outcome, not the lookup's
+        if not judged:
+            judge(None)
+        _log.exception("upstream.call_error", upstream=upstream.id)
+        return _Result(UpstreamOutcome.FAILED, f"gateway error ({type(exc).__name__})", None, 0)
+
+
+async def _attempts(
+    upstream: _Upstream,
+    invoke: Callable[[float, str], Awaitable[T]],
+    warrant: Callable[[], str],
+    *,
+    end: float,
+    judge: Callable[[bool | None], None],
+) -> _Result[T]:
+    loop = asyncio.get_running_loop()
+    upstream.budget.record_call()
+    attempts = 0
+    while True:
+        attempts += 1
+        timeout = end - loop.time()
+        if timeout <= 0:
+            judge(None)
+            return _Result(UpstreamOutcome.TIMED_OUT, "deadline exceeded", None, attempts - 1)
+        try:
+            response = await invoke(timeout, warrant())
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            if code is grpc.StatusCode.UNAVAILABLE and _may_retry(
+                upstream, attempts, end - loop.time()
+            ):
+                backoff = _backoff(attempts)
+                if end - loop.time() > backoff + _MIN_ATTEMPT_TIME:
+                    await asyncio.sleep(backoff)
+                    continue
+            return _failed(
+                upstream,
+                code,
+                exc.details() or "",
+                timeout=timeout,
+                attempts=attempts,
+                judge=judge,
+            )
+        judge(True)
+        return _Result(UpstreamOutcome.ANSWERED, "", response, attempts)
+
+
+def _may_retry(upstream: _Upstream, attempts: int, left: float) -> bool:
+    if attempts >= upstream.max_attempts or left <= _MIN_ATTEMPT_TIME:
+        return False
+    return upstream.budget.try_spend()
+
+
+def _failed(
+    upstream: _Upstream,
+    code: grpc.StatusCode,
+    details: str,
+    *,
+    timeout: float,
+    attempts: int,
+    judge: Callable[[bool | None], None],
+) -> _Result[T]:
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        # A timeout counts against the upstream only when it had a fair
+        # share of its own deadline: a caller with a tiny deadline must
+        # not be able to open every breaker.
+        judge(False if timeout >= upstream.deadline / 2 else None)
+        return _Result(
+            UpstreamOutcome.TIMED_OUT, f"deadline {_seconds(timeout)} exceeded", None, attempts
+        )
+    judge(code not in _UNHEALTHY)
+    text = _sanitise(details)
+    detail = f"{code.name}: {text}" if text else code.name
+    return _Result(UpstreamOutcome.FAILED, detail, None, attempts)
 
 
 def _tidy(
