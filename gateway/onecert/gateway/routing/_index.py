@@ -136,6 +136,94 @@ class _Entry:
     incomplete: bool = False
 
 
+class _Layouts:
+    """Where the filters' bits live: a :class:`SliceMatrix` per shape, and plain filters.
+
+    Args:
+        entries: the index's entries by provider; a column moved when another
+            leaves its matrix gets its provider's slot updated here.
+    """
+
+    def __init__(self, entries: Mapping[str, _Entry]) -> None:
+        self._entries = entries
+        self.matrices: dict[tuple[int, int, int], SliceMatrix] = {}
+        self.plain: dict[str, PlainFilter] = {}
+
+    def place(self, entry: _Entry, snapshot: RoutingFilter, prepared: PreparedLayout) -> None:
+        """Lay ``entry``'s new bits in: in its column if the shape is unchanged, else anew."""
+        shape = prepared.shape
+        if prepared.plain is not None:
+            self.unplace(entry)
+            entry.plain = prepared.plain
+            self.plain[entry.provider_id] = prepared.plain
+            return
+        assert prepared.column is not None  # PreparedLayout holds one of the two
+        if entry.matrix is not None and entry.matrix.shape == shape:
+            entry.matrix.replace(entry.slot, snapshot.bits, column=prepared.column)
+            return
+        self.unplace(entry)
+        matrix = self.matrices.get(shape)
+        if matrix is None:
+            matrix = SliceMatrix(m=snapshot.m, k=snapshot.k, key_version=snapshot.key_version)
+            self.matrices[shape] = matrix
+        entry.matrix = matrix
+        entry.slot = matrix.insert(entry.provider_id, snapshot.bits, column=prepared.column)
+
+    def unplace(self, entry: _Entry) -> None:
+        """Take ``entry``'s bits out; a matrix left empty is dropped."""
+        matrix = entry.matrix
+        if matrix is not None:
+            moved = matrix.remove(entry.slot)
+            for provider_id, slot in moved.items():
+                self._entries[provider_id].slot = slot
+            if matrix.used == 0:
+                del self.matrices[matrix.shape]
+            entry.matrix = None
+            entry.slot = -1
+        if entry.plain is not None:
+            del self.plain[entry.provider_id]
+            entry.plain = None
+
+    @staticmethod
+    def apply(entry: _Entry, elements: bytes) -> None:
+        """Set the bits of ``elements`` (16 bytes each) in ``entry``'s filter, if it has one."""
+        if entry.matrix is not None:
+            entry.matrix.add_elements(entry.slot, elements)
+        elif entry.plain is not None:
+            entry.plain.add_elements(elements)
+
+    def query(
+        self, elements: Mapping[int, tuple[int, int]]
+    ) -> tuple[set[str], dict[str, AskReason]]:
+        """``(found, unchecked)``: filters that may hold the element of their key
+        version, and those whose version has no element here (``retired_key``)."""
+        found: set[str] = set()
+        unchecked: dict[str, AskReason] = {}
+        for (version, _, _), matrix in self.matrices.items():
+            element = elements.get(version)
+            if element is None:
+                unchecked.update((p, AskReason.RETIRED_KEY) for p in matrix.owners())
+            else:
+                found.update(matrix.query(*element))
+        for provider_id, plain in self.plain.items():
+            element = elements.get(plain.key_version)
+            if element is None:
+                unchecked[provider_id] = AskReason.RETIRED_KEY
+            elif plain.query(*element):
+                found.add(provider_id)
+        return found, unchecked
+
+    def summary(self) -> dict[str, int]:
+        """Matrices, sliced columns and plain filters, and the bytes of each layout."""
+        return {
+            "matrices": len(self.matrices),
+            "sliced": sum(m.used for m in self.matrices.values()),
+            "plain": len(self.plain),
+            "matrix_bytes": sum(m.nbytes() for m in self.matrices.values()),
+            "plain_bytes": sum(p.nbytes() for p in self.plain.values()),
+        }
+
+
 class RoutingIndex:
     """Bloom filters of every registered provider, bit-sliced by shape, queried at once.
 
@@ -184,8 +272,7 @@ class RoutingIndex:
         self._max_pending = max_pending
         self._clock = clock
         self._entries: dict[str, _Entry] = {}
-        self._matrices: dict[tuple[int, int, int], SliceMatrix] = {}
-        self._plain: dict[str, PlainFilter] = {}
+        self._layouts = _Layouts(self._entries)
         self._ask: dict[str, AskReason] = {}
         self._ask_view: Mapping[str, AskReason] | None = None
         self._deadlines: list[tuple[float, int, str]] = []
@@ -218,7 +305,7 @@ class RoutingIndex:
     def unregister(self, provider_id: str) -> None:
         """Forget a provider and its filter."""
         entry = self._entry(provider_id)
-        self._unplace(entry)
+        self._layouts.unplace(entry)
         del self._entries[provider_id]
         if self._ask.pop(provider_id, None) is not None:
             self._ask_view = None
@@ -249,7 +336,7 @@ class RoutingIndex:
                 snapshot is not None
                 and self._checks.get(snapshot.key_version) != snapshot.key_check
             ):
-                self._unplace(entry)
+                self._layouts.unplace(entry)
                 entry.snapshot = None
                 entry.retired = True
                 self._refresh(entry)
@@ -296,7 +383,7 @@ class RoutingIndex:
             prepared = self.prepare(snapshot)
         elif prepared.shape != (snapshot.key_version, snapshot.m, snapshot.k):
             raise ValueError("prepared from another snapshot")
-        self._place(entry, snapshot, prepared)
+        self._layouts.place(entry, snapshot, prepared)
         entry.snapshot = _header_of(snapshot)
         entry.retired = False
         floor = snapshot.created_at - self._margin
@@ -305,7 +392,7 @@ class RoutingIndex:
             if created <= floor:
                 continue  # bound before the read began: in the snapshot
             if version == snapshot.key_version:
-                self._apply(entry, elements)
+                self._layouts.apply(entry, elements)
                 kept.append((created, version, elements))
             else:
                 # Keyed for the previous filter, so not applicable to this one; the
@@ -372,7 +459,7 @@ class RoutingIndex:
         entry = self._entry(provider_id)
         self.check_additions(provider_id, additions)
         elements = b"".join(additions.elements)
-        self._apply(entry, elements)
+        self._layouts.apply(entry, elements)
         entry.pending.append((additions.created_at, additions.key_version, elements))
         entry.pending_count += len(additions.elements)
         while entry.pending_count > self._max_pending:
@@ -387,7 +474,7 @@ class RoutingIndex:
         before some of them.
         """
         entry = self._entry(provider_id)
-        self._unplace(entry)
+        self._layouts.unplace(entry)
         entry.snapshot = None
         entry.retired = False
         self._refresh(entry)
@@ -402,20 +489,7 @@ class RoutingIndex:
         """
         self._expire(self._clock())
         elements = {version: element_of(digest) for version, digest in digests.items()}
-        found: set[str] = set()
-        unchecked: dict[str, AskReason] = {}
-        for (version, _, _), matrix in self._matrices.items():
-            element = elements.get(version)
-            if element is None:
-                unchecked.update((p, AskReason.RETIRED_KEY) for p in matrix.owners())
-            else:
-                found.update(matrix.query(*element))
-        for provider_id, plain in self._plain.items():
-            element = elements.get(plain.key_version)
-            if element is None:
-                unchecked[provider_id] = AskReason.RETIRED_KEY
-            elif plain.query(*element):
-                found.add(provider_id)
+        found, unchecked = self._layouts.query(elements)
         ask = self._must_ask()
         if unchecked:
             ask = MappingProxyType({**unchecked, **ask})
@@ -442,20 +516,13 @@ class RoutingIndex:
 
     def memory_bytes(self) -> int:
         """Bytes of filter bits held: matrices, plain filters and additions kept for replay."""
-        total = sum(m.nbytes() for m in self._matrices.values())
-        total += sum(p.nbytes() for p in self._plain.values())
-        total += sum(16 * e.pending_count for e in self._entries.values())
-        return total
+        layout = self._layouts.summary()
+        pending = sum(16 * e.pending_count for e in self._entries.values())
+        return layout["matrix_bytes"] + layout["plain_bytes"] + pending
 
     def layout(self) -> dict[str, int]:
         """How the filters are laid out: matrices, sliced columns, plain filters."""
-        return {
-            "matrices": len(self._matrices),
-            "sliced": sum(m.used for m in self._matrices.values()),
-            "plain": len(self._plain),
-            "matrix_bytes": sum(m.nbytes() for m in self._matrices.values()),
-            "plain_bytes": sum(p.nbytes() for p in self._plain.values()),
-        }
+        return self._layouts.summary()
 
     # Internals -----------------------------------------------------------
 
@@ -472,45 +539,6 @@ class RoutingIndex:
             raise FilterRejectedError(f"routing key version {version} is not live (live: {live})")
         if check != expected:
             raise FilterRejectedError(f"keyed with another key than routing key version {version}")
-
-    def _place(self, entry: _Entry, snapshot: RoutingFilter, prepared: PreparedLayout) -> None:
-        shape = prepared.shape
-        if prepared.plain is not None:
-            self._unplace(entry)
-            entry.plain = prepared.plain
-            self._plain[entry.provider_id] = prepared.plain
-            return
-        assert prepared.column is not None  # PreparedLayout holds one of the two
-        if entry.matrix is not None and entry.matrix.shape == shape:
-            entry.matrix.replace(entry.slot, snapshot.bits, column=prepared.column)
-            return
-        self._unplace(entry)
-        matrix = self._matrices.get(shape)
-        if matrix is None:
-            matrix = SliceMatrix(m=snapshot.m, k=snapshot.k, key_version=snapshot.key_version)
-            self._matrices[shape] = matrix
-        entry.matrix = matrix
-        entry.slot = matrix.insert(entry.provider_id, snapshot.bits, column=prepared.column)
-
-    def _unplace(self, entry: _Entry) -> None:
-        matrix = entry.matrix
-        if matrix is not None:
-            moved = matrix.remove(entry.slot)
-            for provider_id, slot in moved.items():
-                self._entries[provider_id].slot = slot
-            if matrix.used == 0:
-                del self._matrices[matrix.shape]
-            entry.matrix = None
-            entry.slot = -1
-        if entry.plain is not None:
-            del self._plain[entry.provider_id]
-            entry.plain = None
-
-    def _apply(self, entry: _Entry, elements: bytes) -> None:
-        if entry.matrix is not None:
-            entry.matrix.add_elements(entry.slot, elements)
-        elif entry.plain is not None:
-            entry.plain.add_elements(elements)
 
     def _set_deadline(self, entry: _Entry, now: float) -> None:
         entry.generation = next(self._generations)

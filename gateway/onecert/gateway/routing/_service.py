@@ -199,6 +199,68 @@ class FilterSealer:
         return self._aead.decrypt(sealed[:_NONCE], sealed[_NONCE:], self._key_ad(version))
 
 
+class _IndexWriter:
+    """Applies publications to a :class:`RoutingIndex`, the large ones' work off the loop.
+
+    Args:
+        index: the index written.
+        sealer: opens stored publications.
+        offload_bytes: publications this large or larger are opened, parsed
+            and laid out in a worker thread.
+    """
+
+    def __init__(self, index: RoutingIndex, sealer: FilterSealer, offload_bytes: int) -> None:
+        self._index = index
+        self._sealer = sealer
+        self._offload_bytes = offload_bytes
+
+    async def off_loop(self, size: int, work: Callable[[], _T]) -> _T:
+        """``work()``, in a worker thread when ``size`` is at least ``offload_bytes``."""
+        if size >= self._offload_bytes:
+            return await asyncio.to_thread(work)
+        return work()
+
+    async def snapshot(self, provider_id: str, snapshot: RoutingFilter, interval: float) -> None:
+        """Put a checked snapshot in place and the provider's declared interval with it."""
+        # The layout (a copy or an unpacking of the bits) is built off the
+        # loop; the index changes on the loop, between two lookups' queries.
+        prepared = await self.off_loop(
+            len(snapshot.bits), functools.partial(self._index.prepare, snapshot)
+        )
+        self._index.put_snapshot(provider_id, snapshot, prepared=prepared)
+        self._index.register(provider_id, snapshot_interval=interval, opted_out=False)
+
+    def opt_out(self, provider_id: str) -> None:
+        """The provider opted out: drop its filter; it is asked about every number."""
+        self._index.register(provider_id, snapshot_interval=_UNDECLARED_INTERVAL_S, opted_out=True)
+        self._index.drop_filter(provider_id)
+
+    async def row(self, row: FilterRow) -> bool:
+        """Apply a stored publication of a registered provider; False if it was skipped."""
+        try:
+            if row.kind is FilterKind.OPT_OUT:
+                self.opt_out(row.provider_id)
+                return True
+            data = await self.off_loop(len(row.sealed), functools.partial(self._sealer.open, row))
+            if row.kind is FilterKind.SNAPSHOT:
+                interval = float(row.interval_s or _UNDECLARED_INTERVAL_S)
+                snapshot = await self.off_loop(
+                    len(data), functools.partial(RoutingFilter.from_bytes, data)
+                )
+                await self.snapshot(row.provider_id, snapshot, interval)
+            else:
+                self._index.add(row.provider_id, FilterAdditions.from_bytes(data))
+        except InvalidTag:
+            _log.error("routing.unsealable", provider=row.provider_id, seq=row.seq)
+            return False
+        except (FilterRejectedError, FilterFormatError, UnknownProviderError) as exc:
+            # Superseded by a newer snapshot, or keyed with a retired version:
+            # the provider stays asked; routing never drops it on a bad row.
+            _log.info("routing.row_skipped", provider=row.provider_id, seq=row.seq, why=str(exc))
+            return False
+        return True
+
+
 class RoutingService:
     """Filters in, routes out: the gateway's side of routing.
 
@@ -226,7 +288,6 @@ class RoutingService:
         clock: Callable[[], float] = time.time,
         offload_bytes: int = DEFAULT_OFFLOAD_BYTES,
     ) -> None:
-        self._offload_bytes = offload_bytes
         self._keyring = keyring
         self._store = store
         self._sealer = sealer
@@ -234,6 +295,7 @@ class RoutingService:
         self.index = RoutingIndex(
             key_checks=keyring.key_checks(), grace=config.grace_s, clock=clock
         )
+        self._writer = _IndexWriter(self.index, sealer, offload_bytes)
         for provider_id in providers:
             self.index.register(provider_id, snapshot_interval=_UNDECLARED_INTERVAL_S)
         self._registered = self.index.providers()
@@ -372,7 +434,7 @@ class RoutingService:
                 f"{MAX_SNAPSHOT_INTERVAL_S} s (7 days)"
             )
         try:
-            snapshot = await self._off_loop(
+            snapshot = await self._writer.off_loop(
                 len(message.filter), functools.partial(RoutingFilter.from_bytes, message.filter)
             )
         except FilterFormatError as exc:
@@ -397,7 +459,7 @@ class RoutingService:
             detail=detail,
             interval_s=int(interval),
         )
-        await self._apply_snapshot(caller.id, snapshot, interval)
+        await self._writer.snapshot(caller.id, snapshot, interval)
         self._own.add(seq)
 
     async def _publish_additions(self, data: bytes, caller: Principal) -> None:
@@ -441,7 +503,7 @@ class RoutingService:
         interval_s: int | None = None,
     ) -> int:
         """Seal a checked filter publication for ``caller`` and store it with its audit row."""
-        sealed = await self._off_loop(
+        sealed = await self._writer.off_loop(
             len(data),
             functools.partial(
                 self._sealer.seal,
@@ -479,7 +541,7 @@ class RoutingService:
             ),
             "routing.publish",
         )
-        self._apply_opt_out(caller.id)
+        self._writer.opt_out(caller.id)
         self._own.add(seq)
 
     @staticmethod
@@ -509,27 +571,6 @@ class RoutingService:
                 ),
             ) from None
 
-    async def _off_loop(self, size: int, work: Callable[[], _T]) -> _T:
-        """``work()``, in a worker thread when ``size`` is at least ``offload_bytes``."""
-        if size >= self._offload_bytes:
-            return await asyncio.to_thread(work)
-        return work()
-
-    async def _apply_snapshot(
-        self, provider_id: str, snapshot: RoutingFilter, interval: float
-    ) -> None:
-        # The layout (a copy or an unpacking of the bits) is built off the
-        # loop; the index changes on the loop, between two lookups' queries.
-        prepared = await self._off_loop(
-            len(snapshot.bits), functools.partial(self.index.prepare, snapshot)
-        )
-        self.index.put_snapshot(provider_id, snapshot, prepared=prepared)
-        self.index.register(provider_id, snapshot_interval=interval, opted_out=False)
-
-    def _apply_opt_out(self, provider_id: str) -> None:
-        self.index.register(provider_id, snapshot_interval=_UNDECLARED_INTERVAL_S, opted_out=True)
-        self.index.drop_filter(provider_id)
-
     # -------------------------------------------------------------- replicas
 
     async def sync(self) -> int:
@@ -549,7 +590,9 @@ class RoutingService:
                 for row in rows:
                     if row.seq in self._own:
                         self._own.discard(row.seq)
-                    elif await self._apply_row(row):
+                    elif row.provider_id not in self._registered:
+                        pass  # a provider this replica is not configured with
+                    elif await self._writer.row(row):
                         applied += 1
                     self._applied = row.seq
 
@@ -572,32 +615,6 @@ class RoutingService:
         self._keyring = ring
         self.index.set_key_versions(ring.key_checks())
         _log.info("routing.keys_changed", active=ring.active_version, live=sorted(ring.versions))
-
-    async def _apply_row(self, row: FilterRow) -> bool:
-        if row.provider_id not in self._registered:
-            return False  # a provider this replica is not configured with
-        try:
-            if row.kind is FilterKind.OPT_OUT:
-                self._apply_opt_out(row.provider_id)
-                return True
-            data = await self._off_loop(len(row.sealed), functools.partial(self._sealer.open, row))
-            if row.kind is FilterKind.SNAPSHOT:
-                interval = float(row.interval_s or _UNDECLARED_INTERVAL_S)
-                snapshot = await self._off_loop(
-                    len(data), functools.partial(RoutingFilter.from_bytes, data)
-                )
-                await self._apply_snapshot(row.provider_id, snapshot, interval)
-            else:
-                self.index.add(row.provider_id, FilterAdditions.from_bytes(data))
-        except InvalidTag:
-            _log.error("routing.unsealable", provider=row.provider_id, seq=row.seq)
-            return False
-        except (FilterRejectedError, FilterFormatError, UnknownProviderError) as exc:
-            # Superseded by a newer snapshot, or keyed with a retired version:
-            # the provider stays asked; routing never drops it on a bad row.
-            _log.info("routing.row_skipped", provider=row.provider_id, seq=row.seq, why=str(exc))
-            return False
-        return True
 
     async def start(self) -> None:
         """Load every stored filter, then follow the store every ``poll_interval_s``."""
