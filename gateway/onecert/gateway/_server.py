@@ -431,16 +431,7 @@ class GatewayServer(AsyncResource):
         self.enrollment = self._build_enrollment(store, clock)
         if store is not None and self.auditor is not None:
             self._build_stateful(store, self.auditor, observer, clock)
-            if config.routing.enabled:
-                self.routing = self._build_routing(store, handle_key)
-                self.routing.observer = observer
-                self.fanout.routing = self.routing
-                if self.recycled is not None:
-                    # Notices go where lookups go: to who may hold the number,
-                    # and to who shows it does later, before the deadline.
-                    self.recycled.notices.routing = self.routing
-                    self.routing.additions_listeners.append(self.recycled.notices.route_late)
-                self._workers.append(self.routing)
+            self._wire_routing(store, handle_key, observer)
         # Ask every provider who it is; stop asking one that claims another id.
         self.describe_check = DescribeCheck(
             channels=self._channels, providers=config.providers, fanout=self.fanout
@@ -546,6 +537,21 @@ class GatewayServer(AsyncResource):
         if enrollment is not None and enrollment.gateway_address:
             return enrollment.gateway_address
         return f":{self._port}"
+
+    def _wire_routing(self, store: Store, handle_key: bytes, observer: Observer) -> None:
+        """With ``[routing] enabled``: the routing service, asked by the fan-out and the
+        notices, and its worker; without, none."""
+        if not self.config.routing.enabled:
+            return
+        self.routing = self._build_routing(store, handle_key)
+        self.routing.observer = observer
+        self.fanout.routing = self.routing
+        if self.recycled is not None:
+            # Notices go where lookups go: to who may hold the number,
+            # and to who shows it does later, before the deadline.
+            self.recycled.notices.routing = self.routing
+            self.routing.additions_listeners.append(self.recycled.notices.route_late)
+        self._workers.append(self.routing)
 
     def _build_routing(self, store: Store, handle_key: bytes) -> RoutingService:
         """Filters published by providers, shared through the store, asked by the fan-out."""

@@ -146,6 +146,29 @@ def _accounts(
     return rows
 
 
+def _previous_holders(session: Session, results: list[Result]) -> list[PreviousRow]:
+    """One row per answer that counts previous holders of the number, with the action
+    releasing them when the provider gave handles to release."""
+    previous = []
+    for r in results:
+        if not r.previous_holder_count:
+            continue
+        key, asked = "", False
+        if r.release_handles:
+            action = session.add_action(
+                kind="release",
+                provider_id=r.provider_id,
+                provider_name=r.provider_name,
+                msisdn=r.msisdn,
+                handles=r.release_handles,
+            )
+            key, asked = action.key, session.asked(action)
+        previous.append(
+            PreviousRow(key, r.provider_name, r.previous_holder_count, show_number(r.msisdn), asked)
+        )
+    return previous
+
+
 def results_view(
     session: Session, state: LookupState, t: Translator, *, msisdn: str | None = None
 ) -> ResultsView:
@@ -165,23 +188,7 @@ def results_view(
         ]
     left = [row for r in results for row in _accounts(session, t, r, Attribution.LEFT_BEHIND)]
     mine = [row for r in results for row in _accounts(session, t, r, Attribution.MINE)]
-    previous = []
-    for r in results:
-        if not r.previous_holder_count:
-            continue
-        key, asked = "", False
-        if r.release_handles:
-            action = session.add_action(
-                kind="release",
-                provider_id=r.provider_id,
-                provider_name=r.provider_name,
-                msisdn=r.msisdn,
-                handles=r.release_handles,
-            )
-            key, asked = action.key, session.asked(action)
-        previous.append(
-            PreviousRow(key, r.provider_name, r.previous_holder_count, show_number(r.msisdn), asked)
-        )
+    previous = _previous_holders(session, results)
     providers = []
     for r in results:
         if r.outcome is CallOutcome.ANSWERED:
