@@ -73,6 +73,8 @@ def private_pg() -> Iterator[PrivatePostgres]:
     server, its own port and directory), which the test may stop, crash and start again;
     skipped when no server is installed."""
     if PrivatePostgres.find() is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI is set but no PostgreSQL server is installed (initdb, pg_ctl)")
         pytest.skip("no PostgreSQL server installed (initdb, pg_ctl)")
     server = PrivatePostgres()
     server.start()

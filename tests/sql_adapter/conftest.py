@@ -42,6 +42,8 @@ def mysql_url() -> str:
     """
     url = os.environ.get("ONECERT_TEST_MYSQL_URL")
     if not url:
+        if os.environ.get("CI"):
+            pytest.fail("CI is set but ONECERT_TEST_MYSQL_URL is not: MySQL tests must run")
         pytest.skip(
             "MySQL/MariaDB tests need ONECERT_TEST_MYSQL_URL "
             "(e.g. mysql+aiomysql://root@127.0.0.1:3306/test)"
