@@ -33,8 +33,9 @@ class TokenError(Exception):
         self.message = message
 
 
-class GatewayTokenIssuer:
-    """What the gateway's token issuers share: the signing key and the ``iss`` they name."""
+class TokenIssuer:
+    """What token issuers share: the signing key and the ``iss`` they name (the
+    gateway's warrants and SETs, and the dev identity service's assertions)."""
 
     def __init__(self, *, key: SigningKey, issuer: str) -> None:
         self._key = key

@@ -22,7 +22,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from onecert.sdk._jwt import GatewayTokenIssuer, GatewayTokenVerifier, TokenError, verify_jwt
+from onecert.sdk._jwt import GatewayTokenVerifier, TokenError, TokenIssuer, verify_jwt
 from onecert.sdk._msisdn import is_e164
 from onecert.sdk._types import RecycledNotice
 
@@ -53,7 +53,7 @@ def _epoch(value: datetime, name: str) -> int:
     return int(value.timestamp())
 
 
-class SetIssuer(GatewayTokenIssuer):
+class SetIssuer(TokenIssuer):
     """Signs recycled-number notices (the gateway's side; also tests').
 
     Args:

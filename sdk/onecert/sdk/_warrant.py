@@ -15,9 +15,9 @@ from types import MappingProxyType
 from typing import Any
 
 from onecert.sdk._jwt import (
-    GatewayTokenIssuer,
     GatewayTokenVerifier,
     TokenError,
+    TokenIssuer,
     verify_jwt,
 )
 from onecert.sdk._keys import SigningKey
@@ -69,7 +69,7 @@ class Warrant:
     jti: str
 
 
-class WarrantIssuer(GatewayTokenIssuer):
+class WarrantIssuer(TokenIssuer):
     """Signs warrants (the gateway's side; also the conformance kit's and tests')."""
 
     def __init__(self, *, key: SigningKey, issuer: str, lifetime: float = 30.0) -> None:
