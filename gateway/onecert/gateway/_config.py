@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from onecert.sdk._dburl import database_url
+from onecert.sdk._tls import TLSFiles
 from onecert.sdk._tomlconfig import ConfigError, load_toml, setting
 from onecert.sdk._tomlconfig import Table as _Table
 from onecert.v1 import common_pb2
@@ -38,7 +39,6 @@ __all__ = [
     "IdentityConfig",
     "IssuerConfig",
     "KeysConfig",
-    "ListenTLS",
     "MetricsConfig",
     "NoticesConfig",
     "PortalConfig",
@@ -70,15 +70,6 @@ CATEGORIES: Final[Mapping[str, common_pb2.ProviderCategory.ValueType]] = {
     if number != common_pb2.PROVIDER_CATEGORY_UNSPECIFIED
 }
 _CATEGORY_NAMES: Final = {number: name for name, number in CATEGORIES.items()}
-
-
-@dataclass(frozen=True)
-class ListenTLS:
-    """The gateway's own certificate; with ``client_ca`` clients need a certificate."""
-
-    cert: Path
-    key: Path
-    client_ca: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -458,7 +449,7 @@ class GatewayConfig:
     # Share ``listen`` with other processes (SO_REUSEPORT); off: a port in use is refused.
     reuse_port: bool = False
     dev_plaintext: bool = False
-    tls: ListenTLS | None = None
+    tls: TLSFiles | None = None
     upstream_tls: UpstreamTLS | None = None
     fanout: FanoutConfig = field(default_factory=FanoutConfig)
     max_concurrent_lookups: int = setting(100, minimum=1)
@@ -646,7 +637,7 @@ def _parse_gateway(gw: _Table, *, dev_plaintext: bool) -> dict[str, Any]:
     _listen_port(general["listen"], "gateway.listen", example="[::]:50051")
     general["dev_plaintext"] = general["dev_plaintext"] or dev_plaintext
     tls_table = gw.optional_table("tls")
-    general["tls"] = None if tls_table is None else _finished(tls_table, ListenTLS)
+    general["tls"] = None if tls_table is None else _finished(tls_table, TLSFiles)
     log_level = gw.string("log_level", GatewayConfig.log_level).lower()
     if log_level not in _LOG_LEVELS:
         raise ConfigError(f"gateway.log_level must be one of {', '.join(_LOG_LEVELS)}")

@@ -275,7 +275,7 @@ def _state(
 def _listen_credentials(config: GatewayConfig) -> grpc.ServerCredentials | None:
     """The gateway's own TLS (clients must present a certificate with a client CA)."""
     tls = config.tls
-    return None if tls is None else ServerTLS(tls.cert, tls.key, tls.client_ca).credentials()
+    return None if tls is None else tls.server_tls().credentials()
 
 
 def _verifier(config: GatewayConfig, replay: ReplayCache) -> AssertionVerifier:
