@@ -23,7 +23,7 @@ from onecert.sdk.conformance._common import (
     Timing,
     bearer,
     deadline_checks,
-    describe_error,
+    expect_empty_list,
     expect_invalid_all,
     expect_ok,
     health_checks,
@@ -208,17 +208,12 @@ class _CarrierSuite:
         return f"{sum(n for n, _ in found)} complete tenures for {len(found)} idns"
 
     async def _unknown_idn(self) -> str:
-        try:
-            response = await self._list(self._unknown, self._warrant(self._unknown))
-        except grpc.aio.AioRpcError as exc:
-            raise CheckFailedError(
-                f"answered {describe_error(exc)}; an unknown idn must be an empty list, "
-                "not an error"
-            ) from exc
-        if response.tenures:
-            raise CheckFailedError(
-                f"listed {len(response.tenures)} tenures for an idn meant to be unknown"
-            )
+        await expect_empty_list(
+            self._list(self._unknown, self._warrant(self._unknown)),
+            lambda response: response.tenures,
+            unknown="an idn meant to be unknown",
+            listed="tenures",
+        )
         return "empty list"
 
     async def _malformed_idn(self) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -28,6 +28,7 @@ from onecert.sdk.conformance._tokens import Forge, Signer
 from onecert.v1 import common_pb2
 
 _V = TypeVar("_V")
+_M = TypeVar("_M")
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -128,6 +129,21 @@ async def expect_invalid_all(
     if problems:
         raise CheckFailedError("; ".join(problems))
     return len(cases)
+
+
+async def expect_empty_list(
+    call: Awaitable[_M], items: Callable[[_M], Sized], *, unknown: str, listed: str
+) -> None:
+    """Require ``call``, about an ``unknown`` ("an unknown idn"), to answer an empty
+    list of ``listed`` ("tenures"): not an error, and nothing in it."""
+    try:
+        response = await call
+    except grpc.aio.AioRpcError as exc:
+        raise CheckFailedError(
+            f"answered {describe_error(exc)}; {unknown} must be an empty list, not an error"
+        ) from exc
+    if count := len(items(response)):
+        raise CheckFailedError(f"listed {count} {listed} for {unknown}")
 
 
 def _brief(answer: Any) -> str:

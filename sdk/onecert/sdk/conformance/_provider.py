@@ -28,6 +28,7 @@ from onecert.sdk.conformance._common import (
     deadline_checks,
     describe_error,
     expect_code,
+    expect_empty_list,
     expect_invalid_all,
     expect_ok,
     fresh_id,
@@ -548,18 +549,12 @@ class _ProviderSuite(_ProviderCalls):
 
     async def _unknown_number(self) -> str:
         label = mask_msisdn(self._unknown)
-        try:
-            response = await self._list(self._unknown, self._warrant(self._unknown))
-        except grpc.aio.AioRpcError as exc:
-            raise CheckFailedError(
-                f"{label}: answered {describe_error(exc)}; an unknown number must be "
-                "an empty list, not an error"
-            ) from exc
-        if response.bindings:
-            raise CheckFailedError(
-                f"{label}: listed {len(response.bindings)} bindings for a number meant to be "
-                "unknown (choose another unknown number)"
-            )
+        await expect_empty_list(
+            self._list(self._unknown, self._warrant(self._unknown)),
+            lambda response: response.bindings,
+            unknown=f"{label} (a number meant to be unknown)",
+            listed="bindings",
+        )
         return f"{label}: empty list"
 
     async def _malformed_msisdn(self) -> str:
