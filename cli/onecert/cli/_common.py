@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "add_citizen_call_flags",
+    "add_command",
     "add_group",
     "add_tls_flags",
     "client_tls",
@@ -44,6 +47,23 @@ def add_group(
         dest=f"{name}_command", required=True, metavar=metavar
     )
     return commands
+
+
+def add_command(
+    sub: argparse._SubParsersAction[Any], name: str, handler: Callable[[argparse.Namespace], int]
+) -> argparse.ArgumentParser:
+    """Add the command ``name``, run by ``handler``, and return its parser for its flags.
+
+    The command's words are the handler's docstring: its first paragraph is the
+    help shown in the list of commands, the rest (if any) the description that
+    ``--help`` prints (argparse reflows both).
+    """
+    help_text, _, description = inspect.cleandoc(handler.__doc__ or "").partition("\n\n")
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=help_text, description=description or None
+    )
+    parser.set_defaults(handler=handler)
+    return parser
 
 
 def add_citizen_call_flags(parser: argparse.ArgumentParser, *, good_for: str, timeout: int) -> None:
