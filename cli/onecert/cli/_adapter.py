@@ -16,13 +16,11 @@ if TYPE_CHECKING:
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    kinds = add_group(
-        sub,
-        "adapter",
-        help="run a ready-made provider adapter",
-        description="Run a ready-made provider adapter: a site joins onecert by configuration.",
-        metavar="KIND",
-    )
+    """run a ready-made provider adapter
+
+    Run a ready-made provider adapter: a site joins onecert by configuration.
+    """
+    kinds = add_group(sub, "adapter", register, metavar="KIND")
     sql = add_command(kinds, "sql", _sql)
     sql.add_argument("--config", required=True, type=Path, metavar="FILE", help="TOML file")
     sql.add_argument(

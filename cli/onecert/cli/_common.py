@@ -32,17 +32,18 @@ __all__ = [
 def add_group(
     sub: argparse._SubParsersAction[Any],
     name: str,
+    documented: Callable[..., object],
     *,
-    help: str,
     metavar: str,
-    description: str | None = None,
 ) -> argparse._SubParsersAction[Any]:
     """Add the command ``onecert NAME`` and return where its sub-commands go.
 
-    A sub-command is required; ``metavar`` names it in the usage line
-    ("ACTION", "KIND").
+    Its help and description are ``documented``'s docstring (the module's
+    ``register``), read as :func:`add_command` reads a handler's. A sub-command
+    is required; ``metavar`` names it in the usage line ("ACTION", "KIND").
     """
-    parser = sub.add_parser(name, help=help, description=description)
+    help_text, description = _words(documented)
+    parser = sub.add_parser(name, help=help_text, description=description)
     commands: argparse._SubParsersAction[Any] = parser.add_subparsers(
         dest=f"{name}_command", required=True, metavar=metavar
     )
@@ -58,12 +59,16 @@ def add_command(
     help shown in the list of commands, the rest (if any) the description that
     ``--help`` prints (argparse reflows both).
     """
-    help_text, _, description = inspect.cleandoc(handler.__doc__ or "").partition("\n\n")
-    parser: argparse.ArgumentParser = sub.add_parser(
-        name, help=help_text, description=description or None
-    )
+    help_text, description = _words(handler)
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=description)
     parser.set_defaults(handler=handler)
     return parser
+
+
+def _words(documented: Callable[..., object]) -> tuple[str, str | None]:
+    """A docstring's first paragraph (the help) and the rest (the description, if any)."""
+    help_text, _, description = inspect.cleandoc(documented.__doc__ or "").partition("\n\n")
+    return help_text, description or None
 
 
 def add_citizen_call_flags(parser: argparse.ArgumentParser, *, good_for: str, timeout: int) -> None:

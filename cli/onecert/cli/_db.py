@@ -32,13 +32,20 @@ def _add_db_options(parser: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    db_sub = add_group(sub, "db", help="the gateway's database", metavar="ACTION")
-    upgrade = add_command(db_sub, "upgrade", _upgrade)
-    _add_db_options(upgrade)
+    _register_db(sub)
+    _register_audit(sub)
 
-    audit_sub = add_group(sub, "audit", help="the gateway's audit log", metavar="ACTION")
-    verify = add_command(audit_sub, "verify", _verify)
-    _add_db_options(verify)
+
+def _register_db(sub: argparse._SubParsersAction[Any]) -> None:
+    """the gateway's database"""
+    db_sub = add_group(sub, "db", _register_db, metavar="ACTION")
+    _add_db_options(add_command(db_sub, "upgrade", _upgrade))
+
+
+def _register_audit(sub: argparse._SubParsersAction[Any]) -> None:
+    """the gateway's audit log"""
+    audit_sub = add_group(sub, "audit", _register_audit, metavar="ACTION")
+    _add_db_options(add_command(audit_sub, "verify", _verify))
 
 
 def _url(args: argparse.Namespace) -> str:

@@ -16,13 +16,11 @@ if TYPE_CHECKING:
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    commands = add_group(
-        sub,
-        "gateway",
-        help="run the onecert gateway",
-        description="Run the onecert gateway.",
-        metavar="COMMAND",
-    )
+    """run the onecert gateway
+
+    Run the onecert gateway.
+    """
+    commands = add_group(sub, "gateway", register, metavar="COMMAND")
     serve = add_command(commands, "serve", _serve)
     serve.add_argument("--config", required=True, type=Path, metavar="FILE", help="TOML file")
     serve.add_argument(

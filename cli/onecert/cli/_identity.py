@@ -21,13 +21,11 @@ _GATEWAY_MAX_LIFETIME = 300
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    actions = add_group(
-        sub,
-        "assertion",
-        help="mint citizens' identity assertions (development stand-in for the identity service)",
-        description="Identity assertions, as the identity service would sign them.",
-        metavar="ACTION",
-    )
+    """mint citizens' identity assertions (development stand-in for the identity service)
+
+    Identity assertions, as the identity service would sign them.
+    """
+    actions = add_group(sub, "assertion", register, metavar="ACTION")
     mint = add_command(actions, "mint", _mint)
     mint.add_argument(
         "--key",

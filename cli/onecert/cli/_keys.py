@@ -10,7 +10,8 @@ from onecert.cli._common import add_command, add_group
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    actions = add_group(sub, "keys", help="keys and certificates for development", metavar="ACTION")
+    """keys and certificates for development"""
+    actions = add_group(sub, "keys", register, metavar="ACTION")
     init = add_command(actions, "init", _init)
     init.add_argument("directory", metavar="DIR", help="where to write (created if missing)")
     init.add_argument(

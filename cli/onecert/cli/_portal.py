@@ -12,13 +12,11 @@ from onecert.cli._common import add_command, add_group
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    actions = add_group(
-        sub,
-        "portal",
-        help="serve the citizen's web portal over the gateway",
-        description="The reference citizen's portal: sign in, look up, unbind, receipts.",
-        metavar="ACTION",
-    )
+    """serve the citizen's web portal over the gateway
+
+    The reference citizen's portal: sign in, look up, unbind, receipts.
+    """
+    actions = add_group(sub, "portal", register, metavar="ACTION")
     serve = add_command(actions, "serve", _serve)
     serve.add_argument("--config", required=True, type=Path, help="the portal's TOML file")
 

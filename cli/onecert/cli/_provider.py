@@ -47,17 +47,13 @@ _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    group = add_group(
-        sub,
-        "provider",
-        help="the provider registry: invite, list, suspend, resume, remove",
-        metavar="ACTION",
-        description=(
-            "The provider registry. The regulator invites a provider (a one-time "
-            "enrollment token), lists and shows providers, and suspends, resumes or "
-            "removes them; every gateway replica applies a change within seconds."
-        ),
-    )
+    """the provider registry: invite, list, suspend, resume, remove
+
+    The provider registry. The regulator invites a provider (a one-time enrollment token), lists
+    and shows providers, and suspends, resumes or removes them; every gateway replica applies a
+    change within seconds.
+    """
+    group = add_group(sub, "provider", register, metavar="ACTION")
     _add_admin_commands(group)
     _add_enrollment_commands(group)
 

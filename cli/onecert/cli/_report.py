@@ -29,7 +29,8 @@ _URL_ENV = "ONECERT_DB_URL"
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    report_sub = add_group(sub, "report", help="reports for the regulator", metavar="REPORT")
+    """reports for the regulator"""
+    report_sub = add_group(sub, "report", register, metavar="REPORT")
     parser = add_command(report_sub, "compliance", _compliance)
     source = parser.add_argument_group("source (one of)")
     source.add_argument(

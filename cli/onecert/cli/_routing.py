@@ -22,14 +22,12 @@ if TYPE_CHECKING:
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    commands = add_group(
-        sub,
-        "routing",
-        help="the federation's routing keys",
-        description="List, rotate and retire the routing keys providers key their filters "
-        "with (docs/routing.md, 'Key rotation').",
-        metavar="ACTION",
-    )
+    """the federation's routing keys
+
+    List, rotate and retire the routing keys providers key their filters with (docs/routing.md,
+    'Key rotation').
+    """
+    commands = add_group(sub, "routing", register, metavar="ACTION")
     keys = add_command(commands, "keys", _keys)
     rotate = add_command(commands, "rotate-key", _rotate)
     retire = add_command(commands, "retire-key", _retire)
