@@ -18,7 +18,6 @@ from onecert.sdk._jwt import (
     GatewayTokenVerifier,
     TokenError,
     TokenIssuer,
-    verify_jwt,
 )
 from onecert.sdk._keys import SigningKey
 from onecert.sdk._msisdn import sha256_hex
@@ -117,23 +116,18 @@ class WarrantVerifier(GatewayTokenVerifier):
     """
 
     kind = "warrant"
+    error = WarrantError
+    refused = "warrant refused"
 
     def verify(self, token: str, *, target: str, now: float | None = None) -> Warrant:
         """Verify ``token`` for a call about ``target``; raise :class:`WarrantError`."""
-        try:
-            claims = verify_jwt(
-                token,
-                keys=self._keys,
-                typ=WARRANT_TYP,
-                issuer=self._issuer,
-                audience=self._audience,
-                leeway=self._leeway,
-                max_lifetime=MAX_WARRANT_LIFETIME,
-                required=("iss", "aud", "iat", "exp", "jti", "purpose", "target_sha256"),
-                now=now,
-            )
-        except TokenError as exc:
-            raise WarrantError(exc.reason, f"warrant refused: {exc.message}") from exc
+        claims = self._claims(
+            token,
+            typ=WARRANT_TYP,
+            max_lifetime=MAX_WARRANT_LIFETIME,
+            required=("iss", "aud", "iat", "exp", "jti", "purpose", "target_sha256"),
+            now=now,
+        )
         purpose = claims.get("purpose")
         # Checked as a str first: an unhashable value (a list) cannot be looked up.
         if not isinstance(purpose, str) or purpose not in PURPOSES:
