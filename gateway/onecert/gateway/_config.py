@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 from onecert.sdk._dburl import database_url
 from onecert.sdk._tls import TLSFiles
@@ -181,8 +181,32 @@ class DeliveryConfig:
     pending_recheck_s: float = setting(60.0, seconds=True)
 
 
+class _Identified(Protocol):
+    @property
+    def id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def client_cn(self) -> str | None: ...
+
+
+class Named:
+    """What a carrier or a provider shows and is known by, in the configuration and in
+    the registry alike (its class has ``id``, ``name`` and ``client_cn``)."""
+
+    @property
+    def display_name(self: _Identified) -> str:
+        """Its name, or its id when it has none."""
+        return self.name or self.id
+
+    @property
+    def cn(self: _Identified) -> str:
+        """The client certificate CN that identifies it."""
+        return self.client_cn or self.id
+
+
 @dataclass(frozen=True)
-class CarrierConfig:
+class CarrierConfig(Named):
     """A carrier (``NumberRegistry``)."""
 
     id: str
@@ -196,15 +220,6 @@ class CarrierConfig:
     prefixes: tuple[str, ...] = ()
     # The CN of its client certificate; the id when None.
     client_cn: str | None = None
-
-    @property
-    def display_name(self) -> str:
-        return self.name or self.id
-
-    @property
-    def cn(self) -> str:
-        """The client certificate CN that identifies this carrier."""
-        return self.client_cn or self.id
 
     def serves(self, msisdn: str) -> bool:
         """Whether ``msisdn`` (E.164) falls in one of :attr:`prefixes`."""
@@ -238,7 +253,7 @@ def parse_number_range(text: str) -> tuple[str, str]:
 
 
 @dataclass(frozen=True)
-class ProviderConfig:
+class ProviderConfig(Named):
     """An internet provider (``BindingProvider``).
 
     ``address`` is None for a provider that receives notices by polling and
@@ -261,15 +276,6 @@ class ProviderConfig:
     # address's host (upstream_tls.server_name for this provider alone); a
     # provider the gateway issued a certificate to: <id>.provider.onecert.invalid.
     server_name: str | None = None
-
-    @property
-    def display_name(self) -> str:
-        return self.name or self.id
-
-    @property
-    def cn(self) -> str:
-        """The client certificate CN that identifies this provider."""
-        return self.client_cn or self.id
 
 
 @dataclass(frozen=True)
