@@ -23,13 +23,13 @@ from onecert.gateway._config import (
     GatewayConfig,
     IdentityConfig,
     KeysConfig,
-    ListenTLS,
     NoticesConfig,
     PortalConfig,
     RoutingConfig,
     StoreConfig,
     TracingConfig,
 )
+from onecert.sdk._tls import TLSFiles
 from onecert.v1 import common_pb2
 from tests.gateway.config_support import MINIMAL
 
@@ -274,7 +274,7 @@ async def test_server_refuses_insecure_config_built_in_code(fed: Federation) -> 
     config = dataclasses.replace(fed.config(), dev_plaintext=False)
     with pytest.raises(ConfigError, match=r"needs \[gateway.tls\]"):
         GatewayServer(config)
-    tls = ListenTLS(cert=Path("s.pem"), key=Path("s.key"), client_ca=Path("ca.pem"))
+    tls = TLSFiles(cert=Path("s.pem"), key=Path("s.key"), client_ca=Path("ca.pem"))
     with pytest.raises(ConfigError, match="plaintext"):
         GatewayServer(dataclasses.replace(config, tls=tls))
 

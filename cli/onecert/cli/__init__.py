@@ -2,7 +2,9 @@
 
 Each role's subcommands live in their own module with a ``register(sub)``
 function; heavy imports happen inside the handlers, so a provider that only
-installed the SDK can run ``onecert keys`` and ``onecert conformance``.
+installed the SDK can run ``onecert keys`` and ``onecert conformance``. A
+command's help and description are its handler's docstring
+(``_common.add_command``): the words a user reads sit on the code they describe.
 """
 
 from __future__ import annotations

@@ -9,31 +9,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from onecert.cli import CommandError
-from onecert.cli._common import add_group
+from onecert.cli._common import add_command, add_group
 
 if TYPE_CHECKING:
     from onecert.sdk import Server
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    kinds = add_group(
-        sub,
-        "adapter",
-        help="run a ready-made provider adapter",
-        description="Run a ready-made provider adapter: a site joins onecert by configuration.",
-        metavar="KIND",
-    )
-    sql = kinds.add_parser(
-        "sql",
-        help="serve BindingProvider from a site's own SQL user database",
-        description=(
-            "Serve BindingProvider straight from the site's user database (SQLite, "
-            "PostgreSQL, MySQL or MariaDB) as the configuration file says (see "
-            "docs/sql-adapter.md). Before it listens it checks that the queries match "
-            "the column mapping and exits with status 2, naming what is wrong, if not. "
-            "SIGTERM or SIGINT stops it gracefully."
-        ),
-    )
+    """run a ready-made provider adapter
+
+    Run a ready-made provider adapter: a site joins onecert by configuration.
+    """
+    kinds = add_group(sub, "adapter", register, metavar="KIND")
+    sql = add_command(kinds, "sql", _sql)
     sql.add_argument("--config", required=True, type=Path, metavar="FILE", help="TOML file")
     sql.add_argument(
         "--check",
@@ -41,10 +29,16 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         help="check the configuration, the database, the queries, keys and TLS files, "
         "then exit (0 when all is well) without serving",
     )
-    sql.set_defaults(handler=_sql)
 
 
 def _sql(args: argparse.Namespace) -> int:
+    """serve BindingProvider from a site's own SQL user database
+
+    Serve BindingProvider straight from the site's user database (SQLite, PostgreSQL, MySQL or
+    MariaDB) as the configuration file says (see docs/sql-adapter.md). Before it listens it checks
+    that the queries match the column mapping and exits with status 2, naming what is wrong, if not.
+    SIGTERM or SIGINT stops it gracefully.
+    """
     try:
         import sqlalchemy  # noqa: F401, PLC0415  # only to say clearly what is missing
     except ImportError:

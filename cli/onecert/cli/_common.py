@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "add_citizen_call_flags",
+    "add_command",
     "add_group",
     "add_tls_flags",
     "client_tls",
@@ -29,21 +32,43 @@ __all__ = [
 def add_group(
     sub: argparse._SubParsersAction[Any],
     name: str,
+    documented: Callable[..., object],
     *,
-    help: str,
     metavar: str,
-    description: str | None = None,
 ) -> argparse._SubParsersAction[Any]:
     """Add the command ``onecert NAME`` and return where its sub-commands go.
 
-    A sub-command is required; ``metavar`` names it in the usage line
-    ("ACTION", "KIND").
+    Its help and description are ``documented``'s docstring (the module's
+    ``register``), read as :func:`add_command` reads a handler's. A sub-command
+    is required; ``metavar`` names it in the usage line ("ACTION", "KIND").
     """
-    parser = sub.add_parser(name, help=help, description=description)
+    help_text, description = _words(documented)
+    parser = sub.add_parser(name, help=help_text, description=description)
     commands: argparse._SubParsersAction[Any] = parser.add_subparsers(
         dest=f"{name}_command", required=True, metavar=metavar
     )
     return commands
+
+
+def add_command(
+    sub: argparse._SubParsersAction[Any], name: str, handler: Callable[[argparse.Namespace], int]
+) -> argparse.ArgumentParser:
+    """Add the command ``name``, run by ``handler``, and return its parser for its flags.
+
+    The command's words are the handler's docstring: its first paragraph is the
+    help shown in the list of commands, the rest (if any) the description that
+    ``--help`` prints (argparse reflows both).
+    """
+    help_text, description = _words(handler)
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=description)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def _words(documented: Callable[..., object]) -> tuple[str, str | None]:
+    """A docstring's first paragraph (the help) and the rest (the description, if any)."""
+    help_text, _, description = inspect.cleandoc(documented.__doc__ or "").partition("\n\n")
+    return help_text, description or None
 
 
 def add_citizen_call_flags(parser: argparse.ArgumentParser, *, good_for: str, timeout: int) -> None:

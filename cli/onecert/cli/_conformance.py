@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from onecert.cli import CommandError
-from onecert.cli._common import add_tls_flags, client_tls
+from onecert.cli._common import add_command, add_tls_flags, client_tls
 
 if TYPE_CHECKING:
     from onecert.sdk._keys import SigningKey
@@ -61,16 +61,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     conformance.add_argument("--list", action=_ListChecks, kinds=("provider", "carrier", "filter"))
     kinds = conformance.add_subparsers(dest="conformance_kind", required=True, metavar="KIND")
 
-    provider = kinds.add_parser(
-        "provider",
-        help="check a BindingProvider",
-        description=(
-            "Play the gateway against a running BindingProvider, whatever it is written "
-            "in, and print a table of checks. Exit status 0 only if no check failed "
-            "(skipped checks say why and do not fail). Unbinds are only sent for the "
-            "--unbind account and for account refs that cannot exist."
-        ),
-    )
+    provider = add_command(kinds, "provider", _provider)
     provider.add_argument("--list", action=_ListChecks, kinds=("provider",))
     _common_options(provider)
     provider.add_argument(
@@ -97,16 +88,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         help="a test account the provider may really unbind, for the unbind checks U-4 to "
         "U-7 (skipped without it)",
     )
-    provider.set_defaults(handler=_provider)
 
-    carrier = kinds.add_parser(
-        "carrier",
-        help="check a NumberRegistry",
-        description=(
-            "Play the gateway against a running NumberRegistry and print a table of "
-            "checks. Exit status 0 only if no check failed."
-        ),
-    )
+    carrier = add_command(kinds, "carrier", _carrier)
     carrier.add_argument("--list", action=_ListChecks, kinds=("carrier",))
     _common_options(carrier)
     carrier.add_argument(
@@ -125,21 +108,11 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     carrier.add_argument(
         "--unknown-idn", metavar="HEX", help="an idn with no tenure (default: a random one)"
     )
-    carrier.set_defaults(handler=_carrier)
     _add_filter(kinds)
 
 
 def _add_filter(kinds: argparse._SubParsersAction[Any]) -> None:
-    routing = kinds.add_parser(
-        "filter",
-        help="check a routing filter a provider built (offline)",
-        description=(
-            "Check the snapshot (and additions) a provider would publish with "
-            "Gateway.PublishFilter: the version 1 format, the routing key it is keyed with, "
-            "and that every number it holds is in it (docs/contract.md, section R). "
-            "Exit status 0 only if no check failed."
-        ),
-    )
+    routing = add_command(kinds, "filter", _filter)
     routing.add_argument("--list", action=_ListChecks, kinds=("filter",))
     routing.add_argument(
         "--snapshot", required=True, type=Path, metavar="FILE", help="the serialized snapshot"
@@ -165,7 +138,6 @@ def _add_filter(kinds: argparse._SubParsersAction[Any]) -> None:
         "--added", type=Path, metavar="FILE", help="numbers the additions must hold"
     )
     routing.add_argument("--json", action="store_true", help="print the report as JSON")
-    routing.set_defaults(handler=_filter)
 
 
 def _read(path: Path | None, what: str) -> bytes | None:
@@ -185,6 +157,12 @@ def _lines(path: Path | None, what: str) -> list[str]:
 
 
 def _filter(args: argparse.Namespace) -> int:
+    """check a routing filter a provider built (offline)
+
+    Check the snapshot (and additions) a provider would publish with Gateway.PublishFilter: the
+    version 1 format, the routing key it is keyed with, and that every number it holds is in it
+    (docs/contract.md, section R). Exit status 0 only if no check failed.
+    """
     from onecert.sdk._keys import KeyConfigError, load_hex_key  # noqa: PLC0415 - lazy CLI import
     from onecert.sdk.conformance import check_filter  # noqa: PLC0415 - lazy CLI import
 
@@ -265,6 +243,12 @@ def _show(report: Report, *, as_json: bool) -> int:
 
 
 def _provider(args: argparse.Namespace) -> int:
+    """check a BindingProvider
+
+    Play the gateway against a running BindingProvider, whatever it is written in, and print a table
+    of checks. Exit status 0 only if no check failed (skipped checks say why and do not fail).
+    Unbinds are only sent for the --unbind account and for account refs that cannot exist.
+    """
     from onecert.sdk.conformance import check_provider  # noqa: PLC0415 - lazy CLI import
 
     unbind: tuple[str, str] | None = None
@@ -284,6 +268,11 @@ def _provider(args: argparse.Namespace) -> int:
 
 
 def _carrier(args: argparse.Namespace) -> int:
+    """check a NumberRegistry
+
+    Play the gateway against a running NumberRegistry and print a table of checks. Exit status 0
+    only if no check failed.
+    """
     from onecert.sdk.conformance import check_carrier  # noqa: PLC0415 - lazy CLI import
 
     return _run_check(

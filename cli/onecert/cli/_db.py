@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from onecert.cli import CommandError
-from onecert.cli._common import add_group
+from onecert.cli._common import add_command, add_group
 
 if TYPE_CHECKING:
     from onecert.gateway.store import AuditVerification, Store
@@ -32,25 +32,20 @@ def _add_db_options(parser: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    db_sub = add_group(sub, "db", help="the gateway's database", metavar="ACTION")
-    upgrade = db_sub.add_parser(
-        "upgrade",
-        help="create or migrate the schema to the newest version",
-        description="Create the gateway's tables, or migrate them to the newest version. "
-        "Safe to run again; safe while gateways run (migrations are additive).",
-    )
-    _add_db_options(upgrade)
-    upgrade.set_defaults(handler=_upgrade)
+    _register_db(sub)
+    _register_audit(sub)
 
-    audit_sub = add_group(sub, "audit", help="the gateway's audit log", metavar="ACTION")
-    verify = audit_sub.add_parser(
-        "verify",
-        help="check the audit log's hash chain",
-        description="Check that every audit row is present, unchanged and chained to the "
-        "one before. Prints OK, or names the first broken row and exits with status 1.",
-    )
-    _add_db_options(verify)
-    verify.set_defaults(handler=_verify)
+
+def _register_db(sub: argparse._SubParsersAction[Any]) -> None:
+    """the gateway's database"""
+    db_sub = add_group(sub, "db", _register_db, metavar="ACTION")
+    _add_db_options(add_command(db_sub, "upgrade", _upgrade))
+
+
+def _register_audit(sub: argparse._SubParsersAction[Any]) -> None:
+    """the gateway's audit log"""
+    audit_sub = add_group(sub, "audit", _register_audit, metavar="ACTION")
+    _add_db_options(add_command(audit_sub, "verify", _verify))
 
 
 def _url(args: argparse.Namespace) -> str:
@@ -84,6 +79,11 @@ def _describe(store: Store) -> str:
 
 
 def _upgrade(args: argparse.Namespace) -> int:
+    """create or migrate the schema to the newest version
+
+    Create the gateway's tables, or migrate them to the newest version. Safe to run again; safe
+    while gateways run (migrations are additive).
+    """
     store = _open(args)
 
     async def run() -> str | None:
@@ -99,6 +99,11 @@ def _upgrade(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    """check the audit log's hash chain
+
+    Check that every audit row is present, unchanged and chained to the one before. Prints OK, or
+    names the first broken row and exits with status 1.
+    """
     from sqlalchemy.engine import make_url  # noqa: PLC0415 - see _url
     from sqlalchemy.exc import ArgumentError  # noqa: PLC0415 - see _url
 

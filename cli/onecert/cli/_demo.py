@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from onecert.cli import CommandError
-from onecert.cli._common import onecert_command
+from onecert.cli._common import add_command, onecert_command
 
 if TYPE_CHECKING:
     from onecert.adapters.demo import DemoFederation, ProviderSpec
@@ -54,18 +54,7 @@ _HOLD_S = 0.3
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    parser = sub.add_parser(
-        "demo",
-        help="run a demo federation on this machine: lookup, unbind, notices, compliance",
-        description=(
-            "Start two carriers, seven providers (one slow, one down, one that ignores "
-            "recycled-number notices) and a gateway on this machine, each its own process "
-            "speaking mutual TLS with fresh dev keys; look up a citizen whose old number was "
-            "recycled; print her merged list; unbind her left-behind account and show the "
-            "receipt; have a carrier report a recycled number; print the regulator's "
-            "compliance report; verify the audit log; stop everything."
-        ),
-    )
+    parser = add_command(sub, "demo", _demo)
     parser.add_argument(
         "--dir",
         type=Path,
@@ -81,7 +70,6 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         action="store_true",
         help="leave the federation running at the end, until Ctrl-C",
     )
-    parser.set_defaults(handler=_demo)
 
 
 class _Out:
@@ -109,6 +97,14 @@ class _Out:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    """run a demo federation on this machine: lookup, unbind, notices, compliance
+
+    Start two carriers, seven providers (one slow, one down, one that ignores recycled-number
+    notices) and a gateway on this machine, each its own process speaking mutual TLS with fresh dev
+    keys; look up a citizen whose old number was recycled; print her merged list; unbind her
+    left-behind account and show the receipt; have a carrier report a recycled number; print the
+    regulator's compliance report; verify the audit log; stop everything.
+    """
     from onecert.adapters.demo import DEFAULT_SEED, DemoFederation, DirectoryInUseError  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
 
     out = _Out(sys.stdout)

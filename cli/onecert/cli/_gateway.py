@@ -9,39 +9,34 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from onecert.cli import CommandError
-from onecert.cli._common import add_group
+from onecert.cli._common import add_command, add_group
 
 if TYPE_CHECKING:
     from onecert.gateway import GatewayServer
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    commands = add_group(
-        sub,
-        "gateway",
-        help="run the onecert gateway",
-        description="Run the onecert gateway.",
-        metavar="COMMAND",
-    )
-    serve = commands.add_parser(
-        "serve",
-        help="serve Gateway.Lookup until SIGTERM or SIGINT",
-        description=(
-            "Serve the gateway as the configuration file says (see docs/configuration.md). "
-            "Production mode needs TLS with client certificates and mutual TLS towards "
-            "carriers and providers; SIGTERM or SIGINT stops it gracefully."
-        ),
-    )
+    """run the onecert gateway
+
+    Run the onecert gateway.
+    """
+    commands = add_group(sub, "gateway", register, metavar="COMMAND")
+    serve = add_command(commands, "serve", _serve)
     serve.add_argument("--config", required=True, type=Path, metavar="FILE", help="TOML file")
     serve.add_argument(
         "--dev-plaintext",
         action="store_true",
         help="development mode: allow plaintext (same as gateway.dev_plaintext = true)",
     )
-    serve.set_defaults(handler=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
+    """serve Gateway.Lookup until SIGTERM or SIGINT
+
+    Serve the gateway as the configuration file says (see docs/configuration.md). Production mode
+    needs TLS with client certificates and mutual TLS towards carriers and providers; SIGTERM or
+    SIGINT stops it gracefully.
+    """
     from onecert.gateway._config import ConfigError, load_config  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
     from onecert.gateway._server import serve  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
     from onecert.sdk._keys import KeyConfigError  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light

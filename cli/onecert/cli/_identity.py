@@ -14,30 +14,19 @@ from pathlib import Path
 from typing import Any
 
 from onecert.cli import CommandError
-from onecert.cli._common import add_group
+from onecert.cli._common import add_command, add_group
 
 # Above this the gateway refuses the assertion by default (DESIGN.md: at most 5 minutes).
 _GATEWAY_MAX_LIFETIME = 300
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    actions = add_group(
-        sub,
-        "assertion",
-        help="mint citizens' identity assertions (development stand-in for the identity service)",
-        description="Identity assertions, as the identity service would sign them.",
-        metavar="ACTION",
-    )
-    mint = actions.add_parser(
-        "mint",
-        help="sign an identity assertion for one citizen",
-        description=(
-            "Sign an identity assertion (JWT, typ onecert-id+jwt) for one citizen and print "
-            "it, or write it to --out. Pass the idn directly, or a document number and the "
-            "idn key to compute it (use '--document -' to read the number from stdin, which "
-            "keeps it out of the shell history)."
-        ),
-    )
+    """mint citizens' identity assertions (development stand-in for the identity service)
+
+    Identity assertions, as the identity service would sign them.
+    """
+    actions = add_group(sub, "assertion", register, metavar="ACTION")
+    mint = add_command(actions, "mint", _mint)
     mint.add_argument(
         "--key",
         required=True,
@@ -67,7 +56,6 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         help="seconds until the assertion expires (default %(default)s)",
     )
     mint.add_argument("--out", type=Path, help="write the assertion to this file (mode 0600)")
-    mint.set_defaults(handler=_mint)
 
 
 def _read_hex_key(path: Path) -> bytes:
@@ -113,6 +101,12 @@ def _write_private(path: Path, text: str) -> None:
 
 def _mint(args: argparse.Namespace) -> int:
     # Imported when run, so --help stays fast and needs no crypto libraries.
+    """sign an identity assertion for one citizen
+
+    Sign an identity assertion (JWT, typ onecert-id+jwt) for one citizen and print it, or write it
+    to --out. Pass the idn directly, or a document number and the idn key to compute it (use
+    '--document -' to read the number from stdin, which keeps it out of the shell history).
+    """
     from onecert.gateway._identity import AssertionIssuer  # noqa: PLC0415  # lazy on purpose
     from onecert.sdk._keys import KeyConfigError, SigningKey  # noqa: PLC0415  # lazy on purpose
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from onecert.cli import CommandError
+from onecert.cli._common import add_command
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -37,16 +38,7 @@ _T = TypeVar("_T")
 
 def add_enrollment_commands(group: argparse._SubParsersAction[Any]) -> None:
     """Add ``join``, ``status`` and ``activate`` to the ``onecert provider`` group."""
-    join = group.add_parser(
-        "join",
-        help="join the federation with an invitation token (key pair made here)",
-        description=(
-            "Make a key pair here, send a certificate signing request with the "
-            "regulator's one-time token to the gateway's join listener, and write the key "
-            "(mode 0600), the certificate and the gateway's answers to --dir. The private "
-            "key never leaves this machine."
-        ),
-    )
+    join = add_command(group, "join", _join)
     join.add_argument("--gateway", required=True, metavar="HOST:PORT", help="the join listener")
     join.add_argument("--ca", type=Path, metavar="PEM", help="CA of the gateway's certificate")
     join.add_argument("--id", required=True, metavar="ID", help="the provider id invited")
@@ -61,7 +53,6 @@ def add_enrollment_commands(group: argparse._SubParsersAction[Any]) -> None:
     )
     join.add_argument("--dir", type=Path, required=True, metavar="DIR", help="credentials go here")
     join.add_argument("--insecure", action="store_true", help="a development gateway without TLS")
-    join.set_defaults(handler=_join)
     for name, helptext, handler in (
         ("status", "where this provider stands: status, last gate, certificate", _status),
         ("activate", "ask the gateway to run the conformance gate now", _activate),
@@ -80,6 +71,12 @@ def add_enrollment_commands(group: argparse._SubParsersAction[Any]) -> None:
 
 
 def _join(args: argparse.Namespace) -> int:
+    """join the federation with an invitation token (key pair made here)
+
+    Make a key pair here, send a certificate signing request with the regulator's one-time token to
+    the gateway's join listener, and write the key (mode 0600), the certificate and the gateway's
+    answers to --dir. The private key never leaves this machine.
+    """
     from onecert.sdk import join  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
     from onecert.sdk.client import GatewayError  # noqa: PLC0415 - lazy CLI import
 

@@ -6,21 +6,13 @@ import argparse
 from typing import Any
 
 from onecert.cli import CommandError
-from onecert.cli._common import add_group
+from onecert.cli._common import add_command, add_group
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    actions = add_group(sub, "keys", help="keys and certificates for development", metavar="ACTION")
-    init = actions.add_parser(
-        "init",
-        help="create a dev keys directory (signing keys, JWKS, dev CA, TLS certificates)",
-        description=(
-            "Create the keys a development federation needs: the identity service's "
-            "signing key, the gateway's warrant key and JWKS, the idn and handle keys, "
-            "and a dev CA with a server certificate and client certificates. Private "
-            "keys are written with mode 0600. Not for production."
-        ),
-    )
+    """keys and certificates for development"""
+    actions = add_group(sub, "keys", register, metavar="ACTION")
+    init = add_command(actions, "init", _init)
     init.add_argument("directory", metavar="DIR", help="where to write (created if missing)")
     init.add_argument(
         "--client",
@@ -38,11 +30,16 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         help="extra host name or IP address for the server certificate (repeatable)",
     )
     init.add_argument("--force", action="store_true", help="replace existing files")
-    init.set_defaults(handler=_init)
 
 
 def _init(args: argparse.Namespace) -> int:
     # Imported here so `onecert --help` stays fast.
+    """create a dev keys directory (signing keys, JWKS, dev CA, TLS certificates)
+
+    Create the keys a development federation needs: the identity service's signing key, the
+    gateway's warrant key and JWKS, the idn and handle keys, and a dev CA with a server certificate
+    and client certificates. Private keys are written with mode 0600. Not for production.
+    """
     from onecert.sdk.devkeys import (  # noqa: PLC0415 - see above
         DEFAULT_CLIENTS,
         DevKeysExistError,

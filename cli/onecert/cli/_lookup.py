@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from onecert.cli import CommandError
 from onecert.cli._common import (
     add_citizen_call_flags,
+    add_command,
     client_tls,
     onecert_command,
     read_assertion,
@@ -28,20 +29,17 @@ if TYPE_CHECKING:
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    parser = sub.add_parser(
-        "lookup",
-        help="look up the numbers and accounts under a citizen's identity",
-        description=(
-            "Ask a gateway which numbers are registered under the identity in the "
-            "assertion and which accounts are bound to them. Left-behind accounts "
-            "(your old number, now someone else's) are listed first."
-        ),
-    )
+    parser = add_command(sub, "lookup", _lookup)
     add_citizen_call_flags(parser, good_for="one lookup", timeout=30)
-    parser.set_defaults(handler=_lookup)
 
 
 def _lookup(args: argparse.Namespace) -> int:
+    """look up the numbers and accounts under a citizen's identity
+
+    Ask a gateway which numbers are registered under the identity in the assertion and which
+    accounts are bound to them. Left-behind accounts (your old number, now someone else's) are
+    listed first.
+    """
     if args.timeout <= 0:
         raise CommandError("--timeout must be more than zero")
     tls = client_tls(args)

@@ -8,30 +8,25 @@ from pathlib import Path
 from typing import Any
 
 from onecert.cli import CommandError
-from onecert.cli._common import add_group
+from onecert.cli._common import add_command, add_group
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    actions = add_group(
-        sub,
-        "portal",
-        help="serve the citizen's web portal over the gateway",
-        description="The reference citizen's portal: sign in, look up, unbind, receipts.",
-        metavar="ACTION",
-    )
-    serve = actions.add_parser(
-        "serve",
-        help="serve the portal (prints its address once it listens)",
-        description=(
-            "Serve the portal as portal.toml says (see docs/portal.md). Production mode, the "
-            "default, needs OpenID Connect and TLS and refuses the development identity step."
-        ),
-    )
+    """serve the citizen's web portal over the gateway
+
+    The reference citizen's portal: sign in, look up, unbind, receipts.
+    """
+    actions = add_group(sub, "portal", register, metavar="ACTION")
+    serve = add_command(actions, "serve", _serve)
     serve.add_argument("--config", required=True, type=Path, help="the portal's TOML file")
-    serve.set_defaults(handler=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
+    """serve the portal (prints its address once it listens)
+
+    Serve the portal as portal.toml says (see docs/portal.md). Production mode, the default, needs
+    OpenID Connect and TLS and refuses the development identity step.
+    """
     try:
         from onecert.portal import ConfigError, load_config, serve  # noqa: PLC0415 - lazy: the portal's dependencies are an extra
     except ModuleNotFoundError as exc:

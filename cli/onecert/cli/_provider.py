@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from onecert.cli import CommandError
-from onecert.cli._common import add_group, add_tls_flags, client_tls, refused
+from onecert.cli._common import add_command, add_group, add_tls_flags, client_tls, refused
 
 if TYPE_CHECKING:
     from onecert.sdk.client import (
@@ -47,17 +47,13 @@ _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    group = add_group(
-        sub,
-        "provider",
-        help="the provider registry: invite, list, suspend, resume, remove",
-        metavar="ACTION",
-        description=(
-            "The provider registry. The regulator invites a provider (a one-time "
-            "enrollment token), lists and shows providers, and suspends, resumes or "
-            "removes them; every gateway replica applies a change within seconds."
-        ),
-    )
+    """the provider registry: invite, list, suspend, resume, remove
+
+    The provider registry. The regulator invites a provider (a one-time enrollment token), lists
+    and shows providers, and suspends, resumes or removes them; every gateway replica applies a
+    change within seconds.
+    """
+    group = add_group(sub, "provider", register, metavar="ACTION")
     _add_admin_commands(group)
     _add_enrollment_commands(group)
 
@@ -69,10 +65,8 @@ def _add_enrollment_commands(group: argparse._SubParsersAction[Any]) -> None:
     add_enrollment_commands(group)
 
 
-def _admin_parser(
-    group: argparse._SubParsersAction[Any], name: str, *, help: str, description: str
-) -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = group.add_parser(name, help=help, description=description)
+def _admin_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add what every admin command needs: the gateway, its TLS, --json, --timeout."""
     parser.add_argument("--gateway", required=True, metavar="HOST:PORT", help="the gateway")
     add_tls_flags(
         parser,
@@ -88,40 +82,26 @@ def _admin_parser(
 
 
 def _add_admin_commands(group: argparse._SubParsersAction[Any]) -> None:
-    invite = _admin_parser(
-        group,
-        "invite",
-        help="invite a provider: a one-time enrollment token",
-        description=(
-            "Invite a provider to join: prints a one-time enrollment token, bound to the "
-            "provider id and short-lived. The gateway keeps only its hash: this is the only "
-            "time it is shown. Inviting an invited or pending provider again replaces its token."
-        ),
-    )
+    invite = _admin_flags(add_command(group, "invite", _invite))
     invite.add_argument("--id", required=True, dest="provider_id", help="the provider's id")
     invite.add_argument("--name", default="", help="its display name")
     invite.add_argument("--category", required=True, choices=_CATEGORIES, help="its category")
     invite.add_argument(
         "--ttl", metavar="DURATION", help="the token's life: 3600, 90m, 24h, 7d (gateway default)"
     )
-    invite.set_defaults(handler=_invite)
-    listing = _admin_parser(
-        group, "list", help="list the providers", description="Every provider in the registry."
-    )
+    listing = _admin_flags(add_command(group, "list", _list))
     listing.add_argument("--status", choices=_STATUSES, help="only those in this status")
-    listing.set_defaults(handler=_list)
-    show = _admin_parser(
-        group, "show", help="one provider and its history", description="One provider."
-    )
+    show = _admin_flags(add_command(group, "show", _show))
     show.add_argument("provider_id", metavar="ID")
-    show.set_defaults(handler=_show)
     for name, help_text, needs_reason in (
         ("suspend", "stop calling a provider and refuse its calls, until resumed", True),
         ("resume", "call a suspended provider again", False),
         ("remove", "remove a provider for good", True),
     ):
-        parser = _admin_parser(
-            group, name, help=help_text, description=help_text[0].upper() + help_text[1:] + "."
+        parser = _admin_flags(
+            group.add_parser(
+                name, help=help_text, description=help_text[0].upper() + help_text[1:] + "."
+            )
         )
         parser.add_argument("provider_id", metavar="ID")
         if needs_reason:
@@ -160,6 +140,12 @@ def _call(
 
 
 def _invite(args: argparse.Namespace) -> int:
+    """invite a provider: a one-time enrollment token
+
+    Invite a provider to join: prints a one-time enrollment token, bound to the provider id
+    and short-lived. The gateway keeps only its hash: this is the only time it is shown.
+    Inviting an invited or pending provider again replaces its token.
+    """
     ttl = None if args.ttl is None else parse_ttl(args.ttl)
     invitation: Invitation = _call(
         args,
@@ -197,6 +183,10 @@ def _invite(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
+    """list the providers
+
+    Every provider in the registry.
+    """
     from onecert.sdk.client import ProviderStatus  # noqa: PLC0415 - lazy
 
     status = None if args.status is None else ProviderStatus(args.status)
@@ -211,6 +201,10 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
+    """one provider and its history
+
+    One provider.
+    """
     record, history = _call(
         args, "the request", lambda c: c.get_provider(args.provider_id, timeout=args.timeout)
     )

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from onecert.cli import CommandError
-from onecert.cli._common import add_group, add_tls_flags, client_tls
+from onecert.cli._common import add_command, add_group, add_tls_flags, client_tls
 
 if TYPE_CHECKING:
     from onecert.gateway._config import ProviderConfig
@@ -29,20 +29,9 @@ _URL_ENV = "ONECERT_DB_URL"
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    report_sub = add_group(sub, "report", help="reports for the regulator", metavar="REPORT")
-    parser = report_sub.add_parser(
-        "compliance",
-        help="per provider: notices acted on in time, late, not received or ignored; unbinds",
-        description=(
-            "Per provider: recycled-number notices delivered, acknowledged, acted on in "
-            "time, late, not received (the deadline passed and the provider was "
-            "unreachable), ignored (it received the notice and did not act by the "
-            "deadline), or not due yet; unbind tickets done, rejected and failed, with the "
-            "median time to the provider's answer. Read from the gateway's database "
-            "(--url, or the [store] of --config) or asked of a running gateway (--gateway, "
-            "as an admin)."
-        ),
-    )
+    """reports for the regulator"""
+    report_sub = add_group(sub, "report", register, metavar="REPORT")
+    parser = add_command(report_sub, "compliance", _compliance)
     source = parser.add_argument_group("source (one of)")
     source.add_argument(
         "--url",
@@ -73,7 +62,6 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument(
         "--timeout", type=float, default=30.0, metavar="SECONDS", help="give up after (30)"
     )
-    parser.set_defaults(handler=_compliance)
 
 
 def parse_since(text: str) -> datetime:
@@ -89,6 +77,14 @@ def parse_since(text: str) -> datetime:
 
 
 def _compliance(args: argparse.Namespace) -> int:
+    """per provider: notices acted on in time, late, not received or ignored; unbinds
+
+    Per provider: recycled-number notices delivered, acknowledged, acted on in time, late, not
+    received (the deadline passed and the provider was unreachable), ignored (it received the notice
+    and did not act by the deadline), or not due yet; unbind tickets done, rejected and failed, with
+    the median time to the provider's answer. Read from the gateway's database (--url, or the
+    [store] of --config) or asked of a running gateway (--gateway, as an admin).
+    """
     if args.timeout <= 0:
         raise CommandError("--timeout must be more than zero")
     since = None if args.since is None else parse_since(args.since)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from onecert.cli import CommandError
-from onecert.cli._common import add_group
+from onecert.cli._common import add_command, add_group
 from onecert.cli._db import _run
 
 if TYPE_CHECKING:
@@ -22,47 +22,25 @@ if TYPE_CHECKING:
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    commands = add_group(
-        sub,
-        "routing",
-        help="the federation's routing keys",
-        description="List, rotate and retire the routing keys providers key their filters "
-        "with (docs/routing.md, 'Key rotation').",
-        metavar="ACTION",
-    )
-    keys = commands.add_parser(
-        "keys",
-        help="list the routing key versions and the snapshots keyed with each",
-        description="List every routing key version (never a key): active, live or "
-        "retired, and how many providers' stored snapshots are keyed with it.",
-    )
-    rotate = commands.add_parser(
-        "rotate-key",
-        help="add a new random active routing key version",
-        description="Add a new random routing key version and make it active. The version "
-        "active before stays live: filters keyed with it keep routing until it is retired. "
-        "Providers receive the new version from GetRoutingKey and PublishFilter answers and "
-        "key their next snapshot with it.",
-    )
-    retire = commands.add_parser(
-        "retire-key",
-        help="retire an old routing key version once every provider republished",
-        description="Retire a live routing key version: its key is erased from the store, "
-        "filters keyed with it are dropped (their providers are asked about every number) "
-        "and refused. Refused while a provider's snapshot is still keyed with it, unless "
-        "--force.",
-    )
+    """the federation's routing keys
+
+    List, rotate and retire the routing keys providers key their filters with (docs/routing.md,
+    'Key rotation').
+    """
+    commands = add_group(sub, "routing", register, metavar="ACTION")
+    keys = add_command(commands, "keys", _keys)
+    rotate = add_command(commands, "rotate-key", _rotate)
+    retire = add_command(commands, "retire-key", _retire)
     retire.add_argument("version", type=int, help="the version to retire")
     retire.add_argument(
         "--force",
         action="store_true",
         help="retire even though providers' snapshots are still keyed with it",
     )
-    for parser, handler in ((keys, _keys), (rotate, _rotate), (retire, _retire)):
+    for parser in (keys, rotate, retire):
         parser.add_argument(
             "--config", required=True, type=Path, metavar="FILE", help="the gateway's TOML file"
         )
-        parser.set_defaults(handler=handler)
 
 
 def _config(args: argparse.Namespace) -> GatewayConfig:
@@ -125,6 +103,11 @@ def _operate(args: argparse.Namespace, action: str) -> Any:
 
 
 def _keys(args: argparse.Namespace) -> int:
+    """list the routing key versions and the snapshots keyed with each
+
+    List every routing key version (never a key): active, live or retired, and how many
+    providers' stored snapshots are keyed with it.
+    """
     statuses: list[KeyStatus] = _operate(args, "keys")
     for status in statuses:
         since = "configured" if status.changed_at is None else status.changed_at.isoformat()
@@ -136,6 +119,12 @@ def _keys(args: argparse.Namespace) -> int:
 
 
 def _rotate(args: argparse.Namespace) -> int:
+    """add a new random active routing key version
+
+    Add a new random routing key version and make it active. The version active before stays
+    live: filters keyed with it keep routing until it is retired. Providers receive the new
+    version from GetRoutingKey and PublishFilter answers and key their next snapshot with it.
+    """
     version: int = _operate(args, "rotate")
     print(
         f"routing key version {version} is active; the versions before it stay live until "
@@ -145,6 +134,12 @@ def _rotate(args: argparse.Namespace) -> int:
 
 
 def _retire(args: argparse.Namespace) -> int:
+    """retire an old routing key version once every provider republished
+
+    Retire a live routing key version: its key is erased from the store, filters keyed with it
+    are dropped (their providers are asked about every number) and refused. Refused while a
+    provider's snapshot is still keyed with it, unless --force.
+    """
     still: int = _operate(args, "retire")
     forced = f" ({still} provider(s) are asked about every number until they republish)"
     print(f"routing key version {args.version} retired" + (forced if still else ""))

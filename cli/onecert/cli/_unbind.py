@@ -11,7 +11,13 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from onecert.cli import CommandError
-from onecert.cli._common import add_citizen_call_flags, client_tls, read_assertion, refused
+from onecert.cli._common import (
+    add_citizen_call_flags,
+    add_command,
+    client_tls,
+    read_assertion,
+    refused,
+)
 
 if TYPE_CHECKING:
     from onecert.sdk._tls import ClientTLS
@@ -21,17 +27,7 @@ _T = TypeVar("_T")
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    unbind = sub.add_parser(
-        "unbind",
-        help="ask for an account from a lookup to be unbound",
-        description=(
-            "Ask the gateway to detach a number from an account shown by a lookup (or to "
-            "release it from a previous holder's account): `onecert unbind 2` acts on row 2 "
-            "of your last `onecert lookup`. Answers at once with a ticket; the gateway "
-            "delivers it to the provider and keeps the receipt (see `onecert receipt`). "
-            "The same account twice gives the same ticket."
-        ),
-    )
+    unbind = add_command(sub, "unbind", _unbind)
     unbind.add_argument(
         "row",
         nargs="?",
@@ -46,16 +42,10 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         metavar="HANDLE",
         help="instead of ROW: a handle from `onecert lookup --json` (for scripts)",
     )
-    unbind.set_defaults(handler=_unbind)
 
-    receipt = sub.add_parser(
-        "receipt",
-        help="show the receipt of an unbind ticket",
-        description="Show where an unbind ticket stands and what the provider answered.",
-    )
+    receipt = add_command(sub, "receipt", _receipt)
     add_citizen_call_flags(receipt, good_for="one call", timeout=10)
     receipt.add_argument("--ticket", required=True, metavar="ID", help="the ticket id")
-    receipt.set_defaults(handler=_receipt)
 
 
 def _tls(args: argparse.Namespace) -> ClientTLS | None:
@@ -115,6 +105,13 @@ def _handle(args: argparse.Namespace) -> tuple[str | None, str]:
 
 
 def _unbind(args: argparse.Namespace) -> int:
+    """ask for an account from a lookup to be unbound
+
+    Ask the gateway to detach a number from an account shown by a lookup (or to release it from a
+    previous holder's account): `onecert unbind 2` acts on row 2 of your last `onecert lookup`.
+    Answers at once with a ticket; the gateway delivers it to the provider and keeps the receipt
+    (see `onecert receipt`). The same account twice gives the same ticket.
+    """
     tls = _tls(args)
     what, handle = _handle(args)
     ticket: TicketInfo = _ask(
@@ -134,6 +131,10 @@ def _unbind(args: argparse.Namespace) -> int:
 
 
 def _receipt(args: argparse.Namespace) -> int:
+    """show the receipt of an unbind ticket
+
+    Show where an unbind ticket stands and what the provider answered.
+    """
     tls = _tls(args)
     ticket_id = args.ticket.strip()
     if not ticket_id:

@@ -13,9 +13,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 from onecert.sdk._dburl import database_url
+from onecert.sdk._tls import TLSFiles
 from onecert.sdk._tomlconfig import ConfigError, load_toml, setting
 from onecert.sdk._tomlconfig import Table as _Table
 from onecert.v1 import common_pb2
@@ -38,7 +39,6 @@ __all__ = [
     "IdentityConfig",
     "IssuerConfig",
     "KeysConfig",
-    "ListenTLS",
     "MetricsConfig",
     "NoticesConfig",
     "PortalConfig",
@@ -70,15 +70,6 @@ CATEGORIES: Final[Mapping[str, common_pb2.ProviderCategory.ValueType]] = {
     if number != common_pb2.PROVIDER_CATEGORY_UNSPECIFIED
 }
 _CATEGORY_NAMES: Final = {number: name for name, number in CATEGORIES.items()}
-
-
-@dataclass(frozen=True)
-class ListenTLS:
-    """The gateway's own certificate; with ``client_ca`` clients need a certificate."""
-
-    cert: Path
-    key: Path
-    client_ca: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -190,8 +181,32 @@ class DeliveryConfig:
     pending_recheck_s: float = setting(60.0, seconds=True)
 
 
+class _Identified(Protocol):
+    @property
+    def id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def client_cn(self) -> str | None: ...
+
+
+class Named:
+    """What a carrier or a provider shows and is known by, in the configuration and in
+    the registry alike (its class has ``id``, ``name`` and ``client_cn``)."""
+
+    @property
+    def display_name(self: _Identified) -> str:
+        """Its name, or its id when it has none."""
+        return self.name or self.id
+
+    @property
+    def cn(self: _Identified) -> str:
+        """The client certificate CN that identifies it."""
+        return self.client_cn or self.id
+
+
 @dataclass(frozen=True)
-class CarrierConfig:
+class CarrierConfig(Named):
     """A carrier (``NumberRegistry``)."""
 
     id: str
@@ -205,15 +220,6 @@ class CarrierConfig:
     prefixes: tuple[str, ...] = ()
     # The CN of its client certificate; the id when None.
     client_cn: str | None = None
-
-    @property
-    def display_name(self) -> str:
-        return self.name or self.id
-
-    @property
-    def cn(self) -> str:
-        """The client certificate CN that identifies this carrier."""
-        return self.client_cn or self.id
 
     def serves(self, msisdn: str) -> bool:
         """Whether ``msisdn`` (E.164) falls in one of :attr:`prefixes`."""
@@ -247,7 +253,7 @@ def parse_number_range(text: str) -> tuple[str, str]:
 
 
 @dataclass(frozen=True)
-class ProviderConfig:
+class ProviderConfig(Named):
     """An internet provider (``BindingProvider``).
 
     ``address`` is None for a provider that receives notices by polling and
@@ -270,15 +276,6 @@ class ProviderConfig:
     # address's host (upstream_tls.server_name for this provider alone); a
     # provider the gateway issued a certificate to: <id>.provider.onecert.invalid.
     server_name: str | None = None
-
-    @property
-    def display_name(self) -> str:
-        return self.name or self.id
-
-    @property
-    def cn(self) -> str:
-        """The client certificate CN that identifies this provider."""
-        return self.client_cn or self.id
 
 
 @dataclass(frozen=True)
@@ -458,7 +455,7 @@ class GatewayConfig:
     # Share ``listen`` with other processes (SO_REUSEPORT); off: a port in use is refused.
     reuse_port: bool = False
     dev_plaintext: bool = False
-    tls: ListenTLS | None = None
+    tls: TLSFiles | None = None
     upstream_tls: UpstreamTLS | None = None
     fanout: FanoutConfig = field(default_factory=FanoutConfig)
     max_concurrent_lookups: int = setting(100, minimum=1)
@@ -646,7 +643,7 @@ def _parse_gateway(gw: _Table, *, dev_plaintext: bool) -> dict[str, Any]:
     _listen_port(general["listen"], "gateway.listen", example="[::]:50051")
     general["dev_plaintext"] = general["dev_plaintext"] or dev_plaintext
     tls_table = gw.optional_table("tls")
-    general["tls"] = None if tls_table is None else _finished(tls_table, ListenTLS)
+    general["tls"] = None if tls_table is None else _finished(tls_table, TLSFiles)
     log_level = gw.string("log_level", GatewayConfig.log_level).lower()
     if log_level not in _LOG_LEVELS:
         raise ConfigError(f"gateway.log_level must be one of {', '.join(_LOG_LEVELS)}")

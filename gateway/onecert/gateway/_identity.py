@@ -25,7 +25,7 @@ import grpc
 
 from onecert.gateway._refusal import CheckError
 from onecert.sdk._idn import is_idn
-from onecert.sdk._jwt import MAX_TOKEN_BYTES, TokenError, verify_jwt
+from onecert.sdk._jwt import MAX_TOKEN_BYTES, TokenError, TokenIssuer, verify_jwt
 from onecert.sdk._keys import KeySet, SigningKey, b64url_json, sign_compact
 
 ASSERTION_TYP = "onecert-id+jwt"
@@ -437,7 +437,7 @@ def bearer_token(metadata: Metadata | None) -> str:
     return token
 
 
-class AssertionIssuer:
+class AssertionIssuer(TokenIssuer):
     """Mints identity assertions, standing in for the identity service.
 
     The real identity service is outside onecert; this one serves the demo, the
@@ -448,16 +448,7 @@ class AssertionIssuer:
     def __init__(self, *, key: SigningKey, issuer: str) -> None:
         if not issuer:
             raise ValueError("an assertion issuer needs a name (iss)")
-        self._key = key
-        self._issuer = issuer
-
-    @property
-    def issuer(self) -> str:
-        return self._issuer
-
-    @property
-    def key(self) -> SigningKey:
-        return self._key
+        super().__init__(key=key, issuer=issuer)
 
     def mint(
         self,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -33,7 +33,7 @@ from onecert.gateway._lookup import QUERY_ID, LookupService
 from onecert.gateway._metrics import Telemetry
 from onecert.gateway._observers import NO_OBSERVER, Observer
 from onecert.gateway._policy import Policy, current_caller
-from onecert.gateway._principals import PrincipalResolver
+from onecert.gateway._principals import Principal, PrincipalResolver
 from onecert.gateway._recycled import RecycledNumbers
 from onecert.gateway._refusal import Refusal
 from onecert.gateway._registry import LiveRegistry, RegistryChange
@@ -95,9 +95,23 @@ class _FailClosedReplay:
             raise ReplayCacheUnavailableError("the replay cache is unavailable") from exc
 
 
+_Call = Callable[["_GatewayServicer", Any, Principal], Awaitable[Any]]
+
+
+def _delegate(call: _Call) -> Callable[..., Awaitable[Any]]:
+    """A unary RPC's handler whose whole work is ``call(servicer, request, caller)``."""
+
+    async def handler(
+        self: _GatewayServicer, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Any:
+        return await call(self, request, current_caller())
+
+    return handler
+
+
 class _GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     """The ``Gateway`` service: each RPC hands the caller and the request's values to
-    the service that serves it.
+    the service that serves it (most in one line each, by :func:`_delegate`).
 
     The boundary (:class:`~onecert.gateway._boundary.CallBoundary`) has already
     checked the access policy and named the caller; it answers the services'
@@ -166,20 +180,6 @@ class _GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         metadata = context.invocation_metadata() or ()
         return await _stateful(self._unbind).get_unbind(request.ticket_id, metadata=metadata)
 
-    async def ReportNumberEvent(  # noqa: N802 - the gRPC method name
-        self,
-        request: gateway_pb2.ReportNumberEventRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> gateway_pb2.ReportNumberEventResponse:
-        notices = _stateful(self._recycled).notices
-        return await notices.report_number_event(request, current_caller())
-
-    async def CheckRecycled(  # noqa: N802 - the gRPC method name
-        self, request: gateway_pb2.CheckRecycledRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> gateway_pb2.CheckRecycledResponse:
-        checks = _stateful(self._recycled).checks
-        return await checks.check_recycled(request, current_caller())
-
     async def PollEvents(  # noqa: N802 - the gRPC method name
         self, request: gateway_pb2.PollEventsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> gateway_pb2.PollEventsResponse:
@@ -188,71 +188,10 @@ class _GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             request, current_caller(), time_remaining=context.time_remaining()
         )
 
-    async def ConfirmEventAction(  # noqa: N802 - the gRPC method name
-        self,
-        request: gateway_pb2.ConfirmEventActionRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> gateway_pb2.ConfirmEventActionResponse:
-        notices = _stateful(self._recycled).notices
-        return await notices.confirm_event_action(request, current_caller())
-
     async def GetRoutingKey(  # noqa: N802 - the gRPC method name
         self, request: gateway_pb2.GetRoutingKeyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> gateway_pb2.GetRoutingKeyResponse:
         return self._routing_service().routing_key(current_caller())
-
-    async def PublishFilter(  # noqa: N802 - the gRPC method name
-        self, request: gateway_pb2.PublishFilterRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> gateway_pb2.PublishFilterResponse:
-        return await self._routing_service().publish(request, current_caller())
-
-    async def GetComplianceReport(  # noqa: N802 - the gRPC method name
-        self,
-        request: gateway_pb2.GetComplianceReportRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> gateway_pb2.GetComplianceReportResponse:
-        compliance = _stateful(self._recycled).compliance
-        return await compliance.get_report(request, current_caller())
-
-    async def InviteProvider(  # noqa: N802 - the gRPC method name
-        self,
-        request: gateway_pb2.InviteProviderRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> gateway_pb2.InviteProviderResponse:
-        return await _stateful(self._registry).invite(request, current_caller())
-
-    async def ListProviders(  # noqa: N802 - the gRPC method name
-        self,
-        request: gateway_pb2.ListProvidersRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> gateway_pb2.ListProvidersResponse:
-        return await _stateful(self._registry).list_providers(request, current_caller())
-
-    async def GetProvider(  # noqa: N802 - the gRPC method name
-        self, request: gateway_pb2.GetProviderRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> gateway_pb2.GetProviderResponse:
-        return await _stateful(self._registry).get_provider(request, current_caller())
-
-    async def SuspendProvider(  # noqa: N802 - the gRPC method name
-        self,
-        request: gateway_pb2.SuspendProviderRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> gateway_pb2.SuspendProviderResponse:
-        return await _stateful(self._registry).suspend(request, current_caller())
-
-    async def ResumeProvider(  # noqa: N802 - the gRPC method name
-        self,
-        request: gateway_pb2.ResumeProviderRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> gateway_pb2.ResumeProviderResponse:
-        return await _stateful(self._registry).resume(request, current_caller())
-
-    async def RemoveProvider(  # noqa: N802 - the gRPC method name
-        self,
-        request: gateway_pb2.RemoveProviderRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> gateway_pb2.RemoveProviderResponse:
-        return await _stateful(self._registry).remove(request, current_caller())
 
     def _enrollment_service(self) -> EnrollmentService:
         if self._enrollment is None:
@@ -263,26 +202,29 @@ class _GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             )
         return self._enrollment
 
-    async def GetEnrollmentStatus(  # noqa: N802 - the gRPC method name
-        self,
-        request: gateway_pb2.GetEnrollmentStatusRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> gateway_pb2.GetEnrollmentStatusResponse:
-        return await self._enrollment_service().status(current_caller())
-
-    async def RequestActivation(  # noqa: N802 - the gRPC method name
-        self,
-        request: gateway_pb2.RequestActivationRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> gateway_pb2.RequestActivationResponse:
-        return await self._enrollment_service().request_activation(current_caller())
-
-    async def RenewCertificate(  # noqa: N802 - the gRPC method name
-        self,
-        request: gateway_pb2.RenewCertificateRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> gateway_pb2.RenewCertificateResponse:
-        return await self._enrollment_service().renew(request, current_caller())
+    # The unary RPCs whose whole work is one service call with the request and the
+    # caller the policy named, one line each: RPC = its service call. A missing service
+    # (no store, routing off, no enrollment) is refused for the RPC being served.
+    ReportNumberEvent = _delegate(
+        lambda s, r, c: _stateful(s._recycled).notices.report_number_event(r, c)
+    )
+    CheckRecycled = _delegate(lambda s, r, c: _stateful(s._recycled).checks.check_recycled(r, c))
+    ConfirmEventAction = _delegate(
+        lambda s, r, c: _stateful(s._recycled).notices.confirm_event_action(r, c)
+    )
+    PublishFilter = _delegate(lambda s, r, c: s._routing_service().publish(r, c))
+    GetComplianceReport = _delegate(
+        lambda s, r, c: _stateful(s._recycled).compliance.get_report(r, c)
+    )
+    InviteProvider = _delegate(lambda s, r, c: _stateful(s._registry).invite(r, c))
+    ListProviders = _delegate(lambda s, r, c: _stateful(s._registry).list_providers(r, c))
+    GetProvider = _delegate(lambda s, r, c: _stateful(s._registry).get_provider(r, c))
+    SuspendProvider = _delegate(lambda s, r, c: _stateful(s._registry).suspend(r, c))
+    ResumeProvider = _delegate(lambda s, r, c: _stateful(s._registry).resume(r, c))
+    RemoveProvider = _delegate(lambda s, r, c: _stateful(s._registry).remove(r, c))
+    GetEnrollmentStatus = _delegate(lambda s, r, c: s._enrollment_service().status(c))
+    RequestActivation = _delegate(lambda s, r, c: s._enrollment_service().request_activation(c))
+    RenewCertificate = _delegate(lambda s, r, c: s._enrollment_service().renew(r, c))
 
 
 _T = TypeVar("_T")
@@ -333,7 +275,7 @@ def _state(
 def _listen_credentials(config: GatewayConfig) -> grpc.ServerCredentials | None:
     """The gateway's own TLS (clients must present a certificate with a client CA)."""
     tls = config.tls
-    return None if tls is None else ServerTLS(tls.cert, tls.key, tls.client_ca).credentials()
+    return None if tls is None else tls.server_tls().credentials()
 
 
 def _verifier(config: GatewayConfig, replay: ReplayCache) -> AssertionVerifier:

@@ -51,7 +51,6 @@ from onecert.gateway._config import (
     IdentityConfig,
     IssuerConfig,
     KeysConfig,
-    ListenTLS,
     NoticesConfig,
     ProviderConfig,
     StoreConfig,
@@ -64,7 +63,7 @@ from onecert.sdk._convert import timestamp
 from onecert.sdk._idn import compute_idn
 from onecert.sdk._keys import SigningKey, VerificationKey, parse_jwks
 from onecert.sdk._lifecycle import AsyncResource
-from onecert.sdk._tls import ClientTLS, ServerTLS, peer_common_name
+from onecert.sdk._tls import ClientTLS, ServerTLS, TLSFiles, peer_common_name
 from onecert.sdk._warrant import Warrant, WarrantError, WarrantVerifier
 from onecert.sdk.client import GatewayClient
 from onecert.sdk.devkeys import DevKeys, init_dev_keys, read_hex_key
@@ -922,7 +921,7 @@ class Federation(StoryNames, AsyncResource):
             id=GATEWAY_ID,
             listen="127.0.0.1:0",
             dev_plaintext=plaintext,
-            tls=ListenTLS(dev.server_cert, dev.server_key, dev.ca_cert) if self.tls else None,
+            tls=TLSFiles(dev.server_cert, dev.server_key, dev.ca_cert) if self.tls else None,
             upstream_tls=UpstreamTLS(
                 ca=dev.ca_cert, cert=dev.client_cert("gateway"), key=dev.client_key("gateway")
             )

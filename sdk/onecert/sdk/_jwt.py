@@ -33,8 +33,9 @@ class TokenError(Exception):
         self.message = message
 
 
-class GatewayTokenIssuer:
-    """What the gateway's token issuers share: the signing key and the ``iss`` they name."""
+class TokenIssuer:
+    """What token issuers share: the signing key and the ``iss`` they name (the
+    gateway's warrants and SETs, and the dev identity service's assertions)."""
 
     def __init__(self, *, key: SigningKey, issuer: str) -> None:
         self._key = key
@@ -70,6 +71,36 @@ class GatewayTokenVerifier:
     @property
     def audience(self) -> str:
         return self._audience
+
+    #: What a refusal is raised as, and the words it starts with.
+    error: type[TokenError] = TokenError
+    refused = "token refused"
+
+    def _claims(
+        self,
+        token: str,
+        *,
+        typ: str,
+        max_lifetime: float | None,
+        required: Iterable[str],
+        now: float | None,
+    ) -> dict[str, Any]:
+        """``token``'s claims, checked against the gateway's keys, the ``iss`` and ``aud``
+        and the clock (:func:`verify_jwt`); a refusal is raised as :attr:`error`."""
+        try:
+            return verify_jwt(
+                token,
+                keys=self._keys,
+                typ=typ,
+                issuer=self._issuer,
+                audience=self._audience,
+                leeway=self._leeway,
+                max_lifetime=max_lifetime,
+                required=required,
+                now=now,
+            )
+        except TokenError as exc:
+            raise self.error(exc.reason, f"{self.refused}: {exc.message}") from exc
 
 
 def verify_jwt(

@@ -22,7 +22,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from onecert.sdk._jwt import GatewayTokenIssuer, GatewayTokenVerifier, TokenError, verify_jwt
+from onecert.sdk._jwt import GatewayTokenVerifier, TokenError, TokenIssuer
 from onecert.sdk._msisdn import is_e164
 from onecert.sdk._types import RecycledNotice
 
@@ -53,7 +53,7 @@ def _epoch(value: datetime, name: str) -> int:
     return int(value.timestamp())
 
 
-class SetIssuer(GatewayTokenIssuer):
+class SetIssuer(TokenIssuer):
     """Signs recycled-number notices (the gateway's side; also tests').
 
     Args:
@@ -118,24 +118,19 @@ class SetVerifier(GatewayTokenVerifier):
     """
 
     kind = "SET"
+    error = SetError
+    refused = "event token refused"
 
     def verify(self, token: str, *, now: float | None = None) -> RecycledNotice:
         """Verify ``token`` and return its notice; raise :class:`SetError`."""
         current = time.time() if now is None else now
-        try:
-            claims = verify_jwt(
-                token,
-                keys=self._keys,
-                typ=SET_TYP,
-                issuer=self._issuer,
-                audience=self._audience,
-                leeway=self._leeway,
-                max_lifetime=None,
-                required=("iss", "aud", "iat", "jti", "toe", "events"),
-                now=current,
-            )
-        except TokenError as exc:
-            raise SetError(exc.reason, f"event token refused: {exc.message}") from exc
+        claims = self._claims(
+            token,
+            typ=SET_TYP,
+            max_lifetime=None,
+            required=("iss", "aud", "iat", "jti", "toe", "events"),
+            now=current,
+        )
         jti = claims["jti"]
         if not isinstance(jti, str) or not 0 < len(jti) <= MAX_JTI:
             raise SetError("claims", f"SET 'jti' must be a string of 1 to {MAX_JTI} characters")

@@ -14,7 +14,14 @@ import grpc
 
 from onecert.sdk._tlscheck import TLSConfigError, check_client_files, check_server_files
 
-__all__ = ["ClientTLS", "ServerTLS", "TLSConfigError", "peer_common_name", "peer_names"]
+__all__ = [
+    "ClientTLS",
+    "ServerTLS",
+    "TLSConfigError",
+    "TLSFiles",
+    "peer_common_name",
+    "peer_names",
+]
 
 
 def _read(path: str | Path | None, what: str) -> bytes | None:
@@ -99,6 +106,21 @@ class ServerTLS:
             return tuple(Path(f).stat().st_mtime_ns for f in files)
         except OSError:
             return ()
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """A server's certificate and key as a configuration file names them (the
+    gateway's ``[tls]``, the SQL adapter's ``[server.tls]``); with ``client_ca``,
+    clients must present a certificate signed by it (mutual TLS)."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+    def server_tls(self) -> ServerTLS:
+        """The server credentials these files make (read by :meth:`ServerTLS.credentials`)."""
+        return ServerTLS(self.cert, self.key, self.client_ca)
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 __all__ = ["TLSConfigError", "check_client_files", "check_server_files"]
 
 _Pem = tuple[str | Path, bytes]  # a file's name (for messages) and its content
+# What each kind of PEM file holds a line of ("-----BEGIN ... PRIVATE KEY-----").
+_PEM_MARKERS = {"certificate": b"CERTIFICATE-----", "private key": b"PRIVATE KEY-----"}
 _USAGE_NAMES = {
     ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth",
     ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth",
@@ -42,15 +44,23 @@ class TLSConfigError(ValueError):
     """A certificate or key file is missing, unreadable, or not what its place needs."""
 
 
-def _certificates(file: _Pem, what: str) -> list[x509.Certificate]:
+def _expect_pem(file: _Pem, what: str, wanted: str) -> None:
+    """Refuse a file that is not a PEM ``wanted``, naming a swapped certificate and key."""
     path, data = file
-    if b"CERTIFICATE-----" not in data:
-        if b"PRIVATE KEY-----" in data:
+    if _PEM_MARKERS[wanted] in data:
+        return
+    for other, marker in _PEM_MARKERS.items():
+        if other != wanted and marker in data:
             raise TLSConfigError(
-                f"{what} {path} holds a private key, not a certificate: "
+                f"{what} {path} holds a {other}, not a {wanted}: "
                 "are the certificate and key files swapped?"
             )
-        raise TLSConfigError(f"{what} {path} is not a PEM certificate")
+    raise TLSConfigError(f"{what} {path} is not a PEM {wanted}")
+
+
+def _certificates(file: _Pem, what: str) -> list[x509.Certificate]:
+    _expect_pem(file, what, "certificate")
+    path, data = file
     try:
         return x509.load_pem_x509_certificates(data)
     except ValueError as exc:
@@ -58,14 +68,8 @@ def _certificates(file: _Pem, what: str) -> list[x509.Certificate]:
 
 
 def _private_key(file: _Pem, what: str) -> PrivateKeyTypes:
+    _expect_pem(file, what, "private key")
     path, data = file
-    if b"PRIVATE KEY-----" not in data:
-        if b"CERTIFICATE-----" in data:
-            raise TLSConfigError(
-                f"{what} {path} holds a certificate, not a private key: "
-                "are the certificate and key files swapped?"
-            )
-        raise TLSConfigError(f"{what} {path} is not a PEM private key")
     try:
         return serialization.load_pem_private_key(data, password=None)
     except TypeError:

@@ -15,10 +15,9 @@ from types import MappingProxyType
 from typing import Any
 
 from onecert.sdk._jwt import (
-    GatewayTokenIssuer,
     GatewayTokenVerifier,
     TokenError,
-    verify_jwt,
+    TokenIssuer,
 )
 from onecert.sdk._keys import SigningKey
 from onecert.sdk._msisdn import sha256_hex
@@ -69,7 +68,7 @@ class Warrant:
     jti: str
 
 
-class WarrantIssuer(GatewayTokenIssuer):
+class WarrantIssuer(TokenIssuer):
     """Signs warrants (the gateway's side; also the conformance kit's and tests')."""
 
     def __init__(self, *, key: SigningKey, issuer: str, lifetime: float = 30.0) -> None:
@@ -117,23 +116,18 @@ class WarrantVerifier(GatewayTokenVerifier):
     """
 
     kind = "warrant"
+    error = WarrantError
+    refused = "warrant refused"
 
     def verify(self, token: str, *, target: str, now: float | None = None) -> Warrant:
         """Verify ``token`` for a call about ``target``; raise :class:`WarrantError`."""
-        try:
-            claims = verify_jwt(
-                token,
-                keys=self._keys,
-                typ=WARRANT_TYP,
-                issuer=self._issuer,
-                audience=self._audience,
-                leeway=self._leeway,
-                max_lifetime=MAX_WARRANT_LIFETIME,
-                required=("iss", "aud", "iat", "exp", "jti", "purpose", "target_sha256"),
-                now=now,
-            )
-        except TokenError as exc:
-            raise WarrantError(exc.reason, f"warrant refused: {exc.message}") from exc
+        claims = self._claims(
+            token,
+            typ=WARRANT_TYP,
+            max_lifetime=MAX_WARRANT_LIFETIME,
+            required=("iss", "aud", "iat", "exp", "jti", "purpose", "target_sha256"),
+            now=now,
+        )
         purpose = claims.get("purpose")
         # Checked as a str first: an unhashable value (a list) cannot be looked up.
         if not isinstance(purpose, str) or purpose not in PURPOSES:

@@ -26,6 +26,7 @@ from onecert.adapters.sql._phone import DEFAULT_COUNTRY, is_country_code
 from onecert.sdk import BindingKind, ProviderCategory
 from onecert.sdk._core import check_adapter_id
 from onecert.sdk._dburl import database_url
+from onecert.sdk._tls import TLSFiles
 from onecert.sdk._tomlconfig import Table as _Table
 from onecert.sdk._tomlconfig import load_toml, setting
 
@@ -277,15 +278,6 @@ class DefaultsConfig:
     kind: BindingKind = BindingKind.LOGIN
     unbindable: bool = True
     kinds: Mapping[str, BindingKind] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class TLSFiles:
-    """The adapter's certificate and key; with ``client_ca``, mutual TLS."""
-
-    cert: Path
-    key: Path
-    client_ca: Path | None = None
 
 
 @dataclass(frozen=True)

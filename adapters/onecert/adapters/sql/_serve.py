@@ -15,7 +15,6 @@ from onecert.sdk import (
     FilterPublisher,
     ProviderCredentials,
     Server,
-    ServerTLS,
 )
 from onecert.sdk.client import ProviderGatewayClient
 
@@ -38,11 +37,7 @@ def build_server(site: SqlSite) -> Server:
         tls = credentials.server_tls()
         tls.credentials()
     elif server.tls is not None:
-        tls = ServerTLS(
-            str(server.tls.cert),
-            str(server.tls.key),
-            None if server.tls.client_ca is None else str(server.tls.client_ca),
-        )
+        tls = server.tls.server_tls()
         # Read the files now: a missing certificate is a start-up error.
         tls.credentials()
     return Server(

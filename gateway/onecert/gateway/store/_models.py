@@ -8,6 +8,7 @@ migrated database matches this metadata.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -99,6 +100,15 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 # Identifiers are short ASCII strings; 64 characters hold a SHA-256 hex digest.
 _ID = 64
+
+
+def _one_row(name: str, *columns: Column[Any]) -> Table:
+    """A table of one row (id = 1): a log's head or a version, which writers lock to
+    take turns."""
+    return Table(
+        name, metadata, Column("id", Integer, primary_key=True, autoincrement=False), *columns
+    )
+
 
 replay_cache = Table(
     "replay_cache",
@@ -203,12 +213,7 @@ deliveries = Table(
 )
 
 # One row (id = 1): the last notice seq assigned.
-notice_head = Table(
-    "notice_head",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=False),
-    Column("seq", BigInteger, nullable=False),
-)
+notice_head = _one_row("notice_head", Column("seq", BigInteger, nullable=False))
 
 # One row per provider that was ever routed a notice: its cursor in the log.
 # Every notice routed to it up to acked_seq is settled (acknowledged, refused
@@ -247,10 +252,8 @@ audit_log = Table(
 
 # One row (id = 1): the end of the chain. Appenders lock it to serialise, and
 # the verifier compares it with the last row, so a truncated tail is found.
-audit_head = Table(
+audit_head = _one_row(
     "audit_head",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=False),
     Column("seq", BigInteger, nullable=False),
     Column("row_hash", String(64), nullable=False),
 )
@@ -277,12 +280,7 @@ routing_filters = Table(
 )
 
 # One row (id = 1): the last seq written; replicas poll it to see new filters.
-routing_head = Table(
-    "routing_head",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=False),
-    Column("seq", BigInteger, nullable=False),
-)
+routing_head = _one_row("routing_head", Column("seq", BigInteger, nullable=False))
 
 
 # The registry: every provider and carrier the gateway knows, whatever its
@@ -366,12 +364,7 @@ enrollment_tokens = Table(
 
 # One row (id = 1): bumped in the transaction of every registry change;
 # replicas poll it and reload the registry when it moves.
-registry_head = Table(
-    "registry_head",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=False),
-    Column("version", BigInteger, nullable=False),
-)
+registry_head = _one_row("registry_head", Column("version", BigInteger, nullable=False))
 
 # Rate limits shared by replicas (CheckRecycled's), as GCRA: per key, the
 # theoretical arrival time of the next call (a token bucket in one number).

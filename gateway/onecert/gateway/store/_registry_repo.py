@@ -50,7 +50,14 @@ from onecert.gateway.store._registry_types import (
     SeedReport,
     TransitionError,
 )
-from onecert.gateway.store._rows import check_text, error_text, fetch_all, fetch_first, resolve_now
+from onecert.gateway.store._rows import (
+    check_text,
+    error_text,
+    fetch_all,
+    fetch_first,
+    from_row,
+    resolve_now,
+)
 from onecert.gateway.store._types import AuditDraft, DeliveryMode, NotFoundError
 
 __all__ = ["RegistryRepository", "check_entry_id", "token_digest"]
@@ -97,32 +104,16 @@ def _check_category(category: str) -> str:
 
 
 def _entry(row: RowMapping) -> RegistryEntry:
-    return RegistryEntry(
+    return from_row(
+        RegistryEntry,
+        row,
         kind=EntryKind(row["kind"]),
-        id=row["id"],
-        name=row["name"],
-        category=row["category"],
-        address=row["address"],
         delivery=DeliveryMode(row["delivery"]),
         plaintext=bool(row["plaintext"]),
-        client_cn=row["client_cn"],
-        deadline_s=row["deadline_s"],
-        max_concurrency=row["max_concurrency"],
         prefixes=tuple((row["prefixes"] or "").split()),
         status=RegistryStatus(row["status"]),
         origin=EntryOrigin(row["origin"]),
-        created_at=row["created_at"],
-        invited_at=row["invited_at"],
-        joined_at=row["joined_at"],
-        activated_at=row["activated_at"],
-        status_changed_at=row["status_changed_at"],
-        status_actor=row["status_actor"],
-        status_reason=row["status_reason"],
-        cert_serial=row["cert_serial"],
-        cert_not_after=row["cert_not_after"],
-        gate_passed=row["gate_passed"],
         gate_failures=tuple(json.loads(row["gate_failures"] or "[]")),
-        gate_at=row["gate_at"],
         version=int(row["version"]),
     )
 
@@ -194,13 +185,11 @@ class RegistryRepository:
         async with self._db.read() as conn:
             rows = await fetch_all(conn, stmt)
         return [
-            RegistryEvent(
+            from_row(
+                RegistryEvent,
+                r,
                 seq=int(r["seq"]),
                 kind=EntryKind(r["kind"]),
-                entry_id=r["entry_id"],
-                at=r["at"],
-                actor=r["actor"],
-                action=r["action"],
                 from_status=None if r["from_status"] is None else RegistryStatus(r["from_status"]),
                 to_status=None if r["to_status"] is None else RegistryStatus(r["to_status"]),
                 detail=json.loads(r["detail"]),

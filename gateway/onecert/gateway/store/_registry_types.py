@@ -8,6 +8,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Final
 
+from onecert.gateway._config import Named
 from onecert.gateway.store._types import DeliveryMode, StoreError
 
 __all__ = [
@@ -87,7 +88,7 @@ INVITABLE: Final = frozenset(
 
 
 @dataclass(frozen=True)
-class RegistryEntry:
+class RegistryEntry(Named):
     """One provider or carrier as the registry holds it.
 
     Attributes:
@@ -145,16 +146,6 @@ class RegistryEntry:
     gate_failures: tuple[str, ...]
     gate_at: datetime | None
     version: int
-
-    @property
-    def cn(self) -> str:
-        """The client certificate CN that identifies it."""
-        return self.client_cn or self.id
-
-    @property
-    def display_name(self) -> str:
-        """Its name, or its id when it has none."""
-        return self.name or self.id
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
+from dataclasses import fields
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import (
     BindParameter,
@@ -47,6 +48,7 @@ __all__ = [
     "fetch_all",
     "fetch_first",
     "fetch_one",
+    "from_row",
     "instant",
     "lease_free",
     "new_id",
@@ -57,6 +59,11 @@ __all__ = [
     "ticket_from_row",
     "utcnow",
 ]
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+_D = TypeVar("_D", bound="DataclassInstance")
 
 OPEN_TICKET = (StoredTicketState.QUEUED.value, StoredTicketState.PENDING.value)
 _MAX_ERROR = 2000
@@ -96,66 +103,33 @@ def error_text(text: str) -> str:
     return mask_numbers_in_text(text)[:_MAX_ERROR]
 
 
+def from_row(cls: type[_D], row: RowMapping, prefix: str = "", **converted: Any) -> _D:
+    """A ``cls`` whose fields are the row's columns of the same names (after
+    ``prefix``), but for the ``converted`` ones, given as they are."""
+    plain = {f.name: row[prefix + f.name] for f in fields(cls) if f.name not in converted}
+    return cls(**plain, **converted)
+
+
 def ticket_from_row(row: RowMapping) -> Ticket:
-    return Ticket(
-        ticket_id=row["ticket_id"],
-        handle_digest=row["handle_digest"],
-        sub_hash=row["sub_hash"],
-        provider_id=row["provider_id"],
-        reason=row["reason"],
-        payload=row["payload"],
-        msisdn_hash=row["msisdn_hash"],
-        state=StoredTicketState(row["state"]),
-        attempts=row["attempts"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        expires_at=row["expires_at"],
-        next_attempt_at=row["next_attempt_at"],
-        lease_owner=row["lease_owner"],
-        lease_until=row["lease_until"],
-        provider_outcome=row["provider_outcome"],
-        provider_reason=row["provider_reason"],
-        answered_at=row["answered_at"],
-        last_error=row["last_error"],
-        closed_at=row["closed_at"],
-    )
+    return from_row(Ticket, row, state=StoredTicketState(row["state"]))
 
 
 def notice_from_row(row: RowMapping, prefix: str = "") -> Notice:
-    return Notice(
-        notice_id=row[prefix + "notice_id"],
-        carrier_id=row[prefix + "carrier_id"],
-        event_id=row[prefix + "event_id"],
-        msisdn=row[prefix + "msisdn"],
-        msisdn_hash=row[prefix + "msisdn_hash"],
+    return from_row(
+        Notice,
+        row,
+        prefix,
         event_type=StoredEventType(row[prefix + "event_type"]),
-        effective_at=row[prefix + "effective_at"],
-        quiet_period_ends_at=row[prefix + "quiet_period_ends_at"],
-        deadline=row[prefix + "deadline"],
-        recorded_at=row[prefix + "recorded_at"],
-        providers=row[prefix + "providers"],
         seq=int(row[prefix + "seq"]),
     )
 
 
 def delivery_from_row(row: RowMapping) -> Delivery:
-    return Delivery(
-        jti=row["jti"],
-        notice_id=row["notice_id"],
-        provider_id=row["provider_id"],
+    return from_row(
+        Delivery,
+        row,
         mode=DeliveryMode(row["mode"]),
         state=DeliveryState(row["state"]),
-        attempts=row["attempts"],
-        created_at=row["created_at"],
-        next_attempt_at=row["next_attempt_at"],
-        lease_owner=row["lease_owner"],
-        lease_until=row["lease_until"],
-        last_error=row["last_error"],
-        delivered_at=row["delivered_at"],
-        acknowledged_at=row["acknowledged_at"],
-        acted_at=row["acted_at"],
-        confirmed_at=row["confirmed_at"],
-        bindings_removed=row["bindings_removed"],
         notice=notice_from_row(row, "n_"),
     )
 

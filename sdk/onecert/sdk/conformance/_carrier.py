@@ -23,10 +23,11 @@ from onecert.sdk.conformance._common import (
     Timing,
     bearer,
     deadline_checks,
-    describe_error,
-    expect_code,
+    expect_empty_list,
+    expect_invalid_all,
     expect_ok,
     health_checks,
+    known_and_unknown,
     run_suite,
     warrant_check_names,
     warrant_checks,
@@ -97,13 +98,13 @@ async def check_carrier(
     """
     if not _CARRIER_ID.fullmatch(carrier_id):
         raise ValueError("carrier_id must be 1 to 64 characters of letters, digits, '.', '_', '-'")
-    for idn in known_idns:
-        if not is_idn(idn):
-            raise ValueError("every known idn must be 64 lowercase hex characters")
-    if unknown_idn is None:
-        unknown_idn = secrets.token_hex(32)
-    elif not is_idn(unknown_idn) or unknown_idn in known_idns:
-        raise ValueError("the unknown idn must be 64 lowercase hex characters, not a known one")
+    known, unknown = known_and_unknown(
+        known_idns,
+        unknown_idn,
+        valid=is_idn,
+        rule="idn must be 64 lowercase hex characters",
+        fresh=lambda: secrets.token_hex(32),
+    )
     timing = Timing(call_timeout=call_timeout, short_deadline=short_deadline, slack=slack)
     return await run_suite(
         "carrier",
@@ -113,8 +114,8 @@ async def check_carrier(
             warrant_key=warrant_key,
             issuer=issuer,
             carrier_id=carrier_id,
-            known_idns=tuple(known_idns),
-            unknown_idn=unknown_idn,
+            known_idns=known,
+            unknown_idn=unknown,
         ),
         catalogue=CARRIER_CHECKS,
         target=target,
@@ -207,33 +208,19 @@ class _CarrierSuite:
         return f"{sum(n for n, _ in found)} complete tenures for {len(found)} idns"
 
     async def _unknown_idn(self) -> str:
-        try:
-            response = await self._list(self._unknown, self._warrant(self._unknown))
-        except grpc.aio.AioRpcError as exc:
-            raise CheckFailedError(
-                f"answered {describe_error(exc)}; an unknown idn must be an empty list, "
-                "not an error"
-            ) from exc
-        if response.tenures:
-            raise CheckFailedError(
-                f"listed {len(response.tenures)} tenures for an idn meant to be unknown"
-            )
+        await expect_empty_list(
+            self._list(self._unknown, self._warrant(self._unknown)),
+            lambda response: response.tenures,
+            unknown="an idn meant to be unknown",
+            listed="tenures",
+        )
         return "empty list"
 
     async def _malformed_idn(self) -> str:
-        async def one(what: str, idn: str) -> str | None:
-            call = self._list(idn, self._warrant(idn))
-            try:
-                await expect_code(call, grpc.StatusCode.INVALID_ARGUMENT, what=f"idn with {what}")
-            except CheckFailedError as failure:
-                return str(failure)
-            return None
-
-        found = await asyncio.gather(*(one(what, value) for what, value in MALFORMED_IDNS))
-        problems = [p for p in found if p]
-        if problems:
-            raise CheckFailedError("; ".join(problems))
-        return f"INVALID_ARGUMENT for all {len(MALFORMED_IDNS)} malformed forms"
+        count = await expect_invalid_all(
+            MALFORMED_IDNS, lambda idn: self._list(idn, self._warrant(idn)), what="idn with "
+        )
+        return f"INVALID_ARGUMENT for all {count} malformed forms"
 
 
 def _tenure_problems(tenure: registry_pb2.Tenure, carrier_id: str, now: float) -> list[str]:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence, Sized
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -26,6 +26,9 @@ from onecert.sdk._warrant import PURPOSE_LOOKUP, PURPOSE_UNBIND
 from onecert.sdk.conformance._report import CheckResult, Outcome, Report
 from onecert.sdk.conformance._tokens import Forge, Signer
 from onecert.v1 import common_pb2
+
+_V = TypeVar("_V")
+_M = TypeVar("_M")
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -97,6 +100,50 @@ async def expect_code(
             ) from exc
         return exc
     raise CheckFailedError(f"{what}: answered OK{_brief(answer)}; expected {expected.name}")
+
+
+async def expect_invalid_all(
+    cases: Sequence[tuple[str, _V]],
+    call: Callable[[_V], Awaitable[Any]],
+    *,
+    what: str,
+    also: Callable[[str, _V, grpc.aio.AioRpcError], str | None] | None = None,
+) -> int:
+    """Call with every malformed ``(description, value)`` at once and require
+    INVALID_ARGUMENT of each; ``also`` may find more wrong with a refusal.
+
+    One :class:`CheckFailedError` names every case that went wrong; the number
+    of cases is returned when none did. ``what`` prefixes each description.
+    """
+
+    async def one(description: str, value: _V) -> str | None:
+        label = f"{what}{description}"
+        try:
+            exc = await expect_code(call(value), grpc.StatusCode.INVALID_ARGUMENT, what=label)
+        except CheckFailedError as failure:
+            return str(failure)
+        return None if also is None else also(label, value, exc)
+
+    found = await asyncio.gather(*(one(description, value) for description, value in cases))
+    problems = [p for p in found if p]
+    if problems:
+        raise CheckFailedError("; ".join(problems))
+    return len(cases)
+
+
+async def expect_empty_list(
+    call: Awaitable[_M], items: Callable[[_M], Sized], *, unknown: str, listed: str
+) -> None:
+    """Require ``call``, about an ``unknown`` ("an unknown idn"), to answer an empty
+    list of ``listed`` ("tenures"): not an error, and nothing in it."""
+    try:
+        response = await call
+    except grpc.aio.AioRpcError as exc:
+        raise CheckFailedError(
+            f"answered {describe_error(exc)}; {unknown} must be an empty list, not an error"
+        ) from exc
+    if count := len(items(response)):
+        raise CheckFailedError(f"listed {count} {listed} for {unknown}")
 
 
 def _brief(answer: Any) -> str:
@@ -438,6 +485,31 @@ class Suite(Protocol):
     def phases(self) -> list[list[Check]]:
         """The checks in phases: each phase runs after the previous one ended."""
         ...
+
+
+def known_and_unknown(
+    known: Sequence[str],
+    unknown: str | None,
+    *,
+    valid: Callable[[str], bool],
+    rule: str,
+    fresh: Callable[[], str],
+) -> tuple[tuple[str, ...], str]:
+    """The values said to be known, and one said to be unknown (``fresh()``, not a
+    known one, when not given), each checked with ``valid``.
+
+    Raises:
+        ValueError: a value breaks ``rule`` ("idn must be ..."), or the unknown one is known.
+    """
+    if not all(valid(value) for value in known):
+        raise ValueError(f"every known {rule}")
+    if unknown is None:
+        unknown = fresh()
+        while unknown in known:
+            unknown = fresh()
+    elif not valid(unknown) or unknown in known:
+        raise ValueError(f"the unknown {rule}, and not a known one")
+    return tuple(known), unknown
 
 
 async def run_suite(

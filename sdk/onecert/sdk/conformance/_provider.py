@@ -28,9 +28,12 @@ from onecert.sdk.conformance._common import (
     deadline_checks,
     describe_error,
     expect_code,
+    expect_empty_list,
+    expect_invalid_all,
     expect_ok,
     fresh_id,
     health_checks,
+    known_and_unknown,
     run_suite,
     safe,
     warrant_check_names,
@@ -284,13 +287,14 @@ async def check_provider(
     Raises:
         ValueError: an argument is malformed (a number not E.164, ...).
     """
-    for number in known_numbers:
-        if not is_e164(number):
-            raise ValueError("every known number must be E.164 ('+' then 8 to 15 digits)")
-    if unknown_number is None:
-        unknown_number = _random_unknown_number(known_numbers)
-    elif not is_e164(unknown_number) or unknown_number in known_numbers:
-        raise ValueError("the unknown number must be E.164 and not one of the known numbers")
+    known, unknown = known_and_unknown(
+        known_numbers,
+        unknown_number,
+        valid=is_e164,
+        rule="number must be E.164 ('+' then 8 to 15 digits)",
+        # +999 is not an assigned country code, so no provider holds such a number.
+        fresh=lambda: "+999" + "".join(str(secrets.randbelow(10)) for _ in range(9)),
+    )
     if unbind is not None and (not is_e164(unbind[0]) or not unbind[1]):
         raise ValueError("unbind needs an E.164 number and a non-empty account ref")
     if provider_id is not None and not provider_id:
@@ -304,8 +308,8 @@ async def check_provider(
             warrant_key=warrant_key,
             issuer=issuer,
             provider_id=provider_id,
-            known_numbers=tuple(known_numbers),
-            unknown_number=unknown_number,
+            known_numbers=known,
+            unknown_number=unknown,
             unbind=unbind,
         ),
         catalogue=PROVIDER_CHECKS,
@@ -314,14 +318,6 @@ async def check_provider(
         timing=timing,
         concurrency=concurrency,
     )
-
-
-def _random_unknown_number(known: Sequence[str]) -> str:
-    # +999 is not an assigned country code, so no provider holds such a number.
-    while True:
-        number = "+999" + "".join(str(secrets.randbelow(10)) for _ in range(9))
-        if number not in known:
-            return number
 
 
 class _ProviderCalls:
@@ -553,39 +549,30 @@ class _ProviderSuite(_ProviderCalls):
 
     async def _unknown_number(self) -> str:
         label = mask_msisdn(self._unknown)
-        try:
-            response = await self._list(self._unknown, self._warrant(self._unknown))
-        except grpc.aio.AioRpcError as exc:
-            raise CheckFailedError(
-                f"{label}: answered {describe_error(exc)}; an unknown number must be "
-                "an empty list, not an error"
-            ) from exc
-        if response.bindings:
-            raise CheckFailedError(
-                f"{label}: listed {len(response.bindings)} bindings for a number meant to be "
-                "unknown (choose another unknown number)"
-            )
+        await expect_empty_list(
+            self._list(self._unknown, self._warrant(self._unknown)),
+            lambda response: response.bindings,
+            unknown=f"{label} (a number meant to be unknown)",
+            listed="bindings",
+        )
         return f"{label}: empty list"
 
     async def _malformed_msisdn(self) -> str:
-        async def one(what: str, msisdn: str) -> str | None:
-            # The warrant names exactly the malformed value, so the only
-            # thing wrong with the call is the number itself.
-            call = self._list(msisdn, self._warrant(msisdn))
-            try:
-                exc = await expect_code(call, grpc.StatusCode.INVALID_ARGUMENT, what=what)
-            except CheckFailedError as failure:
-                return str(failure)
+        def repeated(what: str, msisdn: str, exc: grpc.aio.AioRpcError) -> str | None:
             digits = re.sub(r"\D", "", msisdn)
             if digits and digits in re.sub(r"\D", "", exc.details() or ""):
                 return f"{what}: the error message repeats the number"
             return None
 
-        found = await asyncio.gather(*(one(what, value) for what, value in MALFORMED_MSISDNS))
-        problems = [p for p in found if p]
-        if problems:
-            raise CheckFailedError("; ".join(problems))
-        return f"INVALID_ARGUMENT for all {len(MALFORMED_MSISDNS)} malformed forms"
+        # The warrant names exactly the malformed value, so the only thing
+        # wrong with the call is the number itself.
+        count = await expect_invalid_all(
+            MALFORMED_MSISDNS,
+            lambda msisdn: self._list(msisdn, self._warrant(msisdn)),
+            what="",
+            also=repeated,
+        )
+        return f"INVALID_ARGUMENT for all {count} malformed forms"
 
     async def _unknown_account(self) -> str:
         request = self._missing_account()
@@ -636,22 +623,8 @@ class _ProviderSuite(_ProviderCalls):
             ("an msisdn not E.164", bad_number),
         )
 
-        async def one(what: str, req: provider_pb2.UnbindRequest) -> str | None:
-            try:
-                await expect_code(
-                    self._unbind_call(req),
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    what=f"Unbind with {what}",
-                )
-            except CheckFailedError as failure:
-                return str(failure)
-            return None
-
-        found = await asyncio.gather(*(one(what, req) for what, req in cases))
-        problems = [p for p in found if p]
-        if problems:
-            raise CheckFailedError("; ".join(problems))
-        return f"INVALID_ARGUMENT for all {len(cases)} malformed requests"
+        count = await expect_invalid_all(cases, self._unbind_call, what="Unbind with ")
+        return f"INVALID_ARGUMENT for all {count} malformed requests"
 
     def _test_account(self) -> tuple[str, str]:
         if self._unbind is None:
