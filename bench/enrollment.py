@@ -38,8 +38,9 @@ from onecert.gateway.enrollment.testing import invite_and_join, serve_for_join
 from onecert.gateway.store import Store
 from onecert.gateway.store.testing import Database
 from onecert.gateway.testing import Federation, FederationKeys, enrollment_config
-from onecert.sdk import Binding, Provider, Server, UnbindRequest, UnbindResult
+from onecert.sdk import Server
 from onecert.sdk.client import ProviderGatewayClient, ProviderStatus, RateLimitedError
+from onecert.sdk.testing import empty_provider
 
 # A provider asks again after a failed gate, this many times at most.
 _GATE_ATTEMPTS = 3
@@ -54,20 +55,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--pg-url", default="", help="PostgreSQL for both replicas (else SQLite)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the figures here too")
     return parser
-
-
-def _provider(provider_id: str) -> Provider:
-    provider = Provider(provider_id=provider_id, name=provider_id, category="forum")
-
-    @provider.list_bindings
-    async def list_bindings(msisdn: str) -> list[Binding]:
-        return []
-
-    @provider.unbind
-    async def unbind(request: UnbindRequest) -> UnbindResult:
-        return UnbindResult.rejected("no such account")
-
-    return provider
 
 
 @dataclass
@@ -123,7 +110,9 @@ async def _one(
     provider_id: str, gateway: GatewayServer, store: Store, keys: FederationKeys, work: Path
 ) -> tuple[Server, _Times]:
     times = _Times()
-    server = await serve_for_join(_provider(provider_id), keys.dev, work / provider_id)
+    server = await serve_for_join(
+        empty_provider(provider_id, category="forum"), keys.dev, work / provider_id
+    )
     joined = await invite_and_join(
         gateway,
         store,

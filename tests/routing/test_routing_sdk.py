@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
 from onecert.gateway import GatewayServer
 from onecert.gateway.testing import CURRENT, FORMER, Federation
-from onecert.sdk import Binding, FilterPublisher, Provider, UnbindRequest, UnbindResult
+from onecert.sdk import FilterPublisher, Provider
+from onecert.sdk.testing import empty_provider
 from onecert.v1 import gateway_pb2
 from tests.routing.routing_support import ELSEWHERE, ROUTED_OUT, outcome, provider_client, source
 
@@ -18,19 +20,9 @@ ANSWERED = gateway_pb2.CALL_OUTCOME_ANSWERED
 SKIPPED = gateway_pb2.CALL_OUTCOME_SKIPPED
 
 
-def _site(**options: object) -> Provider:
+def _site(**options: Any) -> Provider:
     """An SDK provider holding no account of the story's citizen."""
-    provider = Provider(provider_id="site", name="Site", category="forum", **options)  # type: ignore[arg-type]  # the routing options under test
-
-    @provider.list_bindings
-    async def list_bindings(msisdn: str) -> list[Binding]:
-        return []
-
-    @provider.unbind
-    async def unbind(request: UnbindRequest) -> UnbindResult:
-        return UnbindResult.rejected("no such account")
-
-    return provider
+    return empty_provider("site", name="Site", category="forum", **options)
 
 
 async def _routed(gateway: GatewayServer, provider_id: str) -> None:

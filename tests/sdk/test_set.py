@@ -22,12 +22,17 @@ from onecert.sdk import (
     SetIssuer,
     SetVerifier,
     SQLiteIdempotencyStore,
-    UnbindResult,
 )
 from onecert.sdk._keys import SigningKey, parse_jwks
 from onecert.sdk._msisdn import is_e164
 from onecert.sdk._set import RISC_IDENTIFIER_RECYCLED, SET_TYP
-from onecert.sdk.testing import CallError, FakeGateway, InProcessServer, ProviderEnvironment
+from onecert.sdk.testing import (
+    CallError,
+    FakeGateway,
+    InProcessServer,
+    ProviderEnvironment,
+    empty_provider,
+)
 from onecert.v1 import provider_pb2
 from tests.sdk.sdk_fakes import NUMBER, PROVIDER_ID, FakeForum
 
@@ -226,16 +231,7 @@ async def test_handler_returning_none_acknowledges_without_acting(
 
 async def test_without_a_handler_notices_are_acknowledged(running: InProcessServer) -> None:
     """A provider without on_recycled acknowledges notices and claims no action."""
-    bare = Provider(provider_id=PROVIDER_ID, name="Bare", category="other")
-
-    @bare.list_bindings
-    async def list_bindings(msisdn: str) -> list[object]:
-        return []
-
-    @bare.unbind
-    async def unbind(request: object) -> UnbindResult:
-        return UnbindResult.rejected("no such account")
-
+    bare = empty_provider(PROVIDER_ID, name="Bare")
     env = ProviderEnvironment(bare)
     assert await env.notify_recycled(NUMBER) is None
 

@@ -26,7 +26,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
@@ -45,7 +45,14 @@ from onecert.sdk._keys import KeySet, SigningKey, parse_jwks
 from onecert.sdk._provider import Provider, ProviderCore
 from onecert.sdk._server import Server
 from onecert.sdk._set import SetIssuer
-from onecert.sdk._types import Binding, Tenure, UnbindReason, UnbindResult, coerce_enum
+from onecert.sdk._types import (
+    Binding,
+    Tenure,
+    UnbindReason,
+    UnbindRequest,
+    UnbindResult,
+    coerce_enum,
+)
 from onecert.sdk._warrant import WarrantIssuer
 from onecert.v1 import provider_pb2, provider_pb2_grpc, registry_pb2, registry_pb2_grpc
 
@@ -61,10 +68,35 @@ __all__ = [
     "FakeGateway",
     "InProcessServer",
     "ProviderEnvironment",
+    "empty_provider",
     "serve_in_process",
 ]
 
 Metadata = tuple[tuple[str, str], ...]
+
+
+def empty_provider(
+    provider_id: str, *, name: str = "", category: str = "other", **options: Any
+) -> Provider:
+    """A provider that holds no account: it lists nothing and rejects every unbind.
+
+    For tests and benchmarks where a provider only has to exist (to join, be
+    routed, receive notices). ``options`` go to :class:`~onecert.sdk.Provider`
+    (``list_numbers``, ``snapshot_interval``, ...); ``name`` defaults to the id.
+    """
+    provider = Provider(
+        provider_id=provider_id, name=name or provider_id, category=category, **options
+    )
+
+    @provider.list_bindings
+    async def list_bindings(msisdn: str) -> list[Binding]:
+        return []
+
+    @provider.unbind
+    async def unbind(request: UnbindRequest) -> UnbindResult:
+        return UnbindResult.rejected("no such account")
+
+    return provider
 
 
 class FakeGateway:
