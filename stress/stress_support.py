@@ -304,6 +304,7 @@ class Upstreams:
 
     def __init__(self, keys: DevKeys, citizens: Sequence[Citizen]) -> None:
         self._federation = testing.Federation(testing.FederationKeys.load(keys), keys.directory)
+        self._keys = keys
         self.citizens = list(citizens)
         self.numbers = {c.idn: f"+86137{n:08d}" for n, c in enumerate(self.citizens)}
         self.catalogues: dict[str, Catalogue] = {}
@@ -336,6 +337,32 @@ class Upstreams:
 
     def provider_config(self) -> list[dict[str, object]]:
         return self._federation.upstream_tables()[1]
+
+    def gateway_process(
+        self,
+        database: Database,
+        directory: Path,
+        *,
+        gateway: Mapping[str, object],
+        sections: Mapping[str, Mapping[str, object]],
+    ) -> tuple[GatewayProcess, int]:
+        """A gateway process (not started) on ``database`` that asks these upstreams, with
+        its configuration and log in ``directory``; and the port it will listen on.
+        ``gateway`` and ``sections`` are as for :func:`gateway_toml`."""
+        port = free_port()
+        config = directory / "gateway.toml"
+        config.write_text(
+            gateway_toml(
+                keys=self._keys,
+                database=database,
+                port=port,
+                carriers=self.carrier_config(),
+                providers=self.provider_config(),
+                gateway=gateway,
+                sections=sections,
+            )
+        )
+        return GatewayProcess(config, directory / "gateway.log"), port
 
     async def close(self) -> None:
         await self._federation.close()

@@ -27,12 +27,9 @@ from onecert.sdk.devkeys import DevKeys
 from stress.stress_support import (
     Catalogue,
     Citizen,
-    GatewayProcess,
     Identity,
     Upstreams,
     env_float,
-    free_port,
-    gateway_toml,
     percentile,
     record_result,
     seeded,
@@ -137,20 +134,12 @@ async def test_overload_is_refused_at_once_and_admitted_lookups_complete(
     federation = Upstreams(dev_keys, citizens)
     slow = Catalogue(latency=LATENCY, jitter=0.02)
     await federation.start({"slow": slow})
-    port = free_port()
-    config = tmp_path / "gateway.toml"
-    config.write_text(
-        gateway_toml(
-            keys=dev_keys,
-            database=sqlite_database,
-            port=port,
-            carriers=federation.carrier_config(),
-            providers=federation.provider_config(),
-            gateway={"max_concurrent_lookups": CAP, "lookup_deadline_s": 10, "log_level": "info"},
-            sections={"fanout": {"provider_deadline_s": 3.0, "carrier_deadline_s": 3.0}},
-        )
+    gateway, port = federation.gateway_process(
+        sqlite_database,
+        tmp_path,
+        gateway={"max_concurrent_lookups": CAP, "lookup_deadline_s": 10, "log_level": "info"},
+        sections={"fanout": {"provider_deadline_s": 3.0, "carrier_deadline_s": 3.0}},
     )
-    gateway = GatewayProcess(config, tmp_path / "gateway.log")
     load = LoadGenerator(f"127.0.0.1:{port}", Identity(dev_keys), citizens)
     try:
         await gateway.spawn()

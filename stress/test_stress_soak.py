@@ -31,13 +31,10 @@ from onecert.sdk.devkeys import DevKeys
 from stress.stress_support import (
     Catalogue,
     Citizen,
-    GatewayProcess,
     Identity,
     ProcessSample,
     Upstreams,
     env_float,
-    free_port,
-    gateway_toml,
     percentile,
     record_result,
     sample_process,
@@ -167,23 +164,15 @@ async def test_soak_shows_no_growth_in_memory_or_file_descriptors(
     federation = Upstreams(dev_keys, citizens)
     catalogues = {p: Catalogue(latency=0.02, jitter=0.03) for p in ("pay", "chat", "shop")}
     await federation.start(catalogues)
-    port = free_port()
-    config = tmp_path / "gateway.toml"
-    config.write_text(
-        gateway_toml(
-            keys=dev_keys,
-            database=sqlite_database,
-            port=port,
-            carriers=federation.carrier_config(),
-            providers=federation.provider_config(),
-            gateway={"log_level": "info"},
-            sections={
-                "delivery": {"poll_interval_s": 0.5, "backoff_initial_s": 0.2},
-                "notices": {"check_interval_s": 0.5, "backoff_initial_s": 0.2},
-            },
-        )
+    gateway, port = federation.gateway_process(
+        sqlite_database,
+        tmp_path,
+        gateway={"log_level": "info"},
+        sections={
+            "delivery": {"poll_interval_s": 0.5, "backoff_initial_s": 0.2},
+            "notices": {"check_interval_s": 0.5, "backoff_initial_s": 0.2},
+        },
     )
-    gateway = GatewayProcess(config, tmp_path / "gateway.log")
     load = SteadyLoad(f"127.0.0.1:{port}", Identity(dev_keys), federation)
     samples: list[ProcessSample] = []
     stop = asyncio.Event()
