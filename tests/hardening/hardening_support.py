@@ -41,7 +41,7 @@ from onecert.sdk._keys import SigningKey
 
 # One certificate builder for the dev CA and the tests' bad certificates.
 from onecert.sdk.devkeys import DevKeys
-from onecert.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, provider_pb2
+from onecert.v1 import gateway_pb2, gateway_pb2_grpc, provider_pb2
 
 # Display names that must never reach the citizen: a previous holder's
 # account on her current number, and the next holder's on her former one.
@@ -86,16 +86,11 @@ class Harness(Federation):
         self,
         provider_id: str,
         bindings: Mapping[str, Sequence[provider_pb2.Binding]] | None = None,
-        *,
-        name: str = "",
-        category: common_pb2.ProviderCategory.ValueType = common_pb2.PROVIDER_CATEGORY_SOCIAL,
+        **options: Any,
     ) -> FakeProvider:
-        return await super().provider(
-            provider_id,
-            story_bindings(provider_id) if bindings is None else bindings,
-            name=name,
-            category=category,
-        )
+        """The federation's fake provider, holding the story's bindings unless told others."""
+        stored = story_bindings(provider_id) if bindings is None else bindings
+        return await super().provider(provider_id, stored, **options)
 
     def config(
         self,

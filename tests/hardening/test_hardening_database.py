@@ -20,11 +20,11 @@ from sqlalchemy.engine import make_url
 
 from onecert.gateway import GatewayServer
 from onecert.gateway._config import GatewayConfig, StoreConfig
-from onecert.gateway._principals import DEV_PRINCIPAL_HEADER
 from onecert.gateway.store._models import metadata
 from onecert.gateway.store.testing import Database, PrivatePostgres
 from onecert.v1 import common_pb2, gateway_pb2
 from tests.hardening.hardening_net import ResettingProxy
+from tests.hardening.hardening_support import principal, status_of
 
 if TYPE_CHECKING:
     from tests.hardening.hardening_support import Harness
@@ -42,21 +42,9 @@ EVENT_ID = "ev-down"
 Answers = dict[str, tuple[grpc.StatusCode, str]]
 
 
-def _principal(who: str) -> tuple[tuple[str, str], ...]:
-    return ((DEV_PRINCIPAL_HEADER, who),)
-
-
-async def _status(invoke: Callable[[], Awaitable[Any]]) -> tuple[grpc.StatusCode, str]:
-    try:
-        await invoke()
-    except grpc.aio.AioRpcError as exc:
-        return exc.code(), exc.details() or ""
-    return grpc.StatusCode.OK, ""
-
-
 def _registry_calls(stub: Any) -> dict[str, Callable[[], Awaitable[Any]]]:
     """The regulator's registry RPCs, each on a provider that exists."""
-    admin = _principal("admin")
+    admin = principal("admin")
     return {
         "InviteProvider": lambda: stub.InviteProvider(
             gateway_pb2.InviteProviderRequest(
@@ -89,7 +77,7 @@ def _registry_calls(stub: Any) -> dict[str, Callable[[], Awaitable[Any]]]:
 
 def _enrollment_calls(stub: Any) -> dict[str, Callable[[], Awaitable[Any]]]:
     """A provider's own joining RPCs (status, activation, renewal), as provider "pay"."""
-    pay = _principal("provider:pay")
+    pay = principal("provider:pay")
     return {
         "GetEnrollmentStatus": lambda: stub.GetEnrollmentStatus(
             gateway_pb2.GetEnrollmentStatusRequest(), metadata=pay, timeout=10
@@ -127,37 +115,37 @@ def _every_rpc(
                 type=gateway_pb2.NUMBER_EVENT_TYPE_RECYCLED,
                 effective_at=when,
             ),
-            metadata=_principal("carrier:cm"),
+            metadata=principal("carrier:cm"),
             timeout=10,
         ),
         "CheckRecycled": lambda: stub.CheckRecycled(
             gateway_pb2.CheckRecycledRequest(msisdn="+8613800138001", specified_date=when),
-            metadata=_principal("provider:pay"),
+            metadata=principal("provider:pay"),
             timeout=10,
         ),
         "PollEvents": lambda: stub.PollEvents(
             gateway_pb2.PollEventsRequest(return_immediately=True),
-            metadata=_principal("provider:poller"),
+            metadata=principal("provider:poller"),
             timeout=10,
         ),
         "ConfirmEventAction": lambda: stub.ConfirmEventAction(
             gateway_pb2.ConfirmEventActionRequest(jti="jti-down", bindings_removed=1),
-            metadata=_principal("provider:poller"),
+            metadata=principal("provider:poller"),
             timeout=10,
         ),
         "GetComplianceReport": lambda: stub.GetComplianceReport(
             gateway_pb2.GetComplianceReportRequest(),
-            metadata=_principal("admin"),
+            metadata=principal("admin"),
             timeout=10,
         ),
         "GetRoutingKey": lambda: stub.GetRoutingKey(
             gateway_pb2.GetRoutingKeyRequest(),
-            metadata=_principal("provider:pay"),
+            metadata=principal("provider:pay"),
             timeout=10,
         ),
         "PublishFilter": lambda: stub.PublishFilter(
             gateway_pb2.PublishFilterRequest(opt_out=gateway_pb2.RoutingOptOut()),
-            metadata=_principal("provider:pay"),
+            metadata=principal("provider:pay"),
             timeout=10,
         ),
         **_registry_calls(stub),
@@ -184,7 +172,7 @@ def _config(hz: Harness, url: str, schema: str | None) -> GatewayConfig:
 async def _answers(hz: Harness, gateway: GatewayServer, handle: str, ticket_id: str) -> Answers:
     """Every Gateway RPC's status and message, and the health check's answer."""
     answers = {
-        name: await _status(call)
+        name: await status_of(call)
         for name, call in _every_rpc(hz, gateway, handle, ticket_id).items()
     }
     health = health_pb2_grpc.HealthStub(hz.channel(gateway))
@@ -293,7 +281,7 @@ async def test_every_rpc_while_the_database_server_is_down_writes_nothing(
                 type=gateway_pb2.NUMBER_EVENT_TYPE_RECYCLED,
                 effective_at=Timestamp(seconds=1_700_000_000),
             ),
-            metadata=_principal("carrier:cm"),
+            metadata=principal("carrier:cm"),
             timeout=10,
         )
         assert gateway.store is not None
