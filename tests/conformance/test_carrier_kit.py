@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from onecert.sdk._keys import SigningKey
-from onecert.sdk.conformance import CARRIER_CHECKS, Outcome, Report, check_carrier
+from onecert.sdk.conformance import CARRIER_CHECKS, Report, check_carrier
+from tests.conformance.conformance_support import assert_passed_every_check, failed_rules
 from tests.conformance.conftest import StartCarrier
 from tests.conformance.plain_adapters import CARRIER_ID, IDN_A, IDN_B
 
@@ -27,17 +28,12 @@ async def _run(target: str, key: SigningKey) -> Report:
     )
 
 
-def _failed_rules(report: Report) -> set[str]:
-    return {r.rule for r in report.results if r.outcome is Outcome.FAILED}
-
-
 async def test_correct_plain_carrier_passes_every_check(
     start_carrier: StartCarrier, warrant_key: SigningKey
 ) -> None:
     """A carrier in plain grpcio (no SDK) that follows the contract passes every check."""
     report = await _run(await start_carrier(), warrant_key)
-    assert [(r.rule, r.name) for r in report.results] == list(CARRIER_CHECKS)
-    assert [r for r in report.results if not r.passed] == [], report.to_table()
+    assert_passed_every_check(report, CARRIER_CHECKS)
 
 
 @pytest.mark.parametrize("rule", CARRIER_RULES)
@@ -46,7 +42,7 @@ async def test_each_broken_carrier_rule_is_caught(
 ) -> None:
     """A carrier that breaks one rule fails a check of that rule and no unrelated one."""
     report = await _run(await start_carrier([rule]), warrant_key)
-    failed = _failed_rules(report)
+    failed = failed_rules(report)
     assert rule in failed, report.to_table()
     assert failed <= {rule} | CASCADES.get(rule, set()), report.to_table()
 

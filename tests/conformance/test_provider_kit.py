@@ -9,6 +9,7 @@ import pytest
 
 from onecert.sdk._keys import SigningKey
 from onecert.sdk.conformance import PROVIDER_CHECKS, Outcome, Report, check_provider
+from tests.conformance.conformance_support import assert_passed_every_check, failed_rules
 from tests.conformance.conftest import StartProvider
 from tests.conformance.plain_adapters import NUMBER_A, NUMBER_B, PROVIDER_ID, UNBIND_ACCOUNT
 
@@ -54,18 +55,12 @@ def _failed(report: Report) -> set[str]:
     return {r.name for r in report.results if r.outcome is Outcome.FAILED}
 
 
-def _failed_rules(report: Report) -> set[str]:
-    return {r.rule for r in report.results if r.outcome is Outcome.FAILED}
-
-
 async def test_correct_plain_provider_passes_every_check(
     start_provider: StartProvider, warrant_key: SigningKey
 ) -> None:
     """A provider in plain grpcio (no SDK) that follows the contract passes every check."""
     report = await _run(await start_provider(), warrant_key)
-    assert [(r.rule, r.name) for r in report.results] == list(PROVIDER_CHECKS)
-    assert [r for r in report.results if not r.passed] == [], report.to_table()
-    assert report.ok
+    assert_passed_every_check(report, PROVIDER_CHECKS)
 
 
 @pytest.mark.parametrize("rule", PROVIDER_RULES)
@@ -75,7 +70,7 @@ async def test_each_broken_rule_is_caught_by_its_check(
     """A provider that breaks one rule fails a check of that rule, and no check of an
     unrelated rule."""
     report = await _run(await start_provider([rule]), warrant_key)
-    failed = _failed_rules(report)
+    failed = failed_rules(report)
     assert rule in failed, report.to_table()
     assert failed <= {rule} | CASCADES.get(rule, set()), report.to_table()
     assert not report.ok
@@ -149,7 +144,7 @@ async def test_hanging_provider_gives_failed_checks_not_a_hung_kit(
     start = time.monotonic()
     report = await _run(target, warrant_key, call_timeout=0.5)
     elapsed = time.monotonic() - start
-    assert _failed_rules(report) == {
+    assert failed_rules(report) == {
         "L-1",
         "L-2",
         "L-4",
@@ -181,7 +176,7 @@ def test_provider_busy_past_the_deadline_fails_the_deadline_checks(
             slack=0.5,
         )
     )
-    assert _failed_rules(report) == {"D-1"}, report.to_table()
+    assert failed_rules(report) == {"D-1"}, report.to_table()
     assert "still busy" in report.result("deadline.short").detail
 
 

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from typing import Any
+
+import pytest
 
 from onecert.sdk import (
     Binding,
@@ -16,8 +20,15 @@ from onecert.sdk import (
     UnbindResult,
 )
 from onecert.sdk._keys import SigningKey
-from onecert.sdk.conformance import Outcome, check_carrier, check_provider
+from onecert.sdk.conformance import (
+    CARRIER_CHECKS,
+    PROVIDER_CHECKS,
+    Report,
+    check_carrier,
+    check_provider,
+)
 from onecert.sdk.testing import FakeGateway, serve_in_process
+from tests.conformance.conformance_support import assert_passed_every_check
 
 NUMBER = "+8613800138000"
 IDN = hashlib.sha256(b"sdk document").hexdigest()
@@ -69,36 +80,42 @@ def _carrier() -> Carrier:
     return carrier
 
 
-async def test_sdk_provider_passes_every_check(warrant_key: SigningKey) -> None:
-    """A provider written with the SDK, as in the README, passes every provider check."""
-    gateway = FakeGateway(audience="sdk-forum", key=warrant_key)
-    async with serve_in_process(_provider(), gateway=gateway) as running:
-        report = await check_provider(
+@pytest.mark.parametrize(
+    ("adapter", "check", "checks", "options"),
+    [
+        (
+            _provider,
+            check_provider,
+            PROVIDER_CHECKS,
+            {"provider_id": "sdk-forum", "known_numbers": [NUMBER], "unbind": (NUMBER, "u1")},
+        ),
+        (
+            _carrier,
+            check_carrier,
+            CARRIER_CHECKS,
+            {"carrier_id": "sdk-mobile", "known_idns": [IDN]},
+        ),
+    ],
+    ids=["provider", "carrier"],
+)
+async def test_sdk_adapter_passes_every_check(
+    warrant_key: SigningKey,
+    adapter: Callable[[], Provider | Carrier],
+    check: Callable[..., Awaitable[Report]],
+    checks: Sequence[tuple[str, str]],
+    options: dict[str, Any],
+) -> None:
+    """A provider written with the SDK, as in the README, passes every provider check; a
+    carrier written with it, every carrier check."""
+    audience = options.get("provider_id") or options["carrier_id"]
+    gateway = FakeGateway(audience=audience, key=warrant_key)
+    async with serve_in_process(adapter(), gateway=gateway) as running:
+        report = await check(
             target=running.address,
             warrant_key=warrant_key,
-            provider_id="sdk-forum",
-            known_numbers=[NUMBER],
-            unbind=(NUMBER, "u1"),
             call_timeout=2.0,
             short_deadline=0.2,
             slack=1.0,
+            **options,
         )
-    assert report.ok, report.to_table()
-    assert all(r.outcome is Outcome.PASSED for r in report.results), report.to_table()
-
-
-async def test_sdk_carrier_passes_every_check(warrant_key: SigningKey) -> None:
-    """A carrier written with the SDK passes every carrier check."""
-    gateway = FakeGateway(audience="sdk-mobile", key=warrant_key)
-    async with serve_in_process(_carrier(), gateway=gateway) as running:
-        report = await check_carrier(
-            target=running.address,
-            warrant_key=warrant_key,
-            carrier_id="sdk-mobile",
-            known_idns=[IDN],
-            call_timeout=2.0,
-            short_deadline=0.2,
-            slack=1.0,
-        )
-    assert report.ok, report.to_table()
-    assert all(r.outcome is Outcome.PASSED for r in report.results), report.to_table()
+    assert_passed_every_check(report, checks)
