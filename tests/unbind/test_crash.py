@@ -16,22 +16,24 @@ from tests.unbind.unbind_support import UnbindWorld
 TICKETS = 5
 
 
+def _left_behind(env: UnbindWorld, prefix: str, count: int) -> dict[str, list[Binding]]:
+    """``count`` payment accounts bound in 2013 to the citizen's former number."""
+    at = [datetime(2013, 1, 1 + i, tzinfo=UTC) for i in range(count)]
+    return {
+        env.FORMER: [
+            Binding(account_ref=f"{prefix}-{i}", kind=BindingKind.PAYMENT, bound_at=when)
+            for i, when in enumerate(at)
+        ]
+    }
+
+
 async def test_sigkill_mid_delivery_then_restart_finishes_every_ticket(
     env: UnbindWorld, tmp_path: Path
 ) -> None:
     """Tickets committed by a gateway process that is SIGKILLed while the provider is
     still answering are all delivered by the restarted process: each ends final, with
     a reason when it failed, and no unbind is applied twice."""
-    bindings = {
-        env.FORMER: [
-            Binding(
-                account_ref=f"acct-{i}",
-                kind=BindingKind.PAYMENT,
-                bound_at=datetime(2013, 1, 1 + i, tzinfo=UTC),
-            )
-            for i in range(TICKETS)
-        ]
-    }
+    bindings = _left_behind(env, "acct", TICKETS)
     # Applies at once, answers slowly: the kill lands after the provider applied
     # some unbinds and before the gateway heard about it.
     accounts = await env.provider("pay", bindings, latency=1.0, apply_first=True)
@@ -80,16 +82,7 @@ async def test_tickets_of_a_provider_down_past_their_lifetime_end_failed_across_
     """A provider down for longer than its tickets live, while the gateway is SIGKILLed
     again and again: every ticket still ends FAILED, saying it expired and with the last
     error, with its unbind.closed audit row, and the provider is never asked."""
-    bindings = {
-        env.FORMER: [
-            Binding(
-                account_ref=f"gone-{i}",
-                kind=BindingKind.PAYMENT,
-                bound_at=datetime(2013, 1, 1 + i, tzinfo=UTC),
-            )
-            for i in range(3)
-        ]
-    }
+    bindings = _left_behind(env, "gone", 3)
     accounts = await env.provider("pay", bindings)
     port = env.free_port()
     config = tmp_path / "gateway.toml"

@@ -9,17 +9,13 @@
 //   PROTO_ROOT    the folder holding onecert/v1/*.proto          (default ../../proto)
 // It prints `listening on HOST:PORT` once it serves.
 import { createHash } from "node:crypto";
-import path from "node:path";
-import { fileURLToPath } from "node:url";
 
 import * as grpc from "@grpc/grpc-js";
-import * as protoLoader from "@grpc/proto-loader";
 import { HealthImplementation } from "grpc-health-check";
 
+import { loadService } from "./proto.js";
 import { TokenRefused, Verifier, loadGatewayKeys } from "./tokens.js";
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-const protoRoot = process.env.PROTO_ROOT ?? path.resolve(here, "../../../proto");
 const carrierId = process.env.CARRIER_ID ?? "ts-carrier";
 const issuer = process.env.ISSUER ?? "onecert-gateway";
 const listen = process.env.LISTEN ?? "127.0.0.1:50052";
@@ -69,17 +65,6 @@ const TENURES = new Map<string, object[]>([
   ],
 ]);
 
-const definition = protoLoader.loadSync("onecert/v1/registry.proto", {
-  includeDirs: [protoRoot],
-  keepCase: true,
-  longs: Number,
-  enums: String,
-  defaults: true,
-});
-const loaded = grpc.loadPackageDefinition(definition) as unknown as {
-  onecert: { v1: { NumberRegistry: grpc.ServiceClientConstructor } };
-};
-
 async function main(): Promise<void> {
   const jwks = process.env.GATEWAY_JWKS;
   if (!jwks) throw new Error("set GATEWAY_JWKS to the gateway's JWKS file");
@@ -108,7 +93,7 @@ async function main(): Promise<void> {
   };
 
   const server = new grpc.Server();
-  server.addService(loaded.onecert.v1.NumberRegistry.service, { ListNumbers });
+  server.addService(loadService("registry.proto", "NumberRegistry"), { ListNumbers });
   new HealthImplementation({ "": "SERVING", [SERVICE]: "SERVING" }).addToServer(server); // H-1, H-2
   server.bindAsync(listen, grpc.ServerCredentials.createInsecure(), (error, port) => {
     if (error) throw error;

@@ -9,33 +9,18 @@
 // It prints `listening on HOST:PORT` once it serves. Plaintext only: in
 // production put it behind mutual TLS (H-3), for example with
 // grpc.ServerCredentials.createSsl(ca, [{cert_chain, private_key}], true).
-import path from "node:path";
-import { fileURLToPath } from "node:url";
 
 import * as grpc from "@grpc/grpc-js";
-import * as protoLoader from "@grpc/proto-loader";
 import { HealthImplementation } from "grpc-health-check";
 
+import { loadService } from "./proto.js";
 import { Bindings, type UnbindRequest } from "./store.js";
 import { TokenRefused, Verifier, isE164, loadGatewayKeys } from "./tokens.js";
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-const protoRoot = process.env.PROTO_ROOT ?? path.resolve(here, "../../../proto");
 const providerId = process.env.PROVIDER_ID ?? "ts-forum";
 const issuer = process.env.ISSUER ?? "onecert-gateway";
 const listen = process.env.LISTEN ?? "127.0.0.1:50051";
 const SERVICE = "onecert.v1.BindingProvider";
-
-const definition = protoLoader.loadSync("onecert/v1/provider.proto", {
-  includeDirs: [protoRoot],
-  keepCase: true,
-  longs: Number,
-  enums: String,
-  defaults: true,
-});
-const loaded = grpc.loadPackageDefinition(definition) as unknown as {
-  onecert: { v1: { BindingProvider: grpc.ServiceClientConstructor } };
-};
 
 type Unary<Req, Res> = grpc.handleUnaryCall<Req, Res>;
 type Callback<Res> = grpc.sendUnaryData<Res>;
@@ -119,7 +104,7 @@ async function main(): Promise<void> {
   };
 
   const server = new grpc.Server();
-  server.addService(loaded.onecert.v1.BindingProvider.service, {
+  server.addService(loadService("provider.proto", "BindingProvider"), {
     Describe,
     ListBindings,
     Unbind,
