@@ -10,6 +10,7 @@ import pytest
 
 from onecert.gateway.store import DeliveryMode, Store, StoredTicketState, Ticket
 from onecert.gateway.store.testing import Database
+from tests.store.store_support import record_notice
 
 SKEW = timedelta(seconds=5)
 
@@ -58,18 +59,7 @@ async def test_a_replica_ahead_cannot_take_a_lease_another_holds(
     assert claimed.ticket_id == ticket_id
     assert await ahead.tickets.claim_due(worker_id="ahead", lease_s=3.0, now=_now() + SKEW) == []
 
-    await honest.notices.record(
-        carrier_id="carrier-a",
-        event_id="ev-1",
-        msisdn="+8613800138000",
-        msisdn_hash=hashlib.sha256(b"+8613800138000").hexdigest(),
-        event_type="RECYCLED",
-        effective_at=_now() - timedelta(hours=1),
-        quiet_period_ends_at=None,
-        deadline=_now() + timedelta(days=7),
-        providers=[("pay", DeliveryMode.PUSH)],
-        now=_now(),
-    )
+    await record_notice(honest, _now(), providers=[("pay", DeliveryMode.PUSH)])
     assert len(await honest.cursors.claim_due(worker_id="honest", lease_s=3.0)) == 1
     assert await ahead.cursors.claim_due(worker_id="ahead", lease_s=3.0, now=_now() + SKEW) == []
 

@@ -19,9 +19,9 @@ from onecert.gateway.store import (
     Store,
     classify_notice,
 )
+from tests.store.store_support import record_notice
 
 DAY = timedelta(days=1)
-MSISDN = "+8613800138000"
 
 
 async def _notice(
@@ -32,17 +32,8 @@ async def _notice(
     deadline: datetime,
     providers: list[tuple[str, DeliveryMode]],
 ) -> dict[str, str]:
-    notice, _ = await store.notices.record(
-        carrier_id="carrier-a",
-        event_id=event_id,
-        msisdn=MSISDN,
-        msisdn_hash=hashlib.sha256(MSISDN.encode()).hexdigest(),
-        event_type="RECYCLED",
-        effective_at=recorded,
-        quiet_period_ends_at=None,
-        deadline=deadline,
-        providers=providers,
-        now=recorded,
+    notice, _ = await record_notice(
+        store, recorded, event_id, effective_at=recorded, deadline=deadline, providers=providers
     )
     return {d.provider_id: d.jti for d in await store.deliveries.for_notice(notice.notice_id)}
 

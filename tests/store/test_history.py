@@ -15,26 +15,21 @@ from onecert.gateway.store import (
     StoredEventType,
     classify_recycled,
 )
+from tests.store.store_support import MSISDN_HASH, record_notice
 
-MSISDN = "+8613800138000"
-MSISDN_HASH = hashlib.sha256(MSISDN.encode()).hexdigest()
 DAY = timedelta(days=1)
 
 
 async def _event(
     store: Store, event_id: str, event_type: StoredEventType, effective_at: datetime
 ) -> None:
-    await store.notices.record(
-        carrier_id="carrier-a",
-        event_id=event_id,
-        msisdn=MSISDN,
-        msisdn_hash=MSISDN_HASH,
+    await record_notice(
+        store,
+        effective_at,
+        event_id,
         event_type=event_type,
         effective_at=effective_at,
-        quiet_period_ends_at=None,
         deadline=effective_at + DAY,
-        providers=[],
-        now=effective_at,
     )
 
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import re
-from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -15,7 +14,6 @@ from onecert.gateway.store import (
     AuditDraft,
     AuditValueError,
     ConflictError,
-    DeliveryMode,
     DeliveryState,
     NotFoundError,
     Notice,
@@ -24,34 +22,16 @@ from onecert.gateway.store import (
     StoredEventType,
 )
 from onecert.gateway.store._models import audit_log
+from tests.store.store_support import MSISDN, record_notice
 
-MSISDN = "+8613800138000"
-MSISDN_HASH = hashlib.sha256(MSISDN.encode()).hexdigest()
 PROVIDERS = (("pay", "push"), ("chat", "push"), ("blog", "poll"), ("forum", "poll"))
 
 
 async def _record(
-    store: Store,
-    now: datetime,
-    event_id: str = "ev-1",
-    *,
-    event_type: str = "RECYCLED",
-    effective_at: datetime | None = None,
-    msisdn: str = MSISDN,
-    providers: Sequence[tuple[str, str]] = PROVIDERS,
+    store: Store, now: datetime, event_id: str = "ev-1", **options: Any
 ) -> tuple[Notice, bool]:
-    return await store.notices.record(
-        carrier_id="carrier-a",
-        event_id=event_id,
-        msisdn=msisdn,
-        msisdn_hash=hashlib.sha256(msisdn.encode()).hexdigest(),
-        event_type=event_type,
-        effective_at=effective_at or now - timedelta(hours=1),
-        quiet_period_ends_at=None,
-        deadline=now + timedelta(days=7),
-        providers=[(p, DeliveryMode(m)) for p, m in providers],
-        now=now,
-    )
+    """A notice for the four PROVIDERS, unless ``options`` name others."""
+    return await record_notice(store, now, event_id, **{"providers": PROVIDERS, **options})
 
 
 async def test_record_creates_one_delivery_per_provider(store: Store, t0: datetime) -> None:
@@ -95,17 +75,14 @@ async def test_same_event_id_with_other_content_conflicts(store: Store, t0: date
 async def test_event_ids_are_per_carrier(store: Store, t0: datetime) -> None:
     """Two carriers may use the same event id."""
     await _record(store, t0)
-    other, created = await store.notices.record(
+    other, created = await record_notice(
+        store,
+        t0,
         carrier_id="carrier-b",
-        event_id="ev-1",
-        msisdn=MSISDN,
-        msisdn_hash=MSISDN_HASH,
         event_type=StoredEventType.CANCELLED,
         effective_at=t0,
         quiet_period_ends_at=t0 + timedelta(days=90),
         deadline=t0 + timedelta(days=80),
-        providers=[],
-        now=t0,
     )
     assert created
     assert other.providers == 0
