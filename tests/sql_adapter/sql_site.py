@@ -30,6 +30,19 @@ OTHER_NUMBER = "+8613900139000"
 UNBIND_NUMBER = "+8613700137000"
 UNBIND_ACCOUNT = "u5"
 
+# The smallest configuration that parses (a users table; no database behind it):
+# the tests of the configuration change it one key at a time.
+MINIMAL_CONFIG: dict[str, Any] = {
+    "provider": {"id": "example-forum", "name": "Example Forum", "category": "forum"},
+    "database": {"url": "sqlite:///site.db"},
+    "queries": {
+        "list_bindings": "SELECT id, nickname FROM users WHERE phone IN :phones",
+        "unbind": "UPDATE users SET phone = NULL WHERE id = :account_ref AND phone IN :phones",
+    },
+    "columns": {"account_ref": "id", "display_name": "nickname"},
+    "server": {"gateway_jwks": "keys/gateway.jwks.json", "insecure": True},
+}
+
 # (id, nickname, phone as stored, bound_at (naive, the site's local time),
 #  last_login_at (epoch seconds), kind, unbindable)
 USERS: tuple[tuple[Any, ...], ...] = (

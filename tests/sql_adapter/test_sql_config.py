@@ -17,21 +17,11 @@ import pytest
 from onecert.adapters.sql import ConfigError, load_config, parse_config, to_utc
 from onecert.adapters.sql._values import to_bool, to_kind
 from onecert.sdk import BindingKind, ProviderCategory
-
-MINIMAL: dict[str, Any] = {
-    "provider": {"id": "example-forum", "name": "Example Forum", "category": "forum"},
-    "database": {"url": "sqlite:///site.db"},
-    "queries": {
-        "list_bindings": "SELECT id, nickname FROM users WHERE phone IN :phones",
-        "unbind": "UPDATE users SET phone = NULL WHERE id = :account_ref AND phone IN :phones",
-    },
-    "columns": {"account_ref": "id", "display_name": "nickname"},
-    "server": {"gateway_jwks": "keys/gateway.jwks.json", "insecure": True},
-}
+from tests.sql_adapter.sql_site import MINIMAL_CONFIG
 
 
 def _with(changes: dict[str, Any], *, drop: tuple[str, ...] = ()) -> dict[str, Any]:
-    data = copy.deepcopy(MINIMAL)
+    data = copy.deepcopy(MINIMAL_CONFIG)
     for dotted in drop:
         table, _, key = dotted.partition(".")
         if key:
@@ -49,7 +39,7 @@ def _with(changes: dict[str, Any], *, drop: tuple[str, ...] = ()) -> dict[str, A
 
 def test_minimal_config_and_defaults(tmp_path: Path) -> None:
     """A minimal file gets the documented defaults, paths resolved beside it."""
-    config = parse_config(MINIMAL, base_dir=tmp_path, name="site")
+    config = parse_config(MINIMAL_CONFIG, base_dir=tmp_path, name="site")
     assert config.provider.id == "example-forum"
     assert config.provider.category is ProviderCategory.FORUM
     assert config.database.url == f"sqlite+aiosqlite:///{tmp_path / 'site.db'}"

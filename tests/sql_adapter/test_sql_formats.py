@@ -18,16 +18,16 @@ from hypothesis import strategies as st
 from onecert.adapters.sql import ConfigError, parse_config, phone_variants
 from onecert.adapters.sql._config import PhonesConfig, expand_phone_macros
 from onecert.adapters.sql._values import to_utc_as
+from tests.sql_adapter.sql_site import MINIMAL_CONFIG
 
+# A Discuz!-like members table, where the minimal configuration has users.
 MINIMAL: dict[str, Any] = {
-    "provider": {"id": "example-forum", "name": "Example Forum", "category": "forum"},
-    "database": {"url": "sqlite:///site.db"},
+    **MINIMAL_CONFIG,
     "queries": {
         "list_bindings": "SELECT uid, regdate, changed FROM members WHERE mobile IN :phones",
         "unbind": "UPDATE members SET mobile = '' WHERE uid = :account_ref AND mobile IN :phones",
     },
     "columns": {"account_ref": "uid", "bound_not_before": "regdate"},
-    "server": {"gateway_jwks": "keys/gateway.jwks.json", "insecure": True},
 }
 REGISTERED = datetime(2021, 3, 1, 1, 30, tzinfo=UTC)
 

@@ -103,14 +103,6 @@ async def opened(
         await site.close()
 
 
-@pytest.fixture
-def gateway(tmp_path: Path) -> FakeGateway:
-    """The gateway the example sites trust."""
-    fake = FakeGateway(audience="example")
-    fake.write_jwks(tmp_path / "gateway.jwks.json")
-    return fake
-
-
 @pytest.mark.parametrize("name", ["discuz", "woocommerce", "ecshop"])
 async def test_example_site_passes_the_conformance_kit(
     name: str, mysql_url: str, tmp_path: Path
@@ -143,7 +135,7 @@ async def test_declared_normalisation_finds_every_typed_form(
     through {phone:...} and [phones] fullwidth, with no REPLACE() in the config."""
     async with loaded(mysql_url, "discuz") as example:
         data = example.data()
-        data["provider"]["id"] = "example"
+        data["provider"]["id"] = "test-site"
         assert "REPLACE" not in (EXAMPLES / "discuz" / "site.toml").read_text()
         async with opened(data, gateway, tmp_path) as env:
             found = {b.account_ref for b in await env.list_bindings(NUMBER)}
@@ -159,7 +151,7 @@ async def test_registration_and_shifted_unix_times_are_read_as_declared(
     instant, never bound_at; Discuz: a lastvisit of 0 is no time at all."""
     async with loaded(mysql_url, "ecshop") as example:
         data = example.data()
-        data["provider"]["id"] = "example"
+        data["provider"]["id"] = "test-site"
         async with opened(data, gateway, tmp_path) as env:
             bindings = {b.account_ref: b for b in await env.list_bindings(NUMBER)}
     zhangsan = bindings["1"]
@@ -169,7 +161,7 @@ async def test_registration_and_shifted_unix_times_are_read_as_declared(
     assert bindings["2"].last_used_at is None
     async with loaded(mysql_url, "discuz") as example:
         data = example.data()
-        data["provider"]["id"] = "example"
+        data["provider"]["id"] = "test-site"
         async with opened(data, gateway, tmp_path) as env:
             lisi = {b.account_ref: b for b in await env.list_bindings(NUMBER)}["3"]
     assert lisi.last_used_at is None
@@ -183,7 +175,7 @@ async def test_woocommerce_unbind_detaches_both_phone_rows_of_one_account(
     (two rows: DONE, not "matched 2 rows"); another account with the number keeps it."""
     async with loaded(mysql_url, "woocommerce") as example:
         data = example.data()
-        data["provider"]["id"] = "example"
+        data["provider"]["id"] = "test-site"
         async with opened(data, gateway, tmp_path) as env:
             result = await env.unbind(NUMBER, "2", request_id="t-1")
             assert result.outcome is UnbindOutcome.DONE
@@ -220,7 +212,7 @@ async def test_an_unbind_reaching_another_account_is_rolled_back_on_innodb(
     real, answered INTERNAL, and the log says so with nothing changed."""
     async with loaded(mysql_url, "woocommerce") as example:
         data = example.data()
-        data["provider"]["id"] = "example"
+        data["provider"]["id"] = "test-site"
         data["queries"]["unbind"] = SLOPPY["woocommerce"]
         before = await example.rows("SELECT * FROM wp_usermeta ORDER BY umeta_id")
         async with opened(data, gateway, tmp_path) as env:
@@ -242,7 +234,7 @@ async def test_myisam_is_named_at_start_and_never_reported_rolled_back(
     the account's number is gone), and a redelivery gets that same answer."""
     async with loaded(mysql_url, "discuz") as example:
         data = example.data()
-        data["provider"]["id"] = "example"
+        data["provider"]["id"] = "test-site"
         data["queries"]["unbind"] = SLOPPY["discuz"]
         with capture_logs() as start:
             site = await SqlSite.open(parse_config(data, base_dir=tmp_path))
@@ -339,7 +331,7 @@ async def test_failing_statement_logs_its_column_unmasked(
     the column (not masked) and holds no number."""
     async with loaded(mysql_url, "ecshop") as example:
         data = example.data()
-        data["provider"]["id"] = "example"
+        data["provider"]["id"] = "test-site"
         async with opened(data, gateway, tmp_path) as env:
             await example.run("ALTER TABLE ecs_users CHANGE last_login last_login_at INT")
             with capture_logs() as logs, pytest.raises(CallError) as err:
@@ -358,7 +350,7 @@ async def test_redelivery_after_a_midway_failure_on_myisam_is_done(
     nothing left to change, answers DONE rather than "no such account"."""
     async with loaded(mysql_url, "discuz") as example:
         data = example.data()
-        data["provider"]["id"] = "example"
+        data["provider"]["id"] = "test-site"
         data["queries"]["unbind"] = [
             data["queries"]["unbind"],
             "UPDATE pre_common_member_status SET regip = '' "
@@ -405,7 +397,7 @@ async def test_ecshop_unbind_detaches_the_number_from_both_columns_of_one_row(
     is found and read back."""
     async with loaded(mysql_url, "ecshop") as example:
         data = example.data()
-        data["provider"]["id"] = "example"
+        data["provider"]["id"] = "test-site"
         async with opened(data, gateway, tmp_path) as env:
             by_home = {b.account_ref for b in await env.list_bindings(OTHER_NUMBER)}
             result = await env.unbind(UNBIND_NUMBER, "4", request_id="t-1")
