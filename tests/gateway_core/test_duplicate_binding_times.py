@@ -5,20 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from onecert.gateway._fanout import _tidy
-from onecert.v1 import common_pb2, provider_pb2
-
-
-def binding(**times: datetime) -> provider_pb2.Binding:
-    out = provider_pb2.Binding(account_ref="a1", kind=common_pb2.BINDING_KIND_LOGIN)
-    for name, value in times.items():
-        getattr(out, name).FromDatetime(value)
-    return out
+from onecert.gateway.testing import timed_binding
 
 
 def test_copies_disagreeing_on_an_interval_lose_every_binding_time() -> None:
     """Copies of one account with different bounds prove nothing: all three are cleared."""
-    first = binding(bound_not_before=datetime(2019, 1, 1, tzinfo=UTC))
-    second = binding(
+    first = timed_binding(bound_not_before=datetime(2019, 1, 1, tzinfo=UTC))
+    second = timed_binding(
         bound_not_before=datetime(2019, 1, 1, tzinfo=UTC),
         bound_not_after=datetime(2019, 6, 1, tzinfo=UTC),
     )
@@ -35,6 +28,6 @@ def test_identical_copies_keep_their_interval() -> None:
         "bound_not_before": datetime(2019, 1, 1, tzinfo=UTC),
         "bound_not_after": datetime(2019, 6, 1, tzinfo=UTC),
     }
-    kept, _ = _tidy([binding(**times), binding(**times)], limit=10)
+    kept, _ = _tidy([timed_binding(**times), timed_binding(**times)], limit=10)
     assert kept[0].HasField("bound_not_before")
     assert kept[0].HasField("bound_not_after")

@@ -111,6 +111,7 @@ __all__ = [
     "story_registry",
     "story_tenures",
     "tenure",
+    "timed_binding",
 ]
 
 # ---------------------------------------------------------------- the story
@@ -216,6 +217,15 @@ def binding(
     )
     if bound_at is not None:
         out.bound_at.CopyFrom(stamp(bound_at))
+    return out
+
+
+def timed_binding(**times: datetime) -> provider_pb2.Binding:
+    """Login account "a1" with only the times given (``bound_at``, ``bound_not_before``,
+    ``bound_not_after``): how a provider says what it knows of a binding's date."""
+    out = provider_pb2.Binding(account_ref="a1", kind=common_pb2.BINDING_KIND_LOGIN)
+    for name, value in times.items():
+        getattr(out, name).FromDatetime(value)
     return out
 
 
