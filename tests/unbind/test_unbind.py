@@ -12,10 +12,20 @@ import pytest
 
 from onecert.gateway._attribution import Attribution
 from onecert.gateway._handles import HandleClaims, HandleSealer
+from onecert.gateway.store import Ticket
 from onecert.sdk import Binding, BindingKind
 from onecert.sdk._keys import SigningKey
 from onecert.v1 import common_pb2, gateway_pb2
-from tests.unbind.unbind_support import UnbindWorld
+from tests.unbind.unbind_support import Accounts, UnbindWorld
+
+
+def _done_once_after(attempts: int, ticket: Ticket, accounts: Accounts) -> None:
+    """The ticket ended DONE after ``attempts`` calls, each carrying the ticket id as its
+    request id, and the provider applied the unbind once."""
+    assert ticket.state.value == "DONE"
+    assert ticket.attempts == attempts
+    assert [c.request_id for c in accounts.calls] == [ticket.ticket_id] * attempts
+    assert accounts.applied == {ticket.ticket_id: 1}
 
 
 async def test_unbind_is_delivered_once_and_the_receipt_tells_it(env: UnbindWorld) -> None:
@@ -144,10 +154,7 @@ async def test_each_attempt_reaches_the_provider_exactly_once(env: UnbindWorld) 
 
     ticket = await env.wait_final(answer.ticket_id)
 
-    assert ticket.state.value == "DONE"
-    assert ticket.attempts == 3
-    assert [c.request_id for c in accounts.calls] == [answer.ticket_id] * 3
-    assert accounts.applied == {answer.ticket_id: 1}
+    _done_once_after(3, ticket, accounts)
 
 
 async def test_pending_then_done(env: UnbindWorld) -> None:
@@ -165,10 +172,7 @@ async def test_pending_then_done(env: UnbindWorld) -> None:
 
     ticket = await env.wait_final(answer.ticket_id)
 
-    assert ticket.state.value == "DONE"
-    assert ticket.attempts == 2
-    assert [c.request_id for c in accounts.calls] == [answer.ticket_id] * 2
-    assert accounts.applied == {answer.ticket_id: 1}
+    _done_once_after(2, ticket, accounts)
 
 
 async def test_rejected_is_final_with_the_providers_reason(env: UnbindWorld) -> None:
