@@ -622,10 +622,10 @@ async def _supervise(
             upstream.breaker.record_failure()
 
     try:
-        try:
-            async with asyncio.timeout_at(end):
-                await upstream.slots.acquire()
-        except TimeoutError:
+        if not upstream.slots.locked():
+            # A free slot is taken at once: no timer to arm and cancel.
+            await upstream.slots.acquire()
+        elif not await _wait_for_slot(upstream, end):
             judge(None)
             return _Result(
                 UpstreamOutcome.TIMED_OUT,
@@ -647,6 +647,16 @@ async def _supervise(
             judge(None)
         _log.exception("upstream.call_error", upstream=upstream.id)
         return _Result(UpstreamOutcome.FAILED, f"gateway error ({type(exc).__name__})", None, 0)
+
+
+async def _wait_for_slot(upstream: _Upstream, end: float) -> bool:
+    """Whether a slot of ``upstream`` was taken before ``end`` (``loop.time()``)."""
+    try:
+        async with asyncio.timeout_at(end):
+            await upstream.slots.acquire()
+    except TimeoutError:
+        return False
+    return True
 
 
 async def _attempts(
