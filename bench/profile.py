@@ -3,7 +3,10 @@
 ``python -m bench.profile [--n 50] [--seconds 15]`` starts provider hosts, a
 carrier and ``onecert gateway serve`` as the benchmark does, samples the
 gateway with ``py-spy record`` while lookups run one at a time, and prints
-the gateway's CPU per lookup split into parts of the lookup path. Needs
+the gateway's CPU per lookup split into parts of the lookup path. With
+``--floor`` it samples the floor's bare client instead (this process, making
+every provider's call at once, as ``make bench`` measures it), so the two
+can be set side by side. Needs
 ``py-spy`` (``.venv/bin/pip install py-spy``) and permission to ptrace the
 gateway (same user; no container restriction).
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import os
 import re
 import shutil
 import subprocess
@@ -29,14 +33,19 @@ from bench._cluster import (
     start_hosts,
     write_gateway_config,
 )
-from bench._load import GatewayLoad, closed_loop
+from bench._load import FloorLoad, GatewayLoad, closed_loop
 from bench._procs import Processes
 
 # First matching rule wins; a stack is matched frame by frame from the leaf.
 # (bucket, pattern on a frame name)
 _RULES: tuple[tuple[str, str], ...] = (
+    # Before durable state: the workers' polls run SQLAlchemy too, but by the
+    # clock, not per lookup.
+    (
+        "background workers (tickets, notices, registry)",
+        r"DeliveryWorkers|NoticePusher|Delivery\w*\._|Follower\._run",
+    ),
     ("durable state (SQLite thread, SQLAlchemy)", r"aiosqlite|sqlalchemy|Store\.|StoreReplayCache"),
-    ("background workers (tickets, notices)", r"DeliveryWorkers|NoticePusher|Delivery\w*\._"),
     ("audit log", r"Auditor\."),
     ("warrant signing (JWT, Ed25519)", r"WarrantIssuer\.issue"),
     ("gRPC client call (start, metadata)", r"UnaryUnaryMultiCallable|UnaryUnaryCall\.__init__"),
@@ -46,6 +55,7 @@ _RULES: tuple[tuple[str, str], ...] = (
     ("identity assertion check", r"AssertionVerifier|_identify"),
     ("carrier call", r"_ask_carrier|list_numbers"),
     ("fan-out supervision (deadline, slot, breaker)", r"FanOut\.|as_completed"),
+    ("floor client: tasks and as_completed", r"FloorLoad\."),
     ("logging (structlog)", r"structlog"),
     (
         "lookup streaming (server handler, generators)",
@@ -83,52 +93,65 @@ def _classify(frames: list[str], rules: list[tuple[str, re.Pattern[str]]]) -> st
     return "other"
 
 
-async def _profile(n: int, seconds: float, directory: Path, *, gil: bool = False) -> None:
+async def _spy(pid: int, seconds: float, out: Path, *, gil: bool) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        *[
+            shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"),
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(round(seconds)),
+            "--rate",
+            "250",
+            "--format",
+            "raw",
+            "--nonblocking",
+            *(["--gil"] if gil else []),
+            "-o",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def _profile(
+    n: int, seconds: float, directory: Path, *, gil: bool = False, floor: bool = False
+) -> None:
     env = BenchSetup(directory)
     ids = provider_ids("pf", n)
     with Processes(directory / "procs") as procs:
         hosts = start_hosts(env, procs, "pf", [ProviderSpec(p) for p in ids], hosts=2, carrier=True)
-        config = write_gateway_config(
-            env,
-            directory / "gateway.toml",
-            carrier_address=hosts.addresses[CARRIER_ID],
-            providers=[(p, hosts.addresses[p]) for p in ids],
-        )
-        gateway = start_gateway(procs, "gateway", config)
-        load = GatewayLoad(env, gateway.address)
-        out = directory / "gateway.collapsed"
+        load: GatewayLoad | FloorLoad
+        if floor:
+            # The floor's client is this process: it is what py-spy samples.
+            load = FloorLoad(env, {p: hosts.addresses[p] for p in ids})
+            pid, label, who = os.getpid(), "client", "floor client"
+        else:
+            config = write_gateway_config(
+                env,
+                directory / "gateway.toml",
+                carrier_address=hosts.addresses[CARRIER_ID],
+                providers=[(p, hosts.addresses[p]) for p in ids],
+            )
+            gateway = start_gateway(procs, "gateway", config)
+            load = GatewayLoad(env, gateway.address)
+            pid, label, who = gateway.pid, "gateway", "gateway"
+        out = directory / f"{label}.collapsed"
         try:
             for _ in range(5):
                 await load.lookup()
-            spy = await asyncio.create_subprocess_exec(
-                *[
-                    shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"),
-                    "record",
-                    "--pid",
-                    str(gateway.pid),
-                    "--duration",
-                    str(round(seconds)),
-                    "--rate",
-                    "250",
-                    "--format",
-                    "raw",
-                    "--nonblocking",
-                    *(["--gil"] if gil else []),
-                    "-o",
-                    str(out),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            spy = await _spy(pid, seconds, out, gil=gil)
             run = await closed_loop(
-                load.lookup, concurrency=1, duration=seconds, pids={"gateway": [gateway.pid]}
+                load.lookup, concurrency=1, duration=seconds, pids={label: [pid]}
             )
             await spy.wait()
         finally:
             await load.close()
-    cpu = run.cpu_per_lookup_ms("gateway") or 0.0
+    cpu = run.cpu_per_lookup_ms(label) or 0.0
     total, parts = buckets(out)
-    print(f"N={n}: {run.count} lookups, gateway CPU {cpu:.1f} ms per lookup ({total} samples)")
+    print(f"N={n}: {run.count} lookups, {who} CPU {cpu:.2f} ms per lookup ({total} samples)")
     for name, samples in sorted(parts.items(), key=lambda kv: -kv[1]):
         share = samples / total if total else 0.0
         print(f"  {share * 100:5.1f}%  {share * cpu:6.2f} ms  {name}")
@@ -146,9 +169,14 @@ def main(argv: list[str] | None = None) -> int:
         help="sample only the thread holding the GIL (Python CPU; leaves out threads "
         "waiting in SQLite or the gRPC core)",
     )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="profile the floor's bare client (this process) instead of the gateway",
+    )
     args = parser.parse_args(argv)
     directory = args.workdir or Path(tempfile.mkdtemp(prefix="onecert-profile-"))
-    asyncio.run(_profile(args.n, args.seconds, directory, gil=args.gil))
+    asyncio.run(_profile(args.n, args.seconds, directory, gil=args.gil, floor=args.floor))
     return 0
 
 

@@ -221,3 +221,20 @@ async def test_concurrency_cap_per_provider(fed: Federation, cap: int) -> None:
     messages = await fed.lookup(gateway)
     assert messages[-1].summary.total.answered == 6
     assert busy.record.peak == cap
+
+
+async def test_a_call_waiting_for_a_slot_past_its_deadline_times_out(fed: Federation) -> None:
+    """With the provider's one slot held by a call that runs to the deadline, the
+    call queued behind it ends TIMED_OUT saying it got no slot, and both are counted."""
+    tenures = [fed.tenure(f"+86138001380{i:02d}", "cm", fed.at(2020)) for i in range(2)]
+    await fed.carrier("cm", {fed.IDN: tenures})
+    stuck = await fed.provider("stuck", {})
+    stuck.behaviour.latency = 2.0
+    fanout = FanoutConfig(max_concurrency_per_provider=1, provider_deadline_s=0.3)
+    gateway = await fed.gateway(fanout=fanout)
+    messages = await fed.lookup(gateway)
+    results = fed.results(messages)
+    assert [r.outcome for r in results] == [gateway_pb2.CALL_OUTCOME_TIMED_OUT] * 2
+    assert sum(r.detail.startswith("no free slot") for r in results) == 1
+    assert messages[-1].summary.total.timed_out == 2
+    assert stuck.record.calls == 1

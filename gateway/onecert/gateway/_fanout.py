@@ -15,7 +15,7 @@ import random
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, Generic, Protocol, TypeVar
+from typing import Final, Generic, Protocol, TypeVar, cast
 
 import grpc
 import structlog
@@ -59,6 +59,7 @@ __all__ = [
 _log = structlog.get_logger("onecert.gateway.fanout")
 
 T = TypeVar("T")
+S = TypeVar("S")
 
 # Statuses that say the upstream is unwell; they count towards its breaker.
 # Any other status is an answer (the upstream is alive, if unhappy).
@@ -224,10 +225,20 @@ class _Upstream:
             window=fanout.retry_budget_window_s,
         )
         self.max_attempts = fanout.retry_max_attempts
+        self._stub: object = None
+        self._stub_channel: grpc.aio.Channel | None = None
 
     def channel(self, pool: ChannelPool) -> grpc.aio.Channel:
         """The pooled channel to this target."""
         return pool.get(self.address, plaintext=self.plaintext, server_name=self.server_name)
+
+    def stub(self, pool: ChannelPool, make: Callable[[grpc.aio.Channel], S]) -> S:
+        """A stub on the pooled channel, made once per channel (a stub builds a
+        callable per method, which costs more than the call's own Python part)."""
+        channel = self.channel(pool)
+        if channel is not self._stub_channel:
+            self._stub, self._stub_channel = make(channel), channel
+        return cast("S", self._stub)
 
     def same_as(self, other: _Upstream) -> bool:
         """Whether ``other`` dials the same target with the same limits."""
@@ -404,7 +415,7 @@ class FanOut:
         self, carrier: CarrierConfig, idn: str, *, query_id: str, deadline: float, anchor: float
     ) -> CarrierAnswer:
         upstream = self._carrier_upstreams[carrier.id]
-        stub = registry_pb2_grpc.NumberRegistryStub(upstream.channel(self._channels))
+        stub = upstream.stub(self._channels, registry_pb2_grpc.NumberRegistryStub)
         request = registry_pb2.ListNumbersRequest(idn=idn)
 
         def invoke(timeout: float, warrant: str) -> Awaitable[registry_pb2.ListNumbersResponse]:
@@ -539,7 +550,7 @@ class FanOut:
             # Suspended or removed since the lookup planned its calls.
             now = asyncio.get_running_loop().time()
             return ProviderAnswer(call, UpstreamOutcome.SKIPPED, NOT_ACTIVE_DETAIL, (), 0, now)
-        stub = provider_pb2_grpc.BindingProviderStub(upstream.channel(self._channels))
+        stub = upstream.stub(self._channels, provider_pb2_grpc.BindingProviderStub)
         request = provider_pb2.ListBindingsRequest(msisdn=call.msisdn)
 
         def invoke(timeout: float, warrant: str) -> Awaitable[provider_pb2.ListBindingsResponse]:
@@ -611,10 +622,10 @@ async def _supervise(
             upstream.breaker.record_failure()
 
     try:
-        try:
-            async with asyncio.timeout_at(end):
-                await upstream.slots.acquire()
-        except TimeoutError:
+        if not upstream.slots.locked():
+            # A free slot is taken at once: no timer to arm and cancel.
+            await upstream.slots.acquire()
+        elif not await _wait_for_slot(upstream, end):
             judge(None)
             return _Result(
                 UpstreamOutcome.TIMED_OUT,
@@ -636,6 +647,16 @@ async def _supervise(
             judge(None)
         _log.exception("upstream.call_error", upstream=upstream.id)
         return _Result(UpstreamOutcome.FAILED, f"gateway error ({type(exc).__name__})", None, 0)
+
+
+async def _wait_for_slot(upstream: _Upstream, end: float) -> bool:
+    """Whether a slot of ``upstream`` was taken before ``end`` (``loop.time()``)."""
+    try:
+        async with asyncio.timeout_at(end):
+            await upstream.slots.acquire()
+    except TimeoutError:
+        return False
+    return True
 
 
 async def _attempts(

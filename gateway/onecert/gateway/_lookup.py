@@ -68,7 +68,7 @@ from onecert.gateway._identity import (
 from onecert.gateway._masking import mask_display_name
 from onecert.gateway._observers import NO_OBSERVER, Observer
 from onecert.gateway._refusal import Refusal, store_call
-from onecert.sdk._msisdn import mask_msisdn, mask_numbers_in_text
+from onecert.sdk._msisdn import mask_numbers_in_text
 from onecert.v1 import common_pb2, gateway_pb2, provider_pb2
 
 if TYPE_CHECKING:
@@ -273,13 +273,8 @@ class ResultMerger:
             sealed = handle(binding, Attribution.PREVIOUS_HOLDER)
             if sealed:
                 result.release_handles.append(sealed)
-        _log.debug(
-            "lookup.result",
-            provider=provider.id,
-            msisdn=mask_msisdn(answer.call.msisdn),
-            shown=len(result.bindings),
-            previous_holder=result.previous_holder_count,
-        )
+        # No log line per result: the summary's line counts them, and even a
+        # debug line filtered out costs a logger bind (about 13 us) per provider.
         return result
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
@@ -698,6 +699,11 @@ async def serve(
         loop.add_signal_handler(signum, stop.set)
     try:
         async with server:
+            # Everything loaded so far (modules, keys, channels, the registry)
+            # lives as long as the process: leave it out of the cyclic
+            # collector's full passes, which otherwise walk it all and stall
+            # the loop for 100 ms and more, mid-lookup.
+            gc.freeze()
             if ready is not None:
                 ready(server)
             await stop.wait()
