@@ -14,6 +14,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 SDK_ROUTING_API = {
     "DEFAULT_FP_RATE",
+    "FORMAT_VERSION",
+    "SMALL_SET_BELOW",
+    "SMALL_SET_FP_RATE",
+    "SNAPSHOT_FORMATS",
     "BuildResult",
     "FilterAdditions",
     "FilterBuilder",
@@ -22,6 +26,7 @@ SDK_ROUTING_API = {
     "bit_positions",
     "bits_for",
     "build_filter",
+    "default_fp_rate",
     "expected_fp_rate",
     "fold",
     "hashes_for",
