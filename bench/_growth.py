@@ -8,7 +8,10 @@ holders only, all in one run.
 
 Every filter is built before anything starts, under a routing key the
 benchmark writes (``[routing] key_file``), so it knows which non-holders'
-filters hold the number by chance (the false positives). Only the providers
+filters hold the number by chance (the false positives). By default each
+provider builds its filter as the SDK does with no option given
+(``build_filter`` without ``fp_rate``: the rate follows the provider's count,
+and the format is the newest); a rate in ``growth_fp_rates`` forces one. Only the providers
 the gateway may ask run: the holders, the non-holders of the asked-everyone
 runs, and the false positives. Every other provider's address is a bound
 port nobody listens on, so a call the gateway should not have made would end
@@ -23,7 +26,8 @@ import secrets
 import socket
 import statistics
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -39,13 +43,7 @@ from bench._scenarios import _gateway, _hosts_for, _ms, _run_summary, _warm
 from onecert.gateway.routing import RoutingIndex, RoutingKeyring
 from onecert.sdk._filter import key_check, routing_digest
 from onecert.sdk.client import ProviderGatewayClient
-from onecert.sdk.routing import (
-    FilterBuilder,
-    RoutingFilter,
-    bits_for,
-    build_filter,
-    hashes_for,
-)
+from onecert.sdk.routing import RoutingFilter, build_filter
 from onecert.v1 import gateway_pb2, gateway_pb2_grpc
 
 if TYPE_CHECKING:
@@ -59,47 +57,83 @@ ROUTING_SAMPLES = 2000
 LARGE_FILTER_NUMBERS = 1_000_000
 
 
+def mode_of(rate: float | None) -> str:
+    """How a routed case is named: ``default`` (the SDK's choice) or the forced rate."""
+    return "default" if rate is None else f"{rate:g}"
+
+
 @dataclass
 class _Filters:
-    """Every provider's snapshot per false-positive rate, built before anything starts."""
+    """Every provider's snapshot per mode (``mode_of``), built before anything starts.
+
+    ``shapes``: per mode, each provider's ``(format, k)``, to report the rate used.
+    """
 
     key: bytes
     key_file: Path
-    payloads: dict[float, dict[str, bytes]] = field(default_factory=dict)
-    false_positives: dict[float, set[str]] = field(default_factory=dict)
+    payloads: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    false_positives: dict[str, set[str]] = field(default_factory=dict)
+    shapes: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
+
+    def used(self, mode: str, providers: Sequence[str]) -> dict[str, Any]:
+        """The formats and rates (``2^-k``) the filters of ``providers`` were built at."""
+        shapes = self.shapes[mode]
+        ks = Counter(shapes[p][1] for p in providers)
+        return {
+            "formats": sorted({shapes[p][0] for p in providers}),
+            "providers_by_fp_rate": {f"{2.0**-k:.4%}": count for k, count in sorted(ks.items())},
+        }
 
 
-def _build_filters(
+async def _build_filters(
     directory: Path,
     providers: Sequence[str],
     holders: set[str],
     msisdn: str,
-    rates: Sequence[float],
+    rates: Sequence[float | None],
 ) -> _Filters:
     key = secrets.token_bytes(32)
     key_file = directory / "routing.keys"
     key_file.write_text(f"1 {key.hex()}\n", encoding="ascii")
     filters = _Filters(key, key_file)
     digest = routing_digest(key, msisdn)
-    created = int(time.time())
+    created = float(int(time.time()))
     for rate in rates:
-        k = hashes_for(rate)
+        mode = mode_of(rate)
         payloads: dict[str, bytes] = {}
         positives: set[str] = set()
+        shapes: dict[str, tuple[int, int]] = {}
         for provider_id in providers:
             rng = random.Random(f"growth:{provider_id}")
             numbers = [f"+86150{rng.randrange(10**8):08d}" for _ in range(FILLER_NUMBERS)]
             if provider_id in holders:
                 numbers.append(msisdn)
-            builder = FilterBuilder(key, key_version=1, m=bits_for(len(numbers), k), k=k)
-            builder.add_many(numbers)
-            snapshot = builder.snapshot(created_at=created)
+            # What a provider's FilterPublisher does, with its count as the hint.
+            built = await build_filter(
+                _listed(numbers),
+                key=key,
+                key_version=1,
+                fp_rate=rate,
+                size_hint=len(numbers),
+                clock=lambda: created,
+            )
+            snapshot = built.filter
             payloads[provider_id] = snapshot.to_bytes()
+            shapes[provider_id] = (snapshot.fmt, snapshot.k)
             if provider_id not in holders and snapshot.may_contain(digest):
                 positives.add(provider_id)
-        filters.payloads[rate] = payloads
-        filters.false_positives[rate] = positives
+        filters.payloads[mode] = payloads
+        filters.false_positives[mode] = positives
+        filters.shapes[mode] = shapes
     return filters
+
+
+def _listed(numbers: list[str]) -> Callable[[], AsyncIterator[str]]:
+    async def source() -> AsyncIterator[str]:
+        for number in numbers:
+            yield number
+
+    return source
 
 
 async def _publish(address: str, payloads: dict[str, bytes], providers: Sequence[str]) -> float:
@@ -176,7 +210,7 @@ async def _large_publish(address: str, provider_id: str) -> dict[str, float]:
     }
 
 
-def _routing_time(filters: _Filters, rate: float, providers: Sequence[str]) -> dict[str, Any]:
+def _routing_time(filters: _Filters, mode: str, providers: Sequence[str]) -> dict[str, Any]:
     """Per number: the gateway's routing step (hash, index query, the set to ask), timed.
 
     The same calls as ``RoutingService.route``, on an index holding the same
@@ -186,7 +220,7 @@ def _routing_time(filters: _Filters, rate: float, providers: Sequence[str]) -> d
     for provider_id in providers:
         index.register(provider_id, snapshot_interval=6 * 3600)
         index.put_snapshot(
-            provider_id, RoutingFilter.from_bytes(filters.payloads[rate][provider_id])
+            provider_id, RoutingFilter.from_bytes(filters.payloads[mode][provider_id])
         )
     ring = RoutingKeyring({1: filters.key}, active=1)
     rng = random.Random(5)
@@ -220,12 +254,12 @@ class _Setup:
 
 
 async def _routed(
-    ctx: Context, procs: Processes, setup: _Setup, chosen: list[str], rate: float
+    ctx: Context, procs: Processes, setup: _Setup, chosen: list[str], mode: str
 ) -> dict[str, Any]:
     """The growth measurement at ``len(chosen)`` with every provider's filter published."""
     sizes, env = ctx.sizes, ctx.env
     n = len(chosen)
-    name = f"gateway-n{n}-routed-{rate:g}"
+    name = f"gateway-n{n}-routed-{mode}"
     addresses = setup.hosts.addresses
     config = cluster.write_gateway_config(
         env,
@@ -239,11 +273,11 @@ async def _routed(
     # about 40 s for 20,000 on a quiet 2-core machine, minutes on a busy one.
     gateway = cluster.start_gateway(procs, name, config, timeout=max(120.0, n / 20))
     through = GatewayLoad(env, gateway.address)
-    figures: dict[str, Any] = {}
+    figures: dict[str, Any] = {"filters": setup.filters.used(mode, chosen)}
     try:
         rss_before = rss_bytes(gateway.pid)
         figures["publish_s"] = round(
-            await _publish(gateway.address, setup.filters.payloads[rate], chosen), 2
+            await _publish(gateway.address, setup.filters.payloads[mode], chosen), 2
         )
         figures["filters_rss_mib"] = round((rss_bytes(gateway.pid) - rss_before) / 2**20, 1)
         await _warm(through.lookup, times=2)
@@ -255,7 +289,7 @@ async def _routed(
         )
         figures["check"] = await _check_lookup(ctx, gateway.address)
         figures["rss_mib"] = round(rss_bytes(gateway.pid) / 2**20, 1)
-        if n == max(sizes.growth_n) and rate == sizes.growth_fp_rates[0]:
+        if n == max(sizes.growth_n) and mode == mode_of(sizes.growth_fp_rates[0]):
             figures["large_filter"] = await _large_publish(gateway.address, setup.holders[0])
     finally:
         await through.close()
@@ -301,6 +335,14 @@ async def _asked_everyone(
     }
 
 
+def _label(rate: float | None, used: dict[str, Any]) -> str:
+    """``routed, filters at 1.00%``, or for the SDK's default the rates it chose."""
+    if rate is not None:
+        return f"routed, filters at {rate:.2%}"
+    rates = " and ".join(used["providers_by_fp_rate"])
+    return f"routed, SDK default filters ({rates})"
+
+
 def _rows(ctx: Context, details: dict[str, Any]) -> list[Row]:
     sizes = ctx.sizes
     base = details["holders_only"]
@@ -316,8 +358,8 @@ def _rows(ctx: Context, details: dict[str, Any]) -> list[Row]:
                     "holders only").judge(),
             ]  # fmt: skip
         for rate in sizes.growth_fp_rates:
-            routed = details[f"{case} routed {rate:g}"]
-            label = f"routed, filters at {rate:.2%}"
+            routed = details[f"{case} routed {mode_of(rate)}"]
+            label = _label(rate, routed["filters"])
             rows += [
                 Row(case, f"gateway CPU per lookup, {label}", "ms", routed["cpu_ms"],
                     base["cpu_ms"], "holders only", target="<= 1.3").judge(),
@@ -342,7 +384,7 @@ def _rows(ctx: Context, details: dict[str, Any]) -> list[Row]:
                 target="<= 1", target_on="value").judge(),
             Row(largest, "routing time per number, p99 wall", "ms", timing["wall_p99_ms"]),
         ]  # fmt: skip
-    large = details[f"{largest} routed {sizes.growth_fp_rates[0]:g}"].get("large_filter")
+    large = details[f"{largest} routed {mode_of(sizes.growth_fp_rates[0])}"].get("large_filter")
     if large is not None:
         rows += [
             Row(largest, "provider: build a 1M-number filter", "s", large["build_s"]),
@@ -366,7 +408,7 @@ async def run_growth(ctx: Context) -> ScenarioResult:
             "lookups_asked_everyone": sizes.growth_lookups,
             "lookups_routed_and_baseline": sizes.growth_routed_lookups,
             "provider_deadline_s": 8,
-            "fp_rates": list(sizes.growth_fp_rates),
+            "fp_rates": [mode_of(rate) for rate in sizes.growth_fp_rates],
             "asked_everyone_up_to": sizes.growth_ask_all_max,
         },
     )
@@ -375,9 +417,11 @@ async def run_growth(ctx: Context) -> ScenarioResult:
         "lookups, per lookup; baseline = the same gateway configured with the holders only",
         "asked everyone: no filter published, every provider asked (N up to "
         f"{sizes.growth_ask_all_max}); routed: every provider published its filter "
-        f"(holders' hold the number, the others' {FILLER_NUMBERS} other numbers) at the "
-        "stated false-positive rate; the client asks for routed-out providers in one "
-        "message per number (group_routed_out), as the portal does",
+        f"(holders' hold the number, the others' {FILLER_NUMBERS} other numbers), built "
+        "by the SDK's build_filter with its default rate (by the provider's count; "
+        "details give the formats and rates used per N) unless a rate is stated; the "
+        "client asks for routed-out providers in one message per number "
+        "(group_routed_out), as the portal does",
         "only providers the gateway may ask run (holders, false positives, and those of the "
         "asked-everyone runs); the others' address refuses connections, and each routed case "
         "checks that no call failed",
@@ -386,7 +430,9 @@ async def run_growth(ctx: Context) -> ScenarioResult:
     ]
     directory = ctx.directory / "growth"
     directory.mkdir(parents=True, exist_ok=True)
-    filters = _build_filters(directory, everyone, set(holders), env.msisdn, sizes.growth_fp_rates)
+    filters = await _build_filters(
+        directory, everyone, set(holders), env.msisdn, sizes.growth_fp_rates
+    )
     ask_all = [n for n in sizes.growth_n if n <= sizes.growth_ask_all_max]
     running = set(everyone[: max(ask_all, default=sizes.growth_holders)])
     for positives in filters.false_positives.values():
@@ -411,8 +457,8 @@ async def run_growth(ctx: Context) -> ScenarioResult:
                         ctx, procs, hosts, chosen, lookups=sizes.growth_lookups
                     )
                 for rate in sizes.growth_fp_rates:
-                    details[f"N={n} routed {rate:g}"] = await _routed(
-                        ctx, procs, setup, chosen, rate
+                    details[f"N={n} routed {mode_of(rate)}"] = await _routed(
+                        ctx, procs, setup, chosen, mode_of(rate)
                     )
             floor = FloorLoad(env, {p: hosts.addresses[p] for p in holders})
             try:
@@ -426,7 +472,7 @@ async def run_growth(ctx: Context) -> ScenarioResult:
         dead.close()
     largest = max(sizes.growth_n)
     details[f"N={largest} routing time"] = _routing_time(
-        filters, sizes.growth_fp_rates[0], everyone[:largest]
+        filters, mode_of(sizes.growth_fp_rates[0]), everyone[:largest]
     )
     details["floor_holders"] = {
         "client_cpu_ms": floor_run.cpu_per_lookup_ms("client"),
