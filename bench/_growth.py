@@ -36,14 +36,14 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from bench import _cluster as cluster
-from bench._load import FloorLoad, GatewayLoad, closed_loop, percentile
+from bench._load import FloorLoad, GatewayLoad, closed_loop, interleaved, percentile
 from bench._procs import Processes, rss_bytes
 from bench._report import Row, ScenarioResult
 from bench._scenarios import _gateway, _hosts_for, _ms, _run_summary, _warm
 from onecert.gateway.routing import RoutingIndex, RoutingKeyring
 from onecert.sdk._filter import key_check, routing_digest
 from onecert.sdk.client import ProviderGatewayClient
-from onecert.sdk.routing import RoutingFilter, build_filter
+from onecert.sdk.routing import RoutingFilter, build_filter, default_fp_rate
 from onecert.v1 import gateway_pb2, gateway_pb2_grpc
 
 if TYPE_CHECKING:
@@ -55,6 +55,8 @@ FILLER_NUMBERS = 100
 ROUTING_SAMPLES = 2000
 # The filter a provider builds and publishes to time the provider's side.
 LARGE_FILTER_NUMBERS = 1_000_000
+# Rounds of a routed case, alternated with as many of the holders-only gateway.
+_ROUNDS = 5
 
 
 def mode_of(rate: float | None) -> str:
@@ -66,22 +68,23 @@ def mode_of(rate: float | None) -> str:
 class _Filters:
     """Every provider's snapshot per mode (``mode_of``), built before anything starts.
 
-    ``shapes``: per mode, each provider's ``(format, k)``, to report the rate used.
+    ``shapes``: per mode, each provider's ``(format, k, rate)``, to report the rate used.
     """
 
     key: bytes
     key_file: Path
     payloads: dict[str, dict[str, bytes]] = field(default_factory=dict)
     false_positives: dict[str, set[str]] = field(default_factory=dict)
-    shapes: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
+    shapes: dict[str, dict[str, tuple[int, int, float]]] = field(default_factory=dict)
 
     def used(self, mode: str, providers: Sequence[str]) -> dict[str, Any]:
-        """The formats and rates (``2^-k``) the filters of ``providers`` were built at."""
+        """The formats, ``k`` and rates the filters of ``providers`` were built with."""
         shapes = self.shapes[mode]
-        ks = Counter(shapes[p][1] for p in providers)
+        rates = Counter(shapes[p][2] for p in providers)
         return {
             "formats": sorted({shapes[p][0] for p in providers}),
-            "providers_by_fp_rate": {f"{2.0**-k:.4%}": count for k, count in sorted(ks.items())},
+            "k": sorted({shapes[p][1] for p in providers}),
+            "providers_by_fp_rate": {f"{r:.2%}": count for r, count in sorted(rates.items())},
         }
 
 
@@ -102,7 +105,7 @@ async def _build_filters(
         mode = mode_of(rate)
         payloads: dict[str, bytes] = {}
         positives: set[str] = set()
-        shapes: dict[str, tuple[int, int]] = {}
+        shapes: dict[str, tuple[int, int, float]] = {}
         for provider_id in providers:
             rng = random.Random(f"growth:{provider_id}")
             numbers = [f"+86150{rng.randrange(10**8):08d}" for _ in range(FILLER_NUMBERS)]
@@ -119,7 +122,8 @@ async def _build_filters(
             )
             snapshot = built.filter
             payloads[provider_id] = snapshot.to_bytes()
-            shapes[provider_id] = (snapshot.fmt, snapshot.k)
+            chosen = default_fp_rate(len(numbers)) if rate is None else rate
+            shapes[provider_id] = (snapshot.fmt, snapshot.k, chosen)
             if provider_id not in holders and snapshot.may_contain(digest):
                 positives.add(provider_id)
         filters.payloads[mode] = payloads
@@ -245,12 +249,15 @@ def _routing_time(filters: _Filters, mode: str, providers: Sequence[str]) -> dic
 
 @dataclass
 class _Setup:
-    """What the routed runs share: hosts, filters, and the address nobody listens on."""
+    """What the routed runs share: hosts, filters, the address nobody listens on, and
+    the holders-only gateway each routed case alternates with (its baseline)."""
 
     hosts: cluster.Hosts
     filters: _Filters
     holders: list[str]
     dead: str
+    baseline: GatewayLoad
+    baseline_pid: int
 
 
 async def _routed(
@@ -281,12 +288,18 @@ async def _routed(
         )
         figures["filters_rss_mib"] = round((rss_bytes(gateway.pid) - rss_before) / 2**20, 1)
         await _warm(through.lookup, times=2)
-        run = await closed_loop(
-            through.lookup,
+        # Alternate with the holders-only gateway, so the ratio compares the two under
+        # the same machine load (a shared machine's load drifts over a long scenario).
+        runs = await interleaved(
+            {
+                "routed": (through.lookup, {"gateway": [gateway.pid]}),
+                "holders": (setup.baseline.lookup, {"gateway": [setup.baseline_pid]}),
+            },
+            rounds=_ROUNDS,
             concurrency=1,
-            count=sizes.growth_routed_lookups,
-            pids={"gateway": [gateway.pid], "providers": setup.hosts.pids},
+            count=max(1, sizes.growth_routed_lookups // _ROUNDS),
         )
+        run, base = runs["routed"], runs["holders"]
         figures["check"] = await _check_lookup(ctx, gateway.address)
         figures["rss_mib"] = round(rss_bytes(gateway.pid) / 2**20, 1)
         if n == max(sizes.growth_n) and mode == mode_of(sizes.growth_fp_rates[0]):
@@ -298,6 +311,8 @@ async def _routed(
     figures.update(
         cpu_ms=run.cpu_per_lookup_ms("gateway"),
         p50_ms=_ms(percentile(run.latencies(), 50)),
+        baseline_cpu_ms=base.cpu_per_lookup_ms("gateway"),
+        baseline_p50_ms=_ms(percentile(base.latencies(), 50)),
         non_holders_asked=asked - sizes.growth_holders,
         non_holders_share=(asked - sizes.growth_holders) / max(1, n - sizes.growth_holders),
         summary=_run_summary(run),
@@ -316,16 +331,23 @@ async def _asked_everyone(
     through = GatewayLoad(env, gateway.address)
     try:
         await _warm(through.lookup, times=2)
-        run = await closed_loop(
-            through.lookup,
-            concurrency=1,
-            count=lookups,
-            pids={"gateway": [gateway.pid], "providers": hosts.pids},
-        )
-        rss = rss_bytes(gateway.pid)
+        return await _measured(through, gateway.pid, hosts, lookups)
     finally:
         await through.close()
         procs.stop(gateway.process)
+
+
+async def _measured(
+    through: GatewayLoad, pid: int, hosts: cluster.Hosts, lookups: int
+) -> dict[str, Any]:
+    """``lookups`` lookups one at a time through a gateway already warm: CPU, latency, RSS."""
+    run = await closed_loop(
+        through.lookup,
+        concurrency=1,
+        count=lookups,
+        pids={"gateway": [pid], "providers": hosts.pids},
+    )
+    rss = rss_bytes(pid)
     return {
         "cpu_ms": run.cpu_per_lookup_ms("gateway"),
         "provider_cpu_ms": run.cpu_per_lookup_ms("providers"),
@@ -362,9 +384,10 @@ def _rows(ctx: Context, details: dict[str, Any]) -> list[Row]:
             label = _label(rate, routed["filters"])
             rows += [
                 Row(case, f"gateway CPU per lookup, {label}", "ms", routed["cpu_ms"],
-                    base["cpu_ms"], "holders only", target="<= 1.3").judge(),
-                Row(case, f"latency p50, {label}", "ms", routed["p50_ms"], base["p50_ms"],
-                    "holders only").judge(),
+                    routed["baseline_cpu_ms"], "holders only, alternated",
+                    target="<= 1.3").judge(),
+                Row(case, f"latency p50, {label}", "ms", routed["p50_ms"],
+                    routed["baseline_p50_ms"], "holders only, alternated").judge(),
                 Row(case, f"non-holders asked, {label}", "%",
                     round(100 * routed["non_holders_share"], 2), target="<= 2",
                     target_on="value").judge(),
@@ -414,7 +437,9 @@ async def run_growth(ctx: Context) -> ScenarioResult:
     )
     result.notes += [
         "CPU = the gateway process's user+system time (/proc/PID/stat) over sequential "
-        "lookups, per lookup; baseline = the same gateway configured with the holders only",
+        "lookups, per lookup; baseline = the same gateway configured with the holders only, "
+        f"running throughout: each routed case alternates {_ROUNDS} rounds with it and is "
+        "compared with those rounds, the asked-everyone cases with its first run",
         "asked everyone: no filter published, every provider asked (N up to "
         f"{sizes.growth_ask_all_max}); routed: every provider published its filter "
         f"(holders' hold the number, the others' {FILLER_NUMBERS} other numbers), built "
@@ -446,20 +471,32 @@ async def run_growth(ctx: Context) -> ScenarioResult:
             hosts = cluster.start_hosts(
                 env, procs, "gr", specs, hosts=_hosts_for(len(specs), sizes.hosts), carrier=True
             )
-            setup = _Setup(hosts, filters, holders, f"127.0.0.1:{dead.getsockname()[1]}")
-            details["holders_only"] = await _asked_everyone(
-                ctx, procs, hosts, holders, lookups=sizes.growth_routed_lookups
+            # The holders-only gateway runs throughout: the asked-everyone rows compare
+            # with its first measurement, each routed case alternates with it.
+            base = _gateway(
+                ctx, procs, "gateway-holders", hosts, holders, fanout={"provider_deadline_s": 8}
             )
-            for n in sizes.growth_n:
-                chosen = everyone[:n]
-                if n in ask_all:
-                    details[f"N={n}"] = await _asked_everyone(
-                        ctx, procs, hosts, chosen, lookups=sizes.growth_lookups
-                    )
-                for rate in sizes.growth_fp_rates:
-                    details[f"N={n} routed {mode_of(rate)}"] = await _routed(
-                        ctx, procs, setup, chosen, mode_of(rate)
-                    )
+            baseline = GatewayLoad(env, base.address)
+            try:
+                await _warm(baseline.lookup, times=2)
+                details["holders_only"] = await _measured(
+                    baseline, base.pid, hosts, sizes.growth_routed_lookups
+                )
+                dead_address = f"127.0.0.1:{dead.getsockname()[1]}"
+                setup = _Setup(hosts, filters, holders, dead_address, baseline, base.pid)
+                for n in sizes.growth_n:
+                    chosen = everyone[:n]
+                    if n in ask_all:
+                        details[f"N={n}"] = await _asked_everyone(
+                            ctx, procs, hosts, chosen, lookups=sizes.growth_lookups
+                        )
+                    for rate in sizes.growth_fp_rates:
+                        details[f"N={n} routed {mode_of(rate)}"] = await _routed(
+                            ctx, procs, setup, chosen, mode_of(rate)
+                        )
+            finally:
+                await baseline.close()
+                procs.stop(base.process)
             floor = FloorLoad(env, {p: hosts.addresses[p] for p in holders})
             try:
                 await _warm(floor.lookup)
