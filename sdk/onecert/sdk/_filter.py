@@ -560,13 +560,10 @@ async def build_filter(
         for not being E.164.
     """
 
-    def hashes(count: int) -> int:
-        return hashes_for(default_fp_rate(count) if fp_rate is None else fp_rate)
-
     passes = 0
     if size_hint is not None:
         started = int(clock())
-        k = hashes(size_hint)
+        k = _hashes(size_hint, fp_rate)
         builder = FilterBuilder(
             key,
             key_version=key_version,
@@ -586,7 +583,7 @@ async def build_filter(
         async for _ in source():
             count += 1
     started = int(clock())
-    k = hashes(count)
+    k = _hashes(count, fp_rate)
     builder = FilterBuilder(
         key, key_version=key_version, m=bits_for(count, k), k=k, fmt=fmt, use_numpy=use_numpy
     )
@@ -595,6 +592,11 @@ async def build_filter(
     # count: the filter is then fuller than sized, never missing a number.
     _, skipped, _ = await _insert_all(source, builder, grow=True)
     return BuildResult(builder.snapshot(created_at=started), passes, skipped)
+
+
+def _hashes(count: int, fp_rate: float | None) -> int:
+    """``k`` for a filter sized for ``count`` numbers: at ``fp_rate``, else the default's."""
+    return hashes_for(default_fp_rate(count) if fp_rate is None else fp_rate)
 
 
 async def _insert_all(
