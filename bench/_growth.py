@@ -8,7 +8,10 @@ holders only, all in one run.
 
 Every filter is built before anything starts, under a routing key the
 benchmark writes (``[routing] key_file``), so it knows which non-holders'
-filters hold the number by chance (the false positives). Only the providers
+filters hold the number by chance (the false positives). By default each
+provider builds its filter as the SDK does with no option given
+(``build_filter`` without ``fp_rate``: the rate follows the provider's count,
+and the format is the newest); a rate in ``growth_fp_rates`` forces one. Only the providers
 the gateway may ask run: the holders, the non-holders of the asked-everyone
 runs, and the false positives. Every other provider's address is a bound
 port nobody listens on, so a call the gateway should not have made would end
@@ -23,7 +26,8 @@ import secrets
 import socket
 import statistics
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -32,20 +36,14 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from bench import _cluster as cluster
-from bench._load import FloorLoad, GatewayLoad, closed_loop, percentile
+from bench._load import FloorLoad, GatewayLoad, closed_loop, interleaved, percentile
 from bench._procs import Processes, rss_bytes
 from bench._report import Row, ScenarioResult
 from bench._scenarios import _gateway, _hosts_for, _ms, _run_summary, _warm
 from onecert.gateway.routing import RoutingIndex, RoutingKeyring
 from onecert.sdk._filter import key_check, routing_digest
 from onecert.sdk.client import ProviderGatewayClient
-from onecert.sdk.routing import (
-    FilterBuilder,
-    RoutingFilter,
-    bits_for,
-    build_filter,
-    hashes_for,
-)
+from onecert.sdk.routing import RoutingFilter, build_filter, default_fp_rate
 from onecert.v1 import gateway_pb2, gateway_pb2_grpc
 
 if TYPE_CHECKING:
@@ -57,49 +55,89 @@ FILLER_NUMBERS = 100
 ROUTING_SAMPLES = 2000
 # The filter a provider builds and publishes to time the provider's side.
 LARGE_FILTER_NUMBERS = 1_000_000
+# Rounds of a routed case, alternated with as many of the holders-only gateway.
+_ROUNDS = 5
+
+
+def mode_of(rate: float | None) -> str:
+    """How a routed case is named: ``default`` (the SDK's choice) or the forced rate."""
+    return "default" if rate is None else f"{rate:g}"
 
 
 @dataclass
 class _Filters:
-    """Every provider's snapshot per false-positive rate, built before anything starts."""
+    """Every provider's snapshot per mode (``mode_of``), built before anything starts.
+
+    ``shapes``: per mode, each provider's ``(format, k, rate)``, to report the rate used.
+    """
 
     key: bytes
     key_file: Path
-    payloads: dict[float, dict[str, bytes]] = field(default_factory=dict)
-    false_positives: dict[float, set[str]] = field(default_factory=dict)
+    payloads: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    false_positives: dict[str, set[str]] = field(default_factory=dict)
+    shapes: dict[str, dict[str, tuple[int, int, float]]] = field(default_factory=dict)
+
+    def used(self, mode: str, providers: Sequence[str]) -> dict[str, Any]:
+        """The formats, ``k`` and rates the filters of ``providers`` were built with."""
+        shapes = self.shapes[mode]
+        rates = Counter(shapes[p][2] for p in providers)
+        return {
+            "formats": sorted({shapes[p][0] for p in providers}),
+            "k": sorted({shapes[p][1] for p in providers}),
+            "providers_by_fp_rate": {f"{r:.2%}": count for r, count in sorted(rates.items())},
+        }
 
 
-def _build_filters(
+async def _build_filters(
     directory: Path,
     providers: Sequence[str],
     holders: set[str],
     msisdn: str,
-    rates: Sequence[float],
+    rates: Sequence[float | None],
 ) -> _Filters:
     key = secrets.token_bytes(32)
     key_file = directory / "routing.keys"
     key_file.write_text(f"1 {key.hex()}\n", encoding="ascii")
     filters = _Filters(key, key_file)
     digest = routing_digest(key, msisdn)
-    created = int(time.time())
+    created = float(int(time.time()))
     for rate in rates:
-        k = hashes_for(rate)
+        mode = mode_of(rate)
         payloads: dict[str, bytes] = {}
         positives: set[str] = set()
+        shapes: dict[str, tuple[int, int, float]] = {}
         for provider_id in providers:
             rng = random.Random(f"growth:{provider_id}")
             numbers = [f"+86150{rng.randrange(10**8):08d}" for _ in range(FILLER_NUMBERS)]
             if provider_id in holders:
                 numbers.append(msisdn)
-            builder = FilterBuilder(key, key_version=1, m=bits_for(len(numbers), k), k=k)
-            builder.add_many(numbers)
-            snapshot = builder.snapshot(created_at=created)
+            # What a provider's FilterPublisher does, with its count as the hint.
+            built = await build_filter(
+                _listed(numbers),
+                key=key,
+                key_version=1,
+                fp_rate=rate,
+                size_hint=len(numbers),
+                clock=lambda: created,
+            )
+            snapshot = built.filter
             payloads[provider_id] = snapshot.to_bytes()
+            chosen = default_fp_rate(len(numbers)) if rate is None else rate
+            shapes[provider_id] = (snapshot.fmt, snapshot.k, chosen)
             if provider_id not in holders and snapshot.may_contain(digest):
                 positives.add(provider_id)
-        filters.payloads[rate] = payloads
-        filters.false_positives[rate] = positives
+        filters.payloads[mode] = payloads
+        filters.false_positives[mode] = positives
+        filters.shapes[mode] = shapes
     return filters
+
+
+def _listed(numbers: list[str]) -> Callable[[], AsyncIterator[str]]:
+    async def source() -> AsyncIterator[str]:
+        for number in numbers:
+            yield number
+
+    return source
 
 
 async def _publish(address: str, payloads: dict[str, bytes], providers: Sequence[str]) -> float:
@@ -176,7 +214,7 @@ async def _large_publish(address: str, provider_id: str) -> dict[str, float]:
     }
 
 
-def _routing_time(filters: _Filters, rate: float, providers: Sequence[str]) -> dict[str, Any]:
+def _routing_time(filters: _Filters, mode: str, providers: Sequence[str]) -> dict[str, Any]:
     """Per number: the gateway's routing step (hash, index query, the set to ask), timed.
 
     The same calls as ``RoutingService.route``, on an index holding the same
@@ -186,7 +224,7 @@ def _routing_time(filters: _Filters, rate: float, providers: Sequence[str]) -> d
     for provider_id in providers:
         index.register(provider_id, snapshot_interval=6 * 3600)
         index.put_snapshot(
-            provider_id, RoutingFilter.from_bytes(filters.payloads[rate][provider_id])
+            provider_id, RoutingFilter.from_bytes(filters.payloads[mode][provider_id])
         )
     ring = RoutingKeyring({1: filters.key}, active=1)
     rng = random.Random(5)
@@ -211,21 +249,24 @@ def _routing_time(filters: _Filters, rate: float, providers: Sequence[str]) -> d
 
 @dataclass
 class _Setup:
-    """What the routed runs share: hosts, filters, and the address nobody listens on."""
+    """What the routed runs share: hosts, filters, the address nobody listens on, and
+    the holders-only gateway each routed case alternates with (its baseline)."""
 
     hosts: cluster.Hosts
     filters: _Filters
     holders: list[str]
     dead: str
+    baseline: GatewayLoad
+    baseline_pid: int
 
 
 async def _routed(
-    ctx: Context, procs: Processes, setup: _Setup, chosen: list[str], rate: float
+    ctx: Context, procs: Processes, setup: _Setup, chosen: list[str], mode: str
 ) -> dict[str, Any]:
     """The growth measurement at ``len(chosen)`` with every provider's filter published."""
     sizes, env = ctx.sizes, ctx.env
     n = len(chosen)
-    name = f"gateway-n{n}-routed-{rate:g}"
+    name = f"gateway-n{n}-routed-{mode}"
     addresses = setup.hosts.addresses
     config = cluster.write_gateway_config(
         env,
@@ -239,23 +280,29 @@ async def _routed(
     # about 40 s for 20,000 on a quiet 2-core machine, minutes on a busy one.
     gateway = cluster.start_gateway(procs, name, config, timeout=max(120.0, n / 20))
     through = GatewayLoad(env, gateway.address)
-    figures: dict[str, Any] = {}
+    figures: dict[str, Any] = {"filters": setup.filters.used(mode, chosen)}
     try:
         rss_before = rss_bytes(gateway.pid)
         figures["publish_s"] = round(
-            await _publish(gateway.address, setup.filters.payloads[rate], chosen), 2
+            await _publish(gateway.address, setup.filters.payloads[mode], chosen), 2
         )
         figures["filters_rss_mib"] = round((rss_bytes(gateway.pid) - rss_before) / 2**20, 1)
         await _warm(through.lookup, times=2)
-        run = await closed_loop(
-            through.lookup,
+        # Alternate with the holders-only gateway, so the ratio compares the two under
+        # the same machine load (a shared machine's load drifts over a long scenario).
+        runs = await interleaved(
+            {
+                "routed": (through.lookup, {"gateway": [gateway.pid]}),
+                "holders": (setup.baseline.lookup, {"gateway": [setup.baseline_pid]}),
+            },
+            rounds=_ROUNDS,
             concurrency=1,
-            count=sizes.growth_routed_lookups,
-            pids={"gateway": [gateway.pid], "providers": setup.hosts.pids},
+            count=max(1, sizes.growth_routed_lookups // _ROUNDS),
         )
+        run, base = runs["routed"], runs["holders"]
         figures["check"] = await _check_lookup(ctx, gateway.address)
         figures["rss_mib"] = round(rss_bytes(gateway.pid) / 2**20, 1)
-        if n == max(sizes.growth_n) and rate == sizes.growth_fp_rates[0]:
+        if n == max(sizes.growth_n) and mode == mode_of(sizes.growth_fp_rates[0]):
             figures["large_filter"] = await _large_publish(gateway.address, setup.holders[0])
     finally:
         await through.close()
@@ -264,6 +311,8 @@ async def _routed(
     figures.update(
         cpu_ms=run.cpu_per_lookup_ms("gateway"),
         p50_ms=_ms(percentile(run.latencies(), 50)),
+        baseline_cpu_ms=base.cpu_per_lookup_ms("gateway"),
+        baseline_p50_ms=_ms(percentile(base.latencies(), 50)),
         non_holders_asked=asked - sizes.growth_holders,
         non_holders_share=(asked - sizes.growth_holders) / max(1, n - sizes.growth_holders),
         summary=_run_summary(run),
@@ -282,16 +331,23 @@ async def _asked_everyone(
     through = GatewayLoad(env, gateway.address)
     try:
         await _warm(through.lookup, times=2)
-        run = await closed_loop(
-            through.lookup,
-            concurrency=1,
-            count=lookups,
-            pids={"gateway": [gateway.pid], "providers": hosts.pids},
-        )
-        rss = rss_bytes(gateway.pid)
+        return await _measured(through, gateway.pid, hosts, lookups)
     finally:
         await through.close()
         procs.stop(gateway.process)
+
+
+async def _measured(
+    through: GatewayLoad, pid: int, hosts: cluster.Hosts, lookups: int
+) -> dict[str, Any]:
+    """``lookups`` lookups one at a time through a gateway already warm: CPU, latency, RSS."""
+    run = await closed_loop(
+        through.lookup,
+        concurrency=1,
+        count=lookups,
+        pids={"gateway": [pid], "providers": hosts.pids},
+    )
+    rss = rss_bytes(pid)
     return {
         "cpu_ms": run.cpu_per_lookup_ms("gateway"),
         "provider_cpu_ms": run.cpu_per_lookup_ms("providers"),
@@ -299,6 +355,14 @@ async def _asked_everyone(
         "summary": _run_summary(run),
         "rss_mib": round(rss / 2**20, 1),
     }
+
+
+def _label(rate: float | None, used: dict[str, Any]) -> str:
+    """``routed, filters at 1.00%``, or for the SDK's default the rates it chose."""
+    if rate is not None:
+        return f"routed, filters at {rate:.2%}"
+    rates = " and ".join(used["providers_by_fp_rate"])
+    return f"routed, SDK default filters ({rates})"
 
 
 def _rows(ctx: Context, details: dict[str, Any]) -> list[Row]:
@@ -316,13 +380,14 @@ def _rows(ctx: Context, details: dict[str, Any]) -> list[Row]:
                     "holders only").judge(),
             ]  # fmt: skip
         for rate in sizes.growth_fp_rates:
-            routed = details[f"{case} routed {rate:g}"]
-            label = f"routed, filters at {rate:.2%}"
+            routed = details[f"{case} routed {mode_of(rate)}"]
+            label = _label(rate, routed["filters"])
             rows += [
                 Row(case, f"gateway CPU per lookup, {label}", "ms", routed["cpu_ms"],
-                    base["cpu_ms"], "holders only", target="<= 1.3").judge(),
-                Row(case, f"latency p50, {label}", "ms", routed["p50_ms"], base["p50_ms"],
-                    "holders only").judge(),
+                    routed["baseline_cpu_ms"], "holders only, alternated",
+                    target="<= 1.3").judge(),
+                Row(case, f"latency p50, {label}", "ms", routed["p50_ms"],
+                    routed["baseline_p50_ms"], "holders only, alternated").judge(),
                 Row(case, f"non-holders asked, {label}", "%",
                     round(100 * routed["non_holders_share"], 2), target="<= 2",
                     target_on="value").judge(),
@@ -342,7 +407,7 @@ def _rows(ctx: Context, details: dict[str, Any]) -> list[Row]:
                 target="<= 1", target_on="value").judge(),
             Row(largest, "routing time per number, p99 wall", "ms", timing["wall_p99_ms"]),
         ]  # fmt: skip
-    large = details[f"{largest} routed {sizes.growth_fp_rates[0]:g}"].get("large_filter")
+    large = details[f"{largest} routed {mode_of(sizes.growth_fp_rates[0])}"].get("large_filter")
     if large is not None:
         rows += [
             Row(largest, "provider: build a 1M-number filter", "s", large["build_s"]),
@@ -366,18 +431,22 @@ async def run_growth(ctx: Context) -> ScenarioResult:
             "lookups_asked_everyone": sizes.growth_lookups,
             "lookups_routed_and_baseline": sizes.growth_routed_lookups,
             "provider_deadline_s": 8,
-            "fp_rates": list(sizes.growth_fp_rates),
+            "fp_rates": [mode_of(rate) for rate in sizes.growth_fp_rates],
             "asked_everyone_up_to": sizes.growth_ask_all_max,
         },
     )
     result.notes += [
         "CPU = the gateway process's user+system time (/proc/PID/stat) over sequential "
-        "lookups, per lookup; baseline = the same gateway configured with the holders only",
+        "lookups, per lookup; baseline = the same gateway configured with the holders only, "
+        f"running throughout: each routed case alternates {_ROUNDS} rounds with it and is "
+        "compared with those rounds, the asked-everyone cases with its first run",
         "asked everyone: no filter published, every provider asked (N up to "
         f"{sizes.growth_ask_all_max}); routed: every provider published its filter "
-        f"(holders' hold the number, the others' {FILLER_NUMBERS} other numbers) at the "
-        "stated false-positive rate; the client asks for routed-out providers in one "
-        "message per number (group_routed_out), as the portal does",
+        f"(holders' hold the number, the others' {FILLER_NUMBERS} other numbers), built "
+        "by the SDK's build_filter with its default rate (by the provider's count; "
+        "details give the formats and rates used per N) unless a rate is stated; the "
+        "client asks for routed-out providers in one message per number "
+        "(group_routed_out), as the portal does",
         "only providers the gateway may ask run (holders, false positives, and those of the "
         "asked-everyone runs); the others' address refuses connections, and each routed case "
         "checks that no call failed",
@@ -386,7 +455,9 @@ async def run_growth(ctx: Context) -> ScenarioResult:
     ]
     directory = ctx.directory / "growth"
     directory.mkdir(parents=True, exist_ok=True)
-    filters = _build_filters(directory, everyone, set(holders), env.msisdn, sizes.growth_fp_rates)
+    filters = await _build_filters(
+        directory, everyone, set(holders), env.msisdn, sizes.growth_fp_rates
+    )
     ask_all = [n for n in sizes.growth_n if n <= sizes.growth_ask_all_max]
     running = set(everyone[: max(ask_all, default=sizes.growth_holders)])
     for positives in filters.false_positives.values():
@@ -400,20 +471,32 @@ async def run_growth(ctx: Context) -> ScenarioResult:
             hosts = cluster.start_hosts(
                 env, procs, "gr", specs, hosts=_hosts_for(len(specs), sizes.hosts), carrier=True
             )
-            setup = _Setup(hosts, filters, holders, f"127.0.0.1:{dead.getsockname()[1]}")
-            details["holders_only"] = await _asked_everyone(
-                ctx, procs, hosts, holders, lookups=sizes.growth_routed_lookups
+            # The holders-only gateway runs throughout: the asked-everyone rows compare
+            # with its first measurement, each routed case alternates with it.
+            base = _gateway(
+                ctx, procs, "gateway-holders", hosts, holders, fanout={"provider_deadline_s": 8}
             )
-            for n in sizes.growth_n:
-                chosen = everyone[:n]
-                if n in ask_all:
-                    details[f"N={n}"] = await _asked_everyone(
-                        ctx, procs, hosts, chosen, lookups=sizes.growth_lookups
-                    )
-                for rate in sizes.growth_fp_rates:
-                    details[f"N={n} routed {rate:g}"] = await _routed(
-                        ctx, procs, setup, chosen, rate
-                    )
+            baseline = GatewayLoad(env, base.address)
+            try:
+                await _warm(baseline.lookup, times=2)
+                details["holders_only"] = await _measured(
+                    baseline, base.pid, hosts, sizes.growth_routed_lookups
+                )
+                dead_address = f"127.0.0.1:{dead.getsockname()[1]}"
+                setup = _Setup(hosts, filters, holders, dead_address, baseline, base.pid)
+                for n in sizes.growth_n:
+                    chosen = everyone[:n]
+                    if n in ask_all:
+                        details[f"N={n}"] = await _asked_everyone(
+                            ctx, procs, hosts, chosen, lookups=sizes.growth_lookups
+                        )
+                    for rate in sizes.growth_fp_rates:
+                        details[f"N={n} routed {mode_of(rate)}"] = await _routed(
+                            ctx, procs, setup, chosen, mode_of(rate)
+                        )
+            finally:
+                await baseline.close()
+                procs.stop(base.process)
             floor = FloorLoad(env, {p: hosts.addresses[p] for p in holders})
             try:
                 await _warm(floor.lookup)
@@ -426,7 +509,7 @@ async def run_growth(ctx: Context) -> ScenarioResult:
         dead.close()
     largest = max(sizes.growth_n)
     details[f"N={largest} routing time"] = _routing_time(
-        filters, sizes.growth_fp_rates[0], everyone[:largest]
+        filters, mode_of(sizes.growth_fp_rates[0]), everyone[:largest]
     )
     details["floor_holders"] = {
         "client_cpu_ms": floor_run.cpu_per_lookup_ms("client"),

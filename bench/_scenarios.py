@@ -53,8 +53,9 @@ class Sizes:
     # Lookups per routed case and for the holders-only baseline: CPU time is
     # read in 10 ms clock ticks, so a 10 ms lookup needs many to be measured.
     growth_routed_lookups: int
-    # Filters' false-positive rates in the routed runs (the first: the SDK's default).
-    growth_fp_rates: tuple[float, ...]
+    # Filters' false-positive rates in the routed runs; None: the SDK's default
+    # (onecert.sdk.routing.default_fp_rate of each provider's count).
+    growth_fp_rates: tuple[float | None, ...]
     # The largest N also measured with every provider asked (N servers running).
     growth_ask_all_max: int
     notices_n: int
@@ -86,8 +87,8 @@ FULL = Sizes(
     growth_n=(50, 500, 2000, 20000),
     growth_holders=10,
     growth_lookups=8,
-    growth_routed_lookups=80,
-    growth_fp_rates=(0.01, 0.0001),
+    growth_routed_lookups=200,
+    growth_fp_rates=(None,),
     growth_ask_all_max=2000,
     notices_n=1000,
     notices_tuned=True,
@@ -116,7 +117,7 @@ QUICK = Sizes(
     growth_holders=10,
     growth_lookups=3,
     growth_routed_lookups=5,
-    growth_fp_rates=(0.01,),
+    growth_fp_rates=(None,),
     growth_ask_all_max=40,
     notices_n=50,
     notices_tuned=False,

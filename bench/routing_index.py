@@ -43,6 +43,8 @@ from onecert.gateway.routing._index import DEFAULT_PLAIN_FROM_BITS
 from onecert.sdk._filter import HAVE_NUMPY, element_of
 from onecert.sdk.routing import (
     DEFAULT_FP_RATE,
+    SMALL_SET_BELOW,
+    SMALL_SET_FP_RATE,
     FilterAdditions,
     RoutingFilter,
     bits_for,
@@ -72,12 +74,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--small-fp",
         type=float,
-        default=DEFAULT_FP_RATE,
+        default=SMALL_SET_FP_RATE,
         help="false-positive rate of providers below --small-below numbers (default: the "
-        "same as the others); false-positive calls count providers, memory counts numbers",
+        "SDK's, 0.0001; 0.01 for the same as the others); false-positive calls count "
+        "providers, memory counts numbers",
     )
     parser.add_argument(
-        "--small-below", type=int, default=100_000, help="what a small provider is (numbers)"
+        "--small-below",
+        type=int,
+        default=SMALL_SET_BELOW,
+        help="what a small provider is (numbers; default: the SDK's, 100000)",
     )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     return parser

@@ -50,6 +50,7 @@ def _snapshot(
     version: int | None = None,
     fp_rate: float = 0.01,
     size: int | None = None,
+    fmt: int = 2,
 ) -> RoutingFilter:
     version = ring.active_version if version is None else version
     k = hashes_for(fp_rate)
@@ -58,6 +59,7 @@ def _snapshot(
         key_version=version,
         m=bits_for(len(numbers) if size is None else size, k),
         k=k,
+        fmt=fmt,
     )
     builder.add_many(numbers)
     return builder.snapshot(created_at=int(created_at))
@@ -369,6 +371,31 @@ def test_filters_move_between_layouts_and_matrices_shrink(
             assert name in index.query(ring.digests(number)).candidates
         grown = int(name.removeprefix("site-")) < 30
         assert index.status(name).layout == ("plain" if grown else "sliced")
+
+
+@pytest.mark.parametrize("plain_from_bits", [1 << 22, 1 << 9])
+def test_format_1_and_2_filters_route_side_by_side(
+    ring: RoutingKeyring, clock: Clock, plain_from_bits: int
+) -> None:
+    """Filters of both format versions are accepted and each routes to its numbers, in a
+    matrix of its own format (same key, size and k) or as plain filters; additions land in
+    either; a provider moving from format 1 to 2 keeps routing."""
+    index = RoutingIndex(key_checks=ring.key_checks(), plain_from_bits=plain_from_bits, clock=clock)
+    for fmt in (1, 2):
+        index.register(f"v{fmt}", snapshot_interval=HOUR)
+        index.put_snapshot(f"v{fmt}", _snapshot(ring, [NUMBER], created_at=clock.now, fmt=fmt))
+        assert index.status(f"v{fmt}").fmt == fmt
+    if plain_from_bits > 512:
+        assert index.layout()["matrices"] == 2
+    assert index.query(ring.digests(NUMBER)).candidates == {"v1", "v2"}
+    for fmt in (1, 2):
+        index.add(f"v{fmt}", FilterAdditions.of(ring.key(1), 1, [OTHER], created_at=int(clock.now)))
+    assert index.query(ring.digests(OTHER)).candidates == {"v1", "v2"}
+    clock.now += 1
+    index.put_snapshot("v1", _snapshot(ring, [NUMBER, OTHER], created_at=clock.now, fmt=2))
+    assert index.status("v1").fmt == 2
+    assert index.query(ring.digests(NUMBER)).candidates == {"v1", "v2"}
+    assert index.layout()["matrices"] == (1 if plain_from_bits > 512 else 0)
 
 
 def test_share_of_non_holders_asked_matches_the_filters_rate(

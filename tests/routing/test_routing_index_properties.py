@@ -102,11 +102,13 @@ class RoutingMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.providers)
     @rule(
         data=st.data(),
-        fp_rate=st.sampled_from([0.5, 0.1, 0.01]),
+        fp_rate=st.sampled_from([0.5, 0.1, 0.01, 0.0001]),
         lag=st.integers(min_value=0, max_value=3),
+        fmt=st.sampled_from([1, 2]),
     )
-    def publish_snapshot(self, data: st.DataObject, fp_rate: float, lag: int) -> None:
-        """A snapshot of what was bound when the read began, ``lag`` bindings ago."""
+    def publish_snapshot(self, data: st.DataObject, fp_rate: float, lag: int, fmt: int) -> None:
+        """A snapshot of what was bound when the read began, ``lag`` bindings ago, in
+        either format version."""
         name = data.draw(st.sampled_from(sorted(self.providers)))
         provider = self.providers[name]
         read_at, content = provider.history[max(0, len(provider.history) - 1 - lag)]
@@ -115,7 +117,7 @@ class RoutingMachine(RuleBasedStateMachine):
         version = self.ring.active_version
         k = hashes_for(fp_rate)
         builder = FilterBuilder(
-            self.ring.key(version), key_version=version, m=bits_for(len(content), k), k=k
+            self.ring.key(version), key_version=version, m=bits_for(len(content), k), k=k, fmt=fmt
         )
         builder.add_many(sorted(content))
         self.index.put_snapshot(name, builder.snapshot(created_at=read_at))

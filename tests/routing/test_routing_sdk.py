@@ -12,6 +12,7 @@ import pytest
 from onecert.gateway import GatewayServer
 from onecert.gateway.testing import CURRENT, FORMER, Federation
 from onecert.sdk import FilterPublisher, Provider
+from onecert.sdk.client import RoutingKey
 from onecert.sdk.testing import empty_provider
 from onecert.v1 import gateway_pb2
 from tests.routing.routing_support import ELSEWHERE, ROUTED_OUT, outcome, provider_client, source
@@ -43,6 +44,10 @@ async def test_the_publisher_publishes_at_start_and_note_bound_at_once(fed: Fede
         publisher = FilterPublisher(provider, client)
         task = asyncio.create_task(publisher.run())
         await _routed(gateway, "site")
+        assert gateway.routing is not None
+        status = gateway.routing.index.status("site")
+        assert (status.fmt, status.k) == (2, 14)  # the gateway takes format 2; a small set
+        assert (await client.get_routing_key()).filter_formats == (1, 2)
         messages = await fed.lookup(gateway)
         assert outcome(messages, "site", CURRENT) == (SKIPPED, ROUTED_OUT)
         assert await provider.note_bound(CURRENT) is True
@@ -52,6 +57,14 @@ async def test_the_publisher_publishes_at_start_and_note_bound_at_once(fed: Fede
         publisher.shutdown()
         await task
     assert await provider.note_bound(FORMER) is False
+
+
+def test_the_format_built_is_the_highest_both_sides_support() -> None:
+    """A gateway that lists no formats predates format 2: the SDK builds format 1 for it."""
+    assert RoutingKey(1, b"k" * 32).filter_format == 1
+    assert RoutingKey(1, b"k" * 32, filter_formats=(1,)).filter_format == 1
+    assert RoutingKey(1, b"k" * 32, filter_formats=(1, 2)).filter_format == 2
+    assert RoutingKey(1, b"k" * 32, filter_formats=(1, 2, 3)).filter_format == 2
 
 
 def test_a_publisher_needs_list_numbers() -> None:

@@ -1151,6 +1151,7 @@ class GetRoutingKeyResponse(_message.Message):
     KEY_VERSION_FIELD_NUMBER: _builtins.int
     KEY_FIELD_NUMBER: _builtins.int
     LIVE_VERSIONS_FIELD_NUMBER: _builtins.int
+    FILTER_FORMATS_FIELD_NUMBER: _builtins.int
     key_version: _builtins.int
     """The version new filters are built with (the filter header's key
     version), 1 to 2^32-1.
@@ -1165,16 +1166,24 @@ class GetRoutingKeyResponse(_message.Message):
         one). A filter under any of them is routed until it is retired.
         """
 
+    @_builtins.property
+    def filter_formats(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The snapshot format versions this gateway accepts (docs/routing.md,
+        "Format versions"): build the highest one you support. Empty from a
+        gateway that predates format 2: build format 1.
+        """
+
     def __init__(
         self,
         *,
         key_version: _builtins.int = ...,
         key: _builtins.bytes = ...,
         live_versions: _abc.Iterable[_builtins.int] | None = ...,
+        filter_formats: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "key_version", b"key_version", "live_versions", b"live_versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter_formats", b"filter_formats", "key", b"key", "key_version", b"key_version", "live_versions", b"live_versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

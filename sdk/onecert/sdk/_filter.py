@@ -6,8 +6,12 @@ implementation and is checked against the test vector printed there.
 
 An element is the HMAC-SHA256, under the federation's routing key of a given
 version, of the ASCII E.164 number. Its first 16 bytes give two 64-bit
-little-endian integers ``h1`` and ``h2``; bit ``i`` of ``k`` is
-``(h1 + i * (h2 | 1)) mod 2**64 mod m`` (Kirsch-Mitzenmacher double hashing).
+little-endian integers ``h1`` and ``h2``; probe ``i`` of ``k`` is
+``x_i = (h1 + i * (h2 | 1)) mod 2**64`` (Kirsch-Mitzenmacher double hashing),
+and its bit is ``x_i mod m`` in format 1 and ``mix64(x_i) mod m`` in format 2
+(the SplitMix64 finaliser: every bit of ``h1`` and ``h2`` reaches every bit of
+the position, so small filters have the rate the theory gives; format 1's
+positions depend only on the low ``log2(m)`` bits of ``h1`` and ``h2``).
 ``m`` is a power of two, so a filter built at ``m`` folds exactly into any
 smaller power of two by OR-ing its halves: the builder relies on that to size a
 filter when the count is known only approximately.
@@ -35,7 +39,11 @@ if TYPE_CHECKING:
 # bits a batch at a time with it (about twice as fast), else in pure Python.
 HAVE_NUMPY = importlib.util.find_spec("numpy") is not None
 
-FORMAT_VERSION = 1
+FORMAT_V1 = 1  # positions x_i mod m
+FORMAT_V2 = 2  # positions mix64(x_i) mod m
+FORMAT_VERSION = FORMAT_V2  # what the SDK builds when the gateway accepts it
+SNAPSHOT_FORMATS = (FORMAT_V1, FORMAT_V2)  # what readers accept
+ADDITIONS_FORMAT = 1  # additions carry elements, the same whatever the snapshot's format
 SNAPSHOT_MAGIC = b"OCRF"
 ADDITIONS_MAGIC = b"OCRA"
 MIN_LOG2_BITS = 9  # 512 bits, 64 bytes: the smallest filter
@@ -43,12 +51,20 @@ MAX_LOG2_BITS = 32  # 512 MiB: more than 400 million numbers at 1%
 MAX_HASHES = 32
 MAX_ADDITIONS = 65_536  # elements in one additions message
 ELEMENT_BYTES = 16
-DEFAULT_FP_RATE = 0.01
+# The SDK's default rate follows the size of the set (``default_fp_rate``): a
+# false positive costs the gateway one provider call whatever the provider's
+# size, while the bits grow with the numbers, so small sets get a low rate.
+DEFAULT_FP_RATE = 0.01  # from SMALL_SET_BELOW numbers up
+SMALL_SET_FP_RATE = 0.0001  # below SMALL_SET_BELOW numbers
+SMALL_SET_BELOW = 100_000
 KEY_CHECK_LABEL = b"onecert routing key check"
 
 _SNAPSHOT_HEADER = struct.Struct("<4sHHII8sQQQ")  # 48 bytes
 _ADDITIONS_HEADER = struct.Struct("<4sHHII8sQ")  # 32 bytes
 _MASK64 = (1 << 64) - 1
+# SplitMix64's finaliser (Steele, Lea and Flood, 2014; Stafford's "Mix13").
+_MIX_C1 = 0xBF58476D1CE4E5B9
+_MIX_C2 = 0x94D049BB133111EB
 
 
 class FilterFormatError(ValueError):
@@ -78,14 +94,34 @@ def element_of(digest: bytes) -> tuple[int, int]:
     return h1, h2
 
 
-def bit_positions(digest: bytes, m: int, k: int) -> list[int]:
+def mix64(x: int) -> int:
+    """SplitMix64's finaliser of a 64-bit integer (format 2's probe mixing)."""
+    x = ((x ^ (x >> 30)) * _MIX_C1) & _MASK64
+    x = ((x ^ (x >> 27)) * _MIX_C2) & _MASK64
+    return x ^ (x >> 31)
+
+
+def probe_values(h1: int, h2: int, k: int, fmt: int = FORMAT_VERSION) -> list[int]:
+    """The ``k`` 64-bit probe values of element ``(h1, h2)``; a position is ``value mod m``.
+
+    Independent of ``m``: one computation serves filters of every size.
+    """
+    values = [(h1 + i * h2) & _MASK64 for i in range(k)]
+    if fmt == FORMAT_V1:
+        return values
+    return [mix64(x) for x in values]
+
+
+def bit_positions(digest: bytes, m: int, k: int, fmt: int = FORMAT_VERSION) -> list[int]:
     """The ``k`` bit positions of an element in a filter of ``m`` bits."""
     h1, h2 = element_of(digest)
-    mask = m - 1  # m is a power of two: mod 2**64 then mod m is a mask
-    return [(h1 + i * h2) & mask for i in range(k)]
+    mask = m - 1  # m is a power of two: mod m is a mask
+    return [x & mask for x in probe_values(h1, h2, k, fmt)]
 
 
-def element_positions(elements: bytes, m: int, k: int) -> npt.NDArray[np.int64]:
+def element_positions(
+    elements: bytes, m: int, k: int, fmt: int = FORMAT_VERSION
+) -> npt.NDArray[np.int64]:
     """Bit positions of many elements (16 bytes each) at once, with numpy.
 
     Row ``i`` of element ``e`` is at ``e * k + i``. Needs numpy (the gateway's
@@ -98,7 +134,14 @@ def element_positions(elements: bytes, m: int, k: int) -> npt.NDArray[np.int64]:
     h2 = words[:, 1:2] | np.uint64(1)
     steps = np.arange(k, dtype=np.uint64)[np.newaxis, :]
     # uint64 arithmetic wraps modulo 2**64, as the format says.
-    positions = (h1 + steps * h2) & np.uint64(m - 1)
+    values = h1 + steps * h2
+    if fmt != FORMAT_V1:
+        values ^= values >> np.uint64(30)
+        values *= np.uint64(_MIX_C1)
+        values ^= values >> np.uint64(27)
+        values *= np.uint64(_MIX_C2)
+        values ^= values >> np.uint64(31)
+    positions = values & np.uint64(m - 1)
     return positions.reshape(-1).astype(np.int64)
 
 
@@ -107,6 +150,16 @@ def hashes_for(fp_rate: float) -> int:
     if not 0.0 < fp_rate <= 0.5:
         raise ValueError("the false-positive rate must be in (0, 0.5]")
     return min(MAX_HASHES, max(1, math.ceil(-math.log2(fp_rate))))
+
+
+def default_fp_rate(count: int) -> float:
+    """The SDK's false-positive rate for a filter of ``count`` numbers.
+
+    0.01% (``k = 14``) below 100,000 numbers, 1% (``k = 7``) from there: a
+    false positive costs a provider call however small the provider, and the
+    small sets, which are most providers, cost little memory at 0.01%.
+    """
+    return SMALL_SET_FP_RATE if count < SMALL_SET_BELOW else DEFAULT_FP_RATE
 
 
 def bits_for(count: int, k: int) -> int:
@@ -152,6 +205,7 @@ class RoutingFilter:
             numbers; every number bound before it is in the filter.
         bits: ``m / 8`` bytes; bit ``j`` is bit ``j % 8`` (least significant
             first) of byte ``j // 8``.
+        fmt: the format version, which says how an element's bits are placed.
     """
 
     key_version: int
@@ -161,9 +215,12 @@ class RoutingFilter:
     count: int
     created_at: int
     bits: bytes = field(repr=False)
+    fmt: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
         _check_shape(self.m, self.k)
+        if self.fmt not in SNAPSHOT_FORMATS:
+            raise FilterFormatError(f"format version {self.fmt} is not supported")
         if len(self.bits) != self.m // 8:
             raise FilterFormatError(f"a filter of {self.m} bits has {self.m // 8} bytes")
         if len(self.key_check) != 8:
@@ -176,7 +233,8 @@ class RoutingFilter:
     def may_contain(self, digest: bytes) -> bool:
         """Whether the element with this :func:`routing_digest` may be in the filter."""
         bits = self.bits
-        return all(bits[p >> 3] >> (p & 7) & 1 for p in bit_positions(digest, self.m, self.k))
+        positions = bit_positions(digest, self.m, self.k, self.fmt)
+        return all(bits[p >> 3] >> (p & 7) & 1 for p in positions)
 
     def fill_ratio(self) -> float:
         """The share of bits set."""
@@ -186,7 +244,7 @@ class RoutingFilter:
         """The serialized filter: a 48-byte header, then the bits."""
         header = _SNAPSHOT_HEADER.pack(
             SNAPSHOT_MAGIC,
-            FORMAT_VERSION,
+            self.fmt,
             self.k,
             self.key_version,
             0,
@@ -205,8 +263,8 @@ class RoutingFilter:
         magic, fmt, k, version, flags, check, m, count, created = _SNAPSHOT_HEADER.unpack_from(data)
         if magic != SNAPSHOT_MAGIC:
             raise FilterFormatError("not a routing filter (magic is not OCRF)")
-        if fmt != FORMAT_VERSION:
-            raise FilterFormatError(f"format version {fmt} is not supported (only 1)")
+        if fmt not in SNAPSHOT_FORMATS:
+            raise FilterFormatError(f"format version {fmt} is not supported (only 1 and 2)")
         if flags:
             raise FilterFormatError("reserved flags must be 0")
         _check_shape(m, k)
@@ -220,6 +278,7 @@ class RoutingFilter:
             count=count,
             created_at=created,
             bits=bytes(data[_SNAPSHOT_HEADER.size :]),
+            fmt=fmt,
         )
 
 
@@ -278,7 +337,7 @@ class FilterAdditions:
         """The serialized additions: a 32-byte header, then 16 bytes per element."""
         header = _ADDITIONS_HEADER.pack(
             ADDITIONS_MAGIC,
-            FORMAT_VERSION,
+            ADDITIONS_FORMAT,
             0,
             self.key_version,
             len(self.elements),
@@ -295,7 +354,7 @@ class FilterAdditions:
         magic, fmt, reserved, version, count, check, created = _ADDITIONS_HEADER.unpack_from(data)
         if magic != ADDITIONS_MAGIC:
             raise FilterFormatError("not routing additions (magic is not OCRA)")
-        if fmt != FORMAT_VERSION:
+        if fmt != ADDITIONS_FORMAT:
             raise FilterFormatError(f"format version {fmt} is not supported (only 1)")
         if reserved:
             raise FilterFormatError("reserved field must be 0")
@@ -335,9 +394,19 @@ class FilterBuilder:
     """
 
     def __init__(
-        self, key: bytes, *, key_version: int, m: int, k: int, use_numpy: bool = HAVE_NUMPY
+        self,
+        key: bytes,
+        *,
+        key_version: int,
+        m: int,
+        k: int,
+        fmt: int = FORMAT_VERSION,
+        use_numpy: bool = HAVE_NUMPY,
     ) -> None:
         _check_shape(m, k)
+        if fmt not in SNAPSHOT_FORMATS:
+            raise ValueError(f"format version {fmt} is not supported")
+        self._fmt = fmt
         self._numpy = use_numpy
         self._key = key
         self._check = key_check(key)
@@ -361,6 +430,11 @@ class FilterBuilder:
         return self._k
 
     @property
+    def fmt(self) -> int:
+        """The format version the bits are placed by."""
+        return self._fmt
+
+    @property
     def count(self) -> int:
         """Numbers inserted so far."""
         return self._count
@@ -374,10 +448,9 @@ class FilterBuilder:
         h2 = int.from_bytes(digest[8:16], "little") | 1
         mask = self._m - 1
         bits = self._bits
-        for _ in range(self._k):
-            p = h1 & mask
+        for x in probe_values(h1, h2, self._k, self._fmt):
+            p = x & mask
             bits[p >> 3] |= 1 << (p & 7)
-            h1 = (h1 + h2) & _MASK64
         self._count += 1
 
     def add_many(self, msisdns: Sequence[str]) -> None:
@@ -394,7 +467,7 @@ class FilterBuilder:
             mac = base.copy()
             mac.update(msisdn.encode("ascii"))
             elements += mac.digest()[:ELEMENT_BYTES]
-        positions = element_positions(bytes(elements), self._m, self._k)
+        positions = element_positions(bytes(elements), self._m, self._k, self._fmt)
         view = np.frombuffer(self._bits, dtype=np.uint8)
         # Unbuffered OR: two positions may fall in one byte.
         np.bitwise_or.at(view, positions >> 3, np.left_shift(1, positions & 7).astype(np.uint8))
@@ -417,6 +490,7 @@ class FilterBuilder:
             count=self._count,
             created_at=created_at,
             bits=bytes(self._bits),
+            fmt=self._fmt,
         )
 
 
@@ -446,9 +520,10 @@ async def build_filter(
     *,
     key: bytes,
     key_version: int,
-    fp_rate: float = DEFAULT_FP_RATE,
+    fp_rate: float | None = None,
     size_hint: int | None = None,
     clock: Callable[[], float] = time.time,
+    fmt: int = FORMAT_VERSION,
     use_numpy: bool = HAVE_NUMPY,
 ) -> BuildResult:
     """Build a snapshot filter from every number ``source()`` yields.
@@ -468,10 +543,15 @@ async def build_filter(
         source: called once per pass; each call yields the numbers afresh.
         key: the routing key of ``key_version``.
         key_version: its version.
-        fp_rate: the false-positive rate to size for (default 1%).
+        fp_rate: the false-positive rate to size for; None (the default):
+            :func:`default_fp_rate` of the count the filter is sized for (the
+            hint in a one-pass build, else the count read), 0.01% below
+            100,000 numbers and 1% from there.
         size_hint: the expected count, if known.
         clock: Unix time, for ``created_at`` (the start of the pass that
             built the filter: every number bound before it is included).
+        fmt: the format version to build (2; 1 for a gateway that accepts
+            only format 1, see ``RoutingKey.filter_format``).
         use_numpy: set bits a batch at a time with numpy (same bytes);
             the default is whether numpy is installed.
 
@@ -479,15 +559,17 @@ async def build_filter(
         The filter, the number of passes, and how many values were skipped
         for not being E.164.
     """
-    k = hashes_for(fp_rate)
+
     passes = 0
     if size_hint is not None:
         started = int(clock())
+        k = _hashes(size_hint, fp_rate)
         builder = FilterBuilder(
             key,
             key_version=key_version,
             m=bits_for(max(1, size_hint) * 2, k),
             k=k,
+            fmt=fmt,
             use_numpy=use_numpy,
         )
         passes += 1
@@ -501,14 +583,20 @@ async def build_filter(
         async for _ in source():
             count += 1
     started = int(clock())
+    k = _hashes(count, fp_rate)
     builder = FilterBuilder(
-        key, key_version=key_version, m=bits_for(count, k), k=k, use_numpy=use_numpy
+        key, key_version=key_version, m=bits_for(count, k), k=k, fmt=fmt, use_numpy=use_numpy
     )
     passes += 1
     # The last pass inserts everything, even if the source grew since the
     # count: the filter is then fuller than sized, never missing a number.
     _, skipped, _ = await _insert_all(source, builder, grow=True)
     return BuildResult(builder.snapshot(created_at=started), passes, skipped)
+
+
+def _hashes(count: int, fp_rate: float | None) -> int:
+    """``k`` for a filter sized for ``count`` numbers: at ``fp_rate``, else the default's."""
+    return hashes_for(default_fp_rate(count) if fp_rate is None else fp_rate)
 
 
 async def _insert_all(

@@ -31,7 +31,7 @@ from collections.abc import Callable
 import grpc
 
 from onecert.sdk._core import log
-from onecert.sdk._filter import DEFAULT_FP_RATE, FilterAdditions, build_filter
+from onecert.sdk._filter import FilterAdditions, build_filter
 from onecert.sdk._provider import Provider
 from onecert.sdk.client import FilterReceipt, GatewayError, ProviderGatewayClient, RoutingKey
 
@@ -48,8 +48,10 @@ class FilterPublisher:
     Args:
         provider: a provider built with ``list_numbers`` (and ``snapshot_interval``).
         client: a client of the gateway authenticated as this provider.
-        fp_rate: the filter's false-positive rate (default 1%): the share of
-            lookups about numbers the site does not hold that still reach it.
+        fp_rate: the filter's false-positive rate: the share of lookups
+            about numbers the site does not hold that still reach it. None
+            (the default): 0.01% below 100,000 numbers, 1% from there
+            (``onecert.sdk.routing.default_fp_rate``).
         retry_interval: pause after a failed snapshot, in seconds.
         clock: Unix time, for the filters' ``created_at``.
     """
@@ -59,7 +61,7 @@ class FilterPublisher:
         provider: Provider,
         client: ProviderGatewayClient,
         *,
-        fp_rate: float = DEFAULT_FP_RATE,
+        fp_rate: float | None = None,
         retry_interval: float = 30.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -93,6 +95,7 @@ class FilterPublisher:
             fp_rate=self._fp_rate,
             size_hint=self._last_count,
             clock=self._clock,
+            fmt=key.filter_format,
         )
         receipt = await self._client.publish_snapshot(
             result.filter, interval=self._provider.snapshot_interval
@@ -103,6 +106,8 @@ class FilterPublisher:
             "routing.snapshot_published",
             count=result.filter.count,
             bits=result.filter.m,
+            hashes=result.filter.k,
+            format=result.filter.fmt,
             key_version=key.version,
             skipped=result.skipped,
         )

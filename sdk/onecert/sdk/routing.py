@@ -13,6 +13,10 @@ its reference implementation (pure Python, no dependency beyond the SDK)::
 
 from onecert.sdk._filter import (
     DEFAULT_FP_RATE,
+    FORMAT_VERSION,
+    SMALL_SET_BELOW,
+    SMALL_SET_FP_RATE,
+    SNAPSHOT_FORMATS,
     BuildResult,
     FilterAdditions,
     FilterBuilder,
@@ -21,6 +25,7 @@ from onecert.sdk._filter import (
     bit_positions,
     bits_for,
     build_filter,
+    default_fp_rate,
     expected_fp_rate,
     fold,
     hashes_for,
@@ -30,6 +35,10 @@ from onecert.sdk._filter import (
 
 __all__ = [
     "DEFAULT_FP_RATE",
+    "FORMAT_VERSION",
+    "SMALL_SET_BELOW",
+    "SMALL_SET_FP_RATE",
+    "SNAPSHOT_FORMATS",
     "BuildResult",
     "FilterAdditions",
     "FilterBuilder",
@@ -38,6 +47,7 @@ __all__ = [
     "bit_positions",
     "bits_for",
     "build_filter",
+    "default_fp_rate",
     "expected_fp_rate",
     "fold",
     "hashes_for",

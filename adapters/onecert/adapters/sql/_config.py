@@ -315,7 +315,8 @@ class RoutingSection:
     # The gateway's HOST:PORT.
     gateway: str
     snapshot_interval_s: float = setting(86400.0, seconds=True)
-    fp_rate: float = 0.01
+    # None: the SDK's default, 0.01% below 100,000 numbers and 1% from there.
+    fp_rate: float | None = None
     # Mutual TLS towards the gateway: its CA, and the site's client certificate.
     ca: Path | None = None
     cert: Path | None = None
@@ -424,7 +425,7 @@ def _parse_routing(t: _Table, queries: QueriesConfig) -> RoutingSection:
         )
     if not 60 <= config.snapshot_interval_s <= 7 * 86400:
         raise ConfigError(f"{t.where('snapshot_interval_s')} must be from 60 to 604800 seconds")
-    if not 0 < config.fp_rate <= 0.5:
+    if config.fp_rate is not None and not 0 < config.fp_rate <= 0.5:
         raise ConfigError(f"{t.where('fp_rate')} must be above 0 and at most 0.5")
     return config
 

@@ -17,7 +17,14 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 
-from onecert.gateway.routing._slices import Bytes, PlainFilter, SliceMatrix, unpack_column
+from onecert.gateway.routing._slices import (
+    Bytes,
+    PlainFilter,
+    Probe,
+    Shape,
+    SliceMatrix,
+    unpack_column,
+)
 from onecert.sdk._filter import FilterAdditions, RoutingFilter, element_of
 
 DEFAULT_GRACE_S = 60.0
@@ -75,6 +82,7 @@ class ProviderRouting:
         key_version: the routing key version of its filter, if it has one.
         m: filter size in bits (0 without a filter).
         k: hashes per element (0 without a filter).
+        fmt: the filter's format version (0 without a filter).
         count: elements in its snapshot.
         created_at: the snapshot's ``created_at`` (provider's clock).
         fresh_until: when it turns stale (gateway's clock).
@@ -86,6 +94,7 @@ class ProviderRouting:
     key_version: int | None
     m: int
     k: int
+    fmt: int
     count: int
     created_at: int | None
     fresh_until: float | None
@@ -100,7 +109,7 @@ class PreparedLayout:
     with the same snapshot. Exactly one of ``plain`` and ``column`` is set.
     """
 
-    shape: tuple[int, int, int]
+    shape: Shape
     plain: PlainFilter | None = None
     column: Bytes | None = field(default=None, repr=False)
 
@@ -111,6 +120,7 @@ class _Header:
     key_check: bytes
     m: int
     k: int
+    fmt: int
     count: int
     created_at: int
 
@@ -146,7 +156,7 @@ class _Layouts:
 
     def __init__(self, entries: Mapping[str, _Entry]) -> None:
         self._entries = entries
-        self.matrices: dict[tuple[int, int, int], SliceMatrix] = {}
+        self.matrices: dict[Shape, SliceMatrix] = {}
         self.plain: dict[str, PlainFilter] = {}
 
     def place(self, entry: _Entry, snapshot: RoutingFilter, prepared: PreparedLayout) -> None:
@@ -164,7 +174,9 @@ class _Layouts:
         self.unplace(entry)
         matrix = self.matrices.get(shape)
         if matrix is None:
-            matrix = SliceMatrix(m=snapshot.m, k=snapshot.k, key_version=snapshot.key_version)
+            matrix = SliceMatrix(
+                m=snapshot.m, k=snapshot.k, key_version=snapshot.key_version, fmt=snapshot.fmt
+            )
             self.matrices[shape] = matrix
         entry.matrix = matrix
         entry.slot = matrix.insert(entry.provider_id, snapshot.bits, column=prepared.column)
@@ -192,24 +204,22 @@ class _Layouts:
         elif entry.plain is not None:
             entry.plain.add_elements(elements)
 
-    def query(
-        self, elements: Mapping[int, tuple[int, int]]
-    ) -> tuple[set[str], dict[str, AskReason]]:
+    def query(self, probes: Mapping[int, Probe]) -> tuple[set[str], dict[str, AskReason]]:
         """``(found, unchecked)``: filters that may hold the element of their key
         version, and those whose version has no element here (``retired_key``)."""
         found: set[str] = set()
         unchecked: dict[str, AskReason] = {}
-        for (version, _, _), matrix in self.matrices.items():
-            element = elements.get(version)
-            if element is None:
+        for (version, _, _, _), matrix in self.matrices.items():
+            probe = probes.get(version)
+            if probe is None:
                 unchecked.update((p, AskReason.RETIRED_KEY) for p in matrix.owners())
             else:
-                found.update(matrix.query(*element))
+                found.update(matrix.query(probe))
         for provider_id, plain in self.plain.items():
-            element = elements.get(plain.key_version)
-            if element is None:
+            probe = probes.get(plain.key_version)
+            if probe is None:
                 unchecked[provider_id] = AskReason.RETIRED_KEY
-            elif plain.query(*element):
+            elif plain.query(probe):
                 found.add(provider_id)
         return found, unchecked
 
@@ -351,10 +361,14 @@ class RoutingIndex:
         shared state, so it may run in a worker thread (``asyncio.to_thread``)
         while the event loop keeps serving lookups.
         """
-        shape = (snapshot.key_version, snapshot.m, snapshot.k)
+        shape = _shape_of(snapshot)
         if snapshot.m >= self._plain_from:
             plain = PlainFilter(
-                m=snapshot.m, k=snapshot.k, key_version=snapshot.key_version, bits=snapshot.bits
+                m=snapshot.m,
+                k=snapshot.k,
+                key_version=snapshot.key_version,
+                fmt=snapshot.fmt,
+                bits=snapshot.bits,
             )
             return PreparedLayout(shape, plain=plain)
         return PreparedLayout(shape, column=unpack_column(snapshot.bits))
@@ -381,7 +395,7 @@ class RoutingIndex:
         self.check_snapshot(provider_id, snapshot)
         if prepared is None:
             prepared = self.prepare(snapshot)
-        elif prepared.shape != (snapshot.key_version, snapshot.m, snapshot.k):
+        elif prepared.shape != _shape_of(snapshot):
             raise ValueError("prepared from another snapshot")
         self._layouts.place(entry, snapshot, prepared)
         entry.snapshot = _header_of(snapshot)
@@ -488,8 +502,8 @@ class RoutingIndex:
         provider is returned as must-ask (reason ``retired_key``).
         """
         self._expire(self._clock())
-        elements = {version: element_of(digest) for version, digest in digests.items()}
-        found, unchecked = self._layouts.query(elements)
+        probes = {version: Probe(*element_of(digest)) for version, digest in digests.items()}
+        found, unchecked = self._layouts.query(probes)
         ask = self._must_ask()
         if unchecked:
             ask = MappingProxyType({**unchecked, **ask})
@@ -508,6 +522,7 @@ class RoutingIndex:
             key_version=snapshot.key_version if snapshot else None,
             m=snapshot.m if snapshot else 0,
             k=snapshot.k if snapshot else 0,
+            fmt=snapshot.fmt if snapshot else 0,
             count=snapshot.count if snapshot else 0,
             created_at=snapshot.created_at if snapshot else None,
             fresh_until=entry.fresh_until if snapshot else None,
@@ -592,6 +607,12 @@ def _header_of(snapshot: RoutingFilter) -> _Header:
         key_check=snapshot.key_check,
         m=snapshot.m,
         k=snapshot.k,
+        fmt=snapshot.fmt,
         count=snapshot.count,
         created_at=snapshot.created_at,
     )
+
+
+def _shape_of(snapshot: RoutingFilter) -> Shape:
+    """What filters share a matrix by: key version, ``m``, ``k`` and format."""
+    return (snapshot.key_version, snapshot.m, snapshot.k, snapshot.fmt)

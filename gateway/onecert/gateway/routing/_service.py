@@ -50,6 +50,7 @@ from onecert.gateway.store import (
 )
 from onecert.sdk._filter import (
     ELEMENT_BYTES,
+    SNAPSHOT_FORMATS,
     FilterAdditions,
     FilterFormatError,
     RoutingFilter,
@@ -389,6 +390,7 @@ class RoutingService:
             key_version=ring.active_version,
             key=ring.key(ring.active_version),
             live_versions=sorted(ring.versions),
+            filter_formats=SNAPSHOT_FORMATS,
         )
 
     async def publish(

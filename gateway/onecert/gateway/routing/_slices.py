@@ -4,9 +4,9 @@ BitFunnel (Goodwin et al., SIGIR 2017) stores Bloom filters transposed: row
 ``j`` holds bit ``j`` of every document's filter, so the ``k`` rows a term
 selects, AND-ed together, say at once which documents may hold it. Here the
 documents are providers and the term is a phone number. Filters of one shape
-(``m`` bits, ``k`` hashes, one key version) share a matrix of ``m`` rows and
-one bit column per provider, packed eight to a byte; a query reads ``k`` rows
-of ``ceil(columns / 8)`` bytes each.
+(``m`` bits, ``k`` hashes, one key version, one format) share a matrix of
+``m`` rows and one bit column per provider, packed eight to a byte; a query
+reads ``k`` rows of ``ceil(columns / 8)`` bytes each.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from onecert.sdk._filter import element_positions
+from onecert.sdk._filter import element_positions, probe_values
 
 Bytes = npt.NDArray[np.uint8]
+Shape = tuple[int, int, int, int]  # (key version, m, k, format)
 
 # Grow a full matrix by a quarter (at least one byte column, eight slots): a
 # join costs one copy of the class now and then, and leaves at most a quarter
@@ -32,13 +33,33 @@ def unpack_column(bits: bytes) -> Bytes:
     return np.unpackbits(np.frombuffer(bits, dtype=np.uint8), bitorder="little")
 
 
+class Probe:
+    """One element's probe values, computed once per format and ``k`` and shared
+    by every filter a query checks (a position is a value masked by ``m - 1``)."""
+
+    __slots__ = ("_cache", "h1", "h2")
+
+    def __init__(self, h1: int, h2: int) -> None:
+        self.h1 = h1
+        self.h2 = h2
+        self._cache: dict[tuple[int, int], list[int]] = {}
+
+    def values(self, fmt: int, k: int) -> list[int]:
+        """The ``k`` 64-bit probe values of the element under format ``fmt``."""
+        values = self._cache.get((fmt, k))
+        if values is None:
+            values = self._cache[fmt, k] = probe_values(self.h1, self.h2, k, fmt)
+        return values
+
+
 class SliceMatrix:
     """The filters of one shape, bit-sliced: ``m`` rows by one bit column per provider."""
 
-    def __init__(self, *, m: int, k: int, key_version: int) -> None:
+    def __init__(self, *, m: int, k: int, key_version: int, fmt: int) -> None:
         self.m = m
         self.k = k
         self.key_version = key_version
+        self.fmt = fmt
         self.mask = m - 1
         self._rows: Bytes = np.zeros((m, 1), dtype=np.uint8)
         self._owners: list[str | None] = [None] * 8
@@ -46,9 +67,9 @@ class SliceMatrix:
         self._used = 0
 
     @property
-    def shape(self) -> tuple[int, int, int]:
-        """``(key_version, m, k)``: what every column shares."""
-        return (self.key_version, self.m, self.k)
+    def shape(self) -> Shape:
+        """``(key_version, m, k, fmt)``: what every column shares."""
+        return (self.key_version, self.m, self.k, self.fmt)
 
     @property
     def used(self) -> int:
@@ -87,7 +108,7 @@ class SliceMatrix:
 
     def add_elements(self, slot: int, elements: bytes) -> None:
         """Set the bits of elements (16 bytes each) in a column."""
-        positions = element_positions(elements, self.m, self.k)
+        positions = element_positions(elements, self.m, self.k, self.fmt)
         byte, bit = divmod(slot, 8)
         # Every index receives the same OR, so repeated rows are harmless.
         self._rows[positions, byte] |= np.uint8(1 << bit)
@@ -107,10 +128,10 @@ class SliceMatrix:
             return self._compact()
         return {}
 
-    def query(self, h1: int, h2: int) -> list[str]:
-        """Providers whose filter has every bit of the element ``(h1, h2)`` set."""
+    def query(self, probe: Probe) -> list[str]:
+        """Providers whose filter has every bit of the element set."""
         mask = self.mask
-        rows = [(h1 + i * h2) & mask for i in range(self.k)]
+        rows = [x & mask for x in probe.values(self.fmt, self.k)]
         # take() and ndarray.nonzero(): fancy indexing with a list, numpy's
         # convenience wrappers and scalar indexing cost more than the AND here.
         hits = np.bitwise_and.reduce(self._rows.take(rows, axis=0), axis=0)
@@ -186,16 +207,17 @@ class PlainFilter:
     at 1%) is rare enough to check individually.
     """
 
-    def __init__(self, *, m: int, k: int, key_version: int, bits: bytes) -> None:
+    def __init__(self, *, m: int, k: int, key_version: int, fmt: int, bits: bytes) -> None:
         self.m = m
         self.k = k
         self.key_version = key_version
+        self.fmt = fmt
         self._bits = bytearray(bits)
 
     @property
-    def shape(self) -> tuple[int, int, int]:
-        """``(key_version, m, k)``."""
-        return (self.key_version, self.m, self.k)
+    def shape(self) -> Shape:
+        """``(key_version, m, k, fmt)``."""
+        return (self.key_version, self.m, self.k, self.fmt)
 
     def nbytes(self) -> int:
         """Memory of the bitset."""
@@ -207,17 +229,17 @@ class PlainFilter:
 
     def add_elements(self, elements: bytes) -> None:
         """Set the bits of elements (16 bytes each)."""
-        positions = element_positions(elements, self.m, self.k)
+        positions = element_positions(elements, self.m, self.k, self.fmt)
         view = np.frombuffer(self._bits, dtype=np.uint8)
         # Unbuffered: two positions may share a byte with different bits.
         np.bitwise_or.at(view, positions >> 3, (1 << (positions & 7)).astype(np.uint8))
 
-    def query(self, h1: int, h2: int) -> bool:
-        """Whether the element ``(h1, h2)`` may be in the filter."""
+    def query(self, probe: Probe) -> bool:
+        """Whether the element may be in the filter."""
         bits = self._bits
         mask = self.m - 1
-        for i in range(self.k):
-            p = (h1 + i * h2) & mask
+        for x in probe.values(self.fmt, self.k):
+            p = x & mask
             if not bits[p >> 3] >> (p & 7) & 1:
                 return False
         return True

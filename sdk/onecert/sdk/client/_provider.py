@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 
 from google.protobuf.duration_pb2 import Duration
 
-from onecert.sdk._filter import FilterAdditions, RoutingFilter
+from onecert.sdk._filter import FORMAT_V1, SNAPSHOT_FORMATS, FilterAdditions, RoutingFilter
 from onecert.sdk._tls import ClientTLS
 from onecert.sdk.client._base import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -99,11 +99,20 @@ class RoutingKey:
         version: its version, written in the filter's header.
         key: the key.
         live_versions: every version the gateway still accepts.
+        filter_formats: the snapshot format versions the gateway accepts;
+            empty from a gateway that predates format 2 (it accepts 1).
     """
 
     version: int
     key: bytes = field(repr=False)
     live_versions: tuple[int, ...] = ()
+    filter_formats: tuple[int, ...] = ()
+
+    @property
+    def filter_format(self) -> int:
+        """The format to build snapshots in: the highest both sides support."""
+        common = set(self.filter_formats or (FORMAT_V1,)).intersection(SNAPSHOT_FORMATS)
+        return max(common, default=FORMAT_V1)
 
 
 @dataclass(frozen=True)
@@ -247,7 +256,12 @@ class ProviderGatewayClient(ClientBase):
         response = await self._unary(
             self._stub.GetRoutingKey, gateway_pb2.GetRoutingKeyRequest(), timeout=timeout
         )
-        return RoutingKey(response.key_version, response.key, tuple(response.live_versions))
+        return RoutingKey(
+            response.key_version,
+            response.key,
+            tuple(response.live_versions),
+            tuple(response.filter_formats),
+        )
 
     async def publish_snapshot(
         self,

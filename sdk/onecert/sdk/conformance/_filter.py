@@ -72,9 +72,9 @@ def check_filter(
     extras: list[FilterAdditions] = []
 
     def snapshot_format() -> str:
-        found = _read(RoutingFilter.from_bytes, snapshot, "a version 1 snapshot", clock)
+        found = _read(RoutingFilter.from_bytes, snapshot, "a version 1 or 2 snapshot", clock)
         snapshots.append(found)
-        return f"m = {found.m} bits, k = {found.k}, count = {found.count}"
+        return f"format {found.fmt}, m = {found.m} bits, k = {found.k}, count = {found.count}"
 
     def keyed() -> str:
         found = _first(snapshots, "snapshot")
