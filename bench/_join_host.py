@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import signal
 import sys
 import time
@@ -114,17 +115,26 @@ async def _activate(client: ProviderGatewayClient, times: dict[str, Any]) -> Non
 async def _one(
     provider_id: str, server: Server, go: dict[str, Any], keys: DevKeys, work: Path
 ) -> dict[str, Any]:
-    times: dict[str, Any] = {"refused": 0, "failed_checks": []}
+    times: dict[str, Any] = {"refused": 0, "join_refused": 0, "failed_checks": []}
     directory = work / provider_id
-    joined = await join(
-        gateway=go["gateway"],
-        gateway_ca=keys.ca_cert,
-        provider_id=provider_id,
-        token=go["tokens"][provider_id],
-        address=server.address,
-        directory=directory,
-        timeout=_JOIN_TIMEOUT_S,
-    )
+    while True:
+        try:
+            joined = await join(
+                gateway=go["gateway"],
+                gateway_ca=keys.ca_cert,
+                provider_id=provider_id,
+                token=go["tokens"][provider_id],
+                address=server.address,
+                directory=directory,
+                timeout=_JOIN_TIMEOUT_S,
+            )
+        except RateLimitedError as exc:
+            # The listener serves so many joins at once (gRPC refuses the rest,
+            # without a hint); the token is not spent. Jitter spreads the crowd.
+            times["join_refused"] += 1
+            await asyncio.sleep(exc.retry_after or random.uniform(0.2, 1.0))
+            continue
+        break
     times["joined"] = time.monotonic()
     credentials = joined.credentials
     async with ProviderGatewayClient(
