@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from onecert.gateway.enrollment.testing import serve_for_join
 from onecert.sdk import (
     Binding,
@@ -43,12 +45,19 @@ from onecert.sdk import (
     configure_logging,
     join,
 )
-from onecert.sdk.client import ProviderGatewayClient, ProviderStatus, RateLimitedError
+from onecert.sdk.client import (
+    GatewayError,
+    ProviderGatewayClient,
+    ProviderStatus,
+    RateLimitedError,
+)
 from onecert.sdk.devkeys import DevKeys
 
 # A provider asks again after a failed gate this many times at most (a check
 # of deadlines can miss on a starved machine; the scenario reports it).
 _GATE_ATTEMPTS = 3
+# UNAVAILABLE answers (the store busy on a starved machine) a provider rides out.
+_UNAVAILABLE_RETRIES = 5
 # gRPC deadlines of the joining calls: the gate waits for a slot in the call.
 _JOIN_TIMEOUT_S = 300.0
 _ACTIVATION_TIMEOUT_S = 600.0
@@ -95,6 +104,15 @@ async def _go(path: Path) -> dict[str, Any]:
         await asyncio.sleep(_POLL_S)
 
 
+async def _unavailable(exc: GatewayError, times: dict[str, Any]) -> None:
+    """Wait before asking again after UNAVAILABLE (the gateway's database was busy: the
+    call changed nothing), as a provider would; anything else, or too many, is raised."""
+    times["unavailable"] += 1
+    if exc.code is not grpc.StatusCode.UNAVAILABLE or times["unavailable"] > _UNAVAILABLE_RETRIES:
+        raise exc
+    await asyncio.sleep(random.uniform(0.5, 2.0))
+
+
 async def _activate(client: ProviderGatewayClient, times: dict[str, Any]) -> None:
     while True:
         try:
@@ -102,6 +120,9 @@ async def _activate(client: ProviderGatewayClient, times: dict[str, Any]) -> Non
         except RateLimitedError as exc:
             times["refused"] += 1
             await asyncio.sleep(exc.retry_after or 0.5)
+            continue
+        except GatewayError as exc:
+            await _unavailable(exc, times)
             continue
         if result.status is ProviderStatus.ACTIVE:
             times["active"] = time.monotonic()
@@ -115,7 +136,7 @@ async def _activate(client: ProviderGatewayClient, times: dict[str, Any]) -> Non
 async def _one(
     provider_id: str, server: Server, go: dict[str, Any], keys: DevKeys, work: Path
 ) -> dict[str, Any]:
-    times: dict[str, Any] = {"refused": 0, "join_refused": 0, "failed_checks": []}
+    times: dict[str, Any] = {"refused": 0, "join_refused": 0, "unavailable": 0, "failed_checks": []}
     directory = work / provider_id
     while True:
         try:
@@ -133,6 +154,9 @@ async def _one(
             # without a hint); the token is not spent. Jitter spreads the crowd.
             times["join_refused"] += 1
             await asyncio.sleep(exc.retry_after or random.uniform(0.2, 1.0))
+            continue
+        except GatewayError as exc:
+            await _unavailable(exc, times)
             continue
         break
     times["joined"] = time.monotonic()
