@@ -62,6 +62,9 @@ _UNAVAILABLE_RETRIES = 5
 _JOIN_TIMEOUT_S = 300.0
 _ACTIVATION_TIMEOUT_S = 600.0
 _POLL_S = 0.02
+# Back-off between join attempts refused for lack of a slot: from, to (seconds).
+_JOIN_PAUSE_S = 1.0
+_JOIN_PAUSE_MAX_S = 30.0
 # Servers started at once.
 _START_BATCH = 100
 
@@ -138,6 +141,7 @@ async def _one(
 ) -> dict[str, Any]:
     times: dict[str, Any] = {"refused": 0, "join_refused": 0, "unavailable": 0, "failed_checks": []}
     directory = work / provider_id
+    pause = _JOIN_PAUSE_S
     while True:
         try:
             joined = await join(
@@ -151,9 +155,12 @@ async def _one(
             )
         except RateLimitedError as exc:
             # The listener serves so many joins at once (gRPC refuses the rest,
-            # without a hint); the token is not spent. Jitter spreads the crowd.
+            # without a hint); the token is not spent. Back off, with jitter, as
+            # a polite client does: a crowd retrying every second costs the
+            # gateway a TLS handshake per attempt.
             times["join_refused"] += 1
-            await asyncio.sleep(exc.retry_after or random.uniform(0.2, 1.0))
+            await asyncio.sleep(exc.retry_after or random.uniform(pause / 2, pause))
+            pause = min(2 * pause, _JOIN_PAUSE_MAX_S)
             continue
         except GatewayError as exc:
             await _unavailable(exc, times)
