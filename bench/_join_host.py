@@ -175,6 +175,16 @@ async def _one(
     return times
 
 
+async def _orphaned(stop: asyncio.Event) -> None:
+    # A benchmark killed outright cannot end its hosts: they notice the
+    # parent is gone and end themselves.
+    parent = os.getppid()
+    while not stop.is_set():
+        if os.getppid() != parent:
+            stop.set()
+        await asyncio.sleep(1.0)
+
+
 async def _serve(spec: dict[str, Any], ready: Path, go_path: Path, out: Path) -> None:
     keys = DevKeys.at(spec["keys"])
     work = Path(spec["work"])
@@ -183,6 +193,7 @@ async def _serve(spec: dict[str, Any], ready: Path, go_path: Path, out: Path) ->
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     servers: dict[str, Server] = {}
+    watch = asyncio.create_task(_orphaned(stop))
     try:
         ids: list[str] = spec["ids"]
         for first in range(0, len(ids), _START_BATCH):
@@ -192,7 +203,14 @@ async def _serve(spec: dict[str, Any], ready: Path, go_path: Path, out: Path) ->
             )
             servers.update(zip(batch, started, strict=True))
         _write(ready, {"pid": os.getpid(), "ports": {i: s.port for i, s in servers.items()}})
-        go = await _go(go_path)
+        go_task = asyncio.ensure_future(_go(go_path))
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({go_task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not go_task.done():
+            go_task.cancel()
+            return
+        go = go_task.result()
         done = await asyncio.gather(
             *(_one(i, s, go, keys, work) for i, s in servers.items()), return_exceptions=True
         )
@@ -201,6 +219,7 @@ async def _serve(spec: dict[str, Any], ready: Path, go_path: Path, out: Path) ->
         _write(out, {"times": times, "errors": errors[:5], "error_count": len(errors)})
         await stop.wait()
     finally:
+        watch.cancel()
         await asyncio.gather(*(s.shutdown(0.2) for s in servers.values()), return_exceptions=True)
 
 
