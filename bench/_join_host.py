@@ -36,15 +36,7 @@ from typing import Any
 import grpc
 
 from onecert.gateway.enrollment.testing import serve_for_join
-from onecert.sdk import (
-    Binding,
-    Provider,
-    Server,
-    UnbindRequest,
-    UnbindResult,
-    configure_logging,
-    join,
-)
+from onecert.sdk import Server, configure_logging, join
 from onecert.sdk.client import (
     GatewayError,
     ProviderGatewayClient,
@@ -52,6 +44,7 @@ from onecert.sdk.client import (
     RateLimitedError,
 )
 from onecert.sdk.devkeys import DevKeys
+from onecert.sdk.testing import empty_provider
 
 # A provider asks again after a failed gate this many times at most (a check
 # of deadlines can miss on a starved machine; the scenario reports it).
@@ -67,20 +60,6 @@ _JOIN_PAUSE_S = 1.0
 _JOIN_PAUSE_MAX_S = 30.0
 # Servers started at once.
 _START_BATCH = 100
-
-
-def _provider(provider_id: str) -> Provider:
-    provider = Provider(provider_id=provider_id, name=provider_id, category="forum")
-
-    @provider.list_bindings
-    async def list_bindings(msisdn: str) -> list[Binding]:
-        return []
-
-    @provider.unbind
-    async def unbind(request: UnbindRequest) -> UnbindResult:
-        return UnbindResult.rejected("no such account")
-
-    return provider
 
 
 def _write(path: Path, data: dict[str, Any]) -> None:
@@ -199,7 +178,10 @@ async def _serve(spec: dict[str, Any], ready: Path, go_path: Path, out: Path) ->
         for first in range(0, len(ids), _START_BATCH):
             batch = ids[first : first + _START_BATCH]
             started = await asyncio.gather(
-                *(serve_for_join(_provider(i), keys, work / i) for i in batch)
+                *(
+                    serve_for_join(empty_provider(i, category="forum"), keys, work / i)
+                    for i in batch
+                )
             )
             servers.update(zip(batch, started, strict=True))
         _write(ready, {"pid": os.getpid(), "ports": {i: s.port for i, s in servers.items()}})
