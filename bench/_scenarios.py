@@ -72,6 +72,9 @@ class Sizes:
     portal_lookups: int = 30
     registry_n: int = 1000
     registry_changes: int = 20
+    # Providers that join at once, and the processes serving them.
+    enrollment_n: int = 1000
+    enrollment_hosts: int = 4
 
 
 FULL = Sizes(
@@ -133,6 +136,8 @@ QUICK = Sizes(
     portal_lookups=5,
     registry_n=100,
     registry_changes=4,
+    enrollment_n=50,
+    enrollment_hosts=2,
 )
 
 
@@ -662,6 +667,13 @@ async def registry(ctx: Context) -> ScenarioResult:
     return await run_registry(ctx)
 
 
+async def enrollment(ctx: Context) -> ScenarioResult:
+    """1,000 providers join at once (token, CSR, gate): until all are active, two replicas."""
+    from bench._enrollment import run_enrollment  # noqa: PLC0415 - depends on the store layer
+
+    return await run_enrollment(ctx)
+
+
 async def notice_day(ctx: Context) -> ScenarioResult:
     """A day of recycled-number events, compressed, routed to 20,000 registered providers."""
     from bench._notice_day import run_notice_day  # noqa: PLC0415 - depends on the store layer
@@ -689,6 +701,7 @@ SCENARIOS: dict[str, Scenario] = {
     "processes": processes,
     "portal": portal,
     "registry": registry,
+    "enrollment": enrollment,
 }
 
 

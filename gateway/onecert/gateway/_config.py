@@ -415,8 +415,11 @@ class EnrollmentConfig:
     # Join attempts per second across the listener (a token bucket), and its burst.
     joins_per_s: float = setting(20.0, minimum=0.01)
     join_burst: int = setting(40, minimum=1)
-    # Gate runs at once (each opens a channel and makes about 70 calls).
+    # Gate runs at once (each opens a channel and makes about 90 calls).
     max_concurrent_gates: int = setting(8, minimum=1)
+    # Activation requests that wait for a gate slot, in arrival order; one
+    # more is refused RESOURCE_EXHAUSTED with the expected wait as a hint.
+    max_waiting_gates: int = setting(256, minimum=0)
 
 
 @dataclass(frozen=True)

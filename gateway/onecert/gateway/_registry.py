@@ -139,6 +139,10 @@ class LiveRegistry:
         self._snapshot: RegistrySnapshot | None = None
         self._order = {p.id: i for i, p in enumerate(config.providers)}
         self._lock = asyncio.Lock()
+        # Refresh calls made so far, and how many of them the last applied
+        # snapshot covers (it was read after they began).
+        self._asked = 0
+        self._covered = 0
 
     @property
     def snapshot(self) -> RegistrySnapshot | None:
@@ -169,16 +173,32 @@ class LiveRegistry:
         await self.refresh()
 
     async def refresh(self) -> bool:
-        """Apply the registry's newest version if it moved; True if something was applied."""
+        """Apply the registry's newest version if it moved; True if this call applied it.
+
+        On return, every change committed before the call is applied. Calls that
+        queue while a snapshot is read share the next one: a burst of changes
+        (joins, gates) costs a snapshot per batch, not one per change.
+        """
+        self._asked += 1
+        ticket = self._asked
         async with self._lock:
-            current = None if self._snapshot is None else self._snapshot.version
-            if current is not None and await self._store.registry.version() == current:
-                return False
-            snapshot = await self._store.registry.snapshot()
-            if snapshot.version == current:
-                return False
-            self._apply(snapshot)
-            return True
+            if self._covered >= ticket:
+                return False  # a snapshot read after this call began was applied
+            covers = self._asked
+            applied = await self._refresh_now()
+            self._covered = covers
+            return applied
+
+    async def _refresh_now(self) -> bool:
+        """Under the lock: read the version, and the snapshot if it moved; apply it."""
+        current = None if self._snapshot is None else self._snapshot.version
+        if current is not None and await self._store.registry.version() == current:
+            return False
+        snapshot = await self._store.registry.snapshot()
+        if snapshot.version == current:
+            return False
+        self._apply(snapshot)
+        return True
 
     def _apply(self, snapshot: RegistrySnapshot) -> None:
         active = sorted(

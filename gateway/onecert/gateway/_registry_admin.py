@@ -12,6 +12,8 @@ A-1 to A-8 of ``docs/contract.md``).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
@@ -37,7 +39,7 @@ from onecert.gateway.store import (
 from onecert.sdk._convert import timestamp
 from onecert.v1 import common_pb2, gateway_pb2
 
-__all__ = ["STATUS_PB", "RegistryAdminService", "record_pb"]
+__all__ = ["MAX_PAGE_SIZE", "STATUS_PB", "RegistryAdminService", "record_pb"]
 
 _log = structlog.get_logger("onecert.gateway.registry")
 
@@ -56,6 +58,8 @@ _ORIGIN_PB = {
     EntryOrigin.ENROLLED: gateway_pb2.PROVIDER_ORIGIN_ENROLLED,
 }
 _MAX_NAME = 200
+# The largest page ListProviders answers (contract A-9).
+MAX_PAGE_SIZE: Final = 1000
 _MAX_REASON = 500
 
 
@@ -107,6 +111,29 @@ def _provider_id(value: str) -> str:
         return check_entry_id(value)
     except ValueError:
         raise invalid("provider_id must be 1 to 64 characters of [a-z0-9._-]") from None
+
+
+def _page_token(last_id: str, status: int) -> str:
+    """An opaque token for the page after ``last_id``, for this status filter only."""
+    raw = json.dumps({"after": last_id, "status": status}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _page_after(token: str, status: int) -> str:
+    """The id a page token continues after; INVALID_ARGUMENT unless this status gave it."""
+    refused = invalid(
+        "page_token is not one this list gave: pass next_page_token back unchanged, "
+        "with the same status"
+    )
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        after, given = data["after"], data["status"]
+        after = check_entry_id(after)
+    except (binascii.Error, ValueError, TypeError, KeyError):
+        raise refused from None
+    if given != status:
+        raise refused
+    return str(after)
 
 
 def _reason(value: str) -> str:
@@ -213,8 +240,21 @@ class RegistryAdminService:
             status = _STATUS_OF_PB.get(request.status)
             if status is None:
                 raise invalid("status is not a ProviderStatus")
-        entries = await store_call(self._store.registry.list(status=status), "registry.list")
-        return gateway_pb2.ListProvidersResponse(providers=[record_pb(e) for e in entries])
+        if request.page_size < 0:
+            raise invalid("page_size must not be negative")
+        after = _page_after(request.page_token, request.status) if request.page_token else None
+        if request.page_size == 0 and after is None:
+            listed = self._store.registry.list(status=status)
+            entries = await store_call(listed, "registry.list")
+            return gateway_pb2.ListProvidersResponse(providers=[record_pb(e) for e in entries])
+        size = min(request.page_size or MAX_PAGE_SIZE, MAX_PAGE_SIZE)
+        # One more than the page: whether another page follows.
+        listed = self._store.registry.list(status=status, after=after, limit=size + 1)
+        entries = list(await store_call(listed, "registry.list"))
+        token = _page_token(entries[size - 1].id, request.status) if len(entries) > size else ""
+        return gateway_pb2.ListProvidersResponse(
+            providers=[record_pb(e) for e in entries[:size]], next_page_token=token
+        )
 
     async def get_provider(
         self, request: gateway_pb2.GetProviderRequest, caller: Principal

@@ -311,9 +311,21 @@ class UnbindService:
         # Another citizen's ticket is answered exactly like an unknown one.
         if ticket is None or ticket.sub_hash != self._auditor.digest("sub", citizen.sub):
             raise Refusal(grpc.StatusCode.NOT_FOUND, "no such ticket")
-        provider = self._providers.get(ticket.provider_id)
-        name = provider.display_name if provider is not None else ticket.provider_id
+        name = await self._provider_name(ticket.provider_id)
         return gateway_pb2.GetUnbindResponse(ticket=ticket_pb(ticket, provider_name=name))
+
+    async def _provider_name(self, provider_id: str) -> str:
+        """The provider's name: from the directory while active, else from the registry
+        (a suspended provider keeps its name), else its id."""
+        provider = self._providers.get(provider_id)
+        if provider is not None:
+            return provider.display_name
+        try:
+            entry = await self._store.registry.get(provider_id)
+        except Exception:  # noqa: BLE001 - a name is a courtesy: the receipt goes out anyway
+            _log.warning("get_unbind.name_unread", provider=provider_id)
+            return provider_id
+        return entry.name if entry is not None and entry.name else provider_id
 
     async def _identify(self, metadata: Metadata) -> Citizen:
         try:

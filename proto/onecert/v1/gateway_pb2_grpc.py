@@ -270,8 +270,10 @@ class GatewayServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListProviders(self, request, context):
-        """Admin: every provider in the registry (those in one status if given).
-        Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (status),
+        """Admin: every provider in the registry (those in one status if given), by
+        id, in pages of page_size when it is set.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (status,
+        page_size below 0, a page_token that is not one this status gave),
         UNIMPLEMENTED (no store).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -137,8 +137,10 @@ class GatewayStub:
     gateway has no store).
     """
     ListProviders: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListProvidersRequest, _gateway_pb2.ListProvidersResponse]
-    """Admin: every provider in the registry (those in one status if given).
-    Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (status),
+    """Admin: every provider in the registry (those in one status if given), by
+    id, in pages of page_size when it is set.
+    Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (status,
+    page_size below 0, a page_token that is not one this status gave),
     UNIMPLEMENTED (no store).
     """
     GetProvider: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetProviderRequest, _gateway_pb2.GetProviderResponse]
@@ -283,8 +285,10 @@ class GatewayAsyncStub(GatewayStub):
     gateway has no store).
     """
     ListProviders: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListProvidersRequest, _gateway_pb2.ListProvidersResponse]  # type: ignore[assignment]
-    """Admin: every provider in the registry (those in one status if given).
-    Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (status),
+    """Admin: every provider in the registry (those in one status if given), by
+    id, in pages of page_size when it is set.
+    Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (status,
+    page_size below 0, a page_token that is not one this status gave),
     UNIMPLEMENTED (no store).
     """
     GetProvider: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetProviderRequest, _gateway_pb2.GetProviderResponse]  # type: ignore[assignment]
@@ -498,8 +502,10 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_pb2.ListProvidersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.ListProvidersResponse, _abc.Awaitable[_gateway_pb2.ListProvidersResponse]]:
-        """Admin: every provider in the registry (those in one status if given).
-        Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (status),
+        """Admin: every provider in the registry (those in one status if given), by
+        id, in pages of page_size when it is set.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT (status,
+        page_size below 0, a page_token that is not one this status gave),
         UNIMPLEMENTED (no store).
         """
 

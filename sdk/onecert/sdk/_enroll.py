@@ -24,6 +24,7 @@ the gateway said (``enrollment.json``).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -198,7 +199,10 @@ async def join(
         except grpc.aio.AioRpcError as exc:
             raise GatewayError.of(exc) from None
     issued = certificate_of(response.certificate)
-    _write(
+    # Five files, each synced to disk: off the event loop, so a process that
+    # serves while it joins (or many providers in one process) never stalls.
+    await asyncio.to_thread(
+        _write,
         credentials,
         key_pem(key),
         issued,

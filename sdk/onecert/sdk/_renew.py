@@ -83,7 +83,13 @@ class CertificateRenewer(AsyncResource):
         target = self._gateway or state.gateway_address
         async with ProviderGatewayClient(target, tls=credentials.gateway_tls()) as gateway:
             issued = await gateway.renew_certificate(make_csr(state.provider_id, key))
-        credentials.save(key=key_pem(key), chain=issued.chain_pem, ca_bundle=issued.ca_bundle_pem)
+        # Synced file writes: off the event loop, so the calls being served go on.
+        await asyncio.to_thread(
+            credentials.save,
+            key=key_pem(key),
+            chain=issued.chain_pem,
+            ca_bundle=issued.ca_bundle_pem,
+        )
         for client in self._clients:
             client.reload_tls(credentials.gateway_tls())
         self.renewals += 1

@@ -108,6 +108,7 @@ class Enrollment:
             timeout=enrollment.gate_timeout_s,
             call_timeout=enrollment.gate_call_timeout_s,
             max_concurrent=enrollment.max_concurrent_gates,
+            max_waiting=enrollment.max_waiting_gates,
             clock=clock,
         )
         self.service = EnrollmentService(

@@ -8,11 +8,18 @@ expecting the provider's federation certificate
 gateway's warrant key. The run is bounded (``enrollment.gate_timeout_s``) and
 so is the number of runs at once (``enrollment.max_concurrent_gates``): a run
 that does not finish in time is a failed gate that says so.
+
+A request that finds every slot taken waits for one, in arrival order, up to
+``enrollment.max_waiting_gates`` waiting; past that it is refused
+RESOURCE_EXHAUSTED with a ``retry-after-ms`` hint of the expected wait (from
+how long recent runs took), so a burst of joins is served as fast as the
+slots allow instead of sleeping on a fixed hint.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,6 +37,11 @@ from onecert.sdk.conformance import Report, check_provider
 __all__ = ["Gate", "GateFailure", "GateOutcome"]
 
 _log = structlog.get_logger("onecert.gateway.enrollment")
+
+# How much a finished run moves the estimate of a run's length (for the hint).
+_RUN_WEIGHT = 0.2
+# The hint's floor, in seconds: asking again sooner only costs the gateway a refusal.
+_MIN_HINT_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -83,7 +95,9 @@ class Gate:
             for providers; None: plaintext (development mode only).
         timeout: seconds one run may take in all.
         call_timeout: deadline of each call of the run.
-        max_concurrent: runs at once; one more is refused RESOURCE_EXHAUSTED.
+        max_concurrent: runs at once.
+        max_waiting: requests that wait for a slot; one more is refused
+            RESOURCE_EXHAUSTED (0: refuse as soon as every slot is taken).
         clock: the current time (aware).
     """
 
@@ -96,6 +110,7 @@ class Gate:
         timeout: float,
         call_timeout: float,
         max_concurrent: int,
+        max_waiting: int = 0,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         self._warrant_key = warrant_key
@@ -104,6 +119,11 @@ class Gate:
         self._timeout = timeout
         self._call_timeout = call_timeout
         self._slots = asyncio.Semaphore(max_concurrent)
+        self._max_concurrent = max_concurrent
+        self._max_waiting = max_waiting
+        self._waiting = 0
+        # The length of a run, estimated from the last ones (a moving average).
+        self._run_s = call_timeout
         self._clock = clock or (lambda: datetime.now(UTC))
 
     def _tls(self, provider_id: str) -> ClientTLS | None:
@@ -120,40 +140,27 @@ class Gate:
     async def run(self, provider_id: str, address: str) -> GateOutcome:
         """Check the provider at ``address``; a failed outcome says why (never raises for it).
 
+        Waits for a slot when ``max_concurrent`` runs are going on.
+
         Raises:
-            Refusal: RESOURCE_EXHAUSTED when ``max_concurrent`` runs are going on.
+            Refusal: RESOURCE_EXHAUSTED when ``max_waiting`` requests already wait.
         """
-        if self._slots.locked():
+        if self._slots.locked() and self._waiting >= self._max_waiting:
             raise Refusal(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 "the gateway is running as many conformance gates as it may; ask again shortly",
                 reason="gate_busy",
-                trailing_metadata=(("retry-after-ms", str(int(self._timeout * 250))),),
+                trailing_metadata=(("retry-after-ms", str(int(self._hint_s() * 1000))),),
             )
-        async with self._slots:
-            started = self._clock()
-            try:
-                async with asyncio.timeout(self._timeout):
-                    report = await check_provider(
-                        target=address,
-                        warrant_key=self._warrant_key,
-                        issuer=self._issuer,
-                        provider_id=provider_id,
-                        tls=self._tls(provider_id),
-                        call_timeout=self._call_timeout,
-                    )
-            except TimeoutError:
-                outcome = GateOutcome.not_run(
-                    started,
-                    f"the conformance run against {address} did not finish within "
-                    f"{self._timeout:g} s",
-                )
-            except ValueError as exc:
-                outcome = GateOutcome.not_run(
-                    started, f"the conformance run could not start: {exc}"
-                )
-            else:
-                outcome = GateOutcome.of_report(report, started)
+        self._waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            outcome = await self._checked(provider_id, address)
+        finally:
+            self._slots.release()
         _log.info(
             "gate.ran",
             provider=provider_id,
@@ -161,4 +168,36 @@ class Gate:
             failed=outcome.checks_failed,
             skipped=outcome.checks_skipped,
         )
+        return outcome
+
+    def _hint_s(self) -> float:
+        """How long until a slot is likely free for one more request, in seconds."""
+        rounds = (self._waiting + self._max_concurrent) / self._max_concurrent
+        return min(max(_MIN_HINT_S, rounds * self._run_s), self._timeout / 4)
+
+    async def _checked(self, provider_id: str, address: str) -> GateOutcome:
+        """One conformance run, bounded by the gate's timeout."""
+        started = self._clock()
+        clock = time.monotonic()
+        try:
+            async with asyncio.timeout(self._timeout):
+                report = await check_provider(
+                    target=address,
+                    warrant_key=self._warrant_key,
+                    issuer=self._issuer,
+                    provider_id=provider_id,
+                    tls=self._tls(provider_id),
+                    call_timeout=self._call_timeout,
+                )
+        except TimeoutError:
+            outcome = GateOutcome.not_run(
+                started,
+                f"the conformance run against {address} did not finish within {self._timeout:g} s",
+            )
+        except ValueError as exc:
+            outcome = GateOutcome.not_run(started, f"the conformance run could not start: {exc}")
+        else:
+            outcome = GateOutcome.of_report(report, started)
+        elapsed = time.monotonic() - clock
+        self._run_s += _RUN_WEIGHT * (elapsed - self._run_s)
         return outcome

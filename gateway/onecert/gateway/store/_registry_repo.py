@@ -141,13 +141,23 @@ class RegistryRepository:
         return None if row is None else _entry(row)
 
     async def list(
-        self, *, status: RegistryStatus | None = None, kind: EntryKind = EntryKind.PROVIDER
+        self,
+        *,
+        status: RegistryStatus | None = None,
+        kind: EntryKind = EntryKind.PROVIDER,
+        after: str | None = None,
+        limit: int | None = None,
     ) -> Sequence[RegistryEntry]:
-        """Every entry of ``kind`` (only those in ``status`` when given), by id."""
+        """Every entry of ``kind`` (only those in ``status`` when given), by id: those
+        whose id sorts after ``after`` when given, at most ``limit`` when given."""
         c = registry_entries.c
         stmt = select(registry_entries).where(c.kind == kind.value).order_by(c.id)
         if status is not None:
             stmt = stmt.where(c.status == status.value)
+        if after is not None:
+            stmt = stmt.where(c.id > after)
+        if limit is not None:
+            stmt = stmt.limit(limit)
         async with self._db.read() as conn:
             return [_entry(r) for r in await fetch_all(conn, stmt)]
 

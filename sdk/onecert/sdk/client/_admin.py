@@ -228,14 +228,22 @@ class AdminGatewayClient(ClientBase):
         self,
         *,
         status: ProviderStatus | None = None,
-        timeout: float = 30.0,  # noqa: ASYNC109 - the gRPC deadline
+        page_size: int = 500,
+        timeout: float = 30.0,  # noqa: ASYNC109 - the gRPC deadline of each page
     ) -> tuple[ProviderRecord, ...]:
-        """Every provider in the registry (those in ``status`` when given), by id."""
-        request = gateway_pb2.ListProvidersRequest()
+        """Every provider in the registry (those in ``status`` when given), by id,
+        fetched ``page_size`` at a time (contract A-9; a gateway without paging
+        answers all at once)."""
+        request = gateway_pb2.ListProvidersRequest(page_size=page_size)
         if status is not None:
             request.status = status.pb
-        response = await self._unary(self._stub.ListProviders, request, timeout=timeout)
-        return tuple(record_from_pb(r) for r in response.providers)
+        records: list[ProviderRecord] = []
+        while True:
+            response = await self._unary(self._stub.ListProviders, request, timeout=timeout)
+            records += [record_from_pb(r) for r in response.providers]
+            if not response.next_page_token:
+                return tuple(records)
+            request.page_token = response.next_page_token
 
     async def get_provider(
         self,

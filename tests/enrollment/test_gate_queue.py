@@ -1,0 +1,110 @@
+"""The gate's slots: a request that finds every slot busy waits its turn, and only one past
+``max_waiting`` is refused, with a hint of how long to wait."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from onecert.gateway._refusal import Refusal
+from onecert.gateway.enrollment import Gate
+from onecert.gateway.testing import FederationKeys
+from onecert.sdk import Binding, Provider, Server, UnbindRequest, UnbindResult
+
+ID = "slow-forum"
+
+
+class _Held:
+    """A provider whose lookups wait until released (so a gate run stays in progress)."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+        self.provider = Provider(provider_id=ID, name="Slow Forum", category="forum")
+
+        @self.provider.list_bindings
+        async def list_bindings(msisdn: str) -> list[Binding]:
+            self.entered.set()
+            await self.release.wait()
+            return []
+
+        @self.provider.unbind
+        async def unbind(request: UnbindRequest) -> UnbindResult:
+            return UnbindResult.rejected("no such account")
+
+
+@pytest.fixture
+async def held(enroll_keys: FederationKeys) -> AsyncIterator[tuple[_Held, Server]]:
+    site = _Held()
+    server = Server(site.provider, gateway_keys=enroll_keys.gateway_jwks, insecure=True, grace=0.1)
+    await server.start()
+    yield site, server
+    site.release.set()
+    await server.shutdown(0)
+
+
+def _gate(keys: FederationKeys, *, max_waiting: int) -> Gate:
+    return Gate(
+        warrant_key=keys.warrant,
+        issuer="onecert-gateway",
+        upstream_tls=None,
+        timeout=30.0,
+        call_timeout=5.0,
+        max_concurrent=1,
+        max_waiting=max_waiting,
+    )
+
+
+async def test_a_request_finding_the_slots_busy_waits_its_turn_and_passes(
+    enroll_keys: FederationKeys, held: tuple[_Held, Server]
+) -> None:
+    """With one slot taken, the next request waits (no refusal) and runs once the first ends."""
+    site, server = held
+    gate = _gate(enroll_keys, max_waiting=1)
+    first = asyncio.create_task(gate.run(ID, server.address))
+    await asyncio.wait_for(site.entered.wait(), 10)
+    second = asyncio.create_task(gate.run(ID, server.address))
+    await asyncio.sleep(0.2)
+    assert not second.done()
+    site.release.set()
+    outcomes = await asyncio.wait_for(asyncio.gather(first, second), 30)
+    assert all(o.passed for o in outcomes), [o.failures for o in outcomes]
+
+
+async def test_one_request_past_the_waiting_room_is_refused_with_a_hint(
+    enroll_keys: FederationKeys, held: tuple[_Held, Server]
+) -> None:
+    """Slot and waiting room full: RESOURCE_EXHAUSTED at once, with a positive retry-after-ms
+    no longer than a quarter of the gate's timeout."""
+    site, server = held
+    gate = _gate(enroll_keys, max_waiting=1)
+    first = asyncio.create_task(gate.run(ID, server.address))
+    await asyncio.wait_for(site.entered.wait(), 10)
+    waiting = asyncio.create_task(gate.run(ID, server.address))
+    await asyncio.sleep(0)
+    with pytest.raises(Refusal) as refused:
+        await gate.run(ID, server.address)
+    assert refused.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    hint = dict(refused.value.trailing_metadata)["retry-after-ms"]
+    assert 0 < int(hint) <= 30_000 / 4
+    site.release.set()
+    outcomes = await asyncio.wait_for(asyncio.gather(first, waiting), 30)
+    assert all(o.passed for o in outcomes)
+
+
+async def test_without_a_waiting_room_a_busy_gate_refuses_at_once(
+    enroll_keys: FederationKeys, held: tuple[_Held, Server]
+) -> None:
+    """``max_waiting = 0``: the request that finds the slot taken is refused (the old rule)."""
+    site, server = held
+    gate = _gate(enroll_keys, max_waiting=0)
+    first = asyncio.create_task(gate.run(ID, server.address))
+    await asyncio.wait_for(site.entered.wait(), 10)
+    with pytest.raises(Refusal) as refused:
+        await gate.run(ID, server.address)
+    assert refused.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    site.release.set()
+    assert (await asyncio.wait_for(first, 30)).passed
