@@ -17,6 +17,7 @@ from typing import TypeVar
 import grpc
 import structlog
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 __all__ = ["AuditNote", "CheckError", "Refusal", "invalid", "store_call"]
 
@@ -85,10 +86,15 @@ def invalid(message: str) -> Refusal:
 
 
 async def store_call(call: Awaitable[_T], what: str) -> _T:
-    """Await a store call; a database that cannot be reached refuses with UNAVAILABLE."""
+    """Await a store call; a database that cannot be reached refuses with UNAVAILABLE.
+
+    Unreachable includes busy: every pooled connection in use past
+    ``[store] timeout_s`` (SQLAlchemy's pool timeout) is answered the same way,
+    not as an unexpected error.
+    """
     try:
         return await call
-    except (DBAPIError, OSError) as exc:
+    except (DBAPIError, PoolTimeoutError, OSError) as exc:
         _log.error("store.unavailable", what=what, error=type(exc).__name__)
         raise Refusal(
             grpc.StatusCode.UNAVAILABLE,
