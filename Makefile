@@ -14,9 +14,12 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-## Run the whole test suite (PostgreSQL tests run when ONECERT_TEST_PG_URL is set).
+## Run the whole test suite (PostgreSQL tests run when ONECERT_TEST_PG_URL is set), its
+## files spread over TEST_WORKERS processes (pytest-xdist; one per core by default, 0 for
+## one process). Each file runs whole on one worker, so module fixtures start once.
+TEST_WORKERS ?= auto
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 ## Start a development federation on SQLite and run a citizen's lookup.
 demo: setup

@@ -98,3 +98,14 @@ async def store(database: Database) -> AsyncIterator[Store]:
 def _private_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test keeps `onecert lookup`'s numbered rows in its own directory, not the user's."""
     monkeypatch.setenv("ONECERT_STATE_DIR", str(tmp_path / "state"))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files with a test marked ``slow`` run first, the rest in their usual order.
+
+    ``make test`` hands whole files to its workers in this order (pytest-xdist,
+    ``--dist loadfile``): the longest files start early, side by side, instead of
+    one of them running on alone at the end while the other workers idle.
+    """
+    slow = {item.path for item in items if item.get_closest_marker("slow") is not None}
+    items.sort(key=lambda item: item.path not in slow)  # stable: file order kept within each

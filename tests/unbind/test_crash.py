@@ -76,6 +76,7 @@ async def test_sigkill_mid_delivery_then_restart_finishes_every_ticket(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(180)  # five gateway processes start one after another
 async def test_tickets_of_a_provider_down_past_their_lifetime_end_failed_across_kills(
     env: UnbindWorld, tmp_path: Path
 ) -> None:
