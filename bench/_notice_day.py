@@ -35,7 +35,7 @@ from bench._cluster import (
     write_gateway_config,
 )
 from bench._notices import pg_schema
-from bench._procs import Processes, cpu_seconds
+from bench._procs import Processes, cpu_seconds, settled_cpu
 from bench._report import Row, ScenarioResult
 from onecert.gateway._handles import load_handle_key
 from onecert.gateway.routing import FilterSealer, derive_filter_key, derive_routing_key
@@ -115,6 +115,8 @@ async def run_notice_day(ctx: Context) -> ScenarioResult:
                     carrier_prefixes=["+86"],
                 )
                 gateway = start_gateway(procs, "gateway-notice-day", config)
+                # Its start-up work over first (the Describe check of every provider).
+                quiet_after = await settled_cpu(gateway.pid, timeout_s=300.0)
                 cpu_before = cpu_seconds(gateway.pid)
                 sent = await _report_all(gateway.address, plan, rate)
                 drained = await _drain(store)
@@ -123,7 +125,12 @@ async def run_notice_day(ctx: Context) -> ScenarioResult:
             finally:
                 await store.close()
                 await sink.stop()
-    figures.update(sent, drained_s=round(drained, 1), gateway_cpu_s=round(cpu, 1))
+    figures.update(
+        sent,
+        drained_s=round(drained, 1),
+        gateway_cpu_s=round(cpu, 1),
+        waited_for_quiet_s=round(quiet_after, 1),
+    )
     _rows(result, figures, rate)
     result.details["figures"] = figures
     return result

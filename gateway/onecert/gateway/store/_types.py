@@ -163,7 +163,8 @@ class Notice:
 
     ``msisdn`` is kept because each delivery's SET names the number;
     ``providers`` is how many deliveries the notice has (the providers it
-    was routed to); ``seq`` is its place in the notice log.
+    was routed to; None when the read that built it did not count them, as
+    the push workers' does); ``seq`` is its place in the notice log.
     """
 
     notice_id: str
@@ -176,7 +177,7 @@ class Notice:
     quiet_period_ends_at: datetime | None
     deadline: datetime
     recorded_at: datetime
-    providers: int
+    providers: int | None
     seq: int = 0
 
 
