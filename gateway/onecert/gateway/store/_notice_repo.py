@@ -321,7 +321,6 @@ def _delivery_row(
         "state": DeliveryState.PENDING.value,
         "attempts": 0,
         "created_at": now,
-        "next_attempt_at": now,
     }
 
 

@@ -197,9 +197,6 @@ class Delivery:
     state: DeliveryState
     attempts: int
     created_at: datetime
-    next_attempt_at: datetime
-    lease_owner: str | None
-    lease_until: datetime | None
     last_error: str | None
     delivered_at: datetime | None
     acknowledged_at: datetime | None
