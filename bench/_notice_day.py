@@ -114,7 +114,8 @@ async def run_notice_day(ctx: Context) -> ScenarioResult:
                     store_schema=schema,
                     carrier_prefixes=["+86"],
                 )
-                gateway = start_gateway(procs, "gateway-notice-day", config)
+                # Seeding 20,000 providers takes a while on a busy machine.
+                gateway = start_gateway(procs, "gateway-notice-day", config, timeout=600.0)
                 # Its start-up work over first (the Describe check of every provider).
                 quiet_after = await settled_cpu(gateway.pid, timeout_s=300.0)
                 cpu_before = cpu_seconds(gateway.pid)
