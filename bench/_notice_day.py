@@ -59,6 +59,7 @@ _DEV_PRINCIPAL = "x-onecert-dev-principal"
 _TABLES = ("number_events", "deliveries", "notice_cursors", "notice_head")
 _DRAIN_TIMEOUT_S = 600.0
 _IN_FLIGHT = 32
+_ATTEMPTS = 5
 # Filters sized for one false positive in a million: at 1% (the SDK's default)
 # each notice would also reach 1% of every registered provider (200 of 20,000).
 FP_RATE = 1e-6
@@ -235,6 +236,7 @@ async def _report_all(
     """Report every event, paced at ``rate`` per second (at most ``_IN_FLIGHT`` at once)."""
     gate = asyncio.Semaphore(_IN_FLIGHT)
     latencies: list[float] = []
+    retries: list[int] = []
     effective = datetime.now(UTC) - timedelta(minutes=1)
     run = secrets.token_hex(4)
     async with open_channel(address, tls=None) as channel:
@@ -249,9 +251,23 @@ async def _report_all(
             request.effective_at.FromDatetime(effective)
             async with gate:
                 began = time.perf_counter()
-                await stub.ReportNumberEvent(
-                    request, timeout=60, metadata=((_DEV_PRINCIPAL, f"carrier:{CARRIER_ID}"),)
-                )
+                for attempt in range(_ATTEMPTS):
+                    try:
+                        await stub.ReportNumberEvent(
+                            request,
+                            timeout=60,
+                            metadata=((_DEV_PRINCIPAL, f"carrier:{CARRIER_ID}"),),
+                        )
+                        break
+                    except grpc.aio.AioRpcError as exc:
+                        # As a carrier would: UNAVAILABLE (the store busy) is tried again.
+                        if (
+                            exc.code() is not grpc.StatusCode.UNAVAILABLE
+                            or attempt + 1 == _ATTEMPTS
+                        ):
+                            raise
+                        retries.append(i)
+                        await asyncio.sleep(1.0)
                 latencies.append(time.perf_counter() - began)
 
         started = time.perf_counter()
@@ -267,6 +283,7 @@ async def _report_all(
         "events_per_s": round(len(plan) / took, 1),
         "report_call_ms_p50": round(1000 * statistics.median(latencies), 1),
         "report_call_ms_p99": round(1000 * latencies[int(0.99 * (len(latencies) - 1))], 1),
+        "report_retries": len(retries),
     }
 
 

@@ -58,12 +58,19 @@ async def run_notices(ctx: Context) -> ScenarioResult:
     result = ScenarioResult(
         "notices",
         f"One recycled-number notice pushed to {n} providers until all acknowledged",
-        params={"providers": n, "workers": 2, "batch": 100, "postgresql": bool(ctx.pg_url)},
+        params={
+            "providers": n,
+            "workers": 2,
+            "batch": 100,
+            "in_flight": 1000,
+            "postgresql": bool(ctx.pg_url),
+        },
     )
     result.notes += [
         "gateway: ReportNumberEvent from the carrier, then its push workers (default "
         "[notices]: 2 workers, each leasing up to `batch` providers' cursors at once and "
-        "settling them in one transaction; one ReceiveEvents call per provider) until every "
+        "leasing more while those pushes run, up to `in_flight` = 1000 at once; finished "
+        "pushes settled in group commits; one ReceiveEvents call per provider) until every "
         "delivery is ACKNOWLEDGED; timed from the report to the last acknowledgement seen "
         "in the store, once the gateway is quiet after its start (its Describe check of "
         "every provider over)",

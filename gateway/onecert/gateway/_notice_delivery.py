@@ -61,8 +61,10 @@ _log = structlog.get_logger("onecert.gateway.notice_delivery")
 _LOOP_ERROR_PAUSE_S = 1.0
 
 
-# At most this many providers' results in one group commit.
-_GROUP_MAX = 1000
+# At most this many providers' results in one group commit: a group holds
+# its providers' cursors (and the audit chain, for actions reported) until it
+# commits, and a notice routed to one of them waits for it.
+_GROUP_MAX = 250
 
 
 class GroupCommit:
