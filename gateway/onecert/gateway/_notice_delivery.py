@@ -193,7 +193,9 @@ class NoticePusher:
         await asyncio.gather(*tasks[1:], *pushes, return_exceptions=True)
         self._commits.close()
         await asyncio.gather(tasks[0], return_exceptions=True)
+        # Ready to start again: nothing in flight (the pushes cut short hold leases).
         self._commits = GroupCommit(self._commit)
+        self._in_flight = 0
 
     async def _dispatch(self) -> None:
         """One worker: lease due providers, start a push to each, and go on leasing
