@@ -165,3 +165,20 @@ async def test_results_that_finish_during_a_commit_share_the_next_one() -> None:
     commits.close()
     await asyncio.wait_for(runner, 5)
     assert groups == [["a"], ["b", "c", "d"]]
+
+
+async def test_a_group_holds_a_bounded_number_of_notices() -> None:
+    """Providers with many notices each are split over several groups (each group holds
+    its providers' cursors until it commits), never splitting one provider's results."""
+    groups: list[list[str]] = []
+
+    async def record(group: Sequence[Settlement]) -> None:
+        groups.append([s.cursor.provider_id for s in group])
+
+    commits = GroupCommit(record)
+    for provider_id in ("a", "b", "c"):
+        many = _settlement(provider_id)
+        commits.put(replace(many, results=list(many.results) * 200))
+    commits.close()
+    await asyncio.wait_for(commits.run(), 5)
+    assert groups == [["a", "b"], ["c"]]

@@ -61,10 +61,12 @@ _log = structlog.get_logger("onecert.gateway.notice_delivery")
 _LOOP_ERROR_PAUSE_S = 1.0
 
 
-# At most this many providers' results in one group commit: a group holds
-# its providers' cursors (and the audit chain, for actions reported) until it
-# commits, and a notice routed to one of them waits for it.
+# At most this many providers, and about this many notices (at least one
+# provider's), in one group commit: a group holds its providers' cursors (and
+# the audit chain, for actions reported) until it commits, and a notice being
+# routed to one of them waits for it.
 _GROUP_MAX = 250
+_GROUP_NOTICES = 250
 
 
 class GroupCommit:
@@ -101,8 +103,13 @@ class GroupCommit:
         self._ready.set()
 
     async def flush(self) -> None:
-        """Record what is waiting now (at most ``_GROUP_MAX``; the rest next time)."""
-        group, self._waiting = self._waiting[:_GROUP_MAX], self._waiting[_GROUP_MAX:]
+        """Record what is waiting now (within the group's limits; the rest next time)."""
+        size, notices = 0, 0
+        for size, settlement in enumerate(self._waiting[:_GROUP_MAX], 1):  # noqa: B007 - size after the loop
+            notices += len(settlement.results)
+            if notices >= _GROUP_NOTICES:
+                break
+        group, self._waiting = self._waiting[:size], self._waiting[size:]
         if not self._waiting:
             self._ready.clear()
         if group:
