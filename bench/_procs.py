@@ -7,6 +7,7 @@ still alive after a timeout: a failed scenario leaves nothing behind.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -65,6 +66,23 @@ def cpu_seconds(pid: int) -> float:
     fields = text.rsplit(")", 1)[1].split()
     # utime and stime are fields 14 and 15 of the whole line.
     return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+async def settled_cpu(
+    pid: int, *, window_s: float = 0.5, busy: float = 0.05, timeout_s: float = 30.0
+) -> float:
+    """Wait until a process is quiet (less than ``busy`` of a core over ``window_s``:
+    its start-up work, such as the gateway's ``Describe`` check of every provider,
+    is over), at most ``timeout_s``; returns the seconds waited."""
+    began = time.perf_counter()
+    last = cpu_seconds(pid)
+    while time.perf_counter() - began < timeout_s:
+        await asyncio.sleep(window_s)
+        now = cpu_seconds(pid)
+        if now - last < busy * window_s:
+            break
+        last = now
+    return time.perf_counter() - began
 
 
 def rss_bytes(pid: int) -> int:

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, func, insert, inspect, select
+from sqlalchemy import Connection, String, column, func, insert, inspect, select, table
 
 from onecert.gateway.store import Store, normalize_url
 from onecert.gateway.store._engine import MIGRATION_LOCK
-from onecert.gateway.store._models import deliveries, metadata, number_events
+from onecert.gateway.store._models import UTCDateTime, metadata, number_events
 from onecert.gateway.store.testing import Database
 from tests.store.test_notice_cursors import positions
 from tests.store.test_notices import _record as record_notice
@@ -140,6 +140,16 @@ async def test_upgrade_creates_a_missing_schema(pg_url: str) -> None:
             await store.close()
 
 
+# The deliveries table as revisions 0001 to r0005 have it (with per-copy push state).
+_OLD_DELIVERIES = table(
+    "deliveries",
+    *(column(name, String()) for name in ("jti", "notice_id", "provider_id", "mode", "state")),
+    column("attempts"),
+    column("created_at", UTCDateTime()),
+    column("next_attempt_at", UTCDateTime()),
+)
+
+
 async def test_the_notice_log_migration_moves_existing_notices_over(database: Database) -> None:
     """Notices and deliveries written before the notice log get their seq in recording
     order, and each provider a cursor just below its first unsettled notice."""
@@ -165,7 +175,7 @@ async def test_the_notice_log_migration_moves_existing_notices_over(database: Da
                 )
                 for provider_id, state in (("pay", "ACKNOWLEDGED"), ("chat", "PENDING")):
                     await conn.execute(
-                        insert(deliveries).values(
+                        insert(_OLD_DELIVERIES).values(
                             jti=f"{notice_id}-{provider_id}",
                             notice_id=notice_id,
                             provider_id=provider_id,

@@ -295,9 +295,12 @@ class NoticesConfig:
     clock_skew_s: float = setting(60.0, seconds=True, allow_zero=True)
     # Push delivery: concurrent workers; each leases up to `batch` providers'
     # cursors at once and sends each up to `batch` notices in one ReceiveEvents
-    # call (never more than 64 KiB); the lease on a provider's cursor.
+    # call (never more than 64 KiB), without waiting for the pushes it started
+    # (at most `in_flight` of them); the lease on a provider's cursor.
     workers: int = setting(2, minimum=0)
     batch: int = setting(100, minimum=1, maximum=1000)
+    # Providers being pushed to at once by this process (all workers together).
+    in_flight: int = setting(1000, minimum=1, maximum=100000)
     lease_s: float = setting(60.0, seconds=True)
     # How often idle workers look for due pushes (new notices wake them).
     check_interval_s: float = setting(1.0, seconds=True)

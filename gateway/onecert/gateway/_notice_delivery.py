@@ -11,6 +11,12 @@ a refusal ends it as FAILED, received; a transient failure backs the
 provider off with exponential backoff and jitter; the notice's deadline
 ends it as FAILED, never received, which the compliance report counts
 apart from notices received and ignored.
+
+A worker does not wait for the pushes it started: it leases more providers
+while they run (up to ``in_flight`` pushes per process), and each finished
+push is recorded in a group commit (:class:`GroupCommit`): the results of
+every push that finished while the previous transaction was written (many
+providers' notices and cursors) go into the next one.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import os
 import random
 import secrets
 import socket
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
 
 import grpc
@@ -46,13 +52,68 @@ from onecert.gateway.store._registry_types import RegistryStatus
 from onecert.sdk._set import SetIssuer
 from onecert.v1 import provider_pb2, provider_pb2_grpc
 
-__all__ = ["NoticePusher"]
+__all__ = ["GroupCommit", "NoticePusher"]
 
 _log = structlog.get_logger("onecert.gateway.notice_delivery")
 
 # After an unexpected failure of the loop itself (database down), pause
 # before trying again rather than spin.
 _LOOP_ERROR_PAUSE_S = 1.0
+
+
+# At most this many providers, and about this many notices (at least one
+# provider's), in one group commit: a group holds its providers' cursors (and
+# the audit chain, for actions reported) until it commits, and a notice being
+# routed to one of them waits for it.
+_GROUP_MAX = 250
+_GROUP_NOTICES = 250
+
+
+class GroupCommit:
+    """Results recorded in group commits: whatever finished while the previous
+    transaction was being written goes into the next one, so a thousand
+    providers answering at once cost a few transactions, not a thousand.
+
+    Args:
+        record: writes one group (one transaction).
+    """
+
+    def __init__(self, record: Callable[[Sequence[Settlement]], Awaitable[None]]) -> None:
+        self._record = record
+        self._waiting: list[Settlement] = []
+        self._ready = asyncio.Event()
+        self._closing = False
+
+    def put(self, settlement: Settlement) -> None:
+        """Queue one provider's result for the next group."""
+        self._waiting.append(settlement)
+        self._ready.set()
+
+    async def run(self) -> None:
+        """Record the groups, one after the other, until :meth:`close` and nothing waits."""
+        while True:
+            await self._ready.wait()
+            await self.flush()
+            if self._closing and not self._waiting:
+                return
+
+    def close(self) -> None:
+        """Let :meth:`run` end once what is waiting is recorded."""
+        self._closing = True
+        self._ready.set()
+
+    async def flush(self) -> None:
+        """Record what is waiting now (within the group's limits; the rest next time)."""
+        size, notices = 0, 0
+        for size, settlement in enumerate(self._waiting[:_GROUP_MAX], 1):  # noqa: B007 - size after the loop
+            notices += len(settlement.results)
+            if notices >= _GROUP_NOTICES:
+                break
+        group, self._waiting = self._waiting[:size], self._waiting[size:]
+        if not self._waiting:
+            self._ready.clear()
+        if group:
+            await self._record(group)
 
 
 class NoticePusher:
@@ -106,40 +167,128 @@ class NoticePusher:
         # Providers that answered ReceiveEvents with UNIMPLEMENTED (this process).
         self._one_at_a_time: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        # Pushes started and not yet settled (or given up), and their tasks.
+        self._in_flight = 0
+        self._pushes: set[asyncio.Task[None]] = set()
+        self._settled = Doorbell()
+        self._commits = GroupCommit(self._commit)
 
     async def start(self) -> None:
-        """Start ``config.workers`` worker loops."""
+        """Start ``config.workers`` worker loops (and the one that records their results)."""
         if self._tasks:
             raise RuntimeError("the notice pusher is already started")
-        self._tasks = [
-            asyncio.create_task(self._loop(), name=f"notice-push-{i}")
+        if not self._config.workers:
+            return
+        self._tasks = [asyncio.create_task(self._commits.run(), name="notice-settle")]
+        self._tasks += [
+            asyncio.create_task(self._dispatch(), name=f"notice-push-{i}")
             for i in range(self._config.workers)
         ]
-        if self._tasks:
-            _log.info("notice_pusher.started", workers=len(self._tasks), worker_id=self.worker_id)
+        _log.info("notice_pusher.started", workers=self._config.workers, worker_id=self.worker_id)
 
     async def stop(self) -> None:
-        """Stop the loops. A batch cut short is pushed again once its cursor's
-        lease ends (providers recognise each ``jti``)."""
-        tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        """Stop the loops and the pushes in flight; record the results already in.
 
-    async def _loop(self) -> None:
+        A batch cut short is pushed again once its cursor's lease ends
+        (providers recognise each ``jti``)."""
+        tasks, self._tasks = self._tasks, []
+        if not tasks:
+            return
+        pushes = list(self._pushes)
+        for task in (*tasks[1:], *pushes):
+            task.cancel()
+        await asyncio.gather(*tasks[1:], *pushes, return_exceptions=True)
+        self._commits.close()
+        await asyncio.gather(tasks[0], return_exceptions=True)
+        # Ready to start again: nothing in flight (the pushes cut short hold leases).
+        self._commits = GroupCommit(self._commit)
+        self._in_flight = 0
+
+    async def _dispatch(self) -> None:
+        """One worker: lease due providers, start a push to each, and go on leasing
+        while they run (up to ``in_flight`` pushes of this process at once)."""
         while True:
+            room = min(self._config.batch, self._config.in_flight - self._in_flight)
+            if room <= 0:
+                await self._settled.wait(self._config.check_interval_s)
+                continue
+            self._in_flight += room  # reserved, so that two workers never overshoot
+            started = 0
             try:
-                claimed = await self.run_once()
+                started = await self._start_pushes(room)
             except Exception as exc:  # noqa: BLE001 - the loop outlives a database outage
                 _log.error("notice_pusher.failed", error=type(exc).__name__, detail=str(exc))
                 await asyncio.sleep(_LOOP_ERROR_PAUSE_S)
-                continue
-            if not claimed:
-                await self._doorbell.wait(self._config.check_interval_s)
+            finally:
+                self._in_flight -= room - started
+            if not started:
+                await self._nap()
+
+    async def _start_pushes(self, limit: int) -> int:
+        """Lease up to ``limit`` due providers and start one push task each; how many."""
+        claimed = await self._store.cursors.claim_due(
+            worker_id=self.worker_id,
+            limit=limit,
+            lease_s=self._config.lease_s,
+            now=self._clock(),
+        )
+        if not claimed:
+            return 0
+        waiting = await self._store.cursors.pending_for(claimed, limit=self._config.batch)
+        for cursor in claimed:
+            task = asyncio.create_task(self._push_task(cursor, waiting[cursor.provider_id]))
+            self._pushes.add(task)
+            task.add_done_callback(self._pushes.discard)
+        return len(claimed)
+
+    async def _push_task(self, cursor: NoticeCursor, batch: list[Delivery]) -> None:
+        try:
+            settlement = await self._deliver(cursor, batch)
+        except Exception as exc:  # noqa: BLE001 - its lease runs out and another attempt follows
+            _log.error(
+                "notice.push_crashed",
+                provider=cursor.provider_id,
+                error=type(exc).__name__,
+                detail=str(exc),
+            )
+            self._in_flight -= 1
+            self._settled.ring()
+            return
+        self._commits.put(settlement)
+
+    async def _commit(self, settled: Sequence[Settlement]) -> None:
+        """Record a group of finished pushes (the group commit's step); their places
+        in flight are free again, whatever happened."""
+        try:
+            await self._record(settled)
+        except Exception as exc:  # noqa: BLE001 - their leases run out and they are pushed again
+            _log.error(
+                "notice.settle_failed",
+                providers=len(settled),
+                error=type(exc).__name__,
+                detail=str(exc),
+            )
+        finally:
+            self._in_flight -= len(settled)
+            self._settled.ring()
+
+    async def _nap(self) -> None:
+        """Until a notice is recorded here, a push is settled (its provider may have
+        more), or ``check_interval_s`` (notices recorded elsewhere, backoffs ending)."""
+        timeout = self._config.check_interval_s
+        naps = {
+            asyncio.ensure_future(self._doorbell.wait(timeout)),
+            asyncio.ensure_future(self._settled.wait(timeout)),
+        }
+        try:
+            await asyncio.wait(naps, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for nap in naps:
+                nap.cancel()
 
     async def run_once(self) -> int:
         """Lease the providers with notices due, push one batch to each, settle them all
-        in one transaction; how many providers."""
+        in one transaction; how many providers (the workers' step, done at once)."""
         claimed = await self._store.cursors.claim_due(
             worker_id=self.worker_id,
             limit=self._config.batch,
@@ -166,22 +315,32 @@ class NoticePusher:
                 )
             else:
                 raise outcome
+        await self._record(settled)
+        return len(claimed)
+
+    async def _record(self, settled: Sequence[Settlement]) -> None:
+        """Settle finished pushes of many providers in one transaction, then tell."""
+        if not settled:
+            return
         audit = [row for s in settled for row in self._audit_rows(s.cursor.provider_id, s.results)]
         await self._store.cursors.settle_many(
             settled, worker_id=self.worker_id, now=self._clock(), audit=audit
         )
+        counts = dict.fromkeys(_OUTCOMES.values(), 0)
         for s in settled:
             for result in s.results:
+                counts[_OUTCOMES[result.state]] += 1
                 self.observer.notice_pushed(_OUTCOMES[result.state])
-            _log.info(
-                "notice.pushed",
-                provider=s.cursor.provider_id,
-                notices=len(s.results),
-                acknowledged=sum(r.state is DeliveryState.ACKNOWLEDGED for r in s.results),
-                failed=sum(r.state is DeliveryState.FAILED for r in s.results),
-                retry_at=None if s.retry_at is None else s.retry_at.isoformat(),
-            )
-        return len(claimed)
+            if s.retry_at is not None or any(r.state is DeliveryState.FAILED for r in s.results):
+                _log.info(
+                    "notice.pushed",
+                    provider=s.cursor.provider_id,
+                    notices=len(s.results),
+                    acknowledged=sum(r.state is DeliveryState.ACKNOWLEDGED for r in s.results),
+                    failed=sum(r.state is DeliveryState.FAILED for r in s.results),
+                    retry_at=None if s.retry_at is None else s.retry_at.isoformat(),
+                )
+        _log.info("notice.settled", providers=len(settled), **counts)
 
     async def _deliver(self, cursor: NoticeCursor, batch: list[Delivery]) -> Settlement:
         """One batch of the provider's notices past its cursor, and how it went."""

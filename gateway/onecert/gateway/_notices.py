@@ -272,7 +272,7 @@ class NoticeService:
                     "notice_id": notice.notice_id,
                     "event_type": kind.value,
                     "created": created,
-                    "providers": notice.providers,
+                    "providers": notice.providers or 0,  # counted: read with notice_query
                     "deadline": notice.deadline.isoformat(),
                     "history": history,
                 },
@@ -314,7 +314,7 @@ class NoticeService:
             history=history,
         )
         return gateway_pb2.ReportNumberEventResponse(
-            notice_id=notice.notice_id, created=created, providers=notice.providers
+            notice_id=notice.notice_id, created=created, providers=notice.providers or 0
         )
 
     def _addressees(

@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, func, or_, select, update
+from sqlalchemy import Select, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from onecert.gateway.store._audit_repo import AuditRepository
@@ -217,11 +217,16 @@ class NoticeCursorRepository:
         if not cursors:
             return {}
         d = deliveries.c
-        past = or_(*(and_(d.provider_id == c.provider_id, d.seq > c.acked_seq) for c in cursors))
+        # No pending notice lies at or below a cursor's acked_seq (advance_cursors
+        # and move_heads keep it so), so the provider and the state pick them.
         place = func.row_number().over(partition_by=d.provider_id, order_by=d.seq).label("place")
-        ranked = select(d.jti, place).where(d.state == _PENDING, past).subquery()
+        ranked = (
+            select(d.jti, place)
+            .where(d.provider_id.in_(sorted({c.provider_id for c in cursors})), d.state == _PENDING)
+            .subquery()
+        )
         stmt = (
-            delivery_query()
+            delivery_query(counted=False)
             .join(ranked, ranked.c.jti == d.jti)
             .where(ranked.c.place <= limit)
             .order_by(d.provider_id, d.seq)
@@ -322,48 +327,81 @@ class NoticeCursorRepository:
 async def _settle_results(
     conn: AsyncConnection, results: Sequence[PushResult], now: datetime
 ) -> None:
-    """Acknowledgements without an action in one statement, every other result in its own."""
+    """Every result, in at most five statements (one per kind of outcome, executemany)."""
     d = deliveries.c
-    plain = {
+    plain = sorted(
         r.jti
         for r in results
         if r.state is DeliveryState.ACKNOWLEDGED and r.bindings_removed is None
-    }
+    )
+    received = func.coalesce(d.delivered_at, instant(now))
     if plain:
         await conn.execute(
             update(deliveries)
-            .where(d.jti.in_(sorted(plain)), d.state == _PENDING)
+            .where(d.jti.in_(plain), d.state == _PENDING)
             .values(
                 state=DeliveryState.ACKNOWLEDGED.value,
-                delivered_at=func.coalesce(d.delivered_at, instant(now)),
+                delivered_at=received,
                 acknowledged_at=now,
                 attempts=d.attempts + 1,
             )
         )
-    for result in results:
-        if result.jti not in plain:
-            await _settle_one(conn, result, now)
-
-
-async def _settle_one(conn: AsyncConnection, result: PushResult, now: datetime) -> None:
-    d = deliveries.c
-    values: dict[str, Any]
-    if result.state is DeliveryState.ACKNOWLEDGED:
-        values = {
-            "state": result.state.value,
-            "delivered_at": func.coalesce(d.delivered_at, instant(now)),
-            "acknowledged_at": now,
-        }
-        if result.bindings_removed is not None:
-            values.update(acted_at=now, confirmed_at=now, bindings_removed=result.bindings_removed)
-    elif result.state is DeliveryState.FAILED:
-        values = {"state": result.state.value, "last_error": error_text(result.error or "failed")}
-        if result.received:
-            values["delivered_at"] = func.coalesce(d.delivered_at, instant(now))
-    else:
-        values = {"last_error": error_text(result.error or "retry")}
-    if result.state is not DeliveryState.FAILED or result.received:
-        values["attempts"] = d.attempts + 1  # it was pushed (given up: not pushed again)
-    await conn.execute(
-        update(deliveries).where(d.jti == result.jti, d.state == _PENDING).values(**values)
+    acted = [
+        {"b_jti": r.jti, "b_removed": r.bindings_removed}
+        for r in results
+        if r.state is DeliveryState.ACKNOWLEDGED and r.bindings_removed is not None
+    ]
+    await _each(
+        conn,
+        acted,
+        state=DeliveryState.ACKNOWLEDGED.value,
+        delivered_at=received,
+        acknowledged_at=now,
+        acted_at=now,
+        confirmed_at=now,
+        bindings_removed=bindparam("b_removed"),
+        attempts=d.attempts + 1,
     )
+    failed = [r for r in results if r.state is DeliveryState.FAILED]
+    # Refused: received (and pushed); given up: neither (not pushed again).
+    await _each(
+        conn,
+        [
+            {"b_jti": r.jti, "b_error": error_text(r.error or "failed")}
+            for r in failed
+            if r.received
+        ],
+        state=DeliveryState.FAILED.value,
+        last_error=bindparam("b_error"),
+        delivered_at=received,
+        attempts=d.attempts + 1,
+    )
+    await _each(
+        conn,
+        [
+            {"b_jti": r.jti, "b_error": error_text(r.error or "failed")}
+            for r in failed
+            if not r.received
+        ],
+        state=DeliveryState.FAILED.value,
+        last_error=bindparam("b_error"),
+    )
+    await _each(
+        conn,
+        [
+            {"b_jti": r.jti, "b_error": error_text(r.error or "retry")}
+            for r in results
+            if r.state is DeliveryState.PENDING
+        ],
+        last_error=bindparam("b_error"),
+        attempts=d.attempts + 1,  # it was pushed
+    )
+
+
+async def _each(conn: AsyncConnection, params: list[dict[str, Any]], **values: Any) -> None:
+    """One UPDATE of still-PENDING deliveries, run for each of ``params`` (``b_jti``...)."""
+    if not params:
+        return
+    d = deliveries.c
+    stmt = update(deliveries).where(d.jti == bindparam("b_jti"), d.state == _PENDING)
+    await conn.execute(stmt.values(**values), params)

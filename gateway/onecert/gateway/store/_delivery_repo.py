@@ -169,8 +169,6 @@ class DeliveryRepository:
                 state=DeliveryState.ACKNOWLEDGED.value,
                 acknowledged_at=now,
                 delivered_at=func.coalesce(d.delivered_at, instant(now)),
-                lease_owner=None,
-                lease_until=None,
             )
         )
         return int(result.rowcount)
@@ -186,8 +184,6 @@ class DeliveryRepository:
                 .values(
                     state=DeliveryState.FAILED.value,
                     last_error=error_text(errors[jti] or "refused by the provider"),
-                    lease_owner=None,
-                    lease_until=None,
                 )
             )
 
@@ -269,8 +265,6 @@ class DeliveryRepository:
                     state=DeliveryState.ACKNOWLEDGED.value,
                     acknowledged_at=now,
                     delivered_at=func.coalesce(d.delivered_at, instant(now)),
-                    lease_owner=None,
-                    lease_until=None,
                 )
             await conn.execute(update(deliveries).where(d.jti == jti).values(**values))
             if row.acknowledged_at is None:

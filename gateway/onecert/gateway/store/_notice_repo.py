@@ -321,7 +321,6 @@ def _delivery_row(
         "state": DeliveryState.PENDING.value,
         "attempts": 0,
         "created_at": now,
-        "next_attempt_at": now,
     }
 
 
@@ -345,20 +344,23 @@ async def move_heads(
     if not heads:
         return
     c = notice_cursors.c
-    stmt = db.insert(notice_cursors).values(
-        [
-            {
-                "provider_id": provider_id,
-                "mode": mode.value,
-                "acked_seq": low - 1,
-                "head_seq": high,
-                "attempts": 0,
-                "next_attempt_at": now,
-            }
-            for provider_id, mode, low, high in heads
-        ]
-    )
+    rows = [
+        {
+            "provider_id": provider_id,
+            "mode": mode.value,
+            "acked_seq": low - 1,
+            "head_seq": high,
+            "attempts": 0,
+            "next_attempt_at": now,
+        }
+        # In one order everywhere (as advance_cursors locks them): no deadlock.
+        for provider_id, mode, low, high in sorted(heads)
+    ]
+    stmt = db.insert(notice_cursors)
     new = stmt.excluded
+    # Executed once per row (one statement compiled once, sent in batches by
+    # the driver): a VALUES list of a thousand rows would be compiled afresh
+    # each time, and compiling it cost more than running it.
     await conn.execute(
         stmt.on_conflict_do_update(
             index_elements=[c.provider_id],
@@ -370,5 +372,6 @@ async def move_heads(
                 "head_seq": case((new.head_seq > c.head_seq, new.head_seq), else_=c.head_seq),
                 "acked_seq": case((new.acked_seq < c.acked_seq, new.acked_seq), else_=c.acked_seq),
             },
-        )
+        ),
+        rows,
     )

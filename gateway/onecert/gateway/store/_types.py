@@ -163,7 +163,8 @@ class Notice:
 
     ``msisdn`` is kept because each delivery's SET names the number;
     ``providers`` is how many deliveries the notice has (the providers it
-    was routed to); ``seq`` is its place in the notice log.
+    was routed to; None when the read that built it did not count them, as
+    the push workers' does); ``seq`` is its place in the notice log.
     """
 
     notice_id: str
@@ -176,7 +177,7 @@ class Notice:
     quiet_period_ends_at: datetime | None
     deadline: datetime
     recorded_at: datetime
-    providers: int
+    providers: int | None
     seq: int = 0
 
 
@@ -196,9 +197,6 @@ class Delivery:
     state: DeliveryState
     attempts: int
     created_at: datetime
-    next_attempt_at: datetime
-    lease_owner: str | None
-    lease_until: datetime | None
     last_error: str | None
     delivered_at: datetime | None
     acknowledged_at: datetime | None

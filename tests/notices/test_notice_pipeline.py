@@ -1,0 +1,184 @@
+"""Push workers do not wait for the pushes they start: a hung provider holds back only
+its own notices, at most ``in_flight`` pushes run at once, and finished pushes are
+recorded together (group commits)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import jwt
+
+from onecert.gateway._notice_delivery import GroupCommit
+from onecert.gateway.store import (
+    DeliveryMode,
+    DeliveryState,
+    NoticeCursor,
+    PushResult,
+    Settlement,
+)
+from onecert.v1 import provider_pb2
+from tests.notices.notices_support import RefusingProvider
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from tests.notices.notices_support import NoticeWorld
+
+
+class Gate:
+    """Shared by held providers: how many calls are inside now (and at most), and the
+    event that lets them answer."""
+
+    def __init__(self) -> None:
+        self.inside = 0
+        self.peak = 0
+        self.open = asyncio.Event()
+
+
+class HeldProvider(RefusingProvider):
+    """Acknowledges each batch once the gate opens; records every ``jti`` it got."""
+
+    def __init__(self, gate: Gate) -> None:
+        super().__init__(grpc.StatusCode.UNIMPLEMENTED)
+        self.gate = gate
+        self.jtis: list[str] = []
+
+    async def ReceiveEvents(  # noqa: N802 - the gRPC method name
+        self, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Any:
+        self.gate.inside += 1
+        self.gate.peak = max(self.gate.peak, self.gate.inside)
+        try:
+            await self.gate.open.wait()
+        finally:
+            self.gate.inside -= 1
+        results = []
+        for token in request.sets:
+            jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+            self.jtis.append(jti)
+            results.append(
+                provider_pb2.EventResult(
+                    jti=jti, response=provider_pb2.ReceiveEventResponse(acknowledged=True)
+                )
+            )
+        return provider_pb2.ReceiveEventsResponse(results=results)
+
+
+async def _held(world: NoticeWorld, provider_id: str, gate: Gate) -> HeldProvider:
+    fake = HeldProvider(gate)
+    await world._serve_fake(provider_id, fake)
+    return fake
+
+
+async def test_a_hung_provider_holds_back_only_its_own_notices(dev_world: NoticeWorld) -> None:
+    """While one provider's push hangs, another gets the next notices at once; the hung
+    one gets each notice once when it answers, the later ones in its next call."""
+    gate = Gate()
+    hung = await _held(dev_world, "hung", gate)
+    pay = await dev_world.counting_provider("pay")
+    notices = replace(dev_world.config().notices, push_deadline_s=30.0, lease_s=60.0)
+    gateway = await dev_world.gateway(notices=notices)
+    carrier = dev_world.caller(gateway, "carrier:cm")
+    first = await carrier.report("ev-1", dev_world.CM_NUMBER)
+
+    async def hung_called() -> bool:
+        return gate.inside == 1
+
+    await dev_world.eventually(hung_called, what="the push to the hung provider")
+    second = await carrier.report("ev-2", dev_world.CM_RANGE_NUMBER)
+
+    async def pay_has_both() -> bool:
+        found = [(await dev_world.deliveries(n.notice_id))["pay"] for n in (first, second)]
+        return all(d.state is DeliveryState.ACKNOWLEDGED for d in found)
+
+    await dev_world.eventually(pay_has_both, what="both notices acknowledged by pay")
+    assert gate.inside == 1  # still hung meanwhile
+    gate.open.set()
+
+    async def hung_has_both() -> bool:
+        found = [(await dev_world.deliveries(n.notice_id))["hung"] for n in (first, second)]
+        return all(d.state is DeliveryState.ACKNOWLEDGED for d in found)
+
+    await dev_world.eventually(hung_has_both, what="both notices acknowledged by hung")
+    expected = [(await dev_world.deliveries(n.notice_id))["hung"].jti for n in (first, second)]
+    assert hung.jtis == expected
+    assert set(pay.pushes.values()) == {1}
+    assert len(pay.pushes) == 2
+
+
+async def test_pushes_in_flight_are_bounded(dev_world: NoticeWorld) -> None:
+    """With ``in_flight = 2``, two workers never have more than two pushes running, and
+    every provider still gets its notice once."""
+    gate = Gate()
+    held = [await _held(dev_world, f"p{i}", gate) for i in range(5)]
+    notices = replace(dev_world.config().notices, workers=2, in_flight=2, push_deadline_s=30.0)
+    gateway = await dev_world.gateway(notices=notices)
+    answer = await dev_world.caller(gateway, "carrier:cm").report("ev-1", dev_world.CM_NUMBER)
+
+    async def two_inside() -> bool:
+        return gate.inside == 2
+
+    await dev_world.eventually(two_inside, what="two pushes running")
+    await asyncio.sleep(0.3)  # room for a third, were it allowed
+    assert gate.peak == 2
+    gate.open.set()
+
+    async def all_acknowledged() -> bool:
+        found = await dev_world.deliveries(answer.notice_id)
+        return all(d.state is DeliveryState.ACKNOWLEDGED for d in found.values())
+
+    await dev_world.eventually(all_acknowledged, what="every provider acknowledged")
+    assert gate.peak == 2
+    found = await dev_world.deliveries(answer.notice_id)
+    assert [p.jtis for p in held] == [[found[f"p{i}"].jti] for i in range(5)]
+
+
+def _settlement(provider_id: str) -> Settlement:
+    now = datetime.now(UTC)
+    cursor = NoticeCursor(provider_id, DeliveryMode.PUSH, 0, 1, 1, now, "w", now, None)
+    return Settlement(cursor, [PushResult.acknowledged(f"jti-{provider_id}")])
+
+
+async def test_results_that_finish_during_a_commit_share_the_next_one() -> None:
+    """The group commit writes what waits in one go: results that come in while one
+    group is being written go together into the next."""
+    groups: list[list[str]] = []
+    writing = asyncio.Event()
+    proceed = asyncio.Event()
+
+    async def record(group: Sequence[Settlement]) -> None:
+        groups.append([s.cursor.provider_id for s in group])
+        writing.set()
+        await proceed.wait()
+
+    commits = GroupCommit(record)
+    runner = asyncio.create_task(commits.run())
+    commits.put(_settlement("a"))
+    await writing.wait()
+    for provider_id in ("b", "c", "d"):
+        commits.put(_settlement(provider_id))
+    proceed.set()
+    commits.close()
+    await asyncio.wait_for(runner, 5)
+    assert groups == [["a"], ["b", "c", "d"]]
+
+
+async def test_a_group_holds_a_bounded_number_of_notices() -> None:
+    """Providers with many notices each are split over several groups (each group holds
+    its providers' cursors until it commits), never splitting one provider's results."""
+    groups: list[list[str]] = []
+
+    async def record(group: Sequence[Settlement]) -> None:
+        groups.append([s.cursor.provider_id for s in group])
+
+    commits = GroupCommit(record)
+    for provider_id in ("a", "b", "c"):
+        many = _settlement(provider_id)
+        commits.put(replace(many, results=list(many.results) * 200))
+    commits.close()
+    await asyncio.wait_for(commits.run(), 5)
+    assert groups == [["a", "b"], ["c"]]
