@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from bench._host import read_json, write_json
 from bench._load import percentile
 from bench._procs import Process, Processes, cpu_seconds, wait_json_file
 from bench._report import Row, ScenarioResult
@@ -211,7 +212,7 @@ async def _measure(
         started = time.monotonic()
         go = {"gateway": f"127.0.0.1:{a.enrollment.port}"}
         for h, (_, go_file, _) in enumerate(host_list):
-            _write(go_file, {**go, "tokens": {i: tokens[i] for i in ids[h::hosts]}})
+            write_json(go_file, {**go, "tokens": {i: tokens[i] for i in ids[h::hosts]}})
         outs = [await _wait_out(p, out) for p, _, out in host_list]
         cpu = {
             "gateways": cpu_seconds(os.getpid()) - cpu["gateways"],
@@ -248,24 +249,9 @@ async def _invite(store: Store, ids: list[str]) -> dict[str, str]:
     return dict(zip(ids, tokens, strict=True))
 
 
-def _write(path: Path, data: dict[str, Any]) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(data), encoding="utf-8")
-    os.replace(partial, path)
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    """The JSON a process wrote to ``path`` (atomically), or None before it did."""
-    try:
-        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data
-
-
 async def _wait_out(process: Process, out: Path) -> dict[str, Any]:
     # The gateways serve on this loop: wait without blocking it.
-    while (data := await asyncio.to_thread(_read_json, out)) is None:
+    while (data := await asyncio.to_thread(read_json, out)) is None:
         if not process.alive():
             raise process.failure("exited before it reported")
         await asyncio.sleep(0.1)

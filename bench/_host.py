@@ -88,13 +88,24 @@ def _servers(spec: dict[str, Any]) -> list[Server]:
     return servers
 
 
-def _write_ready(path: Path, data: dict[str, Any]) -> None:
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` to ``path`` atomically: a reader sees all of it or nothing."""
     partial = path.with_name(path.name + ".partial")
     partial.write_text(json.dumps(data), encoding="utf-8")
     os.replace(partial, path)
 
 
-async def _orphaned(stop: asyncio.Event) -> None:
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON another process wrote to ``path`` with :func:`write_json`, or None before it did."""
+    try:
+        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data
+
+
+async def orphaned(stop: asyncio.Event) -> None:
+    """Set ``stop`` once this process's parent is gone."""
     # A benchmark killed outright cannot end its hosts: they notice the
     # parent is gone and end themselves.
     parent = os.getppid()
@@ -110,11 +121,11 @@ async def _serve(spec: dict[str, Any], ready: Path) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    watch = asyncio.create_task(_orphaned(stop))
+    watch = asyncio.create_task(orphaned(stop))
     try:
         for first in range(0, len(servers), _START_BATCH):
             await asyncio.gather(*(s.start() for s in servers[first : first + _START_BATCH]))
-        _write_ready(
+        write_json(
             ready,
             {"pid": os.getpid(), "ports": {s.adapter.id: s.port for s in servers}},
         )

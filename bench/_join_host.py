@@ -35,6 +35,7 @@ from typing import Any
 
 import grpc
 
+from bench._host import orphaned, read_json, write_json
 from onecert.gateway.enrollment.testing import serve_for_join
 from onecert.sdk import Server, configure_logging, join
 from onecert.sdk.client import (
@@ -62,25 +63,10 @@ _JOIN_PAUSE_MAX_S = 30.0
 _START_BATCH = 100
 
 
-def _write(path: Path, data: dict[str, Any]) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(data), encoding="utf-8")
-    os.replace(partial, path)
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    """The JSON the benchmark wrote to ``path`` (atomically), or None before it did."""
-    try:
-        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data
-
-
 async def _go(path: Path) -> dict[str, Any]:
     # Another process writes the file: nothing to wait on but the file itself.
     while True:
-        data = await asyncio.to_thread(_read_json, path)
+        data = await asyncio.to_thread(read_json, path)
         if data is not None:
             return data
         await asyncio.sleep(_POLL_S)
@@ -154,16 +140,6 @@ async def _one(
     return times
 
 
-async def _orphaned(stop: asyncio.Event) -> None:
-    # A benchmark killed outright cannot end its hosts: they notice the
-    # parent is gone and end themselves.
-    parent = os.getppid()
-    while not stop.is_set():
-        if os.getppid() != parent:
-            stop.set()
-        await asyncio.sleep(1.0)
-
-
 async def _serve(spec: dict[str, Any], ready: Path, go_path: Path, out: Path) -> None:
     keys = DevKeys.at(spec["keys"])
     work = Path(spec["work"])
@@ -172,7 +148,7 @@ async def _serve(spec: dict[str, Any], ready: Path, go_path: Path, out: Path) ->
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     servers: dict[str, Server] = {}
-    watch = asyncio.create_task(_orphaned(stop))
+    watch = asyncio.create_task(orphaned(stop))
     try:
         ids: list[str] = spec["ids"]
         for first in range(0, len(ids), _START_BATCH):
@@ -184,7 +160,7 @@ async def _serve(spec: dict[str, Any], ready: Path, go_path: Path, out: Path) ->
                 )
             )
             servers.update(zip(batch, started, strict=True))
-        _write(ready, {"pid": os.getpid(), "ports": {i: s.port for i, s in servers.items()}})
+        write_json(ready, {"pid": os.getpid(), "ports": {i: s.port for i, s in servers.items()}})
         go_task = asyncio.ensure_future(_go(go_path))
         stopped = asyncio.ensure_future(stop.wait())
         await asyncio.wait({go_task, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -198,7 +174,7 @@ async def _serve(spec: dict[str, Any], ready: Path, go_path: Path, out: Path) ->
         )
         errors = [f"{type(e).__name__}: {e}" for e in done if isinstance(e, BaseException)]
         times = {i: t for i, t in zip(servers, done, strict=True) if isinstance(t, dict)}
-        _write(out, {"times": times, "errors": errors[:5], "error_count": len(errors)})
+        write_json(out, {"times": times, "errors": errors[:5], "error_count": len(errors)})
         await stop.wait()
     finally:
         watch.cancel()
