@@ -78,6 +78,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     try:
         _quiet_grpc()
+        if "ONECERT_PARENT_PID" in os.environ:
+            # Started by a demo federation or a harness: end with it.
+            from onecert.sdk._parent import follow_parent  # noqa: PLC0415 - only then
+
+            follow_parent()
         parser = build_parser()
         args = parser.parse_args(argv)
         try:

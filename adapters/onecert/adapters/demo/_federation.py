@@ -18,7 +18,6 @@ not days, so a demo can watch one pass.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import fcntl
 import json
 import os
@@ -49,6 +48,7 @@ from onecert.adapters.demo._data import (
 from onecert.adapters.demo._join import Joined, invite_and_wait, join_argv
 from onecert.adapters.demo._procs import end_processes
 from onecert.adapters.demo._serve import write_ready_file
+from onecert.sdk._parent import PARENT_PID_ENV
 from onecert.sdk._tls import ClientTLS
 from onecert.sdk.client import CarrierGatewayClient
 from onecert.sdk.devkeys import DEFAULT_CLIENTS, DevKeys, init_dev_keys
@@ -150,17 +150,6 @@ class DirectoryLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    # If the demo itself is killed (SIGKILL leaves no time to clean up), the
-    # kernel sends SIGTERM to its children, so no adapter is left running.
-    if sys.platform == "linux":
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass
@@ -486,7 +475,10 @@ class DemoFederation:
         ]
 
     def _spawn(self, process: ManagedProcess) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # If the demo itself is killed (SIGKILL leaves no time to clean up), the
+        # kernel sends SIGTERM to its children, so no process is left running;
+        # each child asks for that itself (no preexec_fn: see onecert.sdk._parent).
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **{PARENT_PID_ENV: str(os.getpid())})
         with process.log.open("wb") as log:
             process.popen = subprocess.Popen(  # noqa: S603  # our own interpreter and arguments
                 process.argv,
@@ -494,7 +486,6 @@ class DemoFederation:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509  # only prctl, no locks taken
             )
         process.started_at = time.perf_counter()
         self.processes.append(process)

@@ -37,6 +37,7 @@ from onecert.sdk import (
     ServerTLS,
     configure_logging,
 )
+from onecert.sdk._parent import follow_parent
 from onecert.sdk._tls import ClientTLS
 from onecert.sdk.client import ProviderGatewayClient
 from onecert.sdk.devkeys import read_hex_key
@@ -260,6 +261,7 @@ def _tls_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one demo adapter until SIGTERM or SIGINT; the exit status."""
+    follow_parent()
     args = build_parser().parse_args(argv)
     configure_logging(json=False, level=args.log_level)
     try:
