@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from onecert.gateway._refusal import Refusal
-from onecert.gateway.enrollment import Gate
+from onecert.gateway.enrollment import Gate, GateOutcome
 from onecert.gateway.testing import FederationKeys
 from onecert.sdk import Binding, Provider, Server, UnbindRequest, UnbindResult
 
@@ -58,14 +58,20 @@ def _gate(keys: FederationKeys, *, max_waiting: int) -> Gate:
     )
 
 
+async def _occupied(gate: Gate, site: _Held, server: Server) -> asyncio.Task[GateOutcome]:
+    """A run started on ``gate`` and holding its one slot (inside the provider's call)."""
+    first = asyncio.create_task(gate.run(ID, server.address))
+    await asyncio.wait_for(site.entered.wait(), 10)
+    return first
+
+
 async def test_a_request_finding_the_slots_busy_waits_its_turn_and_passes(
     enroll_keys: FederationKeys, held: tuple[_Held, Server]
 ) -> None:
     """With one slot taken, the next request waits (no refusal) and runs once the first ends."""
     site, server = held
     gate = _gate(enroll_keys, max_waiting=1)
-    first = asyncio.create_task(gate.run(ID, server.address))
-    await asyncio.wait_for(site.entered.wait(), 10)
+    first = await _occupied(gate, site, server)
     second = asyncio.create_task(gate.run(ID, server.address))
     await asyncio.sleep(0.2)
     assert not second.done()
@@ -81,8 +87,7 @@ async def test_one_request_past_the_waiting_room_is_refused_with_a_hint(
     no longer than a quarter of the gate's timeout."""
     site, server = held
     gate = _gate(enroll_keys, max_waiting=1)
-    first = asyncio.create_task(gate.run(ID, server.address))
-    await asyncio.wait_for(site.entered.wait(), 10)
+    first = await _occupied(gate, site, server)
     waiting = asyncio.create_task(gate.run(ID, server.address))
     await asyncio.sleep(0)
     with pytest.raises(Refusal) as refused:
@@ -101,8 +106,7 @@ async def test_without_a_waiting_room_a_busy_gate_refuses_at_once(
     """``max_waiting = 0``: the request that finds the slot taken is refused (the old rule)."""
     site, server = held
     gate = _gate(enroll_keys, max_waiting=0)
-    first = asyncio.create_task(gate.run(ID, server.address))
-    await asyncio.wait_for(site.entered.wait(), 10)
+    first = await _occupied(gate, site, server)
     with pytest.raises(Refusal) as refused:
         await gate.run(ID, server.address)
     assert refused.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED

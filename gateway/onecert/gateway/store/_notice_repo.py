@@ -33,6 +33,7 @@ from onecert.gateway.store._rows import (
     fetch_all,
     fetch_first,
     fetch_one,
+    from_row,
     new_id,
     next_seq,
     notice_from_row,
@@ -274,17 +275,7 @@ class NoticeRepository:
                 .where(n.msisdn_hash == msisdn_hash)
                 .order_by(n.effective_at, n.recorded_at, n.notice_id),
             )
-        return [
-            NumberEvent(
-                notice_id=r["notice_id"],
-                carrier_id=r["carrier_id"],
-                event_type=StoredEventType(r["event_type"]),
-                effective_at=r["effective_at"],
-                quiet_period_ends_at=r["quiet_period_ends_at"],
-                recorded_at=r["recorded_at"],
-            )
-            for r in rows
-        ]
+        return [from_row(NumberEvent, r, event_type=StoredEventType(r["event_type"])) for r in rows]
 
     async def check_recycled(
         self,
