@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -165,15 +165,31 @@ def _when(value: datetime | None) -> str:
     return value.isoformat(timespec="seconds") if value is not None else "-"
 
 
-def render_receipt(receipt: Receipt) -> str:
-    """The receipt as aligned ``field  value`` lines."""
-    rows = [
+def receipt_rows(
+    receipt: Receipt, *, provider: str, when: Callable[[datetime | None], str]
+) -> list[tuple[str, str]]:
+    """The ``(field, value)`` rows every receipt starts with, ``provider`` naming the
+    provider and ``when`` writing times: ticket, provider, reason, state, attempts, requested."""
+    return [
         ("ticket", receipt.ticket_id),
-        ("provider", f"{receipt.provider_name} ({receipt.provider_id})"),
+        ("provider", f"{provider} ({receipt.provider_id})"),
         ("reason", receipt.reason.value.replace("_", " ") if receipt.reason else "-"),
         ("state", receipt.state.value + (" (final)" if receipt.final else "")),
         ("attempts", str(receipt.attempts)),
-        ("requested", _when(receipt.created_at)),
+        ("requested", when(receipt.created_at)),
+    ]
+
+
+def aligned(rows: Sequence[tuple[str, str]], indent: str = "") -> list[str]:
+    """``field  value`` lines, the values in one column."""
+    width = max(len(name) for name, _ in rows)
+    return [f"{indent}{name.ljust(width)}  {value}" for name, value in rows]
+
+
+def render_receipt(receipt: Receipt) -> str:
+    """The receipt as aligned ``field  value`` lines."""
+    rows = receipt_rows(receipt, provider=receipt.provider_name, when=_when)
+    rows += [
         (
             "provider answer",
             receipt.provider_outcome.value if receipt.provider_outcome else "-",
@@ -184,5 +200,4 @@ def render_receipt(receipt: Receipt) -> str:
         ("next attempt", _when(receipt.next_attempt_at)),
         ("expires", _when(receipt.expires_at)),
     ]
-    width = max(len(name) for name, _ in rows)
-    return "\n".join(f"{name.ljust(width)}  {value}" for name, value in rows)
+    return "\n".join(aligned(rows))
