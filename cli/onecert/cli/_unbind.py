@@ -14,7 +14,7 @@ from onecert.cli import CommandError
 from onecert.cli._common import (
     add_citizen_call_flags,
     add_command,
-    client_tls,
+    citizen_call_tls,
     read_assertion,
     refused,
 )
@@ -48,20 +48,14 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     receipt.add_argument("--ticket", required=True, metavar="ID", help="the ticket id")
 
 
-def _tls(args: argparse.Namespace) -> ClientTLS | None:
-    if args.timeout <= 0:
-        raise CommandError("--timeout must be more than zero")
-    return client_tls(args)
-
-
 def _ask(
     args: argparse.Namespace,
-    tls: ClientTLS | None,
     what: str,
     call: Callable[[GatewayClient, str], Awaitable[_T]],
 ) -> _T:
-    """``call`` with a client of the gateway and the citizen's assertion; a refusal is a
-    :class:`CommandError` saying ``what`` was refused."""
+    """``call`` with a client of the gateway (as the flags say) and the citizen's
+    assertion; a refusal is a :class:`CommandError` saying ``what`` was refused."""
+    tls = citizen_call_tls(args)
     assertion = read_assertion(args.assertion)
     return asyncio.run(_call(args, tls, what, lambda client: call(client, assertion)))
 
@@ -112,11 +106,9 @@ def _unbind(args: argparse.Namespace) -> int:
     Answers at once with a ticket; the gateway delivers it to the provider and keeps the receipt
     (see `onecert receipt`). The same account twice gives the same ticket.
     """
-    tls = _tls(args)
     what, handle = _handle(args)
     ticket: TicketInfo = _ask(
         args,
-        tls,
         "unbind",
         lambda client, assertion: client.unbind(assertion, handle, timeout=args.timeout),
     )
@@ -135,13 +127,11 @@ def _receipt(args: argparse.Namespace) -> int:
 
     Show where an unbind ticket stands and what the provider answered.
     """
-    tls = _tls(args)
     ticket_id = args.ticket.strip()
     if not ticket_id:
         raise CommandError("--ticket is empty")
     receipt: Receipt = _ask(
         args,
-        tls,
         "receipt",
         lambda client, assertion: client.get_unbind(assertion, ticket_id, timeout=args.timeout),
     )
