@@ -94,6 +94,14 @@ def add_citizen_call_flags(parser: argparse.ArgumentParser, *, good_for: str, ti
     )
 
 
+def citizen_call_tls(args: argparse.Namespace) -> ClientTLS | None:
+    """The TLS settings of a command with :func:`add_citizen_call_flags`, once its
+    ``--timeout`` is checked (see :func:`client_tls`)."""
+    if args.timeout <= 0:
+        raise CommandError("--timeout must be more than zero")
+    return client_tls(args)
+
+
 def read_assertion(name: str) -> str:
     """The identity assertion in file ``name`` (``-``: stdin), stripped and not empty."""
     try:

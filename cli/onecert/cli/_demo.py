@@ -510,23 +510,16 @@ def _when(value: datetime | None) -> str:
 
 
 def _receipt_lines(receipt: Receipt, provider: str) -> list[str]:
+    from onecert.cli._unbind import aligned, receipt_rows  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+
     answer = receipt.provider_outcome.value if receipt.provider_outcome else "-"
     if receipt.provider_reason:
         answer += f" ({receipt.provider_reason})"
-    rows = [
-        ("ticket", receipt.ticket_id),
-        ("provider", f"{provider} ({receipt.provider_id})"),
-        ("reason", receipt.reason.value.replace("_", " ") if receipt.reason else "-"),
-        ("state", receipt.state.value + (" (final)" if receipt.final else "")),
-        ("attempts", str(receipt.attempts)),
-        ("requested", _when(receipt.created_at)),
-        ("provider's answer", answer),
-        ("answered", _when(receipt.answered_at)),
-    ]
+    rows = receipt_rows(receipt, provider=provider, when=_when)
+    rows += [("provider's answer", answer), ("answered", _when(receipt.answered_at))]
     if receipt.last_error:
         rows.append(("last error", receipt.last_error))
-    width = max(len(name) for name, _ in rows)
-    return [f"    {name.ljust(width)}  {value}" for name, value in rows]
+    return aligned(rows, indent="    ")
 
 
 def _attempts(n: int) -> str:

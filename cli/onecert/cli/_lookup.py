@@ -16,7 +16,7 @@ from onecert.cli import CommandError
 from onecert.cli._common import (
     add_citizen_call_flags,
     add_command,
-    client_tls,
+    citizen_call_tls,
     onecert_command,
     read_assertion,
     refused,
@@ -40,9 +40,7 @@ def _lookup(args: argparse.Namespace) -> int:
     accounts are bound to them. Left-behind accounts (your old number, now someone else's) are
     listed first.
     """
-    if args.timeout <= 0:
-        raise CommandError("--timeout must be more than zero")
-    tls = client_tls(args)
+    tls = citizen_call_tls(args)
     assertion = read_assertion(args.assertion)
     progress = sys.stderr if (not args.json and sys.stderr.isatty()) else None
     started, results, summary = asyncio.run(

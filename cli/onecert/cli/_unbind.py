@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -14,7 +14,7 @@ from onecert.cli import CommandError
 from onecert.cli._common import (
     add_citizen_call_flags,
     add_command,
-    client_tls,
+    citizen_call_tls,
     read_assertion,
     refused,
 )
@@ -48,20 +48,14 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     receipt.add_argument("--ticket", required=True, metavar="ID", help="the ticket id")
 
 
-def _tls(args: argparse.Namespace) -> ClientTLS | None:
-    if args.timeout <= 0:
-        raise CommandError("--timeout must be more than zero")
-    return client_tls(args)
-
-
 def _ask(
     args: argparse.Namespace,
-    tls: ClientTLS | None,
     what: str,
     call: Callable[[GatewayClient, str], Awaitable[_T]],
 ) -> _T:
-    """``call`` with a client of the gateway and the citizen's assertion; a refusal is a
-    :class:`CommandError` saying ``what`` was refused."""
+    """``call`` with a client of the gateway (as the flags say) and the citizen's
+    assertion; a refusal is a :class:`CommandError` saying ``what`` was refused."""
+    tls = citizen_call_tls(args)
     assertion = read_assertion(args.assertion)
     return asyncio.run(_call(args, tls, what, lambda client: call(client, assertion)))
 
@@ -112,11 +106,9 @@ def _unbind(args: argparse.Namespace) -> int:
     Answers at once with a ticket; the gateway delivers it to the provider and keeps the receipt
     (see `onecert receipt`). The same account twice gives the same ticket.
     """
-    tls = _tls(args)
     what, handle = _handle(args)
     ticket: TicketInfo = _ask(
         args,
-        tls,
         "unbind",
         lambda client, assertion: client.unbind(assertion, handle, timeout=args.timeout),
     )
@@ -135,13 +127,11 @@ def _receipt(args: argparse.Namespace) -> int:
 
     Show where an unbind ticket stands and what the provider answered.
     """
-    tls = _tls(args)
     ticket_id = args.ticket.strip()
     if not ticket_id:
         raise CommandError("--ticket is empty")
     receipt: Receipt = _ask(
         args,
-        tls,
         "receipt",
         lambda client, assertion: client.get_unbind(assertion, ticket_id, timeout=args.timeout),
     )
@@ -165,15 +155,31 @@ def _when(value: datetime | None) -> str:
     return value.isoformat(timespec="seconds") if value is not None else "-"
 
 
-def render_receipt(receipt: Receipt) -> str:
-    """The receipt as aligned ``field  value`` lines."""
-    rows = [
+def receipt_rows(
+    receipt: Receipt, *, provider: str, when: Callable[[datetime | None], str]
+) -> list[tuple[str, str]]:
+    """The ``(field, value)`` rows every receipt starts with, ``provider`` naming the
+    provider and ``when`` writing times: ticket, provider, reason, state, attempts, requested."""
+    return [
         ("ticket", receipt.ticket_id),
-        ("provider", f"{receipt.provider_name} ({receipt.provider_id})"),
+        ("provider", f"{provider} ({receipt.provider_id})"),
         ("reason", receipt.reason.value.replace("_", " ") if receipt.reason else "-"),
         ("state", receipt.state.value + (" (final)" if receipt.final else "")),
         ("attempts", str(receipt.attempts)),
-        ("requested", _when(receipt.created_at)),
+        ("requested", when(receipt.created_at)),
+    ]
+
+
+def aligned(rows: Sequence[tuple[str, str]], indent: str = "") -> list[str]:
+    """``field  value`` lines, the values in one column."""
+    width = max(len(name) for name, _ in rows)
+    return [f"{indent}{name.ljust(width)}  {value}" for name, value in rows]
+
+
+def render_receipt(receipt: Receipt) -> str:
+    """The receipt as aligned ``field  value`` lines."""
+    rows = receipt_rows(receipt, provider=receipt.provider_name, when=_when)
+    rows += [
         (
             "provider answer",
             receipt.provider_outcome.value if receipt.provider_outcome else "-",
@@ -184,5 +190,4 @@ def render_receipt(receipt: Receipt) -> str:
         ("next attempt", _when(receipt.next_attempt_at)),
         ("expires", _when(receipt.expires_at)),
     ]
-    width = max(len(name) for name, _ in rows)
-    return "\n".join(f"{name.ljust(width)}  {value}" for name, value in rows)
+    return "\n".join(aligned(rows))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -142,14 +143,9 @@ def start_lookup(
                 state.error = "INCOMPLETE"
                 state.bump()
             else:
-                total = state.summary.total
                 log.info(
                     "lookup_finished",
-                    asked=total.asked,
-                    answered=total.answered,
-                    timed_out=total.timed_out,
-                    failed=total.failed,
-                    skipped=total.skipped,
+                    **dataclasses.asdict(state.summary.total),
                     seconds=round(time.monotonic() - state.begun_at, 3),
                     first_result_at=state.first_result_epoch,
                 )
