@@ -15,7 +15,7 @@ from onecert.gateway.store._models import GENESIS_HASH, audit_head, audit_log
 from onecert.gateway.store._rows import resolve_now
 from onecert.gateway.store._types import AuditDraft, AuditEntry, AuditVerification
 
-__all__ = ["AuditRepository"]
+__all__ = ["AuditRepository", "AuditedRepository"]
 
 
 def _checked(entries: Sequence[AuditDraft]) -> list[AuditDraft]:
@@ -176,6 +176,19 @@ class AuditRepository:
         if head is None:
             return AuditVerification(False, checked, None, "the chain head row is missing")
         return _head_verdict(head.seq, head.row_hash, expected - 1, prev, checked)
+
+
+class AuditedRepository:
+    """A repository whose changes append their audit rows in the change's own transaction.
+
+    The base of the repositories that write audited changes: they share the
+    database and the one :class:`AuditRepository`, whose
+    :meth:`~AuditRepository.chain` they call inside their transactions.
+    """
+
+    def __init__(self, db: StoreDatabase, audit: AuditRepository) -> None:
+        self._db = db
+        self._audit = audit
 
 
 def _row_failure(r: Any, expected: int, prev: str) -> tuple[int, str] | None:

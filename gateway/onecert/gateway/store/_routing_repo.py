@@ -17,8 +17,7 @@ from datetime import datetime
 
 from sqlalchemy import delete, insert, select, update
 
-from onecert.gateway.store._audit_repo import AuditRepository
-from onecert.gateway.store._database import StoreDatabase
+from onecert.gateway.store._audit_repo import AuditedRepository
 from onecert.gateway.store._models import routing_filters, routing_head, routing_keys
 from onecert.gateway.store._rows import check_text, next_seq, resolve_now
 from onecert.gateway.store._types import AuditDraft, ConflictError, NotFoundError
@@ -81,12 +80,8 @@ class KeyRow:
     changed_at: datetime
 
 
-class RoutingRepository:
+class RoutingRepository(AuditedRepository):
     """The sealed filters of every provider (``store.routing``)."""
-
-    def __init__(self, db: StoreDatabase, audit: AuditRepository) -> None:
-        self._db = db
-        self._audit = audit
 
     async def publish(
         self,
