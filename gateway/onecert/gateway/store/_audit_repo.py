@@ -50,40 +50,19 @@ def _chain(conn: Connection, drafts: Sequence[AuditDraft], ts: datetime) -> list
     rows: list[dict[str, Any]] = []
     for d in drafts:
         seq += 1
-        text = canonical_detail(d.detail)
-        digest = row_hash(
-            prev_hash=prev,
-            seq=seq,
-            ts=ts,
-            kind=d.kind,
-            actor=d.actor,
-            subject=d.subject,
-            detail=text,
-        )
-        entry = AuditEntry(
-            seq=seq,
-            ts=ts,
-            kind=d.kind,
-            actor=d.actor,
-            subject=d.subject,
-            detail=dict(d.detail),
-            prev_hash=prev,
-            row_hash=digest,
-        )
-        out.append(entry)
-        rows.append(
-            {
-                "seq": seq,
-                "ts": ts,
-                "kind": d.kind,
-                "actor": d.actor,
-                "subject": d.subject,
-                "detail": text,
-                "prev_hash": prev,
-                "row_hash": digest,
-            }
-        )
-        prev = digest
+        # The stored row but its own hash: what that hash is computed over.
+        content: dict[str, Any] = {
+            "seq": seq,
+            "ts": ts,
+            "kind": d.kind,
+            "actor": d.actor,
+            "subject": d.subject,
+            "detail": canonical_detail(d.detail),
+            "prev_hash": prev,
+        }
+        prev = row_hash(**content)
+        rows.append({**content, "row_hash": prev})
+        out.append(AuditEntry(**{**content, "detail": dict(d.detail), "row_hash": prev}))
     if rows:
         conn.execute(_APPEND, rows)
         conn.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev})
@@ -197,16 +176,9 @@ def _row_failure(r: Any, expected: int, prev: str) -> tuple[int, str] | None:
         return expected, f"row {expected} is missing"
     if r.prev_hash != prev:
         return r.seq, "prev_hash does not match the row before"
-    recomputed = row_hash(
-        prev_hash=r.prev_hash,
-        seq=r.seq,
-        ts=r.ts,
-        kind=r.kind,
-        actor=r.actor,
-        subject=r.subject,
-        detail=r.detail,
-    )
-    if recomputed != r.row_hash:
+    # Every column but row_hash is hashed: a column added unhashed fails here, loudly.
+    content = {name: value for name, value in r._mapping.items() if name != "row_hash"}
+    if row_hash(**content) != r.row_hash:
         return r.seq, "row_hash does not match the row's content"
     return None
 
