@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +25,7 @@ from onecert.adapters.demo import (
     build_provider,
     number_to_recycle,
 )
+from onecert.adapters.demo._federation import adapter_argv
 from onecert.gateway._config import load_config
 from onecert.sdk import BindingKind, ProviderCategory, TenureState, UnbindOutcome
 from onecert.sdk._idn import compute_idn
@@ -165,26 +165,7 @@ async def test_adapter_process_over_mutual_tls(tmp_path: Path) -> None:
     ready = tmp_path / "coinpurse.port"
     log = (tmp_path / "coinpurse.log").open("wb")
     process = await asyncio.create_subprocess_exec(
-        *[
-            sys.executable,
-            "-m",
-            "onecert.adapters.demo",
-            "provider",
-            "--id",
-            "coinpurse",
-            "--gateway-jwks",
-            str(keys.gateway_jwks),
-            "--tls-cert",
-            str(keys.server_cert),
-            "--tls-key",
-            str(keys.server_key),
-            "--client-ca",
-            str(keys.ca_cert),
-            "--ready-file",
-            str(ready),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
+        *adapter_argv(keys, "provider", "coinpurse", ready), stdout=log, stderr=subprocess.STDOUT
     )
     try:
         deadline = time.monotonic() + 30

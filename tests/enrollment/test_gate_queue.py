@@ -39,7 +39,9 @@ class _Held:
 @pytest.fixture
 async def held(enroll_keys: FederationKeys) -> AsyncIterator[tuple[_Held, Server]]:
     site = _Held()
-    server = Server(site.provider, gateway_keys=enroll_keys.gateway_jwks, insecure=True, grace=0.1)
+    server = Server(
+        site.provider, gateway_keys=enroll_keys.dev.gateway_jwks, insecure=True, grace=0.1
+    )
     await server.start()
     yield site, server
     site.release.set()

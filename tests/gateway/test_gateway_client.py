@@ -264,12 +264,12 @@ listen = "127.0.0.1:0"
 grace_period_s = 1
 
 [keys]
-warrant_key = "{fed.keys.warrant_key.name}"
-handle_key = "{fed.keys.handle_key.name}"
+warrant_key = "{fed.keys.dev.warrant_key.name}"
+handle_key = "{fed.keys.dev.handle_key.name}"
 
 [[identity.issuers]]
 issuer = "{fed.ISSUER}"
-jwks = "{fed.keys.identity_jwks.name}"
+jwks = "{fed.keys.dev.identity_jwks.name}"
 
 {carriers}{providers}"""
     )

@@ -135,7 +135,7 @@ ATTACKS = [
     ),
     Attack(
         "HS256 keyed with the JWKS file",
-        lambda hz, _: _hmac_token(hz, hz.keys.identity_jwks.read_bytes()),
+        lambda hz, _: _hmac_token(hz, hz.keys.dev.identity_jwks.read_bytes()),
     ),
     Attack(
         "HS256 keyed with the JWK's x coordinate",

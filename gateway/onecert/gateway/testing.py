@@ -282,22 +282,6 @@ class FederationKeys:
         )
 
     @property
-    def identity_jwks(self) -> Path:
-        return self.dev.identity_jwks
-
-    @property
-    def warrant_key(self) -> Path:
-        return self.dev.warrant_key
-
-    @property
-    def handle_key(self) -> Path:
-        return self.dev.handle_key
-
-    @property
-    def gateway_jwks(self) -> Path:
-        return self.dev.gateway_jwks
-
-    @property
     def gateway_keys(self) -> dict[str, VerificationKey]:
         """The gateway's public keys, as carriers and providers trust them."""
         return parse_jwks(self.warrant.jwks())
@@ -835,7 +819,7 @@ class Federation(StoryNames, AsyncResource):
         it in every gateway (unless ``register`` is False). ``server_options`` go
         to :class:`onecert.sdk.Server` (``idempotency``, ``grace``, ``gateway_keys``...)."""
         options: dict[str, Any] = {
-            "gateway_keys": self.keys.gateway_jwks,
+            "gateway_keys": self.keys.dev.gateway_jwks,
             "gateway_issuer": GATEWAY_ID,
             "tls": self.keys.server_tls() if self.tls else None,
             "insecure": not self.tls,
@@ -937,10 +921,12 @@ class Federation(StoryNames, AsyncResource):
             )
             if self.tls
             else None,
-            keys=KeysConfig(warrant_key=self.keys.warrant_key, handle_key=self.keys.handle_key),
+            keys=KeysConfig(
+                warrant_key=self.keys.dev.warrant_key, handle_key=self.keys.dev.handle_key
+            ),
             identity=IdentityConfig(
                 audience=GATEWAY_ID,
-                issuers=(IssuerConfig(issuer=ISSUER, jwks=self.keys.identity_jwks),),
+                issuers=(IssuerConfig(issuer=ISSUER, jwks=self.keys.dev.identity_jwks),),
             ),
             carriers=tuple(
                 CarrierConfig(

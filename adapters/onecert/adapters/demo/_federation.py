@@ -349,6 +349,44 @@ def _upstreams_toml(
     return "\n".join(lines) + "\n"
 
 
+def adapter_argv(
+    keys: DevKeys,
+    role: str,
+    adapter_id: str,
+    ready: Path,
+    *,
+    seed: int = DEFAULT_SEED,
+    python: str = sys.executable,
+) -> list[str]:
+    """The command that starts one demo adapter (``role``: ``carrier`` or ``provider``)
+    on a free port, serving mutual TLS with the dev ``keys`` and writing its port
+    to ``ready`` once it serves."""
+    return [
+        python,
+        "-m",
+        "onecert.adapters.demo",
+        role,
+        "--id",
+        adapter_id,
+        "--seed",
+        str(seed),
+        "--listen",
+        "127.0.0.1:0",
+        "--gateway-jwks",
+        str(keys.gateway_jwks),
+        "--gateway-issuer",
+        GATEWAY_ID,
+        "--tls-cert",
+        str(keys.server_cert),
+        "--tls-key",
+        str(keys.server_key),
+        "--client-ca",
+        str(keys.ca_cert),
+        "--ready-file",
+        str(ready),
+    ]
+
+
 class DemoFederation:
     """Carriers, providers and a gateway, each in its own process, over mutual TLS.
 
@@ -447,33 +485,6 @@ class DemoFederation:
         """The gateway's database, as ``onecert audit verify --url`` takes it."""
         return f"sqlite:///{self.database.resolve()}"
 
-    def _adapter_argv(self, role: str, adapter_id: str, ready: Path) -> list[str]:
-        keys = self.keys
-        return [
-            self.python,
-            "-m",
-            "onecert.adapters.demo",
-            role,
-            "--id",
-            adapter_id,
-            "--seed",
-            str(self.seed),
-            "--listen",
-            "127.0.0.1:0",
-            "--gateway-jwks",
-            str(keys.gateway_jwks),
-            "--gateway-issuer",
-            GATEWAY_ID,
-            "--tls-cert",
-            str(keys.server_cert),
-            "--tls-key",
-            str(keys.server_key),
-            "--client-ca",
-            str(keys.ca_cert),
-            "--ready-file",
-            str(ready),
-        ]
-
     def _spawn(self, process: ManagedProcess) -> None:
         # If the demo itself is killed (SIGKILL leaves no time to clean up), the
         # kernel sends SIGTERM to its children, so no process is left running;
@@ -491,6 +502,17 @@ class DemoFederation:
         self.processes.append(process)
         self._write_pids()
 
+    def _serve_command(self, role: str, config: Path) -> ManagedProcess:
+        # Spawn `onecert ROLE serve --config CONFIG`, logging to logs/ROLE.log.
+        process = ManagedProcess(
+            name=role,
+            role=role,
+            argv=[self.python, "-m", "onecert.cli", role, "serve", "--config", str(config)],
+            log=self.logs / f"{role}.log",
+        )
+        self._spawn(process)
+        return process
+
     def _write_pids(self) -> None:
         pids = {p.name: p.pid for p in self.processes if p.pid is not None}
         partial = self.pids_file.with_name("pids.partial")
@@ -506,7 +528,9 @@ class DemoFederation:
         ):
             for adapter_id in ids:
                 ready = self._run / f"{adapter_id}.port"
-                argv = self._adapter_argv(role, adapter_id, ready)
+                argv = adapter_argv(
+                    self.keys, role, adapter_id, ready, seed=self.seed, python=self.python
+                )
                 if role == "provider":
                     spec = next(p for p in self.providers if p.id == adapter_id)
                     known = provider_spec(adapter_id)
@@ -626,22 +650,7 @@ class DemoFederation:
 
     def start_gateway(self) -> ManagedProcess:
         """Spawn ``onecert gateway serve --config DIR/gateway.toml``; return at once."""
-        process = ManagedProcess(
-            name="gateway",
-            role="gateway",
-            argv=[
-                self.python,
-                "-m",
-                "onecert.cli",
-                "gateway",
-                "serve",
-                "--config",
-                str(self.config_path),
-            ],
-            log=self.logs / "gateway.log",
-        )
-        self._spawn(process)
-        self.gateway = process
+        process = self.gateway = self._serve_command("gateway", self.config_path)
         return process
 
     async def start(self, *, on_step: Callable[[str, float], None] | None = None) -> None:
@@ -713,22 +722,7 @@ class DemoFederation:
             StartupError: the portal exited or did not listen in time.
         """
         self.write_portal_config()
-        process = ManagedProcess(
-            name="portal",
-            role="portal",
-            argv=[
-                self.python,
-                "-m",
-                "onecert.cli",
-                "portal",
-                "serve",
-                "--config",
-                str(self.portal_config_path),
-            ],
-            log=self.logs / "portal.log",
-        )
-        self._spawn(process)
-        self.portal = process
+        process = self.portal = self._serve_command("portal", self.portal_config_path)
         self.portal_url = (await _logged(process, _PORTAL_READY, self.startup_timeout)).group(1)
         return self.portal_url
 

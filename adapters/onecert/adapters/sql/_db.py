@@ -220,46 +220,16 @@ class Database:
         check, whose parameters are no one's number).
         """
 
-        async def run() -> Fetched:
-            async with self._transaction(limit) as conn:
-                result = await conn.execute(clause, dict(params))
-                columns = tuple(result.keys())
-                rows = result.fetchmany(max_rows + 1)
-                return Fetched(
-                    columns=columns,
-                    rows=tuple(tuple(row) for row in rows[:max_rows]),
-                    truncated=len(rows) > max_rows,
-                )
+        async def work(conn: AsyncConnection) -> Fetched:
+            result = await conn.execute(clause, dict(params))
+            rows = result.fetchmany(max_rows + 1)
+            return Fetched(
+                columns=tuple(result.keys()),
+                rows=tuple(tuple(row) for row in rows[:max_rows]),
+                truncated=len(rows) > max_rows,
+            )
 
-        return await self._bounded(run(), limit, reveal=reveal)
-
-    async def execute(
-        self,
-        clause: TextClause,
-        params: Mapping[str, Any],
-        *,
-        limit: float,
-        max_rows: int,
-        commit: bool = True,
-        reveal: bool = False,
-    ) -> int:
-        """Run an UPDATE or DELETE within ``limit`` seconds; the rows it matched.
-
-        Committed only if ``commit`` and it matched at most ``max_rows`` rows;
-        otherwise rolled back (and the count returned all the same).
-        """
-
-        async def run() -> int:
-            async with self._transaction(limit) as conn:
-                result = await conn.execute(clause, dict(params))
-                count = int(result.rowcount)
-                if commit and 0 <= count <= max_rows:
-                    await conn.commit()
-                else:
-                    await conn.rollback()
-                return count
-
-        return await self._bounded(run(), limit, reveal=reveal)
+        return await self.run(work, limit=limit, reveal=reveal)
 
     async def run(
         self,

@@ -313,11 +313,6 @@ class RoutingService:
         self._keys_seen: tuple[tuple[int, KeyState], ...] = ()
 
     @property
-    def keyring(self) -> RoutingKeyring:
-        """The live routing keys."""
-        return self._keyring
-
-    @property
     def applied(self) -> int:
         """The store's publication seq this replica has applied up to."""
         return self._applied

@@ -15,7 +15,7 @@ from onecert.gateway.store._models import GENESIS_HASH, audit_head, audit_log
 from onecert.gateway.store._rows import resolve_now
 from onecert.gateway.store._types import AuditDraft, AuditEntry, AuditVerification
 
-__all__ = ["AuditRepository"]
+__all__ = ["AuditRepository", "AuditedRepository"]
 
 
 def _checked(entries: Sequence[AuditDraft]) -> list[AuditDraft]:
@@ -50,40 +50,19 @@ def _chain(conn: Connection, drafts: Sequence[AuditDraft], ts: datetime) -> list
     rows: list[dict[str, Any]] = []
     for d in drafts:
         seq += 1
-        text = canonical_detail(d.detail)
-        digest = row_hash(
-            prev_hash=prev,
-            seq=seq,
-            ts=ts,
-            kind=d.kind,
-            actor=d.actor,
-            subject=d.subject,
-            detail=text,
-        )
-        entry = AuditEntry(
-            seq=seq,
-            ts=ts,
-            kind=d.kind,
-            actor=d.actor,
-            subject=d.subject,
-            detail=dict(d.detail),
-            prev_hash=prev,
-            row_hash=digest,
-        )
-        out.append(entry)
-        rows.append(
-            {
-                "seq": seq,
-                "ts": ts,
-                "kind": d.kind,
-                "actor": d.actor,
-                "subject": d.subject,
-                "detail": text,
-                "prev_hash": prev,
-                "row_hash": digest,
-            }
-        )
-        prev = digest
+        # The stored row but its own hash: what that hash is computed over.
+        content: dict[str, Any] = {
+            "seq": seq,
+            "ts": ts,
+            "kind": d.kind,
+            "actor": d.actor,
+            "subject": d.subject,
+            "detail": canonical_detail(d.detail),
+            "prev_hash": prev,
+        }
+        prev = row_hash(**content)
+        rows.append({**content, "row_hash": prev})
+        out.append(AuditEntry(**{**content, "detail": dict(d.detail), "row_hash": prev}))
     if rows:
         conn.execute(_APPEND, rows)
         conn.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev})
@@ -178,22 +157,28 @@ class AuditRepository:
         return _head_verdict(head.seq, head.row_hash, expected - 1, prev, checked)
 
 
+class AuditedRepository:
+    """A repository whose changes append their audit rows in the change's own transaction.
+
+    The base of the repositories that write audited changes: they share the
+    database and the one :class:`AuditRepository`, whose
+    :meth:`~AuditRepository.chain` they call inside their transactions.
+    """
+
+    def __init__(self, db: StoreDatabase, audit: AuditRepository) -> None:
+        self._db = db
+        self._audit = audit
+
+
 def _row_failure(r: Any, expected: int, prev: str) -> tuple[int, str] | None:
     # (seq at fault, reason) for the first rule this row breaks, or None.
     if r.seq != expected:
         return expected, f"row {expected} is missing"
     if r.prev_hash != prev:
         return r.seq, "prev_hash does not match the row before"
-    recomputed = row_hash(
-        prev_hash=r.prev_hash,
-        seq=r.seq,
-        ts=r.ts,
-        kind=r.kind,
-        actor=r.actor,
-        subject=r.subject,
-        detail=r.detail,
-    )
-    if recomputed != r.row_hash:
+    # Every column but row_hash is hashed: a column added unhashed fails here, loudly.
+    content = {name: value for name, value in r._mapping.items() if name != "row_hash"}
+    if row_hash(**content) != r.row_hash:
         return r.seq, "row_hash does not match the row's content"
     return None
 

@@ -24,8 +24,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from onecert.gateway.store._audit_repo import AuditRepository
-from onecert.gateway.store._database import StoreDatabase
+from onecert.gateway.store._audit_repo import AuditedRepository
 from onecert.gateway.store._models import (
     enrollment_tokens,
     registry_entries,
@@ -123,12 +122,8 @@ def _is(kind: EntryKind, entry_id: str) -> Any:
     return (c.kind == kind.value) & (c.id == entry_id)
 
 
-class RegistryRepository:
+class RegistryRepository(AuditedRepository):
     """Providers and carriers, their status, certificates and history (``store.registry``)."""
-
-    def __init__(self, db: StoreDatabase, audit: AuditRepository) -> None:
-        self._db = db
-        self._audit = audit
 
     # ------------------------------------------------------------ reads
 

@@ -17,10 +17,9 @@ from datetime import datetime
 
 from sqlalchemy import delete, insert, select, update
 
-from onecert.gateway.store._audit_repo import AuditRepository
-from onecert.gateway.store._database import StoreDatabase
+from onecert.gateway.store._audit_repo import AuditedRepository
 from onecert.gateway.store._models import routing_filters, routing_head, routing_keys
-from onecert.gateway.store._rows import check_text, next_seq, resolve_now
+from onecert.gateway.store._rows import check_text, from_row, next_seq, resolve_now
 from onecert.gateway.store._types import AuditDraft, ConflictError, NotFoundError
 
 __all__ = ["FilterKind", "FilterRow", "KeyRow", "KeyState", "RoutingRepository"]
@@ -81,12 +80,8 @@ class KeyRow:
     changed_at: datetime
 
 
-class RoutingRepository:
+class RoutingRepository(AuditedRepository):
     """The sealed filters of every provider (``store.routing``)."""
-
-    def __init__(self, db: StoreDatabase, audit: AuditRepository) -> None:
-        self._db = db
-        self._audit = audit
 
     async def publish(
         self,
@@ -149,19 +144,7 @@ class RoutingRepository:
         stmt = select(routing_filters).where(f.seq > seq).order_by(f.seq).limit(limit)
         async with self._db.read() as conn:
             rows = (await conn.execute(stmt)).mappings().all()
-        return [
-            FilterRow(
-                seq=int(r["seq"]),
-                provider_id=str(r["provider_id"]),
-                kind=FilterKind(r["kind"]),
-                key_version=int(r["key_version"]),
-                created_at=int(r["created_at"]),
-                received_at=r["received_at"],
-                interval_s=None if r["interval_s"] is None else int(r["interval_s"]),
-                sealed=bytes(r["sealed"]),
-            )
-            for r in rows
-        ]
+        return [from_row(FilterRow, r, kind=FilterKind(r["kind"])) for r in rows]
 
     # ------------------------------------------------------------------ keys
 
@@ -170,15 +153,7 @@ class RoutingRepository:
         k = routing_keys.c
         async with self._db.read() as conn:
             rows = (await conn.execute(select(routing_keys).order_by(k.version))).mappings().all()
-        return [
-            KeyRow(
-                version=int(r["version"]),
-                sealed=bytes(r["sealed"]),
-                state=KeyState(r["state"]),
-                changed_at=r["changed_at"],
-            )
-            for r in rows
-        ]
+        return [from_row(KeyRow, r, state=KeyState(r["state"])) for r in rows]
 
     async def rotate_key(
         self,

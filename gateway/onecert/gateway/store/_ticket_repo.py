@@ -10,9 +10,8 @@ from sqlalchemy import and_, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from onecert.gateway.store._audit_repo import AuditRepository
+from onecert.gateway.store._audit_repo import AuditedRepository
 from onecert.gateway.store._claims import Lease, WorkQueue, claim_leases
-from onecert.gateway.store._database import StoreDatabase
 from onecert.gateway.store._models import unbind_tickets
 from onecert.gateway.store._rows import (
     OPEN_TICKET,
@@ -44,16 +43,12 @@ _EXPIRY_BATCH = 500
 _TICKETS = WorkQueue(unbind_tickets, unbind_tickets.c.ticket_id, lambda: select(unbind_tickets))
 
 
-class TicketRepository:
+class TicketRepository(AuditedRepository):
     """Unbind tickets (``store.tickets``).
 
     Tickets hold a sealed payload, never a raw msisdn. Methods that take an
     ``audit`` callback append its row in the same transaction as the change.
     """
-
-    def __init__(self, db: StoreDatabase, audit: AuditRepository) -> None:
-        self._db = db
-        self._audit = audit
 
     async def create(
         self,
