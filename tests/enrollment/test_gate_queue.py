@@ -11,7 +11,7 @@ import pytest
 
 from onecert.gateway._refusal import Refusal
 from onecert.gateway.enrollment import Gate, GateOutcome
-from onecert.gateway.testing import FederationKeys
+from onecert.gateway.testing import FederationKeys, enrollment_config
 from onecert.sdk import Binding, Provider, Server, UnbindRequest, UnbindResult
 
 ID = "slow-forum"
@@ -49,15 +49,10 @@ async def held(enroll_keys: FederationKeys) -> AsyncIterator[tuple[_Held, Server
 
 
 def _gate(keys: FederationKeys, *, max_waiting: int) -> Gate:
-    return Gate(
-        warrant_key=keys.warrant,
-        issuer="onecert-gateway",
-        upstream_tls=None,
-        timeout=30.0,
-        call_timeout=5.0,
-        max_concurrent=1,
-        max_waiting=max_waiting,
+    config = enrollment_config(
+        keys, gate_call_timeout_s=5.0, max_concurrent_gates=1, max_waiting_gates=max_waiting
     )
+    return Gate(config, warrant_key=keys.warrant, issuer="onecert-gateway", upstream_tls=None)
 
 
 async def _occupied(gate: Gate, site: _Held, server: Server) -> asyncio.Task[GateOutcome]:

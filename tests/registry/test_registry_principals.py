@@ -3,69 +3,34 @@ its status; no provider can take a carrier's, an admin's or another provider's n
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from onecert.gateway._principals import Principal, PrincipalResolver, Role
-from onecert.gateway.store import (
-    DeliveryMode,
-    EntryKind,
-    EntryOrigin,
-    RegistryEntry,
-    RegistrySnapshot,
-    RegistryStatus,
-)
-
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
+from onecert.gateway.store import DeliveryMode, EntryKind, RegistryStatus, SeedEntry, Store
 
 
-def _entry(provider_id: str, status: RegistryStatus, client_cn: str | None = None) -> RegistryEntry:
-    return RegistryEntry(
-        kind=EntryKind.PROVIDER,
-        id=provider_id,
-        name="",
-        category="other",
-        address=None,
-        delivery=DeliveryMode.POLL,
-        plaintext=False,
-        client_cn=client_cn,
-        deadline_s=None,
-        max_concurrency=None,
-        prefixes=(),
-        status=status,
-        origin=EntryOrigin.ENROLLED,
-        created_at=T0,
-        invited_at=None,
-        joined_at=None,
-        activated_at=None,
-        status_changed_at=T0,
-        status_actor="admin:regulator",
-        status_reason=None,
-        cert_serial=None,
-        cert_not_after=None,
-        gate_passed=None,
-        gate_failures=(),
-        gate_at=None,
-        version=1,
+def _seed(provider_id: str, client_cn: str | None = None) -> SeedEntry:
+    """A poll-only provider as a ``[[providers]]`` block seeds it (active)."""
+    return SeedEntry(
+        EntryKind.PROVIDER, provider_id, delivery=DeliveryMode.POLL, client_cn=client_cn
     )
 
 
-def test_registry_providers_carry_their_status() -> None:
+async def test_registry_providers_carry_their_status(store: Store) -> None:
     """Certificates (and dev names) of registry providers resolve with their status; a
     removed one is still recognised, so it is refused as removed, not as unknown."""
     resolver = PrincipalResolver(
         carriers={"cm": "cm"}, providers={}, admin_cns=("regulator",), dev_principals=True
     )
-    snapshot = RegistrySnapshot(
-        version=3,
-        entries=(
-            _entry("pay", RegistryStatus.ACTIVE, client_cn="pay-cert"),
-            _entry("chat", RegistryStatus.SUSPENDED),
-            # A provider named like the admin's certificate never becomes the admin.
-            _entry("regulator", RegistryStatus.ACTIVE),
-        ),
-        removed=frozenset({(EntryKind.PROVIDER, "gone")}),
-    )
-    resolver.apply_registry(snapshot)
+    # "regulator": a provider named like the admin's certificate never becomes the admin.
+    providers = [
+        _seed("pay", client_cn="pay-cert"),
+        _seed("chat"),
+        _seed("regulator"),
+        _seed("gone"),
+    ]
+    await store.registry.seed(providers)
+    await store.registry.set_status("chat", RegistryStatus.SUSPENDED, actor="admin:regulator")
+    await store.registry.set_status("gone", RegistryStatus.REMOVED, actor="admin:regulator")
+    resolver.apply_registry(await store.registry.snapshot())
 
     def who(cn: str) -> Principal | str:
         return resolver.identify(common_name=cn, metadata=())

@@ -52,6 +52,12 @@ def load_audit_key(path: str | Path) -> bytes:
     return load_hex_key(path, what="audit key", size=AUDIT_KEY_BYTES)
 
 
+def _append_failed(kind: str, exc: Exception) -> None:
+    # The audit must not fail silently, and must not leak a value either:
+    # the store's messages name fields, never values.
+    _log.error("audit.append_failed", kind=kind, error=type(exc).__name__, detail=str(exc))
+
+
 class Auditor:
     """Hashes identifiers and appends audit rows to a :class:`Store`.
 
@@ -133,7 +139,7 @@ class Auditor:
         try:
             draft = self._draft(kind, actor=actor, subject=subject, detail=detail)
         except AuditValueError as exc:
-            _log.error("audit.append_failed", kind=kind, error=type(exc).__name__, detail=str(exc))
+            _append_failed(kind, exc)
             return
         self._enqueue(draft, None)
 
@@ -194,14 +200,7 @@ class Auditor:
                     if not done.done():
                         done.set_exception(exc)
                     continue
-                # The audit must not fail silently, and must not leak a value
-                # either: the store's messages name fields, never values.
-                _log.error(
-                    "audit.append_failed",
-                    kind=draft.kind,
-                    error=type(exc).__name__,
-                    detail=str(exc),
-                )
+                _append_failed(draft.kind, exc)
             else:
                 if done is not None and not done.done():
                     done.set_result(None)

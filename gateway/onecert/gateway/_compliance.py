@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 import structlog
 from google.protobuf.duration_pb2 import Duration
@@ -29,21 +30,33 @@ __all__ = ["ComplianceService", "build_report", "report_to_pb"]
 _log = structlog.get_logger("onecert.gateway.compliance")
 
 
+# The counts a report line takes from the store's row, and the RPC's message from
+# the line, each under the same name in all three.
+_COUNTS = (
+    "notices_delivered",
+    "notices_acknowledged",
+    "acted_on_time",
+    "acted_late",
+    "never_acted",
+    "awaiting_action",
+    "unbinds_done",
+    "unbinds_rejected",
+    "unbinds_failed",
+    "never_received",
+)
+
+
+def _counts(source: ProviderComplianceRow | ProviderCompliance) -> dict[str, Any]:
+    # Any: the protobuf message's keyword arguments are typed each, not as one dict.
+    return {name: getattr(source, name) for name in _COUNTS}
+
+
 def _line(row: ProviderComplianceRow, name: str, entry: RegistryEntry | None) -> ProviderCompliance:
     return ProviderCompliance(
         provider_id=row.provider_id,
         provider_name=name,
-        notices_delivered=row.notices_delivered,
-        notices_acknowledged=row.notices_acknowledged,
-        acted_on_time=row.acted_on_time,
-        acted_late=row.acted_late,
-        never_acted=row.never_acted,
-        awaiting_action=row.awaiting_action,
-        unbinds_done=row.unbinds_done,
-        unbinds_rejected=row.unbinds_rejected,
-        unbinds_failed=row.unbinds_failed,
+        **_counts(row),
         unbind_median_time=row.unbind_median_time,
-        never_received=row.never_received,
         registry_status=None if entry is None else ProviderStatus(entry.status.value),
         onboarded_at=None if entry is None else entry.activated_at,
         certificate_not_after=None if entry is None else entry.cert_not_after,
@@ -92,18 +105,7 @@ def report_to_pb(report: ComplianceReport) -> gateway_pb2.GetComplianceReportRes
         response.generated_at.CopyFrom(timestamp(report.generated_at))
     for line in report.providers:
         item = gateway_pb2.ProviderCompliance(
-            provider_id=line.provider_id,
-            provider_name=line.provider_name,
-            notices_delivered=line.notices_delivered,
-            notices_acknowledged=line.notices_acknowledged,
-            acted_on_time=line.acted_on_time,
-            acted_late=line.acted_late,
-            never_acted=line.never_acted,
-            awaiting_action=line.awaiting_action,
-            unbinds_done=line.unbinds_done,
-            unbinds_rejected=line.unbinds_rejected,
-            unbinds_failed=line.unbinds_failed,
-            never_received=line.never_received,
+            provider_id=line.provider_id, provider_name=line.provider_name, **_counts(line)
         )
         if line.unbind_median_time is not None:
             item.unbind_median_time.CopyFrom(_duration(line.unbind_median_time))

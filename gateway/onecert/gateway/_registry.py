@@ -17,11 +17,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
 from onecert.gateway._config import (
     CATEGORIES,
+    CarrierConfig,
     GatewayConfig,
     ProviderConfig,
     category_name,
@@ -44,36 +46,28 @@ __all__ = ["LiveRegistry", "RegistryChange", "provider_of", "seeds_from_config"]
 _log = structlog.get_logger("onecert.gateway.registry")
 
 
+# What every [[providers]] and [[carriers]] block sets, under the same names and in
+# the same form in the configuration and in the registry.
+_SHARED = ("id", "name", "address", "plaintext", "client_cn", "deadline_s", "max_concurrency")
+
+
+def _shared(source: ProviderConfig | CarrierConfig | RegistryEntry) -> dict[str, Any]:
+    return {name: getattr(source, name) for name in _SHARED}
+
+
 def seeds_from_config(config: GatewayConfig) -> list[SeedEntry]:
     """The registry entries ``[[providers]]`` and ``[[carriers]]`` stand for."""
     seeds = [
         SeedEntry(
-            kind=EntryKind.PROVIDER,
-            id=p.id,
-            name=p.name,
+            EntryKind.PROVIDER,
+            **_shared(p),
             category=category_name(p.category),
-            address=p.address,
             delivery=DeliveryMode(p.delivery),
-            plaintext=p.plaintext,
-            client_cn=p.client_cn,
-            deadline_s=p.deadline_s,
-            max_concurrency=p.max_concurrency,
         )
         for p in config.providers
     ]
     seeds.extend(
-        SeedEntry(
-            kind=EntryKind.CARRIER,
-            id=c.id,
-            name=c.name,
-            address=c.address,
-            plaintext=c.plaintext,
-            client_cn=c.client_cn,
-            deadline_s=c.deadline_s,
-            max_concurrency=c.max_concurrency,
-            prefixes=c.prefixes,
-        )
-        for c in config.carriers
+        SeedEntry(EntryKind.CARRIER, **_shared(c), prefixes=c.prefixes) for c in config.carriers
     )
     return seeds
 
@@ -81,15 +75,9 @@ def seeds_from_config(config: GatewayConfig) -> list[SeedEntry]:
 def provider_of(entry: RegistryEntry) -> ProviderConfig:
     """The provider as the gateway's parts take it."""
     return ProviderConfig(
-        id=entry.id,
-        address=entry.address,
-        name=entry.name,
+        **_shared(entry),
         category=CATEGORIES.get(entry.category or "", CATEGORIES["other"]),
-        deadline_s=entry.deadline_s,
-        max_concurrency=entry.max_concurrency,
-        plaintext=entry.plaintext,
         delivery=entry.delivery.value,
-        client_cn=entry.client_cn,
         # A provider the gateway issued a certificate to serves it: it names its id.
         server_name=None if entry.cert_serial is None else provider_dns_name(entry.id),
     )

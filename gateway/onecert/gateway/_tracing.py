@@ -108,12 +108,7 @@ class Tracing:
             "onecert.lookup",
             context=parent,
             kind=SpanKind.SERVER,
-            attributes={
-                "rpc.system": "grpc",
-                "rpc.service": _GATEWAY_SERVICE,
-                "rpc.method": "Lookup",
-                "onecert.query_id": query_id,
-            },
+            attributes={**_rpc(_GATEWAY_SERVICE, "Lookup"), "onecert.query_id": query_id},
         )
         _LOOKUP_SPAN.set(trace.set_span_in_context(span) if span.is_recording() else None)
         return span
@@ -130,65 +125,54 @@ class Tracing:
 
     def provider_call(self, answer: ProviderAnswer, seconds: float) -> None:
         """Record the span of one provider call, ended at ``answer.finished_at``."""
-        parent = _LOOKUP_SPAN.get()
-        if parent is None:
-            return
-        # finished_at is on the loop's clock; spans want the wall clock.
-        ago = asyncio.get_running_loop().time() - answer.finished_at
-        end = time.time_ns() - int(ago * 1e9)
+        attributes = {
+            **_rpc(_PROVIDER_SERVICE, "ListBindings"),
+            "onecert.provider_id": answer.call.provider.id,
+            "onecert.bindings": len(answer.bindings),
+        }
         self._call_span(
-            parent,
             "onecert.provider_call",
-            start=end - int(seconds * 1e9),
-            end=end,
-            outcome=answer.outcome,
-            attributes={
-                "rpc.system": "grpc",
-                "rpc.service": _PROVIDER_SERVICE,
-                "rpc.method": "ListBindings",
-                "onecert.provider_id": answer.call.provider.id,
-                "onecert.outcome": answer.outcome.name.lower(),
-                "onecert.attempts": answer.attempts,
-                "onecert.bindings": len(answer.bindings),
-            },
+            attributes,
+            answer.outcome,
+            answer.attempts,
+            seconds,
+            ended=answer.finished_at,
         )
 
     def carrier_call(
         self, carrier_id: str, outcome: UpstreamOutcome, attempts: int, seconds: float
     ) -> None:
         """Record the span of one carrier call that has just ended."""
+        attributes = {**_rpc(_CARRIER_SERVICE, "ListNumbers"), "onecert.carrier_id": carrier_id}
+        self._call_span("onecert.carrier_call", attributes, outcome, attempts, seconds)
+
+    def _call_span(
+        self,
+        name: str,
+        attributes: dict[str, str | int],
+        outcome: UpstreamOutcome,
+        attempts: int,
+        seconds: float,
+        *,
+        ended: float | None = None,
+    ) -> None:
+        """Record a call's span under its lookup's, when that is sampled, with how it
+        ended; ``ended`` is the loop's clock at its end (None: it has just ended)."""
         parent = _LOOKUP_SPAN.get()
         if parent is None:
             return
         end = time.time_ns()
-        self._call_span(
-            parent,
-            "onecert.carrier_call",
-            start=end - int(seconds * 1e9),
-            end=end,
-            outcome=outcome,
-            attributes={
-                "rpc.system": "grpc",
-                "rpc.service": _CARRIER_SERVICE,
-                "rpc.method": "ListNumbers",
-                "onecert.carrier_id": carrier_id,
-                "onecert.outcome": outcome.name.lower(),
-                "onecert.attempts": attempts,
-            },
-        )
-
-    def _call_span(
-        self,
-        parent: Context,
-        name: str,
-        *,
-        start: int,
-        end: int,
-        outcome: UpstreamOutcome,
-        attributes: dict[str, str | int],
-    ) -> None:
+        if ended is not None:
+            # Spans want the wall clock.
+            end -= int((asyncio.get_running_loop().time() - ended) * 1e9)
+        attributes["onecert.outcome"] = outcome.name.lower()
+        attributes["onecert.attempts"] = attempts
         span = self._tracer.start_span(
-            name, context=parent, kind=SpanKind.CLIENT, start_time=start, attributes=attributes
+            name,
+            context=parent,
+            kind=SpanKind.CLIENT,
+            start_time=end - int(seconds * 1e9),
+            attributes=attributes,
         )
         if outcome.name in ("FAILED", "TIMED_OUT"):
             span.set_status(Status(StatusCode.ERROR))
@@ -197,6 +181,11 @@ class Tracing:
     async def shutdown(self) -> None:
         """Export what is buffered and stop (the exporter may block: off the loop)."""
         await asyncio.to_thread(self._provider.shutdown)
+
+
+def _rpc(service: str, method: str) -> dict[str, str | int]:
+    """The OpenTelemetry RPC attributes of a gRPC call to ``service``'s ``method``."""
+    return {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
 
 
 def _otlp_exporter(config: TracingConfig) -> SpanExporter:

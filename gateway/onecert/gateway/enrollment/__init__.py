@@ -102,13 +102,10 @@ class Enrollment:
         _check_trusted(config, self.ca.bundle())
         gateway_identity = _gateway_identity(config, self.ca.bundle())
         self.gate = Gate(
+            enrollment,
             warrant_key=warrant_key,
             issuer=config.id,
             upstream_tls=config.upstream_tls,
-            timeout=enrollment.gate_timeout_s,
-            call_timeout=enrollment.gate_call_timeout_s,
-            max_concurrent=enrollment.max_concurrent_gates,
-            max_waiting=enrollment.max_waiting_gates,
             clock=clock,
         )
         self.service = EnrollmentService(

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 import grpc
 import structlog
 
-from onecert.gateway._config import UpstreamTLS
+from onecert.gateway._config import EnrollmentConfig, UpstreamTLS
 from onecert.gateway._refusal import Refusal
 from onecert.sdk._csr import provider_dns_name
 from onecert.sdk._keys import SigningKey
@@ -89,41 +89,35 @@ class Gate:
     """Runs the conformance kit against joining providers.
 
     Args:
+        config: ``[enrollment]``: how long one run may take in all
+            (``gate_timeout_s``) and each of its calls (``gate_call_timeout_s``),
+            runs at once (``max_concurrent_gates``), requests that wait for a
+            slot (``max_waiting_gates``; one more is refused RESOURCE_EXHAUSTED,
+            0: refused as soon as every slot is taken).
         warrant_key: the gateway's warrant signing key (providers trust its JWKS).
         issuer: the gateway id warrants name.
         upstream_tls: the gateway's client certificate and the CA it trusts
             for providers; None: plaintext (development mode only).
-        timeout: seconds one run may take in all.
-        call_timeout: deadline of each call of the run.
-        max_concurrent: runs at once.
-        max_waiting: requests that wait for a slot; one more is refused
-            RESOURCE_EXHAUSTED (0: refuse as soon as every slot is taken).
         clock: the current time (aware).
     """
 
     def __init__(
         self,
+        config: EnrollmentConfig,
         *,
         warrant_key: SigningKey,
         issuer: str,
         upstream_tls: UpstreamTLS | None,
-        timeout: float,
-        call_timeout: float,
-        max_concurrent: int,
-        max_waiting: int = 0,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
+        self._config = config
         self._warrant_key = warrant_key
         self._issuer = issuer
         self._upstream_tls = upstream_tls
-        self._timeout = timeout
-        self._call_timeout = call_timeout
-        self._slots = asyncio.Semaphore(max_concurrent)
-        self._max_concurrent = max_concurrent
-        self._max_waiting = max_waiting
+        self._slots = asyncio.Semaphore(config.max_concurrent_gates)
         self._waiting = 0
         # The length of a run, estimated from the last ones (a moving average).
-        self._run_s = call_timeout
+        self._run_s = config.gate_call_timeout_s
         self._clock = clock or (lambda: datetime.now(UTC))
 
     def _tls(self, provider_id: str) -> ClientTLS | None:
@@ -140,12 +134,12 @@ class Gate:
     async def run(self, provider_id: str, address: str) -> GateOutcome:
         """Check the provider at ``address``; a failed outcome says why (never raises for it).
 
-        Waits for a slot when ``max_concurrent`` runs are going on.
+        Waits for a slot when ``max_concurrent_gates`` runs are going on.
 
         Raises:
-            Refusal: RESOURCE_EXHAUSTED when ``max_waiting`` requests already wait.
+            Refusal: RESOURCE_EXHAUSTED when ``max_waiting_gates`` requests already wait.
         """
-        if self._slots.locked() and self._waiting >= self._max_waiting:
+        if self._slots.locked() and self._waiting >= self._config.max_waiting_gates:
             raise Refusal(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 "the gateway is running as many conformance gates as it may; ask again shortly",
@@ -172,27 +166,29 @@ class Gate:
 
     def _hint_s(self) -> float:
         """How long until a slot is likely free for one more request, in seconds."""
-        rounds = (self._waiting + self._max_concurrent) / self._max_concurrent
-        return min(max(_MIN_HINT_S, rounds * self._run_s), self._timeout / 4)
+        slots = self._config.max_concurrent_gates
+        rounds = (self._waiting + slots) / slots
+        return min(max(_MIN_HINT_S, rounds * self._run_s), self._config.gate_timeout_s / 4)
 
     async def _checked(self, provider_id: str, address: str) -> GateOutcome:
         """One conformance run, bounded by the gate's timeout."""
         started = self._clock()
         clock = time.monotonic()
+        timeout = self._config.gate_timeout_s
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(timeout):
                 report = await check_provider(
                     target=address,
                     warrant_key=self._warrant_key,
                     issuer=self._issuer,
                     provider_id=provider_id,
                     tls=self._tls(provider_id),
-                    call_timeout=self._call_timeout,
+                    call_timeout=self._config.gate_call_timeout_s,
                 )
         except TimeoutError:
             outcome = GateOutcome.not_run(
                 started,
-                f"the conformance run against {address} did not finish within {self._timeout:g} s",
+                f"the conformance run against {address} did not finish within {timeout:g} s",
             )
         except ValueError as exc:
             outcome = GateOutcome.not_run(started, f"the conformance run could not start: {exc}")
