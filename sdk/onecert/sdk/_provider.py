@@ -16,15 +16,14 @@ import jwt
 import structlog
 
 from onecert.sdk._convert import (
+    CATEGORIES,
     MAX_ACCOUNT_REF,
+    UNBIND_OUTCOMES,
+    UNBIND_REASONS,
     InvalidResultError,
     bindings_to_pb,
-    category_to_pb,
     from_timestamp,
     timestamp,
-    unbind_outcome_from_pb,
-    unbind_outcome_to_pb,
-    unbind_reason_from_pb,
     unbind_result_to_pb,
 )
 from onecert.sdk._core import (
@@ -334,7 +333,7 @@ class ProviderCore:
         return provider_pb2.DescribeResponse(
             provider_id=self.provider.id,
             name=self.provider.name,
-            category=category_to_pb(self.provider.category),
+            category=CATEGORIES.to_pb(self.provider.category),
             contract_version=CONTRACT_VERSION,
             implementation=implementation_name(),
         )
@@ -364,7 +363,7 @@ class ProviderCore:
         msisdn = _check_msisdn(request.msisdn)
         if not 0 < len(request.account_ref) <= MAX_ACCOUNT_REF:
             raise _invalid(f"account_ref is required (1 to {MAX_ACCOUNT_REF} characters)")
-        reason = unbind_reason_from_pb(request.reason)
+        reason = UNBIND_REASONS.from_pb_or_none(request.reason)
         if reason is None:
             raise _invalid("reason is required (not UNBIND_REASON_UNSPECIFIED)")
         structlog.contextvars.bind_contextvars(
@@ -568,7 +567,7 @@ def _unbind_claim(fingerprint: str, request: provider_pb2.UnbindRequest) -> dict
 def _unbind_record(fingerprint: str, response: provider_pb2.UnbindResponse) -> dict[str, Any]:
     return {
         "fp": fingerprint,
-        "outcome": unbind_outcome_from_pb(response.outcome).value,
+        "outcome": UNBIND_OUTCOMES.from_pb(response.outcome).value,
         "reason": response.reason,
         "decided_at": (
             from_timestamp(response.decided_at).timestamp()
@@ -580,7 +579,7 @@ def _unbind_record(fingerprint: str, response: provider_pb2.UnbindResponse) -> d
 
 def _unbind_response(record: dict[str, Any]) -> provider_pb2.UnbindResponse:
     response = provider_pb2.UnbindResponse(
-        outcome=unbind_outcome_to_pb(UnbindOutcome(record["outcome"])),
+        outcome=UNBIND_OUTCOMES.to_pb(UnbindOutcome(record["outcome"])),
         reason=str(record.get("reason", "")),
     )
     decided_at = record.get("decided_at")
