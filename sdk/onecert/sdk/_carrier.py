@@ -15,8 +15,6 @@ from onecert.sdk._core import (
     Context,
     Handler,
     authorize,
-    check_adapter_id,
-    check_handler,
     invoke,
     log,
     token_of,
@@ -49,21 +47,19 @@ class Carrier(Adapter):
             instead of the decorator.
     """
 
+    _kind = "carrier"
+    _required = ("list_numbers",)
+
     def __init__(self, *, carrier_id: str, implementation: object | None = None) -> None:
-        self._carrier_id = check_adapter_id(carrier_id, "carrier_id")
+        super().__init__(carrier_id)
         self._list_numbers: Handler | None = None
         if implementation is not None:
-            fn = getattr(implementation, "list_numbers", None)
-            if not callable(fn):
-                raise TypeError(
-                    f"implementation {type(implementation).__name__} has no list_numbers method"
-                )
-            self.list_numbers(fn)
+            self._implement(implementation)
 
     @property
     def id(self) -> str:
         """The id the gateway knows this carrier by (``carrier_id=`` when built)."""
-        return self._carrier_id
+        return self._id
 
     def list_numbers(self, fn: F) -> F:
         """Register ``async def list_numbers(idn, info) -> list[Tenure]``.
@@ -73,20 +69,11 @@ class Carrier(Adapter):
         numbers and former ones inside your retention window. An unknown idn
         is an empty list.
         """
-        if self._list_numbers is not None:
-            raise TypeError(f"carrier {self._carrier_id!r} already has a list_numbers function")
-        self._list_numbers = check_handler(fn, role="list_numbers", arg="idn")
+        self._register("list_numbers", fn, "idn")
         return fn
 
-    def check_complete(self) -> None:
-        if self._list_numbers is None:
-            raise TypeError(
-                f"carrier {self._carrier_id!r} has no list_numbers function; "
-                "register one with @carrier.list_numbers"
-            )
-
     def __repr__(self) -> str:
-        return f"Carrier(carrier_id={self._carrier_id!r})"
+        return f"Carrier(carrier_id={self.id!r})"
 
 
 class CarrierCore:

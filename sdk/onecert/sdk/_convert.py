@@ -9,9 +9,10 @@ rule broken, never the values (they may be personal data).
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+import functools
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -55,6 +56,7 @@ class InvalidResultError(Exception):
 
 _E = TypeVar("_E", bound=enum.Enum)
 _V = TypeVar("_V", bound=int)
+_P = TypeVar("_P")
 
 
 # Enum <-> proto value, by name: BindingKind.LOGIN <-> BINDING_KIND_LOGIN.
@@ -80,49 +82,38 @@ def enum_from_pb(
     return enum_type.__members__.get(pb_enum.Name(value).removeprefix(prefix), default)
 
 
-def _known(member: _E | None, value: int) -> _E:
-    if member is None:
-        raise ValueError(f"unknown or unspecified enum value {value}")
-    return member
+class EnumMap(Generic[_E, _V]):
+    """One SDK enum and its protobuf enum, paired by member name.
+
+    ``BindingKind.LOGIN`` is ``BINDING_KIND_LOGIN``: the protobuf value's name
+    is ``prefix`` + the member's name.
+    """
+
+    def __init__(self, enum_type: type[_E], pb_enum: _EnumTypeWrapper[_V], prefix: str) -> None:
+        self._enum_type = enum_type
+        self._pb_enum = pb_enum
+        self._prefix = prefix
+
+    def to_pb(self, member: _E) -> _V:
+        return enum_to_pb(member, self._pb_enum, self._prefix)
+
+    def from_pb_or_none(self, value: _V) -> _E | None:
+        """The member, or None for UNSPECIFIED or a value this SDK does not know."""
+        return enum_from_pb(self._enum_type, self._pb_enum, value, self._prefix)
+
+    def from_pb(self, value: _V) -> _E:
+        """The member; ValueError for UNSPECIFIED or a value this SDK does not know."""
+        member = self.from_pb_or_none(value)
+        if member is None:
+            raise ValueError(f"unknown or unspecified enum value {value}")
+        return member
 
 
-def binding_kind_to_pb(kind: BindingKind) -> common_pb2.BindingKind.ValueType:
-    return enum_to_pb(kind, common_pb2.BindingKind, "BINDING_KIND_")
-
-
-def binding_kind_from_pb(value: common_pb2.BindingKind.ValueType) -> BindingKind:
-    found = enum_from_pb(BindingKind, common_pb2.BindingKind, value, "BINDING_KIND_")
-    return _known(found, value)
-
-
-def unbind_reason_to_pb(reason: UnbindReason) -> common_pb2.UnbindReason.ValueType:
-    return enum_to_pb(reason, common_pb2.UnbindReason, "UNBIND_REASON_")
-
-
-def unbind_reason_from_pb(value: common_pb2.UnbindReason.ValueType) -> UnbindReason | None:
-    """The reason, or None for UNSPECIFIED or a value this SDK does not know."""
-    return enum_from_pb(UnbindReason, common_pb2.UnbindReason, value, "UNBIND_REASON_")
-
-
-def unbind_outcome_to_pb(outcome: UnbindOutcome) -> common_pb2.UnbindOutcome.ValueType:
-    return enum_to_pb(outcome, common_pb2.UnbindOutcome, "UNBIND_OUTCOME_")
-
-
-def unbind_outcome_from_pb(value: common_pb2.UnbindOutcome.ValueType) -> UnbindOutcome:
-    found = enum_from_pb(UnbindOutcome, common_pb2.UnbindOutcome, value, "UNBIND_OUTCOME_")
-    return _known(found, value)
-
-
-def tenure_state_to_pb(state: TenureState) -> common_pb2.TenureState.ValueType:
-    return enum_to_pb(state, common_pb2.TenureState, "TENURE_STATE_")
-
-
-def tenure_state_from_pb(value: common_pb2.TenureState.ValueType) -> TenureState:
-    return _known(enum_from_pb(TenureState, common_pb2.TenureState, value, "TENURE_STATE_"), value)
-
-
-def category_to_pb(category: ProviderCategory) -> common_pb2.ProviderCategory.ValueType:
-    return enum_to_pb(category, common_pb2.ProviderCategory, "PROVIDER_CATEGORY_")
+BINDING_KINDS = EnumMap(BindingKind, common_pb2.BindingKind, "BINDING_KIND_")
+UNBIND_REASONS = EnumMap(UnbindReason, common_pb2.UnbindReason, "UNBIND_REASON_")
+UNBIND_OUTCOMES = EnumMap(UnbindOutcome, common_pb2.UnbindOutcome, "UNBIND_OUTCOME_")
+TENURE_STATES = EnumMap(TenureState, common_pb2.TenureState, "TENURE_STATE_")
+CATEGORIES = EnumMap(ProviderCategory, common_pb2.ProviderCategory, "PROVIDER_CATEGORY_")
 
 
 def timestamp(value: datetime) -> Timestamp:
@@ -175,7 +166,7 @@ def binding_to_pb(binding: object) -> provider_pb2.Binding:
     out = provider_pb2.Binding(
         account_ref=ref,
         display_name=binding.display_name,
-        kind=binding_kind_to_pb(binding.kind),
+        kind=BINDING_KINDS.to_pb(binding.kind),
         unbindable=binding.unbindable,
     )
     if bound_at is not None:
@@ -207,18 +198,33 @@ def _check_bounds(
 
 def bindings_to_pb(result: object) -> list[provider_pb2.Binding]:
     """Check what ``list_bindings`` returned (any iterable of :class:`Binding`)."""
+    return _each(result, binding_to_pb, "list_bindings", "binding", most=MAX_BINDINGS, per="number")
+
+
+def _each(
+    result: object,
+    convert: Callable[[object], _P],
+    function: str,
+    what: str,
+    *,
+    most: int,
+    per: str,
+) -> list[_P]:
+    """``convert`` each item ``function`` returned: it must be a list of
+    ``what`` (any iterable but a string, bytes or a dict), at most ``most``
+    for one ``per``."""
     if isinstance(result, str | bytes | dict) or not isinstance(result, Iterable):
-        raise InvalidResultError("binding", "list_bindings must return a list of Binding")
-    out = [binding_to_pb(b) for b in result]
-    if len(out) > MAX_BINDINGS:
-        raise InvalidResultError("binding", f"more than {MAX_BINDINGS} bindings for one number")
+        raise InvalidResultError(what, f"{function} must return a list of {what.title()}")
+    out = [convert(item) for item in result]
+    if len(out) > most:
+        raise InvalidResultError(what, f"more than {most} {what}s for one {per}")
     return out
 
 
 def binding_from_pb(pb: provider_pb2.Binding) -> Binding:
     return Binding(
         account_ref=pb.account_ref,
-        kind=binding_kind_from_pb(pb.kind),
+        kind=BINDING_KINDS.from_pb(pb.kind),
         bound_at=from_timestamp(pb.bound_at) if pb.HasField("bound_at") else None,
         display_name=pb.display_name,
         last_used_at=from_timestamp(pb.last_used_at) if pb.HasField("last_used_at") else None,
@@ -253,7 +259,7 @@ def unbind_result_to_pb(result: object, *, now: datetime) -> provider_pb2.Unbind
         raise InvalidResultError(what, f"reason is longer than {MAX_REASON} characters")
     decided_at = _aware(result.decided_at, "decided_at", what, optional=True)
     out = provider_pb2.UnbindResponse(
-        outcome=unbind_outcome_to_pb(result.outcome),
+        outcome=UNBIND_OUTCOMES.to_pb(result.outcome),
         reason=mask_numbers_in_text(result.reason),
     )
     if decided_at is None and result.outcome is not UnbindOutcome.PENDING:
@@ -265,7 +271,7 @@ def unbind_result_to_pb(result: object, *, now: datetime) -> provider_pb2.Unbind
 
 def unbind_result_from_pb(pb: provider_pb2.UnbindResponse) -> UnbindResult:
     return UnbindResult(
-        outcome=unbind_outcome_from_pb(pb.outcome),
+        outcome=UNBIND_OUTCOMES.from_pb(pb.outcome),
         reason=pb.reason,
         decided_at=from_timestamp(pb.decided_at) if pb.HasField("decided_at") else None,
     )
@@ -292,7 +298,7 @@ def tenure_to_pb(tenure: object, *, carrier_id: str) -> registry_pb2.Tenure:
     if held_until is not None and held_until < held_from:
         raise InvalidResultError(what, "held_until is before held_from")
     out = registry_pb2.Tenure(
-        msisdn=msisdn, carrier_id=carrier_id, state=tenure_state_to_pb(tenure.state)
+        msisdn=msisdn, carrier_id=carrier_id, state=TENURE_STATES.to_pb(tenure.state)
     )
     out.held_from.CopyFrom(timestamp(held_from))
     if held_until is not None:
@@ -302,12 +308,8 @@ def tenure_to_pb(tenure: object, *, carrier_id: str) -> registry_pb2.Tenure:
 
 def tenures_to_pb(result: object, *, carrier_id: str) -> list[registry_pb2.Tenure]:
     """Check what ``list_numbers`` returned (any iterable of :class:`Tenure`)."""
-    if isinstance(result, str | bytes | dict) or not isinstance(result, Iterable):
-        raise InvalidResultError("tenure", "list_numbers must return a list of Tenure")
-    out = [tenure_to_pb(t, carrier_id=carrier_id) for t in result]
-    if len(out) > MAX_TENURES:
-        raise InvalidResultError("tenure", f"more than {MAX_TENURES} tenures for one idn")
-    return out
+    to_pb = functools.partial(tenure_to_pb, carrier_id=carrier_id)
+    return _each(result, to_pb, "list_numbers", "tenure", most=MAX_TENURES, per="idn")
 
 
 def tenure_from_pb(pb: registry_pb2.Tenure) -> Tenure:
@@ -315,5 +317,5 @@ def tenure_from_pb(pb: registry_pb2.Tenure) -> Tenure:
         msisdn=pb.msisdn,
         held_from=from_timestamp(pb.held_from),
         held_until=from_timestamp(pb.held_until) if pb.HasField("held_until") else None,
-        state=tenure_state_from_pb(pb.state),
+        state=TENURE_STATES.from_pb(pb.state),
     )

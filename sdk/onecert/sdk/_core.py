@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
 import structlog
@@ -256,16 +256,54 @@ def implementation_name() -> str:
 
 
 class Adapter:
-    """What providers and carriers share: an id, and the ways to run them."""
+    """What providers and carriers share: an id, their functions, and the ways to run them.
+
+    A subclass names its kind and its functions; the id, checked, is kept in
+    ``_id`` (each subclass documents it as ``id``), and the function of each
+    role, checked, in the attribute ``_<role>`` (None until registered).
+    """
+
+    #: "provider" or "carrier": named in messages; the id's argument is ``<kind>_id``.
+    _kind: ClassVar[str]
+    #: The roles of the functions it cannot run without, and of the optional ones.
+    _required: ClassVar[tuple[str, ...]]
+    _optional: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, adapter_id: str) -> None:
+        self._id = check_adapter_id(adapter_id, f"{self._kind}_id")
 
     @property
     def id(self) -> str:
         """The id the gateway knows this adapter by (the warrant audience)."""
         raise NotImplementedError
 
+    def _implement(self, implementation: object) -> None:
+        """Register the methods of ``implementation`` named like the roles; a
+        required one missing is a TypeError."""
+        for role in self._required:
+            if not callable(getattr(implementation, role, None)):
+                raise TypeError(
+                    f"implementation {type(implementation).__name__} has no {role} method"
+                )
+        for role in (*self._required, *self._optional):
+            method = getattr(implementation, role, None)
+            if callable(method):
+                getattr(self, role)(method)
+
+    def _register(self, role: str, fn: object, arg: str) -> None:
+        """Keep ``fn``, checked, as the ``role`` function; a second one is a TypeError."""
+        if getattr(self, f"_{role}") is not None:
+            raise TypeError(f"{self._kind} {self._id!r} already has a {role} function")
+        setattr(self, f"_{role}", check_handler(fn, role=role, arg=arg))
+
     def check_complete(self) -> None:
         """Raise TypeError if a required function is missing."""
-        raise NotImplementedError
+        missing = [role for role in self._required if getattr(self, f"_{role}") is None]
+        if missing:
+            raise TypeError(
+                f"{self._kind} {self._id!r} has no {' and no '.join(missing)} function; "
+                f"register one with @{self._kind}.{missing[0]}"
+            )
 
     def run(
         self,

@@ -16,15 +16,14 @@ import jwt
 import structlog
 
 from onecert.sdk._convert import (
+    CATEGORIES,
     MAX_ACCOUNT_REF,
+    UNBIND_OUTCOMES,
+    UNBIND_REASONS,
     InvalidResultError,
     bindings_to_pb,
-    category_to_pb,
     from_timestamp,
     timestamp,
-    unbind_outcome_from_pb,
-    unbind_outcome_to_pb,
-    unbind_reason_from_pb,
     unbind_result_to_pb,
 )
 from onecert.sdk._core import (
@@ -33,8 +32,6 @@ from onecert.sdk._core import (
     Context,
     Handler,
     authorize,
-    check_adapter_id,
-    check_handler,
     deadline_from,
     implementation_name,
     invoke,
@@ -109,6 +106,10 @@ class Provider(Adapter):
             every number once a snapshot is older than this plus a grace.
     """
 
+    _kind = "provider"
+    _required = ("list_bindings", "unbind")
+    _optional = ("on_recycled",)
+
     def __init__(
         self,
         *,
@@ -126,7 +127,7 @@ class Provider(Adapter):
         self.list_numbers = list_numbers
         self.snapshot_interval = snapshot_interval
         self._publisher: _BoundNotes | None = None
-        self._provider_id = check_adapter_id(provider_id, "provider_id")
+        super().__init__(provider_id)
         if not name.strip():
             raise ValueError("name is required")
         self._name = name
@@ -135,15 +136,7 @@ class Provider(Adapter):
         self._unbind: Handler | None = None
         self._on_recycled: Handler | None = None
         if implementation is not None:
-            for role in ("list_bindings", "unbind"):
-                if not callable(getattr(implementation, role, None)):
-                    raise TypeError(
-                        f"implementation {type(implementation).__name__} has no {role} method"
-                    )
-            self.list_bindings(implementation.list_bindings)  # type: ignore[attr-defined]  # checked above
-            self.unbind(implementation.unbind)  # type: ignore[attr-defined]  # checked above
-            if callable(getattr(implementation, "on_recycled", None)):
-                self.on_recycled(implementation.on_recycled)  # type: ignore[attr-defined]  # checked just above
+            self._implement(implementation)
 
     async def note_bound(self, msisdn: str) -> bool:
         """Tell the gateway at once that ``msisdn`` (E.164) was just bound here.
@@ -169,7 +162,7 @@ class Provider(Adapter):
     @property
     def id(self) -> str:
         """The id the gateway knows this provider by (``provider_id=`` when built)."""
-        return self._provider_id
+        return self._id
 
     @property
     def name(self) -> str:
@@ -179,19 +172,13 @@ class Provider(Adapter):
     def category(self) -> ProviderCategory:
         return self._category
 
-    def _register(self, slot: str, fn: object, arg: str) -> None:
-        role = slot.removeprefix("_")
-        if getattr(self, slot) is not None:
-            raise TypeError(f"provider {self._provider_id!r} already has a {role} function")
-        setattr(self, slot, check_handler(fn, role=role, arg=arg))
-
     def list_bindings(self, fn: F) -> F:
         """Register ``async def list_bindings(msisdn, info) -> list[Binding]``.
 
         Return every account bound to ``msisdn`` (E.164, already validated);
         an unknown number is an empty list.
         """
-        self._register("_list_bindings", fn, "msisdn")
+        self._register("list_bindings", fn, "msisdn")
         return fn
 
     def unbind(self, fn: F) -> F:
@@ -204,7 +191,7 @@ class Provider(Adapter):
         answer was never recorded (it may have applied the unbind): answer
         DONE if the number is already detached from the account.
         """
-        self._register("_unbind", fn, "request")
+        self._register("unbind", fn, "request")
         return fn
 
     def on_recycled(self, fn: F) -> F:
@@ -217,23 +204,11 @@ class Provider(Adapter):
         says an earlier call for it started and its answer was never recorded
         (it may have acted): act only on what is left.
         """
-        self._register("_on_recycled", fn, "notice")
+        self._register("on_recycled", fn, "notice")
         return fn
 
-    def check_complete(self) -> None:
-        missing = [
-            role
-            for role, handler in (("list_bindings", self._list_bindings), ("unbind", self._unbind))
-            if handler is None
-        ]
-        if missing:
-            raise TypeError(
-                f"provider {self._provider_id!r} has no {' and no '.join(missing)} function; "
-                f"register one with @provider.{missing[0]}"
-            )
-
     def __repr__(self) -> str:
-        return f"Provider(provider_id={self._provider_id!r}, category={self._category.value!r})"
+        return f"Provider(provider_id={self.id!r}, category={self._category.value!r})"
 
 
 def _invalid(details: str) -> CallError:
@@ -334,7 +309,7 @@ class ProviderCore:
         return provider_pb2.DescribeResponse(
             provider_id=self.provider.id,
             name=self.provider.name,
-            category=category_to_pb(self.provider.category),
+            category=CATEGORIES.to_pb(self.provider.category),
             contract_version=CONTRACT_VERSION,
             implementation=implementation_name(),
         )
@@ -364,7 +339,7 @@ class ProviderCore:
         msisdn = _check_msisdn(request.msisdn)
         if not 0 < len(request.account_ref) <= MAX_ACCOUNT_REF:
             raise _invalid(f"account_ref is required (1 to {MAX_ACCOUNT_REF} characters)")
-        reason = unbind_reason_from_pb(request.reason)
+        reason = UNBIND_REASONS.from_pb_or_none(request.reason)
         if reason is None:
             raise _invalid("reason is required (not UNBIND_REASON_UNSPECIFIED)")
         structlog.contextvars.bind_contextvars(
@@ -568,7 +543,7 @@ def _unbind_claim(fingerprint: str, request: provider_pb2.UnbindRequest) -> dict
 def _unbind_record(fingerprint: str, response: provider_pb2.UnbindResponse) -> dict[str, Any]:
     return {
         "fp": fingerprint,
-        "outcome": unbind_outcome_from_pb(response.outcome).value,
+        "outcome": UNBIND_OUTCOMES.from_pb(response.outcome).value,
         "reason": response.reason,
         "decided_at": (
             from_timestamp(response.decided_at).timestamp()
@@ -580,7 +555,7 @@ def _unbind_record(fingerprint: str, response: provider_pb2.UnbindResponse) -> d
 
 def _unbind_response(record: dict[str, Any]) -> provider_pb2.UnbindResponse:
     response = provider_pb2.UnbindResponse(
-        outcome=unbind_outcome_to_pb(UnbindOutcome(record["outcome"])),
+        outcome=UNBIND_OUTCOMES.to_pb(UnbindOutcome(record["outcome"])),
         reason=str(record.get("reason", "")),
     )
     decided_at = record.get("decided_at")

@@ -140,7 +140,8 @@ class Table:
     nobody asked for (typos).
 
     Each getter takes an optional default, returned as is when the key is
-    absent; without one the key is required.
+    absent; without one the key is required. Numbers have no getter: they
+    are read by :meth:`read`, from fields that carry their bounds.
 
     Args:
         data: the table as ``tomllib`` parsed it.
@@ -223,33 +224,6 @@ class Table:
             raise ConfigError(f"{self.where(key)} must be true or false")
         return value
 
-    @overload
-    def number(
-        self, key: str, *, minimum: float | None = None, maximum: float | None = None
-    ) -> float: ...
-    @overload
-    def number(
-        self, key: str, default: T, *, minimum: float | None = None, maximum: float | None = None
-    ) -> float | T: ...
-    def number(
-        self,
-        key: str,
-        default: object = _REQUIRED,
-        *,
-        minimum: float | None = None,
-        maximum: float | None = None,
-    ) -> object:
-        """A finite integer or float, as a float, within the bounds."""
-        return self._number(key, default, Setting(minimum=minimum, maximum=maximum))
-
-    @overload
-    def seconds(self, key: str, *, allow_zero: bool = False) -> float: ...
-    @overload
-    def seconds(self, key: str, default: T, *, allow_zero: bool = False) -> float | T: ...
-    def seconds(self, key: str, default: object = _REQUIRED, *, allow_zero: bool = False) -> object:
-        """A duration in seconds, as a float: more than zero, or zero or more."""
-        return self._number(key, default, Setting(seconds=True, allow_zero=allow_zero))
-
     def _number(self, key: str, default: object, spec: Setting) -> object:
         value = self._get(key, default)
         if key not in self._data:
@@ -267,25 +241,6 @@ class Table:
             raise ConfigError(f"{self.where(key)} must be {bound} seconds")
         self._check_bounds(key, value, spec)
         return float(value)
-
-    @overload
-    def integer(
-        self, key: str, *, minimum: int | None = None, maximum: int | None = None
-    ) -> int: ...
-    @overload
-    def integer(
-        self, key: str, default: T, *, minimum: int | None = None, maximum: int | None = None
-    ) -> int | T: ...
-    def integer(
-        self,
-        key: str,
-        default: object = _REQUIRED,
-        *,
-        minimum: int | None = None,
-        maximum: int | None = None,
-    ) -> object:
-        """An integer (not a float, not a boolean) within the bounds."""
-        return self._integer(key, default, Setting(minimum=minimum, maximum=maximum))
 
     def _integer(self, key: str, default: object, spec: Setting) -> object:
         value = self._get(key, default)

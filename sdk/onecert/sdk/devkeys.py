@@ -137,16 +137,9 @@ class DevKeys:
         return self.directory / f"client-{name}.key.pem"
 
     def private_files(self) -> tuple[Path, ...]:
-        """Every file that holds a secret (written with mode 0600)."""
-        return (
-            self.identity_key,
-            self.idn_key,
-            self.warrant_key,
-            self.handle_key,
-            self.ca_key,
-            self.server_key,
-            *(self.client_key(name) for name in self.clients),
-        )
+        """Every file that holds a secret (written with mode 0600): the keys,
+        named ``*.key`` or ``*.key.pem`` unlike every public file."""
+        return tuple(p for p in self.files() if p.name.endswith((".key", ".key.pem")))
 
     def issue(
         self,

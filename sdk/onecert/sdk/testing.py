@@ -34,9 +34,9 @@ from grpc_health.v1 import health_pb2_grpc
 from onecert.sdk._carrier import Carrier, CarrierCore
 from onecert.sdk._channel import open_channel
 from onecert.sdk._convert import (
+    UNBIND_REASONS,
     binding_from_pb,
     tenure_from_pb,
-    unbind_reason_to_pb,
     unbind_result_from_pb,
 )
 from onecert.sdk._core import CallError
@@ -236,7 +236,7 @@ class ProviderEnvironment:
             request_id=request_id or secrets.token_hex(8),
             msisdn=msisdn,
             account_ref=account_ref,
-            reason=unbind_reason_to_pb(coerce_enum(UnbindReason, reason, "reason")),
+            reason=UNBIND_REASONS.to_pb(coerce_enum(UnbindReason, reason, "reason")),
         )
         response = await self._core.unbind(request, token=token, remaining=time_limit)
         return unbind_result_from_pb(response)

@@ -9,6 +9,13 @@ from datetime import datetime, timedelta
 
 import grpc
 
+from onecert.sdk._convert import (
+    BINDING_KINDS,
+    CATEGORIES,
+    TENURE_STATES,
+    UNBIND_OUTCOMES,
+    UNBIND_REASONS,
+)
 from onecert.sdk._types import (
     BindingKind,
     ProviderCategory,
@@ -23,7 +30,7 @@ from onecert.sdk.client._base import (
     enum_from_pb,
     time_of,
 )
-from onecert.v1 import common_pb2, gateway_pb2
+from onecert.v1 import gateway_pb2
 
 
 class Attribution(enum.StrEnum):
@@ -253,13 +260,11 @@ def _receipt(pb: gateway_pb2.UnbindTicket) -> Receipt:
         ticket_id=pb.ticket_id,
         provider_id=pb.provider_id,
         provider_name=pb.provider_name,
-        reason=enum_from_pb(UnbindReason, common_pb2.UnbindReason, pb.reason, "UNBIND_REASON_"),
+        reason=UNBIND_REASONS.from_pb_or_none(pb.reason),
         state=_ticket_state(pb.state),
         attempts=pb.attempts,
         created_at=time_of(pb, "created_at"),
-        provider_outcome=enum_from_pb(
-            UnbindOutcome, common_pb2.UnbindOutcome, pb.provider_outcome, "UNBIND_OUTCOME_"
-        ),
+        provider_outcome=UNBIND_OUTCOMES.from_pb_or_none(pb.provider_outcome),
         provider_reason=pb.provider_reason,
         answered_at=time_of(pb, "answered_at"),
         last_error=pb.last_error,
@@ -291,7 +296,7 @@ def _account(pb: gateway_pb2.ShownBinding) -> Account:
     return Account(
         attribution=attribution,
         display_name_masked=pb.display_name_masked,
-        kind=enum_from_pb(BindingKind, common_pb2.BindingKind, pb.kind, "BINDING_KIND_"),
+        kind=BINDING_KINDS.from_pb_or_none(pb.kind),
         bound_at=time_of(pb, "bound_at"),
         last_used_at=time_of(pb, "last_used_at"),
         unbindable=pb.unbindable,
@@ -310,7 +315,7 @@ def _update(pb: gateway_pb2.LookupResponse) -> LookupUpdate | None:
                 carrier_id=n.carrier_id,
                 held_from=time_of(n, "held_from"),
                 held_until=time_of(n, "held_until"),
-                state=enum_from_pb(TenureState, common_pb2.TenureState, n.state, "TENURE_STATE_"),
+                state=TENURE_STATES.from_pb_or_none(n.state),
                 current=n.current,
             )
             for n in s.numbers
@@ -322,9 +327,7 @@ def _update(pb: gateway_pb2.LookupResponse) -> LookupUpdate | None:
             query_id=pb.query_id,
             provider_id=r.provider_id,
             provider_name=r.provider_name,
-            category=enum_from_pb(
-                ProviderCategory, common_pb2.ProviderCategory, r.category, "PROVIDER_CATEGORY_"
-            ),
+            category=CATEGORIES.from_pb_or_none(r.category),
             msisdn=r.msisdn,
             outcome=_outcome(r.outcome),
             detail=r.detail,

@@ -6,6 +6,7 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TypedDict, Unpack
 
 from google.protobuf.duration_pb2 import Duration
 
@@ -127,6 +128,14 @@ class FilterReceipt:
 
     fresh_until: datetime | None
     active_key_version: int
+
+
+class _Publication(TypedDict, total=False):
+    """What one ``PublishFilter`` call carries: exactly one of these."""
+
+    snapshot: gateway_pb2.RoutingSnapshot
+    additions: bytes
+    opt_out: gateway_pb2.RoutingOptOut
 
 
 class ProviderGatewayClient(ClientBase):
@@ -279,12 +288,10 @@ class ProviderGatewayClient(ClientBase):
         """
         duration = Duration()
         duration.FromTimedelta(interval)
-        request = gateway_pb2.PublishFilterRequest(
-            snapshot=gateway_pb2.RoutingSnapshot(
-                filter=snapshot.to_bytes(), snapshot_interval=duration
-            )
+        published = gateway_pb2.RoutingSnapshot(
+            filter=snapshot.to_bytes(), snapshot_interval=duration
         )
-        return _receipt(await self._unary(self._stub.PublishFilter, request, timeout=timeout))
+        return await self._publish(timeout, snapshot=published)
 
     async def publish_additions(
         self,
@@ -298,8 +305,7 @@ class ProviderGatewayClient(ClientBase):
             GatewayError: INVALID_ARGUMENT, FAILED_PRECONDITION (another key
                 version than the snapshot in place), ...
         """
-        request = gateway_pb2.PublishFilterRequest(additions=additions.to_bytes())
-        return _receipt(await self._unary(self._stub.PublishFilter, request, timeout=timeout))
+        return await self._publish(timeout, additions=additions.to_bytes())
 
     async def opt_out_of_routing(
         self,
@@ -307,8 +313,17 @@ class ProviderGatewayClient(ClientBase):
         timeout: float = 5.0,  # noqa: ASYNC109 - the gRPC deadline
     ) -> FilterReceipt:
         """Be asked about every number (drops the filter in place; a snapshot opts back in)."""
-        request = gateway_pb2.PublishFilterRequest(opt_out=gateway_pb2.RoutingOptOut())
-        return _receipt(await self._unary(self._stub.PublishFilter, request, timeout=timeout))
+        return await self._publish(timeout, opt_out=gateway_pb2.RoutingOptOut())
+
+    async def _publish(
+        self,
+        timeout: float,  # noqa: ASYNC109 - the gRPC deadline
+        **publication: Unpack[_Publication],
+    ) -> FilterReceipt:
+        """One ``PublishFilter`` call (a snapshot, additions or the opt-out) and its receipt."""
+        request = gateway_pb2.PublishFilterRequest(**publication)
+        response = await self._unary(self._stub.PublishFilter, request, timeout=timeout)
+        return FilterReceipt(time_of(response, "fresh_until"), response.active_key_version)
 
     async def enrollment_status(
         self,
@@ -356,7 +371,3 @@ class ProviderGatewayClient(ClientBase):
         request = gateway_pb2.RenewCertificateRequest(csr_pem=csr_pem.decode())
         response = await self._unary(self._stub.RenewCertificate, request, timeout=timeout)
         return certificate_of(response.certificate)
-
-
-def _receipt(response: gateway_pb2.PublishFilterResponse) -> FilterReceipt:
-    return FilterReceipt(time_of(response, "fresh_until"), response.active_key_version)

@@ -16,7 +16,7 @@ import secrets
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -62,6 +62,30 @@ class Signer:
 
     how: str = "normal"
     key: SigningKey | None = None
+
+
+class Tampering(TypedDict, total=False):
+    """The one deliberate change a forged token carries (none: a good token).
+
+    ``change`` overrides claims and ``drop`` removes some; ``signer``,
+    ``header``, ``drop_header`` and ``typ`` change how it is signed, as for
+    :meth:`Forge.sign`.
+    """
+
+    change: Mapping[str, Any]
+    drop: Iterable[str]
+    signer: Signer
+    header: Mapping[str, Any]
+    drop_header: Iterable[str]
+    typ: str
+
+
+def tampered(claims: Mapping[str, Any], tampering: Tampering) -> dict[str, Any]:
+    """``claims`` with ``tampering``'s claims changed and dropped."""
+    out = {**claims, **tampering.get("change", {})}
+    for name in tampering.get("drop", ()):
+        out.pop(name, None)
+    return out
 
 
 class Forge:
@@ -136,24 +160,9 @@ class Forge:
             "target_sha256": sha256_hex(target),
         }
 
-    def warrant(
-        self,
-        target: str,
-        purpose: str,
-        *,
-        change: Mapping[str, Any] | None = None,
-        drop: Iterable[str] = (),
-        signer: Signer = Signer(),
-        header: Mapping[str, Any] | None = None,
-        drop_header: Iterable[str] = (),
-        typ: str = WARRANT_TYP,
-    ) -> str:
-        """A warrant, good unless a keyword asks for a change."""
-        claims = self.warrant_claims(target, purpose)
-        claims.update(change or {})
-        for name in drop:
-            claims.pop(name, None)
-        return self.sign(claims, typ=typ, signer=signer, header=header, drop_header=drop_header)
+    def warrant(self, target: str, purpose: str, **tampering: Unpack[Tampering]) -> str:
+        """A warrant, good unless ``tampering`` asks for a change."""
+        return self.forged(self.warrant_claims(target, purpose), tampering, typ=WARRANT_TYP)
 
     def set_claims(self, msisdn: str, *, now: float | None = None) -> dict[str, Any]:
         """The claims of a good recycled-number notice about ``msisdn``."""
@@ -172,20 +181,16 @@ class Forge:
             },
         }
 
-    def notice(
-        self,
-        msisdn: str,
-        *,
-        change: Mapping[str, Any] | None = None,
-        drop: Iterable[str] = (),
-        signer: Signer = Signer(),
-        header: Mapping[str, Any] | None = None,
-        drop_header: Iterable[str] = (),
-        typ: str = SET_TYP,
-    ) -> str:
-        """A Security Event Token, good unless a keyword asks for a change."""
-        claims = self.set_claims(msisdn)
-        claims.update(change or {})
-        for name in drop:
-            claims.pop(name, None)
-        return self.sign(claims, typ=typ, signer=signer, header=header, drop_header=drop_header)
+    def notice(self, msisdn: str, **tampering: Unpack[Tampering]) -> str:
+        """A Security Event Token, good unless ``tampering`` asks for a change."""
+        return self.forged(self.set_claims(msisdn), tampering, typ=SET_TYP)
+
+    def forged(self, claims: Mapping[str, Any], tampering: Tampering, *, typ: str) -> str:
+        """``claims`` signed as a ``typ`` token, with the change ``tampering`` asks for."""
+        return self.sign(
+            tampered(claims, tampering),
+            typ=tampering.get("typ", typ),
+            signer=tampering.get("signer", Signer()),
+            header=tampering.get("header"),
+            drop_header=tampering.get("drop_header", ()),
+        )

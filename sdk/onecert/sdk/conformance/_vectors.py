@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import Any, Unpack
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -19,7 +19,7 @@ from onecert.sdk._keys import SigningKey
 from onecert.sdk._msisdn import sha256_hex
 from onecert.sdk._set import RISC_IDENTIFIER_RECYCLED, SET_TYP
 from onecert.sdk._warrant import WARRANT_TYP
-from onecert.sdk.conformance._tokens import Forge, Signer, b64url
+from onecert.sdk.conformance._tokens import Forge, Signer, Tampering, b64url, tampered
 
 NOW = 1767225600  # 2026-01-01T00:00:00Z
 ISSUER = "onecert-gateway"
@@ -70,14 +70,27 @@ def _set_claims(audience: str = PROVIDER) -> dict[str, Any]:
     }
 
 
-_SIGNED = Signer()
-
-
 def _keys() -> tuple[SigningKey, SigningKey, SigningKey]:
     """The gateway's key, another key under its kid, and a key nobody trusts."""
     gateway, impostor, stranger = _key("gateway"), _key("impostor"), _key("stranger")
     impostor = SigningKey(private_key=impostor.private_key, kid=gateway.kid, alg=gateway.alg)
     return gateway, impostor, stranger
+
+
+def _forgeries(impostor: SigningKey, stranger: SigningKey) -> list[tuple[str, str, Tampering]]:
+    """What every token the gateway signs must be refused for, in the vectors' order:
+    each forgery's name, what it breaks (``typ``, ``kid``, ``alg``, ``key``,
+    ``iss``, ``aud``: warrants and SETs number these rules apart) and how."""
+    return [
+        ("no_typ", "typ", {"drop_header": ("typ",)}),
+        ("unknown_kid", "kid", {"signer": Signer(key=stranger)}),
+        ("no_kid", "kid", {"drop_header": ("kid",)}),
+        ("alg_none", "alg", {"signer": Signer("none")}),
+        ("hs256_public_key", "alg", {"signer": Signer("hs256")}),
+        ("wrong_key_same_kid", "key", {"signer": Signer(key=impostor)}),
+        ("wrong_issuer", "iss", {"change": {"iss": "onecert-gateway-other"}}),
+        ("wrong_audience", "aud", {"change": {"aud": "example-forum-other"}}),
+    ]
 
 
 def _vector(name: str, rule: str, status: str, token: str, **where: str) -> dict[str, Any]:
@@ -104,23 +117,13 @@ def _warrant_vectors() -> list[dict[str, Any]]:
         *,
         rpc: str = "onecert.v1.BindingProvider/ListBindings",
         purpose: str = "lookup",
-        change: dict[str, Any] | None = None,
-        drop: tuple[str, ...] = (),
-        typ: str = WARRANT_TYP,
-        signer: Signer = _SIGNED,
-        header: dict[str, Any] | None = None,
-        drop_header: tuple[str, ...] = (),
         raw: str | None = None,
+        **tampering: Unpack[Tampering],
     ) -> None:
         carrier = rpc.startswith("onecert.v1.NumberRegistry/")
         target, audience = (IDN, CARRIER) if carrier else (MSISDN, PROVIDER)
         claims = _warrant_claims(target, purpose, audience)
-        claims.update(change or {})
-        for claim in drop:
-            claims.pop(claim)
-        token = raw or forge.sign(
-            claims, typ=typ, signer=signer, header=header, drop_header=drop_header
-        )
+        token = raw or forge.forged(claims, tampering, typ=WARRANT_TYP)
         warrants.append(
             _vector(name, rule, status, token, rpc=rpc, audience=audience, target=target)
         )
@@ -132,14 +135,9 @@ def _warrant_vectors() -> list[dict[str, Any]]:
     warrant("good_list_numbers", "W-14", ok, rpc="onecert.v1.NumberRegistry/ListNumbers")
     warrant("not_a_jws", "W-2", unauth, raw="not-a-jwt")
     warrant("set_typ", "W-3", unauth, typ=SET_TYP)
-    warrant("no_typ", "W-3", unauth, drop_header=("typ",))
-    warrant("unknown_kid", "W-4", unauth, signer=Signer(key=stranger))
-    warrant("no_kid", "W-4", unauth, drop_header=("kid",))
-    warrant("alg_none", "W-5", unauth, signer=Signer("none"))
-    warrant("hs256_public_key", "W-5", unauth, signer=Signer("hs256"))
-    warrant("wrong_key_same_kid", "W-6", unauth, signer=Signer(key=impostor))
-    warrant("wrong_issuer", "W-7", unauth, change={"iss": "onecert-gateway-other"})
-    warrant("wrong_audience", "W-8", unauth, change={"aud": "example-forum-other"})
+    rules = {"typ": "W-3", "kid": "W-4", "alg": "W-5", "key": "W-6", "iss": "W-7", "aud": "W-8"}
+    for name, broken, tampering in _forgeries(impostor, stranger):
+        warrant(name, rules[broken], unauth, **tampering)
     warrant("audience_list_with_id", "W-8", ok, change={"aud": ["other", PROVIDER]})
     warrant("audience_list_without_id", "W-8", unauth, change={"aud": ["other", "x"]})
     warrant("expired", "W-9", unauth, change={"iat": NOW - 90, "exp": NOW - 60})
@@ -173,24 +171,12 @@ def _set_vectors() -> list[dict[str, Any]]:
     sets: list[dict[str, Any]] = []
 
     def notice(
-        name: str,
-        rule: str,
-        status: str,
-        *,
-        change: dict[str, Any] | None = None,
-        drop: tuple[str, ...] = (),
-        typ: str = SET_TYP,
-        signer: Signer = _SIGNED,
-        drop_header: tuple[str, ...] = (),
-        raw: str | None = None,
+        name: str, rule: str, status: str, *, raw: str | None = None, **tampering: Unpack[Tampering]
     ) -> None:
-        claims = _set_claims()
-        claims.update(change or {})
-        for claim in drop:
-            claims.pop(claim)
-        token = raw or forge.sign(claims, typ=typ, signer=signer, drop_header=drop_header)
+        token = raw or forge.forged(_set_claims(), tampering, typ=SET_TYP)
         vector = _vector(name, rule, status, token, audience=PROVIDER)
         if status == "OK":
+            claims = tampered(_set_claims(), tampering)
             event = claims["events"][RISC_IDENTIFIER_RECYCLED]
             vector["notice"] = {
                 "jti": claims["jti"],
@@ -209,14 +195,9 @@ def _set_vectors() -> list[dict[str, Any]]:
     )
     notice("not_a_jws", "E-2", invalid, raw="not-a-set")
     notice("warrant_typ", "E-3", invalid, typ=WARRANT_TYP)
-    notice("no_typ", "E-3", invalid, drop_header=("typ",))
-    notice("unknown_kid", "E-4", unauth, signer=Signer(key=stranger))
-    notice("no_kid", "E-4", unauth, drop_header=("kid",))
-    notice("alg_none", "E-4", unauth, signer=Signer("none"))
-    notice("hs256_public_key", "E-4", unauth, signer=Signer("hs256"))
-    notice("wrong_key_same_kid", "E-4", unauth, signer=Signer(key=impostor))
-    notice("wrong_issuer", "E-5", unauth, change={"iss": "onecert-gateway-other"})
-    notice("wrong_audience", "E-6", unauth, change={"aud": "example-forum-other"})
+    rules = {"typ": "E-3", "kid": "E-4", "alg": "E-4", "key": "E-4", "iss": "E-5", "aud": "E-6"}
+    for name, broken, tampering in _forgeries(impostor, stranger):
+        notice(name, rules[broken], invalid if broken == "typ" else unauth, **tampering)
     notice("other_event_type", "E-7", invalid, change={"events": {_OTHER_EVENT: event}})
     notice(
         "two_events",
