@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Generic, Protocol, TypeVar, cast
 
@@ -49,6 +49,7 @@ __all__ = [
     "FanOut",
     "Plan",
     "ProviderAnswer",
+    "ProviderAnswers",
     "ProviderCall",
     "RoutedOutSet",
     "Router",
@@ -497,16 +498,18 @@ class FanOut:
             self._indexed = cached
         return cached[2], cached[3], cached[4], cached[5]
 
-    async def ask_providers(
+    def ask_providers(
         self, calls: Sequence[ProviderCall], *, query_id: str, deadline: float
-    ) -> AsyncGenerator[ProviderAnswer, None]:
-        """Make ``calls`` in parallel and yield each answer as soon as it ends.
+    ) -> ProviderAnswers:
+        """Start ``calls`` in parallel now; their answers come from the result.
 
-        Exactly one answer per call is yielded. Closing the iterator early, or
-        cancelling the task that iterates it, cancels every call in flight.
-        Iterate it inside ``contextlib.aclosing`` so that happens promptly.
+        The calls start before the caller sends anything else, so the
+        fan-out's start is not held back by the lookup's own messages.
+        Exactly one answer per call comes out. Closing the result early (or
+        cancelling its reader) cancels every call in flight: use it inside
+        ``contextlib.aclosing``.
 
-        Every call's own deadline counts from this method's start (not from
+        Every call's own deadline counts from this method's call (not from
         when its task first runs), so the last call ends within the longest
         provider deadline of the fan-out's start however many calls there are.
 
@@ -527,19 +530,7 @@ class FanOut:
             )
             for call in calls
         ]
-        try:
-            for next_done in asyncio.as_completed(tasks):
-                answer = await next_done
-                self._observer.provider_answered(answer, answer.finished_at - started)
-                yield answer
-        finally:
-            expiry.close()
-            pending = [t for t in tasks if not t.done()]
-            for task in pending:
-                task.cancel()
-            if pending:
-                # Wait for the cancellations so no call outlives the lookup.
-                await asyncio.gather(*pending, return_exceptions=True)
+        return ProviderAnswers(tasks, expiry, started, self._observer)
 
     async def _ask_provider(
         self,
@@ -599,6 +590,68 @@ class FanOut:
 
 
 # -------------------------------------------------------------- supervision
+
+
+class ProviderAnswers:
+    """The answers of one fan-out's calls as they end (:meth:`FanOut.ask_providers`).
+
+    :meth:`ready` hands out every answer that has ended, waiting only when
+    none has; :attr:`remaining` says how many are still to come, so a
+    caller knows its totals are final while it still holds the last batch.
+    """
+
+    def __init__(
+        self,
+        tasks: Sequence[asyncio.Task[ProviderAnswer]],
+        expiry: _Expiry,
+        started: float,
+        observer: Observer,
+    ) -> None:
+        self._tasks = tasks
+        self._expiry = expiry
+        self._started = started
+        self._observer = observer
+        self._ended: list[asyncio.Task[ProviderAnswer]] = []
+        self._wakeup: asyncio.Future[None] | None = None
+        self.remaining = len(tasks)
+        for task in tasks:
+            task.add_done_callback(self._on_done)
+
+    def _on_done(self, task: asyncio.Task[ProviderAnswer]) -> None:
+        self._ended.append(task)
+        wakeup = self._wakeup
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
+
+    async def ready(self) -> list[ProviderAnswer]:
+        """The answers ended since the last call (at least one; none once all are out)."""
+        if not self.remaining:
+            return []
+        while not self._ended:
+            self._wakeup = asyncio.get_running_loop().create_future()
+            try:
+                await self._wakeup
+            finally:
+                self._wakeup = None
+        ended, self._ended = self._ended, []
+        self.remaining -= len(ended)
+        answers = []
+        for task in ended:
+            # A call never raises but CancelledError, which only closing sends.
+            answer = task.result()
+            self._observer.provider_answered(answer, answer.finished_at - self._started)
+            answers.append(answer)
+        return answers
+
+    async def aclose(self) -> None:
+        """Cancel every call still in flight and wait until each has ended."""
+        self._expiry.close()
+        pending = [t for t in self._tasks if not t.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            # Wait for the cancellations so no call outlives the lookup.
+            await asyncio.gather(*pending, return_exceptions=True)
 
 
 class _Expiry:
