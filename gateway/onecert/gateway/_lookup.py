@@ -11,10 +11,12 @@ The order of one lookup:
    carrier for the citizen's tenures; a replay ends the call UNAUTHENTICATED
    before anything is sent or any provider is asked, and no carrier answer
    is used (UNAVAILABLE if no carrier answers);
-4. send ``LookupStarted``, then the providers routing rules out (one
+4. start the provider calls (their deadline counts from here), send
+   ``LookupStarted``, then the providers routing rules out (one
    ``RoutedOut`` per number when the caller understands it, else one SKIPPED
    ``ProviderResult`` each), then one ``ProviderResult`` per provider and
-   number as each call ends, attributed by tenure, and last a ``LookupSummary``.
+   number as each call ends, attributed by tenure, and last a ``LookupSummary``
+   (after the lookup's audit row is committed).
 
 The replay cache's write is durable before anything derived from the
 assertion leaves the gateway, so a replay is refused across restarts and
