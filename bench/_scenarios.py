@@ -396,7 +396,13 @@ async def tail(ctx: Context) -> ScenarioResult:
                     )
         finally:
             await asyncio.gather(through.close(), floor.close())
-    gw, fl = runs["gateway"], runs["floor"]
+    _tail_figures(result, runs["gateway"], runs["floor"], deadline=deadline)
+    result.details["healthy"] = n - hanging
+    return result
+
+
+def _tail_figures(result: ScenarioResult, gw: Run, fl: Run, *, deadline: float) -> None:
+    """The tail's rows (lookup end, first and last healthy result) and details."""
     firsts = [s.first for s in gw.samples if s.first is not None]
     lasts = [s.last_answered for s in gw.samples if s.last_answered is not None]
     floor_firsts = [s.first for s in fl.samples if s.first is not None]
@@ -442,9 +448,7 @@ async def tail(ctx: Context) -> ScenarioResult:
         "gateway": _run_summary(gw),
         "floor": _run_summary(fl),
         "answered_per_lookup": {"min": min(answered, default=0), "max": max(answered, default=0)},
-        "healthy": n - hanging,
     }
-    return result
 
 
 async def _staggered(
