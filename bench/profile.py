@@ -54,7 +54,10 @@ _RULES: tuple[tuple[str, str], ...] = (
     ("attribution, handles, result protos", r"ResultMerger\.|_shown_binding"),
     ("identity assertion check", r"AssertionVerifier|_identify"),
     ("carrier call", r"_ask_carrier|list_numbers"),
-    ("fan-out supervision (deadline, slot, breaker)", r"FanOut\.|as_completed"),
+    (
+        "fan-out supervision (deadline, slot, breaker)",
+        r"FanOut\.|ProviderAnswers\.|_Expiry\.|as_completed",
+    ),
     ("floor client: tasks and as_completed", r"FloorLoad\."),
     ("logging (structlog)", r"structlog"),
     (

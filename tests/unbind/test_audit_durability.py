@@ -58,3 +58,43 @@ async def test_lookup_summary_is_sent_only_after_its_audit_row_is_committed(
     rows = await env.audit_rows()
     assert [r["kind"] for r in rows].count("lookup") == 1
     assert '"outcome":"ok"' in next(r["detail"] for r in rows if r["kind"] == "lookup")
+
+
+async def test_lookup_cancelled_while_its_row_commits_keeps_that_one_row(
+    env: UnbindWorld,
+) -> None:
+    """A lookup cancelled after its totals were final, while its audit row waits to
+    commit, is not audited twice: the row queued with the final counts is committed."""
+    await env.provider("pay")
+    gateway = await env.gateway()
+    assert gateway.auditor is not None
+    repository = gateway.auditor.store.audit
+    append_many = repository.append_many
+    blocked = asyncio.Event()
+    release = asyncio.Event()
+
+    async def held(drafts: Sequence[AuditDraft]) -> Any:
+        blocked.set()
+        await release.wait()
+        return await append_many(drafts)
+
+    repository.append_many = held  # type: ignore[method-assign, assignment]  # the commit is held back
+    call = env.fed.stub(gateway).Lookup(
+        gateway_pb2.LookupRequest(), metadata=env.metadata(), timeout=20
+    )
+
+    async def read() -> None:
+        async for _ in call:
+            pass
+
+    reader = asyncio.create_task(read())
+    try:
+        await blocked.wait()
+        call.cancel()
+        await asyncio.sleep(0.2)
+    finally:
+        release.set()
+        await asyncio.gather(reader, return_exceptions=True)
+    await gateway.auditor.drain()
+    rows = await env.audit_rows()
+    assert [r["kind"] for r in rows].count("lookup") == 1

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Generic, Protocol, TypeVar, cast
 
@@ -49,6 +49,7 @@ __all__ = [
     "FanOut",
     "Plan",
     "ProviderAnswer",
+    "ProviderAnswers",
     "ProviderCall",
     "RoutedOutSet",
     "Router",
@@ -497,16 +498,18 @@ class FanOut:
             self._indexed = cached
         return cached[2], cached[3], cached[4], cached[5]
 
-    async def ask_providers(
+    def ask_providers(
         self, calls: Sequence[ProviderCall], *, query_id: str, deadline: float
-    ) -> AsyncGenerator[ProviderAnswer, None]:
-        """Make ``calls`` in parallel and yield each answer as soon as it ends.
+    ) -> ProviderAnswers:
+        """Start ``calls`` in parallel now; their answers come from the result.
 
-        Exactly one answer per call is yielded. Closing the iterator early, or
-        cancelling the task that iterates it, cancels every call in flight.
-        Iterate it inside ``contextlib.aclosing`` so that happens promptly.
+        The calls start before the caller sends anything else, so the
+        fan-out's start is not held back by the lookup's own messages.
+        Exactly one answer per call comes out. Closing the result early (or
+        cancelling its reader) cancels every call in flight: use it inside
+        ``contextlib.aclosing``.
 
-        Every call's own deadline counts from this method's start (not from
+        Every call's own deadline counts from this method's call (not from
         when its task first runs), so the last call ends within the longest
         provider deadline of the fan-out's start however many calls there are.
 
@@ -517,28 +520,26 @@ class FanOut:
         """
         loop = asyncio.get_running_loop()
         started = loop.time()
+        expiry = _Expiry(loop)
         tasks = [
             asyncio.create_task(
-                self._ask_provider(call, query_id=query_id, deadline=deadline, anchor=started),
+                self._ask_provider(
+                    call, query_id=query_id, deadline=deadline, anchor=started, expiry=expiry
+                ),
                 name=f"lookup {query_id} {call.provider.id}",
             )
             for call in calls
         ]
-        try:
-            for next_done in asyncio.as_completed(tasks):
-                answer = await next_done
-                self._observer.provider_answered(answer, answer.finished_at - started)
-                yield answer
-        finally:
-            pending = [t for t in tasks if not t.done()]
-            for task in pending:
-                task.cancel()
-            if pending:
-                # Wait for the cancellations so no call outlives the lookup.
-                await asyncio.gather(*pending, return_exceptions=True)
+        return ProviderAnswers(tasks, expiry, started, self._observer)
 
     async def _ask_provider(
-        self, call: ProviderCall, *, query_id: str, deadline: float, anchor: float
+        self,
+        call: ProviderCall,
+        *,
+        query_id: str,
+        deadline: float,
+        anchor: float,
+        expiry: _Expiry,
     ) -> ProviderAnswer:
         provider = call.provider
         quarantined = self._quarantined.get(provider.id)
@@ -561,7 +562,9 @@ class FanOut:
                 audience=provider.id, target=call.msisdn, purpose="lookup", query_id=query_id
             )
 
-        result = await _supervise(upstream, invoke, warrant, deadline=deadline, anchor=anchor)
+        result = await _supervise(
+            upstream, invoke, warrant, deadline=deadline, anchor=anchor, expiry=expiry
+        )
         loop = asyncio.get_running_loop()
         bindings: tuple[provider_pb2.Binding, ...] = ()
         detail = result.detail
@@ -589,6 +592,135 @@ class FanOut:
 # -------------------------------------------------------------- supervision
 
 
+class ProviderAnswers:
+    """The answers of one fan-out's calls as they end (:meth:`FanOut.ask_providers`).
+
+    :meth:`ready` hands out every answer that has ended, waiting only when
+    none has; :attr:`remaining` says how many are still to come, so a
+    caller knows its totals are final while it still holds the last batch.
+    """
+
+    def __init__(
+        self,
+        tasks: Sequence[asyncio.Task[ProviderAnswer]],
+        expiry: _Expiry,
+        started: float,
+        observer: Observer,
+    ) -> None:
+        self._tasks = tasks
+        self._expiry = expiry
+        self._started = started
+        self._observer = observer
+        self._ended: list[asyncio.Task[ProviderAnswer]] = []
+        self._wakeup: asyncio.Future[None] | None = None
+        self.remaining = len(tasks)
+        for task in tasks:
+            task.add_done_callback(self._on_done)
+
+    def _on_done(self, task: asyncio.Task[ProviderAnswer]) -> None:
+        self._ended.append(task)
+        wakeup = self._wakeup
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
+
+    async def ready(self) -> list[ProviderAnswer]:
+        """The answers ended since the last call (at least one; none once all are out)."""
+        if not self.remaining:
+            return []
+        while not self._ended:
+            self._wakeup = asyncio.get_running_loop().create_future()
+            try:
+                await self._wakeup
+            finally:
+                self._wakeup = None
+        ended, self._ended = self._ended, []
+        self.remaining -= len(ended)
+        answers = []
+        for task in ended:
+            # A call never raises but CancelledError, which only closing sends.
+            answer = task.result()
+            self._observer.provider_answered(answer, answer.finished_at - self._started)
+            answers.append(answer)
+        return answers
+
+    async def aclose(self) -> None:
+        """Cancel every call still in flight and wait until each has ended."""
+        self._expiry.close()
+        pending = [t for t in self._tasks if not t.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            # Wait for the cancellations so no call outlives the lookup.
+            await asyncio.gather(*pending, return_exceptions=True)
+
+
+class _Expiry:
+    """One timer per deadline of a fan-out, not one per call.
+
+    Each call's own gRPC deadline surfaces on the loop about 3 ms after it
+    passes (the timeout is seen by gRPC's core, then handed to the loop
+    through its poller), while a loop timer is late by well under a
+    millisecond. So the calls still in flight when their deadline comes are
+    cancelled by this timer, all at once, and end exactly as their gRPC
+    deadline would have ended them; that deadline stays set as a backstop.
+    Calls register only while supervised, so a call is never cut short:
+    the timer fires at the deadline, not before.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        # Deadline (loop.time()) -> the calls in flight until it, and its timer.
+        self._watched: dict[float, set[asyncio.Task[object]]] = {}
+        self._timers: dict[float, asyncio.TimerHandle] = {}
+        self._fired: set[asyncio.Task[object]] = set()
+
+    def watch(self, end: float, task: asyncio.Task[object]) -> None:
+        """Cancel ``task`` at ``end`` unless :meth:`forget` comes first."""
+        watched = self._watched.get(end)
+        if watched is None:
+            watched = self._watched[end] = set()
+            self._timers[end] = self._loop.call_at(end, self._fire, end)
+        watched.add(task)
+
+    def forget(self, end: float, task: asyncio.Task[object]) -> None:
+        """``task`` no longer needs cancelling at ``end``."""
+        watched = self._watched.get(end)
+        if watched is not None:
+            watched.discard(task)
+
+    def claim(self, task: asyncio.Task[object]) -> bool:
+        """Whether ``task``'s cancellation was this timer's alone (then it is undone)."""
+        if task not in self._fired:
+            return False
+        self._fired.discard(task)
+        # Another cancellation (the lookup's) still pending wins.
+        return task.uncancel() == 0
+
+    def close(self) -> None:
+        """Disarm every timer (the fan-out has ended)."""
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        self._watched.clear()
+
+    def _fire(self, end: float) -> None:
+        self._timers.pop(end, None)
+        for task in self._watched.pop(end, ()):
+            if not task.done():
+                self._fired.add(task)
+                task.cancel()
+
+
+@dataclass
+class _Progress:
+    """Where a supervised call is, for an expiry that interrupts it."""
+
+    attempts: int = 0
+    # The running attempt's timeout; None between attempts.
+    timeout: float | None = None
+    waiting_for_slot: bool = False
+
+
 async def _supervise(
     upstream: _Upstream,
     invoke: Callable[[float, str], Awaitable[T]],
@@ -596,12 +728,15 @@ async def _supervise(
     *,
     deadline: float,
     anchor: float,
+    expiry: _Expiry | None = None,
 ) -> _Result[T]:
     """One logical call: breaker, slot, attempts with retries; never raises
     anything but CancelledError.
 
     ``anchor`` is when the fan-out began (``loop.time()``): the upstream's
-    deadline counts from it, cut short by the lookup's ``deadline``.
+    deadline counts from it, cut short by the lookup's ``deadline``. With
+    ``expiry``, the call is cancelled at that end by the fan-out's shared
+    timer, and ends as its gRPC deadline would have ended it.
     """
     loop = asyncio.get_running_loop()
     end = min(deadline, anchor + upstream.deadline)
@@ -621,32 +756,81 @@ async def _supervise(
         else:
             upstream.breaker.record_failure()
 
+    progress = _Progress()
+    task = cast("asyncio.Task[object]", asyncio.current_task()) if expiry is not None else None
+    if expiry is not None and task is not None:
+        expiry.watch(end, task)
     try:
-        if not upstream.slots.locked():
-            # A free slot is taken at once: no timer to arm and cancel.
-            await upstream.slots.acquire()
-        elif not await _wait_for_slot(upstream, end):
-            judge(None)
-            return _Result(
-                UpstreamOutcome.TIMED_OUT,
-                f"no free slot before the deadline ({upstream.max_concurrency} calls "
-                "already in flight)",
-                None,
-                0,
-            )
-        try:
-            return await _attempts(upstream, invoke, warrant, end=end, judge=judge)
-        finally:
-            upstream.slots.release()
+        return await _slot_and_attempts(
+            upstream, invoke, warrant, end=end, judge=judge, progress=progress
+        )
     except asyncio.CancelledError:
-        if not judged:
-            judge(None)
-        raise
+        if expiry is None or task is None or not expiry.claim(task):
+            if not judged:
+                judge(None)
+            raise
+        return _expired(upstream, progress, judge)
     except Exception as exc:  # noqa: BLE001 - any bug must end as this call's outcome, not the lookup's
         if not judged:
             judge(None)
         _log.exception("upstream.call_error", upstream=upstream.id)
         return _Result(UpstreamOutcome.FAILED, f"gateway error ({type(exc).__name__})", None, 0)
+    finally:
+        if expiry is not None and task is not None:
+            expiry.forget(end, task)
+
+
+async def _slot_and_attempts(
+    upstream: _Upstream,
+    invoke: Callable[[float, str], Awaitable[T]],
+    warrant: Callable[[], str],
+    *,
+    end: float,
+    judge: Callable[[bool | None], None],
+    progress: _Progress,
+) -> _Result[T]:
+    if not upstream.slots.locked():
+        # A free slot is taken at once: no timer to arm and cancel.
+        await upstream.slots.acquire()
+    else:
+        progress.waiting_for_slot = True
+        if not await _wait_for_slot(upstream, end):
+            judge(None)
+            return _no_slot(upstream)
+        progress.waiting_for_slot = False
+    try:
+        return await _attempts(upstream, invoke, warrant, end=end, judge=judge, progress=progress)
+    finally:
+        upstream.slots.release()
+
+
+def _no_slot(upstream: _Upstream) -> _Result[T]:
+    return _Result(
+        UpstreamOutcome.TIMED_OUT,
+        f"no free slot before the deadline ({upstream.max_concurrency} calls already in flight)",
+        None,
+        0,
+    )
+
+
+def _expired(
+    upstream: _Upstream, progress: _Progress, judge: Callable[[bool | None], None]
+) -> _Result[T]:
+    """The outcome of a call the fan-out's deadline timer cancelled."""
+    if progress.timeout is not None:
+        # Mid-attempt: what the attempt's own gRPC deadline would have said.
+        return _failed(
+            upstream,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            "",
+            timeout=progress.timeout,
+            attempts=progress.attempts,
+            judge=judge,
+        )
+    judge(None)
+    if progress.waiting_for_slot:
+        return _no_slot(upstream)
+    return _Result(UpstreamOutcome.TIMED_OUT, "deadline exceeded", None, progress.attempts)
 
 
 async def _wait_for_slot(upstream: _Upstream, end: float) -> bool:
@@ -666,6 +850,7 @@ async def _attempts(
     *,
     end: float,
     judge: Callable[[bool | None], None],
+    progress: _Progress,
 ) -> _Result[T]:
     loop = asyncio.get_running_loop()
     upstream.budget.record_call()
@@ -676,9 +861,11 @@ async def _attempts(
         if timeout <= 0:
             judge(None)
             return _Result(UpstreamOutcome.TIMED_OUT, "deadline exceeded", None, attempts - 1)
+        progress.attempts, progress.timeout = attempts, timeout
         try:
             response = await invoke(timeout, warrant())
         except grpc.aio.AioRpcError as exc:
+            progress.timeout = None
             code = exc.code()
             if code is grpc.StatusCode.UNAVAILABLE and _may_retry(
                 upstream, attempts, end - loop.time()

@@ -11,10 +11,12 @@ The order of one lookup:
    carrier for the citizen's tenures; a replay ends the call UNAUTHENTICATED
    before anything is sent or any provider is asked, and no carrier answer
    is used (UNAVAILABLE if no carrier answers);
-4. send ``LookupStarted``, then the providers routing rules out (one
+4. start the provider calls (their deadline counts from here), send
+   ``LookupStarted``, then the providers routing rules out (one
    ``RoutedOut`` per number when the caller understands it, else one SKIPPED
    ``ProviderResult`` each), then one ``ProviderResult`` per provider and
-   number as each call ends, attributed by tenure, and last a ``LookupSummary``.
+   number as each call ends, attributed by tenure, and last a ``LookupSummary``
+   (after the lookup's audit row is committed).
 
 The replay cache's write is durable before anything derived from the
 assertion leaves the gateway, so a replay is refused across restarts and
@@ -35,7 +37,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import grpc
 import structlog
@@ -392,90 +394,24 @@ class LookupService:
             start = asyncio.get_running_loop().time()
             deadline = self._deadline(time_remaining, start)
             carriers = await self._ask_carriers(citizen, query_id, deadline, spent)
-            responses = self._lookup(
-                citizen, query_id, start, deadline, carriers, group_routed_out=group_routed_out
-            )
+            audit = None
             if self._auditor is not None:
-                responses = self._audited(citizen, query_id, responses, self._auditor)
+                audit = _LookupAudit(self._auditor, citizen, query_id)
+            responses = self._lookup(
+                citizen,
+                query_id,
+                start,
+                deadline,
+                carriers,
+                group_routed_out=group_routed_out,
+                on_final=None if audit is None else audit.queue,
+            )
+            if audit is not None:
+                responses = audit.audited(responses)
             async for response in responses:
                 yield response
         finally:
             self._active -= 1
-
-    async def _audited(
-        self,
-        citizen: Citizen,
-        query_id: str,
-        responses: AsyncIterator[gateway_pb2.LookupResponse],
-        auditor: Auditor,
-    ) -> AsyncIterator[gateway_pb2.LookupResponse]:
-        # What the citizen was shown, in counts only: numbers, provider calls
-        # and how they ended. Committed before the summary is sent, so a
-        # lookup the citizen saw complete always has its row; a lookup that
-        # ends otherwise is written in the background once the call ends.
-        detail: dict[str, str | int | bool] = {"outcome": "error"}
-        # Routing is audited with the lookup it serves: calls made, calls routed out.
-        routed_out = 0
-        recorded = False
-
-        def routing() -> None:
-            if "provider_calls" in detail:
-                detail["routed_out"] = routed_out
-                detail["asked"] = int(detail["provider_calls"]) - routed_out
-
-        try:
-            async for response in responses:
-                update = response.WhichOneof("update")
-                if update == "result":
-                    routed_out += response.result.detail == ROUTED_OUT_DETAIL
-                elif update == "routed_out":
-                    routed_out += response.routed_out.count
-                elif update == "started":
-                    detail["numbers"] = len({n.msisdn for n in response.started.numbers})
-                    detail["provider_calls"] = response.started.provider_calls
-                elif update == "summary":
-                    total = response.summary.total
-                    detail.update(
-                        answered=total.answered,
-                        timed_out=total.timed_out,
-                        failed=total.failed,
-                        skipped=total.skipped,
-                    )
-                    detail["outcome"] = "ok"
-                    routing()
-                    # Queued now: the writer commits it even if this call is
-                    # cancelled while it waits, so no second row is spawned.
-                    recorded = True
-                    try:
-                        await store_call(
-                            auditor.record(
-                                "lookup",
-                                actor=auditor.citizen(citizen.sub),
-                                subject=f"query:{query_id}",
-                                detail=dict(detail),
-                            ),
-                            "audit_lookup",
-                        )
-                    except Refusal:
-                        recorded = False
-                        raise
-                yield response
-            detail["outcome"] = "ok"
-        except Refusal as refusal:
-            detail["outcome"] = refusal.code.name
-            raise
-        except (asyncio.CancelledError, GeneratorExit):
-            detail["outcome"] = "cancelled"
-            raise
-        finally:
-            if not recorded:
-                routing()
-                auditor.spawn(
-                    "lookup",
-                    actor=auditor.citizen(citizen.sub),
-                    subject=f"query:{query_id}",
-                    detail=detail,
-                )
 
     def _refusal(self, exc: IdentityError) -> Refusal:
         self._observer.assertion_rejected(exc.reason)
@@ -534,7 +470,10 @@ class LookupService:
         carriers: Sequence[CarrierAnswer],
         *,
         group_routed_out: bool,
+        on_final: Callable[[gateway_pb2.LookupResponse], None] | None = None,
     ) -> AsyncIterator[gateway_pb2.LookupResponse]:
+        """The lookup's messages; ``on_final`` gets the summary as soon as it is
+        final, before the last results are sent (it is sent after them)."""
         loop = asyncio.get_running_loop()
         if not any(c.outcome is UpstreamOutcome.ANSWERED for c in carriers):
             reasons = "; ".join(f"{c.carrier.id}: {c.detail or c.outcome.name}" for c in carriers)
@@ -550,38 +489,51 @@ class LookupService:
             by_number[tenure.msisdn].append(tenure)
         plan = await self._fanout.plan(sorted(by_number))
         carrier_outcomes = _carrier_outcomes(carriers)
-        _log.info(
-            "lookup.started",
-            numbers=len(by_number),
-            carriers_answered=sum(c.outcome is UpstreamOutcome.ANSWERED for c in carriers),
-            carriers=len(carriers),
-            provider_calls=plan.provider_calls,
-        )
-        yield gateway_pb2.LookupResponse(
-            query_id=query_id,
-            started=gateway_pb2.LookupStarted(
-                numbers=_number_infos(tenures),
-                carriers=carrier_outcomes,
-                provider_calls=plan.provider_calls,
-            ),
-        )
-        totals = _Totals()
-        for msisdn in sorted(by_number):
-            totals.by_number[msisdn] = _Tally()
-        for response in self._routed_out(plan, query_id, start, group=group_routed_out):
-            yield response
+        # The calls start before LookupStarted is written: their deadline
+        # counts from here, and the write need not come first.
         answers = self._fanout.ask_providers(plan.calls, query_id=query_id, deadline=deadline)
         async with contextlib.aclosing(answers):
-            async for answer in answers:
-                msisdn = answer.call.msisdn
-                result = self.merger.merge(
-                    answer, by_number[msisdn], sub=citizen.sub, query_id=query_id, start=start
-                )
-                totals.by_number[msisdn].add_result(answer.outcome, result)
-                yield gateway_pb2.LookupResponse(query_id=query_id, result=result)
-        for msisdn, out in plan.routed_out.items():
-            totals.by_number[msisdn].add_routed_out(out.count)
-        yield _summary(query_id, totals, carrier_outcomes, loop.time() - start)
+            _log.info(
+                "lookup.started",
+                numbers=len(by_number),
+                carriers_answered=sum(c.outcome is UpstreamOutcome.ANSWERED for c in carriers),
+                carriers=len(carriers),
+                provider_calls=plan.provider_calls,
+            )
+            yield gateway_pb2.LookupResponse(
+                query_id=query_id,
+                started=gateway_pb2.LookupStarted(
+                    numbers=_number_infos(tenures),
+                    carriers=carrier_outcomes,
+                    provider_calls=plan.provider_calls,
+                ),
+            )
+            totals = _Totals()
+            for msisdn in sorted(by_number):
+                totals.by_number[msisdn] = _Tally()
+            for msisdn, out in plan.routed_out.items():
+                totals.by_number[msisdn].add_routed_out(out.count)
+            for response in self._routed_out(plan, query_id, start, group=group_routed_out):
+                yield response
+            summary = None
+            while summary is None:
+                results = []
+                for answer in await answers.ready():
+                    msisdn = answer.call.msisdn
+                    result = self.merger.merge(
+                        answer, by_number[msisdn], sub=citizen.sub, query_id=query_id, start=start
+                    )
+                    totals.by_number[msisdn].add_result(answer.outcome, result)
+                    results.append(result)
+                if not answers.remaining:
+                    # Final before the last results are written, so the audit
+                    # row's commit overlaps their writes.
+                    summary = _summary(query_id, totals, carrier_outcomes, loop.time() - start)
+                    if on_final is not None:
+                        on_final(summary)
+                for result in results:
+                    yield gateway_pb2.LookupResponse(query_id=query_id, result=result)
+        yield summary
 
     def _routed_out(
         self, plan: Plan, query_id: str, start: float, *, group: bool
@@ -619,6 +571,100 @@ class LookupService:
                 )
                 result = self.merger.merge(answer, (), sub="", query_id=query_id, start=start)
                 yield gateway_pb2.LookupResponse(query_id=query_id, result=result)
+
+
+class _LookupAudit:
+    """The audit row of one lookup: what the citizen was shown, in counts only.
+
+    Numbers, provider calls (made and routed out) and how they ended. The
+    row is queued as soon as the summary is final (:meth:`queue`, while the
+    last results are still being written) and committed before the summary
+    is sent, so a lookup the citizen saw complete always has its row; a
+    lookup that ends otherwise is written in the background once it ends.
+    """
+
+    def __init__(self, auditor: Auditor, citizen: Citizen, query_id: str) -> None:
+        self._auditor = auditor
+        self._citizen = citizen
+        self._query_id = query_id
+        self.detail: dict[str, str | int | bool] = {"outcome": "error"}
+        self._routed_out = 0
+        # The row's commit, once queued: the writer commits it even if the
+        # call is cancelled meanwhile, so no second row is written then.
+        self._record: asyncio.Task[None] | None = None
+
+    def _routing(self) -> None:
+        # Routing is audited with the lookup it serves: calls made, calls routed out.
+        if "provider_calls" in self.detail:
+            self.detail["routed_out"] = self._routed_out
+            self.detail["asked"] = int(self.detail["provider_calls"]) - self._routed_out
+
+    def queue(self, summary: gateway_pb2.LookupResponse) -> None:
+        """Queue the row of a lookup whose ``summary`` is final (its commit starts now)."""
+        total = summary.summary.total
+        self.detail.update(
+            answered=total.answered,
+            timed_out=total.timed_out,
+            failed=total.failed,
+            skipped=total.skipped,
+            outcome="ok",
+        )
+        self._routing()
+        self._record = asyncio.create_task(
+            store_call(
+                self._auditor.record(
+                    "lookup",
+                    actor=self._auditor.citizen(self._citizen.sub),
+                    subject=f"query:{self._query_id}",
+                    detail=dict(self.detail),
+                ),
+                "audit_lookup",
+            ),
+            name="lookup-audit-row",
+        )
+        # A call cancelled before it waits for the row leaves its outcome unread.
+        self._record.add_done_callback(_read_outcome)
+
+    async def audited(
+        self, responses: AsyncIterator[gateway_pb2.LookupResponse]
+    ) -> AsyncIterator[gateway_pb2.LookupResponse]:
+        """``responses``, with the summary held back until the row is committed."""
+        try:
+            async for response in responses:
+                update = response.WhichOneof("update")
+                if update == "result":
+                    self._routed_out += response.result.detail == ROUTED_OUT_DETAIL
+                elif update == "routed_out":
+                    self._routed_out += response.routed_out.count
+                elif update == "started":
+                    self.detail["numbers"] = len({n.msisdn for n in response.started.numbers})
+                    self.detail["provider_calls"] = response.started.provider_calls
+                elif update == "summary":
+                    if self._record is None:
+                        self.queue(response)
+                    try:
+                        # Shielded: cancelling this call must not unqueue the row.
+                        await asyncio.shield(cast("asyncio.Task[None]", self._record))
+                    except Refusal:
+                        self._record = None
+                        raise
+                yield response
+            self.detail["outcome"] = "ok"
+        except Refusal as refusal:
+            self.detail["outcome"] = refusal.code.name
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            self.detail["outcome"] = "cancelled"
+            raise
+        finally:
+            if self._record is None:
+                self._routing()
+                self._auditor.spawn(
+                    "lookup",
+                    actor=self._auditor.citizen(self._citizen.sub),
+                    subject=f"query:{self._query_id}",
+                    detail=self.detail,
+                )
 
 
 def _read_outcome(task: asyncio.Task[None]) -> None:
