@@ -8,6 +8,7 @@ import hmac
 import math
 import random
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -298,47 +299,42 @@ def _with(raw: bytes, offset: int, value: bytes) -> bytes:
     return raw[:offset] + value + raw[offset + len(value) :]
 
 
-@pytest.mark.parametrize(
-    ("mutate", "message"),
-    [
-        (lambda raw: raw[:40], "shorter than the 48-byte"),
-        (lambda raw: _with(raw, 0, b"OCRX"), "magic"),
-        (lambda raw: _with(raw, 4, struct.pack("<H", 3)), "format version 3"),
-        (lambda raw: _with(raw, 6, struct.pack("<H", 0)), "k must be"),
-        (lambda raw: _with(raw, 6, struct.pack("<H", 33)), "k must be"),
-        (lambda raw: _with(raw, 8, struct.pack("<I", 0)), "key_version"),
-        (lambda raw: _with(raw, 12, struct.pack("<I", 1)), "reserved flags"),
-        (lambda raw: _with(raw, 24, struct.pack("<Q", 1000)), "power of two"),
-        (lambda raw: _with(raw, 24, struct.pack("<Q", 256)), "power of two"),
-        (lambda raw: _with(raw, 24, struct.pack("<Q", 1024)), "48 \\+ 128 bytes"),
-        (lambda raw: raw + b"\0", "48 \\+ 64 bytes"),
-    ],
-)
-def test_malformed_filters_are_refused(mutate: object, message: str) -> None:
-    """Each malformed filter is refused with a message naming what is wrong."""
-    raw = _vector_filter().to_bytes()
-    assert callable(mutate)
-    with pytest.raises(FilterFormatError, match=message):
-        RoutingFilter.from_bytes(mutate(raw))
+def _good(kind: type[RoutingFilter | FilterAdditions]) -> bytes:
+    """A well-formed message of ``kind``, for the tests to damage."""
+    if kind is RoutingFilter:
+        return _vector_filter().to_bytes()
+    return FilterAdditions.of(VECTOR_KEY, 1, ["+8613700001111"], created_at=1).to_bytes()
 
 
 @pytest.mark.parametrize(
-    ("mutate", "message"),
+    ("kind", "mutate", "message"),
     [
-        (lambda raw: raw[:20], "shorter than the 32-byte"),
-        (lambda raw: _with(raw, 0, b"OCRF"), "magic"),
-        (lambda raw: _with(raw, 4, struct.pack("<H", 2)), "format version 2"),
-        (lambda raw: _with(raw, 6, struct.pack("<H", 1)), "reserved field"),
-        (lambda raw: _with(raw, 12, struct.pack("<I", 2)), "2 additions"),
-        (lambda raw: _with(raw, 12, struct.pack("<I", 0))[:32], "1 to 65536"),
+        (RoutingFilter, lambda raw: raw[:40], "shorter than the 48-byte"),
+        (RoutingFilter, lambda raw: _with(raw, 0, b"OCRX"), "magic"),
+        (RoutingFilter, lambda raw: _with(raw, 4, struct.pack("<H", 3)), "format version 3"),
+        (RoutingFilter, lambda raw: _with(raw, 6, struct.pack("<H", 0)), "k must be"),
+        (RoutingFilter, lambda raw: _with(raw, 6, struct.pack("<H", 33)), "k must be"),
+        (RoutingFilter, lambda raw: _with(raw, 8, struct.pack("<I", 0)), "key_version"),
+        (RoutingFilter, lambda raw: _with(raw, 12, struct.pack("<I", 1)), "reserved flags"),
+        (RoutingFilter, lambda raw: _with(raw, 24, struct.pack("<Q", 1000)), "power of two"),
+        (RoutingFilter, lambda raw: _with(raw, 24, struct.pack("<Q", 256)), "power of two"),
+        (RoutingFilter, lambda raw: _with(raw, 24, struct.pack("<Q", 1024)), "48 \\+ 128 bytes"),
+        (RoutingFilter, lambda raw: raw + b"\0", "48 \\+ 64 bytes"),
+        (FilterAdditions, lambda raw: raw[:20], "shorter than the 32-byte"),
+        (FilterAdditions, lambda raw: _with(raw, 0, b"OCRF"), "magic"),
+        (FilterAdditions, lambda raw: _with(raw, 4, struct.pack("<H", 2)), "format version 2"),
+        (FilterAdditions, lambda raw: _with(raw, 6, struct.pack("<H", 1)), "reserved field"),
+        (FilterAdditions, lambda raw: _with(raw, 12, struct.pack("<I", 2)), "2 additions"),
+        (FilterAdditions, lambda raw: _with(raw, 12, struct.pack("<I", 0))[:32], "1 to 65536"),
     ],
 )
-def test_malformed_additions_are_refused(mutate: object, message: str) -> None:
-    """Each malformed additions message is refused with a message naming what is wrong."""
-    raw = FilterAdditions.of(VECTOR_KEY, 1, ["+8613700001111"], created_at=1).to_bytes()
-    assert callable(mutate)
+def test_malformed_filters_and_additions_are_refused(
+    kind: type[RoutingFilter | FilterAdditions], mutate: Callable[[bytes], bytes], message: str
+) -> None:
+    """Each malformed filter or additions message is refused with a message naming what
+    is wrong."""
     with pytest.raises(FilterFormatError, match=message):
-        FilterAdditions.from_bytes(mutate(raw))
+        kind.from_bytes(mutate(_good(kind)))
 
 
 def test_additions_refuse_numbers_that_are_not_e164() -> None:
