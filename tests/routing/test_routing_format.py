@@ -31,6 +31,7 @@ from onecert.sdk.routing import (
     key_check,
     routing_digest,
 )
+from tests.routing.routing_support import E164_NUMBERS, FilterShape, filter_shapes
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "routing.md"
 
@@ -172,20 +173,13 @@ def test_vector_is_the_one_in_the_docs() -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(
-    numbers=st.lists(st.from_regex(r"\+[1-9][0-9]{7,14}", fullmatch=True), max_size=40),
-    log2_m=st.integers(min_value=9, max_value=14),
-    k=st.integers(min_value=1, max_value=12),
-    fmt=st.sampled_from([1, 2]),
-)
-def test_builder_matches_the_written_rule(
-    numbers: list[str], log2_m: int, k: int, fmt: int
-) -> None:
+@given(shape=filter_shapes(max_numbers=40, max_log2_m=14, max_k=12))
+def test_builder_matches_the_written_rule(shape: FilterShape) -> None:
     """Every bit the builder sets is one the written rule names, and every named bit is set."""
-    m = 1 << log2_m
-    builder = FilterBuilder(VECTOR_KEY, key_version=1, m=m, k=k, fmt=fmt)
+    m, k, fmt = shape.m, shape.k, shape.fmt
+    builder = shape.builder(VECTOR_KEY)
     expected = set()
-    for number in numbers:
+    for number in shape.numbers:
         builder.add(number)
         expected.update(_spec_positions(VECTOR_KEY, number, m, k, fmt))
     bits = builder.snapshot(created_at=0).bits
@@ -195,7 +189,7 @@ def test_builder_matches_the_written_rule(
 
 @settings(max_examples=40, deadline=None)
 @given(
-    numbers=st.lists(st.from_regex(r"\+[1-9][0-9]{7,14}", fullmatch=True), max_size=60),
+    numbers=st.lists(E164_NUMBERS, max_size=60),
     shrink=st.integers(min_value=0, max_value=4),
     fmt=st.sampled_from([1, 2]),
 )
@@ -212,7 +206,7 @@ def test_folding_equals_building_small(numbers: list[str], shrink: int, fmt: int
 
 
 @settings(max_examples=40, deadline=None)
-@given(numbers=st.lists(st.from_regex(r"\+[1-9][0-9]{7,14}", fullmatch=True), max_size=80))
+@given(numbers=st.lists(E164_NUMBERS, max_size=80))
 def test_no_false_negatives(numbers: list[str]) -> None:
     """A filter says 'maybe' for every number inserted into it."""
     builder = FilterBuilder(VECTOR_KEY, key_version=1, m=bits_for(len(numbers), 7), k=7)
