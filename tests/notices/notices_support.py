@@ -293,6 +293,20 @@ class NoticeWorld:
         metadata = () if role == "cn" else ((DEV_PRINCIPAL_HEADER, who),)
         return Caller(self.fed.stub(gateway), metadata)
 
+    async def check_codes(
+        self, gateway: GatewayServer, callers: list[str], msisdn: str, since: datetime
+    ) -> dict[str, grpc.StatusCode]:
+        """What CheckRecycled answers each of ``callers`` (OK, or the refusal's code)."""
+        codes = {}
+        for who in callers:
+            try:
+                await self.caller(gateway, who).check(msisdn, since)
+            except grpc.aio.AioRpcError as err:
+                codes[who] = err.code()
+            else:
+                codes[who] = grpc.StatusCode.OK
+        return codes
+
     def provider_client(self, gateway: GatewayServer, provider_id: str) -> ProviderGatewayClient:
         target = f"127.0.0.1:{gateway.port}"
         if self.tls:
