@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,7 +25,7 @@ from onecert.gateway._config import (
     NoticesConfig,
 )
 from onecert.gateway._principals import DEV_PRINCIPAL_HEADER
-from onecert.gateway.store import Delivery, Store
+from onecert.gateway.store import Delivery, DeliveryState, Store
 from onecert.gateway.store._models import audit_log
 from onecert.gateway.testing import ADMIN_CN, GATEWAY_ID, Federation
 from onecert.sdk import Provider, RecycledNotice, Server, Unavailable
@@ -319,6 +319,25 @@ class NoticeWorld:
 
     async def deliveries(self, notice_id: str) -> dict[str, Delivery]:
         return {d.provider_id: d for d in await self.store.deliveries.for_notice(notice_id)}
+
+    async def settled(
+        self,
+        notice_id: str,
+        state: DeliveryState = DeliveryState.ACKNOWLEDGED,
+        *,
+        providers: Iterable[str] | None = None,
+        what: str = "the deliveries",
+    ) -> dict[str, Delivery]:
+        """Wait until the notice's deliveries to ``providers`` (by default every one it
+        has) are in ``state``; then its deliveries by provider."""
+
+        async def reached() -> bool:
+            found = await self.deliveries(notice_id)
+            names = found if providers is None else providers
+            return all(name in found and found[name].state is state for name in names)
+
+        await self.eventually(reached, what=what)
+        return await self.deliveries(notice_id)
 
     async def audit_rows(self) -> list[dict[str, Any]]:
         for gateway in self.fed.gateways:
