@@ -38,7 +38,6 @@ from onecert.v1 import gateway_pb2, gateway_pb2_grpc, provider_pb2, provider_pb2
 CM_NUMBER = "+8613800138000"
 CM_RANGE_NUMBER = "+8613920000001"
 CT_NUMBER = "+8618000180000"
-CLIENT_NAMES = ("intruder", "cm", "ct", "pay", "chat", "forum", "idle")
 # Roughly now, on a whole second (the tests' clock starts here).
 T0 = datetime.now(UTC).replace(microsecond=0)
 
