@@ -295,10 +295,11 @@ Key = TypeVar("Key")
 class _Tally(Generic[Key]):
     """What a client of the gateway counts of its calls (answers and refusals by status,
     refusals no crash explains, answers naming another record than an earlier answer
-    did), and its calls to retry."""
+    did), and its calls to retry, some of them drawn with the subclass's ``_rng``."""
 
-    def __init__(self, rng: random.Random) -> None:
-        self._rng = rng
+    _rng: random.Random
+
+    def __init__(self) -> None:
         self._retry: list[Key] = []
         self.statuses: collections.Counter[str] = collections.Counter()
         self.unexpected: list[str] = []
@@ -350,11 +351,12 @@ class Portal(_Tally[BindingKey]):
         rng: random.Random,
         ghost_until: float,
     ) -> None:
-        super().__init__(rng)
         self._target = target
         self._identity = identity
         self._sealer = sealer
+        self._rng = rng
         self._ghost_until = ghost_until
+        super().__init__()
         self._citizens = {c.sub: c for c in (Citizen.numbered(n) for n in range(3))}
         self.asked: dict[BindingKey, Asked] = {}
         self._acked: list[BindingKey] = []
@@ -481,8 +483,9 @@ class CarrierFeed(_Tally[str]):
     """A carrier reporting cancelled and recycled numbers, retrying some failed reports."""
 
     def __init__(self, *, target: str, rng: random.Random) -> None:
-        super().__init__(rng)
         self._target = target
+        self._rng = rng
+        super().__init__()
         self.events: dict[str, Reported] = {}
 
     def _client(self) -> CarrierGatewayClient:
