@@ -38,6 +38,7 @@ from bench._notices import pg_schema
 from bench._procs import Processes, cpu_seconds, settled_cpu
 from bench._report import Row, ScenarioResult
 from onecert.gateway._handles import load_handle_key
+from onecert.gateway._principals import DEV_PRINCIPAL_HEADER
 from onecert.gateway.routing import FilterSealer, derive_filter_key, derive_routing_key
 from onecert.gateway.store import FilterKind, Store
 from onecert.gateway.store._models import (
@@ -53,7 +54,6 @@ from onecert.v1 import gateway_pb2, gateway_pb2_grpc, provider_pb2, provider_pb2
 if TYPE_CHECKING:
     from bench._scenarios import Context
 
-_DEV_PRINCIPAL = "x-onecert-dev-principal"
 # The notice log, the routed copies, the cursors; the audit log apart (its rows
 # per notice are the audit's, not the delivery's).
 _TABLES = ("number_events", "deliveries", "notice_cursors", "notice_head")
@@ -256,7 +256,7 @@ async def _report_all(
                         await stub.ReportNumberEvent(
                             request,
                             timeout=60,
-                            metadata=((_DEV_PRINCIPAL, f"carrier:{CARRIER_ID}"),),
+                            metadata=((DEV_PRINCIPAL_HEADER, f"carrier:{CARRIER_ID}"),),
                         )
                         break
                     except grpc.aio.AioRpcError as exc:

@@ -48,7 +48,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import grpc
 import pytest
@@ -288,7 +288,58 @@ class Asked:
     abandoned: bool = False
 
 
-class Portal:
+# What a client retries: a binding, or an event id.
+Key = TypeVar("Key")
+
+
+class _Tally(Generic[Key]):
+    """What a client of the gateway counts of its calls (answers and refusals by status,
+    refusals no crash explains, answers naming another record than an earlier answer
+    did), and its calls to retry, some of them drawn with the subclass's ``_rng``."""
+
+    _rng: random.Random
+
+    def __init__(self) -> None:
+        self._retry: list[Key] = []
+        self.statuses: collections.Counter[str] = collections.Counter()
+        self.unexpected: list[str] = []
+        self.mismatches = 0
+
+    def _refused(
+        self,
+        exc: GatewayError,
+        rpc: str,
+        key: Key,
+        record: Asked | Reported,
+        answers: set[str],
+        *,
+        retry: bool,
+        keep: float,
+    ) -> bool:
+        """Count a failed call; whether the gateway was reached. A failure a crash explains,
+        of a call not answered before, is retried later (a retry always, a first call with
+        probability ``keep``) or else given up."""
+        self.statuses[exc.code.name] += 1
+        if not _transient(exc):
+            self.unexpected.append(f"{rpc}: {exc.code.name}: {exc.details}")
+            return True
+        if not answers:
+            if retry or self._rng.random() < keep:
+                self._retry.append(key)
+            else:
+                record.abandoned = True
+        return False
+
+    def _answered(self, record: Asked | Reported, answers: set[str], answer: str) -> None:
+        """Count an answer naming ``answer``: another than an earlier one is a mismatch."""
+        self.statuses["OK"] += 1
+        if answers and answer not in answers:
+            self.mismatches += 1
+        answers.add(answer)
+        record.abandoned = False
+
+
+class Portal(_Tally[BindingKey]):
     """The citizens' portal: opens unbind tickets through the gateway, as long as told."""
 
     def __init__(
@@ -305,13 +356,10 @@ class Portal:
         self._sealer = sealer
         self._rng = rng
         self._ghost_until = ghost_until
+        super().__init__()
         self._citizens = {c.sub: c for c in (Citizen.numbered(n) for n in range(3))}
         self.asked: dict[BindingKey, Asked] = {}
-        self._retry: list[BindingKey] = []
         self._acked: list[BindingKey] = []
-        self.statuses: collections.Counter[str] = collections.Counter()
-        self.unexpected: list[str] = []
-        self.mismatches = 0
         self._serial = 0
 
     def _new_binding(self) -> BindingKey:
@@ -363,24 +411,11 @@ class Portal:
                 self._identity.assertion(citizen), self._handle(key), timeout=5.0
             )
         except GatewayError as exc:
-            self.statuses[exc.code.name] += 1
-            if not _transient(exc):
-                self.unexpected.append(f"Unbind: {exc.code.name}: {exc.details}")
-                return True
-            if not asked.tickets:
-                if retry or self._rng.random() < 0.6:
-                    self._retry.append(key)
-                else:
-                    asked.abandoned = True
-            return False
-        self.statuses["OK"] += 1
-        if asked.tickets and info.ticket_id not in asked.tickets:
-            self.mismatches += 1
+            return self._refused(exc, "Unbind", key, asked, asked.tickets, retry=retry, keep=0.6)
         if not asked.tickets:
             self._acked.append(key)
-        asked.tickets.add(info.ticket_id)
+        self._answered(asked, asked.tickets, info.ticket_id)
         asked.created += int(info.created)
-        asked.abandoned = False
         return True
 
     @property
@@ -444,17 +479,14 @@ class Reported:
     abandoned: bool = False
 
 
-class CarrierFeed:
+class CarrierFeed(_Tally[str]):
     """A carrier reporting cancelled and recycled numbers, retrying some failed reports."""
 
     def __init__(self, *, target: str, rng: random.Random) -> None:
         self._target = target
         self._rng = rng
+        super().__init__()
         self.events: dict[str, Reported] = {}
-        self._retry: list[str] = []
-        self.statuses: collections.Counter[str] = collections.Counter()
-        self.unexpected: list[str] = []
-        self.mismatches = 0
 
     def _client(self) -> CarrierGatewayClient:
         return CarrierGatewayClient(self._target, insecure=True, dev_carrier_id=CARRIER)
@@ -488,21 +520,9 @@ class CarrierFeed:
                 timeout=5.0,
             )
         except GatewayError as exc:
-            self.statuses[exc.code.name] += 1
-            if not _transient(exc):
-                self.unexpected.append(f"ReportNumberEvent: {exc.code.name}: {exc.details}")
-                return True
-            if not event.notice_ids:
-                if retry or self._rng.random() < 0.7:
-                    self._retry.append(event_id)
-                else:
-                    event.abandoned = True
-            return False
-        self.statuses["OK"] += 1
-        if event.notice_ids and answer.notice_id not in event.notice_ids:
-            self.mismatches += 1
-        event.notice_ids.add(answer.notice_id)
-        event.abandoned = False
+            rpc, notices = "ReportNumberEvent", event.notice_ids
+            return self._refused(exc, rpc, event_id, event, notices, retry=retry, keep=0.7)
+        self._answered(event, event.notice_ids, answer.notice_id)
         return True
 
     async def run(self, stop: asyncio.Event) -> None:

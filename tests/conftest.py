@@ -14,6 +14,13 @@ import structlog
 
 from onecert.gateway.store import Store
 from onecert.gateway.store.testing import Database, PrivatePostgres
+from onecert.gateway.testing import FederationKeys
+
+# The client certificates the notices' and the registry's federations hand out: the
+# carriers', the providers' (CN = provider id), and one of the same CA that is no
+# caller the gateway knows.
+CARRIERS, INTRUDER = ("cm", "ct"), "intruder"
+PROVIDERS = ("pay", "chat", "forum", "idle", "slow", "late", "poller", "shop")
 
 
 def _reachable(url: str) -> bool:
@@ -54,6 +61,15 @@ def logs_to_stderr() -> Iterator[None]:
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
     yield
     structlog.configure(**saved)
+
+
+@pytest.fixture(scope="session")
+def federation_keys(tmp_path_factory: pytest.TempPathFactory) -> FederationKeys:
+    """One federation's keys for the session, with a client certificate for each of the
+    carriers, the providers and the intruder."""
+    return FederationKeys.create(
+        tmp_path_factory.mktemp("keys"), clients=(*CARRIERS, *PROVIDERS, INTRUDER)
+    )
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -17,11 +17,11 @@ import json
 import re
 import threading
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from concurrent import futures
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import jwt
@@ -447,6 +447,34 @@ def _metadata(context: grpc.ServicerContext | grpc.aio.ServicerContext[Any, Any]
     return {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
 
 
+# What a handler answers: a response message of the call it serves.
+Answer = TypeVar("Answer")
+
+
+async def _answer_async(
+    handler: Callable[[Any, dict[str, str]], Answer],
+    request: Any,
+    context: grpc.aio.ServicerContext[Any, Any],
+) -> Answer:
+    """The handler's answer, or its refusal as the call's status (grpc.aio)."""
+    try:
+        return handler(request, _metadata(context))
+    except Refusal as refusal:
+        await context.abort(refusal.code, refusal.message)
+
+
+def _answer_blocking(
+    handler: Callable[[Any, dict[str, str]], Answer],
+    request: Any,
+    context: grpc.ServicerContext,
+) -> Answer:
+    """The handler's answer, or its refusal as the call's status (threaded server)."""
+    try:
+        return handler(request, _metadata(context))
+    except Refusal as refusal:
+        context.abort(refusal.code, refusal.message)
+
+
 class AsyncProvider(provider_pb2_grpc.BindingProviderServicer):
     """The provider on grpc.aio. With ``hang``, ListBindings never answers."""
 
@@ -464,10 +492,7 @@ class AsyncProvider(provider_pb2_grpc.BindingProviderServicer):
         request: provider_pb2.ListBindingsRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> provider_pb2.ListBindingsResponse:
-        try:
-            answer = self.core.list_bindings(request, _metadata(context))
-        except Refusal as refusal:
-            await context.abort(refusal.code, refusal.message)
+        answer = await _answer_async(self.core.list_bindings, request, context)
         # Typed float, but None when the caller gave no deadline.
         remaining: float | None = context.time_remaining()
         short = remaining is not None and remaining < 1.0
@@ -518,20 +543,14 @@ class AsyncProvider(provider_pb2_grpc.BindingProviderServicer):
         request: provider_pb2.ReceiveEventRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> provider_pb2.ReceiveEventResponse:
-        try:
-            return self.core.receive_event(request, _metadata(context))
-        except Refusal as refusal:
-            await context.abort(refusal.code, refusal.message)
+        return await _answer_async(self.core.receive_event, request, context)
 
     async def ReceiveEvents(  # noqa: N802 - gRPC method name
         self,
         request: provider_pb2.ReceiveEventsRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> provider_pb2.ReceiveEventsResponse:
-        try:
-            return self.core.receive_events(request, _metadata(context))
-        except Refusal as refusal:
-            await context.abort(refusal.code, refusal.message)
+        return await _answer_async(self.core.receive_events, request, context)
 
 
 class BlockingProvider(provider_pb2_grpc.BindingProviderServicer):
@@ -551,10 +570,7 @@ class BlockingProvider(provider_pb2_grpc.BindingProviderServicer):
     def ListBindings(  # noqa: N802 - gRPC method name
         self, request: provider_pb2.ListBindingsRequest, context: grpc.ServicerContext
     ) -> provider_pb2.ListBindingsResponse:
-        try:
-            answer = self.core.list_bindings(request, _metadata(context))
-        except Refusal as refusal:
-            context.abort(refusal.code, refusal.message)
+        answer = _answer_blocking(self.core.list_bindings, request, context)
         if answer.bindings and self.latency:
             self.core.release.wait(self.latency)
         return answer
@@ -562,18 +578,12 @@ class BlockingProvider(provider_pb2_grpc.BindingProviderServicer):
     def Unbind(  # noqa: N802 - gRPC method name
         self, request: provider_pb2.UnbindRequest, context: grpc.ServicerContext
     ) -> provider_pb2.UnbindResponse:
-        try:
-            return self.core.unbind(request, _metadata(context))
-        except Refusal as refusal:
-            context.abort(refusal.code, refusal.message)
+        return _answer_blocking(self.core.unbind, request, context)
 
     def ReceiveEvent(  # noqa: N802 - gRPC method name
         self, request: provider_pb2.ReceiveEventRequest, context: grpc.ServicerContext
     ) -> provider_pb2.ReceiveEventResponse:
-        try:
-            return self.core.receive_event(request, _metadata(context))
-        except Refusal as refusal:
-            context.abort(refusal.code, refusal.message)
+        return _answer_blocking(self.core.receive_event, request, context)
 
     # Batches are optional (E-13): the generated default answers UNIMPLEMENTED,
     # so this one takes notices one at a time.
@@ -639,10 +649,7 @@ class AsyncCarrier(registry_pb2_grpc.NumberRegistryServicer):
     async def ListNumbers(  # noqa: N802 - gRPC method name
         self, request: registry_pb2.ListNumbersRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> registry_pb2.ListNumbersResponse:
-        try:
-            return self.list_numbers(request, _metadata(context))
-        except Refusal as refusal:
-            await context.abort(refusal.code, refusal.message)
+        return await _answer_async(self.list_numbers, request, context)
 
 
 # ------------------------------------------------------------------- servers

@@ -1,4 +1,5 @@
-"""The conformance kit against plain-grpcio providers: correct, and broken one rule at a time."""
+"""The conformance kit against plain-grpcio providers: its options, what its failures say,
+and deadlines (tests/conformance/test_kit_rules.py breaks one rule at a time)."""
 
 from __future__ import annotations
 
@@ -8,72 +9,14 @@ import time
 import pytest
 
 from onecert.sdk._keys import SigningKey
-from onecert.sdk.conformance import PROVIDER_CHECKS, Outcome, Report, check_provider
-from tests.conformance.conformance_support import assert_passed_every_check, failed_rules
+from onecert.sdk.conformance import Outcome, Report, check_provider
+from tests.conformance.conformance_support import failed_rules, run_provider_kit
 from tests.conformance.conftest import StartProvider
-from tests.conformance.plain_adapters import NUMBER_A, NUMBER_B, PROVIDER_ID, UNBIND_ACCOUNT
-
-PROVIDER_RULES = sorted({rule for rule, _ in PROVIDER_CHECKS})
-
-# A broken rule may take other checks down with it, when they need what it
-# broke to run at all. Everything else must keep passing.
-CASCADES: dict[str, set[str]] = {
-    # Health of "" is also how deadline.short sees the provider responsive.
-    "H-1": {"D-1"},
-    # Unknown accounts are how the kit probes Unbind without changing data.
-    "U-2": {"U-3", "W-8", "W-15", "W-16", "W-17"},
-    # Without bookkeeping, duplicates and a reused request_id are re-applied.
-    "U-4": {"U-5", "U-6"},
-    # Which answer the kit keeps as "the first" depends on the race.
-    "U-5": {"U-4"},
-    # A notice the provider never accepts cannot be redelivered, alone or in a batch.
-    "E-1": {"E-10", "E-13"},
-    # Batches answer each notice as ReceiveEvent would.
-    "E-2": {"E-15"},
-    "E-10": {"E-16"},
-    # A batch whose answer lacks a result is refused by every batch check.
-    "E-14": {"E-13", "E-15", "E-16"},
-    # Failing the whole batch for one bad SET also loses the count.
-    "E-15": {"E-14"},
-}
-
-
-async def _run(target: str, key: SigningKey, **overrides: object) -> Report:
-    options: dict[str, object] = {
-        "provider_id": PROVIDER_ID,
-        "known_numbers": [NUMBER_A, NUMBER_B],
-        "unbind": UNBIND_ACCOUNT,
-        "call_timeout": 2.0,
-        "short_deadline": 0.2,
-        "slack": 1.0,
-    }
-    options.update(overrides)
-    return await check_provider(target=target, warrant_key=key, **options)  # type: ignore[arg-type] # test options
+from tests.conformance.plain_adapters import NUMBER_A, NUMBER_B, PROVIDER_ID
 
 
 def _failed(report: Report) -> set[str]:
     return {r.name for r in report.results if r.outcome is Outcome.FAILED}
-
-
-async def test_correct_plain_provider_passes_every_check(
-    start_provider: StartProvider, warrant_key: SigningKey
-) -> None:
-    """A provider in plain grpcio (no SDK) that follows the contract passes every check."""
-    report = await _run(await start_provider(), warrant_key)
-    assert_passed_every_check(report, PROVIDER_CHECKS)
-
-
-@pytest.mark.parametrize("rule", PROVIDER_RULES)
-async def test_each_broken_rule_is_caught_by_its_check(
-    start_provider: StartProvider, warrant_key: SigningKey, rule: str
-) -> None:
-    """A provider that breaks one rule fails a check of that rule, and no check of an
-    unrelated rule."""
-    report = await _run(await start_provider([rule]), warrant_key)
-    failed = failed_rules(report)
-    assert rule in failed, report.to_table()
-    assert failed <= {rule} | CASCADES.get(rule, set()), report.to_table()
-    assert not report.ok
 
 
 async def test_provider_id_is_taken_from_describe_when_not_given(
@@ -81,7 +24,7 @@ async def test_provider_id_is_taken_from_describe_when_not_given(
 ) -> None:
     """Without a provider id the warrants are addressed to the id Describe gives, and the
     comparison check is skipped with its reason."""
-    report = await _run(await start_provider(), warrant_key, provider_id=None)
+    report = await run_provider_kit(await start_provider(), warrant_key, provider_id=None)
     assert report.ok, report.to_table()
     skipped = report.result("describe.provider_id")
     assert skipped.outcome is Outcome.SKIPPED
@@ -94,7 +37,7 @@ async def test_unbind_checks_are_skipped_without_a_test_account(
 ) -> None:
     """Without --unbind the checks that unbind a real account are skipped with the reason,
     and the run passes."""
-    report = await _run(await start_provider(), warrant_key, unbind=None)
+    report = await run_provider_kit(await start_provider(), warrant_key, unbind=None)
     assert report.ok
     skipped = {r.rule for r in report.results if r.outcome is Outcome.SKIPPED}
     assert skipped == {"U-4", "U-5", "U-6", "U-7"}
@@ -105,7 +48,7 @@ async def test_wrong_provider_id_fails_the_describe_comparison(
     start_provider: StartProvider, warrant_key: SigningKey
 ) -> None:
     """A provider id that differs from Describe's fails describe.provider_id."""
-    report = await _run(await start_provider(), warrant_key, provider_id="someone-else")
+    report = await run_provider_kit(await start_provider(), warrant_key, provider_id="someone-else")
     assert "describe.provider_id" in _failed(report)
     assert "'plain-provider'" in report.result("describe.provider_id").detail
 
@@ -115,7 +58,7 @@ async def test_failure_details_say_what_was_answered(
 ) -> None:
     """A failed check says what the provider answered and what was expected, and never
     shows a whole phone number."""
-    report = await _run(await start_provider(["L-2", "U-3"]), warrant_key)
+    report = await run_provider_kit(await start_provider(["L-2", "U-3"]), warrant_key)
     detail = report.result("list_bindings.unknown_number").detail
     assert "NOT_FOUND" in detail
     assert "empty list" in detail
@@ -129,7 +72,7 @@ async def test_concurrent_duplicates_answered_differently_are_named(
 ) -> None:
     """Duplicates of one request_id sent at once and answered DONE, REJECTED, REJECTED
     fail U-5 with every answer shown."""
-    report = await _run(await start_provider(["U-5"]), warrant_key)
+    report = await run_provider_kit(await start_provider(["U-5"]), warrant_key)
     detail = report.result("unbind.concurrent_duplicates").detail
     assert "DONE" in detail
     assert "'already in progress'" in detail
@@ -142,7 +85,7 @@ async def test_hanging_provider_gives_failed_checks_not_a_hung_kit(
     each at its own deadline, and the whole run ends in bounded time."""
     target = await start_provider(hang=True)
     start = time.monotonic()
-    report = await _run(target, warrant_key, call_timeout=0.5)
+    report = await run_provider_kit(target, warrant_key, call_timeout=0.5)
     elapsed = time.monotonic() - start
     assert failed_rules(report) == {
         "L-1",
@@ -182,7 +125,7 @@ def test_provider_busy_past_the_deadline_fails_the_deadline_checks(
 
 async def test_unreachable_target_fails_every_call_check(warrant_key: SigningKey) -> None:
     """Against an address where nothing listens, the checks fail quickly instead of hanging."""
-    report = await _run("127.0.0.1:1", warrant_key, call_timeout=1.0)
+    report = await run_provider_kit("127.0.0.1:1", warrant_key, call_timeout=1.0)
     assert not report.ok
     assert report.result("health.overall").failed
     assert "UNAVAILABLE" in report.result("health.overall").detail

@@ -35,7 +35,8 @@ from onecert.sdk._warrant import WarrantIssuer
 from onecert.sdk.conformance import check_carrier, check_provider
 from onecert.sdk.devkeys import init_dev_keys
 from onecert.sdk.testing import CarrierEnvironment, ProviderEnvironment, serve_in_process
-from onecert.v1 import common_pb2, provider_pb2, provider_pb2_grpc
+from onecert.v1 import provider_pb2, provider_pb2_grpc
+from tests.sdk.sdk_fakes import unbind_pb
 
 IDN_KEY = bytes(range(32))
 FORMER, CURRENT = STORY.former_number, STORY.current_number
@@ -194,12 +195,7 @@ async def test_adapter_process_over_mutual_tls(tmp_path: Path) -> None:
             )
             assert [b.account_ref for b in listed.bindings] == ["cp-58203317"]
             await stub.Unbind(
-                provider_pb2.UnbindRequest(
-                    request_id="t-1",
-                    msisdn=FORMER,
-                    account_ref="cp-58203317",
-                    reason=common_pb2.UNBIND_REASON_OWNER_REQUEST,
-                ),
+                unbind_pb("t-1", "cp-58203317", msisdn=FORMER),
                 metadata=metadata("unbind"),
                 timeout=10,
             )

@@ -8,13 +8,17 @@ from pathlib import Path
 
 from onecert.gateway import GatewayServer
 from onecert.gateway._principals import Principal, Role
-from onecert.gateway.enrollment.testing import invite_and_join, serve_for_join
+from onecert.gateway.enrollment.testing import serve_for_join
 from onecert.gateway.store import RegistryStatus, Store
 from onecert.gateway.testing import Federation
 from onecert.sdk import Binding, Provider, UnbindRequest, UnbindResult, join
 from onecert.v1 import gateway_pb2
-
-ID = "example-forum"
+from tests.enrollment.enrollment_support import (
+    ID,
+    join_forum,
+    registry_entry,
+    request_activation,
+)
 
 
 def _provider(*, broken: bool = False) -> Provider:
@@ -34,8 +38,11 @@ def _provider(*, broken: bool = False) -> Provider:
     return provider
 
 
-def _caller(status: RegistryStatus = RegistryStatus.PENDING) -> Principal:
-    return Principal(Role.PROVIDER, ID, status)
+async def _nobody_at(federation: Federation, tmp_path: Path) -> str:
+    """An address where nobody answers any more (a provider served there, then stopped)."""
+    server = await serve_for_join(_provider(), federation.keys.dev, tmp_path / "creds")
+    await server.shutdown(0)
+    return server.address
 
 
 async def _gate(
@@ -44,16 +51,8 @@ async def _gate(
     """Serve ``provider``, invite and join it, run the gate against it, stop it."""
     server = await serve_for_join(provider, federation.keys.dev, tmp_path / "creds")
     try:
-        await invite_and_join(
-            gateway,
-            store,
-            federation.keys.dev,
-            provider_id=ID,
-            directory=tmp_path / "creds",
-            address=server.address,
-        )
-        assert gateway.enrollment is not None
-        return await gateway.enrollment.service.request_activation(_caller())
+        await join_forum(gateway, store, federation, tmp_path / "creds", server.address)
+        return await request_activation(gateway)
     finally:
         await server.shutdown(0)
 
@@ -67,8 +66,7 @@ async def test_a_conformant_provider_passes_the_gate_and_becomes_active(
     assert answer.gate.passed, list(answer.gate.failures)
     assert answer.status == gateway_pb2.PROVIDER_STATUS_ACTIVE
     assert "0 failed" in answer.summary
-    entry = await store.registry.get(ID)
-    assert entry is not None
+    entry = await registry_entry(store)
     assert entry.status is RegistryStatus.ACTIVE
     assert entry.gate_passed
 
@@ -82,7 +80,8 @@ async def test_a_broken_provider_fails_the_gate_and_its_status_says_why(
     assert not answer.gate.passed
     assert answer.status == gateway_pb2.PROVIDER_STATUS_PENDING
     assert gateway.enrollment is not None
-    record = (await gateway.enrollment.service.status(_caller())).provider
+    pending = Principal(Role.PROVIDER, ID, RegistryStatus.PENDING)
+    record = (await gateway.enrollment.service.status(pending)).provider
     assert record.status == gateway_pb2.PROVIDER_STATUS_PENDING
     assert not record.last_gate.passed
     unknown = next(f for f in record.last_gate.failures if f.startswith("L-2 "))
@@ -94,22 +93,11 @@ async def test_a_provider_that_does_not_answer_fails_the_gate(
     gateway: GatewayServer, federation: Federation, store: Store, tmp_path: Path
 ) -> None:
     """Nobody at the address: the gate fails (every check), the provider stays PENDING."""
-    server = await serve_for_join(_provider(), federation.keys.dev, tmp_path / "creds")
-    address = server.address
-    await server.shutdown(0)
-    await invite_and_join(
-        gateway,
-        store,
-        federation.keys.dev,
-        provider_id=ID,
-        directory=tmp_path / "c",
-        address=address,
-    )
-    assert gateway.enrollment is not None
-    answer = await gateway.enrollment.service.request_activation(_caller())
+    address = await _nobody_at(federation, tmp_path)
+    await join_forum(gateway, store, federation, tmp_path / "c", address)
+    answer = await request_activation(gateway)
     assert not answer.gate.passed
-    entry = await store.registry.get(ID)
-    assert entry is not None
+    entry = await registry_entry(store)
     assert entry.status is RegistryStatus.PENDING
     assert entry.gate_failures
 
@@ -119,11 +107,8 @@ async def test_a_polling_provider_is_activated_by_its_own_call(
 ) -> None:
     """A provider without an address has no server to test: its activation call, made
     with its certificate, is its gate."""
-    await invite_and_join(
-        gateway, store, federation.keys.dev, provider_id=ID, directory=tmp_path / "c", address=None
-    )
-    assert gateway.enrollment is not None
-    answer = await gateway.enrollment.service.request_activation(_caller())
+    await join_forum(gateway, store, federation, tmp_path / "c", address=None)
+    answer = await request_activation(gateway)
     assert answer.gate.passed
     assert answer.status == gateway_pb2.PROVIDER_STATUS_ACTIVE
 
@@ -133,9 +118,7 @@ async def test_a_site_that_answers_lookups_but_polls_is_gated_at_its_address(
 ) -> None:
     """Polling for notices does not spare a provider with an address the gate: the kit runs
     against that address (here nobody answers there, so the gate fails)."""
-    server = await serve_for_join(_provider(), federation.keys.dev, tmp_path / "creds")
-    address = server.address
-    await server.shutdown(0)
+    address = await _nobody_at(federation, tmp_path)
     invitation = await store.registry.invite(
         ID, name="Forum", category="forum", ttl=timedelta(hours=1), actor="admin:x"
     )
@@ -149,10 +132,9 @@ async def test_a_site_that_answers_lookups_but_polls_is_gated_at_its_address(
         poll=True,
         directory=tmp_path / "c",
     )
-    entry = await store.registry.get(ID)
-    assert entry is not None
+    entry = await registry_entry(store)
     assert entry.delivery.value == "poll"
     assert entry.address == address
-    answer = await gateway.enrollment.service.request_activation(_caller())
+    answer = await request_activation(gateway)
     assert not answer.gate.passed
     assert answer.status == gateway_pb2.PROVIDER_STATUS_PENDING

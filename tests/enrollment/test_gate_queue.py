@@ -18,7 +18,10 @@ ID = "slow-forum"
 
 
 class _Held:
-    """A provider whose lookups wait until released (so a gate run stays in progress)."""
+    """A provider whose lookups wait until released (so a gate run stays in progress),
+    served at ``address``."""
+
+    address = ""
 
     def __init__(self) -> None:
         self.entered = asyncio.Event()
@@ -37,13 +40,15 @@ class _Held:
 
 
 @pytest.fixture
-async def held(enroll_keys: FederationKeys) -> AsyncIterator[tuple[_Held, Server]]:
+async def held(enroll_keys: FederationKeys) -> AsyncIterator[_Held]:
+    """The slow forum, served on a free port."""
     site = _Held()
     server = Server(
         site.provider, gateway_keys=enroll_keys.dev.gateway_jwks, insecure=True, grace=0.1
     )
     await server.start()
-    yield site, server
+    site.address = server.address
+    yield site
     site.release.set()
     await server.shutdown(0)
 
@@ -55,57 +60,55 @@ def _gate(keys: FederationKeys, *, max_waiting: int) -> Gate:
     return Gate(config, warrant_key=keys.warrant, issuer="onecert-gateway", upstream_tls=None)
 
 
-async def _occupied(gate: Gate, site: _Held, server: Server) -> asyncio.Task[GateOutcome]:
-    """A run started on ``gate`` and holding its one slot (inside the provider's call)."""
-    first = asyncio.create_task(gate.run(ID, server.address))
+async def _occupied(
+    keys: FederationKeys, site: _Held, *, max_waiting: int
+) -> tuple[Gate, asyncio.Task[GateOutcome]]:
+    """A gate of one slot, and a run on it against ``site`` holding that slot (inside the
+    provider's call)."""
+    gate = _gate(keys, max_waiting=max_waiting)
+    first = asyncio.create_task(gate.run(ID, site.address))
     await asyncio.wait_for(site.entered.wait(), 10)
-    return first
+    return gate, first
 
 
 async def test_a_request_finding_the_slots_busy_waits_its_turn_and_passes(
-    enroll_keys: FederationKeys, held: tuple[_Held, Server]
+    enroll_keys: FederationKeys, held: _Held
 ) -> None:
     """With one slot taken, the next request waits (no refusal) and runs once the first ends."""
-    site, server = held
-    gate = _gate(enroll_keys, max_waiting=1)
-    first = await _occupied(gate, site, server)
-    second = asyncio.create_task(gate.run(ID, server.address))
+    gate, first = await _occupied(enroll_keys, held, max_waiting=1)
+    second = asyncio.create_task(gate.run(ID, held.address))
     await asyncio.sleep(0.2)
     assert not second.done()
-    site.release.set()
+    held.release.set()
     outcomes = await asyncio.wait_for(asyncio.gather(first, second), 30)
     assert all(o.passed for o in outcomes), [o.failures for o in outcomes]
 
 
 async def test_one_request_past_the_waiting_room_is_refused_with_a_hint(
-    enroll_keys: FederationKeys, held: tuple[_Held, Server]
+    enroll_keys: FederationKeys, held: _Held
 ) -> None:
     """Slot and waiting room full: RESOURCE_EXHAUSTED at once, with a positive retry-after-ms
     no longer than a quarter of the gate's timeout."""
-    site, server = held
-    gate = _gate(enroll_keys, max_waiting=1)
-    first = await _occupied(gate, site, server)
-    waiting = asyncio.create_task(gate.run(ID, server.address))
+    gate, first = await _occupied(enroll_keys, held, max_waiting=1)
+    waiting = asyncio.create_task(gate.run(ID, held.address))
     await asyncio.sleep(0)
     with pytest.raises(Refusal) as refused:
-        await gate.run(ID, server.address)
+        await gate.run(ID, held.address)
     assert refused.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
     hint = dict(refused.value.trailing_metadata)["retry-after-ms"]
     assert 0 < int(hint) <= 30_000 / 4
-    site.release.set()
+    held.release.set()
     outcomes = await asyncio.wait_for(asyncio.gather(first, waiting), 30)
     assert all(o.passed for o in outcomes)
 
 
 async def test_without_a_waiting_room_a_busy_gate_refuses_at_once(
-    enroll_keys: FederationKeys, held: tuple[_Held, Server]
+    enroll_keys: FederationKeys, held: _Held
 ) -> None:
     """``max_waiting = 0``: the request that finds the slot taken is refused (the old rule)."""
-    site, server = held
-    gate = _gate(enroll_keys, max_waiting=0)
-    first = await _occupied(gate, site, server)
+    gate, first = await _occupied(enroll_keys, held, max_waiting=0)
     with pytest.raises(Refusal) as refused:
-        await gate.run(ID, server.address)
+        await gate.run(ID, held.address)
     assert refused.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
-    site.release.set()
+    held.release.set()
     assert (await asyncio.wait_for(first, 30)).passed

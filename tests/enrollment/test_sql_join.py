@@ -12,14 +12,12 @@ import pytest
 
 from onecert.adapters.sql import ConfigError, SqlSite, build_server, parse_config
 from onecert.gateway import GatewayServer
-from onecert.gateway._principals import Principal, Role
-from onecert.gateway.enrollment.testing import invite_and_join
-from onecert.gateway.store import RegistryStatus, Store
+from onecert.gateway.store import Store
 from onecert.gateway.testing import Federation
 from onecert.v1 import gateway_pb2
+from tests.enrollment.enrollment_support import join_forum, request_activation
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sql-site"
-ID = "example-forum"
 
 
 def _free_port() -> int:
@@ -51,24 +49,13 @@ async def test_a_joined_sql_site_passes_the_gate(
     """Join with the CLI's credentials directory, serve the example site from it, run
     the gate: ACTIVE."""
     address = f"127.0.0.1:{_free_port()}"
-    await invite_and_join(
-        gateway,
-        store,
-        federation.keys.dev,
-        provider_id=ID,
-        directory=tmp_path / "creds",
-        address=address,
-        category="forum",
-    )
+    await join_forum(gateway, store, federation, tmp_path / "creds", address, category="forum")
     data = _site_data(tmp_path, federation, {"listen": address, "credentials": "creds"})
     site = await SqlSite.open(parse_config(data, base_dir=tmp_path))
     server = build_server(site)
     await server.start()
     try:
-        assert gateway.enrollment is not None
-        answer = await gateway.enrollment.service.request_activation(
-            Principal(Role.PROVIDER, ID, RegistryStatus.PENDING)
-        )
+        answer = await request_activation(gateway)
     finally:
         await server.shutdown(0)
         await site.close()

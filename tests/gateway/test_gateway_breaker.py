@@ -186,28 +186,32 @@ async def test_breaker_opens_skips_then_half_opens_in_lookups(fed: Federation) -
     assert healthy.record.calls == 8
 
 
-async def test_retries_stop_when_the_budget_is_spent(fed: Federation) -> None:
-    """With no retry budget, UNAVAILABLE is not retried."""
-    await fed.carrier("cm", {fed.IDN: fed.story_tenures()})
-    flaky = await fed.provider("flaky", {})
-    flaky.behaviour.fail_first = 10
-    fanout = FanoutConfig(retry_budget_ratio=0.0, retry_budget_min_retries=0)
-    gateway = await fed.gateway(fanout=fanout)
-    messages = await fed.lookup(gateway)
-    assert flaky.record.calls == 2
-    assert {r.detail for r in fed.results(messages)} == {"UNAVAILABLE: warming up"}
-
-
-async def test_retries_stop_at_max_attempts(fed: Federation) -> None:
-    """However large the budget, a call makes at most retry_max_attempts attempts."""
+@pytest.mark.parametrize(
+    ("fanout", "attempts"),
+    [
+        pytest.param(
+            FanoutConfig(retry_budget_ratio=0.0, retry_budget_min_retries=0), 1, id="no-budget"
+        ),
+        pytest.param(
+            FanoutConfig(retry_max_attempts=3, retry_budget_min_retries=100), 3, id="max-attempts"
+        ),
+    ],
+)
+async def test_retries_stop_at_the_budget_or_max_attempts(
+    fed: Federation, fanout: FanoutConfig, attempts: int
+) -> None:
+    """With no retry budget, UNAVAILABLE is not retried; however large the budget, a call
+    makes at most retry_max_attempts attempts. Either way the provider's result is FAILED
+    with the provider's error."""
     await fed.carrier("cm", {fed.IDN: [fed.tenure(fed.CURRENT, "cm", fed.at(2020))]})
     flaky = await fed.provider("flaky", {})
     flaky.behaviour.fail_first = 10
-    fanout = FanoutConfig(retry_max_attempts=3, retry_budget_min_retries=100)
     gateway = await fed.gateway(fanout=fanout)
     messages = await fed.lookup(gateway)
-    assert flaky.record.calls == 3
-    assert fed.results(messages)[0].outcome == gateway_pb2.CALL_OUTCOME_FAILED
+    assert flaky.record.calls == attempts
+    (result,) = fed.results(messages)
+    assert result.outcome == gateway_pb2.CALL_OUTCOME_FAILED
+    assert result.detail == "UNAVAILABLE: warming up"
 
 
 @pytest.mark.parametrize("cap", [1, 2])

@@ -8,11 +8,13 @@ until it is given a call here and an answer without its database.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import select
@@ -42,55 +44,61 @@ EVENT_ID = "ev-down"
 Answers = dict[str, tuple[grpc.StatusCode, str]]
 
 
-def _registry_calls(stub: Any) -> dict[str, Callable[[], Awaitable[Any]]]:
-    """The regulator's registry RPCs, each on a provider that exists."""
-    admin = principal("admin")
-    return {
-        "InviteProvider": lambda: stub.InviteProvider(
-            gateway_pb2.InviteProviderRequest(
-                provider_id="newshop", category=common_pb2.PROVIDER_CATEGORY_ECOMMERCE
-            ),
-            metadata=admin,
-            timeout=10,
+# One request per unary RPC that takes a principal, by the caller it allows: each
+# names something that exists, and each would write if the database were there.
+_WHEN = Timestamp(seconds=1_700_000_000)
+_UNARY_REQUESTS: dict[str, tuple[str, Message]] = {
+    "ReportNumberEvent": (
+        "carrier:cm",
+        gateway_pb2.ReportNumberEventRequest(
+            event_id=EVENT_ID,
+            msisdn="+8613800138001",
+            type=gateway_pb2.NUMBER_EVENT_TYPE_RECYCLED,
+            effective_at=_WHEN,
         ),
-        "ListProviders": lambda: stub.ListProviders(
-            gateway_pb2.ListProvidersRequest(), metadata=admin, timeout=10
+    ),
+    "CheckRecycled": (
+        "provider:pay",
+        gateway_pb2.CheckRecycledRequest(msisdn="+8613800138001", specified_date=_WHEN),
+    ),
+    "PollEvents": ("provider:poller", gateway_pb2.PollEventsRequest(return_immediately=True)),
+    "ConfirmEventAction": (
+        "provider:poller",
+        gateway_pb2.ConfirmEventActionRequest(jti="jti-down", bindings_removed=1),
+    ),
+    "GetComplianceReport": ("admin", gateway_pb2.GetComplianceReportRequest()),
+    "GetRoutingKey": ("provider:pay", gateway_pb2.GetRoutingKeyRequest()),
+    "PublishFilter": (
+        "provider:pay",
+        gateway_pb2.PublishFilterRequest(opt_out=gateway_pb2.RoutingOptOut()),
+    ),
+    # The regulator's registry RPCs, each on a provider that exists.
+    "InviteProvider": (
+        "admin",
+        gateway_pb2.InviteProviderRequest(
+            provider_id="newshop", category=common_pb2.PROVIDER_CATEGORY_ECOMMERCE
         ),
-        "GetProvider": lambda: stub.GetProvider(
-            gateway_pb2.GetProviderRequest(provider_id="pay"), metadata=admin, timeout=10
-        ),
-        "SuspendProvider": lambda: stub.SuspendProvider(
-            gateway_pb2.SuspendProviderRequest(provider_id="pay", reason="down"),
-            metadata=admin,
-            timeout=10,
-        ),
-        "ResumeProvider": lambda: stub.ResumeProvider(
-            gateway_pb2.ResumeProviderRequest(provider_id="pay"), metadata=admin, timeout=10
-        ),
-        "RemoveProvider": lambda: stub.RemoveProvider(
-            gateway_pb2.RemoveProviderRequest(provider_id="pay", reason="down"),
-            metadata=admin,
-            timeout=10,
-        ),
-    }
-
-
-def _enrollment_calls(stub: Any) -> dict[str, Callable[[], Awaitable[Any]]]:
-    """A provider's own joining RPCs (status, activation, renewal), as provider "pay"."""
-    pay = principal("provider:pay")
-    return {
-        "GetEnrollmentStatus": lambda: stub.GetEnrollmentStatus(
-            gateway_pb2.GetEnrollmentStatusRequest(), metadata=pay, timeout=10
-        ),
-        "RequestActivation": lambda: stub.RequestActivation(
-            gateway_pb2.RequestActivationRequest(), metadata=pay, timeout=10
-        ),
-        "RenewCertificate": lambda: stub.RenewCertificate(
-            gateway_pb2.RenewCertificateRequest(csr_pem="-----BEGIN CERTIFICATE REQUEST-----"),
-            metadata=pay,
-            timeout=10,
-        ),
-    }
+    ),
+    "ListProviders": ("admin", gateway_pb2.ListProvidersRequest()),
+    "GetProvider": ("admin", gateway_pb2.GetProviderRequest(provider_id="pay")),
+    "SuspendProvider": (
+        "admin",
+        gateway_pb2.SuspendProviderRequest(provider_id="pay", reason="down"),
+    ),
+    "ResumeProvider": ("admin", gateway_pb2.ResumeProviderRequest(provider_id="pay")),
+    "RemoveProvider": (
+        "admin",
+        gateway_pb2.RemoveProviderRequest(provider_id="pay", reason="down"),
+    ),
+    # A provider's own joining RPCs (status, activation, renewal), as provider "pay".
+    "GetEnrollmentStatus": ("provider:pay", gateway_pb2.GetEnrollmentStatusRequest()),
+    "RequestActivation": ("provider:pay", gateway_pb2.RequestActivationRequest()),
+    "RenewCertificate": (
+        "provider:pay",
+        gateway_pb2.RenewCertificateRequest(csr_pem="-----BEGIN CERTIFICATE REQUEST-----"),
+    ),
+}
+_ENROLLMENT_RPCS = frozenset({"GetEnrollmentStatus", "RequestActivation", "RenewCertificate"})
 
 
 def _every_rpc(
@@ -99,7 +107,6 @@ def _every_rpc(
     """One call of each Gateway RPC by a caller it allows, each of which would write
     if the database were there (``handle`` opens a ticket, the event a notice)."""
     stub = hz.stub(gateway)
-    when = Timestamp(seconds=1_700_000_000)
     calls: dict[str, Callable[[], Awaitable[Any]]] = {
         "Lookup": lambda: hz.lookup(gateway),
         "Unbind": lambda: hz.unbind(gateway, handle),
@@ -108,49 +115,11 @@ def _every_rpc(
             metadata=hz.bearer(hz.assertion()),
             timeout=10,
         ),
-        "ReportNumberEvent": lambda: stub.ReportNumberEvent(
-            gateway_pb2.ReportNumberEventRequest(
-                event_id=EVENT_ID,
-                msisdn="+8613800138001",
-                type=gateway_pb2.NUMBER_EVENT_TYPE_RECYCLED,
-                effective_at=when,
-            ),
-            metadata=principal("carrier:cm"),
-            timeout=10,
-        ),
-        "CheckRecycled": lambda: stub.CheckRecycled(
-            gateway_pb2.CheckRecycledRequest(msisdn="+8613800138001", specified_date=when),
-            metadata=principal("provider:pay"),
-            timeout=10,
-        ),
-        "PollEvents": lambda: stub.PollEvents(
-            gateway_pb2.PollEventsRequest(return_immediately=True),
-            metadata=principal("provider:poller"),
-            timeout=10,
-        ),
-        "ConfirmEventAction": lambda: stub.ConfirmEventAction(
-            gateway_pb2.ConfirmEventActionRequest(jti="jti-down", bindings_removed=1),
-            metadata=principal("provider:poller"),
-            timeout=10,
-        ),
-        "GetComplianceReport": lambda: stub.GetComplianceReport(
-            gateway_pb2.GetComplianceReportRequest(),
-            metadata=principal("admin"),
-            timeout=10,
-        ),
-        "GetRoutingKey": lambda: stub.GetRoutingKey(
-            gateway_pb2.GetRoutingKeyRequest(),
-            metadata=principal("provider:pay"),
-            timeout=10,
-        ),
-        "PublishFilter": lambda: stub.PublishFilter(
-            gateway_pb2.PublishFilterRequest(opt_out=gateway_pb2.RoutingOptOut()),
-            metadata=principal("provider:pay"),
-            timeout=10,
-        ),
-        **_registry_calls(stub),
-        **_enrollment_calls(stub),
     }
+    for name, (caller, request) in _UNARY_REQUESTS.items():
+        calls[name] = functools.partial(
+            getattr(stub, name), request, metadata=principal(caller), timeout=10
+        )
     assert set(calls) == GATEWAY_RPCS, "a Gateway RPC has no call here"
     return calls
 
@@ -193,7 +162,7 @@ def _assert_truthful(answers: Answers) -> None:
         assert answers.pop(name) == answer, name
     # This gateway has no [enrollment]: the provider's joining RPCs say so before any
     # database is asked (tests/enrollment cover them on a gateway that has one).
-    for name in _enrollment_calls(None):
+    for name in _ENROLLMENT_RPCS:
         code, details = answers.pop(name)
         assert code is grpc.StatusCode.UNIMPLEMENTED, (name, code, details)
         assert "[enrollment]" in details, (name, details)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import jwt
 import pytest
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
@@ -156,6 +157,25 @@ async def _call(
     return code
 
 
+async def _call_as(
+    hz: Harness,
+    gateway: Any,
+    caller: str,
+    request: Message,
+    *,
+    allowed: set[grpc.StatusCode],
+) -> grpc.StatusCode:
+    """Send ``request`` as ``caller`` to its RPC (every Gateway RPC has its own
+    ``<Rpc>Request``, tests/test_contract.py), checked as :func:`_call` does."""
+    rpc = getattr(hz.stub(gateway), type(request).__name__.removesuffix("Request"))
+    return await _call(
+        hz,
+        gateway,
+        lambda: rpc(request, metadata=principal(caller), timeout=5),
+        allowed=allowed,
+    )
+
+
 @pytest.fixture
 async def gateway(hz: Harness) -> Any:
     """A development gateway with a store and no delivery workers: carrier "cm"
@@ -273,11 +293,11 @@ async def test_fuzz_report_number_event(
     """Any report is recorded, or refused (INVALID_ARGUMENT, PERMISSION_DENIED for a
     number the carrier does not serve, ALREADY_EXISTS for a reused event id) changing
     nothing."""
-    stub = hz.stub(gateway)
-    await _call(
+    await _call_as(
         hz,
         gateway,
-        lambda: stub.ReportNumberEvent(request, metadata=principal("carrier:cm"), timeout=5),
+        "carrier:cm",
+        request,
         allowed={
             grpc.StatusCode.INVALID_ARGUMENT,
             grpc.StatusCode.PERMISSION_DENIED,
@@ -292,15 +312,9 @@ async def test_fuzz_check_recycled(
     hz: Harness, gateway: Any, msisdn: str, specified: Timestamp | None
 ) -> None:
     """Any question gets an answer or INVALID_ARGUMENT, and writes nothing when refused."""
-    request = gateway_pb2.CheckRecycledRequest(msisdn=msisdn)
-    if specified is not None:
-        request.specified_date.CopyFrom(specified)
-    stub = hz.stub(gateway)
-    code = await _call(
-        hz,
-        gateway,
-        lambda: stub.CheckRecycled(request, metadata=principal("provider:pay"), timeout=5),
-        allowed={grpc.StatusCode.INVALID_ARGUMENT},
+    request = gateway_pb2.CheckRecycledRequest(msisdn=msisdn, specified_date=specified)
+    code = await _call_as(
+        hz, gateway, "provider:pay", request, allowed={grpc.StatusCode.INVALID_ARGUMENT}
     )
     if code is grpc.StatusCode.OK:
         assert is_e164(msisdn)
@@ -326,12 +340,12 @@ async def test_fuzz_poll_events(
 ) -> None:
     """Any poll is answered, INVALID_ARGUMENT, or FAILED_PRECONDITION for a push-mode
     provider; none changes a row (there is nothing pending to acknowledge)."""
-    stub = hz.stub(gateway)
     before = await hz.snapshot(gateway)
-    await _call(
+    await _call_as(
         hz,
         gateway,
-        lambda: stub.PollEvents(request, metadata=principal(who), timeout=5),
+        who,
+        request,
         allowed={grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION},
     )
     after = await hz.snapshot(gateway)
@@ -344,14 +358,14 @@ async def test_fuzz_confirm_event_action(
     hz: Harness, gateway: Any, jti: str, removed: int, acted_at: Timestamp | None
 ) -> None:
     """Confirming a notice that was never sent is INVALID_ARGUMENT or NOT_FOUND."""
-    request = gateway_pb2.ConfirmEventActionRequest(jti=jti, bindings_removed=removed)
-    if acted_at is not None:
-        request.acted_at.CopyFrom(acted_at)
-    stub = hz.stub(gateway)
-    code = await _call(
+    request = gateway_pb2.ConfirmEventActionRequest(
+        jti=jti, bindings_removed=removed, acted_at=acted_at
+    )
+    code = await _call_as(
         hz,
         gateway,
-        lambda: stub.ConfirmEventAction(request, metadata=principal("provider:pay"), timeout=5),
+        "provider:pay",
+        request,
         allowed={grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND},
     )
     assert code is not grpc.StatusCode.OK
@@ -363,16 +377,8 @@ async def test_fuzz_compliance_report_since(
     hz: Harness, gateway: Any, since: Timestamp | None
 ) -> None:
     """Any ``since`` gets a report or INVALID_ARGUMENT."""
-    request = gateway_pb2.GetComplianceReportRequest()
-    if since is not None:
-        request.since.CopyFrom(since)
-    stub = hz.stub(gateway)
-    await _call(
-        hz,
-        gateway,
-        lambda: stub.GetComplianceReport(request, metadata=principal("admin"), timeout=5),
-        allowed={grpc.StatusCode.INVALID_ARGUMENT},
-    )
+    request = gateway_pb2.GetComplianceReportRequest(since=since)
+    await _call_as(hz, gateway, "admin", request, allowed={grpc.StatusCode.INVALID_ARGUMENT})
 
 
 # ---------------------------------------------------------------- handles, SETs, warrants
@@ -419,35 +425,27 @@ _SETS = SetVerifier(keys=_GATEWAY_KEYS, issuer="onecert-gateway", audience="pay"
 _WARRANTS = WarrantVerifier(keys=_GATEWAY_KEYS, issuer="onecert-gateway", audience="pay")
 
 
+def _gateway_claims(now: int, **claims: Any) -> dict[str, Any]:
+    """What every token the gateway signs for provider "pay" carries, then ``claims``."""
+    return {"iss": "onecert-gateway", "aud": "pay", "iat": now, **claims}
+
+
 def _set_claims() -> dict[str, Any]:
     now = int(time.time())
-    return {
-        "iss": "onecert-gateway",
-        "aud": "pay",
-        "iat": now,
-        "jti": "n-1",
-        "toe": now - 60,
-        "events": {
-            RISC_IDENTIFIER_RECYCLED: {
-                "subject": {"format": "phone_number", "phone_number": "+8613800138001"},
-                "act_by": now + 86400,
-            }
-        },
+    recycled = {
+        "subject": {"format": "phone_number", "phone_number": "+8613800138001"},
+        "act_by": now + 86400,
     }
+    return _gateway_claims(
+        now, jti="n-1", toe=now - 60, events={RISC_IDENTIFIER_RECYCLED: recycled}
+    )
 
 
 def _warrant_claims() -> dict[str, Any]:
     now = int(time.time())
-    return {
-        "iss": "onecert-gateway",
-        "aud": "pay",
-        "iat": now,
-        "exp": now + 30,
-        "jti": "w-1",
-        "purpose": "lookup",
-        "qid": "q",
-        "target_sha256": "0" * 64,
-    }
+    return _gateway_claims(
+        now, exp=now + 30, jti="w-1", purpose="lookup", qid="q", target_sha256="0" * 64
+    )
 
 
 def _fuzz_claims(base: dict[str, Any], names: list[str]) -> st.SearchStrategy[dict[str, Any]]:

@@ -11,17 +11,12 @@ import pytest
 
 from onecert.gateway.store import Store
 from onecert.gateway.testing import Federation, FederationKeys
-from tests.notices.notices_support import CLIENT_NAMES, T0, Clock, NoticeWorld
+from tests.notices.notices_support import T0, Clock, NoticeWorld
 
 
 @pytest.fixture(autouse=True)
 def _logs(logs_to_stderr: None) -> None:
     """Gateway logs go to stderr for every test here."""
-
-
-@pytest.fixture(scope="session")
-def notice_keys(tmp_path_factory: pytest.TempPathFactory) -> FederationKeys:
-    return FederationKeys.create(tmp_path_factory.mktemp("notice-keys"), clients=CLIENT_NAMES)
 
 
 @pytest.fixture
@@ -31,10 +26,10 @@ def clock() -> Clock:
 
 @pytest.fixture
 async def world(
-    notice_keys: FederationKeys, store: Store, clock: Clock, tmp_path: Path
+    federation_keys: FederationKeys, store: Store, clock: Clock, tmp_path: Path
 ) -> AsyncIterator[NoticeWorld]:
     """Everything over mutual TLS, callers identified by their certificates."""
-    w = NoticeWorld(Federation(notice_keys, tmp_path, tls=True), store, clock)
+    w = NoticeWorld(Federation(federation_keys, tmp_path, tls=True), store, clock)
     try:
         yield w
     finally:
@@ -43,10 +38,10 @@ async def world(
 
 @pytest.fixture
 async def dev_world(
-    notice_keys: FederationKeys, store: Store, clock: Clock, tmp_path: Path
+    federation_keys: FederationKeys, store: Store, clock: Clock, tmp_path: Path
 ) -> AsyncIterator[NoticeWorld]:
     """Development mode: plaintext, callers named by the dev principal header."""
-    w = NoticeWorld(Federation(notice_keys, tmp_path), store, clock)
+    w = NoticeWorld(Federation(federation_keys, tmp_path), store, clock)
     try:
         yield w
     finally:

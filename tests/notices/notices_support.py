@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,7 +25,7 @@ from onecert.gateway._config import (
     NoticesConfig,
 )
 from onecert.gateway._principals import DEV_PRINCIPAL_HEADER
-from onecert.gateway.store import Delivery, Store
+from onecert.gateway.store import Delivery, DeliveryState, Store
 from onecert.gateway.store._models import audit_log
 from onecert.gateway.testing import ADMIN_CN, GATEWAY_ID, Federation
 from onecert.sdk import Provider, RecycledNotice, Server, Unavailable
@@ -38,7 +38,6 @@ from onecert.v1 import gateway_pb2, gateway_pb2_grpc, provider_pb2, provider_pb2
 CM_NUMBER = "+8613800138000"
 CM_RANGE_NUMBER = "+8613920000001"
 CT_NUMBER = "+8618000180000"
-CLIENT_NAMES = ("intruder", "cm", "ct", "pay", "chat", "forum", "idle")
 # Roughly now, on a whole second (the tests' clock starts here).
 T0 = datetime.now(UTC).replace(microsecond=0)
 
@@ -293,6 +292,20 @@ class NoticeWorld:
         metadata = () if role == "cn" else ((DEV_PRINCIPAL_HEADER, who),)
         return Caller(self.fed.stub(gateway), metadata)
 
+    async def check_codes(
+        self, gateway: GatewayServer, callers: list[str], msisdn: str, since: datetime
+    ) -> dict[str, grpc.StatusCode]:
+        """What CheckRecycled answers each of ``callers`` (OK, or the refusal's code)."""
+        codes = {}
+        for who in callers:
+            try:
+                await self.caller(gateway, who).check(msisdn, since)
+            except grpc.aio.AioRpcError as err:
+                codes[who] = err.code()
+            else:
+                codes[who] = grpc.StatusCode.OK
+        return codes
+
     def provider_client(self, gateway: GatewayServer, provider_id: str) -> ProviderGatewayClient:
         target = f"127.0.0.1:{gateway.port}"
         if self.tls:
@@ -305,6 +318,25 @@ class NoticeWorld:
 
     async def deliveries(self, notice_id: str) -> dict[str, Delivery]:
         return {d.provider_id: d for d in await self.store.deliveries.for_notice(notice_id)}
+
+    async def settled(
+        self,
+        notice_id: str,
+        state: DeliveryState = DeliveryState.ACKNOWLEDGED,
+        *,
+        providers: Iterable[str] | None = None,
+        what: str = "the deliveries",
+    ) -> dict[str, Delivery]:
+        """Wait until the notice's deliveries to ``providers`` (by default every one it
+        has) are in ``state``; then its deliveries by provider."""
+
+        async def reached() -> bool:
+            found = await self.deliveries(notice_id)
+            names = found if providers is None else providers
+            return all(name in found and found[name].state is state for name in names)
+
+        await self.eventually(reached, what=what)
+        return await self.deliveries(notice_id)
 
     async def audit_rows(self) -> list[dict[str, Any]]:
         for gateway in self.fed.gateways:

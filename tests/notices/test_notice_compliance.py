@@ -29,12 +29,7 @@ async def _story(world: NoticeWorld) -> tuple[GatewayServer, str]:
     world.poll_provider("forum", name="Small Forum")
     gateway = await world.gateway()
     answer = await world.caller(gateway, "carrier:cm").report("ev-1", world.CM_NUMBER)
-
-    async def pushed() -> bool:
-        found = await world.deliveries(answer.notice_id)
-        return all(found[p].state is DeliveryState.ACKNOWLEDGED for p in ("pay", "chat"))
-
-    await world.eventually(pushed, what="the pushes")
+    await world.settled(answer.notice_id, providers=["pay", "chat"], what="the pushes")
     async with world.provider_client(gateway, "forum") as forum:
         (event,) = (await forum.poll_events()).events
         await forum.poll_events(acks=[event.jti])

@@ -36,13 +36,7 @@ async def test_push_reaches_sdk_providers_once(world: NoticeWorld) -> None:
     answer = await world.caller(gateway, "carrier:cm").report(
         "ev-1", world.CM_NUMBER, effective_at=effective
     )
-
-    async def settled() -> bool:
-        found = await world.deliveries(answer.notice_id)
-        return all(d.state is DeliveryState.ACKNOWLEDGED for d in found.values())
-
-    await world.eventually(settled, what="both pushes acknowledged")
-    found = await world.deliveries(answer.notice_id)
+    found = await world.settled(answer.notice_id, what="both pushes acknowledged")
     notice = found["pay"].notice
     assert len(pay.notices) == 1
     got = pay.notices[0]
@@ -70,12 +64,7 @@ async def test_push_acted_notices_are_audited_like_confirmed_ones(dev_world: Not
     await dev_world.push_provider("chat", acts=None)
     gateway = await dev_world.gateway()
     answer = await dev_world.caller(gateway, "carrier:cm").report("ev-1", dev_world.CM_NUMBER)
-
-    async def settled() -> bool:
-        found = await dev_world.deliveries(answer.notice_id)
-        return all(d.state is DeliveryState.ACKNOWLEDGED for d in found.values())
-
-    await dev_world.eventually(settled, what="both pushes acknowledged")
+    await dev_world.settled(answer.notice_id, what="both pushes acknowledged")
     await gateway.stop(0)  # drains background audit rows
     found = await dev_world.deliveries(answer.notice_id)
     rows = [r for r in await dev_world.audit_rows() if r["kind"] == "notice.confirmed"]
@@ -94,13 +83,8 @@ async def test_push_is_retried_until_acknowledged(dev_world: NoticeWorld) -> Non
     pay = await dev_world.push_provider("pay", fail_first=2)
     gateway = await dev_world.gateway()
     answer = await dev_world.caller(gateway, "carrier:cm").report("ev-1", dev_world.CM_NUMBER)
-
-    async def acknowledged() -> bool:
-        found = await dev_world.deliveries(answer.notice_id)
-        return found["pay"].state is DeliveryState.ACKNOWLEDGED
-
-    await dev_world.eventually(acknowledged, what="the push to succeed")
-    delivery = (await dev_world.deliveries(answer.notice_id))["pay"]
+    found = await dev_world.settled(answer.notice_id, what="the push to succeed")
+    delivery = found["pay"]
     assert delivery.attempts == 3
     assert len(pay.notices) == 1
 
@@ -116,12 +100,10 @@ async def test_push_gives_up_at_the_deadline(world: NoticeWorld) -> None:
 
     await world.eventually(tried, what="a first push")
     world.clock.advance(timedelta(days=4))
-
-    async def failed() -> bool:
-        return (await world.deliveries(answer.notice_id))["pay"].state is DeliveryState.FAILED
-
-    await world.eventually(failed, what="the delivery to be given up")
-    delivery = (await world.deliveries(answer.notice_id))["pay"]
+    found = await world.settled(
+        answer.notice_id, DeliveryState.FAILED, what="the delivery to be given up"
+    )
+    delivery = found["pay"]
     assert "deadline" in (delivery.last_error or "")
     report = await world.caller(gateway, "admin").compliance()
     line = {p.provider_id: p for p in report.providers}["pay"]
@@ -134,12 +116,7 @@ async def test_permanent_refusal_is_not_retried(dev_world: NoticeWorld) -> None:
     refusing = await dev_world.refusing_provider("pay", grpc.StatusCode.UNIMPLEMENTED)
     gateway = await dev_world.gateway()
     answer = await dev_world.caller(gateway, "carrier:cm").report("ev-1", dev_world.CM_NUMBER)
-
-    async def failed() -> bool:
-        found = await dev_world.deliveries(answer.notice_id)
-        return found["pay"].state is DeliveryState.FAILED
-
-    await dev_world.eventually(failed, what="the delivery to fail")
+    await dev_world.settled(answer.notice_id, DeliveryState.FAILED, what="the delivery to fail")
     await asyncio.sleep(0.2)
     assert refusing.calls == 1
     assert "UNIMPLEMENTED" in (

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
-from onecert.gateway.store import DeliveryState
 from tests.notices.notices_support import NoticeWorld
 from tests.routing.routing_support import ELSEWHERE, add, publish
 
@@ -26,12 +25,7 @@ async def test_a_notice_goes_to_holders_and_unfiltered_providers_only(
             await publish(client, numbers)
     answer = await dev_world.caller(gateway, "carrier:cm").report("ev-1", number)
     assert answer.providers == 2
-
-    async def pushed() -> bool:
-        found = await dev_world.deliveries(answer.notice_id)
-        return found["pay"].state is DeliveryState.ACKNOWLEDGED
-
-    await dev_world.eventually(pushed, what="the holder's push")
+    await dev_world.settled(answer.notice_id, providers=["pay"], what="the holder's push")
     assert set(await dev_world.deliveries(answer.notice_id)) == {"pay", "blog"}
     assert [n.msisdn for n in pay.notices] == [number]
     assert chat.notices == []
@@ -51,12 +45,7 @@ async def test_filter_additions_route_an_open_notice_late(dev_world: NoticeWorld
         late = await carrier.report("ev-2", other)
         assert (first.providers, late.providers) == (0, 0)
         await add(client, number)
-
-        async def pushed() -> bool:
-            found = await dev_world.deliveries(first.notice_id)
-            return "chat" in found and found["chat"].state is DeliveryState.ACKNOWLEDGED
-
-        await dev_world.eventually(pushed, what="the late notice pushed")
+        await dev_world.settled(first.notice_id, providers=["chat"], what="the late notice pushed")
         assert [n.msisdn for n in chat.notices] == [number]
         dev_world.clock.advance(timedelta(days=4))  # past the second notice's deadline
         await add(client, other)

@@ -42,22 +42,6 @@ def test_an_empty_metrics_listen_means_off() -> None:
     assert parse(metrics={"listen": ""}).metrics.listen is None
 
 
-@pytest.mark.parametrize(
-    ("metrics", "message"),
-    [
-        ({"listen": "9464"}, "metrics.listen must be HOST:PORT"),
-        ({"listen": "[::]:99999"}, "metrics.listen must be HOST:PORT"),
-        ({"listen": 9464}, "metrics.listen must be a string"),
-        ({"listen": "127.0.0.1:7443"}, "another port than gateway.listen"),
-        ({"port": 9464}, "unknown key 'metrics.port'"),
-    ],
-)
-def test_bad_metrics_keys_are_named(metrics: dict[str, Any], message: str) -> None:
-    """A bad [metrics] key stops the gateway with a message naming it."""
-    with pytest.raises(ConfigError, match=message):
-        parse(metrics=metrics)
-
-
 def test_tracing_keys_are_read() -> None:
     """Every [tracing] key reaches the configuration."""
     tracing = parse(
@@ -79,20 +63,25 @@ def test_tracing_keys_are_read() -> None:
 
 
 @pytest.mark.parametrize(
-    ("tracing", "message"),
+    ("section", "keys", "message"),
     [
-        ({"exporter": "jaeger"}, "tracing.exporter must be one of otlp, console"),
-        ({"exporter": "console", "endpoint": "http://x:4317"}, "applies to exporter"),
-        ({"sample_ratio": 1.5}, "tracing.sample_ratio must be at most 1.0"),
-        ({"sample_ratio": -0.1}, "tracing.sample_ratio must be at least 0.0"),
-        ({"enabled": "yes"}, "tracing.enabled must be true or false"),
-        ({"sampling": 0.5}, "unknown key 'tracing.sampling'"),
+        ("metrics", {"listen": "9464"}, "metrics.listen must be HOST:PORT"),
+        ("metrics", {"listen": "[::]:99999"}, "metrics.listen must be HOST:PORT"),
+        ("metrics", {"listen": 9464}, "metrics.listen must be a string"),
+        ("metrics", {"listen": "127.0.0.1:7443"}, "another port than gateway.listen"),
+        ("metrics", {"port": 9464}, "unknown key 'metrics.port'"),
+        ("tracing", {"exporter": "jaeger"}, "tracing.exporter must be one of otlp, console"),
+        ("tracing", {"exporter": "console", "endpoint": "http://x:4317"}, "applies to exporter"),
+        ("tracing", {"sample_ratio": 1.5}, "tracing.sample_ratio must be at most 1.0"),
+        ("tracing", {"sample_ratio": -0.1}, "tracing.sample_ratio must be at least 0.0"),
+        ("tracing", {"enabled": "yes"}, "tracing.enabled must be true or false"),
+        ("tracing", {"sampling": 0.5}, "unknown key 'tracing.sampling'"),
     ],
 )
-def test_bad_tracing_keys_are_named(tracing: dict[str, Any], message: str) -> None:
-    """A bad [tracing] key stops the gateway with a message naming it."""
+def test_bad_keys_are_named(section: str, keys: dict[str, Any], message: str) -> None:
+    """A bad [metrics] or [tracing] key stops the gateway with a message naming it."""
     with pytest.raises(ConfigError, match=message):
-        parse(tracing=tracing)
+        parse(**{section: keys})
 
 
 def test_the_otlp_exporter_is_built_from_the_config() -> None:

@@ -192,6 +192,13 @@ def tab_to_text(page: Any, text: str, limit: int = 80) -> None:
     raise AssertionError(f"no control with {text!r} got the focus by Tab")
 
 
+def press_and_go(page: Any, url: str, element_id: str, key: str = "Enter") -> None:
+    """Tab to ``element_id``, press ``key`` on it and wait for ``url`` to load."""
+    tab_to(page, element_id)
+    page.keyboard.press(key)
+    page.wait_for_url(url)
+
+
 def test_the_whole_flow_works_by_keyboard_alone(portal: Any, browser: Any) -> None:
     """With Tab, Space and Enter only: skip link, sign in, look up, unbind a
     left-behind account through its confirmation, and read its receipt reach DONE."""
@@ -200,20 +207,14 @@ def test_the_whole_flow_works_by_keyboard_alone(portal: Any, browser: Any) -> No
     page.goto(portal.url + "/")
     page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.className") == "skip"
-    tab_to(page, "sign-in")
-    page.keyboard.press("Enter")
-    page.wait_for_url(portal.url + "/signin")
+    press_and_go(page, portal.url + "/signin", "sign-in")
     tab_to(page, "citizen-1")
     # Arrow keys move through a radio group; Gao Jun is the third person.
     page.keyboard.press("ArrowDown")
     page.keyboard.press("ArrowDown")
     assert page.evaluate("document.activeElement.value") == "c-3a9d0f62"
-    tab_to(page, "continue")
-    page.keyboard.press("Enter")
-    page.wait_for_url(portal.url + "/")
-    tab_to(page, "start-lookup")
-    page.keyboard.press("Enter")
-    page.wait_for_url(portal.url + "/results")
+    press_and_go(page, portal.url + "/", "continue")
+    press_and_go(page, portal.url + "/results", "start-lookup")
     finished(page)
     left = page.locator("#left-behind li", has_text="Chirpline")
     assert left.count() == 1
@@ -221,14 +222,10 @@ def test_the_whole_flow_works_by_keyboard_alone(portal: Any, browser: Any) -> No
     assert "解除绑定" in page.evaluate("document.activeElement.innerText")
     page.keyboard.press("Enter")
     page.wait_for_url(portal.url + "/confirm")
-    tab_to(page, "confirm")
-    page.keyboard.press("Space")
-    page.wait_for_url(portal.url + "/receipts")
+    press_and_go(page, portal.url + "/receipts", "confirm", "Space")
     page.wait_for_selector(".receipt.done", timeout=WAIT_MS)
     assert "已完成：Chirpline 已解除绑定" in page.inner_text("#receipts")
-    tab_to(page, "sign-out")
-    page.keyboard.press("Enter")
-    page.wait_for_url(portal.url + "/")
+    press_and_go(page, portal.url + "/", "sign-out")
     assert "您已退出" in page.inner_text("main")
     ctx.close()
 

@@ -11,7 +11,7 @@ import pytest
 
 from onecert.gateway.store import Store
 from onecert.gateway.testing import Federation, FederationKeys
-from tests.registry.registry_support import CLIENTS, RegistryWorld
+from tests.registry.registry_support import RegistryWorld
 
 
 @pytest.fixture(autouse=True)
@@ -19,17 +19,12 @@ def _logs(logs_to_stderr: None) -> None:
     """Gateway logs go to stderr for every test here."""
 
 
-@pytest.fixture(scope="session")
-def registry_keys(tmp_path_factory: pytest.TempPathFactory) -> FederationKeys:
-    return FederationKeys.create(tmp_path_factory.mktemp("registry-keys"), clients=CLIENTS)
-
-
 @pytest.fixture
 async def world(
-    registry_keys: FederationKeys, store: Store, tmp_path: Path
+    federation_keys: FederationKeys, store: Store, tmp_path: Path
 ) -> AsyncIterator[RegistryWorld]:
     """Mutual TLS everywhere; gateways share ``store``."""
-    w = RegistryWorld(Federation(registry_keys, tmp_path, tls=True), store)
+    w = RegistryWorld(Federation(federation_keys, tmp_path, tls=True), store)
     try:
         yield w
     finally:
@@ -38,10 +33,10 @@ async def world(
 
 @pytest.fixture
 async def dev_world(
-    registry_keys: FederationKeys, store: Store, tmp_path: Path
+    federation_keys: FederationKeys, store: Store, tmp_path: Path
 ) -> AsyncIterator[RegistryWorld]:
     """Development mode (plaintext, the dev admin), for the CLI."""
-    w = RegistryWorld(Federation(registry_keys, tmp_path), store)
+    w = RegistryWorld(Federation(federation_keys, tmp_path), store)
     try:
         yield w
     finally:

@@ -13,10 +13,7 @@ from onecert.gateway.store import Store
 from onecert.gateway.testing import ADMIN_CN, FakeProvider, Federation
 from onecert.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, provider_pb2_grpc
 
-__all__ = ["CLIENTS", "RegistryWorld", "code_of"]
-
-# The providers' client certificates (CN = provider id), and the carrier's.
-CLIENTS = ("pay", "chat", "slow", "late", "poller", "shop", "cm")
+__all__ = ["RegistryWorld", "code_of"]
 
 
 async def code_of(call: Awaitable[Any]) -> tuple[grpc.StatusCode, str]:

@@ -23,13 +23,13 @@ PROPAGATION_S = 5.0
 
 @pytest.mark.postgres
 async def test_two_replicas_follow_activation_and_suspension(
-    registry_keys: FederationKeys, pg_url: str, tmp_path: Path
+    federation_keys: FederationKeys, pg_url: str, tmp_path: Path
 ) -> None:
     """A provider activated in the database is called by both replicas within 5 s, and a
     provider suspended at one replica is no longer called by the other within 5 s."""
     async with (
         Database.postgres(pg_url) as database,
-        Federation(registry_keys, tmp_path, tls=True) as fed,
+        Federation(federation_keys, tmp_path, tls=True) as fed,
     ):
         store = await database.open_upgraded()
         try:

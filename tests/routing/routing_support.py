@@ -7,8 +7,10 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
 from datetime import timedelta
 
+from hypothesis import strategies as st
 from sqlalchemy import select
 
 from onecert.gateway import GatewayServer
@@ -17,12 +19,43 @@ from onecert.gateway.store._models import audit_log
 from onecert.gateway.store.testing import Database
 from onecert.gateway.testing import Federation
 from onecert.sdk.client import FilterReceipt, ProviderGatewayClient
-from onecert.sdk.routing import FilterAdditions, RoutingFilter, build_filter
+from onecert.sdk.routing import FilterAdditions, FilterBuilder, RoutingFilter, build_filter
 from onecert.v1 import gateway_pb2
 
 ROUTED_OUT = "routing: its filter says it does not hold this number"
 # Numbers no citizen of the story holds: what a provider's filter is full of.
 ELSEWHERE = [f"+86135{i:08d}" for i in range(0, 40_000, 97)]
+
+
+# Any E.164 number, the only kind a routing filter holds.
+E164_NUMBERS = st.from_regex(r"\+[1-9][0-9]{7,14}", fullmatch=True)
+
+
+@dataclass(frozen=True)
+class FilterShape:
+    """Numbers to put in a filter, and the filter's size ``m`` (bits), ``k`` and format."""
+
+    numbers: list[str]
+    m: int
+    k: int
+    fmt: int
+
+    def builder(self, key: bytes, **options: bool) -> FilterBuilder:
+        """An empty builder of this shape under ``key`` (key version 1)."""
+        return FilterBuilder(key, key_version=1, m=self.m, k=self.k, fmt=self.fmt, **options)
+
+
+def filter_shapes(
+    *, max_numbers: int, max_log2_m: int, max_k: int
+) -> st.SearchStrategy[FilterShape]:
+    """Filter shapes from 512 bits up to ``2**max_log2_m``, in both formats."""
+    return st.builds(
+        FilterShape,
+        numbers=st.lists(E164_NUMBERS, max_size=max_numbers),
+        m=st.integers(min_value=9, max_value=max_log2_m).map(lambda log2_m: 1 << log2_m),
+        k=st.integers(min_value=1, max_value=max_k),
+        fmt=st.sampled_from([1, 2]),
+    )
 
 
 def provider_client(

@@ -7,9 +7,9 @@ import tracemalloc
 from collections.abc import AsyncIterator
 
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from onecert.sdk.routing import FilterBuilder, RoutingFilter, bits_for, build_filter, routing_digest
+from tests.routing.routing_support import FilterShape, filter_shapes
 
 KEY = bytes(range(100, 132))
 
@@ -138,18 +138,11 @@ async def test_memory_grows_with_the_bits_not_the_numbers() -> None:
 
 
 @settings(max_examples=30, deadline=None)
-@given(
-    numbers=st.lists(st.from_regex(r"\+[1-9][0-9]{7,14}", fullmatch=True), max_size=300),
-    log2_m=st.integers(min_value=9, max_value=16),
-    k=st.integers(min_value=1, max_value=16),
-    fmt=st.sampled_from([1, 2]),
-)
-def test_numpy_and_pure_python_builders_agree(
-    numbers: list[str], log2_m: int, k: int, fmt: int
-) -> None:
+@given(shape=filter_shapes(max_numbers=300, max_log2_m=16, max_k=16))
+def test_numpy_and_pure_python_builders_agree(shape: FilterShape) -> None:
     """The numpy batch path sets exactly the bits the pure-Python path sets, in both formats."""
-    fast = FilterBuilder(KEY, key_version=1, m=1 << log2_m, k=k, fmt=fmt, use_numpy=True)
-    pure = FilterBuilder(KEY, key_version=1, m=1 << log2_m, k=k, fmt=fmt, use_numpy=False)
-    fast.add_many(numbers)
-    pure.add_many(numbers)
+    fast = shape.builder(KEY, use_numpy=True)
+    pure = shape.builder(KEY, use_numpy=False)
+    fast.add_many(shape.numbers)
+    pure.add_many(shape.numbers)
     assert fast.snapshot(created_at=0) == pure.snapshot(created_at=0)

@@ -8,6 +8,7 @@ import hmac
 import math
 import random
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,7 @@ from onecert.sdk.routing import (
     key_check,
     routing_digest,
 )
+from tests.routing.routing_support import E164_NUMBERS, FilterShape, filter_shapes
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "routing.md"
 
@@ -171,20 +173,13 @@ def test_vector_is_the_one_in_the_docs() -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(
-    numbers=st.lists(st.from_regex(r"\+[1-9][0-9]{7,14}", fullmatch=True), max_size=40),
-    log2_m=st.integers(min_value=9, max_value=14),
-    k=st.integers(min_value=1, max_value=12),
-    fmt=st.sampled_from([1, 2]),
-)
-def test_builder_matches_the_written_rule(
-    numbers: list[str], log2_m: int, k: int, fmt: int
-) -> None:
+@given(shape=filter_shapes(max_numbers=40, max_log2_m=14, max_k=12))
+def test_builder_matches_the_written_rule(shape: FilterShape) -> None:
     """Every bit the builder sets is one the written rule names, and every named bit is set."""
-    m = 1 << log2_m
-    builder = FilterBuilder(VECTOR_KEY, key_version=1, m=m, k=k, fmt=fmt)
+    m, k, fmt = shape.m, shape.k, shape.fmt
+    builder = shape.builder(VECTOR_KEY)
     expected = set()
-    for number in numbers:
+    for number in shape.numbers:
         builder.add(number)
         expected.update(_spec_positions(VECTOR_KEY, number, m, k, fmt))
     bits = builder.snapshot(created_at=0).bits
@@ -194,7 +189,7 @@ def test_builder_matches_the_written_rule(
 
 @settings(max_examples=40, deadline=None)
 @given(
-    numbers=st.lists(st.from_regex(r"\+[1-9][0-9]{7,14}", fullmatch=True), max_size=60),
+    numbers=st.lists(E164_NUMBERS, max_size=60),
     shrink=st.integers(min_value=0, max_value=4),
     fmt=st.sampled_from([1, 2]),
 )
@@ -211,7 +206,7 @@ def test_folding_equals_building_small(numbers: list[str], shrink: int, fmt: int
 
 
 @settings(max_examples=40, deadline=None)
-@given(numbers=st.lists(st.from_regex(r"\+[1-9][0-9]{7,14}", fullmatch=True), max_size=80))
+@given(numbers=st.lists(E164_NUMBERS, max_size=80))
 def test_no_false_negatives(numbers: list[str]) -> None:
     """A filter says 'maybe' for every number inserted into it."""
     builder = FilterBuilder(VECTOR_KEY, key_version=1, m=bits_for(len(numbers), 7), k=7)
@@ -298,47 +293,42 @@ def _with(raw: bytes, offset: int, value: bytes) -> bytes:
     return raw[:offset] + value + raw[offset + len(value) :]
 
 
-@pytest.mark.parametrize(
-    ("mutate", "message"),
-    [
-        (lambda raw: raw[:40], "shorter than the 48-byte"),
-        (lambda raw: _with(raw, 0, b"OCRX"), "magic"),
-        (lambda raw: _with(raw, 4, struct.pack("<H", 3)), "format version 3"),
-        (lambda raw: _with(raw, 6, struct.pack("<H", 0)), "k must be"),
-        (lambda raw: _with(raw, 6, struct.pack("<H", 33)), "k must be"),
-        (lambda raw: _with(raw, 8, struct.pack("<I", 0)), "key_version"),
-        (lambda raw: _with(raw, 12, struct.pack("<I", 1)), "reserved flags"),
-        (lambda raw: _with(raw, 24, struct.pack("<Q", 1000)), "power of two"),
-        (lambda raw: _with(raw, 24, struct.pack("<Q", 256)), "power of two"),
-        (lambda raw: _with(raw, 24, struct.pack("<Q", 1024)), "48 \\+ 128 bytes"),
-        (lambda raw: raw + b"\0", "48 \\+ 64 bytes"),
-    ],
-)
-def test_malformed_filters_are_refused(mutate: object, message: str) -> None:
-    """Each malformed filter is refused with a message naming what is wrong."""
-    raw = _vector_filter().to_bytes()
-    assert callable(mutate)
-    with pytest.raises(FilterFormatError, match=message):
-        RoutingFilter.from_bytes(mutate(raw))
+def _good(kind: type[RoutingFilter | FilterAdditions]) -> bytes:
+    """A well-formed message of ``kind``, for the tests to damage."""
+    if kind is RoutingFilter:
+        return _vector_filter().to_bytes()
+    return FilterAdditions.of(VECTOR_KEY, 1, ["+8613700001111"], created_at=1).to_bytes()
 
 
 @pytest.mark.parametrize(
-    ("mutate", "message"),
+    ("kind", "mutate", "message"),
     [
-        (lambda raw: raw[:20], "shorter than the 32-byte"),
-        (lambda raw: _with(raw, 0, b"OCRF"), "magic"),
-        (lambda raw: _with(raw, 4, struct.pack("<H", 2)), "format version 2"),
-        (lambda raw: _with(raw, 6, struct.pack("<H", 1)), "reserved field"),
-        (lambda raw: _with(raw, 12, struct.pack("<I", 2)), "2 additions"),
-        (lambda raw: _with(raw, 12, struct.pack("<I", 0))[:32], "1 to 65536"),
+        (RoutingFilter, lambda raw: raw[:40], "shorter than the 48-byte"),
+        (RoutingFilter, lambda raw: _with(raw, 0, b"OCRX"), "magic"),
+        (RoutingFilter, lambda raw: _with(raw, 4, struct.pack("<H", 3)), "format version 3"),
+        (RoutingFilter, lambda raw: _with(raw, 6, struct.pack("<H", 0)), "k must be"),
+        (RoutingFilter, lambda raw: _with(raw, 6, struct.pack("<H", 33)), "k must be"),
+        (RoutingFilter, lambda raw: _with(raw, 8, struct.pack("<I", 0)), "key_version"),
+        (RoutingFilter, lambda raw: _with(raw, 12, struct.pack("<I", 1)), "reserved flags"),
+        (RoutingFilter, lambda raw: _with(raw, 24, struct.pack("<Q", 1000)), "power of two"),
+        (RoutingFilter, lambda raw: _with(raw, 24, struct.pack("<Q", 256)), "power of two"),
+        (RoutingFilter, lambda raw: _with(raw, 24, struct.pack("<Q", 1024)), "48 \\+ 128 bytes"),
+        (RoutingFilter, lambda raw: raw + b"\0", "48 \\+ 64 bytes"),
+        (FilterAdditions, lambda raw: raw[:20], "shorter than the 32-byte"),
+        (FilterAdditions, lambda raw: _with(raw, 0, b"OCRF"), "magic"),
+        (FilterAdditions, lambda raw: _with(raw, 4, struct.pack("<H", 2)), "format version 2"),
+        (FilterAdditions, lambda raw: _with(raw, 6, struct.pack("<H", 1)), "reserved field"),
+        (FilterAdditions, lambda raw: _with(raw, 12, struct.pack("<I", 2)), "2 additions"),
+        (FilterAdditions, lambda raw: _with(raw, 12, struct.pack("<I", 0))[:32], "1 to 65536"),
     ],
 )
-def test_malformed_additions_are_refused(mutate: object, message: str) -> None:
-    """Each malformed additions message is refused with a message naming what is wrong."""
-    raw = FilterAdditions.of(VECTOR_KEY, 1, ["+8613700001111"], created_at=1).to_bytes()
-    assert callable(mutate)
+def test_malformed_filters_and_additions_are_refused(
+    kind: type[RoutingFilter | FilterAdditions], mutate: Callable[[bytes], bytes], message: str
+) -> None:
+    """Each malformed filter or additions message is refused with a message naming what
+    is wrong."""
     with pytest.raises(FilterFormatError, match=message):
-        FilterAdditions.from_bytes(mutate(raw))
+        kind.from_bytes(mutate(_good(kind)))
 
 
 def test_additions_refuse_numbers_that_are_not_e164() -> None:

@@ -27,13 +27,16 @@ BOUND_AT = datetime(2021, 3, 1, tzinfo=UTC)
 IDN = "a" * 64
 
 
-def unbind_pb(request_id: str, account_ref: str = "u1") -> provider_pb2.UnbindRequest:
-    """The gateway's Unbind of ``account_ref`` on NUMBER, asked by its owner."""
+def unbind_pb(
+    request_id: str,
+    account_ref: str = "u1",
+    *,
+    msisdn: str = NUMBER,
+    reason: common_pb2.UnbindReason.ValueType = common_pb2.UNBIND_REASON_OWNER_REQUEST,
+) -> provider_pb2.UnbindRequest:
+    """The gateway's Unbind of ``account_ref`` on ``msisdn``, asked by its owner by default."""
     return provider_pb2.UnbindRequest(
-        request_id=request_id,
-        msisdn=NUMBER,
-        account_ref=account_ref,
-        reason=common_pb2.UNBIND_REASON_OWNER_REQUEST,
+        request_id=request_id, msisdn=msisdn, account_ref=account_ref, reason=reason
     )
 
 

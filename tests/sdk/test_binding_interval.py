@@ -16,15 +16,25 @@ REGISTERED = datetime(2019, 3, 1, 8, tzinfo=UTC)
 CHANGED = datetime(2021, 7, 1, 12, tzinfo=UTC)
 
 
-def test_an_interval_round_trips_through_the_proto() -> None:
-    """bound_not_before and bound_not_after reach the proto and come back unchanged."""
-    binding = Binding(
+def _login(
+    bound_at: datetime | None = None,
+    *,
+    bound_not_before: datetime | None = None,
+    bound_not_after: datetime | None = None,
+) -> Binding:
+    """Login account "u1", bound at ``bound_at`` or at some time within the bounds."""
+    return Binding(
         account_ref="u1",
         kind=BindingKind.LOGIN,
-        bound_at=None,
-        bound_not_before=REGISTERED,
-        bound_not_after=CHANGED,
+        bound_at=bound_at,
+        bound_not_before=bound_not_before,
+        bound_not_after=bound_not_after,
     )
+
+
+def test_an_interval_round_trips_through_the_proto() -> None:
+    """bound_not_before and bound_not_after reach the proto and come back unchanged."""
+    binding = _login(bound_not_before=REGISTERED, bound_not_after=CHANGED)
     pb = binding_to_pb(binding)
     assert not pb.HasField("bound_at")
     assert pb.bound_not_before.ToDatetime(tzinfo=UTC) == REGISTERED
@@ -34,11 +44,7 @@ def test_an_interval_round_trips_through_the_proto() -> None:
 
 def test_a_lower_bound_alone_is_not_sent_as_bound_at() -> None:
     """A registration date given as a lower bound stays a lower bound on the wire."""
-    pb = binding_to_pb(
-        Binding(
-            account_ref="u1", kind=BindingKind.LOGIN, bound_at=None, bound_not_before=REGISTERED
-        )
-    )
+    pb = binding_to_pb(_login(bound_not_before=REGISTERED))
     assert not pb.HasField("bound_at")
     assert not pb.HasField("bound_not_after")
     assert pb.HasField("bound_not_before")
@@ -47,15 +53,7 @@ def test_a_lower_bound_alone_is_not_sent_as_bound_at() -> None:
 def test_an_exact_time_inside_its_bounds_is_accepted() -> None:
     """bound_at may come with bounds that enclose it."""
     inside = REGISTERED + timedelta(days=10)
-    pb = binding_to_pb(
-        Binding(
-            account_ref="u1",
-            kind=BindingKind.LOGIN,
-            bound_at=inside,
-            bound_not_before=REGISTERED,
-            bound_not_after=CHANGED,
-        )
-    )
+    pb = binding_to_pb(_login(inside, bound_not_before=REGISTERED, bound_not_after=CHANGED))
     assert pb.bound_at.ToDatetime(tzinfo=UTC) == inside
 
 
@@ -99,25 +97,13 @@ async def test_a_provider_answering_an_empty_interval_gets_internal() -> None:
         return UnbindResult.rejected("no such account")
 
     env = ProviderEnvironment(provider)
-    answers[:] = [
-        Binding(
-            account_ref="u1",
-            kind=BindingKind.LOGIN,
-            bound_at=None,
-            bound_not_before=CHANGED,
-            bound_not_after=REGISTERED,
-        )
-    ]
+    answers[:] = [_login(bound_not_before=CHANGED, bound_not_after=REGISTERED)]
     with capture_logs() as logs, pytest.raises(CallError) as err:
         await env.list_bindings("+8613800138000")
     assert err.value.code is grpc.StatusCode.INTERNAL
     (entry,) = [e for e in logs if e["event"] == "adapter.invalid_result"]
     assert entry["rule"] == "bound_not_after is before bound_not_before"
-    answers[:] = [
-        Binding(
-            account_ref="u1", kind=BindingKind.LOGIN, bound_at=None, bound_not_before=REGISTERED
-        )
-    ]
+    answers[:] = [_login(bound_not_before=REGISTERED)]
     (got,) = await env.list_bindings("+8613800138000")
     assert got.bound_not_before == REGISTERED
     assert got.bound_at is None

@@ -15,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from onecert.sdk.testing import FakeGateway
 from onecert.v1 import common_pb2, provider_pb2, provider_pb2_grpc
+from tests.sdk.sdk_fakes import unbind_pb
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "provider_example.py"
 NUMBER = "+8613800138000"
@@ -96,11 +97,8 @@ async def test_example_answers_and_stops_on_sigterm(
             ("u1", "zhangsan"),
             ("u2", "lisi"),
         ]
-        unbind = provider_pb2.UnbindRequest(
-            request_id="ticket-1",
-            msisdn=NUMBER,
-            account_ref="u2",
-            reason=common_pb2.UNBIND_REASON_PREVIOUS_HOLDER_RELEASE,
+        unbind = unbind_pb(
+            "ticket-1", "u2", msisdn=NUMBER, reason=common_pb2.UNBIND_REASON_PREVIOUS_HOLDER_RELEASE
         )
         answers = [
             await stub.Unbind(
@@ -111,12 +109,7 @@ async def test_example_answers_and_stops_on_sigterm(
         assert answers[0] == answers[1]
         assert answers[0].outcome == common_pb2.UNBIND_OUTCOME_DONE
         unknown = await stub.Unbind(
-            provider_pb2.UnbindRequest(
-                request_id="ticket-2",
-                msisdn=NUMBER,
-                account_ref="nobody",
-                reason=common_pb2.UNBIND_REASON_OWNER_REQUEST,
-            ),
+            unbind_pb("ticket-2", "nobody", msisdn=NUMBER),
             metadata=gateway.metadata(NUMBER, purpose="unbind"),
             timeout=5,
         )

@@ -25,8 +25,8 @@ from onecert.sdk import (
 )
 from onecert.sdk._idempotency import KeyedLocks
 from onecert.sdk.testing import CallError, FakeGateway, ProviderEnvironment, serve_in_process
-from onecert.v1 import common_pb2, provider_pb2
-from tests.sdk.sdk_fakes import NUMBER, FakeForum
+from onecert.v1 import common_pb2
+from tests.sdk.sdk_fakes import NUMBER, FakeForum, unbind_pb
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -155,12 +155,7 @@ async def test_sqlite_answers_survive_a_restart(tmp_path: Path) -> None:
     """With a SQLite file, a redelivery after a restart is still answered from the store."""
     path = tmp_path / "answers.db"
     gateway = FakeGateway(audience="example-forum")
-    request = provider_pb2.UnbindRequest(
-        request_id="t-7",
-        msisdn=NUMBER,
-        account_ref="u1",
-        reason=common_pb2.UNBIND_REASON_OWNER_REQUEST,
-    )
+    request = unbind_pb("t-7")
     answers = []
     forums = []
     for _ in range(2):  # two processes' lifetimes: fresh adapter state, same file

@@ -16,7 +16,14 @@ from onecert.sdk import Binding, BindingKind, Unavailable
 from onecert.sdk._keys import SigningKey
 from onecert.sdk.testing import FakeGateway, InProcessServer
 from onecert.v1 import common_pb2, provider_pb2
-from tests.sdk.sdk_fakes import BOUND_AT, NUMBER, OTHER_NUMBER, PROVIDER_ID, FakeForum
+from tests.sdk.sdk_fakes import (
+    BOUND_AT,
+    NUMBER,
+    OTHER_NUMBER,
+    PROVIDER_ID,
+    FakeForum,
+    unbind_pb,
+)
 
 
 def _auth(token: str) -> tuple[tuple[str, str], ...]:
@@ -119,12 +126,7 @@ async def test_bad_warrant_is_unauthenticated_and_never_reaches_the_adapter(
     assert NUMBER not in (listed.value.details() or "")
     with pytest.raises(grpc.aio.AioRpcError) as unbound:
         await stub.Unbind(
-            provider_pb2.UnbindRequest(
-                request_id="r1",
-                msisdn=NUMBER,
-                account_ref="u1",
-                reason=common_pb2.UNBIND_REASON_OWNER_REQUEST,
-            ),
+            unbind_pb("r1"),
             metadata=metadata,
             timeout=5,
         )
@@ -136,12 +138,7 @@ async def test_lookup_warrant_cannot_unbind(running: InProcessServer, forum: Fak
     """A warrant issued for a lookup is refused for an unbind of the same number."""
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await running.provider_stub().Unbind(
-            provider_pb2.UnbindRequest(
-                request_id="r1",
-                msisdn=NUMBER,
-                account_ref="u1",
-                reason=common_pb2.UNBIND_REASON_OWNER_REQUEST,
-            ),
+            unbind_pb("r1"),
             metadata=running.metadata(NUMBER, purpose="lookup"),
             timeout=5,
         )

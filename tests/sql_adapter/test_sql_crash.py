@@ -20,6 +20,7 @@ import pytest
 from onecert.sdk.testing import FakeGateway
 from onecert.v1 import common_pb2, provider_pb2
 from onecert.v1.provider_pb2_grpc import BindingProviderStub
+from tests.sdk.sdk_fakes import unbind_pb
 
 ROOT = Path(__file__).parents[2]
 EXAMPLE = ROOT / "examples" / "sql-site"
@@ -93,12 +94,7 @@ async def adapter(config: Path, *, kill_after_apply: bool) -> AsyncIterator[tupl
 
 
 async def _unbind(address: str, gateway: FakeGateway) -> provider_pb2.UnbindResponse:
-    request = provider_pb2.UnbindRequest(
-        request_id="ticket-crash-1",
-        msisdn=NUMBER,
-        account_ref="5",
-        reason=common_pb2.UNBIND_REASON_OWNER_REQUEST,
-    )
+    request = unbind_pb("ticket-crash-1", "5", msisdn=NUMBER)
     async with grpc.aio.insecure_channel(address) as channel:
         response: provider_pb2.UnbindResponse = await BindingProviderStub(channel).Unbind(
             request, metadata=gateway.metadata(NUMBER, purpose="unbind"), timeout=10

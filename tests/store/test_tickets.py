@@ -217,46 +217,47 @@ async def test_rejected_is_final_with_reason(store: Store, t0: datetime) -> None
     assert rejected.answered_at == t0
 
 
-async def test_pending_is_asked_again_later(store: Store, t0: datetime) -> None:
-    """PENDING waits until next_attempt_at, then is claimed again and can finish DONE."""
+@pytest.mark.parametrize(
+    ("outcome", "answer", "expected"),
+    [
+        pytest.param(
+            AttemptOutcome.PENDING,
+            {"provider_reason": "manual review"},
+            {"state": StoredTicketState.PENDING, "provider_outcome": "PENDING"},
+            id="pending",
+        ),
+        pytest.param(
+            AttemptOutcome.RETRY,
+            {"error": "UNAVAILABLE: connection refused"},
+            {
+                "state": StoredTicketState.QUEUED,
+                "last_error": "UNAVAILABLE: connection refused",
+                "lease_owner": None,
+            },
+            id="retry",
+        ),
+    ],
+)
+async def test_an_unfinished_attempt_is_asked_again_later(
+    store: Store,
+    t0: datetime,
+    outcome: AttemptOutcome,
+    answer: dict[str, str],
+    expected: dict[str, object],
+) -> None:
+    """PENDING (the provider's answer) and RETRY (a retryable error, kept as last_error,
+    the ticket QUEUED) wait until next_attempt_at, then are claimed again and can
+    finish DONE."""
     ticket = await _claimed(store, t0)
-    later = t0 + timedelta(minutes=10)
-    pending = await _finish(
-        store,
-        ticket,
-        AttemptOutcome.PENDING,
-        provider_reason="manual review",
-        next_attempt_at=later,
-        now=t0,
-    )
-    assert pending.state is StoredTicketState.PENDING
-    assert pending.provider_outcome == "PENDING"
-    assert pending.next_attempt_at == later
+    later = t0 + timedelta(seconds=20)
+    waiting = await _finish(store, ticket, outcome, next_attempt_at=later, now=t0, **answer)
+    assert {name: getattr(waiting, name) for name in expected} == expected
+    assert waiting.next_attempt_at == later
     assert await store.tickets.claim_due(worker_id="w", now=later - timedelta(seconds=1)) == []
     (again,) = await store.tickets.claim_due(worker_id="w", now=later)
     assert again.attempts == 2
     done = await _finish(store, ticket, AttemptOutcome.DONE, now=later)
     assert done.state is StoredTicketState.DONE
-
-
-async def test_retry_keeps_the_ticket_queued_with_the_error(store: Store, t0: datetime) -> None:
-    """A retryable error keeps the ticket QUEUED with last_error and a later attempt."""
-    ticket = await _claimed(store, t0)
-    retry_at = t0 + timedelta(seconds=20)
-    queued = await _finish(
-        store,
-        ticket,
-        AttemptOutcome.RETRY,
-        error="UNAVAILABLE: connection refused",
-        next_attempt_at=retry_at,
-        now=t0,
-    )
-    assert queued.state is StoredTicketState.QUEUED
-    assert queued.last_error == "UNAVAILABLE: connection refused"
-    assert queued.next_attempt_at == retry_at
-    assert queued.lease_owner is None
-    (again,) = await store.tickets.claim_due(worker_id="w", now=retry_at)
-    assert again.attempts == 2
 
 
 async def test_fatal_error_fails_the_ticket(store: Store, t0: datetime) -> None:

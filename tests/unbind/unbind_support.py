@@ -55,31 +55,22 @@ from onecert.v1 import gateway_pb2, gateway_pb2_grpc
 FAST = FAST_DELIVERY
 
 
+def _account(account_ref: str, kind: BindingKind, bound: datetime, name: str) -> Binding:
+    """An account bound at ``bound``, shown as ``name`` when it is the citizen's."""
+    return Binding(account_ref=account_ref, kind=kind, bound_at=bound, display_name=name)
+
+
 def story_bindings(prefix: str = "pay") -> dict[str, list[Binding]]:
     """One left-behind account on the former number; on the current number one
     account of the citizen's and one of the previous holder's."""
+    login, payment = BindingKind.LOGIN, BindingKind.PAYMENT
     return {
         FORMER: [
-            Binding(
-                account_ref=f"{prefix}-left-1",
-                kind=BindingKind.PAYMENT,
-                bound_at=datetime(2014, 5, 1, tzinfo=UTC),
-                display_name="zhangsan",
-            )
+            _account(f"{prefix}-left-1", payment, datetime(2014, 5, 1, tzinfo=UTC), "zhangsan")
         ],
         CURRENT: [
-            Binding(
-                account_ref=f"{prefix}-mine-1",
-                kind=BindingKind.LOGIN,
-                bound_at=datetime(2021, 2, 1, tzinfo=UTC),
-                display_name="lisi",
-            ),
-            Binding(
-                account_ref=f"{prefix}-prev-1",
-                kind=BindingKind.LOGIN,
-                bound_at=datetime(2019, 2, 1, tzinfo=UTC),
-                display_name="wangwu",
-            ),
+            _account(f"{prefix}-mine-1", login, datetime(2021, 2, 1, tzinfo=UTC), "lisi"),
+            _account(f"{prefix}-prev-1", login, datetime(2019, 2, 1, tzinfo=UTC), "wangwu"),
         ],
     }
 
