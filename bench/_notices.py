@@ -89,10 +89,15 @@ async def run_notices(ctx: Context) -> ScenarioResult:
             hosts=sizes.hosts,
             carrier=True,
         )
-        floors = [await _floor(env, hosts, ids)]
+        floors: list[float] = []
+        floor_cpu: list[float] = []
 
         async def floor() -> None:
-            floors.append(await _floor(env, hosts, ids))
+            seconds, cpu = await _floor(env, hosts, ids)
+            floors.append(seconds)
+            floor_cpu.append(round(cpu, 2))
+
+        await floor()
 
         # (label, store URL, PostgreSQL schema)
         backends: list[tuple[str, str, str | None]] = [
@@ -120,6 +125,8 @@ async def run_notices(ctx: Context) -> ScenarioResult:
             )
             result.details[label] = figures
     result.details["floor_seconds"] = floors
+    # The floor client's CPU for the same N calls (this process), beside gateway_cpu_s.
+    result.details["floor_cpu_s"] = floor_cpu
     return result
 
 
@@ -294,8 +301,9 @@ async def _wait_acknowledged(store: Store, notice_id: str, expected: int) -> tup
         await asyncio.sleep(_POLL_S)
 
 
-async def _floor(env: BenchSetup, hosts: Hosts, ids: list[str]) -> float:
-    """Seconds for one bare ``ReceiveEvent`` per provider, all at once (channels warm)."""
+async def _floor(env: BenchSetup, hosts: Hosts, ids: list[str]) -> tuple[float, float]:
+    """Seconds for one bare ``ReceiveEvent`` per provider, all at once (channels warm),
+    and the CPU seconds this process spent on them."""
     sets = SetIssuer(key=SigningKey.load(env.keys.warrant_key), issuer=GATEWAY_ID)
     builder = floor_channels(None)
     channels = [builder.open(hosts.addresses[p], plaintext=True) for p in ids]
@@ -312,11 +320,13 @@ async def _floor(env: BenchSetup, hosts: Hosts, ids: list[str]) -> float:
             )
             return bool(answer.acknowledged)
 
+        cpu_before = time.process_time()
         started = time.perf_counter()
         acknowledged = await asyncio.gather(*(push(p, s) for p, s in zip(ids, stubs, strict=True)))
         seconds = time.perf_counter() - started
+        cpu = time.process_time() - cpu_before
     finally:
         await asyncio.gather(*(c.close() for c in channels))
     if not all(acknowledged):
         raise RuntimeError("a provider did not acknowledge a bare ReceiveEvent")
-    return seconds
+    return seconds, cpu
