@@ -30,6 +30,7 @@ from onecert.gateway.store._rows import (
     error_text,
     fetch_all,
     instant,
+    lease_free,
     resolve_now,
 )
 from onecert.gateway.store._types import AuditDraft, Delivery, DeliveryMode, DeliveryState
@@ -97,26 +98,32 @@ async def lease_fresh(
 ) -> list[NoticeCursor]:
     """Lease, of ``provider_ids``' push cursors, those whose only notice to deliver is
     ``seq`` (just routed to them) and that are due and free, as :meth:`claim_due`
-    would lease them (at most ``lease.limit``, by provider id)."""
-    if not provider_ids:
+    would lease them (of the first ``lease.limit`` ids; in ``conn``'s transaction,
+    which routed ``seq`` to them and so holds their rows)."""
+    ids = sorted(provider_ids)[: lease.limit]
+    if not ids:
         return []
     c = notice_cursors.c
-    rows = await claim_leases(
+    # One UPDATE ... RETURNING: the rows are this transaction's already (the
+    # heads moved), so nothing is skipped or waited for, and the lease costs one
+    # statement, not a lock, an update and a read.
+    rows = await fetch_all(
         conn,
-        _CURSORS,
-        lease,
-        where=[
-            c.provider_id.in_(sorted(provider_ids)),
+        update(notice_cursors)
+        .where(
+            c.provider_id.in_(ids),
             c.mode == DeliveryMode.PUSH.value,
             c.next_attempt_at <= lease.now,
             # Nothing older waits (that one goes first, through claim_due) and
             # no later notice committed before this one.
             c.acked_seq == seq - 1,
             c.head_seq == seq,
-        ],
-        order=[c.provider_id],
+            lease_free(notice_cursors, lease.now),
+        )
+        .values(attempts=c.attempts + 1, lease_owner=lease.worker_id, lease_until=lease.until)
+        .returning(*(c[f.name] for f in fields(NoticeCursor))),
     )
-    return [_cursor(r) for r in rows]
+    return sorted((_cursor(r) for r in rows), key=lambda cursor: cursor.provider_id)
 
 
 async def advance_cursor(conn: AsyncConnection, provider_id: str) -> None:
