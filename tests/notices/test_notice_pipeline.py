@@ -182,3 +182,70 @@ async def test_a_group_holds_a_bounded_number_of_notices() -> None:
     commits.close()
     await asyncio.wait_for(commits.run(), 5)
     assert groups == [["a", "b"], ["c"]]
+
+
+async def test_a_group_gathers_while_pushes_run_and_not_after() -> None:
+    """While other pushes still run, results wait a moment to share a transaction; the
+    result that leaves nothing running is written at once, with what waited."""
+    groups: list[list[str]] = []
+    running = [2]
+
+    async def record(group: Sequence[Settlement]) -> None:
+        groups.append([s.cursor.provider_id for s in group])
+
+    commits = GroupCommit(record, lambda: running[0])
+    runner = asyncio.create_task(commits.run())
+    commits.put(_settlement("a"))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert groups == []  # gathering: another push may answer now
+    running[0] = 0
+    commits.put(_settlement("b"))
+    commits.close()
+    await asyncio.wait_for(runner, 5)
+    assert groups == [["a", "b"]]
+
+
+async def test_a_gathering_group_is_written_without_more_answers() -> None:
+    """A group waiting for answers that never come is written all the same."""
+    groups: list[list[str]] = []
+    written = asyncio.Event()
+
+    async def record(group: Sequence[Settlement]) -> None:
+        groups.append([s.cursor.provider_id for s in group])
+        written.set()
+
+    commits = GroupCommit(record, lambda: 5)
+    runner = asyncio.create_task(commits.run())
+    commits.put(_settlement("a"))
+    await asyncio.wait_for(written.wait(), 5)
+    commits.close()
+    await asyncio.wait_for(runner, 5)
+    assert groups == [["a"]]
+
+
+async def test_the_recording_replica_pushes_a_reports_copies_itself(
+    dev_world: NoticeWorld,
+) -> None:
+    """The copies a report makes due are leased with it and pushed by the replica that
+    recorded it: no worker has to claim them, and each provider gets its notice once."""
+    providers = [await dev_world.counting_provider(p) for p in ("pay", "chat", "forum")]
+    gateway = await dev_world.gateway()
+    claimed: list[str] = []
+    claim_due = dev_world.store.cursors.claim_due
+
+    async def counting_claim(**kwargs: Any) -> list[NoticeCursor]:
+        found = await claim_due(**kwargs)
+        claimed.extend(c.provider_id for c in found)
+        return found
+
+    dev_world.store.cursors.claim_due = counting_claim  # type: ignore[method-assign]  # watched
+    answer = await dev_world.caller(gateway, "carrier:cm").report("ev-1", dev_world.CM_NUMBER)
+
+    async def all_acknowledged() -> bool:
+        found = await dev_world.deliveries(answer.notice_id)
+        return all(d.state is DeliveryState.ACKNOWLEDGED for d in found.values())
+
+    await dev_world.eventually(all_acknowledged, what="every provider acknowledged")
+    assert claimed == []
+    assert [sorted(p.pushes.values()) for p in providers] == [[1], [1], [1]]

@@ -28,6 +28,7 @@ import secrets
 import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import grpc
 import structlog
@@ -43,6 +44,7 @@ from onecert.gateway.store import (
     AuditDraft,
     Delivery,
     DeliveryState,
+    Handoff,
     NoticeCursor,
     PushResult,
     Settlement,
@@ -56,6 +58,10 @@ __all__ = ["GroupCommit", "NoticePusher"]
 
 _log = structlog.get_logger("onecert.gateway.notice_delivery")
 
+if TYPE_CHECKING:
+    # Only in the generated stubs' type hints (mypy-protobuf), not at run time.
+    _Stub = provider_pb2_grpc.BindingProviderAsyncStub
+
 # After an unexpected failure of the loop itself (database down), pause
 # before trying again rather than spin.
 _LOOP_ERROR_PAUSE_S = 1.0
@@ -67,6 +73,10 @@ _LOOP_ERROR_PAUSE_S = 1.0
 # routed to one of them waits for it.
 _GROUP_MAX = 250
 _GROUP_NOTICES = 250
+# While other pushes run, a group gathers at least this many results, or waits
+# at most this long after its first (see GroupCommit).
+_GROUP_MIN = 50
+_GATHER_S = 0.02
 
 
 class GroupCommit:
@@ -74,20 +84,36 @@ class GroupCommit:
     transaction was being written goes into the next one, so a thousand
     providers answering at once cost a few transactions, not a thousand.
 
+    While other pushes are still running, a group waits until
+    :data:`_GROUP_MIN` results are in or :data:`_GATHER_S` has passed since the
+    first: answers that trickle in while the worker is still sending would
+    otherwise be written one transaction each. Once no push is running the
+    group is written at once, so the last answers wait for no window.
+
     Args:
         record: writes one group (one transaction).
+        running: how many pushes may still add a result (0: none).
     """
 
-    def __init__(self, record: Callable[[Sequence[Settlement]], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        record: Callable[[Sequence[Settlement]], Awaitable[None]],
+        running: Callable[[], int] = lambda: 0,
+    ) -> None:
         self._record = record
+        self._running = running
         self._waiting: list[Settlement] = []
         self._ready = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None
         self._closing = False
 
     def put(self, settlement: Settlement) -> None:
         """Queue one provider's result for the next group."""
         self._waiting.append(settlement)
-        self._ready.set()
+        if len(self._waiting) >= _GROUP_MIN or not self._running():
+            self._ready.set()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(_GATHER_S, self._ready.set)
 
     async def run(self) -> None:
         """Record the groups, one after the other, until :meth:`close` and nothing waits."""
@@ -104,6 +130,9 @@ class GroupCommit:
 
     async def flush(self) -> None:
         """Record what is waiting now (within the group's limits; the rest next time)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         size, notices = 0, 0
         for size, settlement in enumerate(self._waiting[:_GROUP_MAX], 1):  # noqa: B007 - size after the loop
             notices += len(settlement.results)
@@ -166,12 +195,17 @@ class NoticePusher:
         )
         # Providers that answered ReceiveEvents with UNIMPLEMENTED (this process).
         self._one_at_a_time: set[str] = set()
+        self._stubs: dict[str, tuple[grpc.aio.Channel, _Stub]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         # Pushes started and not yet settled (or given up), and their tasks.
         self._in_flight = 0
+        self._delivering = 0
         self._pushes: set[asyncio.Task[None]] = set()
+        # Rung when places in flight free up, and when a settled provider has
+        # more notices to push at once (idle workers look for them only then).
         self._settled = Doorbell()
-        self._commits = GroupCommit(self._commit)
+        self._more = Doorbell()
+        self._commits = GroupCommit(self._commit, self._running)
 
     async def start(self) -> None:
         """Start ``config.workers`` worker loops (and the one that records their results)."""
@@ -201,8 +235,8 @@ class NoticePusher:
         self._commits.close()
         await asyncio.gather(tasks[0], return_exceptions=True)
         # Ready to start again: nothing in flight (the pushes cut short hold leases).
-        self._commits = GroupCommit(self._commit)
-        self._in_flight = 0
+        self._commits = GroupCommit(self._commit, self._running)
+        self._in_flight = self._delivering = 0
 
     async def _dispatch(self) -> None:
         """One worker: lease due providers, start a push to each, and go on leasing
@@ -224,6 +258,34 @@ class NoticePusher:
             if not started:
                 await self._nap()
 
+    def reserve(self, wanted: int) -> int:
+        """Up to ``wanted`` places in flight for pushes the notice service hands over
+        (0 while stopped); give them back with :meth:`adopt`."""
+        if not self._tasks:
+            return 0
+        room = max(0, min(wanted, self._config.in_flight - self._in_flight))
+        self._in_flight += room
+        return room
+
+    def adopt(self, reserved: int, handed: Sequence[Handoff]) -> None:
+        """Push the copies a report leased to this worker (:meth:`reserve` gave
+        ``reserved`` places; the rest are free again)."""
+        self._in_flight -= reserved - len(handed)
+        if reserved > len(handed):
+            self._settled.ring()
+        if not self._tasks:
+            # Stopped meanwhile: the leases run out and any worker pushes them.
+            self._in_flight -= len(handed)
+            return
+        for h in handed:
+            self._spawn(h.cursor, [h.delivery])
+
+    def _spawn(self, cursor: NoticeCursor, batch: list[Delivery]) -> None:
+        self._delivering += 1
+        task = asyncio.create_task(self._push_task(cursor, batch))
+        self._pushes.add(task)
+        task.add_done_callback(self._pushes.discard)
+
     async def _start_pushes(self, limit: int) -> int:
         """Lease up to ``limit`` due providers and start one push task each; how many."""
         claimed = await self._store.cursors.claim_due(
@@ -236,9 +298,7 @@ class NoticePusher:
             return 0
         waiting = await self._store.cursors.pending_for(claimed, limit=self._config.batch)
         for cursor in claimed:
-            task = asyncio.create_task(self._push_task(cursor, waiting[cursor.provider_id]))
-            self._pushes.add(task)
-            task.add_done_callback(self._pushes.discard)
+            self._spawn(cursor, waiting[cursor.provider_id])
         return len(claimed)
 
     async def _push_task(self, cursor: NoticeCursor, batch: list[Delivery]) -> None:
@@ -254,13 +314,20 @@ class NoticePusher:
             self._in_flight -= 1
             self._settled.ring()
             return
+        finally:
+            self._delivering -= 1
         self._commits.put(settlement)
+
+    def _running(self) -> int:
+        """Pushes whose results are not in yet (the group commit waits for some)."""
+        return self._delivering
 
     async def _commit(self, settled: Sequence[Settlement]) -> None:
         """Record a group of finished pushes (the group commit's step); their places
         in flight are free again, whatever happened."""
         try:
-            await self._record(settled)
+            if await self._record(settled):
+                self._more.ring()
         except Exception as exc:  # noqa: BLE001 - their leases run out and they are pushed again
             _log.error(
                 "notice.settle_failed",
@@ -273,12 +340,12 @@ class NoticePusher:
             self._settled.ring()
 
     async def _nap(self) -> None:
-        """Until a notice is recorded here, a push is settled (its provider may have
-        more), or ``check_interval_s`` (notices recorded elsewhere, backoffs ending)."""
+        """Until a notice is recorded here, a settled provider has more to push, or
+        ``check_interval_s`` (notices recorded elsewhere, backoffs ending)."""
         timeout = self._config.check_interval_s
         naps = {
             asyncio.ensure_future(self._doorbell.wait(timeout)),
-            asyncio.ensure_future(self._settled.wait(timeout)),
+            asyncio.ensure_future(self._more.wait(timeout)),
         }
         try:
             await asyncio.wait(naps, return_when=asyncio.FIRST_COMPLETED)
@@ -318,12 +385,13 @@ class NoticePusher:
         await self._record(settled)
         return len(claimed)
 
-    async def _record(self, settled: Sequence[Settlement]) -> None:
-        """Settle finished pushes of many providers in one transaction, then tell."""
+    async def _record(self, settled: Sequence[Settlement]) -> bool:
+        """Settle finished pushes of many providers in one transaction, then tell;
+        whether one of them has more to push now."""
         if not settled:
-            return
+            return False
         audit = [row for s in settled for row in self._audit_rows(s.cursor.provider_id, s.results)]
-        await self._store.cursors.settle_many(
+        more = await self._store.cursors.settle_many(
             settled, worker_id=self.worker_id, now=self._clock(), audit=audit
         )
         counts = dict.fromkeys(_OUTCOMES.values(), 0)
@@ -341,6 +409,7 @@ class NoticePusher:
                     retry_at=None if s.retry_at is None else s.retry_at.isoformat(),
                 )
         _log.info("notice.settled", providers=len(settled), **counts)
+        return more
 
     async def _deliver(self, cursor: NoticeCursor, batch: list[Delivery]) -> Settlement:
         """One batch of the provider's notices past its cursor, and how it went."""
@@ -379,7 +448,7 @@ class NoticePusher:
         channel = self._channels.get(
             provider.address, plaintext=provider.plaintext, server_name=provider.server_name
         )
-        stub = provider_pb2_grpc.BindingProviderStub(channel)
+        stub = self._stub(provider.id, channel)
         timeout = self._config.push_deadline_s
         if provider.id not in self._one_at_a_time:
             request, batch = _packed(self._sets, batch)
@@ -397,6 +466,15 @@ class NoticePusher:
                     return [_retry(d, error) for d in batch]
                 return [_result(d, r) for d, r in zip(batch, response.results, strict=True)]
         return list(await asyncio.gather(*(self._push_one(stub, d) for d in batch)))
+
+    def _stub(self, provider_id: str, channel: grpc.aio.Channel) -> _Stub:
+        """The provider's stub, made once per channel (a stub builds a callable per
+        method of the service: more than a push's own bookkeeping)."""
+        known = self._stubs.get(provider_id)
+        if known is None or known[0] is not channel:
+            known = (channel, provider_pb2_grpc.BindingProviderStub(channel))
+            self._stubs[provider_id] = known
+        return known[1]
 
     async def _push_one(
         self, stub: provider_pb2_grpc.BindingProviderAsyncStub, delivery: Delivery

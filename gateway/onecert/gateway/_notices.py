@@ -14,8 +14,9 @@ afresh each time (its ``iat`` is when it was sent).
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -34,6 +35,7 @@ from onecert.gateway.store import (
     ConflictError,
     Delivery,
     DeliveryMode,
+    Handoff,
     NotFoundError,
     Notice,
     Store,
@@ -48,6 +50,7 @@ __all__ = [
     "Doorbell",
     "NoticeRouting",
     "NoticeService",
+    "PushHandoff",
     "build_set",
     "notice_deadline",
     "timestamp_arg",
@@ -101,6 +104,24 @@ class Doorbell:
         except TimeoutError:
             return False
         return True
+
+
+class PushHandoff(Protocol):
+    """The push worker of this process, which takes a report's fresh copies
+    (:class:`~onecert.gateway._notice_delivery.NoticePusher`)."""
+
+    @property
+    def worker_id(self) -> str:
+        """The lease owner's name."""
+        ...
+
+    def reserve(self, wanted: int) -> int:
+        """Up to ``wanted`` places in flight for handed-over pushes (0: none now)."""
+        ...
+
+    def adopt(self, reserved: int, handed: Sequence[Handoff]) -> None:
+        """Push ``handed`` (leased to :attr:`worker_id`); free the other places."""
+        ...
 
 
 class NoticeRouting(Protocol):
@@ -213,6 +234,9 @@ class NoticeService:
         clock: the gateway's notion of now (deadlines, receipt times).
         routing: picks the providers a notice goes to; None (or routing off):
             every provider. May be set after construction.
+        pusher: this process's push worker, which pushes the copies a report
+            makes due at once (leased with the report); None: the workers
+            claim them. May be set after construction.
     """
 
     def __init__(
@@ -228,12 +252,14 @@ class NoticeService:
         clock: Clock = utc_now,
         history_start: datetime | None = None,
         routing: NoticeRouting | None = None,
+        pusher: PushHandoff | None = None,
     ) -> None:
         self._store = store
         self._history_start = history_start
         self._carriers = {c.id: c for c in carriers}
         self._providers = by_id(providers)
         self.routing = routing
+        self.pusher = pusher
         self._config = config
         self._sets = sets
         self._auditor = auditor
@@ -279,8 +305,9 @@ class NoticeService:
             )
 
         try:
-            notice, created = await store_call(
-                self._store.notices.record(
+            notice, created, handed = await self._record(
+                functools.partial(
+                    self._store.notices.record_and_lease,
                     carrier_id=caller.id,
                     event_id=request.event_id,
                     # History is kept by its hash alone: no delivery needs the number.
@@ -296,14 +323,15 @@ class NoticeService:
                     route_tag=None if self.routing is None else self.routing.route_tag(msisdn),
                     audit=audit_row,
                 ),
-                "record_number_event",
+                targets=sum(m is DeliveryMode.PUSH for _, m in providers),
             )
         except ConflictError:
             raise Refusal(
                 grpc.StatusCode.ALREADY_EXISTS,
                 "this event_id was already reported with another number, type or time",
             ) from None
-        if created and not history:
+        if created and handed < len(providers):
+            # Wake the workers (and polls) for the copies this worker did not take.
             self.doorbell.ring()
         _log.info(
             "notice.reported",
@@ -316,6 +344,30 @@ class NoticeService:
         return gateway_pb2.ReportNumberEventResponse(
             notice_id=notice.notice_id, created=created, providers=notice.providers or 0
         )
+
+    async def _record(
+        self, record: Callable[..., Awaitable[tuple[Notice, bool, list[Handoff]]]], *, targets: int
+    ) -> tuple[Notice, bool, int]:
+        """Record the notice (``record``: the store's ``record_and_lease``, less the
+        lease); the local push worker (:attr:`pusher`) takes the copies it alone
+        made due, leased in the same transaction, and pushes them at once. How
+        many it took."""
+        pusher = self.pusher
+        reserved = pusher.reserve(targets) if pusher is not None and targets else 0
+        handed: list[Handoff] = []
+        try:
+            notice, created, handed = await store_call(
+                record(
+                    worker_id=pusher.worker_id if pusher is not None else "none",
+                    limit=reserved,
+                    lease_s=self._config.lease_s,
+                ),
+                "record_number_event",
+            )
+        finally:
+            if pusher is not None and reserved:
+                pusher.adopt(reserved, handed)
+        return notice, created, len(handed)
 
     def _addressees(
         self,

@@ -169,6 +169,18 @@ class RecycledNumbers:
             clock=clock,
             history_start=config.check_recycled.history_start,
         )
+        pusher = NoticePusher(
+            store=store,
+            providers=providers,
+            sets=sets,
+            channels=channels,
+            config=config.notices,
+            doorbell=doorbell,
+            auditor=auditor,
+            clock=clock,
+        )
+        # The replica that records a notice pushes the copies it made due itself.
+        notices.pusher = pusher
         return cls(
             notices=notices,
             checks=RecycledCheckService(
@@ -184,14 +196,5 @@ class RecycledNumbers:
                 auditor=auditor,
                 clock=clock,
             ),
-            pusher=NoticePusher(
-                store=store,
-                providers=providers,
-                sets=sets,
-                channels=channels,
-                config=config.notices,
-                doorbell=doorbell,
-                auditor=auditor,
-                clock=clock,
-            ),
+            pusher=pusher,
         )

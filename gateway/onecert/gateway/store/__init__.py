@@ -22,6 +22,7 @@ from onecert.gateway.store._audit import looks_like_number
 from onecert.gateway.store._audit_repo import AuditRepository
 from onecert.gateway.store._compliance_repo import ComplianceRepository
 from onecert.gateway.store._cursor_repo import (
+    Handoff,
     NoticeCursor,
     NoticeCursorRepository,
     PushResult,
@@ -103,6 +104,7 @@ __all__ = [
     "EntryOrigin",
     "FilterKind",
     "FilterRow",
+    "Handoff",
     "Invitation",
     "KeyRow",
     "KeyState",

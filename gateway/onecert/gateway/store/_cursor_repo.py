@@ -30,11 +30,13 @@ from onecert.gateway.store._rows import (
     error_text,
     fetch_all,
     instant,
+    lease_free,
     resolve_now,
 )
 from onecert.gateway.store._types import AuditDraft, Delivery, DeliveryMode, DeliveryState
 
 __all__ = [
+    "Handoff",
     "NoticeCursor",
     "NoticeCursorRepository",
     "PushResult",
@@ -79,6 +81,49 @@ class NoticeCursor:
 def _cursor(row: Any) -> NoticeCursor:
     values = {f.name: row[f.name] for f in fields(NoticeCursor)}
     return NoticeCursor(**{**values, "mode": DeliveryMode(row["mode"])})
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """A push provider's cursor leased in the transaction that recorded a notice for
+    it, with that notice's copy: the only one it has to deliver (see
+    :meth:`~onecert.gateway.store.NoticeRepository.record_and_lease`)."""
+
+    cursor: NoticeCursor
+    delivery: Delivery
+
+
+async def lease_fresh(
+    conn: AsyncConnection, lease: Lease, seq: int, provider_ids: Sequence[str]
+) -> list[NoticeCursor]:
+    """Lease, of ``provider_ids``' push cursors, those whose only notice to deliver is
+    ``seq`` (just routed to them) and that are due and free, as :meth:`claim_due`
+    would lease them (of the first ``lease.limit`` ids; in ``conn``'s transaction,
+    which routed ``seq`` to them and so holds their rows)."""
+    ids = sorted(provider_ids)[: lease.limit]
+    if not ids:
+        return []
+    c = notice_cursors.c
+    # One UPDATE ... RETURNING: the rows are this transaction's already (the
+    # heads moved), so nothing is skipped or waited for, and the lease costs one
+    # statement, not a lock, an update and a read.
+    rows = await fetch_all(
+        conn,
+        update(notice_cursors)
+        .where(
+            c.provider_id.in_(ids),
+            c.mode == DeliveryMode.PUSH.value,
+            c.next_attempt_at <= lease.now,
+            # Nothing older waits (that one goes first, through claim_due) and
+            # no later notice committed before this one.
+            c.acked_seq == seq - 1,
+            c.head_seq == seq,
+            lease_free(notice_cursors, lease.now),
+        )
+        .values(attempts=c.attempts + 1, lease_owner=lease.worker_id, lease_until=lease.until)
+        .returning(*(c[f.name] for f in fields(NoticeCursor))),
+    )
+    return sorted((_cursor(r) for r in rows), key=lambda cursor: cursor.provider_id)
 
 
 async def advance_cursor(conn: AsyncConnection, provider_id: str) -> None:
@@ -267,8 +312,10 @@ class NoticeCursorRepository:
         worker_id: str,
         now: datetime | None = None,
         audit: Sequence[AuditDraft] = (),
-    ) -> None:
-        """Record how each leased cursor's batch went, in one transaction.
+    ) -> bool:
+        """Record how each leased cursor's batch went, in one transaction; whether one
+        of those providers has notices left to push now (routed to it while it
+        was leased, or past its batch).
 
         Each result settles its notice (still PENDING) as acknowledged (with
         the action when the provider acted), refused or given up (FAILED), or
@@ -279,7 +326,7 @@ class NoticeCursorRepository:
         only by its holder. ``audit`` rows are appended with it all.
         """
         if not settlements:
-            return
+            return False
         now = resolve_now(now)
         ids = [s.cursor.provider_id for s in settlements]
         async with self._db.write() as conn:
@@ -289,6 +336,7 @@ class NoticeCursorRepository:
             c = notice_cursors.c
             mine = [c.lease_owner == worker_id]
             done = [s.cursor.provider_id for s in settlements if s.retry_at is None]
+            idle = 0
             if done:
                 await conn.execute(
                     update(notice_cursors)
@@ -302,11 +350,12 @@ class NoticeCursorRepository:
                     )
                 )
                 # Nothing left: out of the claim query's way until the next notice.
-                await conn.execute(
+                idled = await conn.execute(
                     update(notice_cursors)
                     .where(c.provider_id.in_(done), c.acked_seq >= c.head_seq)
                     .values(next_attempt_at=instant(IDLE))
                 )
+                idle = idled.rowcount
             for s in settlements:
                 if s.retry_at is not None:
                     # The claim counted this attempt: failures in a row stay counted.
@@ -322,12 +371,14 @@ class NoticeCursorRepository:
                     )
             if audit:
                 await self._audit.chain(conn, list(audit), now)
+        return idle < len(done)
 
 
 async def _settle_results(
     conn: AsyncConnection, results: Sequence[PushResult], now: datetime
 ) -> None:
-    """Every result, in at most five statements (one per kind of outcome, executemany)."""
+    """Every result, in a few statements (one per kind of outcome, executemany, and
+    one per count of bindings removed)."""
     d = deliveries.c
     plain = sorted(
         r.jti
@@ -346,22 +397,26 @@ async def _settle_results(
                 attempts=d.attempts + 1,
             )
         )
-    acted = [
-        {"b_jti": r.jti, "b_removed": r.bindings_removed}
-        for r in results
-        if r.state is DeliveryState.ACKNOWLEDGED and r.bindings_removed is not None
-    ]
-    await _each(
-        conn,
-        acted,
-        state=DeliveryState.ACKNOWLEDGED.value,
-        delivered_at=received,
-        acknowledged_at=now,
-        acted_at=now,
-        confirmed_at=now,
-        bindings_removed=bindparam("b_removed"),
-        attempts=d.attempts + 1,
-    )
+    # Acted on: one UPDATE per count of bindings removed (most answers share a
+    # few counts), not one execution per notice.
+    acted: dict[int, list[str]] = {}
+    for r in results:
+        if r.state is DeliveryState.ACKNOWLEDGED and r.bindings_removed is not None:
+            acted.setdefault(r.bindings_removed, []).append(r.jti)
+    for removed, jtis in sorted(acted.items()):
+        await conn.execute(
+            update(deliveries)
+            .where(d.jti.in_(sorted(jtis)), d.state == _PENDING)
+            .values(
+                state=DeliveryState.ACKNOWLEDGED.value,
+                delivered_at=received,
+                acknowledged_at=now,
+                acted_at=now,
+                confirmed_at=now,
+                bindings_removed=removed,
+                attempts=d.attempts + 1,
+            )
+        )
     failed = [r for r in results if r.state is DeliveryState.FAILED]
     # Refused: received (and pushed); given up: neither (not pushed again).
     await _each(

@@ -20,6 +20,8 @@ from sqlalchemy import case, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from onecert.gateway.store._audit_repo import AuditRepository
+from onecert.gateway.store._claims import Lease
+from onecert.gateway.store._cursor_repo import Handoff, lease_fresh
 from onecert.gateway.store._database import StoreDatabase
 from onecert.gateway.store._models import (
     deliveries,
@@ -43,6 +45,7 @@ from onecert.gateway.store._rows import (
 from onecert.gateway.store._types import (
     AuditDraft,
     ConflictError,
+    Delivery,
     DeliveryMode,
     DeliveryState,
     Notice,
@@ -99,27 +102,69 @@ class NoticeRepository:
         (replicas whose clocks disagree give the same deadline).
         ``route_tag`` (see :meth:`route_late`) is kept with the notice.
         """
+        notice, created, _ = await self.record_and_lease(
+            worker_id="none",
+            limit=0,
+            carrier_id=carrier_id,
+            event_id=event_id,
+            msisdn=msisdn,
+            msisdn_hash=msisdn_hash,
+            event_type=event_type,
+            effective_at=effective_at,
+            quiet_period_ends_at=quiet_period_ends_at,
+            deadline=deadline,
+            providers=providers,
+            now=now,
+            min_action=min_action,
+            route_tag=route_tag,
+            audit=audit,
+        )
+        return notice, created
+
+    async def record_and_lease(
+        self,
+        *,
+        carrier_id: str,
+        event_id: str,
+        msisdn: str,
+        msisdn_hash: str,
+        event_type: StoredEventType | str,
+        effective_at: datetime,
+        quiet_period_ends_at: datetime | None,
+        deadline: datetime,
+        providers: Sequence[tuple[str, DeliveryMode | str]],
+        now: datetime | None = None,
+        min_action: timedelta | None = None,
+        route_tag: str | None = None,
+        audit: Callable[[Notice, bool], AuditDraft] | None = None,
+        worker_id: str,
+        limit: int,
+        lease_s: float = 60.0,
+    ) -> tuple[Notice, bool, list[Handoff]]:
+        """:meth:`record`, and in the same transaction the push providers' cursors that
+        the new notice alone made due, leased to ``worker_id`` for ``lease_s`` (at
+        most ``limit`` of them, as ``store.cursors.claim_due`` leases), each with
+        its copy of the notice.
+
+        The recording worker then pushes at once, without a claim and a read
+        of its own; a cursor it could not lease (busy, backing off, older
+        notices waiting) is claimed by ``claim_due`` as usual. A lease taken
+        here ends like any other: settled, or run out after a crash.
+        """
         now = resolve_now(now)
-        # The raw number is kept only to sign deliveries: an event without
-        # providers (a carrier's history) passes "" and is kept by its hash alone.
-        if not (is_e164(msisdn) or (msisdn == "" and not providers)):
-            raise ValueError("msisdn must be E.164 (or empty for an event without deliveries)")
-        event: dict[str, Any] = {
-            "carrier_id": check_text("carrier_id", carrier_id, 64),
-            "event_id": check_text("event_id", event_id, 128),
-            "msisdn": msisdn,
-            "msisdn_hash": check_text("msisdn_hash", msisdn_hash, 64),
-            "event_type": StoredEventType(event_type).value,
-            "effective_at": aware(effective_at, "effective_at"),
-            "quiet_period_ends_at": None
-            if quiet_period_ends_at is None
-            else aware(quiet_period_ends_at, "quiet_period_ends_at"),
-            "deadline": aware(deadline, "deadline"),
-            "route_tag": None if route_tag is None else check_text("route_tag", route_tag, 48),
-        }
-        targets = [(check_text("provider_id", p, 64), DeliveryMode(m)) for p, m in providers]
-        if len({p for p, _ in targets}) != len(targets):
-            raise ValueError("each provider may appear once")
+        lease = Lease.take(worker_id, limit=max(limit, 1), lease_s=lease_s, now=now)
+        event, targets = _checked_event(
+            carrier_id=carrier_id,
+            event_id=event_id,
+            msisdn=msisdn,
+            msisdn_hash=msisdn_hash,
+            event_type=event_type,
+            effective_at=effective_at,
+            quiet_period_ends_at=quiet_period_ends_at,
+            deadline=deadline,
+            providers=providers,
+            route_tag=route_tag,
+        )
         seq = None
         if self._db.dialect == "postgresql":
             # Taken in a transaction of its own: the counter's row lock is held
@@ -133,10 +178,13 @@ class NoticeRepository:
             event["recorded_at"] = now
             if min_action is not None:
                 event["deadline"] = max(aware(deadline, "deadline"), now + min_action)
-            notice, created = await self._insert(conn, event, targets, now, seq)
+            notice, copies = await self._insert(conn, event, targets, now, seq)
+            handed: list[Handoff] = []
+            if copies and limit > 0:
+                handed = await _lease_copies(conn, lease.at(now), notice, copies)
             if audit is not None:
-                await self._audit.chain(conn, [audit(notice, created)], now)
-        return notice, created
+                await self._audit.chain(conn, [audit(notice, copies is not None)], now)
+        return notice, copies is not None, handed
 
     async def _insert(
         self,
@@ -145,7 +193,8 @@ class NoticeRepository:
         targets: Sequence[tuple[str, DeliveryMode]],
         now: datetime,
         seq: int | None,
-    ) -> tuple[Notice, bool]:
+    ) -> tuple[Notice, list[dict[str, Any]] | None]:
+        """The notice, and the copies made of it (None when it was recorded before)."""
         n = number_events.c
         existing = await conn.scalar(
             select(n.notice_id).where(
@@ -153,6 +202,7 @@ class NoticeRepository:
             )
         )
         notice_id = None
+        copies: list[dict[str, Any]] = []
         if existing is None:
             if seq is None:
                 seq = await next_seq(conn, notice_head)
@@ -165,7 +215,7 @@ class NoticeRepository:
                 )
             ).scalar()
             if notice_id is not None and targets:
-                await self._route(conn, notice_id, seq, targets, now)
+                copies = await self._route(conn, notice_id, seq, targets, now)
         row = await fetch_one(
             conn,
             notice_query().where(
@@ -181,7 +231,7 @@ class NoticeRepository:
             or notice.quiet_period_ends_at != event["quiet_period_ends_at"]
         ):
             raise ConflictError("this event_id was already reported with other content")
-        return notice, created
+        return notice, copies if created else None
 
     async def _route(
         self,
@@ -190,16 +240,15 @@ class NoticeRepository:
         seq: int,
         targets: Sequence[tuple[str, DeliveryMode]],
         now: datetime,
-    ) -> None:
-        """A copy of the notice for each target, and each target's cursor head moved to it."""
-        await conn.execute(
-            insert(deliveries),
-            [
-                _delivery_row(notice_id, provider_id, seq, mode, now)
-                for provider_id, mode in targets
-            ],
-        )
+    ) -> list[dict[str, Any]]:
+        """A copy of the notice for each target, and each target's cursor head moved to
+        it; the copies' rows."""
+        copies = [
+            _delivery_row(notice_id, provider_id, seq, mode, now) for provider_id, mode in targets
+        ]
+        await conn.execute(insert(deliveries), copies)
         await move_heads(self._db, conn, [(p, m, seq, seq) for p, m in targets], now)
+        return copies
 
     async def route_late(
         self,
@@ -298,6 +347,72 @@ class NoticeRepository:
 
 
 _TAGS_PER_QUERY = 500
+
+
+def _checked_event(
+    *,
+    carrier_id: str,
+    event_id: str,
+    msisdn: str,
+    msisdn_hash: str,
+    event_type: StoredEventType | str,
+    effective_at: datetime,
+    quiet_period_ends_at: datetime | None,
+    deadline: datetime,
+    providers: Sequence[tuple[str, DeliveryMode | str]],
+    route_tag: str | None,
+) -> tuple[dict[str, Any], list[tuple[str, DeliveryMode]]]:
+    """The event's row and its targets, checked (ValueError) before any transaction."""
+    # The raw number is kept only to sign deliveries: an event without
+    # providers (a carrier's history) passes "" and is kept by its hash alone.
+    if not (is_e164(msisdn) or (msisdn == "" and not providers)):
+        raise ValueError("msisdn must be E.164 (or empty for an event without deliveries)")
+    event: dict[str, Any] = {
+        "carrier_id": check_text("carrier_id", carrier_id, 64),
+        "event_id": check_text("event_id", event_id, 128),
+        "msisdn": msisdn,
+        "msisdn_hash": check_text("msisdn_hash", msisdn_hash, 64),
+        "event_type": StoredEventType(event_type).value,
+        "effective_at": aware(effective_at, "effective_at"),
+        "quiet_period_ends_at": None
+        if quiet_period_ends_at is None
+        else aware(quiet_period_ends_at, "quiet_period_ends_at"),
+        "deadline": aware(deadline, "deadline"),
+        "route_tag": None if route_tag is None else check_text("route_tag", route_tag, 48),
+    }
+    targets = [(check_text("provider_id", p, 64), DeliveryMode(m)) for p, m in providers]
+    if len({p for p, _ in targets}) != len(targets):
+        raise ValueError("each provider may appear once")
+    return event, targets
+
+
+async def _lease_copies(
+    conn: AsyncConnection, lease: Lease, notice: Notice, copies: Sequence[dict[str, Any]]
+) -> list[Handoff]:
+    """The push copies whose cursors :func:`lease_fresh` leased, with those cursors."""
+    push = {c["provider_id"]: c for c in copies if c["mode"] == DeliveryMode.PUSH.value}
+    leased = await lease_fresh(conn, lease, notice.seq, list(push))
+    return [Handoff(cursor, _copy(push[cursor.provider_id], notice)) for cursor in leased]
+
+
+def _copy(row: dict[str, Any], notice: Notice) -> Delivery:
+    """The Delivery of a copy just inserted (what reading it back would give)."""
+    return Delivery(
+        jti=row["jti"],
+        notice_id=row["notice_id"],
+        provider_id=row["provider_id"],
+        mode=DeliveryMode(row["mode"]),
+        state=DeliveryState(row["state"]),
+        attempts=row["attempts"],
+        created_at=row["created_at"],
+        last_error=None,
+        delivered_at=None,
+        acknowledged_at=None,
+        acted_at=None,
+        confirmed_at=None,
+        bindings_removed=None,
+        notice=notice,
+    )
 
 
 def _delivery_row(
