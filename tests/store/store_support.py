@@ -27,7 +27,7 @@ async def record_notice(
 ) -> tuple[Notice, bool]:
     """``carrier_id`` reports ``event_type`` for ``msisdn`` at ``now``: effective an hour
     before and with a week to act unless told otherwise, for ``providers`` (id, mode)."""
-    return await store.notices.record(
+    notice, created, _ = await store.notices.record(
         carrier_id=carrier_id,
         event_id=event_id,
         msisdn=msisdn,
@@ -39,3 +39,4 @@ async def record_notice(
         providers=[(p, DeliveryMode(m)) for p, m in providers],
         now=now,
     )
+    return notice, created

@@ -158,7 +158,7 @@ async def test_a_notice_below_the_cursor_moves_it_back(store: Store, t0: datetim
     """A notice that reaches a provider below what its cursor settled (routed late, or
     committed after a higher seq by another replica) moves the cursor back to it and is
     delivered; the cursor then returns to the head."""
-    first, _ = await store.notices.record(
+    first, _, _ = await store.notices.record(
         carrier_id="carrier-a",
         event_id="ev-1",
         msisdn="+8613800138000",

@@ -29,7 +29,7 @@ async def _record_leased(
     limit: int = 100,
     lease_s: float = 30.0,
 ) -> tuple[Notice, bool, list[Handoff]]:
-    return await store.notices.record_and_lease(
+    return await store.notices.record(
         carrier_id="carrier-a",
         event_id=event_id,
         msisdn=MSISDN,

@@ -307,7 +307,7 @@ class NoticeService:
         try:
             notice, created, handed = await self._record(
                 functools.partial(
-                    self._store.notices.record_and_lease,
+                    self._store.notices.record,
                     carrier_id=caller.id,
                     event_id=request.event_id,
                     # History is kept by its hash alone: no delivery needs the number.
@@ -348,7 +348,7 @@ class NoticeService:
     async def _record(
         self, record: Callable[..., Awaitable[tuple[Notice, bool, list[Handoff]]]], *, targets: int
     ) -> tuple[Notice, bool, int]:
-        """Record the notice (``record``: the store's ``record_and_lease``, less the
+        """Record the notice (``record``: the store's ``notices.record``, less the
         lease); the local push worker (:attr:`pusher`) takes the copies it alone
         made due, leased in the same transaction, and pushes them at once. How
         many it took."""

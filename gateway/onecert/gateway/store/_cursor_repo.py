@@ -87,7 +87,7 @@ def _cursor(row: Any) -> NoticeCursor:
 class Handoff:
     """A push provider's cursor leased in the transaction that recorded a notice for
     it, with that notice's copy: the only one it has to deliver (see
-    :meth:`~onecert.gateway.store.NoticeRepository.record_and_lease`)."""
+    :meth:`~onecert.gateway.store.NoticeRepository.record`)."""
 
     cursor: NoticeCursor
     delivery: Delivery

@@ -87,11 +87,15 @@ class NoticeRepository:
         min_action: timedelta | None = None,
         route_tag: str | None = None,
         audit: Callable[[Notice, bool], AuditDraft] | None = None,
-    ) -> tuple[Notice, bool]:
+        worker_id: str = "none",
+        limit: int = 0,
+        lease_s: float = 60.0,
+    ) -> tuple[Notice, bool, list[Handoff]]:
         """Record a carrier's event and one delivery per routed provider, in one transaction.
 
-        Idempotent on ``(carrier_id, event_id)``: the same event again
-        returns ``(notice, False)`` and creates nothing. The same id with
+        Returns the notice, whether this call created it, and the copies
+        handed over (below). Idempotent on ``(carrier_id, event_id)``: the
+        same event again returns ``(notice, False, [])`` and creates nothing. The same id with
         another number, type or time raises ConflictError (the deadline and
         provider list are the gateway's and may change between retries).
         Each delivery gets its own SET ``jti``, is PENDING and due at once;
@@ -101,55 +105,15 @@ class NoticeRepository:
         recording time, which is the database's clock when the store uses it
         (replicas whose clocks disagree give the same deadline).
         ``route_tag`` (see :meth:`route_late`) is kept with the notice.
-        """
-        notice, created, _ = await self.record_and_lease(
-            worker_id="none",
-            limit=0,
-            carrier_id=carrier_id,
-            event_id=event_id,
-            msisdn=msisdn,
-            msisdn_hash=msisdn_hash,
-            event_type=event_type,
-            effective_at=effective_at,
-            quiet_period_ends_at=quiet_period_ends_at,
-            deadline=deadline,
-            providers=providers,
-            now=now,
-            min_action=min_action,
-            route_tag=route_tag,
-            audit=audit,
-        )
-        return notice, created
 
-    async def record_and_lease(
-        self,
-        *,
-        carrier_id: str,
-        event_id: str,
-        msisdn: str,
-        msisdn_hash: str,
-        event_type: StoredEventType | str,
-        effective_at: datetime,
-        quiet_period_ends_at: datetime | None,
-        deadline: datetime,
-        providers: Sequence[tuple[str, DeliveryMode | str]],
-        now: datetime | None = None,
-        min_action: timedelta | None = None,
-        route_tag: str | None = None,
-        audit: Callable[[Notice, bool], AuditDraft] | None = None,
-        worker_id: str,
-        limit: int,
-        lease_s: float = 60.0,
-    ) -> tuple[Notice, bool, list[Handoff]]:
-        """:meth:`record`, and in the same transaction the push providers' cursors that
-        the new notice alone made due, leased to ``worker_id`` for ``lease_s`` (at
-        most ``limit`` of them, as ``store.cursors.claim_due`` leases), each with
-        its copy of the notice.
-
-        The recording worker then pushes at once, without a claim and a read
-        of its own; a cursor it could not lease (busy, backing off, older
-        notices waiting) is claimed by ``claim_due`` as usual. A lease taken
-        here ends like any other: settled, or run out after a crash.
+        With ``limit`` > 0, the same transaction also leases to ``worker_id``
+        (for ``lease_s``, at most ``limit``, as ``store.cursors.claim_due``
+        leases) the push providers' cursors that the new notice alone made
+        due, and returns each with its copy: the recording worker pushes at
+        once, without a claim and a read of its own. A cursor it could not
+        lease (busy, backing off, older notices waiting) is claimed by
+        ``claim_due`` as usual; a lease taken here ends like any other:
+        settled, or run out after a crash.
         """
         now = resolve_now(now)
         lease = Lease.take(worker_id, limit=max(limit, 1), lease_s=lease_s, now=now)
