@@ -761,9 +761,15 @@ async def _supervise(
     if expiry is not None and task is not None:
         expiry.watch(end, task)
     try:
-        return await _slot_and_attempts(
-            upstream, invoke, warrant, end=end, judge=judge, progress=progress
-        )
+        if not await _take_slot(upstream, end, progress):
+            judge(None)
+            return _no_slot(upstream)
+        try:
+            return await _attempts(
+                upstream, invoke, warrant, end=end, judge=judge, progress=progress
+            )
+        finally:
+            upstream.slots.release()
     except asyncio.CancelledError:
         if expiry is None or task is None or not expiry.claim(task):
             if not judged:
@@ -778,30 +784,6 @@ async def _supervise(
     finally:
         if expiry is not None and task is not None:
             expiry.forget(end, task)
-
-
-async def _slot_and_attempts(
-    upstream: _Upstream,
-    invoke: Callable[[float, str], Awaitable[T]],
-    warrant: Callable[[], str],
-    *,
-    end: float,
-    judge: Callable[[bool | None], None],
-    progress: _Progress,
-) -> _Result[T]:
-    if not upstream.slots.locked():
-        # A free slot is taken at once: no timer to arm and cancel.
-        await upstream.slots.acquire()
-    else:
-        progress.waiting_for_slot = True
-        if not await _wait_for_slot(upstream, end):
-            judge(None)
-            return _no_slot(upstream)
-        progress.waiting_for_slot = False
-    try:
-        return await _attempts(upstream, invoke, warrant, end=end, judge=judge, progress=progress)
-    finally:
-        upstream.slots.release()
 
 
 def _no_slot(upstream: _Upstream) -> _Result[T]:
@@ -833,13 +815,19 @@ def _expired(
     return _Result(UpstreamOutcome.TIMED_OUT, "deadline exceeded", None, progress.attempts)
 
 
-async def _wait_for_slot(upstream: _Upstream, end: float) -> bool:
+async def _take_slot(upstream: _Upstream, end: float, progress: _Progress) -> bool:
     """Whether a slot of ``upstream`` was taken before ``end`` (``loop.time()``)."""
+    if not upstream.slots.locked():
+        # A free slot is taken at once: no timer to arm and cancel.
+        await upstream.slots.acquire()
+        return True
+    progress.waiting_for_slot = True
     try:
         async with asyncio.timeout_at(end):
             await upstream.slots.acquire()
     except TimeoutError:
         return False
+    progress.waiting_for_slot = False
     return True
 
 

@@ -275,7 +275,7 @@ class Adapter:
     @property
     def id(self) -> str:
         """The id the gateway knows this adapter by (the warrant audience)."""
-        raise NotImplementedError
+        return self._id
 
     def _implement(self, implementation: object) -> None:
         """Register the methods of ``implementation`` named like the roles; a

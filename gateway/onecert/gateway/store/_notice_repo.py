@@ -116,19 +116,42 @@ class NoticeRepository:
         settled, or run out after a crash.
         """
         now = resolve_now(now)
-        lease = Lease.take(worker_id, limit=max(limit, 1), lease_s=lease_s, now=now)
-        event, targets = _checked_event(
-            carrier_id=carrier_id,
-            event_id=event_id,
-            msisdn=msisdn,
-            msisdn_hash=msisdn_hash,
-            event_type=event_type,
-            effective_at=effective_at,
-            quiet_period_ends_at=quiet_period_ends_at,
-            deadline=deadline,
-            providers=providers,
-            route_tag=route_tag,
+        # The raw number is kept only to sign deliveries: an event without
+        # providers (a carrier's history) passes "" and is kept by its hash alone.
+        if not (is_e164(msisdn) or (msisdn == "" and not providers)):
+            raise ValueError("msisdn must be E.164 (or empty for an event without deliveries)")
+        event: dict[str, Any] = {
+            "carrier_id": check_text("carrier_id", carrier_id, 64),
+            "event_id": check_text("event_id", event_id, 128),
+            "msisdn": msisdn,
+            "msisdn_hash": check_text("msisdn_hash", msisdn_hash, 64),
+            "event_type": StoredEventType(event_type).value,
+            "effective_at": aware(effective_at, "effective_at"),
+            "quiet_period_ends_at": None
+            if quiet_period_ends_at is None
+            else aware(quiet_period_ends_at, "quiet_period_ends_at"),
+            "deadline": aware(deadline, "deadline"),
+            "route_tag": None if route_tag is None else check_text("route_tag", route_tag, 48),
+        }
+        targets = [(check_text("provider_id", p, 64), DeliveryMode(m)) for p, m in providers]
+        if len({p for p, _ in targets}) != len(targets):
+            raise ValueError("each provider may appear once")
+        lease = Lease.take(worker_id, limit=limit, lease_s=lease_s, now=now) if limit > 0 else None
+        return await self._write(
+            event, targets, now=now, min_action=min_action, lease=lease, audit=audit
         )
+
+    async def _write(
+        self,
+        event: dict[str, Any],
+        targets: Sequence[tuple[str, DeliveryMode]],
+        *,
+        now: datetime,
+        min_action: timedelta | None,
+        lease: Lease | None,
+        audit: Callable[[Notice, bool], AuditDraft] | None,
+    ) -> tuple[Notice, bool, list[Handoff]]:
+        """:meth:`record`'s transaction, for an ``event`` and ``targets`` already checked."""
         seq = None
         if self._db.dialect == "postgresql":
             # Taken in a transaction of its own: the counter's row lock is held
@@ -141,10 +164,10 @@ class NoticeRepository:
             now = await self._db.clock(conn, now)
             event["recorded_at"] = now
             if min_action is not None:
-                event["deadline"] = max(aware(deadline, "deadline"), now + min_action)
+                event["deadline"] = max(event["deadline"], now + min_action)
             notice, copies = await self._insert(conn, event, targets, now, seq)
             handed: list[Handoff] = []
-            if copies and limit > 0:
+            if copies and lease is not None:
                 handed = await _lease_copies(conn, lease.at(now), notice, copies)
             if audit is not None:
                 await self._audit.chain(conn, [audit(notice, copies is not None)], now)
@@ -311,43 +334,6 @@ class NoticeRepository:
 
 
 _TAGS_PER_QUERY = 500
-
-
-def _checked_event(
-    *,
-    carrier_id: str,
-    event_id: str,
-    msisdn: str,
-    msisdn_hash: str,
-    event_type: StoredEventType | str,
-    effective_at: datetime,
-    quiet_period_ends_at: datetime | None,
-    deadline: datetime,
-    providers: Sequence[tuple[str, DeliveryMode | str]],
-    route_tag: str | None,
-) -> tuple[dict[str, Any], list[tuple[str, DeliveryMode]]]:
-    """The event's row and its targets, checked (ValueError) before any transaction."""
-    # The raw number is kept only to sign deliveries: an event without
-    # providers (a carrier's history) passes "" and is kept by its hash alone.
-    if not (is_e164(msisdn) or (msisdn == "" and not providers)):
-        raise ValueError("msisdn must be E.164 (or empty for an event without deliveries)")
-    event: dict[str, Any] = {
-        "carrier_id": check_text("carrier_id", carrier_id, 64),
-        "event_id": check_text("event_id", event_id, 128),
-        "msisdn": msisdn,
-        "msisdn_hash": check_text("msisdn_hash", msisdn_hash, 64),
-        "event_type": StoredEventType(event_type).value,
-        "effective_at": aware(effective_at, "effective_at"),
-        "quiet_period_ends_at": None
-        if quiet_period_ends_at is None
-        else aware(quiet_period_ends_at, "quiet_period_ends_at"),
-        "deadline": aware(deadline, "deadline"),
-        "route_tag": None if route_tag is None else check_text("route_tag", route_tag, 48),
-    }
-    targets = [(check_text("provider_id", p, 64), DeliveryMode(m)) for p, m in providers]
-    if len({p for p, _ in targets}) != len(targets):
-        raise ValueError("each provider may appear once")
-    return event, targets
 
 
 async def _lease_copies(
