@@ -212,6 +212,16 @@ def load_jwks(path: str | Path) -> dict[str, VerificationKey]:
     return parse_jwks(data)
 
 
+def keys_or_jwks(keys: KeySet | str | Path) -> KeySet:
+    """``keys`` as given, or read from the JWKS file it names (the ``gateway_keys=``
+    a server and a notice poller both take).
+
+    Raises:
+        KeyConfigError: as :func:`load_jwks`.
+    """
+    return load_jwks(keys) if isinstance(keys, str | Path) else keys
+
+
 def load_hex_key(path: str | Path, *, what: str, size: int) -> bytes:
     """Read a secret key file: ``size`` random bytes written as hex.
 

@@ -18,12 +18,8 @@ from grpc_reflection.v1alpha import reflection
 
 from onecert.sdk._carrier import Carrier, CarrierCore, CarrierServicer
 from onecert.sdk._core import Adapter, CallError, log
-from onecert.sdk._idempotency import (
-    IdempotencyStore,
-    MemoryIdempotencyStore,
-    SQLiteIdempotencyStore,
-)
-from onecert.sdk._keys import KeyConfigError, KeySet, load_jwks
+from onecert.sdk._idempotency import IdempotencyStore, open_store
+from onecert.sdk._keys import KeyConfigError, KeySet, keys_or_jwks
 from onecert.sdk._lifecycle import AsyncResource
 from onecert.sdk._logging import configure_logging
 from onecert.sdk._provider import Provider, ProviderCore, ProviderServicer
@@ -206,9 +202,7 @@ class Server(AsyncResource):
             )
         self._gateway_identity = gateway_identity
         self._adapter = adapter
-        self._keys = (
-            load_jwks(gateway_keys) if isinstance(gateway_keys, str | Path) else gateway_keys
-        )
+        self._keys = keys_or_jwks(gateway_keys)
         if not self._keys:
             raise KeyConfigError("gateway_keys is empty: the server could verify no warrant")
         self._listen = listen_address(listen)
@@ -216,13 +210,7 @@ class Server(AsyncResource):
         self._tls = tls
         self._grace = grace
         self._max_concurrent_rpcs = max_concurrent_rpcs
-        self._store: IdempotencyStore
-        if idempotency is None:
-            self._store = MemoryIdempotencyStore()
-        elif isinstance(idempotency, str | Path):
-            self._store = SQLiteIdempotencyStore(idempotency)
-        else:
-            self._store = idempotency
+        self._store = open_store(idempotency)
         self._memory_store = idempotency is None
         self._server: grpc.aio.Server | None = None
         self._core: ProviderCore | None = None
