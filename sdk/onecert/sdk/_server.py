@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -59,6 +60,15 @@ def listen_address(listen: str | int) -> str:
     if not sep or not host or not port.isdigit():
         raise ServerConfigError(f"listen address must be 'host:port', got {listen!r}")
     return listen
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (for an address to
+    name before serving on it, or one where nobody answers)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 class _CallBoundary(grpc.aio.ServerInterceptor):
