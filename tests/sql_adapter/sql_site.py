@@ -1,4 +1,5 @@
-"""The test site's users table: its rows, its DDL per backend, a handle on it, the site open."""
+"""The test site's users table: its rows, its DDL per backend, a handle on it, the site open,
+the conformance kit run against it."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from onecert.adapters.sql import SiteConfig, SqlSite, parse_config
-from onecert.sdk.testing import FakeGateway, ProviderEnvironment
+from onecert.sdk.conformance import Report, check_provider
+from onecert.sdk.testing import FakeGateway, ProviderEnvironment, serve_in_process
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 
@@ -157,5 +159,24 @@ async def opened(config: SiteConfig, gateway: FakeGateway) -> AsyncIterator[Prov
     site = await SqlSite.open(config)
     try:
         yield ProviderEnvironment(site.provider, gateway=gateway)
+    finally:
+        await site.close()
+
+
+async def conformance_report(
+    config: SiteConfig, gateway: FakeGateway, *, unbind: tuple[str, str]
+) -> Report:
+    """The conformance kit's report on the site served over gRPC: NUMBER and OTHER_NUMBER
+    are known, ``unbind`` (number, account) may really be unbound."""
+    site = await SqlSite.open(config)
+    try:
+        async with serve_in_process(site.provider, gateway=gateway) as running:
+            return await check_provider(
+                target=running.address,
+                warrant_key=gateway.key,
+                provider_id=config.provider.id,
+                known_numbers=[NUMBER, OTHER_NUMBER],
+                unbind=unbind,
+            )
     finally:
         await site.close()
