@@ -3,8 +3,6 @@ passes against the example site, and the site answers the gateway's certificate 
 
 from __future__ import annotations
 
-import sqlite3
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -16,16 +14,13 @@ from onecert.gateway.testing import Federation
 from onecert.sdk._server import free_port
 from onecert.v1 import gateway_pb2
 from tests.enrollment.enrollment_support import join_forum, request_activation
-
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sql-site"
+from tests.sql_adapter.sql_site import example_site
 
 
 def _site_data(
     tmp_path: Path, federation: Federation, server: dict[str, object]
 ) -> dict[str, object]:
-    with sqlite3.connect(tmp_path / "site.db") as conn:
-        conn.executescript((EXAMPLE / "schema.sql").read_text())
-    data = tomllib.loads((EXAMPLE / "site.toml").read_text())
+    data = example_site(tmp_path)
     data["server"] = {
         "gateway_jwks": str(federation.keys.dev.gateway_jwks),
         "idempotency_db": str(tmp_path / "answers.db"),

@@ -1,8 +1,10 @@
 """The test site's users table: its rows, its DDL per backend, a handle on it, the site open,
-the conformance kit run against it."""
+the conformance kit run against it, and the committed example site."""
 
 from __future__ import annotations
 
+import sqlite3
+import tomllib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -19,11 +21,24 @@ from onecert.sdk.conformance import Report, check_provider
 from onecert.sdk.testing import FakeGateway, ProviderEnvironment, serve_in_process
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sql-site"
 
 
 def local(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
     """A naive Beijing time, as the test site stores its timestamps."""
     return datetime(year, month, day, hour, minute, tzinfo=SHANGHAI).replace(tzinfo=None)
+
+
+def example_site(tmp_path: Path) -> dict[str, Any]:
+    """The committed example site's configuration (examples/sql-site), its database a
+    SQLite file in ``tmp_path`` made from its schema.sql (once)."""
+    db = tmp_path / "site.db"
+    if not db.exists():
+        with sqlite3.connect(db) as conn:
+            conn.executescript((EXAMPLE / "schema.sql").read_text())
+    data = tomllib.loads((EXAMPLE / "site.toml").read_text())
+    data["database"]["url"] = f"sqlite:///{db}"
+    return data
 
 
 # The number most tests ask about, the formats it is stored in, and others.
