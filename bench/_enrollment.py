@@ -36,9 +36,15 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from bench._host import read_json, write_json
 from bench._load import percentile
-from bench._procs import Process, Processes, cpu_seconds, wait_json_file
+from bench._procs import (
+    Process,
+    Processes,
+    cpu_seconds,
+    read_json,
+    wait_json_file,
+    write_json,
+)
 from bench._registry import PROMISE_S
 from bench._report import Row, ScenarioResult
 from onecert.gateway import GatewayServer

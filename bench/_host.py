@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from bench._procs import write_json
 from onecert.adapters.demo import build_carrier, build_provider, make_provider_data
 from onecert.adapters.demo._data import UserRecord
 from onecert.sdk import BindingKind, Server, ServerTLS, configure_logging
@@ -86,22 +87,6 @@ def _servers(spec: dict[str, Any]) -> list[Server]:
         )
         servers.append(Server(adapter, **common))
     return servers
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` to ``path`` atomically: a reader sees all of it or nothing."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(data), encoding="utf-8")
-    os.replace(partial, path)
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    """The JSON another process wrote to ``path`` with :func:`write_json`, or None before it did."""
-    try:
-        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data
 
 
 async def orphaned(stop: asyncio.Event) -> None:

@@ -35,7 +35,8 @@ from typing import Any
 
 import grpc
 
-from bench._host import orphaned, read_json, write_json
+from bench._host import orphaned
+from bench._procs import read_json, write_json
 from onecert.gateway.enrollment.testing import serve_for_join
 from onecert.sdk import Server, configure_logging, join
 from onecert.sdk.client import (

@@ -158,16 +158,24 @@ def _stop_all(processes: Sequence[Process], timeout: float) -> None:
 
 
 def wait_json_file(process: Process, path: Path, timeout: float) -> dict[str, Any]:
-    """Wait until ``process`` writes JSON to ``path`` (atomically); return it."""
+    """Wait until ``process`` writes JSON to ``path`` (with :func:`write_json`); return it."""
+    return _wait(process, lambda: read_json(path), timeout)
 
-    def written() -> dict[str, Any] | None:
-        try:
-            data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        return data
 
-    return _wait(process, written, timeout)
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` to ``path`` atomically: a reader sees all of it or nothing."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(data), encoding="utf-8")
+    os.replace(partial, path)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON another process wrote to ``path`` with :func:`write_json`, or None before it did."""
+    try:
+        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data
 
 
 def wait_gateway_port(process: Process, timeout: float) -> int:

@@ -15,7 +15,6 @@ import json
 import math
 import os
 import random
-import socket
 import statistics
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -40,6 +39,7 @@ from onecert.sdk import (
 )
 from onecert.sdk._idn import compute_idn
 from onecert.sdk._keys import SigningKey
+from onecert.sdk._server import free_port
 from onecert.sdk.devkeys import DevKeys
 from stress.ledger import Ledger
 
@@ -88,14 +88,6 @@ def env_float(name: str, default: float) -> float:
 def seeded(seed: float) -> random.Random:
     """A pseudo-random generator of its own, so that a run can be replayed from its seed."""
     return random.Random(seed)  # noqa: S311 - chaos to replay, not cryptography
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from onecert.sdk._server import free_port
 from onecert.sdk.devkeys import init_dev_keys
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,14 +20,6 @@ README = (ROOT / "README.md").read_text()
 
 def _python_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", README, flags=re.DOTALL)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_serving(port: int, keys: Path, deadline: float) -> None:
@@ -68,7 +61,7 @@ def test_readme_adapter_passes_the_conformance_kit(tmp_path: Path) -> None:
     init_dev_keys(keys)
     adapter = tmp_path / "adapter.py"
     adapter.write_text(_python_blocks()[0])
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [
             sys.executable,

@@ -8,25 +8,8 @@ from datetime import timedelta
 import pytest
 
 from onecert.cli._lookup import plain_outcome, render_table, to_json
-from onecert.sdk.client import CallOutcome, CarrierStatus, Coverage, Result, Started, Summary
-
-NUMBER = "+8613800138000"
-
-
-def _result(provider: str, outcome: CallOutcome, detail: str) -> Result:
-    return Result(
-        query_id="q",
-        provider_id=provider,
-        provider_name=provider.title(),
-        category=None,
-        msisdn=NUMBER,
-        outcome=outcome,
-        detail=detail,
-        accounts=(),
-        previous_holder_count=0,
-        release_handles=(),
-        elapsed=timedelta(milliseconds=5),
-    )
+from onecert.sdk.client import CallOutcome, CarrierStatus, Coverage, Started, Summary
+from tests.client.client_support import provider_result
 
 
 @pytest.mark.parametrize(
@@ -54,9 +37,15 @@ def test_plain_outcome(outcome: str, detail: str, words: str) -> None:
 def test_list_speaks_plainly_and_json_keeps_the_detail() -> None:
     """The table shows no gRPC status or breaker state; --json still carries both."""
     results = [
-        _result("chirp", CallOutcome.SKIPPED, "breaker open"),
-        _result("down", CallOutcome.FAILED, "UNAVAILABLE: failed to connect to all addresses"),
-        _result("slow", CallOutcome.TIMED_OUT, "DEADLINE_EXCEEDED: deadline exceeded"),
+        provider_result("chirp", outcome=CallOutcome.SKIPPED, detail="breaker open"),
+        provider_result(
+            "down",
+            outcome=CallOutcome.FAILED,
+            detail="UNAVAILABLE: failed to connect to all addresses",
+        ),
+        provider_result(
+            "slow", outcome=CallOutcome.TIMED_OUT, detail="DEADLINE_EXCEEDED: deadline exceeded"
+        ),
     ]
     carriers = (CarrierStatus("carrier-b", CallOutcome.FAILED, "UNAVAILABLE: socket closed"),)
     started = Started(query_id="q", numbers=(), carriers=carriers, provider_calls=3)

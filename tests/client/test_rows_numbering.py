@@ -6,30 +6,15 @@ from datetime import timedelta
 
 from onecert.cli._lookup import render_table
 from onecert.cli._rows import number_rows
-from onecert.sdk.client import CallOutcome, Coverage, Result, Started, Summary
-
-
-def _result(provider: str, handles: tuple[str, ...]) -> Result:
-    return Result(
-        query_id="q",
-        provider_id=provider,
-        provider_name=provider.title(),
-        category=None,
-        msisdn="+8613800138000",
-        outcome=CallOutcome.ANSWERED,
-        detail="",
-        accounts=(),
-        previous_holder_count=len(handles),
-        release_handles=handles,
-        elapsed=timedelta(milliseconds=5),
-    )
+from onecert.sdk.client import Coverage, Started, Summary
+from tests.client.client_support import provider_result
 
 
 def test_rows_are_numbered_once_each() -> None:
     """Every handle gets its own row number, in printed order, with no number twice:
     a provider holding two previous holders' accounts gets two consecutive rows."""
-    two = _result("bazaar", ("h1", "h2"))
-    one = _result("chirp", ("h3",))
+    two = provider_result("bazaar", handles=("h1", "h2"))
+    one = provider_result("chirp", handles=("h3",))
     rows = number_rows([two, one])
     assert [(r.number, r.handle) for r in rows] == [(1, "h1"), (2, "h2"), (3, "h3")]
     started = Started(query_id="q", numbers=(), carriers=(), provider_calls=2)

@@ -9,6 +9,7 @@ from onecert.gateway._principals import Principal, Role
 from onecert.gateway.enrollment.testing import invite_and_join
 from onecert.gateway.store import RegistryEntry, RegistryStatus, Store
 from onecert.gateway.testing import Federation
+from onecert.sdk import JoinResult
 from onecert.v1 import gateway_pb2
 
 ID = "example-forum"
@@ -22,10 +23,10 @@ async def join_forum(
     address: str | None,
     *,
     category: str = "other",
-) -> None:
+) -> JoinResult:
     """The regulator invites ID; it joins naming ``address``, its credentials written to
     ``directory``."""
-    await invite_and_join(
+    return await invite_and_join(
         gateway,
         store,
         federation.keys.dev,

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 
 from onecert.gateway import GatewayServer
 from onecert.gateway.enrollment import LocalCA, check_csr
-from onecert.gateway.enrollment.testing import invite_and_join, serve_for_join
+from onecert.gateway.enrollment.testing import serve_for_join
 from onecert.gateway.store import RegistryStatus, Store
 from onecert.gateway.testing import ADMIN_CN, CURRENT, Federation, at
 from onecert.sdk import (
@@ -30,8 +30,7 @@ from onecert.sdk._csr import generate_key, key_pem, make_csr
 from onecert.sdk._tls import TLSConfigError
 from onecert.sdk.client import GatewayError, ProviderGatewayClient, ProviderStatus
 from onecert.v1 import gateway_pb2, gateway_pb2_grpc
-
-ID = "example-forum"
+from tests.enrollment.enrollment_support import ID, join_forum
 
 
 def _forum() -> Provider:
@@ -59,14 +58,8 @@ async def _joined(
     gateway: GatewayServer, federation: Federation, store: Store, directory: Path
 ) -> tuple[Server, ProviderCredentials]:
     server = await serve_for_join(_forum(), federation.keys.dev, directory)
-    joined = await invite_and_join(
-        gateway,
-        store,
-        federation.keys.dev,
-        provider_id=ID,
-        directory=directory,
-        address=server.address,
-        category="forum",
+    joined = await join_forum(
+        gateway, store, federation, directory, server.address, category="forum"
     )
     return server, joined.credentials
 

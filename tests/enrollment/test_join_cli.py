@@ -4,24 +4,15 @@ gateway, over the join listener and then mutual TLS with the certificate they wr
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import io
 import json
 import stat
 from datetime import timedelta
 from pathlib import Path
 
-from onecert.cli import main
 from onecert.gateway import GatewayServer
 from onecert.gateway.store import RegistryStatus, Store
 from onecert.gateway.testing import Federation
-
-
-def _cli(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = main(list(argv))
-    return status, out.getvalue(), err.getvalue()
+from tests.client.client_support import run_cli
 
 
 async def test_join_activate_status_for_a_polling_site(
@@ -35,18 +26,18 @@ async def test_join_activate_status_for_a_polling_site(
     assert gateway.enrollment is not None
     creds = tmp_path / "creds"
     status, out, err = await asyncio.to_thread(
-        _cli, "provider", "join", "--gateway", f"127.0.0.1:{gateway.enrollment.port}",
+        run_cli, "provider", "join", "--gateway", f"127.0.0.1:{gateway.enrollment.port}",
         "--ca", str(federation.keys.dev.ca_cert), "--id", "small-site",
         "--token", invitation.token, "--poll", "--dir", str(creds),
     )  # fmt: skip
     assert status == 0, err
     assert "joined as 'small-site': pending" in out
     assert stat.S_IMODE((creds / "provider.key.pem").stat().st_mode) == 0o600
-    status, out, err = await asyncio.to_thread(_cli, "provider", "activate", "--dir", str(creds))
+    status, out, err = await asyncio.to_thread(run_cli, "provider", "activate", "--dir", str(creds))
     assert status == 0, err
     assert out.startswith("status       active")
     status, out, err = await asyncio.to_thread(
-        _cli, "provider", "status", "--dir", str(creds), "--json"
+        run_cli, "provider", "status", "--dir", str(creds), "--json"
     )
     assert status == 0, err
     shown = json.loads(out)
@@ -64,7 +55,7 @@ async def test_a_refused_join_is_one_line(
     """A made-up token: exit status 2 and the gateway's reason, no traceback, no files."""
     assert gateway.enrollment is not None
     status, _, err = await asyncio.to_thread(
-        _cli, "provider", "join", "--gateway", f"127.0.0.1:{gateway.enrollment.port}",
+        run_cli, "provider", "join", "--gateway", f"127.0.0.1:{gateway.enrollment.port}",
         "--ca", str(federation.keys.dev.ca_cert), "--id", "small-site",
         "--token", "onecert-enroll-made-up", "--address", "127.0.0.1:50999",
         "--dir", str(tmp_path / "creds"),
@@ -78,6 +69,6 @@ async def test_a_refused_join_is_one_line(
 
 def test_status_before_joining_says_so(tmp_path: Path) -> None:
     """`status` on a directory the join never wrote names the problem."""
-    status, _, err = _cli("provider", "status", "--dir", str(tmp_path))
+    status, _, err = run_cli("provider", "status", "--dir", str(tmp_path))
     assert status == 2
     assert "run join first" in err

@@ -3,9 +3,6 @@ passes against the example site, and the site answers the gateway's certificate 
 
 from __future__ import annotations
 
-import socket
-import sqlite3
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -14,27 +11,16 @@ from onecert.adapters.sql import ConfigError, SqlSite, build_server, parse_confi
 from onecert.gateway import GatewayServer
 from onecert.gateway.store import Store
 from onecert.gateway.testing import Federation
+from onecert.sdk._server import free_port
 from onecert.v1 import gateway_pb2
 from tests.enrollment.enrollment_support import join_forum, request_activation
-
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sql-site"
-
-
-def _free_port() -> int:
-    # The site names its address when it joins, before it serves (a real site
-    # knows its own): ask the OS for a free port.
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from tests.sql_adapter.sql_site import example_site
 
 
 def _site_data(
     tmp_path: Path, federation: Federation, server: dict[str, object]
 ) -> dict[str, object]:
-    with sqlite3.connect(tmp_path / "site.db") as conn:
-        conn.executescript((EXAMPLE / "schema.sql").read_text())
-    data = tomllib.loads((EXAMPLE / "site.toml").read_text())
+    data = example_site(tmp_path)
     data["server"] = {
         "gateway_jwks": str(federation.keys.dev.gateway_jwks),
         "idempotency_db": str(tmp_path / "answers.db"),
@@ -48,7 +34,9 @@ async def test_a_joined_sql_site_passes_the_gate(
 ) -> None:
     """Join with the CLI's credentials directory, serve the example site from it, run
     the gate: ACTIVE."""
-    address = f"127.0.0.1:{_free_port()}"
+    # The site names its address when it joins, before it serves (a real site
+    # knows its own): ask the OS for a free port.
+    address = f"127.0.0.1:{free_port()}"
     await join_forum(gateway, store, federation, tmp_path / "creds", address, category="forum")
     data = _site_data(tmp_path, federation, {"listen": address, "credentials": "creds"})
     site = await SqlSite.open(parse_config(data, base_dir=tmp_path))

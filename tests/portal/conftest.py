@@ -39,6 +39,7 @@ from bench._portal import CHROMIUM_ARGS
 from onecert.adapters.demo import GATEWAY_ID, IDENTITY_ISSUER, PROVIDERS, STORY, DemoFederation
 from onecert.sdk._idn import compute_idn
 from onecert.sdk._keys import SigningKey
+from onecert.sdk._server import free_port
 from onecert.sdk.devkeys import DevKeys
 
 CHROMIUM = os.environ.get("ONECERT_CHROMIUM", "/usr/bin/chromium")
@@ -410,13 +411,6 @@ ca_file = "{keys.ca_cert}"
         encoding="utf-8",
     )
     return config
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")

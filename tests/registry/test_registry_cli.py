@@ -3,28 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import io
 import json
 from typing import Any
 
 import pytest
 
-from onecert.cli import CommandError, main
+from onecert.cli import CommandError
 from onecert.cli._provider import parse_ttl
 from onecert.gateway.store import RegistryStatus, token_digest
+from tests.client.client_support import run_cli
 from tests.registry.registry_support import RegistryWorld
 
 
-def _cli(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = main(list(argv))
-    return status, out.getvalue(), err.getvalue()
-
-
 async def _json(*argv: str) -> Any:
-    status, out, err = await asyncio.to_thread(_cli, *argv, "--json")
+    status, out, err = await asyncio.to_thread(run_cli, *argv, "--json")
     assert status == 0, err
     return json.loads(out)
 
@@ -35,7 +27,7 @@ async def test_invite_list_show_suspend_resume_remove(dev_world: RegistryWorld) 
     gateway = await dev_world.start("pay")
     target = ["--gateway", f"127.0.0.1:{gateway.port}", "--insecure"]
     status, text, _ = await asyncio.to_thread(
-        _cli, "provider", "invite", *target, "--id", "shop", "--name", "Small Shop",
+        run_cli, "provider", "invite", *target, "--id", "shop", "--name", "Small Shop",
         "--category", "ecommerce", "--ttl", "2h",
     )  # fmt: skip
     assert status == 0
@@ -53,7 +45,7 @@ async def test_invite_list_show_suspend_resume_remove(dev_world: RegistryWorld) 
         ("pay", "active"),
         ("shop", "invited"),
     ]
-    status, table, _ = await asyncio.to_thread(_cli, "provider", "list", *target)
+    status, table, _ = await asyncio.to_thread(run_cli, "provider", "list", *target)
     assert table.splitlines()[0].split()[:4] == ["id", "name", "category", "status"]
     suspended = await _json("provider", "suspend", "pay", "--reason", "late notices", *target)
     assert suspended["status"] == "suspended"
@@ -63,7 +55,7 @@ async def test_invite_list_show_suspend_resume_remove(dev_world: RegistryWorld) 
     assert removed["status"] == "removed"
     shown = await _json("provider", "show", "pay", *target)
     assert [c["action"] for c in shown["history"]] == ["seed", "suspend", "resume"]
-    status, page, _ = await asyncio.to_thread(_cli, "provider", "show", "pay", *target)
+    status, page, _ = await asyncio.to_thread(run_cli, "provider", "show", "pay", *target)
     assert "suspend active -> suspended by admin:dev (late notices)" in page
 
 
@@ -76,13 +68,13 @@ async def test_refusals_are_one_clear_line(dev_world: RegistryWorld) -> None:
         (("provider", "resume", "pay"), "FAILED_PRECONDITION"),
         (("provider", "invite", "--id", "pay", "--category", "payment"), "ALREADY_EXISTS"),
     ):
-        status, _, err = await asyncio.to_thread(_cli, *argv, *target)
+        status, _, err = await asyncio.to_thread(run_cli, *argv, *target)
         assert status == 2, argv
         assert words in err, err
         assert "Traceback" not in err
     version = await dev_world.store.registry.version()
     status, _, err = await asyncio.to_thread(
-        _cli, "provider", "invite", "--id", "x", "--category", "forum", "--ttl", "soon", *target
+        run_cli, "provider", "invite", "--id", "x", "--category", "forum", "--ttl", "soon", *target
     )
     assert status == 2
     assert "--ttl" in err

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from onecert.gateway import GatewayServer
 from onecert.gateway.testing import CURRENT, FORMER, Federation
 from onecert.v1 import gateway_pb2
 from tests.routing.routing_support import ROUTED_OUT, outcome
+from tests.sql_adapter.sql_site import example_site
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "sql-site"
@@ -25,12 +25,7 @@ NUMBERS = "SELECT phone FROM users WHERE phone IS NOT NULL"
 
 def _site_config(tmp_path: Path, **routing: object) -> dict[str, Any]:
     """The example site's configuration on a copy of its database, with a numbers query."""
-    db = tmp_path / "site.db"
-    if not db.exists():
-        with sqlite3.connect(db) as conn:
-            conn.executescript((EXAMPLE / "schema.sql").read_text())
-    data = tomllib.loads((EXAMPLE / "site.toml").read_text())
-    data["database"]["url"] = f"sqlite:///{db}"
+    data = example_site(tmp_path)
     data["queries"]["numbers"] = NUMBERS
     data["server"] = {
         "listen": "127.0.0.1:0",

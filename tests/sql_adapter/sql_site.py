@@ -1,7 +1,10 @@
-"""The test site's users table: its rows, its DDL per backend, a handle on it, the site open."""
+"""The test site's users table: its rows, its DDL per backend, a handle on it, the site open,
+the conformance kit run against it, and the committed example site."""
 
 from __future__ import annotations
 
+import sqlite3
+import tomllib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -14,14 +17,28 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from onecert.adapters.sql import SiteConfig, SqlSite, parse_config
-from onecert.sdk.testing import FakeGateway, ProviderEnvironment
+from onecert.sdk.conformance import Report, check_provider
+from onecert.sdk.testing import FakeGateway, ProviderEnvironment, serve_in_process
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sql-site"
 
 
 def local(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
     """A naive Beijing time, as the test site stores its timestamps."""
     return datetime(year, month, day, hour, minute, tzinfo=SHANGHAI).replace(tzinfo=None)
+
+
+def example_site(tmp_path: Path) -> dict[str, Any]:
+    """The committed example site's configuration (examples/sql-site), its database a
+    SQLite file in ``tmp_path`` made from its schema.sql (once)."""
+    db = tmp_path / "site.db"
+    if not db.exists():
+        with sqlite3.connect(db) as conn:
+            conn.executescript((EXAMPLE / "schema.sql").read_text())
+    data = tomllib.loads((EXAMPLE / "site.toml").read_text())
+    data["database"]["url"] = f"sqlite:///{db}"
+    return data
 
 
 # The number most tests ask about, the formats it is stored in, and others.
@@ -157,5 +174,24 @@ async def opened(config: SiteConfig, gateway: FakeGateway) -> AsyncIterator[Prov
     site = await SqlSite.open(config)
     try:
         yield ProviderEnvironment(site.provider, gateway=gateway)
+    finally:
+        await site.close()
+
+
+async def conformance_report(
+    config: SiteConfig, gateway: FakeGateway, *, unbind: tuple[str, str]
+) -> Report:
+    """The conformance kit's report on the site served over gRPC: NUMBER and OTHER_NUMBER
+    are known, ``unbind`` (number, account) may really be unbound."""
+    site = await SqlSite.open(config)
+    try:
+        async with serve_in_process(site.provider, gateway=gateway) as running:
+            return await check_provider(
+                target=running.address,
+                warrant_key=gateway.key,
+                provider_id=config.provider.id,
+                known_numbers=[NUMBER, OTHER_NUMBER],
+                unbind=unbind,
+            )
     finally:
         await site.close()

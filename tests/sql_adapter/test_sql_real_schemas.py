@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 import tomllib
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,15 +25,13 @@ from structlog.testing import capture_logs
 
 from onecert.adapters.sql import MappingError, SqlSite, check_report, parse_config
 from onecert.sdk import UnbindOutcome
-from onecert.sdk.conformance import check_provider
-from onecert.sdk.testing import CallError, FakeGateway, ProviderEnvironment, serve_in_process
+from onecert.sdk.testing import CallError, FakeGateway, ProviderEnvironment
+from tests.sql_adapter.sql_site import NUMBER, OTHER_NUMBER, UNBIND_NUMBER, conformance_report
+from tests.sql_adapter.sql_site import opened as opened_site
 
 pytestmark = pytest.mark.mysql
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-NUMBER = "+8613800138000"
-OTHER_NUMBER = "+8613900139000"
-UNBIND_NUMBER = "+8613700137000"
 # The account the conformance kit may unbind in each example.
 UNBIND_ACCOUNT = {"discuz": "5", "woocommerce": "5", "ecshop": "4"}
 
@@ -92,15 +90,11 @@ async def loaded(mysql_url: str, name: str) -> AsyncIterator[Example]:
         await admin.dispose()
 
 
-@asynccontextmanager
-async def opened(
+def opened(
     data: dict[str, Any], gateway: FakeGateway, tmp_path: Path
-) -> AsyncIterator[ProviderEnvironment]:
-    site = await SqlSite.open(parse_config(data, base_dir=tmp_path))
-    try:
-        yield ProviderEnvironment(site.provider, gateway=gateway)
-    finally:
-        await site.close()
+) -> AbstractAsyncContextManager[ProviderEnvironment]:
+    """The example opened from its site.toml ``data``, as :func:`sql_site.opened` opens it."""
+    return opened_site(parse_config(data, base_dir=tmp_path), gateway)
 
 
 @pytest.mark.parametrize("name", ["discuz", "woocommerce", "ecshop"])
@@ -112,18 +106,11 @@ async def test_example_site_passes_the_conformance_kit(
     async with loaded(mysql_url, name) as example:
         data = example.data()
         gateway = FakeGateway(audience=data["provider"]["id"])
-        site = await SqlSite.open(parse_config(data, base_dir=tmp_path))
-        try:
-            async with serve_in_process(site.provider, gateway=gateway) as running:
-                report = await check_provider(
-                    target=running.address,
-                    warrant_key=gateway.key,
-                    provider_id=data["provider"]["id"],
-                    known_numbers=[NUMBER, OTHER_NUMBER],
-                    unbind=(UNBIND_NUMBER, UNBIND_ACCOUNT[name]),
-                )
-        finally:
-            await site.close()
+        report = await conformance_report(
+            parse_config(data, base_dir=tmp_path),
+            gateway,
+            unbind=(UNBIND_NUMBER, UNBIND_ACCOUNT[name]),
+        )
     assert report.ok, report.to_table()
     assert all(r.passed for r in report.results), report.to_table()
 

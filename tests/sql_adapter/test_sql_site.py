@@ -22,14 +22,14 @@ from onecert.adapters.sql import (
     parse_config,
 )
 from onecert.sdk import BindingKind, CallInfo, UnbindOutcome, UnbindReason, UnbindRequest
-from onecert.sdk.conformance import check_provider
-from onecert.sdk.testing import CallError, FakeGateway, ProviderEnvironment, serve_in_process
+from onecert.sdk.testing import CallError, FakeGateway, ProviderEnvironment
 from tests.sql_adapter.sql_site import (
     NUMBER,
     OTHER_NUMBER,
     UNBIND_ACCOUNT,
     UNBIND_NUMBER,
     SiteDB,
+    conformance_report,
     opened,
 )
 
@@ -218,18 +218,9 @@ async def test_sql_injection_through_msisdn_never_reaches_sql(
 
 async def test_conformance_kit_passes(site_db: SiteDB, gateway: FakeGateway) -> None:
     """Served over gRPC, the site passes every check of the conformance kit, unbind included."""
-    site = await SqlSite.open(site_db.config())
-    try:
-        async with serve_in_process(site.provider, gateway=gateway) as running:
-            report = await check_provider(
-                target=running.address,
-                warrant_key=gateway.key,
-                provider_id="test-site",
-                known_numbers=[NUMBER, OTHER_NUMBER],
-                unbind=(UNBIND_NUMBER, UNBIND_ACCOUNT),
-            )
-    finally:
-        await site.close()
+    report = await conformance_report(
+        site_db.config(), gateway, unbind=(UNBIND_NUMBER, UNBIND_ACCOUNT)
+    )
     assert report.ok, report.to_table()
     assert all(r.passed for r in report.results), report.to_table()
     assert await site_db.phone_of(UNBIND_ACCOUNT) is None

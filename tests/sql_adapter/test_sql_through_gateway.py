@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import sqlite3
-import tomllib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -29,6 +28,7 @@ from onecert.gateway._identity import AssertionIssuer
 from onecert.sdk import Carrier, Server, Tenure, TenureState
 from onecert.sdk._keys import SigningKey
 from onecert.sdk.client import Attribution, GatewayClient, Result, TicketState
+from tests.sql_adapter.sql_site import example_site
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "sql-site"
@@ -112,11 +112,7 @@ async def test_sql_site_in_a_lookup_and_unbound_through_the_gateway(tmp_path: Pa
     """The example site (config and schema as committed) answers a real gateway's lookup
     (zhangsan as the citizen's own account, lisi as a previous holder's, counted only);
     unbinding zhangsan through the gateway sets that row's phone to NULL, the row stays."""
-    db = tmp_path / "site.db"
-    with sqlite3.connect(db) as conn:
-        conn.executescript((EXAMPLE / "schema.sql").read_text())
-    data = tomllib.loads((EXAMPLE / "site.toml").read_text())
-    data["database"]["url"] = f"sqlite:///{db}"
+    data = example_site(tmp_path)
     held = datetime(2020, 1, 1, tzinfo=UTC)
     tenures = [Tenure(NUMBER, held, state=TenureState.ACTIVE)]
     async with federation(tmp_path, data, EXAMPLE, tenures) as (client, assertion):
@@ -133,7 +129,7 @@ async def test_sql_site_in_a_lookup_and_unbound_through_the_gateway(tmp_path: Pa
                 break
             await asyncio.sleep(0.05)
         assert receipt.state is TicketState.DONE
-    with sqlite3.connect(db) as conn:
+    with sqlite3.connect(tmp_path / "site.db") as conn:
         rows = dict(conn.execute("SELECT nickname, phone FROM users WHERE id IN (1, 2)").fetchall())
     assert rows == {"zhangsan": None, "lisi": "138-0013-8000"}
 

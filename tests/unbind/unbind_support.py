@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
-import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -50,6 +49,7 @@ from onecert.sdk import (
     UnbindResult,
 )
 from onecert.sdk._keys import SigningKey, parse_jwks
+from onecert.sdk._server import free_port
 from onecert.v1 import gateway_pb2, gateway_pb2_grpc
 
 FAST = FAST_DELIVERY
@@ -133,13 +133,6 @@ class ProviderSite:
     port: int
     server: Server | None = None
     trust: SigningKey | None = None
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class UnbindWorld(StoryNames):

@@ -245,6 +245,8 @@ def _step(federation: DemoFederation, out: _Out, step: str, took: float) -> None
         out(f"  dev keys and certificates in {federation.keys.directory}  ({took:.2f} s)")
         return
     if step == "adapters":
+        from onecert.cli._lookup import columns  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+
         by_name = {p.name: p for p in federation.processes}
         rows = [["carrier", c.name, by_name[c.id].address, ""] for c in federation.carriers]
         rows += [
@@ -256,7 +258,7 @@ def _step(federation: DemoFederation, out: _Out, step: str, took: float) -> None
             ]
             for p in federation.providers
         ]
-        for line in _columns(rows, indent="    "):
+        for line in columns(rows, indent="    "):
             out(line)
         out(f"  {len(rows) - sum(p.down for p in federation.providers)} adapters ready  "
             f"({took:.2f} s)")  # fmt: skip
@@ -270,14 +272,6 @@ def _step(federation: DemoFederation, out: _Out, step: str, took: float) -> None
             f"  the carriers reported {federation.history_reported} past events of their "
             "numbers as history (for CheckRecycled; no notices)"
         )
-
-
-def _columns(rows: Sequence[Sequence[str]], indent: str = "  ") -> list[str]:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return [
-        indent + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    ]
 
 
 # ------------------------------------------------------------------ the story

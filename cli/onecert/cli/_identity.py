@@ -58,19 +58,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     mint.add_argument("--out", type=Path, help="write the assertion to this file (mode 0600)")
 
 
-def _read_hex_key(path: Path) -> bytes:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise CommandError(f"cannot read {path}: {exc.strerror or exc}") from None
-    try:
-        return bytes.fromhex(data.decode("ascii").strip())
-    except ValueError:
-        raise CommandError(f"{path} does not hold a hex key") from None
-
-
 def _idn(args: argparse.Namespace) -> str:
     from onecert.sdk._idn import compute_idn, is_idn  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
+    from onecert.sdk._keys import KeyConfigError, load_hex_key  # noqa: PLC0415 - lazy CLI import keeps `onecert --help` light
 
     if args.idn is not None:
         idn = str(args.idn).strip().lower()
@@ -83,9 +73,10 @@ def _idn(args: argparse.Namespace) -> str:
     if not document.strip():
         raise CommandError("the document number is empty")
     try:
-        return compute_idn(_read_hex_key(args.idn_key), document)
-    except ValueError as exc:
-        raise CommandError(f"{args.idn_key}: {exc}") from None
+        key = load_hex_key(args.idn_key, what="idn key")
+    except KeyConfigError as exc:
+        raise CommandError(str(exc)) from None
+    return compute_idn(key, document)
 
 
 def _write_private(path: Path, text: str) -> None:

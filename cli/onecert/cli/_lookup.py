@@ -135,7 +135,8 @@ def _day(when: datetime | None) -> str:
     return when.date().isoformat() if when is not None else "?"
 
 
-def _table(rows: Sequence[Sequence[str]], indent: str = "  ") -> list[str]:
+def columns(rows: Sequence[Sequence[str]], indent: str = "  ") -> list[str]:
+    """``rows`` as lines of left-aligned columns two blanks apart (none for no rows)."""
     if not rows:
         return []
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -189,7 +190,7 @@ def _numbers_section(started: Started) -> list[str]:
             state = f" ({n.state.value})" if n.state else ""
             held = f"former, held {_day(n.held_from)} to {_day(n.held_until)}{state}"
         rows.append([n.msisdn, n.carrier_id, held])
-    return lines + (_table(rows) or ["  (none found)"])
+    return lines + (columns(rows) or ["  (none found)"])
 
 
 def _accounts_section(results: Sequence[Result], numbered: Sequence[Row]) -> list[str]:
@@ -212,7 +213,7 @@ def _accounts_section(results: Sequence[Result], numbered: Sequence[Row]) -> lis
         ]
         for result, account in accounts
     ]
-    return ["", "Your accounts", *(_table(rows) or ["  (none)"])]
+    return ["", "Your accounts", *(columns(rows) or ["  (none)"])]
 
 
 def _previous_section(results: Sequence[Result], numbered: Sequence[Row]) -> list[str]:
@@ -233,7 +234,7 @@ def _previous_section(results: Sequence[Result], numbered: Sequence[Row]) -> lis
         ]
         for r in previous
     ]
-    return ["", "Previous holders' accounts on your current numbers (count only)", *_table(rows)]
+    return ["", "Previous holders' accounts on your current numbers (count only)", *columns(rows)]
 
 
 def _coverage_section(results: Sequence[Result], summary: Summary) -> list[str]:
@@ -259,7 +260,7 @@ def _coverage_section(results: Sequence[Result], summary: Summary) -> list[str]:
     ]
     if problems:
         lines += ["", "Not answered (accounts there may be missing from this list)"]
-    return lines + _table(problems)
+    return lines + columns(problems)
 
 
 def render_table(

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 from onecert.sdk._dburl import database_url
+from onecert.sdk._msisdn import in_number_ranges, parse_number_range
 from onecert.sdk._tls import TLSFiles
 from onecert.sdk._tomlconfig import ConfigError, load_toml, setting
 from onecert.sdk._tomlconfig import Table as _Table
@@ -223,33 +224,10 @@ class CarrierConfig(Named):
 
     def serves(self, msisdn: str) -> bool:
         """Whether ``msisdn`` (E.164) falls in one of :attr:`prefixes`."""
-        for text in self.prefixes:
-            low, high = parse_number_range(text)
-            head = msisdn[: len(low)]
-            if len(head) == len(low) and low <= head <= high:
-                return True
-        return False
+        return in_number_ranges(msisdn, self.prefixes)
 
 
-_PREFIX = re.compile(r"\+[0-9]{1,15}")
 DELIVERY_MODES = ("push", "poll")
-
-
-def parse_number_range(text: str) -> tuple[str, str]:
-    """``"+86138"`` -> ``("+86138", "+86138")``; ``"+861380-+861384"`` -> both ends.
-
-    Raises ValueError unless both ends are ``+`` and 1 to 15 digits, of
-    equal length, low end first.
-    """
-    low, sep, high = text.strip().partition("-")
-    if not sep:
-        high = low
-    low, high = low.strip(), high.strip()
-    if not (_PREFIX.fullmatch(low) and _PREFIX.fullmatch(high)):
-        raise ValueError("a prefix is '+' and 1 to 15 digits; a range is 'PREFIX-PREFIX'")
-    if len(low) != len(high) or low > high:
-        raise ValueError("a range's ends must have the same length, the lower end first")
-    return low, high
 
 
 @dataclass(frozen=True)

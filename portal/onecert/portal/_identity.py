@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import httpx2
 
 from onecert.sdk._idn import compute_idn
-from onecert.sdk._keys import SigningKey
+from onecert.sdk._keys import SigningKey, load_hex_key
 
 __all__ = [
     "ASSERTION_TYP",
@@ -96,7 +96,7 @@ class DevAssertions:
         documents: dict[str, str],
     ) -> None:
         self._key = SigningKey.load(key)
-        secret = bytes.fromhex(idn_key.read_text(encoding="ascii").strip())
+        secret = load_hex_key(idn_key, what="idn key")
         self._idns = {sub: compute_idn(secret, doc) for sub, doc in documents.items()}
         self._issuer = issuer
         self._audience = audience

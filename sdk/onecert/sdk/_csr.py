@@ -32,6 +32,7 @@ __all__ = [
     "key_usage",
     "make_csr",
     "provider_dns_name",
+    "provider_names",
     "provider_uri",
     "write_private",
 ]
@@ -48,6 +49,15 @@ def provider_uri(provider_id: str) -> str:
 def provider_dns_name(provider_id: str) -> str:
     """The DNS SAN the gateway expects of a provider's server: ``<id>.provider.onecert.invalid``."""
     return provider_id + _DNS_SUFFIX
+
+
+def provider_names(provider_id: str) -> list[x509.GeneralName]:
+    """The subject alternative names of a provider's certificate and CSR, and the only
+    ones the federation CA certifies: :func:`provider_uri` and :func:`provider_dns_name`."""
+    return [
+        x509.UniformResourceIdentifier(provider_uri(provider_id)),
+        x509.DNSName(provider_dns_name(provider_id)),
+    ]
 
 
 def generate_key() -> ec.EllipticCurvePrivateKey:
@@ -85,15 +95,7 @@ def make_csr(provider_id: str, key: ec.EllipticCurvePrivateKey) -> bytes:
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, provider_id)]))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.UniformResourceIdentifier(provider_uri(provider_id)),
-                    x509.DNSName(provider_dns_name(provider_id)),
-                ]
-            ),
-            critical=False,
-        )
+        .add_extension(x509.SubjectAlternativeName(provider_names(provider_id)), critical=False)
         .sign(key, hashes.SHA256())
     )
     return csr.public_bytes(serialization.Encoding.PEM)

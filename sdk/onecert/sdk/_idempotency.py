@@ -144,6 +144,16 @@ class SQLiteIdempotencyStore:
         await asyncio.to_thread(self._put_sync, key, value)
 
 
+def open_store(idempotency: IdempotencyStore | str | Path | None) -> IdempotencyStore:
+    """The store an ``idempotency=`` argument names: a store as given, a SQLite file
+    path, or None for memory (answers lost on restart)."""
+    if idempotency is None:
+        return MemoryIdempotencyStore()
+    if isinstance(idempotency, str | Path):
+        return SQLiteIdempotencyStore(idempotency)
+    return idempotency
+
+
 class KeyedLocks:
     """One asyncio lock per key, dropped when nobody holds or waits for it."""
 

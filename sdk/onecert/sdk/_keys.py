@@ -22,6 +22,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 ALGORITHMS = ("ES256", "EdDSA")
+# The shortest secret key file accepted when no exact size is asked for (the
+# idn key: compute_idn refuses a shorter one too).
+MIN_SECRET_BYTES = 16
 
 PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 PublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
@@ -212,13 +215,24 @@ def load_jwks(path: str | Path) -> dict[str, VerificationKey]:
     return parse_jwks(data)
 
 
-def load_hex_key(path: str | Path, *, what: str, size: int) -> bytes:
-    """Read a secret key file: ``size`` random bytes written as hex.
+def keys_or_jwks(keys: KeySet | str | Path) -> KeySet:
+    """``keys`` as given, or read from the JWKS file it names (the ``gateway_keys=``
+    a server and a notice poller both take).
+
+    Raises:
+        KeyConfigError: as :func:`load_jwks`.
+    """
+    return load_jwks(keys) if isinstance(keys, str | Path) else keys
+
+
+def load_hex_key(path: str | Path, *, what: str, size: int | None = None) -> bytes:
+    """Read a secret key file: random bytes written as hex.
 
     Args:
         path: the file.
         what: the key, for messages ("handle key").
-        size: how many bytes the key must hold.
+        size: how many bytes the key must hold; None: at least
+            :data:`MIN_SECRET_BYTES`.
 
     Raises:
         KeyConfigError: unreadable, not hex, or not ``size`` bytes. The message
@@ -232,6 +246,8 @@ def load_hex_key(path: str | Path, *, what: str, size: int) -> bytes:
         key = bytes.fromhex(data.decode("ascii").strip())
     except ValueError:  # UnicodeDecodeError included; neither message is repeated
         raise KeyConfigError(f"{what} {path} is not hex") from None
-    if len(key) != size:
+    if size is None and len(key) < MIN_SECRET_BYTES:
+        raise KeyConfigError(f"{what} {path} holds fewer than {MIN_SECRET_BYTES} bytes")
+    if size is not None and len(key) != size:
         raise KeyConfigError(f"{what} {path} must hold {size} bytes ({2 * size} hex)")
     return key

@@ -1,11 +1,14 @@
-"""Phone numbers (msisdns) in E.164: validation, hashing and masking."""
+"""Phone numbers (msisdns) in E.164: validation, hashing, masking, and the prefix
+ranges that say which carrier's a number is."""
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 
 _E164 = re.compile(r"\+[1-9][0-9]{7,14}")
+_PREFIX = re.compile(r"\+[0-9]{1,15}")
 
 # Phone numbers in free text (logs, errors, provider reasons). Ids, hashes and
 # column names hold long digit runs too ("conformance-9e240d585348d4",
@@ -82,3 +85,31 @@ def mask_numbers_in_text(text: str) -> str:
     not) are masked where they stand alone, not glued to a letter or digit.
     """
     return _NUMBER_IN_TEXT.sub(lambda m: mask_msisdn(m.group(0)), text)
+
+
+def parse_number_range(text: str) -> tuple[str, str]:
+    """``"+86138"`` -> ``("+86138", "+86138")``; ``"+861380-+861384"`` -> both ends.
+
+    Raises ValueError unless both ends are ``+`` and 1 to 15 digits, of
+    equal length, low end first.
+    """
+    low, sep, high = text.strip().partition("-")
+    if not sep:
+        high = low
+    low, high = low.strip(), high.strip()
+    if not (_PREFIX.fullmatch(low) and _PREFIX.fullmatch(high)):
+        raise ValueError("a prefix is '+' and 1 to 15 digits; a range is 'PREFIX-PREFIX'")
+    if len(low) != len(high) or low > high:
+        raise ValueError("a range's ends must have the same length, the lower end first")
+    return low, high
+
+
+def in_number_ranges(msisdn: str, ranges: Iterable[str]) -> bool:
+    """Whether ``msisdn`` (E.164) falls in one of ``ranges``: prefixes or ranges of
+    prefixes as :func:`parse_number_range` reads them (a carrier's numbers)."""
+    for text in ranges:
+        low, high = parse_number_range(text)
+        head = msisdn[: len(low)]
+        if len(head) == len(low) and low <= head <= high:
+            return True
+    return False

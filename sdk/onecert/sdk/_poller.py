@@ -28,12 +28,8 @@ from pathlib import Path
 import grpc
 
 from onecert.sdk._core import log
-from onecert.sdk._idempotency import (
-    IdempotencyStore,
-    MemoryIdempotencyStore,
-    SQLiteIdempotencyStore,
-)
-from onecert.sdk._keys import KeySet, load_jwks
+from onecert.sdk._idempotency import IdempotencyStore, open_store
+from onecert.sdk._keys import KeySet, keys_or_jwks
 from onecert.sdk._lifecycle import AsyncResource
 from onecert.sdk._provider import Provider, ProviderCore
 from onecert.sdk.client import EventError, GatewayError, ProviderGatewayClient
@@ -99,14 +95,12 @@ class NoticePoller(AsyncResource):
         wait: float = 10.0,
         retry_interval: float = 5.0,
     ) -> None:
-        keys = load_jwks(gateway_keys) if isinstance(gateway_keys, str | Path) else gateway_keys
-        if idempotency is None:
-            store: IdempotencyStore = MemoryIdempotencyStore()
-        elif isinstance(idempotency, str | Path):
-            store = SQLiteIdempotencyStore(idempotency)
-        else:
-            store = idempotency
-        self._core = ProviderCore(provider, keys=keys, issuer=gateway_issuer, store=store)
+        self._core = ProviderCore(
+            provider,
+            keys=keys_or_jwks(gateway_keys),
+            issuer=gateway_issuer,
+            store=open_store(idempotency),
+        )
         self._client = client
         self._max_events = max_events
         self._wait = wait

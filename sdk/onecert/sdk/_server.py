@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -18,12 +19,8 @@ from grpc_reflection.v1alpha import reflection
 
 from onecert.sdk._carrier import Carrier, CarrierCore, CarrierServicer
 from onecert.sdk._core import Adapter, CallError, log
-from onecert.sdk._idempotency import (
-    IdempotencyStore,
-    MemoryIdempotencyStore,
-    SQLiteIdempotencyStore,
-)
-from onecert.sdk._keys import KeyConfigError, KeySet, load_jwks
+from onecert.sdk._idempotency import IdempotencyStore, open_store
+from onecert.sdk._keys import KeyConfigError, KeySet, keys_or_jwks
 from onecert.sdk._lifecycle import AsyncResource
 from onecert.sdk._logging import configure_logging
 from onecert.sdk._provider import Provider, ProviderCore, ProviderServicer
@@ -63,6 +60,15 @@ def listen_address(listen: str | int) -> str:
     if not sep or not host or not port.isdigit():
         raise ServerConfigError(f"listen address must be 'host:port', got {listen!r}")
     return listen
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (for an address to
+    name before serving on it, or one where nobody answers)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 class _CallBoundary(grpc.aio.ServerInterceptor):
@@ -206,9 +212,7 @@ class Server(AsyncResource):
             )
         self._gateway_identity = gateway_identity
         self._adapter = adapter
-        self._keys = (
-            load_jwks(gateway_keys) if isinstance(gateway_keys, str | Path) else gateway_keys
-        )
+        self._keys = keys_or_jwks(gateway_keys)
         if not self._keys:
             raise KeyConfigError("gateway_keys is empty: the server could verify no warrant")
         self._listen = listen_address(listen)
@@ -216,13 +220,7 @@ class Server(AsyncResource):
         self._tls = tls
         self._grace = grace
         self._max_concurrent_rpcs = max_concurrent_rpcs
-        self._store: IdempotencyStore
-        if idempotency is None:
-            self._store = MemoryIdempotencyStore()
-        elif isinstance(idempotency, str | Path):
-            self._store = SQLiteIdempotencyStore(idempotency)
-        else:
-            self._store = idempotency
+        self._store = open_store(idempotency)
         self._memory_store = idempotency is None
         self._server: grpc.aio.Server | None = None
         self._core: ProviderCore | None = None

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from onecert.sdk._csr import key_pem, key_usage
-from onecert.sdk._keys import SigningKey
+from onecert.sdk._keys import SigningKey, load_hex_key
 
 __all__ = [
     "DEFAULT_CLIENTS",
@@ -189,15 +189,12 @@ class DevKeys:
 
 
 def read_hex_key(path: str | Path) -> bytes:
-    """Read a secret written as hex (``idn.key``, ``handle.key``)."""
-    text = Path(path).read_text().strip()
-    try:
-        key = bytes.fromhex(text)
-    except ValueError as exc:
-        raise ValueError(f"{path} does not hold a hex key") from exc
-    if len(key) < 16:
-        raise ValueError(f"{path} holds a key shorter than 16 bytes")
-    return key
+    """Read a secret written as hex (``idn.key``, ``handle.key``): at least 16 bytes.
+
+    Raises:
+        KeyConfigError: unreadable, not hex, or too short (a ``ValueError``).
+    """
+    return load_hex_key(path, what="key")
 
 
 def init_dev_keys(

@@ -28,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 
 from onecert.sdk import BindingKind, ProviderCategory, TenureState
+from onecert.sdk._msisdn import in_number_ranges
 
 DEFAULT_SEED = 20240917
 # The data's "today": fixed, so the data does not change with the clock.
@@ -58,13 +59,7 @@ class CarrierSpec:
 
     def serves(self, msisdn: str) -> bool:
         """Whether ``msisdn`` falls in one of :attr:`prefixes`."""
-        for block in self.prefixes:
-            low, _, high = block.partition("-")
-            high = high or low
-            head = msisdn[: len(low)]
-            if len(head) == len(low) and low <= head <= high:
-                return True
-        return False
+        return in_number_ranges(msisdn, self.prefixes)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -49,6 +48,7 @@ from onecert.adapters.demo._join import Joined, invite_and_wait, join_argv
 from onecert.adapters.demo._procs import end_processes
 from onecert.adapters.demo._serve import write_ready_file
 from onecert.sdk._parent import PARENT_PID_ENV
+from onecert.sdk._server import free_port
 from onecert.sdk._tls import ClientTLS
 from onecert.sdk.client import CarrierGatewayClient
 from onecert.sdk.devkeys import DEFAULT_CLIENTS, DevKeys, init_dev_keys
@@ -204,14 +204,6 @@ class _Timer:
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
-
-
-def _unused_port() -> int:
-    # For the provider that is configured but down: a port nobody listens on.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _toml(value: object) -> str:
@@ -630,7 +622,8 @@ class DemoFederation:
         addresses = {c.id: by_name[c.id].address for c in self.carriers}
         for provider in self.providers:
             if provider.down:
-                port = self._down_ports.setdefault(provider.id, _unused_port())
+                # Configured but down: a port nobody listens on.
+                port = self._down_ports.setdefault(provider.id, free_port())
                 addresses[provider.id] = f"127.0.0.1:{port}"
             else:
                 addresses[provider.id] = by_name[provider.id].address

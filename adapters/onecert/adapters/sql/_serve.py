@@ -77,13 +77,8 @@ async def check(config: SiteConfig) -> tuple[str, ...]:
     The database answers, the queries match the mapping, the gateway's keys
     and the TLS files load. Returns the columns ``list_bindings`` returns.
     """
-    site = await SqlSite.open(config, check=False)
-    try:
-        columns = await site.check()
-        build_server(site)
-        return columns
-    finally:
-        await site.close()
+    columns, _ = await _check(config)
+    return columns
 
 
 async def check_report(config: SiteConfig) -> str:
@@ -93,13 +88,7 @@ async def check_report(config: SiteConfig) -> str:
         ConfigError: as :func:`check` (a :class:`MappingError` names the key).
         DatabaseUnavailableError: the database cannot be reached.
     """
-    site = await SqlSite.open(config, check=False)
-    try:
-        columns = await site.check()
-        build_server(site)
-        frozen = site.non_transactional
-    finally:
-        await site.close()
+    columns, frozen = await _check(config)
     if frozen:
         unbind = (
             f"unbind explained, not run: {', '.join(frozen)} cannot roll back, so a failed "
@@ -112,6 +101,18 @@ async def check_report(config: SiteConfig) -> str:
         f"{', '.join(columns)}, the values unbind sets fit their columns, {unbind}, "
         "keys and TLS files load"
     )
+
+
+async def _check(config: SiteConfig) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
+    """Open the site, check it and build its server; the columns ``list_bindings``
+    returns and the tables unbind changes that cannot roll back."""
+    site = await SqlSite.open(config, check=False)
+    try:
+        columns = await site.check()
+        build_server(site)
+        return columns, site.non_transactional
+    finally:
+        await site.close()
 
 
 async def serve(config: SiteConfig, *, ready: Callable[[Server], None] | None = None) -> None:

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from onecert.sdk._csr import key_usage, provider_dns_name, provider_uri
+from onecert.sdk._csr import key_usage, provider_dns_name, provider_names, provider_uri
 
 __all__ = [
     "MAX_CSR_BYTES",
@@ -171,10 +171,7 @@ def _check_names(csr: x509.CertificateSigningRequest, provider_id: str) -> None:
         sans = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return
-    allowed = {
-        x509.UniformResourceIdentifier(provider_uri(provider_id)),
-        x509.DNSName(provider_dns_name(provider_id)),
-    }
+    allowed = set(provider_names(provider_id))
     others = [name for name in sans if name not in allowed]
     if others:
         shown = ", ".join(str(name.value) for name in others[:3])
@@ -283,15 +280,7 @@ class LocalCA:
                 ),
                 critical=False,
             )
-            .add_extension(
-                x509.SubjectAlternativeName(
-                    [
-                        x509.UniformResourceIdentifier(provider_uri(provider_id)),
-                        x509.DNSName(provider_dns_name(provider_id)),
-                    ]
-                ),
-                critical=False,
-            )
+            .add_extension(x509.SubjectAlternativeName(provider_names(provider_id)), critical=False)
             .add_extension(
                 x509.SubjectKeyIdentifier.from_public_key(public_key),
                 critical=False,

@@ -21,7 +21,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator
@@ -35,6 +34,7 @@ from sqlalchemy.pool import NullPool
 
 from onecert.gateway.store._engine import normalize_url
 from onecert.gateway.store._store import Store
+from onecert.sdk._server import free_port
 
 __all__ = ["Database", "PrivatePostgres"]
 
@@ -108,7 +108,7 @@ class PrivatePostgres:
                 "no PostgreSQL server (initdb, pg_ctl) under /usr/lib/postgresql"
             )
         self._bin = bindir
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.directory = Path(tempfile.mkdtemp(prefix="onecert-pg-"))
         self._data = self.directory / "data"
         self._initialised = False
@@ -206,9 +206,3 @@ class PrivatePostgres:
                 self.stop(crash=True)
         finally:
             shutil.rmtree(self.directory, ignore_errors=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
