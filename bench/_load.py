@@ -79,18 +79,21 @@ class GatewayLoad:
         last: float | None = None
         answered = asked = 0
         call = stub.Lookup(
-            # As the portal asks: routed-out providers in one message per number.
-            gateway_pb2.LookupRequest(group_routed_out=True),
+            # As the SDK's client (and so the portal) asks: routed-out providers
+            # in one message per number, the results ready together in one
+            # message (a gateway that predates batching sends one each).
+            gateway_pb2.LookupRequest(group_routed_out=True, batch_results=True),
             timeout=self._timeout,
             metadata=(("authorization", f"Bearer {assertion}"),),
         )
         async for response in call:
             kind = response.WhichOneof("update")
-            if kind == "result":
+            if kind in {"result", "results"}:
                 now = time.perf_counter() - started
                 if first is None:
                     first = now
-                if response.result.outcome == _ANSWERED:
+                batch = response.results.results if kind == "results" else (response.result,)
+                if any(r.outcome == _ANSWERED for r in batch):
                     last = now
             elif kind == "summary":
                 answered = response.summary.total.answered
