@@ -658,12 +658,13 @@ class ProviderResults(_message.Message):
     """Several provider results in one message: sent only when
     LookupRequest.batch_results is set, in place of one `result` message per
     result. It holds the results that were ready together (the calls that
-    had ended since the previous message was sent), at least one and at
-    most 64 of them, and, past its first result, at most 1,000 bindings and
-    release handles in all, so a message stays within a few times the size
-    of the largest single result and far below the 4 MiB message limit. Each
-    result is exactly the ProviderResult a caller without the flag would
-    receive, and counts in the summary as that one would.
+    had ended since the previous message was sent): at least one and at
+    most 64 results, holding at most 1,000 shown bindings and release handles
+    in all unless its one result holds more, so a message is never much
+    larger than the largest single result and stays far below the 4 MiB
+    message limit. More results ready at once go in several messages, in
+    order. Each result is exactly the ProviderResult a caller without the
+    flag would receive, and counts in the summary as that one would.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
