@@ -620,9 +620,10 @@ def _batches(
 def _results_message(
     query_id: str, batch: list[gateway_pb2.ProviderResult]
 ) -> gateway_pb2.LookupResponse:
-    return gateway_pb2.LookupResponse(
-        query_id=query_id, results=gateway_pb2.ProviderResults(results=batch)
-    )
+    message = gateway_pb2.LookupResponse(query_id=query_id)
+    # Copied in once: through a ProviderResults constructor they would be copied twice.
+    message.results.results.extend(batch)
+    return message
 
 
 class _LookupAudit:
