@@ -446,7 +446,8 @@ async def run_growth(ctx: Context) -> ScenarioResult:
         "by the SDK's build_filter with its default rate (by the provider's count; "
         "details give the formats and rates used per N) unless a rate is stated; the "
         "client asks for routed-out providers in one message per number "
-        "(group_routed_out), as the portal does",
+        "(group_routed_out) and for the results ready together in one message "
+        "(batch_results), as the SDK's client (and so the portal) does",
         "only providers the gateway may ask run (holders, false positives, and those of the "
         "asked-everyone runs); the others' address refuses connections, and each routed case "
         "checks that no call failed",

@@ -36,7 +36,8 @@ class Sample:
     """One lookup, timed from the client.
 
     ``first`` is when the first provider result arrived, ``last_answered``
-    when the last ANSWERED one did (seconds from the start).
+    when the last ANSWERED one did (seconds from the start); ``messages``
+    how many stream messages the lookup took (0 for the floor).
     """
 
     latency: float
@@ -44,6 +45,7 @@ class Sample:
     last_answered: float | None
     answered: int
     asked: int
+    messages: int = 0
 
 
 LookupFn = Callable[[], Awaitable[Sample]]
@@ -77,25 +79,29 @@ class GatewayLoad:
         started = time.perf_counter()
         first: float | None = None
         last: float | None = None
-        answered = asked = 0
+        answered = asked = messages = 0
         call = stub.Lookup(
-            # As the portal asks: routed-out providers in one message per number.
-            gateway_pb2.LookupRequest(group_routed_out=True),
+            # As the SDK's client (and so the portal) asks: routed-out providers
+            # in one message per number, the results ready together in one
+            # message (a gateway that predates batching sends one each).
+            gateway_pb2.LookupRequest(group_routed_out=True, batch_results=True),
             timeout=self._timeout,
             metadata=(("authorization", f"Bearer {assertion}"),),
         )
         async for response in call:
+            messages += 1
             kind = response.WhichOneof("update")
-            if kind == "result":
+            if kind in {"result", "results"}:
                 now = time.perf_counter() - started
                 if first is None:
                     first = now
-                if response.result.outcome == _ANSWERED:
+                batch = response.results.results if kind == "results" else (response.result,)
+                if any(r.outcome == _ANSWERED for r in batch):
                     last = now
             elif kind == "summary":
                 answered = response.summary.total.answered
                 asked = response.summary.total.asked
-        return Sample(time.perf_counter() - started, first, last, answered, asked)
+        return Sample(time.perf_counter() - started, first, last, answered, asked, messages)
 
 
 class FloorLoad:

@@ -243,6 +243,8 @@ async def overhead(ctx: Context) -> ScenarioResult:
         "the gateway's lookup also verifies the assertion, records its jti and an audit row, "
         "and calls one carrier first; the floor does none of these",
         "CPU per lookup: the gateway process alone vs the floor's client process",
+        "the gateway's client asks as the SDK's client does: routed-out providers in one "
+        "message per number, the results ready together in one message (batch_results)",
     ]
     ids = provider_ids("ov", max(sizes.overhead_n))
     with Processes(ctx.directory / "overhead") as procs:

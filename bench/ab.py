@@ -8,9 +8,10 @@ gateway's ``PYTHONPATH``. Lookups run through each build in turn, round after
 round (and through the floor with ``--floor``), so a shared machine's load
 falls on all of them alike. Printed per build: lookups/s, latency p50/p90/p99,
 lookups that ended past the provider deadline + 50 ms (with ``--hang``), CPU
-per lookup of the gateway, the client and the providers, and the gateway's
-own split of a lookup from its JSON log lines (identity; carriers and the
-replay write; the fan-out to the summary; the audit row and the stream's end).
+per lookup of the gateway, the client and the providers, stream messages per
+lookup, and the gateway's own split of a lookup from its JSON log lines
+(identity; carriers and the replay write; the fan-out to the summary; the
+audit row and the stream's end).
 """
 
 from __future__ import annotations
@@ -88,13 +89,15 @@ def _report(name: str, runs: Sequence[Run], deadline: float | None) -> str:
         value = percentile(lat, p)
         return "-" if value is None else f"{value * 1000:.1f}"
 
+    messages = sum(s.messages for r in runs for s in r.samples) / count
     late = (
         "" if deadline is None else f" past deadline+50ms {sum(x > deadline + 0.05 for x in lat)}"
     )
     cpus = " ".join(f"{k} {v:.2f}" for k, v in sorted(cpu.items()))
     return (
         f"{name}: {len(lat)} lookups, {len(lat) / wall:.2f}/s, ms p50 {q(50)} p90 {q(90)} "
-        f"p99 {q(99)}{late}; CPU ms per lookup: {cpus}"
+        f"p99 {q(99)}{late}; CPU ms per lookup: {cpus}; stream messages per lookup "
+        f"{messages:.1f}"
     )
 
 

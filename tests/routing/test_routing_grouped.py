@@ -152,3 +152,45 @@ async def test_the_sdk_client_and_the_portal_show_the_same_coverage(fed: Federat
     assert not view.providers
     assert "Finished: 3 answers to 6 questions." in view.progress
     assert results_view(session, state, t, msisdn=FORMER).routed_out == 2
+
+
+async def test_batched_results_combine_with_grouped_routed_out(fed: Federation) -> None:
+    """With batch_results and group_routed_out, the RoutedOut messages still come right
+    after LookupStarted, every result comes in a ProviderResults message, none for a
+    routed-out provider, and the summary (last) is the plain caller's."""
+    gateway = await _routed_federation(fed)
+    plain = await fed.lookup(gateway)
+    both = await fed.lookup(
+        gateway, request=gateway_pb2.LookupRequest(group_routed_out=True, batch_results=True)
+    )
+    kinds = _kinds(both)
+    assert kinds[:3] == ["started", "routed_out", "routed_out"]
+    assert set(kinds[3:-1]) == {"results"}
+    assert kinds[-1] == "summary"
+    results = [r for m in both if m.HasField("results") for r in m.results.results]
+    assert sorted((r.provider_id, r.msisdn) for r in results) == sorted(
+        (r.provider_id, r.msisdn) for r in fed.results(plain) if r.detail != ROUTED_OUT
+    )
+    routed = sum(m.routed_out.count for m in both if m.HasField("routed_out"))
+    assert both[0].started.provider_calls == len(results) + routed == 6
+    assert _coverage(summary(both)) == _coverage(summary(plain))
+
+
+async def test_batched_results_without_grouping_send_routed_out_results_together(
+    fed: Federation,
+) -> None:
+    """With batch_results alone, the routed-out providers' SKIPPED results, all known at
+    once, come in one ProviderResults message right after LookupStarted; the audit row
+    counts them as routed out, as for a plain caller."""
+    gateway = await _routed_federation(fed)
+    await fed.lookup(gateway)
+    batched = await fed.lookup(gateway, request=gateway_pb2.LookupRequest(batch_results=True))
+    assert _kinds(batched)[:2] == ["started", "results"]
+    first = batched[1].results.results
+    assert sorted((r.provider_id, r.msisdn) for r in first) == sorted(
+        [("other", CURRENT), ("holder", FORMER), ("other", FORMER)]
+    )
+    assert {r.detail for r in first} == {ROUTED_OUT}
+    assert summary(batched).total.skipped == 3
+    lookups = await audit_details(gateway, "lookup")
+    assert [(row["routed_out"], row["asked"]) for row in lookups[-2:]] == [(3, 3), (3, 3)]

@@ -15,8 +15,9 @@ The order of one lookup:
    ``LookupStarted``, then the providers routing rules out (one
    ``RoutedOut`` per number when the caller understands it, else one SKIPPED
    ``ProviderResult`` each), then one ``ProviderResult`` per provider and
-   number as each call ends, attributed by tenure, and last a ``LookupSummary``
-   (after the lookup's audit row is committed).
+   number as each call ends, attributed by tenure (when the caller asks,
+   those that end together in one ``ProviderResults`` message), and last a
+   ``LookupSummary`` (after the lookup's audit row is committed).
 
 The replay cache's write is durable before anything derived from the
 assertion leaves the gateway, so a replay is refused across restarts and
@@ -34,7 +35,7 @@ import math
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
@@ -90,6 +91,17 @@ MAX_CLIENT_REQUEST_ID = 64
 # message (4 MiB) past about 60,000 providers, and a citizen's page shows the
 # count anyway: listing 20,000 ids cost more CPU than the rest of the lookup.
 MAX_LISTED_ROUTED_OUT = 1000
+# A ProviderResults message (LookupRequest.batch_results) holds at most 64
+# results: by then the per-message cost it saves (about 0.1 ms of the
+# gateway's CPU, each message written and completed through gRPC's poller) is
+# spread thin, and 64 results without accounts take 3 to 23 KB. Past its first
+# result, it takes at most 1,000 accounts (shown bindings and release handles)
+# in all, as many as one answer holds by default (max_bindings_per_answer): an
+# account takes up to 1.3 KB (its handle seals a 256-character account ref),
+# so a batch is never larger than one full answer plus 23 KB, about 1.3 MB,
+# which a single result may already be: far below the 4 MiB message limit.
+MAX_BATCHED_RESULTS = 64
+MAX_BATCHED_ACCOUNTS = 1000
 # The contract caps account_ref at 256 characters; a longer one cannot be
 # passed back to the provider, so it gets no handle.
 _MAX_ACCOUNT_REF = 256
@@ -359,6 +371,7 @@ class LookupService:
         client_request_id: str = "",
         time_remaining: float | None = None,
         group_routed_out: bool = False,
+        batch_results: bool = False,
     ) -> AsyncIterator[gateway_pb2.LookupResponse]:
         """Serve one lookup (see the module docstring for the steps).
 
@@ -369,6 +382,8 @@ class LookupService:
             time_remaining: seconds left before the caller's deadline (None: none set).
             group_routed_out: the caller understands ``RoutedOut`` (one message
                 per number for the providers routing rules out).
+            batch_results: the caller understands ``ProviderResults`` (the
+                results ready together in one message).
         """
         query_id = current_query_id()
         if self._active >= self._max_lookups:
@@ -404,6 +419,7 @@ class LookupService:
                 deadline,
                 carriers,
                 group_routed_out=group_routed_out,
+                batch_results=batch_results,
                 on_final=None if audit is None else audit.queue,
             )
             if audit is not None:
@@ -470,6 +486,7 @@ class LookupService:
         carriers: Sequence[CarrierAnswer],
         *,
         group_routed_out: bool,
+        batch_results: bool = False,
         on_final: Callable[[gateway_pb2.LookupResponse], None] | None = None,
     ) -> AsyncIterator[gateway_pb2.LookupResponse]:
         """The lookup's messages; ``on_final`` gets the summary as soon as it is
@@ -513,7 +530,11 @@ class LookupService:
                 totals.by_number[msisdn] = _Tally()
             for msisdn, out in plan.routed_out.items():
                 totals.by_number[msisdn].add_routed_out(out.count)
-            for response in self._routed_out(plan, query_id, start, group=group_routed_out):
+            routed_out = self._routed_out(plan, query_id, start, group=group_routed_out)
+            if batch_results and not group_routed_out:
+                # Every routed-out result is ready at once: batched like the others.
+                routed_out = _batches(query_id, (r.result for r in routed_out))
+            for response in routed_out:
                 yield response
             summary = None
             while summary is None:
@@ -531,8 +552,13 @@ class LookupService:
                     summary = _summary(query_id, totals, carrier_outcomes, loop.time() - start)
                     if on_final is not None:
                         on_final(summary)
-                for result in results:
-                    yield gateway_pb2.LookupResponse(query_id=query_id, result=result)
+                if batch_results:
+                    # What ended together goes together; nothing waits for more.
+                    for response in _batches(query_id, results):
+                        yield response
+                else:
+                    for result in results:
+                        yield gateway_pb2.LookupResponse(query_id=query_id, result=result)
         yield summary
 
     def _routed_out(
@@ -571,6 +597,33 @@ class LookupService:
                 )
                 result = self.merger.merge(answer, (), sub="", query_id=query_id, start=start)
                 yield gateway_pb2.LookupResponse(query_id=query_id, result=result)
+
+
+def _batches(
+    query_id: str, results: Iterable[gateway_pb2.ProviderResult]
+) -> Iterator[gateway_pb2.LookupResponse]:
+    """``results`` in as few ``ProviderResults`` messages as the caps allow
+    (:data:`MAX_BATCHED_RESULTS`, :data:`MAX_BATCHED_ACCOUNTS`), in order."""
+    batch: list[gateway_pb2.ProviderResult] = []
+    accounts = 0
+    for result in results:
+        size = len(result.bindings) + len(result.release_handles)
+        if batch and (len(batch) == MAX_BATCHED_RESULTS or accounts + size > MAX_BATCHED_ACCOUNTS):
+            yield _results_message(query_id, batch)
+            batch, accounts = [], 0
+        batch.append(result)
+        accounts += size
+    if batch:
+        yield _results_message(query_id, batch)
+
+
+def _results_message(
+    query_id: str, batch: list[gateway_pb2.ProviderResult]
+) -> gateway_pb2.LookupResponse:
+    message = gateway_pb2.LookupResponse(query_id=query_id)
+    # Copied in once: through a ProviderResults constructor they would be copied twice.
+    message.results.results.extend(batch)
+    return message
 
 
 class _LookupAudit:
@@ -634,6 +687,10 @@ class _LookupAudit:
                 update = response.WhichOneof("update")
                 if update == "result":
                     self._routed_out += response.result.detail == ROUTED_OUT_DETAIL
+                elif update == "results":
+                    self._routed_out += sum(
+                        r.detail == ROUTED_OUT_DETAIL for r in response.results.results
+                    )
                 elif update == "routed_out":
                     self._routed_out += response.routed_out.count
                 elif update == "started":

@@ -161,6 +161,7 @@ class _GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             client_request_id=request.client_request_id,
             time_remaining=context.time_remaining(),
             group_routed_out=request.group_routed_out,
+            batch_results=request.batch_results,
         )
         if self._telemetry is not None:
             responses = self._telemetry.observe_lookup(

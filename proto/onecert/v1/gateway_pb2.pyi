@@ -256,6 +256,7 @@ class LookupRequest(_message.Message):
 
     CLIENT_REQUEST_ID_FIELD_NUMBER: _builtins.int
     GROUP_ROUTED_OUT_FIELD_NUMBER: _builtins.int
+    BATCH_RESULTS_FIELD_NUMBER: _builtins.int
     client_request_id: _builtins.str
     """Optional caller-chosen id echoed in logs (at most 64 characters)."""
     group_routed_out: _builtins.bool
@@ -264,15 +265,25 @@ class LookupRequest(_message.Message):
     SKIPPED ProviderResult per provider (docs/contract.md, R-7). A caller
     that leaves it false receives the SKIPPED results, as before.
     """
+    batch_results: _builtins.bool
+    """The caller understands ProviderResults: the provider results are sent
+    in ProviderResults messages, each holding the results that were ready
+    together when it was sent, rather than one `result` message each
+    (docs/contract.md, S-2). The gateway never waits for more results to
+    fill a message. A caller that leaves it false receives one `result`
+    message per result, as before; so does every caller of a gateway that
+    predates the field, so a caller that sets it must read both forms.
+    """
     def __init__(
         self,
         *,
         client_request_id: _builtins.str = ...,
         group_routed_out: _builtins.bool = ...,
+        batch_results: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_request_id", b"client_request_id", "group_routed_out", b"group_routed_out"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_results", b"batch_results", "client_request_id", b"client_request_id", "group_routed_out", b"group_routed_out"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -360,7 +371,10 @@ class LookupStarted(_message.Message):
     provider_calls: _builtins.int
     """How many provider results will follow (one per provider and number);
     with LookupRequest.group_routed_out, the RoutedOut messages' counts
-    make up the providers routing rules out.
+    make up the providers routing rules out. With
+    LookupRequest.batch_results it still counts results, not messages:
+    the results inside the ProviderResults messages (plus the RoutedOut
+    counts).
     """
     @_builtins.property
     def numbers(self) -> _containers.RepeatedCompositeFieldContainer[Global___NumberInfo]: ...
@@ -604,6 +618,7 @@ class LookupResponse(_message.Message):
     RESULT_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
     ROUTED_OUT_FIELD_NUMBER: _builtins.int
+    RESULTS_FIELD_NUMBER: _builtins.int
     query_id: _builtins.str
     """The gateway's id for this lookup; the same on every message and in
     every log line.
@@ -616,6 +631,8 @@ class LookupResponse(_message.Message):
     def summary(self) -> Global___LookupSummary: ...
     @_builtins.property
     def routed_out(self) -> Global___RoutedOut: ...
+    @_builtins.property
+    def results(self) -> Global___ProviderResults: ...
     def __init__(
         self,
         *,
@@ -624,16 +641,49 @@ class LookupResponse(_message.Message):
         result: Global___ProviderResult | None = ...,
         summary: Global___LookupSummary | None = ...,
         routed_out: Global___RoutedOut | None = ...,
+        results: Global___ProviderResults | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result", "routed_out", b"routed_out", "started", b"started", "summary", b"summary", "update", b"update"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result", "results", b"results", "routed_out", b"routed_out", "started", b"started", "summary", b"summary", "update", b"update"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["query_id", b"query_id", "result", b"result", "routed_out", b"routed_out", "started", b"started", "summary", b"summary", "update", b"update"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["query_id", b"query_id", "result", b"result", "results", b"results", "routed_out", b"routed_out", "started", b"started", "summary", b"summary", "update", b"update"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_update: _TypeAlias = _typing.Literal["started", "result", "summary", "routed_out"]  # noqa: Y015
+    _WhichOneofReturnType_update: _TypeAlias = _typing.Literal["started", "result", "summary", "routed_out", "results"]  # noqa: Y015
     _WhichOneofArgType_update: _TypeAlias = _typing.Literal["update", b"update"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_update) -> _WhichOneofReturnType_update | None: ...
 
 Global___LookupResponse: _TypeAlias = LookupResponse  # noqa: Y015
+
+@_typing.final
+class ProviderResults(_message.Message):
+    """Several provider results in one message: sent only when
+    LookupRequest.batch_results is set, in place of one `result` message per
+    result. It holds the results that were ready together (the calls that
+    had ended since the previous message was sent): at least one and at
+    most 64 results, holding at most 1,000 shown bindings and release handles
+    in all unless its one result holds more, so a message is never much
+    larger than the largest single result and stays far below the 4 MiB
+    message limit. More results ready at once go in several messages, in
+    order. Each result is exactly the ProviderResult a caller without the
+    flag would receive, and counts in the summary as that one would.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProviderResult]: ...
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___ProviderResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProviderResults: _TypeAlias = ProviderResults  # noqa: Y015
 
 @_typing.final
 class RoutedOut(_message.Message):

@@ -151,7 +151,9 @@ class GatewayServicer:
         LookupSummary, which is always the last message. With
         LookupRequest.group_routed_out, the providers routing rules out of a
         number come as one RoutedOut message for that number instead of one
-        SKIPPED ProviderResult each.
+        SKIPPED ProviderResult each. With LookupRequest.batch_results, the
+        ProviderResults come in ProviderResults messages, each holding those
+        that were ready together.
         Errors: UNAUTHENTICATED, PERMISSION_DENIED (assurance level),
         RESOURCE_EXHAUSTED (too many lookups at once), UNAVAILABLE (no carrier
         answered), DEADLINE_EXCEEDED, CANCELLED.

@@ -62,7 +62,9 @@ class GatewayStub:
     LookupSummary, which is always the last message. With
     LookupRequest.group_routed_out, the providers routing rules out of a
     number come as one RoutedOut message for that number instead of one
-    SKIPPED ProviderResult each.
+    SKIPPED ProviderResult each. With LookupRequest.batch_results, the
+    ProviderResults come in ProviderResults messages, each holding those
+    that were ready together.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED (assurance level),
     RESOURCE_EXHAUSTED (too many lookups at once), UNAVAILABLE (no carrier
     answered), DEADLINE_EXCEEDED, CANCELLED.
@@ -210,7 +212,9 @@ class GatewayAsyncStub(GatewayStub):
     LookupSummary, which is always the last message. With
     LookupRequest.group_routed_out, the providers routing rules out of a
     number come as one RoutedOut message for that number instead of one
-    SKIPPED ProviderResult each.
+    SKIPPED ProviderResult each. With LookupRequest.batch_results, the
+    ProviderResults come in ProviderResults messages, each holding those
+    that were ready together.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED (assurance level),
     RESOURCE_EXHAUSTED (too many lookups at once), UNAVAILABLE (no carrier
     answered), DEADLINE_EXCEEDED, CANCELLED.
@@ -361,7 +365,9 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         LookupSummary, which is always the last message. With
         LookupRequest.group_routed_out, the providers routing rules out of a
         number come as one RoutedOut message for that number instead of one
-        SKIPPED ProviderResult each.
+        SKIPPED ProviderResult each. With LookupRequest.batch_results, the
+        ProviderResults come in ProviderResults messages, each holding those
+        that were ready together.
         Errors: UNAUTHENTICATED, PERMISSION_DENIED (assurance level),
         RESOURCE_EXHAUSTED (too many lookups at once), UNAVAILABLE (no carrier
         answered), DEADLINE_EXCEEDED, CANCELLED.

@@ -16,8 +16,11 @@ carriers and the regulator (:class:`ProviderGatewayClient`,
         ticket = await client.unbind(fresh_assertion, account.handle)
         receipt = await client.get_unbind(another_fresh_assertion, ticket.ticket_id)
 
-The updates are frozen dataclasses, not protobufs. A refused or failed call
-raises :class:`GatewayError` with the gRPC status code and the gateway's
+The updates are frozen dataclasses, not protobufs. The client asks the
+gateway to send the results that are ready together in one message
+(``LookupRequest.batch_results``, contract S-2) and yields them one
+:class:`Result` at a time, so batching is invisible here. A refused or failed
+call raises :class:`GatewayError` with the gRPC status code and the gateway's
 explanation. An assertion is good for one call: mint a fresh one each time.
 """
 

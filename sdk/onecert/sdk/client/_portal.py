@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -305,6 +305,34 @@ def _account(pb: gateway_pb2.ShownBinding) -> Account:
     )
 
 
+def _result(query_id: str, r: gateway_pb2.ProviderResult) -> Result:
+    return Result(
+        query_id=query_id,
+        provider_id=r.provider_id,
+        provider_name=r.provider_name,
+        category=CATEGORIES.from_pb_or_none(r.category),
+        msisdn=r.msisdn,
+        outcome=_outcome(r.outcome),
+        detail=r.detail,
+        accounts=tuple(_account(b) for b in r.bindings),
+        previous_holder_count=r.previous_holder_count,
+        release_handles=tuple(r.release_handles),
+        elapsed=delta(r.elapsed),
+    )
+
+
+def _updates(pb: gateway_pb2.LookupResponse) -> Iterator[LookupUpdate]:
+    """The updates one message carries: several for a ``ProviderResults``, else one
+    (none for a kind this client does not know)."""
+    if pb.WhichOneof("update") == "results":
+        for r in pb.results.results:
+            yield _result(pb.query_id, r)
+        return
+    update = _update(pb)
+    if update is not None:
+        yield update
+
+
 def _update(pb: gateway_pb2.LookupResponse) -> LookupUpdate | None:
     kind = pb.WhichOneof("update")
     if kind == "started":
@@ -322,20 +350,7 @@ def _update(pb: gateway_pb2.LookupResponse) -> LookupUpdate | None:
         )
         return Started(pb.query_id, numbers, _carrier_list(s.carriers), s.provider_calls)
     if kind == "result":
-        r = pb.result
-        return Result(
-            query_id=pb.query_id,
-            provider_id=r.provider_id,
-            provider_name=r.provider_name,
-            category=CATEGORIES.from_pb_or_none(r.category),
-            msisdn=r.msisdn,
-            outcome=_outcome(r.outcome),
-            detail=r.detail,
-            accounts=tuple(_account(b) for b in r.bindings),
-            previous_holder_count=r.previous_holder_count,
-            release_handles=tuple(r.release_handles),
-            elapsed=delta(r.elapsed),
-        )
+        return _result(pb.query_id, pb.result)
     if kind == "routed_out":
         o = pb.routed_out
         return RoutedOut(
@@ -393,7 +408,11 @@ class GatewayClient(ClientBase):
         Yields a :class:`Started`, then one :class:`RoutedOut` per number for
         the providers routing ruled out, then one :class:`Result` per provider
         and number as each arrives, then a :class:`Summary`. Stopping the
-        iteration early cancels the lookup at the gateway.
+        iteration early cancels the lookup at the gateway. The client asks
+        the gateway to send the results that are ready together in one
+        message (``LookupRequest.batch_results``) and yields them one by one,
+        in the order they came; a gateway that predates batching sends one
+        message each, and the updates are the same.
 
         Args:
             assertion: the citizen's identity assertion (a JWT, used once).
@@ -409,15 +428,16 @@ class GatewayClient(ClientBase):
         """
         call = self._stub.Lookup(
             gateway_pb2.LookupRequest(
-                client_request_id=client_request_id, group_routed_out=group_routed_out
+                client_request_id=client_request_id,
+                group_routed_out=group_routed_out,
+                batch_results=True,
             ),
             timeout=timeout,
             metadata=_bearer(assertion),
         )
         try:
             async for response in call:
-                update = _update(response)
-                if update is not None:
+                for update in _updates(response):
                     yield update
         except grpc.aio.AioRpcError as exc:
             raise GatewayError.of(exc) from None
