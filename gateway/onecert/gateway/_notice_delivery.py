@@ -84,13 +84,11 @@ class GroupCommit:
     transaction was being written goes into the next one, so a thousand
     providers answering at once cost a few transactions, not a thousand.
 
-    While enough other pushes are still running to fill it (a thousand
-    providers pushed at once), a group waits until :data:`_GROUP_MIN` results
-    are in or :data:`_GATHER_S` has passed since the first: answers that
-    trickle in while the worker is still sending would otherwise be written
-    one transaction each. When the results waiting and the pushes running
-    cannot make :data:`_GROUP_MIN` (none running, or a few providers at a
-    time), the group is written at once, so those answers wait for no window.
+    While other pushes are still running, a group waits until
+    :data:`_GROUP_MIN` results are in or :data:`_GATHER_S` has passed since the
+    first: answers that trickle in while the worker is still sending would
+    otherwise be written one transaction each. Once no push is running the
+    group is written at once, so the last answers wait for no window.
 
     Args:
         record: writes one group (one transaction).
@@ -112,12 +110,7 @@ class GroupCommit:
     def put(self, settlement: Settlement) -> None:
         """Queue one provider's result for the next group."""
         self._waiting.append(settlement)
-        # Gathering is worth a wait only while the pushes still running could
-        # fill the group: a steady trickle (a few providers at a time) is
-        # written at once, not each answer 20 ms late with its cursors held
-        # longer by a bigger group.
-        waiting = len(self._waiting)
-        if waiting >= _GROUP_MIN or waiting + self._running() < _GROUP_MIN:
+        if len(self._waiting) >= _GROUP_MIN or not self._running():
             self._ready.set()
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(_GATHER_S, self._ready.set)
