@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from bench import notice_store
 from bench._load import percentile
 from bench._procs import Processes, cpu_seconds, rss_bytes
 from bench._report import Row, ScenarioResult, document, table
@@ -177,3 +178,17 @@ def test_quick_run_reports_every_scenario(tmp_path: Path) -> None:
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def test_notice_store_records_and_settles_a_notice(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """bench.notice_store records a notice to a few providers, settles every copy in
+    group commits (the audit chain verifies, or it fails) and prints its figures."""
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    assert (
+        notice_store.main(["--url", url, "--providers", "5", "--group", "2", "--reports", "2"]) == 0
+    )
+    printed = capsys.readouterr().out
+    assert "recording 5 copies" in printed
+    assert "settling them in 3 group commits" in printed

@@ -13,6 +13,7 @@ import grpc
 import jwt
 
 from onecert.gateway._notice_delivery import GroupCommit
+from onecert.gateway._notices import Doorbell
 from onecert.gateway.store import (
     DeliveryMode,
     DeliveryState,
@@ -249,3 +250,41 @@ async def test_the_recording_replica_pushes_a_reports_copies_itself(
     await dev_world.eventually(all_acknowledged, what="every provider acknowledged")
     assert claimed == []
     assert [sorted(p.pushes.values()) for p in providers] == [[1], [1], [1]]
+
+
+async def test_a_doorbell_rung_while_nobody_waits_is_heard_by_who_looked_before() -> None:
+    """A ring between a worker's look at the bell and its wait (while it claims) wakes
+    that wait at once; a wait that looked after the ring sleeps until the next."""
+    bell = Doorbell()
+    seen = bell.rings
+    bell.ring()
+    assert await bell.wait(3600, since=seen)
+    assert not await bell.wait(0, since=bell.rings)
+
+
+async def test_a_worker_claims_again_when_a_settled_provider_had_more_while_it_claimed(
+    dev_world: NoticeWorld,
+) -> None:
+    """A group commit that finds a provider with more to push rings while the worker is
+    busy claiming: the worker claims again at once, not after ``check_interval_s``."""
+    config = replace(dev_world.config().notices, check_interval_s=3600.0, workers=1)
+    gateway = await dev_world.gateway(notices=config)
+    assert gateway.recycled is not None
+    assert gateway.recycled.pusher is not None
+    pusher = gateway.recycled.pusher
+    claim_due = dev_world.store.cursors.claim_due
+    claims = 0
+    claimed_again = asyncio.Event()
+
+    async def ringing_claim(**kwargs: Any) -> list[NoticeCursor]:
+        nonlocal claims
+        claims += 1
+        if claims == 1:
+            pusher._more.ring()  # as _commit rings it, while this claim runs
+        else:
+            claimed_again.set()
+        return await claim_due(**kwargs)
+
+    dev_world.store.cursors.claim_due = ringing_claim  # type: ignore[method-assign]  # watched
+    pusher._more.ring()  # wake the idle worker: its next claim is the first watched
+    await asyncio.wait_for(claimed_again.wait(), 30)

@@ -8,7 +8,14 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 
-from onecert.gateway.store import DeliveryMode, DeliveryState, Notice, PushResult, Store
+from onecert.gateway.store import (
+    DeliveryMode,
+    DeliveryState,
+    Notice,
+    PushResult,
+    Settlement,
+    Store,
+)
 from tests.store.test_notices import _record as record_notice
 
 PROVIDERS = (("pay", "push"), ("chat", "push"), ("blog", "poll"))
@@ -140,6 +147,60 @@ async def test_only_the_lease_holder_frees_the_cursor(store: Store, t0: datetime
     assert after.lease_owner == "new"
     assert after.acked_seq == after.head_seq == 1
     assert new.provider_id == "pay"
+
+
+async def test_one_group_commit_settles_each_cursor_as_its_batch_went(
+    store: Store, t0: datetime
+) -> None:
+    """In one settle_many: a provider with nothing left is freed and idle, one with a
+    notice routed to it meanwhile is freed and due, one to try again is backed off, and
+    one whose lease another worker took keeps that lease (its acknowledgement counts)."""
+    ids = ("done", "more", "retry", "taken")
+    await _record(store, t0, "ev-taken", providers=[("taken", "push")])
+    cursors = {
+        c.provider_id: c for c in await store.cursors.claim_due(worker_id="w", now=t0, lease_s=1)
+    }
+    for p in ids[:3]:
+        await _record(store, t0, f"ev-{p}", providers=[(p, "push")])
+    for c in await store.cursors.claim_due(worker_id="w", now=t0, lease_s=60, limit=10):
+        cursors[c.provider_id] = c
+    batches = {p: await store.cursors.pending(cursors[p], limit=10) for p in ids}
+    await _record(store, t0, "ev-later", providers=[("more", "push")])
+    later = t0 + timedelta(seconds=2)
+    (taken,) = await store.cursors.claim_due(worker_id="x", now=later, limit=10)
+    assert taken.provider_id == "taken"
+    retry_at = t0 + timedelta(minutes=5)
+    settlements = [
+        Settlement(cursors[p], [PushResult.acknowledged(batches[p][0].jti, 1)])
+        for p in ("done", "more", "taken")
+    ]
+    settlements.append(
+        Settlement(
+            cursors["retry"],
+            [PushResult.retry(batches["retry"][0].jti, "UNAVAILABLE")],
+            retry_at,
+            "UNAVAILABLE",
+        )
+    )
+    assert await store.cursors.settle_many(settlements, worker_id="w", now=later)
+    after = [await store.cursors.get(p) for p in ids]
+    done, more, retry, kept = (c for c in after if c is not None)
+    assert (done.acked_seq, done.lease_owner, done.attempts) == (done.head_seq, None, 0)
+    assert done.next_attempt_at.year == 9999  # idle until routed a notice
+    assert (more.acked_seq + 1, more.lease_owner, more.next_attempt_at) == (
+        more.head_seq,
+        None,
+        later,
+    )
+    assert (retry.lease_owner, retry.next_attempt_at, retry.last_error) == (
+        None,
+        retry_at,
+        "UNAVAILABLE",
+    )
+    assert retry.acked_seq == retry.head_seq - 1
+    assert (kept.lease_owner, kept.acked_seq) == ("x", kept.head_seq)
+    (due,) = await store.cursors.claim_due(worker_id="w", now=later)
+    assert due.provider_id == "more"
 
 
 async def test_polls_and_acks_move_a_poll_providers_cursor(store: Store, t0: datetime) -> None:

@@ -242,9 +242,11 @@ class NoticePusher:
         """One worker: lease due providers, start a push to each, and go on leasing
         while they run (up to ``in_flight`` pushes of this process at once)."""
         while True:
+            # What rang before this pass: a ring while it claims is not missed.
+            seen = (self._doorbell.rings, self._more.rings, self._settled.rings)
             room = min(self._config.batch, self._config.in_flight - self._in_flight)
             if room <= 0:
-                await self._settled.wait(self._config.check_interval_s)
+                await self._settled.wait(self._config.check_interval_s, since=seen[2])
                 continue
             self._in_flight += room  # reserved, so that two workers never overshoot
             started = 0
@@ -256,7 +258,7 @@ class NoticePusher:
             finally:
                 self._in_flight -= room - started
             if not started:
-                await self._nap()
+                await self._nap(*seen[:2])
 
     def reserve(self, wanted: int) -> int:
         """Up to ``wanted`` places in flight for pushes the notice service hands over
@@ -339,13 +341,17 @@ class NoticePusher:
             self._in_flight -= len(settled)
             self._settled.ring()
 
-    async def _nap(self) -> None:
+    async def _nap(self, doorbell: int, more: int) -> None:
         """Until a notice is recorded here, a settled provider has more to push, or
-        ``check_interval_s`` (notices recorded elsewhere, backoffs ending)."""
+        ``check_interval_s`` (notices recorded elsewhere, backoffs ending); at once
+        if either rang since the doorbell had rung ``doorbell`` times and the other
+        ``more`` times (while the worker claimed: it would otherwise sleep through
+        a ring that came then, and a provider with more to push would wait a whole
+        ``check_interval_s``)."""
         timeout = self._config.check_interval_s
         naps = {
-            asyncio.ensure_future(self._doorbell.wait(timeout)),
-            asyncio.ensure_future(self._more.wait(timeout)),
+            asyncio.ensure_future(self._doorbell.wait(timeout, since=doorbell)),
+            asyncio.ensure_future(self._more.wait(timeout, since=more)),
         }
         try:
             await asyncio.wait(naps, return_when=asyncio.FIRST_COMPLETED)

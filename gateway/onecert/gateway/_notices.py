@@ -86,18 +86,28 @@ def utc_now() -> datetime:
 
 
 class Doorbell:
-    """Wakes whoever waits for new notices in this process (push workers, polls)."""
+    """Wakes whoever waits for new notices in this process (push workers, polls).
+
+    A ring wakes the current waiters; one who was busy when it rang (a push
+    worker in the middle of a claim) learns of it from :attr:`rings`, read
+    before it got busy and passed to :meth:`wait` as ``since``.
+    """
 
     def __init__(self) -> None:
         self._event = asyncio.Event()
+        self.rings = 0
 
     def ring(self) -> None:
         """Wake every current waiter."""
+        self.rings += 1
         self._event.set()
         self._event = asyncio.Event()
 
-    async def wait(self, timeout: float) -> bool:  # noqa: ASYNC109 - a bounded nap, not an RPC deadline
-        """Wait for the next ring, at most ``timeout`` seconds; True if it rang."""
+    async def wait(self, timeout: float, *, since: int | None = None) -> bool:  # noqa: ASYNC109 - a bounded nap, not an RPC deadline
+        """Wait for the next ring, at most ``timeout`` seconds; True if it rang (at once,
+        if it rang after :attr:`rings` was ``since``)."""
+        if since is not None and self.rings != since:
+            return True
         event = self._event
         try:
             await asyncio.wait_for(event.wait(), max(0.0, timeout))

@@ -6,13 +6,14 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import BigInteger, Connection, String, Text, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.type_api import TypeEngine
 
 from onecert.gateway.store._audit import canonical_detail, check_audit_fields, row_hash
 from onecert.gateway.store._database import StoreDatabase
-from onecert.gateway.store._models import GENESIS_HASH, audit_head, audit_log
-from onecert.gateway.store._rows import resolve_now
+from onecert.gateway.store._models import GENESIS_HASH, UTCDateTime, audit_head, audit_log
+from onecert.gateway.store._rows import pg_unnest, resolve_now
 from onecert.gateway.store._types import AuditDraft, AuditEntry, AuditVerification
 
 __all__ = ["AuditRepository", "AuditedRepository"]
@@ -40,6 +41,27 @@ _MOVE_HEAD = (
     .values(seq=bindparam("new_seq"), row_hash=bindparam("new_hash"))
 )
 
+# On PostgreSQL: the rows (all with one ts) unnested from an array per column,
+# inserted by a data-modifying CTE of the head's UPDATE.
+_ARRAYS: dict[str, TypeEngine[Any]] = {
+    "seq": BigInteger(),
+    "kind": String(),
+    "actor": String(),
+    "subject": String(),
+    "detail": Text(),
+    "prev_hash": String(),
+    "row_hash": String(),
+}
+_ROWS = pg_unnest(**{name: (f"{name}s", kind) for name, kind in _ARRAYS.items()})
+_PG_APPEND = _MOVE_HEAD.add_cte(
+    insert(audit_log)
+    .from_select(
+        ["ts", *_ARRAYS],
+        select(bindparam("ts", type_=UTCDateTime()), *(_ROWS.c[name] for name in _ARRAYS)),
+    )
+    .cte("appended")
+)
+
 
 def _chain(conn: Connection, drafts: Sequence[AuditDraft], ts: datetime) -> list[AuditEntry]:
     # Synchronous, so that one SQLite transaction is one step (write_sync);
@@ -63,7 +85,19 @@ def _chain(conn: Connection, drafts: Sequence[AuditDraft], ts: datetime) -> list
         prev = row_hash(**content)
         rows.append({**content, "row_hash": prev})
         out.append(AuditEntry(**{**content, "detail": dict(d.detail), "row_hash": prev}))
-    if rows:
+    if rows and conn.dialect.name == "postgresql":
+        # The rows and the head moved in one statement over arrays (one
+        # execution on the server, not one per row, and one round trip less).
+        conn.execute(
+            _PG_APPEND,
+            {
+                "ts": ts,
+                "new_seq": seq,
+                "new_hash": prev,
+                **{f"{name}s": [r[name] for r in rows] for name in _ARRAYS},
+            },
+        )
+    elif rows:
         conn.execute(_APPEND, rows)
         conn.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev})
     return out

@@ -17,7 +17,17 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, bindparam, func, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    bindparam,
+    case,
+    func,
+    null,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from onecert.gateway.store._audit_repo import AuditRepository
@@ -25,6 +35,7 @@ from onecert.gateway.store._claims import Lease, WorkQueue, claim_leases
 from onecert.gateway.store._database import StoreDatabase
 from onecert.gateway.store._models import deliveries, notice_cursors
 from onecert.gateway.store._rows import (
+    among,
     delivery_from_row,
     delivery_query,
     error_text,
@@ -111,7 +122,7 @@ async def lease_fresh(
         conn,
         update(notice_cursors)
         .where(
-            c.provider_id.in_(ids),
+            among(conn, c.provider_id, ids),
             c.mode == DeliveryMode.PUSH.value,
             c.next_attempt_at <= lease.now,
             # Nothing older waits (that one goes first, through claim_due) and
@@ -133,27 +144,41 @@ async def advance_cursor(conn: AsyncConnection, provider_id: str) -> None:
 
 async def advance_cursors(conn: AsyncConnection, provider_ids: Sequence[str]) -> None:
     """:func:`advance_cursor` for several providers, in one statement."""
-    d, c = deliveries.c, notice_cursors.c
+    ids = await _lock_cursors(conn, provider_ids)
+    c = notice_cursors.c
+    await conn.execute(
+        update(notice_cursors).where(among(conn, c.provider_id, ids)).values(acked_seq=_acked())
+    )
+
+
+async def _lock_cursors(conn: AsyncConnection, provider_ids: Sequence[str]) -> list[str]:
+    """Lock the providers' cursors (in one order: no deadlock); their sorted ids.
+
+    Taken before a cursor is moved, in a statement of its own: a notice being
+    routed to a provider (which locks its cursor too) is then either wholly
+    seen by the next statement or not at all, so a cursor never passes a
+    notice it did not see.
+    """
+    c = notice_cursors.c
     ids = sorted(set(provider_ids))
-    # The cursors' row locks first (in one order: no deadlock): a notice being
-    # routed to a provider (which locks its cursor too) is then either wholly
-    # seen below or not at all, so a cursor never passes a notice it did not see.
     await conn.execute(
         select(c.provider_id)
-        .where(c.provider_id.in_(ids))
+        .where(among(conn, c.provider_id, ids))
         .order_by(c.provider_id)
         .with_for_update()
     )
+    return ids
+
+
+def _acked() -> ColumnElement[int]:
+    """A cursor's ``acked_seq`` moved up to just below its first unsettled notice."""
+    d, c = deliveries.c, notice_cursors.c
     first_pending = (
         select(func.min(d.seq))
         .where(d.provider_id == c.provider_id, d.state == _PENDING)
         .scalar_subquery()
     )
-    await conn.execute(
-        update(notice_cursors)
-        .where(c.provider_id.in_(ids))
-        .values(acked_seq=func.coalesce(first_pending - 1, c.head_seq))
-    )
+    return func.coalesce(first_pending - 1, c.head_seq)
 
 
 @dataclass(frozen=True)
@@ -328,40 +353,43 @@ class NoticeCursorRepository:
         if not settlements:
             return False
         now = resolve_now(now)
-        ids = [s.cursor.provider_id for s in settlements]
         async with self._db.write() as conn:
             now = await self._db.clock(conn, now)
             await _settle_results(conn, [r for s in settlements for r in s.results], now)
-            await advance_cursors(conn, ids)
+            ids = await _lock_cursors(conn, [s.cursor.provider_id for s in settlements])
+            done = sorted(s.cursor.provider_id for s in settlements if s.retry_at is None)
+            # Every cursor moved, and those whose batch went well released (by
+            # their holder) and due again at once, or idle (out of the claim
+            # query's way until the next notice) when nothing remains: one
+            # statement. Every SET expression reads the row as it was.
             c = notice_cursors.c
-            mine = [c.lease_owner == worker_id]
-            done = [s.cursor.provider_id for s in settlements if s.retry_at is None]
-            idle = 0
-            if done:
-                await conn.execute(
-                    update(notice_cursors)
-                    .where(c.provider_id.in_(done), *mine)
-                    .values(
-                        lease_owner=None,
-                        lease_until=None,
-                        attempts=0,
-                        last_error=None,
-                        next_attempt_at=instant(now),
-                    )
+            acked = _acked()
+            ok = among(conn, c.provider_id, done, "done")
+            released = and_(ok, c.lease_owner == worker_id)
+            moved = await conn.execute(
+                update(notice_cursors)
+                .where(among(conn, c.provider_id, ids))
+                .values(
+                    acked_seq=acked,
+                    lease_owner=case((released, null()), else_=c.lease_owner),
+                    lease_until=case((released, null()), else_=c.lease_until),
+                    attempts=case((released, 0), else_=c.attempts),
+                    last_error=case((released, null()), else_=c.last_error),
+                    next_attempt_at=case(
+                        (and_(ok, acked >= c.head_seq), instant(IDLE)),
+                        (released, instant(now)),
+                        else_=c.next_attempt_at,
+                    ),
                 )
-                # Nothing left: out of the claim query's way until the next notice.
-                idled = await conn.execute(
-                    update(notice_cursors)
-                    .where(c.provider_id.in_(done), c.acked_seq >= c.head_seq)
-                    .values(next_attempt_at=instant(IDLE))
-                )
-                idle = idled.rowcount
+                .returning(c.provider_id, c.acked_seq, c.head_seq)
+            )
+            left = {r.provider_id for r in moved if r.acked_seq < r.head_seq}
             for s in settlements:
                 if s.retry_at is not None:
                     # The claim counted this attempt: failures in a row stay counted.
                     await conn.execute(
                         update(notice_cursors)
-                        .where(c.provider_id == s.cursor.provider_id, *mine)
+                        .where(c.provider_id == s.cursor.provider_id, c.lease_owner == worker_id)
                         .values(
                             lease_owner=None,
                             lease_until=None,
@@ -371,7 +399,7 @@ class NoticeCursorRepository:
                     )
             if audit:
                 await self._audit.chain(conn, list(audit), now)
-        return idle < len(done)
+        return not left.isdisjoint(done)
 
 
 async def _settle_results(
@@ -389,7 +417,7 @@ async def _settle_results(
     if plain:
         await conn.execute(
             update(deliveries)
-            .where(d.jti.in_(plain), d.state == _PENDING)
+            .where(among(conn, d.jti, plain), d.state == _PENDING)
             .values(
                 state=DeliveryState.ACKNOWLEDGED.value,
                 delivered_at=received,
@@ -406,7 +434,7 @@ async def _settle_results(
     for removed, jtis in sorted(acted.items()):
         await conn.execute(
             update(deliveries)
-            .where(d.jti.in_(sorted(jtis)), d.state == _PENDING)
+            .where(among(conn, d.jti, sorted(jtis)), d.state == _PENDING)
             .values(
                 state=DeliveryState.ACKNOWLEDGED.value,
                 delivered_at=received,

@@ -16,7 +16,8 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, insert, select
+from sqlalchemy import BigInteger, String, bindparam, case, insert, literal, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from onecert.gateway.store._audit_repo import AuditRepository
@@ -24,6 +25,7 @@ from onecert.gateway.store._claims import Lease
 from onecert.gateway.store._cursor_repo import Handoff, lease_fresh
 from onecert.gateway.store._database import StoreDatabase
 from onecert.gateway.store._models import (
+    UTCDateTime,
     deliveries,
     notice_cursors,
     notice_head,
@@ -40,6 +42,7 @@ from onecert.gateway.store._rows import (
     next_seq,
     notice_from_row,
     notice_query,
+    pg_unnest,
     resolve_now,
 )
 from onecert.gateway.store._types import (
@@ -233,7 +236,23 @@ class NoticeRepository:
         copies = [
             _delivery_row(notice_id, provider_id, seq, mode, now) for provider_id, mode in targets
         ]
-        await conn.execute(insert(deliveries), copies)
+        if self._db.dialect == "postgresql":
+            # One statement over three arrays: the server inserts a thousand
+            # rows as one execution, not a thousand (and the driver encodes
+            # three arrays, not a thousand parameter sets).
+            await conn.execute(
+                _PG_COPIES,
+                {
+                    "notice_id": notice_id,
+                    "seq": seq,
+                    "created_at": now,
+                    "jtis": [c["jti"] for c in copies],
+                    "provider_ids": [c["provider_id"] for c in copies],
+                    "modes": [c["mode"] for c in copies],
+                },
+            )
+        else:
+            await conn.execute(insert(deliveries), copies)
         await move_heads(self._db, conn, [(p, m, seq, seq) for p, m in targets], now)
         return copies
 
@@ -336,6 +355,26 @@ class NoticeRepository:
 _TAGS_PER_QUERY = 500
 
 
+# A report's copies on PostgreSQL: the columns every copy shares are
+# parameters, the three that differ are arrays, unnested side by side.
+_COPY_ARRAYS = pg_unnest(
+    jti=("jtis", String()), provider_id=("provider_ids", String()), mode=("modes", String())
+)
+_PG_COPIES = postgresql.insert(deliveries).from_select(
+    ["jti", "notice_id", "provider_id", "seq", "mode", "state", "attempts", "created_at"],
+    select(
+        _COPY_ARRAYS.c.jti,
+        bindparam("notice_id", type_=String),
+        _COPY_ARRAYS.c.provider_id,
+        bindparam("seq", type_=BigInteger),
+        _COPY_ARRAYS.c.mode,
+        literal(DeliveryState.PENDING.value),
+        literal(0),
+        bindparam("created_at", type_=UTCDateTime()),
+    ),
+)
+
+
 async def _lease_copies(
     conn: AsyncConnection, lease: Lease, notice: Notice, copies: Sequence[dict[str, Any]]
 ) -> list[Handoff]:
@@ -399,7 +438,6 @@ async def move_heads(
     """
     if not heads:
         return
-    c = notice_cursors.c
     rows = [
         {
             "provider_id": provider_id,
@@ -412,22 +450,59 @@ async def move_heads(
         # In one order everywhere (as advance_cursors locks them): no deadlock.
         for provider_id, mode, low, high in sorted(heads)
     ]
-    stmt = db.insert(notice_cursors)
-    new = stmt.excluded
-    # Executed once per row (one statement compiled once, sent in batches by
-    # the driver): a VALUES list of a thousand rows would be compiled afresh
-    # each time, and compiling it cost more than running it.
-    await conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[c.provider_id],
-            set_={
-                "mode": new.mode,
-                "next_attempt_at": case(
-                    (c.acked_seq >= c.head_seq, new.next_attempt_at), else_=c.next_attempt_at
-                ),
-                "head_seq": case((new.head_seq > c.head_seq, new.head_seq), else_=c.head_seq),
-                "acked_seq": case((new.acked_seq < c.acked_seq, new.acked_seq), else_=c.acked_seq),
+    if db.dialect == "postgresql":
+        # One execution over four arrays (rows keep their order: the locks too).
+        await conn.execute(
+            _PG_MOVE_HEADS,
+            {
+                "provider_ids": [r["provider_id"] for r in rows],
+                "modes": [r["mode"] for r in rows],
+                "acked": [r["acked_seq"] for r in rows],
+                "heads": [r["head_seq"] for r in rows],
+                "now": now,
             },
-        ),
-        rows,
+        )
+        return
+    # Executed once per row (one statement compiled once): a VALUES list of a
+    # thousand rows would be compiled afresh each time, and compiling it cost
+    # more than running it.
+    await conn.execute(_upsert_heads(db.insert(notice_cursors)), rows)
+
+
+def _upsert_heads(stmt: postgresql.Insert | sqlite.Insert) -> Any:
+    """``stmt`` (an INSERT of cursors) moving an existing cursor's heads instead (see
+    :func:`move_heads`)."""
+    c = notice_cursors.c
+    new = stmt.excluded
+    return stmt.on_conflict_do_update(
+        index_elements=[c.provider_id],
+        set_={
+            "mode": new.mode,
+            "next_attempt_at": case(
+                (c.acked_seq >= c.head_seq, new.next_attempt_at), else_=c.next_attempt_at
+            ),
+            "head_seq": case((new.head_seq > c.head_seq, new.head_seq), else_=c.head_seq),
+            "acked_seq": case((new.acked_seq < c.acked_seq, new.acked_seq), else_=c.acked_seq),
+        },
     )
+
+
+_HEAD_ARRAYS = pg_unnest(
+    provider_id=("provider_ids", String()),
+    mode=("modes", String()),
+    acked_seq=("acked", BigInteger()),
+    head_seq=("heads", BigInteger()),
+)
+_PG_MOVE_HEADS = _upsert_heads(
+    postgresql.insert(notice_cursors).from_select(
+        ["provider_id", "mode", "acked_seq", "head_seq", "attempts", "next_attempt_at"],
+        select(
+            _HEAD_ARRAYS.c.provider_id,
+            _HEAD_ARRAYS.c.mode,
+            _HEAD_ARRAYS.c.acked_seq,
+            _HEAD_ARRAYS.c.head_seq,
+            literal(0),
+            bindparam("now", type_=UTCDateTime()),
+        ),
+    )
+)

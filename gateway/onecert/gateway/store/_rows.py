@@ -12,7 +12,9 @@ from sqlalchemy import (
     BindParameter,
     ColumnElement,
     Select,
+    String,
     Table,
+    any_,
     bindparam,
     func,
     null,
@@ -20,9 +22,12 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.expression import Executable
+from sqlalchemy.sql.selectable import TableValuedAlias
+from sqlalchemy.sql.type_api import TypeEngine
 
 from onecert.gateway.store._models import UTCDateTime, deliveries, number_events
 from onecert.gateway.store._types import (
@@ -254,3 +259,33 @@ def attempt_values(
             "closed_at": now,
         }
     return {"last_error": error_text(error), "next_attempt_at": retry_at}
+
+
+def pg_unnest(**columns: tuple[str, TypeEngine[Any]]) -> TableValuedAlias:
+    """PostgreSQL's ``unnest`` of array parameters side by side, as a table
+    (``columns``: column name -> the name of its array parameter and the
+    elements' type; each array must be as long as the others).
+
+    For statements over many rows on PostgreSQL: one execution over a few
+    arrays, where an executemany runs the statement once per row and a VALUES
+    list is compiled afresh for every length.
+    """
+    return (
+        func.unnest(*(bindparam(p, type_=postgresql.ARRAY(t)) for p, t in columns.values()))
+        .table_valued(*columns)
+        .render_derived()
+    )
+
+
+def among(
+    conn: AsyncConnection, column: ColumnElement[str], values: Sequence[str], name: str = "among"
+) -> ColumnElement[bool]:
+    """``column IN values``; on PostgreSQL ``column = ANY(:name)``, one array parameter.
+
+    An IN list is rendered with one placeholder per value, so every length
+    is another statement to the server (prepared again, on each pooled
+    connection); the array keeps one statement text for any length.
+    """
+    if conn.dialect.name == "postgresql":
+        return column == any_(bindparam(name, list(values), type_=postgresql.ARRAY(String)))
+    return column.in_(values)
