@@ -530,11 +530,9 @@ class LookupService:
                 totals.by_number[msisdn] = _Tally()
             for msisdn, out in plan.routed_out.items():
                 totals.by_number[msisdn].add_routed_out(out.count)
-            routed_out = self._routed_out(plan, query_id, start, group=group_routed_out)
-            if batch_results and not group_routed_out:
-                # Every routed-out result is ready at once: batched like the others.
-                routed_out = _batches(query_id, (r.result for r in routed_out))
-            for response in routed_out:
+            for response in self._routed_out(
+                plan, query_id, start, group=group_routed_out, batch=batch_results
+            ):
                 yield response
             summary = None
             while summary is None:
@@ -552,39 +550,43 @@ class LookupService:
                     summary = _summary(query_id, totals, carrier_outcomes, loop.time() - start)
                     if on_final is not None:
                         on_final(summary)
-                if batch_results:
-                    # What ended together goes together; nothing waits for more.
-                    for response in _batches(query_id, results):
-                        yield response
-                else:
-                    for result in results:
-                        yield gateway_pb2.LookupResponse(query_id=query_id, result=result)
+                # What ended together goes together; nothing waits for more.
+                for response in _responses(query_id, results, batch=batch_results):
+                    yield response
         yield summary
 
     def _routed_out(
-        self, plan: Plan, query_id: str, start: float, *, group: bool
+        self, plan: Plan, query_id: str, start: float, *, group: bool, batch: bool
     ) -> Iterator[gateway_pb2.LookupResponse]:
         """The providers routing rules out, before any call ends (they are known at once).
 
         Grouped: one ``RoutedOut`` per number. Otherwise one SKIPPED result
         per provider, in configuration order, as callers that predate
-        ``RoutedOut`` have always received.
+        ``RoutedOut`` have always received (all ready at once, so in as few
+        ``ProviderResults`` as the caps allow when ``batch``).
         """
         now = asyncio.get_running_loop().time()
+        if not group:
+            yield from _responses(query_id, self._skipped(plan, query_id, start, now), batch=batch)
+            return
         for msisdn, out in plan.routed_out.items():
-            if group:
-                listed = out.ids() if out.count <= MAX_LISTED_ROUTED_OUT else ()
-                yield gateway_pb2.LookupResponse(
-                    query_id=query_id,
-                    routed_out=gateway_pb2.RoutedOut(
-                        msisdn=msisdn,
-                        count=out.count,
-                        provider_ids=listed,
-                        detail=ROUTED_OUT_DETAIL,
-                        elapsed=_duration(now - start),
-                    ),
-                )
-                continue
+            listed = out.ids() if out.count <= MAX_LISTED_ROUTED_OUT else ()
+            yield gateway_pb2.LookupResponse(
+                query_id=query_id,
+                routed_out=gateway_pb2.RoutedOut(
+                    msisdn=msisdn,
+                    count=out.count,
+                    provider_ids=listed,
+                    detail=ROUTED_OUT_DETAIL,
+                    elapsed=_duration(now - start),
+                ),
+            )
+
+    def _skipped(
+        self, plan: Plan, query_id: str, start: float, now: float
+    ) -> Iterator[gateway_pb2.ProviderResult]:
+        """One SKIPPED result per provider routing rules out, in configuration order."""
+        for msisdn, out in plan.routed_out.items():
             ids = out.ids()
             for provider in (p for p in self._fanout.providers if p.id in ids):
                 answer = ProviderAnswer(
@@ -595,8 +597,19 @@ class LookupService:
                     0,
                     now,
                 )
-                result = self.merger.merge(answer, (), sub="", query_id=query_id, start=start)
-                yield gateway_pb2.LookupResponse(query_id=query_id, result=result)
+                yield self.merger.merge(answer, (), sub="", query_id=query_id, start=start)
+
+
+def _responses(
+    query_id: str, results: Iterable[gateway_pb2.ProviderResult], *, batch: bool
+) -> Iterator[gateway_pb2.LookupResponse]:
+    """``results`` as stream messages: batched (``LookupRequest.batch_results``),
+    else one ``ProviderResult`` each, as callers that predate batching receive."""
+    if batch:
+        yield from _batches(query_id, results)
+        return
+    for result in results:
+        yield gateway_pb2.LookupResponse(query_id=query_id, result=result)
 
 
 def _batches(
