@@ -182,7 +182,7 @@ def table(doc: dict[str, Any]) -> str:
     lines = [
         f"onecert benchmark ({doc['mode']}) {doc['date']}",
         f"machine: {machine['cpu_model']}, {machine['cores']} cores, "
-        f"{machine['memory_gib']} GiB; load at start {machine['load_average'][0]:.2f}",
+        f"{machine['memory_gib']} GiB; load at the end {machine['load_average'][0]:.2f}",
         "versions: "
         + ", ".join(f"{k} {v}" for k, v in vers.items() if k not in ("cryptography", "pyjwt")),
         "",
