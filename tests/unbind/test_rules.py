@@ -3,6 +3,7 @@ statuses are retried, the audit digests, and the ticket key."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import tomllib
 from pathlib import Path
@@ -15,8 +16,9 @@ from hypothesis import strategies as st
 
 from onecert.gateway._attribution import Attribution
 from onecert.gateway._audit import Auditor, derive_audit_key, load_audit_key
+from onecert.gateway._breaker import backoff
 from onecert.gateway._config import ConfigError, DeliveryConfig, parse_config
-from onecert.gateway._delivery import RETRYABLE, backoff, classify_status
+from onecert.gateway._delivery import RETRYABLE, classify_status
 from onecert.gateway._unbind import TICKET_ID, reason_for
 from onecert.gateway.store import AttemptOutcome, Store
 from onecert.sdk._keys import KeyConfigError
@@ -95,6 +97,15 @@ def test_backoff_grows_then_stops_at_the_cap() -> None:
     """With the full share, the steps double from the initial value up to the cap."""
     steps = [backoff(n, initial=1, maximum=10, rand=lambda: 1.0) for n in range(1, 7)]
     assert steps == [1, 2, 4, 8, 10, 10]
+
+
+def test_backoff_with_a_least_share_never_waits_less_than_it() -> None:
+    """With ``least`` 0.5 (the fan-out's and the notice pushes' backoff) a wait is
+    between half its step (here 4 s) and all of it, the share spread over that half."""
+    for share, expected in ((0.0, 2.0), (0.5, 3.0), (0.999, 3.998)):
+        wait = backoff(3, initial=1, maximum=10, least=0.5, rand=itertools.repeat(share).__next__)
+        assert wait == pytest.approx(expected)
+    assert backoff(3, initial=1, maximum=10, rand=lambda: 0.0) == 0.0  # full jitter: from 0
 
 
 def test_which_statuses_are_retried() -> None:

@@ -1,4 +1,5 @@
-"""Per-upstream guards: a circuit breaker and a retry budget.
+"""Per-upstream guards: a circuit breaker and a retry budget; and the backoff
+between attempts that every retrying worker shares.
 
 Both exist so that one sick provider costs the gateway (and itself) as
 little as possible: the breaker stops calling a provider that keeps failing
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import math
+import random
 import time
 from collections.abc import Callable
 
@@ -159,3 +161,23 @@ class RetryBudget:
             return False
         self._retries[self._bucket()] += 1
         return True
+
+
+def backoff(
+    attempts: int,
+    *,
+    initial: float,
+    maximum: float,
+    least: float = 0.0,
+    rand: Callable[[], float] = random.random,
+) -> float:
+    """Seconds before the next attempt after ``attempts`` failed ones: a random
+    share, at least ``least``, of ``initial * 2**(attempts - 1)`` capped at
+    ``maximum``.
+
+    Full jitter (``least`` 0) spreads the retries of many callers that failed
+    against the same upstream at once; with ``least`` 0.5 a wait is never less
+    than half its step, so a worker that fails at once never spins.
+    """
+    step: float = min(maximum, initial * 2.0 ** max(0, min(attempts - 1, 62)))
+    return step * (least + (1.0 - least) * rand())

@@ -30,7 +30,7 @@ import os
 import random
 import secrets
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -38,6 +38,7 @@ import grpc
 import structlog
 
 from onecert.gateway._audit import Auditor
+from onecert.gateway._breaker import backoff
 from onecert.gateway._channels import ChannelPool
 from onecert.gateway._config import DeliveryConfig, ProviderConfig
 from onecert.gateway._directory import status_of
@@ -76,19 +77,6 @@ _AUDIT_TEXT = 1000
 def classify_status(code: grpc.StatusCode) -> AttemptOutcome:
     """RETRY for statuses worth another attempt, FATAL for the rest."""
     return AttemptOutcome.RETRY if code in RETRYABLE else AttemptOutcome.FATAL
-
-
-def backoff(
-    attempts: int, *, initial: float, maximum: float, rand: Callable[[], float] = random.random
-) -> float:
-    """Seconds before the next attempt after ``attempts`` failed ones.
-
-    Full jitter: a uniform share of ``initial * 2**(attempts - 1)``, capped at
-    ``maximum``, so many tickets failing against the same provider at once
-    spread their retries instead of arriving together when it comes back.
-    """
-    step: float = min(maximum, initial * 2.0 ** max(0, min(attempts - 1, 62)))
-    return step * rand()
 
 
 def _sanitise(text: str) -> str:

@@ -11,7 +11,6 @@ lookup cancels every call still in flight.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ import grpc
 import structlog
 
 from onecert.gateway._attribution import TenureView
-from onecert.gateway._breaker import CircuitBreaker, RetryBudget
+from onecert.gateway._breaker import CircuitBreaker, RetryBudget, backoff
 from onecert.gateway._channels import ChannelPool
 from onecert.gateway._config import CarrierConfig, FanoutConfig, ProviderConfig
 from onecert.gateway._observers import (
@@ -858,9 +857,11 @@ async def _attempts(
             if code is grpc.StatusCode.UNAVAILABLE and _may_retry(
                 upstream, attempts, end - loop.time()
             ):
-                backoff = _backoff(attempts)
-                if end - loop.time() > backoff + _MIN_ATTEMPT_TIME:
-                    await asyncio.sleep(backoff)
+                # At least half a step: the retries of many lookups hitting
+                # the same restart spread out, and none comes at once.
+                wait = backoff(attempts, initial=_BACKOFF_BASE, maximum=_BACKOFF_CAP, least=0.5)
+                if end - loop.time() > wait + _MIN_ATTEMPT_TIME:
+                    await asyncio.sleep(wait)
                     continue
             return _failed(
                 upstream,
@@ -954,13 +955,6 @@ def _claim(binding: provider_pb2.Binding) -> tuple[object, ...]:
         for name in _BINDING_TIME
     )
     return (*times, binding.display_name)
-
-
-def _backoff(attempt: int) -> float:
-    # Full jitter (a random share of an exponential step) spreads the
-    # retries of many lookups hitting the same restart.
-    step: float = min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** (attempt - 1))
-    return step * (0.5 + random.random() / 2)  # noqa: S311 - jitter, not a secret
 
 
 def _seconds(value: float) -> str:

@@ -34,6 +34,7 @@ import grpc
 import structlog
 
 from onecert.gateway._audit import Auditor
+from onecert.gateway._breaker import backoff
 from onecert.gateway._channels import ChannelPool
 from onecert.gateway._config import NoticesConfig, ProviderConfig
 from onecert.gateway._delivery import RETRYABLE
@@ -533,9 +534,14 @@ class NoticePusher:
         Between half and all of ``backoff_initial_s * 2**(attempts-1)``,
         capped at ``backoff_max_s``: spread out, yet never a tight loop.
         """
-        cap = self._config.backoff_max_s
-        base = min(cap, self._config.backoff_initial_s * 2 ** min(max(attempts - 1, 0), 32))
-        return timedelta(seconds=base * (0.5 + self._jitter() / 2))
+        seconds = backoff(
+            attempts,
+            initial=self._config.backoff_initial_s,
+            maximum=self._config.backoff_max_s,
+            least=0.5,
+            rand=self._jitter,
+        )
+        return timedelta(seconds=seconds)
 
 
 _OUTCOMES = {
