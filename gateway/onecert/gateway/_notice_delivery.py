@@ -243,12 +243,12 @@ class NoticePusher:
         """One worker: lease due providers, start a push to each, and go on leasing
         while they run (up to ``in_flight`` pushes of this process at once)."""
         while True:
-            # What rang before this pass: a ring while it claims is not missed.
-            seen = (self._doorbell.rings, self._more.rings, self._settled.rings)
             room = min(self._config.batch, self._config.in_flight - self._in_flight)
             if room <= 0:
-                await self._settled.wait(self._config.check_interval_s, since=seen[2])
+                await self._settled.wait(self._config.check_interval_s)
                 continue
+            # What rang before the claim: a ring while it claims is not missed.
+            seen = (self._doorbell.rings, self._more.rings)
             self._in_flight += room  # reserved, so that two workers never overshoot
             started = 0
             try:
@@ -259,7 +259,7 @@ class NoticePusher:
             finally:
                 self._in_flight -= room - started
             if not started:
-                await self._nap(*seen[:2])
+                await self._nap(*seen)
 
     def reserve(self, wanted: int) -> int:
         """Up to ``wanted`` places in flight for pushes the notice service hands over
