@@ -17,7 +17,14 @@ from hypothesis import strategies as st
 
 import onecert.gateway
 import onecert.sdk.client
-from onecert.gateway._attribution import Attribution, TenureView
+from onecert.gateway._attribution import (
+    Attribution,
+    TenureView,
+    classify,
+    proto_binding_time,
+    proto_binding_when,
+    proto_bound_at,
+)
 from onecert.gateway._breaker import CircuitBreaker
 from onecert.gateway._channels import ChannelPool
 from onecert.gateway._config import FanoutConfig, ProviderConfig
@@ -236,3 +243,64 @@ async def test_cli_progress_line_is_cleared(fed: Federation, tmp_path: Path) -> 
     text = progress.getvalue()
     assert "waiting for providers: 2/2 answered" in text
     assert text.endswith("\r\033[K")
+
+
+# Any Timestamp a provider may send: seconds and nanos over their whole wire
+# range, valid or not.
+any_stamp = st.builds(
+    Timestamp,
+    seconds=st.one_of(
+        # Within the citizen's tenure (shown), and anywhere else.
+        st.integers(min_value=int(HELD_FROM.timestamp()), max_value=1_700_000_000),
+        st.integers(min_value=-(2**40), max_value=2**40),
+        st.integers(min_value=253_402_300_700, max_value=253_402_300_900),
+        st.sampled_from([0, 1, -1, 2**63 - 1, -(2**63)]),
+    ),
+    nanos=st.one_of(
+        st.integers(min_value=0, max_value=999_999_999),
+        st.integers(min_value=-(2**31), max_value=2**31 - 1),
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(any_stamp)
+def test_a_shown_bound_at_is_the_instant_attribution_read(stamp: Timestamp) -> None:
+    """The shown binding's bound_at is what proto_bound_at reads, to the microsecond,
+    for every Timestamp on the wire (copied without a datetime when in range)."""
+    binding = provider_pb2.Binding(
+        account_ref="a", display_name="zhang", unbindable=True, bound_at=stamp
+    )
+    read = proto_bound_at(binding)
+    result = merge(True, [binding])
+    shown = result.bindings[0] if result.bindings else None
+    if read is None or read < HELD_FROM or read > datetime.now(UTC) + timedelta(minutes=5):
+        assert shown is None
+        return
+    assert shown is not None
+    expected = Timestamp()
+    expected.FromDatetime(read)
+    assert shown.bound_at == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.one_of(st.none(), any_stamp), min_size=3, max_size=3),
+    st.booleans(),
+)
+def test_bare_instants_attribute_as_binding_times(
+    stamps: list[Timestamp | None], current: bool
+) -> None:
+    """proto_binding_when (the bare instant when a binding has no bounds) attributes
+    every binding exactly as the full BindingTime of proto_binding_time does."""
+    at, not_before, not_after = stamps
+    binding = provider_pb2.Binding(
+        account_ref="a", bound_at=at, bound_not_before=not_before, bound_not_after=not_after
+    )
+    tenures = [
+        TenureView(NUMBER, "cm", HELD_FROM, None if current else HELD_UNTIL, state=1),
+    ]
+    now = datetime.now(UTC)
+    fast = classify(tenures, [binding], bound_at=proto_binding_when, now=now)
+    full = classify(tenures, [binding], bound_at=proto_binding_time, now=now)
+    assert fast == full

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from onecert.gateway._masking import mask_display_name
+from onecert.gateway._masking import _kept, _shown, mask_display_name
 
 
 @pytest.mark.parametrize(
@@ -94,3 +94,13 @@ def test_mask_is_short_and_starred(name: str) -> None:
         assert len(masked) <= 2 + 3 + 2 + 1 + 1 + 3 + 1 + 10
     else:
         assert masked == ""
+
+
+@settings(max_examples=300)
+@given(_NAMES | _DIGITY | st.text(max_size=6))
+def test_kept_characters_are_starred_one_by_one(name: str) -> None:
+    """A kept run of letters is shown whole only when every character would be shown
+    on its own: the letters-only shortcut never keeps what the per-character rule
+    would star."""
+    assert _kept(name) == "".join(_shown(ch) for ch in name)
+    assert len(_kept(name)) == len(name)

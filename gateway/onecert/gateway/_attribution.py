@@ -73,7 +73,7 @@ class Attribution(enum.Enum):
     @property
     def proto(self) -> int:
         """The ``onecert.v1.Attribution`` value."""
-        return int(self.value)
+        return int(self._value_)
 
     @property
     def shown(self) -> bool:
@@ -216,8 +216,14 @@ def _attribute(
     tenures: Sequence[TenureView], bound: datetime | BindingTime | None, now: datetime
 ) -> Attribution | None:
     current = any(t.current for t in tenures)
-    when = BindingTime(at=bound) if bound is None or isinstance(bound, datetime) else bound
-    interval = when.interval(now)
+    if bound is None:
+        interval = None
+    elif isinstance(bound, datetime):
+        # BindingTime(at=bound).interval(now), without building one per binding.
+        _check_aware("at", bound)
+        interval = None if bound > now + FUTURE_TOLERANCE else (bound, bound)
+    else:
+        interval = bound.interval(now)
     if interval is not None:
         low, high = interval
         # One tenure must hold the whole interval: an interval spanning the
@@ -354,6 +360,15 @@ def proto_binding_time(binding: provider_pb2.Binding) -> BindingTime:
         not_before=_proto_instant(binding, "bound_not_before"),
         not_after=_proto_instant(binding, "bound_not_after"),
     )
+
+
+def proto_binding_when(binding: provider_pb2.Binding) -> datetime | BindingTime | None:
+    """What :func:`proto_binding_time` reads, as :func:`classify` takes it, built
+    only as far as the binding says: the bare instant (or None) when it has no
+    bounds, as most answers have not."""
+    if binding.HasField("bound_not_before") or binding.HasField("bound_not_after"):
+        return proto_binding_time(binding)
+    return _proto_instant(binding, "bound_at")
 
 
 def _proto_instant(

@@ -163,6 +163,7 @@ class HandleSealer:
             if len(k) != KEY_BYTES:
                 raise KeyConfigError(f"a handle key must be {KEY_BYTES} bytes")
         self._kid = key_id(key)
+        self._header = bytes([HANDLE_VERSION]) + self._kid
         self._aead = AESGCM(key)
         self._by_kid: dict[bytes, AESGCM] = {}
         for k in keys:
@@ -194,7 +195,7 @@ class HandleSealer:
                 _field("account_ref", claims.account_ref, limit=_MAX_ACCOUNT_REF),
             )
         )
-        header = bytes([HANDLE_VERSION]) + self._kid
+        header = self._header
         nonce = secrets.token_bytes(_NONCE_BYTES)
         sealed = self._aead.encrypt(nonce, plaintext, header + _utf8(claims.sub))
         return _b64encode(header + nonce + sealed)

@@ -43,12 +43,13 @@ from typing import TYPE_CHECKING, cast
 import grpc
 import structlog
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from onecert.gateway._attribution import (
     Attribution,
     TenureView,
     classify,
-    proto_binding_time,
+    proto_binding_when,
     proto_bound_at,
 )
 from onecert.gateway._fanout import (
@@ -257,7 +258,7 @@ class ResultMerger:
         )
         if answer.outcome is not UpstreamOutcome.ANSWERED:
             return result
-        attributed = classify(tenures, answer.bindings, bound_at=proto_binding_time)
+        attributed = classify(tenures, answer.bindings, bound_at=proto_binding_when)
         expires_at = self._clock() + self._handle_ttl
 
         def handle(binding: provider_pb2.Binding, attribution: Attribution) -> str:
@@ -306,12 +307,30 @@ def _shown_binding(
         handle=sealed,
         dangerous=attribution.dangerous,
     )
-    bound_at = proto_bound_at(binding)
-    if bound_at is not None:
-        item.bound_at.FromDatetime(bound_at)
+    _copy_bound_at(binding, item.bound_at)
     if binding.HasField("last_used_at") and binding.last_used_at.seconds > 0:
         item.last_used_at.CopyFrom(binding.last_used_at)
     return item
+
+
+# The last second a datetime holds (9999-12-31T23:59:59Z), as a Timestamp's seconds.
+_LAST_DATETIME_SECOND = 253_402_300_799
+
+
+def _copy_bound_at(binding: provider_pb2.Binding, out: Timestamp) -> None:
+    """Set ``out`` to :func:`proto_bound_at` of ``binding`` (left unset when None).
+
+    A timestamp in range is copied field by field, to the microsecond as the
+    datetime would have it, without building the datetime.
+    """
+    stamp = binding.bound_at
+    if 0 < stamp.seconds <= _LAST_DATETIME_SECOND and 0 <= stamp.nanos < 1_000_000_000:
+        out.seconds = stamp.seconds
+        out.nanos = stamp.nanos - stamp.nanos % 1000
+        return
+    bound_at = proto_bound_at(binding)
+    if bound_at is not None:
+        out.FromDatetime(bound_at)
 
 
 class LookupService:

@@ -43,9 +43,12 @@ def _mask_plain(name: str) -> str:
         keep_head, keep_tail = 1, 1
     else:
         keep_head, keep_tail = 2, 2
-    head = "".join(_shown(ch) for ch in name[:keep_head])
-    tail = "".join(_shown(ch) for ch in name[n - keep_tail :]) if keep_tail else ""
-    return head + STARS + tail
+    return _kept(name[:keep_head]) + STARS + (_kept(name[n - keep_tail :]) if keep_tail else "")
+
+
+def _kept(part: str) -> str:
+    # Letters alone (the usual case) are shown as they are.
+    return part if part.isalpha() else "".join(_shown(ch) for ch in part)
 
 
 def _first_letter(text: str) -> str:

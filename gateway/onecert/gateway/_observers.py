@@ -44,7 +44,7 @@ class UpstreamOutcome(enum.Enum):
 
     @property
     def proto(self) -> gateway_pb2.CallOutcome.ValueType:
-        return gateway_pb2.CallOutcome.ValueType(self.value)
+        return gateway_pb2.CallOutcome.ValueType(self._value_)
 
 
 @dataclass(frozen=True)
