@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from onecert.gateway._config import FanoutConfig
-from onecert.gateway._fanout import _Expiry, _Result, _supervise, _Upstream
+from onecert.gateway._fanout import _Expiry, _Result, _Slots, _supervise, _Upstream
 from onecert.gateway._observers import UpstreamOutcome
 
 DEADLINE = 0.2
@@ -26,7 +26,7 @@ def _upstream(deadline: float = DEADLINE) -> _Upstream:
     )
 
 
-async def _hang(seconds: float, warrant: str) -> bytes:
+async def _hang(request: object, **_: object) -> bytes:
     # A call that ignores its timeout: only the shared timer can end it.
     await asyncio.sleep(3600)
     return b""
@@ -39,7 +39,9 @@ def _no_warrant() -> str:
 def _supervised(upstream: _Upstream, expiry: _Expiry) -> Coroutine[Any, Any, _Result[bytes]]:
     loop = asyncio.get_running_loop()
     now = loop.time()
-    return _supervise(upstream, _hang, _no_warrant, deadline=now + 60, anchor=now, expiry=expiry)
+    return _supervise(
+        upstream, _hang, None, _no_warrant, deadline=now + 60, anchor=now, expiry=expiry
+    )
 
 
 async def test_a_hung_call_ends_timed_out_at_its_deadline_and_counts_as_a_failure() -> None:
@@ -53,7 +55,7 @@ async def test_a_hung_call_ends_timed_out_at_its_deadline_and_counts_as_a_failur
     assert result.detail == "deadline 0.2s exceeded"
     assert result.attempts == 1
     assert upstream.breaker.consecutive_failures == 1
-    assert not upstream.slots.locked()
+    assert upstream.slots.free == 4
 
 
 async def test_calls_sharing_a_deadline_all_end_at_it() -> None:
@@ -79,7 +81,7 @@ async def test_the_lookups_cancellation_still_cancels_a_watched_call() -> None:
         await task
     expiry.close()
     assert upstream.breaker.consecutive_failures == 0
-    assert not upstream.slots.locked()
+    assert upstream.slots.free == 4
 
 
 async def test_a_cancellation_at_the_deadline_wins_over_the_timeout() -> None:
@@ -100,3 +102,53 @@ async def test_a_cancellation_at_the_deadline_wins_over_the_timeout() -> None:
         await task
     expiry.close()
     assert upstream.breaker.consecutive_failures == 0
+
+
+async def test_slots_cap_calls_and_hand_over_in_arrival_order() -> None:
+    """A full upstream queues callers and gives each released slot to the first in
+    line; the cap holds throughout."""
+    slots = _Slots(2)
+    assert slots.take()
+    assert slots.take()
+    assert not slots.take()
+    order: list[int] = []
+
+    async def queued(i: int) -> None:
+        await slots.wait()
+        order.append(i)
+
+    waiters = [asyncio.create_task(queued(i)) for i in range(3)]
+    await asyncio.sleep(0)
+    assert order == []
+    slots.release()
+    await asyncio.sleep(0)
+    assert order == [0]
+    slots.release()
+    slots.release()
+    await asyncio.gather(*waiters)
+    assert order == [0, 1, 2]
+    assert slots.free == 0
+    for _ in range(2):
+        slots.release()
+    assert slots.free == 2
+
+
+async def test_a_cancelled_waiter_takes_no_slot_and_loses_none() -> None:
+    """Cancelled while queued, a caller holds nothing; cancelled just after a slot
+    was handed to it, it passes the slot on: no slot leaks either way."""
+    slots = _Slots(1)
+    assert slots.take()
+    first = asyncio.create_task(slots.wait())
+    second = asyncio.create_task(slots.wait())
+    third = asyncio.create_task(slots.wait())
+    await asyncio.sleep(0)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    slots.release()  # handed to the second...
+    second.cancel()  # ...cancelled before it ran: the third gets it
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    await asyncio.wait_for(third, timeout=1)
+    slots.release()
+    assert slots.free == 1

@@ -11,10 +11,11 @@ lookup cancels every call still in flight.
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, Generic, Protocol, TypeVar, cast
+from typing import Final, Generic, NamedTuple, Protocol, TypeVar, cast
 
 import grpc
 import structlog
@@ -187,12 +188,67 @@ class AllProviders:
         return providers
 
 
-@dataclass(frozen=True)
-class _Result(Generic[T]):
+class _Result(NamedTuple, Generic[T]):
     outcome: UpstreamOutcome
     detail: str
     response: T | None
     attempts: int
+
+
+class _Slots:
+    """An upstream's cap on calls in flight.
+
+    A free slot is taken at once, without awaiting (:meth:`take`); when none
+    is free a caller queues (:meth:`wait`) and :meth:`release` hands the
+    slot to the first in the queue.
+    """
+
+    __slots__ = ("_free", "_waiters")
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    @property
+    def free(self) -> int:
+        """Slots free now."""
+        return self._free
+
+    def take(self) -> bool:
+        """Take a free slot if there is one.
+
+        Nobody queues while one is free: :meth:`release` hands a slot to a
+        queued caller before it frees one.
+        """
+        if self._free:
+            self._free -= 1
+            return True
+        return False
+
+    async def wait(self) -> None:
+        """Queue until a slot is handed over; cancelled, the caller holds none."""
+        if self.take():
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if not waiter.cancelled():
+                # Handed over just as the caller was cancelled: pass it on.
+                self.release()
+            elif waiter in self._waiters:
+                self._waiters.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        """Give a slot back: to the first caller queued, else to the free ones."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._free += 1
 
 
 class _Upstream:
@@ -215,7 +271,7 @@ class _Upstream:
         self.server_name = server_name
         self.deadline = deadline
         self.max_concurrency = max_concurrency
-        self.slots = asyncio.Semaphore(max_concurrency)
+        self.slots = _Slots(max_concurrency)
         self.breaker = CircuitBreaker(
             failure_threshold=fanout.breaker_failure_threshold, cooldown=fanout.breaker_cooldown_s
         )
@@ -418,16 +474,15 @@ class FanOut:
         stub = upstream.stub(self._channels, registry_pb2_grpc.NumberRegistryStub)
         request = registry_pb2.ListNumbersRequest(idn=idn)
 
-        def invoke(timeout: float, warrant: str) -> Awaitable[registry_pb2.ListNumbersResponse]:
-            return stub.ListNumbers(request, timeout=timeout, metadata=_bearer(warrant))
-
         def warrant() -> str:
             return self._warrants.issue(
                 audience=carrier.id, target=idn, purpose="lookup", query_id=query_id
             )
 
         started = time.monotonic()
-        result = await _supervise(upstream, invoke, warrant, deadline=deadline, anchor=anchor)
+        result = await _supervise(
+            upstream, stub.ListNumbers, request, warrant, deadline=deadline, anchor=anchor
+        )
         self._observer.carrier_answered(
             carrier.id, result.outcome, result.attempts, time.monotonic() - started
         )
@@ -553,16 +608,19 @@ class FanOut:
         stub = upstream.stub(self._channels, provider_pb2_grpc.BindingProviderStub)
         request = provider_pb2.ListBindingsRequest(msisdn=call.msisdn)
 
-        def invoke(timeout: float, warrant: str) -> Awaitable[provider_pb2.ListBindingsResponse]:
-            return stub.ListBindings(request, timeout=timeout, metadata=_bearer(warrant))
-
         def warrant() -> str:
             return self._warrants.issue(
                 audience=provider.id, target=call.msisdn, purpose="lookup", query_id=query_id
             )
 
         result = await _supervise(
-            upstream, invoke, warrant, deadline=deadline, anchor=anchor, expiry=expiry
+            upstream,
+            stub.ListBindings,
+            request,
+            warrant,
+            deadline=deadline,
+            anchor=anchor,
+            expiry=expiry,
         )
         loop = asyncio.get_running_loop()
         bindings: tuple[provider_pb2.Binding, ...] = ()
@@ -710,32 +768,59 @@ class _Expiry:
                 task.cancel()
 
 
-@dataclass
-class _Progress:
-    """Where a supervised call is, for an expiry that interrupts it."""
+class _Call:
+    """Where one supervised call is, and the breaker's verdict on it.
 
-    attempts: int = 0
-    # The running attempt's timeout; None between attempts.
-    timeout: float | None = None
-    waiting_for_slot: bool = False
+    The fan-out's expiry may cancel a call anywhere; what the call then
+    reports depends on where it was: waiting for a slot, in an attempt, or
+    between attempts.
+    """
+
+    __slots__ = ("attempts", "breaker", "judged", "timeout", "waiting_for_slot")
+
+    def __init__(self, breaker: CircuitBreaker) -> None:
+        self.breaker = breaker
+        self.attempts = 0
+        # The running attempt's timeout; None between attempts.
+        self.timeout: float | None = None
+        self.waiting_for_slot = False
+        self.judged = False
+
+    def judge(self, healthy: bool | None) -> None:
+        """Tell the breaker how the call went: healthy, unhealthy, or no verdict (None)."""
+        self.judged = True
+        if healthy is None:
+            self.breaker.record_abandoned()
+        elif healthy:
+            self.breaker.record_success()
+        else:
+            self.breaker.record_failure()
+
+    def abandon(self) -> None:
+        """No verdict, unless the call was judged already."""
+        if not self.judged:
+            self.judge(None)
 
 
 async def _supervise(
     upstream: _Upstream,
-    invoke: Callable[[float, str], Awaitable[T]],
+    method: Callable[..., Awaitable[T]],
+    request: object,
     warrant: Callable[[], str],
     *,
     deadline: float,
     anchor: float,
     expiry: _Expiry | None = None,
 ) -> _Result[T]:
-    """One logical call: breaker, slot, attempts with retries; never raises
-    anything but CancelledError.
+    """One logical call of ``method(request)``: breaker, slot, attempts with
+    retries; never raises anything but CancelledError.
 
     ``anchor`` is when the fan-out began (``loop.time()``): the upstream's
     deadline counts from it, cut short by the lookup's ``deadline``. With
     ``expiry``, the call is cancelled at that end by the fan-out's shared
-    timer, and ends as its gRPC deadline would have ended it.
+    timer, and ends as its gRPC deadline would have ended it. The usual call
+    (a free slot, one attempt) runs in this one coroutine: a lookup makes one
+    per provider, and every layer of coroutines costs each of them.
     """
     loop = asyncio.get_running_loop()
     end = min(deadline, anchor + upstream.deadline)
@@ -743,41 +828,46 @@ async def _supervise(
         return _Result(UpstreamOutcome.TIMED_OUT, "no time left in the lookup's deadline", None, 0)
     if not upstream.breaker.allow():
         return _Result(UpstreamOutcome.SKIPPED, "breaker open", None, 0)
-    judged = False
-
-    def judge(healthy: bool | None) -> None:
-        nonlocal judged
-        judged = True
-        if healthy is None:
-            upstream.breaker.record_abandoned()
-        elif healthy:
-            upstream.breaker.record_success()
-        else:
-            upstream.breaker.record_failure()
-
-    progress = _Progress()
+    call = _Call(upstream.breaker)
     task = cast("asyncio.Task[object]", asyncio.current_task()) if expiry is not None else None
     if expiry is not None and task is not None:
         expiry.watch(end, task)
     try:
-        if not await _take_slot(upstream, end, progress):
-            judge(None)
+        if not upstream.slots.take() and not await _wait_slot(upstream, end, call):
+            call.judge(None)
             return _no_slot(upstream)
         try:
-            return await _attempts(
-                upstream, invoke, warrant, end=end, judge=judge, progress=progress
-            )
+            upstream.budget.record_call()
+            while True:
+                timeout = end - loop.time()
+                if timeout <= 0:
+                    call.judge(None)
+                    return _Result(
+                        UpstreamOutcome.TIMED_OUT, "deadline exceeded", None, call.attempts
+                    )
+                call.attempts += 1
+                call.timeout = timeout
+                try:
+                    response = await method(request, timeout=timeout, metadata=_bearer(warrant()))
+                except grpc.aio.AioRpcError as exc:
+                    call.timeout = None
+                    wait = _retry_wait(upstream, exc.code(), call.attempts, end - loop.time())
+                    if wait is None:
+                        details = exc.details() or ""
+                        return _failed(upstream, exc.code(), details, timeout=timeout, call=call)
+                    await asyncio.sleep(wait)
+                    continue
+                call.judge(True)
+                return _Result(UpstreamOutcome.ANSWERED, "", response, call.attempts)
         finally:
             upstream.slots.release()
     except asyncio.CancelledError:
         if expiry is None or task is None or not expiry.claim(task):
-            if not judged:
-                judge(None)
+            call.abandon()
             raise
-        return _expired(upstream, progress, judge)
+        return _expired(upstream, call)
     except Exception as exc:  # noqa: BLE001 - any bug must end as this call's outcome, not the lookup's
-        if not judged:
-            judge(None)
+        call.abandon()
         _log.exception("upstream.call_error", upstream=upstream.id)
         return _Result(UpstreamOutcome.FAILED, f"gateway error ({type(exc).__name__})", None, 0)
     finally:
@@ -794,91 +884,47 @@ def _no_slot(upstream: _Upstream) -> _Result[T]:
     )
 
 
-def _expired(
-    upstream: _Upstream, progress: _Progress, judge: Callable[[bool | None], None]
-) -> _Result[T]:
+def _expired(upstream: _Upstream, call: _Call) -> _Result[T]:
     """The outcome of a call the fan-out's deadline timer cancelled."""
-    if progress.timeout is not None:
+    if call.timeout is not None:
         # Mid-attempt: what the attempt's own gRPC deadline would have said.
         return _failed(
-            upstream,
-            grpc.StatusCode.DEADLINE_EXCEEDED,
-            "",
-            timeout=progress.timeout,
-            attempts=progress.attempts,
-            judge=judge,
+            upstream, grpc.StatusCode.DEADLINE_EXCEEDED, "", timeout=call.timeout, call=call
         )
-    judge(None)
-    if progress.waiting_for_slot:
+    call.judge(None)
+    if call.waiting_for_slot:
         return _no_slot(upstream)
-    return _Result(UpstreamOutcome.TIMED_OUT, "deadline exceeded", None, progress.attempts)
+    return _Result(UpstreamOutcome.TIMED_OUT, "deadline exceeded", None, call.attempts)
 
 
-async def _take_slot(upstream: _Upstream, end: float, progress: _Progress) -> bool:
-    """Whether a slot of ``upstream`` was taken before ``end`` (``loop.time()``)."""
-    if not upstream.slots.locked():
-        # A free slot is taken at once: no timer to arm and cancel.
-        await upstream.slots.acquire()
-        return True
-    progress.waiting_for_slot = True
+async def _wait_slot(upstream: _Upstream, end: float, call: _Call) -> bool:
+    """Whether a slot of ``upstream`` came free before ``end`` (``loop.time()``)."""
+    call.waiting_for_slot = True
     try:
         async with asyncio.timeout_at(end):
-            await upstream.slots.acquire()
+            await upstream.slots.wait()
     except TimeoutError:
         return False
-    progress.waiting_for_slot = False
+    call.waiting_for_slot = False
     return True
 
 
-async def _attempts(
-    upstream: _Upstream,
-    invoke: Callable[[float, str], Awaitable[T]],
-    warrant: Callable[[], str],
-    *,
-    end: float,
-    judge: Callable[[bool | None], None],
-    progress: _Progress,
-) -> _Result[T]:
-    loop = asyncio.get_running_loop()
-    upstream.budget.record_call()
-    attempts = 0
-    while True:
-        attempts += 1
-        timeout = end - loop.time()
-        if timeout <= 0:
-            judge(None)
-            return _Result(UpstreamOutcome.TIMED_OUT, "deadline exceeded", None, attempts - 1)
-        progress.attempts, progress.timeout = attempts, timeout
-        try:
-            response = await invoke(timeout, warrant())
-        except grpc.aio.AioRpcError as exc:
-            progress.timeout = None
-            code = exc.code()
-            if code is grpc.StatusCode.UNAVAILABLE and _may_retry(
-                upstream, attempts, end - loop.time()
-            ):
-                # At least half a step: the retries of many lookups hitting
-                # the same restart spread out, and none comes at once.
-                wait = backoff(attempts, initial=_BACKOFF_BASE, maximum=_BACKOFF_CAP, least=0.5)
-                if end - loop.time() > wait + _MIN_ATTEMPT_TIME:
-                    await asyncio.sleep(wait)
-                    continue
-            return _failed(
-                upstream,
-                code,
-                exc.details() or "",
-                timeout=timeout,
-                attempts=attempts,
-                judge=judge,
-            )
-        judge(True)
-        return _Result(UpstreamOutcome.ANSWERED, "", response, attempts)
+def _retry_wait(
+    upstream: _Upstream, code: grpc.StatusCode, attempts: int, left: float
+) -> float | None:
+    """Seconds to wait before the next attempt after ``code``; None: no retry.
 
-
-def _may_retry(upstream: _Upstream, attempts: int, left: float) -> bool:
-    if attempts >= upstream.max_attempts or left <= _MIN_ATTEMPT_TIME:
-        return False
-    return upstream.budget.try_spend()
+    Only UNAVAILABLE is retried, within the upstream's attempts and retry
+    budget, and only with time left for an attempt after the wait.
+    """
+    if code is not grpc.StatusCode.UNAVAILABLE or attempts >= upstream.max_attempts:
+        return None
+    if left <= _MIN_ATTEMPT_TIME or not upstream.budget.try_spend():
+        return None
+    # At least half a step: the retries of many lookups hitting the same
+    # restart spread out, and none comes at once.
+    wait = backoff(attempts, initial=_BACKOFF_BASE, maximum=_BACKOFF_CAP, least=0.5)
+    return wait if left > wait + _MIN_ATTEMPT_TIME else None
 
 
 def _failed(
@@ -887,21 +933,20 @@ def _failed(
     details: str,
     *,
     timeout: float,
-    attempts: int,
-    judge: Callable[[bool | None], None],
+    call: _Call,
 ) -> _Result[T]:
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         # A timeout counts against the upstream only when it had a fair
         # share of its own deadline: a caller with a tiny deadline must
         # not be able to open every breaker.
-        judge(False if timeout >= upstream.deadline / 2 else None)
+        call.judge(False if timeout >= upstream.deadline / 2 else None)
         return _Result(
-            UpstreamOutcome.TIMED_OUT, f"deadline {_seconds(timeout)} exceeded", None, attempts
+            UpstreamOutcome.TIMED_OUT, f"deadline {_seconds(timeout)} exceeded", None, call.attempts
         )
-    judge(code not in _UNHEALTHY)
+    call.judge(code not in _UNHEALTHY)
     text = _sanitise(details)
     detail = f"{code.name}: {text}" if text else code.name
-    return _Result(UpstreamOutcome.FAILED, detail, None, attempts)
+    return _Result(UpstreamOutcome.FAILED, detail, None, call.attempts)
 
 
 def _tidy(
@@ -915,6 +960,9 @@ def _tidy(
     its details are never shown. Past
     ``limit`` accounts, the rest are dropped.
     """
+    if len(bindings) == 1 and limit >= 1:
+        # The usual answer: nothing to merge, nothing to cut.
+        return tuple(bindings), ""
     kept: list[provider_pb2.Binding] = []
     first: dict[str, int] = {}
     duplicates = 0
