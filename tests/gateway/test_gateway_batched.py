@@ -16,6 +16,7 @@ import grpc
 import pytest
 
 from onecert.gateway import _lookup as lookup_module
+from onecert.gateway._config import FanoutConfig
 from onecert.sdk.client import GatewayClient, LookupUpdate, Result, Started, Summary
 from onecert.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
@@ -30,7 +31,7 @@ QUARANTINED = ("q1", "q2", "q3", "q4")
 QUARANTINE_DETAIL = "misconfigured: its Describe names another provider"
 
 
-async def _federation(fed: Federation) -> GatewayServer:
+async def _federation(fed: Federation, **options: Any) -> GatewayServer:
     """Two numbers; "pay" holds accounts on both, "quiet" none, and the four
     providers of QUARANTINED are quarantined (each asked about both numbers)."""
     await fed.carrier("cm", {fed.IDN: fed.story_tenures("cm")})
@@ -47,7 +48,7 @@ async def _federation(fed: Federation) -> GatewayServer:
     await fed.provider("quiet", {})
     for provider_id in QUARANTINED:
         await fed.provider(provider_id, {})
-    gateway = await fed.gateway(store="sqlite")
+    gateway = await fed.gateway(store="sqlite", **options)
     for provider_id in QUARANTINED:
         gateway.fanout.quarantine(provider_id, QUARANTINE_DETAIL)
     return gateway
@@ -131,6 +132,16 @@ async def test_results_that_end_together_share_one_message(fed: Federation) -> N
     }
     plain = await fed.lookup(gateway)
     assert len([r for r in fed.results(plain) if r.provider_id in QUARANTINED]) == 8
+
+
+async def test_the_batch_window_gathers_results_that_end_apart(fed: Federation) -> None:
+    """With a window longer than the whole fan-out, the results that end apart (the
+    quarantined providers' at once, the others' when they answer) all come in one
+    message (ProviderAnswers' own tests hold the window's edges)."""
+    gateway = await _federation(fed, fanout=FanoutConfig(batch_window_s=1.0))
+    batched = await fed.lookup(gateway, request=BATCHED)
+    assert _kinds(batched) == ["started", "results", "summary"]
+    assert len(batched[1].results.results) == 12
 
 
 async def test_a_message_holds_at_most_the_capped_number_of_results(

@@ -133,6 +133,9 @@ class FanoutConfig:
     retry_budget_window_s: float = setting(10.0, seconds=True)
     retry_max_attempts: int = setting(2, minimum=1)
     summary_margin_s: float = setting(0.2, seconds=True, allow_zero=True)
+    # For callers that take several results per message (batch_results): how
+    # long the first answer of a batch waits for others to end with it.
+    batch_window_s: float = setting(0.01, seconds=True, allow_zero=True, maximum=1.0)
     # Accounts one provider answer may contribute to a lookup; the rest are
     # dropped and the result says so (a number has a handful, not thousands).
     max_bindings_per_answer: int = setting(1000, minimum=1)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -669,27 +670,47 @@ class ProviderAnswers:
         self._started = started
         self._observer = observer
         self._ended: list[asyncio.Task[ProviderAnswer]] = []
+        # When the first of self._ended ended (loop.time()).
+        self._first_ended = 0.0
         self._wakeup: asyncio.Future[None] | None = None
         self.remaining = len(tasks)
         for task in tasks:
             task.add_done_callback(self._on_done)
 
     def _on_done(self, task: asyncio.Task[ProviderAnswer]) -> None:
+        if not self._ended:
+            self._first_ended = task.get_loop().time()
         self._ended.append(task)
         wakeup = self._wakeup
         if wakeup is not None and not wakeup.done():
             wakeup.set_result(None)
 
-    async def ready(self) -> list[ProviderAnswer]:
-        """The answers ended since the last call (at least one; none once all are out)."""
+    async def _next_end(self) -> None:
+        self._wakeup = asyncio.get_running_loop().create_future()
+        try:
+            await self._wakeup
+        finally:
+            self._wakeup = None
+
+    async def ready(self, *, gather: float = 0.0, most: int = 0) -> list[ProviderAnswer]:
+        """The answers ended since the last call (at least one; none once all are out).
+
+        With ``gather`` (seconds), the answers that end within that long of
+        the first of them join it, up to ``most`` in all (0: no limit); the
+        batch goes at once when every call has ended. Fewer, fuller batches
+        for a caller that sends each batch as one message: the lookup's end
+        is never delayed, only results before it, by at most ``gather``.
+        """
         if not self.remaining:
             return []
         while not self._ended:
-            self._wakeup = asyncio.get_running_loop().create_future()
-            try:
-                await self._wakeup
-            finally:
-                self._wakeup = None
+            await self._next_end()
+        until = self._first_ended + gather
+        if gather > 0 and self._gathering(most) and asyncio.get_running_loop().time() < until:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(until):
+                    while self._gathering(most):
+                        await self._next_end()
         ended, self._ended = self._ended, []
         self.remaining -= len(ended)
         answers = []
@@ -699,6 +720,11 @@ class ProviderAnswers:
             self._observer.provider_answered(answer, answer.finished_at - self._started)
             answers.append(answer)
         return answers
+
+    def _gathering(self, most: int) -> bool:
+        # Calls are still out, and the batch has room for more of them.
+        ended = len(self._ended)
+        return ended < self.remaining and (not most or ended < most)
 
     async def aclose(self) -> None:
         """Cancel every call still in flight and wait until each has ended."""

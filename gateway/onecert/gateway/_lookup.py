@@ -179,9 +179,9 @@ class _Totals:
 
 
 def _duration(seconds: float) -> Duration:
-    out = Duration()
-    out.FromNanoseconds(max(0, round(seconds * 1e9)))
-    return out
+    # Not negative, so these are Duration's normalised fields (as FromNanoseconds sets them).
+    nanos = max(0, round(seconds * 1e9))
+    return Duration(seconds=nanos // 1_000_000_000, nanos=nanos % 1_000_000_000)
 
 
 def _carrier_outcomes(answers: Sequence[CarrierAnswer]) -> list[gateway_pb2.CarrierOutcome]:
@@ -347,6 +347,8 @@ class LookupService:
         lookup_deadline: seconds a lookup may take when the caller sets no
             shorter deadline.
         summary_margin: seconds kept back from the deadline to send the summary.
+        batch_window: for callers that ask for ``batch_results``, seconds the
+            first result of a message waits for others to join it (never the last).
         max_concurrent_lookups: lookups served at once; more are refused with
             RESOURCE_EXHAUSTED.
         clock: the wall clock (seconds since the epoch), for handle expiry.
@@ -364,6 +366,7 @@ class LookupService:
         lookup_deadline: float,
         summary_margin: float,
         max_concurrent_lookups: int,
+        batch_window: float = 0.01,
         clock: Callable[[], float] = time.time,
         auditor: Auditor | None = None,
         observer: Observer = NO_OBSERVER,
@@ -375,6 +378,7 @@ class LookupService:
         self.merger = ResultMerger(sealer=sealer, handle_ttl=handle_ttl, clock=clock)
         self._lookup_deadline = lookup_deadline
         self._margin = summary_margin
+        self._batch_window = batch_window
         self._max_lookups = max_concurrent_lookups
         self._active = 0
 
@@ -554,9 +558,10 @@ class LookupService:
             ):
                 yield response
             summary = None
+            gather = self._batch_window if batch_results else 0.0
             while summary is None:
                 results = []
-                for answer in await answers.ready():
+                for answer in await answers.ready(gather=gather, most=MAX_BATCHED_RESULTS):
                     msisdn = answer.call.msisdn
                     result = self.merger.merge(
                         answer, by_number[msisdn], sub=citizen.sub, query_id=query_id, start=start
@@ -569,7 +574,7 @@ class LookupService:
                     summary = _summary(query_id, totals, carrier_outcomes, loop.time() - start)
                     if on_final is not None:
                         on_final(summary)
-                # What ended together goes together; nothing waits for more.
+                # What ended together (within the batch window) goes together.
                 for response in _responses(query_id, results, batch=batch_results):
                     yield response
         yield summary

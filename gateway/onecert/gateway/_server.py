@@ -398,6 +398,7 @@ class GatewayServer(AsyncResource):
             handle_ttl=config.keys.handle_ttl_s,
             lookup_deadline=config.lookup_deadline_s,
             summary_margin=config.fanout.summary_margin_s,
+            batch_window=config.fanout.batch_window_s,
             max_concurrent_lookups=config.max_concurrent_lookups,
             auditor=self.auditor,
             observer=observer,

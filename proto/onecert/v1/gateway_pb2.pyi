@@ -269,8 +269,9 @@ class LookupRequest(_message.Message):
     """The caller understands ProviderResults: the provider results are sent
     in ProviderResults messages, each holding the results that were ready
     together when it was sent, rather than one `result` message each
-    (docs/contract.md, S-2). The gateway never waits for more results to
-    fill a message. A caller that leaves it false receives one `result`
+    (docs/contract.md, S-2). A result may wait a short window (the gateway's
+    batch_window_s, 10 ms by default) for others to join it; the last
+    results never wait. A caller that leaves it false receives one `result`
     message per result, as before; so does every caller of a gateway that
     predates the field, so a caller that sets it must read both forms.
     """
