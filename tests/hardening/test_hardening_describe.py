@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import grpc
 import pytest
 
 from onecert.gateway._channels import ChannelPool
@@ -16,7 +17,9 @@ from onecert.gateway._describe import (
     judge_describe,
     quarantine_misconfigured,
 )
-from onecert.v1 import gateway_pb2, provider_pb2
+from onecert.gateway.testing import FakeProvider
+from onecert.sdk._server import free_port
+from onecert.v1 import gateway_pb2, provider_pb2, provider_pb2_grpc
 from tests.hardening.hardening_net import JunkServer, ResettingProxy
 from tests.hardening.hardening_support import Harness
 
@@ -95,3 +98,38 @@ async def test_misconfigured_provider_is_skipped_with_the_reason(
     # The misconfigured provider was never sent a warrant.
     assert good.record.refused_warrants == 0
     assert good.record.calls == 2
+
+
+async def test_the_check_connects_the_lookups_channel(hz: Harness, channels: ChannelPool) -> None:
+    """The check asks over the pooled channel lookups use: once it answered, that
+    channel is connected, and the first lookup makes no second connection."""
+    await hz.provider("good")
+    address = hz.address_of("good")
+    provider = ProviderConfig(id="good", address=address, plaintext=True)
+    verdicts = await check_providers(channels, [provider], deadline=2.0)
+    assert verdicts["good"].status is DescribeStatus.OK
+    channel = channels.get(address, plaintext=True)
+    assert channel.get_state() is grpc.ChannelConnectivity.READY
+
+
+async def test_a_provider_down_at_the_check_is_answered_as_soon_as_it_is_up(
+    hz: Harness, channels: ChannelPool
+) -> None:
+    """A channel the check found unreachable is closed, not left in gRPC's reconnect
+    backoff: a provider that comes up right after answers the very next call."""
+    address = f"127.0.0.1:{free_port()}"
+    late = ProviderConfig(id="late", address=address, plaintext=True)
+    verdicts = await check_providers(channels, [late], deadline=1.0)
+    assert verdicts["late"].status is DescribeStatus.UNREACHABLE
+    server = grpc.aio.server()
+    provider_pb2_grpc.add_BindingProviderServicer_to_server(
+        FakeProvider("late", hz.keys, {}), server
+    )
+    server.add_insecure_port(address)
+    await server.start()
+    try:
+        stub = provider_pb2_grpc.BindingProviderStub(channels.get(address, plaintext=True))
+        response = await stub.Describe(provider_pb2.DescribeRequest(), timeout=0.5)
+    finally:
+        await server.stop(0)
+    assert response.provider_id == "late"

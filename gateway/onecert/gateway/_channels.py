@@ -85,10 +85,26 @@ class ChannelPool:
         wanted = set(keep)
         retired = [key for key in self._channels if key[:2] not in wanted]
         for key in retired:
-            task = asyncio.create_task(self._channels.pop(key).close(grace), name="channel drain")
-            self._draining.add(task)
-            task.add_done_callback(self._draining.discard)
+            self._drain(self._channels.pop(key), grace)
         return len(retired)
+
+    def discard(
+        self, address: str, *, plaintext: bool, server_name: str | None = None, grace: float
+    ) -> None:
+        """Close the pooled channel to ``address``, if any; the next :meth:`get` opens a new one.
+
+        For a channel a failed probe found unreachable: left in the pool, it
+        would hold gRPC's reconnect backoff and fail the first calls after the
+        target comes back. Calls already running on it get ``grace`` seconds.
+        """
+        channel = self._channels.pop((address, plaintext, server_name), None)
+        if channel is not None:
+            self._drain(channel, grace)
+
+    def _drain(self, channel: grpc.aio.Channel, grace: float) -> None:
+        task = asyncio.create_task(channel.close(grace), name="channel drain")
+        self._draining.add(task)
+        task.add_done_callback(self._draining.discard)
 
     async def close(self, grace: float | None = None) -> None:
         """Close every channel (calls still running get ``grace`` seconds)."""
