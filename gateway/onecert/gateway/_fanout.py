@@ -576,10 +576,20 @@ class FanOut:
         loop = asyncio.get_running_loop()
         started = loop.time()
         expiry = _Expiry(loop)
+        # One request per number, shared by every call about it.
+        requests = {
+            msisdn: provider_pb2.ListBindingsRequest(msisdn=msisdn)
+            for msisdn in {call.msisdn for call in calls}
+        }
         tasks = [
             asyncio.create_task(
                 self._ask_provider(
-                    call, query_id=query_id, deadline=deadline, anchor=started, expiry=expiry
+                    call,
+                    requests[call.msisdn],
+                    query_id=query_id,
+                    deadline=deadline,
+                    anchor=started,
+                    expiry=expiry,
                 ),
                 name=f"lookup {query_id} {call.provider.id}",
             )
@@ -590,6 +600,7 @@ class FanOut:
     async def _ask_provider(
         self,
         call: ProviderCall,
+        request: provider_pb2.ListBindingsRequest,
         *,
         query_id: str,
         deadline: float,
@@ -607,7 +618,6 @@ class FanOut:
             now = asyncio.get_running_loop().time()
             return ProviderAnswer(call, UpstreamOutcome.SKIPPED, NOT_ACTIVE_DETAIL, (), 0, now)
         stub = upstream.stub(self._channels, provider_pb2_grpc.BindingProviderStub)
-        request = provider_pb2.ListBindingsRequest(msisdn=call.msisdn)
 
         def warrant() -> str:
             return self._warrants.issue(
