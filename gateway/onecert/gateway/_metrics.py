@@ -8,9 +8,11 @@ observer: it counts into a :class:`GatewayMetrics` (a registry of its own per
 gateway, served on ``metrics.listen`` by prometheus_client's HTTP server) and
 records spans with :mod:`onecert.gateway._tracing` when ``tracing.enabled``.
 
-Reporting a call costs two dictionary lookups and the metric updates: the
-labelled children of every provider and carrier are bound when the gateway
-is built. What is not counted on the way is read when Prometheus scrapes:
+Reporting a call costs a dictionary lookup and a few additions: each
+provider's and carrier's call counts and latency histogram are plain numbers
+(``_PerTarget``), shown from the start and written out as counters and
+histograms when Prometheus scrapes. What is not counted on the way is read
+when Prometheus scrapes too:
 breaker states, lookups in flight, and the outbox (tickets and notices the
 store still holds), which is queried on the gateway's event loop with a
 short timeout and cached for a few seconds so scrapes never pile queries on
@@ -23,6 +25,8 @@ outcomes and reasons from fixed lists; never a number, a citizen or a query.
 from __future__ import annotations
 
 import asyncio
+import bisect
+import itertools
 import math
 import threading
 import time
@@ -34,7 +38,13 @@ from typing import TYPE_CHECKING, Final, TypeVar
 import grpc
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
 from sqlalchemy import func, select
 
 from onecert.gateway._breaker import BreakerState
@@ -133,6 +143,11 @@ _BREAKER_VALUES: Final = {
 }
 # Seconds: provider and carrier deadlines are a few seconds, lookups ten.
 _CALL_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# The "le" labels, written as prometheus_client writes a Histogram's.
+_CALL_BUCKET_LABELS: Final = (
+    *(floatToGoString(b) for b in _CALL_BUCKETS),  # type: ignore[no-untyped-call]
+    "+Inf",
+)
 _LOOKUP_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -221,14 +236,10 @@ class GatewayMetrics:
     def carrier_answered(
         self, carrier_id: str, outcome: UpstreamOutcome, attempts: int, seconds: float
     ) -> None:
-        bound = self._carriers.bound.get(carrier_id)
-        if bound is not None:
-            bound[outcome].record(seconds)
+        self._carriers.record(carrier_id, outcome, seconds)
 
     def provider_answered(self, answer: ProviderAnswer, seconds: float) -> None:
-        bound = self._providers.bound.get(answer.call.provider.id)
-        if bound is not None:
-            bound[answer.outcome].record(seconds)
+        self._providers.record(answer.call.provider.id, answer.outcome, seconds)
 
     def add_providers(self, ids: Sequence[str]) -> None:
         """Bind the labels of providers that joined since start (the live registry)."""
@@ -283,54 +294,94 @@ def _counter_per(
     return {key: counter.labels(label_of(key)) for key in keys}
 
 
-class _Bound:
-    """The labelled children one call outcome updates."""
+class _Calls:
+    """One target's call counts by outcome and its latency histogram, as plain numbers."""
 
-    __slots__ = ("count", "timer")
+    __slots__ = ("buckets", "outcomes", "seconds")
 
-    def __init__(self, count: Counter, timer: Histogram | None) -> None:
-        self.count = count
-        self.timer = timer
+    def __init__(self) -> None:
+        self.outcomes = [0] * len(_OUTCOMES)
+        # Per bucket of _CALL_BUCKETS, then +Inf: calls that took that long at most
+        # and more than the bucket before (made cumulative when scraped).
+        self.buckets = [0] * (len(_CALL_BUCKETS) + 1)
+        self.seconds = 0.0
 
-    def record(self, seconds: float) -> None:
-        self.count.inc()
-        if self.timer is not None:
-            self.timer.observe(seconds)
+
+_OUTCOMES: Final = tuple(UpstreamOutcome)
+_OUTCOME_INDEX: Final = {outcome: i for i, outcome in enumerate(_OUTCOMES)}
 
 
 class _PerTarget:
-    """The call counters and timers of one kind of upstream, labels bound per target."""
+    """The call counters and timers of one kind of upstream, per target.
+
+    Kept as plain counts and exposed by a collector at each scrape, with the
+    names and labels a labelled Counter and Histogram would have:
+    prometheus_client's labelled children hold a lock per value, about 6 KiB
+    a provider (``tracemalloc``), 120 MB at 20,000 providers. Every target
+    shows from the start, at 0. Updates come from the event loop and scrapes
+    from the HTTP server's thread, so both take one lock.
+    """
 
     def __init__(self, registry: CollectorRegistry, kind: str, ids: Sequence[str]) -> None:
-        self._calls = Counter(
-            f"onecert_{kind}_calls",
-            f"{kind.title()} calls of lookups by outcome (answered, timed_out, failed, skipped).",
-            [kind, "outcome"],
-            registry=registry,
-        )
-        self._latency = Histogram(
-            f"onecert_{kind}_call_duration_seconds",
-            f"Time {kind} calls took, retries included (skipped calls are not timed).",
-            [kind],
-            buckets=_CALL_BUCKETS,
-            registry=registry,
-        )
-        self.bound: dict[str, dict[UpstreamOutcome, _Bound]] = {}
+        self._kind = kind
+        self._lock = threading.Lock()
+        self._calls: dict[str, _Calls] = {}
         self.add(ids)
+        registry.register(self)
 
     def add(self, ids: Sequence[str]) -> None:
-        """Bind the labels of ``ids`` not bound yet."""
-        for target in ids:
-            if target in self.bound:
-                continue
-            timer = self._latency.labels(target)
-            self.bound[target] = {
-                outcome: _Bound(
-                    self._calls.labels(target, outcome.name.lower()),
-                    None if outcome is UpstreamOutcome.SKIPPED else timer,
-                )
-                for outcome in UpstreamOutcome
-            }
+        """Show ``ids`` (at 0) if they are not shown yet."""
+        with self._lock:
+            for target in ids:
+                self._calls.setdefault(target, _Calls())
+
+    def record(self, target: str, outcome: UpstreamOutcome, seconds: float) -> None:
+        """Count a call of ``target``; time it unless it was SKIPPED (never made)."""
+        calls = self._calls.get(target)
+        if calls is None:
+            return
+        with self._lock:
+            calls.outcomes[_OUTCOME_INDEX[outcome]] += 1
+            if outcome is not UpstreamOutcome.SKIPPED:
+                calls.buckets[bisect.bisect_left(_CALL_BUCKETS, seconds)] += 1
+                calls.seconds += seconds
+
+    def describe(self) -> Iterable[Metric]:
+        return list(self._families())
+
+    def collect(self) -> Iterable[Metric]:
+        with self._lock:
+            snapshot = [
+                (target, list(c.outcomes), list(c.buckets), c.seconds)
+                for target, c in self._calls.items()
+            ]
+        calls, latency = self._families()
+        for target, outcomes, buckets, seconds in snapshot:
+            for outcome, count in zip(_OUTCOMES, outcomes, strict=True):
+                calls.add_metric([target, outcome.name.lower()], count)
+            cumulative = list(itertools.accumulate(buckets))
+            latency.add_metric(
+                [target],
+                buckets=list(zip(_CALL_BUCKET_LABELS, cumulative, strict=True)),
+                sum_value=seconds,
+            )
+        return [calls, latency]
+
+    def _families(self) -> tuple[CounterMetricFamily, HistogramMetricFamily]:
+        kind = self._kind
+        return (
+            CounterMetricFamily(
+                f"onecert_{kind}_calls",
+                f"{kind.title()} calls of lookups by outcome (answered, timed_out, failed, "
+                "skipped).",
+                labels=[kind, "outcome"],
+            ),
+            HistogramMetricFamily(
+                f"onecert_{kind}_call_duration_seconds",
+                f"Time {kind} calls took, retries included (skipped calls are not timed).",
+                labels=[kind],
+            ),
+        )
 
 
 class _LiveCollector:
