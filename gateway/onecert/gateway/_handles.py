@@ -162,8 +162,8 @@ class HandleSealer:
         for k in keys:
             if len(k) != KEY_BYTES:
                 raise KeyConfigError(f"a handle key must be {KEY_BYTES} bytes")
-        self._kid = key_id(key)
-        self._header = bytes([HANDLE_VERSION]) + self._kid
+        # What every handle this sealer makes begins with: version and key id.
+        self._header = bytes([HANDLE_VERSION]) + key_id(key)
         self._aead = AESGCM(key)
         self._by_kid: dict[bytes, AESGCM] = {}
         for k in keys:

@@ -38,6 +38,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, cast
 
 import grpc
@@ -313,8 +314,8 @@ def _shown_binding(
     return item
 
 
-# The last second a datetime holds (9999-12-31T23:59:59Z), as a Timestamp's seconds.
-_LAST_DATETIME_SECOND = 253_402_300_799
+# The last whole second a datetime holds, as a Timestamp's seconds.
+_LAST_DATETIME_SECOND = int(datetime.max.replace(microsecond=0, tzinfo=UTC).timestamp())
 
 
 def _copy_bound_at(binding: provider_pb2.Binding, out: Timestamp) -> None:

@@ -294,6 +294,10 @@ def _counter_per(
     return {key: counter.labels(label_of(key)) for key in keys}
 
 
+_OUTCOMES: Final = tuple(UpstreamOutcome)
+_OUTCOME_INDEX: Final = {outcome: i for i, outcome in enumerate(_OUTCOMES)}
+
+
 class _Calls:
     """One target's call counts by outcome and its latency histogram, as plain numbers."""
 
@@ -305,10 +309,6 @@ class _Calls:
         # and more than the bucket before (made cumulative when scraped).
         self.buckets = [0] * (len(_CALL_BUCKETS) + 1)
         self.seconds = 0.0
-
-
-_OUTCOMES: Final = tuple(UpstreamOutcome)
-_OUTCOME_INDEX: Final = {outcome: i for i, outcome in enumerate(_OUTCOMES)}
 
 
 class _PerTarget:
