@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import jwt
+import pytest
 
+from onecert.gateway import _notice_delivery
 from onecert.gateway._notice_delivery import GroupCommit
 from onecert.gateway._notices import Doorbell
 from onecert.gateway.store import (
@@ -205,6 +207,44 @@ async def test_a_group_gathers_while_pushes_run_and_not_after() -> None:
     commits.close()
     await asyncio.wait_for(runner, 5)
     assert groups == [["a", "b"]]
+
+
+@pytest.mark.parametrize("notices_each", [1, 100])
+async def test_a_full_group_is_written_without_waiting_for_the_window(
+    monkeypatch: pytest.MonkeyPatch, notices_each: int
+) -> None:
+    """While pushes run, a group is written as soon as it is full (by providers, or by
+    notices when each provider has many), not after the gathering window; one short
+    of full, it waits."""
+    monkeypatch.setattr(_notice_delivery, "_GATHER_S", 3600.0)
+    limit = (
+        _notice_delivery._GROUP_MAX
+        if notices_each == 1
+        else -(-_notice_delivery._GROUP_NOTICES // notices_each)
+    )
+    groups: list[int] = []
+    written = asyncio.Event()
+
+    async def record(group: Sequence[Settlement]) -> None:
+        groups.append(len(group))
+        written.set()
+
+    commits = GroupCommit(record, lambda: 1000)
+    runner = asyncio.create_task(commits.run())
+    settlements = [
+        replace(one, results=list(one.results) * notices_each)
+        for one in (_settlement(f"p{i}") for i in range(limit))
+    ]
+    for one in settlements[:-1]:
+        commits.put(one)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert groups == []  # one short of full: still gathering
+    commits.put(settlements[-1])
+    await asyncio.wait_for(written.wait(), 5)
+    assert groups == [limit]
+    commits.close()
+    await asyncio.wait_for(runner, 5)
 
 
 async def test_a_gathering_group_is_written_without_more_answers() -> None:

@@ -74,10 +74,9 @@ _LOOP_ERROR_PAUSE_S = 1.0
 # routed to one of them waits for it.
 _GROUP_MAX = 250
 _GROUP_NOTICES = 250
-# While other pushes run, a group gathers at least this many results, or waits
-# at most this long after its first (see GroupCommit).
-_GROUP_MIN = 50
-_GATHER_S = 0.02
+# While other pushes run, a group waits to be full (either limit above) at
+# most this long after its first result (see GroupCommit).
+_GATHER_S = 0.05
 
 
 class GroupCommit:
@@ -85,11 +84,14 @@ class GroupCommit:
     transaction was being written goes into the next one, so a thousand
     providers answering at once cost a few transactions, not a thousand.
 
-    While other pushes are still running, a group waits until
-    :data:`_GROUP_MIN` results are in or :data:`_GATHER_S` has passed since the
-    first: answers that trickle in while the worker is still sending would
-    otherwise be written one transaction each. Once no push is running the
-    group is written at once, so the last answers wait for no window.
+    While other pushes are still running, a group waits until it is full
+    (:data:`_GROUP_MAX` providers or :data:`_GROUP_NOTICES` notices) or
+    :data:`_GATHER_S` has passed since its first result: each transaction
+    has a fixed cost (its statements, the audit chain's head, the commit's
+    sync to disk), and answers that trickle in while the worker is still
+    sending would otherwise be written a few at a time. Once no push is
+    running the group is written at once, so the last answers wait for no
+    window.
 
     Args:
         record: writes one group (one transaction).
@@ -104,6 +106,7 @@ class GroupCommit:
         self._record = record
         self._running = running
         self._waiting: list[Settlement] = []
+        self._notices = 0  # in self._waiting
         self._ready = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
@@ -111,7 +114,9 @@ class GroupCommit:
     def put(self, settlement: Settlement) -> None:
         """Queue one provider's result for the next group."""
         self._waiting.append(settlement)
-        if len(self._waiting) >= _GROUP_MIN or not self._running():
+        self._notices += len(settlement.results)
+        full = len(self._waiting) >= _GROUP_MAX or self._notices >= _GROUP_NOTICES
+        if full or not self._running():
             self._ready.set()
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(_GATHER_S, self._ready.set)
@@ -140,6 +145,7 @@ class GroupCommit:
             if notices >= _GROUP_NOTICES:
                 break
         group, self._waiting = self._waiting[:size], self._waiting[size:]
+        self._notices -= notices
         if not self._waiting:
             self._ready.clear()
         if group:
