@@ -18,7 +18,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from onecert.gateway.testing import FederationKeys
 from onecert.sdk._keys import SigningKey
 from onecert.sdk.devkeys import init_dev_keys
-from tests.hardening.hardening_net import JunkServer, ResettingProxy
+from tests.hardening.hardening_net import JunkServer, ResettingProxy, SilentServer
 from tests.hardening.hardening_support import Harness, KeyServer, Pki, issue_client_cert
 
 
@@ -110,9 +110,9 @@ def attacker_keys() -> Iterator[KeyServer]:
 
 
 @pytest.fixture
-async def network() -> AsyncIterator[list[ResettingProxy | JunkServer]]:
+async def network() -> AsyncIterator[list[ResettingProxy | JunkServer | SilentServer]]:
     """Raw servers a test starts; all closed after it."""
-    started: list[ResettingProxy | JunkServer] = []
+    started: list[ResettingProxy | JunkServer | SilentServer] = []
     try:
         yield started
     finally:

@@ -99,3 +99,20 @@ class JunkServer(_LoopbackServer):
             pass
         finally:
             writer.close()
+
+
+class SilentServer(_LoopbackServer):
+    """A TCP server that accepts and never says a word (a provider hung before HTTP/2
+    begins); ``accepted`` is set at the first connection."""
+
+    def __init__(self) -> None:
+        self.accepted = asyncio.Event()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted.set()
+        try:
+            await reader.read()  # until the client gives up
+        except OSError:
+            pass
+        finally:
+            writer.close()

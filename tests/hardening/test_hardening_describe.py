@@ -4,6 +4,7 @@ reason, and the other providers are untouched."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
@@ -12,6 +13,7 @@ import pytest
 from onecert.gateway._channels import ChannelPool
 from onecert.gateway._config import ProviderConfig
 from onecert.gateway._describe import (
+    DescribeCheck,
     DescribeStatus,
     check_providers,
     judge_describe,
@@ -20,7 +22,7 @@ from onecert.gateway._describe import (
 from onecert.gateway.testing import FakeProvider
 from onecert.sdk._server import free_port
 from onecert.v1 import gateway_pb2, provider_pb2, provider_pb2_grpc
-from tests.hardening.hardening_net import JunkServer, ResettingProxy
+from tests.hardening.hardening_net import JunkServer, ResettingProxy, SilentServer
 from tests.hardening.hardening_support import Harness
 
 
@@ -133,3 +135,62 @@ async def test_a_provider_down_at_the_check_is_answered_as_soon_as_it_is_up(
     finally:
         await server.stop(0)
     assert response.provider_id == "late"
+
+
+async def test_a_provider_that_left_while_waiting_for_its_check_is_not_asked(
+    hz: Harness, channels: ChannelPool, network: list[ResettingProxy | JunkServer | SilentServer]
+) -> None:
+    """A provider that leaves the registry while its check waits for a turn is skipped
+    when the turn comes: no verdict, and no channel to it left in the pool (the
+    registry change has already retired its channel; one opened after would outlive
+    it)."""
+    hung = SilentServer()
+    network.append(hung)
+    hung_address = await hung.start()
+    stays = ProviderConfig(id="stays", address=hung_address, plaintext=True)
+    left = await hz.provider("leaves")  # up and answering: its channel would stay
+    leaves = ProviderConfig(id="leaves", address=hz.address_of("leaves"), plaintext=True)
+    registered = {"stays", "leaves"}
+
+    async def leave_once_the_check_waits() -> None:
+        await hung.accepted.wait()  # "stays" holds the only slot until its deadline
+        registered.discard("leaves")
+        assert channels.retire({(hung_address, True)}, grace=0) == 0
+
+    leaving = asyncio.create_task(leave_once_the_check_waits())
+    verdicts = await check_providers(
+        channels,
+        [stays, leaves],
+        deadline=0.5,
+        concurrency=1,
+        current=lambda p: p.id in registered,
+    )
+    await leaving
+    assert set(verdicts) == {"stays"}
+    assert left.describe_calls == 0
+    assert verdicts["stays"].status is DescribeStatus.UNREACHABLE
+    # Nothing pooled for a departed provider: the next registry change retires nothing.
+    assert channels.retire(set(), grace=0) == 0
+
+
+async def test_the_gateways_check_skips_a_provider_that_left_before_its_turn(
+    hz: Harness, channels: ChannelPool
+) -> None:
+    """The gateway's check follows the registry: of two providers that join, the one
+    that leaves again before the background check runs is not asked, and no channel
+    to it is opened; the one that stays is asked."""
+    await hz.carrier()
+    kept, left = await hz.provider("stays"), await hz.provider("leaves")
+    gateway = await hz.gateway()
+    await gateway.describe_check.idle()
+    asked_before = (kept.describe_calls, left.describe_calls)
+    stays, leaves = (
+        ProviderConfig(id=p, address=hz.address_of(p), plaintext=True) for p in ("stays", "leaves")
+    )
+    check = DescribeCheck(channels=channels, providers=[], fanout=gateway.fanout, deadline=2.0)
+    await check.start()
+    check.providers_changed([stays, leaves], [stays, leaves])  # checked in the background
+    check.providers_changed([stays], [])  # one leaves before that check's turn
+    await check.idle()
+    assert (kept.describe_calls, left.describe_calls) == (asked_before[0] + 1, asked_before[1])
+    assert channels.retire({(hz.address_of("stays"), True)}, grace=0) == 0

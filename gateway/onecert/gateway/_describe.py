@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import enum
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -123,6 +123,7 @@ async def check_providers(
     *,
     deadline: float = 2.0,
     concurrency: int = DESCRIBE_CONCURRENCY,
+    current: Callable[[ProviderConfig], bool] = lambda _: True,
 ) -> dict[str, DescribeVerdict]:
     """Every provider's verdict, asked in parallel, by configured id.
 
@@ -133,7 +134,11 @@ async def check_providers(
     afterwards, would cost each provider a second TLS connection: with a
     thousand providers, about 10 KiB more of the gateway's memory per
     provider (freed, but not given back). At most ``concurrency`` are asked
-    at once; ``deadline`` counts from each provider's own turn.
+    at once; ``deadline`` counts from each provider's own turn. A provider
+    for which ``current`` no longer holds when its turn comes (it left the
+    registry, or moved, meanwhile) is not asked and has no verdict: its
+    channel, opened after the registry change retired the old one, would
+    outlive it.
     """
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
@@ -142,9 +147,11 @@ async def check_providers(
     # in flight finishes them all sooner.
     slots = asyncio.Semaphore(concurrency)
 
-    async def one(provider: ProviderConfig) -> DescribeVerdict:
+    async def one(provider: ProviderConfig) -> DescribeVerdict | None:
         async with slots:
             assert provider.address is not None  # poll-only providers are left out below
+            if not current(provider):
+                return None
             address, plaintext, name = provider.address, provider.plaintext, provider.server_name
             channel = channels.get(address, plaintext=plaintext, server_name=name)
             verdict = await describe_provider(channel, provider, deadline=deadline)
@@ -155,7 +162,7 @@ async def check_providers(
             return verdict
 
     verdicts = await asyncio.gather(*(one(p) for p in providers if p.address is not None))
-    return {v.provider_id: v for v in verdicts}
+    return {v.provider_id: v for v in verdicts if v is not None}
 
 
 def quarantine_misconfigured(fanout: FanOut, verdicts: Mapping[str, DescribeVerdict]) -> int:
@@ -194,6 +201,7 @@ class DescribeCheck:
     ) -> None:
         self._channels = channels
         self._providers = tuple(providers)
+        self._live = _targets(providers)
         self._fanout = fanout
         self._deadline = deadline
         self._task: asyncio.Task[int] | None = None
@@ -206,7 +214,9 @@ class DescribeCheck:
         self, providers: Sequence[ProviderConfig], added: Sequence[ProviderConfig]
     ) -> None:
         """The registry changed: before :meth:`start`, the check covers ``providers``;
-        after it, ``added`` (those that became active) are checked now."""
+        after it, ``added`` (those that became active) are checked now; a check
+        still waiting for its turn skips those that left."""
+        self._live = _targets(providers)
         if self._task is None:
             self._providers = tuple(providers)
         else:
@@ -221,8 +231,13 @@ class DescribeCheck:
         task.add_done_callback(self._later.discard)
 
     async def _check(self, providers: Sequence[ProviderConfig]) -> int:
-        verdicts = await check_providers(self._channels, providers, deadline=self._deadline)
+        verdicts = await check_providers(
+            self._channels, providers, deadline=self._deadline, current=self._is_live
+        )
         return quarantine_misconfigured(self._fanout, verdicts)
+
+    def _is_live(self, provider: ProviderConfig) -> bool:
+        return (provider.id, provider.address, provider.plaintext) in self._live
 
     async def run_once(self) -> int:
         """Check every provider now; return how many were quarantined."""
@@ -234,6 +249,11 @@ class DescribeCheck:
             raise RuntimeError("the describe check was not started")
         return await asyncio.shield(self._task)
 
+    async def idle(self) -> None:
+        """Wait until no check runs: the start-up one and those of providers that joined."""
+        tasks = [t for t in (self._task, *self._later) if t is not None]
+        await asyncio.gather(*(asyncio.shield(t) for t in tasks))
+
     async def stop(self) -> None:
         tasks = [t for t in (self._task, *self._later) if t is not None and not t.done()]
         for task in tasks:
@@ -241,3 +261,8 @@ class DescribeCheck:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def _targets(providers: Iterable[ProviderConfig]) -> frozenset[tuple[str, str | None, bool]]:
+    """Each provider as the check sees it: id, address and whether plaintext."""
+    return frozenset((p.id, p.address, p.plaintext) for p in providers)
