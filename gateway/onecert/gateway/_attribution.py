@@ -193,15 +193,19 @@ class BindingTime:
             return None
         if self.at is not None:
             outside = (low is not None and self.at < low) or (high is not None and self.at > high)
-            if outside or self.at > horizon:
-                return None
-            return self.at, self.at
+            return None if outside else _instant_interval(self.at, now)
         if low is None or low > horizon:
             return None
         # The binding happened by now: an upper bound past now (or none) ends
         # there. A start a little ahead of now (clock skew) is a point.
         end = now if high is None else min(high, now)
         return low, max(low, end)
+
+
+def _instant_interval(at: datetime, now: datetime) -> tuple[datetime, datetime] | None:
+    """The interval of a binding known to the instant: a point, unless beyond
+    :data:`FUTURE_TOLERANCE` in the future (then unknown)."""
+    return None if at > now + FUTURE_TOLERANCE else (at, at)
 
 
 def _checked(tenures: Sequence[TenureView]) -> None:
@@ -219,9 +223,9 @@ def _attribute(
     if bound is None:
         interval = None
     elif isinstance(bound, datetime):
-        # BindingTime(at=bound).interval(now), without building one per binding.
+        # As BindingTime(at=bound) would check it, without building one per binding.
         _check_aware("at", bound)
-        interval = None if bound > now + FUTURE_TOLERANCE else (bound, bound)
+        interval = _instant_interval(bound, now)
     else:
         interval = bound.interval(now)
     if interval is not None:

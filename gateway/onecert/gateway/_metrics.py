@@ -242,7 +242,7 @@ class GatewayMetrics:
         self._providers.record(answer.call.provider.id, answer.outcome, seconds)
 
     def add_providers(self, ids: Sequence[str]) -> None:
-        """Bind the labels of providers that joined since start (the live registry)."""
+        """Show (at 0) the providers that joined since start (the live registry)."""
         self._providers.add(ids)
 
     def assertion_rejected(self, reason: str) -> None:
